@@ -1,0 +1,1 @@
+//! Envelope encryption for Tern (the implementation lands in the following commits).

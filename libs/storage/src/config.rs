@@ -1,0 +1,343 @@
+//! Opening a store from a URL plus options.
+//!
+//! Two kinds of URL are accepted:
+//!
+//! * `file:///abs/path` — a folder on the local file system: the embedded default, where a
+//!   whole deployment group can live in one directory. The folder is created if missing.
+//!   Writes are atomic (temporary file + rename) and `PutMode::Create` is honoured;
+//!   `PutMode::Update` is not offered by this backend and fails with
+//!   [`Error::NotSupported`](crate::Error::NotSupported).
+//! * `s3://bucket[/prefix]` — an S3 bucket on AWS, LocalStack, MinIO or any S3-compatible
+//!   server, configured by [`S3Options`]. Conditional writes use `If-None-Match: *` and
+//!   `If-Match` (ETag) so `PutMode::Create` and `PutMode::Update` are both honoured.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::Once;
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Where a store lives and how to reach it. `Debug` never prints secrets.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `file:///…` or `s3://bucket[/prefix]`.
+    pub url: String,
+    /// Options used by `s3://` URLs; ignored for `file://`.
+    pub s3: S3Options,
+}
+
+/// Options for S3-compatible stores. `Debug` never prints the secret key or session token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Options {
+    /// Custom endpoint (`http://127.0.0.1:4566` for LocalStack); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    pub region: String,
+    /// Static access key id; `None` to use the environment's credential chain.
+    pub access_key_id: Option<String>,
+    /// Static secret access key (with `access_key_id`).
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials.
+    pub session_token: Option<String>,
+    /// Allow plain-HTTP endpoints (emulators). Defaults to true only when the endpoint is
+    /// `http://`.
+    pub allow_http: Option<bool>,
+    /// Use virtual-hosted-style requests (`bucket.host`). Default false (path style), which
+    /// every emulator understands.
+    pub virtual_hosted_style: bool,
+    /// Use conditional writes (`If-None-Match`/`If-Match`). Default true; turn off only for
+    /// servers that reject the headers, and then `PutMode::Create`/`Update` fail clearly.
+    pub conditional_put: bool,
+    /// Request SSE-KMS with this key for every object written through this store.
+    pub sse_kms_key_id: Option<String>,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: None,
+            virtual_hosted_style: false,
+            conditional_put: true,
+            sse_kms_key_id: None,
+        }
+    }
+}
+
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("conditional_put", &self.conditional_put)
+            .field("sse_kms_key_id", &self.sse_kms_key_id)
+            .finish()
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url)
+            .field("s3", &self.s3)
+            .finish()
+    }
+}
+
+impl S3Options {
+    /// Options for an emulator or other custom endpoint with static credentials.
+    pub fn with_endpoint(
+        endpoint: impl Into<String>,
+        region: impl Into<String>,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoint: Some(endpoint.into()),
+            region: region.into(),
+            access_key_id: Some(access_key_id.into()),
+            secret_access_key: Some(secret_access_key.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Whether plain HTTP is allowed: explicit setting, else only for `http://` endpoints.
+    pub fn http_allowed(&self) -> bool {
+        self.allow_http.unwrap_or_else(|| {
+            self.endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"))
+        })
+    }
+}
+
+/// The kind of backend a URL selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Location {
+    /// A local folder (absolute path).
+    Folder(std::path::PathBuf),
+    /// An S3 bucket, with an optional key prefix inside it.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix (without leading or trailing `/`), empty for the bucket root.
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// Parse a store URL.
+    pub fn parse(url: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if url.trim().is_empty() {
+            return Err(invalid("empty; expected file:///path or s3://bucket"));
+        }
+        let parsed = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        match parsed.scheme() {
+            "file" => {
+                if parsed
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
+                    return Err(invalid(
+                        "file URLs must not name a host (use file:///abs/path)",
+                    ));
+                }
+                let path = parsed
+                    .to_file_path()
+                    .map_err(|()| invalid("not an absolute local path"))?;
+                Ok(Location::Folder(path))
+            }
+            "s3" => {
+                let bucket = parsed.host_str().unwrap_or_default().to_string();
+                if bucket.is_empty() {
+                    return Err(invalid("missing bucket name (s3://bucket[/prefix])"));
+                }
+                if !valid_bucket_name(&bucket) {
+                    return Err(invalid(
+                        "bucket names are 3-63 characters of lowercase letters, digits, '-' and '.'",
+                    ));
+                }
+                let prefix = parsed.path().trim_matches('/').to_string();
+                Ok(Location::S3 { bucket, prefix })
+            }
+            other => Err(invalid(&format!(
+                "unsupported scheme {other:?}; expected file or s3"
+            ))),
+        }
+    }
+
+    /// A short name of the backend for messages ("folder", "s3").
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Location::Folder(_) => "folder",
+            Location::S3 { .. } => "s3",
+        }
+    }
+}
+
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .as_bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Install ring as rustls' process-wide crypto provider (the workspace builds rustls with
+/// ring only, and reqwest needs a process default). Safe to call many times.
+pub fn install_tls_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // An error means another provider was installed first, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Open the store named by `config`.
+pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
+    let location = Location::parse(&config.url)?;
+    let open_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Open {
+        url: config.url.clone(),
+        source,
+    };
+    match location {
+        Location::Folder(path) => {
+            std::fs::create_dir_all(&path).map_err(|e| open_err(Box::new(e)))?;
+            let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| open_err(Box::new(e)))?;
+            Ok(Arc::new(fs))
+        }
+        Location::S3 { bucket, prefix } => {
+            install_tls_provider();
+            let o = &config.s3;
+            let mut b = AmazonS3Builder::new()
+                .with_bucket_name(&bucket)
+                .with_region(&o.region)
+                .with_allow_http(o.http_allowed())
+                .with_virtual_hosted_style_request(o.virtual_hosted_style);
+            if let Some(endpoint) = &o.endpoint {
+                b = b.with_endpoint(endpoint);
+            }
+            if let (Some(id), Some(secret)) = (&o.access_key_id, &o.secret_access_key) {
+                b = b.with_access_key_id(id).with_secret_access_key(secret);
+            }
+            if let Some(token) = &o.session_token {
+                b = b.with_token(token);
+            }
+            b = b.with_conditional_put(if o.conditional_put {
+                S3ConditionalPut::ETagMatch
+            } else {
+                S3ConditionalPut::Disabled
+            });
+            if let Some(key) = &o.sse_kms_key_id {
+                b = b.with_sse_kms_encryption(key);
+            }
+            let s3 = b.build().map_err(|e| open_err(Box::new(e)))?;
+            if prefix.is_empty() {
+                Ok(Arc::new(s3))
+            } else {
+                Ok(Arc::new(PrefixStore::new(s3, prefix.as_str())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_folder_and_s3_urls() {
+        assert_eq!(
+            Location::parse("file:///tmp/x").ok(),
+            Some(Location::Folder("/tmp/x".into()))
+        );
+        assert_eq!(
+            Location::parse("s3://tern-d1-volume/some/prefix/").ok(),
+            Some(Location::S3 {
+                bucket: "tern-d1-volume".into(),
+                prefix: "some/prefix".into()
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_urls_with_a_reason() {
+        for (url, needle) in [
+            ("", "empty"),
+            ("relative/path", "relative URL"),
+            ("gs://bucket", "unsupported scheme"),
+            ("s3:///key", "missing bucket"),
+            ("s3://Upper_Case", "bucket names"),
+            ("file://host/x", "must not name a host"),
+        ] {
+            match Location::parse(url) {
+                Err(Error::InvalidUrl { reason, .. }) => {
+                    assert!(reason.contains(needle), "{url}: {reason}")
+                }
+                other => panic!("{url}: expected InvalidUrl, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let o = S3Options::with_endpoint(
+            "http://127.0.0.1:4566",
+            "us-east-1",
+            "AKIDEXAMPLE",
+            "s3cr3t-value",
+        );
+        let shown = format!(
+            "{:?}",
+            StoreConfig {
+                url: "s3://b".into(),
+                s3: o
+            }
+        );
+        assert!(shown.contains("AKIDEXAMPLE"));
+        assert!(!shown.contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn http_is_allowed_only_for_http_endpoints_by_default() {
+        assert!(S3Options::with_endpoint("http://x", "r", "a", "b").http_allowed());
+        assert!(!S3Options::with_endpoint("https://x", "r", "a", "b").http_allowed());
+        assert!(!S3Options::default().http_allowed());
+    }
+}

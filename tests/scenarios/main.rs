@@ -1,0 +1,3 @@
+//! Scenario tests: Tern's real binaries run as child processes.
+
+mod selfcheck;
