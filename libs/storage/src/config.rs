@@ -6,7 +6,7 @@
 //!   whole deployment group can live in one directory. The folder is created if missing.
 //!   Writes are atomic (temporary file + rename) and `PutMode::Create` is honoured;
 //!   `PutMode::Update` is not offered by this backend and fails with
-//!   [`Error::NotSupported`](crate::Error::NotSupported).
+//!   [`Error::NotSupported`].
 //! * `s3://bucket[/prefix]` — an S3 bucket on AWS, LocalStack, MinIO or any S3-compatible
 //!   server, configured by [`S3Options`]. Conditional writes use `If-None-Match: *` and
 //!   `If-Match` (ETag) so `PutMode::Create` and `PutMode::Update` are both honoured.

@@ -192,6 +192,10 @@ pub enum EmulatorError {
         /// The missing key path, e.g. `peer_credentials."d1.d2".access_key_id`.
         key: String,
     },
+    /// The first failure of a request, shared with the process-wide cache (displays as the
+    /// failure itself).
+    #[error(transparent)]
+    Shared(Arc<EmulatorError>),
     /// The same request already failed earlier in this process; not retried, so that a
     /// broken emulator fails each test quickly instead of timing out in every one.
     #[error("{what} for {target} failed earlier in this process: {source}")]
@@ -224,16 +228,26 @@ fn cached<T: Clone>(
     // A test that panicked while holding the lock leaves valid data behind: carry on.
     let mut guard = cache.lock().unwrap_or_else(PoisonError::into_inner);
     let map = guard.get_or_insert_with(HashMap::new);
-    let entry = map
-        .entry(target)
-        .or_insert_with(|| make().map_err(Arc::new));
-    match entry {
-        Ok(value) => Ok(value.clone()),
-        Err(first) => Err(EmulatorError::EarlierFailure {
-            target,
-            what,
-            source: first.clone(),
-        }),
+    if let Some(earlier) = map.get(&target) {
+        return match earlier {
+            Ok(value) => Ok(value.clone()),
+            Err(first) => Err(EmulatorError::EarlierFailure {
+                target,
+                what,
+                source: Arc::clone(first),
+            }),
+        };
+    }
+    match make() {
+        Ok(value) => {
+            map.insert(target, Ok(value.clone()));
+            Ok(value)
+        }
+        Err(err) => {
+            let err = Arc::new(err);
+            map.insert(target, Err(Arc::clone(&err)));
+            Err(EmulatorError::Shared(err))
+        }
     }
 }
 

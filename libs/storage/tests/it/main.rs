@@ -1,8 +1,8 @@
 //! Integration tests of tern-storage: one binary, one module per concern. Every storage
 //! scenario runs against the local folder store and the S3 emulator (LocalStack).
 
-// mod access; (pending)
+mod access;
 mod backends;
 mod conformance;
-// mod infra; (pending)
+mod infra;
 mod wrappers;

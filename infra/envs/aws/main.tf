@@ -1,0 +1,76 @@
+# Example: a three-deployment Tern group on AWS, one region per deployment (not applied in
+# CI; `terraform validate` only). Same modules as infra/envs/local, with real endpoints,
+# TLS-only bucket policies, the per-peer bucket-policy guard, and the GMK as a
+# multi-Region key whose replicas sit in every other deployment's region.
+
+provider "aws" {
+  alias  = "d1"
+  region = var.regions.d1
+}
+
+provider "aws" {
+  alias  = "d2"
+  region = var.regions.d2
+}
+
+provider "aws" {
+  alias  = "d3"
+  region = var.regions.d3
+}
+
+locals {
+  tags  = merge(var.tags, { "tern:env" = "aws" })
+  peers = { d1 = ["d2", "d3"], d2 = ["d1", "d3"], d3 = ["d1", "d2"] }
+}
+
+module "group" {
+  source     = "../../modules/group"
+  providers  = { aws = aws.d1 }
+  group_name = var.group_name
+  tags       = local.tags
+}
+
+# The GMK must be usable in every deployment's region with the same key material.
+resource "aws_kms_replica_key" "gmk_d2" {
+  provider        = aws.d2
+  primary_key_arn = module.group.gmk_key_arn
+  description     = "Tern ${var.group_name}: GMK replica for d2"
+  tags            = local.tags
+}
+
+resource "aws_kms_replica_key" "gmk_d3" {
+  provider        = aws.d3
+  primary_key_arn = module.group.gmk_key_arn
+  description     = "Tern ${var.group_name}: GMK replica for d3"
+  tags            = local.tags
+}
+
+module "d1" {
+  source        = "../../modules/deployment"
+  providers     = { aws = aws.d1 }
+  deployment_id = "d1"
+  group_name    = var.group_name
+  peers         = local.peers.d1
+  bucket_prefix = var.bucket_prefix
+  tags          = local.tags
+}
+
+module "d2" {
+  source        = "../../modules/deployment"
+  providers     = { aws = aws.d2 }
+  deployment_id = "d2"
+  group_name    = var.group_name
+  peers         = local.peers.d2
+  bucket_prefix = var.bucket_prefix
+  tags          = local.tags
+}
+
+module "d3" {
+  source        = "../../modules/deployment"
+  providers     = { aws = aws.d3 }
+  deployment_id = "d3"
+  group_name    = var.group_name
+  peers         = local.peers.d3
+  bucket_prefix = var.bucket_prefix
+  tags          = local.tags
+}

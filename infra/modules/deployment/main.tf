@@ -1,0 +1,263 @@
+# One deployment of a Tern group (DESIGN.md §3, §4, §13):
+#
+#   volume bucket       <prefix>-<id>-volume   MPs, EPs, transaction logs; SSE-KMS with the
+#                                              deployment key; only the deployment itself.
+#   replication bucket  <prefix>-<id>-repl     from/<peer>/... written by peers, read and
+#                                              deleted by the deployment; SSE-S3.
+#   KMS key             alias/tern/<group>/<id>  symmetric, the root of AMK/TMK envelopes.
+#   one IAM user per peer, allowed nothing but writing objects under from/<peer>/.
+#
+# Why SSE-S3 (AES256) on the replication bucket and SSE-KMS on the volume bucket: with a
+# KMS default, every PutObject also needs kms:GenerateDataKey (and kms:Decrypt to complete
+# a multipart upload) on the key, for the *writer*. Peers would then hold KMS permissions
+# on this deployment's key, which is exactly what a write-only sub-bucket must not grant.
+# Everything a peer writes is already sealed client-side (AES-256-GCM, GMK-derived keys),
+# so SSE is defence in depth there; the volume bucket is only touched by the deployment's
+# own identity, which uses the key anyway.
+#
+# Versioning stays off: processed replication files are deleted and must really go away,
+# and the commit protocol relies on If-None-Match creates, not on object versions.
+
+locals {
+  volume_bucket      = "${var.bucket_prefix}-${var.deployment_id}-volume"
+  replication_bucket = "${var.bucket_prefix}-${var.deployment_id}-repl"
+  iam_path           = "/tern/${var.group_name}/"
+  tags = merge(var.tags, {
+    "tern:group"      = var.group_name
+    "tern:deployment" = var.deployment_id
+  })
+  # Names of the peers' identities, e.g. <group>-d1-from-d2 (checked ≤ 64 on aws_iam_user).
+  peer_user = { for p in var.peers : p => "${var.group_name}-${var.deployment_id}-from-${p}" }
+  buckets = {
+    volume      = local.volume_bucket
+    replication = local.replication_bucket
+  }
+}
+
+# --- KMS -------------------------------------------------------------------------------
+
+resource "aws_kms_key" "deployment" {
+  description              = "Tern ${var.group_name}/${var.deployment_id}: deployment key (AMK/TMK envelopes, volume SSE)"
+  key_usage                = "ENCRYPT_DECRYPT"
+  customer_master_key_spec = "SYMMETRIC_DEFAULT"
+  enable_key_rotation      = true
+  deletion_window_in_days  = var.kms_deletion_window_days
+  tags                     = local.tags
+}
+
+resource "aws_kms_alias" "deployment" {
+  name          = "alias/tern/${var.group_name}/${var.deployment_id}"
+  target_key_id = aws_kms_key.deployment.key_id
+}
+
+# --- Buckets ---------------------------------------------------------------------------
+
+resource "aws_s3_bucket" "this" {
+  for_each      = local.buckets
+  bucket        = each.value
+  force_destroy = var.force_destroy
+  tags          = merge(local.tags, { "tern:bucket" = each.key })
+}
+
+resource "aws_s3_bucket_ownership_controls" "this" {
+  for_each = aws_s3_bucket.this
+  bucket   = each.value.id
+  rule {
+    # ACLs off: the bucket owner owns what peers write, so the deployment can read and
+    # delete it (peers may live in other accounts on AWS).
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "this" {
+  for_each                = aws_s3_bucket.this
+  bucket                  = each.value.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_versioning" "this" {
+  for_each = aws_s3_bucket.this
+  bucket   = each.value.id
+  versioning_configuration {
+    # "Disabled" = never enabled (a new bucket's state); see the header comment.
+    status = "Disabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "volume" {
+  bucket = aws_s3_bucket.this["volume"].id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.deployment.arn
+    }
+    # One data key per bucket and period instead of one KMS call per object.
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "replication" {
+  bucket = aws_s3_bucket.this["replication"].id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "AES256"
+    }
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "replication" {
+  count  = var.abort_incomplete_multipart_days > 0 ? 1 : 0
+  bucket = aws_s3_bucket.this["replication"].id
+  rule {
+    id     = "abort-incomplete-multipart-uploads"
+    status = "Enabled"
+    filter {
+      prefix = "from/"
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = var.abort_incomplete_multipart_days
+    }
+  }
+}
+
+# --- Peer identities -------------------------------------------------------------------
+
+resource "aws_iam_user" "peer" {
+  for_each = local.peer_user
+  name     = each.value
+  path     = local.iam_path
+  tags     = merge(local.tags, { "tern:peer" = each.key })
+  lifecycle {
+    precondition {
+      condition     = length(each.value) <= 64
+      error_message = "IAM user name ${each.value} is longer than 64 characters: shorten group_name or the deployment ids."
+    }
+  }
+}
+
+resource "aws_iam_access_key" "peer" {
+  for_each = aws_iam_user.peer
+  user     = each.value.name
+}
+
+# The peer's whole S3 permission: create objects under from/<peer>/ of this replication
+# bucket. s3:PutObject authorizes PutObject and the multipart calls that build an object
+# (CreateMultipartUpload, UploadPart, CompleteMultipartUpload). s3:AbortMultipartUpload
+# lets a failed copy clean up its parts (object_store aborts on error). Nothing else:
+# no ListMultipartUploadParts (we never resume an upload), no Get/List/Delete (the
+# receiver alone reads and deletes), no UploadPartCopy source rights (needs GetObject).
+data "aws_iam_policy_document" "peer" {
+  for_each = local.peer_user
+  statement {
+    sid       = "WriteOwnSubBucketOnly"
+    effect    = "Allow"
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
+    resources = ["${aws_s3_bucket.this["replication"].arn}/from/${each.key}/*"]
+  }
+}
+
+resource "aws_iam_user_policy" "peer" {
+  for_each = aws_iam_user.peer
+  name     = "tern-write-only-from-${each.key}"
+  user     = each.value.name
+  policy   = data.aws_iam_policy_document.peer[each.key].json
+}
+
+# --- Bucket policies -------------------------------------------------------------------
+
+# Replication bucket: besides the optional TLS rule, the bucket itself caps every peer
+# identity at "put under its own prefix", whatever identity policies get attached to it
+# later (an explicit Deny wins over any Allow). Optional: see peer_guard_bucket_policy.
+data "aws_iam_policy_document" "replication" {
+  dynamic "statement" {
+    for_each = var.deny_insecure_transport ? [1] : []
+    content {
+      sid     = "DenyInsecureTransport"
+      effect  = "Deny"
+      actions = ["s3:*"]
+      resources = [
+        aws_s3_bucket.this["replication"].arn,
+        "${aws_s3_bucket.this["replication"].arn}/*",
+      ]
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+      condition {
+        test     = "Bool"
+        variable = "aws:SecureTransport"
+        values   = ["false"]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.peer_guard_bucket_policy ? aws_iam_user.peer : {}
+    content {
+      sid         = "PeerWriteOnly${replace(statement.key, "-", "")}"
+      effect      = "Deny"
+      not_actions = ["s3:PutObject", "s3:AbortMultipartUpload"]
+      resources = [
+        aws_s3_bucket.this["replication"].arn,
+        "${aws_s3_bucket.this["replication"].arn}/*",
+      ]
+      principals {
+        type        = "AWS"
+        identifiers = [statement.value.arn]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.peer_guard_bucket_policy ? aws_iam_user.peer : {}
+    content {
+      sid           = "PeerOwnPrefixOnly${replace(statement.key, "-", "")}"
+      effect        = "Deny"
+      actions       = ["s3:PutObject", "s3:AbortMultipartUpload"]
+      not_resources = ["${aws_s3_bucket.this["replication"].arn}/from/${statement.key}/*"]
+      principals {
+        type        = "AWS"
+        identifiers = [statement.value.arn]
+      }
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "replication" {
+  count  = var.deny_insecure_transport || (var.peer_guard_bucket_policy && length(var.peers) > 0) ? 1 : 0
+  bucket = aws_s3_bucket.this["replication"].id
+  policy = data.aws_iam_policy_document.replication.json
+  # A bucket policy is rejected while the public access block is being changed.
+  depends_on = [aws_s3_bucket_public_access_block.this]
+}
+
+data "aws_iam_policy_document" "volume" {
+  statement {
+    sid     = "DenyInsecureTransport"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    resources = [
+      aws_s3_bucket.this["volume"].arn,
+      "${aws_s3_bucket.this["volume"].arn}/*",
+    ]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "volume" {
+  count      = var.deny_insecure_transport ? 1 : 0
+  bucket     = aws_s3_bucket.this["volume"].id
+  policy     = data.aws_iam_policy_document.volume.json
+  depends_on = [aws_s3_bucket_public_access_block.this]
+}

@@ -1,0 +1,71 @@
+variable "deployment_id" {
+  description = "Id of this deployment inside its group (e.g. \"d1\"). Peers write under from/<deployment_id>/ of other deployments' replication buckets."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,19}$", var.deployment_id))
+    error_message = "deployment_id must be 1-20 characters of lowercase letters, digits and '-'."
+  }
+}
+
+variable "group_name" {
+  description = "Name of the deployment group; used in IAM user paths and names, the KMS alias and tags."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,31}$", var.group_name))
+    error_message = "group_name must be 1-32 characters of lowercase letters, digits and '-'."
+  }
+}
+
+variable "peers" {
+  description = "Ids of the other deployments of the group. Each gets a write-only identity for from/<peer>/ in this deployment's replication bucket."
+  type        = list(string)
+  validation {
+    condition     = alltrue([for p in var.peers : can(regex("^[a-z0-9][a-z0-9-]{0,19}$", p))])
+    error_message = "every peer id must be 1-20 characters of lowercase letters, digits and '-'."
+  }
+}
+
+variable "bucket_prefix" {
+  description = "Prefix of the bucket names: <bucket_prefix>-<deployment_id>-volume and -repl. S3 names are global on AWS: include something unique (account, org)."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,40}$", var.bucket_prefix))
+    error_message = "bucket_prefix must be 1-41 characters of lowercase letters, digits and '-' (bucket names are at most 63)."
+  }
+}
+
+variable "deny_insecure_transport" {
+  description = "Add a bucket-policy statement denying requests without TLS (aws:SecureTransport = false). Keep on for AWS; emulators speak plain HTTP."
+  type        = bool
+  default     = true
+}
+
+variable "peer_guard_bucket_policy" {
+  description = "Also cap every peer identity in the replication bucket's policy (explicit Deny of anything but writing under its own prefix), so that a broader identity policy attached later cannot widen it. Off for moto: its bucket-policy check ignores Principal and would deny everyone."
+  type        = bool
+  default     = true
+}
+
+variable "kms_deletion_window_days" {
+  description = "Waiting period before the deployment's KMS key is deleted after a destroy."
+  type        = number
+  default     = 30
+}
+
+variable "force_destroy" {
+  description = "Let `terraform destroy` delete non-empty buckets. Only for throw-away environments."
+  type        = bool
+  default     = false
+}
+
+variable "abort_incomplete_multipart_days" {
+  description = "Lifecycle rule on the replication bucket: abort multipart uploads left incomplete for this many days (parts of crashed copies cost storage, and peers cannot list them). 0 = no rule (emulators: they run no lifecycle, and the provider's consistency wait takes about a minute against LocalStack)."
+  type        = number
+  default     = 7
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
