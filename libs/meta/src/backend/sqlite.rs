@@ -1,0 +1,523 @@
+//! The SQLite backend: the embedded default metadata store, one file.
+//!
+//! ```text
+//! kv(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID   the key space
+//! meta_schema(version INTEGER NOT NULL)                         one row: schema version
+//! ```
+//!
+//! * **WAL journal**: readers never block the writer nor each other, and a crash (process
+//!   or power) at any point leaves the last committed state: SQLite replays or discards the
+//!   WAL tail on the next open.
+//! * **Durability** ([`Synchronous`]): `FULL` by default — the WAL is fsynced at every
+//!   commit, so a commit that returned `Ok` survives power loss. Tern acts on commits
+//!   outside the store right after they return (it acknowledges a DML commit to the
+//!   client, deletes a message file it has just persisted from the replication bucket,
+//!   names the next message file in a chain); with `NORMAL` a power loss may silently
+//!   roll back the last commits while those external effects stay done — messages lost,
+//!   a chain name reused. `NORMAL` (fsync only at checkpoints; same crash-consistency, only
+//!   the last commits at risk on power loss) is offered for tests and benchmarks.
+//! * **Several processes** may open the same file (on a local file system: SQLite's WAL
+//!   needs shared memory, so not NFS/SMB). Write transactions start with
+//!   `BEGIN IMMEDIATE`, which takes the write lock up front: writers queue (for up to
+//!   `busy_timeout`, then retried with backoff `busy_retries` times) instead of failing
+//!   with a deadlock when two read-then-write transactions meet.
+//! * **Connections**: one writer connection behind a mutex (one write transaction at a
+//!   time per process; SQLite allows only one per file anyway) and a small pool of reader
+//!   connections (`query_only`), so reads run in parallel with a write.
+//! * **Migrations**: [`SCHEMA_VERSION`] and an ordered list of migrations, applied at
+//!   open in one transaction. A file with a newer version is refused
+//!   ([`Error::UnknownSchemaVersion`]); a file of another application is refused and left
+//!   untouched ([`Error::NotAMetaStore`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, KvTxn};
+use crate::error::{Error, Result};
+use crate::key::Key;
+
+/// The schema version this build creates and migrates to.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// `PRAGMA application_id` of a Tern metadata store ("Tern"), so that `file(1)` and Tern
+/// itself can tell the file apart from other SQLite databases.
+pub const APPLICATION_ID: i32 = 0x5465_726E;
+
+struct Migration {
+    version: u32,
+    what: &'static str,
+    apply: fn(&Connection) -> rusqlite::Result<()>,
+}
+
+/// Applied in order; a migration is never edited once released (add a new one).
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        what: "create the key-value table",
+        apply: create_kv,
+    },
+    Migration {
+        version: 2,
+        what: "stamp the file with Tern's application_id",
+        apply: stamp_application_id,
+    },
+];
+
+fn create_kv(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;")
+}
+
+fn stamp_application_id(c: &Connection) -> rusqlite::Result<()> {
+    c.pragma_update(None, "application_id", APPLICATION_ID)
+}
+
+/// SQLite's `synchronous` setting for the writer (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync the WAL at every commit: an acknowledged commit survives power loss.
+    #[default]
+    Full,
+    /// fsync only at checkpoints: survives process crashes; a power loss may roll back the
+    /// last commits (never corrupts). Tests and benchmarks only.
+    Normal,
+}
+
+/// Settings of the SQLite backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteOptions {
+    /// Durability of commits.
+    pub synchronous: Synchronous,
+    /// How long SQLite itself waits for a lock held by another connection or process.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+    /// How many more times a transaction that still found the store busy is retried
+    /// (with backoff) before [`Error::Busy`].
+    pub busy_retries: u32,
+    /// Reader connections kept open between reads.
+    pub max_idle_readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            busy_retries: 5,
+            max_idle_readers: 4,
+        }
+    }
+}
+
+/// The SQLite backend. See the module docs.
+pub struct SqliteBackend {
+    path: PathBuf,
+    display: String,
+    options: SqliteOptions,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A panic inside a transaction body unwinds through rusqlite's `Transaction`, whose drop
+/// rolls back; the connection is reusable, so a poisoned lock is taken over.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn sql_err<'a>(path: &'a str, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
+    move |source| {
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+            Error::NotAMetaStore {
+                path: path.to_string(),
+                reason: "not an SQLite database",
+            }
+        } else {
+            Error::Sqlite {
+                path: path.to_string(),
+                op,
+                source,
+            }
+        }
+    }
+}
+
+impl SqliteBackend {
+    /// Open (creating if needed) the store file at `path` and bring its schema to
+    /// [`SCHEMA_VERSION`]. The parent directory must exist.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let display = path.display().to_string();
+        let writer = open_connection(&path, &display, &options)?;
+        // Refuse someone else's database before changing anything in it.
+        check_ownership(&writer, &display)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(sql_err(&display, "set journal_mode=WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Sqlite {
+                path: display,
+                op: "set journal_mode=WAL",
+                source: rusqlite::Error::InvalidQuery,
+            });
+        }
+        let sync = match options.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        writer
+            .pragma_update(None, "synchronous", sync)
+            .map_err(sql_err(&display, "set synchronous"))?;
+        // Truncate the WAL file after checkpoints instead of letting it keep its peak size.
+        writer
+            .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(sql_err(&display, "set journal_size_limit"))?;
+        let backend = Self {
+            path,
+            display,
+            options,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        };
+        backend.with_busy_retry("migrate", || {
+            let mut conn = lock(&backend.writer);
+            migrate(&mut conn, &backend.display)
+        })?;
+        Ok(backend)
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<i64> {
+        let conn = lock(&self.writer);
+        conn.query_row("SELECT version FROM meta_schema", [], |r| r.get(0))
+            .map_err(sql_err(&self.display, "read schema version"))
+    }
+
+    /// Run SQLite's `integrity_check`: the problems found (empty when the file is sound).
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let conn = lock(&self.writer);
+        let mut stmt = conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(sql_err(&self.display, "integrity check"))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(sql_err(&self.display, "integrity check"))?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// Run `op`, retrying with backoff while another connection holds the lock.
+    fn with_busy_retry<T>(&self, op: &'static str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut attempt = 0u32;
+        loop {
+            match f() {
+                Err(e) if e.is_busy() => {
+                    attempt += 1;
+                    if attempt > self.options.busy_retries {
+                        return Err(match e {
+                            Error::Sqlite { source, .. } => Error::Busy {
+                                path: self.display.clone(),
+                                op,
+                                attempts: attempt,
+                                source,
+                            },
+                            other => other,
+                        });
+                    }
+                    let backoff = Duration::from_millis(10u64 << attempt.min(6));
+                    tracing::warn!(store = %self.display, op, attempt, ?backoff, "metadata store busy, retrying");
+                    std::thread::sleep(backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn take_reader(&self) -> Result<Connection> {
+        if let Some(c) = lock(&self.readers).pop() {
+            return Ok(c);
+        }
+        let c = open_connection(&self.path, &self.display, &self.options)?;
+        c.pragma_update(None, "query_only", true)
+            .map_err(sql_err(&self.display, "set query_only"))?;
+        Ok(c)
+    }
+
+    fn return_reader(&self, c: Connection) {
+        // A connection still inside a transaction (a failed rollback) is not reused.
+        if c.is_autocommit() {
+            let mut pool = lock(&self.readers);
+            if pool.len() < self.options.max_idle_readers {
+                pool.push(c);
+            }
+        }
+    }
+}
+
+fn open_connection(path: &Path, display: &str, options: &SqliteOptions) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(sql_err(display, "open"))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(sql_err(display, "set busy_timeout"))?;
+    Ok(conn)
+}
+
+/// Refuse files that belong to another application. Reads only.
+fn check_ownership(conn: &Connection, path: &str) -> Result<()> {
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(sql_err(path, "read application_id"))?;
+    if app_id != 0 && app_id != APPLICATION_ID {
+        return Err(Error::NotAMetaStore {
+            path: path.to_string(),
+            reason: "its application_id belongs to another application",
+        });
+    }
+    let (ours, others): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*) FILTER (WHERE name = 'meta_schema'), \
+                    count(*) FILTER (WHERE name <> 'meta_schema') \
+             FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(sql_err(path, "read the schema"))?;
+    if ours == 0 && others > 0 {
+        return Err(Error::NotAMetaStore {
+            path: path.to_string(),
+            reason: "it has tables but no meta_schema table",
+        });
+    }
+    Ok(())
+}
+
+/// Bring the schema to [`SCHEMA_VERSION`] in one transaction (concurrent openers
+/// serialize on `BEGIN IMMEDIATE`; the second finds the work done).
+fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
+    let tx = Transaction::new(conn, TransactionBehavior::Immediate)
+        .map_err(sql_err(path, "begin migration"))?;
+    check_ownership(&tx, path)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS meta_schema (version INTEGER NOT NULL);")
+        .map_err(sql_err(path, "create meta_schema"))?;
+    let versions: Vec<i64> = tx
+        .prepare("SELECT version FROM meta_schema")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(sql_err(path, "read schema version"))?;
+    let current = match versions.as_slice() {
+        [] => {
+            tx.execute("INSERT INTO meta_schema (version) VALUES (0)", [])
+                .map_err(sql_err(path, "initialize meta_schema"))?;
+            0
+        }
+        [v] => *v,
+        _ => {
+            return Err(Error::NotAMetaStore {
+                path: path.to_string(),
+                reason: "meta_schema holds more than one row",
+            });
+        }
+    };
+    if current > i64::from(SCHEMA_VERSION) {
+        return Err(Error::UnknownSchemaVersion {
+            path: path.to_string(),
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if current < 0 {
+        return Err(Error::NotAMetaStore {
+            path: path.to_string(),
+            reason: "meta_schema holds a negative version",
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| i64::from(m.version) > current) {
+        tracing::info!(
+            store = path,
+            version = m.version,
+            what = m.what,
+            "migrating metadata store"
+        );
+        (m.apply)(&tx).map_err(sql_err(path, "apply migration"))?;
+    }
+    if current < i64::from(SCHEMA_VERSION) {
+        tx.execute("UPDATE meta_schema SET version = ?1", [SCHEMA_VERSION])
+            .map_err(sql_err(path, "record schema version"))?;
+    }
+    tx.commit().map_err(sql_err(path, "commit migration"))
+}
+
+impl Backend for SqliteBackend {
+    fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        self.with_busy_retry("write transaction", || {
+            let mut conn = lock(&self.writer);
+            if !conn.is_autocommit() {
+                // Defensive: a transaction left open would make BEGIN fail forever.
+                conn.execute_batch("ROLLBACK")
+                    .map_err(sql_err(&self.display, "roll back a stale transaction"))?;
+            }
+            let tx = Transaction::new(&mut conn, TransactionBehavior::Immediate)
+                .map_err(sql_err(&self.display, "begin write transaction"))?;
+            f(&mut SqliteTxn {
+                conn: &tx,
+                writable: true,
+                path: &self.display,
+            })?;
+            // On error `tx` is dropped here, which rolls back.
+            tx.commit().map_err(sql_err(&self.display, "commit"))
+        })
+    }
+
+    fn read(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        let mut conn = self.take_reader()?;
+        let result = self.with_busy_retry("read transaction", || {
+            // A deferred transaction takes its snapshot at the first read and keeps it.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(sql_err(&self.display, "begin read transaction"))?;
+            f(&mut SqliteTxn {
+                conn: &tx,
+                writable: false,
+                path: &self.display,
+            })?;
+            tx.rollback()
+                .map_err(sql_err(&self.display, "end read transaction"))
+        });
+        self.return_reader(conn);
+        result
+    }
+}
+
+struct SqliteTxn<'c> {
+    conn: &'c Connection,
+    writable: bool,
+    path: &'c str,
+}
+
+impl SqliteTxn<'_> {
+    fn check_writable(&self, key: &[u8]) -> Result<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::ReadOnly {
+                key: Key::from_bytes(key.to_vec()).to_string(),
+            })
+        }
+    }
+}
+
+impl KvTxn for SqliteTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+            .map_err(sql_err(self.path, "get"))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_writable(key)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute((key, value)))
+            .map(drop)
+            .map_err(sql_err(self.path, "put"))
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.check_writable(key)?;
+        self.conn
+            .prepare_cached("DELETE FROM kv WHERE key = ?1")
+            .and_then(|mut s| s.execute([key]))
+            .map(drop)
+            .map_err(sql_err(self.path, "delete"))
+    }
+
+    fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached(
+                "SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
+            )
+            .and_then(|mut s| {
+                s.query_map((start, end, limit), |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(sql_err(self.path, "scan"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::sqlite_is_busy;
+
+    #[test]
+    fn migrations_are_ordered_and_end_at_the_schema_version() {
+        let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let expected: Vec<u32> = (1..=SCHEMA_VERSION).collect();
+        assert_eq!(versions, expected);
+    }
+
+    #[test]
+    fn options_from_config() {
+        let o: SqliteOptions =
+            serde_json::from_str(r#"{"synchronous":"normal","busy_timeout":"250ms"}"#).unwrap();
+        assert_eq!(o.synchronous, Synchronous::Normal);
+        assert_eq!(o.busy_timeout, Duration::from_millis(250));
+        assert_eq!(
+            o.max_idle_readers,
+            SqliteOptions::default().max_idle_readers
+        );
+        assert!(serde_json::from_str::<SqliteOptions>(r#"{"sync":"full"}"#).is_err());
+    }
+
+    #[test]
+    fn write_read_and_busy_classification() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(dir.path().join("m.db"), SqliteOptions::default()).unwrap();
+        assert_eq!(b.schema_version().unwrap(), i64::from(SCHEMA_VERSION));
+        b.write(&mut |t| {
+            t.put(b"a", b"1")?;
+            t.put(b"b", b"2")?;
+            t.put(b"a", b"3")?;
+            t.delete(b"b")?;
+            assert_eq!(t.get(b"a")?.as_deref(), Some(&b"3"[..]));
+            Ok(())
+        })
+        .unwrap();
+        b.read(&mut |t| {
+            assert_eq!(
+                t.scan(b"", b"\xff", 10)?,
+                vec![(b"a".to_vec(), b"3".to_vec())]
+            );
+            assert!(matches!(t.put(b"x", b"y"), Err(Error::ReadOnly { .. })));
+            Ok(())
+        })
+        .unwrap();
+        assert!(b.integrity_check().unwrap().is_empty());
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(sqlite_is_busy(&busy));
+    }
+}

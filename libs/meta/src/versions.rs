@@ -1,0 +1,364 @@
+//! Table versions and the micro-partition index.
+//!
+//! ```text
+//!  commit_table_version(T, expected = N, version N+1, add, remove)   one transaction:
+//!    T.current_version == N ?  else VersionConflict { expected: N, found }
+//!    remove: each short must be active      → removed_version = N+1
+//!    add:    each short / global ref new    → added_version = N+1
+//!    version row N+1 (its own EP files, added, removed), T.current_version = N+1
+//!
+//!  versions of T:   [oldest retained ............ current]
+//!                    ^ drop_versions_before(v)     ^ rollback_table_to(v) moves it back
+//! ```
+//!
+//! A micro-partition is active at version `v` when `added_version <= v` and it was not
+//! removed at or before `v`. The active set of any retained version is read from the
+//! index, without replaying metadata files. Rollback undoes versions through their rows'
+//! `added`/`removed` lists, so it costs the size of the undone changes, not of the table.
+
+use std::collections::BTreeSet;
+
+use tern_storage::layout::{GlobalFileRef, ShortName, TableId};
+
+use crate::dpo::{EpFileRef, GlobalFileEntry, MicroPartitionDpo, TableDpo, TableVersionDpo};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::store::MetaTxn;
+
+/// What [`MetaTxn::rollback_table_to`] undid: the caller deletes the files.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RolledBack {
+    /// The version rows dropped (newest first): their EP files are no longer referenced.
+    pub versions: Vec<TableVersionDpo>,
+    /// The micro-partitions deleted from the index (added after the target version).
+    pub deleted: Vec<MicroPartitionDpo>,
+    /// Micro-partitions removed after the target version and active again.
+    pub restored: Vec<ShortName>,
+}
+
+fn mp_name(table: &TableId, short: &ShortName) -> String {
+    format!("{table}/{short}")
+}
+
+impl MetaTxn<'_> {
+    /// Commit version `expected_current + 1` of `table`: the version row `new`, the
+    /// micro-partitions `add` (their `added_version` must be the new version) and the
+    /// removal of the active micro-partitions `remove`, atomically with
+    /// `current_version = new.version` (and the table's columns = `new.columns`).
+    ///
+    /// Compare-and-swap: [`Error::VersionConflict`] if the table is no longer at
+    /// `expected_current`. [`Error::NotFound`] for an unknown table or a `remove` name that
+    /// is unknown or not active; [`Error::AlreadyExists`] for an `add` whose short name or
+    /// global reference is taken. `new.added` / `new.removed` are filled in from `add` /
+    /// `remove`.
+    #[tracing::instrument(level = "debug", skip_all, fields(%table, expected_current, adds = add.len(), removes = remove.len()))]
+    pub fn commit_table_version(
+        &mut self,
+        table: &TableId,
+        expected_current: u64,
+        mut new: TableVersionDpo,
+        add: &[MicroPartitionDpo],
+        remove: &[ShortName],
+    ) -> Result<()> {
+        let mut t = self
+            .get_table(table)?
+            .filter(|t| !t.dropped)
+            .ok_or_else(|| Error::not_found("table", table))?;
+        if t.current_version != expected_current {
+            return Err(Error::VersionConflict {
+                table: table.clone(),
+                expected: expected_current,
+                found: t.current_version,
+            });
+        }
+        let version = expected_current
+            .checked_add(1)
+            .ok_or_else(|| Error::invalid("table version", "version overflow"))?;
+        if new.table != *table || new.version != version {
+            return Err(Error::invalid(
+                "table version",
+                format!(
+                    "expected a row for {table}@{version}, got {}@{}",
+                    new.table, new.version
+                ),
+            ));
+        }
+        // Validate everything before the first write.
+        let mut removed = Vec::with_capacity(remove.len());
+        let mut seen = BTreeSet::new();
+        for short in remove {
+            let mp = self
+                .get::<MicroPartitionDpo>(&keys::micro_partition(table, short))?
+                .filter(|m| m.removed_version.is_none() && seen.insert(short))
+                .ok_or_else(|| Error::not_found("micro-partition", mp_name(table, short)))?;
+            removed.push(mp);
+        }
+        let mut shorts = BTreeSet::new();
+        let mut refs = BTreeSet::new();
+        for mp in add {
+            if mp.table != *table || mp.added_version != version || mp.removed_version.is_some() {
+                return Err(Error::invalid(
+                    "micro-partition",
+                    format!(
+                        "{}: must belong to {table}, be added at version {version} and not removed",
+                        mp_name(&mp.table, &mp.short)
+                    ),
+                ));
+            }
+            if !shorts.insert(&mp.short)
+                || self.contains(&keys::micro_partition(table, &mp.short))?
+            {
+                return Err(Error::already_exists(
+                    "micro-partition",
+                    mp_name(table, &mp.short),
+                ));
+            }
+            if !refs.insert(&mp.global_ref) || self.contains(&keys::global_file(&mp.global_ref))? {
+                return Err(Error::already_exists(
+                    "global file reference",
+                    &mp.global_ref,
+                ));
+            }
+        }
+        for mut mp in removed {
+            mp.removed_version = Some(version);
+            self.put(&keys::micro_partition(table, &mp.short), &mp)?;
+        }
+        for mp in add {
+            self.put(&keys::micro_partition(table, &mp.short), mp)?;
+            self.put(
+                &keys::global_file(&mp.global_ref),
+                &GlobalFileEntry {
+                    table: table.clone(),
+                    short: mp.short.clone(),
+                },
+            )?;
+        }
+        new.added = add.iter().map(|m| m.short.clone()).collect();
+        new.removed = remove.to_vec();
+        self.put(&keys::table_version(table, version), &new)?;
+        t.current_version = version;
+        t.columns = new.columns;
+        self.put(&keys::table(table), &t)
+    }
+
+    /// A retained version row.
+    pub fn get_table_version(
+        &mut self,
+        table: &TableId,
+        version: u64,
+    ) -> Result<Option<TableVersionDpo>> {
+        self.get(&keys::table_version(table, version))
+    }
+
+    /// The retained version rows of a table, oldest first.
+    pub fn table_versions(&mut self, table: &TableId) -> Result<Vec<TableVersionDpo>> {
+        Ok(self
+            .scan_prefix(&keys::table_versions(table))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// The oldest version still retained (0 until [`drop_versions_before`] dropped some).
+    ///
+    /// [`drop_versions_before`]: MetaTxn::drop_versions_before
+    pub fn oldest_retained_version(&mut self, table: &TableId) -> Result<u64> {
+        let (start, end) = keys::table_versions(table).prefix_range();
+        match self.first_in::<TableVersionDpo>(&start, &end)? {
+            Some((_, v)) => Ok(v.version),
+            None => Err(Error::not_found("table", table)),
+        }
+    }
+
+    /// The row of `version`, which must be retained (between the oldest retained version
+    /// and the current one).
+    fn require_version(&mut self, table: &TableId, version: u64) -> Result<TableVersionDpo> {
+        self.get_table_version(table, version)?.ok_or_else(|| {
+            Error::not_found("table version", format!("{table}@{version} (not retained)"))
+        })
+    }
+
+    /// The metadata files of the commits up to `version`, in commit order: the
+    /// concatenation of the retained version rows' own files (rows dropped by retention no
+    /// longer contribute).
+    pub fn ep_files_at(&mut self, table: &TableId, version: u64) -> Result<Vec<EpFileRef>> {
+        self.require_version(table, version)?;
+        let start = keys::table_versions(table).as_bytes().to_vec();
+        let end = keys::table_version(table, version).as_bytes().to_vec();
+        let mut files = Vec::new();
+        self.for_each::<TableVersionDpo>(start, &crate::key::successor(&end), |_, v| {
+            files.extend(v.ep_files);
+            Ok(true)
+        })?;
+        Ok(files)
+    }
+
+    /// The micro-partitions that make up `table` at `version` (a retained version), ordered
+    /// by short name.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub fn active_micro_partitions(
+        &mut self,
+        table: &TableId,
+        version: u64,
+    ) -> Result<Vec<MicroPartitionDpo>> {
+        self.require_version(table, version)?;
+        let (start, end) = keys::micro_partitions(table).prefix_range();
+        let mut out = Vec::new();
+        self.for_each::<MicroPartitionDpo>(start, &end, |_, mp| {
+            if mp.is_active_at(version) {
+                out.push(mp);
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// A micro-partition of `table` by short name (removed ones included).
+    pub fn get_micro_partition(
+        &mut self,
+        table: &TableId,
+        short: &ShortName,
+    ) -> Result<Option<MicroPartitionDpo>> {
+        self.get(&keys::micro_partition(table, short))
+    }
+
+    /// A micro-partition by global file reference (through the secondary index).
+    pub fn find_micro_partition(
+        &mut self,
+        global_ref: &GlobalFileRef,
+    ) -> Result<Option<MicroPartitionDpo>> {
+        match self.get::<GlobalFileEntry>(&keys::global_file(global_ref))? {
+            Some(e) => self.get_micro_partition(&e.table, &e.short),
+            None => Ok(None),
+        }
+    }
+
+    /// Every micro-partition in the index for `table`, removed ones included.
+    pub fn list_micro_partitions(&mut self, table: &TableId) -> Result<Vec<MicroPartitionDpo>> {
+        Ok(self
+            .scan_prefix(&keys::micro_partitions(table))?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// Micro-partitions no retained version refers to (removed at or before the oldest
+    /// retained version): their files may be deleted, then the entries forgotten with
+    /// [`MetaTxn::forget_micro_partitions`].
+    pub fn unreferenced_micro_partitions(
+        &mut self,
+        table: &TableId,
+    ) -> Result<Vec<MicroPartitionDpo>> {
+        let oldest = self.oldest_retained_version(table)?;
+        let mut all = self.list_micro_partitions(table)?;
+        all.retain(|m| m.removed_version.is_some_and(|r| r <= oldest));
+        Ok(all)
+    }
+
+    /// Delete index entries of unreferenced micro-partitions (after their files are gone).
+    /// [`Error::InUse`] if one is still referenced by a retained version.
+    pub fn forget_micro_partitions(&mut self, table: &TableId, shorts: &[ShortName]) -> Result<()> {
+        let oldest = self.oldest_retained_version(table)?;
+        let mut doomed = Vec::with_capacity(shorts.len());
+        for short in shorts {
+            let mp: MicroPartitionDpo = self
+                .get(&keys::micro_partition(table, short))?
+                .ok_or_else(|| Error::not_found("micro-partition", mp_name(table, short)))?;
+            if mp.removed_version.is_none_or(|r| r > oldest) {
+                return Err(Error::InUse {
+                    what: "micro-partition",
+                    name: mp_name(table, short),
+                    by: format!("retained versions from {oldest} refer to it"),
+                });
+            }
+            doomed.push(mp);
+        }
+        for mp in doomed {
+            self.delete(&keys::micro_partition(table, &mp.short))?;
+            self.delete(&keys::global_file(&mp.global_ref))?;
+        }
+        Ok(())
+    }
+
+    /// Move `table` back to `version` (a retained version): drop the version rows after
+    /// it, delete the micro-partitions added after it, make the ones removed after it
+    /// active again, restore its columns. Returns what was undone so the caller can delete
+    /// the files. A no-op at the current version.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub fn rollback_table_to(&mut self, table: &TableId, version: u64) -> Result<RolledBack> {
+        let mut t: TableDpo = self
+            .get_table(table)?
+            .filter(|t| !t.dropped)
+            .ok_or_else(|| Error::not_found("table", table))?;
+        if version > t.current_version {
+            return Err(Error::invalid(
+                "rollback",
+                format!(
+                    "{table} is at version {}, cannot roll forward to {version}",
+                    t.current_version
+                ),
+            ));
+        }
+        let target = self.require_version(table, version)?;
+        let mut undone = RolledBack::default();
+        let start = crate::key::successor(keys::table_version(table, version).as_bytes());
+        let (_, end) = keys::table_versions(table).prefix_range();
+        self.for_each::<TableVersionDpo>(start, &end, |_, v| {
+            undone.versions.push(v);
+            Ok(true)
+        })?;
+        undone.versions.reverse();
+        let added: BTreeSet<&ShortName> = undone.versions.iter().flat_map(|v| &v.added).collect();
+        let removed: BTreeSet<&ShortName> =
+            undone.versions.iter().flat_map(|v| &v.removed).collect();
+        for short in removed.difference(&added) {
+            let key = keys::micro_partition(table, short);
+            let mut mp: MicroPartitionDpo = self
+                .get(&key)?
+                .ok_or_else(|| Error::not_found("micro-partition", mp_name(table, short)))?;
+            mp.removed_version = None;
+            self.put(&key, &mp)?;
+            undone.restored.push((*short).clone());
+        }
+        for short in &added {
+            let key = keys::micro_partition(table, short);
+            if let Some(mp) = self.get::<MicroPartitionDpo>(&key)? {
+                self.delete(&key)?;
+                self.delete(&keys::global_file(&mp.global_ref))?;
+                undone.deleted.push(mp);
+            }
+        }
+        for v in &undone.versions {
+            self.delete(&keys::table_version(table, v.version))?;
+        }
+        t.current_version = version;
+        t.columns = target.columns;
+        self.put(&keys::table(table), &t)?;
+        Ok(undone)
+    }
+
+    /// Retention: drop the version rows older than `version` (which must be retained and
+    /// not after the current version). Returns the dropped rows (their EP files are no
+    /// longer needed by this deployment). Micro-partitions removed at or before `version`
+    /// become [unreferenced](MetaTxn::unreferenced_micro_partitions).
+    pub fn drop_versions_before(
+        &mut self,
+        table: &TableId,
+        version: u64,
+    ) -> Result<Vec<TableVersionDpo>> {
+        self.require_table(table)?;
+        self.require_version(table, version)?;
+        let start = keys::table_versions(table).as_bytes().to_vec();
+        let end = keys::table_version(table, version).as_bytes().to_vec();
+        let mut dropped = Vec::new();
+        self.for_each::<TableVersionDpo>(start, &end, |_, v| {
+            dropped.push(v);
+            Ok(true)
+        })?;
+        for v in &dropped {
+            self.delete(&keys::table_version(table, v.version))?;
+        }
+        Ok(dropped)
+    }
+}
