@@ -1,0 +1,205 @@
+//! KMS-backed providers against LocalStack (started on demand; these tests fail, never skip,
+//! when it cannot be reached).
+
+use std::sync::Arc;
+
+use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+use tern_clock::ManualClock;
+use tern_crypto::{
+    CachedWrapKeys, CustomerKey, CustomerPublicKey, DiversifierPolicy, EncryptOptions,
+    EnvelopeContext, Error, KeyProvider, KmsConnection, KmsKeyProvider, KmsRsaCustomerKey,
+    MessageFileKeys, RepMk, StaticCredentials, SystemRandom, WrapContext, decrypt_bytes,
+    double_unwrap_repmk, double_wrap_repmk, encrypt_bytes, kms_client,
+};
+
+use crate::common::{D0, T0_MS, localstack};
+
+struct Kms {
+    client: aws_sdk_kms::Client,
+    gmk: String,
+    master: String,
+}
+
+async fn create_key(client: &aws_sdk_kms::Client, spec: KeySpec, usage: KeyUsageType) -> String {
+    client
+        .create_key()
+        .key_spec(spec)
+        .key_usage(usage)
+        .description("tern-crypto integration test")
+        .send()
+        .await
+        .expect("CreateKey on LocalStack")
+        .key_metadata
+        .expect("key metadata")
+        .key_id
+}
+
+async fn kms() -> Kms {
+    let emu = localstack().await;
+    let client = kms_client(&KmsConnection {
+        endpoint: Some(emu.endpoint.clone()),
+        region: Some(emu.region.clone()),
+        credentials: Some(StaticCredentials {
+            access_key_id: emu.access_key_id.clone(),
+            secret_access_key: emu.secret_access_key.clone(),
+        }),
+    })
+    .await;
+    let gmk = create_key(&client, KeySpec::Hmac256, KeyUsageType::GenerateVerifyMac).await;
+    let master = create_key(
+        &client,
+        KeySpec::SymmetricDefault,
+        KeyUsageType::EncryptDecrypt,
+    )
+    .await;
+    Kms {
+        client,
+        gmk,
+        master,
+    }
+}
+
+#[tokio::test]
+async fn generate_mac_derivation_is_cached_and_deterministic() {
+    let k = kms().await;
+    let provider = Arc::new(KmsKeyProvider::new(k.client.clone(), &k.gmk, &k.master));
+    let cache = Arc::new(CachedWrapKeys::new(provider.clone()));
+    let clock = ManualClock::new(T0_MS + 5_000);
+    let keys = MessageFileKeys::new(
+        cache.clone(),
+        "d1->d2",
+        DiversifierPolicy::default(),
+        clock.shared(),
+        SystemRandom::shared(),
+    );
+    let mut files = Vec::new();
+    for i in 0..20 {
+        let name = format!("from/d1/body/m/{i}");
+        files.push((
+            name.clone(),
+            encrypt_bytes(&name, &keys, name.as_bytes(), &EncryptOptions::default())
+                .await
+                .unwrap(),
+        ));
+    }
+    assert_eq!(
+        provider.kms_calls(),
+        1,
+        "20 DEKs wrapped with one GenerateMac"
+    );
+
+    // another deployment of the group (its own provider and cache, same GMK) reads them
+    let peer = Arc::new(KmsKeyProvider::new(k.client.clone(), &k.gmk, &k.master));
+    let peer_keys = MessageFileKeys::new(
+        Arc::new(CachedWrapKeys::new(peer.clone())),
+        "d1->d2",
+        DiversifierPolicy::default(),
+        clock.shared(),
+        SystemRandom::shared(),
+    );
+    for (name, bytes) in &files {
+        assert_eq!(
+            decrypt_bytes(name, &peer_keys, bytes).await.unwrap(),
+            name.as_bytes()
+        );
+    }
+    assert_eq!(peer.kms_calls(), 1);
+
+    let a = provider.derive_wrap_key(D0).await.unwrap();
+    let b = peer.derive_wrap_key(D0).await.unwrap();
+    let c = provider
+        .derive_wrap_key(tern_crypto::Diversifier::from_unix_secs(
+            D0.unix_secs() + 3600,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(a.id(), b.id());
+    assert_ne!(a.id(), c.id());
+
+    // a key that is not an HMAC key is refused by KMS, with a typed error naming it
+    let wrong = KmsKeyProvider::new(k.client.clone(), &k.master, &k.master);
+    let e = wrong.derive_wrap_key(D0).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Kms { operation: "GenerateMac", ref key_id, .. } if *key_id == k.master),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn data_keys_are_bound_to_their_encryption_context() {
+    let k = kms().await;
+    let provider = KmsKeyProvider::new(k.client.clone(), &k.gmk, &k.master);
+    let ctx = EnvelopeContext::table("acct-1", "tbl-7");
+    let (key, wrapped) = provider.generate_data_key(&ctx).await.unwrap();
+    let back = provider.decrypt_data_key(&wrapped, &ctx).await.unwrap();
+    assert_eq!(back.id(), key.id());
+    let amk_ctx = EnvelopeContext::account("acct-1");
+    let (amk, amk_wrapped) = provider.generate_data_key(&amk_ctx).await.unwrap();
+    assert_eq!(
+        provider
+            .decrypt_data_key(&amk_wrapped, &amk_ctx)
+            .await
+            .unwrap()
+            .id(),
+        amk.id()
+    );
+    for other in [
+        EnvelopeContext::table("acct-1", "tbl-8"),
+        EnvelopeContext::table("acct-2", "tbl-7"),
+        EnvelopeContext::account("acct-1"),
+    ] {
+        let e = provider
+            .decrypt_data_key(&wrapped, &other)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Kms {
+                    operation: "Decrypt",
+                    ..
+                }
+            ),
+            "{other:?}: {e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn repmk_double_wrap_with_kms_rsa() {
+    let k = kms().await;
+    let rsa = create_key(&k.client, KeySpec::Rsa2048, KeyUsageType::EncryptDecrypt).await;
+    let customer = KmsRsaCustomerKey::new(k.client.clone(), &rsa);
+    let public = customer.public_key().await.unwrap();
+    assert!(matches!(public, CustomerPublicKey::RsaOaepSha256 { .. }));
+
+    let gmk = KmsKeyProvider::new(k.client.clone(), &k.gmk, &k.master);
+    let wrap_key = gmk.derive_wrap_key(D0).await.unwrap();
+    let ctx = WrapContext::new("d1->d2", "response-7").with_diversifier(D0);
+    let repmk = RepMk::generate(&SystemRandom::default()).unwrap();
+    let sealed =
+        double_wrap_repmk(&repmk, &wrap_key, &ctx, &public, &SystemRandom::default()).unwrap();
+    assert_eq!(sealed.ciphertext.len(), 256, "RSA-2048 OAEP ciphertext");
+
+    let back = double_unwrap_repmk(&sealed, &customer, &wrap_key, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(back.id(), repmk.id());
+
+    // a flipped bit is refused by KMS (real OAEP), another customer key is refused up front
+    let mut bad = sealed.clone();
+    bad.ciphertext[100] ^= 1;
+    assert!(
+        double_unwrap_repmk(&bad, &customer, &wrap_key, &ctx)
+            .await
+            .is_err()
+    );
+    let other = KmsRsaCustomerKey::new(k.client.clone(), "some-other-key");
+    assert!(matches!(
+        double_unwrap_repmk(&sealed, &other, &wrap_key, &ctx).await,
+        Err(Error::Unseal { .. })
+    ));
+    // the symmetric master key is not an RSA public key
+    let not_rsa = KmsRsaCustomerKey::new(k.client.clone(), &k.master);
+    assert!(not_rsa.public_key().await.is_err());
+}
