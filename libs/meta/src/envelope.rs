@@ -171,7 +171,10 @@ pub(crate) mod f64_json {
                 "NaN" => Ok(f64::NAN),
                 "inf" => Ok(f64::INFINITY),
                 "-inf" => Ok(f64::NEG_INFINITY),
-                other => match other.strip_prefix("NaN:").map(|h| u64::from_str_radix(h, 16)) {
+                other => match other
+                    .strip_prefix("NaN:")
+                    .map(|h| u64::from_str_radix(h, 16))
+                {
                     Some(Ok(bits)) if f64::from_bits(bits).is_nan() => Ok(f64::from_bits(bits)),
                     _ => Err(E::custom(format!("not a float: {other:?}"))),
                 },
@@ -252,13 +255,29 @@ mod tests {
         struct F(#[serde(with = "f64_json")] f64);
         let payload_nan = f64::from_bits(0x7ff8_0000_0000_0001);
         let negative_nan = f64::from_bits(0xfff8_0000_0000_0000);
-        for x in [0.0, -0.0, 1.5, f64::MAX, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, payload_nan, negative_nan] {
+        for x in [
+            0.0,
+            -0.0,
+            1.5,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            payload_nan,
+            negative_nan,
+        ] {
             let json = serde_json::to_string(&F(x)).unwrap();
             let back: F = serde_json::from_str(&json).unwrap();
             assert_eq!(back.0.to_bits(), x.to_bits(), "{x} via {json}");
         }
         assert_eq!(serde_json::to_string(&F(f64::NAN)).unwrap(), "\"NaN\"");
-        assert_eq!(serde_json::to_string(&F(negative_nan)).unwrap(), "\"NaN:fff8000000000000\"");
-        assert!(serde_json::from_str::<F>("\"NaN:0000000000000001\"").is_err(), "not a NaN");
+        assert_eq!(
+            serde_json::to_string(&F(negative_nan)).unwrap(),
+            "\"NaN:fff8000000000000\""
+        );
+        assert!(
+            serde_json::from_str::<F>("\"NaN:0000000000000001\"").is_err(),
+            "not a NaN"
+        );
     }
 }

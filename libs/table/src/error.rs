@@ -1,0 +1,124 @@
+//! The crate's one error type. Bad input errors name the column, line or file at fault.
+
+use tern_storage::layout::TableId;
+
+/// Errors of `tern-table`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A column that the table does not have.
+    #[error("unknown column {column:?}")]
+    UnknownColumn {
+        /// The name as given.
+        column: String,
+    },
+    /// A non-nullable column missing from the input.
+    #[error("column {column:?} is required (not nullable) but missing from the input")]
+    MissingColumn {
+        /// The column.
+        column: String,
+    },
+    /// A value or column of the wrong type.
+    #[error("column {column:?} has type {expected}, got {found}")]
+    TypeMismatch {
+        /// The column.
+        column: String,
+        /// The column's type.
+        expected: String,
+        /// What was given.
+        found: String,
+    },
+    /// Nulls in a column declared not nullable.
+    #[error("column {column:?} is not nullable but the input has {count} null(s)")]
+    NullInNonNullable {
+        /// The column.
+        column: String,
+        /// How many nulls.
+        count: usize,
+    },
+    /// A table definition that cannot be used.
+    #[error("invalid table definition: {reason}")]
+    InvalidSchema {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A table name or id that does not exist (or was dropped).
+    #[error("unknown table {name}")]
+    UnknownTable {
+        /// The name or id.
+        name: String,
+    },
+    /// A version outside the table's retained history.
+    #[error("table {table} has no retained version {version} (current {current}, oldest {oldest})")]
+    VersionNotRetained {
+        /// The table.
+        table: TableId,
+        /// The version asked for.
+        version: u64,
+        /// The current version.
+        current: u64,
+        /// The oldest retained version.
+        oldest: u64,
+    },
+    /// Malformed input data (CSV, NDJSON, Parquet) — nothing was committed.
+    #[error("bad input in {source_name}{}: {detail}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    BadInput {
+        /// The file or stream name.
+        source_name: String,
+        /// The line, when known.
+        line: Option<u64>,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A merge source with the same key twice.
+    #[error("merge source has key {key} more than once")]
+    DuplicateMergeKey {
+        /// The key, rendered.
+        key: String,
+    },
+    /// A metadata file that does not parse.
+    #[error("metadata file {path} is invalid: {reason}")]
+    BadMetadataFile {
+        /// Its path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An Arrow computation failed.
+    #[error("{context}")]
+    Arrow {
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A Parquet file could not be written or read.
+    #[error("parquet file {path}")]
+    Parquet {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// The metadata store refused or failed.
+    #[error(transparent)]
+    Meta(#[from] tern_meta::Error),
+    /// Object storage failed.
+    #[error(transparent)]
+    Storage(#[from] tern_storage::Error),
+    /// Encryption or decryption failed (the message names the file).
+    #[error(transparent)]
+    Crypto(#[from] tern_crypto::Error),
+}
+
+impl Error {
+    /// True when the commit lost a race with another writer and may be retried.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Meta(tern_meta::Error::VersionConflict { .. }))
+    }
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,29 @@
+//! Tern's table format.
+//!
+//! A table is a list of columns plus versions. Its rows live in **micro-partitions**:
+//! immutable Parquet files (ZSTD) encrypted with a key derived from the table master key
+//! and the file's path. Each commit writes one encrypted **metadata file** naming the
+//! micro-partitions it added (with per-column min/max/null counts and global file
+//! references) and removed, then makes version N+1 visible in the metadata store with a
+//! compare-and-swap. Scans prune micro-partitions and row groups by statistics and read
+//! only the columns asked for, at the current version or any retained one.
+//!
+//! ```text
+//!  insert/delete/update/merge ──▶ new MPs (encrypted Parquet, PutMode::Create)
+//!                              ──▶ metadata file (encrypted JSON, PutMode::Create)
+//!                              ──▶ metadata store: CAS current_version N → N+1
+//! ```
+
+pub mod aggregate;
+pub mod ep;
+pub mod error;
+pub mod load;
+pub mod mp;
+pub mod predicate;
+pub mod schema;
+pub mod table;
+
+pub use error::{Error, Result};
+pub use predicate::{CmpOp, Predicate};
+pub use table::{Aggregate, CommitInfo, ScanRequest, ScanResult, TableOptions, Tables};
+pub use tern_meta::{ColumnDef, ColumnType, Scalar};

@@ -1,0 +1,358 @@
+//! Micro-partitions: immutable Parquet files (ZSTD), encrypted with the table's per-file
+//! key, written once (`PutMode::Create`) into the volume.
+//!
+//! Reading goes through [`EncryptedParquet`], a Parquet `AsyncFileReader` over the
+//! encrypted object: Parquet asks for the footer and then only the column chunks of the
+//! row groups it needs, and only the encryption chunks covering those bytes are fetched and
+//! decrypted. So a scan reads only the columns asked for, and row groups whose statistics
+//! cannot match are skipped without being fetched.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use object_store::{ObjectStore, PutMode, PutOptions};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+use tern_crypto::{EncryptOptions, EncryptedObject, KeySource};
+use tern_meta::{ColumnDef, ColumnStats, ColumnType};
+use tern_storage::Path;
+
+use crate::error::{Error, Result};
+use crate::predicate::Predicate;
+use crate::schema::{batch_stats, merge_stats, scalar_at};
+
+/// How micro-partitions are written.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Close a file once its compressed size reaches this (default 16 MiB).
+    pub target_bytes: usize,
+    /// Rows per Parquet row group (default 64 Ki): the unit of pruning inside a file.
+    pub row_group_rows: usize,
+    /// ZSTD level (default 1).
+    pub zstd_level: i32,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self {
+            target_bytes: 16 << 20,
+            row_group_rows: 64 * 1024,
+            zstd_level: 1,
+        }
+    }
+}
+
+/// One encoded (not yet encrypted) micro-partition.
+#[derive(Debug)]
+pub struct Encoded {
+    /// Parquet bytes.
+    pub parquet: Vec<u8>,
+    /// Rows.
+    pub rows: u64,
+    /// Per-column statistics (Arrow's total order; exact).
+    pub stats: Vec<ColumnStats>,
+}
+
+fn writer_props(opts: &WriteOptions) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| Error::Parquet {
+        path: "<writer settings>".into(),
+        source: e,
+    })?;
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
+        .set_statistics_truncate_length(None)
+        .build())
+}
+
+/// Encode batches (already conformed to `schema`) into files of about the target size.
+pub fn encode(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    columns: &[ColumnDef],
+    opts: &WriteOptions,
+) -> Result<Vec<Encoded>> {
+    let pq = |e| Error::Parquet {
+        path: "<new micro-partition>".into(),
+        source: e,
+    };
+    let props = writer_props(opts)?;
+    let mut out = Vec::new();
+    let mut current: Option<(ArrowWriter<Vec<u8>>, u64, Vec<ColumnStats>)> = None;
+    // Slice large batches so the size check runs often enough to honour the target.
+    let slice_rows = opts.row_group_rows.clamp(1, 64 * 1024);
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = slice_rows.min(batch.num_rows() - offset);
+            let part = batch.slice(offset, len);
+            offset += len;
+            let (writer, rows, stats) = match current.as_mut() {
+                Some(c) => c,
+                None => {
+                    let w =
+                        ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props.clone()))
+                            .map_err(pq)?;
+                    current.insert((w, 0, Vec::new()))
+                }
+            };
+            writer.write(&part).map_err(pq)?;
+            *rows += part.num_rows() as u64;
+            let part_stats = batch_stats(&part, columns);
+            *stats = if stats.is_empty() {
+                part_stats
+            } else {
+                stats
+                    .iter()
+                    .zip(&part_stats)
+                    .map(|(a, b)| merge_stats(a, b))
+                    .collect()
+            };
+            if writer.bytes_written() + writer.in_progress_size() >= opts.target_bytes
+                && let Some((w, rows, stats)) = current.take()
+            {
+                out.push(Encoded {
+                    parquet: w.into_inner().map_err(pq)?,
+                    rows,
+                    stats,
+                });
+            }
+        }
+    }
+    if let Some((w, rows, stats)) = current.take()
+        && rows > 0
+    {
+        out.push(Encoded {
+            parquet: w.into_inner().map_err(pq)?,
+            rows,
+            stats,
+        });
+    }
+    Ok(out)
+}
+
+/// Encrypt and store one encoded micro-partition at `path` (created once).
+pub async fn store(
+    volume: &dyn ObjectStore,
+    path: &Path,
+    keys: &dyn KeySource,
+    encoded: &Encoded,
+) -> Result<u64> {
+    let put = PutOptions::from(PutMode::Create);
+    tern_crypto::put_encrypted(
+        volume,
+        path,
+        keys,
+        &encoded.parquet,
+        &EncryptOptions::default(),
+        put,
+    )
+    .await?;
+    Ok(encoded.parquet.len() as u64)
+}
+
+/// A Parquet reader over an encrypted micro-partition: byte ranges are decrypted on demand.
+pub struct EncryptedParquet {
+    object: Arc<EncryptedObject>,
+}
+
+impl EncryptedParquet {
+    /// Open the micro-partition at `path` (reads and checks its header).
+    pub async fn open(
+        volume: Arc<dyn ObjectStore>,
+        path: &Path,
+        keys: &dyn KeySource,
+    ) -> Result<Self> {
+        let object = EncryptedObject::open(volume, path, keys).await?;
+        Ok(Self {
+            object: Arc::new(object),
+        })
+    }
+}
+
+fn external(e: tern_crypto::Error) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for EncryptedParquet {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        let object = Arc::clone(&self.object);
+        async move { object.read_range(range).await.map_err(external) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let len = self.object.plaintext_len();
+            // One read of the last 64 KiB usually holds the whole footer.
+            let reader = ParquetMetaDataReader::new().with_prefetch_hint(Some(64 << 10));
+            Ok(Arc::new(reader.load_and_finish(self, len).await?))
+        }
+        .boxed()
+    }
+}
+
+/// What reading one micro-partition did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Row groups in the file.
+    pub row_groups: usize,
+    /// Row groups skipped by their statistics.
+    pub row_groups_skipped: usize,
+}
+
+/// Read a micro-partition: only `projection`'s columns (all when `None`), only row groups
+/// whose statistics may match `predicate`, rows filtered by `predicate`.
+pub async fn read(
+    volume: Arc<dyn ObjectStore>,
+    path: &Path,
+    keys: &dyn KeySource,
+    columns: &[ColumnDef],
+    projection: Option<&[String]>,
+    predicate: &Predicate,
+) -> Result<(Vec<RecordBatch>, ReadStats)> {
+    let name = path.to_string();
+    let pq = |e| Error::Parquet {
+        path: name.clone(),
+        source: e,
+    };
+    let reader = EncryptedParquet::open(volume, path, keys).await?;
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(pq)?;
+    let metadata = Arc::clone(builder.metadata());
+    let arrow_schema = Arc::clone(builder.schema());
+    let parquet_schema = builder.parquet_schema();
+
+    // Row groups: keep those whose statistics may match.
+    let groups = metadata.row_groups();
+    let mut keep: Vec<usize> = (0..groups.len()).collect();
+    if *predicate != Predicate::True {
+        let mut per_column: Vec<(String, Vec<Option<ColumnStats>>)> = Vec::new();
+        for col in predicate.columns() {
+            let Some(def) = columns.iter().find(|c| c.name == col) else {
+                continue;
+            };
+            // Parquet leaves NaN out of float statistics, where Arrow orders NaN above all
+            // numbers: float row-group statistics would prune wrongly, so they are not used.
+            if def.ty == ColumnType::Float64 {
+                continue;
+            }
+            let Ok(conv) = StatisticsConverter::try_new(col, &arrow_schema, parquet_schema) else {
+                continue;
+            };
+            let (Ok(mins), Ok(maxes), Ok(nulls)) = (
+                conv.row_group_mins(groups.iter()),
+                conv.row_group_maxes(groups.iter()),
+                conv.row_group_null_counts(groups.iter()),
+            ) else {
+                continue;
+            };
+            let stats = (0..groups.len())
+                .map(|i| {
+                    Some(ColumnStats {
+                        column: col.to_string(),
+                        min: scalar_at(mins.as_ref(), i),
+                        max: scalar_at(maxes.as_ref(), i),
+                        null_count: if nulls.is_null(i) { 0 } else { nulls.value(i) },
+                    })
+                })
+                .collect();
+            per_column.push((col.to_string(), stats));
+        }
+        keep.retain(|&i| {
+            let rows = u64::try_from(groups[i].num_rows()).unwrap_or(0);
+            let stats_of = |c: &str| {
+                per_column
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .and_then(|(_, s)| s[i].as_ref())
+            };
+            predicate.may_match(&stats_of, rows)
+        });
+    }
+    let read_stats = ReadStats {
+        row_groups: groups.len(),
+        row_groups_skipped: groups.len() - keep.len(),
+    };
+    if keep.is_empty() {
+        return Ok((Vec::new(), read_stats));
+    }
+
+    // Columns: those asked for plus those the predicate needs.
+    let mut wanted: Vec<&str> = match projection {
+        Some(p) => p.iter().map(String::as_str).collect(),
+        None => columns.iter().map(|c| c.name.as_str()).collect(),
+    };
+    for c in predicate.columns() {
+        if !wanted.contains(&c) {
+            wanted.push(c);
+        }
+    }
+    let indices: Vec<usize> = wanted
+        .iter()
+        .filter_map(|w| arrow_schema.fields().iter().position(|f| f.name() == w))
+        .collect();
+    let mask = ProjectionMask::roots(parquet_schema, indices);
+    let stream = builder
+        .with_row_groups(keep)
+        .with_projection(mask)
+        .build()
+        .map_err(pq)?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(pq)?;
+
+    let out_columns: Vec<&str> = match projection {
+        Some(p) => p.iter().map(String::as_str).collect(),
+        None => columns.iter().map(|c| c.name.as_str()).collect(),
+    };
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let batch = if *predicate == Predicate::True {
+            batch
+        } else {
+            let mask = predicate.evaluate(&batch)?;
+            arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| Error::Arrow {
+                context: "filtering rows",
+                source: e,
+            })?
+        };
+        out.push(select(&batch, &out_columns)?);
+    }
+    Ok((out, read_stats))
+}
+
+/// The named columns of a batch, in that order (columns missing from an older file —
+/// added later by DDL — are filled with nulls by the caller's conform step).
+pub fn select(batch: &RecordBatch, names: &[&str]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(names.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(names.len());
+    for n in names {
+        if let Ok(i) = schema.index_of(n) {
+            fields.push(schema.field(i).clone());
+            arrays.push(Arc::clone(batch.column(i)));
+        }
+    }
+    RecordBatch::try_new_with_options(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        arrays,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| Error::Arrow {
+        context: "projecting columns",
+        source: e,
+    })
+}

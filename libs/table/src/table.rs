@@ -1,0 +1,979 @@
+//! Tables of one deployment: DDL, DML and scans over encrypted micro-partitions.
+//!
+//! Every change makes one new table version:
+//!
+//! ```text
+//!   write new micro-partitions (PutMode::Create) ─▶ write the commit's metadata file
+//!     ─▶ metadata-store transaction: compare-and-swap current_version N → N+1,
+//!        add/remove micro-partition entries, record the version
+//! ```
+//!
+//! Files are written before the metadata transaction, so a version is never visible
+//! without its files; if the transaction fails (another writer won, or a crash), the files
+//! are unreferenced and removed (at once, or by `vacuum`). Writers of one table in one
+//! process queue on a per-table lock; writers in other processes lose the compare-and-swap
+//! with a conflict error ([`Error::is_conflict`]) and may retry. The full commit protocol
+//! with transaction ids and log records (DESIGN.md §7) wraps this same path.
+//!
+//! `delete`, `update` and `merge` rewrite only the micro-partitions whose statistics can
+//! match, and only when a row really changes; the rest are untouched.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow::compute::kernels::zip::zip;
+use arrow::row::{RowConverter, SortField};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, PutMode, PutOptions};
+use tern_clock::SharedClock;
+use tern_crypto::{
+    DataKey, EncryptOptions, EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey,
+};
+use tern_meta::{
+    ColumnDef, ColumnStats, EpFileRef, MetaStore, MicroPartitionDpo, Scalar, SchemaDpo, TableDpo,
+    TableVersionDpo,
+};
+use tern_storage::layout::{
+    self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, ShortName, TableId,
+};
+use tern_storage::{Path, StoreExt};
+
+use crate::ep::{AddedFile, MetadataFile};
+use crate::error::{Error, Result};
+use crate::mp::{self, WriteOptions};
+use crate::predicate::{Predicate, coerce};
+use crate::schema::{arrow_schema, arrow_type, check_columns, conform};
+
+/// Settings of a deployment's tables.
+#[derive(Debug, Clone)]
+pub struct TableOptions {
+    /// How micro-partitions are written.
+    pub write: WriteOptions,
+    /// How long past versions stay readable when a table sets no retention (default 24 h).
+    pub default_retention_ms: u64,
+    /// Micro-partitions read at once by a scan.
+    pub read_concurrency: usize,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        Self {
+            write: WriteOptions::default(),
+            default_retention_ms: 24 * 3600 * 1000,
+            read_concurrency: 4,
+        }
+    }
+}
+
+/// The outcome of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitInfo {
+    /// The table's version after the change (unchanged when nothing changed).
+    pub version: u64,
+    /// Whether a new version was made.
+    pub committed: bool,
+    /// Micro-partitions written.
+    pub files_added: usize,
+    /// Micro-partitions replaced or dropped.
+    pub files_removed: usize,
+    /// Rows inserted, deleted or updated (by the statement's meaning).
+    pub rows_affected: u64,
+}
+
+/// What to scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanRequest {
+    /// A retained version (time travel); the current one when `None`.
+    pub version: Option<u64>,
+    /// Columns to return (all when `None`).
+    pub columns: Option<Vec<String>>,
+    /// Rows to return (all when `None`).
+    pub predicate: Option<Predicate>,
+}
+
+/// A scan's rows and what it cost.
+#[derive(Debug, Clone)]
+pub struct ScanResult {
+    /// The version scanned.
+    pub version: u64,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+    /// Micro-partitions at that version.
+    pub files_total: usize,
+    /// Micro-partitions opened (the rest were pruned by their statistics).
+    pub files_read: usize,
+    /// Row groups skipped inside the files read.
+    pub row_groups_skipped: usize,
+}
+
+impl ScanResult {
+    /// Total rows returned.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aggregate {
+    /// `count(*)`.
+    Count,
+    /// `sum(column)` (int64, float64, decimal).
+    Sum(String),
+    /// `min(column)`.
+    Min(String),
+    /// `max(column)`.
+    Max(String),
+}
+
+/// One table's identity and keys, resolved for an operation.
+struct Ctx {
+    table: TableDpo,
+    account: AccountId,
+    keys: TableFileKeys,
+}
+
+/// The tables of one deployment: its volume, metadata store and key provider.
+pub struct Tables {
+    deployment: DeploymentId,
+    volume: Arc<dyn ObjectStore>,
+    meta: MetaStore,
+    provider: Arc<dyn KeyProvider>,
+    clock: SharedClock,
+    options: TableOptions,
+    tmks: Mutex<HashMap<TableId, Arc<DataKey>>>,
+    writers: Mutex<HashMap<TableId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables")
+            .field("deployment", &self.deployment)
+            .field("volume", &self.volume)
+            .finish_non_exhaustive()
+    }
+}
+
+const TMK_REF_PREFIX: &str = "tmk:v1:";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn arrow_err(context: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Error {
+    move |source| Error::Arrow { context, source }
+}
+
+impl Tables {
+    /// The tables of `deployment`, stored in `volume`, indexed in `meta`, keyed by `provider`.
+    pub fn new(
+        deployment: DeploymentId,
+        volume: Arc<dyn ObjectStore>,
+        meta: MetaStore,
+        provider: Arc<dyn KeyProvider>,
+        clock: SharedClock,
+        options: TableOptions,
+    ) -> Self {
+        Self {
+            deployment,
+            volume,
+            meta,
+            provider,
+            clock,
+            options,
+            tmks: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The metadata store.
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// The volume.
+    pub fn volume(&self) -> &Arc<dyn ObjectStore> {
+        &self.volume
+    }
+
+    // ---- DDL ----
+
+    /// Create schema `name` in database `db` (idempotent).
+    pub fn create_schema(&self, db: &DatabaseId, name: &str) -> Result<()> {
+        let now = self.clock.now_millis();
+        self.meta.write(|tx| {
+            if tx.get_schema(db, name)?.is_some() {
+                return Ok(());
+            }
+            tx.create_schema(&SchemaDpo {
+                database: db.clone(),
+                name: name.to_string(),
+                created_at_ms: now,
+            })
+        })?;
+        Ok(())
+    }
+
+    /// Create a table with its own master key; returns its id.
+    pub async fn create_table(
+        &self,
+        db: &DatabaseId,
+        schema: &str,
+        name: &str,
+        columns: Vec<ColumnDef>,
+    ) -> Result<TableId> {
+        check_columns(&columns)?;
+        let account = self.meta.read(|tx| {
+            tx.get_database(db)?
+                .filter(|d| !d.dropped)
+                .map(|d| d.account)
+                .ok_or_else(|| tern_meta::Error::NotFound {
+                    what: "database",
+                    name: db.to_string(),
+                })
+        })?;
+        let seq = self.meta.write(|tx| tx.next_sequence("table"))?;
+        let id = TableId::new(format!("t{seq}"))?;
+        let (tmk, wrapped) = self
+            .provider
+            .generate_data_key(&EnvelopeContext::table(account.as_str(), id.as_str()))
+            .await?;
+        let table = TableDpo {
+            id: id.clone(),
+            database: db.clone(),
+            schema: schema.to_string(),
+            name: name.to_string(),
+            columns,
+            master_key_ref: format!("{TMK_REF_PREFIX}{}", hex(wrapped.as_bytes())),
+            current_version: 0,
+            retention_ms: None,
+            created_at_ms: self.clock.now_millis(),
+            dropped: false,
+        };
+        self.meta.write(|tx| tx.create_table(&table))?;
+        self.lock_tmks().insert(id.clone(), Arc::new(tmk));
+        Ok(id)
+    }
+
+    /// Find a live table by name.
+    pub fn find_table(&self, db: &DatabaseId, schema: &str, name: &str) -> Result<TableDpo> {
+        self.meta
+            .read(|tx| tx.find_table(db, schema, name))?
+            .ok_or_else(|| Error::UnknownTable {
+                name: format!("{db}.{schema}.{name}"),
+            })
+    }
+
+    /// A live table by id.
+    pub fn table(&self, id: &TableId) -> Result<TableDpo> {
+        self.meta
+            .read(|tx| tx.get_table(id))?
+            .filter(|t| !t.dropped)
+            .ok_or_else(|| Error::UnknownTable {
+                name: id.to_string(),
+            })
+    }
+
+    /// Drop a table (its files go when vacuum or retention says so).
+    pub fn drop_table(&self, id: &TableId) -> Result<()> {
+        self.meta.write(|tx| tx.drop_table(id).map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Add a nullable column: a new version with no file changes (older files read the
+    /// column as nulls).
+    pub async fn add_column(&self, table: &TableId, column: ColumnDef) -> Result<CommitInfo> {
+        let lock = self.writer(table);
+        let _held = lock.lock().await;
+        let ctx = self.ctx(table).await?;
+        if !column.nullable {
+            return Err(Error::InvalidSchema {
+                reason: format!("added column {:?} must be nullable", column.name),
+            });
+        }
+        let mut columns = ctx.table.columns.clone();
+        columns.push(column);
+        check_columns(&columns)?;
+        self.commit(&ctx, Vec::new(), Vec::new(), columns, 0).await
+    }
+
+    // ---- DML ----
+
+    /// Insert rows (columns matched by name; missing nullable columns become nulls).
+    pub async fn insert(&self, table: &TableId, batches: &[RecordBatch]) -> Result<CommitInfo> {
+        let lock = self.writer(table);
+        let _held = lock.lock().await;
+        let ctx = self.ctx(table).await?;
+        let conformed = batches
+            .iter()
+            .map(|b| conform(b, &ctx.table.columns))
+            .collect::<Result<Vec<_>>>()?;
+        let rows: u64 = conformed.iter().map(|b| b.num_rows() as u64).sum();
+        if rows == 0 {
+            return Ok(CommitInfo {
+                version: ctx.table.current_version,
+                ..Default::default()
+            });
+        }
+        let added = self.write_files(&ctx, &conformed).await?;
+        self.commit(&ctx, added, Vec::new(), ctx.table.columns.clone(), rows)
+            .await
+    }
+
+    /// Delete the rows matching `predicate`.
+    pub async fn delete(&self, table: &TableId, predicate: &Predicate) -> Result<CommitInfo> {
+        self.rewrite(table, predicate, |batch, matched| {
+            let keep = arrow::compute::not(matched).map_err(arrow_err("delete"))?;
+            let kept =
+                arrow::compute::filter_record_batch(batch, &keep).map_err(arrow_err("delete"))?;
+            Ok(kept)
+        })
+        .await
+    }
+
+    /// Set columns to values (`None` = null) in the rows matching `predicate`.
+    pub async fn update(
+        &self,
+        table: &TableId,
+        set: &[(String, Option<Scalar>)],
+        predicate: &Predicate,
+    ) -> Result<CommitInfo> {
+        let columns = self.table(table)?.columns;
+        let mut assignments = Vec::with_capacity(set.len());
+        for (name, value) in set {
+            let def =
+                columns
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .ok_or_else(|| Error::UnknownColumn {
+                        column: name.clone(),
+                    })?;
+            let value = match value {
+                None if !def.nullable => {
+                    return Err(Error::NullInNonNullable {
+                        column: name.clone(),
+                        count: 1,
+                    });
+                }
+                None => None,
+                Some(v) => Some(coerce(v, &def.ty).ok_or_else(|| Error::TypeMismatch {
+                    column: name.clone(),
+                    expected: def.ty.to_string(),
+                    found: format!("{v:?}"),
+                })?),
+            };
+            assignments.push((name.clone(), value));
+        }
+        self.rewrite(table, predicate, move |batch, matched| {
+            let schema = batch.schema();
+            let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
+            for (name, value) in &assignments {
+                let i = schema.index_of(name).map_err(arrow_err("update"))?;
+                let ty = schema.field(i).data_type().clone();
+                let literal: ArrayRef = match value {
+                    None => new_null_array(&ty, 1),
+                    Some(v) => crate::predicate::literal_array(v, &ty)?,
+                };
+                let new = zip(matched, &arrow::array::Scalar::new(literal), &arrays[i])
+                    .map_err(arrow_err("update"))?;
+                arrays[i] = new;
+            }
+            RecordBatch::try_new(schema, arrays).map_err(arrow_err("update"))
+        })
+        .await
+    }
+
+    /// Upsert: rows of `source` replace the rows with the same `keys` values, the others
+    /// are inserted. A key present twice in `source` is an error.
+    pub async fn merge(
+        &self,
+        table: &TableId,
+        source: &[RecordBatch],
+        keys: &[&str],
+    ) -> Result<CommitInfo> {
+        let lock = self.writer(table);
+        let _held = lock.lock().await;
+        let ctx = self.ctx(table).await?;
+        let columns = &ctx.table.columns;
+        if keys.is_empty() {
+            return Err(Error::InvalidSchema {
+                reason: "merge needs at least one key column".into(),
+            });
+        }
+        for k in keys {
+            if !columns.iter().any(|c| c.name == *k) {
+                return Err(Error::UnknownColumn {
+                    column: (*k).to_string(),
+                });
+            }
+        }
+        let source = source
+            .iter()
+            .map(|b| conform(b, columns))
+            .collect::<Result<Vec<_>>>()?;
+        let source_rows: u64 = source.iter().map(|b| b.num_rows() as u64).sum();
+        if source_rows == 0 {
+            return Ok(CommitInfo {
+                version: ctx.table.current_version,
+                ..Default::default()
+            });
+        }
+        let converter = key_converter(columns, keys)?;
+        let mut source_keys = HashSet::new();
+        let mut key_stats: Option<ColumnStats> = None;
+        for b in &source {
+            let rows = converter
+                .convert_columns(&key_arrays(b, keys)?)
+                .map_err(arrow_err("merge keys"))?;
+            for (i, row) in rows.iter().enumerate() {
+                if !source_keys.insert(row.owned()) {
+                    return Err(Error::DuplicateMergeKey {
+                        key: render_key(b, keys, i),
+                    });
+                }
+            }
+            let s = crate::schema::batch_stats(b, columns)
+                .into_iter()
+                .find(|s| s.column == keys[0]);
+            key_stats = match (key_stats, s) {
+                (Some(a), Some(b)) => Some(crate::schema::merge_stats(&a, &b)),
+                (a, b) => a.or(b),
+            };
+        }
+        // Only files whose first-key range overlaps the source's can hold a replaced row.
+        let prune = match key_stats
+            .as_ref()
+            .and_then(|s| Some((s.min.clone()?, s.max.clone()?)))
+        {
+            Some((low, high)) => Predicate::Between {
+                column: keys[0].to_string(),
+                low,
+                high,
+            },
+            None => Predicate::True,
+        };
+        let mut removed = Vec::new();
+        let mut survivors = Vec::new();
+        let mut replaced = 0u64;
+        for mp in self.candidates(&ctx, ctx.table.current_version, &prune)? {
+            let batches = self.read_file(&ctx, &mp, &Predicate::True, None).await?;
+            let mut kept_batches = Vec::new();
+            let mut changed = false;
+            for b in batches {
+                let rows = converter
+                    .convert_columns(&key_arrays(&b, keys)?)
+                    .map_err(arrow_err("merge keys"))?;
+                let keep: BooleanArray = rows
+                    .iter()
+                    .map(|r| Some(!source_keys.contains(&r.owned())))
+                    .collect();
+                let dropped = b.num_rows() - keep.true_count();
+                if dropped > 0 {
+                    changed = true;
+                    replaced += dropped as u64;
+                }
+                kept_batches.push(
+                    arrow::compute::filter_record_batch(&b, &keep).map_err(arrow_err("merge"))?,
+                );
+            }
+            if changed {
+                removed.push(mp.short.clone());
+                survivors.extend(kept_batches.into_iter().filter(|b| b.num_rows() > 0));
+            }
+        }
+        survivors.extend(source);
+        let added = self.write_files(&ctx, &survivors).await?;
+        tracing::debug!(table = %ctx.table.id, replaced, inserted = source_rows - replaced, "merge");
+        self.commit(&ctx, added, removed, ctx.table.columns.clone(), source_rows)
+            .await
+    }
+
+    /// Delete/update share this: files whose statistics may match are read; a file where
+    /// some row matches is replaced by `apply(batch, matched)`'s output.
+    async fn rewrite<F>(
+        &self,
+        table: &TableId,
+        predicate: &Predicate,
+        apply: F,
+    ) -> Result<CommitInfo>
+    where
+        F: Fn(&RecordBatch, &BooleanArray) -> Result<RecordBatch>,
+    {
+        let lock = self.writer(table);
+        let _held = lock.lock().await;
+        let ctx = self.ctx(table).await?;
+        let predicate = predicate.bind(&ctx.table.columns)?;
+        let mut removed = Vec::new();
+        let mut survivors = Vec::new();
+        let mut affected = 0u64;
+        for mp in self.candidates(&ctx, ctx.table.current_version, &predicate)? {
+            let batches = self.read_file(&ctx, &mp, &Predicate::True, None).await?;
+            let mut out = Vec::with_capacity(batches.len());
+            let mut hits = 0;
+            for b in &batches {
+                // Unknown (null) counts as not matched.
+                let matched: BooleanArray = predicate
+                    .evaluate(b)?
+                    .iter()
+                    .map(|v| Some(v.unwrap_or(false)))
+                    .collect();
+                hits += matched.true_count();
+                out.push(apply(b, &matched)?);
+            }
+            if hits > 0 {
+                affected += hits as u64;
+                removed.push(mp.short.clone());
+                survivors.extend(out.into_iter().filter(|b| b.num_rows() > 0));
+            }
+        }
+        if removed.is_empty() {
+            return Ok(CommitInfo {
+                version: ctx.table.current_version,
+                ..Default::default()
+            });
+        }
+        let added = self.write_files(&ctx, &survivors).await?;
+        self.commit(&ctx, added, removed, ctx.table.columns.clone(), affected)
+            .await
+    }
+
+    // ---- reads ----
+
+    /// Scan a table (see [`ScanRequest`]).
+    pub async fn scan(&self, table: &TableId, request: &ScanRequest) -> Result<ScanResult> {
+        let ctx = self.ctx(table).await?;
+        let version = self.retained(&ctx.table, request.version)?;
+        let columns = self
+            .meta
+            .read(|tx| tx.get_table_version(table, version))?
+            .map(|v| v.columns)
+            .unwrap_or_else(|| ctx.table.columns.clone());
+        let predicate = request
+            .predicate
+            .clone()
+            .unwrap_or(Predicate::True)
+            .bind(&columns)?;
+        let projected: Vec<ColumnDef> = match &request.columns {
+            None => columns.clone(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    columns
+                        .iter()
+                        .find(|c| &c.name == n)
+                        .cloned()
+                        .ok_or_else(|| Error::UnknownColumn { column: n.clone() })
+                })
+                .collect::<Result<_>>()?,
+        };
+        let names: Vec<String> = projected.iter().map(|c| c.name.clone()).collect();
+        let active = self
+            .meta
+            .read(|tx| tx.active_micro_partitions(table, version))?;
+        let files_total = active.len();
+        let candidates = prune(active, &predicate);
+        let files_read = candidates.len();
+        let ctx_ref = &ctx;
+        let results: Vec<(Vec<RecordBatch>, mp::ReadStats)> = futures::stream::iter(candidates)
+            .map(|m| {
+                let (names, predicate, columns) = (&names, &predicate, &columns);
+                async move {
+                    let path = Path::from(m.path.as_str());
+                    mp::read(
+                        Arc::clone(&self.volume),
+                        &path,
+                        &ctx_ref.keys,
+                        columns,
+                        Some(names),
+                        predicate,
+                    )
+                    .await
+                }
+            })
+            .buffered(self.options.read_concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut batches = Vec::new();
+        let mut row_groups_skipped = 0;
+        for (bs, stats) in results {
+            row_groups_skipped += stats.row_groups_skipped;
+            for b in bs {
+                batches.push(conform(&b, &projected)?);
+            }
+        }
+        Ok(ScanResult {
+            version,
+            batches,
+            files_total,
+            files_read,
+            row_groups_skipped,
+        })
+    }
+
+    /// Compute an aggregate over the rows matching `predicate` at `version` (current when
+    /// `None`). `count(*)` without a predicate reads no file.
+    pub async fn aggregate(
+        &self,
+        table: &TableId,
+        agg: &Aggregate,
+        predicate: Option<&Predicate>,
+        version: Option<u64>,
+    ) -> Result<Option<Scalar>> {
+        if *agg == Aggregate::Count && predicate.is_none_or(|p| *p == Predicate::True) {
+            let t = self.table(table)?;
+            let v = self.retained(&t, version)?;
+            let files = self.meta.read(|tx| tx.active_micro_partitions(table, v))?;
+            let rows: u64 = files.iter().map(|m| m.rows).sum();
+            return Ok(Some(Scalar::Int64(i64::try_from(rows).unwrap_or(i64::MAX))));
+        }
+        let column = match agg {
+            Aggregate::Count => None,
+            Aggregate::Sum(c) | Aggregate::Min(c) | Aggregate::Max(c) => Some(c.clone()),
+        };
+        let t = self.table(table)?;
+        let first = t
+            .columns
+            .first()
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let request = ScanRequest {
+            version,
+            columns: Some(vec![column.clone().unwrap_or(first)]),
+            predicate: predicate.cloned(),
+        };
+        let scanned = self.scan(table, &request).await?;
+        crate::aggregate::compute(agg, &scanned.batches)
+    }
+
+    // ---- maintenance ----
+
+    /// Apply retention and delete files no retained version needs. Returns the number of
+    /// micro-partitions deleted.
+    pub async fn vacuum(&self, table: &TableId) -> Result<usize> {
+        let lock = self.writer(table);
+        let _held = lock.lock().await;
+        let t = self.table(table)?;
+        let cutoff = self.clock.now_millis()
+            - i64::try_from(t.retention_ms.unwrap_or(self.options.default_retention_ms))
+                .unwrap_or(i64::MAX);
+        // Keep the newest version committed at or before the cutoff (it is the state at the
+        // cutoff) and everything after it.
+        let versions = self.meta.read(|tx| tx.table_versions(table))?;
+        let keep_from = versions
+            .iter()
+            .filter(|v| v.committed_at_ms <= cutoff)
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0)
+            .min(t.current_version);
+        let dropped = self
+            .meta
+            .write(|tx| tx.drop_versions_before(table, keep_from))?;
+        for v in &dropped {
+            for ep in &v.ep_files {
+                self.volume
+                    .delete_idempotent(&Path::from(ep.path.as_str()))
+                    .await?;
+            }
+        }
+        let unreferenced = self
+            .meta
+            .read(|tx| tx.unreferenced_micro_partitions(table))?;
+        for m in &unreferenced {
+            self.volume
+                .delete_idempotent(&Path::from(m.path.as_str()))
+                .await?;
+        }
+        let shorts: Vec<ShortName> = unreferenced.iter().map(|m| m.short.clone()).collect();
+        self.meta
+            .write(|tx| tx.forget_micro_partitions(table, &shorts))?;
+        Ok(unreferenced.len())
+    }
+
+    /// The file keys of a table's micro-partitions and metadata files (what a copy worker
+    /// needs to read them); the table master key is unwrapped through the key provider.
+    pub async fn file_keys(&self, table: &TableId) -> Result<TableFileKeys> {
+        Ok(self.ctx(table).await?.keys)
+    }
+
+    // ---- internals ----
+
+    fn lock_tmks(&self) -> std::sync::MutexGuard<'_, HashMap<TableId, Arc<DataKey>>> {
+        self.tmks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn writer(&self, table: &TableId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(w.entry(table.clone()).or_default())
+    }
+
+    async fn ctx(&self, table: &TableId) -> Result<Ctx> {
+        let t = self.table(table)?;
+        let account = self.meta.read(|tx| {
+            tx.get_database(&t.database)?
+                .map(|d| d.account)
+                .ok_or_else(|| tern_meta::Error::NotFound {
+                    what: "database",
+                    name: t.database.to_string(),
+                })
+        })?;
+        let cached = self.lock_tmks().get(table).cloned();
+        let tmk = match cached {
+            Some(k) => k,
+            None => {
+                let wrapped = t
+                    .master_key_ref
+                    .strip_prefix(TMK_REF_PREFIX)
+                    .and_then(unhex)
+                    .ok_or_else(|| Error::InvalidSchema {
+                        reason: format!("table {} has an unreadable master key reference", t.id),
+                    })?;
+                let ctx = EnvelopeContext::table(account.as_str(), t.id.as_str());
+                let key = Arc::new(
+                    self.provider
+                        .decrypt_data_key(&WrappedKey::from_bytes(wrapped), &ctx)
+                        .await?,
+                );
+                self.lock_tmks().insert(table.clone(), Arc::clone(&key));
+                key
+            }
+        };
+        Ok(Ctx {
+            table: t,
+            account,
+            keys: TableFileKeys::new(tmk),
+        })
+    }
+
+    fn retained(&self, t: &TableDpo, version: Option<u64>) -> Result<u64> {
+        let v = version.unwrap_or(t.current_version);
+        let oldest = self.meta.read(|tx| tx.oldest_retained_version(&t.id))?;
+        if v > t.current_version || v < oldest {
+            return Err(Error::VersionNotRetained {
+                table: t.id.clone(),
+                version: v,
+                current: t.current_version,
+                oldest,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Active files at `version` whose statistics may match `predicate`.
+    fn candidates(
+        &self,
+        ctx: &Ctx,
+        version: u64,
+        predicate: &Predicate,
+    ) -> Result<Vec<MicroPartitionDpo>> {
+        let files = self
+            .meta
+            .read(|tx| tx.active_micro_partitions(&ctx.table.id, version))?;
+        Ok(prune(files, predicate))
+    }
+
+    async fn read_file(
+        &self,
+        ctx: &Ctx,
+        m: &MicroPartitionDpo,
+        predicate: &Predicate,
+        projection: Option<&[String]>,
+    ) -> Result<Vec<RecordBatch>> {
+        let path = Path::from(m.path.as_str());
+        let (batches, _) = mp::read(
+            Arc::clone(&self.volume),
+            &path,
+            &ctx.keys,
+            &ctx.table.columns,
+            projection,
+            predicate,
+        )
+        .await?;
+        batches
+            .iter()
+            .map(|b| conform(b, &ctx.table.columns))
+            .collect()
+    }
+
+    /// Encode, encrypt and store new micro-partitions; their entries (version unset).
+    async fn write_files(
+        &self,
+        ctx: &Ctx,
+        batches: &[RecordBatch],
+    ) -> Result<Vec<MicroPartitionDpo>> {
+        let schema = arrow_schema(&ctx.table.columns);
+        let encoded = mp::encode(batches, &schema, &ctx.table.columns, &self.options.write)?;
+        let mut out = Vec::with_capacity(encoded.len());
+        for e in encoded {
+            let seq = self.meta.write(|tx| tx.next_sequence("short_name"))?;
+            let short = ShortName::new(format!("fdn{seq}"))?;
+            let path = layout::volume::mp(&ctx.account, &ctx.table.database, &ctx.table.id, &short);
+            let bytes = match mp::store(self.volume.as_ref(), &path, &ctx.keys, &e).await {
+                Ok(b) => b,
+                Err(err) => {
+                    self.discard(&out).await;
+                    return Err(err);
+                }
+            };
+            out.push(MicroPartitionDpo {
+                table: ctx.table.id.clone(),
+                global_ref: GlobalFileRef::new(self.deployment.clone(), short.clone()),
+                short,
+                rows: e.rows,
+                bytes,
+                stats: e.stats,
+                added_version: 0,
+                removed_version: None,
+                path: path.to_string(),
+                key_ref: "tmk-derived".into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Best-effort removal of files written for a commit that did not happen.
+    async fn discard(&self, files: &[MicroPartitionDpo]) {
+        for m in files {
+            if let Err(e) = self
+                .volume
+                .delete_idempotent(&Path::from(m.path.as_str()))
+                .await
+            {
+                tracing::warn!(path = %m.path, error = %e, "could not remove an uncommitted file; vacuum will");
+            }
+        }
+    }
+
+    /// Write the metadata file and commit the new version.
+    async fn commit(
+        &self,
+        ctx: &Ctx,
+        mut added: Vec<MicroPartitionDpo>,
+        removed: Vec<ShortName>,
+        columns: Vec<ColumnDef>,
+        rows: u64,
+    ) -> Result<CommitInfo> {
+        let base = ctx.table.current_version;
+        let version = base + 1;
+        for m in &mut added {
+            m.added_version = version;
+        }
+        let seq = self.meta.write(|tx| tx.next_sequence("ep"))?;
+        let ep_path = layout::volume::ep(&ctx.account, &ctx.table.database, &ctx.table.id, seq);
+        let ep = MetadataFile::new(
+            ctx.table.id.clone(),
+            version,
+            columns.clone(),
+            added.iter().map(AddedFile::from_dpo).collect(),
+            removed.clone(),
+        );
+        let put = PutOptions::from(PutMode::Create);
+        if let Err(e) = tern_crypto::put_encrypted(
+            self.volume.as_ref(),
+            &ep_path,
+            &ctx.keys,
+            &ep.to_bytes(),
+            &EncryptOptions::default(),
+            put,
+        )
+        .await
+        {
+            self.discard(&added).await;
+            return Err(e.into());
+        }
+        let row = TableVersionDpo {
+            table: ctx.table.id.clone(),
+            version,
+            ep_files: vec![EpFileRef {
+                seq,
+                path: ep_path.to_string(),
+            }],
+            committed_at_ms: self.clock.now_millis(),
+            txn_id: None,
+            origin: Some(self.deployment.clone()),
+            columns,
+            added: Vec::new(),
+            removed: Vec::new(),
+        };
+        let files_added = added.len();
+        let files_removed = removed.len();
+        if let Err(e) = self
+            .meta
+            .write(|tx| tx.commit_table_version(&ctx.table.id, base, row.clone(), &added, &removed))
+        {
+            self.discard(&added).await;
+            let _ = self.volume.delete_idempotent(&ep_path).await;
+            return Err(e.into());
+        }
+        tracing::debug!(table = %ctx.table.id, version, files_added, files_removed, "committed");
+        Ok(CommitInfo {
+            version,
+            committed: true,
+            files_added,
+            files_removed,
+            rows_affected: rows,
+        })
+    }
+}
+
+/// The files whose statistics may match `predicate`.
+fn prune(mut files: Vec<MicroPartitionDpo>, predicate: &Predicate) -> Vec<MicroPartitionDpo> {
+    files.retain(|m| {
+        let stats_of = |c: &str| m.stats.iter().find(|s| s.column == c);
+        predicate.may_match(&stats_of, m.rows)
+    });
+    files
+}
+
+fn key_converter(columns: &[ColumnDef], keys: &[&str]) -> Result<RowConverter> {
+    let fields = keys
+        .iter()
+        .map(|k| {
+            columns
+                .iter()
+                .find(|c| c.name == *k)
+                .map(|c| SortField::new(arrow_type(&c.ty)))
+                .ok_or_else(|| Error::UnknownColumn {
+                    column: (*k).to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RowConverter::new(fields).map_err(arrow_err("merge keys"))
+}
+
+fn key_arrays(batch: &RecordBatch, keys: &[&str]) -> Result<Vec<ArrayRef>> {
+    keys.iter()
+        .map(|k| {
+            batch
+                .column_by_name(k)
+                .cloned()
+                .ok_or_else(|| Error::UnknownColumn {
+                    column: (*k).to_string(),
+                })
+        })
+        .collect()
+}
+
+fn render_key(batch: &RecordBatch, keys: &[&str], row: usize) -> String {
+    keys.iter()
+        .filter_map(|k| batch.column_by_name(k))
+        .map(|a| arrow::util::display::array_value_to_string(a, row).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Names of a table's micro-partitions at a version, for tests and tools.
+pub fn short_names(files: &[MicroPartitionDpo]) -> Vec<&str> {
+    files.iter().map(|m| m.short.as_str()).collect()
+}

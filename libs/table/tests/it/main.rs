@@ -1,0 +1,7 @@
+//! Integration tests of tern-table: one binary. Storage scenarios run on the folder store
+//! and on LocalStack.
+
+mod fixture;
+mod model;
+mod pruning;
+mod scenarios;
