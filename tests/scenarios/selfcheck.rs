@@ -8,7 +8,7 @@ use tern_scenarios::binary;
 fn selfcheck_does_real_work_on_folders() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = Command::new(binary("tern"))
-        .args(["selfcheck", "--size-mib", "8", "--json", "--dir"])
+        .args(["selfcheck", "--rows", "20000", "--json", "--dir"])
         .arg(dir.path())
         .output()
         .expect("run tern selfcheck");
@@ -22,8 +22,12 @@ fn selfcheck_does_real_work_on_folders() {
         .filter_map(|s| s["name"].as_str())
         .collect();
     for expected in [
-        "multipart write",
-        "verified read",
+        "create table",
+        "insert",
+        "query",
+        "delete + time travel",
+        "copy to peer",
+        "tamper refused",
         "message chain",
         "receiver cleanup",
     ] {
@@ -32,15 +36,38 @@ fn selfcheck_does_real_work_on_folders() {
             "missing step {expected}: {steps:?}"
         );
     }
-    // What it wrote is where the layout says, at the size asked for.
-    let mp = dir
-        .path()
-        .join("d1/volume/acct/acme/db/sales/tbl/orders/mp/fdn1.mp");
-    let len = std::fs::metadata(&mp).expect("micro-partition file").len();
-    assert!(len >= 8 << 20, "{} is {len} bytes", mp.display());
+    // What it wrote is where the layout says: d1's table files, d2's imported copies.
+    let d1_files = walk(&dir.path().join("d1/volume/acct/acme/db/sales/tbl"));
+    let has = |ext: &str| {
+        d1_files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == ext))
+    };
+    assert!(has("mp") && has("ep"), "{d1_files:?}");
+    let d2_files = walk(&dir.path().join("d2/volume/acct/acme/db/sales/tbl"));
+    assert!(!d2_files.is_empty(), "d2 received copies");
+    assert!(
+        d2_files
+            .iter()
+            .all(|p| p.to_string_lossy().ends_with("_g.mp")),
+        "{d2_files:?}"
+    );
+    // Nothing stored is plaintext.
+    for f in d1_files.iter().chain(&d2_files) {
+        let bytes = std::fs::read(f).expect("read");
+        assert!(
+            !bytes.windows(4).any(|w| w == b"PAR1"),
+            "{} holds plaintext Parquet",
+            f.display()
+        );
+        assert!(
+            !bytes.windows(9).any(|w| w == b"customer-"),
+            "{} holds plaintext values",
+            f.display()
+        );
+    }
     // The receiver cleaned its sub-bucket for d1.
-    let sub = dir.path().join("d2/replication/from/d1");
-    let left: Vec<_> = walk(&sub);
+    let left = walk(&dir.path().join("d2/replication/from/d1"));
     assert!(left.is_empty(), "left behind in d2:from/d1: {left:?}");
 }
 

@@ -21,14 +21,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Exercise storage and encryption on local folders (no cloud needed) and report.
+    /// Exercise storage, encryption and tables on local folders (no cloud needed) and report.
     Selfcheck {
         /// Folder for the group's buckets (default: a temporary folder, removed afterwards).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Size of the large file copied between deployments, in MiB.
-        #[arg(long, default_value_t = 64)]
-        size_mib: u64,
+        /// Rows loaded into the sample table (at least 1000).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -52,17 +52,15 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Selfcheck {
-            dir,
-            size_mib,
-            json,
-        } => match runtime.block_on(selfcheck::run(dir, size_mib, json)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                report_error(&e.to_string());
-                ExitCode::FAILURE
+        Command::Selfcheck { dir, rows, json } => {
+            match runtime.block_on(selfcheck::run(dir, rows, json)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    report_error(&e.to_string());
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 

@@ -1,30 +1,47 @@
 //! `tern selfcheck`: real work on local folders, checked step by step.
+//!
+//! Two deployments, d1 and d2, each with a volume folder, a replication folder, a SQLite
+//! metadata store and local keys. d1 creates a table, loads rows and queries them; its
+//! micro-partitions are then copied to d2 the way replication will copy them — re-encrypted
+//! into d2's inbound stage under a replication key, then into d2's volume under d2's own
+//! key — and a tampered copy is refused. Message files are created exactly once under
+//! injected storage faults. Any wrong result fails the command.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::ObjectStore;
 use serde::Serialize;
-use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId, ShortName, TableId};
+use tern_clock::SystemClock;
+use tern_crypto::{
+    CopyOptions, DataKey, EncryptOptions, EncryptedObject, Endpoint, LocalKeyProvider, RepMk,
+    ReplicationFileKeys, SystemRandom, TableFileKeys,
+};
+use tern_meta::{AccountDpo, AccountKind, DatabaseDpo, DatabaseRole, MetaStore, SqliteOptions};
+use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, ResponseId};
 use tern_storage::{
-    Error as StorageError, Fault, FaultPlan, FaultRule, FaultStore, Operation, RetryPolicy,
-    RetryStore, StoreConfig, StoreExt, open_store,
+    Fault, FaultPlan, FaultRule, FaultStore, Operation, Path, RetryPolicy, RetryStore, StoreConfig,
+    StoreExt, open_store,
+};
+use tern_table::{
+    Aggregate, CmpOp, ColumnDef, ColumnType, Predicate, Scalar, ScanRequest, TableOptions, Tables,
 };
 
 /// A failed step.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// A step's storage call failed.
+    /// A step's call failed.
     #[error("step {step:?} failed: {source}")]
-    Storage {
+    Failed {
         /// The step.
         step: &'static str,
         /// The cause.
         #[source]
-        source: StorageError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A step ran but its result was wrong.
     #[error("step {step:?} gave a wrong result: {detail}")]
@@ -47,6 +64,22 @@ pub enum CheckError {
 
 type Result<T, E = CheckError> = std::result::Result<T, E>;
 
+fn failed<E: std::error::Error + Send + Sync + 'static>(
+    step: &'static str,
+) -> impl FnOnce(E) -> CheckError {
+    move |e| CheckError::Failed {
+        step,
+        source: Box::new(e),
+    }
+}
+
+fn wrong(step: &'static str, detail: impl Into<String>) -> CheckError {
+    CheckError::Wrong {
+        step,
+        detail: detail.into(),
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Step {
     name: &'static str,
@@ -60,63 +93,72 @@ struct Report {
     steps: Vec<Step>,
 }
 
-fn wrong(step: &'static str, detail: impl Into<String>) -> CheckError {
-    CheckError::Wrong {
-        step,
-        detail: detail.into(),
-    }
-}
-
-fn storage(step: &'static str) -> impl FnOnce(StorageError) -> CheckError {
-    move |source| CheckError::Storage { step, source }
-}
-
-fn object_store_err(
-    step: &'static str,
-    path: &tern_storage::Path,
-    op: Operation,
-) -> impl FnOnce(object_store::Error) -> CheckError {
-    move |e| CheckError::Storage {
-        step,
-        source: StorageError::from_store(op, path, e),
-    }
-}
-
-/// The buckets of one deployment on local folders.
+/// One deployment on local folders.
 struct Deployment {
+    id: DeploymentId,
     volume: Arc<dyn ObjectStore>,
     replication: Arc<dyn ObjectStore>,
+    tables: Tables,
 }
 
-fn open_folder(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>> {
+fn open_folder(dir: &FsPath) -> Result<Arc<dyn ObjectStore>> {
     open_store(&StoreConfig {
         url: format!("file://{}", dir.display()),
         ..Default::default()
     })
-    .map_err(storage("open folder store"))
+    .map_err(failed("open folder store"))
 }
 
-fn deployment(root: &std::path::Path, id: &DeploymentId) -> Result<Deployment> {
+fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
+    let id = DeploymentId::new(id).map_err(failed("names"))?;
+    let home = root.join(id.as_str());
+    let volume = open_folder(&home.join("volume"))?;
+    let replication = open_folder(&home.join("replication"))?;
+    std::fs::create_dir_all(&home).map_err(|source| CheckError::Folder {
+        path: home.clone(),
+        source,
+    })?;
+    let meta = MetaStore::open_sqlite(home.join("meta.db"), SqliteOptions::default())
+        .map_err(failed("open metadata store"))?;
+    let keys = LocalKeyProvider::open_or_create(&home.join("keys"), SystemRandom::shared())
+        .map_err(failed("open keys"))?;
+    let tables = Tables::new(
+        id.clone(),
+        Arc::clone(&volume),
+        meta,
+        Arc::new(keys),
+        SystemClock::shared(),
+        TableOptions::default(),
+    );
     Ok(Deployment {
-        volume: open_folder(&root.join(id.as_str()).join("volume"))?,
-        replication: open_folder(&root.join(id.as_str()).join("replication"))?,
+        id,
+        volume,
+        replication,
+        tables,
     })
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+fn orders(from: i64, to: i64) -> Result<RecordBatch> {
+    let ids: Vec<i64> = (from..to).collect();
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids.clone())),
+        Arc::new(StringArray::from(
+            ids.iter()
+                .map(|i| format!("customer-{:05}", i % 10_000))
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            ids.iter()
+                .map(|i| (i % 1000) as f64 / 4.0)
+                .collect::<Vec<_>>(),
+        )),
+    ];
+    RecordBatch::try_from_iter(["id", "customer", "amount"].into_iter().zip(arrays))
+        .map_err(failed("make rows"))
 }
 
 /// Run every step; print the report; fail at the first wrong result.
-pub async fn run(dir: Option<PathBuf>, size_mib: u64, json: bool) -> Result<()> {
+pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
     let temp;
     let root = match dir {
         Some(d) => {
@@ -124,7 +166,20 @@ pub async fn run(dir: Option<PathBuf>, size_mib: u64, json: bool) -> Result<()> 
                 path: d.clone(),
                 source,
             })?;
-            d
+            if std::fs::read_dir(&d)
+                .map(|mut e| e.next().is_some())
+                .unwrap_or(false)
+            {
+                // Each run starts from an empty group so its checks mean something.
+                let run = d.join(format!("run-{}", std::process::id()));
+                std::fs::create_dir_all(&run).map_err(|source| CheckError::Folder {
+                    path: run.clone(),
+                    source,
+                })?;
+                run
+            } else {
+                d
+            }
         }
         None => {
             temp = tempfile::Builder::new()
@@ -145,74 +200,306 @@ pub async fn run(dir: Option<PathBuf>, size_mib: u64, json: bool) -> Result<()> 
             millis: started.elapsed().as_secs_f64() * 1e3,
         });
     };
+    let rows = i64::try_from(rows.max(1000)).map_err(|_| wrong("options", "too many rows"))?;
 
-    let ids = |s: &str| DeploymentId::new(s).map_err(storage("names"));
-    let (d1_id, d2_id) = (ids("d1")?, ids("d2")?);
     let t = Instant::now();
-    let d1 = deployment(&root, &d1_id)?;
-    let d2 = deployment(&root, &d2_id)?;
+    let d1 = deployment(&root, "d1")?;
+    let d2 = deployment(&root, "d2")?;
     step(
         "open group",
         t,
         format!("deployments d1, d2 under {}", root.display()),
     );
 
-    // A micro-partition-sized file written into d1's volume as a multipart upload.
-    let account = AccountId::new("acme").map_err(storage("names"))?;
-    let db = DatabaseId::new("sales").map_err(storage("names"))?;
-    let table = TableId::new("orders").map_err(storage("names"))?;
-    let short = ShortName::new("fdn1").map_err(storage("names"))?;
-    let mp = layout::volume::mp(&account, &db, &table, &short);
-    let len = usize::try_from(size_mib << 20).map_err(|_| wrong("write", "size too large"))?;
-    let data = Bytes::from(pattern(len));
+    // A table on d1.
     let t = Instant::now();
-    let upload = d1
-        .volume
-        .put_multipart(&mp)
+    let account = AccountId::new("acme").map_err(failed("names"))?;
+    let db = DatabaseId::new("sales").map_err(failed("names"))?;
+    d1.tables
+        .meta()
+        .write(|tx| {
+            tx.create_account(&AccountDpo {
+                name: account.clone(),
+                kind: AccountKind::Local,
+                created_at_ms: 0,
+                global_id: None,
+            })?;
+            tx.create_database(&DatabaseDpo {
+                id: db.clone(),
+                account: account.clone(),
+                name: "sales".into(),
+                global_id: None,
+                replication_group: None,
+                role: DatabaseRole::Local,
+                epoch: 0,
+                created_at_ms: 0,
+                dropped: false,
+            })
+        })
+        .map_err(failed("create table"))?;
+    d1.tables
+        .create_schema(&db, "public")
+        .map_err(failed("create table"))?;
+    let col = |name: &str, ty, nullable| ColumnDef {
+        name: name.into(),
+        ty,
+        nullable,
+    };
+    let columns = vec![
+        col("id", ColumnType::Int64, false),
+        col("customer", ColumnType::Utf8, true),
+        col("amount", ColumnType::Float64, true),
+    ];
+    let table = d1
+        .tables
+        .create_table(&db, "public", "orders", columns)
         .await
-        .map_err(object_store_err("write", &mp, Operation::PutMultipart))?;
-    let mut w = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
-    w.write(&data);
-    w.finish()
-        .await
-        .map_err(object_store_err("write", &mp, Operation::PutMultipart))?;
-    step("multipart write", t, format!("{size_mib} MiB to d1:{mp}"));
-
-    // Read back whole and by range.
-    let t = Instant::now();
-    let back = d1
-        .volume
-        .read_all(&mp)
-        .await
-        .map_err(storage("read back"))?;
-    if back != data {
-        return Err(wrong("read back", "content differs from what was written"));
-    }
-    let mid = (len / 2) as u64;
-    let range = d1
-        .volume
-        .read_range(&mp, mid..mid + 4096)
-        .await
-        .map_err(storage("range read"))?;
-    if range[..] != data[len / 2..len / 2 + 4096] {
-        return Err(wrong("range read", "range content differs"));
-    }
+        .map_err(failed("create table"))?;
     step(
-        "verified read",
+        "create table",
         t,
-        "whole object and a 4 KiB range match".into(),
+        format!("acme.sales.public.orders ({table}) with its own master key"),
     );
 
-    // Copy into d2's inbound stage (d1 may only write under from/d1/ there).
-    let response = layout::ResponseId::new("r1").map_err(storage("names"))?;
-    let gref = layout::GlobalFileRef::new(d1_id.clone(), short.clone());
-    let inbound = layout::replication::inbound(&d1_id, &response, &gref);
+    // Load rows in a few commits.
     let t = Instant::now();
-    d2.replication
-        .put_new(&inbound, back.clone().into())
+    let per_commit = (rows / 4).max(1);
+    let mut start = 0;
+    while start < rows {
+        let end = (start + per_commit).min(rows);
+        d1.tables
+            .insert(&table, &[orders(start, end)?])
+            .await
+            .map_err(failed("insert"))?;
+        start = end;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    step(
+        "insert",
+        t,
+        format!(
+            "{rows} rows in 4 commits, {:.0} rows/s (Parquet + encrypt + commit)",
+            rows as f64 / secs
+        ),
+    );
+
+    // Queries.
+    let t = Instant::now();
+    let count = d1
+        .tables
+        .aggregate(&table, &Aggregate::Count, None, None)
         .await
-        .map_err(storage("copy to inbound"))?;
-    step("copy to inbound", t, format!("d2:{inbound}"));
+        .map_err(failed("query"))?;
+    if count != Some(Scalar::Int64(rows)) {
+        return Err(wrong(
+            "query",
+            format!("count(*) = {count:?}, expected {rows}"),
+        ));
+    }
+    let probe = rows / 2;
+    let point = d1
+        .tables
+        .scan(
+            &table,
+            &ScanRequest {
+                predicate: Some(Predicate::eq("id", probe)),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(failed("query"))?;
+    if point.rows() != 1 {
+        return Err(wrong(
+            "query",
+            format!("point query returned {} rows", point.rows()),
+        ));
+    }
+    let sum = d1
+        .tables
+        .aggregate(
+            &table,
+            &Aggregate::Sum("id".into()),
+            Some(&Predicate::cmp("id", CmpOp::Lt, 1000i64)),
+            None,
+        )
+        .await
+        .map_err(failed("query"))?;
+    if sum != Some(Scalar::Int64(999 * 1000 / 2)) {
+        return Err(wrong("query", format!("sum(id) where id < 1000 = {sum:?}")));
+    }
+    step(
+        "query",
+        t,
+        format!(
+            "count, sum and a point query opening {} of {} files",
+            point.files_read, point.files_total
+        ),
+    );
+
+    // Delete, then time travel to before it.
+    let t = Instant::now();
+    let del = d1
+        .tables
+        .delete(&table, &Predicate::cmp("id", CmpOp::Lt, 1000i64))
+        .await
+        .map_err(failed("delete"))?;
+    let now = d1
+        .tables
+        .aggregate(&table, &Aggregate::Count, None, None)
+        .await
+        .map_err(failed("delete"))?;
+    let before = d1
+        .tables
+        .aggregate(&table, &Aggregate::Count, None, Some(del.version - 1))
+        .await
+        .map_err(failed("delete"))?;
+    if now != Some(Scalar::Int64(rows - 1000)) || before != Some(Scalar::Int64(rows)) {
+        return Err(wrong(
+            "delete",
+            format!("count after {now:?}, at the previous version {before:?}"),
+        ));
+    }
+    step(
+        "delete + time travel",
+        t,
+        format!(
+            "1000 rows deleted at version {}; version {} still has {rows}",
+            del.version,
+            del.version - 1
+        ),
+    );
+
+    // Copy d1's micro-partitions to d2: volume → inbound stage → volume, re-encrypted twice.
+    let t = Instant::now();
+    let d1_table = d1.tables.table(&table).map_err(failed("copy to peer"))?;
+    let files = d1
+        .tables
+        .meta()
+        .read(|tx| tx.active_micro_partitions(&table, d1_table.current_version))
+        .map_err(failed("copy to peer"))?;
+    let random = SystemRandom::shared();
+    let d1_keys = d1
+        .tables
+        .file_keys(&table)
+        .await
+        .map_err(failed("copy to peer"))?;
+    let repmk = Arc::new(RepMk::generate(random.as_ref()).map_err(failed("copy to peer"))?);
+    let stage_keys = ReplicationFileKeys::new(Arc::clone(&repmk));
+    let d2_keys = TableFileKeys::new(Arc::new(
+        DataKey::generate(random.as_ref()).map_err(failed("copy to peer"))?,
+    ));
+    let response = ResponseId::new("r1").map_err(failed("names"))?;
+    let (opts, enc) = (CopyOptions::default(), EncryptOptions::default());
+    let mut copied = 0u64;
+    let mut last_inbound = None;
+    for mp in &files {
+        let src = Path::from(mp.path.as_str());
+        let global = GlobalFileRef::new(d1.id.clone(), mp.short.clone());
+        let inbound = layout::replication::inbound(&d1.id, &response, &global);
+        let local = tern_storage::layout::ShortName::new(format!("{}_g", mp.short))
+            .map_err(failed("names"))?;
+        let dst = layout::volume::mp(&account, &db, &table, &local);
+        let stats = tern_crypto::reencrypt(
+            Endpoint {
+                store: &d1.volume,
+                path: &src,
+                keys: &d1_keys,
+            },
+            Endpoint {
+                store: &d2.replication,
+                path: &inbound,
+                keys: &stage_keys,
+            },
+            &opts,
+            &enc,
+        )
+        .await
+        .map_err(failed("copy to peer"))?;
+        tern_crypto::reencrypt(
+            Endpoint {
+                store: &d2.replication,
+                path: &inbound,
+                keys: &stage_keys,
+            },
+            Endpoint {
+                store: &d2.volume,
+                path: &dst,
+                keys: &d2_keys,
+            },
+            &opts,
+            &enc,
+        )
+        .await
+        .map_err(failed("copy to peer"))?;
+        let original = EncryptedObject::open(Arc::clone(&d1.volume), &src, &d1_keys)
+            .await
+            .map_err(failed("copy to peer"))?;
+        let copy = EncryptedObject::open(Arc::clone(&d2.volume), &dst, &d2_keys)
+            .await
+            .map_err(failed("copy to peer"))?;
+        if original.read_all().await.map_err(failed("copy to peer"))?
+            != copy.read_all().await.map_err(failed("copy to peer"))?
+        {
+            return Err(wrong("copy to peer", format!("{dst} differs from {src}")));
+        }
+        copied += stats.plaintext_bytes;
+        last_inbound = Some(inbound);
+    }
+    step(
+        "copy to peer",
+        t,
+        format!(
+            "{} micro-partitions ({:.1} MiB) re-encrypted d1 volume → d2 inbound → d2 volume, verified",
+            files.len(),
+            copied as f64 / 1048576.0
+        ),
+    );
+
+    // A tampered inbound file is refused and nothing is written.
+    let t = Instant::now();
+    let inbound = last_inbound.ok_or_else(|| wrong("tamper", "no file was copied"))?;
+    let mut bytes = d2
+        .replication
+        .read_all(&inbound)
+        .await
+        .map_err(failed("tamper"))?
+        .to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    d2.replication
+        .put_overwrite(&inbound, Bytes::from(bytes).into())
+        .await
+        .map_err(failed("tamper"))?;
+    let target = Path::from("tampered/copy.mp");
+    let refused = tern_crypto::reencrypt(
+        Endpoint {
+            store: &d2.replication,
+            path: &inbound,
+            keys: &stage_keys,
+        },
+        Endpoint {
+            store: &d2.volume,
+            path: &target,
+            keys: &d2_keys,
+        },
+        &opts,
+        &enc,
+    )
+    .await;
+    let Err(e) = refused else {
+        return Err(wrong("tamper", "a flipped bit was not detected"));
+    };
+    if d2.volume.meta(&target).await.is_ok() {
+        return Err(wrong(
+            "tamper",
+            "a destination was written from a tampered source",
+        ));
+    }
+    step(
+        "tamper refused",
+        t,
+        format!("flipped bit in {inbound}: {e}"),
+    );
 
     // Message files form a chain created exactly once each, even under inconclusive writes.
     let plan = FaultPlan::new();
@@ -235,17 +522,17 @@ pub async fn run(dir: Option<PathBuf>, size_mib: u64, json: bool) -> Result<()> 
     ];
     let t = Instant::now();
     for seq in 1..=5u64 {
-        let path = layout::replication::msg(&d1_id, seq);
+        let path = layout::replication::msg(&d1.id, seq);
         reliable
             .put_new(&path, Bytes::from(format!("message file {seq}")).into())
             .await
-            .map_err(storage("message chain"))?;
+            .map_err(failed("message chain"))?;
     }
     let chain = d2
         .replication
-        .list_sorted(&layout::replication::msg_prefix(&d1_id))
+        .list_sorted(&layout::replication::msg_prefix(&d1.id))
         .await
-        .map_err(storage("message chain"))?;
+        .map_err(failed("message chain"))?;
     let seqs: Vec<u64> = chain
         .iter()
         .filter_map(|m| {
@@ -263,12 +550,12 @@ pub async fn run(dir: Option<PathBuf>, size_mib: u64, json: bool) -> Result<()> 
     match d2
         .replication
         .put_new(
-            &layout::replication::msg(&d1_id, 3),
+            &layout::replication::msg(&d1.id, 3),
             Bytes::from_static(b"replay").into(),
         )
         .await
     {
-        Err(StorageError::AlreadyExists { .. }) => {}
+        Err(tern_storage::Error::AlreadyExists { .. }) => {}
         other => {
             return Err(wrong(
                 "message chain",
@@ -289,9 +576,9 @@ pub async fn run(dir: Option<PathBuf>, size_mib: u64, json: bool) -> Result<()> 
     let t = Instant::now();
     let removed = d2
         .replication
-        .delete_prefix(&layout::replication::sub_bucket(&d1_id))
+        .delete_prefix(&layout::replication::sub_bucket(&d1.id))
         .await
-        .map_err(storage("cleanup"))?;
+        .map_err(failed("cleanup"))?;
     step(
         "receiver cleanup",
         t,
