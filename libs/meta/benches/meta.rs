@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tern_meta::{
-    AccountDpo, AccountKind, ColumnDef, ColumnStats, ColumnType, DatabaseDpo, DatabaseRole,
-    EpFileRef, MetaStore, MicroPartitionDpo, Scalar, SchemaDpo, SqliteOptions, Synchronous,
-    TableDpo, TableVersionDpo,
+    AccountDpo, ColumnDef, ColumnStats, ColumnType, DatabaseDpo, EpFileRef, MetaStore,
+    MicroPartitionDpo, Scalar, SchemaDpo, SqliteOptions, Synchronous, TableDpo, TableVersionDpo,
 };
 use tern_storage::layout::{
     AccountId, DatabaseId, DeploymentId, GlobalFileRef, ShortName, TableId,
@@ -264,23 +263,8 @@ fn setup(store: &MetaStore) -> BoxResult<TableId> {
     let db = DatabaseId::new("db1")?;
     let t = TableId::new("t1")?;
     store.write(|tx| {
-        tx.create_account(&AccountDpo {
-            name: account.clone(),
-            kind: AccountKind::Local,
-            created_at_ms: 0,
-            global_id: None,
-        })?;
-        tx.create_database(&DatabaseDpo {
-            id: db.clone(),
-            account: account.clone(),
-            name: "sales".into(),
-            global_id: None,
-            replication_group: None,
-            role: DatabaseRole::Local,
-            epoch: 0,
-            created_at_ms: 0,
-            dropped: false,
-        })?;
+        tx.create_account(&AccountDpo::local(account.clone(), 0))?;
+        tx.create_database(&DatabaseDpo::local(db.clone(), account.clone(), "sales", 0))?;
         tx.create_schema(&SchemaDpo {
             database: db.clone(),
             name: "public".into(),

@@ -67,6 +67,18 @@ pub struct AccountDpo {
 }
 dpo!(AccountDpo, "account");
 
+impl AccountDpo {
+    /// A local (not replicated) account.
+    pub fn local(name: AccountId, created_at_ms: i64) -> Self {
+        Self {
+            name,
+            kind: AccountKind::Local,
+            created_at_ms,
+            global_id: None,
+        }
+    }
+}
+
 /// A database's role in its replication group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -104,6 +116,28 @@ pub struct DatabaseDpo {
     pub dropped: bool,
 }
 dpo!(DatabaseDpo, "database");
+
+impl DatabaseDpo {
+    /// A local (not replicated) database of `account`.
+    pub fn local(
+        id: DatabaseId,
+        account: AccountId,
+        name: impl Into<String>,
+        created_at_ms: i64,
+    ) -> Self {
+        Self {
+            id,
+            account,
+            name: name.into(),
+            global_id: None,
+            replication_group: None,
+            role: DatabaseRole::Local,
+            epoch: 0,
+            created_at_ms,
+            dropped: false,
+        }
+    }
+}
 
 /// A schema of a database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,7 +40,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tern_clock::ManualClock;
 use tern_crypto::{DataKey, EncryptOptions, LocalKeyProvider, SystemRandom, TableFileKeys};
-use tern_meta::{AccountDpo, AccountKind, DatabaseDpo, DatabaseRole, MetaStore, SqliteOptions};
+use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{Path, StoreConfig, open_store};
 use tern_table::mp::{self, WriteOptions};
@@ -384,23 +384,8 @@ fn deployment(dir: &std::path::Path, name: &str, write: WriteOptions) -> Result<
     let account = AccountId::new("acme")?;
     let db = DatabaseId::new("db1")?;
     meta.write(|tx| {
-        tx.create_account(&AccountDpo {
-            name: account.clone(),
-            kind: AccountKind::Local,
-            created_at_ms: 0,
-            global_id: None,
-        })?;
-        tx.create_database(&DatabaseDpo {
-            id: db.clone(),
-            account: account.clone(),
-            name: "bench".into(),
-            global_id: None,
-            replication_group: None,
-            role: DatabaseRole::Local,
-            epoch: 0,
-            created_at_ms: 0,
-            dropped: false,
-        })
+        tx.create_account(&AccountDpo::local(account.clone(), 0))?;
+        tx.create_database(&DatabaseDpo::local(db.clone(), account.clone(), "bench", 0))
     })?;
     let options = TableOptions {
         write,

@@ -21,7 +21,7 @@ use tern_crypto::{
     CopyOptions, DataKey, EncryptOptions, EncryptedObject, Endpoint, LocalKeyProvider, RepMk,
     ReplicationFileKeys, SystemRandom, TableFileKeys,
 };
-use tern_meta::{AccountDpo, AccountKind, DatabaseDpo, DatabaseRole, MetaStore, SqliteOptions};
+use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, ResponseId};
 use tern_storage::{
     Fault, FaultPlan, FaultRule, FaultStore, Operation, Path, RetryPolicy, RetryStore, StoreConfig,
@@ -218,23 +218,8 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
     d1.tables
         .meta()
         .write(|tx| {
-            tx.create_account(&AccountDpo {
-                name: account.clone(),
-                kind: AccountKind::Local,
-                created_at_ms: 0,
-                global_id: None,
-            })?;
-            tx.create_database(&DatabaseDpo {
-                id: db.clone(),
-                account: account.clone(),
-                name: "sales".into(),
-                global_id: None,
-                replication_group: None,
-                role: DatabaseRole::Local,
-                epoch: 0,
-                created_at_ms: 0,
-                dropped: false,
-            })
+            tx.create_account(&AccountDpo::local(account.clone(), 0))?;
+            tx.create_database(&DatabaseDpo::local(db.clone(), account.clone(), "sales", 0))
         })
         .map_err(failed("create table"))?;
     d1.tables

@@ -8,7 +8,7 @@ use arrow::array::{
 };
 use tern_clock::ManualClock;
 use tern_crypto::{LocalKeyProvider, SystemRandom};
-use tern_meta::{AccountDpo, AccountKind, DatabaseDpo, DatabaseRole, MetaStore, SqliteOptions};
+use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{ObjectStore, S3Options, StoreConfig, admin::BucketAdmin, emulator, open_store};
 use tern_table::schema::arrow_schema;
@@ -149,23 +149,8 @@ impl Fixture {
         if fresh {
             let acme = AccountId::new("acme").expect("id");
             meta.write(|tx| {
-                tx.create_account(&AccountDpo {
-                    name: acme.clone(),
-                    kind: AccountKind::Local,
-                    created_at_ms: 0,
-                    global_id: None,
-                })?;
-                tx.create_database(&DatabaseDpo {
-                    id: db.clone(),
-                    account: acme.clone(),
-                    name: "sales".into(),
-                    global_id: None,
-                    replication_group: None,
-                    role: DatabaseRole::Local,
-                    epoch: 0,
-                    created_at_ms: 0,
-                    dropped: false,
-                })
+                tx.create_account(&AccountDpo::local(acme.clone(), 0))?;
+                tx.create_database(&DatabaseDpo::local(db.clone(), acme.clone(), "sales", 0))
             })
             .expect("account and database");
         }
