@@ -270,6 +270,63 @@ pub struct TableVersionDpo {
 }
 dpo!(TableVersionDpo, "table version");
 
+/// A change to a database's dictionary (DDL), in the order it was made. Recorded in the
+/// same transaction as the change itself, numbered per database, so that replication can
+/// ship exactly the DDL a replica has not seen yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DictionaryChange {
+    /// `create schema`.
+    CreateSchema {
+        /// The schema.
+        name: String,
+    },
+    /// `drop schema`.
+    DropSchema {
+        /// The schema.
+        name: String,
+    },
+    /// `create table`.
+    CreateTable {
+        /// Its id.
+        table: TableId,
+        /// Its schema.
+        schema: String,
+        /// Its name.
+        name: String,
+        /// Its columns.
+        columns: Vec<ColumnDef>,
+    },
+    /// `drop table`.
+    DropTable {
+        /// Its id.
+        table: TableId,
+    },
+    /// `alter table … add column`, made visible as table version `version`.
+    AddColumn {
+        /// The table.
+        table: TableId,
+        /// The new column.
+        column: ColumnDef,
+        /// The table version that added it.
+        version: u64,
+    },
+}
+
+/// One recorded dictionary change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DictionaryChangeDpo {
+    /// The database.
+    pub database: DatabaseId,
+    /// Position in the database's change log (1, 2, …).
+    pub seq: u64,
+    /// When it was made.
+    pub at_ms: i64,
+    /// What changed.
+    pub change: DictionaryChange,
+}
+dpo!(DictionaryChangeDpo, "dictionary change");
+
 /// A typed value of a column statistic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -92,3 +92,11 @@ pub(crate) fn global_id(kind: &str, global_id: &str) -> Key {
 pub(crate) fn sequence(name: &str) -> Key {
     Key::root("seq").str(name)
 }
+
+pub(crate) fn dictionary_changes(db: &DatabaseId) -> Key {
+    Key::root("dict").str(db.as_str())
+}
+
+pub(crate) fn dictionary_change(db: &DatabaseId, seq: u64) -> Key {
+    dictionary_changes(db).u64(seq)
+}

@@ -64,6 +64,7 @@
 //! | `tblname/<db-id>/<schema>/<name>` | → table id | tables not dropped: unique name |
 //! | `mpg/<origin>/<short>` | → (table, short) | global file reference index |
 //! | `gid/<kind>/<global-id>` | → local key | global id index |
+//! | `dict/<db>/<u64>` | DictionaryChangeDpo | a database's DDL log, in order |
 //! | `seq/<name>` | last value issued | sequences |
 //!
 //! Namespaces `txn`, `msg`, `chan`, `mon` are reserved for the transaction, messaging and
@@ -72,6 +73,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+mod ddl_log;
 mod dictionary;
 pub mod dpo;
 mod envelope;
@@ -86,7 +88,8 @@ pub use backend::sqlite::{SCHEMA_VERSION, SqliteBackend, SqliteOptions, Synchron
 pub use backend::{Backend, KvTxn};
 pub use dpo::{
     AccountDpo, AccountKind, ColumnDef, ColumnStats, ColumnType, DatabaseDpo, DatabaseRole,
-    DeploymentDpo, EpFileRef, MicroPartitionDpo, Scalar, SchemaDpo, TableDpo, TableVersionDpo,
+    DeploymentDpo, DictionaryChange, DictionaryChangeDpo, EpFileRef, MicroPartitionDpo, Scalar,
+    SchemaDpo, TableDpo, TableVersionDpo,
 };
 pub use envelope::Dpo;
 pub use error::{Error, Result};

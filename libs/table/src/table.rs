@@ -31,8 +31,8 @@ use tern_crypto::{
     DataKey, EncryptOptions, EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey,
 };
 use tern_meta::{
-    ColumnDef, ColumnStats, EpFileRef, MetaStore, MicroPartitionDpo, Scalar, SchemaDpo, TableDpo,
-    TableVersionDpo,
+    ColumnDef, ColumnStats, DictionaryChange, EpFileRef, MetaStore, MicroPartitionDpo, Scalar,
+    SchemaDpo, TableDpo, TableVersionDpo,
 };
 use tern_storage::layout::{
     self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, ShortName, TableId,
@@ -220,7 +220,37 @@ impl Tables {
                 database: db.clone(),
                 name: name.to_string(),
                 created_at_ms: now,
-            })
+            })?;
+            tx.record_dictionary_change(
+                db,
+                now,
+                DictionaryChange::CreateSchema {
+                    name: name.to_string(),
+                },
+            )
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Drop schema `name` of database `db` (it must hold no live table).
+    pub fn drop_schema(&self, db: &DatabaseId, name: &str) -> Result<()> {
+        let now = self.clock.now_millis();
+        self.meta.write(|tx| {
+            if !tx.remove_schema(db, name)? {
+                return Err(tern_meta::Error::NotFound {
+                    what: "schema",
+                    name: format!("{db}/{name}"),
+                });
+            }
+            tx.record_dictionary_change(
+                db,
+                now,
+                DictionaryChange::DropSchema {
+                    name: name.to_string(),
+                },
+            )
+            .map(|_| ())
         })?;
         Ok(())
     }
@@ -261,7 +291,16 @@ impl Tables {
             created_at_ms: self.clock.now_millis(),
             dropped: false,
         };
-        self.meta.write(|tx| tx.create_table(&table))?;
+        self.meta.write(|tx| {
+            tx.create_table(&table)?;
+            let change = DictionaryChange::CreateTable {
+                table: table.id.clone(),
+                schema: table.schema.clone(),
+                name: table.name.clone(),
+                columns: table.columns.clone(),
+            };
+            tx.record_dictionary_change(db, table.created_at_ms, change)
+        })?;
         self.lock_tmks().insert(id.clone(), Arc::new(tmk));
         Ok(id)
     }
@@ -287,8 +326,25 @@ impl Tables {
 
     /// Drop a table (its files go when vacuum or retention says so).
     pub fn drop_table(&self, id: &TableId) -> Result<()> {
-        self.meta.write(|tx| tx.drop_table(id).map(|_| ()))?;
+        let now = self.clock.now_millis();
+        self.meta.write(|tx| {
+            let dropped = tx.drop_table(id)?;
+            tx.record_dictionary_change(
+                &dropped.database,
+                now,
+                DictionaryChange::DropTable { table: id.clone() },
+            )
+        })?;
         Ok(())
+    }
+
+    /// The DDL of database `db` numbered after `after_seq`, in order.
+    pub fn dictionary_changes(
+        &self,
+        db: &DatabaseId,
+        after_seq: u64,
+    ) -> Result<Vec<tern_meta::DictionaryChangeDpo>> {
+        Ok(self.meta.read(|tx| tx.dictionary_changes(db, after_seq))?)
     }
 
     /// Add a nullable column: a new version with no file changes (older files read the
@@ -303,9 +359,15 @@ impl Tables {
             });
         }
         let mut columns = ctx.table.columns.clone();
-        columns.push(column);
+        columns.push(column.clone());
         check_columns(&columns)?;
-        self.commit(&ctx, Vec::new(), Vec::new(), columns, 0).await
+        let ddl = DictionaryChange::AddColumn {
+            table: table.clone(),
+            column,
+            version: ctx.table.current_version + 1,
+        };
+        self.commit_with(&ctx, Vec::new(), Vec::new(), columns, 0, Some(ddl))
+            .await
     }
 
     // ---- DML ----
@@ -701,6 +763,31 @@ impl Tables {
         Ok(unreferenced.len())
     }
 
+    /// The micro-partitions of `version`, derived from the table's metadata files alone:
+    /// the files of commits 1..N replayed in order (DESIGN.md §2). Equals the metadata
+    /// store's index for every version whose history is still retained; used to check one
+    /// against the other and, by replication, to read what a commit changed.
+    pub async fn active_from_metadata_files(
+        &self,
+        table: &TableId,
+        version: u64,
+    ) -> Result<Vec<ShortName>> {
+        let ctx = self.ctx(table).await?;
+        let version = self.retained(&ctx.table, Some(version))?;
+        let files = self.meta.read(|tx| tx.ep_files_at(table, version))?;
+        let mut active = std::collections::BTreeSet::new();
+        for ep in files {
+            let path = Path::from(ep.path.as_str());
+            let plain = tern_crypto::get_decrypted(&self.volume, &path, &ctx.keys).await?;
+            let file = MetadataFile::from_bytes(&plain, &ep.path)?;
+            for r in &file.removed {
+                active.remove(r);
+            }
+            active.extend(file.added.into_iter().map(|a| a.short));
+        }
+        Ok(active.into_iter().collect())
+    }
+
     /// The file keys of a table's micro-partitions and metadata files (what a copy worker
     /// needs to read them); the table master key is unwrapped through the key provider.
     pub async fn file_keys(&self, table: &TableId) -> Result<TableFileKeys> {
@@ -859,10 +946,24 @@ impl Tables {
     async fn commit(
         &self,
         ctx: &Ctx,
+        added: Vec<MicroPartitionDpo>,
+        removed: Vec<ShortName>,
+        columns: Vec<ColumnDef>,
+        rows: u64,
+    ) -> Result<CommitInfo> {
+        self.commit_with(ctx, added, removed, columns, rows, None)
+            .await
+    }
+
+    /// [`Self::commit`], recording a dictionary change in the same metadata transaction.
+    async fn commit_with(
+        &self,
+        ctx: &Ctx,
         mut added: Vec<MicroPartitionDpo>,
         removed: Vec<ShortName>,
         columns: Vec<ColumnDef>,
         rows: u64,
+        ddl: Option<DictionaryChange>,
     ) -> Result<CommitInfo> {
         let base = ctx.table.current_version;
         let version = base + 1;
@@ -908,10 +1009,18 @@ impl Tables {
         };
         let files_added = added.len();
         let files_removed = removed.len();
-        if let Err(e) = self
-            .meta
-            .write(|tx| tx.commit_table_version(&ctx.table.id, base, row.clone(), &added, &removed))
-        {
+        let committed = self.meta.write(|tx| {
+            tx.commit_table_version(&ctx.table.id, base, row.clone(), &added, &removed)?;
+            if let Some(change) = &ddl {
+                tx.record_dictionary_change(
+                    &ctx.table.database,
+                    row.committed_at_ms,
+                    change.clone(),
+                )?;
+            }
+            Ok(())
+        });
+        if let Err(e) = committed {
             self.discard(&added).await;
             let _ = self.volume.delete_idempotent(&ep_path).await;
             return Err(e.into());

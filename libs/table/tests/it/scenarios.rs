@@ -6,6 +6,8 @@ use std::time::Duration;
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use bytes::Bytes;
 use object_store::ObjectStore;
+use tern_meta::DictionaryChange;
+use tern_storage::layout::ShortName;
 use tern_storage::{FaultPlan, FaultStore, Operation, Path, StoreExt};
 use tern_table::load::{self, Format};
 use tern_table::mp::WriteOptions;
@@ -224,6 +226,51 @@ pub async fn scenario(volume: Arc<dyn ObjectStore>) {
         )
         .await;
     assert!(matches!(required, Err(Error::InvalidSchema { .. })));
+
+    // The metadata files alone reproduce every version's micro-partitions.
+    for version in 0..=5u64 {
+        let from_files = f
+            .tables
+            .active_from_metadata_files(&t, version)
+            .await
+            .expect("replay");
+        let indexed: Vec<ShortName> = f
+            .tables
+            .meta()
+            .read(|tx| tx.active_micro_partitions(&t, version))
+            .expect("index")
+            .into_iter()
+            .map(|m| m.short)
+            .collect();
+        assert_eq!(from_files, indexed, "version {version}");
+    }
+
+    // DDL is recorded as numbered dictionary changes, in order.
+    let ddl = f.tables.dictionary_changes(&f.db, 0).expect("ddl log");
+    let kinds: Vec<(u64, String)> = ddl
+        .iter()
+        .map(|c| {
+            let what = match &c.change {
+                DictionaryChange::CreateSchema { name } => format!("create schema {name}"),
+                DictionaryChange::CreateTable { name, .. } => format!("create table {name}"),
+                DictionaryChange::AddColumn {
+                    column, version, ..
+                } => {
+                    format!("add column {} at {version}", column.name)
+                }
+                other => format!("{other:?}"),
+            };
+            (c.seq, what)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "create schema public".to_string()),
+            (2, "create table orders".to_string()),
+            (3, "add column note at 5".to_string())
+        ]
+    );
 
     // vacuum: after the retention period only the current version stays; files no longer
     // referenced are deleted from the volume
