@@ -76,40 +76,61 @@ fn writer_props(opts: &WriteOptions) -> Result<WriterProperties> {
         .build())
 }
 
-/// Encode batches (already conformed to `schema`) into files of about the target size.
-pub fn encode(
-    batches: &[RecordBatch],
-    schema: &SchemaRef,
-    columns: &[ColumnDef],
-    opts: &WriteOptions,
-) -> Result<Vec<Encoded>> {
-    let pq = |e| Error::Parquet {
+/// Encodes rows into micro-partition files of about the target size, one file at a time,
+/// so a caller can store each file while the next is being encoded and memory stays
+/// bounded by a file or two whatever the input size.
+pub struct Encoder {
+    schema: SchemaRef,
+    columns: Vec<ColumnDef>,
+    opts: WriteOptions,
+    props: WriterProperties,
+    current: Option<(ArrowWriter<Vec<u8>>, u64, Vec<ColumnStats>)>,
+}
+
+fn encode_err(e: parquet::errors::ParquetError) -> Error {
+    Error::Parquet {
         path: "<new micro-partition>".into(),
         source: e,
-    };
-    let props = writer_props(opts)?;
-    let mut out = Vec::new();
-    let mut current: Option<(ArrowWriter<Vec<u8>>, u64, Vec<ColumnStats>)> = None;
-    // Slice large batches so the size check runs often enough to honour the target.
-    let slice_rows = opts.row_group_rows.clamp(1, 64 * 1024);
-    for batch in batches {
+    }
+}
+
+impl Encoder {
+    /// An encoder for rows conforming to `schema`/`columns`.
+    pub fn new(schema: &SchemaRef, columns: &[ColumnDef], opts: &WriteOptions) -> Result<Self> {
+        Ok(Self {
+            schema: Arc::clone(schema),
+            columns: columns.to_vec(),
+            opts: opts.clone(),
+            props: writer_props(opts)?,
+            current: None,
+        })
+    }
+
+    /// Add a batch; returns the files it completed (usually none or one).
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<Vec<Encoded>> {
+        let mut done = Vec::new();
+        // Slice large batches so the size check runs often enough to honour the target.
+        let slice_rows = self.opts.row_group_rows.clamp(1, 64 * 1024);
         let mut offset = 0;
         while offset < batch.num_rows() {
             let len = slice_rows.min(batch.num_rows() - offset);
             let part = batch.slice(offset, len);
             offset += len;
-            let (writer, rows, stats) = match current.as_mut() {
+            let (writer, rows, stats) = match self.current.as_mut() {
                 Some(c) => c,
                 None => {
-                    let w =
-                        ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props.clone()))
-                            .map_err(pq)?;
-                    current.insert((w, 0, Vec::new()))
+                    let w = ArrowWriter::try_new(
+                        Vec::new(),
+                        Arc::clone(&self.schema),
+                        Some(self.props.clone()),
+                    )
+                    .map_err(encode_err)?;
+                    self.current.insert((w, 0, Vec::new()))
                 }
             };
-            writer.write(&part).map_err(pq)?;
+            writer.write(&part).map_err(encode_err)?;
             *rows += part.num_rows() as u64;
-            let part_stats = batch_stats(&part, columns);
+            let part_stats = batch_stats(&part, &self.columns);
             *stats = if stats.is_empty() {
                 part_stats
             } else {
@@ -119,26 +140,45 @@ pub fn encode(
                     .map(|(a, b)| merge_stats(a, b))
                     .collect()
             };
-            if writer.bytes_written() + writer.in_progress_size() >= opts.target_bytes
-                && let Some((w, rows, stats)) = current.take()
+            if writer.bytes_written() + writer.in_progress_size() >= self.opts.target_bytes
+                && let Some((w, rows, stats)) = self.current.take()
             {
-                out.push(Encoded {
-                    parquet: w.into_inner().map_err(pq)?,
+                done.push(Encoded {
+                    parquet: w.into_inner().map_err(encode_err)?,
                     rows,
                     stats,
                 });
             }
         }
+        Ok(done)
     }
-    if let Some((w, rows, stats)) = current.take()
-        && rows > 0
-    {
-        out.push(Encoded {
-            parquet: w.into_inner().map_err(pq)?,
-            rows,
-            stats,
-        });
+
+    /// Close the last, partly filled file, if any.
+    pub fn finish(mut self) -> Result<Option<Encoded>> {
+        match self.current.take() {
+            Some((w, rows, stats)) if rows > 0 => Ok(Some(Encoded {
+                parquet: w.into_inner().map_err(encode_err)?,
+                rows,
+                stats,
+            })),
+            _ => Ok(None),
+        }
     }
+}
+
+/// Encode batches (already conformed to `schema`) into files of about the target size.
+pub fn encode(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    columns: &[ColumnDef],
+    opts: &WriteOptions,
+) -> Result<Vec<Encoded>> {
+    let mut encoder = Encoder::new(schema, columns, opts)?;
+    let mut out = Vec::new();
+    for batch in batches {
+        out.extend(encoder.push(batch)?);
+    }
+    out.extend(encoder.finish()?);
     Ok(out)
 }
 

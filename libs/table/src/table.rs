@@ -131,7 +131,7 @@ pub enum Aggregate {
 struct Ctx {
     table: TableDpo,
     account: AccountId,
-    keys: TableFileKeys,
+    keys: Arc<TableFileKeys>,
 }
 
 /// The tables of one deployment: its volume, metadata store and key provider.
@@ -655,7 +655,7 @@ impl Tables {
                     mp::read(
                         Arc::clone(&self.volume),
                         &path,
-                        &ctx_ref.keys,
+                        ctx_ref.keys.as_ref(),
                         columns,
                         Some(names),
                         predicate,
@@ -778,7 +778,7 @@ impl Tables {
         let mut active = std::collections::BTreeSet::new();
         for ep in files {
             let path = Path::from(ep.path.as_str());
-            let plain = tern_crypto::get_decrypted(&self.volume, &path, &ctx.keys).await?;
+            let plain = tern_crypto::get_decrypted(&self.volume, &path, ctx.keys.as_ref()).await?;
             let file = MetadataFile::from_bytes(&plain, &ep.path)?;
             for r in &file.removed {
                 active.remove(r);
@@ -790,7 +790,7 @@ impl Tables {
 
     /// The file keys of a table's micro-partitions and metadata files (what a copy worker
     /// needs to read them); the table master key is unwrapped through the key provider.
-    pub async fn file_keys(&self, table: &TableId) -> Result<TableFileKeys> {
+    pub async fn file_keys(&self, table: &TableId) -> Result<Arc<TableFileKeys>> {
         Ok(self.ctx(table).await?.keys)
     }
 
@@ -839,7 +839,7 @@ impl Tables {
         Ok(Ctx {
             table: t,
             account,
-            keys: TableFileKeys::new(tmk),
+            keys: Arc::new(TableFileKeys::new(tmk)),
         })
     }
 
@@ -881,7 +881,7 @@ impl Tables {
         let (batches, _) = mp::read(
             Arc::clone(&self.volume),
             &path,
-            &ctx.keys,
+            ctx.keys.as_ref(),
             &ctx.table.columns,
             projection,
             predicate,
@@ -900,33 +900,97 @@ impl Tables {
         batches: &[RecordBatch],
     ) -> Result<Vec<MicroPartitionDpo>> {
         let schema = arrow_schema(&ctx.table.columns);
-        let encoded = mp::encode(batches, &schema, &ctx.table.columns, &self.options.write)?;
-        let mut out = Vec::with_capacity(encoded.len());
-        for e in encoded {
-            let seq = self.meta.write(|tx| tx.next_sequence("short_name"))?;
-            let short = ShortName::new(format!("fdn{seq}"))?;
-            let path = layout::volume::mp(&ctx.account, &ctx.table.database, &ctx.table.id, &short);
-            let bytes = match mp::store(self.volume.as_ref(), &path, &ctx.keys, &e).await {
-                Ok(b) => b,
-                Err(err) => {
-                    self.discard(&out).await;
-                    return Err(err);
+        let mut encoder = mp::Encoder::new(&schema, &ctx.table.columns, &self.options.write)?;
+        let mut written = Vec::new();
+        // One file is encrypted and stored (on another worker) while the next is encoded.
+        let mut in_flight: Option<tokio::task::JoinHandle<Result<MicroPartitionDpo>>> = None;
+        let mut result = Ok(());
+        for batch in batches {
+            let done = match encoder.push(batch) {
+                Ok(d) => d,
+                Err(e) => {
+                    result = Err(e);
+                    break;
                 }
             };
-            out.push(MicroPartitionDpo {
-                table: ctx.table.id.clone(),
-                global_ref: GlobalFileRef::new(self.deployment.clone(), short.clone()),
-                short,
-                rows: e.rows,
+            for e in done {
+                if let Err(err) = self.store_next(ctx, e, &mut in_flight, &mut written).await {
+                    result = Err(err);
+                    break;
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = match encoder.finish() {
+                Ok(Some(e)) => self.store_next(ctx, e, &mut in_flight, &mut written).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let last = Self::land(&mut in_flight, &mut written).await;
+        match result.and(last) {
+            Ok(()) => Ok(written),
+            Err(e) => {
+                self.discard(&written).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Wait for the file in flight, then start storing `e`.
+    async fn store_next(
+        &self,
+        ctx: &Ctx,
+        e: mp::Encoded,
+        in_flight: &mut Option<tokio::task::JoinHandle<Result<MicroPartitionDpo>>>,
+        written: &mut Vec<MicroPartitionDpo>,
+    ) -> Result<()> {
+        Self::land(in_flight, written).await?;
+        let seq = self.meta.write(|tx| tx.next_sequence("short_name"))?;
+        let short = ShortName::new(format!("fdn{seq}"))?;
+        let path = layout::volume::mp(&ctx.account, &ctx.table.database, &ctx.table.id, &short);
+        let (volume, keys) = (Arc::clone(&self.volume), Arc::clone(&ctx.keys));
+        let entry = MicroPartitionDpo {
+            table: ctx.table.id.clone(),
+            global_ref: GlobalFileRef::new(self.deployment.clone(), short.clone()),
+            short,
+            rows: e.rows,
+            bytes: 0,
+            stats: Vec::new(),
+            added_version: 0,
+            removed_version: None,
+            path: path.to_string(),
+            key_ref: "tmk-derived".into(),
+        };
+        *in_flight = Some(tokio::spawn(async move {
+            let bytes = mp::store(volume.as_ref(), &path, keys.as_ref(), &e).await?;
+            Ok(MicroPartitionDpo {
                 bytes,
                 stats: e.stats,
-                added_version: 0,
-                removed_version: None,
-                path: path.to_string(),
-                key_ref: "tmk-derived".into(),
-            });
+                ..entry
+            })
+        }));
+        Ok(())
+    }
+
+    /// Wait for the file in flight, if any, and record it as written.
+    async fn land(
+        in_flight: &mut Option<tokio::task::JoinHandle<Result<MicroPartitionDpo>>>,
+        written: &mut Vec<MicroPartitionDpo>,
+    ) -> Result<()> {
+        if let Some(task) = in_flight.take() {
+            let entry = task.await.map_err(|e| {
+                Error::Storage(tern_storage::Error::Open {
+                    url: "micro-partition writer".into(),
+                    source: Box::new(e),
+                })
+            })??;
+            written.push(entry);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Best-effort removal of files written for a commit that did not happen.
@@ -983,7 +1047,7 @@ impl Tables {
         if let Err(e) = tern_crypto::put_encrypted(
             self.volume.as_ref(),
             &ep_path,
-            &ctx.keys,
+            ctx.keys.as_ref(),
             &ep.to_bytes(),
             &EncryptOptions::default(),
             put,

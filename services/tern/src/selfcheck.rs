@@ -388,7 +388,7 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
             Endpoint {
                 store: &d1.volume,
                 path: &src,
-                keys: &d1_keys,
+                keys: d1_keys.as_ref(),
             },
             Endpoint {
                 store: &d2.replication,
@@ -416,7 +416,7 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
         )
         .await
         .map_err(failed("copy to peer"))?;
-        let original = EncryptedObject::open(Arc::clone(&d1.volume), &src, &d1_keys)
+        let original = EncryptedObject::open(Arc::clone(&d1.volume), &src, d1_keys.as_ref())
             .await
             .map_err(failed("copy to peer"))?;
         let copy = EncryptedObject::open(Arc::clone(&d2.volume), &dst, &d2_keys)

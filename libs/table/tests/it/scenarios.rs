@@ -516,3 +516,48 @@ async fn volume_holds_no_plaintext() {
         }
     }
 }
+
+/// A storage failure in the middle of a multi-file insert leaves no file behind and
+/// commits nothing (files are stored while later ones are still being encoded).
+#[tokio::test]
+async fn failed_insert_leaves_no_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let plan = FaultPlan::new();
+    let volume: Arc<dyn ObjectStore> = Arc::new(FaultStore::new(
+        fixture::folder_volume(dir.path()),
+        plan.clone(),
+    ));
+    let f = Fixture::new(Arc::clone(&volume), small_files());
+    let t = f.create("faulty").await;
+    let rule = plan.arm(
+        tern_storage::FaultRule::on(Operation::Put)
+            .under("acct")
+            .nth(3)
+            .fault(tern_storage::Fault::Fail),
+    );
+    let err = f
+        .tables
+        .insert(&t, &[rows(&(0..2000).collect::<Vec<_>>())])
+        .await;
+    assert!(err.is_err(), "the injected failure surfaces");
+    assert_eq!(plan.fired(rule), 1);
+    plan.disarm_all();
+    assert_eq!(
+        f.tables.table(&t).expect("table").current_version,
+        0,
+        "nothing committed"
+    );
+    let left = volume.list_sorted(&Path::from("acct")).await.expect("list");
+    assert!(left.is_empty(), "files left behind: {left:?}");
+    // The table still works.
+    f.tables
+        .insert(&t, &[rows(&[1, 2, 3])])
+        .await
+        .expect("insert after the fault");
+    let s = f
+        .tables
+        .scan(&t, &ScanRequest::default())
+        .await
+        .expect("scan");
+    assert_eq!(ids(&s.batches), vec![1, 2, 3]);
+}
