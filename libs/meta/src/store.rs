@@ -67,6 +67,22 @@ impl MetaStore {
         out.ok_or_else(|| self.contract_broken())
     }
 
+    /// Run `f` in a read-write transaction and always roll it back: whether a change would
+    /// succeed on the current state, checked by the same code that makes it, without
+    /// making it. Returns `f`'s result.
+    pub fn dry_run<T>(&self, mut f: impl FnMut(&mut MetaTxn<'_>) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        let outcome = self.backend.write(&mut |kv| {
+            out = Some(f(&mut MetaTxn { kv }));
+            Err(Error::DryRun)
+        });
+        match (outcome, out) {
+            (Err(Error::DryRun), Some(result)) => result,
+            (Err(e), _) => Err(e),
+            (Ok(()), _) => Err(self.contract_broken()),
+        }
+    }
+
     fn contract_broken(&self) -> Error {
         Error::BackendContract {
             backend: format!("{:?}", self.backend),
@@ -123,6 +139,25 @@ impl MetaTxn<'_> {
         self.for_each(start, &end, |k, v| {
             out.push((k, v));
             Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The first `limit` values under `prefix`, in key order (work queues take a batch
+    /// from their head without reading the whole queue).
+    pub fn scan_prefix_limit<D: Dpo>(
+        &mut self,
+        prefix: &Key,
+        limit: usize,
+    ) -> Result<Vec<(Key, D)>> {
+        let (start, end) = prefix.prefix_range();
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.for_each(start, &end, |k, v| {
+            out.push((k, v));
+            Ok(out.len() < limit)
         })?;
         Ok(out)
     }

@@ -1,0 +1,75 @@
+//! Tern's message service (DESIGN.md §8): generic messages between deployments, carried
+//! as encrypted files in the receiver's replication bucket.
+//!
+//! Each ordered pair of deployments (sender → receiver) is a **channel**. The sender holds
+//! only a write-only identity for `from/<sender>/` of the receiver's bucket; the receiver
+//! reads, processes and deletes. Nothing else connects them.
+//!
+//! ```text
+//!  sender (d1)                              receiver (d2): replication bucket of d2
+//!  create ─▶ Preparing ─(bodies)─▶ ReadyToSend     from/d1/body/<id>/<n>   body files
+//!  worker: claim batch ─▶ Sending ─PUT(Create)─▶   from/d1/msg/<seq>.msg   message files
+//!          Sent                                        │ poll expected name
+//!                                 Received ◀───────────┘ verify, 1 transaction
+//!                                 ReadyForProcessing ─▶ Processing (pool, handler)
+//!                                 ReadyForCleanup ─▶ cleaner deletes files, then rows
+//! ```
+//!
+//! | module | what |
+//! |---|---|
+//! | [`message`] | [`GlobalMessage`], the versioned message-file plaintext |
+//! | [`registry`] | message types, [`Handler`]s, exactly-once [`Commit`]s |
+//! | [`sender`] | [`Sender`]: create, attach bodies, mark ready; the file chain |
+//! | [`receiver`] | [`Receiver`]: poll, verify, persist; rejections |
+//! | [`processor`] | [`Processor`]: the worker pool running handlers |
+//! | [`cleaner`] | [`Cleaner`]: deletes handled files and rows |
+//! | [`service`] | [`Context`] (one deployment's service), [`MessagingConfig`], channels |
+//! | [`keys`] | per-channel keys and the diversifier acceptance window |
+//! | [`state`] | what is kept in the metadata store, and where |
+//! | [`worker`] | the [`Worker`] shape every background loop has |
+//! | [`crash`] | per-instance named crash points for tests |
+//!
+//! # Guarantees
+//!
+//! * **Chain continuity**: message files of a channel are numbered 1, 2, 3, … with no gap
+//!   and no reuse, across restarts; each is created once (`PutMode::Create`); each names
+//!   the next file and the diversifier its key will be wrapped under.
+//! * **Exactly-once effect**: a file is persisted once (its messages and the channel's
+//!   advance in one transaction); a handler's metadata effect commits with the message's
+//!   completion; handlers' external effects must be idempotent by message id.
+//! * **Rejections never apply anything** and never stop the receiver: a bad file stalls
+//!   only its channel and is recorded; a bad message is dropped from an otherwise good
+//!   file. See [`receiver`].
+//! * **Keys**: every message and body file has its own random DEK wrapped under
+//!   `HMAC(GMK, diversifier)`, bound to the channel and the file's path; key material is
+//!   never logged.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cleaner;
+pub mod cleanup;
+pub mod crash;
+mod error;
+pub mod keys;
+pub mod message;
+pub mod processor;
+pub mod receiver;
+pub mod registry;
+pub mod sender;
+pub mod service;
+pub mod state;
+pub mod worker;
+
+pub use cleaner::Cleaner;
+pub use cleanup::CleanupPayload;
+pub use crash::CrashPoints;
+pub use error::{Error, Result};
+pub use message::{BodyRef, GlobalMessage, MessageFile, MessageType};
+pub use processor::Processor;
+pub use receiver::Receiver;
+pub use registry::{Bodies, CLEANUP_TYPE, Commit, Handler, HandlerError, Registry};
+pub use sender::{Draft, Sender};
+pub use service::{ChannelGenesis, Context, Counters, MessagingConfig, channel_name};
+pub use state::{InState, OutState, RejectReason, Rejection};
+pub use worker::{Worker, WorkerState, WorkerStatus};

@@ -1,0 +1,6 @@
+//! Integration tests of tern-messaging: one binary, one module per concern. Storage
+//! scenarios run against the folder store and LocalStack (test names say which); the
+//! write-only identity test runs on moto with IAM enforced.
+
+mod chain;
+mod common;
