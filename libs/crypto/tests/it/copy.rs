@@ -348,5 +348,20 @@ async fn scenario_on_localstack_s3() {
         ..CopyOptions::default()
     };
     scenario(store, &copy).await;
+    // The tampered source's copy was multipart (the big file, its last byte flipped): parts
+    // were uploaded before the bad chunk was found, and the upload must have been aborted,
+    // not left behind (on S3 an unaborted upload keeps its parts, and costs, forever).
+    let uploads = admin
+        .client()
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    let pending: Vec<_> = uploads.uploads().iter().filter_map(|u| u.key()).collect();
+    assert!(
+        pending.is_empty(),
+        "multipart uploads left behind: {pending:?}"
+    );
     let _ = admin.delete_bucket(&bucket).await;
 }

@@ -203,3 +203,101 @@ async fn repmk_double_wrap_with_kms_rsa() {
     let not_rsa = KmsRsaCustomerKey::new(k.client.clone(), &k.master);
     assert!(not_rsa.public_key().await.is_err());
 }
+
+/// The keys `infra/` creates (not keys made by the test) are of the kinds DESIGN.md §4 asks
+/// for, and work with the providers: the group's GMK is an `HMAC_256` /
+/// `GENERATE_VERIFY_MAC` multi-Region key from which every deployment derives the same
+/// wrapping key; each deployment's key is a symmetric `ENCRYPT_DECRYPT` key for envelopes.
+#[tokio::test]
+async fn infra_keys_have_the_designed_specs_and_work() {
+    use tern_storage::emulator::{self, Target};
+
+    let (outputs, admin) = tokio::task::spawn_blocking(|| {
+        let outputs = emulator::infra_outputs(Target::LocalStack)?;
+        let admin = emulator::admin(Target::LocalStack)?;
+        Ok::<_, emulator::EmulatorError>((outputs, admin))
+    })
+    .await
+    .expect("emulator task")
+    .unwrap_or_else(|e| panic!("LocalStack with the local infra is required for this test: {e}"));
+    let client = kms_client(&KmsConnection {
+        endpoint: Some(admin.endpoint.clone()),
+        region: Some(admin.region.clone()),
+        credentials: Some(StaticCredentials {
+            access_key_id: admin.access_key_id.clone(),
+            secret_access_key: admin.secret_access_key.clone(),
+        }),
+    })
+    .await;
+    let text = |path: &[&str]| -> String {
+        path.iter()
+            .try_fold(&outputs, |v, k| v.get(k))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_else(|| panic!("infra outputs lack {path:?}"))
+            .to_string()
+    };
+    let describe = |key: String| {
+        let client = client.clone();
+        async move {
+            client
+                .describe_key()
+                .key_id(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("DescribeKey {key}: {e:?}"))
+                .key_metadata
+                .unwrap_or_else(|| panic!("DescribeKey {key}: no metadata"))
+        }
+    };
+
+    // The alias is what configs name; it must resolve to the key the outputs give.
+    let gmk_alias = text(&["gmk", "alias"]);
+    let gmk = describe(gmk_alias.clone()).await;
+    assert_eq!(gmk.key_id, text(&["gmk", "key_id"]), "{gmk_alias}");
+    assert_eq!(gmk.key_spec, Some(KeySpec::Hmac256), "{gmk_alias}");
+    assert_eq!(
+        gmk.key_usage,
+        Some(KeyUsageType::GenerateVerifyMac),
+        "{gmk_alias}"
+    );
+    assert_eq!(gmk.multi_region, Some(true), "{gmk_alias}: multi-Region");
+
+    let deployments: Vec<String> = outputs["deployments"]
+        .as_object()
+        .expect("deployments output")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(deployments.len(), 3, "envs/local makes a group of three");
+    let mut wrap_key_ids = Vec::new();
+    for d in &deployments {
+        let alias = text(&["deployments", d, "kms_alias"]);
+        let key = describe(alias.clone()).await;
+        assert_eq!(
+            key.key_id,
+            text(&["deployments", d, "kms_key_id"]),
+            "{alias}"
+        );
+        assert_eq!(key.key_spec, Some(KeySpec::SymmetricDefault), "{alias}");
+        assert_eq!(key.key_usage, Some(KeyUsageType::EncryptDecrypt), "{alias}");
+
+        // Each deployment's provider, as ternd would configure it (by alias).
+        let provider = KmsKeyProvider::new(client.clone(), &gmk_alias, &alias);
+        wrap_key_ids.push(provider.derive_wrap_key(D0).await.unwrap().id());
+        let ctx = EnvelopeContext::table("acct-1", "tbl-7");
+        let (key, wrapped) = provider.generate_data_key(&ctx).await.unwrap();
+        assert_eq!(
+            provider
+                .decrypt_data_key(&wrapped, &ctx)
+                .await
+                .unwrap()
+                .id(),
+            key.id(),
+            "{d}: envelope round trip under its own key"
+        );
+    }
+    assert!(
+        wrap_key_ids.windows(2).all(|w| w[0] == w[1]),
+        "every deployment derives the same wrapping key from the group's GMK: {wrap_key_ids:?}"
+    );
+}
