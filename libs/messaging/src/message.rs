@@ -178,9 +178,20 @@ impl GlobalMessage {
         })
     }
 
-    /// SHA-256 of the encoded record: what "the same message" means for duplicate ids.
+    /// What "the same message" means for a duplicate id: SHA-256 over the type, id, origin,
+    /// payload and body lengths (not the creation time or the bodies' diversifiers, which
+    /// differ when the same message is created again).
     pub fn digest(&self) -> Result<[u8; 32]> {
-        Ok(tern_crypto::kdf::sha256(&self.encode()?))
+        let mut w = Writer::default();
+        w.str(self.message_type.as_str())?;
+        w.str(self.id.as_str())?;
+        w.str(self.origin.as_str())?;
+        w.bytes(&self.payload)?;
+        w.u32(len32(self.bodies.len(), "body count")?);
+        for b in &self.bodies {
+            w.u64(b.len);
+        }
+        Ok(tern_crypto::kdf::sha256(&w.0))
     }
 }
 
