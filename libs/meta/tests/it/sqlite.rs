@@ -46,6 +46,18 @@ fn reopen_keeps_everything() {
     assert_eq!(active(&store, &t, 2), ["b", "c"]);
     assert_eq!(store.write(|tx| tx.next_sequence("s")).unwrap(), 2);
     commit(&store, &t, 2, &["d"], &[]).unwrap();
+
+    // The file is in WAL mode (persistent: a plain connection sees it) and carries the
+    // current schema version, which is what the next open checks.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = c
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let version: i64 = c
+        .query_row("SELECT version FROM meta_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, i64::from(SCHEMA_VERSION));
 }
 
 /// The schema of version 1, as released: kept here verbatim so that the migration from it
