@@ -4,4 +4,5 @@
 
 mod chain;
 mod common;
+mod crashes;
 mod rejections;
