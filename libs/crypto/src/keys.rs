@@ -157,6 +157,23 @@ impl WrappedKey {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// Lowercase hex, to keep the key in text (metadata rows, key references).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses what [`WrappedKey::to_hex`] wrote; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if !text.len().is_multiple_of(2) {
+            return None;
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+            .map(WrappedKey)
+    }
 }
 
 impl fmt::Debug for WrappedKey {
@@ -168,6 +185,16 @@ impl fmt::Debug for WrappedKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrapped_key_hex_round_trip() {
+        let k = WrappedKey::from_bytes(vec![0, 1, 0xab, 0xff]);
+        assert_eq!(k.to_hex(), "0001abff");
+        assert_eq!(WrappedKey::from_hex("0001abff"), Some(k));
+        for bad in ["0", "zz", "0g", "é0"] {
+            assert_eq!(WrappedKey::from_hex(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn debug_shows_only_the_id() {

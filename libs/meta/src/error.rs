@@ -184,6 +184,10 @@ pub enum Error {
         name: String,
     },
 
+    /// The marker with which [`MetaStore::dry_run`](crate::MetaStore::dry_run) rolls its
+    /// transaction back; never returned to callers.
+    #[error("dry run rolled back")]
+    DryRun,
     /// A backend broke the [`Backend`](crate::Backend) contract (e.g. reported success
     /// without running the transaction body).
     #[error("backend {backend} broke its contract: {reason}")]

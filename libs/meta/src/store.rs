@@ -67,6 +67,22 @@ impl MetaStore {
         out.ok_or_else(|| self.contract_broken())
     }
 
+    /// Run `f` in a read-write transaction and always roll it back: whether a change would
+    /// succeed on the current state, checked by the same code that makes it, without
+    /// making it. Returns `f`'s result.
+    pub fn dry_run<T>(&self, mut f: impl FnMut(&mut MetaTxn<'_>) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        let outcome = self.backend.write(&mut |kv| {
+            out = Some(f(&mut MetaTxn { kv }));
+            Err(Error::DryRun)
+        });
+        match (outcome, out) {
+            (Err(Error::DryRun), Some(result)) => result,
+            (Err(e), _) => Err(e),
+            (Ok(()), _) => Err(self.contract_broken()),
+        }
+    }
+
     fn contract_broken(&self) -> Error {
         Error::BackendContract {
             backend: format!("{:?}", self.backend),

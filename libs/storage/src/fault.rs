@@ -166,6 +166,7 @@ struct Armed {
 struct PlanState {
     rules: Vec<Armed>,
     calls: HashMap<(Operation, String), u64>,
+    writes: Vec<(Operation, String)>,
 }
 
 /// The shared, mutable set of fault rules and call counters of one or more [`FaultStore`]s.
@@ -245,9 +246,30 @@ impl FaultPlan {
             .sum()
     }
 
+    /// The single-request writes (puts) that took effect under `prefix`, in the order they
+    /// completed: what a test checks ordering guarantees against.
+    pub fn puts_under(&self, prefix: &Path) -> Vec<Path> {
+        self.lock()
+            .writes
+            .iter()
+            .filter(|(o, _)| *o == Operation::Put)
+            .map(|(_, p)| Path::from(p.as_str()))
+            .filter(|p| p.prefix_matches(prefix))
+            .collect()
+    }
+
     /// Reset every call counter to zero (rules stay armed).
     pub fn reset_counts(&self) {
-        self.lock().calls.clear();
+        let mut s = self.lock();
+        s.calls.clear();
+        s.writes.clear();
+    }
+
+    /// Note that a write took effect.
+    fn took_effect<T>(&self, op: Operation, path: &Path, outcome: &Result<T>) {
+        if outcome.is_ok() && matches!(op, Operation::Put | Operation::Delete) {
+            self.lock().writes.push((op, path.as_ref().to_string()));
+        }
     }
 
     /// Record a call and decide its fault, if any.
@@ -294,18 +316,20 @@ impl FaultStore {
     where
         Fut: Future<Output = Result<T>>,
     {
-        match self.plan.decide(op, path) {
+        let outcome = match self.plan.decide(op, path) {
             None => effect.await,
-            Some(Fault::Fail) => Err(injected(op, path, false)),
+            Some(Fault::Fail) => return Err(injected(op, path, false)),
             Some(Fault::FailAfterEffect) => {
-                let _ = effect.await;
-                Err(injected(op, path, true))
+                self.plan.took_effect(op, path, &effect.await);
+                return Err(injected(op, path, true));
             }
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 effect.await
             }
-        }
+        };
+        self.plan.took_effect(op, path, &outcome);
+        outcome
     }
 
     fn run_stream<T: Send + 'static>(
