@@ -45,7 +45,9 @@ use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{Path, StoreConfig, open_store};
 use tern_table::mp::{self, WriteOptions};
 use tern_table::schema::arrow_schema;
-use tern_table::{ColumnDef, ColumnType, Predicate, ScanRequest, TableOptions, Tables};
+use tern_table::{
+    ColumnDef, ColumnType, LocalCommitter, Predicate, ScanRequest, TableOptions, Tables,
+};
 
 const BATCH_ROWS: usize = 64 * 1024;
 const POINT_FILES: usize = 1000;
@@ -392,13 +394,21 @@ fn deployment(dir: &std::path::Path, name: &str, write: WriteOptions) -> Result<
         ..Default::default()
     };
     let clock = ManualClock::new(1_700_000_000_000);
+    let d1 = DeploymentId::new("d1")?;
+    let committer = LocalCommitter::new(
+        d1.clone(),
+        meta.clone(),
+        Arc::clone(&volume),
+        clock.shared(),
+    );
     Ok(Tables::new(
-        DeploymentId::new("d1")?,
+        d1,
         volume,
         meta,
         Arc::new(keys),
         clock.shared(),
         options,
+        Arc::new(committer),
     ))
 }
 
@@ -408,7 +418,7 @@ async fn create_table(
     columns: &[ColumnDef],
 ) -> Result<TableId, BoxError> {
     let db = DatabaseId::new("db1")?;
-    tables.create_schema(&db, "public")?;
+    tables.create_schema(&db, "public").await?;
     Ok(tables
         .create_table(&db, "public", name, columns.to_vec())
         .await?)

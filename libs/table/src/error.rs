@@ -102,6 +102,28 @@ pub enum Error {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// The table moved on since the statement read it (another writer committed first);
+    /// the statement may be retried.
+    #[error(
+        "table {table} changed while the statement ran (read version {read}, now {found}); retry"
+    )]
+    Conflict {
+        /// The table.
+        table: TableId,
+        /// The version the statement read.
+        read: u64,
+        /// The version found at commit.
+        found: u64,
+    },
+    /// The commit protocol refused or failed (see [`CommitFailure`]).
+    #[error("{source}")]
+    Commit {
+        /// What kind of failure.
+        kind: CommitFailure,
+        /// The committer's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The metadata store refused or failed.
     #[error(transparent)]
     Meta(#[from] tern_meta::Error),
@@ -113,10 +135,44 @@ pub enum Error {
     Crypto(#[from] tern_crypto::Error),
 }
 
+/// How a commit failed, as far as a statement's caller needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitFailure {
+    /// Another transaction won; nothing was committed and the statement may be retried.
+    Conflict,
+    /// A lock was not granted in time; nothing was committed.
+    LockTimeout,
+    /// The transaction passed its point of no return but could not finish: it is not
+    /// visible yet and will be completed by recovery (never rolled back).
+    InDoubt,
+    /// Anything else; nothing was committed.
+    Failed,
+}
+
 impl Error {
     /// True when the commit lost a race with another writer and may be retried.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Meta(tern_meta::Error::VersionConflict { .. }))
+        matches!(
+            self,
+            Error::Meta(tern_meta::Error::VersionConflict { .. })
+                | Error::Conflict { .. }
+                | Error::Commit {
+                    kind: CommitFailure::Conflict,
+                    ..
+                }
+        )
+    }
+
+    /// True when the commit's outcome is not known yet: it will be completed by recovery.
+    pub fn is_in_doubt(&self) -> bool {
+        matches!(
+            self,
+            Error::Commit {
+                kind: CommitFailure::InDoubt,
+                ..
+            }
+        )
     }
 }
 

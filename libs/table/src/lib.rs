@@ -15,6 +15,7 @@
 //! ```
 
 pub mod aggregate;
+pub mod commit;
 pub mod ep;
 pub mod error;
 pub mod load;
@@ -23,7 +24,8 @@ pub mod predicate;
 pub mod schema;
 pub mod table;
 
-pub use error::{Error, Result};
+pub use commit::{Change, ChangeRecord, Committed, Committer, LocalCommitter, Transaction};
+pub use error::{CommitFailure, Error, Result};
 pub use predicate::{CmpOp, Predicate};
 pub use table::{Aggregate, CommitInfo, ScanRequest, ScanResult, TableOptions, Tables};
 pub use tern_meta::{ColumnDef, ColumnType, Scalar};

@@ -8,12 +8,15 @@
 //!        add/remove micro-partition entries, record the version
 //! ```
 //!
-//! Files are written before the metadata transaction, so a version is never visible
-//! without its files; if the transaction fails (another writer won, or a crash), the files
-//! are unreferenced and removed (at once, or by `vacuum`). Writers of one table in one
-//! process queue on a per-table lock; writers in other processes lose the compare-and-swap
-//! with a conflict error ([`Error::is_conflict`]) and may retry. The full commit protocol
-//! with transaction ids and log records (DESIGN.md §7) wraps this same path.
+//! Files are written before anything is committed, so a version is never visible without
+//! its files. Every statement runs in a transaction of the [`Committer`] the tables were
+//! built with (in a deployment, `tern-txn`'s protocol with transaction ids, table locks and
+//! log records, DESIGN.md §7): each file is journaled before it is written, and a
+//! transaction that does not commit has its files removed. Statements that change what
+//! they read (delete, update, merge, add column) lock their table before reading, so they
+//! never commit on a version they did not read; inserts write their files unlocked and
+//! lock only to commit, landing on whatever version is current then. Lock waits end with
+//! an error after the committer's timeout.
 //!
 //! `delete`, `update` and `merge` rewrite only the micro-partitions whose statistics can
 //! match, and only when a row really changes; the rest are untouched.
@@ -25,21 +28,21 @@ use arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
 use arrow::compute::kernels::zip::zip;
 use arrow::row::{RowConverter, SortField};
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, PutMode, PutOptions};
+use object_store::ObjectStore;
 use tern_clock::SharedClock;
-use tern_crypto::{
-    DataKey, EncryptOptions, EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey,
-};
+use tern_crypto::{DataKey, EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
 use tern_meta::{
-    ColumnDef, ColumnStats, DictionaryChange, EpFileRef, MetaStore, MicroPartitionDpo, Scalar,
-    SchemaDpo, TableDpo, TableVersionDpo,
+    ColumnDef, ColumnStats, MetaStore, MicroPartitionDpo, Scalar, SchemaDpo, TableDpo,
 };
 use tern_storage::layout::{
     self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, ShortName, TableId,
 };
 use tern_storage::{Path, StoreExt};
 
-use crate::ep::{AddedFile, MetadataFile};
+use crate::commit::{
+    Change, ChangeRecord, Committer, DictionaryOp, FileJournal, TableChange, Transaction,
+};
+use crate::ep::MetadataFile;
 use crate::error::{Error, Result};
 use crate::mp::{self, WriteOptions};
 use crate::predicate::{Predicate, coerce};
@@ -142,8 +145,8 @@ pub struct Tables {
     provider: Arc<dyn KeyProvider>,
     clock: SharedClock,
     options: TableOptions,
+    committer: Arc<dyn Committer>,
     tmks: Mutex<HashMap<TableId, Arc<DataKey>>>,
-    writers: Mutex<HashMap<TableId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Tables {
@@ -157,26 +160,13 @@ impl std::fmt::Debug for Tables {
 
 const TMK_REF_PREFIX: &str = "tmk:v1:";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn arrow_err(context: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Error {
     move |source| Error::Arrow { context, source }
 }
 
 impl Tables {
-    /// The tables of `deployment`, stored in `volume`, indexed in `meta`, keyed by `provider`.
+    /// The tables of `deployment`, stored in `volume`, indexed in `meta`, keyed by
+    /// `provider`, committed by `committer`.
     pub fn new(
         deployment: DeploymentId,
         volume: Arc<dyn ObjectStore>,
@@ -184,6 +174,7 @@ impl Tables {
         provider: Arc<dyn KeyProvider>,
         clock: SharedClock,
         options: TableOptions,
+        committer: Arc<dyn Committer>,
     ) -> Self {
         Self {
             deployment,
@@ -192,8 +183,8 @@ impl Tables {
             provider,
             clock,
             options,
+            committer,
             tmks: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -210,49 +201,30 @@ impl Tables {
     // ---- DDL ----
 
     /// Create schema `name` in database `db` (idempotent).
-    pub fn create_schema(&self, db: &DatabaseId, name: &str) -> Result<()> {
-        let now = self.clock.now_millis();
-        self.meta.write(|tx| {
-            if tx.get_schema(db, name)?.is_some() {
-                return Ok(());
-            }
-            tx.create_schema(&SchemaDpo {
-                database: db.clone(),
-                name: name.to_string(),
-                created_at_ms: now,
-            })?;
-            tx.record_dictionary_change(
-                db,
-                now,
-                DictionaryChange::CreateSchema {
-                    name: name.to_string(),
-                },
-            )
-            .map(|_| ())
-        })?;
-        Ok(())
+    pub async fn create_schema(&self, db: &DatabaseId, name: &str) -> Result<()> {
+        let account = self.account_of(db)?;
+        if self.meta.read(|tx| tx.get_schema(db, name))?.is_some() {
+            return Ok(());
+        }
+        let op = DictionaryOp::CreateSchema(SchemaDpo {
+            database: db.clone(),
+            name: name.to_string(),
+            created_at_ms: self.clock.now_millis(),
+        });
+        match self.commit_dictionary(account, db, op).await {
+            // Created meanwhile by another statement: what was asked for exists.
+            Err(Error::Meta(tern_meta::Error::AlreadyExists { .. })) => Ok(()),
+            other => other,
+        }
     }
 
     /// Drop schema `name` of database `db` (it must hold no live table).
-    pub fn drop_schema(&self, db: &DatabaseId, name: &str) -> Result<()> {
-        let now = self.clock.now_millis();
-        self.meta.write(|tx| {
-            if !tx.remove_schema(db, name)? {
-                return Err(tern_meta::Error::NotFound {
-                    what: "schema",
-                    name: format!("{db}/{name}"),
-                });
-            }
-            tx.record_dictionary_change(
-                db,
-                now,
-                DictionaryChange::DropSchema {
-                    name: name.to_string(),
-                },
-            )
-            .map(|_| ())
-        })?;
-        Ok(())
+    pub async fn drop_schema(&self, db: &DatabaseId, name: &str) -> Result<()> {
+        let account = self.account_of(db)?;
+        let op = DictionaryOp::DropSchema {
+            name: name.to_string(),
+        };
+        self.commit_dictionary(account, db, op).await
     }
 
     /// Create a table with its own master key; returns its id.
@@ -264,15 +236,7 @@ impl Tables {
         columns: Vec<ColumnDef>,
     ) -> Result<TableId> {
         check_columns(&columns)?;
-        let account = self.meta.read(|tx| {
-            tx.get_database(db)?
-                .filter(|d| !d.dropped)
-                .map(|d| d.account)
-                .ok_or_else(|| tern_meta::Error::NotFound {
-                    what: "database",
-                    name: db.to_string(),
-                })
-        })?;
+        let account = self.account_of(db)?;
         let seq = self.meta.write(|tx| tx.next_sequence("table"))?;
         let id = TableId::new(format!("t{seq}"))?;
         let (tmk, wrapped) = self
@@ -285,22 +249,14 @@ impl Tables {
             schema: schema.to_string(),
             name: name.to_string(),
             columns,
-            master_key_ref: format!("{TMK_REF_PREFIX}{}", hex(wrapped.as_bytes())),
+            master_key_ref: format!("{TMK_REF_PREFIX}{}", wrapped.to_hex()),
             current_version: 0,
             retention_ms: None,
             created_at_ms: self.clock.now_millis(),
             dropped: false,
         };
-        self.meta.write(|tx| {
-            tx.create_table(&table)?;
-            let change = DictionaryChange::CreateTable {
-                table: table.id.clone(),
-                schema: table.schema.clone(),
-                name: table.name.clone(),
-                columns: table.columns.clone(),
-            };
-            tx.record_dictionary_change(db, table.created_at_ms, change)
-        })?;
+        self.commit_dictionary(account, db, DictionaryOp::CreateTable(table))
+            .await?;
         self.lock_tmks().insert(id.clone(), Arc::new(tmk));
         Ok(id)
     }
@@ -325,17 +281,11 @@ impl Tables {
     }
 
     /// Drop a table (its files go when vacuum or retention says so).
-    pub fn drop_table(&self, id: &TableId) -> Result<()> {
-        let now = self.clock.now_millis();
-        self.meta.write(|tx| {
-            let dropped = tx.drop_table(id)?;
-            tx.record_dictionary_change(
-                &dropped.database,
-                now,
-                DictionaryChange::DropTable { table: id.clone() },
-            )
-        })?;
-        Ok(())
+    pub async fn drop_table(&self, id: &TableId) -> Result<()> {
+        let t = self.table(id)?;
+        let account = self.account_of(&t.database)?;
+        let op = DictionaryOp::DropTable { table: id.clone() };
+        self.commit_dictionary(account, &t.database, op).await
     }
 
     /// The DDL of database `db` numbered after `after_seq`, in order.
@@ -350,32 +300,28 @@ impl Tables {
     /// Add a nullable column: a new version with no file changes (older files read the
     /// column as nulls).
     pub async fn add_column(&self, table: &TableId, column: ColumnDef) -> Result<CommitInfo> {
-        let lock = self.writer(table);
-        let _held = lock.lock().await;
-        let ctx = self.ctx(table).await?;
         if !column.nullable {
             return Err(Error::InvalidSchema {
                 reason: format!("added column {:?} must be nullable", column.name),
             });
         }
+        let (txn, ctx) = self.locked(table).await?;
         let mut columns = ctx.table.columns.clone();
         columns.push(column.clone());
-        check_columns(&columns)?;
-        let ddl = DictionaryChange::AddColumn {
-            table: table.clone(),
-            column,
-            version: ctx.table.current_version + 1,
-        };
-        self.commit_with(&ctx, Vec::new(), Vec::new(), columns, 0, Some(ddl))
-            .await
+        if let Err(e) = check_columns(&columns) {
+            txn.abort().await;
+            return Err(e);
+        }
+        let mut change = self.change(&ctx, Vec::new(), Vec::new(), 0);
+        change.columns = columns;
+        change.add_column = Some(column);
+        self.commit(txn, change).await
     }
 
     // ---- DML ----
 
     /// Insert rows (columns matched by name; missing nullable columns become nulls).
     pub async fn insert(&self, table: &TableId, batches: &[RecordBatch]) -> Result<CommitInfo> {
-        let lock = self.writer(table);
-        let _held = lock.lock().await;
         let ctx = self.ctx(table).await?;
         let conformed = batches
             .iter()
@@ -388,9 +334,19 @@ impl Tables {
                 ..Default::default()
             });
         }
-        let added = self.write_files(&ctx, &conformed).await?;
-        self.commit(&ctx, added, Vec::new(), ctx.table.columns.clone(), rows)
-            .await
+        let mut txn = self.committer.begin(&ctx.account).await?;
+        let added = match self.write_files(&ctx, &conformed, txn.as_mut()).await {
+            Ok(a) => a,
+            Err(e) => {
+                txn.abort().await;
+                return Err(e);
+            }
+        };
+        let mut change = self.change(&ctx, added, Vec::new(), rows);
+        // An append does not depend on what it read: it lands on the version current at
+        // commit, under the table lock the commit takes.
+        change.rebase = true;
+        self.commit(txn, change).await
     }
 
     /// Delete the rows matching `predicate`.
@@ -464,9 +420,30 @@ impl Tables {
         source: &[RecordBatch],
         keys: &[&str],
     ) -> Result<CommitInfo> {
-        let lock = self.writer(table);
-        let _held = lock.lock().await;
-        let ctx = self.ctx(table).await?;
+        let (mut txn, ctx) = self.locked(table).await?;
+        match self.merge_locked(&ctx, txn.as_mut(), source, keys).await {
+            Ok(Some(change)) => self.commit(txn, change).await,
+            Ok(None) => {
+                txn.abort().await;
+                Ok(CommitInfo {
+                    version: ctx.table.current_version,
+                    ..Default::default()
+                })
+            }
+            Err(e) => {
+                txn.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn merge_locked(
+        &self,
+        ctx: &Ctx,
+        txn: &mut dyn Transaction,
+        source: &[RecordBatch],
+        keys: &[&str],
+    ) -> Result<Option<TableChange>> {
         let columns = &ctx.table.columns;
         if keys.is_empty() {
             return Err(Error::InvalidSchema {
@@ -486,10 +463,7 @@ impl Tables {
             .collect::<Result<Vec<_>>>()?;
         let source_rows: u64 = source.iter().map(|b| b.num_rows() as u64).sum();
         if source_rows == 0 {
-            return Ok(CommitInfo {
-                version: ctx.table.current_version,
-                ..Default::default()
-            });
+            return Ok(None);
         }
         let converter = key_converter(columns, keys)?;
         let mut source_keys = HashSet::new();
@@ -528,8 +502,8 @@ impl Tables {
         let mut removed = Vec::new();
         let mut survivors = Vec::new();
         let mut replaced = 0u64;
-        for mp in self.candidates(&ctx, ctx.table.current_version, &prune)? {
-            let batches = self.read_file(&ctx, &mp, &Predicate::True, None).await?;
+        for mp in self.candidates(ctx, ctx.table.current_version, &prune)? {
+            let batches = self.read_file(ctx, &mp, &Predicate::True, None).await?;
             let mut kept_batches = Vec::new();
             let mut changed = false;
             for b in batches {
@@ -550,15 +524,14 @@ impl Tables {
                 );
             }
             if changed {
-                removed.push(mp.short.clone());
+                removed.push(mp);
                 survivors.extend(kept_batches.into_iter().filter(|b| b.num_rows() > 0));
             }
         }
         survivors.extend(source);
-        let added = self.write_files(&ctx, &survivors).await?;
         tracing::debug!(table = %ctx.table.id, replaced, inserted = source_rows - replaced, "merge");
-        self.commit(&ctx, added, removed, ctx.table.columns.clone(), source_rows)
-            .await
+        let added = self.write_files(ctx, &survivors, txn).await?;
+        Ok(Some(self.change(ctx, added, removed, source_rows)))
     }
 
     /// Delete/update share this: files whose statistics may match are read; a file where
@@ -572,15 +545,43 @@ impl Tables {
     where
         F: Fn(&RecordBatch, &BooleanArray) -> Result<RecordBatch>,
     {
-        let lock = self.writer(table);
-        let _held = lock.lock().await;
-        let ctx = self.ctx(table).await?;
+        let (mut txn, ctx) = self.locked(table).await?;
+        match self
+            .rewrite_locked(&ctx, txn.as_mut(), predicate, apply)
+            .await
+        {
+            Ok(Some(change)) => self.commit(txn, change).await,
+            Ok(None) => {
+                txn.abort().await;
+                Ok(CommitInfo {
+                    version: ctx.table.current_version,
+                    ..Default::default()
+                })
+            }
+            Err(e) => {
+                txn.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The change of a delete/update, `None` when no row matches.
+    async fn rewrite_locked<F>(
+        &self,
+        ctx: &Ctx,
+        txn: &mut dyn Transaction,
+        predicate: &Predicate,
+        apply: F,
+    ) -> Result<Option<TableChange>>
+    where
+        F: Fn(&RecordBatch, &BooleanArray) -> Result<RecordBatch>,
+    {
         let predicate = predicate.bind(&ctx.table.columns)?;
         let mut removed = Vec::new();
         let mut survivors = Vec::new();
         let mut affected = 0u64;
-        for mp in self.candidates(&ctx, ctx.table.current_version, &predicate)? {
-            let batches = self.read_file(&ctx, &mp, &Predicate::True, None).await?;
+        for mp in self.candidates(ctx, ctx.table.current_version, &predicate)? {
+            let batches = self.read_file(ctx, &mp, &Predicate::True, None).await?;
             let mut out = Vec::with_capacity(batches.len());
             let mut hits = 0;
             for b in &batches {
@@ -595,19 +596,15 @@ impl Tables {
             }
             if hits > 0 {
                 affected += hits as u64;
-                removed.push(mp.short.clone());
+                removed.push(mp);
                 survivors.extend(out.into_iter().filter(|b| b.num_rows() > 0));
             }
         }
         if removed.is_empty() {
-            return Ok(CommitInfo {
-                version: ctx.table.current_version,
-                ..Default::default()
-            });
+            return Ok(None);
         }
-        let added = self.write_files(&ctx, &survivors).await?;
-        self.commit(&ctx, added, removed, ctx.table.columns.clone(), affected)
-            .await
+        let added = self.write_files(ctx, &survivors, txn).await?;
+        Ok(Some(self.change(ctx, added, removed, affected)))
     }
 
     // ---- reads ----
@@ -722,9 +719,10 @@ impl Tables {
 
     /// Apply retention and delete files no retained version needs. Returns the number of
     /// micro-partitions deleted.
+    ///
+    /// Takes no lock: it only removes what no retained version refers to, and commits only
+    /// ever add versions on top.
     pub async fn vacuum(&self, table: &TableId) -> Result<usize> {
-        let lock = self.writer(table);
-        let _held = lock.lock().await;
         let t = self.table(table)?;
         let cutoff = self.clock.now_millis()
             - i64::try_from(t.retention_ms.unwrap_or(self.options.default_retention_ms))
@@ -800,9 +798,21 @@ impl Tables {
         self.tmks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn writer(&self, table: &TableId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut w = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(w.entry(table.clone()).or_default())
+    /// A transaction holding `table`'s lock, and the table as it is under the lock.
+    async fn locked(&self, table: &TableId) -> Result<(Box<dyn Transaction>, Ctx)> {
+        let account = self.account_of(&self.table(table)?.database)?;
+        let mut txn = self.committer.begin(&account).await?;
+        if let Err(e) = txn.lock(&[crate::commit::table_lock(table)]).await {
+            txn.abort().await;
+            return Err(e);
+        }
+        match self.ctx(table).await {
+            Ok(ctx) => Ok((txn, ctx)),
+            Err(e) => {
+                txn.abort().await;
+                Err(e)
+            }
+        }
     }
 
     async fn ctx(&self, table: &TableId) -> Result<Ctx> {
@@ -822,16 +832,12 @@ impl Tables {
                 let wrapped = t
                     .master_key_ref
                     .strip_prefix(TMK_REF_PREFIX)
-                    .and_then(unhex)
+                    .and_then(WrappedKey::from_hex)
                     .ok_or_else(|| Error::InvalidSchema {
                         reason: format!("table {} has an unreadable master key reference", t.id),
                     })?;
                 let ctx = EnvelopeContext::table(account.as_str(), t.id.as_str());
-                let key = Arc::new(
-                    self.provider
-                        .decrypt_data_key(&WrappedKey::from_bytes(wrapped), &ctx)
-                        .await?,
-                );
+                let key = Arc::new(self.provider.decrypt_data_key(&wrapped, &ctx).await?);
                 self.lock_tmks().insert(table.clone(), Arc::clone(&key));
                 key
             }
@@ -894,10 +900,13 @@ impl Tables {
     }
 
     /// Encode, encrypt and store new micro-partitions; their entries (version unset).
+    /// Every file is announced to `journal` before it is written; on an error the files
+    /// already written are left for the transaction's abort to remove.
     async fn write_files(
         &self,
         ctx: &Ctx,
         batches: &[RecordBatch],
+        journal: &mut dyn FileJournal,
     ) -> Result<Vec<MicroPartitionDpo>> {
         let schema = arrow_schema(&ctx.table.columns);
         let mut encoder = mp::Encoder::new(&schema, &ctx.table.columns, &self.options.write)?;
@@ -914,7 +923,10 @@ impl Tables {
                 }
             };
             for e in done {
-                if let Err(err) = self.store_next(ctx, e, &mut in_flight, &mut written).await {
+                if let Err(err) = self
+                    .store_next(ctx, e, journal, &mut in_flight, &mut written)
+                    .await
+                {
                     result = Err(err);
                     break;
                 }
@@ -925,19 +937,18 @@ impl Tables {
         }
         if result.is_ok() {
             result = match encoder.finish() {
-                Ok(Some(e)) => self.store_next(ctx, e, &mut in_flight, &mut written).await,
+                Ok(Some(e)) => {
+                    self.store_next(ctx, e, journal, &mut in_flight, &mut written)
+                        .await
+                }
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
         }
+        // Always wait for the file in flight, so that nothing is still being written
+        // when the caller aborts and removes the journaled files.
         let last = Self::land(&mut in_flight, &mut written).await;
-        match result.and(last) {
-            Ok(()) => Ok(written),
-            Err(e) => {
-                self.discard(&written).await;
-                Err(e)
-            }
-        }
+        result.and(last).map(|()| written)
     }
 
     /// Wait for the file in flight, then start storing `e`.
@@ -945,6 +956,7 @@ impl Tables {
         &self,
         ctx: &Ctx,
         e: mp::Encoded,
+        journal: &mut dyn FileJournal,
         in_flight: &mut Option<tokio::task::JoinHandle<Result<MicroPartitionDpo>>>,
         written: &mut Vec<MicroPartitionDpo>,
     ) -> Result<()> {
@@ -952,6 +964,7 @@ impl Tables {
         let seq = self.meta.write(|tx| tx.next_sequence("short_name"))?;
         let short = ShortName::new(format!("fdn{seq}"))?;
         let path = layout::volume::mp(&ctx.account, &ctx.table.database, &ctx.table.id, &short);
+        journal.will_write(&path).await?;
         let (volume, keys) = (Arc::clone(&self.volume), Arc::clone(&ctx.keys));
         let entry = MicroPartitionDpo {
             table: ctx.table.id.clone(),
@@ -993,110 +1006,84 @@ impl Tables {
         Ok(())
     }
 
-    /// Best-effort removal of files written for a commit that did not happen.
-    async fn discard(&self, files: &[MicroPartitionDpo]) {
-        for m in files {
-            if let Err(e) = self
-                .volume
-                .delete_idempotent(&Path::from(m.path.as_str()))
-                .await
-            {
-                tracing::warn!(path = %m.path, error = %e, "could not remove an uncommitted file; vacuum will");
-            }
-        }
+    /// The account of a live database.
+    fn account_of(&self, db: &DatabaseId) -> Result<AccountId> {
+        Ok(self.meta.read(|tx| {
+            tx.get_database(db)?
+                .filter(|d| !d.dropped)
+                .map(|d| d.account)
+                .ok_or_else(|| tern_meta::Error::NotFound {
+                    what: "database",
+                    name: db.to_string(),
+                })
+        })?)
     }
 
-    /// Write the metadata file and commit the new version.
-    async fn commit(
+    /// A change of the table in `ctx` on the version it was read at.
+    fn change(
         &self,
         ctx: &Ctx,
         added: Vec<MicroPartitionDpo>,
-        removed: Vec<ShortName>,
-        columns: Vec<ColumnDef>,
+        removed: Vec<MicroPartitionDpo>,
         rows: u64,
-    ) -> Result<CommitInfo> {
-        self.commit_with(ctx, added, removed, columns, rows, None)
-            .await
+    ) -> TableChange {
+        TableChange {
+            account: ctx.account.clone(),
+            database: ctx.table.database.clone(),
+            table: ctx.table.id.clone(),
+            base_version: ctx.table.current_version,
+            rebase: false,
+            added,
+            removed,
+            columns: ctx.table.columns.clone(),
+            add_column: None,
+            rows,
+            keys: Arc::clone(&ctx.keys),
+        }
     }
 
-    /// [`Self::commit`], recording a dictionary change in the same metadata transaction.
-    async fn commit_with(
-        &self,
-        ctx: &Ctx,
-        mut added: Vec<MicroPartitionDpo>,
-        removed: Vec<ShortName>,
-        columns: Vec<ColumnDef>,
-        rows: u64,
-        ddl: Option<DictionaryChange>,
-    ) -> Result<CommitInfo> {
-        let base = ctx.table.current_version;
-        let version = base + 1;
-        for m in &mut added {
-            m.added_version = version;
-        }
-        let seq = self.meta.write(|tx| tx.next_sequence("ep"))?;
-        let ep_path = layout::volume::ep(&ctx.account, &ctx.table.database, &ctx.table.id, seq);
-        let ep = MetadataFile::new(
-            ctx.table.id.clone(),
-            version,
-            columns.clone(),
-            added.iter().map(AddedFile::from_dpo).collect(),
-            removed.clone(),
-        );
-        let put = PutOptions::from(PutMode::Create);
-        if let Err(e) = tern_crypto::put_encrypted(
-            self.volume.as_ref(),
-            &ep_path,
-            ctx.keys.as_ref(),
-            &ep.to_bytes(),
-            &EncryptOptions::default(),
-            put,
-        )
-        .await
-        {
-            self.discard(&added).await;
-            return Err(e.into());
-        }
-        let row = TableVersionDpo {
-            table: ctx.table.id.clone(),
-            version,
-            ep_files: vec![EpFileRef {
-                seq,
-                path: ep_path.to_string(),
-            }],
-            committed_at_ms: self.clock.now_millis(),
-            txn_id: None,
-            origin: Some(self.deployment.clone()),
-            columns,
-            added: Vec::new(),
-            removed: Vec::new(),
-        };
-        let files_added = added.len();
-        let files_removed = removed.len();
-        let committed = self.meta.write(|tx| {
-            tx.commit_table_version(&ctx.table.id, base, row.clone(), &added, &removed)?;
-            if let Some(change) = &ddl {
-                tx.record_dictionary_change(
-                    &ctx.table.database,
-                    row.committed_at_ms,
-                    change.clone(),
-                )?;
+    /// Commit one table change.
+    async fn commit(&self, txn: Box<dyn Transaction>, change: TableChange) -> Result<CommitInfo> {
+        let rows = change.rows;
+        let committed = txn.commit(vec![Change::Table(change)]).await?;
+        match committed.records.first() {
+            Some(ChangeRecord::TableVersion {
+                table,
+                version,
+                added,
+                removed,
+                ..
+            }) => {
+                tracing::debug!(%table, version, files_added = added.len(), files_removed = removed.len(), txn_id = committed.txn_id, "committed");
+                Ok(CommitInfo {
+                    version: *version,
+                    committed: true,
+                    files_added: added.len(),
+                    files_removed: removed.len(),
+                    rows_affected: rows,
+                })
             }
-            Ok(())
-        });
-        if let Err(e) = committed {
-            self.discard(&added).await;
-            let _ = self.volume.delete_idempotent(&ep_path).await;
-            return Err(e.into());
+            _ => Err(Error::InvalidSchema {
+                reason: "the committer returned no table version for a table change".into(),
+            }),
         }
-        tracing::debug!(table = %ctx.table.id, version, files_added, files_removed, "committed");
-        Ok(CommitInfo {
-            version,
-            committed: true,
-            files_added,
-            files_removed,
-            rows_affected: rows,
-        })
+    }
+
+    /// Commit one dictionary change.
+    async fn commit_dictionary(
+        &self,
+        account: AccountId,
+        database: &DatabaseId,
+        op: DictionaryOp,
+    ) -> Result<()> {
+        let txn = self.committer.begin(&account).await?;
+        txn.commit(vec![Change::Dictionary {
+            account,
+            database: database.clone(),
+            op,
+        }])
+        .await?;
+        Ok(())
     }
 }
 

@@ -28,7 +28,8 @@ use tern_storage::{
     StoreExt, open_store,
 };
 use tern_table::{
-    Aggregate, CmpOp, ColumnDef, ColumnType, Predicate, Scalar, ScanRequest, TableOptions, Tables,
+    Aggregate, CmpOp, ColumnDef, ColumnType, LocalCommitter, Predicate, Scalar, ScanRequest,
+    TableOptions, Tables,
 };
 
 /// A failed step.
@@ -122,6 +123,12 @@ fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
         .map_err(failed("open metadata store"))?;
     let keys = LocalKeyProvider::open_or_create(&home.join("keys"), SystemRandom::shared())
         .map_err(failed("open keys"))?;
+    let committer = LocalCommitter::new(
+        id.clone(),
+        meta.clone(),
+        Arc::clone(&volume),
+        SystemClock::shared(),
+    );
     let tables = Tables::new(
         id.clone(),
         Arc::clone(&volume),
@@ -129,6 +136,7 @@ fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
         Arc::new(keys),
         SystemClock::shared(),
         TableOptions::default(),
+        Arc::new(committer),
     );
     Ok(Deployment {
         id,
@@ -224,6 +232,7 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
         .map_err(failed("create table"))?;
     d1.tables
         .create_schema(&db, "public")
+        .await
         .map_err(failed("create table"))?;
     let col = |name: &str, ty, nullable| ColumnDef {
         name: name.into(),

@@ -12,7 +12,7 @@ use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{ObjectStore, S3Options, StoreConfig, admin::BucketAdmin, emulator, open_store};
 use tern_table::schema::arrow_schema;
-use tern_table::{ColumnDef, ColumnType, TableOptions, Tables};
+use tern_table::{ColumnDef, ColumnType, LocalCommitter, TableOptions, Tables};
 
 pub struct Fixture {
     pub tables: Tables,
@@ -154,13 +154,21 @@ impl Fixture {
             })
             .expect("account and database");
         }
+        let d1 = DeploymentId::new("d1").expect("id");
+        let committer = LocalCommitter::new(
+            d1.clone(),
+            meta.clone(),
+            Arc::clone(&volume),
+            clock.shared(),
+        );
         let tables = Tables::new(
-            DeploymentId::new("d1").expect("id"),
+            d1,
             Arc::clone(&volume),
             meta,
             Arc::new(keys),
             clock.shared(),
             options,
+            Arc::new(committer),
         );
         Self {
             tables,
@@ -174,6 +182,7 @@ impl Fixture {
     pub async fn create(&self, name: &str) -> TableId {
         self.tables
             .create_schema(&self.db, "public")
+            .await
             .expect("schema");
         self.tables
             .create_table(&self.db, "public", name, columns())

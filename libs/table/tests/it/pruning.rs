@@ -381,7 +381,8 @@ fn scan_returns_every_matching_row(odd_nans: bool, seed: u8) {
         ..Default::default()
     };
     let f = crate::fixture::Fixture::new(crate::fixture::folder_volume(dir.path()), options);
-    f.tables.create_schema(&f.db, "public").expect("schema");
+    rt.block_on(f.tables.create_schema(&f.db, "public"))
+        .expect("schema");
     let cols = columns();
     let n = Cell::new(0u32);
     let mut config = Config {
@@ -472,7 +473,8 @@ fn a_scan_finds_a_negative_nan_and_a_nan_with_a_payload() {
         crate::fixture::folder_volume(dir.path()),
         tern_table::TableOptions::default(),
     );
-    f.tables.create_schema(&f.db, "public").expect("schema");
+    rt.block_on(f.tables.create_schema(&f.db, "public"))
+        .expect("schema");
     let cases = [
         (NEG_NAN, Predicate::cmp("f", CmpOp::Lt, 0.0)),
         (NEG_NAN, Predicate::cmp("f", CmpOp::Eq, NEG_NAN)),
