@@ -208,7 +208,15 @@ impl Receiver {
                 "not encrypted with a GMK-wrapped DEK",
             )));
         };
-        if *diversifier != chan.expected_diversifier {
+        let policy = &self.ctx.config.diversifier;
+        // A re-key is accepted only when the announced diversifier has expired (the sender
+        // was down longer than max_age) and the new one is later (see `Sender`).
+        let rekey = *diversifier > chan.expected_diversifier
+            && matches!(
+                policy.check(chan.expected_diversifier, &*self.ctx.clock),
+                Err(tern_crypto::Error::DiversifierTooOld { .. })
+            );
+        if *diversifier != chan.expected_diversifier && !rekey {
             return Ok(Err(Reject::file(
                 R::Diversifier,
                 format!(

@@ -26,6 +26,10 @@
 //! rotation period, an empty file is written to announce a fresh one, so the receiver
 //! never sees a diversifier older than about one rotation period.
 //!
+//! A sender that was down longer than the acceptance window (`max_age`) finds its
+//! announced diversifier expired: it then encrypts under the current one instead (a
+//! re-key), which the receiver accepts only in that case and only for a later diversifier.
+//!
 //! Assumes: this sender's metadata (the channel row) is never lost or rolled back; if it
 //! were, numbers would be reused and the receiver would stop at the first unexpected file.
 
@@ -332,6 +336,22 @@ impl Sender {
                 Ok((n, chan.next_diversifier))
             })
             .await
+            .map(|(n, announced)| (n, self.effective(announced)))
+    }
+
+    /// The diversifier to encrypt under: the announced one while it is inside the
+    /// acceptance window, else (the sender was down longer than `max_age`) the current
+    /// one — a re-key the receiver accepts only in exactly that case.
+    fn effective(&self, announced: Diversifier) -> Diversifier {
+        let policy = &self.ctx.config.diversifier;
+        match policy.check(announced, &*self.ctx.clock) {
+            Ok(()) => announced,
+            Err(_) => {
+                let current = policy.current(&*self.ctx.clock);
+                tracing::warn!(channel = %self.channel, %announced, %current, "announced diversifier expired; re-keying under the current one");
+                current.max(announced)
+            }
+        }
     }
 
     /// Moves a Preparing message to ReadyToSend and wakes the worker.
@@ -540,7 +560,7 @@ impl Sender {
             p.next_diversifier,
             &messages,
         )?;
-        let keys = self.keys.pinned(chan.next_diversifier);
+        let keys = self.keys.pinned(self.effective(chan.next_diversifier));
         let span = tracing::info_span!("write_message_file", channel = %self.channel, file = %path, messages = messages.len());
         let put = put_encrypted(
             &*self.store,

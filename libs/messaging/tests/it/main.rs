@@ -5,4 +5,5 @@
 mod chain;
 mod common;
 mod crashes;
+mod lifecycle;
 mod rejections;

@@ -1,0 +1,330 @@
+//! Diversifier rotation across hours (injected clock), large body files (several chunks,
+//! multipart), and cleanup messages for abandoned, aged-out and failed messages.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::path::Path;
+use tern_crypto::format::KeyRef;
+use tern_crypto::object::CopyOptions;
+use tern_crypto::{Diversifier, Header};
+use tern_messaging::worker::drain;
+use tern_messaging::{CrashPoints, Draft, Sender};
+use tern_storage::fault::{Fault, FaultPlan, FaultRule, FaultStore};
+use tern_storage::{Operation, StoreExt as _};
+
+use crate::common::*;
+
+async fn file_diversifiers(node: &Node, prefix: &str) -> Vec<Diversifier> {
+    let mut out = Vec::new();
+    for f in node.objects(prefix).await {
+        let bytes = node
+            .bucket
+            .store
+            .read_all(&Path::from(f.as_str()))
+            .await
+            .unwrap();
+        match Header::parse(&bytes).unwrap().key_ref() {
+            KeyRef::WrappedDek { diversifier, .. } => out.push(*diversifier),
+            other => panic!("{f}: {other:?}"),
+        }
+    }
+    out
+}
+
+pub async fn rotation(kind: Kind) {
+    let clock = clock();
+    let d1 = Node::new("d1", kind, &clock, None, Recorder::default()).await;
+    let d2 = Node::new("d2", kind, &clock, Some(&d1.keys_dir), Recorder::default()).await;
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    let policy = d1.config.diversifier;
+    let mut used = BTreeSet::new();
+
+    // 30 hours: a message every other hour; in the other hours the idle sender writes an
+    // empty file to announce the new hour's diversifier.
+    let mut ids = Vec::new();
+    for h in 0..30 {
+        let announced = s_state(&d1, &d2).await.next_diversifier;
+        if h % 2 == 0 {
+            ids.push(
+                s.send(Draft::new(TYPE, payload(&format!("h{h}"))))
+                    .await
+                    .unwrap(),
+            );
+        }
+        drain(&mut s).await.unwrap();
+        let divs = file_diversifiers(&d2, "from/d1/msg").await;
+        if h == 0 || h % 2 == 0 || announced < policy.current(&clock) {
+            assert_eq!(
+                divs,
+                vec![announced],
+                "hour {h}: the file uses the announced diversifier"
+            );
+        }
+        used.extend(divs);
+        inbound.pump().await.unwrap();
+        assert!(d2.objects("from/d1/msg").await.is_empty());
+        // After each file the sender announces the current hour.
+        assert_eq!(
+            s_state(&d1, &d2).await.next_diversifier,
+            policy.current(&clock)
+        );
+        clock.advance(Duration::from_secs(3600));
+    }
+    for id in &ids {
+        let a = d2.applied(&d1.id, id).await;
+        assert_eq!(
+            a.map(|a| a.count),
+            Some(1),
+            "{id}: rejections {:?}, status {:?}",
+            inbound.ctx.rejections().await.unwrap(),
+            tern_messaging::Worker::status(&inbound.processor)
+        );
+    }
+    assert!(
+        used.len() >= 29,
+        "a new diversifier about every hour: {}",
+        used.len()
+    );
+    // One provider call per diversifier and side, not per file.
+    assert!(d1.wrap_keys.provider_calls() <= used.len() as u64 + 1);
+    assert!(d2.wrap_keys.provider_calls() <= used.len() as u64 + 1);
+}
+
+/// Both deployments down for 30 hours (longer than max_age): the receiver still reads the
+/// file written before (its diversifier was current when the store recorded it), and the
+/// sender re-keys under the current diversifier because the announced one expired.
+pub async fn long_outage(kind: Kind) {
+    let clock = clock();
+    let d1 = Node::new("d1", kind, &clock, None, Recorder::default()).await;
+    let d2 = Node::new("d2", kind, &clock, Some(&d1.keys_dir), Recorder::default()).await;
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let early = s.send(Draft::new(TYPE, payload("early"))).await.unwrap();
+    drain(&mut s).await.unwrap();
+    drop(s);
+    clock.advance(Duration::from_secs(30 * 3600));
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    inbound.pump().await.unwrap();
+    assert_eq!(
+        d2.applied(&d1.id, &early).await.map(|a| a.count),
+        Some(1),
+        "{:#?}",
+        inbound.ctx.rejections().await.unwrap()
+    );
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let late = s.send(Draft::new(TYPE, payload("late"))).await.unwrap();
+    let with_body = s
+        .create(Draft::new(TYPE, payload("with body")))
+        .await
+        .unwrap();
+    let body = s
+        .attach_body_bytes(&with_body, b"after the outage")
+        .await
+        .unwrap();
+    assert_eq!(body.diversifier, d1.config.diversifier.current(&clock));
+    s.mark_ready(&with_body).await.unwrap();
+    drain(&mut s).await.unwrap();
+    let divs = file_diversifiers(&d2, "from/d1/msg").await;
+    assert_eq!(
+        divs,
+        vec![d1.config.diversifier.current(&clock)],
+        "re-keyed"
+    );
+    inbound.pump().await.unwrap();
+    assert_eq!(
+        d2.applied(&d1.id, &late).await.map(|a| a.count),
+        Some(1),
+        "{:#?}",
+        inbound.ctx.rejections().await.unwrap()
+    );
+    assert_eq!(
+        d2.applied(&d1.id, &with_body)
+            .await
+            .unwrap()
+            .body_digests
+            .len(),
+        1
+    );
+    assert!(inbound.ctx.counters().rejected().is_empty());
+    let recv = inbound.ctx.inbound(&d1.id).await.unwrap().unwrap();
+    assert_eq!(recv.expected_seq, s_state(&d1, &d2).await.next_seq);
+    // Files announced after the re-key follow the normal chain again.
+    clock.advance(Duration::from_secs(3600));
+    let again = s.send(Draft::new(TYPE, payload("again"))).await.unwrap();
+    drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert_eq!(d2.applied(&d1.id, &again).await.map(|a| a.count), Some(1));
+}
+
+async fn s_state(d1: &Node, d2: &Node) -> tern_messaging::state::OutChannel {
+    d1.context(CrashPoints::new())
+        .outbound(&d2.id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+pub async fn large_bodies(kind: Kind) {
+    let clock = clock();
+    let d1 = Node::new("d1", kind, &clock, None, Recorder::default()).await;
+    let d2 = Node::new("d2", kind, &clock, Some(&d1.keys_dir), Recorder::default()).await;
+    connect(&d1, &d2).await;
+    let plan = FaultPlan::new();
+    let counted: Arc<dyn ObjectStore> =
+        Arc::new(FaultStore::new(Arc::clone(&d2.bucket.store), plan.clone()));
+    let mut s = Sender::new(d1.context(CrashPoints::new()), d2.id.clone(), counted)
+        .with_upload_options(
+            CopyOptions {
+                part_size: 5 << 20,
+                single_put_max: 5 << 20,
+                ..CopyOptions::default()
+            },
+            64 << 10,
+        );
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+
+    let small = data(300 << 10, 1); // several 64 KiB chunks, one PUT
+    let big = data(12 << 20, 2); // multipart: 3 parts
+    let id = s.create(Draft::new(TYPE, payload("big"))).await.unwrap();
+    let b0 = s.attach_body_bytes(&id, &small).await.unwrap();
+    let mut reader = std::io::Cursor::new(big.clone());
+    let b1 = s.attach_body(&id, &mut reader).await.unwrap();
+    assert_eq!((b0.n, b0.len), (0, small.len() as u64));
+    assert_eq!((b1.n, b1.len), (1, big.len() as u64));
+    assert!(
+        plan.calls(Operation::PutMultipart) >= 1,
+        "the big body went multipart"
+    );
+    s.mark_ready(&id).await.unwrap();
+    drain(&mut s).await.unwrap();
+    assert_eq!(d2.objects("from/d1/body").await.len(), 2);
+    inbound.pump().await.unwrap();
+    let a = d2.applied(&d1.id, &id).await.unwrap();
+    assert_eq!(a.count, 1);
+    assert_eq!(
+        a.body_digests,
+        vec![
+            hex(&tern_crypto::kdf::sha256(&small)),
+            hex(&tern_crypto::kdf::sha256(&big))
+        ]
+    );
+    assert!(d2.objects("from/d1").await.is_empty(), "bodies cleaned up");
+}
+
+pub async fn cleanup_messages(kind: Kind) {
+    let clock = clock();
+    let d1 = Node::new("d1", kind, &clock, None, Recorder::default()).await;
+    let d2 = Node::new("d2", kind, &clock, Some(&d1.keys_dir), Recorder::default()).await;
+    connect(&d1, &d2).await;
+    let plan = FaultPlan::new();
+    let flaky: Arc<dyn ObjectStore> =
+        Arc::new(FaultStore::new(Arc::clone(&d2.bucket.store), plan.clone()));
+    let mut s = Sender::new(d1.context(CrashPoints::new()), d2.id.clone(), flaky);
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+
+    // Abandoned by the application after two bodies.
+    let a = s.create(Draft::new(TYPE, payload("a"))).await.unwrap();
+    s.attach_body_bytes(&a, b"one").await.unwrap();
+    s.attach_body_bytes(&a, b"two").await.unwrap();
+    s.abandon(&a).await.unwrap();
+    assert!(s.message(&a).await.unwrap().is_none());
+
+    // Failed: the body's PUT lands but reports failure (inconclusive): the message is
+    // abandoned automatically.
+    let b = s.create(Draft::new(TYPE, payload("b"))).await.unwrap();
+    plan.arm(
+        FaultRule::on(Operation::Put)
+            .under(Path::from(format!("from/d1/body/{b}")))
+            .fault(Fault::FailAfterEffect),
+    );
+    assert!(s.attach_body_bytes(&b, b"lands anyway").await.is_err());
+    assert!(
+        s.message(&b).await.unwrap().is_none(),
+        "abandoned on failure"
+    );
+
+    // Aged out in Preparing.
+    let c = s.create(Draft::new(TYPE, payload("c"))).await.unwrap();
+    s.attach_body_bytes(&c, b"stale").await.unwrap();
+    // A message created and prepared in time still goes out.
+    let d = s.create(Draft::new(TYPE, payload("d"))).await.unwrap();
+    s.attach_body_bytes(&d, b"fresh").await.unwrap();
+    s.mark_ready(&d).await.unwrap();
+    drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert_eq!(d2.applied(&d1.id, &d).await.unwrap().count, 1);
+    // The two cleanup messages went with it; a's and b's bodies are gone, c's not yet.
+    let left = d2.objects("from/d1/body").await;
+    assert_eq!(left, vec![format!("from/d1/body/{c}/0")]);
+    clock.advance(d1.config.preparing_max_age + Duration::from_secs(1));
+    drain(&mut s).await.unwrap();
+    assert!(s.message(&c).await.unwrap().is_none(), "aged out");
+    inbound.pump().await.unwrap();
+    assert!(
+        d2.objects("from/d1").await.is_empty(),
+        "every orphan deleted"
+    );
+    for id in [&a, &b, &c] {
+        assert!(d2.applied(&d1.id, id).await.is_none());
+    }
+    let queued = tern_messaging::Worker::status(&s)
+        .figures
+        .into_iter()
+        .find(|(k, _)| *k == "cleanups_queued");
+    assert_eq!(
+        queued,
+        Some(("cleanups_queued", 3)),
+        "three cleanup messages"
+    );
+}
+
+#[tokio::test]
+async fn rotation_across_hours_on_folder() {
+    rotation(Kind::Folder).await;
+}
+
+#[tokio::test]
+async fn rotation_across_hours_on_localstack() {
+    rotation(Kind::LocalStack).await;
+}
+
+#[tokio::test]
+async fn long_outage_on_folder() {
+    long_outage(Kind::Folder).await;
+}
+
+#[tokio::test]
+async fn long_outage_on_localstack() {
+    long_outage(Kind::LocalStack).await;
+}
+
+#[tokio::test]
+async fn large_bodies_on_folder() {
+    large_bodies(Kind::Folder).await;
+}
+
+#[tokio::test]
+async fn large_bodies_on_localstack() {
+    large_bodies(Kind::LocalStack).await;
+}
+
+#[tokio::test]
+async fn cleanup_messages_on_folder() {
+    cleanup_messages(Kind::Folder).await;
+}
+
+#[tokio::test]
+async fn cleanup_messages_on_localstack() {
+    cleanup_messages(Kind::LocalStack).await;
+}
