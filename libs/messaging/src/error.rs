@@ -18,7 +18,7 @@ pub enum Error {
         what: &'static str,
         /// The store's error.
         #[source]
-        source: tern_meta::Error,
+        source: Box<tern_meta::Error>,
     },
 
     /// Object storage failed.
@@ -28,7 +28,7 @@ pub enum Error {
         what: &'static str,
         /// The storage error (names the object).
         #[source]
-        source: tern_storage::Error,
+        source: Box<tern_storage::Error>,
     },
 
     /// Encryption, decryption or a key provider failed (names the file).
@@ -38,7 +38,7 @@ pub enum Error {
         what: &'static str,
         /// The crypto error.
         #[source]
-        source: tern_crypto::Error,
+        source: Box<tern_crypto::Error>,
     },
 
     /// No channel from `sender` to `receiver` is registered here.
@@ -186,14 +186,23 @@ impl Error {
     }
 
     pub(crate) fn meta(what: &'static str) -> impl FnOnce(tern_meta::Error) -> Self {
-        move |source| Error::Meta { what, source }
+        move |source| Error::Meta {
+            what,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn storage(what: &'static str) -> impl FnOnce(tern_storage::Error) -> Self {
-        move |source| Error::Storage { what, source }
+        move |source| Error::Storage {
+            what,
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn crypto(what: &'static str) -> impl FnOnce(tern_crypto::Error) -> Self {
-        move |source| Error::Crypto { what, source }
+        move |source| Error::Crypto {
+            what,
+            source: Box::new(source),
+        }
     }
 }

@@ -55,6 +55,16 @@ fn ms(d: Duration) -> i64 {
 
 type Claimed = (tern_meta::Key, InMessage, u64);
 
+/// A handled message to complete: row key, queue position, claim token, its effect or
+/// its failure.
+type Completion = (
+    tern_meta::Key,
+    u64,
+    u64,
+    Option<CommitFn>,
+    Option<HandlerError>,
+);
+
 impl Processor {
     /// The processor of this deployment; `store` is its own replication bucket (for body
     /// files).
@@ -247,13 +257,7 @@ impl Processor {
         let n = results.len();
         let mut ok = 0u64;
         let mut failed = 0u64;
-        let mut work: Vec<(
-            tern_meta::Key,
-            u64,
-            u64,
-            Option<CommitFn>,
-            Option<HandlerError>,
-        )> = Vec::with_capacity(n);
+        let mut work: Vec<Completion> = Vec::with_capacity(n);
         for ((key, row, token), r) in results {
             match r {
                 Ok(commit) => {

@@ -157,11 +157,11 @@ impl Receiver {
                 Err(e) => {
                     return Err(Error::Storage {
                         what: "read message file",
-                        source: tern_storage::Error::from_store(
+                        source: Box::new(tern_storage::Error::from_store(
                             tern_storage::Operation::Get,
                             &path,
                             e,
-                        ),
+                        )),
                     });
                 }
             };
@@ -169,7 +169,11 @@ impl Receiver {
             let stored_at = got.meta.last_modified.timestamp_millis();
             let bytes = got.bytes().await.map_err(|e| Error::Storage {
                 what: "read message file",
-                source: tern_storage::Error::from_store(tern_storage::Operation::Get, &path, e),
+                source: Box::new(tern_storage::Error::from_store(
+                    tern_storage::Operation::Get,
+                    &path,
+                    e,
+                )),
             })?;
             match self.verify(&chan, &path, &bytes, stored_at).await? {
                 Err(reject) => {
@@ -372,7 +376,11 @@ impl Receiver {
             .await
             .map_err(|e| Error::Storage {
                 what: "list senders",
-                source: tern_storage::Error::from_store(tern_storage::Operation::List, "from/", e),
+                source: Box::new(tern_storage::Error::from_store(
+                    tern_storage::Operation::List,
+                    "from/",
+                    e,
+                )),
             })?;
         let mut reported = 0;
         for prefix in listing.common_prefixes {
@@ -722,7 +730,13 @@ impl Worker for Receiver {
                 i64::try_from(self.ctx.config.discovery_interval.as_millis()).unwrap_or(i64::MAX);
             if self.last_discovery_ms.is_none_or(|t| now - t >= interval) {
                 self.last_discovery_ms = Some(now);
-                self.discover().await?;
+                // Discovery only finds what lies outside the chains: its failure must not
+                // stop the steady-state polling.
+                if let Err(e) = self.discover().await {
+                    tracing::warn!(receiver = %self.ctx.me, error = %e, "discovery failed; polling goes on");
+                    self.status.errors += 1;
+                    self.status.last_error = Some(e.to_string());
+                }
             }
             Ok(if self.poll_all().await? > 0 {
                 WorkerState::Busy

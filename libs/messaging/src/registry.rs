@@ -130,11 +130,11 @@ impl Bodies {
             Err(tern_crypto::Error::DiversifierTooOld { .. }) => {
                 let meta = self.store.head(&path).await.map_err(|e| Error::Storage {
                     what: "check body file",
-                    source: tern_storage::Error::from_store(
+                    source: Box::new(tern_storage::Error::from_store(
                         tern_storage::Operation::Head,
                         &path,
                         e,
-                    ),
+                    )),
                 })?;
                 self.keys
                     .for_reading(

@@ -274,10 +274,7 @@ impl Sender {
                 if let Err(abandon) = self.abandon(id).await {
                     tracing::warn!(channel = %self.channel, message = %id, error = %abandon, "could not abandon; it will age out");
                 }
-                return Err(Error::Crypto {
-                    what: "upload body file",
-                    source: e,
-                });
+                return Err(Error::crypto("upload body file")(e));
             }
         };
         self.ctx.crash.hit(points::BODY_UPLOADED)?;

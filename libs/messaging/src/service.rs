@@ -472,7 +472,7 @@ where
     let mut ours: Option<Error> = None;
     let mut body = |tx: &mut MetaTxn<'_>| match f(tx) {
         Ok(v) => Ok(v),
-        Err(Error::Meta { source, .. }) => Err(source),
+        Err(Error::Meta { source, .. }) => Err(*source),
         Err(e) => {
             ours = Some(e);
             Err(tern_meta::Error::Invalid {
@@ -488,7 +488,10 @@ where
     };
     match out {
         Ok(v) => Ok(v),
-        Err(source) => Err(ours.take().unwrap_or(Error::Meta { what, source })),
+        Err(source) => Err(ours.take().unwrap_or(Error::Meta {
+            what,
+            source: Box::new(source),
+        })),
     }
 }
 

@@ -36,6 +36,7 @@ pub struct Bucket {
 }
 
 enum Cleanup {
+    None,
     Dir(#[allow(dead_code)] tempfile::TempDir),
     Bucket { admin: BucketAdmin, bucket: String },
 }
@@ -242,6 +243,31 @@ impl Node {
         group: Option<&FsPath>,
         recorder: Recorder,
     ) -> Node {
+        let b = bucket(kind, id).await;
+        Self::with_bucket(id, b, clock, group, recorder)
+    }
+
+    /// A deployment whose replication bucket is `store` (owned elsewhere).
+    pub fn with_store(
+        id: &str,
+        store: Arc<dyn ObjectStore>,
+        clock: &ManualClock,
+        group: Option<&FsPath>,
+    ) -> Node {
+        let b = Bucket {
+            store,
+            _cleanup: Cleanup::None,
+        };
+        Self::with_bucket(id, b, clock, group, Recorder::default())
+    }
+
+    fn with_bucket(
+        id: &str,
+        bucket: Bucket,
+        clock: &ManualClock,
+        group: Option<&FsPath>,
+        recorder: Recorder,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let keys_dir = dir.path().join("keys");
         let provider = match group {
@@ -266,7 +292,7 @@ impl Node {
             meta,
             keys_dir,
             wrap_keys: Arc::new(CachedWrapKeys::new(Arc::new(provider))),
-            bucket: bucket(kind, id).await,
+            bucket,
             clock: clock.clone(),
             recorder,
             registry,

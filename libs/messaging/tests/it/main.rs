@@ -2,6 +2,7 @@
 //! scenarios run against the folder store and LocalStack (test names say which); the
 //! write-only identity test runs on moto with IAM enforced.
 
+mod access;
 mod chain;
 mod common;
 mod crashes;
