@@ -136,6 +136,13 @@ impl Sender {
         self
     }
 
+    /// The same sender waking `wake` instead of its own (so that an instance used for the
+    /// API and the instance run as the worker share one wake-up).
+    pub fn sharing_waker(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// A handle that wakes this sender's worker (marking a message ready does it).
     pub fn waker(&self) -> Arc<Notify> {
         Arc::clone(&self.wake)
