@@ -28,9 +28,9 @@ use tern_storage::{
     StoreExt, open_store,
 };
 use tern_table::{
-    Aggregate, CmpOp, ColumnDef, ColumnType, LocalCommitter, Predicate, Scalar, ScanRequest,
-    TableOptions, Tables,
+    Aggregate, CmpOp, ColumnDef, ColumnType, Predicate, Scalar, ScanRequest, TableOptions, Tables,
 };
+use tern_txn::{TxnManager, TxnOptions};
 
 /// A failed step.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,7 @@ struct Deployment {
     volume: Arc<dyn ObjectStore>,
     replication: Arc<dyn ObjectStore>,
     tables: Tables,
+    txn: TxnManager,
 }
 
 fn open_folder(dir: &FsPath) -> Result<Arc<dyn ObjectStore>> {
@@ -110,7 +111,7 @@ fn open_folder(dir: &FsPath) -> Result<Arc<dyn ObjectStore>> {
     .map_err(failed("open folder store"))
 }
 
-fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
+async fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
     let id = DeploymentId::new(id).map_err(failed("names"))?;
     let home = root.join(id.as_str());
     let volume = open_folder(&home.join("volume"))?;
@@ -123,26 +124,34 @@ fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
         .map_err(failed("open metadata store"))?;
     let keys = LocalKeyProvider::open_or_create(&home.join("keys"), SystemRandom::shared())
         .map_err(failed("open keys"))?;
-    let committer = LocalCommitter::new(
+    let keys = Arc::new(keys);
+    let txn = TxnManager::open(
         id.clone(),
         meta.clone(),
         Arc::clone(&volume),
+        keys.clone(),
         SystemClock::shared(),
-    );
+        TxnOptions::default(),
+    )
+    .map_err(failed("open transactions"))?;
+    txn.recover()
+        .await
+        .map_err(failed("recover transactions"))?;
     let tables = Tables::new(
         id.clone(),
         Arc::clone(&volume),
         meta,
-        Arc::new(keys),
+        keys,
         SystemClock::shared(),
         TableOptions::default(),
-        Arc::new(committer),
+        Arc::new(txn.clone()),
     );
     Ok(Deployment {
         id,
         volume,
         replication,
         tables,
+        txn,
     })
 }
 
@@ -211,8 +220,8 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
     let rows = i64::try_from(rows.max(1000)).map_err(|_| wrong("options", "too many rows"))?;
 
     let t = Instant::now();
-    let d1 = deployment(&root, "d1")?;
-    let d2 = deployment(&root, "d2")?;
+    let d1 = deployment(&root, "d1").await?;
+    let d2 = deployment(&root, "d2").await?;
     step(
         "open group",
         t,
@@ -360,6 +369,56 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
             "1000 rows deleted at version {}; version {} still has {rows}",
             del.version,
             del.version - 1
+        ),
+    );
+
+    // Every version is backed by its transaction's log record, in id order per table.
+    let t = Instant::now();
+    let versions = d1
+        .tables
+        .meta()
+        .read(|tx| tx.table_versions(&table))
+        .map_err(failed("transaction log"))?;
+    let mut last = 0;
+    for v in versions.iter().filter(|v| v.version > 0) {
+        let id = v.txn_id.ok_or_else(|| {
+            wrong(
+                "transaction log",
+                format!("version {} has no id", v.version),
+            )
+        })?;
+        let record = d1
+            .txn
+            .read_log(&account, id)
+            .await
+            .map_err(failed("transaction log"))?;
+        let logged = record
+            .changes
+            .iter()
+            .any(|c| c.table_version() == Some((&table, v.version)));
+        if !logged || id <= last {
+            return Err(wrong(
+                "transaction log",
+                format!(
+                    "version {} and log record {id} (after {last}) disagree",
+                    v.version
+                ),
+            ));
+        }
+        last = id;
+    }
+    let records = d1
+        .txn
+        .log_ids(&account, 0)
+        .await
+        .map_err(failed("transaction log"))?
+        .len();
+    step(
+        "transaction log",
+        t,
+        format!(
+            "{records} encrypted log records (DDL and DML); each of the table's {} versions has its own, ids increasing",
+            versions.len() - 1
         ),
     );
 

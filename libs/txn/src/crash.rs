@@ -1,0 +1,90 @@
+//! Named crash points, for tests of recovery.
+//!
+//! A [`CrashPoints`] registry belongs to one [`TxnManager`](crate::TxnManager) (no global
+//! state, so tests run in parallel). When an armed point is reached the manager behaves as
+//! a killed process would: the operation stops there with [`Error::Crashed`], no clean-up
+//! runs, and every later call of that manager fails the same way. A test then opens a new
+//! manager over the same metadata store and volume and runs recovery.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+/// Every crash point, in the order a commit passes them.
+pub const POINTS: &[&str] = &[
+    // Active: the transaction row exists, no file yet.
+    "begin",
+    // Active: a file is journaled, not yet (or partly) written.
+    "journaled",
+    // PreCommitting: table locks held, nothing prepared.
+    "locked",
+    // PreCommitting: metadata files written, no transaction id yet.
+    "staged",
+    // Prepared: id and log record persisted, log record not written.
+    "prepared",
+    // Prepared: log record written, versions not visible.
+    "logged",
+    // Committing: versions visible, locks still held.
+    "committing",
+    // Committed: locks released.
+    "committed",
+];
+
+/// The crash points of one manager.
+#[derive(Debug, Clone, Default)]
+pub struct CrashPoints {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    armed: Mutex<HashMap<&'static str, u64>>,
+    crashed: AtomicBool,
+}
+
+impl CrashPoints {
+    /// No point armed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Crash the `nth` time (1-based) `point` is reached.
+    pub fn arm(&self, point: &'static str, nth: u64) {
+        self.lock().insert(point, nth.max(1));
+    }
+
+    /// Whether a point fired.
+    pub fn crashed(&self) -> bool {
+        self.inner.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Fail if this manager crashed, or if `point` is armed and due.
+    pub(crate) fn check(&self, point: &'static str) -> Result<()> {
+        self.alive(point)?;
+        let mut armed = self.lock();
+        if let Some(left) = armed.get_mut(point) {
+            *left -= 1;
+            if *left == 0 {
+                armed.remove(point);
+                self.inner.crashed.store(true, Ordering::SeqCst);
+                tracing::warn!(point, "crash point fired");
+                return Err(Error::Crashed { point });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fail if this manager crashed earlier (a dead process does nothing more).
+    pub(crate) fn alive(&self, point: &'static str) -> Result<()> {
+        if self.crashed() {
+            return Err(Error::Crashed { point });
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, u64>> {
+        self.inner.armed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

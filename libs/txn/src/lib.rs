@@ -1,0 +1,63 @@
+//! Tern's commit protocol (DESIGN.md §7; seed FIG. 6–8).
+//!
+//! Every change to a deployment's tables — DML and DDL — commits through a
+//! [`TxnManager`], the [`Committer`](tern_table::Committer) the deployment's
+//! [`Tables`](tern_table::Tables) are built with:
+//!
+//! ```text
+//!  Active ──(statement writes files; each journaled before it is written)
+//!    ─▶ PreCommitting: every table/dictionary lock taken at once (waits, with a timeout)
+//!         versions fixed (appends land on the current version; a change computed from
+//!         what it read must find that version), metadata files written, the change
+//!         checked against the metadata store by the code that will publish it
+//!    ─▶ Prepared: transaction id from the account's Lamport clock, log record persisted
+//!         in the metadata store                         ── soft point of no return
+//!    ─▶ log record written to acct/<account>/txlog/<id>.log (idempotent, retried)
+//!    ─▶ Committing: the new versions visible, atomically  ── hard point of no return
+//!    ─▶ Committed: locks released
+//! ```
+//!
+//! # Guarantees
+//!
+//! 1. **No version without its log record**: a version becomes visible only after its
+//!    transaction's log record is stored.
+//! 2. **Reads order records**: if a transaction read a version made by another, that
+//!    other's record was stored before this one's (it was visible, so stored, before it
+//!    was read).
+//! 3. **Conflicting writes in id order**: ids are issued with every lock held, so two
+//!    transactions on one table get ids in the order their versions follow each other.
+//! 4. **Nothing acknowledged is lost** and **nothing uncommitted stays**: every file is
+//!    journaled before it is written; a transaction that stops before Prepared is rolled
+//!    back (files removed, locks released) by itself or by [`TxnManager::recover`]; one
+//!    that reached Prepared is never rolled back — recovery rewrites its log record
+//!    (idempotently: an inconclusive write that did land is found and accepted) and makes
+//!    it visible.
+//! 5. **No lock outlives its writer**: a failed commit releases its locks; a commit runs on
+//!    its own task so a cancelled caller cannot leave it half-way; a crashed process's
+//!    locks are released by recovery. Lock waits time out with an error naming the lock
+//!    and its holder.
+//!
+//! # Assumptions
+//!
+//! The volume supports `PutMode::Create` (folders and S3 do). Locks and transaction rows
+//! live in the metadata store, so several managers in one process or several processes on
+//! one store serialize correctly; but [`TxnManager::recover`] treats every unfinished
+//! transaction of another instance as abandoned, so it must run while no other instance
+//! is live on the same store (at start-up, as `ternd` does).
+//!
+//! Unrelated transactions' records may be stored out of id order; appliers only need the
+//! order between conflicting transactions, which each table's version chain gives.
+
+#![forbid(unsafe_code)]
+
+pub mod crash;
+pub mod error;
+pub mod log;
+mod manager;
+pub mod state;
+
+pub use crash::CrashPoints;
+pub use error::{Error, Result};
+pub use log::LogRecord;
+pub use manager::{PhaseStats, RecoveryReport, TxnManager, TxnOptions};
+pub use state::{TxnDpo, TxnState};

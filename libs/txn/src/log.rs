@@ -1,0 +1,202 @@
+//! Transaction log records: one encrypted file per committed transaction,
+//! `acct/<account>/txlog/<txn-id:020>.log` in the deployment's volume.
+//!
+//! A record holds everything needed to reproduce the transaction on another deployment:
+//! per change the database and table, the base and new versions, the metadata file, the
+//! micro-partitions added (statistics and global references) and removed (global
+//! references), DDL; and the origin deployment, transaction id and commit time.
+//!
+//! Format: JSON `{"format":"tern-txlog","v":1,…}`, sealed in the common encrypted file
+//! format with a key derived from the account's log key and the record's path. A record is
+//! written with `PutMode::Create`; writing it again (recovery, or a retry after an
+//! inconclusive write) finds it and succeeds if it holds the same record, so the write is
+//! idempotent and a record, once stored, never changes.
+
+use std::sync::Arc;
+
+use object_store::{ObjectStore, PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
+use tern_crypto::{EncryptOptions, KeySource};
+use tern_storage::layout::{self, AccountId, DeploymentId};
+use tern_storage::{Path, StoreExt};
+use tern_table::ChangeRecord;
+
+use crate::error::{Error, Result};
+
+/// The format tag of log records.
+pub const FORMAT: &str = "tern-txlog";
+/// The current format version.
+pub const VERSION: u32 = 1;
+
+/// One committed transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version ([`VERSION`]).
+    pub v: u32,
+    /// The transaction id (the account's Lamport clock).
+    pub txn_id: u64,
+    /// The deployment where it was committed.
+    pub origin: DeploymentId,
+    /// The account.
+    pub account: AccountId,
+    /// Commit time (milliseconds since the epoch), also stamped on its table versions.
+    pub committed_at_ms: i64,
+    /// The changes, in the order the transaction made them.
+    pub changes: Vec<ChangeRecord>,
+}
+
+impl LogRecord {
+    /// A record of the current format.
+    pub fn new(
+        txn_id: u64,
+        origin: DeploymentId,
+        account: AccountId,
+        committed_at_ms: i64,
+        changes: Vec<ChangeRecord>,
+    ) -> Self {
+        Self {
+            format: FORMAT.into(),
+            v: VERSION,
+            txn_id,
+            origin,
+            account,
+            committed_at_ms,
+            changes,
+        }
+    }
+
+    /// Where it is stored.
+    pub fn path(&self) -> Path {
+        layout::volume::txlog(&self.account, self.txn_id)
+    }
+
+    /// Serialize (plaintext; the caller encrypts).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain data structs always serialize.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parse, checking the format tag and version. `path` names the file in errors.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self> {
+        let bad = |reason: String| Error::BadLogRecord {
+            path: path.to_string(),
+            reason,
+        };
+        #[derive(Deserialize)]
+        struct Probe {
+            format: String,
+            v: u32,
+        }
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if probe.format != FORMAT {
+            return Err(bad(format!("not a log record (format {:?})", probe.format)));
+        }
+        if probe.v != VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported (this build reads {VERSION})",
+                probe.v
+            )));
+        }
+        serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// Store `record` once: create it, or accept an identical record already there.
+pub(crate) async fn write(
+    volume: &Arc<dyn ObjectStore>,
+    keys: &dyn KeySource,
+    record: &LogRecord,
+) -> Result<()> {
+    let path = record.path();
+    let put = tern_crypto::put_encrypted(
+        volume.as_ref(),
+        &path,
+        keys,
+        &record.to_bytes(),
+        &EncryptOptions::default(),
+        PutOptions::from(PutMode::Create),
+    )
+    .await;
+    match put {
+        Ok(_) => Ok(()),
+        Err(e) if already_exists(&e) => {
+            let stored = read(volume, keys, &path).await?;
+            if stored == *record {
+                Ok(())
+            } else {
+                Err(Error::LogRecordMismatch {
+                    path: path.to_string(),
+                    txn_id: record.txn_id,
+                })
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn already_exists(e: &tern_crypto::Error) -> bool {
+    match e {
+        tern_crypto::Error::Store { source, .. } => {
+            matches!(source, object_store::Error::AlreadyExists { .. })
+        }
+        _ => false,
+    }
+}
+
+/// Read and verify the record at `path`.
+pub(crate) async fn read(
+    volume: &Arc<dyn ObjectStore>,
+    keys: &dyn KeySource,
+    path: &Path,
+) -> Result<LogRecord> {
+    let plain = tern_crypto::get_decrypted(volume, path, keys).await?;
+    LogRecord::from_bytes(&plain, path.as_ref())
+}
+
+/// The transaction ids of `account`'s stored records from `from_id` on, ascending.
+pub(crate) async fn list(
+    volume: &Arc<dyn ObjectStore>,
+    account: &AccountId,
+    from_id: u64,
+) -> Result<Vec<u64>> {
+    let prefix = layout::volume::txlog_prefix(account);
+    let mut ids: Vec<u64> = volume
+        .list_sorted(&prefix)
+        .await?
+        .iter()
+        .filter_map(|m| m.location.filename().and_then(layout::volume::parse_txlog))
+        .filter(|id| *id >= from_id)
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plaintext format is pinned: a change here is a format change.
+    #[test]
+    fn golden_bytes() {
+        let r = LogRecord::new(
+            7,
+            DeploymentId::new("d1").unwrap(),
+            AccountId::new("acme").unwrap(),
+            1_700_000_000_000,
+            Vec::new(),
+        );
+        let golden = r#"{"format":"tern-txlog","v":1,"txn_id":7,"origin":"d1","account":"acme","committed_at_ms":1700000000000,"changes":[]}"#;
+        assert_eq!(String::from_utf8(r.to_bytes()).unwrap(), golden);
+        assert_eq!(LogRecord::from_bytes(golden.as_bytes(), "x").unwrap(), r);
+        assert_eq!(
+            r.path().to_string(),
+            "acct/acme/txlog/00000000000000000007.log"
+        );
+        let future = golden.replace(r#""v":1"#, r#""v":9"#);
+        let e = LogRecord::from_bytes(future.as_bytes(), "txlog/7.log").unwrap_err();
+        assert!(e.to_string().contains("txlog/7.log") && e.to_string().contains("version 9"));
+        assert!(LogRecord::from_bytes(b"{}", "p").is_err());
+    }
+}

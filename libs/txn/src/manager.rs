@@ -1,0 +1,787 @@
+//! [`TxnManager`]: the commit protocol, as the [`Committer`] of a deployment's tables.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use object_store::ObjectStore;
+use tern_clock::SharedClock;
+use tern_crypto::{EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
+use tern_meta::MetaStore;
+use tern_storage::Path;
+use tern_storage::layout::{AccountId, DeploymentId};
+use tern_table::commit::{Change, FileJournal, publish, remove_files};
+use tern_table::{Committed, Committer, Transaction};
+use tokio::sync::Notify;
+
+use crate::crash::CrashPoints;
+use crate::error::{Error, Result};
+use crate::log::{self, LogRecord};
+use crate::state::{
+    LamportDpo, LockDpo, LogKeyDpo, TxnDpo, TxnState, lamport_key, lock_key, log_key_key, txn_key,
+    txns,
+};
+
+/// Settings of the commit protocol.
+#[derive(Debug, Clone)]
+pub struct TxnOptions {
+    /// How long a transaction waits for its locks before giving up.
+    pub lock_timeout: Duration,
+    /// How often a waiting transaction looks again for locks released by another process
+    /// (releases in this process wake waiters at once).
+    pub lock_poll: Duration,
+    /// Attempts to store a log record before the commit is reported in doubt.
+    pub log_write_attempts: u32,
+    /// How long one attempt may take; a slower write counts as inconclusive.
+    pub log_write_timeout: Duration,
+    /// Pause between attempts (doubled each time).
+    pub log_retry_backoff: Duration,
+}
+
+impl Default for TxnOptions {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(30),
+            lock_poll: Duration::from_millis(20),
+            log_write_attempts: 4,
+            log_write_timeout: Duration::from_secs(30),
+            log_retry_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Where commits spent their time, summed over all commits since the manager opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseStats {
+    /// Commits completed.
+    pub commits: u64,
+    /// Waiting for and taking locks (PreCommitting).
+    pub locks: Duration,
+    /// Fixing versions, writing metadata files, checking, issuing the id (to Prepared).
+    pub prepare: Duration,
+    /// Storing the log record.
+    pub log_write: Duration,
+    /// Making versions visible and releasing locks.
+    pub publish: Duration,
+}
+
+#[derive(Debug, Default)]
+struct PhaseTimes {
+    commits: AtomicU64,
+    locks: AtomicU64,
+    prepare: AtomicU64,
+    log_write: AtomicU64,
+    publish: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, since: Instant) -> Instant {
+    let now = Instant::now();
+    let nanos = u64::try_from((now - since).as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(nanos, Ordering::Relaxed);
+    now
+}
+
+/// What [`TxnManager::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Transactions rolled back (Active or PreCommitting): their files removed.
+    pub rolled_back: Vec<u64>,
+    /// Transactions rolled forward from Prepared (log record rewritten, versions made
+    /// visible), by transaction id.
+    pub rolled_forward: Vec<u64>,
+    /// Transactions finished from Committing, by transaction id.
+    pub finished: Vec<u64>,
+    /// Files removed.
+    pub files_removed: usize,
+}
+
+/// The commit protocol of one deployment (DESIGN.md §7), as the [`Committer`] of its
+/// tables. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TxnManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    deployment: DeploymentId,
+    meta: MetaStore,
+    volume: Arc<dyn ObjectStore>,
+    provider: Arc<dyn KeyProvider>,
+    clock: SharedClock,
+    options: TxnOptions,
+    instance: u64,
+    crash: CrashPoints,
+    released: Notify,
+    log_keys: Mutex<HashMap<AccountId, Arc<TableFileKeys>>>,
+    phases: PhaseTimes,
+}
+
+impl TxnManager {
+    /// A manager for `deployment`'s tables in `volume`, with its state in `meta`. Each
+    /// manager is a new instance: transactions left unfinished by earlier instances are
+    /// completed or rolled back by [`TxnManager::recover`], which a deployment runs before
+    /// it serves.
+    pub fn open(
+        deployment: DeploymentId,
+        meta: MetaStore,
+        volume: Arc<dyn ObjectStore>,
+        provider: Arc<dyn KeyProvider>,
+        clock: SharedClock,
+        options: TxnOptions,
+    ) -> Result<Self> {
+        Self::open_with_crash_points(
+            deployment,
+            meta,
+            volume,
+            provider,
+            clock,
+            options,
+            CrashPoints::new(),
+        )
+    }
+
+    /// [`TxnManager::open`] with crash points to arm (tests of recovery).
+    pub fn open_with_crash_points(
+        deployment: DeploymentId,
+        meta: MetaStore,
+        volume: Arc<dyn ObjectStore>,
+        provider: Arc<dyn KeyProvider>,
+        clock: SharedClock,
+        options: TxnOptions,
+        crash: CrashPoints,
+    ) -> Result<Self> {
+        let instance = meta.write(|tx| tx.next_sequence("txn-instance"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                deployment,
+                meta,
+                volume,
+                provider,
+                clock,
+                options,
+                instance,
+                crash,
+                released: Notify::new(),
+                log_keys: Mutex::new(HashMap::new()),
+                phases: PhaseTimes::default(),
+            }),
+        })
+    }
+
+    /// This manager's instance number (unique per metadata store).
+    pub fn instance(&self) -> u64 {
+        self.inner.instance
+    }
+
+    /// The crash points of this manager.
+    pub fn crash_points(&self) -> &CrashPoints {
+        &self.inner.crash
+    }
+
+    /// Complete what earlier instances left unfinished, and this instance's commits that
+    /// were reported in doubt: Active/PreCommitting → rolled back (files removed);
+    /// Prepared → log record rewritten (idempotently) and rolled forward; Committing →
+    /// finished. Run at start-up, before serving, and whenever a commit was in doubt.
+    ///
+    /// Only one live instance may use a metadata store while this runs on it (an instance
+    /// cannot tell a transaction of another live instance from one of a dead one).
+    #[tracing::instrument(level = "info", skip(self), fields(instance = self.inner.instance))]
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let inner = &self.inner;
+        inner.crash.alive("recover")?;
+        let mut pending: Vec<TxnDpo> = inner
+            .meta
+            .read(|tx| tx.scan_prefix::<TxnDpo>(&txns()))?
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| {
+                !t.state.is_final()
+                    && (t.instance != inner.instance || t.state == TxnState::Prepared)
+            })
+            .collect();
+        // Roll forward in id order (conflicting transactions cannot both be pending: they
+        // hold the same lock), then everything else.
+        pending.sort_by_key(|t| (t.txn_id.unwrap_or(u64::MAX), t.handle));
+        let mut report = RecoveryReport::default();
+        for t in pending {
+            match t.state {
+                TxnState::Active | TxnState::PreCommitting => {
+                    report.files_removed += t.files.len();
+                    inner.roll_back(t.handle).await?;
+                    report.rolled_back.push(t.handle);
+                }
+                TxnState::Prepared => {
+                    let record = t.record.clone().ok_or_else(|| Error::BadLogRecord {
+                        path: format!("transaction {}", t.handle),
+                        reason: "prepared without a log record".into(),
+                    })?;
+                    inner.store_log(&record).await?;
+                    inner.finish(t.handle, &record)?;
+                    report.rolled_forward.push(record.txn_id);
+                }
+                TxnState::Committing => {
+                    inner.release(t.handle, TxnState::Committed)?;
+                    report.finished.push(t.txn_id.unwrap_or_default());
+                }
+                TxnState::Committed | TxnState::Aborted => {}
+            }
+        }
+        if report != RecoveryReport::default() {
+            tracing::info!(?report, "recovered transactions");
+        }
+        Ok(report)
+    }
+
+    /// The log record of transaction `txn_id` of `account`.
+    pub async fn read_log(&self, account: &AccountId, txn_id: u64) -> Result<LogRecord> {
+        let keys = self.inner.log_keys(account).await?;
+        let path = tern_storage::layout::volume::txlog(account, txn_id);
+        log::read(&self.inner.volume, keys.as_ref(), &path).await
+    }
+
+    /// The ids of `account`'s stored log records from `from_id` on, ascending. Records of
+    /// unrelated transactions may be stored out of id order (DESIGN.md §7): a record with a
+    /// lower id can still appear while its transaction is Prepared.
+    pub async fn log_ids(&self, account: &AccountId, from_id: u64) -> Result<Vec<u64>> {
+        log::list(&self.inner.volume, account, from_id).await
+    }
+
+    /// Up to `limit` of `account`'s log records from `from_id` on, in id order.
+    pub async fn read_log_from(
+        &self,
+        account: &AccountId,
+        from_id: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>> {
+        let mut out = Vec::new();
+        for id in self
+            .log_ids(account, from_id)
+            .await?
+            .into_iter()
+            .take(limit)
+        {
+            out.push(self.read_log(account, id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Merge an id observed elsewhere (a replicated transaction) into `account`'s Lamport
+    /// clock: later ids are higher. Returns the clock's value.
+    pub fn observe(&self, account: &AccountId, txn_id: u64) -> Result<u64> {
+        Ok(self.inner.meta.write(|tx| {
+            let key = lamport_key(account);
+            let last = tx
+                .get::<LamportDpo>(&key)?
+                .map_or(0, |c| c.last)
+                .max(txn_id);
+            tx.put(&key, &LamportDpo { last })?;
+            Ok(last)
+        })?)
+    }
+
+    /// The last id `account`'s clock issued or observed (0 if none).
+    pub fn last_txn_id(&self, account: &AccountId) -> Result<u64> {
+        Ok(self.inner.meta.read(|tx| {
+            Ok(tx
+                .get::<LamportDpo>(&lamport_key(account))?
+                .map_or(0, |c| c.last))
+        })?)
+    }
+
+    /// Every transaction row (unfinished ones, and finished ones not yet pruned).
+    pub fn transactions(&self) -> Result<Vec<TxnDpo>> {
+        Ok(self
+            .inner
+            .meta
+            .read(|tx| tx.scan_prefix::<TxnDpo>(&txns()))?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    /// Forget finished transactions that ended before `before_ms`; how many.
+    pub fn prune_finished(&self, before_ms: i64) -> Result<usize> {
+        Ok(self.inner.meta.write(|tx| {
+            let doomed: Vec<_> = tx
+                .scan_prefix::<TxnDpo>(&txns())?
+                .into_iter()
+                .filter(|(_, t)| t.state.is_final() && t.updated_at_ms < before_ms)
+                .collect();
+            for (k, _) in &doomed {
+                tx.delete(k)?;
+            }
+            Ok(doomed.len())
+        })?)
+    }
+
+    /// Time spent per phase by the commits of this manager.
+    pub fn phase_stats(&self) -> PhaseStats {
+        let p = &self.inner.phases;
+        let d = |a: &AtomicU64| Duration::from_nanos(a.load(Ordering::Relaxed));
+        PhaseStats {
+            commits: p.commits.load(Ordering::Relaxed),
+            locks: d(&p.locks),
+            prepare: d(&p.prepare),
+            log_write: d(&p.log_write),
+            publish: d(&p.publish),
+        }
+    }
+}
+
+#[async_trait]
+impl Committer for TxnManager {
+    async fn begin(&self, account: &AccountId) -> tern_table::Result<Box<dyn Transaction>> {
+        let inner = &self.inner;
+        inner.crash.alive("begin")?;
+        let now = inner.clock.now_millis();
+        let handle = inner.meta.write(|tx| {
+            let handle = tx.next_sequence("txn-handle")?;
+            tx.put(
+                &txn_key(handle),
+                &TxnDpo {
+                    handle,
+                    account: account.clone(),
+                    instance: inner.instance,
+                    state: TxnState::Active,
+                    started_at_ms: now,
+                    updated_at_ms: now,
+                    files: Vec::new(),
+                    locks: Vec::new(),
+                    txn_id: None,
+                    record: None,
+                },
+            )?;
+            Ok(handle)
+        })?;
+        inner.crash.check("begin")?;
+        Ok(Box::new(Txn {
+            inner: Arc::clone(inner),
+            handle,
+            account: account.clone(),
+        }))
+    }
+}
+
+/// One open transaction.
+struct Txn {
+    inner: Arc<Inner>,
+    handle: u64,
+    account: AccountId,
+}
+
+#[async_trait]
+impl FileJournal for Txn {
+    async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
+        Ok(self.inner.journal(self.handle, path)?)
+    }
+}
+
+#[async_trait]
+impl Transaction for Txn {
+    async fn lock(&mut self, names: &[String]) -> tern_table::Result<()> {
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
+        Ok(self
+            .inner
+            .acquire(self.handle, &names, TxnState::Active)
+            .await?)
+    }
+
+    async fn commit(self: Box<Self>, changes: Vec<Change>) -> tern_table::Result<Committed> {
+        let Txn {
+            inner,
+            handle,
+            account,
+        } = *self;
+        let span = tracing::info_span!("commit", deployment = %inner.deployment, %account, handle);
+        // The commit runs on its own task: a caller that goes away (a dropped request)
+        // cannot stop it half-way with locks held.
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move { inner.commit(handle, &account, changes).await },
+            span,
+        ));
+        Ok(task.await.map_err(Error::Task)??)
+    }
+
+    async fn abort(self: Box<Self>) {
+        if self.inner.crash.crashed() {
+            return;
+        }
+        if let Err(e) = self.inner.roll_back(self.handle).await {
+            tracing::warn!(handle = self.handle, error = %e, "could not roll back; recovery will");
+        }
+    }
+}
+
+/// Journals the metadata files a commit writes.
+struct Journal<'a> {
+    inner: &'a Inner,
+    handle: u64,
+}
+
+#[async_trait]
+impl FileJournal for Journal<'_> {
+    async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
+        Ok(self.inner.journal(self.handle, path)?)
+    }
+}
+
+impl Inner {
+    fn journal(&self, handle: u64, path: &Path) -> Result<()> {
+        self.crash.alive("journaled")?;
+        let now = self.clock.now_millis();
+        self.meta.write(|tx| {
+            let key = txn_key(handle);
+            let mut t = self.require_txn(tx, handle)?;
+            t.files.push(path.to_string());
+            t.updated_at_ms = now;
+            tx.put(&key, &t)
+        })?;
+        self.crash.check("journaled")
+    }
+
+    fn require_txn(
+        &self,
+        tx: &mut tern_meta::MetaTxn<'_>,
+        handle: u64,
+    ) -> tern_meta::Result<TxnDpo> {
+        tx.get::<TxnDpo>(&txn_key(handle))?
+            .ok_or_else(|| tern_meta::Error::NotFound {
+                what: "transaction",
+                name: handle.to_string(),
+            })
+    }
+
+    async fn commit(
+        &self,
+        handle: u64,
+        account: &AccountId,
+        changes: Vec<Change>,
+    ) -> Result<Committed> {
+        let started = Instant::now();
+        if let Some(other) = changes.iter().find(|c| c.account() != account) {
+            let e = Error::Table(tern_table::Error::InvalidSchema {
+                reason: format!(
+                    "a transaction of account {account} cannot change account {}",
+                    other.account()
+                ),
+            });
+            return self.fail(handle, e).await;
+        }
+        let mut names: Vec<String> = changes.iter().flat_map(Change::lock_names).collect();
+        names.sort();
+        names.dedup();
+        // PreCommitting: every lock, all at once (no lock order to get wrong).
+        if let Err(e) = self.acquire(handle, &names, TxnState::PreCommitting).await {
+            return self.fail(handle, e).await;
+        }
+        self.crash.check("locked")?;
+        let t = add(&self.phases.locks, started);
+        let mut records = Vec::with_capacity(changes.len());
+        let mut journal = Journal {
+            inner: self,
+            handle,
+        };
+        for change in changes {
+            match change
+                .prepare(&self.meta, self.volume.as_ref(), &mut journal)
+                .await
+            {
+                Ok(r) => records.push(r),
+                Err(e) => return self.fail(handle, e.into()).await,
+            }
+        }
+        self.crash.check("staged")?;
+        let now = self.clock.now_millis();
+        // Under the locks nothing else changes these tables: what publishes cleanly now
+        // publishes cleanly after the log write. Checked by the code that publishes.
+        let checked = self.meta.dry_run(|tx| {
+            for r in &records {
+                publish(tx, r, Some(0), &self.deployment, now)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            return self.fail(handle, e.into()).await;
+        }
+        // Prepared: the id comes from the account's clock only now, with every lock held,
+        // so conflicting transactions get ids in commit order.
+        let log_keys = match self.log_keys(account).await {
+            Ok(k) => k,
+            Err(e) => return self.fail(handle, e).await,
+        };
+        let prepared = self.meta.write(|tx| {
+            let key = lamport_key(account);
+            let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
+            tx.put(&key, &LamportDpo { last: txn_id })?;
+            let record = LogRecord::new(
+                txn_id,
+                self.deployment.clone(),
+                account.clone(),
+                now,
+                records.clone(),
+            );
+            let mut t = self.require_txn(tx, handle)?;
+            t.state = TxnState::Prepared;
+            t.txn_id = Some(txn_id);
+            t.record = Some(record.clone());
+            t.updated_at_ms = now;
+            tx.put(&txn_key(handle), &t)?;
+            Ok(record)
+        });
+        let record = match prepared {
+            Ok(r) => r,
+            Err(e) => return self.fail(handle, e.into()).await,
+        };
+        self.crash.check("prepared")?;
+        let t = add(&self.phases.prepare, t);
+        // Soft point of no return passed: from here the transaction only rolls forward.
+        if let Err(e) = self.write_log(&log_keys, &record).await {
+            if e.is_crash() {
+                return Err(e);
+            }
+            tracing::error!(txn_id = record.txn_id, error = %e, "log record not stored; the transaction stays prepared until recovery completes it");
+            return Err(Error::InDoubt {
+                txn_id: record.txn_id,
+                source: Box::new(e),
+            });
+        }
+        self.crash.check("logged")?;
+        let t = add(&self.phases.log_write, t);
+        self.finish(handle, &record)?;
+        add(&self.phases.publish, t);
+        self.phases.commits.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(txn_id = record.txn_id, changes = records.len(), "committed");
+        Ok(Committed {
+            txn_id: Some(record.txn_id),
+            records,
+        })
+    }
+
+    /// Committing (versions visible, atomically) then Committed (locks released).
+    fn finish(&self, handle: u64, record: &LogRecord) -> Result<()> {
+        self.crash.alive("committing")?;
+        self.meta.write(|tx| {
+            for r in &record.changes {
+                publish(
+                    tx,
+                    r,
+                    Some(record.txn_id),
+                    &record.origin,
+                    record.committed_at_ms,
+                )?;
+            }
+            let mut t = self.require_txn(tx, handle)?;
+            t.state = TxnState::Committing;
+            t.updated_at_ms = record.committed_at_ms;
+            tx.put(&txn_key(handle), &t)
+        })?;
+        self.crash.check("committing")?;
+        self.release(handle, TxnState::Committed)?;
+        self.crash.check("committed")
+    }
+
+    /// Store the log record, retrying failed and inconclusive attempts: the write is
+    /// idempotent, so an attempt that took effect but reported failure is found by the next.
+    async fn write_log(&self, keys: &TableFileKeys, record: &LogRecord) -> Result<()> {
+        let mut backoff = self.options.log_retry_backoff;
+        let attempts = self.options.log_write_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            self.crash.alive("prepared")?;
+            let outcome = tokio::time::timeout(
+                self.options.log_write_timeout,
+                log::write(&self.volume, keys, record),
+            )
+            .await;
+            let e = match outcome {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e @ Error::LogRecordMismatch { .. })) => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => Error::LogWriteTimeout {
+                    path: record.path().to_string(),
+                    after: self.options.log_write_timeout,
+                },
+            };
+            if attempt >= attempts {
+                return Err(e);
+            }
+            tracing::warn!(txn_id = record.txn_id, attempt, error = %e, "log record write failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+            attempt += 1;
+        }
+    }
+
+    async fn store_log(&self, record: &LogRecord) -> Result<()> {
+        let keys = self.log_keys(&record.account).await?;
+        self.write_log(&keys, record).await
+    }
+
+    /// Take every lock in `names` for `handle` at once (those it holds already count) and
+    /// enter `state`, waiting while any is held by another transaction.
+    async fn acquire(&self, handle: u64, names: &[String], state: TxnState) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let now = self.clock.now_millis();
+            let blocked = self.meta.write(|tx| {
+                for name in names {
+                    if let Some(l) = tx.get::<LockDpo>(&lock_key(name))?
+                        && l.handle != handle
+                    {
+                        return Ok(Some((name.clone(), l.handle)));
+                    }
+                }
+                for name in names {
+                    tx.put(
+                        &lock_key(name),
+                        &LockDpo {
+                            handle,
+                            since_ms: now,
+                        },
+                    )?;
+                }
+                let mut t = self.require_txn(tx, handle)?;
+                t.state = state;
+                for name in names {
+                    if !t.locks.contains(name) {
+                        t.locks.push(name.clone());
+                    }
+                }
+                t.updated_at_ms = now;
+                tx.put(&txn_key(handle), &t)?;
+                Ok(None)
+            })?;
+            let Some((lock, holder)) = blocked else {
+                return Ok(());
+            };
+            let waited = started.elapsed();
+            let Some(left) = self.options.lock_timeout.checked_sub(waited) else {
+                return Err(Error::LockTimeout {
+                    lock,
+                    holder,
+                    waited,
+                });
+            };
+            tokio::select! {
+                () = released => {}
+                () = tokio::time::sleep(left.min(self.options.lock_poll)) => {}
+            }
+        }
+    }
+
+    /// Move `handle` to a final state and release its locks, in one transaction.
+    fn release(&self, handle: u64, state: TxnState) -> Result<()> {
+        let now = self.clock.now_millis();
+        self.meta.write(|tx| {
+            let mut t = self.require_txn(tx, handle)?;
+            for name in &t.locks {
+                let key = lock_key(name);
+                if tx.get::<LockDpo>(&key)?.is_some_and(|l| l.handle == handle) {
+                    tx.delete(&key)?;
+                }
+            }
+            t.state = state;
+            t.locks.clear();
+            t.files.clear();
+            t.record = None;
+            t.updated_at_ms = now;
+            tx.put(&txn_key(handle), &t)
+        })?;
+        self.released.notify_waiters();
+        Ok(())
+    }
+
+    /// Remove every file of `handle`, then mark it Aborted and release its locks (in that
+    /// order: a crash in between leaves it to be rolled back again, never an orphan file).
+    async fn roll_back(&self, handle: u64) -> Result<()> {
+        let t = self.meta.read(|tx| self.require_txn(tx, handle))?;
+        if t.state.is_final() {
+            return Ok(());
+        }
+        if !matches!(t.state, TxnState::Active | TxnState::PreCommitting) {
+            return Err(Error::Table(tern_table::Error::InvalidSchema {
+                reason: format!("transaction {handle} is {:?} and cannot roll back", t.state),
+            }));
+        }
+        let files: Vec<Path> = t.files.iter().map(|p| Path::from(p.as_str())).collect();
+        remove_files(self.volume.as_ref(), &files).await;
+        for f in &files {
+            // remove_files logs what it could not remove; an Aborted row must not forget a
+            // file that is still there.
+            if tern_storage::StoreExt::meta(self.volume.as_ref(), f)
+                .await
+                .is_ok()
+            {
+                return Err(Error::FileNotRemoved {
+                    handle,
+                    path: f.to_string(),
+                });
+            }
+        }
+        self.release(handle, TxnState::Aborted)
+    }
+
+    /// A commit failed before its point of no return: roll back (unless this instance
+    /// crashed: a dead process cleans nothing up) and return `e`.
+    async fn fail<T>(&self, handle: u64, e: Error) -> Result<T> {
+        if e.is_crash() || self.crash.crashed() {
+            return Err(e);
+        }
+        if let Err(rb) = self.roll_back(handle).await {
+            tracing::warn!(handle, error = %rb, "could not roll back; recovery will");
+        }
+        Err(e)
+    }
+
+    /// The key that seals `account`'s log records: `HKDF(log key, path)`, the log key made
+    /// once per account by the key provider and kept wrapped in the metadata store.
+    async fn log_keys(&self, account: &AccountId) -> Result<Arc<TableFileKeys>> {
+        if let Some(k) = self.lock_log_keys().get(account) {
+            return Ok(Arc::clone(k));
+        }
+        let ctx = EnvelopeContext::account(format!("{account}/txlog"));
+        let key = log_key_key(account);
+        let stored = self.meta.read(|tx| tx.get::<LogKeyDpo>(&key))?;
+        let wrapped = match stored {
+            Some(s) => s.wrapped,
+            None => {
+                let (_, wrapped) = self.provider.generate_data_key(&ctx).await?;
+                let fresh = wrapped.to_hex();
+                // Two first commits may race: the first stored key wins.
+                self.meta.write(|tx| match tx.get::<LogKeyDpo>(&key)? {
+                    Some(s) => Ok(s.wrapped),
+                    None => {
+                        tx.put(
+                            &key,
+                            &LogKeyDpo {
+                                wrapped: fresh.clone(),
+                            },
+                        )?;
+                        Ok(fresh.clone())
+                    }
+                })?
+            }
+        };
+        let wrapped = WrappedKey::from_hex(&wrapped).ok_or_else(|| Error::BadLogRecord {
+            path: key.to_string(),
+            reason: "the stored log key is not hex".into(),
+        })?;
+        let dek = self.provider.decrypt_data_key(&wrapped, &ctx).await?;
+        let keys = Arc::new(TableFileKeys::new(Arc::new(dek)));
+        self.lock_log_keys()
+            .insert(account.clone(), Arc::clone(&keys));
+        Ok(keys)
+    }
+
+    fn lock_log_keys(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Arc<TableFileKeys>>> {
+        self.log_keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of tern-txn: one binary. Storage scenarios run on the folder store
+//! and on LocalStack.
+
+mod common;
+mod concurrency;
+mod crash;
+mod log_write;
