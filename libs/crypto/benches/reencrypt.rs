@@ -21,7 +21,7 @@
 //!
 //! Environment: `TERN_BENCH_BYTES` (file size, default 1G), `TERN_BENCH_MEM_BYTES` (memory
 //! working set per copy, default min(file, 256M)), `TERN_BENCH_CHUNK` (chunk size, default
-//! the crate's), `TERN_BENCH_DIR` (scratch folder, default a temp dir under the target dir),
+//! the crate's), `TERN_BENCH_DIR` (scratch folder, default cargo's `CARGO_TARGET_TMPDIR`),
 //! `TERN_BENCH_RCLONE=0` to skip the rclone run, `TERN_BENCH_PHASES` (default
 //! `mem,folder,rclone`) to run fewer phases, and `TERN_BENCH_BLOCK` / `TERN_BENCH_AHEAD` /
 //! `TERN_BENCH_PART` / `TERN_BENCH_CONCURRENCY` to try other [`CopyOptions`] in the folder copy.
@@ -867,9 +867,11 @@ fn main() {
         u32::try_from(size_env("TERN_BENCH_CHUNK", DEFAULT_CHUNK_SIZE as usize)).expect("chunk");
     let scratch = match std::env::var_os("TERN_BENCH_DIR") {
         Some(d) => tempfile::Builder::new().prefix("tern-bench").tempdir_in(d),
+        // Cargo's own scratch folder of this target dir (also with `CARGO_TARGET_DIR` outside
+        // the clone, where `<clone>/target` does not exist), on disk like the target dir.
         None => tempfile::Builder::new()
             .prefix("tern-bench")
-            .tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")),
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR")),
     }
     .expect("scratch dir");
     println!(
