@@ -23,8 +23,8 @@ use tern_clock::SystemClock;
 use tern_crypto::{CachedWrapKeys, LocalKeyProvider, SystemRandom};
 use tern_messaging::worker::run;
 use tern_messaging::{
-    Bodies, Cleaner, Commit, Context, Draft, GlobalMessage, Handler, HandlerError,
-    MessagingConfig, Processor, Receiver, Registry, Sender,
+    Bodies, Cleaner, Commit, Context, Draft, GlobalMessage, Handler, HandlerError, MessagingConfig,
+    Processor, Receiver, Registry, Sender,
 };
 use tern_meta::{MetaStore, SqliteOptions, Synchronous};
 use tern_storage::admin::BucketAdmin;
@@ -144,7 +144,10 @@ async fn floor(store: &Arc<dyn ObjectStore>, n: usize) -> (Duration, Duration) {
     for i in 0..n {
         let p = Path::from(format!("floor/{i}"));
         let t = Instant::now();
-        store.put_overwrite(&p, body.clone().into()).await.expect("put");
+        store
+            .put_overwrite(&p, body.clone().into())
+            .await
+            .expect("put");
         store.read_all(&p).await.expect("get");
         lat.push(t.elapsed());
     }
@@ -158,7 +161,8 @@ async fn bench(store_name: &str, rate: u64, seconds: u64, poll: Duration, sync: 
     let (floor_p50, floor_p99) = floor(&bucket.store, 200).await;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let k1 = LocalKeyProvider::create(&dir.path().join("k1"), SystemRandom::shared()).expect("keys");
+    let k1 =
+        LocalKeyProvider::create(&dir.path().join("k1"), SystemRandom::shared()).expect("keys");
     let k2 = LocalKeyProvider::create_joining(
         &dir.path().join("k2"),
         &dir.path().join("k1"),
@@ -223,22 +227,30 @@ async fn bench(store_name: &str, rate: u64, seconds: u64, poll: Duration, sync: 
     let mut tasks = Vec::new();
     {
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { run(&mut worker, stop, backoff).await }));
+        tasks.push(tokio::spawn(async move {
+            run(&mut worker, stop, backoff).await
+        }));
     }
     {
         let mut w = Receiver::new(c2.clone(), Arc::clone(&bucket.store));
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { run(&mut w, stop, backoff).await }));
+        tasks.push(tokio::spawn(
+            async move { run(&mut w, stop, backoff).await },
+        ));
     }
     {
         let mut w = Processor::new(c2.clone(), Arc::clone(&bucket.store));
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { run(&mut w, stop, backoff).await }));
+        tasks.push(tokio::spawn(
+            async move { run(&mut w, stop, backoff).await },
+        ));
     }
     {
         let mut w = Cleaner::new(c2.clone(), Arc::clone(&bucket.store));
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { run(&mut w, stop, backoff).await }));
+        tasks.push(tokio::spawn(
+            async move { run(&mut w, stop, backoff).await },
+        ));
     }
 
     // Offered load: message i is due at start + i/rate; producers send on schedule (a
@@ -287,7 +299,11 @@ async fn bench(store_name: &str, rate: u64, seconds: u64, poll: Duration, sync: 
     for t in tasks {
         let _ = t.await;
     }
-    let mut lat = timing.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut lat = timing
+        .latencies
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
     lat.sort();
     let last = timing
         .last

@@ -770,7 +770,10 @@ impl Worker for Sender {
 
     async fn wait_for_work(&mut self) {
         tokio::select! {
-            () = self.wake.notified() => {}
+            () = self.wake.notified() => {
+                // Let the messages that follow this one join its file.
+                tokio::time::sleep(self.ctx.config.send_linger).await;
+            }
             () = tokio::time::sleep(self.ctx.config.send_interval) => {}
         }
     }

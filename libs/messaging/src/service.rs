@@ -29,6 +29,10 @@ pub struct MessagingConfig {
     /// How long an idle sender waits when nobody wakes it.
     #[serde(with = "humantime_serde")]
     pub send_interval: Duration,
+    /// How long a woken sender waits for more messages before writing a file: fewer,
+    /// fuller files under load for a few milliseconds of latency.
+    #[serde(with = "humantime_serde")]
+    pub send_linger: Duration,
     /// Most messages in one message file.
     pub max_batch: usize,
     /// Messages older than this in Preparing are abandoned (cleanup message).
@@ -67,6 +71,7 @@ impl Default for MessagingConfig {
         Self {
             poll_interval: Duration::from_millis(500),
             send_interval: Duration::from_secs(1),
+            send_linger: Duration::from_millis(5),
             max_batch: 1000,
             preparing_max_age: Duration::from_secs(3600),
             sent_retention: Duration::from_secs(600),
@@ -498,4 +503,47 @@ where
 /// `d1->d2`: the channel's name in logs and in wrapped-key contexts.
 pub fn channel_name(sender: &DeploymentId, receiver: &DeploymentId) -> String {
     format!("{sender}->{receiver}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_loads_human_durations_and_validates() {
+        let c: MessagingConfig =
+            serde_json::from_str(r#"{"poll_interval": "250ms", "lease": "2m"}"#).unwrap();
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.lease, Duration::from_secs(120));
+        c.validate().unwrap();
+        assert!(serde_json::from_str::<MessagingConfig>(r#"{"pol_interval": "1s"}"#).is_err());
+        for (bad, field) in [
+            (
+                MessagingConfig {
+                    max_batch: 0,
+                    ..MessagingConfig::default()
+                },
+                "max_batch",
+            ),
+            (
+                MessagingConfig {
+                    preparing_max_age: Duration::from_secs(48 * 3600),
+                    ..MessagingConfig::default()
+                },
+                "preparing_max_age",
+            ),
+            (
+                MessagingConfig {
+                    poll_interval: Duration::ZERO,
+                    ..MessagingConfig::default()
+                },
+                "poll_interval",
+            ),
+        ] {
+            match bad.validate() {
+                Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
 }

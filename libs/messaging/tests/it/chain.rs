@@ -136,3 +136,83 @@ async fn end_to_end_on_folder() {
 async fn end_to_end_on_localstack() {
     scenario(Kind::LocalStack).await;
 }
+
+/// The workers run as the daemon runs them: `worker::run` loops woken by the sender's
+/// notify and the poll interval, stopped through one watch channel.
+#[tokio::test]
+async fn workers_run_until_stopped_on_folder() {
+    use std::sync::Arc;
+    use tern_messaging::worker::run;
+    use tern_messaging::{Cleaner, Processor, Receiver, Sender};
+
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let d2 = Node::new(
+        "d2",
+        Kind::Folder,
+        &clock,
+        Some(&d1.keys_dir),
+        Recorder::default(),
+    )
+    .await;
+    connect(&d1, &d2).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let c1 = d1.context(CrashPoints::new());
+    let c2 = d2.context(CrashPoints::new());
+    let mut worker = Sender::new(c1.clone(), d2.id.clone(), Arc::clone(&d2.bucket.store));
+    let api =
+        Sender::new(c1, d2.id.clone(), Arc::clone(&d2.bucket.store)).sharing_waker(worker.waker());
+    let store = Arc::clone(&d2.bucket.store);
+    let mut receiver = Receiver::new(c2.clone(), Arc::clone(&store));
+    let mut processor = Processor::new(c2.clone(), Arc::clone(&store));
+    let mut cleaner = Cleaner::new(c2, store);
+    let backoff = std::time::Duration::from_millis(10);
+    let tasks = vec![
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { run(&mut worker, stop, backoff).await }
+        }),
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { run(&mut receiver, stop, backoff).await }
+        }),
+        tokio::spawn({
+            let stop = stop.clone();
+            async move { run(&mut processor, stop, backoff).await }
+        }),
+        tokio::spawn(async move { run(&mut cleaner, stop, backoff).await }),
+    ];
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            api.send(Draft::new(TYPE, payload(&format!("r{i}"))))
+                .await
+                .unwrap(),
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut done = 0;
+        for id in &ids {
+            if d2.applied(&d1.id, id).await.is_some() {
+                done += 1;
+            }
+        }
+        if done == ids.len() && d2.objects("from/d1").await.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done}/{} applied",
+            ids.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap().expect("worker stopped cleanly");
+    }
+    for id in &ids {
+        assert_eq!(d2.applied(&d1.id, id).await.unwrap().count, 1);
+    }
+}

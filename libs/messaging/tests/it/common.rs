@@ -227,7 +227,6 @@ pub struct Node {
     pub wrap_keys: Arc<CachedWrapKeys>,
     pub bucket: Bucket,
     pub clock: ManualClock,
-    #[allow(dead_code)]
     pub recorder: Arc<Recorder>,
     pub registry: Registry,
     pub config: MessagingConfig,

@@ -328,3 +328,102 @@ async fn cleanup_messages_on_folder() {
 async fn cleanup_messages_on_localstack() {
     cleanup_messages(Kind::LocalStack).await;
 }
+
+/// A handler that fails is retried (with backoff) and its effect applied once; one that
+/// fails permanently leaves the message Failed — not applied, not cleaned, kept for the
+/// operator — and the channel goes on.
+#[tokio::test]
+async fn handler_failures_retry_then_fail_on_folder() {
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let flaky = Recorder {
+        fail_first: 2,
+        ..Recorder::default()
+    };
+    let mut d2 = Node::new("d2", Kind::Folder, &clock, Some(&d1.keys_dir), flaky).await;
+    d2.config.max_attempts = 3;
+    d2.config.retry_backoff = Duration::from_secs(10);
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    let id = s.send(Draft::new(TYPE, payload("flaky"))).await.unwrap();
+    drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert!(d2.applied(&d1.id, &id).await.is_none(), "first run failed");
+    // Backoff: nothing happens until the clock passes it.
+    inbound.pump().await.unwrap();
+    assert_eq!(d2.recorder.runs.lock().unwrap()[id.as_str()], 1);
+    clock.advance(Duration::from_secs(11));
+    inbound.pump().await.unwrap();
+    clock.advance(Duration::from_secs(21));
+    inbound.pump().await.unwrap();
+    assert_eq!(d2.applied(&d1.id, &id).await.unwrap().count, 1);
+    assert_eq!(d2.recorder.runs.lock().unwrap()[id.as_str()], 3);
+
+    // Permanently failing: three attempts, then Failed; its body stays.
+    let mut d3 = Node::new(
+        "d3",
+        Kind::Folder,
+        &clock,
+        Some(&d1.keys_dir),
+        Recorder {
+            fail_first: u32::MAX,
+            ..Recorder::default()
+        },
+    )
+    .await;
+    d3.config.max_attempts = 3;
+    d3.config.retry_backoff = Duration::from_secs(0);
+    connect(&d1, &d3).await;
+    let mut s3 = sender(&d1, &d3, CrashPoints::new());
+    let mut in3 = Inbound::new(&d3, CrashPoints::new());
+    let doomed = s3
+        .create(Draft::new(TYPE, payload("doomed")))
+        .await
+        .unwrap();
+    s3.attach_body_bytes(&doomed, b"kept").await.unwrap();
+    s3.mark_ready(&doomed).await.unwrap();
+    drain(&mut s3).await.unwrap();
+    for _ in 0..5 {
+        in3.pump().await.unwrap();
+    }
+    assert_eq!(d3.recorder.runs.lock().unwrap()[doomed.as_str()], 3);
+    assert!(d3.applied(&d1.id, &doomed).await.is_none());
+    let row: tern_messaging::state::InMessage = d3
+        .meta
+        .read(|tx| {
+            tx.get(
+                &tern_meta::Key::root("msg")
+                    .str("in")
+                    .str("d1")
+                    .str(doomed.as_str()),
+            )
+        })
+        .unwrap()
+        .expect("row kept");
+    assert_eq!(row.state, tern_messaging::InState::Failed);
+    assert!(row.last_error.unwrap().contains("injected"));
+    assert_eq!(
+        d3.objects("from/d1/body").await.len(),
+        1,
+        "body kept for the operator"
+    );
+    let next = s3
+        .send(Draft::new("test.record", payload("next")))
+        .await
+        .unwrap();
+    drain(&mut s3).await.unwrap();
+    in3.pump().await.unwrap();
+    // The channel goes on: the next message arrives and is attempted (this handler fails
+    // everything, so it too ends Failed after its attempts).
+    assert_eq!(
+        in3.ctx
+            .inbound(&d1.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .files_received,
+        2
+    );
+    assert_eq!(d3.recorder.runs.lock().unwrap()[next.as_str()], 3);
+}
