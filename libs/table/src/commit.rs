@@ -1,0 +1,532 @@
+//! The seam between statements and the commit protocol.
+//!
+//! A statement ([`Tables::insert`](crate::Tables::insert), `delete`, `create_table`, …)
+//! writes its new files and describes what it changed as [`Change`]s; a [`Committer`]
+//! decides when and how they become visible. A deployment commits through `tern-txn`
+//! (transaction ids, table locks, the prepare phase and the transaction log record,
+//! DESIGN.md §7); [`LocalCommitter`] commits in one metadata-store transaction and writes no
+//! log, for the table format's own tests and benchmarks.
+//!
+//! ```text
+//!  statement ──begin──▶ Transaction ──will_write(path)──▶ (file written)
+//!            ──commit(changes)──▶ per change, under its locks:
+//!                 Change::prepare  → fix the version (appends rebase), write the metadata
+//!                                     file → ChangeRecord (what the log record holds)
+//!                 publish(records) → one metadata transaction: versions visible
+//! ```
+//!
+//! Every file a transaction writes is announced with [`FileJournal::will_write`] *before*
+//! it is written, so that a transaction that never commits (an error, a crash) can have
+//! all of its files removed. [`publish`] is deterministic: applied to the same metadata
+//! state it succeeds or fails the same way, which lets a committer check a change under
+//! its locks before the point of no return.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use object_store::{ObjectStore, PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
+use tern_clock::SharedClock;
+use tern_crypto::{EncryptOptions, TableFileKeys};
+use tern_meta::{
+    ColumnDef, DictionaryChange, EpFileRef, MetaStore, MetaTxn, MicroPartitionDpo, SchemaDpo,
+    TableDpo, TableVersionDpo,
+};
+use tern_storage::layout::{
+    self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, ShortName, TableId,
+};
+use tern_storage::{Path, StoreExt};
+
+use crate::ep::{AddedFile, MetadataFile};
+use crate::error::{Error, Result};
+
+/// Records every file a transaction is about to write.
+#[async_trait]
+pub trait FileJournal: Send {
+    /// `path` is about to be written by this transaction: if the transaction does not
+    /// commit, the file must be removed. Called before the write starts.
+    async fn will_write(&mut self, path: &Path) -> Result<()>;
+}
+
+/// Starts transactions.
+#[async_trait]
+pub trait Committer: Send + Sync + fmt::Debug {
+    /// A new transaction of `account`.
+    async fn begin(&self, account: &AccountId) -> Result<Box<dyn Transaction>>;
+}
+
+/// One open transaction.
+#[async_trait]
+pub trait Transaction: FileJournal {
+    /// Take locks now rather than at commit (a statement that changes what it reads locks
+    /// its table before reading, so that nothing commits on the table in between). Waits,
+    /// up to the committer's lock timeout.
+    async fn lock(&mut self, names: &[String]) -> Result<()>;
+    /// Make `changes` visible, all or nothing. On an error nothing is visible and the
+    /// transaction's files are gone — unless the error says the outcome is in doubt
+    /// ([`Error::is_in_doubt`]): then the transaction will be completed by recovery.
+    async fn commit(self: Box<Self>, changes: Vec<Change>) -> Result<Committed>;
+    /// Give up: remove every file written.
+    async fn abort(self: Box<Self>);
+}
+
+/// What a commit made visible.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The transaction id (Lamport), when the committer issues them.
+    pub txn_id: Option<u64>,
+    /// The changes as made, in the order given.
+    pub records: Vec<ChangeRecord>,
+}
+
+/// A change of one statement, staged: its files are written, nothing is visible.
+#[derive(Debug)]
+pub enum Change {
+    /// A new version of a table.
+    Table(TableChange),
+    /// A dictionary change that makes no table version.
+    Dictionary {
+        /// The database's account.
+        account: AccountId,
+        /// The database.
+        database: DatabaseId,
+        /// What changes.
+        op: DictionaryOp,
+    },
+}
+
+/// A new version of one table, before its version number is fixed.
+pub struct TableChange {
+    /// The table's account.
+    pub account: AccountId,
+    /// The table's database.
+    pub database: DatabaseId,
+    /// The table.
+    pub table: TableId,
+    /// The version the statement read.
+    pub base_version: u64,
+    /// Whether the change may land on a later version than `base_version`: true for pure
+    /// appends (inserts), false for changes computed from what they read.
+    pub rebase: bool,
+    /// Micro-partitions written (their `added_version` is set when the version is fixed).
+    pub added: Vec<MicroPartitionDpo>,
+    /// Active micro-partitions replaced or dropped.
+    pub removed: Vec<MicroPartitionDpo>,
+    /// The table's columns after the change.
+    pub columns: Vec<ColumnDef>,
+    /// A column this change adds (DDL recorded with the version).
+    pub add_column: Option<ColumnDef>,
+    /// Rows affected, as the statement counts them.
+    pub rows: u64,
+    /// The table's file keys (to seal the metadata file).
+    pub keys: Arc<TableFileKeys>,
+}
+
+impl fmt::Debug for TableChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableChange")
+            .field("table", &self.table)
+            .field("base_version", &self.base_version)
+            .field("rebase", &self.rebase)
+            .field("added", &self.added.len())
+            .field("removed", &self.removed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A dictionary change without a table version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DictionaryOp {
+    /// `create schema`.
+    CreateSchema(SchemaDpo),
+    /// `drop schema`.
+    DropSchema {
+        /// The schema.
+        name: String,
+    },
+    /// `create table` (version 0, no files).
+    CreateTable(TableDpo),
+    /// `drop table`.
+    DropTable {
+        /// The table.
+        table: TableId,
+    },
+}
+
+/// A removed micro-partition, by local and global name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedFile {
+    /// Its short name here.
+    pub short: ShortName,
+    /// Its name across the group.
+    pub global_ref: GlobalFileRef,
+}
+
+/// A change as committed: everything needed to make it visible here, or to reproduce it
+/// on another deployment. Transaction log records hold a list of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChangeRecord {
+    /// Table version `version` on top of `base_version`.
+    TableVersion {
+        /// The table's database.
+        database: DatabaseId,
+        /// The table.
+        table: TableId,
+        /// The version it was made on.
+        base_version: u64,
+        /// The version it makes (`base_version + 1`).
+        version: u64,
+        /// Its metadata file.
+        ep_file: EpFileRef,
+        /// The table's columns at `version`.
+        columns: Vec<ColumnDef>,
+        /// Micro-partitions added (with statistics and global references).
+        added: Vec<MicroPartitionDpo>,
+        /// Micro-partitions removed.
+        removed: Vec<RemovedFile>,
+        /// DDL made with this version (add column).
+        ddl: Option<DictionaryChange>,
+        /// Rows affected.
+        rows: u64,
+    },
+    /// A dictionary change.
+    Dictionary {
+        /// The database.
+        database: DatabaseId,
+        /// What changed.
+        op: DictionaryOp,
+    },
+}
+
+impl ChangeRecord {
+    /// The table version this record makes, if any.
+    pub fn table_version(&self) -> Option<(&TableId, u64)> {
+        match self {
+            ChangeRecord::TableVersion { table, version, .. } => Some((table, *version)),
+            ChangeRecord::Dictionary { .. } => None,
+        }
+    }
+}
+
+/// The lock name of a table.
+pub fn table_lock(table: &TableId) -> String {
+    format!("table/{table}")
+}
+
+/// The lock name of a database's dictionary.
+pub fn dictionary_lock(database: &DatabaseId) -> String {
+    format!("dict/{database}")
+}
+
+impl Change {
+    /// The account whose transaction this change belongs to.
+    pub fn account(&self) -> &AccountId {
+        match self {
+            Change::Table(t) => &t.account,
+            Change::Dictionary { account, .. } => account,
+        }
+    }
+
+    /// The locks a committer must hold from [`Change::prepare`] until the change is
+    /// visible.
+    pub fn lock_names(&self) -> Vec<String> {
+        match self {
+            Change::Table(t) => vec![table_lock(&t.table)],
+            Change::Dictionary { database, op, .. } => match op {
+                DictionaryOp::DropTable { table } => {
+                    vec![dictionary_lock(database), table_lock(table)]
+                }
+                _ => vec![dictionary_lock(database)],
+            },
+        }
+    }
+
+    /// Under this change's locks: fix the table version (an append lands on the current
+    /// version; any other change must find the version it read, else
+    /// [`Error::Conflict`]) and write the metadata file. Returns the record to publish.
+    pub async fn prepare(
+        self,
+        meta: &MetaStore,
+        volume: &dyn ObjectStore,
+        journal: &mut dyn FileJournal,
+    ) -> Result<ChangeRecord> {
+        let t = match self {
+            Change::Dictionary { database, op, .. } => {
+                return Ok(ChangeRecord::Dictionary { database, op });
+            }
+            Change::Table(t) => t,
+        };
+        let current = meta
+            .read(|tx| tx.get_table(&t.table))?
+            .filter(|d| !d.dropped)
+            .ok_or_else(|| Error::UnknownTable {
+                name: t.table.to_string(),
+            })?
+            .current_version;
+        if current != t.base_version && !t.rebase {
+            return Err(Error::Conflict {
+                table: t.table.clone(),
+                read: t.base_version,
+                found: current,
+            });
+        }
+        let version = current + 1;
+        let mut added = t.added;
+        for m in &mut added {
+            m.added_version = version;
+        }
+        let seq = meta.next_unique("ep")?;
+        let ep_path = layout::volume::ep(&t.account, &t.database, &t.table, seq);
+        journal.will_write(&ep_path).await?;
+        let removed_shorts: Vec<ShortName> = t.removed.iter().map(|m| m.short.clone()).collect();
+        let file = MetadataFile::new(
+            t.table.clone(),
+            version,
+            t.columns.clone(),
+            added.iter().map(AddedFile::from_dpo).collect(),
+            removed_shorts,
+        );
+        tern_crypto::put_encrypted(
+            volume,
+            &ep_path,
+            t.keys.as_ref(),
+            &file.to_bytes(),
+            &EncryptOptions::default(),
+            PutOptions::from(PutMode::Create),
+        )
+        .await?;
+        Ok(ChangeRecord::TableVersion {
+            database: t.database,
+            table: t.table.clone(),
+            base_version: current,
+            version,
+            ep_file: EpFileRef {
+                seq,
+                path: ep_path.to_string(),
+            },
+            columns: t.columns,
+            added,
+            removed: t
+                .removed
+                .into_iter()
+                .map(|m| RemovedFile {
+                    short: m.short,
+                    global_ref: m.global_ref,
+                })
+                .collect(),
+            ddl: t.add_column.map(|column| DictionaryChange::AddColumn {
+                table: t.table,
+                column,
+                version,
+            }),
+            rows: t.rows,
+        })
+    }
+}
+
+/// Make `record` visible in the metadata transaction `tx`: the table version (compare-and-
+/// swap on its base version) or the dictionary change, with the dictionary log entry.
+/// Writes nothing when it fails.
+pub fn publish(
+    tx: &mut MetaTxn<'_>,
+    record: &ChangeRecord,
+    txn_id: Option<u64>,
+    origin: &DeploymentId,
+    committed_at_ms: i64,
+) -> tern_meta::Result<()> {
+    match record {
+        ChangeRecord::TableVersion {
+            database,
+            table,
+            base_version,
+            version,
+            ep_file,
+            columns,
+            added,
+            removed,
+            ddl,
+            ..
+        } => {
+            let row = TableVersionDpo {
+                table: table.clone(),
+                version: *version,
+                ep_files: vec![ep_file.clone()],
+                committed_at_ms,
+                txn_id,
+                origin: Some(origin.clone()),
+                columns: columns.clone(),
+                added: Vec::new(),
+                removed: Vec::new(),
+            };
+            let removed: Vec<ShortName> = removed.iter().map(|r| r.short.clone()).collect();
+            tx.commit_table_version(table, *base_version, row, added, &removed)?;
+            if let Some(change) = ddl {
+                tx.record_dictionary_change(database, committed_at_ms, change.clone())?;
+            }
+            Ok(())
+        }
+        ChangeRecord::Dictionary { database, op } => {
+            let change = match op {
+                DictionaryOp::CreateSchema(s) => {
+                    tx.create_schema(s)?;
+                    DictionaryChange::CreateSchema {
+                        name: s.name.clone(),
+                    }
+                }
+                DictionaryOp::DropSchema { name } => {
+                    if !tx.remove_schema(database, name)? {
+                        return Err(tern_meta::Error::NotFound {
+                            what: "schema",
+                            name: format!("{database}/{name}"),
+                        });
+                    }
+                    DictionaryChange::DropSchema { name: name.clone() }
+                }
+                DictionaryOp::CreateTable(t) => {
+                    tx.create_table(t)?;
+                    DictionaryChange::CreateTable {
+                        table: t.id.clone(),
+                        schema: t.schema.clone(),
+                        name: t.name.clone(),
+                        columns: t.columns.clone(),
+                    }
+                }
+                DictionaryOp::DropTable { table } => {
+                    tx.drop_table(table)?;
+                    DictionaryChange::DropTable {
+                        table: table.clone(),
+                    }
+                }
+            };
+            tx.record_dictionary_change(database, committed_at_ms, change)
+                .map(|_| ())
+        }
+    }
+}
+
+/// Best-effort removal of files a transaction wrote and will not commit (what is left is
+/// logged; vacuum and recovery retry).
+pub async fn remove_files(volume: &dyn ObjectStore, paths: &[Path]) {
+    for path in paths {
+        if let Err(e) = volume.delete_idempotent(path).await {
+            tracing::warn!(%path, error = %e, "could not remove an uncommitted file");
+        }
+    }
+}
+
+/// Commits in one metadata-store transaction, one commit at a time per committer: no
+/// transaction id, no log record, no crash recovery of uncommitted files. For the table
+/// format's own tests and benchmarks; a deployment commits through `tern-txn`.
+#[derive(Debug, Clone)]
+pub struct LocalCommitter {
+    inner: Arc<LocalInner>,
+}
+
+#[derive(Debug)]
+struct LocalInner {
+    deployment: DeploymentId,
+    meta: MetaStore,
+    volume: Arc<dyn ObjectStore>,
+    clock: SharedClock,
+    serial: tokio::sync::Mutex<()>,
+    locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl LocalCommitter {
+    /// A committer for the tables of `deployment`.
+    pub fn new(
+        deployment: DeploymentId,
+        meta: MetaStore,
+        volume: Arc<dyn ObjectStore>,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            inner: Arc::new(LocalInner {
+                deployment,
+                meta,
+                volume,
+                clock,
+                serial: tokio::sync::Mutex::new(()),
+                locks: std::sync::Mutex::default(),
+            }),
+        }
+    }
+}
+
+struct LocalTxn {
+    inner: Arc<LocalInner>,
+    files: Vec<Path>,
+    locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+#[async_trait]
+impl Committer for LocalCommitter {
+    async fn begin(&self, _account: &AccountId) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(LocalTxn {
+            inner: Arc::clone(&self.inner),
+            files: Vec::new(),
+            locks: Vec::new(),
+        }))
+    }
+}
+
+#[async_trait]
+impl FileJournal for LocalTxn {
+    async fn will_write(&mut self, path: &Path) -> Result<()> {
+        self.files.push(path.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Transaction for LocalTxn {
+    async fn lock(&mut self, names: &[String]) -> Result<()> {
+        let mut names = names.to_vec();
+        names.sort();
+        for name in names {
+            let lock = {
+                let mut all = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+                Arc::clone(all.entry(name).or_default())
+            };
+            self.locks.push(lock.lock_owned().await);
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, changes: Vec<Change>) -> Result<Committed> {
+        let c = Arc::clone(&self.inner);
+        let _serial = c.serial.lock().await;
+        let mut records = Vec::with_capacity(changes.len());
+        for change in changes {
+            match change.prepare(&c.meta, c.volume.as_ref(), &mut *self).await {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    remove_files(c.volume.as_ref(), &self.files).await;
+                    return Err(e);
+                }
+            }
+        }
+        let now = c.clock.now_millis();
+        let published = c.meta.write(|tx| {
+            for r in &records {
+                publish(tx, r, None, &c.deployment, now)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = published {
+            remove_files(c.volume.as_ref(), &self.files).await;
+            return Err(e.into());
+        }
+        Ok(Committed {
+            txn_id: None,
+            records,
+        })
+    }
+
+    async fn abort(self: Box<Self>) {
+        remove_files(self.inner.volume.as_ref(), &self.files).await;
+    }
+}
