@@ -15,18 +15,44 @@ use crate::keys;
 /// Keys fetched per backend round-trip when walking a range.
 const SCAN_CHUNK: usize = 1024;
 
+/// Values reserved at once by [`MetaStore::next_unique`].
+const UNIQUE_BLOCK: u64 = 64;
+
 /// The deployment's metadata store: typed transactions over a [`Backend`].
 ///
 /// Cheap to clone (shares the backend).
 #[derive(Clone, Debug)]
 pub struct MetaStore {
     backend: Arc<dyn Backend>,
+    /// Per sequence, the values `[next, end)` reserved by this process and not handed out.
+    blocks: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>>,
 }
 
 impl MetaStore {
     /// A store over any backend.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            blocks: Arc::default(),
+        }
+    }
+
+    /// A value of the sequence `name` that no caller, in this process or another, ever
+    /// gets again — without a write transaction of its own for most calls: values are
+    /// reserved in blocks. Increasing within a process; a restart skips what was left of a
+    /// block. For names that must be unique, not gapless (file names, handles).
+    pub fn next_unique(&self, name: &str) -> Result<u64> {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((next, end)) = blocks.get_mut(name)
+            && *next < *end
+        {
+            *next += 1;
+            return Ok(*next - 1);
+        }
+        let last = self.write(|tx| tx.reserve_sequence(name, UNIQUE_BLOCK))?;
+        let first = last + 1 - UNIQUE_BLOCK;
+        blocks.insert(name.to_string(), (first + 1, last + 1));
+        Ok(first)
     }
 
     /// Open (or create) the SQLite store file at `path`.
@@ -220,10 +246,16 @@ impl MetaTxn<'_> {
     /// The next value of the sequence `name`: 1, 2, 3, … — monotonic and never reused
     /// (persisted with the transaction; a rolled-back transaction does not consume one).
     pub fn next_sequence(&mut self, name: &str) -> Result<u64> {
+        self.reserve_sequence(name, 1)
+    }
+
+    /// Take the next `count` values of the sequence `name` (at least one); returns the
+    /// last of them.
+    pub fn reserve_sequence(&mut self, name: &str, count: u64) -> Result<u64> {
         let key = keys::sequence(name);
         let last = self.get::<SequenceEntry>(&key)?.map_or(0, |e| e.last);
         let next = last
-            .checked_add(1)
+            .checked_add(count.max(1))
             .ok_or_else(|| Error::SequenceExhausted {
                 name: name.to_string(),
             })?;

@@ -961,7 +961,7 @@ impl Tables {
         written: &mut Vec<MicroPartitionDpo>,
     ) -> Result<()> {
         Self::land(in_flight, written).await?;
-        let seq = self.meta.write(|tx| tx.next_sequence("short_name"))?;
+        let seq = self.meta.next_unique("short_name")?;
         let short = ShortName::new(format!("fdn{seq}"))?;
         let path = layout::volume::mp(&ctx.account, &ctx.table.database, &ctx.table.id, &short);
         journal.will_write(&path).await?;

@@ -333,49 +333,42 @@ impl TxnManager {
 
 #[async_trait]
 impl Committer for TxnManager {
+    /// Writes nothing yet: the transaction's row is stored with its first file or lock,
+    /// the first moment there is something to recover.
     async fn begin(&self, account: &AccountId) -> tern_table::Result<Box<dyn Transaction>> {
         let inner = &self.inner;
         inner.crash.alive("begin")?;
-        let now = inner.clock.now_millis();
-        let handle = inner.meta.write(|tx| {
-            let handle = tx.next_sequence("txn-handle")?;
-            tx.put(
-                &txn_key(handle),
-                &TxnDpo {
-                    handle,
-                    account: account.clone(),
-                    instance: inner.instance,
-                    state: TxnState::Active,
-                    started_at_ms: now,
-                    updated_at_ms: now,
-                    files: Vec::new(),
-                    locks: Vec::new(),
-                    txn_id: None,
-                    record: None,
-                },
-            )?;
-            Ok(handle)
-        })?;
+        let id = Begun {
+            handle: inner.meta.next_unique("txn-handle")?,
+            account: account.clone(),
+            started_at_ms: inner.clock.now_millis(),
+        };
         inner.crash.check("begin")?;
         Ok(Box::new(Txn {
             inner: Arc::clone(inner),
-            handle,
-            account: account.clone(),
+            id,
         }))
     }
+}
+
+/// Who a transaction is.
+#[derive(Debug, Clone)]
+struct Begun {
+    handle: u64,
+    account: AccountId,
+    started_at_ms: i64,
 }
 
 /// One open transaction.
 struct Txn {
     inner: Arc<Inner>,
-    handle: u64,
-    account: AccountId,
+    id: Begun,
 }
 
 #[async_trait]
 impl FileJournal for Txn {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
-        Ok(self.inner.journal(self.handle, path)?)
+        Ok(self.inner.journal(&self.id, path)?)
     }
 }
 
@@ -387,21 +380,17 @@ impl Transaction for Txn {
         names.dedup();
         Ok(self
             .inner
-            .acquire(self.handle, &names, TxnState::Active)
+            .acquire(&self.id, &names, TxnState::Active)
             .await?)
     }
 
     async fn commit(self: Box<Self>, changes: Vec<Change>) -> tern_table::Result<Committed> {
-        let Txn {
-            inner,
-            handle,
-            account,
-        } = *self;
-        let span = tracing::info_span!("commit", deployment = %inner.deployment, %account, handle);
+        let Txn { inner, id } = *self;
+        let span = tracing::info_span!("commit", deployment = %inner.deployment, account = %id.account, handle = id.handle);
         // The commit runs on its own task: a caller that goes away (a dropped request)
         // cannot stop it half-way with locks held.
         let task = tokio::spawn(tracing::Instrument::instrument(
-            async move { inner.commit(handle, &account, changes).await },
+            async move { inner.commit(&id, changes).await },
             span,
         ));
         Ok(task.await.map_err(Error::Task)??)
@@ -411,8 +400,8 @@ impl Transaction for Txn {
         if self.inner.crash.crashed() {
             return;
         }
-        if let Err(e) = self.inner.roll_back(self.handle).await {
-            tracing::warn!(handle = self.handle, error = %e, "could not roll back; recovery will");
+        if let Err(e) = self.inner.roll_back(self.id.handle).await {
+            tracing::warn!(handle = self.id.handle, error = %e, "could not roll back; recovery will");
         }
     }
 }
@@ -420,28 +409,45 @@ impl Transaction for Txn {
 /// Journals the metadata files a commit writes.
 struct Journal<'a> {
     inner: &'a Inner,
-    handle: u64,
+    id: &'a Begun,
 }
 
 #[async_trait]
 impl FileJournal for Journal<'_> {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
-        Ok(self.inner.journal(self.handle, path)?)
+        Ok(self.inner.journal(self.id, path)?)
     }
 }
 
 impl Inner {
-    fn journal(&self, handle: u64, path: &Path) -> Result<()> {
+    fn journal(&self, id: &Begun, path: &Path) -> Result<()> {
         self.crash.alive("journaled")?;
         let now = self.clock.now_millis();
         self.meta.write(|tx| {
-            let key = txn_key(handle);
-            let mut t = self.require_txn(tx, handle)?;
+            let mut t = self.txn_or_new(tx, id)?;
             t.files.push(path.to_string());
             t.updated_at_ms = now;
-            tx.put(&key, &t)
+            tx.put(&txn_key(id.handle), &t)
         })?;
         self.crash.check("journaled")
+    }
+
+    /// The transaction's row, or a new Active one (the first time it stores anything).
+    fn txn_or_new(&self, tx: &mut tern_meta::MetaTxn<'_>, id: &Begun) -> tern_meta::Result<TxnDpo> {
+        Ok(tx
+            .get::<TxnDpo>(&txn_key(id.handle))?
+            .unwrap_or_else(|| TxnDpo {
+                handle: id.handle,
+                account: id.account.clone(),
+                instance: self.instance,
+                state: TxnState::Active,
+                started_at_ms: id.started_at_ms,
+                updated_at_ms: id.started_at_ms,
+                files: Vec::new(),
+                locks: Vec::new(),
+                txn_id: None,
+                record: None,
+            }))
     }
 
     fn require_txn(
@@ -456,12 +462,8 @@ impl Inner {
             })
     }
 
-    async fn commit(
-        &self,
-        handle: u64,
-        account: &AccountId,
-        changes: Vec<Change>,
-    ) -> Result<Committed> {
+    async fn commit(&self, id: &Begun, changes: Vec<Change>) -> Result<Committed> {
+        let (handle, account) = (id.handle, &id.account);
         let started = Instant::now();
         if let Some(other) = changes.iter().find(|c| c.account() != account) {
             let e = Error::Table(tern_table::Error::InvalidSchema {
@@ -476,16 +478,13 @@ impl Inner {
         names.sort();
         names.dedup();
         // PreCommitting: every lock, all at once (no lock order to get wrong).
-        if let Err(e) = self.acquire(handle, &names, TxnState::PreCommitting).await {
+        if let Err(e) = self.acquire(id, &names, TxnState::PreCommitting).await {
             return self.fail(handle, e).await;
         }
         self.crash.check("locked")?;
         let t = add(&self.phases.locks, started);
         let mut records = Vec::with_capacity(changes.len());
-        let mut journal = Journal {
-            inner: self,
-            handle,
-        };
+        let mut journal = Journal { inner: self, id };
         for change in changes {
             match change
                 .prepare(&self.meta, self.volume.as_ref(), &mut journal)
@@ -624,7 +623,8 @@ impl Inner {
 
     /// Take every lock in `names` for `handle` at once (those it holds already count) and
     /// enter `state`, waiting while any is held by another transaction.
-    async fn acquire(&self, handle: u64, names: &[String], state: TxnState) -> Result<()> {
+    async fn acquire(&self, id: &Begun, names: &[String], state: TxnState) -> Result<()> {
+        let handle = id.handle;
         let started = Instant::now();
         loop {
             let released = self.released.notified();
@@ -648,7 +648,7 @@ impl Inner {
                         },
                     )?;
                 }
-                let mut t = self.require_txn(tx, handle)?;
+                let mut t = self.txn_or_new(tx, id)?;
                 t.state = state;
                 for name in names {
                     if !t.locks.contains(name) {
@@ -702,7 +702,10 @@ impl Inner {
     /// Remove every file of `handle`, then mark it Aborted and release its locks (in that
     /// order: a crash in between leaves it to be rolled back again, never an orphan file).
     async fn roll_back(&self, handle: u64) -> Result<()> {
-        let t = self.meta.read(|tx| self.require_txn(tx, handle))?;
+        let Some(t) = self.meta.read(|tx| tx.get::<TxnDpo>(&txn_key(handle)))? else {
+            // Nothing stored yet: nothing to undo.
+            return Ok(());
+        };
         if t.state.is_final() {
             return Ok(());
         }
