@@ -153,7 +153,12 @@ async fn inserts(s: &Setup, tables: usize, per_table: usize) -> Result<Run, BoxE
     for n in 0..tables {
         ids.push(
             s.tables
-                .create_table(&s.db, "public", &format!("t{n}_{}", rand_suffix()), columns())
+                .create_table(
+                    &s.db,
+                    "public",
+                    &format!("t{n}_{}", rand_suffix()),
+                    columns(),
+                )
                 .await?,
         );
     }
