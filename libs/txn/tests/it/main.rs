@@ -5,3 +5,4 @@ mod common;
 mod concurrency;
 mod crash;
 mod log_write;
+mod reader;
