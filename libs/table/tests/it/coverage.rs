@@ -1,11 +1,13 @@
 //! Parts of the table format the scenarios do not reach: DML rewrites that read and
-//! replace only the micro-partitions whose statistics can match, and loading Parquet files.
+//! replace only the micro-partitions whose statistics can match, dropping tables and
+//! schemas as versioned dictionary changes, and loading Parquet files.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use object_store::ObjectStore;
 use parquet::arrow::ArrowWriter;
+use tern_meta::DictionaryChange;
 use tern_storage::layout::TableId;
 use tern_storage::{FaultPlan, FaultStore, Operation};
 use tern_table::load::{self, Format};
@@ -113,6 +115,65 @@ async fn dml_rewrites_read_and_replace_only_files_whose_stats_can_match() {
             .expect("merge")
     })
     .await;
+}
+
+#[tokio::test]
+async fn drop_table_and_schema_are_versioned_dictionary_changes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = Fixture::new(fixture::folder_volume(dir.path()), TableOptions::default());
+    let t = f.create("doomed").await;
+    f.tables
+        .insert(&t, &[rows(&[1, 2, 3])])
+        .await
+        .expect("insert");
+    let seen = f.tables.dictionary_changes(&f.db, 0).expect("ddl").len() as u64;
+
+    // a schema that still holds a table is not dropped, and nothing is recorded
+    assert!(f.tables.drop_schema(&f.db, "public").await.is_err());
+    assert_eq!(
+        f.tables.dictionary_changes(&f.db, seen).expect("ddl").len(),
+        0,
+        "a refused drop records nothing"
+    );
+
+    f.tables.drop_table(&t).await.expect("drop table");
+    assert!(
+        matches!(f.tables.table(&t), Err(Error::UnknownTable { .. })),
+        "a dropped table is gone"
+    );
+    assert!(
+        f.tables.scan(&t, &ScanRequest::default()).await.is_err(),
+        "a dropped table cannot be scanned"
+    );
+    assert!(
+        f.tables.drop_table(&t).await.is_err(),
+        "dropping twice fails"
+    );
+    f.tables
+        .drop_schema(&f.db, "public")
+        .await
+        .expect("drop schema");
+    assert!(f.tables.drop_schema(&f.db, "public").await.is_err(), "gone");
+
+    let changes = f.tables.dictionary_changes(&f.db, seen).expect("ddl");
+    let got: Vec<(u64, String)> = changes
+        .iter()
+        .map(|c| {
+            let what = match &c.change {
+                DictionaryChange::DropTable { table } => format!("drop table {table}"),
+                DictionaryChange::DropSchema { name } => format!("drop schema {name}"),
+                other => format!("{other:?}"),
+            };
+            (c.seq, what)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (seen + 1, format!("drop table {t}")),
+            (seen + 2, "drop schema public".to_string()),
+        ]
+    );
 }
 
 #[tokio::test]
