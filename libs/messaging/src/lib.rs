@@ -44,6 +44,49 @@
 //!   `HMAC(GMK, diversifier)`, bound to the channel and the file's path; key material is
 //!   never logged.
 
+//!
+//! # Wiring one deployment (what the daemon does)
+//!
+//! ```no_run
+//! # async fn demo(
+//! #     meta: tern_meta::MetaStore,
+//! #     wrap_keys: std::sync::Arc<tern_crypto::CachedWrapKeys>,
+//! #     peer_bucket: std::sync::Arc<dyn object_store::ObjectStore>,
+//! #     own_bucket: std::sync::Arc<dyn object_store::ObjectStore>,
+//! #     handler: std::sync::Arc<dyn tern_messaging::Handler>,
+//! #     genesis_from_peer: tern_messaging::ChannelGenesis,
+//! # ) -> tern_messaging::Result<()> {
+//! use std::time::Duration;
+//! use tern_messaging::*;
+//! use tern_storage::layout::DeploymentId;
+//!
+//! let me = DeploymentId::new("d1").unwrap();
+//! let peer = DeploymentId::new("d2").unwrap();
+//! let registry = Registry::new().with("heartbeat", handler)?;
+//! let ctx = Context::new(me, meta, wrap_keys, tern_clock::SystemClock::shared(),
+//!     tern_crypto::SystemRandom::shared(), registry, MessagingConfig::default())?;
+//! // Channels: ours to the peer (its genesis goes to the peer), the peer's to us.
+//! let genesis = ctx.create_outbound(&peer).await?;
+//! ctx.register_inbound(&genesis_from_peer).await?;
+//! # let _ = genesis;
+//!
+//! let (stop_tx, stop) = tokio::sync::watch::channel(false);
+//! let mut sender = Sender::new(ctx.clone(), peer.clone(), peer_bucket.clone());
+//! let api = Sender::new(ctx.clone(), peer, peer_bucket).sharing_waker(sender.waker());
+//! let mut receiver = Receiver::new(ctx.clone(), own_bucket.clone());
+//! let mut processor = Processor::new(ctx.clone(), own_bucket.clone());
+//! let mut cleaner = Cleaner::new(ctx.clone(), own_bucket);
+//! let backoff = Duration::from_secs(1);
+//! tokio::spawn({ let stop = stop.clone(); async move { worker::run(&mut sender, stop, backoff).await } });
+//! tokio::spawn({ let stop = stop.clone(); async move { worker::run(&mut receiver, stop, backoff).await } });
+//! tokio::spawn({ let stop = stop.clone(); async move { worker::run(&mut processor, stop, backoff).await } });
+//! tokio::spawn(async move { worker::run(&mut cleaner, stop, backoff).await });
+//!
+//! api.send(Draft::new("heartbeat", "{}")).await?;
+//! # let _ = stop_tx;
+//! # Ok(()) }
+//! ```
+
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
