@@ -168,6 +168,16 @@ impl Sender {
                 reason: format!("{CLEANUP_TYPE} is sent by the service itself"),
             });
         }
+        if msg.payload.len() > self.ctx.config.max_payload_bytes {
+            return Err(Error::Invalid {
+                what: "payload",
+                reason: format!(
+                    "{} bytes, more than max_payload_bytes ({}): put the data in body files",
+                    msg.payload.len(),
+                    self.ctx.config.max_payload_bytes
+                ),
+            });
+        }
         self.ctx.registry.check(&msg)?;
         Ok(msg)
     }
@@ -481,6 +491,7 @@ impl Sender {
         let peer = self.peer.clone();
         let channel = self.channel.clone();
         let max = self.ctx.config.max_batch;
+        let max_bytes = self.ctx.config.max_file_bytes;
         let now = self.ctx.now_ms();
         let current = self.ctx.config.diversifier.current(&*self.ctx.clock);
         self.ctx
@@ -504,15 +515,21 @@ impl Sender {
                     return Ok(None);
                 }
                 let mut ids = Vec::with_capacity(ready.len());
+                let mut bytes = 0usize;
                 for (k, e) in ready {
-                    tx.delete(&k).map_err(Error::meta("dequeue"))?;
                     let mkey = keys::out_message(&peer, &e.id);
                     let Some(mut row) = tx
                         .get::<OutMessage>(&mkey)
                         .map_err(Error::meta("read message"))?
                     else {
+                        tx.delete(&k).map_err(Error::meta("dequeue"))?;
                         continue;
                     };
+                    bytes += row.message.payload.len();
+                    if !ids.is_empty() && bytes > max_bytes {
+                        break;
+                    }
+                    tx.delete(&k).map_err(Error::meta("dequeue"))?;
                     row.state = OutState::Sending;
                     row.file_seq = Some(chan.next_seq);
                     tx.put(&mkey, &row).map_err(Error::meta("claim message"))?;

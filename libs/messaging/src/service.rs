@@ -35,6 +35,11 @@ pub struct MessagingConfig {
     pub send_linger: Duration,
     /// Most messages in one message file.
     pub max_batch: usize,
+    /// A message file stops taking messages once their payloads reach this many bytes
+    /// (it always takes at least one).
+    pub max_file_bytes: usize,
+    /// Largest payload of one message; more data goes into body files.
+    pub max_payload_bytes: usize,
     /// Messages older than this in Preparing are abandoned (cleanup message).
     #[serde(with = "humantime_serde")]
     pub preparing_max_age: Duration,
@@ -73,6 +78,8 @@ impl Default for MessagingConfig {
             send_interval: Duration::from_secs(1),
             send_linger: Duration::from_millis(5),
             max_batch: 1000,
+            max_file_bytes: 8 << 20,
+            max_payload_bytes: 1 << 20,
             preparing_max_age: Duration::from_secs(3600),
             sent_retention: Duration::from_secs(600),
             process_batch: 256,
@@ -94,6 +101,12 @@ impl MessagingConfig {
         let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
         if self.max_batch == 0 {
             return bad("max_batch", "must be at least 1");
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_file_bytes {
+            return bad(
+                "max_payload_bytes",
+                "must be positive and at most max_file_bytes",
+            );
         }
         if self.process_batch == 0 {
             return bad("process_batch", "must be at least 1");

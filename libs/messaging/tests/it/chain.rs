@@ -216,3 +216,50 @@ async fn workers_run_until_stopped_on_folder() {
         assert_eq!(d2.applied(&d1.id, id).await.unwrap().count, 1);
     }
 }
+
+/// Files stop at `max_file_bytes` of payload; payloads above `max_payload_bytes` are
+/// refused (they belong in body files).
+#[tokio::test]
+async fn file_and_payload_size_limits_on_folder() {
+    let clock = clock();
+    let mut d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    d1.config.max_file_bytes = 1000;
+    d1.config.max_payload_bytes = 400;
+    let d2 = Node::new(
+        "d2",
+        Kind::Folder,
+        &clock,
+        Some(&d1.keys_dir),
+        Recorder::default(),
+    )
+    .await;
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    let too_big = s.send(Draft::new(TYPE, payload(&"x".repeat(401)))).await;
+    assert!(matches!(
+        too_big,
+        Err(tern_messaging::Error::Invalid {
+            what: "payload",
+            ..
+        })
+    ));
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            s.send(Draft::new(
+                TYPE,
+                payload(&format!("{i}{}", "y".repeat(299))),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    tern_messaging::worker::drain(&mut s).await.unwrap();
+    // 300 bytes each, at most 1000 per file: 3 per file, 4 files.
+    assert_eq!(d2.objects("from/d1/msg").await.len(), 4);
+    inbound.pump().await.unwrap();
+    for id in &ids {
+        assert_eq!(d2.applied(&d1.id, id).await.unwrap().count, 1);
+    }
+}
