@@ -167,6 +167,15 @@ impl Receiver {
             };
             let object = describe(got.meta.size, got.meta.e_tag.as_deref());
             let stored_at = got.meta.last_modified.timestamp_millis();
+            let limit = self.ctx.config.max_received_file_bytes;
+            if got.meta.size > limit {
+                let reject = Reject::file(
+                    RejectReason::Malformed,
+                    format!("{} bytes, more than the accepted {limit}", got.meta.size),
+                );
+                self.stall(&chan, &path, object, reject).await?;
+                return Ok(Polled::Stalled);
+            }
             let bytes = got.bytes().await.map_err(|e| Error::Storage {
                 what: "read message file",
                 source: Box::new(tern_storage::Error::from_store(

@@ -199,35 +199,46 @@ impl Sender {
 
     /// Creates a message in Preparing (persisted). Attach bodies, then [`Self::mark_ready`].
     pub async fn create(&self, draft: Draft) -> Result<MessageId> {
-        self.insert(draft, false).await
+        let ids = self.insert(vec![draft], false).await?;
+        ids.into_iter().next().ok_or_else(|| Error::Invalid {
+            what: "create",
+            reason: "no id returned".into(),
+        })
     }
 
     /// Creates a message without bodies and marks it ready, in one transaction.
     pub async fn send(&self, draft: Draft) -> Result<MessageId> {
-        let id = self.insert(draft, true).await?;
-        self.wake.notify_one();
-        Ok(id)
+        let ids = self.send_batch(vec![draft]).await?;
+        ids.into_iter().next().ok_or_else(|| Error::Invalid {
+            what: "send",
+            reason: "no id returned".into(),
+        })
     }
 
-    async fn insert(&self, draft: Draft, ready: bool) -> Result<MessageId> {
-        let id = match draft.id.clone() {
-            Some(id) => id,
-            None => self.new_id()?,
-        };
-        let msg = self.message_from_draft(draft, id.clone())?;
+    /// Creates messages without bodies and marks them ready, all in one transaction (all
+    /// or none): one metadata commit for many messages.
+    pub async fn send_batch(&self, drafts: Vec<Draft>) -> Result<Vec<MessageId>> {
+        let ids = self.insert(drafts, true).await?;
+        self.wake.notify_one();
+        Ok(ids)
+    }
+
+    async fn insert(&self, drafts: Vec<Draft>, ready: bool) -> Result<Vec<MessageId>> {
+        let mut msgs = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let id = match draft.id.clone() {
+                Some(id) => id,
+                None => self.new_id()?,
+            };
+            msgs.push(self.message_from_draft(draft, id)?);
+        }
+        let ids: Vec<MessageId> = msgs.iter().map(|m| m.id.clone()).collect();
         let peer = self.peer.clone();
         let channel = self.channel.clone();
         let now = self.ctx.now_ms();
-        let span = tracing::debug_span!("create_message", channel = %self.channel, message = %id);
+        let span = tracing::debug_span!("create_messages", channel = %self.channel, messages = msgs.len(), first = ?ids.first());
         self.ctx
-            .write("create message", move |tx| {
-                let key = keys::out_message(&peer, &msg.id);
-                if tx.contains(&key).map_err(Error::meta("read message"))? {
-                    return Err(Error::DuplicateMessage {
-                        channel: channel.clone(),
-                        id: msg.id.clone(),
-                    });
-                }
+            .write("create messages", move |tx| {
                 if !tx
                     .contains(&keys::out_channel(&peer))
                     .map_err(Error::meta("read channel"))?
@@ -237,36 +248,46 @@ impl Sender {
                         reason: "the channel was never created".into(),
                     });
                 }
-                let entry = QueueEntry {
-                    peer: peer.clone(),
-                    id: msg.id.clone(),
-                };
-                let state = if ready {
-                    let n = tx
-                        .next_sequence("msg-ready")
-                        .map_err(Error::meta("sequence"))?;
-                    tx.put(&keys::ready_queue(&peer).u64(n), &entry)
-                        .map_err(Error::meta("queue message"))?;
-                    OutState::ReadyToSend
-                } else {
-                    tx.put(&keys::preparing_entry(&peer, &msg.id), &entry)
-                        .map_err(Error::meta("index message"))?;
-                    OutState::Preparing
-                };
-                let row = OutMessage {
-                    message: msg.clone(),
-                    state,
-                    bodies_started: 0,
-                    file_seq: None,
-                    ready_at_ms: ready.then_some(now),
-                    sent_at_ms: None,
-                };
-                tx.put(&key, &row).map_err(Error::meta("create message"))
+                for msg in &msgs {
+                    let key = keys::out_message(&peer, &msg.id);
+                    if tx.contains(&key).map_err(Error::meta("read message"))? {
+                        return Err(Error::DuplicateMessage {
+                            channel: channel.clone(),
+                            id: msg.id.clone(),
+                        });
+                    }
+                    let entry = QueueEntry {
+                        peer: peer.clone(),
+                        id: msg.id.clone(),
+                    };
+                    let state = if ready {
+                        let n = tx
+                            .next_sequence("msg-ready")
+                            .map_err(Error::meta("sequence"))?;
+                        tx.put(&keys::ready_queue(&peer).u64(n), &entry)
+                            .map_err(Error::meta("queue message"))?;
+                        OutState::ReadyToSend
+                    } else {
+                        tx.put(&keys::preparing_entry(&peer, &msg.id), &entry)
+                            .map_err(Error::meta("index message"))?;
+                        OutState::Preparing
+                    };
+                    let row = OutMessage {
+                        message: msg.clone(),
+                        state,
+                        bodies_started: 0,
+                        file_seq: None,
+                        ready_at_ms: ready.then_some(now),
+                        sent_at_ms: None,
+                    };
+                    tx.put(&key, &row).map_err(Error::meta("create message"))?;
+                }
+                Ok(())
             })
             .instrument(span)
             .await?;
         self.ctx.crash.hit(points::CREATED)?;
-        Ok(id)
+        Ok(ids)
     }
 
     /// Uploads the next body file of a Preparing message from `reader` (streamed, multipart

@@ -40,6 +40,9 @@ pub struct MessagingConfig {
     pub max_file_bytes: usize,
     /// Largest payload of one message; more data goes into body files.
     pub max_payload_bytes: usize,
+    /// The receiver refuses (as malformed) a message file larger than this, before
+    /// reading it into memory.
+    pub max_received_file_bytes: u64,
     /// Messages older than this in Preparing are abandoned (cleanup message).
     #[serde(with = "humantime_serde")]
     pub preparing_max_age: Duration,
@@ -80,6 +83,7 @@ impl Default for MessagingConfig {
             max_batch: 1000,
             max_file_bytes: 8 << 20,
             max_payload_bytes: 1 << 20,
+            max_received_file_bytes: 64 << 20,
             preparing_max_age: Duration::from_secs(3600),
             sent_retention: Duration::from_secs(600),
             process_batch: 256,

@@ -263,3 +263,62 @@ async fn file_and_payload_size_limits_on_folder() {
         assert_eq!(d2.applied(&d1.id, id).await.unwrap().count, 1);
     }
 }
+
+/// Many messages in one metadata transaction; an oversized file is refused unread.
+#[tokio::test]
+async fn send_batch_and_oversized_files_on_folder() {
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let mut d2 = Node::new(
+        "d2",
+        Kind::Folder,
+        &clock,
+        Some(&d1.keys_dir),
+        Recorder::default(),
+    )
+    .await;
+    d2.config.max_received_file_bytes = 4096;
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    let ids = s
+        .send_batch(
+            (0..10)
+                .map(|i| Draft::new(TYPE, payload(&format!("b{i}"))))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 10);
+    // A duplicate id anywhere in a batch refuses the whole batch.
+    let dup = s
+        .send_batch(vec![
+            Draft::new(TYPE, payload("new")),
+            Draft::new(TYPE, payload("again")).with_id(ids[3].clone()),
+        ])
+        .await;
+    assert!(matches!(
+        dup,
+        Err(tern_messaging::Error::DuplicateMessage { .. })
+    ));
+    tern_messaging::worker::drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    for id in &ids {
+        assert_eq!(d2.applied(&d1.id, id).await.unwrap().count, 1);
+    }
+    // 20 messages of 3 KiB: over 4 KiB, refused before it is read.
+    let big: Vec<_> = (0..20)
+        .map(|i| Draft::new(TYPE, payload(&format!("{i}{}", "z".repeat(3000)))))
+        .collect();
+    let big_ids = s.send_batch(big).await.unwrap();
+    tern_messaging::worker::drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert!(d2.applied(&d1.id, &big_ids[0]).await.is_none());
+    assert_eq!(
+        inbound
+            .ctx
+            .counters()
+            .rejected_for(tern_messaging::RejectReason::Malformed),
+        1
+    );
+}
