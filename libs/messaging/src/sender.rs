@@ -95,6 +95,8 @@ pub struct Sender {
     enc: EncryptOptions,
     copy: CopyOptions,
     last_housekeeping_ms: Option<i64>,
+    /// When the last file was written (monotonic): files are spaced by `send_linger`.
+    last_write: Option<tokio::time::Instant>,
     status: WorkerStatus,
 }
 
@@ -124,6 +126,7 @@ impl Sender {
             enc,
             copy: CopyOptions::default(),
             last_housekeeping_ms: None,
+            last_write: None,
             status: WorkerStatus::default(),
         }
     }
@@ -785,11 +788,20 @@ impl Worker for Sender {
                 self.housekeeping().await?;
                 self.last_housekeeping_ms = Some(now);
             }
+            // Under load, space files by the linger so that each takes what arrived
+            // meanwhile (fewer, fuller files; at most `send_linger` of added latency).
+            if let Some(last) = self.last_write {
+                let since = last.elapsed();
+                if since < self.ctx.config.send_linger {
+                    tokio::time::sleep(self.ctx.config.send_linger - since).await;
+                }
+            }
             match self.claim().await? {
                 None => Ok(WorkerState::Idle),
                 Some((chan, p)) => {
                     self.ctx.crash.hit(points::BATCH_CLAIMED)?;
                     self.write_pending(chan, p).await?;
+                    self.last_write = Some(tokio::time::Instant::now());
                     Ok(WorkerState::Busy)
                 }
             }
