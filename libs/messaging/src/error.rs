@@ -167,7 +167,47 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What kind of failure an [`Error`] is, for the daemon's API (HTTP status, retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller asked for something invalid (bad type, payload, id, setting).
+    InvalidInput,
+    /// The channel or message does not exist.
+    NotFound,
+    /// It exists already, or is in another state.
+    Conflict,
+    /// Storage, metadata store or key provider trouble: retry later.
+    Unavailable,
+    /// Anything else (a broken chain, a crash point, a bug).
+    Internal,
+}
+
 impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::UnknownType { .. }
+            | Error::MalformedPayload { .. }
+            | Error::Invalid { .. }
+            | Error::InvalidConfig { .. }
+            | Error::Body { .. } => ErrorKind::InvalidInput,
+            Error::UnknownChannel { .. } | Error::UnknownMessage { .. } => ErrorKind::NotFound,
+            Error::ChannelExists { .. }
+            | Error::DuplicateMessage { .. }
+            | Error::WrongState { .. } => ErrorKind::Conflict,
+            Error::Meta { .. }
+            | Error::Storage { .. }
+            | Error::Crypto { .. }
+            | Error::Task { .. }
+                if self.is_transient() =>
+            {
+                ErrorKind::Unavailable
+            }
+            _ => ErrorKind::Internal,
+        }
+    }
+
     /// Whether this is an injected crash (tests stop the instance here).
     pub fn is_crash(&self) -> bool {
         matches!(self, Error::Crashed { .. })

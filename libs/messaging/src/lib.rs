@@ -107,7 +107,7 @@ pub mod worker;
 pub use cleaner::Cleaner;
 pub use cleanup::CleanupPayload;
 pub use crash::CrashPoints;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use message::{BodyRef, GlobalMessage, MessageFile, MessageType};
 pub use processor::Processor;
 pub use receiver::Receiver;

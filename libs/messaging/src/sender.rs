@@ -236,6 +236,7 @@ impl Sender {
             msgs.push(self.message_from_draft(draft, id)?);
         }
         let ids: Vec<MessageId> = msgs.iter().map(|m| m.id.clone()).collect();
+        let me = self.ctx.me.clone();
         let peer = self.peer.clone();
         let channel = self.channel.clone();
         let now = self.ctx.now_ms();
@@ -246,9 +247,9 @@ impl Sender {
                     .contains(&keys::out_channel(&peer))
                     .map_err(Error::meta("read channel"))?
                 {
-                    return Err(Error::ChainBroken {
-                        channel: channel.clone(),
-                        reason: "the channel was never created".into(),
+                    return Err(Error::UnknownChannel {
+                        sender: me.clone(),
+                        receiver: peer.clone(),
                     });
                 }
                 for msg in &msgs {
@@ -354,6 +355,7 @@ impl Sender {
     /// Reserves the next body index and picks the diversifier (the one announced for the
     /// channel's next file).
     async fn start_body(&self, id: &MessageId) -> Result<(u32, Diversifier)> {
+        let me = self.ctx.me.clone();
         let peer = self.peer.clone();
         let channel = self.channel.clone();
         let id = id.clone();
@@ -364,9 +366,9 @@ impl Sender {
                 let chan: OutChannel = tx
                     .get(&keys::out_channel(&peer))
                     .map_err(Error::meta("read channel"))?
-                    .ok_or_else(|| Error::ChainBroken {
-                        channel: channel.clone(),
-                        reason: "the channel was never created".into(),
+                    .ok_or_else(|| Error::UnknownChannel {
+                        sender: me.clone(),
+                        receiver: peer.clone(),
                     })?;
                 let n = row.bodies_started;
                 row.bodies_started += 1;
@@ -512,8 +514,8 @@ impl Sender {
     /// Claims a batch (or a diversifier-rotation file) as the pending file, or returns the
     /// pending file left by an earlier instance.
     async fn claim(&self) -> Result<Option<(OutChannel, PendingFile)>> {
+        let me = self.ctx.me.clone();
         let peer = self.peer.clone();
-        let channel = self.channel.clone();
         let max = self.ctx.config.max_batch;
         let max_bytes = self.ctx.config.max_file_bytes;
         let now = self.ctx.now_ms();
@@ -524,9 +526,9 @@ impl Sender {
                 let mut chan: OutChannel = tx
                     .get(&ckey)
                     .map_err(Error::meta("read channel"))?
-                    .ok_or_else(|| Error::ChainBroken {
-                        channel: channel.clone(),
-                        reason: "the channel was never created".into(),
+                    .ok_or_else(|| Error::UnknownChannel {
+                        sender: me.clone(),
+                        receiver: peer.clone(),
                     })?;
                 if let Some(p) = chan.pending.clone() {
                     return Ok(Some((chan, p)));

@@ -322,3 +322,47 @@ async fn send_batch_and_oversized_files_on_folder() {
         1
     );
 }
+
+/// API errors carry a kind the daemon maps to a status.
+#[tokio::test]
+async fn api_errors_have_kinds_on_folder() {
+    use tern_messaging::{Error, ErrorKind};
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let d2 = Node::new(
+        "d2",
+        Kind::Folder,
+        &clock,
+        Some(&d1.keys_dir),
+        Recorder::default(),
+    )
+    .await;
+    let s = sender(&d1, &d2, CrashPoints::new());
+    let e = s.send(Draft::new(TYPE, payload("x"))).await.unwrap_err();
+    assert!(matches!(e, Error::UnknownChannel { .. }), "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    connect(&d1, &d2).await;
+    let e = s
+        .send(Draft::new("no.such.type", payload("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e:?}");
+    let id = s.send(Draft::new(TYPE, payload("x"))).await.unwrap();
+    let e = s.mark_ready(&id).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::WrongState {
+                state: "ReadyToSend",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    let e = s
+        .send(Draft::new(TYPE, payload("x")).with_id(id.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+}
