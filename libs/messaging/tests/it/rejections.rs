@@ -272,17 +272,29 @@ pub async fn scenario(kind: Kind) {
     .unwrap();
     let fine = record.clone();
     record.truncate(record.len() - 3);
+    // A message claiming another origin inside d1's chain.
+    let impostor = GlobalMessage {
+        message_type: tern_messaging::MessageType::new(TYPE).unwrap(),
+        id: MessageId::new("impostor-1").unwrap(),
+        origin: d3.id.clone(),
+        created_at_ms: 0,
+        payload: payload("impostor"),
+        bodies: vec![],
+    };
     let forged = forge(
         &d1,
         &d2,
         ch1.expected_seq,
         ch1.expected_seq,
         ch1.expected_diversifier,
-        &[record, fine],
+        &[record, fine, impostor.encode().unwrap()],
     )
     .await;
     inbound.pump().await.unwrap();
     assert_eq!(count(&inbound, RejectReason::Malformed), 3);
+    assert_eq!(count(&inbound, RejectReason::UnknownSender), 2);
+    assert!(d2.applied(&d3.id, &impostor.id).await.is_none());
+    assert!(d2.applied(&d1.id, &impostor.id).await.is_none());
     assert_eq!(
         d2.applied(&d1.id, &MessageId::new("fine-1").unwrap())
             .await
@@ -321,7 +333,7 @@ pub async fn scenario(kind: Kind) {
 
     // Every rejection is recorded with its file; the other channel still works.
     let recorded = inbound.ctx.rejections().await.unwrap();
-    assert_eq!(recorded.len(), 9, "{recorded:#?}");
+    assert_eq!(recorded.len(), 10, "{recorded:#?}");
     assert!(recorded.iter().all(|r| r.file.contains("/msg/")));
     let m3c = s3.send(Draft::new(TYPE, payload("m3c"))).await.unwrap();
     drain(&mut s3).await.unwrap();
