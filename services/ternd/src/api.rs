@@ -1,0 +1,1197 @@
+//! The HTTP JSON API (axum).
+//!
+//! Every route but `/healthz` and `/metrics` needs `Authorization: Bearer <token>`: the
+//! operator's token (config `operator_token`) reaches everything; an account token (made
+//! when the operator creates the account, or later with `POST /v1/accounts/{a}/tokens`;
+//! only its SHA-256 is stored) reaches only routes under its own account.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | liveness, no token |
+//! | `GET /metrics` | Prometheus text: commits, bytes, rows, messages by state, rejections, workers |
+//! | `GET /v1/status` | workers, queues, unfinished transactions (operator) |
+//! | `GET/POST /v1/deployments` | `show deployments` / `create deployment` (operator) |
+//! | `POST /v1/deployments/{id}/channel` | register the channel a peer created to us |
+//! | `GET/POST /v1/accounts` | list / create (returns the account's token) |
+//! | `POST /v1/accounts/{a}/tokens` | another token for the account (operator) |
+//! | `GET/POST /v1/accounts/{a}/databases` | list / create |
+//! | `GET/POST …/databases/{db}/schemas` | list / create |
+//! | `GET …/databases/{db}/tables` | show tables (all schemas) |
+//! | `POST …/schemas/{s}/tables` | create table `{name, columns:[{name,type,nullable}]}` |
+//! | `DELETE …/tables/{t}` | drop table |
+//! | `POST …/tables/{t}/columns` | add a nullable column |
+//! | `POST …/tables/{t}/rows` | insert: JSON rows, or a CSV/NDJSON/Parquet file (`?format=` or Content-Type) |
+//! | `POST …/tables/{t}/delete` `…/update` `…/merge` | DML with the JSON predicate form |
+//! | `POST …/tables/{t}/scan` | `{columns, where, version, limit}` → rows |
+//! | `GET …/tables/{t}/versions` | show versions |
+//!
+//! Errors are `{"error": {"kind": …, "message": …}}` with the kind's status (see
+//! [`crate::error::Kind`]); an oversized body is 413 with kind `invalid_input`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tern_meta::{AccountDpo, DatabaseDpo, DeploymentDpo, TableDpo};
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
+use tern_table::{ColumnDef, ScanRequest};
+
+use crate::daemon::{Daemon, PeerViewDpo, TokenDpo, peer_view_key, token_key};
+use crate::error::{Error, Result};
+use crate::rows;
+
+type St = State<Arc<Daemon>>;
+
+/// An error response.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+macro_rules! api_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ApiError(e.into())
+            }
+        }
+    )*};
+}
+api_error_from!(
+    tern_table::Error,
+    tern_meta::Error,
+    tern_storage::Error,
+    tern_messaging::Error
+);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = self.0.kind();
+        let status = self.0.status();
+        let mut message = self.0.to_string();
+        // Name the cause too when the top line is generic.
+        let mut src = std::error::Error::source(&self.0);
+        while let Some(s) = src {
+            let t = s.to_string();
+            if !message.contains(&t) {
+                let _ = write!(message, ": {t}");
+            }
+            src = s.source();
+        }
+        if status.is_server_error() {
+            tracing::error!(kind = kind.name(), %message, "request failed");
+        } else {
+            tracing::info!(kind = kind.name(), %message, "request refused");
+        }
+        (
+            status,
+            axum::Json(json!({"error": {"kind": kind.name(), "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T = axum::Json<Value>> = std::result::Result<T, ApiError>;
+
+/// Who a request speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Principal {
+    Operator,
+    Account(String),
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str> {
+    let v = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(Error::Unauthorized(
+            "missing Authorization: Bearer <token> header",
+        ))?;
+    let v = v
+        .to_str()
+        .map_err(|_| Error::Unauthorized("malformed Authorization header"))?;
+    v.strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(Error::Unauthorized(
+            "Authorization must be \"Bearer <token>\"",
+        ))
+}
+
+fn principal(d: &Daemon, headers: &HeaderMap) -> Result<Principal> {
+    let token = bearer(headers)?;
+    if d.is_operator(token) {
+        return Ok(Principal::Operator);
+    }
+    let key = token_key(token);
+    match d.meta.read(|tx| tx.get::<TokenDpo>(&key))? {
+        Some(t) => Ok(Principal::Account(t.account)),
+        None => Err(Error::Unauthorized("unknown token")),
+    }
+}
+
+fn operator(d: &Daemon, headers: &HeaderMap) -> Result<()> {
+    match principal(d, headers)? {
+        Principal::Operator => Ok(()),
+        Principal::Account(a) => Err(Error::Forbidden {
+            account: format!("(operator only; token of {a})"),
+        }),
+    }
+}
+
+fn account(d: &Daemon, headers: &HeaderMap, name: &str) -> Result<AccountId> {
+    let p = principal(d, headers)?;
+    if let Principal::Account(a) = &p
+        && a != name
+    {
+        return Err(Error::Forbidden {
+            account: name.to_string(),
+        });
+    }
+    let id = AccountId::new(name)?;
+    if d.meta.read(|tx| tx.get_account(&id))?.is_none() {
+        return Err(Error::NotFound {
+            what: "account",
+            name: name.to_string(),
+        });
+    }
+    Ok(id)
+}
+
+fn database(d: &Daemon, account: &AccountId, name: &str) -> Result<DatabaseDpo> {
+    d.meta
+        .read(|tx| tx.find_database(account, name))?
+        .ok_or_else(|| Error::NotFound {
+            what: "database",
+            name: format!("{account}.{name}"),
+        })
+}
+
+fn table(d: &Daemon, db: &DatabaseDpo, schema: &str, name: &str) -> Result<TableDpo> {
+    Ok(d.tables.find_table(&db.id, schema, name)?)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: std::result::Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T> {
+    let bytes = body_bytes(body, limit)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))
+}
+
+fn body_bytes(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::TooLarge { limit }
+        } else {
+            Error::Invalid(format!("cannot read the request body: {r}"))
+        }
+    })
+}
+
+/// The router of `daemon`.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    let limit = daemon.config.api.max_body_bytes;
+    let acct = "/v1/accounts/{account}";
+    let db = "/v1/accounts/{account}/databases/{db}";
+    let tbl = "/v1/accounts/{account}/databases/{db}/schemas/{schema}/tables/{table}";
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route(
+            "/v1/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route("/v1/deployments/{id}/channel", post(register_channel))
+        .route("/v1/accounts", get(list_accounts).post(create_account))
+        .route(&format!("{acct}/tokens"), post(create_token))
+        .route(
+            &format!("{acct}/databases"),
+            get(list_databases).post(create_database),
+        )
+        .route(
+            &format!("{db}/schemas"),
+            get(list_schemas).post(create_schema),
+        )
+        .route(&format!("{db}/tables"), get(list_tables))
+        .route(
+            &format!("{db}/schemas/{{schema}}/tables"),
+            post(create_table),
+        )
+        .route(tbl, delete(drop_table).get(describe_table))
+        .route(&format!("{tbl}/columns"), post(add_column))
+        .route(&format!("{tbl}/rows"), post(insert))
+        .route(&format!("{tbl}/delete"), post(delete_rows))
+        .route(&format!("{tbl}/update"), post(update_rows))
+        .route(&format!("{tbl}/merge"), post(merge_rows))
+        .route(&format!("{tbl}/scan"), post(scan))
+        .route(&format!("{tbl}/versions"), get(versions))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&daemon),
+            guard,
+        ))
+        .with_state(daemon)
+}
+
+/// Refuses new requests once shutdown began, counts requests and errors.
+async fn guard(
+    State(d): St,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if d.stopping() && req.uri().path() != "/healthz" {
+        return ApiError(Error::ShuttingDown).into_response();
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", deployment = %d.id, %method, %path);
+    let started = std::time::Instant::now();
+    let resp = {
+        let _e = span.enter();
+        drop(_e);
+        tracing::Instrument::instrument(next.run(req), span.clone()).await
+    };
+    d.counters.requests.fetch_add(1, Ordering::Relaxed);
+    if !resp.status().is_success() {
+        let kind = match resp.status() {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_input",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            _ => "internal",
+        };
+        d.counters.error(kind);
+    }
+    let _e = span.enter();
+    tracing::debug!(
+        status = resp.status().as_u16(),
+        millis = started.elapsed().as_millis() as u64,
+        "served"
+    );
+    resp
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError(Error::NotFound {
+        what: "route",
+        name: uri.path().to_string(),
+    })
+}
+
+async fn healthz(State(d): St) -> axum::Json<Value> {
+    axum::Json(json!({
+        "status": if d.stopping() { "stopping" } else { "ok" },
+        "deployment": d.id.as_str(),
+    }))
+}
+
+async fn status(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    let stats = d.txn.phase_stats();
+    Ok(axum::Json(json!({
+        "deployment": d.id.as_str(),
+        "region": d.config.region,
+        "cloud": d.config.cloud,
+        "uptime_secs": d.uptime().as_secs_f64(),
+        "stopping": d.stopping(),
+        "workers": d.supervisor.reports(),
+        "queues": d.message_states()?,
+        "unfinished_transactions": d.unfinished_transactions()?,
+        "commits": stats.commits,
+        "rows_inserted": d.counters.rows_inserted.load(Ordering::Relaxed),
+    })))
+}
+
+async fn metrics(State(d): St) -> ApiResult<Response> {
+    let mut m = String::new();
+    let stats = d.txn.phase_stats();
+    let mut counter = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(m, "{name}{labels} {v}");
+        }
+    };
+    counter(
+        "tern_commits_total",
+        "Commits through the commit protocol.",
+        "counter",
+        vec![(String::new(), stats.commits as f64)],
+    );
+    counter(
+        "tern_commit_phase_seconds_total",
+        "Time commits spent per phase.",
+        "counter",
+        [
+            ("locks", stats.locks),
+            ("prepare", stats.prepare),
+            ("log_write", stats.log_write),
+            ("publish", stats.publish),
+        ]
+        .into_iter()
+        .map(|(p, t)| (format!("{{phase=\"{p}\"}}"), t.as_secs_f64()))
+        .collect(),
+    );
+    let c = &d.counters;
+    counter(
+        "tern_api_requests_total",
+        "HTTP requests served.",
+        "counter",
+        vec![(String::new(), c.requests.load(Ordering::Relaxed) as f64)],
+    );
+    counter(
+        "tern_api_errors_total",
+        "Refused or failed requests by kind.",
+        "counter",
+        c.errors
+            .lock()
+            .map(|e| {
+                e.iter()
+                    .map(|(k, v)| (format!("{{kind=\"{k}\"}}"), *v as f64))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    counter(
+        "tern_rows_inserted_total",
+        "Rows inserted or loaded.",
+        "counter",
+        vec![(
+            String::new(),
+            c.rows_inserted.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    counter(
+        "tern_rows_changed_total",
+        "Rows deleted, updated or merged.",
+        "counter",
+        vec![(String::new(), c.rows_changed.load(Ordering::Relaxed) as f64)],
+    );
+    counter(
+        "tern_rows_scanned_total",
+        "Rows returned by scans.",
+        "counter",
+        vec![(String::new(), c.rows_scanned.load(Ordering::Relaxed) as f64)],
+    );
+    counter(
+        "tern_load_bytes_total",
+        "Request bytes accepted by inserts and loads.",
+        "counter",
+        vec![(String::new(), c.bytes_loaded.load(Ordering::Relaxed) as f64)],
+    );
+    counter(
+        "tern_commits_in_doubt_total",
+        "Commits reported in doubt (completed by recovery).",
+        "counter",
+        vec![(String::new(), c.in_doubt.load(Ordering::Relaxed) as f64)],
+    );
+    let mc = d.messaging.counters();
+    use tern_messaging::Counters as C;
+    counter(
+        "tern_messaging_total",
+        "Message service events.",
+        "counter",
+        [
+            ("files_written", C::get(&mc.files_written)),
+            ("messages_sent", C::get(&mc.messages_sent)),
+            ("files_received", C::get(&mc.files_received)),
+            ("messages_received", C::get(&mc.messages_received)),
+            ("duplicates", C::get(&mc.duplicates)),
+            ("handled", C::get(&mc.handled)),
+            ("handler_failures", C::get(&mc.handler_failures)),
+            ("cleaned", C::get(&mc.cleaned)),
+            ("objects_deleted", C::get(&mc.objects_deleted)),
+        ]
+        .into_iter()
+        .map(|(e, v)| (format!("{{event=\"{e}\"}}"), v as f64))
+        .collect(),
+    );
+    counter(
+        "tern_message_rejections_total",
+        "Message files or messages rejected, by reason.",
+        "counter",
+        mc.rejected()
+            .into_iter()
+            .map(|(r, v)| (format!("{{reason=\"{r:?}\"}}"), v as f64))
+            .collect(),
+    );
+    counter(
+        "tern_messages",
+        "Messages in the metadata store by direction/state.",
+        "gauge",
+        d.message_states()?
+            .into_iter()
+            .map(|(s, v)| {
+                let (dir, state) = s.split_once('/').unwrap_or(("", &s));
+                (
+                    format!("{{direction=\"{dir}\",state=\"{state}\"}}"),
+                    v as f64,
+                )
+            })
+            .collect(),
+    );
+    counter(
+        "tern_transactions_unfinished",
+        "Transactions not committed or aborted, by state.",
+        "gauge",
+        d.unfinished_transactions()?
+            .into_iter()
+            .map(|(s, v)| (format!("{{state=\"{s}\"}}"), v as f64))
+            .collect(),
+    );
+    let reports = d.supervisor.reports();
+    counter(
+        "tern_worker_up",
+        "1 when the worker runs (running, idle or backing off).",
+        "gauge",
+        reports
+            .iter()
+            .map(|r| {
+                let up = !matches!(
+                    r.state,
+                    crate::supervisor::RunState::Stopped | crate::supervisor::RunState::Failed
+                );
+                (
+                    format!("{{worker=\"{}\"}}", r.name),
+                    if up { 1.0 } else { 0.0 },
+                )
+            })
+            .collect(),
+    );
+    counter(
+        "tern_worker_errors_total",
+        "Failed units of work per worker.",
+        "counter",
+        reports
+            .iter()
+            .map(|r| (format!("{{worker=\"{}\"}}", r.name), r.errors as f64))
+            .collect(),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response())
+}
+
+#[derive(Deserialize)]
+struct CreateDeployment {
+    id: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    cloud: String,
+    #[serde(default)]
+    replication_bucket_url: String,
+    #[serde(default)]
+    genesis: Option<tern_messaging::ChannelGenesis>,
+}
+
+async fn create_deployment(
+    State(d): St,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    operator(&d, &headers)?;
+    let req: CreateDeployment = parse_json(body, d.config.api.max_body_bytes)?;
+    let dpo = DeploymentDpo {
+        id: DeploymentId::new(req.id.as_str())?,
+        region: req.region,
+        cloud: req.cloud,
+        replication_bucket_url: req.replication_bucket_url,
+        credentials_ref: None,
+        added_at_ms: 0,
+    };
+    let genesis = d.create_deployment(dpo, req.genesis).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"deployment": req.id, "genesis": genesis})),
+    ))
+}
+
+async fn register_channel(
+    State(d): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let g: tern_messaging::ChannelGenesis = parse_json(body, d.config.api.max_body_bytes)?;
+    if g.sender.as_str() != id {
+        return Err(Error::Invalid(format!(
+            "the genesis is of a channel from {}, not {id}",
+            g.sender
+        ))
+        .into());
+    }
+    d.register_channel(&g).await?;
+    Ok(axum::Json(
+        json!({"registered": format!("{}->{}", g.sender, g.receiver)}),
+    ))
+}
+
+async fn list_deployments(State(d): St, headers: HeaderMap) -> ApiResult {
+    principal(&d, &headers)?;
+    let members = d.meta.read(|tx| tx.list_deployments())?;
+    let mut out = Vec::new();
+    for m in members {
+        let me = m.id == d.id;
+        let view: Option<PeerViewDpo> = d.meta.read(|tx| tx.get(&peer_view_key(m.id.as_str())))?;
+        let outbound = d.messaging.outbound(&m.id).await?;
+        let inbound = d.messaging.inbound(&m.id).await?;
+        out.push(json!({
+            "id": m.id.as_str(),
+            "region": m.region,
+            "cloud": m.cloud,
+            "replication_bucket_url": m.replication_bucket_url,
+            "added_at_ms": m.added_at_ms,
+            "self": me,
+            "files_sent": outbound.as_ref().map(|c| c.files_written),
+            "files_received": inbound.as_ref().map(|c| c.files_received),
+            "peer_members": view.as_ref().map(|v| v.members.clone()),
+            "peer_messages": view.as_ref().map(|v| v.messages),
+            "last_heartbeat_ms": view.as_ref().and_then(|v| v.last_heartbeat_ms),
+        }));
+    }
+    Ok(axum::Json(json!({"deployments": out})))
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+fn new_token() -> Result<String> {
+    let mut b = [0u8; 24];
+    tern_crypto::SystemRandom::shared()
+        .fill(&mut b)
+        .map_err(|e| Error::internal("make a token")(e.to_string()))?;
+    Ok(format!(
+        "tern_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
+}
+
+fn issue_token(d: &Daemon, account: &AccountId) -> Result<String> {
+    let token = new_token()?;
+    let dpo = TokenDpo {
+        account: account.to_string(),
+        created_at_ms: d.now_ms(),
+    };
+    let key = token_key(&token);
+    d.meta.write(|tx| tx.put(&key, &dpo))?;
+    Ok(token)
+}
+
+async fn create_account(
+    State(d): St,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    operator(&d, &headers)?;
+    let req: Named = parse_json(body, d.config.api.max_body_bytes)?;
+    let id = AccountId::new(req.name.as_str())?;
+    let dpo = AccountDpo::local(id.clone(), d.now_ms());
+    d.meta
+        .write(|tx| tx.create_account(&dpo))
+        .map_err(|e| match e {
+            tern_meta::Error::AlreadyExists { .. } => Error::Exists {
+                what: "account",
+                name: req.name.clone(),
+            },
+            other => other.into(),
+        })?;
+    let token = issue_token(&d, &id)?;
+    tracing::info!(account = %id, "account created");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"account": id.as_str(), "token": token})),
+    ))
+}
+
+async fn create_token(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    operator(&d, &headers)?;
+    let id = account(&d, &headers, &acct)?;
+    let token = issue_token(&d, &id)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"account": id.as_str(), "token": token})),
+    ))
+}
+
+async fn list_accounts(State(d): St, headers: HeaderMap) -> ApiResult {
+    let p = principal(&d, &headers)?;
+    let all = d.meta.read(|tx| tx.list_accounts())?;
+    let names: Vec<&str> = all
+        .iter()
+        .map(|a| a.name.as_str())
+        .filter(|n| match &p {
+            Principal::Operator => true,
+            Principal::Account(a) => a == n,
+        })
+        .collect();
+    Ok(axum::Json(json!({"accounts": names})))
+}
+
+async fn create_database(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let account = account(&d, &headers, &acct)?;
+    let req: Named = parse_json(body, d.config.api.max_body_bytes)?;
+    if req.name.is_empty() {
+        return Err(Error::Invalid("database name is empty".into()).into());
+    }
+    if d.meta
+        .read(|tx| tx.find_database(&account, &req.name))?
+        .is_some()
+    {
+        return Err(Error::Exists {
+            what: "database",
+            name: format!("{account}.{}", req.name),
+        }
+        .into());
+    }
+    let now = d.now_ms();
+    let db = d.meta.write(|tx| {
+        let n = tx.next_sequence("database")?;
+        let id = DatabaseId::new(format!("db{n}")).map_err(|e| tern_meta::Error::Invalid {
+            what: "database id",
+            reason: e.to_string(),
+        })?;
+        let dpo = DatabaseDpo::local(id, account.clone(), req.name.clone(), now);
+        tx.create_database(&dpo)?;
+        Ok(dpo)
+    })?;
+    // Every database starts with schema "public".
+    d.tables.create_schema(&db.id, "public").await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"database": db.name, "id": db.id.as_str()})),
+    ))
+}
+
+async fn list_databases(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {
+    let account = account(&d, &headers, &acct)?;
+    let dbs = d.meta.read(|tx| tx.list_databases(&account))?;
+    let out: Vec<Value> = dbs
+        .iter()
+        .filter(|db| !db.dropped)
+        .map(|db| json!({"name": db.name, "id": db.id.as_str(), "role": db.role}))
+        .collect();
+    Ok(axum::Json(json!({"databases": out})))
+}
+
+async fn create_schema(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let account = account(&d, &headers, &acct)?;
+    let db = database(&d, &account, &dbname)?;
+    let req: Named = parse_json(body, d.config.api.max_body_bytes)?;
+    if req.name.is_empty() {
+        return Err(Error::Invalid("schema name is empty".into()).into());
+    }
+    d.tables.create_schema(&db.id, &req.name).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"schema": req.name}))))
+}
+
+async fn list_schemas(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let account = account(&d, &headers, &acct)?;
+    let db = database(&d, &account, &dbname)?;
+    let s = d.meta.read(|tx| tx.list_schemas(&db.id))?;
+    let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+    Ok(axum::Json(json!({"schemas": names})))
+}
+
+fn table_json(t: &TableDpo) -> Value {
+    json!({
+        "schema": t.schema,
+        "name": t.name,
+        "id": t.id.as_str(),
+        "version": t.current_version,
+        "columns": t.columns.iter().map(|c| json!({"name": c.name, "type": c.ty.to_string(), "nullable": c.nullable})).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_tables(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let account = account(&d, &headers, &acct)?;
+    let db = database(&d, &account, &dbname)?;
+    let tables = d.meta.read(|tx| tx.list_tables(&db.id))?;
+    Ok(axum::Json(
+        json!({"tables": tables.iter().map(table_json).collect::<Vec<_>>()}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ColumnReq {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default = "yes")]
+    nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ColumnReq {
+    fn def(&self) -> Result<ColumnDef> {
+        Ok(ColumnDef {
+            name: self.name.clone(),
+            ty: rows::column_type(&self.ty)?,
+            nullable: self.nullable,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateTable {
+    name: String,
+    columns: Vec<ColumnReq>,
+}
+
+async fn create_table(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname, schema)): Path<(String, String, String)>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let account = account(&d, &headers, &acct)?;
+    let db = database(&d, &account, &dbname)?;
+    let req: CreateTable = parse_json(body, d.config.api.max_body_bytes)?;
+    if d.meta.read(|tx| tx.get_schema(&db.id, &schema))?.is_none() {
+        return Err(Error::NotFound {
+            what: "schema",
+            name: format!("{dbname}.{schema}"),
+        }
+        .into());
+    }
+    if d.meta
+        .read(|tx| tx.find_table(&db.id, &schema, &req.name))?
+        .is_some()
+    {
+        return Err(Error::Exists {
+            what: "table",
+            name: format!("{dbname}.{schema}.{}", req.name),
+        }
+        .into());
+    }
+    let columns = req
+        .columns
+        .iter()
+        .map(ColumnReq::def)
+        .collect::<Result<Vec<_>>>()?;
+    let id = d
+        .tables
+        .create_table(&db.id, &schema, &req.name, columns)
+        .await?;
+    let t = d.tables.table(&id)?;
+    tracing::info!(account = %account, table = %id, name = %req.name, "table created");
+    Ok((StatusCode::CREATED, axum::Json(table_json(&t))))
+}
+
+type TablePath = Path<(String, String, String, String)>;
+
+fn resolve(
+    d: &Daemon,
+    headers: &HeaderMap,
+    p: &(String, String, String, String),
+) -> Result<TableDpo> {
+    let account = account(d, headers, &p.0)?;
+    let db = database(d, &account, &p.1)?;
+    table(d, &db, &p.2, &p.3)
+}
+
+async fn describe_table(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    Ok(axum::Json(table_json(&t)))
+}
+
+async fn drop_table(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    d.tables.drop_table(&t.id).await?;
+    Ok(axum::Json(json!({"dropped": t.name})))
+}
+
+async fn add_column(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    let c: ColumnReq = parse_json(body, d.config.api.max_body_bytes)?;
+    let info = d
+        .tables
+        .add_column(&t.id, c.def()?)
+        .await
+        .map_err(|e| in_doubt(&d, e))?;
+    Ok(axum::Json(commit_json(&info)))
+}
+
+fn commit_json(i: &tern_table::CommitInfo) -> Value {
+    json!({
+        "version": i.version,
+        "committed": i.committed,
+        "rows": i.rows_affected,
+        "files_added": i.files_added,
+        "files_removed": i.files_removed,
+    })
+}
+
+/// A commit in doubt will be completed by recovery: wake the recovery worker.
+fn in_doubt(d: &Daemon, e: tern_table::Error) -> Error {
+    if e.is_in_doubt() {
+        d.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
+        d.recover_wake.notify_one();
+    }
+    e.into()
+}
+
+#[derive(Deserialize)]
+struct InsertQuery {
+    format: Option<String>,
+}
+
+fn body_format(headers: &HeaderMap, q: &InsertQuery) -> Result<Option<tern_table::load::Format>> {
+    use tern_table::load::Format;
+    let name = match &q.format {
+        Some(f) => f.to_ascii_lowercase(),
+        None => headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_ascii_lowercase(),
+    };
+    let name = name
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(match name.as_str() {
+        "json" | "application/json" | "rows" => None,
+        "csv" | "text/csv" => Some(Format::Csv),
+        "ndjson" | "jsonl" | "application/x-ndjson" | "application/jsonl" => Some(Format::Ndjson),
+        "parquet" | "application/vnd.apache.parquet" | "application/x-parquet" => {
+            Some(Format::Parquet)
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "unknown input format {other:?} (json, csv, ndjson, parquet)"
+            )));
+        }
+    })
+}
+
+fn decode_file(
+    format: tern_table::load::Format,
+    bytes: Bytes,
+    columns: &[ColumnDef],
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    use tern_table::load::{self, Format};
+    const BATCH: usize = 64 * 1024;
+    Ok(match format {
+        Format::Csv => load::read_csv(bytes.as_ref(), columns, "uploaded CSV", BATCH)?,
+        Format::Ndjson => load::read_ndjson(bytes.as_ref(), columns, "uploaded NDJSON", BATCH)?,
+        Format::Parquet => {
+            let bad = |e: parquet::errors::ParquetError| {
+                Error::Table(tern_table::Error::BadInput {
+                    source_name: "uploaded Parquet".into(),
+                    line: None,
+                    detail: e.to_string(),
+                })
+            };
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .map_err(bad)?
+                    .with_batch_size(BATCH)
+                    .build()
+                    .map_err(bad)?;
+            reader
+                .map(|b| {
+                    b.map_err(|e| {
+                        Error::Table(tern_table::Error::BadInput {
+                            source_name: "uploaded Parquet".into(),
+                            line: None,
+                            detail: e.to_string(),
+                        })
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    })
+}
+
+async fn insert(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+    Query(q): Query<InsertQuery>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    let format = body_format(&headers, &q)?;
+    let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
+    let len = bytes.len() as u64;
+    let columns = t.columns.clone();
+    let batches = tokio::task::spawn_blocking(move || match format {
+        None => {
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))?;
+            let rows = match &v {
+                Value::Array(a) => a.as_slice(),
+                Value::Object(o) => o
+                    .get("rows")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .ok_or_else(|| {
+                        Error::Invalid("expected {\"rows\": [...]} or an array of rows".into())
+                    })?,
+                _ => {
+                    return Err(Error::Invalid(
+                        "expected {\"rows\": [...]} or an array of rows".into(),
+                    ));
+                }
+            };
+            rows::rows_to_batches(rows, &columns)
+        }
+        Some(f) => decode_file(f, bytes, &columns),
+    })
+    .await
+    .map_err(|e| Error::internal("decode rows")(e.to_string()))??;
+    let info = d
+        .tables
+        .insert(&t.id, &batches)
+        .await
+        .map_err(|e| in_doubt(&d, e))?;
+    d.counters
+        .rows_inserted
+        .fetch_add(info.rows_affected, Ordering::Relaxed);
+    d.counters.bytes_loaded.fetch_add(len, Ordering::Relaxed);
+    tracing::info!(table = %t.id, rows = info.rows_affected, version = info.version, "rows inserted");
+    Ok(axum::Json(commit_json(&info)))
+}
+
+#[derive(Deserialize)]
+struct DmlReq {
+    #[serde(rename = "where")]
+    predicate: Option<Value>,
+    set: Option<Value>,
+    keys: Option<Vec<String>>,
+    rows: Option<Vec<Value>>,
+}
+
+fn where_of(r: &DmlReq, columns: &[ColumnDef]) -> Result<tern_table::Predicate> {
+    let w = r.predicate.as_ref().ok_or_else(|| {
+        Error::Invalid("\"where\" is required (use \"where\": true for every row)".into())
+    })?;
+    rows::predicate(w, columns)
+}
+
+async fn delete_rows(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    let r: DmlReq = parse_json(body, d.config.api.max_body_bytes)?;
+    let pred = where_of(&r, &t.columns)?;
+    let info = d
+        .tables
+        .delete(&t.id, &pred)
+        .await
+        .map_err(|e| in_doubt(&d, e))?;
+    d.counters
+        .rows_changed
+        .fetch_add(info.rows_affected, Ordering::Relaxed);
+    Ok(axum::Json(commit_json(&info)))
+}
+
+async fn update_rows(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    let r: DmlReq = parse_json(body, d.config.api.max_body_bytes)?;
+    let pred = where_of(&r, &t.columns)?;
+    let set = rows::assignments(
+        r.set
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("\"set\" is required".into()))?,
+        &t.columns,
+    )?;
+    let info = d
+        .tables
+        .update(&t.id, &set, &pred)
+        .await
+        .map_err(|e| in_doubt(&d, e))?;
+    d.counters
+        .rows_changed
+        .fetch_add(info.rows_affected, Ordering::Relaxed);
+    Ok(axum::Json(commit_json(&info)))
+}
+
+async fn merge_rows(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    let r: DmlReq = parse_json(body, d.config.api.max_body_bytes)?;
+    let keys = r
+        .keys
+        .clone()
+        .ok_or_else(|| Error::Invalid("\"keys\" is required".into()))?;
+    let source = rows::rows_to_batches(
+        r.rows
+            .as_deref()
+            .ok_or_else(|| Error::Invalid("\"rows\" is required".into()))?,
+        &t.columns,
+    )?;
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let info = d
+        .tables
+        .merge(&t.id, &source, &key_refs)
+        .await
+        .map_err(|e| in_doubt(&d, e))?;
+    d.counters
+        .rows_changed
+        .fetch_add(info.rows_affected, Ordering::Relaxed);
+    Ok(axum::Json(commit_json(&info)))
+}
+
+#[derive(Deserialize, Default)]
+struct ScanReq {
+    columns: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    predicate: Option<Value>,
+    version: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn scan(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
+    let r: ScanReq = if bytes.is_empty() {
+        ScanReq::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))?
+    };
+    if let Some(cols) = &r.columns {
+        for c in cols {
+            if !t.columns.iter().any(|x| &x.name == c) {
+                return Err(
+                    Error::Table(tern_table::Error::UnknownColumn { column: c.clone() }).into(),
+                );
+            }
+        }
+    }
+    let predicate = r
+        .predicate
+        .as_ref()
+        .map(|w| rows::predicate(w, &t.columns))
+        .transpose()?;
+    let result = d
+        .tables
+        .scan(
+            &t.id,
+            &ScanRequest {
+                version: r.version,
+                columns: r.columns.clone(),
+                predicate,
+            },
+        )
+        .await?;
+    let limit = r
+        .limit
+        .unwrap_or(usize::MAX)
+        .min(d.config.api.max_scan_rows);
+    let total = result.rows();
+    let mut left = limit;
+    let mut batches = Vec::new();
+    for b in &result.batches {
+        if left == 0 {
+            break;
+        }
+        let n = b.num_rows().min(left);
+        batches.push(b.slice(0, n));
+        left -= n;
+    }
+    let names: Vec<String> = match &r.columns {
+        Some(c) => c.clone(),
+        None => t.columns.iter().map(|c| c.name.clone()).collect(),
+    };
+    let rows = rows::batches_to_json(&batches)?;
+    let returned = rows.as_array().map_or(0, Vec::len);
+    d.counters
+        .rows_scanned
+        .fetch_add(returned as u64, Ordering::Relaxed);
+    Ok(axum::Json(json!({
+        "version": result.version,
+        "columns": names,
+        "rows": rows,
+        "row_count": returned,
+        "matched": total,
+        "truncated": returned < total,
+        "files_total": result.files_total,
+        "files_read": result.files_read,
+    })))
+}
+
+async fn versions(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiResult {
+    let t = resolve(&d, &headers, &p)?;
+    let v = d.meta.read(|tx| tx.table_versions(&t.id))?;
+    let out: Vec<Value> = v
+        .iter()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "committed_at_ms": v.committed_at_ms,
+                "txn_id": v.txn_id,
+                "files_added": v.added.len(),
+                "files_removed": v.removed.len(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"table": t.name, "current": t.current_version, "versions": out}),
+    ))
+}

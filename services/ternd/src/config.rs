@@ -1,0 +1,591 @@
+//! The daemon's configuration: one TOML file, every field overridable by environment
+//! variables, validated once at start.
+//!
+//! # Environment overrides
+//!
+//! `TERN_<FIELD>` sets a top-level field; `__` (two underscores) descends into a table or,
+//! with a number, into an array element. Names are matched in lower case:
+//!
+//! | variable | field |
+//! |---|---|
+//! | `TERN_DEPLOYMENT_ID=d1` | `deployment_id` |
+//! | `TERN_VOLUME__URL=file:///data/d1/volume` | `volume.url` |
+//! | `TERN_VOLUME__S3__ENDPOINT=http://127.0.0.1:4566` | `volume.s3.endpoint` |
+//! | `TERN_KEYS__DIR=/data/d1/keys` | `keys.dir` |
+//! | `TERN_PEERS__0__BUCKET__URL=s3://…` | `peers[0].bucket.url` |
+//! | `TERN_WORKERS__RECOVER_INTERVAL=30s` | `workers.recover_interval` |
+//!
+//! A value is read as a TOML value when it is a number, a boolean or an array
+//! (`TERN_API__MAX_BODY_BYTES=1048576`), and as a string otherwise; quote it to force a
+//! string (`TERN_OPERATOR_TOKEN='"12345"'`). Only variables whose first part names a
+//! top-level field are applied (so `TERN_LOG` or `TERN_URL`, which belong to other
+//! programs, are ignored); below that, an unknown name is an error naming it.
+//!
+//! # Validation
+//!
+//! [`Config::validate`] checks every field before anything is opened and names the first
+//! bad one (`volume.url: unsupported scheme "ftp"`); opening the stores and keys later
+//! reports failures under the field that named them too.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tern_messaging::MessagingConfig;
+use tern_storage::StoreConfig;
+use tern_storage::layout::DeploymentId;
+
+use crate::error::{Error, Result};
+
+/// Top-level field names, the only ones `TERN_*` variables may address.
+pub const TOP_LEVEL_FIELDS: &[&str] = &[
+    "deployment_id",
+    "region",
+    "cloud",
+    "listen",
+    "metadata_path",
+    "operator_token",
+    "volume",
+    "replication",
+    "keys",
+    "peers",
+    "workers",
+    "api",
+    "txn",
+    "messaging",
+    "log",
+];
+
+/// A deployment's configuration (`ternd --config deployment.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This deployment's id (`aws-us-west-2`, `d1`). Required.
+    pub deployment_id: String,
+    /// Its region (shown in `show deployments`).
+    pub region: String,
+    /// Its cloud (`aws`, `local`).
+    pub cloud: String,
+    /// Where the HTTP API listens (default `127.0.0.1:7420`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The SQLite metadata store file. Required.
+    pub metadata_path: PathBuf,
+    /// The operator's bearer token. Required; at least 16 characters.
+    pub operator_token: String,
+    /// The volume bucket (micro-partitions, metadata files, log records). Required.
+    pub volume: StoreConfig,
+    /// This deployment's replication bucket (its mailbox). Required.
+    pub replication: StoreConfig,
+    /// Where the root keys are. Required.
+    pub keys: KeysConfig,
+    /// Peer deployments this one may write to.
+    pub peers: Vec<PeerConfig>,
+    /// Background workers.
+    pub workers: WorkersConfig,
+    /// HTTP API limits.
+    pub api: ApiConfig,
+    /// Commit protocol settings.
+    pub txn: TxnConfig,
+    /// Message service settings.
+    pub messaging: MessagingConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            deployment_id: String::new(),
+            region: "local".into(),
+            cloud: "local".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            metadata_path: PathBuf::new(),
+            operator_token: String::new(),
+            volume: StoreConfig::default(),
+            replication: StoreConfig::default(),
+            keys: KeysConfig::default(),
+            peers: Vec::new(),
+            workers: WorkersConfig::default(),
+            api: ApiConfig::default(),
+            txn: TxnConfig::default(),
+            messaging: MessagingConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The key provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeysConfig {
+    /// Not configured (an error at validation).
+    #[default]
+    None,
+    /// Key files in a private folder (`gmk.key`, `master.key`).
+    Local {
+        /// The key folder.
+        #[serde(default)]
+        dir: PathBuf,
+        /// Create the folder and keys when it holds none (default true).
+        #[serde(default = "yes")]
+        create: bool,
+        /// When creating: take the group's GMK from this member's key folder (a deployment
+        /// joining an existing group); a new GMK otherwise.
+        #[serde(default)]
+        join: Option<PathBuf>,
+    },
+    /// AWS KMS (or an emulator).
+    Kms {
+        /// The group's HMAC_256 GMK (id, ARN or alias).
+        #[serde(default)]
+        gmk_key_id: String,
+        /// This deployment's symmetric master key (id, ARN or alias).
+        #[serde(default)]
+        master_key_id: String,
+        /// Endpoint URL (an emulator); AWS when absent.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Region.
+        #[serde(default)]
+        region: Option<String>,
+        /// Static access key id (else the AWS default chain).
+        #[serde(default)]
+        access_key_id: Option<String>,
+        /// Static secret access key.
+        #[serde(default)]
+        secret_access_key: Option<String>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A peer deployment: where its replication bucket is, with this deployment's
+/// write-only credentials for `from/<this>/` in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's deployment id.
+    pub id: String,
+    /// Its replication bucket.
+    pub bucket: StoreConfig,
+}
+
+/// Background workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Pause after a failed unit of work.
+    #[serde(with = "humantime_serde")]
+    pub error_backoff: Duration,
+    /// How often in-doubt commits are completed (`TxnManager::recover`).
+    #[serde(with = "humantime_serde")]
+    pub recover_interval: Duration,
+    /// How often a heartbeat goes to every peer of the group.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How often the monitor samples the figures into the log.
+    #[serde(with = "humantime_serde")]
+    pub monitor_interval: Duration,
+    /// Finished transaction rows are forgotten after this long.
+    #[serde(with = "humantime_serde")]
+    pub txn_retention: Duration,
+    /// How long shutdown waits for in-flight requests and workers before abandoning them
+    /// (whatever is abandoned is completed or rolled back by recovery at the next start).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            error_backoff: Duration::from_secs(1),
+            recover_interval: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            monitor_interval: Duration::from_secs(60),
+            txn_retention: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// HTTP API limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Largest request body (JSON rows or an uploaded file), in bytes.
+    pub max_body_bytes: usize,
+    /// Most rows a scan returns unless the request asks for fewer.
+    pub max_scan_rows: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024 * 1024,
+            max_scan_rows: 1_000_000,
+        }
+    }
+}
+
+/// Commit protocol settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TxnConfig {
+    /// How long a statement waits for its table locks.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` or `pretty`.
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `ternd=debug,info`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Config {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads `path` (TOML), applies `env` overrides (`(name, value)` pairs, normally
+    /// `std::env::vars()`), and validates.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| invalid("--config", format!("cannot read {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            invalid(
+                "--config",
+                format!("{} is not valid TOML: {}", show(path), e.message()),
+            )
+        })?;
+        apply_env(&mut doc, env)?;
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                invalid("--config", format!("{}: {}", show(path), e.message()))
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.deployment_id.is_empty() {
+            return Err(invalid("deployment_id", "is required"));
+        }
+        DeploymentId::new(self.deployment_id.as_str())
+            .map_err(|e| invalid("deployment_id", e.to_string()))?;
+        if self.metadata_path.as_os_str().is_empty() {
+            return Err(invalid("metadata_path", "is required"));
+        }
+        if self.operator_token.is_empty() {
+            return Err(invalid("operator_token", "is required"));
+        }
+        if self.operator_token.len() < 16 {
+            return Err(invalid("operator_token", "must be at least 16 characters"));
+        }
+        check_store("volume.url", &self.volume)?;
+        check_store("replication.url", &self.replication)?;
+        match &self.keys {
+            KeysConfig::None => {
+                return Err(invalid(
+                    "keys",
+                    "is required: [keys] kind = \"local\" with dir, or kind = \"kms\"",
+                ));
+            }
+            KeysConfig::Local { dir, .. } => {
+                if dir.as_os_str().is_empty() {
+                    return Err(invalid("keys.dir", "is required"));
+                }
+                if !dir.is_absolute() {
+                    return Err(invalid("keys.dir", "must be an absolute path"));
+                }
+            }
+            KeysConfig::Kms {
+                gmk_key_id,
+                master_key_id,
+                ..
+            } => {
+                if gmk_key_id.is_empty() {
+                    return Err(invalid("keys.gmk_key_id", "is required"));
+                }
+                if master_key_id.is_empty() {
+                    return Err(invalid("keys.master_key_id", "is required"));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id.is_empty() {
+                return Err(invalid(format!("peers[{i}].id"), "is required"));
+            }
+            DeploymentId::new(p.id.as_str())
+                .map_err(|e| invalid(format!("peers[{i}].id"), e.to_string()))?;
+            if p.id == self.deployment_id {
+                return Err(invalid(
+                    format!("peers[{i}].id"),
+                    "is this deployment's own id",
+                ));
+            }
+            if !seen.insert(p.id.clone()) {
+                return Err(invalid(
+                    format!("peers[{i}].id"),
+                    format!("{} is listed twice", p.id),
+                ));
+            }
+            check_store(&format!("peers[{i}].bucket.url"), &p.bucket)?;
+        }
+        let w = &self.workers;
+        for (field, d) in [
+            ("workers.error_backoff", w.error_backoff),
+            ("workers.recover_interval", w.recover_interval),
+            ("workers.heartbeat_interval", w.heartbeat_interval),
+            ("workers.monitor_interval", w.monitor_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        if self.api.max_body_bytes == 0 {
+            return Err(invalid("api.max_body_bytes", "must be positive"));
+        }
+        if self.api.max_scan_rows == 0 {
+            return Err(invalid("api.max_scan_rows", "must be positive"));
+        }
+        if self.txn.lock_timeout.is_zero() {
+            return Err(invalid("txn.lock_timeout", "must be positive"));
+        }
+        self.messaging.validate().map_err(|e| match e {
+            tern_messaging::Error::InvalidConfig { field, reason } => {
+                invalid(format!("messaging.{field}"), reason)
+            }
+            other => invalid("messaging", other.to_string()),
+        })?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn show(path: Option<&std::path::Path>) -> String {
+    path.map_or_else(|| "(no file)".into(), |p| p.display().to_string())
+}
+
+fn check_store(field: &str, store: &StoreConfig) -> Result<()> {
+    if store.url.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    tern_storage::Location::parse(&store.url).map_err(|e| invalid(field, e.to_string()))?;
+    Ok(())
+}
+
+/// Applies `TERN_*` overrides to a parsed TOML document (see the module docs).
+fn apply_env(doc: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix("TERN_")?.to_ascii_lowercase();
+            let top = rest.split("__").next().unwrap_or_default().to_string();
+            TOP_LEVEL_FIELDS
+                .contains(&top.as_str())
+                .then_some((rest, v))
+        })
+        .collect();
+    vars.sort();
+    for (path, raw) in vars {
+        let parts: Vec<&str> = path.split("__").collect();
+        let value = env_value(&raw);
+        set_path(doc, &parts, value).map_err(|reason| {
+            invalid(
+                parts.join("."),
+                format!("from TERN_{}: {reason}", path.to_ascii_uppercase()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    let parsed = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    match parsed {
+        Some(
+            v @ (toml::Value::Integer(_)
+            | toml::Value::Float(_)
+            | toml::Value::Boolean(_)
+            | toml::Value::Array(_)),
+        ) => v,
+        // A quoted value is a string on purpose.
+        Some(toml::Value::String(s)) if raw.trim_start().starts_with(['"', '\'']) => {
+            toml::Value::String(s)
+        }
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(
+    table: &mut toml::Table,
+    parts: &[&str],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    let Some((first, rest)) = parts.split_first() else {
+        return Err("empty name".into());
+    };
+    if rest.is_empty() {
+        table.insert((*first).to_string(), value);
+        return Ok(());
+    }
+    let next_is_index = rest[0].parse::<usize>().is_ok();
+    let entry = table.entry((*first).to_string()).or_insert_with(|| {
+        if next_is_index {
+            toml::Value::Array(Vec::new())
+        } else {
+            toml::Value::Table(toml::Table::new())
+        }
+    });
+    set_in(entry, rest, value)
+}
+
+fn set_in(
+    node: &mut toml::Value,
+    parts: &[&str],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    match node {
+        toml::Value::Table(t) => set_path(t, parts, value),
+        toml::Value::Array(items) => {
+            let (first, rest) = parts.split_first().ok_or("empty name")?;
+            let i: usize = first
+                .parse()
+                .map_err(|_| format!("{first:?} is not an array index"))?;
+            if i > items.len() {
+                return Err(format!(
+                    "index {i} skips elements (the array has {})",
+                    items.len()
+                ));
+            }
+            if i == items.len() {
+                items.push(toml::Value::Table(toml::Table::new()));
+            }
+            if rest.is_empty() {
+                items[i] = value;
+                return Ok(());
+            }
+            set_in(&mut items[i], rest, value)
+        }
+        _ => Err("descends into a value that is not a table".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(String, String)> {
+        [
+            ("TERN_DEPLOYMENT_ID", "d1"),
+            ("TERN_METADATA_PATH", "/tmp/x/meta.db"),
+            ("TERN_OPERATOR_TOKEN", "0123456789abcdef0123"),
+            ("TERN_VOLUME__URL", "file:///tmp/x/volume"),
+            ("TERN_REPLICATION__URL", "file:///tmp/x/replication"),
+            ("TERN_KEYS__KIND", "local"),
+            ("TERN_KEYS__DIR", "/tmp/x/keys"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn env_alone_makes_a_config() {
+        let mut env = base();
+        env.push(("TERN_WORKERS__RECOVER_INTERVAL".into(), "5s".into()));
+        env.push(("TERN_API__MAX_BODY_BYTES".into(), "1000".into()));
+        env.push(("TERN_PEERS__0__ID".into(), "d2".into()));
+        env.push(("TERN_PEERS__0__BUCKET__URL".into(), "file:///tmp/y".into()));
+        env.push(("TERN_URL".into(), "ignored".into()));
+        let c = Config::load(None, env).expect("valid");
+        assert_eq!(c.deployment_id, "d1");
+        assert_eq!(c.workers.recover_interval, Duration::from_secs(5));
+        assert_eq!(c.api.max_body_bytes, 1000);
+        assert_eq!(c.peers[0].bucket.url, "file:///tmp/y");
+    }
+
+    #[test]
+    fn each_required_field_is_named() {
+        for missing in [
+            "TERN_DEPLOYMENT_ID",
+            "TERN_METADATA_PATH",
+            "TERN_OPERATOR_TOKEN",
+            "TERN_VOLUME__URL",
+            "TERN_REPLICATION__URL",
+            "TERN_KEYS__DIR",
+        ] {
+            let env: Vec<_> = base().into_iter().filter(|(k, _)| k != missing).collect();
+            let err = Config::load(None, env).expect_err(missing).to_string();
+            let field = missing
+                .trim_start_matches("TERN_")
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert!(err.contains(&field), "{missing}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_url_and_unknown_field_are_named() {
+        let mut env = base();
+        env.push(("TERN_VOLUME__URL".into(), "ftp://x/y".into()));
+        let err = Config::load(None, env).expect_err("bad url").to_string();
+        assert!(err.contains("volume.url") && err.contains("ftp"), "{err}");
+        let mut env = base();
+        env.push(("TERN_WORKERS__NO_SUCH".into(), "1".into()));
+        let err = Config::load(None, env).expect_err("unknown").to_string();
+        assert!(err.contains("no_such"), "{err}");
+    }
+}

@@ -1,0 +1,791 @@
+//! One deployment, opened from its configuration: metadata store, buckets, keys, the
+//! commit protocol (recovered before anything is served), tables, the message service and
+//! the background workers.
+//!
+//! ```text
+//!  open:  config ─▶ metadata store ─▶ volume, replication, peer buckets ─▶ keys
+//!         ─▶ TxnManager + recover() ─▶ Tables ─▶ messaging Context (+ group handlers)
+//!  start: supervisor ◀─ receiver, processor, cleaner, one sender per peer channel,
+//!                       recovery (in-doubt commits), heartbeat, monitor
+//!  stop:  API stops taking requests, in-flight ones finish ─▶ workers stop after their
+//!         unit ─▶ recover() finishes any in-doubt commit ─▶ exit 0
+//! ```
+//!
+//! Deployment-group membership travels as messages: `create deployment` on a member adds
+//! the peer, creates the outbound channel (its genesis goes to the peer's
+//! `register channel`), and sends `tern.group` (the member list) to every peer; each
+//! deployment also sends `tern.heartbeat` to its peers every `workers.heartbeat_interval`.
+//! Receivers record what each peer said (`peer/<id>` rows) — that is what `show
+//! deployments` shows beside the local list.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tern_clock::{SharedClock, SystemClock};
+use tern_crypto::{
+    CachedWrapKeys, KeyProvider, KmsConnection, KmsKeyProvider, LocalKeyProvider,
+    StaticCredentials, SystemRandom,
+};
+use tern_messaging::{
+    Bodies, ChannelGenesis, Cleaner, Commit, Context, Draft, GlobalMessage, Handler, HandlerError,
+    Processor, Receiver, Registry, Sender,
+};
+use tern_meta::{DeploymentDpo, Dpo, Key, MetaStore, SqliteOptions};
+use tern_storage::StoreConfig;
+use tern_storage::layout::DeploymentId;
+use tern_table::{TableOptions, Tables};
+use tern_txn::{TxnManager, TxnOptions, TxnState};
+use tokio::sync::Notify;
+
+use crate::config::{Config, KeysConfig};
+use crate::error::{Error, Result};
+use crate::supervisor::{MessagingWorker, Supervisor, Worker, WorkerState, WorkerStatus};
+
+/// Message type of deployment-group membership lists.
+pub const GROUP_TYPE: &str = "tern.group";
+/// Message type of heartbeats.
+pub const HEARTBEAT_TYPE: &str = "tern.heartbeat";
+
+/// Counters of the API, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    /// Requests served, by status class.
+    pub requests: AtomicU64,
+    /// Rows inserted (insert, load, merge source).
+    pub rows_inserted: AtomicU64,
+    /// Rows changed by delete/update/merge.
+    pub rows_changed: AtomicU64,
+    /// Request body bytes accepted for loads.
+    pub bytes_loaded: AtomicU64,
+    /// Rows returned by scans.
+    pub rows_scanned: AtomicU64,
+    /// Errors by kind.
+    pub errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Commits reported in doubt.
+    pub in_doubt: AtomicU64,
+}
+
+impl ApiCounters {
+    /// Count an error of `kind`.
+    pub fn error(&self, kind: &'static str) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind)
+            .or_default() += 1;
+    }
+}
+
+/// What a peer last told this deployment (`peer/<id>` in the metadata store).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerViewDpo {
+    /// The peer.
+    pub id: String,
+    /// The group members it listed in its last `tern.group` message.
+    pub members: Vec<String>,
+    /// When that arrived (here, ms).
+    pub group_at_ms: Option<i64>,
+    /// Its last heartbeat's creation time (its clock, ms).
+    pub last_heartbeat_ms: Option<i64>,
+    /// Messages handled from it.
+    pub messages: u64,
+}
+impl Dpo for PeerViewDpo {
+    const WHAT: &'static str = "peer view";
+    const VERSION: u32 = 1;
+}
+
+/// An account token (only its SHA-256 is stored, under `tok/<hex>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenDpo {
+    /// The account it reaches.
+    pub account: String,
+    /// When it was made.
+    pub created_at_ms: i64,
+}
+impl Dpo for TokenDpo {
+    const WHAT: &'static str = "account token";
+    const VERSION: u32 = 1;
+}
+
+/// The metadata key of a token.
+pub fn token_key(token: &str) -> Key {
+    Key::root("tok").str(&hex(&sha2::Sha256::digest(token.as_bytes())))
+}
+
+/// The metadata key of a peer view.
+pub fn peer_view_key(id: &str) -> Key {
+    Key::root("peer").str(id)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Payload of [`GROUP_TYPE`] and [`HEARTBEAT_TYPE`] messages.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupPayload {
+    /// The sender's group members (ids).
+    pub members: Vec<String>,
+}
+
+#[derive(Debug)]
+struct GroupHandler {
+    heartbeat: bool,
+    clock: SharedClock,
+}
+
+#[async_trait]
+impl Handler for GroupHandler {
+    fn validate(&self, payload: &[u8]) -> std::result::Result<(), String> {
+        serde_json::from_slice::<GroupPayload>(payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn handle(
+        &self,
+        msg: &GlobalMessage,
+        _bodies: &Bodies,
+    ) -> std::result::Result<Commit, HandlerError> {
+        let payload: GroupPayload =
+            serde_json::from_slice(&msg.payload).map_err(HandlerError::permanent)?;
+        let from = msg.origin.to_string();
+        let heartbeat = self.heartbeat;
+        let at = msg.created_at_ms;
+        let now = self.clock.now_millis();
+        tracing::info!(from = %from, kind = if heartbeat { HEARTBEAT_TYPE } else { GROUP_TYPE },
+            members = ?payload.members, "group message");
+        Ok(Commit::with(move |tx| {
+            let key = peer_view_key(&from);
+            let mut v: PeerViewDpo = tx.get(&key)?.unwrap_or_else(|| PeerViewDpo {
+                id: from.clone(),
+                ..Default::default()
+            });
+            v.messages += 1;
+            if heartbeat {
+                v.last_heartbeat_ms = Some(v.last_heartbeat_ms.map_or(at, |h| h.max(at)));
+            } else {
+                v.members = payload.members.clone();
+                v.group_at_ms = Some(now);
+            }
+            tx.put(&key, &v)
+        }))
+    }
+}
+
+/// A peer's bucket and, once the channel exists, the waker of its sender worker.
+struct Peer {
+    store: Arc<dyn ObjectStore>,
+    waker: Option<Arc<Notify>>,
+}
+
+/// One running deployment.
+pub struct Daemon {
+    /// The configuration it was opened with.
+    pub config: Config,
+    /// This deployment.
+    pub id: DeploymentId,
+    /// The metadata store.
+    pub meta: MetaStore,
+    /// The commit protocol.
+    pub txn: TxnManager,
+    /// The tables.
+    pub tables: Arc<Tables>,
+    /// The message service.
+    pub messaging: Context,
+    /// The workers.
+    pub supervisor: Supervisor,
+    /// API counters.
+    pub counters: ApiCounters,
+    /// Wakes the recovery worker (a commit was in doubt).
+    pub recover_wake: Arc<Notify>,
+    clock: SharedClock,
+    replication: Arc<dyn ObjectStore>,
+    peers: Mutex<HashMap<DeploymentId, Peer>>,
+    stopping: AtomicBool,
+    started: Instant,
+    operator_digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_err<E: std::error::Error + Send + Sync + 'static>(
+    field: &'static str,
+) -> impl FnOnce(E) -> Error {
+    move |e| Error::Open {
+        field,
+        source: Box::new(e),
+    }
+}
+
+fn open_store(field: &'static str, c: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
+    tern_storage::open_store(c).map_err(open_err(field))
+}
+
+/// Opens the key provider the configuration names.
+pub async fn open_keys(keys: &KeysConfig) -> Result<Arc<dyn KeyProvider>> {
+    let random = SystemRandom::shared();
+    match keys {
+        KeysConfig::None => Err(Error::Config {
+            field: "keys".into(),
+            reason: "is required".into(),
+        }),
+        KeysConfig::Local { dir, create, join } => {
+            let has_keys = dir.join(tern_crypto::provider::GMK_FILE).exists()
+                || dir.join(tern_crypto::provider::MASTER_KEY_FILE).exists();
+            let p = if has_keys || !*create {
+                LocalKeyProvider::open(dir, random)
+            } else if let Some(member) = join {
+                LocalKeyProvider::create_joining(dir, member, random)
+            } else {
+                LocalKeyProvider::create(dir, random)
+            };
+            Ok(Arc::new(p.map_err(open_err("keys.dir"))?))
+        }
+        KeysConfig::Kms {
+            gmk_key_id,
+            master_key_id,
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+        } => {
+            let credentials = match (access_key_id, secret_access_key) {
+                (Some(a), Some(s)) => Some(StaticCredentials {
+                    access_key_id: a.clone(),
+                    secret_access_key: s.clone(),
+                }),
+                _ => None,
+            };
+            let client = tern_crypto::kms_client(&KmsConnection {
+                endpoint: endpoint.clone(),
+                region: region.clone(),
+                credentials,
+            })
+            .await;
+            Ok(Arc::new(KmsKeyProvider::new(
+                client,
+                gmk_key_id.clone(),
+                master_key_id.clone(),
+            )))
+        }
+    }
+}
+
+impl Daemon {
+    /// Opens everything the configuration names and runs recovery. Nothing is served and
+    /// no worker runs yet.
+    pub async fn open(config: Config) -> Result<Arc<Daemon>> {
+        config.validate()?;
+        let clock = SystemClock::shared();
+        let id = DeploymentId::new(config.deployment_id.as_str())?;
+        if let Some(parent) = config.metadata_path.parent() {
+            std::fs::create_dir_all(parent).map_err(open_err("metadata_path"))?;
+        }
+        let meta = MetaStore::open_sqlite(&config.metadata_path, SqliteOptions::default())
+            .map_err(open_err("metadata_path"))?;
+        let volume = open_store("volume.url", &config.volume)?;
+        let replication = open_store("replication.url", &config.replication)?;
+        // A store that cannot be listed is found now rather than at the first request.
+        use futures::StreamExt as _;
+        if let Some(Err(e)) = volume.list(None).next().await {
+            return Err(open_err("volume.url")(e));
+        }
+        if let Some(Err(e)) = replication.list(None).next().await {
+            return Err(open_err("replication.url")(e));
+        }
+        let mut peers = HashMap::new();
+        for p in &config.peers {
+            let pid = DeploymentId::new(p.id.as_str())?;
+            let store = tern_storage::open_store(&p.bucket).map_err(|e| Error::Config {
+                field: format!("peers[{}].bucket.url", p.id),
+                reason: e.to_string(),
+            })?;
+            peers.insert(pid, Peer { store, waker: None });
+        }
+        let provider = open_keys(&config.keys).await?;
+        // A key provider that cannot derive keys is found now (KMS unreachable, wrong id).
+        provider
+            .derive_wrap_key(tern_crypto::DiversifierPolicy::default().current(&*clock))
+            .await
+            .map_err(open_err("keys"))?;
+        let txn = TxnManager::open(
+            id.clone(),
+            meta.clone(),
+            Arc::clone(&volume),
+            Arc::clone(&provider),
+            Arc::clone(&clock),
+            TxnOptions {
+                lock_timeout: config.txn.lock_timeout,
+                ..TxnOptions::default()
+            },
+        )?;
+        let report = txn.recover().await?;
+        tracing::info!(
+            rolled_back = report.rolled_back.len(),
+            rolled_forward = report.rolled_forward.len(),
+            finished = report.finished.len(),
+            files_removed = report.files_removed,
+            "recovery done"
+        );
+        let tables = Arc::new(Tables::new(
+            id.clone(),
+            Arc::clone(&volume),
+            meta.clone(),
+            Arc::clone(&provider),
+            Arc::clone(&clock),
+            TableOptions::default(),
+            Arc::new(txn.clone()),
+        ));
+        let registry = Registry::new()
+            .with(
+                GROUP_TYPE,
+                Arc::new(GroupHandler {
+                    heartbeat: false,
+                    clock: Arc::clone(&clock),
+                }),
+            )?
+            .with(
+                HEARTBEAT_TYPE,
+                Arc::new(GroupHandler {
+                    heartbeat: true,
+                    clock: Arc::clone(&clock),
+                }),
+            )?;
+        let messaging = Context::new(
+            id.clone(),
+            meta.clone(),
+            Arc::new(CachedWrapKeys::new(Arc::clone(&provider))),
+            Arc::clone(&clock),
+            SystemRandom::shared(),
+            registry,
+            config.messaging.clone(),
+        )?;
+        // This deployment is a member of its own group.
+        let me = DeploymentDpo {
+            id: id.clone(),
+            region: config.region.clone(),
+            cloud: config.cloud.clone(),
+            replication_bucket_url: config.replication.url.clone(),
+            credentials_ref: None,
+            added_at_ms: clock.now_millis(),
+        };
+        meta.write(|tx| match tx.get_deployment(&me.id)? {
+            Some(mut d) => {
+                d.region = me.region.clone();
+                d.cloud = me.cloud.clone();
+                d.replication_bucket_url = me.replication_bucket_url.clone();
+                tx.update_deployment(&d)
+            }
+            None => tx.add_deployment(&me),
+        })?;
+        let operator_digest = sha2::Sha256::digest(config.operator_token.as_bytes()).into();
+        Ok(Arc::new(Daemon {
+            supervisor: Supervisor::new(config.workers.error_backoff),
+            config,
+            id,
+            meta,
+            txn,
+            tables,
+            messaging,
+            counters: ApiCounters::default(),
+            recover_wake: Arc::new(Notify::new()),
+            clock,
+            replication,
+            peers: Mutex::new(peers),
+            stopping: AtomicBool::new(false),
+            started: Instant::now(),
+            operator_digest,
+        }))
+    }
+
+    /// The clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_millis()
+    }
+
+    /// Seconds since the daemon opened.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether shutdown began.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Marks shutdown as begun: new requests are refused.
+    pub fn stopping_now(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// True when `token` is the operator's (compared by digest, in constant time).
+    pub fn is_operator(&self, token: &str) -> bool {
+        let d: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        d.iter()
+            .zip(self.operator_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<DeploymentId, Peer>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts every background worker.
+    pub async fn start_workers(self: &Arc<Self>) -> Result<()> {
+        let store = &self.replication;
+        let ctx = &self.messaging;
+        let s = &self.supervisor;
+        s.spawn(Box::new(MessagingWorker(Receiver::new(
+            ctx.clone(),
+            Arc::clone(store),
+        ))));
+        s.spawn(Box::new(MessagingWorker(Processor::new(
+            ctx.clone(),
+            Arc::clone(store),
+        ))));
+        s.spawn(Box::new(MessagingWorker(Cleaner::new(
+            ctx.clone(),
+            Arc::clone(store),
+        ))));
+        let members = self.meta.read(|tx| tx.list_deployments())?;
+        for d in members.iter().filter(|d| d.id != self.id) {
+            if self.messaging.outbound(&d.id).await?.is_some() {
+                self.start_sender(&d.id)?;
+            }
+        }
+        s.spawn(Box::new(RecoverWorker {
+            daemon: Arc::downgrade(self),
+            interval: self.config.workers.recover_interval,
+            wake: Arc::clone(&self.recover_wake),
+            status: WorkerStatus::default(),
+            last: None,
+        }));
+        s.spawn(Box::new(HeartbeatWorker {
+            daemon: Arc::downgrade(self),
+            interval: self.config.workers.heartbeat_interval,
+            status: WorkerStatus::default(),
+            sent: 0,
+        }));
+        s.spawn(Box::new(MonitorWorker {
+            daemon: Arc::downgrade(self),
+            interval: self.config.workers.monitor_interval,
+            status: WorkerStatus::default(),
+        }));
+        Ok(())
+    }
+
+    /// Starts the sender worker of the channel to `peer`; API-side senders share its
+    /// waker, so a message sent by the API goes out at once.
+    fn start_sender(&self, peer: &DeploymentId) -> Result<()> {
+        let mut peers = self.lock_peers();
+        let Some(p) = peers.get_mut(peer) else {
+            tracing::warn!(peer = %peer, "group member without a [[peers]] entry: not sending to it");
+            return Ok(());
+        };
+        if p.waker.is_some() {
+            return Ok(());
+        }
+        let worker = Sender::new(self.messaging.clone(), peer.clone(), Arc::clone(&p.store));
+        p.waker = Some(worker.waker());
+        drop(peers);
+        self.supervisor.spawn(Box::new(MessagingWorker(worker)));
+        Ok(())
+    }
+
+    /// The ids of the group members other than this one.
+    pub fn member_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .meta
+            .read(|tx| tx.list_deployments())?
+            .into_iter()
+            .map(|d| d.id.to_string())
+            .collect())
+    }
+
+    /// Sends a message of `message_type` to every peer with a channel; how many got it.
+    pub async fn broadcast(&self, message_type: &str) -> Result<usize> {
+        let payload = serde_json::to_vec(&GroupPayload {
+            members: self.member_ids()?,
+        })
+        .map_err(|e| Error::internal("encode group message")(e.to_string()))?;
+        let senders: Vec<Sender> = {
+            let peers = self.lock_peers();
+            peers
+                .iter()
+                .filter_map(|(id, p)| {
+                    let waker = p.waker.as_ref()?;
+                    Some(
+                        Sender::new(self.messaging.clone(), id.clone(), Arc::clone(&p.store))
+                            .sharing_waker(Arc::clone(waker)),
+                    )
+                })
+                .collect()
+        };
+        let mut n = 0;
+        for s in senders {
+            s.send(Draft::new(message_type, payload.clone())).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// `create deployment`: adds `d` to the group, creates the outbound channel (when this
+    /// deployment has credentials for the peer's bucket), registers the peer's channel to
+    /// us when its genesis is given, and tells every peer the new member list. Returns the
+    /// genesis of our channel to the peer, for the peer's `register channel`.
+    pub async fn create_deployment(
+        &self,
+        mut d: DeploymentDpo,
+        peer_genesis: Option<ChannelGenesis>,
+    ) -> Result<Option<ChannelGenesis>> {
+        if d.id == self.id {
+            return Err(Error::Invalid(format!(
+                "{} is this deployment itself",
+                d.id
+            )));
+        }
+        let configured = self.config.peers.iter().find(|p| p.id == d.id.as_str());
+        if d.replication_bucket_url.is_empty() {
+            d.replication_bucket_url = configured.map(|p| p.bucket.url.clone()).unwrap_or_default();
+        }
+        d.added_at_ms = self.now_ms();
+        let exists = self.meta.read(|tx| tx.get_deployment(&d.id))?.is_some();
+        if exists {
+            return Err(Error::Exists {
+                what: "deployment",
+                name: d.id.to_string(),
+            });
+        }
+        self.meta.write(|tx| tx.add_deployment(&d))?;
+        let genesis = if configured.is_some() {
+            let g = self.messaging.create_outbound(&d.id).await?;
+            self.start_sender(&d.id)?;
+            Some(g)
+        } else {
+            tracing::warn!(peer = %d.id, "no [[peers]] entry: added to the group without a channel to it");
+            None
+        };
+        if let Some(g) = peer_genesis {
+            self.register_channel(&g).await?;
+        }
+        let n = self.broadcast(GROUP_TYPE).await?;
+        tracing::info!(peer = %d.id, told = n, "deployment added to the group");
+        Ok(genesis)
+    }
+
+    /// Registers the channel a peer created to us.
+    pub async fn register_channel(&self, genesis: &ChannelGenesis) -> Result<()> {
+        let known = self
+            .meta
+            .read(|tx| tx.get_deployment(&genesis.sender))?
+            .is_some();
+        if !known {
+            return Err(Error::NotFound {
+                what: "deployment",
+                name: genesis.sender.to_string(),
+            });
+        }
+        self.messaging.register_inbound(genesis).await?;
+        Ok(())
+    }
+
+    /// Transactions not in a final state, by state.
+    pub fn unfinished_transactions(&self) -> Result<BTreeMap<String, usize>> {
+        let mut out = BTreeMap::new();
+        for t in self.txn.transactions()? {
+            if !t.state.is_final() {
+                *out.entry(state_name(t.state).to_string()).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages by direction and state, from the metadata store.
+    pub fn message_states(&self) -> Result<BTreeMap<String, u64>> {
+        // The message service keeps its rows under msg/out and msg/in (tern-messaging's
+        // state module); it has no public counting call, so the daemon counts the rows.
+        let mut out = BTreeMap::new();
+        let outs = self.meta.read(|tx| {
+            tx.scan_prefix::<tern_messaging::state::OutMessage>(&Key::root("msg").str("out"))
+        })?;
+        for (_, m) in outs {
+            *out.entry(format!("out/{}", m.state.name())).or_default() += 1;
+        }
+        let ins = self.meta.read(|tx| {
+            tx.scan_prefix::<tern_messaging::state::InMessage>(&Key::root("msg").str("in"))
+        })?;
+        for (_, m) in ins {
+            *out.entry(format!("in/{}", m.state.queue())).or_default() += 1;
+        }
+        Ok(out)
+    }
+
+    /// Stops the workers and completes in-doubt commits. Returns the unfinished
+    /// transactions left (none after a clean stop).
+    pub async fn shutdown(&self) -> Result<BTreeMap<String, usize>> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let abandoned = self
+            .supervisor
+            .shutdown(self.config.workers.shutdown_grace)
+            .await;
+        let report = self.txn.recover().await?;
+        let left = self.unfinished_transactions()?;
+        tracing::info!(
+            abandoned_workers = abandoned,
+            rolled_forward = report.rolled_forward.len(),
+            unfinished = ?left,
+            "stopped"
+        );
+        Ok(left)
+    }
+}
+
+/// The name of a transaction state.
+pub fn state_name(s: TxnState) -> &'static str {
+    match s {
+        TxnState::Active => "active",
+        TxnState::PreCommitting => "pre_committing",
+        TxnState::Prepared => "prepared",
+        TxnState::Committing => "committing",
+        TxnState::Committed => "committed",
+        TxnState::Aborted => "aborted",
+    }
+}
+
+/// Completes commits reported in doubt, and forgets old finished transaction rows.
+struct RecoverWorker {
+    daemon: std::sync::Weak<Daemon>,
+    interval: Duration,
+    wake: Arc<Notify>,
+    status: WorkerStatus,
+    last: Option<Instant>,
+}
+
+#[async_trait]
+impl Worker for RecoverWorker {
+    fn name(&self) -> String {
+        "recovery".into()
+    }
+    async fn work(&mut self) -> Result<WorkerState> {
+        let Some(d) = self.daemon.upgrade() else {
+            return Ok(WorkerState::Idle);
+        };
+        if self.last.is_some_and(|t| t.elapsed() < self.interval / 2) {
+            return Ok(WorkerState::Idle);
+        }
+        self.last = Some(Instant::now());
+        let r = d.txn.recover().await?;
+        let retention =
+            i64::try_from(d.config.workers.txn_retention.as_millis()).unwrap_or(i64::MAX);
+        let pruned = d.txn.prune_finished(d.now_ms().saturating_sub(retention))?;
+        let done = r.rolled_forward.len() + r.finished.len();
+        if done > 0 || pruned > 0 {
+            self.status.busy_units += 1;
+        }
+        self.status.figures = vec![
+            ("rolled_forward", r.rolled_forward.len() as u64),
+            ("pruned", pruned as u64),
+        ];
+        Ok(WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::select! {
+            () = tokio::time::sleep(self.interval) => {}
+            () = self.wake.notified() => { self.last = None; }
+        }
+    }
+    fn status(&self) -> WorkerStatus {
+        self.status.clone()
+    }
+}
+
+/// Sends `tern.heartbeat` to every peer.
+struct HeartbeatWorker {
+    daemon: std::sync::Weak<Daemon>,
+    interval: Duration,
+    status: WorkerStatus,
+    sent: u64,
+}
+
+#[async_trait]
+impl Worker for HeartbeatWorker {
+    fn name(&self) -> String {
+        "heartbeat".into()
+    }
+    async fn work(&mut self) -> Result<WorkerState> {
+        let Some(d) = self.daemon.upgrade() else {
+            return Ok(WorkerState::Idle);
+        };
+        let n = d.broadcast(HEARTBEAT_TYPE).await?;
+        self.sent += n as u64;
+        if n > 0 {
+            self.status.busy_units += 1;
+        }
+        self.status.figures = vec![("heartbeats_sent", self.sent)];
+        Ok(WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.interval).await;
+    }
+    fn status(&self) -> WorkerStatus {
+        self.status.clone()
+    }
+}
+
+/// Logs the deployment's figures every interval (DESIGN.md §12: cumulative and
+/// instantaneous figures; `/metrics` serves the same).
+struct MonitorWorker {
+    daemon: std::sync::Weak<Daemon>,
+    interval: Duration,
+    status: WorkerStatus,
+}
+
+#[async_trait]
+impl Worker for MonitorWorker {
+    fn name(&self) -> String {
+        "monitor".into()
+    }
+    async fn work(&mut self) -> Result<WorkerState> {
+        let Some(d) = self.daemon.upgrade() else {
+            return Ok(WorkerState::Idle);
+        };
+        let commits = d.txn.phase_stats().commits;
+        let queues = d.message_states()?;
+        let unfinished: usize = d.unfinished_transactions()?.values().sum();
+        let c = d.messaging.counters();
+        tracing::info!(
+            commits,
+            rows_inserted = d.counters.rows_inserted.load(Ordering::Relaxed),
+            messages_sent = tern_messaging::Counters::get(&c.messages_sent),
+            messages_received = tern_messaging::Counters::get(&c.messages_received),
+            unfinished_transactions = unfinished,
+            queues = ?queues,
+            "monitor"
+        );
+        self.status.busy_units += 1;
+        self.status.figures = vec![("commits", commits)];
+        Ok(WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.interval).await;
+    }
+    fn status(&self) -> WorkerStatus {
+        self.status.clone()
+    }
+}

@@ -1,0 +1,214 @@
+//! The daemon's one error type, and the small [`Kind`] that decides an HTTP status and
+//! whether a client may retry.
+
+use axum::http::StatusCode;
+
+/// What kind of failure, as far as a client needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The request is wrong (bad JSON, wrong types, unknown column, oversized body).
+    InvalidInput,
+    /// What it names does not exist (account, database, table, version, route).
+    NotFound,
+    /// It collides with what exists or with another writer; may be retried.
+    Conflict,
+    /// Not now (lock timeout, commit in doubt, shutting down); retry later.
+    Unavailable,
+    /// No token, or a token that is not known.
+    Unauthorized,
+    /// A valid token that does not reach what was asked for.
+    Forbidden,
+    /// A fault of the daemon or its storage.
+    Internal,
+}
+
+impl Kind {
+    /// The HTTP status of this kind.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Kind::InvalidInput => StatusCode::BAD_REQUEST,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Its name in JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::InvalidInput => "invalid_input",
+            Kind::NotFound => "not_found",
+            Kind::Conflict => "conflict",
+            Kind::Unavailable => "unavailable",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::Internal => "internal",
+        }
+    }
+}
+
+/// Errors of `ternd`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration field is missing or wrong (named).
+    #[error("config {field}: {reason}")]
+    Config {
+        /// The field (`volume.url`).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Something named in the configuration could not be opened.
+    #[error("cannot open {field}: {source}")]
+    Open {
+        /// The config field that named it.
+        field: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A request that cannot be served as sent.
+    #[error("{0}")]
+    Invalid(String),
+    /// An oversized body.
+    #[error("request body is larger than the limit of {limit} bytes (api.max_body_bytes)")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Something named does not exist.
+    #[error("{what} {name:?} not found")]
+    NotFound {
+        /// What it is.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// It exists already.
+    #[error("{what} {name:?} already exists")]
+    Exists {
+        /// What it is.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// Missing or unknown token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A token for another account.
+    #[error("this token does not reach account {account:?}")]
+    Forbidden {
+        /// The account asked for.
+        account: String,
+    },
+    /// Shutting down.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    /// A table operation failed.
+    #[error(transparent)]
+    Table(#[from] tern_table::Error),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] tern_meta::Error),
+    /// The commit protocol failed.
+    #[error(transparent)]
+    Txn(#[from] tern_txn::Error),
+    /// The message service failed.
+    #[error(transparent)]
+    Messaging(#[from] tern_messaging::Error),
+    /// A name (account, database, deployment) is not valid.
+    #[error("invalid name: {0}")]
+    Name(#[from] tern_storage::Error),
+    /// A blocking task or I/O failed.
+    #[error("{what}: {reason}")]
+    Internal {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The kind that decides the HTTP status.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Error::Config { .. } | Error::Invalid(_) | Error::TooLarge { .. } | Error::Name(_) => {
+                Kind::InvalidInput
+            }
+            Error::NotFound { .. } => Kind::NotFound,
+            Error::Exists { .. } => Kind::Conflict,
+            Error::Unauthorized(_) => Kind::Unauthorized,
+            Error::Forbidden { .. } => Kind::Forbidden,
+            Error::ShuttingDown => Kind::Unavailable,
+            Error::Table(e) => table_kind(e),
+            Error::Meta(e) => meta_kind(e),
+            Error::Txn(_) => Kind::Internal,
+            Error::Messaging(e) => match e {
+                tern_messaging::Error::ChannelExists { .. } => Kind::Conflict,
+                tern_messaging::Error::Invalid { .. }
+                | tern_messaging::Error::InvalidConfig { .. }
+                | tern_messaging::Error::UnknownType { .. }
+                | tern_messaging::Error::MalformedPayload { .. } => Kind::InvalidInput,
+                _ => Kind::Internal,
+            },
+            Error::Open { .. } | Error::Internal { .. } => Kind::Internal,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            other => other.kind().status(),
+        }
+    }
+
+    pub(crate) fn internal(what: &'static str) -> impl FnOnce(String) -> Error {
+        move |reason| Error::Internal { what, reason }
+    }
+}
+
+fn meta_kind(e: &tern_meta::Error) -> Kind {
+    match e {
+        tern_meta::Error::AlreadyExists { .. } | tern_meta::Error::VersionConflict { .. } => {
+            Kind::Conflict
+        }
+        tern_meta::Error::NotFound { .. } => Kind::NotFound,
+        tern_meta::Error::InUse { .. } | tern_meta::Error::Invalid { .. } => Kind::InvalidInput,
+        tern_meta::Error::Busy { .. } => Kind::Unavailable,
+        _ => Kind::Internal,
+    }
+}
+
+fn table_kind(e: &tern_table::Error) -> Kind {
+    use tern_table::{CommitFailure, Error as T};
+    if e.is_conflict() {
+        return Kind::Conflict;
+    }
+    match e {
+        T::UnknownColumn { .. }
+        | T::MissingColumn { .. }
+        | T::TypeMismatch { .. }
+        | T::NullInNonNullable { .. }
+        | T::InvalidSchema { .. }
+        | T::BadInput { .. }
+        | T::DuplicateMergeKey { .. } => Kind::InvalidInput,
+        T::UnknownTable { .. } | T::VersionNotRetained { .. } => Kind::NotFound,
+        T::Commit { kind, .. } => match kind {
+            CommitFailure::Conflict => Kind::Conflict,
+            CommitFailure::LockTimeout | CommitFailure::InDoubt => Kind::Unavailable,
+            _ => Kind::Internal,
+        },
+        T::Meta(m) => meta_kind(m),
+        _ => Kind::Internal,
+    }
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
