@@ -29,7 +29,7 @@ fn selfcheck_does_real_work_on_folders() {
         "copy to peer",
         "tamper refused",
         "message chain",
-        "receiver cleanup",
+        "transaction log",
     ] {
         assert!(
             steps.contains(&expected),

@@ -4,28 +4,34 @@
 //! metadata store and local keys. d1 creates a table, loads rows and queries them; its
 //! micro-partitions are then copied to d2 the way replication will copy them — re-encrypted
 //! into d2's inbound stage under a replication key, then into d2's volume under d2's own
-//! key — and a tampered copy is refused. Message files are created exactly once under
-//! injected storage faults. Any wrong result fails the command.
+//! key — and a tampered copy is refused. d1 sends messages to d2 through the message
+//! service under injected storage faults; each is handled exactly once and the receiver
+//! cleans up. Any wrong result fails the command.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::ObjectStore;
 use serde::Serialize;
 use tern_clock::SystemClock;
 use tern_crypto::{
-    CopyOptions, DataKey, EncryptOptions, EncryptedObject, Endpoint, LocalKeyProvider, RepMk,
-    ReplicationFileKeys, SystemRandom, TableFileKeys,
+    CachedWrapKeys, CopyOptions, DataKey, EncryptOptions, EncryptedObject, Endpoint,
+    LocalKeyProvider, RepMk, ReplicationFileKeys, SystemRandom, TableFileKeys,
+};
+use tern_messaging::{
+    Bodies, Cleaner, Commit, Context, Draft, GlobalMessage, Handler, HandlerError, MessagingConfig,
+    Processor, Receiver, Registry, Sender, Worker, worker,
 };
 use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, ResponseId};
 use tern_storage::{
-    Fault, FaultPlan, FaultRule, FaultStore, Operation, Path, RetryPolicy, RetryStore, StoreConfig,
-    StoreExt, open_store,
+    Fault, FaultPlan, FaultRule, FaultStore, Operation, Path, StoreConfig, StoreExt, open_store,
 };
 use tern_table::{
     Aggregate, CmpOp, ColumnDef, ColumnType, Predicate, Scalar, ScanRequest, TableOptions, Tables,
@@ -99,6 +105,7 @@ struct Deployment {
     id: DeploymentId,
     volume: Arc<dyn ObjectStore>,
     replication: Arc<dyn ObjectStore>,
+    keys: Arc<LocalKeyProvider>,
     tables: Tables,
     txn: TxnManager,
 }
@@ -111,7 +118,9 @@ fn open_folder(dir: &FsPath) -> Result<Arc<dyn ObjectStore>> {
     .map_err(failed("open folder store"))
 }
 
-async fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
+/// Deployment `id` under `root`; `group` is the key folder of a member whose group it joins
+/// (the same global master key), `None` for the first member.
+async fn deployment(root: &FsPath, id: &str, group: Option<&FsPath>) -> Result<Deployment> {
     let id = DeploymentId::new(id).map_err(failed("names"))?;
     let home = root.join(id.as_str());
     let volume = open_folder(&home.join("volume"))?;
@@ -122,8 +131,14 @@ async fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
     })?;
     let meta = MetaStore::open_sqlite(home.join("meta.db"), SqliteOptions::default())
         .map_err(failed("open metadata store"))?;
-    let keys = LocalKeyProvider::open_or_create(&home.join("keys"), SystemRandom::shared())
-        .map_err(failed("open keys"))?;
+    let key_dir = home.join("keys");
+    let keys = match group {
+        Some(member) if !key_dir.exists() => {
+            LocalKeyProvider::create_joining(&key_dir, member, SystemRandom::shared())
+        }
+        _ => LocalKeyProvider::open_or_create(&key_dir, SystemRandom::shared()),
+    }
+    .map_err(failed("open keys"))?;
     let keys = Arc::new(keys);
     let txn = TxnManager::open(
         id.clone(),
@@ -141,7 +156,7 @@ async fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
         id.clone(),
         Arc::clone(&volume),
         meta,
-        keys,
+        keys.clone(),
         SystemClock::shared(),
         TableOptions::default(),
         Arc::new(txn.clone()),
@@ -150,6 +165,7 @@ async fn deployment(root: &FsPath, id: &str) -> Result<Deployment> {
         id,
         volume,
         replication,
+        keys,
         tables,
         txn,
     })
@@ -220,8 +236,8 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
     let rows = i64::try_from(rows.max(1000)).map_err(|_| wrong("options", "too many rows"))?;
 
     let t = Instant::now();
-    let d1 = deployment(&root, "d1").await?;
-    let d2 = deployment(&root, "d2").await?;
+    let d1 = deployment(&root, "d1", None).await?;
+    let d2 = deployment(&root, "d2", Some(&root.join("d1").join("keys"))).await?;
     step(
         "open group",
         t,
@@ -554,88 +570,107 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
         format!("flipped bit in {inbound}: {e}"),
     );
 
-    // Message files form a chain created exactly once each, even under inconclusive writes.
+    // Messages d1 → d2 through the message service: encrypted message files in d2's
+    // replication bucket, written under injected faults (one write lands but reports
+    // failure), each message handled once by d2, then d2 removes what it processed.
+    let t = Instant::now();
+    let notes = Arc::new(Notes::default());
+    let ctx1 = messaging(&d1, Arc::clone(&notes))?;
+    let ctx2 = messaging(&d2, Arc::clone(&notes))?;
+    let genesis = ctx1
+        .create_outbound(&d2.id)
+        .await
+        .map_err(failed("message chain"))?;
+    ctx2.register_inbound(&genesis)
+        .await
+        .map_err(failed("message chain"))?;
     let plan = FaultPlan::new();
-    let flaky: Arc<dyn ObjectStore> =
+    let peer_bucket: Arc<dyn ObjectStore> =
         Arc::new(FaultStore::new(Arc::clone(&d2.replication), plan.clone()));
-    let reliable = RetryStore::new(
-        flaky,
-        RetryPolicy {
-            initial_backoff: std::time::Duration::from_millis(5),
-            ..Default::default()
-        },
-    );
+    let msg_files = layout::replication::msg_prefix(&d1.id);
     let faults = [
         plan.arm(
             FaultRule::on(Operation::Put)
-                .nth(2)
+                .under(msg_files.clone())
                 .fault(Fault::FailAfterEffect),
         ),
-        plan.arm(FaultRule::on(Operation::Put).nth(4).fault(Fault::Fail)),
+        plan.arm(
+            FaultRule::on(Operation::Put)
+                .under(msg_files.clone())
+                .nth(3)
+                .fault(Fault::Fail),
+        ),
     ];
-    let t = Instant::now();
-    for seq in 1..=5u64 {
-        let path = layout::replication::msg(&d1.id, seq);
-        reliable
-            .put_new(&path, Bytes::from(format!("message file {seq}")).into())
+    let mut sender = Sender::new(ctx1.clone(), d2.id.clone(), peer_bucket);
+    let sent = 30usize;
+    for batch in 0..3 {
+        let drafts = (0..sent / 3)
+            .map(|n| Draft::new(NOTE, format!("{{\"n\":{}}}", batch * 10 + n)))
+            .collect();
+        sender
+            .send_batch(drafts)
             .await
             .map_err(failed("message chain"))?;
+        // A failed write is retried the way the daemon's worker loop retries it.
+        drive(&mut sender).await?;
     }
-    let chain = d2
+    let files = d2
         .replication
-        .list_sorted(&layout::replication::msg_prefix(&d1.id))
+        .list_sorted(&msg_files)
         .await
-        .map_err(failed("message chain"))?;
-    let seqs: Vec<u64> = chain
-        .iter()
-        .filter_map(|m| {
-            m.location
-                .filename()
-                .and_then(layout::replication::parse_msg)
-        })
-        .collect();
-    if seqs != [1, 2, 3, 4, 5] {
+        .map_err(failed("message chain"))?
+        .len();
+    let mut receiver = Receiver::new(ctx2.clone(), Arc::clone(&d2.replication));
+    let mut processor = Processor::new(ctx2.clone(), Arc::clone(&d2.replication));
+    let mut cleaner = Cleaner::new(ctx2.clone(), Arc::clone(&d2.replication));
+    drive(&mut receiver).await?;
+    drive(&mut processor).await?;
+    drive(&mut cleaner).await?;
+    let handled = notes.handled();
+    if handled.len() != sent || notes.calls() != sent {
         return Err(wrong(
             "message chain",
-            format!("expected files 1..=5, found {seqs:?}"),
+            format!(
+                "{sent} messages sent, {} handled ({} handler calls)",
+                handled.len(),
+                notes.calls()
+            ),
         ));
     }
-    match d2
+    let rejected: u64 = ctx2.counters().rejected().values().sum();
+    if rejected > 0 {
+        return Err(wrong("message chain", format!("{rejected} files rejected")));
+    }
+    // The copies staged for the import above go too: the receiver empties its stage.
+    let staged = d2
         .replication
-        .put_new(
-            &layout::replication::msg(&d1.id, 3),
-            Bytes::from_static(b"replay").into(),
-        )
+        .delete_prefix(&layout::replication::inbound_prefix(&d1.id, &response))
         .await
-    {
-        Err(tern_storage::Error::AlreadyExists { .. }) => {}
-        other => {
-            return Err(wrong(
-                "message chain",
-                format!("a replayed file name was not refused: {other:?}"),
-            ));
-        }
+        .map_err(failed("message chain"))?;
+    let left = d2
+        .replication
+        .list_sorted(&layout::replication::sub_bucket(&d1.id))
+        .await
+        .map_err(failed("message chain"))?;
+    if !left.is_empty() {
+        return Err(wrong(
+            "message chain",
+            format!(
+                "{} files left in d2:from/d1/ after cleanup: {:?}",
+                left.len(),
+                left.iter()
+                    .map(|m| m.location.to_string())
+                    .collect::<Vec<_>>()
+            ),
+        ));
     }
     step(
         "message chain",
         t,
         format!(
-            "5 files created once each despite {} injected faults (one inconclusive); replay refused",
+            "{sent} messages in {files} encrypted files d1 → d2 despite {} injected faults (one inconclusive); each handled once; d2 removed them and {staged} staged copies",
             faults.iter().map(|f| plan.fired(*f)).sum::<u64>()
         ),
-    );
-
-    // Receiver cleanup: d2 deletes what it processed.
-    let t = Instant::now();
-    let removed = d2
-        .replication
-        .delete_prefix(&layout::replication::sub_bucket(&d1.id))
-        .await
-        .map_err(failed("cleanup"))?;
-    step(
-        "receiver cleanup",
-        t,
-        format!("{removed} files removed from d2:from/d1/"),
     );
 
     print_report(
@@ -646,6 +681,81 @@ pub async fn run(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<()> {
         json,
     );
     Ok(())
+}
+
+/// The message type the self-check sends.
+const NOTE: &str = "selfcheck.note";
+
+/// Records which messages were handled, and how often the handler ran.
+#[derive(Debug, Default)]
+struct Notes {
+    ids: Mutex<BTreeSet<String>>,
+    calls: Mutex<usize>,
+}
+
+impl Notes {
+    fn handled(&self) -> BTreeSet<String> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn calls(&self) -> usize {
+        *self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Handler for Notes {
+    fn validate(&self, payload: &[u8]) -> std::result::Result<(), String> {
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .map(|_| ())
+            .map_err(|e| format!("not JSON: {e}"))
+    }
+
+    async fn handle(
+        &self,
+        msg: &GlobalMessage,
+        _bodies: &Bodies,
+    ) -> std::result::Result<Commit, HandlerError> {
+        *self.calls.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(msg.id.to_string());
+        Ok(Commit::none())
+    }
+}
+
+/// One deployment's message service, knowing the self-check's message type.
+fn messaging(d: &Deployment, notes: Arc<Notes>) -> Result<Context> {
+    let mut registry = Registry::new();
+    registry
+        .register(NOTE, notes)
+        .map_err(failed("message chain"))?;
+    Context::new(
+        d.id.clone(),
+        d.tables.meta().clone(),
+        Arc::new(CachedWrapKeys::new(d.keys.clone())),
+        SystemClock::shared(),
+        SystemRandom::shared(),
+        registry,
+        MessagingConfig::default(),
+    )
+    .map_err(failed("message chain"))
+}
+
+/// Run a worker until it is idle, retrying failed units a few times (storage faults).
+async fn drive(w: &mut dyn Worker) -> Result<()> {
+    let mut failures = 0;
+    loop {
+        match worker::drain(w).await {
+            Ok(_) => return Ok(()),
+            Err(e) if failures < 5 => {
+                failures += 1;
+                tracing::debug!(worker = %w.name(), error = %e, "unit failed; retrying");
+            }
+            Err(e) => return Err(failed("message chain")(e)),
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)] // the report is the command's output
