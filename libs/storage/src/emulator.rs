@@ -260,6 +260,27 @@ pub fn localstack() -> Result<Emulator, EmulatorError> {
     emulator(Target::LocalStack)
 }
 
+/// A new bucket `tern-<name>-<pid>` on [`localstack`] (started if needed) and a store over
+/// it: the volume of one test or benchmark. Its name is returned so the caller can remove
+/// it; the emulator is wiped between CI runs anyway.
+pub async fn localstack_bucket(
+    name: &str,
+) -> Result<(Arc<dyn object_store::ObjectStore>, String), Box<dyn std::error::Error + Send + Sync>>
+{
+    let emu = tokio::task::spawn_blocking(localstack).await??;
+    let opts = emu.s3_options();
+    let bucket = format!("tern-{name}-{}", std::process::id());
+    crate::admin::BucketAdmin::new(&opts)
+        .await
+        .create_bucket(&bucket, &opts.region)
+        .await?;
+    let store = crate::config::open_store(&crate::config::StoreConfig {
+        url: format!("s3://{bucket}"),
+        s3: opts,
+    })?;
+    Ok((store, bucket))
+}
+
 /// moto with `test`/`test` credentials: `TERN_MOTO_URL` if set, else `localstack/start.sh
 /// moto` (`127.0.0.1:${TERN_MOTO_PORT:-4600}`). Once the infra is applied on it, moto enforces
 /// IAM and rejects `test`: use [`admin`]`(Target::Moto)` for a full-access identity then.

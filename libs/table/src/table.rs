@@ -421,20 +421,8 @@ impl Tables {
         keys: &[&str],
     ) -> Result<CommitInfo> {
         let (mut txn, ctx) = self.locked(table).await?;
-        match self.merge_locked(&ctx, txn.as_mut(), source, keys).await {
-            Ok(Some(change)) => self.commit(txn, change).await,
-            Ok(None) => {
-                txn.abort().await;
-                Ok(CommitInfo {
-                    version: ctx.table.current_version,
-                    ..Default::default()
-                })
-            }
-            Err(e) => {
-                txn.abort().await;
-                Err(e)
-            }
-        }
+        let staged = self.merge_locked(&ctx, txn.as_mut(), source, keys).await;
+        self.commit_staged(txn, &ctx, staged).await
     }
 
     async fn merge_locked(
@@ -546,23 +534,10 @@ impl Tables {
         F: Fn(&RecordBatch, &BooleanArray) -> Result<RecordBatch>,
     {
         let (mut txn, ctx) = self.locked(table).await?;
-        match self
+        let staged = self
             .rewrite_locked(&ctx, txn.as_mut(), predicate, apply)
-            .await
-        {
-            Ok(Some(change)) => self.commit(txn, change).await,
-            Ok(None) => {
-                txn.abort().await;
-                Ok(CommitInfo {
-                    version: ctx.table.current_version,
-                    ..Default::default()
-                })
-            }
-            Err(e) => {
-                txn.abort().await;
-                Err(e)
-            }
-        }
+            .await;
+        self.commit_staged(txn, &ctx, staged).await
     }
 
     /// The change of a delete/update, `None` when no row matches.
@@ -1039,6 +1014,30 @@ impl Tables {
             add_column: None,
             rows,
             keys: Arc::clone(&ctx.keys),
+        }
+    }
+
+    /// Commit what a locked statement staged; `None` (nothing to change) or an error ends
+    /// the transaction without a version.
+    async fn commit_staged(
+        &self,
+        txn: Box<dyn Transaction>,
+        ctx: &Ctx,
+        staged: Result<Option<TableChange>>,
+    ) -> Result<CommitInfo> {
+        match staged {
+            Ok(Some(change)) => self.commit(txn, change).await,
+            Ok(None) => {
+                txn.abort().await;
+                Ok(CommitInfo {
+                    version: ctx.table.current_version,
+                    ..Default::default()
+                })
+            }
+            Err(e) => {
+                txn.abort().await;
+                Err(e)
+            }
         }
     }
 

@@ -21,9 +21,7 @@ use tern_clock::SystemClock;
 use tern_crypto::{LocalKeyProvider, SystemRandom};
 use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
-use tern_storage::{
-    ObjectStore, Path, S3Options, StoreConfig, StoreExt, admin::BucketAdmin, emulator, open_store,
-};
+use tern_storage::{ObjectStore, Path, StoreConfig, StoreExt, emulator, open_store};
 use tern_table::schema::arrow_schema;
 use tern_table::{ColumnDef, ColumnType, Committer, LocalCommitter, TableOptions, Tables};
 use tern_txn::{PhaseStats, TxnManager, TxnOptions};
@@ -282,31 +280,21 @@ fn main() -> Result<(), BoxError> {
         };
         bench_store("folder store", &folder, commits).await?;
         if std::env::var("TERN_BENCH_LOCALSTACK").is_ok_and(|v| v == "1") {
-            let emu = tokio::task::spawn_blocking(emulator::localstack).await??;
-            let opts = S3Options::with_endpoint(
-                emu.endpoint,
-                emu.region,
-                emu.access_key_id,
-                emu.secret_access_key,
-            );
-            let admin = BucketAdmin::new(&opts).await;
-            let mut buckets = Vec::new();
+            let mut stores = Vec::new();
             for i in 0..3 {
-                let b = format!("tern-bench-commit-{}-{i}", std::process::id());
-                admin.create_bucket(&b, &opts.region).await?;
-                buckets.push(b);
+                stores.push(
+                    emulator::localstack_bucket(&format!("bench-commit-{i}"))
+                        .await?
+                        .0,
+                );
             }
-            let next = std::sync::Mutex::new(buckets.into_iter());
+            let next = std::sync::Mutex::new(stores.into_iter());
             let s3 = || -> Result<Arc<dyn ObjectStore>, BoxError> {
-                let bucket = next
+                Ok(next
                     .lock()
-                    .map_err(|_| "bucket list poisoned")?
+                    .map_err(|_| "store list poisoned")?
                     .next()
-                    .ok_or("no bucket left")?;
-                Ok(open_store(&StoreConfig {
-                    url: format!("s3://{bucket}"),
-                    s3: opts.clone(),
-                })?)
+                    .ok_or("no bucket left")?)
             };
             bench_store("LocalStack (S3 on loopback)", &s3, (commits / 4).max(16)).await?;
         }

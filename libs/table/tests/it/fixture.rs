@@ -10,7 +10,7 @@ use tern_clock::ManualClock;
 use tern_crypto::{LocalKeyProvider, SystemRandom};
 use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
-use tern_storage::{ObjectStore, S3Options, StoreConfig, admin::BucketAdmin, emulator, open_store};
+use tern_storage::{ObjectStore, StoreConfig, emulator, open_store};
 use tern_table::schema::arrow_schema;
 use tern_table::{ColumnDef, ColumnType, LocalCommitter, TableOptions, Tables};
 
@@ -102,27 +102,10 @@ pub fn folder_volume(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
 }
 
 pub async fn localstack_volume(test: &str) -> Arc<dyn ObjectStore> {
-    let emu = tokio::task::spawn_blocking(emulator::localstack)
+    emulator::localstack_bucket(&format!("table-{test}"))
         .await
-        .expect("task")
-        .unwrap_or_else(|e| panic!("LocalStack is required: {e}"));
-    let opts = S3Options::with_endpoint(
-        emu.endpoint,
-        emu.region,
-        emu.access_key_id,
-        emu.secret_access_key,
-    );
-    let bucket = format!("tern-table-{test}-{}", std::process::id());
-    BucketAdmin::new(&opts)
-        .await
-        .create_bucket(&bucket, &opts.region)
-        .await
-        .expect("bucket");
-    open_store(&StoreConfig {
-        url: format!("s3://{bucket}"),
-        s3: opts,
-    })
-    .expect("s3 store")
+        .unwrap_or_else(|e| panic!("LocalStack is required: {e}"))
+        .0
 }
 
 impl Fixture {

@@ -12,8 +12,7 @@ use tern_crypto::{LocalKeyProvider, SystemRandom};
 use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{
-    FaultPlan, FaultStore, ObjectStore, Path, S3Options, StoreConfig, StoreExt, admin::BucketAdmin,
-    emulator, open_store,
+    FaultPlan, FaultStore, ObjectStore, Path, StoreConfig, StoreExt, emulator, open_store,
 };
 use tern_table::commit::ChangeRecord;
 use tern_table::schema::arrow_schema;
@@ -79,27 +78,10 @@ pub fn folder_volume(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
 }
 
 pub async fn localstack_volume(test: &str) -> Arc<dyn ObjectStore> {
-    let emu = tokio::task::spawn_blocking(emulator::localstack)
+    emulator::localstack_bucket(&format!("txn-{test}"))
         .await
-        .expect("task")
-        .unwrap_or_else(|e| panic!("LocalStack is required: {e}"));
-    let opts = S3Options::with_endpoint(
-        emu.endpoint,
-        emu.region,
-        emu.access_key_id,
-        emu.secret_access_key,
-    );
-    let bucket = format!("tern-txn-{test}-{}", std::process::id());
-    BucketAdmin::new(&opts)
-        .await
-        .create_bucket(&bucket, &opts.region)
-        .await
-        .expect("bucket");
-    open_store(&StoreConfig {
-        url: format!("s3://{bucket}"),
-        s3: opts,
-    })
-    .expect("s3 store")
+        .unwrap_or_else(|e| panic!("LocalStack is required: {e}"))
+        .0
 }
 
 impl Deployment {
