@@ -45,3 +45,5 @@ pub fn binary(name: &str) -> PathBuf {
     built.insert(name.to_string(), path.clone());
     path
 }
+
+pub mod ternd;

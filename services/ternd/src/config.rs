@@ -303,6 +303,11 @@ impl Config {
             )
         })?;
         apply_env(&mut doc, env)?;
+        if let Some(toml::Value::Table(keys)) = doc.get("keys")
+            && !keys.contains_key("kind")
+        {
+            return Err(invalid("keys.kind", "is required: \"local\" or \"kms\""));
+        }
         let config: Config = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| {
