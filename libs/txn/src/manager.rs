@@ -117,6 +117,8 @@ struct Inner {
     released: Notify,
     log_keys: Mutex<HashMap<AccountId, Arc<TableFileKeys>>>,
     phases: PhaseTimes,
+    /// Handles of this instance's commits running now: recovery leaves them alone.
+    in_flight: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl TxnManager {
@@ -167,6 +169,7 @@ impl TxnManager {
                 released: Notify::new(),
                 log_keys: Mutex::new(HashMap::new()),
                 phases: PhaseTimes::default(),
+                in_flight: Mutex::default(),
             }),
         })
     }
@@ -187,7 +190,9 @@ impl TxnManager {
     /// finished. Run at start-up, before serving, and whenever a commit was in doubt.
     ///
     /// Only one live instance may use a metadata store while this runs on it (an instance
-    /// cannot tell a transaction of another live instance from one of a dead one).
+    /// cannot tell a transaction of another live instance from one of a dead one). Commits
+    /// of this instance that are still running are left to finish by themselves, so it is
+    /// safe to call from a periodic worker.
     #[tracing::instrument(level = "info", skip(self), fields(instance = self.inner.instance))]
     pub async fn recover(&self) -> Result<RecoveryReport> {
         let inner = &self.inner;
@@ -199,7 +204,8 @@ impl TxnManager {
             .map(|(_, t)| t)
             .filter(|t| {
                 !t.state.is_final()
-                    && (t.instance != inner.instance || t.state == TxnState::Prepared)
+                    && (t.instance != inner.instance
+                        || (t.state == TxnState::Prepared && !inner.is_in_flight(t.handle)))
             })
             .collect();
         // Roll forward in id order (conflicting transactions cannot both be pending: they
@@ -219,12 +225,15 @@ impl TxnManager {
                         reason: "prepared without a log record".into(),
                     })?;
                     inner.store_log(&record).await?;
-                    inner.finish(t.handle, &record)?;
-                    report.rolled_forward.push(record.txn_id);
+                    // A commit of this instance may have finished it meanwhile.
+                    if inner.finish(t.handle, &record)? {
+                        report.rolled_forward.push(record.txn_id);
+                    }
                 }
                 TxnState::Committing => {
-                    inner.release(t.handle, TxnState::Committed)?;
-                    report.finished.push(t.txn_id.unwrap_or_default());
+                    if inner.release(t.handle, TxnState::Committed)? {
+                        report.finished.push(t.txn_id.unwrap_or_default());
+                    }
                 }
                 TxnState::Committed | TxnState::Aborted => {}
             }
@@ -462,7 +471,22 @@ impl Inner {
             })
     }
 
+    fn is_in_flight(&self, handle: u64) -> bool {
+        self.lock_in_flight().contains(&handle)
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn commit(&self, id: &Begun, changes: Vec<Change>) -> Result<Committed> {
+        self.lock_in_flight().insert(id.handle);
+        let outcome = self.commit_in_flight(id, changes).await;
+        self.lock_in_flight().remove(&id.handle);
+        outcome
+    }
+
+    async fn commit_in_flight(&self, id: &Begun, changes: Vec<Change>) -> Result<Committed> {
         let (handle, account) = (id.handle, &id.account);
         let started = Instant::now();
         if let Some(other) = changes.iter().find(|c| c.account() != account) {
@@ -561,10 +585,16 @@ impl Inner {
         })
     }
 
-    /// Committing (versions visible, atomically) then Committed (locks released).
-    fn finish(&self, handle: u64, record: &LogRecord) -> Result<()> {
+    /// Committing (versions visible, atomically) then Committed (locks released). Does
+    /// each step only if the transaction is still before it, so two finishers (a commit
+    /// and a recovery) cannot apply it twice. Whether this call made it visible.
+    fn finish(&self, handle: u64, record: &LogRecord) -> Result<bool> {
         self.crash.alive("committing")?;
-        self.meta.write(|tx| {
+        let published = self.meta.write(|tx| {
+            let mut t = self.require_txn(tx, handle)?;
+            if t.state != TxnState::Prepared {
+                return Ok(false);
+            }
             for r in &record.changes {
                 publish(
                     tx,
@@ -574,14 +604,15 @@ impl Inner {
                     record.committed_at_ms,
                 )?;
             }
-            let mut t = self.require_txn(tx, handle)?;
             t.state = TxnState::Committing;
             t.updated_at_ms = record.committed_at_ms;
-            tx.put(&txn_key(handle), &t)
+            tx.put(&txn_key(handle), &t)?;
+            Ok(true)
         })?;
         self.crash.check("committing")?;
         self.release(handle, TxnState::Committed)?;
-        self.crash.check("committed")
+        self.crash.check("committed")?;
+        Ok(published)
     }
 
     /// Store the log record, retrying failed and inconclusive attempts: the write is
@@ -677,11 +708,15 @@ impl Inner {
         }
     }
 
-    /// Move `handle` to a final state and release its locks, in one transaction.
-    fn release(&self, handle: u64, state: TxnState) -> Result<()> {
+    /// Move `handle` to a final state and release its locks, in one transaction; whether
+    /// this call did (it was not final already).
+    fn release(&self, handle: u64, state: TxnState) -> Result<bool> {
         let now = self.clock.now_millis();
-        self.meta.write(|tx| {
+        let released = self.meta.write(|tx| {
             let mut t = self.require_txn(tx, handle)?;
+            if t.state.is_final() {
+                return Ok(false);
+            }
             for name in &t.locks {
                 let key = lock_key(name);
                 if tx.get::<LockDpo>(&key)?.is_some_and(|l| l.handle == handle) {
@@ -693,10 +728,11 @@ impl Inner {
             t.files.clear();
             t.record = None;
             t.updated_at_ms = now;
-            tx.put(&txn_key(handle), &t)
+            tx.put(&txn_key(handle), &t)?;
+            Ok(true)
         })?;
         self.released.notify_waiters();
-        Ok(())
+        Ok(released)
     }
 
     /// Remove every file of `handle`, then mark it Aborted and release its locks (in that
@@ -729,7 +765,7 @@ impl Inner {
                 });
             }
         }
-        self.release(handle, TxnState::Aborted)
+        self.release(handle, TxnState::Aborted).map(|_| ())
     }
 
     /// A commit failed before its point of no return: roll back (unless this instance

@@ -27,6 +27,26 @@ pub async fn stress(dep: Deployment, tasks: u64, statements: u64) {
         table_ids.push(dep.create_table(&tables, &format!("t{n}")).await);
     }
     let table_ids = Arc::new(table_ids);
+    // Recovery runs all along, as a daemon's periodic worker does: it must leave this
+    // instance's running commits alone.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let recovery = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let mut runs = 0u64;
+            while !*stopped.borrow() {
+                let report = m.recover().await.expect("recovery beside running commits");
+                assert_eq!(
+                    report,
+                    tern_txn::RecoveryReport::default(),
+                    "nothing to recover"
+                );
+                runs += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            runs
+        })
+    };
     let mut workers = Vec::new();
     for task in 0..tasks {
         let (tables, table_ids) = (Arc::clone(&tables), Arc::clone(&table_ids));
@@ -61,6 +81,8 @@ pub async fn stress(dep: Deployment, tasks: u64, statements: u64) {
             all.extend(mine);
         }
     }
+    stop.send(true).expect("stop recovery");
+    assert!(recovery.await.expect("recovery task") > 0);
     // (d) every acknowledged change is there.
     for (t, want) in table_ids.iter().zip(&expected) {
         assert_eq!(
