@@ -480,10 +480,16 @@ impl Inner {
     }
 
     async fn commit(&self, id: &Begun, changes: Vec<Change>) -> Result<Committed> {
+        /// Takes the handle off the running set however the commit ends.
+        struct Running<'a>(&'a Inner, u64);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.lock_in_flight().remove(&self.1);
+            }
+        }
         self.lock_in_flight().insert(id.handle);
-        let outcome = self.commit_in_flight(id, changes).await;
-        self.lock_in_flight().remove(&id.handle);
-        outcome
+        let _running = Running(self, id.handle);
+        self.commit_in_flight(id, changes).await
     }
 
     async fn commit_in_flight(&self, id: &Begun, changes: Vec<Change>) -> Result<Committed> {
