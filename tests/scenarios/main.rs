@@ -1,4 +1,5 @@
 //! Scenario tests: Tern's real binaries run as child processes.
 
+mod cli;
 mod selfcheck;
 mod ternd;

@@ -1,26 +1,151 @@
 //! `tern`: the Tern command-line interface.
 //!
-//! Until the daemon exists, the CLI's main job is `tern selfcheck`: it lays out a
-//! two-deployment group on local folders and exercises the storage and encryption layers
-//! the way replication will use them, printing each step and failing loudly on any error.
+//! Most commands talk to a running `ternd` through its HTTP JSON API (`--url`/`TERN_URL`,
+//! `--token`/`TERN_TOKEN`); results print as aligned tables, or as JSON with `--json`
+//! (scans also as CSV with `--csv`). Tables are named `account.database.schema.table`
+//! (`account.database.table` means schema `public`). `tern demo` starts a whole group of
+//! daemons on local folders; `tern selfcheck` exercises the libraries without a daemon.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
 
+mod client;
+mod demo;
+mod output;
 mod selfcheck;
+
+use client::{Client, ClientError};
 
 /// Tern: database replication and failover between regions through object storage.
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about)]
 struct Cli {
+    /// The daemon's API.
+    #[arg(
+        long,
+        env = "TERN_URL",
+        default_value = "http://127.0.0.1:7420",
+        global = true
+    )]
+    url: String,
+    /// Bearer token: the operator's, or an account's.
+    #[arg(long, env = "TERN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the daemon's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Accounts (operator).
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Databases of an account.
+    #[command(subcommand)]
+    Database(DatabaseCmd),
+    /// Schemas of a database.
+    #[command(subcommand)]
+    Schema(SchemaCmd),
+    /// Tables: create, drop, add a column.
+    #[command(subcommand)]
+    Table(TableCmd),
+    /// Show tables, versions, deployments.
+    #[command(subcommand)]
+    Show(ShowCmd),
+    /// Insert JSON rows (an array of objects, from --rows or stdin).
+    Insert {
+        /// account.database[.schema].table
+        table: String,
+        /// The rows as JSON; read from stdin when absent.
+        #[arg(long)]
+        rows: Option<String>,
+    },
+    /// Load CSV (with a header), NDJSON or Parquet files; one commit per file.
+    Load {
+        /// account.database[.schema].table
+        table: String,
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// csv, ndjson or parquet (default: from each file's extension).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Delete the rows matching a predicate.
+    Delete {
+        /// account.database[.schema].table
+        table: String,
+        #[command(flatten)]
+        filter: Where,
+    },
+    /// Set columns in the rows matching a predicate.
+    Update {
+        /// account.database[.schema].table
+        table: String,
+        /// Assignments as JSON: '{"amount": 0, "note": null}'.
+        #[arg(long)]
+        set: String,
+        #[command(flatten)]
+        filter: Where,
+    },
+    /// Upsert rows by key columns.
+    Merge {
+        /// account.database[.schema].table
+        table: String,
+        /// Key columns, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        keys: Vec<String>,
+        /// The rows as JSON; read from stdin when absent.
+        #[arg(long)]
+        rows: Option<String>,
+    },
+    /// Scan a table (optionally at a past version: time travel).
+    Scan {
+        /// account.database[.schema].table
+        table: String,
+        /// Columns to return, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        /// Predicate as JSON, e.g. '{"column":"id","op":"<","value":10}'.
+        #[arg(long = "where")]
+        predicate: Option<String>,
+        /// A retained version (time travel).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Most rows to print.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Deployment group membership (operator).
+    #[command(subcommand)]
+    Deployment(DeploymentCmd),
+    /// The daemon's workers, queues and unfinished transactions (operator).
+    Status,
+    /// Start a group of deployments on local folders, load and query data, show the group
+    /// and its message traffic, stop them. No cloud needed.
+    Demo {
+        /// Folder for the group (default: a temporary folder, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Deployments in the group.
+        #[arg(long, default_value_t = 3)]
+        deployments: usize,
+        /// Rows in the sample data set.
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+        /// The ternd binary (default: next to this tern).
+        #[arg(long)]
+        ternd: Option<PathBuf>,
+    },
     /// Exercise storage, encryption and tables on local folders (no cloud needed) and report.
     Selfcheck {
         /// Folder for the group's buckets (default: a temporary folder, removed afterwards).
@@ -29,10 +154,93 @@ enum Command {
         /// Rows loaded into the sample table (at least 1000).
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct Where {
+    /// Predicate as JSON ('{"column":"id","op":"=","value":1}', 'true' for every row).
+    #[arg(long = "where")]
+    predicate: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCmd {
+    /// Create an account; prints its token.
+    Create { name: String },
+    /// List accounts.
+    List,
+    /// Make another token for an account.
+    Token { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatabaseCmd {
+    /// Create a database (with schema "public").
+    Create { account: String, name: String },
+    /// List an account's databases.
+    List { account: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCmd {
+    /// Create a schema.
+    Create {
+        account: String,
+        database: String,
+        name: String,
+    },
+    /// List schemas.
+    List { account: String, database: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TableCmd {
+    /// Create a table: columns as name:type[:not-null], e.g. id:int64:not-null name:utf8.
+    Create {
+        /// account.database[.schema].table
+        table: String,
+        /// Columns.
+        #[arg(required = true)]
+        columns: Vec<String>,
+    },
+    /// Drop a table.
+    Drop { table: String },
+    /// Add a nullable column (name:type).
+    AddColumn { table: String, column: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShowCmd {
+    /// The tables of a database.
+    Tables { account: String, database: String },
+    /// A table's versions.
+    Versions { table: String },
+    /// The deployment group, as this deployment knows it.
+    Deployments,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeploymentCmd {
+    /// Add a deployment to the group; prints the genesis of our channel to it (give it to
+    /// that deployment's `deployment register-channel`).
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        region: String,
+        #[arg(long, default_value = "")]
+        cloud: String,
+        /// Its replication bucket URL (default: from this daemon's [[peers]] entry).
+        #[arg(long, default_value = "")]
+        bucket_url: String,
+        /// The genesis of the peer's channel to us (JSON), if it made one already.
+        #[arg(long)]
+        genesis: Option<String>,
+    },
+    /// Register the channel a peer created to us (its genesis JSON).
+    RegisterChannel { id: String, genesis: String },
+    /// The deployment group.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +252,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // reqwest (the API client) takes rustls's process-wide provider: ring, as everywhere.
+    tern_storage::config::install_tls_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -51,15 +261,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Selfcheck { dir, rows, json } => {
-            match runtime.block_on(selfcheck::run(dir, rows, json)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    report_error(&e.to_string());
-                    ExitCode::FAILURE
-                }
-            }
+    let result: Result<(), String> = match cli.command {
+        Command::Selfcheck { dir, rows } => runtime
+            .block_on(selfcheck::run(dir, rows, cli.json))
+            .map_err(|e| e.to_string()),
+        Command::Demo {
+            dir,
+            deployments,
+            rows,
+            ternd,
+        } => runtime
+            .block_on(demo::run(dir, deployments, rows, ternd, cli.json))
+            .map_err(|e| e.to_string()),
+        command => {
+            let client = Client::new(&cli.url, cli.token.clone());
+            runtime
+                .block_on(run(&client, command, cli.json))
+                .map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report_error(&e);
+            ExitCode::FAILURE
         }
     }
 }
@@ -67,4 +292,493 @@ fn main() -> ExitCode {
 #[allow(clippy::print_stderr)] // the CLI's own error channel
 fn report_error(msg: &str) {
     eprintln!("error: {msg}");
+}
+
+/// `account.database[.schema].table` → the table's API path.
+pub fn table_path(name: &str) -> Result<String, ClientError> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let (a, d, s, t) = match parts.as_slice() {
+        [a, d, t] => (*a, *d, "public", *t),
+        [a, d, s, t] => (*a, *d, *s, *t),
+        _ => {
+            return Err(ClientError::Input(format!(
+                "table {name:?}: expected account.database[.schema].table"
+            )));
+        }
+    };
+    if [a, d, s, t].iter().any(|p| p.is_empty()) {
+        return Err(ClientError::Input(format!(
+            "table {name:?} has an empty part"
+        )));
+    }
+    Ok(format!(
+        "/v1/accounts/{a}/databases/{d}/schemas/{s}/tables/{t}"
+    ))
+}
+
+fn parse_json(what: &str, s: &str) -> Result<Value, ClientError> {
+    serde_json::from_str(s).map_err(|e| ClientError::Input(format!("{what} is not JSON: {e}")))
+}
+
+fn stdin_or(arg: Option<String>) -> Result<String, ClientError> {
+    match arg {
+        Some(s) => Ok(s),
+        None => std::io::read_to_string(std::io::stdin())
+            .map_err(|e| ClientError::Input(format!("cannot read stdin: {e}"))),
+    }
+}
+
+/// `name:type[:not-null]` → the API's column object.
+pub fn column_arg(spec: &str) -> Result<Value, ClientError> {
+    let mut parts = spec.splitn(3, ':');
+    let name = parts.next().unwrap_or_default();
+    let ty = parts.next().ok_or_else(|| {
+        ClientError::Input(format!("column {spec:?}: expected name:type[:not-null]"))
+    })?;
+    let nullable = match parts.next() {
+        None | Some("null") => true,
+        Some("not-null") | Some("notnull") => false,
+        Some(other) => {
+            return Err(ClientError::Input(format!(
+                "column {spec:?}: {other:?} is not null/not-null"
+            )));
+        }
+    };
+    Ok(json!({"name": name, "type": ty, "nullable": nullable}))
+}
+
+fn format_of(path: &std::path::Path, forced: Option<&str>) -> Result<&'static str, ClientError> {
+    let name = match forced {
+        Some(f) => f.to_ascii_lowercase(),
+        None => path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+    };
+    Ok(match name.as_str() {
+        "csv" => "text/csv",
+        "ndjson" | "jsonl" | "json" => "application/x-ndjson",
+        "parquet" => "application/vnd.apache.parquet",
+        other => {
+            return Err(ClientError::Input(format!(
+                "{}: unknown format {other:?} (csv, ndjson, parquet; use --format)",
+                path.display()
+            )));
+        }
+    })
+}
+
+fn print_list(v: &Value, key: &str, columns: &[&str], json_out: bool) {
+    if json_out {
+        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let rows: Vec<Value> = v[key].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            if r.is_object() {
+                r
+            } else {
+                json!({ columns[0]: r })
+            }
+        })
+        .collect();
+    let cols: Vec<String> = columns.iter().map(|c| (*c).to_string()).collect();
+    output::print(&output::table(&cols, &rows));
+}
+
+fn print_value(v: &Value, json_out: bool) {
+    if json_out {
+        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    match v.as_object() {
+        Some(o) => {
+            let width = o.keys().map(String::len).max().unwrap_or(0);
+            let mut s = String::new();
+            for (k, val) in o {
+                s.push_str(&format!("{k:<width$}  {}\n", output::cell(val)));
+            }
+            output::print(&s);
+        }
+        None => output::print(&v.to_string()),
+    }
+}
+
+async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientError> {
+    match command {
+        Command::Account(AccountCmd::Create { name }) => {
+            print_value(
+                &c.post("/v1/accounts", &json!({"name": name})).await?,
+                json_out,
+            );
+        }
+        Command::Account(AccountCmd::List) => {
+            print_list(
+                &c.get("/v1/accounts").await?,
+                "accounts",
+                &["account"],
+                json_out,
+            );
+        }
+        Command::Account(AccountCmd::Token { name }) => {
+            print_value(
+                &c.post(&format!("/v1/accounts/{name}/tokens"), &json!({}))
+                    .await?,
+                json_out,
+            );
+        }
+        Command::Database(DatabaseCmd::Create { account, name }) => {
+            print_value(
+                &c.post(
+                    &format!("/v1/accounts/{account}/databases"),
+                    &json!({"name": name}),
+                )
+                .await?,
+                json_out,
+            );
+        }
+        Command::Database(DatabaseCmd::List { account }) => {
+            let v = c.get(&format!("/v1/accounts/{account}/databases")).await?;
+            print_list(&v, "databases", &["name", "id", "role"], json_out);
+        }
+        Command::Schema(SchemaCmd::Create {
+            account,
+            database,
+            name,
+        }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/schemas");
+            print_value(&c.post(&p, &json!({"name": name})).await?, json_out);
+        }
+        Command::Schema(SchemaCmd::List { account, database }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/schemas");
+            print_list(&c.get(&p).await?, "schemas", &["schema"], json_out);
+        }
+        Command::Table(TableCmd::Create { table, columns }) => {
+            let path = table_path(&table)?;
+            let (parent, name) = path
+                .rsplit_once('/')
+                .ok_or_else(|| ClientError::Input(table.clone()))?;
+            let cols = columns
+                .iter()
+                .map(|c| column_arg(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let v = c
+                .post(parent, &json!({"name": name, "columns": cols}))
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Table(TableCmd::Drop { table }) => {
+            print_value(&c.delete(&table_path(&table)?).await?, json_out);
+        }
+        Command::Table(TableCmd::AddColumn { table, column }) => {
+            let v = c
+                .post(
+                    &format!("{}/columns", table_path(&table)?),
+                    &column_arg(&column)?,
+                )
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Show(ShowCmd::Tables { account, database }) => {
+            let v = c
+                .get(&format!(
+                    "/v1/accounts/{account}/databases/{database}/tables"
+                ))
+                .await?;
+            if json_out {
+                print_value(&v, true);
+            } else {
+                let rows: Vec<Value> = v["tables"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| {
+                        let cols: Vec<String> = t["columns"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| {
+                                format!(
+                                    "{} {}{}",
+                                    output::cell(&c["name"]),
+                                    output::cell(&c["type"]),
+                                    if c["nullable"] == false { " not null" } else { "" }
+                                )
+                            })
+                            .collect();
+                        json!({"schema": t["schema"], "name": t["name"], "version": t["version"], "columns": cols.join(", ")})
+                    })
+                    .collect();
+                let cols: Vec<String> = ["schema", "name", "version", "columns"]
+                    .iter()
+                    .map(|s| (*s).to_string())
+                    .collect();
+                output::print(&output::table(&cols, &rows));
+            }
+        }
+        Command::Show(ShowCmd::Versions { table }) => {
+            let v = c.get(&format!("{}/versions", table_path(&table)?)).await?;
+            print_list(
+                &v,
+                "versions",
+                &[
+                    "version",
+                    "txn_id",
+                    "committed_at_ms",
+                    "files_added",
+                    "files_removed",
+                ],
+                json_out,
+            );
+        }
+        Command::Show(ShowCmd::Deployments) | Command::Deployment(DeploymentCmd::List) => {
+            let v = c.get("/v1/deployments").await?;
+            print_deployments(&v, json_out);
+        }
+        Command::Insert { table, rows } => {
+            let rows = parse_json("--rows", &stdin_or(rows)?)?;
+            let v = c
+                .post(&format!("{}/rows", table_path(&table)?), &rows)
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Load {
+            table,
+            files,
+            format,
+        } => {
+            let path = format!("{}/rows", table_path(&table)?);
+            let mut results = Vec::new();
+            let mut total = 0u64;
+            let started = std::time::Instant::now();
+            for (i, f) in files.iter().enumerate() {
+                let ct = format_of(f, format.as_deref())?;
+                let bytes = std::fs::read(f)
+                    .map_err(|e| ClientError::Input(format!("cannot read {}: {e}", f.display())))?;
+                let size = bytes.len();
+                let v = c.post_bytes(&path, bytes, ct).await?;
+                total += v["rows"].as_u64().unwrap_or(0);
+                output::note(&format!(
+                    "[{}/{}] {}: {} rows, {:.1} MiB, version {} ({:.0} rows/s so far)",
+                    i + 1,
+                    files.len(),
+                    f.display(),
+                    v["rows"],
+                    size as f64 / 1048576.0,
+                    v["version"],
+                    total as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                ));
+                results.push(json!({"file": f.display().to_string(), "result": v}));
+            }
+            print_value(
+                &json!({"files": results.len(), "rows": total, "results": results}),
+                json_out,
+            );
+        }
+        Command::Delete { table, filter } => {
+            let w = parse_json("--where", &filter.predicate)?;
+            let v = c
+                .post(
+                    &format!("{}/delete", table_path(&table)?),
+                    &json!({"where": w}),
+                )
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Update { table, set, filter } => {
+            let w = parse_json("--where", &filter.predicate)?;
+            let s = parse_json("--set", &set)?;
+            let v = c
+                .post(
+                    &format!("{}/update", table_path(&table)?),
+                    &json!({"where": w, "set": s}),
+                )
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Merge { table, keys, rows } => {
+            let rows = parse_json("--rows", &stdin_or(rows)?)?;
+            let v = c
+                .post(
+                    &format!("{}/merge", table_path(&table)?),
+                    &json!({"keys": keys, "rows": rows}),
+                )
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Scan {
+            table,
+            columns,
+            predicate,
+            version,
+            limit,
+            csv,
+        } => {
+            let mut req = json!({});
+            if let Some(cols) = columns {
+                req["columns"] = json!(cols);
+            }
+            if let Some(p) = predicate {
+                req["where"] = parse_json("--where", &p)?;
+            }
+            if let Some(v) = version {
+                req["version"] = json!(v);
+            }
+            if let Some(l) = limit {
+                req["limit"] = json!(l);
+            }
+            let v = c
+                .post(&format!("{}/scan", table_path(&table)?), &req)
+                .await?;
+            let cols: Vec<String> = v["columns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(output::cell)
+                .collect();
+            let rows = v["rows"].as_array().cloned().unwrap_or_default();
+            if json_out {
+                print_value(&v, true);
+            } else if csv {
+                output::print(&output::csv(&cols, &rows));
+            } else {
+                output::print(&output::table(&cols, &rows));
+                output::note(&format!(
+                    "{} rows at version {} ({} of {} files read){}",
+                    v["row_count"],
+                    v["version"],
+                    v["files_read"],
+                    v["files_total"],
+                    if v["truncated"] == true {
+                        ", truncated"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        Command::Deployment(DeploymentCmd::Create {
+            id,
+            region,
+            cloud,
+            bucket_url,
+            genesis,
+        }) => {
+            let mut req = json!({"id": id, "region": region, "cloud": cloud, "replication_bucket_url": bucket_url});
+            if let Some(g) = genesis {
+                req["genesis"] = parse_json("--genesis", &g)?;
+            }
+            let v = c.post("/v1/deployments", &req).await?;
+            if json_out {
+                print_value(&v, true);
+            } else {
+                output::print(&format!(
+                    "deployment {} added; genesis of our channel to it:\n{}",
+                    v["deployment"], v["genesis"]
+                ));
+            }
+        }
+        Command::Deployment(DeploymentCmd::RegisterChannel { id, genesis }) => {
+            let g = parse_json("genesis", &genesis)?;
+            print_value(
+                &c.post(&format!("/v1/deployments/{id}/channel"), &g).await?,
+                json_out,
+            );
+        }
+        Command::Status => {
+            let v = c.get("/v1/status").await?;
+            print_status(&v, json_out);
+        }
+        Command::Demo { .. } | Command::Selfcheck { .. } => {}
+    }
+    Ok(())
+}
+
+/// Prints `show deployments`.
+pub fn print_deployments(v: &Value, json_out: bool) {
+    if json_out {
+        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let rows: Vec<Value> = v["deployments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| {
+            let members = d["peer_members"]
+                .as_array()
+                .map(|m| m.iter().map(output::cell).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            json!({
+                "id": d["id"], "region": d["region"], "cloud": d["cloud"],
+                "self": if d["self"] == true { "*" } else { "" },
+                "files sent": d["files_sent"], "files received": d["files_received"],
+                "messages from it": d["peer_messages"], "its group": members,
+            })
+        })
+        .collect();
+    let cols: Vec<String> = [
+        "id",
+        "self",
+        "region",
+        "cloud",
+        "files sent",
+        "files received",
+        "messages from it",
+        "its group",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    output::print(&output::table(&cols, &rows));
+}
+
+/// Prints `status`.
+pub fn print_status(v: &Value, json_out: bool) {
+    if json_out {
+        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let mut s = format!(
+        "deployment {} ({} / {}), up {:.0} s, {} commits, unfinished transactions: {}\nqueues: {}\n",
+        output::cell(&v["deployment"]),
+        output::cell(&v["region"]),
+        output::cell(&v["cloud"]),
+        v["uptime_secs"].as_f64().unwrap_or(0.0),
+        v["commits"],
+        v["unfinished_transactions"],
+        v["queues"],
+    );
+    let rows: Vec<Value> = v["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| {
+            let figures = w["figures"]
+                .as_array()
+                .map(|f| {
+                    f.iter()
+                        .filter(|p| p[1].as_u64().unwrap_or(0) > 0)
+                        .map(|p| format!("{}={}", output::cell(&p[0]), p[1]))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            json!({"worker": w["name"], "state": w["state"], "busy units": w["busy_units"], "errors": w["errors"], "figures": figures})
+        })
+        .collect();
+    let cols: Vec<String> = ["worker", "state", "busy units", "errors", "figures"]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+    s.push_str(&output::table(&cols, &rows));
+    output::print(&s);
 }

@@ -1,0 +1,171 @@
+//! The CLI's client of the daemon's HTTP JSON API.
+//!
+//! Every call returns the parsed JSON body, or [`ClientError::Api`] carrying the daemon's
+//! `{"error": {"kind", "message"}}` so the CLI prints exactly what the daemon said.
+
+use serde_json::Value;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon answered with an error.
+    #[error("{kind}: {message} (HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error kind (`not_found`, `invalid_input`, …).
+        kind: String,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The daemon could not be reached.
+    #[error("cannot reach the daemon at {url}: {source}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer was not JSON.
+    #[error("the daemon at {url} answered HTTP {status} with something that is not JSON: {body}")]
+    NotJson {
+        /// The URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// Input the CLI could not use.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// A daemon's API at `base` with a token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the daemon at `base` (`http://127.0.0.1:7420`).
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same daemon with another token.
+    pub fn with_token(&self, token: Option<String>) -> Self {
+        Self {
+            token,
+            ..self.clone()
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, path, None, "application/json")
+            .await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(body.to_string().into_bytes()),
+            "application/json",
+        )
+        .await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::DELETE, path, None, "application/json")
+            .await
+    }
+
+    /// `POST path` with raw bytes of `content_type`.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::POST, path, Some(body), content_type)
+            .await
+    }
+
+    /// `GET path` as text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        resp.text()
+            .await
+            .map_err(|source| ClientError::Connect { url, source })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("content-type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
+            url: url.clone(),
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string(),
+        })?;
+        if status >= 400 {
+            return Err(ClientError::Api {
+                status,
+                kind: v["error"]["kind"].as_str().unwrap_or("unknown").to_string(),
+                message: v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        Ok(v)
+    }
+}

@@ -1,0 +1,238 @@
+//! The `tern` CLI against a real `ternd`, and `tern demo`.
+
+use std::process::Command;
+
+use serde_json::Value;
+use tern_scenarios::binary;
+use tern_scenarios::ternd::{Layout, OPERATOR_TOKEN, Ternd};
+
+struct Cli {
+    url: String,
+    token: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(binary("tern"))
+            .args(args)
+            .env("TERN_URL", &self.url)
+            .env("TERN_TOKEN", &self.token)
+            .output()
+            .expect("run tern");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "tern {args:?} failed: {err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("tern {args:?}: not JSON ({e}): {out}"))
+    }
+}
+
+#[test]
+fn tern_cli_ddl_dml_scans_and_time_travel_against_ternd() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = Layout::new(dir.path(), "d1");
+    let d = Ternd::start(&l.write_config(&l.config("")), &[]);
+    let op = Cli {
+        url: d.url(),
+        token: OPERATOR_TOKEN.into(),
+    };
+    let token = op.json(&["account", "create", "acme"])["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    // From here on, the account's own token.
+    let t = Cli {
+        url: d.url(),
+        token,
+    };
+    t.ok(&["database", "create", "acme", "sales"]);
+    t.ok(&[
+        "table",
+        "create",
+        "acme.sales.orders",
+        "id:int64:not-null",
+        "customer:utf8",
+        "amount:float64",
+    ]);
+    let out = t.ok(&["show", "tables", "acme", "sales"]);
+    assert!(
+        out.contains("orders") && out.contains("id int64 not null"),
+        "{out}"
+    );
+    t.ok(&[
+        "insert",
+        "acme.sales.orders",
+        "--rows",
+        r#"[{"id":1,"customer":"a","amount":1.0}]"#,
+    ]);
+    let csv = dir.path().join("orders.csv");
+    std::fs::write(&csv, "id,customer,amount\n2,b,2.0\n3,c,3.0\n").expect("write");
+    let ndjson = dir.path().join("more.ndjson");
+    std::fs::write(&ndjson, "{\"id\":4,\"customer\":\"d\"}\n").expect("write");
+    let v = t.json(&[
+        "load",
+        "acme.sales.orders",
+        csv.to_str().expect("p"),
+        ndjson.to_str().expect("p"),
+    ]);
+    assert_eq!(v["rows"], 3, "{v}");
+    // Scans as a table, as CSV, as JSON.
+    let out = t.ok(&[
+        "scan",
+        "acme.sales.orders",
+        "--where",
+        r#"{"column":"id","op":"<=","value":2}"#,
+    ]);
+    assert!(out.starts_with("id | customer | amount"), "{out}");
+    assert!(out.contains("2  | b        | 2.0"), "{out}");
+    let out = t.ok(&[
+        "scan",
+        "acme.sales.orders",
+        "--columns",
+        "id,customer",
+        "--csv",
+    ]);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines[1..].sort_unstable();
+    assert_eq!(lines, ["id,customer", "1,a", "2,b", "3,c", "4,d"]);
+    // DML.
+    let v = t.json(&[
+        "delete",
+        "acme.sales.orders",
+        "--where",
+        r#"{"column":"id","op":"=","value":1}"#,
+    ]);
+    assert_eq!(v["rows"], 1);
+    let v = t.json(&[
+        "update",
+        "acme.sales.orders",
+        "--set",
+        r#"{"amount":9.5}"#,
+        "--where",
+        r#"{"column":"amount","is_null":true}"#,
+    ]);
+    assert_eq!(v["rows"], 1);
+    let v = t.json(&[
+        "merge",
+        "acme.sales.orders",
+        "--keys",
+        "id",
+        "--rows",
+        r#"[{"id":2,"customer":"B"},{"id":5,"customer":"e"}]"#,
+    ]);
+    assert_eq!(v["committed"], true, "{v}");
+    let v = t.json(&["scan", "acme.sales.orders"]);
+    let mut got: Vec<(i64, String)> = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_i64().expect("id"),
+                r["customer"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (2, "B".into()),
+            (3, "c".into()),
+            (4, "d".into()),
+            (5, "e".into())
+        ]
+    );
+    // Versions and time travel.
+    let v = t.json(&["show", "versions", "acme.sales.orders"]);
+    let current = v["current"].as_u64().expect("current");
+    assert_eq!(current, 6, "{v}");
+    let v = t.json(&["scan", "acme.sales.orders", "--version", "3"]);
+    assert_eq!(
+        v["rows"].as_array().expect("rows").len(),
+        4,
+        "before the delete: {v}"
+    );
+    // Errors come back named, with a non-zero exit.
+    let (ok, _, err) = t.run(&["scan", "acme.sales.nope"]);
+    assert!(!ok);
+    assert!(err.contains("not_found") && err.contains("nope"), "{err}");
+    let (ok, _, err) = t.run(&["insert", "acme.sales.orders", "--rows", r#"[{"id":"x"}]"#]);
+    assert!(!ok);
+    assert!(err.contains("invalid_input") && err.contains("id"), "{err}");
+    let (ok, _, err) = t.run(&["status"]);
+    assert!(
+        !ok && err.contains("forbidden"),
+        "status is the operator's: {err}"
+    );
+    // Operator views.
+    let out = op.ok(&["status"]);
+    assert!(
+        out.contains("receiver d1") && out.contains("recovery"),
+        "{out}"
+    );
+    let v = op.json(&["show", "deployments"]);
+    assert_eq!(v["deployments"][0]["id"], "d1", "{v}");
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn tern_demo_runs_a_group_of_daemons_and_stops_them_cleanly() {
+    // The demo finds ternd beside tern; build it first.
+    let _ = binary("ternd");
+    let out = Command::new(binary("tern"))
+        .args(["demo", "--deployments", "2", "--rows", "5000", "--json"])
+        .output()
+        .expect("run tern demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for expected in [
+        "start deployments",
+        "form the group",
+        "load",
+        "query",
+        "delete + time travel",
+        "group messages",
+        "traffic",
+        "stop",
+    ] {
+        assert!(steps.contains(&expected), "missing {expected}: {steps:?}");
+    }
+    let traffic = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "traffic")
+        .expect("traffic");
+    for row in traffic["detail"].as_array().expect("rows") {
+        let received: u64 = row["messages received"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            received >= 2,
+            "membership + heartbeat messages crossed: {row}"
+        );
+    }
+}
