@@ -1,5 +1,6 @@
 //! Scenario tests: Tern's real binaries run as child processes.
 
 mod cli;
+mod localstack;
 mod selfcheck;
 mod ternd;
