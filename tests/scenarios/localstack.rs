@@ -34,10 +34,7 @@ fn ternd_localstack_example_config_serves_ddl_dml_scans_and_survives_kill9() {
     let run = format!(
         "scenario-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
+        tern_clock::SystemClock::shared().now_millis()
     );
     let config: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
