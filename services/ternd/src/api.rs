@@ -178,7 +178,15 @@ fn database(d: &Daemon, account: &AccountId, name: &str) -> Result<DatabaseDpo> 
 }
 
 fn table(d: &Daemon, db: &DatabaseDpo, schema: &str, name: &str) -> Result<TableDpo> {
-    Ok(d.tables.find_table(&db.id, schema, name)?)
+    match d.tables.find_table(&db.id, schema, name) {
+        Ok(t) => Ok(t),
+        // Name the table as the client did, not by the database's internal id.
+        Err(tern_table::Error::UnknownTable { .. }) => Err(Error::NotFound {
+            what: "table",
+            name: format!("{}.{}.{schema}.{name}", db.account, db.name),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
