@@ -789,3 +789,48 @@ impl Worker for MonitorWorker {
         self.status.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon's own stored objects keep their bytes: a format change must be on
+    /// purpose (bump `VERSION`, convert old rows).
+    #[test]
+    fn stored_formats_are_golden() {
+        let meta = MetaStore::in_memory();
+        let token = TokenDpo {
+            account: "acme".into(),
+            created_at_ms: 1_700_000_000_000,
+        };
+        let view = PeerViewDpo {
+            id: "d2".into(),
+            members: vec!["d1".into(), "d2".into()],
+            group_at_ms: Some(5),
+            last_heartbeat_ms: Some(7),
+            messages: 3,
+        };
+        let (tk, vk) = (token_key("tern_secret"), peer_view_key("d2"));
+        let raw = meta
+            .write(|tx| {
+                tx.put(&tk, &token)?;
+                tx.put(&vk, &view)?;
+                let t = tx.raw().get(tk.as_bytes())?.unwrap_or_default();
+                let v = tx.raw().get(vk.as_bytes())?.unwrap_or_default();
+                Ok((t, v))
+            })
+            .expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&raw.0),
+            r#"{"v":1,"d":{"account":"acme","created_at_ms":1700000000000}}"#
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&raw.1),
+            r#"{"v":1,"d":{"id":"d2","members":["d1","d2"],"group_at_ms":5,"last_heartbeat_ms":7,"messages":3}}"#
+        );
+        // Only the token's digest is in the key, never the token.
+        assert!(!tk.to_string().contains("tern_secret"));
+        let back: Option<TokenDpo> = meta.read(|tx| tx.get(&tk)).expect("read");
+        assert_eq!(back, Some(token));
+    }
+}
