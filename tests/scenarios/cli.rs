@@ -236,3 +236,82 @@ fn tern_demo_runs_a_group_of_daemons_and_stops_them_cleanly() {
         );
     }
 }
+
+#[test]
+fn tern_cli_forms_a_two_deployment_group_and_messages_cross() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
+    let peer = |other: &Layout| {
+        format!(
+            "[workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
+            other.id,
+            other.home.display()
+        )
+    };
+    let d1 = Ternd::start(&l1.write_config(&l1.config(&peer(&l2))), &[]);
+    // d2 joins d1's group key (same GMK, its own master key) through the environment.
+    let join = format!("{}/keys", l1.home.display());
+    let d2 = Ternd::start(
+        &l2.write_config(&l2.config(&peer(&l1))),
+        &[("TERN_KEYS__JOIN", join.as_str())],
+    );
+    let c1 = Cli {
+        url: d1.url(),
+        token: OPERATOR_TOKEN.into(),
+    };
+    let c2 = Cli {
+        url: d2.url(),
+        token: OPERATOR_TOKEN.into(),
+    };
+    let g12 = c1.json(&["deployment", "create", "d2", "--region", "r2"])["genesis"].to_string();
+    let g21 = c2.json(&[
+        "deployment",
+        "create",
+        "d1",
+        "--region",
+        "r1",
+        "--genesis",
+        &g12,
+    ])["genesis"]
+        .to_string();
+    c1.ok(&["deployment", "register-channel", "d2", &g21]);
+    // Membership messages and heartbeats cross both channels.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let heard = |c: &Cli, peer: &str| {
+            let v = c.json(&["show", "deployments"]);
+            v["deployments"]
+                .as_array()
+                .expect("deployments")
+                .iter()
+                .find(|d| d["id"] == peer)
+                .map(|d| {
+                    d["peer_members"].as_array().map_or(0, Vec::len) == 2
+                        && !d["last_heartbeat_ms"].is_null()
+                })
+                .unwrap_or(false)
+        };
+        if heard(&c1, "d2") && heard(&c2, "d1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "messages did not cross: {}",
+            c1.ok(&["show", "deployments"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = c1.ok(&["show", "deployments"]);
+    assert!(out.contains("d2") && out.contains("d1,d2"), "{out}");
+    let metrics = request_text(&d2.addr, "/metrics");
+    assert!(
+        metrics.contains("tern_messaging_total{event=\"handled\"}"),
+        "{metrics}"
+    );
+    assert!(d1.terminate().success());
+    assert!(d2.terminate().success());
+}
+
+fn request_text(addr: &str, path: &str) -> String {
+    tern_scenarios::ternd::request(addr, "GET", path, None, "text/plain", b"").body
+}
