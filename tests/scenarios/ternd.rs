@@ -408,6 +408,29 @@ fn ternd_bad_config_names_the_field_and_exits_non_zero() {
         "a key folder others can read must be refused"
     );
     assert!(err.contains("keys.dir"), "{err}");
+    // A deployment with data whose key folder went missing is not given new keys.
+    let d = Ternd::start(&l.write_config(&good), &[]);
+    setup(&d);
+    assert!(d.terminate().success());
+    std::fs::rename(l.home.join("keys"), l.home.join("keys.moved")).expect("move keys");
+    let mut child = Command::new(binary("ternd"))
+        .arg("--config")
+        .arg(l.write_config(&good))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = tern_scenarios::ternd::wait_exit(&mut child, Duration::from_secs(60));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err).expect("read");
+    assert!(
+        !status.success(),
+        "missing keys with existing data must fail"
+    );
+    assert!(
+        err.contains("keys.dir") && err.contains("refusing"),
+        "{err}"
+    );
+    assert!(!l.home.join("keys").exists(), "no new keys were made");
 }
 
 #[test]

@@ -236,8 +236,10 @@ fn open_store(field: &'static str, c: &StoreConfig) -> Result<Arc<dyn ObjectStor
     tern_storage::open_store(c).map_err(open_err(field))
 }
 
-/// Opens the key provider the configuration names.
-pub async fn open_keys(keys: &KeysConfig) -> Result<Arc<dyn KeyProvider>> {
+/// Opens the key provider the configuration names. Local keys are created only when
+/// `may_create` (a metadata store that already holds accounts needs the keys its data was
+/// written with: new ones would leave that data unreadable).
+pub async fn open_keys(keys: &KeysConfig, may_create: bool) -> Result<Arc<dyn KeyProvider>> {
     let random = SystemRandom::shared();
     match keys {
         KeysConfig::None => Err(Error::Config {
@@ -247,6 +249,17 @@ pub async fn open_keys(keys: &KeysConfig) -> Result<Arc<dyn KeyProvider>> {
         KeysConfig::Local { dir, create, join } => {
             let has_keys = dir.join(tern_crypto::provider::GMK_FILE).exists()
                 || dir.join(tern_crypto::provider::MASTER_KEY_FILE).exists();
+            if !has_keys && *create && !may_create {
+                return Err(Error::Open {
+                    field: "keys.dir",
+                    source: format!(
+                        "{} holds no keys, but the metadata store already holds accounts: \
+                         refusing to create new keys (the existing data could not be read)",
+                        dir.display()
+                    )
+                    .into(),
+                });
+            }
             let p = if has_keys || !*create {
                 LocalKeyProvider::open(dir, random)
             } else if let Some(member) = join {
@@ -317,7 +330,8 @@ impl Daemon {
             })?;
             peers.insert(pid, Peer { store, waker: None });
         }
-        let provider = open_keys(&config.keys).await?;
+        let has_data = !meta.read(|tx| tx.list_accounts())?.is_empty();
+        let provider = open_keys(&config.keys, !has_data).await?;
         // A key provider that cannot derive keys is found now (KMS unreachable, wrong id).
         provider
             .derive_wrap_key(tern_crypto::DiversifierPolicy::default().current(&*clock))
