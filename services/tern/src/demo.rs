@@ -79,10 +79,13 @@ fn ternd_binary(explicit: Option<PathBuf>) -> Result<PathBuf, DemoError> {
         .parent()
         .ok_or_else(|| fail("find ternd", "no folder of tern"))?;
     let path = dir.join("ternd");
-    if path.exists() {
+    // Under `cargo run` the daemon beside us may be stale: let cargo decide (a no-op when
+    // it is up to date). Otherwise use the one installed beside `tern`.
+    let under_cargo = std::env::var_os("CARGO").is_some();
+    if path.exists() && !under_cargo {
         return Ok(path);
     }
-    // Built by `cargo run -p tern`: build the daemon beside it, into the same target dir.
+    // Build the daemon beside `tern`, into the same target dir.
     let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
     let target = dir
         .parent()

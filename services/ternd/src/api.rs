@@ -865,6 +865,15 @@ async fn add_column(
     Ok(axum::Json(commit_json(&info)))
 }
 
+/// The answer to a delete/update/merge: its commit, with the rows it changed counted.
+fn changed(d: &Daemon, result: tern_table::Result<tern_table::CommitInfo>) -> ApiResult {
+    let info = result.map_err(|e| in_doubt(d, e))?;
+    d.counters
+        .rows_changed
+        .fetch_add(info.rows_affected, Ordering::Relaxed);
+    Ok(axum::Json(commit_json(&info)))
+}
+
 fn commit_json(i: &tern_table::CommitInfo) -> Value {
     json!({
         "version": i.version,
@@ -1034,15 +1043,7 @@ async fn delete_rows(
     let t = resolve(&d, &headers, &p)?;
     let r: DmlReq = parse_json(body, d.config.api.max_body_bytes)?;
     let pred = where_of(&r, &t.columns)?;
-    let info = d
-        .tables
-        .delete(&t.id, &pred)
-        .await
-        .map_err(|e| in_doubt(&d, e))?;
-    d.counters
-        .rows_changed
-        .fetch_add(info.rows_affected, Ordering::Relaxed);
-    Ok(axum::Json(commit_json(&info)))
+    changed(&d, d.tables.delete(&t.id, &pred).await)
 }
 
 async fn update_rows(
@@ -1060,15 +1061,7 @@ async fn update_rows(
             .ok_or_else(|| Error::Invalid("\"set\" is required".into()))?,
         &t.columns,
     )?;
-    let info = d
-        .tables
-        .update(&t.id, &set, &pred)
-        .await
-        .map_err(|e| in_doubt(&d, e))?;
-    d.counters
-        .rows_changed
-        .fetch_add(info.rows_affected, Ordering::Relaxed);
-    Ok(axum::Json(commit_json(&info)))
+    changed(&d, d.tables.update(&t.id, &set, &pred).await)
 }
 
 async fn merge_rows(
@@ -1090,15 +1083,7 @@ async fn merge_rows(
         &t.columns,
     )?;
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let info = d
-        .tables
-        .merge(&t.id, &source, &key_refs)
-        .await
-        .map_err(|e| in_doubt(&d, e))?;
-    d.counters
-        .rows_changed
-        .fetch_add(info.rows_affected, Ordering::Relaxed);
-    Ok(axum::Json(commit_json(&info)))
+    changed(&d, d.tables.merge(&t.id, &source, &key_refs).await)
 }
 
 #[derive(Deserialize, Default)]
