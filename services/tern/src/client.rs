@@ -84,7 +84,7 @@ impl Client {
         self.send(
             reqwest::Method::POST,
             path,
-            Some(body.to_string().into_bytes()),
+            Some(body.to_string().into()),
             "application/json",
         )
         .await
@@ -101,6 +101,17 @@ impl Client {
         &self,
         path: &str,
         body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::POST, path, Some(body.into()), content_type)
+            .await
+    }
+
+    /// `POST path` with a streamed body of `content_type` (a file being uploaded).
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: reqwest::Body,
         content_type: &str,
     ) -> Result<Value, ClientError> {
         self.send(reqwest::Method::POST, path, Some(body), content_type)
@@ -128,7 +139,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<reqwest::Body>,
         content_type: &str,
     ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);

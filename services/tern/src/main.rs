@@ -558,10 +558,27 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             let started = std::time::Instant::now();
             for (i, f) in files.iter().enumerate() {
                 let ct = format_of(f, format.as_deref())?;
-                let bytes = std::fs::read(f)
-                    .map_err(|e| ClientError::Input(format!("cannot read {}: {e}", f.display())))?;
-                let size = bytes.len();
-                let v = c.post_bytes(&path, bytes, ct).await?;
+                let cannot = |e: std::io::Error| {
+                    ClientError::Input(format!("cannot read {}: {e}", f.display()))
+                };
+                let file = tokio::fs::File::open(f).await.map_err(cannot)?;
+                let size = file.metadata().await.map_err(cannot)?.len();
+                let progress = output::Progress::new(
+                    format!("[{}/{}] {}", i + 1, files.len(), f.display()),
+                    size,
+                );
+                let body = reqwest::Body::wrap_stream(upload_stream(file, progress.counter()));
+                let post = c.post_stream(&path, body, ct);
+                tokio::pin!(post);
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+                let v = loop {
+                    tokio::select! {
+                        r = &mut post => break r,
+                        _ = tick.tick() => progress.draw(),
+                    }
+                };
+                progress.finish();
+                let v = v?;
                 total += v["rows"].as_u64().unwrap_or(0);
                 output::note(&format!(
                     "[{}/{}] {}: {} rows, {:.1} MiB, version {} ({:.0} rows/s so far)",
@@ -569,7 +586,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     files.len(),
                     f.display(),
                     v["rows"],
-                    size as f64 / 1048576.0,
+                    size as f64 / 1_048_576.0,
                     v["version"],
                     total as f64 / started.elapsed().as_secs_f64().max(1e-9)
                 ));
@@ -781,4 +798,24 @@ pub fn print_status(v: &Value, json_out: bool) {
         .collect();
     s.push_str(&output::table(&cols, &rows));
     output::print(&s);
+}
+
+/// A file's bytes in 1 MiB pieces, counting what was handed to the connection.
+fn upload_stream(
+    file: tokio::fs::File,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures::stream::try_unfold(file, move |mut file| {
+        let sent = std::sync::Arc::clone(&sent);
+        async move {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.truncate(n);
+            sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(Some((bytes::Bytes::from(buf), file)))
+        }
+    })
 }

@@ -100,9 +100,98 @@ pub fn note(s: &str) {
     eprintln!("{s}");
 }
 
+/// A progress bar on stderr for one upload, drawn only when stderr is a terminal (logs and
+/// pipes get the one-line summary the caller prints when it is done).
+pub struct Progress {
+    label: String,
+    total: u64,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    started: std::time::Instant,
+    tty: bool,
+}
+
+impl Progress {
+    /// A bar for `total` bytes of `label`.
+    pub fn new(label: impl Into<String>, total: u64) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            label: label.into(),
+            total,
+            done: std::sync::Arc::default(),
+            started: std::time::Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// The byte counter the upload advances.
+    pub fn counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        std::sync::Arc::clone(&self.done)
+    }
+
+    /// Redraw the bar.
+    #[allow(clippy::print_stderr)] // the CLI's progress output
+    pub fn draw(&self) {
+        if self.tty {
+            let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
+            let line = bar_line(&self.label, done, self.total, self.started.elapsed());
+            eprint!("\r{line}\x1b[K");
+        }
+    }
+
+    /// Clear the bar's line.
+    #[allow(clippy::print_stderr)] // the CLI's progress output
+    pub fn finish(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// `label [#####-----]  50%  5.0/10.0 MiB  2.5 MiB/s`, or `… committing` once every byte
+/// is sent and the daemon is working on it.
+pub fn bar_line(label: &str, done: u64, total: u64, elapsed: std::time::Duration) -> String {
+    const WIDTH: u64 = 24;
+    // An empty file is all sent at once.
+    let (done, total) = if total == 0 {
+        (1, 1)
+    } else {
+        (done.min(total), total)
+    };
+    let filled = usize::try_from(done * WIDTH / total).unwrap_or(0);
+    let empty = usize::try_from(WIDTH).unwrap_or(0) - filled;
+    let mib = |b: u64| b as f64 / 1_048_576.0;
+    let rate = mib(done) / elapsed.as_secs_f64().max(1e-3);
+    let tail = if done == total {
+        "committing".to_string()
+    } else {
+        format!("{rate:.1} MiB/s")
+    };
+    format!(
+        "{label} [{}{}] {:>3}%  {:.1}/{:.1} MiB  {tail}",
+        "#".repeat(filled),
+        "-".repeat(empty),
+        done * 100 / total,
+        mib(done),
+        mib(total)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_bar_fills_with_the_bytes_sent() {
+        let s = std::time::Duration::from_secs(2);
+        let half = bar_line("a.csv", 5 << 20, 10 << 20, s);
+        assert_eq!(
+            half,
+            "a.csv [############------------]  50%  5.0/10.0 MiB  2.5 MiB/s"
+        );
+        let all = bar_line("a.csv", 10 << 20, 10 << 20, s);
+        assert!(all.contains("[########################] 100%") && all.ends_with("committing"));
+        assert!(bar_line("empty", 0, 0, s).contains("100%"));
+    }
 
     #[test]
     fn tables_and_csv_align_and_quote() {
