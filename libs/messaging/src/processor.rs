@@ -343,21 +343,7 @@ impl Worker for Processor {
 
     async fn work(&mut self) -> Result<WorkerState> {
         let result = self.process_batch().await;
-        match &result {
-            Ok(0) => self.status.last_error = None,
-            Ok(_) => self.status.busy_units += 1,
-            Err(e) => {
-                self.status.errors += 1;
-                self.status.last_error = Some(e.to_string());
-            }
-        }
-        result.map(|n| {
-            if n > 0 {
-                WorkerState::Busy
-            } else {
-                WorkerState::Idle
-            }
-        })
+        self.status.record(result)
     }
 
     async fn wait_for_work(&mut self) {

@@ -43,6 +43,28 @@ pub struct WorkerStatus {
     pub figures: Vec<(&'static str, u64)>,
 }
 
+impl WorkerStatus {
+    /// Account for one unit of work that handled `result` items (or failed): busy when it
+    /// handled some, idle when none.
+    pub fn record(&mut self, result: Result<usize>) -> Result<WorkerState> {
+        match &result {
+            Ok(0) => self.last_error = None,
+            Ok(_) => self.busy_units += 1,
+            Err(e) => {
+                self.errors += 1;
+                self.last_error = Some(e.to_string());
+            }
+        }
+        result.map(|n| {
+            if n > 0 {
+                WorkerState::Busy
+            } else {
+                WorkerState::Idle
+            }
+        })
+    }
+}
+
 /// A background loop.
 #[async_trait]
 pub trait Worker: Send {
