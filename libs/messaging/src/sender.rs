@@ -260,18 +260,14 @@ impl Sender {
                             id: msg.id.clone(),
                         });
                     }
-                    let entry = QueueEntry {
-                        peer: peer.clone(),
-                        id: msg.id.clone(),
-                    };
                     let state = if ready {
-                        let n = tx
-                            .next_sequence("msg-ready")
-                            .map_err(Error::meta("sequence"))?;
-                        tx.put(&keys::ready_queue(&peer).u64(n), &entry)
-                            .map_err(Error::meta("queue message"))?;
+                        enqueue_ready(tx, &peer, &msg.id)?;
                         OutState::ReadyToSend
                     } else {
+                        let entry = QueueEntry {
+                            peer: peer.clone(),
+                            id: msg.id.clone(),
+                        };
                         tx.put(&keys::preparing_entry(&peer, &msg.id), &entry)
                             .map_err(Error::meta("index message"))?;
                         OutState::Preparing
@@ -413,17 +409,7 @@ impl Sender {
                 }
                 row.state = OutState::ReadyToSend;
                 row.ready_at_ms = Some(now);
-                let n = tx
-                    .next_sequence("msg-ready")
-                    .map_err(Error::meta("sequence"))?;
-                tx.put(
-                    &keys::ready_queue(&peer).u64(n),
-                    &QueueEntry {
-                        peer: peer.clone(),
-                        id: id.clone(),
-                    },
-                )
-                .map_err(Error::meta("queue message"))?;
+                enqueue_ready(tx, &peer, &id)?;
                 tx.delete(&keys::preparing_entry(&peer, &id))
                     .map_err(Error::meta("unindex message"))?;
                 tx.put(&key, &row).map_err(Error::meta("mark ready"))
@@ -686,6 +672,25 @@ impl Sender {
     }
 }
 
+/// Append message `id` to the channel's ready queue (in the caller's transaction).
+fn enqueue_ready(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    peer: &DeploymentId,
+    id: &MessageId,
+) -> Result<()> {
+    let n = tx
+        .next_sequence("msg-ready")
+        .map_err(Error::meta("sequence"))?;
+    tx.put(
+        &keys::ready_queue(peer).u64(n),
+        &QueueEntry {
+            peer: peer.clone(),
+            id: id.clone(),
+        },
+    )
+    .map_err(Error::meta("queue message"))
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -746,17 +751,7 @@ async fn abandon_txn(
             payload: Bytes::from(CleanupPayload::new(id.clone(), row.bodies_started).encode()),
             bodies: Vec::new(),
         };
-        let n = tx
-            .next_sequence("msg-ready")
-            .map_err(Error::meta("sequence"))?;
-        tx.put(
-            &keys::ready_queue(&peer).u64(n),
-            &QueueEntry {
-                peer: peer.clone(),
-                id: cleanup_id.clone(),
-            },
-        )
-        .map_err(Error::meta("queue cleanup"))?;
+        enqueue_ready(tx, &peer, &cleanup_id)?;
         tx.put(
             &keys::out_message(&peer, &cleanup_id),
             &OutMessage {
