@@ -22,19 +22,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tern_crypto::Diversifier;
-use tern_meta::{Dpo, Key};
+use tern_meta::Key;
 use tern_storage::layout::{DeploymentId, MessageId};
 
 use crate::message::GlobalMessage;
 
-macro_rules! dpo {
-    ($t:ty, $what:literal) => {
-        impl Dpo for $t {
-            const WHAT: &'static str = $what;
-            const VERSION: u32 = 1;
-        }
-    };
-}
+use tern_meta::impl_dpo as dpo;
 
 /// The sender's side of a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! The dictionary persistent objects (DPOs): what the metadata store holds.
 //!
 //! Every DPO is stored as JSON in a versioned envelope (`{"v":1,"d":{…}}`, see
-//! [`Dpo`]). Timestamps are milliseconds since the Unix epoch from the caller's injected
+//! [`Dpo`](crate::Dpo)). Timestamps are milliseconds since the Unix epoch from the caller's injected
 //! clock (`*_at_ms`); the store itself never reads the time. Names are the validated
 //! newtypes of [`tern_storage::layout`], so a DPO can never carry a name that would
 //! escape its object-storage prefix.
@@ -11,16 +11,9 @@ use tern_storage::layout::{
     AccountId, DatabaseId, DeploymentId, GlobalFileRef, ShortName, TableId,
 };
 
-use crate::envelope::{Dpo, f64_json, i128_string};
+use crate::envelope::{f64_json, i128_string};
 
-macro_rules! dpo {
-    ($t:ty, $what:literal) => {
-        impl Dpo for $t {
-            const WHAT: &'static str = $what;
-            const VERSION: u32 = 1;
-        }
-    };
-}
+use crate::impl_dpo as dpo;
 
 /// A member of the deployment group (DESIGN.md §2): every deployment keeps the full list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

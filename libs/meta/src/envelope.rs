@@ -187,6 +187,18 @@ pub(crate) mod f64_json {
     }
 }
 
+/// Implements [`Dpo`] at envelope version 1 for a serde type: `impl_dpo!(MyDpo, "my thing")`
+/// (the name is what errors call a value of the type).
+#[macro_export]
+macro_rules! impl_dpo {
+    ($t:ty, $what:literal) => {
+        impl $crate::Dpo for $t {
+            const WHAT: &'static str = $what;
+            const VERSION: u32 = 1;
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
