@@ -41,10 +41,14 @@ fn mp_name(table: &TableId, short: &ShortName) -> String {
 }
 
 impl MetaTxn<'_> {
-    /// Commit version `expected_current + 1` of `table`: the version row `new`, the
-    /// micro-partitions `add` (their `added_version` must be the new version) and the
-    /// removal of the active micro-partitions `remove`, atomically with
+    /// Commit version `new.version` of `table` on top of `expected_current`: the version
+    /// row `new`, the micro-partitions `add` (their `added_version` must be the new
+    /// version) and the removal of the active micro-partitions `remove`, atomically with
     /// `current_version = new.version` (and the table's columns = `new.columns`).
+    ///
+    /// A local commit makes `expected_current + 1`. A replicated commit may jump further:
+    /// a replica's versions mirror its primary's, and a refresh collapses the versions it
+    /// skipped into one (the versions in between are never readable there).
     ///
     /// Compare-and-swap: [`Error::VersionConflict`] if the table is no longer at
     /// `expected_current`. [`Error::NotFound`] for an unknown table or a `remove` name that
@@ -71,14 +75,12 @@ impl MetaTxn<'_> {
                 found: t.current_version,
             });
         }
-        let version = expected_current
-            .checked_add(1)
-            .ok_or_else(|| Error::invalid("table version", "version overflow"))?;
-        if new.table != *table || new.version != version {
+        let version = new.version;
+        if new.table != *table || version <= expected_current {
             return Err(Error::invalid(
                 "table version",
                 format!(
-                    "expected a row for {table}@{version}, got {}@{}",
+                    "expected a row for {table} after version {expected_current}, got {}@{}",
                     new.table, new.version
                 ),
             ));
@@ -140,6 +142,50 @@ impl MetaTxn<'_> {
         t.current_version = version;
         t.columns = new.columns;
         self.put(&keys::table(table), &t)
+    }
+
+    /// Drift repair without a new version (replication): put back the index entries `add`
+    /// (with their global references; they keep their `added_version`) and end the entries
+    /// `remove` at the current version. For a replica whose index lost or gained entries
+    /// behind its back while its version already equals its primary's; a normal change
+    /// always commits a version.
+    pub fn repair_micro_partitions(
+        &mut self,
+        table: &TableId,
+        add: &[MicroPartitionDpo],
+        remove: &[ShortName],
+    ) -> Result<()> {
+        let t = self.require_table(table)?;
+        for mp in add {
+            if mp.table != *table || mp.added_version > t.current_version {
+                return Err(Error::invalid(
+                    "micro-partition",
+                    format!(
+                        "{}: must belong to {table} and be added at or before version {}",
+                        mp_name(&mp.table, &mp.short),
+                        t.current_version
+                    ),
+                ));
+            }
+            self.put(&keys::micro_partition(table, &mp.short), mp)?;
+            self.put(
+                &keys::global_file(&mp.global_ref),
+                &GlobalFileEntry {
+                    table: table.clone(),
+                    short: mp.short.clone(),
+                },
+            )?;
+        }
+        for short in remove {
+            let key = keys::micro_partition(table, short);
+            if let Some(mut mp) = self.get::<MicroPartitionDpo>(&key)?
+                && mp.removed_version.is_none()
+            {
+                mp.removed_version = Some(t.current_version);
+                self.put(&key, &mp)?;
+            }
+        }
+        Ok(())
     }
 
     /// A retained version row.
