@@ -109,6 +109,9 @@ pub struct TableChange {
     /// Whether the change may land on a later version than `base_version`: true for pure
     /// appends (inserts), false for changes computed from what they read.
     pub rebase: bool,
+    /// The version to make, when it is not `base_version + 1`: a replicated change takes
+    /// its primary's version number (a refresh may skip versions). Never with `rebase`.
+    pub version: Option<u64>,
     /// Micro-partitions written (their `added_version` is set when the version is fixed).
     pub added: Vec<MicroPartitionDpo>,
     /// Active micro-partitions replaced or dropped.
@@ -177,7 +180,7 @@ pub enum ChangeRecord {
         table: TableId,
         /// The version it was made on.
         base_version: u64,
-        /// The version it makes (`base_version + 1`).
+        /// The version it makes (`base_version + 1`, or later for a replicated change).
         version: u64,
         /// Its metadata file.
         ep_file: EpFileRef,
@@ -266,14 +269,24 @@ impl Change {
                 name: t.table.to_string(),
             })?
             .current_version;
-        if current != t.base_version && !t.rebase {
+        if current != t.base_version && (!t.rebase || t.version.is_some()) {
             return Err(Error::Conflict {
                 table: t.table.clone(),
                 read: t.base_version,
                 found: current,
             });
         }
-        let version = current + 1;
+        let version = match t.version {
+            Some(v) if v <= current => {
+                return Err(Error::Conflict {
+                    table: t.table.clone(),
+                    read: v,
+                    found: current,
+                });
+            }
+            Some(v) => v,
+            None => current + 1,
+        };
         let mut added = t.added;
         for m in &mut added {
             m.added_version = version;

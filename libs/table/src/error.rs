@@ -42,6 +42,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A write to a secondary replica: it changes only through replication.
+    #[error(
+        "database {database} is a read-only secondary replica of group {group}: write to its primary"
+    )]
+    ReadOnlyReplica {
+        /// The database.
+        database: String,
+        /// Its replication group.
+        group: String,
+    },
     /// A table name or id that does not exist (or was dropped).
     #[error("unknown table {name}")]
     UnknownTable {

@@ -239,12 +239,35 @@ impl Tables {
         let account = self.account_of(db)?;
         let seq = self.meta.write(|tx| tx.next_sequence("table"))?;
         let id = TableId::new(format!("t{seq}"))?;
+        let table = self
+            .new_table(&account, db, id.clone(), schema, name, columns)
+            .await?;
+        self.commit_dictionary(account, db, DictionaryOp::CreateTable(table))
+            .await?;
+        Ok(id)
+    }
+
+    /// The definition of a new, empty table `id` with its own freshly generated table
+    /// master key (wrapped by the key provider; the key is cached here). Nothing is
+    /// committed: `create table` and replication commit it as
+    /// [`DictionaryOp::CreateTable`].
+    pub async fn new_table(
+        &self,
+        account: &AccountId,
+        db: &DatabaseId,
+        id: TableId,
+        schema: &str,
+        name: &str,
+        columns: Vec<ColumnDef>,
+    ) -> Result<TableDpo> {
+        check_columns(&columns)?;
         let (tmk, wrapped) = self
             .provider
             .generate_data_key(&EnvelopeContext::table(account.as_str(), id.as_str()))
             .await?;
-        let table = TableDpo {
-            id: id.clone(),
+        self.lock_tmks().insert(id.clone(), Arc::new(tmk));
+        Ok(TableDpo {
+            id,
             database: db.clone(),
             schema: schema.to_string(),
             name: name.to_string(),
@@ -254,11 +277,18 @@ impl Tables {
             retention_ms: None,
             created_at_ms: self.clock.now_millis(),
             dropped: false,
-        };
-        self.commit_dictionary(account, db, DictionaryOp::CreateTable(table))
-            .await?;
-        self.lock_tmks().insert(id.clone(), Arc::new(tmk));
-        Ok(id)
+        })
+    }
+
+    /// The committer statements commit through (replication commits its changes there
+    /// too).
+    pub fn committer(&self) -> &Arc<dyn Committer> {
+        &self.committer
+    }
+
+    /// This deployment.
+    pub fn deployment(&self) -> &DeploymentId {
+        &self.deployment
     }
 
     /// Find a live table by name.
@@ -334,6 +364,7 @@ impl Tables {
                 ..Default::default()
             });
         }
+        self.account_of(&ctx.table.database)?;
         let mut txn = self.committer.begin(&ctx.account).await?;
         let added = match self.write_files(&ctx, &conformed, txn.as_mut()).await {
             Ok(a) => a,
@@ -981,17 +1012,25 @@ impl Tables {
         Ok(())
     }
 
-    /// The account of a live database.
+    /// The account of a live database that statements may change: a secondary replica
+    /// is read-only (replication changes it through the committer, not through
+    /// statements).
     fn account_of(&self, db: &DatabaseId) -> Result<AccountId> {
-        Ok(self.meta.read(|tx| {
+        let d = self.meta.read(|tx| {
             tx.get_database(db)?
                 .filter(|d| !d.dropped)
-                .map(|d| d.account)
                 .ok_or_else(|| tern_meta::Error::NotFound {
                     what: "database",
                     name: db.to_string(),
                 })
-        })?)
+        })?;
+        if d.role == tern_meta::DatabaseRole::Secondary {
+            return Err(Error::ReadOnlyReplica {
+                database: d.name,
+                group: d.replication_group.unwrap_or_default(),
+            });
+        }
+        Ok(d.account)
     }
 
     /// A change of the table in `ctx` on the version it was read at.
@@ -1008,6 +1047,7 @@ impl Tables {
             table: ctx.table.id.clone(),
             base_version: ctx.table.current_version,
             rebase: false,
+            version: None,
             added,
             removed,
             columns: ctx.table.columns.clone(),
