@@ -300,6 +300,13 @@ impl TxnManager {
         })?)
     }
 
+    /// The highest id up to which `account`'s log is complete: every transaction with an
+    /// id at or below it has its log record stored (ids above may still appear out of
+    /// order, DESIGN.md §7). A log shipper advances its cursor only up to here.
+    pub fn stable_log_id(&self, account: &AccountId) -> Result<u64> {
+        Ok(self.inner.meta.read(|tx| stable_log_id(tx, account))?)
+    }
+
     /// Every transaction row (unfinished ones, and finished ones not yet pruned).
     pub fn transactions(&self) -> Result<Vec<TxnDpo>> {
         Ok(self
@@ -829,4 +836,31 @@ impl Inner {
     fn lock_log_keys(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Arc<TableFileKeys>>> {
         self.log_keys.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// [`TxnManager::stable_log_id`] inside a metadata transaction, so that a snapshot of the
+/// tables and the log position it corresponds to are read at one point: the account's
+/// clock, lowered below the first transaction that has an id but may not have stored its
+/// log record yet (Prepared), or whose versions may not be visible yet (Committing).
+pub fn stable_log_id(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    account: &AccountId,
+) -> tern_meta::Result<u64> {
+    let last = last_txn_id(tx, account)?;
+    let pending = tx
+        .scan_prefix::<TxnDpo>(&txns())?
+        .into_iter()
+        .filter(|(_, t)| {
+            t.account == *account && matches!(t.state, TxnState::Prepared | TxnState::Committing)
+        })
+        .filter_map(|(_, t)| t.txn_id)
+        .min();
+    Ok(pending.map_or(last, |id| id.saturating_sub(1).min(last)))
+}
+
+/// [`TxnManager::last_txn_id`] inside a metadata transaction.
+pub fn last_txn_id(tx: &mut tern_meta::MetaTxn<'_>, account: &AccountId) -> tern_meta::Result<u64> {
+    Ok(tx
+        .get::<LamportDpo>(&lamport_key(account))?
+        .map_or(0, |c| c.last))
 }
