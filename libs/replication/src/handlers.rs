@@ -1,0 +1,416 @@
+//! The replication message handlers (registered in the message service's registry). The
+//! log handler is the apply agent: the processor's pool runs several at once, and each
+//! applies one shipped transaction in one local commit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tern_messaging::{Bodies, Commit, GlobalMessage, Handler, HandlerError};
+use tern_meta::DictionaryChange;
+use tern_storage::layout::{DeploymentId, ResponseId, TableId};
+use tern_table::ChangeRecord;
+use tern_table::commit::DictionaryOp;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    self, ENTITIES_TYPE, EntitiesPayload, LOG_TYPE, LogShipment, REFRESH_TYPE, RefreshRequest,
+    SNAPSHOT_TYPE, SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe, replica_table_id,
+};
+use crate::service::{Counters, Replication};
+use crate::source::SnapshotHead;
+use crate::state::{
+    DownstreamDpo, ImportJobDpo, KnownEntitiesDpo, ReplicaDpo, SnapshotJobDpo, keys,
+};
+use crate::target::{ImportSource, TableStep};
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Entities,
+    Refresh,
+    Snapshot,
+    Log,
+    Unsubscribe,
+}
+
+/// One message type's handler.
+#[derive(Debug)]
+struct ReplHandler {
+    repl: Replication,
+    kind: Kind,
+}
+
+impl Replication {
+    /// The handlers to register, by message type.
+    pub fn handlers(&self) -> Vec<(&'static str, Arc<dyn Handler>)> {
+        [
+            (ENTITIES_TYPE, Kind::Entities),
+            (REFRESH_TYPE, Kind::Refresh),
+            (SNAPSHOT_TYPE, Kind::Snapshot),
+            (LOG_TYPE, Kind::Log),
+            (UNSUBSCRIBE_TYPE, Kind::Unsubscribe),
+        ]
+        .into_iter()
+        .map(|(t, kind)| {
+            let h: Arc<dyn Handler> = Arc::new(ReplHandler {
+                repl: self.clone(),
+                kind,
+            });
+            (t, h)
+        })
+        .collect()
+    }
+
+    fn reject(&self, msg: &GlobalMessage, reason: impl std::fmt::Display) -> HandlerError {
+        Counters::add(&self.inner.counters.rejected, 1);
+        tracing::warn!(message = %msg.id, from = %msg.origin, message_type = %msg.message_type, %reason, "replication message refused");
+        HandlerError::permanent(reason)
+    }
+}
+
+fn retry(e: Error) -> HandlerError {
+    HandlerError::retry(e)
+}
+
+#[async_trait]
+impl Handler for ReplHandler {
+    fn validate(&self, payload: &[u8]) -> std::result::Result<(), String> {
+        match self.kind {
+            Kind::Entities => model::decode::<EntitiesPayload>(payload).map(|_| ()),
+            Kind::Refresh => model::decode::<RefreshRequest>(payload).map(|_| ()),
+            Kind::Snapshot => model::decode::<SnapshotHead>(payload).map(|_| ()),
+            Kind::Log => model::decode::<LogShipment>(payload)
+                .map(|_| ())
+                .or_else(|_| model::decode::<SnapshotHead>(payload).map(|_| ())),
+            Kind::Unsubscribe => model::decode::<Unsubscribe>(payload).map(|_| ()),
+        }
+    }
+
+    async fn handle(
+        &self,
+        msg: &GlobalMessage,
+        bodies: &Bodies,
+    ) -> std::result::Result<Commit, HandlerError> {
+        let r = &self.repl;
+        let from = msg.origin.clone();
+        let now = r.now();
+        match self.kind {
+            Kind::Entities => {
+                let p: EntitiesPayload =
+                    model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                if let Some(e) = p.entities.iter().find(|e| e.deployment != from) {
+                    return Err(r.reject(
+                        msg,
+                        format!("lists an entity of deployment {}", e.deployment),
+                    ));
+                }
+                Ok(Commit::with(move |tx| {
+                    tx.put(
+                        &keys::known(&from),
+                        &KnownEntitiesDpo {
+                            deployment: from.clone(),
+                            entities: p.entities.clone(),
+                            received_at_ms: now,
+                        },
+                    )
+                }))
+            }
+            Kind::Refresh => {
+                let request: RefreshRequest =
+                    model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                match r.local_database(&request.group).map_err(retry)? {
+                    Some(db) if db.role != tern_meta::DatabaseRole::Local => {}
+                    _ => {
+                        return Err(r.reject(
+                            msg,
+                            format!("no replicated database of group {} here", request.group),
+                        ));
+                    }
+                }
+                let placeholder =
+                    ResponseId::new(request.request_id.as_str()).map_err(|e| r.reject(msg, e))?;
+                let wake = Arc::clone(&r.inner);
+                let key = keys::snapshot_job(&from, &request.request_id);
+                let commit = Commit::with(move |tx| {
+                    if !tx.contains(&key)? {
+                        tx.put(
+                            &key,
+                            &SnapshotJobDpo {
+                                peer: from.clone(),
+                                request: request.clone(),
+                                response_id: placeholder.clone(),
+                                received_at_ms: now,
+                                attempts: 0,
+                            },
+                        )?;
+                    }
+                    Ok(())
+                });
+                wake.job_wake.notify_waiters();
+                wake.job_wake.notify_one();
+                Ok(commit)
+            }
+            Kind::Snapshot => {
+                let body = bodies.read(msg, 0).await.map_err(|e| retry(e.into()))?;
+                let response: SnapshotResponse =
+                    model::decode(&body).map_err(|e| r.reject(msg, e))?;
+                let replica = r.replica_of(&response.group).map_err(retry)?;
+                match replica {
+                    Some(rep) if rep.upstream == from => {}
+                    _ => {
+                        return Err(r.reject(
+                            msg,
+                            format!(
+                                "snapshot of group {} from {from}, which is not this deployment's upstream for it",
+                                response.group
+                            ),
+                        ));
+                    }
+                }
+                let key = keys::import_job(&from, &response.response_id);
+                let at = msg.created_at_ms;
+                let commit = Commit::with(move |tx| {
+                    if !tx.contains(&key)? {
+                        tx.put(
+                            &key,
+                            &ImportJobDpo {
+                                peer: from.clone(),
+                                response: response.clone(),
+                                received_at_ms: at,
+                                attempts: 0,
+                            },
+                        )?;
+                    }
+                    Ok(())
+                });
+                r.inner.job_wake.notify_one();
+                Ok(commit)
+            }
+            Kind::Log => {
+                let shipment: LogShipment = match model::decode(&msg.payload) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let body = bodies.read(msg, 0).await.map_err(|e| retry(e.into()))?;
+                        model::decode(&body).map_err(|e| r.reject(msg, e))?
+                    }
+                };
+                r.apply_log(msg, shipment).await
+            }
+            Kind::Unsubscribe => {
+                let u: Unsubscribe = model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                let db = r.local_database(&u.group).map_err(retry)?;
+                Ok(Commit::with(move |tx| {
+                    if let Some(db) = &db {
+                        let k = keys::downstream(&db.id, &from);
+                        if tx.get::<DownstreamDpo>(&k)?.is_some() {
+                            tx.delete(&k)?;
+                        }
+                    }
+                    Ok(())
+                }))
+            }
+        }
+    }
+}
+
+impl Replication {
+    /// Apply agent: one shipped transaction.
+    async fn apply_log(
+        &self,
+        msg: &GlobalMessage,
+        s: LogShipment,
+    ) -> std::result::Result<Commit, HandlerError> {
+        let from = msg.origin.clone();
+        let Some(replica) = self.replica_of(&s.group).map_err(retry)? else {
+            return Err(self.reject(msg, format!("no replica of group {} here", s.group)));
+        };
+        if replica.upstream != from {
+            return Err(self.reject(
+                msg,
+                format!("{from} is not the upstream of group {} here", s.group),
+            ));
+        }
+        match self
+            .apply_shipment(&from, &replica, &s, msg.created_at_ms)
+            .await
+        {
+            Ok(figures) => {
+                self.remove_inbound(&from, &s.shipment_id).await;
+                Counters::add(&self.inner.counters.records_applied, 1);
+                self.committed();
+                let db = replica.database.clone();
+                let now = self.now();
+                Ok(Commit::with(move |tx| {
+                    let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(&db))? else {
+                        return Ok(());
+                    };
+                    r.applied_txn = r.applied_txn.max(s.txn_id);
+                    r.applied_commit_at_ms =
+                        Some(r.applied_commit_at_ms.unwrap_or(0).max(s.committed_at_ms));
+                    r.upstream_commit_at_ms =
+                        Some(r.upstream_commit_at_ms.unwrap_or(0).max(s.committed_at_ms));
+                    r.applied_at_ms = Some(now);
+                    for (t, v) in &figures.versions {
+                        let e = r.upstream_versions.entry(t.clone()).or_default();
+                        *e = (*e).max(*v);
+                    }
+                    for t in &figures.dropped {
+                        r.upstream_versions.remove(t);
+                    }
+                    r.records_applied += 1;
+                    r.files_copied += figures.files;
+                    r.bytes_copied += figures.bytes;
+                    r.last_error = None;
+                    tx.put(&keys::replica(&db), &r)
+                }))
+            }
+            Err(e @ Error::Gap { .. }) => {
+                let attempts = self.gap_attempt(&msg.id.to_string());
+                if attempts < self.inner.p.config.gap_attempts {
+                    return Err(HandlerError::retry(e));
+                }
+                tracing::warn!(error = %e, message = %msg.id, "log gap does not fill; refreshing instead");
+                self.refresh_for(&s.group, "gap").map_err(retry)?;
+                self.remove_inbound(&from, &s.shipment_id).await;
+                Ok(Commit::none())
+            }
+            Err(e @ Error::Drift { .. }) => {
+                tracing::warn!(error = %e, message = %msg.id, "replica drift; refreshing");
+                self.refresh_for(&s.group, "drift").map_err(retry)?;
+                self.remove_inbound(&from, &s.shipment_id).await;
+                Ok(Commit::none())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let _ = self.with_replica(&s.group, |r| r.last_error = Some(text.clone()));
+                Err(retry(e))
+            }
+        }
+    }
+
+    fn gap_attempt(&self, id: &str) -> u32 {
+        let mut g = self
+            .inner
+            .gaps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.len() > 10_000 {
+            g.clear();
+        }
+        let n = g.entry(id.to_string()).or_default();
+        *n += 1;
+        *n
+    }
+
+    async fn apply_shipment(
+        &self,
+        from: &DeploymentId,
+        replica: &ReplicaDpo,
+        s: &LogShipment,
+        sent_at_ms: i64,
+    ) -> Result<ShipmentFigures> {
+        let mut dict = Vec::new();
+        let mut steps = Vec::new();
+        let mut figures = ShipmentFigures::default();
+        for c in &s.changes {
+            match c {
+                ChangeRecord::Dictionary { op, .. } => {
+                    let change = match op {
+                        DictionaryOp::CreateSchema(sc) => DictionaryChange::CreateSchema {
+                            name: sc.name.clone(),
+                        },
+                        DictionaryOp::DropSchema { name } => {
+                            DictionaryChange::DropSchema { name: name.clone() }
+                        }
+                        DictionaryOp::CreateTable(t) => DictionaryChange::CreateTable {
+                            table: replica_table_id(from, &t.id),
+                            schema: t.schema.clone(),
+                            name: t.name.clone(),
+                            columns: t.columns.clone(),
+                        },
+                        DictionaryOp::DropTable { table } => {
+                            let id = replica_table_id(from, table);
+                            figures.dropped.push(id.clone());
+                            DictionaryChange::DropTable { table: id }
+                        }
+                    };
+                    dict.push(change);
+                }
+                ChangeRecord::TableVersion {
+                    table,
+                    base_version,
+                    version,
+                    columns,
+                    added,
+                    removed,
+                    ddl,
+                    ..
+                } => {
+                    let id = replica_table_id(from, table);
+                    figures.versions.insert(id.clone(), *version);
+                    steps.push(TableStep {
+                        table: id.clone(),
+                        base: *base_version,
+                        version: *version,
+                        columns: columns.clone(),
+                        add_column: match ddl {
+                            Some(DictionaryChange::AddColumn { column, .. }) => {
+                                Some(column.clone())
+                            }
+                            _ => None,
+                        },
+                        add: added
+                            .iter()
+                            .cloned()
+                            .map(|mut m| {
+                                m.table = id.clone();
+                                m
+                            })
+                            .collect(),
+                        remove: removed.iter().map(|r| r.global_ref.clone()).collect(),
+                    });
+                }
+            }
+        }
+        self.apply_dictionary(replica, &dict).await?;
+        if !steps.is_empty() {
+            let keys = match &s.repmk {
+                Some(w) => {
+                    self.open_repmk(from, s.shipment_id.as_str(), w, sent_at_ms)
+                        .await?
+                }
+                None if steps.iter().all(|st| st.add.is_empty()) => {
+                    // No files: any key will do, none is used.
+                    Arc::new(tern_crypto::ReplicationFileKeys::new(Arc::new(
+                        tern_crypto::RepMk::from_bytes([0; 32]),
+                    )))
+                }
+                None => {
+                    return Err(Error::BadMessage {
+                        message_type: LOG_TYPE,
+                        from: from.clone(),
+                        reason: "files without a RepMK".into(),
+                    });
+                }
+            };
+            let source = ImportSource {
+                peer: from.clone(),
+                folder: s.shipment_id.clone(),
+                keys,
+            };
+            let applied = self.apply_steps(replica, &source, steps, true).await?;
+            figures.files = applied.files;
+            figures.bytes = applied.bytes;
+        }
+        self.inner.p.txn.observe(&replica.account, s.txn_id)?;
+        Ok(figures)
+    }
+}
+
+#[derive(Debug, Default)]
+struct ShipmentFigures {
+    versions: BTreeMap<TableId, u64>,
+    dropped: Vec<TableId>,
+    files: u64,
+    bytes: u64,
+}

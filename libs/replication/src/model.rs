@@ -1,0 +1,265 @@
+//! What replication messages carry (JSON payloads of `tern.repl.*` messages, each with a
+//! format version `v`; an unknown version is refused as malformed, never guessed at).
+//!
+//! | message type | from → to | payload |
+//! |---|---|---|
+//! | `tern.repl.entities` | every deployment → every peer | [`EntitiesPayload`]: its global accounts and databases |
+//! | `tern.repl.refresh` | replica → its upstream | [`RefreshRequest`]: per table, version and active global file references |
+//! | `tern.repl.snapshot` | upstream → replica | [`SnapshotResponse`] (in body file 0): dictionary and the difference, files in the inbound stage |
+//! | `tern.repl.log` | upstream → replica | [`LogShipment`]: one committed log record's changes of the database, files in the inbound stage |
+//! | `tern.repl.unsubscribe` | replica → its upstream | [`Unsubscribe`]: stop shipping |
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tern_crypto::{Diversifier, WrappedKey};
+use tern_meta::{ColumnDef, DatabaseRole, MicroPartitionDpo};
+use tern_storage::layout::{
+    AccountId, DatabaseId, DeploymentId, GlobalFileRef, ResponseId, TableId,
+};
+use tern_table::ChangeRecord;
+
+/// Message type of global-entity lists.
+pub const ENTITIES_TYPE: &str = "tern.repl.entities";
+/// Message type of refresh requests.
+pub const REFRESH_TYPE: &str = "tern.repl.refresh";
+/// Message type of snapshot responses.
+pub const SNAPSHOT_TYPE: &str = "tern.repl.snapshot";
+/// Message type of shipped log records.
+pub const LOG_TYPE: &str = "tern.repl.log";
+/// Message type of unsubscriptions.
+pub const UNSUBSCRIBE_TYPE: &str = "tern.repl.unsubscribe";
+
+/// The payload format version this build writes and reads.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// Decodes a payload, checking its version; the error says what is wrong.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        v: u32,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if probe.v != PAYLOAD_VERSION {
+        return Err(format!(
+            "payload version {} is not supported (this build reads {PAYLOAD_VERSION})",
+            probe.v
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// Encodes a payload.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain data structs always serialize.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// A global account or database, as the deployment holding it describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalEntity {
+    /// Account or database.
+    pub kind: EntityKind,
+    /// The deployment holding it.
+    pub deployment: DeploymentId,
+    /// That deployment's region.
+    pub region: String,
+    /// The account (the entity itself, or the database's owner).
+    pub account: AccountId,
+    /// The account replication group of the account.
+    pub account_group: String,
+    /// Databases: the database replication group.
+    pub group: Option<String>,
+    /// Databases: the database name.
+    pub name: Option<String>,
+    /// Databases: primary or secondary.
+    pub role: Option<DatabaseRole>,
+    /// Databases: the role epoch.
+    pub epoch: u64,
+    /// Secondary replicas: the deployment they replicate from.
+    pub upstream: Option<DeploymentId>,
+}
+
+/// What a [`GlobalEntity`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityKind {
+    /// A global account.
+    Account,
+    /// A replica of a global database.
+    Database,
+}
+
+/// `tern.repl.entities`: every global entity the sender holds (the receiver replaces what
+/// it knew from the sender).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitiesPayload {
+    /// Format version.
+    pub v: u32,
+    /// The entities.
+    pub entities: Vec<GlobalEntity>,
+}
+
+/// One table of a refresh request: what the replica has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInventory {
+    /// The table (replicated tables have the same id on every replica).
+    pub table: TableId,
+    /// Its version (replica versions mirror the primary's).
+    pub version: u64,
+    /// Its active files, by global reference.
+    pub refs: Vec<GlobalFileRef>,
+}
+
+/// `tern.repl.refresh`: a replica asks its upstream for what it lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// Format version.
+    pub v: u32,
+    /// Unique per requesting deployment.
+    pub request_id: String,
+    /// The database replication group.
+    pub group: String,
+    /// The replica's account.
+    pub account: AccountId,
+    /// The replica database (its id on the requesting deployment).
+    pub database: DatabaseId,
+    /// Whether the upstream should ship the database's log records from the snapshot on.
+    pub subscribe: bool,
+    /// What the replica has, per table.
+    pub tables: Vec<TableInventory>,
+}
+
+/// A replication master key wrapped for one receiver under a GMK-derived key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedRepMk {
+    /// The diversifier of the wrapping key.
+    pub diversifier: Diversifier,
+    /// The wrapped key (hex).
+    pub wrapped: String,
+}
+
+impl WrappedRepMk {
+    /// The wrapped key bytes.
+    pub fn key(&self) -> Option<WrappedKey> {
+        WrappedKey::from_hex(&self.wrapped)
+    }
+}
+
+/// One table of a snapshot response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSnapshot {
+    /// The table.
+    pub table: TableId,
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its columns at `version`.
+    pub columns: Vec<ColumnDef>,
+    /// The primary's version the snapshot holds.
+    pub version: u64,
+    /// The replica version this answers (what the request said; the replica rolls back to
+    /// it if it moved, then jumps to `version`).
+    pub answered_version: u64,
+    /// Files to add (source metadata; the file is in the inbound stage under its global
+    /// reference).
+    pub add: Vec<MicroPartitionDpo>,
+    /// Files to remove, by global reference.
+    pub remove: Vec<GlobalFileRef>,
+}
+
+/// `tern.repl.snapshot` (in body file 0, whatever its size): the database at one
+/// consistent point of the source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotResponse {
+    /// Format version.
+    pub v: u32,
+    /// The request answered.
+    pub request_id: String,
+    /// Names the inbound-stage folder of the files.
+    pub response_id: ResponseId,
+    /// The database replication group.
+    pub group: String,
+    /// The source's Lamport clock at the snapshot (the replica merges it).
+    pub lamport: u64,
+    /// The RepMK the inbound files are encrypted under.
+    pub repmk: WrappedRepMk,
+    /// The database's schemas.
+    pub schemas: Vec<String>,
+    /// Every live table of the database.
+    pub tables: Vec<TableSnapshot>,
+    /// Bytes of the files copied into the inbound stage.
+    pub bytes: u64,
+    /// When the snapshot was taken (source clock).
+    pub taken_at_ms: i64,
+}
+
+/// `tern.repl.log`: one committed transaction's changes of a replicated database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogShipment {
+    /// Format version.
+    pub v: u32,
+    /// The database replication group.
+    pub group: String,
+    /// Names the inbound-stage folder of the files it adds.
+    pub shipment_id: ResponseId,
+    /// The transaction id at the sender.
+    pub txn_id: u64,
+    /// The deployment that committed the record shipped (the sender, or for a chain its
+    /// upstream's record as applied there).
+    pub origin: DeploymentId,
+    /// When it was committed there.
+    pub committed_at_ms: i64,
+    /// The changes of the database, in commit order.
+    pub changes: Vec<ChangeRecord>,
+    /// The RepMK of the files, when there are files.
+    pub repmk: Option<WrappedRepMk>,
+}
+
+/// `tern.repl.unsubscribe`: a replica stops following its upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    /// Format version.
+    pub v: u32,
+    /// The database replication group.
+    pub group: String,
+    /// The replica database (its id on the sender).
+    pub database: DatabaseId,
+}
+
+/// The id a replicated table has on every replica: tables keep their id, qualified once
+/// with the deployment that created them (`t5` of `d1` → `t5--d1`), so that ids of tables
+/// made on different deployments never collide and a chain forwards them unchanged.
+pub fn replica_table_id(origin: &DeploymentId, table: &TableId) -> TableId {
+    if table.as_str().contains("--") {
+        return table.clone();
+    }
+    TableId::new(format!("{table}--{origin}")).unwrap_or_else(|_| table.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_ids_are_qualified_once() {
+        let d1 = DeploymentId::new("d1").unwrap();
+        let d2 = DeploymentId::new("d2").unwrap();
+        let t = TableId::new("t5").unwrap();
+        let r = replica_table_id(&d1, &t);
+        assert_eq!(r.as_str(), "t5--d1");
+        assert_eq!(replica_table_id(&d2, &r), r);
+    }
+
+    #[test]
+    fn unknown_versions_are_refused() {
+        let u = Unsubscribe {
+            v: 2,
+            group: "g".into(),
+            database: DatabaseId::new("db1").unwrap(),
+        };
+        let e = decode::<Unsubscribe>(&encode(&u)).unwrap_err();
+        assert!(e.contains("version 2"), "{e}");
+        assert!(decode::<Unsubscribe>(b"not json").is_err());
+    }
+}

@@ -1,0 +1,891 @@
+//! The replication service of one deployment: configuration, the operator and tenant
+//! commands (global accounts and databases, replicas, refresh), and status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use tern_clock::SharedClock;
+use tern_crypto::{CachedWrapKeys, DiversifierPolicy, SharedRandom};
+use tern_meta::{AccountKind, DatabaseDpo, DatabaseRole, MetaStore, MetaTxn};
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
+use tern_table::Tables;
+use tern_txn::TxnManager;
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::model::{self, EntityKind, GlobalEntity, UNSUBSCRIBE_TYPE, Unsubscribe};
+use crate::state::{
+    self, AnnounceDpo, DownstreamDpo, GROUP_INDEX, KnownEntitiesDpo, OutboxDpo, PendingRefresh,
+    ReplicaDpo, keys,
+};
+
+/// Replication settings (`[replication]` of the daemon's configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Global entities are re-sent to every peer this often even without change.
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// Every replica asks for a refresh this often (drift correction); `0s` = never.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// How often the shipper looks for new log records (it is also woken by commits).
+    #[serde(with = "humantime_serde")]
+    pub ship_interval: Duration,
+    /// How often the control worker looks for work.
+    #[serde(with = "humantime_serde")]
+    pub control_interval: Duration,
+    /// File copies in flight per job.
+    pub copy_concurrency: usize,
+    /// Log records shipped per downstream replica per unit of work.
+    pub ship_batch: usize,
+    /// A log record that cannot be applied yet (an earlier one is missing) is retried this
+    /// many times; then the replica asks for a refresh instead.
+    pub gap_attempts: u32,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            announce_interval: Duration::from_secs(3600),
+            refresh_interval: Duration::from_secs(3600),
+            ship_interval: Duration::from_millis(200),
+            control_interval: Duration::from_millis(500),
+            copy_concurrency: 4,
+            ship_batch: 64,
+            gap_attempts: 3,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if self.copy_concurrency == 0 || self.ship_batch == 0 {
+            return Err(Error::invalid(
+                "replication config",
+                "copy_concurrency and ship_batch must be at least 1",
+            ));
+        }
+        if self.ship_interval.is_zero() || self.control_interval.is_zero() {
+            return Err(Error::invalid(
+                "replication config",
+                "ship_interval and control_interval must be more than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Cumulative figures since start (the persistent per-replica figures are in the metadata
+/// store, see [`ReplicaStatus`]).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Files copied (inbound stages and volume).
+    pub files_copied: AtomicU64,
+    /// Bytes copied.
+    pub bytes_copied: AtomicU64,
+    /// Log records shipped.
+    pub records_shipped: AtomicU64,
+    /// Log records applied.
+    pub records_applied: AtomicU64,
+    /// Log records skipped as already applied.
+    pub records_skipped: AtomicU64,
+    /// Snapshots served.
+    pub snapshots_served: AtomicU64,
+    /// Snapshots imported.
+    pub snapshots_imported: AtomicU64,
+    /// Refresh requests sent.
+    pub refreshes_requested: AtomicU64,
+    /// Replication messages refused (malformed, unknown group, not from the upstream).
+    pub rejected: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// What a deployment's replication is built from.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    /// This deployment.
+    pub me: DeploymentId,
+    /// Its region.
+    pub region: String,
+    /// Its metadata store.
+    pub meta: MetaStore,
+    /// Its tables.
+    pub tables: Arc<Tables>,
+    /// Its commit protocol (log records, Lamport clocks).
+    pub txn: TxnManager,
+    /// Its volume.
+    pub volume: Arc<dyn ObjectStore>,
+    /// Its own replication bucket (peers' inbound stages are there).
+    pub bucket: Arc<dyn ObjectStore>,
+    /// GMK-derived wrapping keys.
+    pub wrap_keys: Arc<CachedWrapKeys>,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Randomness (RepMKs).
+    pub random: SharedRandom,
+    /// Settings.
+    pub config: ReplicationConfig,
+}
+
+/// One deployment's replication service (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Replication {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) p: Parts,
+    pub(crate) policy: DiversifierPolicy,
+    pub(crate) counters: Counters,
+    /// Wakes the control worker (something to send).
+    pub(crate) control_wake: Notify,
+    /// Wakes the shipper (a commit).
+    pub(crate) ship_wake: Notify,
+    /// Wakes the copy workers (a job arrived).
+    pub(crate) job_wake: Notify,
+    /// Attempts of log records waiting for a predecessor, by message id.
+    pub(crate) gaps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// One row of `show global accounts` / `show global databases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalRow {
+    /// Region of the deployment holding it.
+    pub region: String,
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// The account.
+    pub account: AccountId,
+    /// The replication group (account group for accounts, database group for databases).
+    pub replication_group: String,
+    /// The name (account or database).
+    pub name: String,
+    /// Databases: primary or secondary.
+    pub role: Option<DatabaseRole>,
+    /// Secondary replicas: where they replicate from.
+    pub upstream: Option<DeploymentId>,
+}
+
+/// `show replication status`: one local secondary replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The database name.
+    pub database: String,
+    /// Its account.
+    pub account: AccountId,
+    /// The group.
+    pub group: String,
+    /// Where it replicates from.
+    pub upstream: DeploymentId,
+    /// Versions behind the newest upstream versions known here (summed over tables).
+    pub versions_behind: u64,
+    /// Milliseconds between the newest upstream commit known here and the newest one
+    /// applied (0 when caught up).
+    pub lag_ms: i64,
+    /// When the last refresh was imported.
+    pub last_refresh_at_ms: Option<i64>,
+    /// A refresh asked for and not imported yet (its reason).
+    pub refresh_pending: Option<String>,
+    /// Refreshes imported.
+    pub refreshes: u64,
+    /// Log records applied.
+    pub records_applied: u64,
+    /// Bytes copied into the volume.
+    pub bytes_copied: u64,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// `show replication status`: one replica a peer keeps of a local database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownstreamStatus {
+    /// The database name.
+    pub database: String,
+    /// The group.
+    pub group: String,
+    /// The replica's deployment.
+    pub peer: DeploymentId,
+    /// Whether log records are shipped.
+    pub subscribed: bool,
+    /// Log records of the account not shipped yet (ids after the cursor).
+    pub records_behind: u64,
+    /// Log records shipped.
+    pub records_shipped: u64,
+    /// Snapshots answered.
+    pub snapshots: u64,
+    /// Bytes copied to the peer.
+    pub bytes_copied: u64,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// The whole status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Local secondary replicas.
+    pub replicas: Vec<ReplicaStatus>,
+    /// Replicas peers keep of local databases.
+    pub downstream: Vec<DownstreamStatus>,
+    /// Snapshot requests waiting for the copy workers.
+    pub snapshot_jobs: u64,
+    /// Snapshot responses waiting to be imported.
+    pub import_jobs: u64,
+    /// Messages waiting in the outbox.
+    pub outbox: u64,
+    /// Cumulative figures since start, by name.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// A new random UUID (version 4), as text.
+pub(crate) fn new_uuid(random: &dyn tern_crypto::Random) -> Result<String> {
+    let mut b = [0u8; 16];
+    random.fill(&mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+impl Replication {
+    /// The replication service of the deployment made of `parts`.
+    pub fn new(parts: Parts) -> Result<Self> {
+        parts.config.validate()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                p: parts,
+                policy: DiversifierPolicy::default(),
+                counters: Counters::default(),
+                control_wake: Notify::new(),
+                ship_wake: Notify::new(),
+                job_wake: Notify::new(),
+                gaps: std::sync::Mutex::default(),
+            }),
+        })
+    }
+
+    /// This deployment.
+    pub fn me(&self) -> &DeploymentId {
+        &self.inner.p.me
+    }
+
+    /// The figures since start.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.inner.p.config
+    }
+
+    /// Tells the shipper that something committed (it also polls).
+    pub fn committed(&self) {
+        self.inner.ship_wake.notify_one();
+    }
+
+    pub(crate) fn meta(&self) -> &MetaStore {
+        &self.inner.p.meta
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.inner.p.clock.now_millis()
+    }
+
+    // ---- global accounts and databases ----
+
+    /// `alter account … set global`: the account joins account replication group `group`,
+    /// or a new group when `None` (an account already global keeps its group). Returns the
+    /// group id. Idempotent; joining a different group than the account's is refused.
+    pub fn set_account_global(&self, account: &AccountId, group: Option<&str>) -> Result<String> {
+        let fresh = new_uuid(self.inner.p.random.as_ref())?;
+        let asked = group;
+        let group = match group {
+            Some(g) if g.trim().is_empty() => {
+                return Err(Error::invalid("account group", "must not be empty"));
+            }
+            Some(g) => g.trim().to_string(),
+            None => fresh,
+        };
+        let out = self.meta().write(|tx| {
+            let mut a = tx
+                .get_account(account)?
+                .ok_or_else(|| tern_meta::Error::NotFound {
+                    what: "account",
+                    name: account.to_string(),
+                })?;
+            match &a.kind {
+                AccountKind::Global { group_id } if *group_id == group || asked.is_none() => {
+                    return Ok(Ok(group_id.clone()));
+                }
+                AccountKind::Global { group_id } => {
+                    return Ok(Err(Error::invalid(
+                        format!("account {account}"),
+                        format!("is already global in group {group_id}"),
+                    )));
+                }
+                AccountKind::Local => {}
+            }
+            a.kind = AccountKind::Global {
+                group_id: group.clone(),
+            };
+            a.global_id = Some(group.clone());
+            tx.update_account(&a)?;
+            mark_dirty(tx)?;
+            Ok(Ok(group.clone()))
+        })?;
+        let group = out?;
+        self.inner.control_wake.notify_one();
+        tracing::info!(%account, %group, "account is global");
+        Ok(group)
+    }
+
+    /// `alter database … enable replication`: the database becomes the primary of a new
+    /// database replication group (its account must be global). Returns the group.
+    pub fn enable_replication(&self, account: &AccountId, database: &str) -> Result<String> {
+        let fresh = new_uuid(self.inner.p.random.as_ref())?;
+        let group = self.meta().write(|tx| {
+            let a = tx
+                .get_account(account)?
+                .ok_or_else(|| tern_meta::Error::NotFound {
+                    what: "account",
+                    name: account.to_string(),
+                })?;
+            if a.kind == AccountKind::Local {
+                return Ok(Err(Error::invalid(
+                    format!("database {database}"),
+                    format!("account {account} is local: make it global first"),
+                )));
+            }
+            let mut db = find_db(tx, account, database)?;
+            match db.role {
+                DatabaseRole::Primary => {
+                    return Ok(Ok(db.replication_group.clone().unwrap_or_default()));
+                }
+                DatabaseRole::Secondary => {
+                    return Ok(Err(Error::invalid(
+                        format!("database {database}"),
+                        "is a secondary replica already",
+                    )));
+                }
+                DatabaseRole::Local => {}
+            }
+            db.replication_group = Some(fresh.clone());
+            db.global_id = Some(fresh.clone());
+            db.role = DatabaseRole::Primary;
+            db.epoch += 1;
+            tx.update_database(&db)?;
+            tx.set_global_id(GROUP_INDEX, &fresh, db.id.as_str())?;
+            mark_dirty(tx)?;
+            Ok(Ok(fresh.clone()))
+        })??;
+        self.inner.control_wake.notify_one();
+        tracing::info!(%account, database, %group, "database is global (primary)");
+        Ok(group)
+    }
+
+    /// `create database X as replica of <group>`: a read-only secondary replica in
+    /// `account` (a global account of the same account group as the primary's), following
+    /// `upstream` (default: the group's primary; another replica for a chain). Its first
+    /// refresh is asked for at once.
+    pub fn create_replica(
+        &self,
+        account: &AccountId,
+        name: &str,
+        group: &str,
+        upstream: Option<&DeploymentId>,
+    ) -> Result<DatabaseId> {
+        let me = self.me().clone();
+        let entities = self.known_entities()?;
+        let members: Vec<&GlobalEntity> = entities
+            .iter()
+            .filter(|e| e.kind == EntityKind::Database && e.group.as_deref() == Some(group))
+            .collect();
+        let primary = members
+            .iter()
+            .find(|e| e.role == Some(DatabaseRole::Primary))
+            .ok_or_else(|| Error::NotFound {
+                what: "database replication group (no primary known here yet)",
+                name: group.to_string(),
+            })?;
+        let upstream = match upstream {
+            None => primary.deployment.clone(),
+            Some(u) => {
+                if !members.iter().any(|e| e.deployment == *u) {
+                    return Err(Error::invalid(
+                        format!("replica of {group}"),
+                        format!("deployment {u} holds no replica of the group"),
+                    ));
+                }
+                u.clone()
+            }
+        };
+        if upstream == me {
+            return Err(Error::invalid(
+                format!("replica of {group}"),
+                "this deployment cannot replicate from itself",
+            ));
+        }
+        let account_group = primary.account_group.clone();
+        let now = self.now();
+        let request_id = self.next_id("rq")?;
+        let db = self.meta().write(|tx| {
+            let a = tx
+                .get_account(account)?
+                .ok_or_else(|| tern_meta::Error::NotFound {
+                    what: "account",
+                    name: account.to_string(),
+                })?;
+            match &a.kind {
+                AccountKind::Global { group_id } if *group_id == account_group => {}
+                _ => {
+                    return Ok(Err(Error::invalid(
+                        format!("account {account}"),
+                        format!(
+                            "must be global in account group {account_group} (the primary's) to hold a replica"
+                        ),
+                    )));
+                }
+            }
+            if let Some(local) = tx.find_global(GROUP_INDEX, group)? {
+                return Ok(Err(Error::invalid(
+                    format!("replica of {group}"),
+                    format!("this deployment already holds database {local} of the group"),
+                )));
+            }
+            let seq = tx.next_sequence("database")?;
+            let id = DatabaseId::new(format!("db{seq}")).map_err(meta_name)?;
+            let mut d = DatabaseDpo::local(id.clone(), account.clone(), name, now);
+            d.replication_group = Some(group.to_string());
+            d.global_id = Some(group.to_string());
+            d.role = DatabaseRole::Secondary;
+            tx.create_database(&d)?;
+            tx.set_global_id(GROUP_INDEX, group, id.as_str())?;
+            tx.put(
+                &keys::replica(&id),
+                &ReplicaDpo {
+                    database: id.clone(),
+                    account: account.clone(),
+                    group: group.to_string(),
+                    upstream: upstream.clone(),
+                    refresh: Some(PendingRefresh {
+                        request_id: request_id.clone(),
+                        sent: false,
+                        asked_at_ms: now,
+                        reason: "create".into(),
+                    }),
+                    last_refresh_at_ms: None,
+                    refreshes: 0,
+                    applied_txn: 0,
+                    applied_commit_at_ms: None,
+                    applied_at_ms: None,
+                    upstream_versions: BTreeMap::new(),
+                    upstream_commit_at_ms: None,
+                    records_applied: 0,
+                    bytes_copied: 0,
+                    files_copied: 0,
+                    last_error: None,
+                    created_at_ms: now,
+                },
+            )?;
+            mark_dirty(tx)?;
+            Ok(Ok(id))
+        })??;
+        self.inner.control_wake.notify_one();
+        tracing::info!(%account, name, group, %upstream, database = %db, "replica created");
+        Ok(db)
+    }
+
+    /// `alter database X refresh`: ask the upstream for a refresh now. Returns the request
+    /// id (an already pending request is kept).
+    pub fn request_refresh(&self, database: &DatabaseId, reason: &str) -> Result<String> {
+        let id = self.next_id("rq")?;
+        let now = self.now();
+        let out = self.meta().write(|tx| {
+            let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(database))? else {
+                return Ok(Err(Error::invalid(
+                    format!("database {database}"),
+                    "is not a secondary replica: nothing to refresh",
+                )));
+            };
+            if let Some(p) = &r.refresh {
+                return Ok(Ok(p.request_id.clone()));
+            }
+            r.refresh = Some(PendingRefresh {
+                request_id: id.clone(),
+                sent: false,
+                asked_at_ms: now,
+                reason: reason.to_string(),
+            });
+            tx.put(&keys::replica(database), &r)?;
+            Ok(Ok(id.clone()))
+        })??;
+        self.inner.control_wake.notify_one();
+        Ok(out)
+    }
+
+    /// Make a global database local again: a primary stops replicating (its downstream
+    /// replicas are forgotten; they stop receiving), a secondary stops following its
+    /// upstream (it keeps its data and becomes writable).
+    pub fn disable_replication(&self, account: &AccountId, database: &str) -> Result<()> {
+        self.meta().write(|tx| {
+            let mut db = find_db(tx, account, database)?;
+            let Some(group) = db.replication_group.clone() else {
+                return Ok(());
+            };
+            detach(tx, &db.id, &group)?;
+            db.role = DatabaseRole::Local;
+            db.replication_group = None;
+            db.global_id = None;
+            tx.update_database(&db)?;
+            Ok(())
+        })?;
+        self.inner.control_wake.notify_one();
+        Ok(())
+    }
+
+    /// Drop a secondary replica (its upstream is told to stop shipping).
+    pub fn drop_replica(&self, account: &AccountId, database: &str) -> Result<()> {
+        self.meta().write(|tx| {
+            let db = find_db(tx, account, database)?;
+            if db.role != DatabaseRole::Secondary {
+                return Ok(Err(Error::invalid(
+                    format!("database {database}"),
+                    "is not a secondary replica",
+                )));
+            }
+            detach(
+                tx,
+                &db.id,
+                db.replication_group.as_deref().unwrap_or_default(),
+            )?;
+            tx.drop_database(&db.id)?;
+            Ok(Ok(()))
+        })??;
+        self.inner.control_wake.notify_one();
+        Ok(())
+    }
+
+    /// The global entities this deployment holds itself.
+    pub fn own_entities(&self) -> Result<Vec<GlobalEntity>> {
+        let me = self.me().clone();
+        let region = self.inner.p.region.clone();
+        Ok(self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                let AccountKind::Global { group_id } = &a.kind else {
+                    continue;
+                };
+                out.push(GlobalEntity {
+                    kind: EntityKind::Account,
+                    deployment: me.clone(),
+                    region: region.clone(),
+                    account: a.name.clone(),
+                    account_group: group_id.clone(),
+                    group: None,
+                    name: None,
+                    role: None,
+                    epoch: 0,
+                    upstream: None,
+                });
+                for d in tx.list_databases(&a.name)? {
+                    let Some(group) = d.replication_group.clone() else {
+                        continue;
+                    };
+                    let upstream = tx
+                        .get::<ReplicaDpo>(&keys::replica(&d.id))?
+                        .map(|r| r.upstream);
+                    out.push(GlobalEntity {
+                        kind: EntityKind::Database,
+                        deployment: me.clone(),
+                        region: region.clone(),
+                        account: a.name.clone(),
+                        account_group: group_id.clone(),
+                        group: Some(group),
+                        name: Some(d.name.clone()),
+                        role: Some(d.role),
+                        epoch: d.epoch,
+                        upstream,
+                    });
+                }
+            }
+            Ok(out)
+        })?)
+    }
+
+    /// Every global entity known here: our own and what each peer last said.
+    pub fn known_entities(&self) -> Result<Vec<GlobalEntity>> {
+        let mut all = self.own_entities()?;
+        let me = self.me().clone();
+        let peers = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<KnownEntitiesDpo>(&keys::known_all()))?;
+        for (_, k) in peers {
+            if k.deployment != me {
+                all.extend(k.entities);
+            }
+        }
+        Ok(all)
+    }
+
+    /// `show global accounts` as seen from `account`: every account of its account group,
+    /// in every deployment (the same list from any account of the group).
+    pub fn global_accounts(&self, account: &AccountId) -> Result<Vec<GlobalRow>> {
+        self.global_rows(account, EntityKind::Account)
+    }
+
+    /// `show global databases` as seen from `account`: every replica of every database
+    /// group of its account group.
+    pub fn global_databases(&self, account: &AccountId) -> Result<Vec<GlobalRow>> {
+        self.global_rows(account, EntityKind::Database)
+    }
+
+    fn global_rows(&self, account: &AccountId, kind: EntityKind) -> Result<Vec<GlobalRow>> {
+        let a = self
+            .meta()
+            .read(|tx| tx.get_account(account))?
+            .ok_or_else(|| Error::NotFound {
+                what: "account",
+                name: account.to_string(),
+            })?;
+        let AccountKind::Global { group_id } = a.kind else {
+            return Ok(Vec::new());
+        };
+        let mut rows: Vec<GlobalRow> = self
+            .known_entities()?
+            .into_iter()
+            .filter(|e| e.kind == kind && e.account_group == group_id)
+            .map(|e| GlobalRow {
+                region: e.region,
+                deployment: e.deployment,
+                replication_group: match kind {
+                    EntityKind::Account => e.account_group,
+                    EntityKind::Database => e.group.unwrap_or_default(),
+                },
+                name: match kind {
+                    EntityKind::Account => e.account.to_string(),
+                    EntityKind::Database => e.name.unwrap_or_default(),
+                },
+                account: e.account,
+                role: e.role,
+                upstream: e.upstream,
+            })
+            .collect();
+        rows.sort_by(|x, y| {
+            (&x.replication_group, &x.deployment, &x.account, &x.name).cmp(&(
+                &y.replication_group,
+                &y.deployment,
+                &y.account,
+                &y.name,
+            ))
+        });
+        Ok(rows)
+    }
+
+    /// `show replication status`.
+    pub async fn status(&self) -> Result<Status> {
+        let now = self.now();
+        let (replicas, downs, snap, import, outbox) = self.meta().read(|tx| {
+            let replicas = tx.scan_prefix::<ReplicaDpo>(&keys::replicas())?;
+            let downs = tx.scan_prefix::<DownstreamDpo>(&keys::downstreams())?;
+            let snap = tx
+                .scan_prefix::<state::SnapshotJobDpo>(&keys::snapshot_jobs())?
+                .len();
+            let import = tx
+                .scan_prefix::<state::ImportJobDpo>(&keys::import_jobs())?
+                .len();
+            let outbox = tx.scan_prefix::<OutboxDpo>(&state::outbox_all())?.len();
+            let mut r = Vec::new();
+            for (_, rep) in replicas {
+                let name = tx
+                    .get_database(&rep.database)?
+                    .map(|d| d.name)
+                    .unwrap_or_default();
+                let mut behind = 0;
+                for (t, v) in &rep.upstream_versions {
+                    let have = tx.get_table(t)?.map_or(0, |t| t.current_version);
+                    behind += v.saturating_sub(have);
+                }
+                r.push((name, behind, rep));
+            }
+            let mut d = Vec::new();
+            for (_, down) in downs {
+                let name = tx
+                    .get_database(&down.database)?
+                    .map(|d| d.name)
+                    .unwrap_or_default();
+                d.push((name, down));
+            }
+            Ok((r, d, snap, import, outbox))
+        })?;
+        let replicas = replicas
+            .into_iter()
+            .map(|(name, behind, r)| ReplicaStatus {
+                database: name,
+                account: r.account,
+                group: r.group,
+                upstream: r.upstream,
+                versions_behind: behind,
+                lag_ms: if behind == 0 {
+                    0
+                } else {
+                    match (r.upstream_commit_at_ms, r.applied_commit_at_ms) {
+                        (Some(u), Some(a)) => (u - a).max(0),
+                        (Some(u), None) => (now - u).max(0),
+                        _ => 0,
+                    }
+                },
+                last_refresh_at_ms: r.last_refresh_at_ms,
+                refresh_pending: r.refresh.map(|p| p.reason),
+                refreshes: r.refreshes,
+                records_applied: r.records_applied,
+                bytes_copied: r.bytes_copied,
+                last_error: r.last_error,
+            })
+            .collect();
+        let mut downstream = Vec::new();
+        for (name, d) in downs {
+            let stable = self.inner.p.txn.stable_log_id(&d.account)?;
+            let behind = if d.subscribed {
+                self.inner
+                    .p
+                    .txn
+                    .log_ids(&d.account, d.cursor + 1)
+                    .await?
+                    .into_iter()
+                    .filter(|id| *id <= stable)
+                    .count() as u64
+            } else {
+                0
+            };
+            downstream.push(DownstreamStatus {
+                database: name,
+                group: d.group,
+                peer: d.peer,
+                subscribed: d.subscribed,
+                records_behind: behind,
+                records_shipped: d.records_shipped,
+                snapshots: d.snapshots,
+                bytes_copied: d.bytes_copied,
+                last_error: d.last_error,
+            });
+        }
+        let c = &self.inner.counters;
+        let counters = [
+            ("files_copied", &c.files_copied),
+            ("bytes_copied", &c.bytes_copied),
+            ("records_shipped", &c.records_shipped),
+            ("records_applied", &c.records_applied),
+            ("records_skipped", &c.records_skipped),
+            ("snapshots_served", &c.snapshots_served),
+            ("snapshots_imported", &c.snapshots_imported),
+            ("refreshes_requested", &c.refreshes_requested),
+            ("rejected", &c.rejected),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Counters::get(v)))
+        .collect();
+        Ok(Status {
+            replicas,
+            downstream,
+            snapshot_jobs: snap as u64,
+            import_jobs: import as u64,
+            outbox: outbox as u64,
+            counters,
+        })
+    }
+
+    /// A new id unique in this deployment: `<prefix>-<deployment>-<n>`.
+    pub(crate) fn next_id(&self, prefix: &str) -> Result<String> {
+        let n = self.meta().next_unique("repl-id")?;
+        Ok(format!("{prefix}-{}-{n}", self.me()))
+    }
+
+    /// The local database of `group`, if this deployment holds one.
+    pub(crate) fn local_database(&self, group: &str) -> Result<Option<DatabaseDpo>> {
+        Ok(self.meta().read(|tx| {
+            let Some(id) = tx.find_global(GROUP_INDEX, group)? else {
+                return Ok(None);
+            };
+            tx.get_database(&DatabaseId::new(id).map_err(meta_name)?)
+        })?)
+    }
+}
+
+/// Our entities changed: the control worker announces them.
+pub(crate) fn mark_dirty(tx: &mut MetaTxn<'_>) -> tern_meta::Result<()> {
+    let mut a: AnnounceDpo = tx.get(&keys::announce())?.unwrap_or_default();
+    a.dirty = true;
+    tx.put(&keys::announce(), &a)
+}
+
+fn find_db(
+    tx: &mut MetaTxn<'_>,
+    account: &AccountId,
+    name: &str,
+) -> tern_meta::Result<DatabaseDpo> {
+    tx.find_database(account, name)?
+        .ok_or_else(|| tern_meta::Error::NotFound {
+            what: "database",
+            name: format!("{account}.{name}"),
+        })
+}
+
+/// Forget a database's replication state: its downstream links and, for a replica, tell
+/// the upstream to stop (through the outbox).
+fn detach(tx: &mut MetaTxn<'_>, db: &DatabaseId, group: &str) -> tern_meta::Result<()> {
+    for (k, _) in tx.scan_prefix::<DownstreamDpo>(&keys::downstreams_of(db))? {
+        tx.delete(&k)?;
+    }
+    if let Some(r) = tx.get::<ReplicaDpo>(&keys::replica(db))? {
+        let id = format!("un-{db}-{}", tx.next_sequence("repl-unsub")?);
+        tx.put(
+            &state::outbox_key(&r.upstream, &id),
+            &OutboxDpo {
+                peer: r.upstream.clone(),
+                id,
+                message_type: UNSUBSCRIBE_TYPE.into(),
+                payload: String::from_utf8(model::encode(&Unsubscribe {
+                    v: model::PAYLOAD_VERSION,
+                    group: group.to_string(),
+                    database: db.clone(),
+                }))
+                .unwrap_or_default(),
+            },
+        )?;
+        tx.delete(&keys::replica(db))?;
+    }
+    tx.remove_global(GROUP_INDEX, group)?;
+    mark_dirty(tx)
+}
+
+/// A name error inside a metadata transaction.
+pub(crate) fn meta_name(e: tern_storage::Error) -> tern_meta::Error {
+    tern_meta::Error::Invalid {
+        what: "name",
+        reason: e.to_string(),
+    }
+}

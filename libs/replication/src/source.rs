@@ -1,0 +1,507 @@
+//! The source side: answering refresh requests with snapshots (copy workers put the
+//! difference into the replica's inbound stage) and shipping log records.
+//!
+//! ```text
+//!  refresh request ─(handler)─▶ SnapshotJob ─(copy worker)─▶ one consistent read:
+//!      tables, versions, active files, log position ─▶ difference per table
+//!      ─▶ files re-encrypted volume → peer inbound (HKDF(RepMK, path))
+//!      ─▶ response message (body 0) ─▶ downstream cursor = log position
+//!  shipper: per downstream, log records after the cursor up to the stable id
+//!      ─▶ the database's changes ─▶ added files → peer inbound ─▶ log message ─▶ cursor
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tern_clock::Clock;
+use tern_crypto::{KeySource, RepMk, ReplicationFileKeys, WrapContext};
+use tern_messaging::{Draft, OutState, channel_name};
+use tern_meta::{DatabaseRole, MicroPartitionDpo};
+use tern_storage::layout::{self, DeploymentId, GlobalFileRef, MessageId, ResponseId};
+use tern_table::ChangeRecord;
+
+use crate::copy::{CopyTask, copy_all};
+use crate::error::{Error, Result};
+use crate::model::{
+    self, LOG_TYPE, LogShipment, PAYLOAD_VERSION, SNAPSHOT_TYPE, SnapshotResponse, TableSnapshot,
+    WrappedRepMk, replica_table_id,
+};
+use crate::peers::Peers;
+use crate::service::{Counters, Replication};
+use crate::state::{DownstreamDpo, SnapshotJobDpo, keys};
+
+/// Shipments larger than this travel as a body file (the message service caps payloads).
+const INLINE_PAYLOAD_MAX: usize = 256 << 10;
+
+/// A fixed instant, for judging a diversifier at the time its message arrived.
+#[derive(Debug)]
+pub(crate) struct At(pub(crate) i64);
+
+impl Clock for At {
+    fn now_millis(&self) -> i64 {
+        self.0
+    }
+}
+
+impl Replication {
+    /// A fresh RepMK for files going to `peer` under `name`, wrapped for it.
+    async fn new_repmk(
+        &self,
+        peer: &DeploymentId,
+        name: &str,
+    ) -> Result<(Arc<ReplicationFileKeys>, WrappedRepMk)> {
+        let p = &self.inner.p;
+        let repmk = RepMk::generate(p.random.as_ref())?;
+        let diversifier = self.inner.policy.current(&*p.clock);
+        let wk = p.wrap_keys.get(diversifier).await?;
+        let ctx = WrapContext::new(channel_name(&p.me, peer), name).with_diversifier(diversifier);
+        let wrapped = wk.wrap_repmk(&repmk, &ctx, p.random.as_ref())?;
+        Ok((
+            Arc::new(ReplicationFileKeys::new(Arc::new(repmk))),
+            WrappedRepMk {
+                diversifier,
+                wrapped: wrapped.to_hex(),
+            },
+        ))
+    }
+
+    /// The keys of files `peer` put into our inbound stage under `name`, after checking
+    /// the diversifier as of `received_at_ms` (when the message carrying it arrived).
+    pub(crate) async fn open_repmk(
+        &self,
+        peer: &DeploymentId,
+        name: &str,
+        w: &WrappedRepMk,
+        received_at_ms: i64,
+    ) -> Result<Arc<ReplicationFileKeys>> {
+        let p = &self.inner.p;
+        self.inner
+            .policy
+            .check(w.diversifier, &At(received_at_ms))?;
+        let wrapped = w.key().ok_or_else(|| Error::BadMessage {
+            message_type: "replication",
+            from: peer.clone(),
+            reason: format!("{name}: the wrapped RepMK is not hex"),
+        })?;
+        let wk = p.wrap_keys.get(w.diversifier).await?;
+        let ctx = WrapContext::new(channel_name(peer, &p.me), name).with_diversifier(w.diversifier);
+        let repmk = wk.unwrap_repmk(&wrapped, &ctx)?;
+        Ok(Arc::new(ReplicationFileKeys::new(Arc::new(repmk))))
+    }
+
+    /// Copy tasks putting `files` of our volume into `peer`'s inbound folder `folder`.
+    async fn to_inbound(
+        &self,
+        peer: &DeploymentId,
+        folder: &ResponseId,
+        files: &[MicroPartitionDpo],
+        keys: &Arc<ReplicationFileKeys>,
+        peers: &dyn Peers,
+    ) -> Result<Vec<CopyTask>> {
+        let p = &self.inner.p;
+        let bucket = peers
+            .bucket(peer)
+            .ok_or_else(|| Error::NoPeer { peer: peer.clone() })?;
+        let mut table_keys: BTreeMap<_, Arc<dyn KeySource>> = BTreeMap::new();
+        let mut tasks = Vec::with_capacity(files.len());
+        for mp in files {
+            let src_keys = match table_keys.get(&mp.table) {
+                Some(k) => Arc::clone(k),
+                None => {
+                    let k: Arc<dyn KeySource> = p.tables.file_keys(&mp.table).await?;
+                    table_keys.insert(mp.table.clone(), Arc::clone(&k));
+                    k
+                }
+            };
+            tasks.push(CopyTask {
+                src_store: Arc::clone(&p.volume),
+                src_path: tern_storage::Path::from(mp.path.as_str()),
+                src_keys,
+                dst_store: Arc::clone(&bucket),
+                dst_path: layout::replication::inbound(&p.me, folder, &mp.global_ref),
+                dst_keys: Arc::clone(keys) as Arc<dyn KeySource>,
+            });
+        }
+        Ok(tasks)
+    }
+
+    fn count_copied(&self, files: u64, bytes: u64) {
+        let c = &self.inner.counters;
+        Counters::add(&c.files_copied, files);
+        Counters::add(&c.bytes_copied, bytes);
+    }
+
+    /// Copy worker: answers the oldest waiting refresh request. How many it answered.
+    pub(crate) async fn serve_snapshots(&self, peers: &dyn Peers) -> Result<usize> {
+        let jobs = self
+            .meta()
+            .read(|tx| tx.scan_prefix_limit::<SnapshotJobDpo>(&keys::snapshot_jobs(), 1))?;
+        let Some((key, job)) = jobs.into_iter().next() else {
+            return Ok(0);
+        };
+        if let Err(e) = self.serve_snapshot(&key, job.clone(), peers).await {
+            tracing::warn!(peer = %job.peer, request = %job.request.request_id, error = %e, "snapshot failed; will retry");
+            if let Some(db) = self.local_database(&job.request.group)? {
+                let msg = e.to_string();
+                let dk = keys::downstream(&db.id, &job.peer);
+                self.meta().write(|tx| {
+                    if let Some(mut d) = tx.get::<DownstreamDpo>(&dk)? {
+                        d.last_error = Some(msg.clone());
+                        tx.put(&dk, &d)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            return Err(e);
+        }
+        Ok(1)
+    }
+
+    async fn serve_snapshot(
+        &self,
+        key: &tern_meta::Key,
+        mut job: SnapshotJobDpo,
+        peers: &dyn Peers,
+    ) -> Result<()> {
+        let p = &self.inner.p;
+        let peer = job.peer.clone();
+        let sender = peers
+            .sender(&peer)
+            .ok_or_else(|| Error::NoPeer { peer: peer.clone() })?;
+        // An earlier attempt that got as far as sending: finish it.
+        let earlier = MessageId::new(job.response_id.as_str())?;
+        match sender.message(&earlier).await? {
+            Some(m) if m.state != OutState::Preparing => {
+                self.meta().write(|tx| tx.delete(key))?;
+                return Ok(());
+            }
+            Some(_) => sender.abandon(&earlier).await?,
+            None => {}
+        }
+        // A fresh inbound folder per attempt: files of an interrupted attempt are never
+        // mixed with another key's.
+        job.attempts += 1;
+        job.response_id = ResponseId::new(self.next_id("rs")?)?;
+        self.meta().write(|tx| tx.put(key, &job))?;
+
+        let Some(db) = self.local_database(&job.request.group)? else {
+            self.meta().write(|tx| tx.delete(key))?;
+            return Err(Error::NotFound {
+                what: "database of replication group",
+                name: job.request.group.clone(),
+            });
+        };
+        if db.role == DatabaseRole::Local {
+            self.meta().write(|tx| tx.delete(key))?;
+            return Err(Error::invalid(
+                format!("refresh of {}", job.request.group),
+                "the database is no longer replicated here",
+            ));
+        }
+        // One consistent read: every table at its current version, and the log position
+        // those versions correspond to.
+        let account = db.account.clone();
+        let (schemas, tables, lamport, stable) = self.meta().read(|tx| {
+            let schemas: Vec<String> = tx
+                .list_schemas(&db.id)?
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            let mut tables = Vec::new();
+            for t in tx.list_tables(&db.id)? {
+                if t.dropped {
+                    continue;
+                }
+                let active = tx.active_micro_partitions(&t.id, t.current_version)?;
+                tables.push((t, active));
+            }
+            let lamport = tern_txn::last_txn_id(tx, &account)?;
+            let stable = tern_txn::stable_log_id(tx, &account)?;
+            Ok((schemas, tables, lamport, stable))
+        })?;
+        let have: BTreeMap<_, _> = job
+            .request
+            .tables
+            .iter()
+            .map(|t| (t.table.clone(), t))
+            .collect();
+        let mut snapshots = Vec::with_capacity(tables.len());
+        let mut to_copy = Vec::new();
+        for (t, active) in tables {
+            let id = replica_table_id(&p.me, &t.id);
+            let (answered, refs): (u64, BTreeSet<&GlobalFileRef>) = match have.get(&id) {
+                Some(inv) => (inv.version, inv.refs.iter().collect()),
+                None => (0, BTreeSet::new()),
+            };
+            let active_refs: BTreeSet<&GlobalFileRef> =
+                active.iter().map(|m| &m.global_ref).collect();
+            let add: Vec<MicroPartitionDpo> = active
+                .iter()
+                .filter(|m| !refs.contains(&m.global_ref))
+                .cloned()
+                .collect();
+            let remove: Vec<GlobalFileRef> = refs
+                .iter()
+                .filter(|r| !active_refs.contains(*r))
+                .map(|r| (*r).clone())
+                .collect();
+            to_copy.extend(add.iter().cloned());
+            snapshots.push(TableSnapshot {
+                table: id,
+                schema: t.schema,
+                name: t.name,
+                columns: t.columns,
+                version: t.current_version,
+                answered_version: answered,
+                add: add
+                    .into_iter()
+                    .map(|mut m| {
+                        m.table = replica_table_id(&p.me, &m.table);
+                        m
+                    })
+                    .collect(),
+                remove,
+            });
+        }
+        let name = job.response_id.to_string();
+        let (file_keys, wrapped) = self.new_repmk(&peer, &name).await?;
+        let tasks = self
+            .to_inbound(&peer, &job.response_id, &to_copy, &file_keys, peers)
+            .await?;
+        let copied = copy_all(tasks, p.config.copy_concurrency).await?;
+        self.count_copied(copied.files, copied.bytes);
+        let response = SnapshotResponse {
+            v: PAYLOAD_VERSION,
+            request_id: job.request.request_id.clone(),
+            response_id: job.response_id.clone(),
+            group: job.request.group.clone(),
+            lamport,
+            repmk: wrapped,
+            schemas,
+            tables: snapshots,
+            bytes: copied.bytes,
+            taken_at_ms: self.now(),
+        };
+        // The response can be large (every file's statistics): it travels as a body file.
+        let msg_id = MessageId::new(job.response_id.as_str())?;
+        let head = model::encode(&SnapshotHead {
+            v: PAYLOAD_VERSION,
+            response_id: job.response_id.clone(),
+        });
+        sender
+            .create(Draft::new(SNAPSHOT_TYPE, head).with_id(msg_id.clone()))
+            .await?;
+        sender
+            .attach_body_bytes(&msg_id, &model::encode(&response))
+            .await?;
+        sender.mark_ready(&msg_id).await?;
+        let now = self.now();
+        self.meta().write(|tx| {
+            let dk = keys::downstream(&db.id, &peer);
+            let mut d = tx.get::<DownstreamDpo>(&dk)?.unwrap_or(DownstreamDpo {
+                database: db.id.clone(),
+                account: account.clone(),
+                group: job.request.group.clone(),
+                peer: peer.clone(),
+                peer_database: job.request.database.clone(),
+                subscribed: false,
+                cursor: 0,
+                records_shipped: 0,
+                snapshots: 0,
+                bytes_copied: 0,
+                shipped_at_ms: None,
+                last_error: None,
+            });
+            if job.request.subscribe {
+                // Shipping continues after the snapshot's log position (records at or below
+                // it that arrive later are skipped by the replica as already applied).
+                if !d.subscribed || d.cursor < stable {
+                    d.cursor = stable;
+                }
+                d.subscribed = true;
+            }
+            d.peer_database = job.request.database.clone();
+            d.snapshots += 1;
+            d.bytes_copied += copied.bytes;
+            d.shipped_at_ms = Some(now);
+            d.last_error = None;
+            tx.put(&dk, &d)?;
+            tx.delete(key)
+        })?;
+        Counters::add(&self.inner.counters.snapshots_served, 1);
+        self.inner.ship_wake.notify_one();
+        tracing::info!(peer = %peer, group = %job.request.group, files = copied.files,
+            bytes = copied.bytes, log_position = stable, "snapshot sent");
+        Ok(())
+    }
+
+    /// Shipper: for each subscribed downstream replica, ships the log records after its
+    /// cursor (up to the stable id). How many records it shipped.
+    pub(crate) async fn ship(&self, peers: &dyn Peers) -> Result<usize> {
+        let p = &self.inner.p;
+        let downs = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<DownstreamDpo>(&keys::downstreams()))?;
+        let mut shipped = 0;
+        for (dk, d) in downs {
+            if !d.subscribed {
+                continue;
+            }
+            let Some(sender) = peers.sender(&d.peer) else {
+                continue;
+            };
+            let stable = p.txn.stable_log_id(&d.account)?;
+            if stable <= d.cursor {
+                continue;
+            }
+            let ids: Vec<u64> = p
+                .txn
+                .log_ids(&d.account, d.cursor + 1)
+                .await?
+                .into_iter()
+                .filter(|id| *id <= stable)
+                .take(p.config.ship_batch)
+                .collect();
+            // Nothing listed up to `stable`: the records in between belong to no stored
+            // transaction of the account (ids taken by aborted transactions).
+            let mut cursor = d.cursor;
+            let mut sent_bytes = 0;
+            let mut records = 0;
+            for id in ids.iter().copied() {
+                let record = p.txn.read_log(&d.account, id).await?;
+                let changes: Vec<ChangeRecord> = record
+                    .changes
+                    .into_iter()
+                    .filter(|c| change_database(c) == &d.database)
+                    .collect();
+                if !changes.is_empty() {
+                    sent_bytes += self
+                        .ship_one(
+                            &sender,
+                            &d,
+                            id,
+                            record.origin,
+                            record.committed_at_ms,
+                            changes,
+                            peers,
+                        )
+                        .await?;
+                    records += 1;
+                }
+                cursor = id;
+                self.meta().write(|tx| {
+                    if let Some(mut cur) = tx.get::<DownstreamDpo>(&dk)? {
+                        cur.cursor = cur.cursor.max(cursor);
+                        tx.put(&dk, &cur)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            if ids.len() < p.config.ship_batch {
+                cursor = cursor.max(stable);
+            }
+            let now = self.now();
+            self.meta().write(|tx| {
+                if let Some(mut cur) = tx.get::<DownstreamDpo>(&dk)? {
+                    cur.cursor = cur.cursor.max(cursor);
+                    cur.records_shipped += records;
+                    cur.bytes_copied += sent_bytes;
+                    if records > 0 {
+                        cur.shipped_at_ms = Some(now);
+                    }
+                    cur.last_error = None;
+                    tx.put(&dk, &cur)?;
+                }
+                Ok(())
+            })?;
+            shipped += records as usize;
+        }
+        Ok(shipped)
+    }
+
+    /// Ships one record's changes of `d`'s database; returns the bytes copied.
+    #[allow(clippy::too_many_arguments)]
+    async fn ship_one(
+        &self,
+        sender: &tern_messaging::Sender,
+        d: &DownstreamDpo,
+        txn_id: u64,
+        origin: DeploymentId,
+        committed_at_ms: i64,
+        changes: Vec<ChangeRecord>,
+        peers: &dyn Peers,
+    ) -> Result<u64> {
+        let p = &self.inner.p;
+        let id = format!("lg-{}-{}-{txn_id}", d.database, p.me);
+        let msg_id = MessageId::new(id.as_str())?;
+        if sender.message(&msg_id).await?.is_some() {
+            // Sent by an earlier attempt whose cursor update did not land.
+            return Ok(0);
+        }
+        let folder = ResponseId::new(id.as_str())?;
+        let added: Vec<MicroPartitionDpo> = changes
+            .iter()
+            .flat_map(|c| match c {
+                ChangeRecord::TableVersion { added, .. } => added.clone(),
+                ChangeRecord::Dictionary { .. } => Vec::new(),
+            })
+            .collect();
+        let (repmk, bytes) = if added.is_empty() {
+            (None, 0)
+        } else {
+            let (keys, wrapped) = self.new_repmk(&d.peer, folder.as_str()).await?;
+            let tasks = self
+                .to_inbound(&d.peer, &folder, &added, &keys, peers)
+                .await?;
+            let copied = copy_all(tasks, p.config.copy_concurrency).await?;
+            self.count_copied(copied.files, copied.bytes);
+            (Some(wrapped), copied.bytes)
+        };
+        let shipment = LogShipment {
+            v: PAYLOAD_VERSION,
+            group: d.group.clone(),
+            shipment_id: folder,
+            txn_id,
+            origin,
+            committed_at_ms,
+            changes,
+            repmk,
+        };
+        let payload = model::encode(&shipment);
+        if payload.len() <= INLINE_PAYLOAD_MAX {
+            sender
+                .send(Draft::new(LOG_TYPE, payload).with_id(msg_id))
+                .await?;
+        } else {
+            let head = model::encode(&SnapshotHead {
+                v: PAYLOAD_VERSION,
+                response_id: shipment.shipment_id.clone(),
+            });
+            sender
+                .create(Draft::new(LOG_TYPE, head).with_id(msg_id.clone()))
+                .await?;
+            sender.attach_body_bytes(&msg_id, &payload).await?;
+            sender.mark_ready(&msg_id).await?;
+        }
+        Counters::add(&self.inner.counters.records_shipped, 1);
+        Ok(bytes)
+    }
+}
+
+/// The payload of a message whose content is in body file 0.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotHead {
+    /// Format version.
+    pub v: u32,
+    /// The response (or shipment) the body holds.
+    pub response_id: ResponseId,
+}
+
+/// The database a change belongs to.
+pub(crate) fn change_database(c: &ChangeRecord) -> &tern_storage::layout::DatabaseId {
+    match c {
+        ChangeRecord::TableVersion { database, .. } | ChangeRecord::Dictionary { database, .. } => {
+            database
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! What replication keeps in the metadata store (all under `repl/`).
+//!
+//! | key | DPO | side |
+//! |---|---|---|
+//! | `repl/ents/<deployment>` | [`KnownEntitiesDpo`] | every deployment: what each peer said it holds |
+//! | `repl/announce` | [`AnnounceDpo`] | when our own entities were last sent, and whether they changed |
+//! | `repl/replica/<db>` | [`ReplicaDpo`] | a local secondary replica: its upstream, refresh and apply state, figures |
+//! | `repl/down/<db>/<peer>` | [`DownstreamDpo`] | a local database a peer replicates from us: log cursor, figures |
+//! | `repl/job/snap/<peer>/<request>` | [`SnapshotJobDpo`] | a refresh request to answer (copy workers) |
+//! | `repl/job/import/<peer>/<response>` | [`ImportJobDpo`] | a snapshot response to import |
+//!
+//! The global index (`MetaTxn::set_global_id`) maps kind `dbgroup` + group → local database
+//! id, on the primary and on every replica.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tern_meta::{Key, impl_dpo};
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, ResponseId, TableId};
+
+use crate::model::{GlobalEntity, RefreshRequest, SnapshotResponse};
+
+/// Global-index kind of database replication groups.
+pub const GROUP_INDEX: &str = "dbgroup";
+
+/// What a deployment said it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownEntitiesDpo {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// Its entities.
+    pub entities: Vec<GlobalEntity>,
+    /// When its list was received (local clock).
+    pub received_at_ms: i64,
+}
+impl_dpo!(KnownEntitiesDpo, "known global entities");
+
+/// Our own entities' announcement state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceDpo {
+    /// They changed since last sent.
+    pub dirty: bool,
+    /// When they were last sent.
+    pub sent_at_ms: Option<i64>,
+}
+impl_dpo!(AnnounceDpo, "entity announcement");
+
+/// A refresh this replica asked for and has not imported yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRefresh {
+    /// The request id.
+    pub request_id: String,
+    /// Whether it was sent (else the worker sends it).
+    pub sent: bool,
+    /// When it was asked for.
+    pub asked_at_ms: i64,
+    /// Why (`create`, `operator`, `schedule`, `gap`, `drift`).
+    pub reason: String,
+}
+
+/// A local secondary replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDpo {
+    /// The local database.
+    pub database: DatabaseId,
+    /// Its account.
+    pub account: AccountId,
+    /// The database replication group.
+    pub group: String,
+    /// The deployment it replicates from (the primary: hub; another replica: chain).
+    pub upstream: DeploymentId,
+    /// A refresh asked for and not imported yet.
+    pub refresh: Option<PendingRefresh>,
+    /// When the last refresh was imported.
+    pub last_refresh_at_ms: Option<i64>,
+    /// Refreshes imported.
+    pub refreshes: u64,
+    /// The last upstream transaction applied by log shipping.
+    pub applied_txn: u64,
+    /// When the newest change applied here was committed upstream.
+    pub applied_commit_at_ms: Option<i64>,
+    /// When a change was last applied here.
+    pub applied_at_ms: Option<i64>,
+    /// The newest upstream version known per table (from shipments and snapshots).
+    pub upstream_versions: BTreeMap<TableId, u64>,
+    /// When the newest upstream change known here was committed.
+    pub upstream_commit_at_ms: Option<i64>,
+    /// Log records applied.
+    pub records_applied: u64,
+    /// Bytes copied into the volume (imports and applies).
+    pub bytes_copied: u64,
+    /// Files copied into the volume.
+    pub files_copied: u64,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was created.
+    pub created_at_ms: i64,
+}
+impl_dpo!(ReplicaDpo, "replica");
+
+/// A peer's replica of a local database: what we ship it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownstreamDpo {
+    /// The local database.
+    pub database: DatabaseId,
+    /// Its account.
+    pub account: AccountId,
+    /// The database replication group.
+    pub group: String,
+    /// The replica's deployment.
+    pub peer: DeploymentId,
+    /// The replica database (its id there).
+    pub peer_database: DatabaseId,
+    /// Whether log records are shipped (a refresh-only replica is not).
+    pub subscribed: bool,
+    /// The last log record id shipped (or covered by a snapshot).
+    pub cursor: u64,
+    /// Log records shipped.
+    pub records_shipped: u64,
+    /// Snapshots answered.
+    pub snapshots: u64,
+    /// Bytes copied into the peer's inbound stage.
+    pub bytes_copied: u64,
+    /// When something was last shipped.
+    pub shipped_at_ms: Option<i64>,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+impl_dpo!(DownstreamDpo, "downstream replica");
+
+/// A refresh request to answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotJobDpo {
+    /// Who asked.
+    pub peer: DeploymentId,
+    /// The request.
+    pub request: RefreshRequest,
+    /// The response id, fixed before the first file is copied (a retry reuses the inbound
+    /// folder).
+    pub response_id: ResponseId,
+    /// When it arrived.
+    pub received_at_ms: i64,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+impl_dpo!(SnapshotJobDpo, "snapshot job");
+
+/// A snapshot response to import.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportJobDpo {
+    /// Who answered.
+    pub peer: DeploymentId,
+    /// The response.
+    pub response: SnapshotResponse,
+    /// When it arrived.
+    pub received_at_ms: i64,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+impl_dpo!(ImportJobDpo, "import job");
+
+/// Keys.
+pub mod keys {
+    use super::*;
+
+    /// `repl/ents/<deployment>`.
+    pub fn known(deployment: &DeploymentId) -> Key {
+        Key::root("repl").str("ents").str(deployment.as_str())
+    }
+    /// All known entity lists.
+    pub fn known_all() -> Key {
+        Key::root("repl").str("ents")
+    }
+    /// `repl/announce`.
+    pub fn announce() -> Key {
+        Key::root("repl").str("announce")
+    }
+    /// `repl/replica/<db>`.
+    pub fn replica(db: &DatabaseId) -> Key {
+        Key::root("repl").str("replica").str(db.as_str())
+    }
+    /// All replicas.
+    pub fn replicas() -> Key {
+        Key::root("repl").str("replica")
+    }
+    /// `repl/down/<db>/<peer>`.
+    pub fn downstream(db: &DatabaseId, peer: &DeploymentId) -> Key {
+        Key::root("repl")
+            .str("down")
+            .str(db.as_str())
+            .str(peer.as_str())
+    }
+    /// All downstream replicas.
+    pub fn downstreams() -> Key {
+        Key::root("repl").str("down")
+    }
+    /// The downstream replicas of `db`.
+    pub fn downstreams_of(db: &DatabaseId) -> Key {
+        Key::root("repl").str("down").str(db.as_str())
+    }
+    /// `repl/job/snap/<peer>/<request>`.
+    pub fn snapshot_job(peer: &DeploymentId, request: &str) -> Key {
+        Key::root("repl")
+            .str("job")
+            .str("snap")
+            .str(peer.as_str())
+            .str(request)
+    }
+    /// All snapshot jobs.
+    pub fn snapshot_jobs() -> Key {
+        Key::root("repl").str("job").str("snap")
+    }
+    /// `repl/job/import/<peer>/<response>`.
+    pub fn import_job(peer: &DeploymentId, response: &ResponseId) -> Key {
+        Key::root("repl")
+            .str("job")
+            .str("import")
+            .str(peer.as_str())
+            .str(response.as_str())
+    }
+    /// All import jobs.
+    pub fn import_jobs() -> Key {
+        Key::root("repl").str("job").str("import")
+    }
+}
+
+/// A message to send to a peer, recorded with the state change that needs it (so that a
+/// crash never loses it); the control worker sends it with this id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxDpo {
+    /// The receiver.
+    pub peer: DeploymentId,
+    /// The message id.
+    pub id: String,
+    /// Its type.
+    pub message_type: String,
+    /// Its payload (JSON).
+    pub payload: String,
+}
+impl_dpo!(OutboxDpo, "outbox message");
+
+/// `repl/out/<peer>/<id>`.
+pub fn outbox_key(peer: &DeploymentId, id: &str) -> Key {
+    Key::root("repl").str("out").str(peer.as_str()).str(id)
+}
+
+/// All outbox messages.
+pub fn outbox_all() -> Key {
+    Key::root("repl").str("out")
+}

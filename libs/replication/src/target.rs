@@ -1,0 +1,693 @@
+//! The replica side: asking for refreshes, importing snapshot responses and applying
+//! shipped log records (the apply agents are the message processor's handlers).
+//!
+//! Replica table versions mirror the upstream's: a shipped change from version `b` to
+//! `v` applies when the table is at `b`, is skipped when it is at `v` or later (already
+//! applied: idempotent), and when it is between them (a refresh or another path got there
+//! first) the table is rolled back to `b` first — version `b` is the same state everywhere.
+//! Below `b` there is a gap: the change waits, and a gap that does not fill turns into a
+//! refresh.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_crypto::{KeySource, ReplicationFileKeys};
+use tern_messaging::Draft;
+use tern_meta::{ColumnDef, DictionaryChange, MicroPartitionDpo, SchemaDpo};
+use tern_storage::layout::{
+    self, DeploymentId, GlobalFileRef, MessageId, ResponseId, ShortName, TableId,
+};
+use tern_storage::{Path, StoreExt};
+use tern_table::commit::{Change, DictionaryOp, TableChange, table_lock};
+
+use crate::copy::{CopyTask, copy_all};
+use crate::error::{Error, Result};
+use crate::model::{self, PAYLOAD_VERSION, REFRESH_TYPE, RefreshRequest, TableInventory};
+use crate::peers::Peers;
+use crate::service::{Counters, Replication};
+use crate::state::{ImportJobDpo, ReplicaDpo, keys};
+
+/// Where imported files come from: a peer's folder in our inbound stage and its keys.
+pub(crate) struct ImportSource {
+    pub peer: DeploymentId,
+    pub folder: ResponseId,
+    pub keys: Arc<ReplicationFileKeys>,
+}
+
+/// One table's step from `base` to `version`.
+#[derive(Debug, Clone)]
+pub(crate) struct TableStep {
+    pub table: TableId,
+    pub base: u64,
+    pub version: u64,
+    pub columns: Vec<ColumnDef>,
+    pub add_column: Option<ColumnDef>,
+    /// Files to add (upstream metadata; the file is in the inbound folder).
+    pub add: Vec<MicroPartitionDpo>,
+    /// Files to remove.
+    pub remove: Vec<GlobalFileRef>,
+}
+
+/// What applying steps did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Applied {
+    pub files: u64,
+    pub bytes: u64,
+    pub tables: u64,
+}
+
+/// How long a change whose predecessor is missing waits in its handler before it is
+/// retried later (its predecessor is usually being applied beside it).
+const GAP_WAIT: Duration = Duration::from_secs(2);
+
+impl Replication {
+    /// The replica of `group`, when this deployment holds one.
+    pub(crate) fn replica_of(&self, group: &str) -> Result<Option<ReplicaDpo>> {
+        let Some(db) = self.local_database(group)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .meta()
+            .read(|tx| tx.get::<ReplicaDpo>(&keys::replica(&db.id)))?)
+    }
+
+    /// What a replica has: per live table, its version and active files.
+    pub(crate) fn inventory(&self, r: &ReplicaDpo) -> Result<Vec<TableInventory>> {
+        Ok(self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for t in tx.list_tables(&r.database)? {
+                if t.dropped {
+                    continue;
+                }
+                let refs = tx
+                    .active_micro_partitions(&t.id, t.current_version)?
+                    .into_iter()
+                    .map(|m| m.global_ref)
+                    .collect();
+                out.push(TableInventory {
+                    table: t.id,
+                    version: t.current_version,
+                    refs,
+                });
+            }
+            Ok(out)
+        })?)
+    }
+
+    /// Control worker: sends the refresh requests asked for, and asks for scheduled ones.
+    pub(crate) async fn send_refresh_requests(&self, peers: &dyn Peers) -> Result<usize> {
+        let now = self.now();
+        let every = self.inner.p.config.refresh_interval;
+        let replicas = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<ReplicaDpo>(&keys::replicas()))?;
+        let mut sent = 0;
+        for (_, r) in replicas {
+            let due = !every.is_zero()
+                && r.last_refresh_at_ms.is_some_and(|at| {
+                    now - at >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
+                });
+            let pending = match &r.refresh {
+                None if due => {
+                    self.request_refresh(&r.database, "schedule")?;
+                    continue;
+                }
+                None => continue,
+                Some(p) if p.sent => {
+                    // Unanswered for a whole interval (lost, or the upstream's data was
+                    // reset): ask again.
+                    if due
+                        && now - p.asked_at_ms
+                            >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
+                    {
+                        self.meta().write(|tx| {
+                            if let Some(mut cur) =
+                                tx.get::<ReplicaDpo>(&keys::replica(&r.database))?
+                            {
+                                cur.refresh = None;
+                                tx.put(&keys::replica(&r.database), &cur)?;
+                            }
+                            Ok(())
+                        })?;
+                        self.request_refresh(&r.database, "retry")?;
+                    }
+                    continue;
+                }
+                Some(p) => p.clone(),
+            };
+            let Some(sender) = peers.sender(&r.upstream) else {
+                continue;
+            };
+            let request = RefreshRequest {
+                v: PAYLOAD_VERSION,
+                request_id: pending.request_id.clone(),
+                group: r.group.clone(),
+                account: r.account.clone(),
+                database: r.database.clone(),
+                subscribe: true,
+                tables: self.inventory(&r)?,
+            };
+            let id = MessageId::new(pending.request_id.as_str())?;
+            if sender.message(&id).await?.is_none() {
+                sender
+                    .send(Draft::new(REFRESH_TYPE, model::encode(&request)).with_id(id))
+                    .await?;
+            }
+            self.meta().write(|tx| {
+                if let Some(mut cur) = tx.get::<ReplicaDpo>(&keys::replica(&r.database))? {
+                    if let Some(p) = cur
+                        .refresh
+                        .as_mut()
+                        .filter(|p| p.request_id == pending.request_id)
+                    {
+                        p.sent = true;
+                    }
+                    tx.put(&keys::replica(&r.database), &cur)?;
+                }
+                Ok(())
+            })?;
+            Counters::add(&self.inner.counters.refreshes_requested, 1);
+            tracing::info!(database = %r.database, upstream = %r.upstream, reason = %pending.reason, "refresh requested");
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Importer: imports the oldest waiting snapshot response. How many it imported.
+    pub(crate) async fn import_snapshots(&self) -> Result<usize> {
+        let jobs = self
+            .meta()
+            .read(|tx| tx.scan_prefix_limit::<ImportJobDpo>(&keys::import_jobs(), 1))?;
+        let Some((key, job)) = jobs.into_iter().next() else {
+            return Ok(0);
+        };
+        match self.import(&job).await {
+            Ok(()) => {}
+            Err(e) if e.is_in_doubt() => return Err(e),
+            Err(e @ (Error::Gap { .. } | Error::Drift { .. })) => {
+                // The response no longer fits (the replica moved below what it answered):
+                // a new request gets a fitting one.
+                tracing::warn!(error = %e, response = %job.response.response_id, "snapshot no longer applies; asking again");
+                self.finish_refresh(&job, None)?;
+                if let Some(r) = self.replica_of(&job.response.group)? {
+                    self.request_refresh(&r.database, "retry")?;
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.with_replica(&job.response.group, |r| r.last_error = Some(msg.clone()))?;
+                return Err(e);
+            }
+        }
+        self.meta().write(|tx| tx.delete(&key))?;
+        self.remove_inbound(&job.peer, &job.response.response_id)
+            .await;
+        Ok(1)
+    }
+
+    async fn import(&self, job: &ImportJobDpo) -> Result<()> {
+        let res = &job.response;
+        let Some(r) = self.replica_of(&res.group)? else {
+            tracing::warn!(group = %res.group, "snapshot for a group without a replica here: dropped");
+            return Ok(());
+        };
+        let keys = self
+            .open_repmk(
+                &job.peer,
+                res.response_id.as_str(),
+                &res.repmk,
+                job.received_at_ms,
+            )
+            .await?;
+        let source = ImportSource {
+            peer: job.peer.clone(),
+            folder: res.response_id.clone(),
+            keys,
+        };
+        // Dictionary: schemas and tables it lacks, tables it has that are gone upstream.
+        let live: BTreeMap<TableId, tern_meta::TableDpo> = self
+            .meta()
+            .read(|tx| tx.list_tables(&r.database))?
+            .into_iter()
+            .filter(|t| !t.dropped)
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        let mut dict = Vec::new();
+        for s in &res.schemas {
+            dict.push(DictionaryChange::CreateSchema { name: s.clone() });
+        }
+        for t in &res.tables {
+            if !live.contains_key(&t.table) {
+                dict.push(DictionaryChange::CreateTable {
+                    table: t.table.clone(),
+                    schema: t.schema.clone(),
+                    name: t.name.clone(),
+                    columns: t.columns.clone(),
+                });
+            }
+        }
+        let wanted: BTreeSet<&TableId> = res.tables.iter().map(|t| &t.table).collect();
+        for id in live.keys().filter(|id| !wanted.contains(id)) {
+            dict.push(DictionaryChange::DropTable { table: id.clone() });
+        }
+        self.apply_dictionary(&r, &dict).await?;
+        let mut steps = Vec::new();
+        let mut repairs = Vec::new();
+        for t in &res.tables {
+            let current = self.current_version(&t.table)?;
+            if current == t.version && (!t.add.is_empty() || !t.remove.is_empty()) {
+                repairs.push(t);
+                continue;
+            }
+            steps.push(TableStep {
+                table: t.table.clone(),
+                base: t.answered_version,
+                version: t.version,
+                columns: t.columns.clone(),
+                add_column: None,
+                add: t.add.clone(),
+                remove: t.remove.clone(),
+            });
+        }
+        let applied = self.apply_steps(&r, &source, steps, false).await?;
+        let mut files = applied.files;
+        let mut bytes = applied.bytes;
+        for t in repairs {
+            let (f, b) = self.repair(&r, &source, t).await?;
+            files += f;
+            bytes += b;
+        }
+        self.inner.p.txn.observe(&r.account, res.lamport)?;
+        let versions: BTreeMap<TableId, u64> = res
+            .tables
+            .iter()
+            .map(|t| (t.table.clone(), t.version))
+            .collect();
+        self.finish_refresh(job, Some((versions, files, bytes)))?;
+        Counters::add(&self.inner.counters.snapshots_imported, 1);
+        self.committed();
+        tracing::info!(database = %r.database, response = %res.response_id, files, bytes, "snapshot imported");
+        Ok(())
+    }
+
+    /// A table at the snapshot's version whose files differ (drift): put back what is
+    /// missing, end what should not be there. No version is made.
+    async fn repair(
+        &self,
+        r: &ReplicaDpo,
+        source: &ImportSource,
+        t: &model::TableSnapshot,
+    ) -> Result<(u64, u64)> {
+        let mut txn = self.inner.p.tables.committer().begin(&r.account).await?;
+        txn.lock(&[table_lock(&t.table)]).await?;
+        let (added, copied) = self.copy_in(r, source, &t.table, &t.add, None).await?;
+        let remove = self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for g in &t.remove {
+                if let Some(m) = tx.find_micro_partition(g)? {
+                    out.push(m.short);
+                }
+            }
+            Ok(out)
+        })?;
+        let added: Vec<MicroPartitionDpo> = added
+            .into_iter()
+            .zip(&t.add)
+            .map(|(mut m, up)| {
+                m.added_version = up.added_version.min(t.version);
+                m
+            })
+            .collect();
+        self.meta()
+            .write(|tx| tx.repair_micro_partitions(&t.table, &added, &remove))?;
+        // The transaction only held the lock (the files it copied are referenced now).
+        txn.abort().await;
+        tracing::warn!(table = %t.table, added = added.len(), removed = remove.len(), "replica drift repaired");
+        Ok((copied.files, copied.bytes))
+    }
+
+    fn current_version(&self, table: &TableId) -> Result<u64> {
+        Ok(self
+            .meta()
+            .read(|tx| tx.get_table(table))?
+            .filter(|t| !t.dropped)
+            .map_or(0, |t| t.current_version))
+    }
+
+    /// Marks the refresh of `job` done (figures when it imported something).
+    fn finish_refresh(
+        &self,
+        job: &ImportJobDpo,
+        imported: Option<(BTreeMap<TableId, u64>, u64, u64)>,
+    ) -> Result<()> {
+        let now = self.now();
+        let request = job.response.request_id.clone();
+        let taken = job.response.taken_at_ms;
+        self.with_replica(&job.response.group, |r| {
+            if r.refresh.as_ref().is_some_and(|p| p.request_id == request) {
+                r.refresh = None;
+            }
+            if let Some((versions, files, bytes)) = &imported {
+                r.last_refresh_at_ms = Some(now);
+                r.refreshes += 1;
+                r.files_copied += files;
+                r.bytes_copied += bytes;
+                r.last_error = None;
+                for (t, v) in versions {
+                    let e = r.upstream_versions.entry(t.clone()).or_default();
+                    *e = (*e).max(*v);
+                }
+                r.upstream_versions.retain(|t, _| versions.contains_key(t));
+                r.upstream_commit_at_ms = Some(r.upstream_commit_at_ms.unwrap_or(taken).max(taken));
+                r.applied_commit_at_ms = r.upstream_commit_at_ms;
+            }
+        })
+    }
+
+    pub(crate) fn with_replica(&self, group: &str, f: impl Fn(&mut ReplicaDpo)) -> Result<()> {
+        let Some(db) = self.local_database(group)? else {
+            return Ok(());
+        };
+        self.meta().write(|tx| {
+            if let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(&db.id))? {
+                f(&mut r);
+                tx.put(&keys::replica(&db.id), &r)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Deletes an inbound folder once its files are in the volume (best effort; what is
+    /// left is logged).
+    pub(crate) async fn remove_inbound(&self, peer: &DeploymentId, folder: &ResponseId) {
+        let prefix = layout::replication::inbound_prefix(peer, folder);
+        if let Err(e) = self.inner.p.bucket.delete_prefix(&prefix).await {
+            tracing::warn!(%prefix, error = %e, "could not remove an inbound folder");
+        }
+    }
+
+    /// Commits the dictionary changes the replica lacks (one transaction).
+    pub(crate) async fn apply_dictionary(
+        &self,
+        r: &ReplicaDpo,
+        changes: &[DictionaryChange],
+    ) -> Result<()> {
+        let p = &self.inner.p;
+        let (schemas, tables): (BTreeSet<String>, BTreeMap<TableId, bool>) =
+            self.meta().read(|tx| {
+                let s = tx
+                    .list_schemas(&r.database)?
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                let mut t = BTreeMap::new();
+                for c in changes {
+                    let id = match c {
+                        DictionaryChange::CreateTable { table, .. }
+                        | DictionaryChange::DropTable { table } => table,
+                        _ => continue,
+                    };
+                    t.insert(id.clone(), tx.get_table(id)?.is_some_and(|t| !t.dropped));
+                }
+                Ok((s, t))
+            })?;
+        let now = self.now();
+        let mut ops = Vec::new();
+        let mut new_schemas = BTreeSet::new();
+        for c in changes {
+            match c {
+                DictionaryChange::CreateSchema { name }
+                    if !schemas.contains(name) && new_schemas.insert(name.clone()) =>
+                {
+                    ops.push(DictionaryOp::CreateSchema(SchemaDpo {
+                        database: r.database.clone(),
+                        name: name.clone(),
+                        created_at_ms: now,
+                    }));
+                }
+                DictionaryChange::DropSchema { name } if schemas.contains(name) => {
+                    ops.push(DictionaryOp::DropSchema { name: name.clone() });
+                }
+                DictionaryChange::CreateTable {
+                    table,
+                    schema,
+                    name,
+                    columns,
+                } if tables.get(table) == Some(&false) => {
+                    if !schemas.contains(schema) && new_schemas.insert(schema.clone()) {
+                        ops.push(DictionaryOp::CreateSchema(SchemaDpo {
+                            database: r.database.clone(),
+                            name: schema.clone(),
+                            created_at_ms: now,
+                        }));
+                    }
+                    let dpo = p
+                        .tables
+                        .new_table(
+                            &r.account,
+                            &r.database,
+                            table.clone(),
+                            schema,
+                            name,
+                            columns.clone(),
+                        )
+                        .await?;
+                    ops.push(DictionaryOp::CreateTable(dpo));
+                }
+                DictionaryChange::DropTable { table } if tables.get(table) == Some(&true) => {
+                    ops.push(DictionaryOp::DropTable {
+                        table: table.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let txn = p.tables.committer().begin(&r.account).await?;
+        let changes = ops
+            .into_iter()
+            .map(|op| Change::Dictionary {
+                account: r.account.clone(),
+                database: r.database.clone(),
+                op,
+            })
+            .collect();
+        txn.commit(changes).await?;
+        Ok(())
+    }
+
+    /// Copies `add` from the inbound folder into the volume under new `_g` short names
+    /// (journaled in `journal` when given). Returns the local entries (statistics and
+    /// global references kept; `added_version` to be set by the commit).
+    async fn copy_in(
+        &self,
+        r: &ReplicaDpo,
+        source: &ImportSource,
+        table: &TableId,
+        add: &[MicroPartitionDpo],
+        mut journal: Option<&mut dyn tern_table::commit::FileJournal>,
+    ) -> Result<(Vec<MicroPartitionDpo>, crate::copy::Copied)> {
+        let p = &self.inner.p;
+        if add.is_empty() {
+            return Ok((Vec::new(), crate::copy::Copied::default()));
+        }
+        let dst_keys: Arc<dyn KeySource> = p.tables.file_keys(table).await?;
+        let mut local = Vec::with_capacity(add.len());
+        let mut tasks = Vec::with_capacity(add.len());
+        for up in add {
+            let seq = p.meta.next_unique("short_name")?;
+            let short = ShortName::new(format!("fdn{seq}_g"))?;
+            let path = layout::volume::mp(&r.account, &r.database, table, &short);
+            if let Some(j) = journal.as_deref_mut() {
+                j.will_write(&path).await?;
+            }
+            tasks.push(CopyTask {
+                src_store: Arc::clone(&p.bucket),
+                src_path: layout::replication::inbound(
+                    &source.peer,
+                    &source.folder,
+                    &up.global_ref,
+                ),
+                src_keys: Arc::clone(&source.keys) as Arc<dyn KeySource>,
+                dst_store: Arc::clone(&p.volume),
+                dst_path: path.clone(),
+                dst_keys: Arc::clone(&dst_keys),
+            });
+            local.push(MicroPartitionDpo {
+                table: table.clone(),
+                short,
+                global_ref: up.global_ref.clone(),
+                rows: up.rows,
+                bytes: up.bytes,
+                stats: up.stats.clone(),
+                added_version: 0,
+                removed_version: None,
+                path: path.to_string(),
+                key_ref: up.key_ref.clone(),
+            });
+        }
+        let copied = copy_all(tasks, p.config.copy_concurrency).await?;
+        Counters::add(&self.inner.counters.files_copied, copied.files);
+        Counters::add(&self.inner.counters.bytes_copied, copied.bytes);
+        Ok((local, copied))
+    }
+
+    /// Brings each table from `step.base` to `step.version` in one transaction: rolls a
+    /// table back to `base` when it is past it, skips tables already at `version`, copies
+    /// the added files in, resolves removed global references. [`Error::Gap`] when a
+    /// table is below `base`; with `wait`, first waits up to [`GAP_WAIT`] for it.
+    pub(crate) async fn apply_steps(
+        &self,
+        r: &ReplicaDpo,
+        source: &ImportSource,
+        steps: Vec<TableStep>,
+        wait: bool,
+    ) -> Result<Applied> {
+        let p = &self.inner.p;
+        let mut steps: Vec<TableStep> = steps;
+        // Skip what is applied; wait (unlocked) for predecessors.
+        let started = std::time::Instant::now();
+        loop {
+            let mut gap = None;
+            steps.retain(|s| match self.current_version(&s.table) {
+                Ok(cur) if cur >= s.version => {
+                    Counters::add(&self.inner.counters.records_skipped, 0);
+                    false
+                }
+                Ok(cur) if cur < s.base => {
+                    gap.get_or_insert(Error::Gap {
+                        table: s.table.to_string(),
+                        have: cur,
+                        base: s.base,
+                    });
+                    true
+                }
+                _ => true,
+            });
+            match gap {
+                None => break,
+                Some(_) if wait && started.elapsed() < GAP_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(e) => return Err(e),
+            }
+        }
+        if steps.is_empty() {
+            return Ok(Applied::default());
+        }
+        let mut txn = p.tables.committer().begin(&r.account).await?;
+        let locks: Vec<String> = steps.iter().map(|s| table_lock(&s.table)).collect();
+        if let Err(e) = txn.lock(&locks).await {
+            txn.abort().await;
+            return Err(e.into());
+        }
+        let result = async {
+            let mut changes = Vec::new();
+            let mut applied = Applied::default();
+            for s in &steps {
+                let cur = self.current_version(&s.table)?;
+                if cur >= s.version {
+                    continue;
+                }
+                if cur < s.base {
+                    return Err(Error::Gap {
+                        table: s.table.to_string(),
+                        have: cur,
+                        base: s.base,
+                    });
+                }
+                if cur > s.base {
+                    let undone = self
+                        .meta()
+                        .write(|tx| tx.rollback_table_to(&s.table, s.base))?;
+                    let mut files: Vec<Path> = undone
+                        .deleted
+                        .iter()
+                        .map(|m| Path::from(m.path.as_str()))
+                        .collect();
+                    files.extend(
+                        undone
+                            .versions
+                            .iter()
+                            .flat_map(|v| v.ep_files.iter().map(|e| Path::from(e.path.as_str()))),
+                    );
+                    tern_table::commit::remove_files(p.volume.as_ref(), &files).await;
+                    tracing::info!(table = %s.table, from = cur, to = s.base, "rolled back to apply a replicated change");
+                }
+                let removed = self.meta().read(|tx| {
+                    let mut out = Vec::with_capacity(s.remove.len());
+                    for g in &s.remove {
+                        match tx.find_micro_partition(g)? {
+                            Some(m) if m.table == s.table && m.removed_version.is_none() => {
+                                out.push(m)
+                            }
+                            _ => return Ok(Err(g.clone())),
+                        }
+                    }
+                    Ok(Ok(out))
+                })?;
+                let removed = removed.map_err(|g| Error::Drift {
+                    table: s.table.to_string(),
+                    reason: format!("the change removes {g}, which is not active here"),
+                })?;
+                let (added, copied) = self
+                    .copy_in(r, source, &s.table, &s.add, Some(txn.as_mut()))
+                    .await?;
+                applied.files += copied.files;
+                applied.bytes += copied.bytes;
+                applied.tables += 1;
+                changes.push(Change::Table(TableChange {
+                    account: r.account.clone(),
+                    database: r.database.clone(),
+                    table: s.table.clone(),
+                    base_version: s.base,
+                    rebase: false,
+                    version: Some(s.version),
+                    added,
+                    removed,
+                    columns: s.columns.clone(),
+                    add_column: s.add_column.clone(),
+                    rows: 0,
+                    keys: p.tables.file_keys(&s.table).await?,
+                }));
+            }
+            Ok((changes, applied))
+        }
+        .await;
+        match result {
+            Ok((changes, applied)) if !changes.is_empty() => {
+                txn.commit(changes).await?;
+                Ok(applied)
+            }
+            Ok((_, applied)) => {
+                txn.abort().await;
+                Ok(applied)
+            }
+            Err(e) => {
+                txn.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks for a refresh of the replica of `group` (a gap or drift was found).
+    pub(crate) fn refresh_for(&self, group: &str, reason: &str) -> Result<()> {
+        if let Some(r) = self.replica_of(group)? {
+            self.request_refresh(&r.database, reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ImportSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportSource")
+            .field("peer", &self.peer)
+            .field("folder", &self.folder)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,186 @@
+//! The background workers of replication. Each does one unit of work at a time and waits
+//! for a wake-up or its poll interval; the daemon's supervisor (or a test) runs them.
+//!
+//! | worker | unit of work |
+//! |---|---|
+//! | control | send the outbox, announce global entities (on change and every `announce_interval`), send refresh requests (asked for or scheduled) |
+//! | copier | answer one refresh request: consistent snapshot, copy the difference to the peer's inbound stage, send the response |
+//! | importer | import one snapshot response: inbound → volume, roll back / jump versions, commit |
+//! | shipper | ship new log records to every subscribed downstream replica |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_messaging::Draft;
+use tern_storage::layout::MessageId;
+
+use crate::error::Result;
+use crate::model::{self, ENTITIES_TYPE, EntitiesPayload, PAYLOAD_VERSION};
+use crate::peers::Peers;
+use crate::service::Replication;
+use crate::state::{self, AnnounceDpo, OutboxDpo, keys};
+
+/// What a [`ReplicationWorker`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Outbox, entity announcements, refresh requests.
+    Control,
+    /// Snapshot responses (copy workers on the source side).
+    Copier,
+    /// Snapshot imports (copy workers on the replica side).
+    Importer,
+    /// Log shipping.
+    Shipper,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Control, Role::Copier, Role::Importer, Role::Shipper];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Control => "replication control",
+            Role::Copier => "replication copier",
+            Role::Importer => "replication importer",
+            Role::Shipper => "replication shipper",
+        }
+    }
+}
+
+/// One replication worker.
+#[derive(Debug)]
+pub struct ReplicationWorker {
+    repl: Replication,
+    peers: Arc<dyn Peers>,
+    role: Role,
+}
+
+impl ReplicationWorker {
+    /// A worker of `role`.
+    pub fn new(repl: Replication, peers: Arc<dyn Peers>, role: Role) -> Self {
+        Self { repl, peers, role }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> String {
+        self.role.name().to_string()
+    }
+
+    /// One unit of work; how many items it handled (0 = idle).
+    pub async fn work(&mut self) -> Result<usize> {
+        let peers = self.peers.as_ref();
+        match self.role {
+            Role::Control => {
+                let mut n = self.repl.send_outbox(peers).await?;
+                n += self.repl.announce(peers).await?;
+                n += self.repl.send_refresh_requests(peers).await?;
+                Ok(n)
+            }
+            Role::Copier => self.repl.serve_snapshots(peers).await,
+            Role::Importer => self.repl.import_snapshots().await,
+            Role::Shipper => self.repl.ship(peers).await,
+        }
+    }
+
+    /// Waits for a wake-up or the poll interval.
+    pub async fn wait_for_work(&mut self) {
+        let inner = &self.repl.inner;
+        let c = &inner.p.config;
+        let (notify, every) = match self.role {
+            Role::Control => (&inner.control_wake, c.control_interval),
+            Role::Copier | Role::Importer => (&inner.job_wake, c.control_interval),
+            Role::Shipper => (&inner.ship_wake, c.ship_interval),
+        };
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+impl Replication {
+    /// Sends what the outbox holds.
+    pub(crate) async fn send_outbox(&self, peers: &dyn Peers) -> Result<usize> {
+        let items = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<OutboxDpo>(&state::outbox_all()))?;
+        let mut n = 0;
+        for (k, o) in items {
+            let Some(sender) = peers.sender(&o.peer) else {
+                continue;
+            };
+            let id = MessageId::new(o.id.as_str())?;
+            if sender.message(&id).await?.is_none() {
+                sender
+                    .send(
+                        Draft::new(o.message_type.as_str(), o.payload.clone().into_bytes())
+                            .with_id(id),
+                    )
+                    .await?;
+            }
+            self.meta().write(|tx| tx.delete(&k))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Marks our entities as changed, so they are announced at once (a new peer).
+    pub fn announce_soon(&self) -> Result<()> {
+        self.meta().write(crate::service::mark_dirty)?;
+        self.inner.control_wake.notify_one();
+        Ok(())
+    }
+
+    /// Announces our global entities to every peer when they changed or the interval
+    /// passed. How many peers got them.
+    pub(crate) async fn announce(&self, peers: &dyn Peers) -> Result<usize> {
+        let now = self.now();
+        let every =
+            i64::try_from(self.inner.p.config.announce_interval.as_millis()).unwrap_or(i64::MAX);
+        let a: AnnounceDpo = self
+            .meta()
+            .read(|tx| tx.get(&keys::announce()))?
+            .unwrap_or_default();
+        let due = a.dirty || a.sent_at_ms.is_none_or(|at| now - at >= every);
+        if !due {
+            return Ok(0);
+        }
+        // Cleared first: a change made while sending marks it dirty again.
+        self.meta().write(|tx| {
+            tx.put(
+                &keys::announce(),
+                &AnnounceDpo {
+                    dirty: false,
+                    sent_at_ms: Some(now),
+                },
+            )
+        })?;
+        let payload = model::encode(&EntitiesPayload {
+            v: PAYLOAD_VERSION,
+            entities: self.own_entities()?,
+        });
+        let me = self.me().clone();
+        let members = self.meta().read(|tx| tx.list_deployments())?;
+        let mut n = 0;
+        let mut missed = false;
+        for d in members.iter().filter(|d| d.id != me) {
+            match peers.sender(&d.id) {
+                Some(s) => {
+                    if let Err(e) = s.send(Draft::new(ENTITIES_TYPE, payload.clone())).await {
+                        missed = true;
+                        tracing::warn!(peer = %d.id, error = %e, "could not announce global entities");
+                    } else {
+                        n += 1;
+                    }
+                }
+                None => missed = true,
+            }
+        }
+        if missed && n == 0 && a.dirty {
+            // Nobody reachable yet: keep it pending, but do not spin.
+            tokio::time::sleep(Duration::from_millis(0)).await;
+        }
+        Ok(n)
+    }
+}

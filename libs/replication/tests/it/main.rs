@@ -1,0 +1,5 @@
+//! Replication between in-process deployments on folder stores: every worker runs as in
+//! the daemon (message sender/receiver/processor/cleaner, the four replication workers).
+
+mod common;
+mod replicate;

@@ -1,0 +1,420 @@
+use std::path::Path as FsPath;
+use std::time::Duration;
+
+use tern_meta::{ColumnDef, ColumnType, DatabaseRole, Scalar};
+use tern_replication::{ReplicationConfig, replica_table_id};
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
+use tern_table::{CmpOp, Predicate};
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `d1` with a global account `a1` holding database `sales` (schema `public`), and the
+/// account group id.
+async fn primary(d1: &Node) -> (AccountId, DatabaseId, String) {
+    let a1 = d1.create_account("a1");
+    let db = d1.create_database(&a1, "sales");
+    d1.tables.create_schema(&db, "public").await.unwrap();
+    let group = d1.repl.set_account_global(&a1, None).unwrap();
+    (a1, db, group)
+}
+
+/// Waits until `node` knows a replica of `group` on `on`.
+async fn knows(node: &Node, group: &str, on: &str) {
+    let on = DeploymentId::new(on).unwrap();
+    eventually(
+        WAIT,
+        &format!("{} to learn of {group} on {on}", node.id),
+        || async {
+            node.repl
+                .known_entities()
+                .unwrap()
+                .iter()
+                .any(|e| e.group.as_deref() == Some(group) && e.deployment == on)
+        },
+    )
+    .await;
+}
+
+/// Waits until every table of the primary database is on `replica` at the primary's version.
+async fn caught_up(primary: &Node, replica: &Node, tables: &[TableId]) {
+    for t in tables {
+        let want = primary.version(t).unwrap();
+        let rid = replica_table_id(&primary.id, t);
+        eventually(
+            WAIT,
+            &format!("{} to reach {rid}@{want}", replica.id),
+            || async { replica.version(&rid) == Some(want) },
+        )
+        .await;
+    }
+}
+
+async fn same_rows(primary: &Node, replica: &Node, tables: &[TableId]) {
+    for t in tables {
+        let rid = replica_table_id(&primary.id, t);
+        assert_eq!(
+            replica.rows(&rid, None).await,
+            primary.rows(t, None).await,
+            "{} differs from the primary's {t}",
+            replica.id
+        );
+    }
+}
+
+async fn three(root: &FsPath) -> (Node, Node, Node) {
+    let d1 = Node::open(root, "d1", None).await;
+    let keys = root.join("d1").join("keys");
+    let d2 = Node::open(root, "d2", Some(&keys)).await;
+    let d3 = Node::open(root, "d3", Some(&keys)).await;
+    (d1, d2, d3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hub_and_chain_replicas_follow_the_primary_transaction_by_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d1, mut d2, mut d3) = three(dir.path()).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]).await;
+    d2.start(&[&d1, &d3]).await;
+    d3.start(&[&d1, &d2]).await;
+
+    let (a1, db, account_group) = primary(&d1).await;
+    let orders = d1
+        .tables
+        .create_table(&db, "public", "orders", columns())
+        .await
+        .unwrap();
+    d1.tables
+        .insert(&orders, &[batch(0..100, "a")])
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+
+    let a2 = d2.create_account("a2");
+    d2.repl
+        .set_account_global(&a2, Some(&account_group))
+        .unwrap();
+    let a3 = d3.create_account("a3");
+    d3.repl
+        .set_account_global(&a3, Some(&account_group))
+        .unwrap();
+    knows(&d2, &group, "d1").await;
+    let r2 = d2
+        .repl
+        .create_replica(&a2, "sales_copy", &group, None)
+        .unwrap();
+    knows(&d3, &group, "d2").await;
+    let upstream = DeploymentId::new("d2").unwrap();
+    d3.repl
+        .create_replica(&a3, "sales_chain", &group, Some(&upstream))
+        .unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&orders)).await;
+    caught_up(&d1, &d3, std::slice::from_ref(&orders)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&orders)).await;
+    same_rows(&d1, &d3, std::slice::from_ref(&orders)).await;
+
+    // Replicas are read-only.
+    let rid = replica_table_id(&d1.id, &orders);
+    let e = d2
+        .tables
+        .insert(&rid, &[batch(1000..1001, "x")])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("read-only secondary replica"), "{e}");
+    let e = d2.tables.create_schema(&r2, "other").await.unwrap_err();
+    assert!(e.to_string().contains("read-only"), "{e}");
+
+    // A mixed workload on the primary while the replicas follow; the replica's states are
+    // sampled as it goes.
+    let mut samples = Vec::new();
+    d1.tables
+        .insert(&orders, &[batch(100..200, "b")])
+        .await
+        .unwrap();
+    samples.extend(sample(&d2, &rid).await);
+    d1.tables
+        .delete(&orders, &Predicate::cmp("id", CmpOp::Lt, 10i64))
+        .await
+        .unwrap();
+    samples.extend(sample(&d2, &rid).await);
+    d1.tables
+        .update(
+            &orders,
+            &[("name".to_string(), Some(Scalar::from("updated")))],
+            &Predicate::between("id", 50i64, 60i64),
+        )
+        .await
+        .unwrap();
+    samples.extend(sample(&d2, &rid).await);
+    d1.tables
+        .merge(&orders, &[batch(190..210, "m")], &["id"])
+        .await
+        .unwrap();
+    samples.extend(sample(&d2, &rid).await);
+    d1.tables
+        .add_column(
+            &orders,
+            ColumnDef {
+                name: "note".into(),
+                ty: ColumnType::Utf8,
+                nullable: true,
+            },
+        )
+        .await
+        .unwrap();
+    let items = d1
+        .tables
+        .create_table(&db, "public", "items", columns())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        d1.tables
+            .insert(&items, &[batch(i * 10..i * 10 + 10, "i")])
+            .await
+            .unwrap();
+        samples.extend(sample(&d2, &rid).await);
+    }
+    d1.tables
+        .delete(&items, &Predicate::eq("id", 3i64))
+        .await
+        .unwrap();
+
+    let all = [orders.clone(), items.clone()];
+    caught_up(&d1, &d2, &all).await;
+    caught_up(&d1, &d3, &all).await;
+    same_rows(&d1, &d2, &all).await;
+    same_rows(&d1, &d3, &all).await;
+    // Every state a replica showed is one the primary had at that version (never torn).
+    assert!(!samples.is_empty());
+    for (v, rows) in samples {
+        let at = d1
+            .tables
+            .scan(
+                &orders,
+                &tern_table::ScanRequest {
+                    version: Some(v),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .rows();
+        assert_eq!(rows, at, "replica rows at version {v}");
+    }
+    // The replica's columns followed the DDL.
+    let t = d3.meta.read(|tx| tx.get_table(&rid)).unwrap().unwrap();
+    assert!(
+        t.columns.iter().any(|c| c.name == "note"),
+        "{:?}",
+        t.columns
+    );
+
+    // The same global lists from every account of the group.
+    let from_d1 = d1.repl.global_databases(&a1).unwrap();
+    eventually(
+        WAIT,
+        "every deployment to list the same global databases",
+        || async {
+            d2.repl.global_databases(&a2).unwrap() == from_d1
+                && d3.repl.global_databases(&a3).unwrap() == from_d1
+                && d1.repl.global_databases(&a1).unwrap().len() == 3
+        },
+    )
+    .await;
+    let from_d1 = d1.repl.global_databases(&a1).unwrap();
+    let roles: Vec<_> = from_d1
+        .iter()
+        .map(|r| (r.deployment.to_string(), r.role))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            ("d1".to_string(), Some(DatabaseRole::Primary)),
+            ("d2".to_string(), Some(DatabaseRole::Secondary)),
+            ("d3".to_string(), Some(DatabaseRole::Secondary)),
+        ]
+    );
+    assert_eq!(d2.repl.global_accounts(&a2).unwrap().len(), 3);
+
+    // Status: caught up, records applied, shipping by hub (d1→d2) and chain (d2→d3).
+    let s2 = d2.repl.status().await.unwrap();
+    assert_eq!(s2.replicas.len(), 1);
+    assert_eq!(s2.replicas[0].versions_behind, 0, "{s2:?}");
+    assert!(s2.replicas[0].records_applied > 0, "{s2:?}");
+    assert_eq!(s2.downstream.len(), 1, "d2 forwards to d3: {s2:?}");
+    let s1 = d1.repl.status().await.unwrap();
+    assert_eq!(s1.downstream.len(), 1, "d1 ships to d2 only: {s1:?}");
+
+    d1.stop().await;
+    d2.stop().await;
+    d3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_copies_only_differences_and_repairs_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = Node::open(dir.path(), "d1", None).await;
+    let keys = dir.path().join("d1").join("keys");
+    // The replica refreshes itself every 2 s (drift correction).
+    let mut d2 = Node::open_with(
+        dir.path(),
+        "d2",
+        Some(&keys),
+        ReplicationConfig {
+            refresh_interval: Duration::from_secs(2),
+            ..repl_config()
+        },
+    )
+    .await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]).await;
+    d2.start(&[&d1]).await;
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    for i in 0..6 {
+        d1.tables
+            .insert(&t, &[batch(i * 100..i * 100 + 100, "r")])
+            .await
+            .unwrap();
+    }
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    let a2 = d2.create_account("a2");
+    d2.repl
+        .set_account_global(&a2, Some(&account_group))
+        .unwrap();
+    knows(&d2, &group, "d1").await;
+    d2.repl.create_replica(&a2, "sales", &group, None).unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    let files =
+        |n: &Node| tern_replication::service::Counters::get(&n.repl.counters().files_copied);
+    assert_eq!(files(&d1), 6, "the first refresh copies the 6 files");
+
+    // Scheduled refreshes of an identical replica copy nothing.
+    let refreshes = |n: &Node| {
+        let n = n.repl.clone();
+        async move { n.status().await.unwrap().replicas[0].refreshes }
+    };
+    let before = refreshes(&d2).await;
+    eventually(WAIT, "a scheduled refresh", || async {
+        refreshes(&d2).await > before
+    })
+    .await;
+    assert_eq!(files(&d1), 6, "nothing differs, nothing is copied");
+
+    // Drift: one file's metadata is lost on the replica behind its back.
+    let rid = replica_table_id(&d1.id, &t);
+    let version = d2.version(&rid).unwrap();
+    let victim = d2
+        .meta
+        .read(|tx| tx.active_micro_partitions(&rid, version))
+        .unwrap()
+        .remove(2);
+    d2.meta
+        .write(|tx| tx.repair_micro_partitions(&rid, &[], std::slice::from_ref(&victim.short)))
+        .unwrap();
+    assert_eq!(d2.rows(&rid, None).await.len(), 500, "the drift is visible");
+    eventually(
+        WAIT,
+        "the scheduled refresh to repair the drift",
+        || async { d2.rows(&rid, None).await.len() == 600 },
+    )
+    .await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    assert_eq!(files(&d1), 7, "only the missing file crossed");
+    assert_eq!(d2.version(&rid), d1.version(&t), "no version was made");
+
+    d1.stop().await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = Node::open(dir.path(), "d1", None).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = Node::open(dir.path(), "d2", Some(&keys)).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]).await;
+    d2.start(&[&d1]).await;
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    let a2 = d2.create_account("a2");
+    d2.repl
+        .set_account_global(&a2, Some(&account_group))
+        .unwrap();
+    knows(&d2, &group, "d1").await;
+    d2.repl.create_replica(&a2, "sales", &group, None).unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // Commits keep coming while the replica is killed mid-work and restarted twice.
+    for round in 0..3i64 {
+        for i in 0..5i64 {
+            let base = round * 1000 + i * 10;
+            d1.tables
+                .insert(&t, &[batch(base..base + 10, "k")])
+                .await
+                .unwrap();
+            if i == 2 {
+                d2.kill();
+                d2 = Node::open(dir.path(), "d2", Some(&keys)).await;
+                d2.start(&[&d1]).await;
+            }
+        }
+        d1.tables
+            .delete(&t, &Predicate::eq("id", round * 1000))
+            .await
+            .unwrap();
+    }
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    let rid = replica_table_id(&d1.id, &t);
+    let rows = d2.rows(&rid, None).await;
+    let mut dedup = rows.clone();
+    dedup.dedup();
+    assert_eq!(rows.len(), dedup.len(), "no duplicate rows");
+    // Nothing left behind: no unfinished transaction, inbound stage empty after cleanup.
+    eventually(WAIT, "the inbound stage to empty", || async {
+        use futures::TryStreamExt as _;
+        let left: Vec<_> = d2
+            .bucket
+            .list(Some(&object_store::path::Path::from("from/d1/inbound")))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        left.is_empty()
+    })
+    .await;
+    d1.stop().await;
+    d2.stop().await;
+}
+
+/// The replica's current version of `rid` and its row count there.
+async fn sample(n: &Node, rid: &TableId) -> Option<(u64, usize)> {
+    let v = n.version(rid)?;
+    let r = n
+        .tables
+        .scan(
+            rid,
+            &tern_table::ScanRequest {
+                version: Some(v),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    Some((v, r.rows()))
+}
