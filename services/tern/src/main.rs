@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod client;
@@ -172,6 +172,14 @@ enum AccountCmd {
     List,
     /// Make another token for an account.
     Token { name: String },
+    /// `alter account … set global`: the account joins an account replication group
+    /// (a new group unless --group names one); prints the group (operator).
+    Global {
+        name: String,
+        /// An existing account group to join (from `show global-accounts` elsewhere).
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +188,36 @@ enum DatabaseCmd {
     Create { account: String, name: String },
     /// List an account's databases.
     List { account: String },
+    /// `alter database … enable|disable replication`: enable makes the database the
+    /// primary of a new database group (prints the group); disable makes it local again.
+    Replication {
+        account: String,
+        database: String,
+        action: OnOff,
+    },
+    /// `create database X as replica of <group>`: a read-only secondary replica in a
+    /// global account; its first refresh starts at once.
+    CreateReplica {
+        account: String,
+        name: String,
+        /// The database replication group (from `show global-databases`).
+        #[arg(long)]
+        group: String,
+        /// Replicate from this deployment's replica instead of the primary (a chain).
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Drop a secondary replica (its upstream stops shipping to it).
+    DropReplica { account: String, name: String },
+    /// `alter database X refresh`: ask the upstream for a refresh now.
+    Refresh { account: String, database: String },
+}
+
+/// Turn something on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    Enable,
+    Disable,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +256,12 @@ enum ShowCmd {
     Versions { table: String },
     /// The deployment group, as this deployment knows it.
     Deployments,
+    /// Every account of the account's replication group, in every deployment.
+    GlobalAccounts { account: String },
+    /// Every replica of every database group of the account's replication group.
+    GlobalDatabases { account: String },
+    /// Replicas here and downstream: lag, last refresh, bytes, errors (operator).
+    ReplicationStatus,
 }
 
 #[derive(Debug, Subcommand)]
@@ -429,6 +473,86 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     .await?,
                 json_out,
             );
+        }
+        Command::Account(AccountCmd::Global { name, group }) => {
+            let mut req = json!({});
+            if let Some(g) = group {
+                req["group"] = json!(g);
+            }
+            print_value(
+                &c.post(&format!("/v1/accounts/{name}/global"), &req).await?,
+                json_out,
+            );
+        }
+        Command::Database(DatabaseCmd::Replication {
+            account,
+            database,
+            action,
+        }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/replication");
+            let v = c
+                .post(&p, &json!({"enable": action == OnOff::Enable}))
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Database(DatabaseCmd::CreateReplica {
+            account,
+            name,
+            group,
+            upstream,
+        }) => {
+            let mut req = json!({"name": name, "group": group});
+            if let Some(u) = upstream {
+                req["upstream"] = json!(u);
+            }
+            let v = c
+                .post(&format!("/v1/accounts/{account}/replicas"), &req)
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Database(DatabaseCmd::DropReplica { account, name }) => {
+            let v = c
+                .delete(&format!("/v1/accounts/{account}/replicas/{name}"))
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Database(DatabaseCmd::Refresh { account, database }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/refresh");
+            print_value(&c.post(&p, &json!({})).await?, json_out);
+        }
+        Command::Show(ShowCmd::GlobalAccounts { account }) => {
+            let v = c
+                .get(&format!("/v1/accounts/{account}/global/accounts"))
+                .await?;
+            print_global(
+                &v,
+                "accounts",
+                &["region", "deployment", "account", "replication_group"],
+                json_out,
+            );
+        }
+        Command::Show(ShowCmd::GlobalDatabases { account }) => {
+            let v = c
+                .get(&format!("/v1/accounts/{account}/global/databases"))
+                .await?;
+            print_global(
+                &v,
+                "databases",
+                &[
+                    "region",
+                    "deployment",
+                    "account",
+                    "replication_group",
+                    "name",
+                    "role",
+                    "upstream",
+                ],
+                json_out,
+            );
+        }
+        Command::Show(ShowCmd::ReplicationStatus) => {
+            let v = c.get("/v1/replication/status").await?;
+            print_replication_status(&v, json_out);
         }
         Command::Database(DatabaseCmd::Create { account, name }) => {
             print_value(
@@ -757,6 +881,99 @@ pub fn print_deployments(v: &Value, json_out: bool) {
     output::print(&output::table(&cols, &rows));
 }
 
+/// Prints `show global-accounts` / `show global-databases` (absent values blank).
+pub fn print_global(v: &Value, key: &str, columns: &[&str], json_out: bool) {
+    if json_out {
+        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let rows: Vec<Value> = v[key]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| blank_nulls(r, columns))
+        .collect();
+    let cols: Vec<String> = columns.iter().map(|s| (*s).to_string()).collect();
+    output::print(&output::table(&cols, &rows));
+}
+
+/// `row` with its null (or absent) `columns` as empty strings.
+fn blank_nulls(mut row: Value, columns: &[&str]) -> Value {
+    for c in columns {
+        if row[*c].is_null() {
+            row[*c] = json!("");
+        }
+    }
+    row
+}
+
+/// Prints `show replication-status`.
+pub fn print_replication_status(v: &Value, json_out: bool) {
+    if json_out {
+        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let counters = v["counters"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let mut s = format!(
+        "queues: snapshot requests {}, imports {}, outbox {}\ncounters: {counters}\n\nreplicas here:\n",
+        v["snapshot_jobs"], v["import_jobs"], v["outbox"],
+    );
+    let replica_cols = [
+        "database",
+        "account",
+        "group",
+        "upstream",
+        "versions_behind",
+        "lag_ms",
+        "last_refresh_at_ms",
+        "refresh_pending",
+        "refreshes",
+        "records_applied",
+        "bytes_copied",
+        "last_error",
+    ];
+    let rows: Vec<Value> = v["replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| blank_nulls(r, &replica_cols))
+        .collect();
+    let cols: Vec<String> = replica_cols.iter().map(|s| (*s).to_string()).collect();
+    s.push_str(&output::table(&cols, &rows));
+    s.push_str("\nreplicas downstream (of databases here):\n");
+    let down_cols = [
+        "database",
+        "group",
+        "peer",
+        "subscribed",
+        "records_behind",
+        "records_shipped",
+        "snapshots",
+        "bytes_copied",
+        "last_error",
+    ];
+    let rows: Vec<Value> = v["downstream"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| blank_nulls(r, &down_cols))
+        .collect();
+    let cols: Vec<String> = down_cols.iter().map(|s| (*s).to_string()).collect();
+    s.push_str(&output::table(&cols, &rows));
+    output::print(&s);
+}
+
 /// Prints `status`.
 pub fn print_status(v: &Value, json_out: bool) {
     if json_out {
@@ -818,4 +1035,71 @@ fn upload_stream(
             Ok(Some((bytes::Bytes::from(buf), file)))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn parse(args: &[&str]) -> Command {
+        let mut all = vec!["tern"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parses").command
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn replication_commands_parse() {
+        assert!(matches!(
+            parse(&["account", "global", "acme", "--group", "g1"]),
+            Command::Account(AccountCmd::Global { name, group: Some(g) }) if name == "acme" && g == "g1"
+        ));
+        assert!(matches!(
+            parse(&["database", "replication", "acme", "sales", "disable"]),
+            Command::Database(DatabaseCmd::Replication {
+                action: OnOff::Disable,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["database", "create-replica", "acme", "r", "--group", "g", "--upstream", "d2"]),
+            Command::Database(DatabaseCmd::CreateReplica { upstream: Some(u), .. }) if u == "d2"
+        ));
+        assert!(matches!(
+            parse(&["database", "drop-replica", "acme", "r"]),
+            Command::Database(DatabaseCmd::DropReplica { .. })
+        ));
+        assert!(matches!(
+            parse(&["database", "refresh", "acme", "r"]),
+            Command::Database(DatabaseCmd::Refresh { .. })
+        ));
+        assert!(matches!(
+            parse(&["show", "global-accounts", "acme"]),
+            Command::Show(ShowCmd::GlobalAccounts { .. })
+        ));
+        assert!(matches!(
+            parse(&["show", "global-databases", "acme"]),
+            Command::Show(ShowCmd::GlobalDatabases { .. })
+        ));
+        assert!(matches!(
+            parse(&["--json", "show", "replication-status"]),
+            Command::Show(ShowCmd::ReplicationStatus)
+        ));
+        // create-replica needs its group.
+        assert!(Cli::try_parse_from(["tern", "database", "create-replica", "acme", "r"]).is_err());
+    }
+
+    #[test]
+    fn null_cells_print_blank() {
+        let row = blank_nulls(
+            json!({"role": null, "name": "x"}),
+            &["role", "name", "upstream"],
+        );
+        assert_eq!(row, json!({"role": "", "name": "x", "upstream": ""}));
+    }
 }

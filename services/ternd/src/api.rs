@@ -24,6 +24,18 @@
 //! | `POST …/tables/{t}/delete` `…/update` `…/merge` | DML with the JSON predicate form |
 //! | `POST …/tables/{t}/scan` | `{columns, where, version, limit}` → rows |
 //! | `GET …/tables/{t}/versions` | show versions |
+//! | `POST /v1/accounts/{a}/global` | `alter account … set global` `{group?}` → `{group}` (operator) |
+//! | `GET /v1/accounts/{a}/global/accounts` | `show global accounts` |
+//! | `GET /v1/accounts/{a}/global/databases` | `show global databases` |
+//! | `POST …/databases/{db}/replication` | `{enable: true}` → `{group}` (primary of a new group); `{enable: false}` makes it local |
+//! | `POST /v1/accounts/{a}/replicas` | `create database X as replica of <group>` `{name, group, upstream?}` → `{database}` |
+//! | `DELETE /v1/accounts/{a}/replicas/{db}` | drop a secondary replica |
+//! | `POST …/databases/{db}/refresh` | `alter database X refresh` → `{request}` |
+//! | `GET /v1/replication/status` | `show replication status` (operator) |
+//!
+//! Statements that write to a secondary replica are refused with 409 (kind `conflict`):
+//! write to the group's primary. After every successful write request the replication
+//! shipper is woken, so log records go to replicas at once.
 //!
 //! Errors are `{"error": {"kind": …, "message": …}}` with the kind's status (see
 //! [`crate::error::Kind`]); an oversized body is 413 with kind `invalid_input`.
@@ -72,7 +84,8 @@ api_error_from!(
     tern_table::Error,
     tern_meta::Error,
     tern_storage::Error,
-    tern_messaging::Error
+    tern_messaging::Error,
+    tern_replication::Error
 );
 
 impl IntoResponse for ApiError {
@@ -245,6 +258,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(&format!("{tbl}/merge"), post(merge_rows))
         .route(&format!("{tbl}/scan"), post(scan))
         .route(&format!("{tbl}/versions"), get(versions))
+        .route(&format!("{acct}/global"), post(set_global))
+        .route(&format!("{acct}/global/accounts"), get(global_accounts))
+        .route(&format!("{acct}/global/databases"), get(global_databases))
+        .route(&format!("{db}/replication"), post(set_replication))
+        .route(&format!("{db}/refresh"), post(refresh))
+        .route(&format!("{acct}/replicas"), post(create_replica))
+        .route(&format!("{acct}/replicas/{{db}}"), delete(drop_replica))
+        .route("/v1/replication/status", get(replication_status))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -273,6 +294,11 @@ async fn guard(
         tracing::Instrument::instrument(next.run(req), span.clone()).await
     };
     d.counters.requests.fetch_add(1, Ordering::Relaxed);
+    if method != axum::http::Method::GET && resp.status().is_success() {
+        // A write may have committed: the shipper sends new log records at once (it also
+        // polls every `replication.ship_interval`).
+        d.replication.committed();
+    }
     if !resp.status().is_success() {
         let kind = match resp.status() {
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_input",
@@ -489,7 +515,80 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
             .map(|r| (format!("{{worker=\"{}\"}}", r.name), r.errors as f64))
             .collect(),
     );
+    let rs = d.replication.status().await?;
+    for (name, v) in &rs.counters {
+        counter(
+            &format!("tern_replication_{name}_total"),
+            "Replication events since start (from `show replication status`).",
+            "counter",
+            vec![(String::new(), *v as f64)],
+        );
+    }
+    counter(
+        "tern_replication_queue",
+        "Replication work waiting: snapshot requests, snapshot imports, outbox messages.",
+        "gauge",
+        [
+            ("snapshot", rs.snapshot_jobs),
+            ("import", rs.import_jobs),
+            ("outbox", rs.outbox),
+        ]
+        .into_iter()
+        .map(|(q, v)| (format!("{{queue=\"{q}\"}}"), v as f64))
+        .collect(),
+    );
+    let replica = |r: &tern_replication::ReplicaStatus| {
+        format!(
+            "{{account=\"{}\",database=\"{}\",upstream=\"{}\"}}",
+            label(r.account.as_str()),
+            label(&r.database),
+            label(r.upstream.as_str())
+        )
+    };
+    counter(
+        "tern_replication_lag_seconds",
+        "Per secondary replica: time between the newest upstream commit known here and the newest applied.",
+        "gauge",
+        rs.replicas
+            .iter()
+            .map(|r| (replica(r), r.lag_ms as f64 / 1000.0))
+            .collect(),
+    );
+    counter(
+        "tern_replication_versions_behind",
+        "Per secondary replica: table versions behind the newest upstream versions known here.",
+        "gauge",
+        rs.replicas
+            .iter()
+            .map(|r| (replica(r), r.versions_behind as f64))
+            .collect(),
+    );
+    counter(
+        "tern_replication_records_behind",
+        "Per downstream replica of a local database: log records not shipped yet.",
+        "gauge",
+        rs.downstream
+            .iter()
+            .map(|r| {
+                (
+                    format!(
+                        "{{database=\"{}\",peer=\"{}\"}}",
+                        label(&r.database),
+                        label(r.peer.as_str())
+                    ),
+                    r.records_behind as f64,
+                )
+            })
+            .collect(),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response())
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[derive(Deserialize)]
@@ -1187,4 +1286,168 @@ async fn versions(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiRe
     Ok(axum::Json(
         json!({"table": t.name, "current": t.current_version, "versions": out}),
     ))
+}
+
+// ---- replication (DESIGN.md §9, §11) ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SetGlobal {
+    #[serde(default)]
+    group: Option<String>,
+}
+
+/// `alter account … set global`: the account joins an account replication group (a new
+/// one when none is named). Operator only.
+async fn set_global(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let id = account(&d, &headers, &acct)?;
+    let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
+    let req: SetGlobal = if bytes.iter().all(u8::is_ascii_whitespace) {
+        SetGlobal::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))?
+    };
+    let group = d
+        .replication
+        .set_account_global(&id, req.group.as_deref())?;
+    tracing::info!(account = %id, %group, "account is global");
+    Ok(axum::Json(json!({"account": id.as_str(), "group": group})))
+}
+
+async fn global_accounts(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let rows = d.replication.global_accounts(&id)?;
+    Ok(axum::Json(json!({"accounts": rows})))
+}
+
+async fn global_databases(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let rows = d.replication.global_databases(&id)?;
+    Ok(axum::Json(json!({"databases": rows})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetReplication {
+    enable: bool,
+}
+
+/// `alter database X enable replication` (it becomes the primary of a new database group)
+/// or, with `enable: false`, makes a global database local again.
+async fn set_replication(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let req: SetReplication = parse_json(body, d.config.api.max_body_bytes)?;
+    let group = if req.enable {
+        Some(d.replication.enable_replication(&id, &db.name)?)
+    } else {
+        d.replication.disable_replication(&id, &db.name)?;
+        None
+    };
+    Ok(axum::Json(json!({
+        "database": db.name,
+        "enabled": req.enable,
+        "group": group,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReplica {
+    name: String,
+    group: String,
+    #[serde(default)]
+    upstream: Option<String>,
+}
+
+/// `create database X as replica of <group>`: a read-only secondary replica; its first
+/// refresh is asked for at once.
+async fn create_replica(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let id = account(&d, &headers, &acct)?;
+    let req: CreateReplica = parse_json(body, d.config.api.max_body_bytes)?;
+    if req.name.is_empty() {
+        return Err(Error::Invalid("database name is empty".into()).into());
+    }
+    if req.group.trim().is_empty() {
+        return Err(Error::Invalid("group is empty".into()).into());
+    }
+    if d.meta
+        .read(|tx| tx.find_database(&id, &req.name))?
+        .is_some()
+    {
+        return Err(Error::Exists {
+            what: "database",
+            name: format!("{id}.{}", req.name),
+        }
+        .into());
+    }
+    let upstream = req
+        .upstream
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(DeploymentId::new)
+        .transpose()?;
+    let db = d
+        .replication
+        .create_replica(&id, &req.name, req.group.trim(), upstream.as_ref())?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "database": db.as_str(),
+            "name": req.name,
+            "group": req.group.trim(),
+            "upstream": upstream.as_ref().map(DeploymentId::as_str),
+        })),
+    ))
+}
+
+async fn drop_replica(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    d.replication.drop_replica(&id, &db.name)?;
+    Ok(axum::Json(json!({"dropped": db.name})))
+}
+
+/// `alter database X refresh`: ask the upstream for a refresh now (an already pending
+/// request is kept and returned).
+async fn refresh(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let request = d
+        .replication
+        .request_refresh(&db.id, "requested through the API")?;
+    Ok(axum::Json(json!({"database": db.name, "request": request})))
+}
+
+/// `show replication status` (operator).
+async fn replication_status(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    let status = d.replication.status().await?;
+    let v = serde_json::to_value(&status)
+        .map_err(|e| Error::internal("encode replication status")(e.to_string()))?;
+    Ok(axum::Json(v))
 }

@@ -14,6 +14,7 @@
 //! | `TERN_KEYS__DIR=/data/d1/keys` | `keys.dir` |
 //! | `TERN_PEERS__0__BUCKET__URL=s3://…` | `peers[0].bucket.url` |
 //! | `TERN_WORKERS__RECOVER_INTERVAL=30s` | `workers.recover_interval` |
+//! | `TERN_REPLICATION__SHIP_INTERVAL=100ms` | `replication.ship_interval` |
 //!
 //! A value is read as a TOML value when it is a number, a boolean or an array
 //! (`TERN_API__MAX_BODY_BYTES=1048576`), and as a string otherwise; quote it to force a
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tern_messaging::MessagingConfig;
+use tern_replication::ReplicationConfig;
 use tern_storage::StoreConfig;
 use tern_storage::layout::DeploymentId;
 
@@ -75,8 +77,9 @@ pub struct Config {
     pub operator_token: String,
     /// The volume bucket (micro-partitions, metadata files, log records). Required.
     pub volume: StoreConfig,
-    /// This deployment's replication bucket (its mailbox). Required.
-    pub replication: StoreConfig,
+    /// This deployment's replication bucket (its mailbox; `url`, `s3`, required) and the
+    /// replication service's settings (`ship_interval`, …), in one `[replication]` table.
+    pub replication: ReplicationSection,
     /// Where the root keys are. Required.
     pub keys: KeysConfig,
     /// Peer deployments this one may write to.
@@ -103,7 +106,7 @@ impl Default for Config {
             metadata_path: PathBuf::new(),
             operator_token: String::new(),
             volume: StoreConfig::default(),
-            replication: StoreConfig::default(),
+            replication: ReplicationSection::default(),
             keys: KeysConfig::default(),
             peers: Vec::new(),
             workers: WorkersConfig::default(),
@@ -171,6 +174,76 @@ pub struct PeerConfig {
     pub id: String,
     /// Its replication bucket.
     pub bucket: StoreConfig,
+}
+
+/// The `[replication]` table: this deployment's replication bucket (the fields of
+/// [`StoreConfig`]: `url`, `[replication.s3]`) and, beside them, the replication service's
+/// settings (the fields of [`ReplicationConfig`]: `ship_interval`, `refresh_interval`, …).
+///
+/// ```toml
+/// [replication]
+/// url = "file:///data/d1/replication"
+/// ship_interval = "100ms"
+/// refresh_interval = "1h"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplicationSection {
+    /// The replication bucket.
+    pub bucket: StoreConfig,
+    /// The replication service's settings.
+    pub settings: ReplicationConfig,
+}
+
+impl ReplicationSection {
+    /// The names of the settings' fields (the rest of the table is the bucket's).
+    fn setting_names() -> Vec<String> {
+        toml::Table::try_from(ReplicationConfig::default())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplicationSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let table = toml::Table::deserialize(d)?;
+        let names = Self::setting_names();
+        let (mut bucket, mut settings) = (toml::Table::new(), toml::Table::new());
+        for (k, v) in table {
+            if names.contains(&k) {
+                settings.insert(k, v);
+            } else {
+                bucket.insert(k, v);
+            }
+        }
+        let bucket = toml::Value::Table(bucket)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                let mut m = format!("[replication]: {}", e.message().trim_end());
+                if m.contains("unknown field") {
+                    m.push_str(&format!(
+                        " (or a replication setting: {})",
+                        names.join(", ")
+                    ));
+                }
+                D::Error::custom(m)
+            })?;
+        let settings = toml::Value::Table(settings)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                D::Error::custom(format!("[replication]: {}", e.message().trim_end()))
+            })?;
+        Ok(Self { bucket, settings })
+    }
+}
+
+impl Serialize for ReplicationSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let mut t = toml::Table::try_from(&self.bucket).map_err(S::Error::custom)?;
+        t.extend(toml::Table::try_from(&self.settings).map_err(S::Error::custom)?);
+        t.serialize(s)
+    }
 }
 
 /// Background workers.
@@ -334,7 +407,11 @@ impl Config {
             return Err(invalid("operator_token", "must be at least 16 characters"));
         }
         check_store("volume.url", &self.volume)?;
-        check_store("replication.url", &self.replication)?;
+        check_store("replication.url", &self.replication.bucket)?;
+        self.replication.settings.validate().map_err(|e| match e {
+            tern_replication::Error::Invalid { reason, .. } => invalid("replication", reason),
+            other => invalid("replication", other.to_string()),
+        })?;
         match &self.keys {
             KeysConfig::None => {
                 return Err(invalid(
@@ -592,5 +669,67 @@ mod tests {
         env.push(("TERN_WORKERS__NO_SUCH".into(), "1".into()));
         let err = Config::load(None, env).expect_err("unknown").to_string();
         assert!(err.contains("no_such"), "{err}");
+    }
+
+    #[test]
+    fn replication_settings_share_the_bucket_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("d1.toml");
+        std::fs::write(
+            &path,
+            "deployment_id = \"d1\"\nmetadata_path = \"/tmp/x/meta.db\"\n\
+             operator_token = \"0123456789abcdef0123\"\n\
+             [volume]\nurl = \"file:///tmp/x/volume\"\n\
+             [replication]\nurl = \"file:///tmp/x/replication\"\n\
+             ship_interval = \"50ms\"\ncopy_concurrency = 8\n\
+             [replication.s3]\nregion = \"eu-west-1\"\n\
+             [keys]\nkind = \"local\"\ndir = \"/tmp/x/keys\"\n",
+        )
+        .expect("write");
+        let env = vec![(
+            "TERN_REPLICATION__REFRESH_INTERVAL".to_string(),
+            "10m".to_string(),
+        )];
+        let c = Config::load(Some(&path), env).expect("valid");
+        assert_eq!(c.replication.bucket.url, "file:///tmp/x/replication");
+        assert_eq!(c.replication.bucket.s3.region, "eu-west-1");
+        let r = &c.replication.settings;
+        assert_eq!(r.ship_interval, Duration::from_millis(50));
+        assert_eq!(r.copy_concurrency, 8);
+        assert_eq!(r.refresh_interval, Duration::from_secs(600));
+        // Unnamed settings keep their defaults.
+        let d = ReplicationConfig::default();
+        assert_eq!(r.announce_interval, d.announce_interval);
+        assert_eq!(r.ship_batch, d.ship_batch);
+        // The table round-trips (bucket and settings side by side).
+        let text = toml::to_string(&c).expect("serialize");
+        let back: Config = toml::from_str(&text).expect("parse back");
+        assert_eq!(back.replication, c.replication);
+    }
+
+    #[test]
+    fn replication_defaults_and_errors_are_named() {
+        let c = Config::load(None, base()).expect("valid");
+        assert_eq!(c.replication.settings, ReplicationConfig::default());
+        let mut env = base();
+        env.push(("TERN_REPLICATION__COPY_CONCURRENCY".into(), "0".into()));
+        let err = Config::load(None, env).expect_err("zero").to_string();
+        assert!(
+            err.contains("replication") && err.contains("copy_concurrency"),
+            "{err}"
+        );
+        let mut env = base();
+        env.push(("TERN_REPLICATION__SHIP_EVERY".into(), "1s".into()));
+        let err = Config::load(None, env).expect_err("unknown").to_string();
+        assert!(
+            err.contains("ship_every") && err.contains("ship_interval"),
+            "{err}"
+        );
+        let mut env = base();
+        env.push(("TERN_REPLICATION__SHIP_INTERVAL".into(), "soon".into()));
+        let err = Config::load(None, env)
+            .expect_err("bad duration")
+            .to_string();
+        assert!(err.contains("replication"), "{err}");
     }
 }

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //!  open:  config ─▶ metadata store ─▶ volume, replication, peer buckets ─▶ keys
-//!         ─▶ TxnManager + recover() ─▶ Tables ─▶ messaging Context (+ group handlers)
+//!         ─▶ TxnManager + recover() ─▶ Tables ─▶ Replication ─▶ messaging Context
+//!         (+ group and replication handlers) ─▶ PeerSet (peer buckets, sender wakers)
 //!  start: supervisor ◀─ receiver, processor, cleaner, one sender per peer channel,
-//!                       recovery (in-doubt commits), heartbeat, monitor
+//!                       recovery (in-doubt commits), heartbeat, monitor,
+//!                       replication control, copier, importer, shipper
 //!  stop:  API stops taking requests, in-flight ones finish ─▶ workers stop after their
 //!         unit ─▶ recover() finishes any in-doubt commit ─▶ exit 0
 //! ```
@@ -37,6 +39,7 @@ use tern_messaging::{
     Processor, Receiver, Registry, Sender,
 };
 use tern_meta::{DeploymentDpo, Dpo, Key, MetaStore, SqliteOptions};
+use tern_replication::{Parts, PeerSet, Peers, Replication, ReplicationWorker, Role};
 use tern_storage::StoreConfig;
 use tern_storage::layout::DeploymentId;
 use tern_table::{TableOptions, Tables};
@@ -45,7 +48,9 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, KeysConfig};
 use crate::error::{Error, Result};
-use crate::supervisor::{MessagingWorker, Supervisor, Worker, WorkerState, WorkerStatus};
+use crate::supervisor::{
+    MessagingWorker, ReplicationTask, Supervisor, Worker, WorkerState, WorkerStatus,
+};
 
 /// Message type of deployment-group membership lists.
 pub const GROUP_TYPE: &str = "tern.group";
@@ -201,6 +206,11 @@ pub struct Daemon {
     pub tables: Arc<Tables>,
     /// The message service.
     pub messaging: Context,
+    /// The replication service (global entities, replicas, refresh, log shipping).
+    pub replication: Replication,
+    /// The peers replication talks to (kept in step with `peers`: buckets at open,
+    /// sender wakers as senders start).
+    pub peer_set: Arc<PeerSet>,
     /// The workers.
     pub supervisor: Supervisor,
     /// API counters.
@@ -208,7 +218,7 @@ pub struct Daemon {
     /// Wakes the recovery worker (a commit was in doubt).
     pub recover_wake: Arc<Notify>,
     clock: SharedClock,
-    replication: Arc<dyn ObjectStore>,
+    bucket: Arc<dyn ObjectStore>,
     peers: Mutex<HashMap<DeploymentId, Peer>>,
     stopping: AtomicBool,
     started: Instant,
@@ -312,13 +322,13 @@ impl Daemon {
         let meta = MetaStore::open_sqlite(&config.metadata_path, SqliteOptions::default())
             .map_err(open_err("metadata_path"))?;
         let volume = open_store("volume.url", &config.volume)?;
-        let replication = open_store("replication.url", &config.replication)?;
+        let bucket = open_store("replication.url", &config.replication.bucket)?;
         // A store that cannot be listed is found now rather than at the first request.
         use futures::StreamExt as _;
         if let Some(Err(e)) = volume.list(None).next().await {
             return Err(open_err("volume.url")(e));
         }
-        if let Some(Err(e)) = replication.list(None).next().await {
+        if let Some(Err(e)) = bucket.list(None).next().await {
             return Err(open_err("replication.url")(e));
         }
         let mut peers = HashMap::new();
@@ -365,7 +375,21 @@ impl Daemon {
             TableOptions::default(),
             Arc::new(txn.clone()),
         ));
-        let registry = Registry::new()
+        let wrap_keys = Arc::new(CachedWrapKeys::new(Arc::clone(&provider)));
+        let replication = Replication::new(Parts {
+            me: id.clone(),
+            region: config.region.clone(),
+            meta: meta.clone(),
+            tables: Arc::clone(&tables),
+            txn: txn.clone(),
+            volume: Arc::clone(&volume),
+            bucket: Arc::clone(&bucket),
+            wrap_keys: Arc::clone(&wrap_keys),
+            clock: Arc::clone(&clock),
+            random: SystemRandom::shared(),
+            config: config.replication.settings.clone(),
+        })?;
+        let mut registry = Registry::new()
             .with(
                 GROUP_TYPE,
                 Arc::new(GroupHandler {
@@ -380,21 +404,28 @@ impl Daemon {
                     clock: Arc::clone(&clock),
                 }),
             )?;
+        for (message_type, handler) in replication.handlers() {
+            registry = registry.with(message_type, handler)?;
+        }
         let messaging = Context::new(
             id.clone(),
             meta.clone(),
-            Arc::new(CachedWrapKeys::new(Arc::clone(&provider))),
+            wrap_keys,
             Arc::clone(&clock),
             SystemRandom::shared(),
             registry,
             config.messaging.clone(),
         )?;
+        let peer_set = Arc::new(PeerSet::new(messaging.clone()));
+        for (pid, p) in &peers {
+            peer_set.add(pid.clone(), Arc::clone(&p.store));
+        }
         // This deployment is a member of its own group.
         let me = DeploymentDpo {
             id: id.clone(),
             region: config.region.clone(),
             cloud: config.cloud.clone(),
-            replication_bucket_url: config.replication.url.clone(),
+            replication_bucket_url: config.replication.bucket.url.clone(),
             credentials_ref: None,
             added_at_ms: clock.now_millis(),
         };
@@ -416,10 +447,12 @@ impl Daemon {
             txn,
             tables,
             messaging,
+            replication,
+            peer_set,
             counters: ApiCounters::default(),
             recover_wake: Arc::new(Notify::new()),
             clock,
-            replication,
+            bucket,
             peers: Mutex::new(peers),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
@@ -462,7 +495,7 @@ impl Daemon {
 
     /// Starts every background worker.
     pub async fn start_workers(self: &Arc<Self>) -> Result<()> {
-        let store = &self.replication;
+        let store = &self.bucket;
         let ctx = &self.messaging;
         let s = &self.supervisor;
         s.spawn(Box::new(MessagingWorker(Receiver::new(
@@ -501,6 +534,14 @@ impl Daemon {
             interval: self.config.workers.monitor_interval,
             status: WorkerStatus::default(),
         }));
+        let peers: Arc<dyn Peers> = Arc::clone(&self.peer_set) as Arc<dyn Peers>;
+        for role in Role::ALL {
+            s.spawn(Box::new(ReplicationTask::new(ReplicationWorker::new(
+                self.replication.clone(),
+                Arc::clone(&peers),
+                role,
+            ))));
+        }
         Ok(())
     }
 
@@ -516,8 +557,11 @@ impl Daemon {
             return Ok(());
         }
         let worker = Sender::new(self.messaging.clone(), peer.clone(), Arc::clone(&p.store));
-        p.waker = Some(worker.waker());
+        let waker = worker.waker();
+        p.waker = Some(Arc::clone(&waker));
         drop(peers);
+        // Replication sends on the same channel, sharing the worker's waker.
+        self.peer_set.set_waker(peer, waker);
         self.supervisor.spawn(Box::new(MessagingWorker(worker)));
         Ok(())
     }
@@ -599,6 +643,7 @@ impl Daemon {
             self.register_channel(&g).await?;
         }
         let n = self.broadcast(GROUP_TYPE).await?;
+        self.announce_global_entities();
         tracing::info!(peer = %d.id, told = n, "deployment added to the group");
         Ok(genesis)
     }
@@ -616,7 +661,17 @@ impl Daemon {
             });
         }
         self.messaging.register_inbound(genesis).await?;
+        self.announce_global_entities();
         Ok(())
+    }
+
+    /// Has replication announce our global entities at once (a new peer or channel).
+    /// A failure is logged: the entities are re-announced every
+    /// `replication.announce_interval` anyway.
+    fn announce_global_entities(&self) {
+        if let Err(e) = self.replication.announce_soon() {
+            tracing::warn!(error = %e, "could not schedule the announcement of global entities");
+        }
     }
 
     /// Transactions not in a final state, by state.

@@ -121,6 +121,10 @@ pub enum Error {
     /// The message service failed.
     #[error(transparent)]
     Messaging(#[from] tern_messaging::Error),
+    /// Replication (global accounts and databases, replicas, refresh) failed (boxed: it
+    /// is large, and this error travels through every API call).
+    #[error(transparent)]
+    Replication(Box<tern_replication::Error>),
     /// A name (account, database, deployment) is not valid.
     #[error("invalid name: {0}")]
     Name(#[from] tern_storage::Error),
@@ -149,14 +153,8 @@ impl Error {
             Error::Table(e) => table_kind(e),
             Error::Meta(e) => meta_kind(e),
             Error::Txn(_) => Kind::Internal,
-            Error::Messaging(e) => match e {
-                tern_messaging::Error::ChannelExists { .. } => Kind::Conflict,
-                tern_messaging::Error::Invalid { .. }
-                | tern_messaging::Error::InvalidConfig { .. }
-                | tern_messaging::Error::UnknownType { .. }
-                | tern_messaging::Error::MalformedPayload { .. } => Kind::InvalidInput,
-                _ => Kind::Internal,
-            },
+            Error::Messaging(e) => messaging_kind(e),
+            Error::Replication(e) => replication_kind(e),
             Error::Open { .. } | Error::Internal { .. } => Kind::Internal,
         }
     }
@@ -171,6 +169,42 @@ impl Error {
 
     pub(crate) fn internal(what: &'static str) -> impl FnOnce(String) -> Error {
         move |reason| Error::Internal { what, reason }
+    }
+}
+
+impl From<tern_replication::Error> for Error {
+    fn from(e: tern_replication::Error) -> Self {
+        Error::Replication(Box::new(e))
+    }
+}
+
+fn messaging_kind(e: &tern_messaging::Error) -> Kind {
+    match e {
+        tern_messaging::Error::ChannelExists { .. } => Kind::Conflict,
+        tern_messaging::Error::Invalid { .. }
+        | tern_messaging::Error::InvalidConfig { .. }
+        | tern_messaging::Error::UnknownType { .. }
+        | tern_messaging::Error::MalformedPayload { .. } => Kind::InvalidInput,
+        _ => Kind::Internal,
+    }
+}
+
+fn replication_kind(e: &tern_replication::Error) -> Kind {
+    use tern_replication::Error as R;
+    match e {
+        // A bad name or a request that does not fit the state (not a replica, no group).
+        R::Invalid { .. } => Kind::InvalidInput,
+        R::NotFound { .. } => Kind::NotFound,
+        // The peer must be added first (`create deployment`): not retryable as sent.
+        R::NoPeer { .. } => Kind::Conflict,
+        // A replicated change waiting for an earlier one: later it applies.
+        R::Gap { .. } => Kind::Unavailable,
+        R::Drift { .. } => Kind::Conflict,
+        R::Meta(m) => meta_kind(m),
+        R::Table(t) => table_kind(t),
+        R::Messaging(m) => messaging_kind(m),
+        R::Storage(tern_storage::Error::InvalidName { .. }) => Kind::InvalidInput,
+        _ => Kind::Internal,
     }
 }
 
@@ -200,6 +234,8 @@ fn table_kind(e: &tern_table::Error) -> Kind {
         | T::BadInput { .. }
         | T::DuplicateMergeKey { .. } => Kind::InvalidInput,
         T::UnknownTable { .. } | T::VersionNotRetained { .. } => Kind::NotFound,
+        // Statements that write go to the group's primary.
+        T::ReadOnlyReplica { .. } => Kind::Conflict,
         T::Commit { kind, .. } => match kind {
             CommitFailure::Conflict => Kind::Conflict,
             CommitFailure::LockTimeout | CommitFailure::InDoubt => Kind::Unavailable,
@@ -212,3 +248,31 @@ fn table_kind(e: &tern_table::Error) -> Kind {
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_to_a_replica_are_a_conflict() {
+        let e = Error::from(tern_table::Error::ReadOnlyReplica {
+            database: "sales_r".into(),
+            group: "g1".into(),
+        });
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(e.to_string().contains("read-only"), "{e}");
+        // The same refusal reached through the replication service.
+        let e = Error::from(tern_replication::Error::Table(
+            tern_table::Error::ReadOnlyReplica {
+                database: "sales_r".into(),
+                group: "g1".into(),
+            },
+        ));
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        let e = Error::from(tern_replication::Error::NotFound {
+            what: "database replication group",
+            name: "g".into(),
+        });
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -69,6 +69,55 @@ impl<W: tern_messaging::Worker> Worker for MessagingWorker<W> {
     }
 }
 
+/// A replication worker (`tern-replication`) under the daemon's supervisor.
+pub struct ReplicationTask {
+    worker: tern_replication::ReplicationWorker,
+    status: WorkerStatus,
+    items: u64,
+}
+
+impl ReplicationTask {
+    /// Adapts `worker`.
+    pub fn new(worker: tern_replication::ReplicationWorker) -> Self {
+        Self {
+            worker,
+            status: WorkerStatus::default(),
+            items: 0,
+        }
+    }
+}
+
+#[async_trait]
+impl Worker for ReplicationTask {
+    fn name(&self) -> String {
+        self.worker.name()
+    }
+    async fn work(&mut self) -> Result<WorkerState> {
+        let n = self.worker.work().await?;
+        if n == 0 {
+            return Ok(WorkerState::Idle);
+        }
+        self.status.busy_units += 1;
+        self.items += n as u64;
+        self.status.figures = vec![("items", self.items)];
+        Ok(WorkerState::Busy)
+    }
+    async fn wait_for_work(&mut self) {
+        self.worker.wait_for_work().await;
+    }
+    fn status(&self) -> WorkerStatus {
+        self.status.clone()
+    }
+    fn is_fatal(&self, error: &crate::error::Error) -> bool {
+        match error {
+            crate::error::Error::Replication(e) => {
+                matches!(&**e, tern_replication::Error::Messaging(m) if m.is_crash())
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Where a worker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
