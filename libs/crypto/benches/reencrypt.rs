@@ -10,8 +10,9 @@
 //! 2. Tern's re-encrypting copy memory → memory, 1 core and two parallel copies on 2 cores,
 //!    as a ratio to (1): the object-store pipeline (`reencrypt`: ranged reads with read-ahead,
 //!    in-place open+seal, multipart upload) between memory stores whose reads copy into owned
-//!    buffers (one memcpy per byte); and `reencrypt_stream` from `&[u8]` to `Vec<u8>` (a memcpy
-//!    in and a memcpy out), next to a bare loop doing the same copies and crypto;
+//!    buffers (one memcpy per byte), next to a bare loop doing that memcpy and the crypto (its
+//!    ceiling); and `reencrypt_stream` from `&[u8]` to `Vec<u8>` (a memcpy in and a memcpy
+//!    out), next to a bare loop doing the same copies and crypto;
 //! 3. Tern's folder → folder copy (`reencrypt` on `LocalFileSystem`) of a `TERN_BENCH_BYTES`
 //!    file (default 1 GiB), run in a child process whose peak RSS (`VmHWM`) is reported, next
 //!    to a plain read/write copy of the same file in the same folder;
@@ -22,9 +23,12 @@
 //! Environment: `TERN_BENCH_BYTES` (file size, default 1G), `TERN_BENCH_MEM_BYTES` (memory
 //! working set per copy, default min(file, 256M)), `TERN_BENCH_CHUNK` (chunk size, default
 //! the crate's), `TERN_BENCH_DIR` (scratch folder, default cargo's `CARGO_TARGET_TMPDIR`),
-//! `TERN_BENCH_RCLONE=0` to skip the rclone run, `TERN_BENCH_PHASES` (default
+//! `TERN_BENCH_RCLONE=0` to skip the rclone run, `TERN_BENCH_MEM_STORE=inmemory` to run the
+//! memory → memory `reencrypt` between object_store's `InMemory` stores (reads share the
+//! store's buffer, completion concatenates the parts), `TERN_BENCH_PHASES` (default
 //! `mem,folder,rclone`) to run fewer phases, and `TERN_BENCH_BLOCK` / `TERN_BENCH_AHEAD` /
-//! `TERN_BENCH_PART` / `TERN_BENCH_CONCURRENCY` to try other [`CopyOptions`] in the folder copy.
+//! `TERN_BENCH_PART` / `TERN_BENCH_CONCURRENCY` to try other [`CopyOptions`] in the folder
+//! copy and the memory → memory `reencrypt`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -469,9 +473,19 @@ fn tern_store_copy(bytes: usize, chunk: u32, copies: usize, threads: usize) -> f
     .expect("runtime");
     rt.block_on(async {
         let mut stores = Vec::new();
+        // `TERN_BENCH_MEM_STORE=inmemory`: object_store's `InMemory` on both sides instead,
+        // whose reads return slices of the buffer it keeps (shared, so Tern copies them) and
+        // whose multipart completion concatenates the parts (a copy of its own).
+        let inmemory = std::env::var("TERN_BENCH_MEM_STORE").is_ok_and(|v| v == "inmemory");
+        let new_store = || -> Arc<dyn ObjectStore> {
+            if inmemory {
+                Arc::new(object_store::memory::InMemory::new())
+            } else {
+                Arc::new(MemoryStore::default())
+            }
+        };
         for _ in 0..copies {
-            let src: Arc<dyn ObjectStore> = Arc::new(MemoryStore::default());
-            let dst: Arc<dyn ObjectStore> = Arc::new(MemoryStore::default());
+            let (src, dst) = (new_store(), new_store());
             let m = mem_copy_setup(bytes, chunk).await;
             src.put(&Path::from("bench/src"), PutPayload::from(m.src))
                 .await
@@ -523,7 +537,7 @@ async fn store_copy_once(src: Arc<dyn ObjectStore>, dst: Arc<dyn ObjectStore>) -
             path: &dp,
             keys: &repl_keys(),
         },
-        &CopyOptions::default(),
+        &copy_options(),
         &EncryptOptions::default(),
     )
     .await
@@ -535,6 +549,14 @@ async fn store_copy_once(src: Arc<dyn ObjectStore>, dst: Arc<dyn ObjectStore>) -
 /// glibc keeps freed memory instead of returning it to the kernel after every copy, as a
 /// long-running daemon's allocator does; otherwise each copy of the working set would pay
 /// for faulting its pages in again, which is the allocator's cost, not the pipeline's.
+///
+/// `MALLOC_ARENA_MAX=1` makes that hold for the 2-copy run too. Its copies run on tokio
+/// worker threads, which glibc gives arenas of their own, made of 64 MiB heaps that it unmaps
+/// as soon as one is entirely free, whatever `MALLOC_TRIM_THRESHOLD_` says. The destination
+/// store holds a whole copy (256 MiB) and frees it at once before the next round, so every
+/// round re-faulted its read buffers (~1.2 M page faults, a fifth of the workers' time in
+/// the kernel) and two copies reached ~1.2-1.7x one copy; the 1-core run, on the main
+/// thread's arena, never paid that. A daemon moving bounded blocks keeps its heaps mapped.
 fn store_copy_child(mem: usize, chunk: u32) -> (f64, f64) {
     let exe = std::env::current_exe().expect("current exe");
     let out = Command::new(exe)
@@ -543,6 +565,7 @@ fn store_copy_child(mem: usize, chunk: u32) -> (f64, f64) {
         .env("TERN_BENCH_CHUNK", chunk.to_string())
         .env("MALLOC_TRIM_THRESHOLD_", "4294967296")
         .env("MALLOC_MMAP_THRESHOLD_", "1073741824")
+        .env("MALLOC_ARENA_MAX", "1")
         .output()
         .expect("run child");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -558,6 +581,46 @@ fn store_copy_child(mem: usize, chunk: u32) -> (f64, f64) {
             .unwrap_or_else(|| panic!("child output lacks {k}: {text}"))
     };
     (field("one="), field("two="))
+}
+
+/// The ceiling of the object-store pipeline between memory stores, whose one memory copy is
+/// the store's read: a plain loop that copies `block`-sized pieces (whole chunks, as
+/// [`CopyOptions::block_size`] rounds) into a destination that keeps them (memory already
+/// faulted in, not in cache: a read's fresh buffer), then opens and seals each chunk of the
+/// piece in place. Same memory traffic as `reencrypt`, without the pipeline.
+fn one_copy_ceiling(bytes: usize, chunk: usize, block: usize) -> f64 {
+    let keys = raw_keys();
+    let stride = chunk + 16;
+    let src = raw_buffer(bytes, chunk, &keys[0]);
+    let mut dst = vec![0u8; src.len()];
+    let per_block = (block / stride).max(1) * stride;
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut done = 0;
+        let mut i = 0u32;
+        for (s, d) in src.chunks(per_block).zip(dst.chunks_mut(per_block)) {
+            d.copy_from_slice(s);
+            for t in d.chunks_mut(stride) {
+                let mut n = [0u8; 12];
+                n[8..].copy_from_slice(&i.to_be_bytes());
+                let len = t.len() - 16;
+                keys[0]
+                    .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&n), t)
+                    .expect("open");
+                let (p, tg) = t.split_at_mut(len);
+                let tag = keys[1]
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
+                    .expect("seal");
+                tg.copy_from_slice(tag.as_ref());
+                done += len;
+                i += 1;
+            }
+        }
+        std::hint::black_box(&dst);
+        best = best.max(gbps(done, start.elapsed()));
+    }
+    best
 }
 
 /// The ceiling of a copy through a bounded buffer with memcpy in and out: a plain loop of
@@ -896,6 +959,12 @@ fn main() {
         println!(
             "tern reencrypt (object_store pipeline) memory -> memory, 1 core:   {o1:.2} GB/s = {:.2} x raw 1 core (target >= 0.80)",
             o1 / raw1
+        );
+        let one = one_copy_ceiling(mem, chunk as usize, copy_options().block_size);
+        println!(
+            "  its ceiling, a bare loop of the store's read memcpy + open/seal in place: {one:.2} GB/s = {:.2} x raw; pipeline / bare loop = {:.2}",
+            one / raw1,
+            o1 / one
         );
         println!(
             "tern reencrypt (object_store pipeline) memory -> memory, 2 copies: {o2:.2} GB/s = {:.2} x raw 2 cores; {:.2}x the 1-core figure",

@@ -181,9 +181,10 @@ impl EncryptedObject {
         Ok(compact(block, &self.layout, all, 0, len))
     }
 
-    /// Fetches sealed chunks `chunks` in one request and opens them in place.
+    /// Fetches sealed chunks `chunks` in one request and opens them (in place when the
+    /// store's buffer is ours alone).
     async fn open_chunks(&self, chunks: Range<u64>) -> Result<BytesMut> {
-        let mut block = fetch(
+        let sealed = fetch(
             &self.store,
             &self.path,
             &self.name,
@@ -191,8 +192,14 @@ impl EncryptedObject {
             self.layout.sealed_range(chunks.clone()),
         )
         .await?;
-        open_block(&self.cipher, &self.layout, chunks, &mut block, &self.name)?;
-        Ok(block)
+        open_block(
+            &self.cipher,
+            &self.layout,
+            chunks,
+            sealed,
+            &self.name,
+            |_, _| Ok(()),
+        )
     }
 
     /// The plaintext as a stream of verified chunks, read ahead in blocks. The stream ends
@@ -210,17 +217,18 @@ impl EncryptedObject {
                     if done {
                         return Ok(None);
                     }
-                    let Some((chunks, mut block)) = reader.next().await? else {
+                    let Some((chunks, sealed)) = reader.next().await? else {
                         return Ok(None);
                     };
-                    open_block(
+                    let block = open_block(
                         &obj.cipher,
                         &obj.layout,
                         chunks.clone(),
-                        &mut block,
+                        sealed,
                         &obj.name,
-                    )?;
-                    let block = block.freeze();
+                        |_, _| Ok(()),
+                    )?
+                    .freeze();
                     let stride = obj.layout.stride() as usize;
                     for (j, i) in chunks.clone().enumerate() {
                         let n = obj.layout.chunk_plain_len(i) as usize;
@@ -245,7 +253,7 @@ async fn fetch(
     name: &str,
     prefix: &Bytes,
     range: Range<u64>,
-) -> Result<BytesMut> {
+) -> Result<Bytes> {
     let want = (range.end - range.start) as usize;
     let bytes = if range.end <= prefix.len() as u64 {
         prefix.slice(range.start as usize..range.end as usize)
@@ -258,31 +266,56 @@ async fn fetch(
     if bytes.len() != want {
         return Err(Error::decrypt(name));
     }
-    Ok(into_mut(bytes))
+    Ok(bytes)
 }
 
-/// A mutable buffer for in-place decryption: the same memory when we own it alone.
-fn into_mut(bytes: Bytes) -> BytesMut {
-    bytes
-        .try_into_mut()
-        .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
-}
-
-/// Opens sealed chunks `chunks` held in `block` in place.
+/// Opens the sealed chunks `chunks` (`sealed`: exactly their bytes, chunk after chunk) and
+/// returns them opened in one buffer, each chunk at its sealed offset (its plaintext, then
+/// the tag's room). After a chunk verified, `each(index, chunk)` may work on it in place
+/// while it is still in cache (the copy re-seals it there).
+///
+/// When `sealed` is the only reference to its memory — what stores' reads return (a fresh
+/// buffer per request) — the chunks are opened in that memory, no copy. When it is shared
+/// (a slice of a buffer someone else keeps: the prefix fetched at open, an in-memory
+/// store's object), each chunk is copied into a new buffer just before it is opened, so the
+/// copy, the open and `each` pass over it while it is in cache, not after a whole-block
+/// copy has pushed it out.
 fn open_block(
     cipher: &FileCipher,
     layout: &Layout,
     chunks: Range<u64>,
-    block: &mut [u8],
+    sealed: Bytes,
     name: &str,
-) -> Result<()> {
+    mut each: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<BytesMut> {
     let stride = layout.stride() as usize;
-    for (sealed, i) in block.chunks_mut(stride).zip(chunks) {
+    debug_assert!({
+        let r = layout.sealed_range(chunks.clone());
+        sealed.len() as u64 == r.end - r.start
+    });
+    let mut open = |i: u64, chunk: &mut [u8]| -> Result<()> {
         cipher
-            .open_chunk(i, i + 1 == layout.chunks, sealed)
+            .open_chunk(i, i + 1 == layout.chunks, chunk)
             .map_err(|()| Error::decrypt(name))?;
+        each(i, chunk)
+    };
+    match sealed.try_into_mut() {
+        Ok(mut block) => {
+            for (chunk, i) in block.chunks_mut(stride).zip(chunks) {
+                open(i, chunk)?;
+            }
+            Ok(block)
+        }
+        Err(shared) => {
+            let mut block = BytesMut::with_capacity(shared.len());
+            for (src, i) in shared.chunks(stride).zip(chunks) {
+                let at = block.len();
+                block.extend_from_slice(src);
+                open(i, &mut block[at..])?;
+            }
+            Ok(block)
+        }
     }
-    Ok(())
 }
 
 /// Plaintext bytes `skip..skip + want` of opened chunks `chunks` in `block`.
@@ -360,8 +393,8 @@ impl BlockReader {
         }
     }
 
-    /// The next block: its chunk indices and sealed bytes.
-    async fn next(&mut self) -> Result<Option<(Range<u64>, BytesMut)>> {
+    /// The next block: its chunk indices and sealed bytes (as the store returned them).
+    async fn next(&mut self) -> Result<Option<(Range<u64>, Bytes)>> {
         self.fill();
         let Some((chunks, pending)) = self.inflight.pop_front() else {
             return Ok(None);
@@ -382,7 +415,7 @@ impl BlockReader {
         if bytes.len() as u64 != range.end - range.start {
             return Err(Error::decrypt(&self.name));
         }
-        Ok(Some((chunks, into_mut(bytes))))
+        Ok(Some((chunks, bytes)))
     }
 }
 
@@ -692,15 +725,12 @@ async fn reencrypt_inner(
     let copied = async {
         sink.put(Bytes::copy_from_slice(dst_header.as_bytes()))
             .await?;
-        while let Some((chunks, mut block)) = reader.next().await? {
-            let stride = layout.stride() as usize;
-            for (sealed, i) in block.chunks_mut(stride).zip(chunks) {
-                let last = i + 1 == layout.chunks;
-                obj.cipher
-                    .open_chunk(i, last, sealed)
-                    .map_err(|()| Error::decrypt(&obj.name))?;
-                dst_cipher.seal(i, last, sealed)?;
-            }
+        while let Some((chunks, sealed)) = reader.next().await? {
+            // Each chunk is re-sealed right after it verified, while it is in cache.
+            let block = open_block(&obj.cipher, &layout, chunks, sealed, &obj.name, |i, c| {
+                dst_cipher.seal(i, i + 1 == layout.chunks, c)
+            })?;
+            // Blocks go to the upload as they are: it cuts parts by reference, no copy.
             sink.put(block.freeze()).await?;
         }
         Ok::<_, Error>(())

@@ -223,6 +223,69 @@ async fn failed_copies_leave_nothing_behind() {
     );
 }
 
+/// The in-memory store's reads share its own buffer, so the copy opens chunks in buffers of
+/// its own (the folder store's reads are the copy's alone and are opened where they are):
+/// that path too verifies every chunk and publishes nothing on a bad one.
+#[tokio::test]
+async fn failed_copies_from_shared_buffers_leave_nothing_behind() {
+    let store = memory();
+    let (keys, rep) = (table_keys(1), repl_keys(3));
+    let (src, dst) = (Path::from("src/f.mp"), Path::from("dst/f"));
+    let plain = data(300_000);
+    let enc = EncryptOptions::default().with_chunk_size(256);
+    put_encrypted(&*store, &src, &keys, &plain, &enc, PutOptions::default())
+        .await
+        .unwrap();
+    let good = store.get(&src).await.unwrap().bytes().await.unwrap();
+    let hlen = Header::parse(&good).unwrap().len();
+    let stride = 256 + TAG_LEN;
+    let opts = small_copy();
+    let copy = || {
+        reencrypt(
+            Endpoint {
+                store: &store,
+                path: &src,
+                keys: &keys,
+            },
+            Endpoint {
+                store: &store,
+                path: &dst,
+                keys: &rep,
+            },
+            &opts,
+            &enc,
+        )
+    };
+    // a flipped bit in the first chunk (inside the prefix `open` fetched), in a middle one,
+    // in the last one; and a missing final chunk
+    let mut cases = Vec::new();
+    for at in [hlen + 10, hlen + 600 * stride + 7, good.len() - 20] {
+        let mut bad = good.to_vec();
+        bad[at] ^= 1;
+        cases.push(bytes::Bytes::from(bad));
+    }
+    cases.push(good.slice(..hlen + (plain.len() / 256) * stride));
+    for (n, bytes) in cases.into_iter().enumerate() {
+        store.put(&src, PutPayload::from(bytes)).await.unwrap();
+        let e = copy().await.unwrap_err();
+        assert!(
+            matches!(e, Error::Decrypt { ref path } if path == "src/f.mp"),
+            "case {n}: {e:?}"
+        );
+        assert!(
+            store.head(&dst).await.is_err(),
+            "case {n}: destination must not exist"
+        );
+    }
+    store.put(&src, PutPayload::from(good)).await.unwrap();
+    let stats = copy().await.unwrap();
+    assert!(stats.multipart);
+    assert_eq!(
+        &get_decrypted(&store, &dst, &rep).await.unwrap()[..],
+        &plain[..]
+    );
+}
+
 /// What every backend must do for encrypted files.
 pub async fn scenario(store: Arc<dyn ObjectStore>, copy: &CopyOptions) {
     let keys = table_keys(1);
