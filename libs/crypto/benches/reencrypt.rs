@@ -48,7 +48,8 @@ use object_store::{
     ObjectStore, ObjectStoreExt as _, PutMultipartOptions, PutOptions, PutPayload, PutResult,
     UploadPart,
 };
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{Aad, Nonce};
+use tern_crypto::reference::{fill, raw_buffer, raw_keys, raw_speed};
 use tern_crypto::{
     CopyOptions, DEFAULT_CHUNK_SIZE, DataKey, EncryptOptions, Endpoint, RepMk, ReplicationFileKeys,
     TableFileKeys, encrypt_bytes, reencrypt, reencrypt_stream, upload_encrypted,
@@ -56,7 +57,6 @@ use tern_crypto::{
 
 const GB: f64 = 1e9;
 const MIB: usize = 1 << 20;
-const RAW_SEGMENT: usize = MIB;
 
 fn size_env(name: &str, default: usize) -> usize {
     let Ok(v) = std::env::var(name) else {
@@ -78,17 +78,6 @@ fn gbps(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / GB
 }
 
-fn fill(buf: &mut [u8], seed: u64) {
-    let mut x = seed | 1;
-    for c in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        c.copy_from_slice(&b[..c.len()]);
-    }
-}
-
 fn table_keys() -> TableFileKeys {
     TableFileKeys::new(Arc::new(DataKey::from_bytes([1; 32])))
 }
@@ -98,86 +87,7 @@ fn repl_keys() -> ReplicationFileKeys {
 }
 
 // ---------------------------------------------------------------------------------------
-// 1. raw ring
-
-/// Re-encrypts `buf` (sealed segments of `seg` bytes + tag) in place `rounds` times,
-/// alternating two keys. Returns plaintext bytes processed.
-fn raw_rounds(buf: &mut [u8], seg: usize, keys: &[LessSafeKey; 2], rounds: usize) -> usize {
-    let stride = seg + 16;
-    let mut done = 0;
-    for r in 0..rounds {
-        let (from, to) = (&keys[r % 2], &keys[(r + 1) % 2]);
-        for (i, s) in buf.chunks_mut(stride).enumerate() {
-            let mut n = [0u8; 12];
-            n[8..].copy_from_slice(&(i as u32).to_be_bytes());
-            let len = s.len() - 16;
-            from.open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&n), s)
-                .expect("raw open");
-            let (p, t) = s.split_at_mut(len);
-            let tag = to
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
-                .expect("raw seal");
-            t.copy_from_slice(tag.as_ref());
-            done += len;
-        }
-    }
-    done
-}
-
-fn raw_buffer(bytes: usize, seg: usize, key: &LessSafeKey) -> Vec<u8> {
-    let stride = seg + 16;
-    let segs = bytes.div_ceil(seg);
-    let mut buf = vec![0u8; bytes + 16 * segs];
-    for (i, s) in buf.chunks_mut(stride).enumerate() {
-        let len = s.len() - 16;
-        fill(&mut s[..len], i as u64 + 7);
-        let mut n = [0u8; 12];
-        n[8..].copy_from_slice(&(i as u32).to_be_bytes());
-        let (p, t) = s.split_at_mut(len);
-        let tag = key
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
-            .expect("seal");
-        t.copy_from_slice(tag.as_ref());
-    }
-    buf
-}
-
-fn raw_keys() -> [LessSafeKey; 2] {
-    [1u8, 2].map(|b| LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[b; 32]).expect("key")))
-}
-
-/// Best-of-3 raw re-encrypt speed with `threads` threads, each on its own buffer.
-fn raw_speed(bytes: usize, threads: usize) -> f64 {
-    let rounds = (1usize << 30).div_ceil(bytes).clamp(1, 4);
-    let mut best = 0f64;
-    let mut bufs: Vec<Vec<u8>> = (0..threads)
-        .map(|_| raw_buffer(bytes, RAW_SEGMENT, &raw_keys()[0]))
-        .collect();
-    for attempt in 0..3 {
-        let start = Instant::now();
-        let done: usize = std::thread::scope(|s| {
-            let handles: Vec<_> = bufs
-                .iter_mut()
-                .map(|b| {
-                    s.spawn(move || {
-                        let keys = raw_keys();
-                        // even number of rounds keeps buffers under key 0 between attempts
-                        let _ = attempt;
-                        raw_rounds(b, RAW_SEGMENT, &keys, rounds * 2)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("raw thread"))
-                .sum()
-        });
-        best = best.max(gbps(done, start.elapsed()));
-    }
-    best
-}
-
-// ---------------------------------------------------------------------------------------
+// 1. raw ring: tern_crypto::reference
 // 2. memory → memory
 
 struct MemCopy {

@@ -71,6 +71,7 @@ pub mod keysource;
 pub mod object;
 pub mod provider;
 pub mod random;
+pub mod reference;
 pub mod stream;
 pub mod wrap;
 
