@@ -10,7 +10,7 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tern_clock::SharedClock;
 use tern_crypto::{CachedWrapKeys, DiversifierPolicy, SharedRandom};
-use tern_meta::{AccountKind, DatabaseDpo, DatabaseRole, MetaStore, MetaTxn};
+use tern_meta::{AccountDpo, AccountKind, DatabaseDpo, DatabaseRole, MetaStore, MetaTxn};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
 use tern_table::Tables;
 use tern_txn::TxnManager;
@@ -160,8 +160,20 @@ pub(crate) struct Inner {
     pub(crate) ship_wake: Notify,
     /// Wakes the copy workers (a job arrived).
     pub(crate) job_wake: Notify,
+    /// Woken whenever a replicated change committed here (apply agents waiting for a
+    /// predecessor re-check at once).
+    pub(crate) applied: Notify,
     /// Attempts of log records waiting for a predecessor, by message id.
     pub(crate) gaps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// How a replica follows its upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReplicaOptions {
+    /// The deployment it replicates from (default: the group's primary).
+    pub upstream: Option<DeploymentId>,
+    /// Follow the upstream's log (continuous) or only refresh (on demand, on schedule).
+    pub follow_log: bool,
 }
 
 /// One row of `show global accounts` / `show global databases`.
@@ -282,6 +294,7 @@ impl Replication {
                 control_wake: Notify::new(),
                 ship_wake: Notify::new(),
                 job_wake: Notify::new(),
+                applied: Notify::new(),
                 gaps: std::sync::Mutex::default(),
             }),
         })
@@ -331,12 +344,7 @@ impl Replication {
             None => fresh,
         };
         let out = self.meta().write(|tx| {
-            let mut a = tx
-                .get_account(account)?
-                .ok_or_else(|| tern_meta::Error::NotFound {
-                    what: "account",
-                    name: account.to_string(),
-                })?;
+            let mut a = require_account(tx, account)?;
             match &a.kind {
                 AccountKind::Global { group_id } if *group_id == group || asked.is_none() => {
                     return Ok(Ok(group_id.clone()));
@@ -368,12 +376,7 @@ impl Replication {
     pub fn enable_replication(&self, account: &AccountId, database: &str) -> Result<String> {
         let fresh = new_uuid(self.inner.p.random.as_ref())?;
         let group = self.meta().write(|tx| {
-            let a = tx
-                .get_account(account)?
-                .ok_or_else(|| tern_meta::Error::NotFound {
-                    what: "account",
-                    name: account.to_string(),
-                })?;
+            let a = require_account(tx, account)?;
             if a.kind == AccountKind::Local {
                 return Ok(Err(Error::invalid(
                     format!("database {database}"),
@@ -418,6 +421,26 @@ impl Replication {
         group: &str,
         upstream: Option<&DeploymentId>,
     ) -> Result<DatabaseId> {
+        self.create_replica_with(
+            account,
+            name,
+            group,
+            &ReplicaOptions {
+                upstream: upstream.cloned(),
+                follow_log: true,
+            },
+        )
+    }
+
+    /// [`Self::create_replica`] with every option.
+    pub fn create_replica_with(
+        &self,
+        account: &AccountId,
+        name: &str,
+        group: &str,
+        options: &ReplicaOptions,
+    ) -> Result<DatabaseId> {
+        let upstream = options.upstream.as_ref();
         let me = self.me().clone();
         let entities = self.known_entities()?;
         let members: Vec<&GlobalEntity> = entities
@@ -453,12 +476,7 @@ impl Replication {
         let now = self.now();
         let request_id = self.next_id("rq")?;
         let db = self.meta().write(|tx| {
-            let a = tx
-                .get_account(account)?
-                .ok_or_else(|| tern_meta::Error::NotFound {
-                    what: "account",
-                    name: account.to_string(),
-                })?;
+            let a = require_account(tx, account)?;
             match &a.kind {
                 AccountKind::Global { group_id } if *group_id == account_group => {}
                 _ => {
@@ -491,6 +509,7 @@ impl Replication {
                     account: account.clone(),
                     group: group.to_string(),
                     upstream: upstream.clone(),
+                    follow_log: options.follow_log,
                     refresh: Some(PendingRefresh {
                         request_id: request_id.clone(),
                         sent: false,
@@ -545,6 +564,25 @@ impl Replication {
         })??;
         self.inner.control_wake.notify_one();
         Ok(out)
+    }
+
+    /// Switch a replica between following its upstream's log and refreshing only; takes
+    /// effect with a refresh, asked for now.
+    pub fn set_follow_log(&self, database: &DatabaseId, follow: bool) -> Result<String> {
+        let changed = self.meta().write(|tx| {
+            let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(database))? else {
+                return Ok(Err(Error::invalid(
+                    format!("database {database}"),
+                    "is not a secondary replica",
+                )));
+            };
+            let changed = r.follow_log != follow;
+            r.follow_log = follow;
+            tx.put(&keys::replica(database), &r)?;
+            Ok(Ok(changed))
+        })??;
+        tracing::info!(%database, follow, changed, "replica log following set");
+        self.request_refresh(database, if follow { "follow" } else { "unfollow" })
     }
 
     /// Make a global database local again: a primary stops replicating (its downstream
@@ -888,4 +926,12 @@ pub(crate) fn meta_name(e: tern_storage::Error) -> tern_meta::Error {
         what: "name",
         reason: e.to_string(),
     }
+}
+
+fn require_account(tx: &mut MetaTxn<'_>, account: &AccountId) -> tern_meta::Result<AccountDpo> {
+    tx.get_account(account)?
+        .ok_or_else(|| tern_meta::Error::NotFound {
+            what: "account",
+            name: account.to_string(),
+        })
 }

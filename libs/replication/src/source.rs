@@ -319,6 +319,8 @@ impl Replication {
                     d.cursor = stable;
                 }
                 d.subscribed = true;
+            } else {
+                d.subscribed = false;
             }
             d.peer_database = job.request.database.clone();
             d.snapshots += 1;

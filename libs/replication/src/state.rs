@@ -20,6 +20,10 @@ use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, ResponseId, Tabl
 
 use crate::model::{GlobalEntity, RefreshRequest, SnapshotResponse};
 
+fn yes() -> bool {
+    true
+}
+
 /// Global-index kind of database replication groups.
 pub const GROUP_INDEX: &str = "dbgroup";
 
@@ -69,6 +73,10 @@ pub struct ReplicaDpo {
     pub group: String,
     /// The deployment it replicates from (the primary: hub; another replica: chain).
     pub upstream: DeploymentId,
+    /// Whether it follows the upstream's log (continuous); `false`: refreshes only (on
+    /// demand and on schedule).
+    #[serde(default = "yes")]
+    pub follow_log: bool,
     /// A refresh asked for and not imported yet.
     pub refresh: Option<PendingRefresh>,
     /// When the last refresh was imported.

@@ -145,7 +145,7 @@ impl Replication {
                 group: r.group.clone(),
                 account: r.account.clone(),
                 database: r.database.clone(),
-                subscribe: true,
+                subscribe: r.follow_log,
                 tables: self.inventory(&r)?,
             };
             let id = MessageId::new(pending.request_id.as_str())?;
@@ -552,6 +552,10 @@ impl Replication {
         // Skip what is applied; wait (unlocked) for predecessors.
         let started = std::time::Instant::now();
         loop {
+            // Registered before the check, so that a commit in between is not missed.
+            let applied = self.inner.applied.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
             let mut gap = None;
             steps.retain(|s| match self.current_version(&s.table) {
                 Ok(cur) if cur >= s.version => {
@@ -571,7 +575,10 @@ impl Replication {
             match gap {
                 None => break,
                 Some(_) if wait && started.elapsed() < GAP_WAIT => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::select! {
+                        () = &mut applied => {}
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
                 }
                 Some(e) => return Err(e),
             }
@@ -660,7 +667,9 @@ impl Replication {
         .await;
         match result {
             Ok((changes, applied)) if !changes.is_empty() => {
-                txn.commit(changes).await?;
+                let committed = txn.commit(changes).await;
+                self.inner.applied.notify_waiters();
+                committed?;
                 Ok(applied)
             }
             Ok((_, applied)) => {

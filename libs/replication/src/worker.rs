@@ -89,7 +89,9 @@ impl ReplicationWorker {
         let c = &inner.p.config;
         let (notify, every) = match self.role {
             Role::Control => (&inner.control_wake, c.control_interval),
-            Role::Copier | Role::Importer => (&inner.job_wake, c.control_interval),
+            // Jobs are recorded by message handlers whose transaction may land just after
+            // the wake-up: poll as often as the shipper.
+            Role::Copier | Role::Importer => (&inner.job_wake, c.ship_interval),
             Role::Shipper => (&inner.ship_wake, c.ship_interval),
         };
         tokio::select! {
