@@ -24,6 +24,7 @@
 //! | [`copy`] | copy workers: streamed re-encrypting copies on every core |
 //! | [`worker`] | the background workers |
 //! | [`peers`] | senders and buckets of peers |
+//! | [`local`] | a whole deployment in one process on folders (tests, benchmarks) |
 //!
 //! # Guarantees
 //!
@@ -46,6 +47,7 @@
 pub mod copy;
 mod error;
 pub mod handlers;
+pub mod local;
 pub mod model;
 pub mod peers;
 pub mod service;
@@ -58,6 +60,7 @@ pub use error::{Error, Result};
 pub use model::replica_table_id;
 pub use peers::{PeerSet, Peers};
 pub use service::{
-    DownstreamStatus, GlobalRow, Parts, ReplicaStatus, Replication, ReplicationConfig, Status,
+    DownstreamStatus, GlobalRow, Parts, ReplicaOptions, ReplicaStatus, Replication,
+    ReplicationConfig, Status,
 };
 pub use worker::{ReplicationWorker, Role};

@@ -5,37 +5,15 @@ use std::time::{Duration, Instant};
 use arrow::array::{Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
-use tern_clock::SystemClock;
-use tern_crypto::{CachedWrapKeys, KeyProvider, LocalKeyProvider, SystemRandom};
-use tern_messaging::{
-    Cleaner, Context, MessagingConfig, Processor, Receiver, Registry, Sender, worker,
-};
-use tern_meta::{AccountDpo, ColumnDef, ColumnType, DatabaseDpo, MetaStore, SqliteOptions};
-use tern_replication::{Parts, PeerSet, Replication, ReplicationConfig, ReplicationWorker, Role};
-use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
-use tern_table::{ScanRequest, TableOptions, Tables};
-use tern_txn::{TxnManager, TxnOptions};
-use tokio::sync::watch;
+use tern_messaging::MessagingConfig;
+use tern_meta::{ColumnDef, ColumnType};
+use tern_replication::ReplicationConfig;
+use tern_replication::local::{LocalDeployment, LocalOptions};
+use tern_storage::layout::TableId;
+use tern_table::ScanRequest;
+use tern_txn::TxnOptions;
 
-pub struct Node {
-    pub id: DeploymentId,
-    pub meta: MetaStore,
-    pub tables: Arc<Tables>,
-    pub repl: Replication,
-    pub ctx: Context,
-    pub peers: Arc<PeerSet>,
-    pub dir: std::path::PathBuf,
-    pub bucket: Arc<dyn ObjectStore>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-pub fn folder(path: &FsPath) -> Arc<dyn ObjectStore> {
-    std::fs::create_dir_all(path).unwrap();
-    Arc::new(LocalFileSystem::new_with_prefix(path).unwrap())
-}
+pub type Node = LocalDeployment;
 
 pub fn repl_config() -> ReplicationConfig {
     ReplicationConfig {
@@ -55,263 +33,71 @@ pub fn messaging_config() -> MessagingConfig {
     }
 }
 
-impl Node {
-    /// Deployment `id` under `root` (its folders `root/<id>/…`); `join` is the key folder
-    /// of a member whose GMK it shares.
-    pub async fn open(root: &FsPath, id: &str, join: Option<&FsPath>) -> Node {
-        Self::open_with(root, id, join, repl_config()).await
-    }
+pub async fn open(root: &FsPath, id: &str, join: Option<&FsPath>) -> Node {
+    open_with(root, id, join, repl_config()).await
+}
 
-    pub async fn open_with(
-        root: &FsPath,
-        id: &str,
-        join: Option<&FsPath>,
-        config: ReplicationConfig,
-    ) -> Node {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let dir = root.join(id);
-        std::fs::create_dir_all(&dir).unwrap();
-        let keys = dir.join("keys");
-        let provider: Arc<dyn KeyProvider> = Arc::new(if keys.exists() {
-            LocalKeyProvider::open(&keys, SystemRandom::shared()).unwrap()
-        } else {
-            match join {
-                None => LocalKeyProvider::create(&keys, SystemRandom::shared()).unwrap(),
-                Some(g) => {
-                    LocalKeyProvider::create_joining(&keys, g, SystemRandom::shared()).unwrap()
-                }
-            }
-        });
-        let me = DeploymentId::new(id).unwrap();
-        let meta = MetaStore::open_sqlite(dir.join("meta.db"), SqliteOptions::default()).unwrap();
-        let volume = folder(&dir.join("volume"));
-        let bucket = folder(&dir.join("repl"));
-        let clock = SystemClock::shared();
-        let txn = TxnManager::open(
-            me.clone(),
-            meta.clone(),
-            Arc::clone(&volume),
-            Arc::clone(&provider),
-            Arc::clone(&clock),
-            TxnOptions {
+pub async fn open_with(
+    root: &FsPath,
+    id: &str,
+    join: Option<&FsPath>,
+    replication: ReplicationConfig,
+) -> Node {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    LocalDeployment::open(
+        root,
+        id,
+        join,
+        LocalOptions {
+            replication,
+            messaging: messaging_config(),
+            txn: TxnOptions {
                 lock_timeout: Duration::from_secs(10),
                 lock_poll: Duration::from_millis(5),
                 ..TxnOptions::default()
             },
-        )
-        .unwrap();
-        txn.recover().await.unwrap();
-        let tables = Arc::new(Tables::new(
-            me.clone(),
-            Arc::clone(&volume),
-            meta.clone(),
-            Arc::clone(&provider),
-            Arc::clone(&clock),
-            TableOptions::default(),
-            Arc::new(txn.clone()),
-        ));
-        let wrap_keys = Arc::new(CachedWrapKeys::new(Arc::clone(&provider)));
-        let repl = Replication::new(Parts {
-            me: me.clone(),
-            region: format!("region-{id}"),
-            meta: meta.clone(),
-            tables: Arc::clone(&tables),
-            txn: txn.clone(),
-            volume: Arc::clone(&volume),
-            bucket: Arc::clone(&bucket),
-            wrap_keys: Arc::clone(&wrap_keys),
-            clock: Arc::clone(&clock),
-            random: SystemRandom::shared(),
-            config,
-        })
-        .unwrap();
-        let mut registry = Registry::new();
-        for (t, h) in repl.handlers() {
-            registry.register(t, h).unwrap();
-        }
-        let ctx = Context::new(
-            me.clone(),
-            meta.clone(),
-            wrap_keys,
-            clock,
-            SystemRandom::shared(),
-            registry,
-            messaging_config(),
-        )
-        .unwrap();
-        let peers = Arc::new(PeerSet::new(ctx.clone()));
-        let (stop, _) = watch::channel(false);
-        meta.write(|tx| {
-            if tx.get_deployment(&me)?.is_none() {
-                tx.add_deployment(&deployment(&me, &dir))?;
-            }
-            Ok(())
-        })
-        .unwrap();
-        Node {
-            id: me,
-            meta,
-            tables,
-            repl,
-            ctx,
-            peers,
-            dir,
-            bucket,
-            stop,
-            tasks: Vec::new(),
-        }
-    }
-
-    /// Starts the message and replication workers (senders to every connected peer).
-    pub async fn start(&mut self, peers: &[&Node]) {
-        let backoff = Duration::from_millis(100);
-        for p in peers {
-            self.peers.add(p.id.clone(), Arc::clone(&p.bucket));
-            let mut s = Sender::new(self.ctx.clone(), p.id.clone(), Arc::clone(&p.bucket));
-            self.peers.set_waker(&p.id, s.waker());
-            let stop = self.stop.subscribe();
-            self.tasks.push(tokio::spawn(async move {
-                let _ = worker::run(&mut s, stop, backoff).await;
-            }));
-        }
-        let mut r = Receiver::new(self.ctx.clone(), Arc::clone(&self.bucket));
-        let mut pr = Processor::new(self.ctx.clone(), Arc::clone(&self.bucket));
-        let mut c = Cleaner::new(self.ctx.clone(), Arc::clone(&self.bucket));
-        let (s1, s2, s3) = (
-            self.stop.subscribe(),
-            self.stop.subscribe(),
-            self.stop.subscribe(),
-        );
-        self.tasks.push(tokio::spawn(async move {
-            let _ = worker::run(&mut r, s1, backoff).await;
-        }));
-        self.tasks.push(tokio::spawn(async move {
-            let _ = worker::run(&mut pr, s2, backoff).await;
-        }));
-        self.tasks.push(tokio::spawn(async move {
-            let _ = worker::run(&mut c, s3, backoff).await;
-        }));
-        for role in Role::ALL {
-            let mut w = ReplicationWorker::new(
-                self.repl.clone(),
-                Arc::clone(&self.peers) as Arc<dyn tern_replication::Peers>,
-                role,
-            );
-            let mut stop = self.stop.subscribe();
-            self.tasks.push(tokio::spawn(async move {
-                loop {
-                    if *stop.borrow() {
-                        return;
-                    }
-                    match w.work().await {
-                        Ok(n) if n > 0 => continue,
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(worker = %w.name(), error = %e, "unit failed"),
-                    }
-                    tokio::select! {
-                        () = w.wait_for_work() => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-            }));
-        }
-    }
-
-    /// Stops every worker at once, mid-unit (as a killed process would).
-    pub fn kill(&mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
-    }
-
-    pub async fn stop(&mut self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
-    }
-
-    pub fn create_account(&self, name: &str) -> AccountId {
-        let a = AccountId::new(name).unwrap();
-        self.meta
-            .write(|tx| tx.create_account(&AccountDpo::local(a.clone(), 0)))
-            .unwrap();
-        a
-    }
-
-    pub fn create_database(&self, account: &AccountId, name: &str) -> DatabaseId {
-        let id = DatabaseId::new(format!("db-{name}")).unwrap();
-        self.meta
-            .write(|tx| {
-                tx.create_database(&DatabaseDpo::local(id.clone(), account.clone(), name, 0))
-            })
-            .unwrap();
-        id
-    }
-
-    /// The rows of `table` (at `version`), sorted, as text.
-    pub async fn rows(&self, table: &TableId, version: Option<u64>) -> Vec<String> {
-        let r = self
-            .tables
-            .scan(
-                table,
-                &ScanRequest {
-                    version,
-                    ..ScanRequest::default()
-                },
-            )
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        for b in &r.batches {
-            for i in 0..b.num_rows() {
-                let cells: Vec<String> = (0..b.num_columns())
-                    .map(|c| arrow::util::display::array_value_to_string(b.column(c), i).unwrap())
-                    .collect();
-                out.push(cells.join("|"));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    pub fn version(&self, table: &TableId) -> Option<u64> {
-        self.meta
-            .read(|tx| tx.get_table(table))
-            .unwrap()
-            .filter(|t| !t.dropped)
-            .map(|t| t.current_version)
-    }
+        },
+    )
+    .await
+    .unwrap()
 }
 
-fn deployment(id: &DeploymentId, dir: &FsPath) -> tern_meta::DeploymentDpo {
-    tern_meta::DeploymentDpo {
-        id: id.clone(),
-        region: format!("region-{id}"),
-        cloud: "local".into(),
-        replication_bucket_url: format!("file://{}", dir.join("repl").display()),
-        credentials_ref: None,
-        added_at_ms: 0,
-    }
-}
-
-/// Makes `a` and `b` members of one group with channels both ways.
 pub async fn link(a: &Node, b: &Node) {
-    for (x, y) in [(a, b), (b, a)] {
-        x.meta
-            .write(|tx| {
-                if tx.get_deployment(&y.id)?.is_none() {
-                    tx.add_deployment(&deployment(&y.id, &y.dir))?;
-                }
-                Ok(())
-            })
-            .unwrap();
-        let genesis = x.ctx.create_outbound(&y.id).await.unwrap();
-        y.ctx.register_inbound(&genesis).await.unwrap();
+    tern_replication::local::link(a, b).await.unwrap();
+}
+
+/// The rows of `table` (at `version`), sorted, as text.
+pub async fn rows(n: &Node, table: &TableId, version: Option<u64>) -> Vec<String> {
+    let r = n
+        .tables
+        .scan(
+            table,
+            &ScanRequest {
+                version,
+                ..ScanRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for b in &r.batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = (0..b.num_columns())
+                .map(|c| arrow::util::display::array_value_to_string(b.column(c), i).unwrap())
+                .collect();
+            out.push(cells.join("|"));
+        }
     }
+    out.sort();
+    out
+}
+
+/// The current version of a live table.
+pub fn ver(n: &Node, table: &TableId) -> Option<u64> {
+    n.version(table).unwrap()
 }
 
 pub fn columns() -> Vec<ColumnDef> {

@@ -13,8 +13,8 @@ const WAIT: Duration = Duration::from_secs(60);
 /// `d1` with a global account `a1` holding database `sales` (schema `public`), and the
 /// account group id.
 async fn primary(d1: &Node) -> (AccountId, DatabaseId, String) {
-    let a1 = d1.create_account("a1");
-    let db = d1.create_database(&a1, "sales");
+    let a1 = d1.create_account("a1").unwrap();
+    let db = d1.create_database(&a1, "sales").unwrap();
     d1.tables.create_schema(&db, "public").await.unwrap();
     let group = d1.repl.set_account_global(&a1, None).unwrap();
     (a1, db, group)
@@ -40,12 +40,12 @@ async fn knows(node: &Node, group: &str, on: &str) {
 /// Waits until every table of the primary database is on `replica` at the primary's version.
 async fn caught_up(primary: &Node, replica: &Node, tables: &[TableId]) {
     for t in tables {
-        let want = primary.version(t).unwrap();
+        let want = ver(primary, t).unwrap();
         let rid = replica_table_id(&primary.id, t);
         eventually(
             WAIT,
             &format!("{} to reach {rid}@{want}", replica.id),
-            || async { replica.version(&rid) == Some(want) },
+            || async { ver(replica, &rid) == Some(want) },
         )
         .await;
     }
@@ -55,8 +55,8 @@ async fn same_rows(primary: &Node, replica: &Node, tables: &[TableId]) {
     for t in tables {
         let rid = replica_table_id(&primary.id, t);
         assert_eq!(
-            replica.rows(&rid, None).await,
-            primary.rows(t, None).await,
+            rows(replica, &rid, None).await,
+            rows(primary, t, None).await,
             "{} differs from the primary's {t}",
             replica.id
         );
@@ -64,10 +64,10 @@ async fn same_rows(primary: &Node, replica: &Node, tables: &[TableId]) {
 }
 
 async fn three(root: &FsPath) -> (Node, Node, Node) {
-    let d1 = Node::open(root, "d1", None).await;
+    let d1 = open(root, "d1", None).await;
     let keys = root.join("d1").join("keys");
-    let d2 = Node::open(root, "d2", Some(&keys)).await;
-    let d3 = Node::open(root, "d3", Some(&keys)).await;
+    let d2 = open(root, "d2", Some(&keys)).await;
+    let d3 = open(root, "d3", Some(&keys)).await;
     (d1, d2, d3)
 }
 
@@ -78,9 +78,9 @@ async fn hub_and_chain_replicas_follow_the_primary_transaction_by_transaction() 
     link(&d1, &d2).await;
     link(&d1, &d3).await;
     link(&d2, &d3).await;
-    d1.start(&[&d2, &d3]).await;
-    d2.start(&[&d1, &d3]).await;
-    d3.start(&[&d1, &d2]).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
 
     let (a1, db, account_group) = primary(&d1).await;
     let orders = d1
@@ -94,11 +94,11 @@ async fn hub_and_chain_replicas_follow_the_primary_transaction_by_transaction() 
         .unwrap();
     let group = d1.repl.enable_replication(&a1, "sales").unwrap();
 
-    let a2 = d2.create_account("a2");
+    let a2 = d2.create_account("a2").unwrap();
     d2.repl
         .set_account_global(&a2, Some(&account_group))
         .unwrap();
-    let a3 = d3.create_account("a3");
+    let a3 = d3.create_account("a3").unwrap();
     d3.repl
         .set_account_global(&a3, Some(&account_group))
         .unwrap();
@@ -257,10 +257,10 @@ async fn hub_and_chain_replicas_follow_the_primary_transaction_by_transaction() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_copies_only_differences_and_repairs_drift() {
     let dir = tempfile::tempdir().unwrap();
-    let mut d1 = Node::open(dir.path(), "d1", None).await;
+    let mut d1 = open(dir.path(), "d1", None).await;
     let keys = dir.path().join("d1").join("keys");
     // The replica refreshes itself every 2 s (drift correction).
-    let mut d2 = Node::open_with(
+    let mut d2 = open_with(
         dir.path(),
         "d2",
         Some(&keys),
@@ -271,8 +271,8 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
     )
     .await;
     link(&d1, &d2).await;
-    d1.start(&[&d2]).await;
-    d2.start(&[&d1]).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
     let (a1, db, account_group) = primary(&d1).await;
     let t = d1
         .tables
@@ -285,13 +285,7 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
             .await
             .unwrap();
     }
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    let a2 = d2.create_account("a2");
-    d2.repl
-        .set_account_global(&a2, Some(&account_group))
-        .unwrap();
-    knows(&d2, &group, "d1").await;
-    d2.repl.create_replica(&a2, "sales", &group, None).unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
     let files =
@@ -312,7 +306,7 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
 
     // Drift: one file's metadata is lost on the replica behind its back.
     let rid = replica_table_id(&d1.id, &t);
-    let version = d2.version(&rid).unwrap();
+    let version = ver(&d2, &rid).unwrap();
     let victim = d2
         .meta
         .read(|tx| tx.active_micro_partitions(&rid, version))
@@ -321,16 +315,20 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
     d2.meta
         .write(|tx| tx.repair_micro_partitions(&rid, &[], std::slice::from_ref(&victim.short)))
         .unwrap();
-    assert_eq!(d2.rows(&rid, None).await.len(), 500, "the drift is visible");
+    assert_eq!(
+        rows(&d2, &rid, None).await.len(),
+        500,
+        "the drift is visible"
+    );
     eventually(
         WAIT,
         "the scheduled refresh to repair the drift",
-        || async { d2.rows(&rid, None).await.len() == 600 },
+        || async { rows(&d2, &rid, None).await.len() == 600 },
     )
     .await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
     assert_eq!(files(&d1), 7, "only the missing file crossed");
-    assert_eq!(d2.version(&rid), d1.version(&t), "no version was made");
+    assert_eq!(ver(&d2, &rid), ver(&d1, &t), "no version was made");
 
     d1.stop().await;
     d2.stop().await;
@@ -339,25 +337,19 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let mut d1 = Node::open(dir.path(), "d1", None).await;
+    let mut d1 = open(dir.path(), "d1", None).await;
     let keys = dir.path().join("d1").join("keys");
-    let mut d2 = Node::open(dir.path(), "d2", Some(&keys)).await;
+    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
     link(&d1, &d2).await;
-    d1.start(&[&d2]).await;
-    d2.start(&[&d1]).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
     let (a1, db, account_group) = primary(&d1).await;
     let t = d1
         .tables
         .create_table(&db, "public", "t", columns())
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    let a2 = d2.create_account("a2");
-    d2.repl
-        .set_account_global(&a2, Some(&account_group))
-        .unwrap();
-    knows(&d2, &group, "d1").await;
-    d2.repl.create_replica(&a2, "sales", &group, None).unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
 
     // Commits keep coming while the replica is killed mid-work and restarted twice.
@@ -370,8 +362,8 @@ async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
                 .unwrap();
             if i == 2 {
                 d2.kill();
-                d2 = Node::open(dir.path(), "d2", Some(&keys)).await;
-                d2.start(&[&d1]).await;
+                d2 = open(dir.path(), "d2", Some(&keys)).await;
+                d2.start(&[&d1]);
             }
         }
         d1.tables
@@ -382,7 +374,7 @@ async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
     let rid = replica_table_id(&d1.id, &t);
-    let rows = d2.rows(&rid, None).await;
+    let rows = rows(&d2, &rid, None).await;
     let mut dedup = rows.clone();
     dedup.dedup();
     assert_eq!(rows.len(), dedup.len(), "no duplicate rows");
@@ -404,7 +396,7 @@ async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
 
 /// The replica's current version of `rid` and its row count there.
 async fn sample(n: &Node, rid: &TableId) -> Option<(u64, usize)> {
-    let v = n.version(rid)?;
+    let v = ver(n, rid)?;
     let r = n
         .tables
         .scan(
@@ -417,4 +409,20 @@ async fn sample(n: &Node, rid: &TableId) -> Option<(u64, usize)> {
         .await
         .ok()?;
     Some((v, r.rows()))
+}
+
+/// Makes `sales` of `a1` on `primary` global and creates its replica in a new global
+/// account `a2` of `replica`.
+async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_group: &str) {
+    let group = primary.repl.enable_replication(a1, "sales").unwrap();
+    let a2 = replica.create_account("a2").unwrap();
+    replica
+        .repl
+        .set_account_global(&a2, Some(account_group))
+        .unwrap();
+    knows(replica, &group, primary.id.as_str()).await;
+    replica
+        .repl
+        .create_replica(&a2, "sales", &group, None)
+        .unwrap();
 }

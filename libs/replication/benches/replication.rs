@@ -1,0 +1,383 @@
+//! Replication benchmark (issue 8), on the folder store with two in-process deployments
+//! (every worker running as in the daemon):
+//!
+//! * (a) **lag**: commits on d1 at 10 and 100 commits/s, the time until each version is
+//!   visible on d2 (p50/p99/max), printed beside the messaging poll interval; target p50
+//!   ≤ 1 s.
+//! * (b) **full refresh** of a table of ≥ 4 GB in ≥ 500 micro-partitions into an empty
+//!   replica: GB/s of table data against the raw ring re-encrypt speed of one core measured
+//!   in the same run; target ≥ 0.5 × (both cores may be used). Every byte is re-encrypted
+//!   twice on the way (volume → inbound → volume).
+//! * (c) **incremental refresh** after 10 micro-partitions changed: files and bytes copied
+//!   (must be exactly the 10 new files) and its time against the full refresh (≤ 5 %).
+//!
+//! Environment: `TERN_BENCH_PHASES` (`lag,refresh`), `TERN_BENCH_LAG_SECS` (10),
+//! `TERN_BENCH_REFRESH_MB` (4096), `TERN_BENCH_REFRESH_MPS` (512).
+//! Scratch data goes under the cargo target's tmp folder and is removed at the end.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::Int64Array;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use tern_crypto::reference::{fill, raw_speed};
+use tern_messaging::MessagingConfig;
+use tern_meta::{ColumnDef, ColumnType};
+use tern_replication::local::{LocalDeployment, LocalOptions, link};
+use tern_replication::service::Counters;
+use tern_replication::{ReplicaOptions, ReplicationConfig, replica_table_id};
+use tern_storage::layout::{AccountId, TableId};
+use tern_table::Predicate;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn options() -> LocalOptions {
+    LocalOptions {
+        replication: ReplicationConfig {
+            ship_interval: Duration::from_millis(100),
+            ..ReplicationConfig::default()
+        },
+        messaging: MessagingConfig {
+            poll_interval: Duration::from_millis(100),
+            ..MessagingConfig::default()
+        },
+        ..LocalOptions::default()
+    }
+}
+
+const COLUMNS: [&str; 4] = ["id", "a", "b", "c"];
+
+fn columns() -> Vec<ColumnDef> {
+    COLUMNS
+        .iter()
+        .map(|c| ColumnDef {
+            name: (*c).into(),
+            ty: ColumnType::Int64,
+            nullable: false,
+        })
+        .collect()
+}
+
+/// Rows `first..first+n`: a sequential id (so files have disjoint id ranges) and three
+/// pseudo-random columns (incompressible).
+fn batch(first: i64, n: usize, seed: u64) -> RecordBatch {
+    let schema = Arc::new(Schema::new(
+        COLUMNS
+            .iter()
+            .map(|c| Field::new(*c, DataType::Int64, false))
+            .collect::<Vec<_>>(),
+    ));
+    let mut cols: Vec<Arc<dyn arrow::array::Array>> = vec![Arc::new(Int64Array::from_iter_values(
+        first..first + n as i64,
+    ))];
+    for k in 0..3u64 {
+        let mut bytes = vec![0u8; n * 8];
+        fill(&mut bytes, seed * 4 + k + 1);
+        let values = bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()));
+        cols.push(Arc::new(Int64Array::from_iter_values(values)));
+    }
+    RecordBatch::try_new(schema, cols).unwrap_or_else(|e| panic!("batch: {e}"))
+}
+
+struct Pair {
+    d1: LocalDeployment,
+    d2: LocalDeployment,
+    a1: AccountId,
+    a2: AccountId,
+    table: TableId,
+    group: String,
+}
+
+async fn pair(root: &std::path::Path) -> Result<Pair, BoxError> {
+    let mut d1 = LocalDeployment::open(root, "d1", None, options()).await?;
+    let keys = root.join("d1").join("keys");
+    let mut d2 = LocalDeployment::open(root, "d2", Some(&keys), options()).await?;
+    link(&d1, &d2).await?;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let a1 = d1.create_account("a1")?;
+    let db = d1.create_database(&a1, "sales")?;
+    d1.tables.create_schema(&db, "public").await?;
+    let account_group = d1.repl.set_account_global(&a1, None)?;
+    let table = d1
+        .tables
+        .create_table(&db, "public", "facts", columns())
+        .await?;
+    let a2 = d2.create_account("a2")?;
+    d2.repl.set_account_global(&a2, Some(&account_group))?;
+    Ok(Pair {
+        d1,
+        d2,
+        a1,
+        a2,
+        table,
+        group: String::new(),
+    })
+}
+
+/// Makes the database global and waits until d2 knows the group.
+async fn make_global(p: &mut Pair) -> Result<(), BoxError> {
+    p.group = p.d1.repl.enable_replication(&p.a1, "sales")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p
+        .d2
+        .repl
+        .known_entities()?
+        .iter()
+        .any(|e| e.group.as_deref() == Some(p.group.as_str()))
+    {
+        if Instant::now() > deadline {
+            return Err("d2 never learned of the group".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits until d2's replica table is at d1's version.
+async fn caught_up(p: &Pair, limit: Duration) -> Result<(), BoxError> {
+    let rid = replica_table_id(&p.d1.id, &p.table);
+    let want = p.d1.version(&p.table)?;
+    let deadline = Instant::now() + limit;
+    while p.d2.version(&rid)? != want {
+        if Instant::now() > deadline {
+            return Err(format!("replica did not reach version {want:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn lag(root: &std::path::Path) -> Result<(), BoxError> {
+    let secs = env_usize("TERN_BENCH_LAG_SECS", 10) as u64;
+    let mut p = pair(root).await?;
+    p.d1.tables.insert(&p.table, &[batch(0, 100, 1)]).await?;
+    make_global(&mut p).await?;
+    p.d2.repl.create_replica(&p.a2, "sales", &p.group, None)?;
+    caught_up(&p, Duration::from_secs(60)).await?;
+    let rid = replica_table_id(&p.d1.id, &p.table);
+    println!(
+        "(a) lag, commit on d1 → visible on d2 (folder store; messaging poll interval {:?}, ship interval {:?}, shipper woken by each commit)",
+        options().messaging.poll_interval,
+        options().replication.ship_interval
+    );
+    let mut next_id = 1_000_000i64;
+    for rate in [10u64, 100] {
+        let committed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let seen: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            let meta = p.d2.meta.clone();
+            let rid = rid.clone();
+            tokio::spawn(async move {
+                let mut last = meta
+                    .read(|tx| tx.get_table(&rid))
+                    .ok()
+                    .flatten()
+                    .map_or(0, |t| t.current_version);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let v = meta
+                        .read(|tx| tx.get_table(&rid))
+                        .ok()
+                        .flatten()
+                        .map_or(0, |t| t.current_version);
+                    if v > last {
+                        let now = Instant::now();
+                        let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        for x in last + 1..=v {
+                            s.insert(x, now);
+                        }
+                        last = v;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let n = rate * secs;
+        let period = Duration::from_micros(1_000_000 / rate);
+        let start = Instant::now();
+        for i in 0..n {
+            let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
+            tokio::time::sleep_until(due.into()).await;
+            let info =
+                p.d1.tables
+                    .insert(&p.table, &[batch(next_id, 10, i)])
+                    .await?;
+            next_id += 10;
+            committed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(info.version, Instant::now());
+            p.d1.repl.committed();
+        }
+        let achieved = n as f64 / start.elapsed().as_secs_f64();
+        caught_up(&p, Duration::from_secs(120)).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.await?;
+        let committed = committed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut lags: Vec<Duration> = committed
+            .iter()
+            .filter_map(|(v, c)| seen.get(v).map(|s| s.saturating_duration_since(*c)))
+            .collect();
+        lags.sort();
+        let p50 = percentile(&lags, 0.5);
+        println!(
+            "  {rate:>3} commits/s (achieved {achieved:.1}/s, {} commits, {} seen): p50 {:.0} ms | p99 {:.0} ms | max {:.0} ms — p50 / 1 s target = {:.2} ({})",
+            committed.len(),
+            lags.len(),
+            p50.as_secs_f64() * 1e3,
+            percentile(&lags, 0.99).as_secs_f64() * 1e3,
+            lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            p50.as_secs_f64(),
+            if p50 <= Duration::from_secs(1) {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+    }
+    p.d1.stop().await;
+    p.d2.stop().await;
+    Ok(())
+}
+
+async fn refresh(root: &std::path::Path) -> Result<(), BoxError> {
+    let total = env_usize("TERN_BENCH_REFRESH_MB", 4096) << 20;
+    let mps = env_usize("TERN_BENCH_REFRESH_MPS", 512).max(10);
+    let rows = (total / mps / 32).max(1);
+    let raw1 = raw_speed(256 << 20, 1);
+    let mut p = pair(root).await?;
+    let load = Instant::now();
+    for k in 0..mps {
+        p.d1.tables
+            .insert(&p.table, &[batch((k * rows) as i64, rows, k as u64)])
+            .await?;
+    }
+    let v = p.d1.version(&p.table)?.unwrap_or(0);
+    let active =
+        p.d1.meta
+            .read(|tx| tx.active_micro_partitions(&p.table, v))?;
+    let bytes: u64 = active.iter().map(|m| m.bytes).sum();
+    println!(
+        "(b) full refresh into an empty replica: {} micro-partitions, {:.2} GB stored (loaded in {:.1} s)",
+        active.len(),
+        bytes as f64 / 1e9,
+        load.elapsed().as_secs_f64()
+    );
+    make_global(&mut p).await?;
+    let files = |d: &LocalDeployment| Counters::get(&d.repl.counters().files_copied);
+    let copied = |d: &LocalDeployment| Counters::get(&d.repl.counters().bytes_copied);
+    let t0 = Instant::now();
+    let replica = p.d2.repl.create_replica_with(
+        &p.a2,
+        "sales",
+        &p.group,
+        &ReplicaOptions {
+            upstream: None,
+            follow_log: false,
+        },
+    )?;
+    caught_up(&p, Duration::from_secs(3600)).await?;
+    let full = t0.elapsed();
+    let rate = bytes as f64 / full.as_secs_f64() / 1e9;
+    println!(
+        "  {:.1} s: {rate:.2} GB/s of table data ({:.2} GB/s re-encrypted: volume → inbound → volume) | raw ring re-encrypt, 1 core: {raw1:.2} GB/s | ratio {:.2} × raw (target ≥ 0.50: {})",
+        full.as_secs_f64(),
+        2.0 * rate,
+        rate / raw1,
+        if rate / raw1 >= 0.5 { "met" } else { "NOT met" }
+    );
+    println!(
+        "  copied by d1 into d2's inbound: {} files, {:.2} GB",
+        files(&p.d1),
+        copied(&p.d1) as f64 / 1e9
+    );
+
+    // (c) 10 files change: one row deleted from each.
+    let step = mps / 10;
+    let mut pred = Predicate::eq("id", 0i64);
+    for k in 1..10 {
+        pred = pred.or(Predicate::eq("id", ((k * step) * rows) as i64));
+    }
+    p.d1.tables.delete(&p.table, &pred).await?;
+    let v2 = p.d1.version(&p.table)?.unwrap_or(0);
+    let new_files: Vec<_> =
+        p.d1.meta
+            .read(|tx| tx.active_micro_partitions(&p.table, v2))?
+            .into_iter()
+            .filter(|m| m.added_version == v2)
+            .collect();
+    let new_bytes: u64 = new_files.iter().map(|m| m.bytes).sum();
+    let (f0, b0) = (files(&p.d1), copied(&p.d1));
+    let t1 = Instant::now();
+    p.d2.repl.request_refresh(&replica, "bench")?;
+    caught_up(&p, Duration::from_secs(600)).await?;
+    let inc = t1.elapsed();
+    let (df, db) = (files(&p.d1) - f0, copied(&p.d1) - b0);
+    println!(
+        "(c) incremental refresh after 10 files changed: {df} files / {db} bytes copied (the changed files: {} / {new_bytes} stored bytes; re-sealed copies differ only by header) — {:.0} ms = {:.2} % of the full refresh (target ≤ 5 %: {})",
+        new_files.len(),
+        inc.as_secs_f64() * 1e3,
+        100.0 * inc.as_secs_f64() / full.as_secs_f64(),
+        if df == new_files.len() as u64 && inc.as_secs_f64() <= 0.05 * full.as_secs_f64() {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    let rid = replica_table_id(&p.d1.id, &p.table);
+    let count = tern_table::Aggregate::Count;
+    let r1 = p.d1.tables.aggregate(&p.table, &count, None, None).await?;
+    let r2 = p.d2.tables.aggregate(&rid, &count, None, None).await?;
+    println!("  row counts: primary {r1:?}, replica {r2:?}");
+    p.d1.stop().await;
+    p.d2.stop().await;
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let phases = std::env::var("TERN_BENCH_PHASES").unwrap_or_else(|_| "lag,refresh".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("tern-repl-bench")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    rt.block_on(async {
+        if phases.contains("lag") {
+            lag(&scratch.path().join("lag")).await?;
+        }
+        if phases.contains("refresh") {
+            refresh(&scratch.path().join("refresh")).await?;
+        }
+        Ok::<_, BoxError>(())
+    })?;
+    Ok(())
+}
