@@ -2,5 +2,6 @@
 
 mod cli;
 mod localstack;
+mod replication;
 mod selfcheck;
 mod ternd;
