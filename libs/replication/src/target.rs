@@ -203,6 +203,8 @@ impl Replication {
         self.meta().write(|tx| tx.delete(&key))?;
         self.remove_inbound(&job.peer, &job.response.response_id)
             .await;
+        self.remove_stale_snapshots(&job.peer, &job.response.response_id)
+            .await;
         Ok(1)
     }
 
@@ -385,6 +387,45 @@ impl Replication {
         let prefix = layout::replication::inbound_prefix(peer, folder);
         if let Err(e) = self.inner.p.bucket.delete_prefix(&prefix).await {
             tracing::warn!(%prefix, error = %e, "could not remove an inbound folder");
+        }
+    }
+
+    /// Deletes the snapshot folders `peer` left in our inbound stage by attempts that
+    /// never sent their response (a crash of its copy worker: it cannot delete in our
+    /// bucket): those numbered before `current` with no import waiting for them. Newer
+    /// folders may be copies still in progress and stay.
+    pub(crate) async fn remove_stale_snapshots(&self, peer: &DeploymentId, current: &ResponseId) {
+        let prefix = format!("rs-{peer}-");
+        let number = |id: &str| id.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok());
+        let Some(cur) = number(current.as_str()) else {
+            return;
+        };
+        let root = layout::replication::sub_bucket(peer).join("inbound");
+        let listed = match self.inner.p.bucket.list_with_delimiter(Some(&root)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(prefix = %root, error = %e, "could not list the inbound stage");
+                return;
+            }
+        };
+        for folder in listed.common_prefixes {
+            let Some(name) = folder.filename().map(str::to_string) else {
+                continue;
+            };
+            if number(&name).is_none_or(|n| n >= cur) {
+                continue;
+            }
+            let Ok(id) = ResponseId::new(name.as_str()) else {
+                continue;
+            };
+            let pending = self
+                .meta()
+                .read(|tx| tx.contains(&keys::import_job(peer, &id)))
+                .unwrap_or(true);
+            if !pending {
+                tracing::info!(%peer, folder = %name, "removing an abandoned snapshot folder");
+                self.remove_inbound(peer, &id).await;
+            }
         }
     }
 

@@ -426,3 +426,130 @@ async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_group
         .create_replica(&a2, "sales", &group, None)
         .unwrap();
 }
+
+/// Every object under `prefix` of `store`.
+async fn objects(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: &str,
+) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let p = object_store::path::Path::from(prefix);
+    let mut out: Vec<String> = store
+        .list(Some(&p))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Polls until `prefix` of `store` holds something (or panics after `WAIT`).
+async fn appears(store: &std::sync::Arc<dyn object_store::ObjectStore>, prefix: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while objects(store, prefix).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing appeared under {prefix}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The micro-partition files of the replica's volume that its index does not know.
+async fn orphans(n: &Node, rid: &TableId) -> Vec<String> {
+    let known: std::collections::BTreeSet<String> = n
+        .meta
+        .read(|tx| tx.list_micro_partitions(rid))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.path)
+        .collect();
+    objects(&n.volume, "acct")
+        .await
+        .into_iter()
+        .filter(|p| p.ends_with(".mp") && !known.contains(p))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_killed_on_either_side_resumes_without_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = open(dir.path(), "d1", None).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    for i in 0..40 {
+        d1.tables
+            .insert(&t, &[batch(i * 20_000..(i + 1) * 20_000, "x")])
+            .await
+            .unwrap();
+    }
+    // The source's copy worker dies as soon as its first file lands in d2's inbound stage.
+    replicate(&d1, &a1, &d2, &account_group).await;
+    appears(&d2.bucket, "from/d1/inbound").await;
+    d1.kill();
+    d1 = open(dir.path(), "d1", None).await;
+    d1.start(&[&d2]);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // The replica dies while importing: its first copies have landed in its volume.
+    for i in 40..60 {
+        d1.tables
+            .insert(&t, &[batch(i * 20_000..(i + 1) * 20_000, "y")])
+            .await
+            .unwrap();
+    }
+    let rid = replica_table_id(&d1.id, &t);
+    let r2 = d2
+        .meta
+        .read(|tx| tx.find_global(tern_replication::state::GROUP_INDEX, &group_of(&d1, &db)))
+        .unwrap()
+        .unwrap();
+    d2.repl
+        .set_follow_log(&DatabaseId::new(r2).unwrap(), false)
+        .unwrap();
+    let before = objects(&d2.volume, "acct").await.len();
+    let deadline = std::time::Instant::now() + WAIT;
+    while objects(&d2.volume, "acct").await.len() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    d2.kill();
+    d2 = open(dir.path(), "d2", Some(&keys)).await;
+    d2.start(&[&d1]);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    eventually(
+        WAIT,
+        "no orphan files and an empty inbound stage",
+        || async {
+            orphans(&d2, &rid).await.is_empty()
+                && objects(&d2.bucket, "from/d1/inbound").await.is_empty()
+        },
+    )
+    .await;
+    d1.stop().await;
+    d2.stop().await;
+}
+
+fn group_of(n: &Node, db: &DatabaseId) -> String {
+    n.meta
+        .read(|tx| tx.get_database(db))
+        .unwrap()
+        .unwrap()
+        .replication_group
+        .unwrap()
+}
