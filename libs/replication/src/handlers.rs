@@ -376,8 +376,14 @@ impl Replication {
         if !steps.is_empty() {
             let keys = match &s.repmk {
                 Some(w) => {
-                    self.open_repmk(from, s.shipment_id.as_str(), w, sent_at_ms)
-                        .await?
+                    self.open_repmk(
+                        from,
+                        &replica.account,
+                        s.shipment_id.as_str(),
+                        w,
+                        sent_at_ms,
+                    )
+                    .await?
                 }
                 None if steps.iter().all(|st| st.add.is_empty()) => {
                     // No files: any key will do, none is used.

@@ -11,7 +11,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tern_crypto::{Diversifier, WrappedKey};
+use tern_crypto::{CustomerPublicKey, Diversifier, SealedKey, WrappedKey};
 use tern_meta::{ColumnDef, DatabaseRole, MicroPartitionDpo};
 use tern_storage::layout::{
     AccountId, DatabaseId, DeploymentId, GlobalFileRef, ResponseId, TableId,
@@ -127,6 +127,10 @@ pub struct RefreshRequest {
     pub subscribe: bool,
     /// What the replica has, per table.
     pub tables: Vec<TableInventory>,
+    /// The replica account's customer-managed public key, when it uses one: every RepMK
+    /// for it is then sealed to this key as well (only that account can open it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_key: Option<CustomerPublicKey>,
 }
 
 /// A replication master key wrapped for one receiver under a GMK-derived key.
@@ -134,8 +138,11 @@ pub struct RefreshRequest {
 pub struct WrappedRepMk {
     /// The diversifier of the wrapping key.
     pub diversifier: Diversifier,
-    /// The wrapped key (hex).
+    /// The wrapped key (hex); empty when `sealed`.
     pub wrapped: String,
+    /// The GMK-wrapped key sealed again to the receiving account's customer-managed key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedKey>,
 }
 
 impl WrappedRepMk {

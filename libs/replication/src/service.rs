@@ -163,6 +163,9 @@ pub(crate) struct Inner {
     /// Woken whenever a replicated change committed here (apply agents waiting for a
     /// predecessor re-check at once).
     pub(crate) applied: Notify,
+    /// Customer-managed keys of local accounts that use one.
+    pub(crate) customer_keys:
+        std::sync::Mutex<std::collections::HashMap<AccountId, Arc<dyn tern_crypto::CustomerKey>>>,
     /// Attempts of log records waiting for a predecessor, by message id.
     pub(crate) gaps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -295,6 +298,7 @@ impl Replication {
                 ship_wake: Notify::new(),
                 job_wake: Notify::new(),
                 applied: Notify::new(),
+                customer_keys: std::sync::Mutex::default(),
                 gaps: std::sync::Mutex::default(),
             }),
         })
@@ -313,6 +317,29 @@ impl Replication {
     /// The settings.
     pub fn config(&self) -> &ReplicationConfig {
         &self.inner.p.config
+    }
+
+    /// `account` uses its own key pair: RepMKs for its replicas are sealed to its public
+    /// key as well as wrapped under the GMK-derived key, so only it can open them
+    /// (DESIGN.md §4). Takes effect with the replica's next refresh request.
+    pub fn set_customer_key(&self, account: &AccountId, key: Arc<dyn tern_crypto::CustomerKey>) {
+        self.inner
+            .customer_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(account.clone(), key);
+    }
+
+    pub(crate) fn customer_key(
+        &self,
+        account: &AccountId,
+    ) -> Option<Arc<dyn tern_crypto::CustomerKey>> {
+        self.inner
+            .customer_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(account)
+            .cloned()
     }
 
     /// Tells the shipper that something committed (it also polls).

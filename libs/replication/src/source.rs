@@ -14,10 +14,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tern_clock::Clock;
-use tern_crypto::{KeySource, RepMk, ReplicationFileKeys, WrapContext};
+use tern_crypto::{
+    CustomerPublicKey, KeySource, RepMk, ReplicationFileKeys, WrapContext, double_unwrap_repmk,
+    double_wrap_repmk,
+};
 use tern_messaging::{Draft, OutState, channel_name};
 use tern_meta::{DatabaseRole, MicroPartitionDpo};
-use tern_storage::layout::{self, DeploymentId, GlobalFileRef, MessageId, ResponseId};
+use tern_storage::layout::{self, AccountId, DeploymentId, GlobalFileRef, MessageId, ResponseId};
 use tern_table::ChangeRecord;
 
 use crate::copy::{CopyTask, copy_all};
@@ -44,32 +47,47 @@ impl Clock for At {
 }
 
 impl Replication {
-    /// A fresh RepMK for files going to `peer` under `name`, wrapped for it.
+    /// A fresh RepMK for files going to `peer` under `name`, wrapped for it (and sealed to
+    /// `customer`, the receiving account's key, when it has one).
     async fn new_repmk(
         &self,
         peer: &DeploymentId,
         name: &str,
+        customer: Option<&CustomerPublicKey>,
     ) -> Result<(Arc<ReplicationFileKeys>, WrappedRepMk)> {
         let p = &self.inner.p;
         let repmk = RepMk::generate(p.random.as_ref())?;
         let diversifier = self.inner.policy.current(&*p.clock);
         let wk = p.wrap_keys.get(diversifier).await?;
         let ctx = WrapContext::new(channel_name(&p.me, peer), name).with_diversifier(diversifier);
-        let wrapped = wk.wrap_repmk(&repmk, &ctx, p.random.as_ref())?;
-        Ok((
-            Arc::new(ReplicationFileKeys::new(Arc::new(repmk))),
-            WrappedRepMk {
+        let wrapped = match customer {
+            None => WrappedRepMk {
                 diversifier,
-                wrapped: wrapped.to_hex(),
+                wrapped: wk.wrap_repmk(&repmk, &ctx, p.random.as_ref())?.to_hex(),
+                sealed: None,
             },
-        ))
+            Some(public) => WrappedRepMk {
+                diversifier,
+                wrapped: String::new(),
+                sealed: Some(double_wrap_repmk(
+                    &repmk,
+                    &wk,
+                    &ctx,
+                    public,
+                    p.random.as_ref(),
+                )?),
+            },
+        };
+        Ok((Arc::new(ReplicationFileKeys::new(Arc::new(repmk))), wrapped))
     }
 
-    /// The keys of files `peer` put into our inbound stage under `name`, after checking
-    /// the diversifier as of `received_at_ms` (when the message carrying it arrived).
+    /// The keys of files `peer` put into our inbound stage under `name` for `account`,
+    /// after checking the diversifier as of `received_at_ms` (when the message carrying it
+    /// arrived). A RepMK sealed to a customer key needs the account's key.
     pub(crate) async fn open_repmk(
         &self,
         peer: &DeploymentId,
+        account: &AccountId,
         name: &str,
         w: &WrappedRepMk,
         received_at_ms: i64,
@@ -78,14 +96,29 @@ impl Replication {
         self.inner
             .policy
             .check(w.diversifier, &At(received_at_ms))?;
-        let wrapped = w.key().ok_or_else(|| Error::BadMessage {
-            message_type: "replication",
-            from: peer.clone(),
-            reason: format!("{name}: the wrapped RepMK is not hex"),
-        })?;
         let wk = p.wrap_keys.get(w.diversifier).await?;
         let ctx = WrapContext::new(channel_name(peer, &p.me), name).with_diversifier(w.diversifier);
-        let repmk = wk.unwrap_repmk(&wrapped, &ctx)?;
+        let repmk = match &w.sealed {
+            Some(sealed) => {
+                let key = self.customer_key(account).ok_or_else(|| Error::BadMessage {
+                    message_type: "replication",
+                    from: peer.clone(),
+                    reason: format!(
+                        "{name}: the RepMK is sealed to customer key {}, which account {account} does not hold here",
+                        sealed.key_id
+                    ),
+                })?;
+                double_unwrap_repmk(sealed, key.as_ref(), &wk, &ctx).await?
+            }
+            None => {
+                let wrapped = w.key().ok_or_else(|| Error::BadMessage {
+                    message_type: "replication",
+                    from: peer.clone(),
+                    reason: format!("{name}: the wrapped RepMK is not hex"),
+                })?;
+                wk.unwrap_repmk(&wrapped, &ctx)?
+            }
+        };
         Ok(Arc::new(ReplicationFileKeys::new(Arc::new(repmk))))
     }
 
@@ -264,7 +297,9 @@ impl Replication {
             });
         }
         let name = job.response_id.to_string();
-        let (file_keys, wrapped) = self.new_repmk(&peer, &name).await?;
+        let (file_keys, wrapped) = self
+            .new_repmk(&peer, &name, job.request.customer_key.as_ref())
+            .await?;
         let tasks = self
             .to_inbound(&peer, &job.response_id, &to_copy, &file_keys, peers)
             .await?;
@@ -305,6 +340,7 @@ impl Replication {
                 peer: peer.clone(),
                 peer_database: job.request.database.clone(),
                 subscribed: false,
+                customer_key: None,
                 cursor: 0,
                 records_shipped: 0,
                 snapshots: 0,
@@ -323,6 +359,7 @@ impl Replication {
                 d.subscribed = false;
             }
             d.peer_database = job.request.database.clone();
+            d.customer_key = job.request.customer_key.clone();
             d.snapshots += 1;
             d.bytes_copied += copied.bytes;
             d.shipped_at_ms = Some(now);
@@ -451,7 +488,9 @@ impl Replication {
         let (repmk, bytes) = if added.is_empty() {
             (None, 0)
         } else {
-            let (keys, wrapped) = self.new_repmk(&d.peer, folder.as_str()).await?;
+            let (keys, wrapped) = self
+                .new_repmk(&d.peer, folder.as_str(), d.customer_key.as_ref())
+                .await?;
             let tasks = self
                 .to_inbound(&d.peer, &folder, &added, &keys, peers)
                 .await?;

@@ -121,6 +121,10 @@ pub struct DownstreamDpo {
     pub peer_database: DatabaseId,
     /// Whether log records are shipped (a refresh-only replica is not).
     pub subscribed: bool,
+    /// The replica account's customer-managed public key (from its last request): every
+    /// RepMK for it is sealed to it as well.
+    #[serde(default)]
+    pub customer_key: Option<tern_crypto::CustomerPublicKey>,
     /// The last log record id shipped (or covered by a snapshot).
     pub cursor: u64,
     /// Log records shipped.

@@ -147,6 +147,10 @@ impl Replication {
                 database: r.database.clone(),
                 subscribe: r.follow_log,
                 tables: self.inventory(&r)?,
+                customer_key: match self.customer_key(&r.account) {
+                    Some(k) => Some(k.public_key().await?),
+                    None => None,
+                },
             };
             let id = MessageId::new(pending.request_id.as_str())?;
             if sender.message(&id).await?.is_none() {
@@ -217,6 +221,7 @@ impl Replication {
         let keys = self
             .open_repmk(
                 &job.peer,
+                &r.account,
                 res.response_id.as_str(),
                 &res.repmk,
                 job.received_at_ms,

@@ -9,7 +9,8 @@ use tern_messaging::MessagingConfig;
 use tern_meta::{ColumnDef, ColumnType};
 use tern_replication::ReplicationConfig;
 use tern_replication::local::{LocalDeployment, LocalOptions};
-use tern_storage::layout::TableId;
+use tern_replication::replica_table_id;
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_table::ScanRequest;
 use tern_txn::TxnOptions;
 
@@ -156,4 +157,93 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How long a test waits for replication to get somewhere.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// `d1` with a global account `a1` holding database `sales` (schema `public`), and the
+/// account group id.
+pub async fn primary(d1: &Node) -> (AccountId, DatabaseId, String) {
+    let a1 = d1.create_account("a1").unwrap();
+    let db = d1.create_database(&a1, "sales").unwrap();
+    d1.tables.create_schema(&db, "public").await.unwrap();
+    let group = d1.repl.set_account_global(&a1, None).unwrap();
+    (a1, db, group)
+}
+
+/// Waits until `node` knows a replica of `group` on `on`.
+pub async fn knows(node: &Node, group: &str, on: &str) {
+    let on = DeploymentId::new(on).unwrap();
+    eventually(
+        WAIT,
+        &format!("{} to learn of {group} on {on}", node.id),
+        || async {
+            node.repl
+                .known_entities()
+                .unwrap()
+                .iter()
+                .any(|e| e.group.as_deref() == Some(group) && e.deployment == on)
+        },
+    )
+    .await;
+}
+
+/// Waits until every table of the primary database is on `replica` at the primary's version.
+pub async fn caught_up(primary: &Node, replica: &Node, tables: &[TableId]) {
+    for t in tables {
+        let want = ver(primary, t).unwrap();
+        let rid = replica_table_id(&primary.id, t);
+        eventually(
+            WAIT,
+            &format!("{} to reach {rid}@{want}", replica.id),
+            || async { ver(replica, &rid) == Some(want) },
+        )
+        .await;
+    }
+}
+
+pub async fn same_rows(primary: &Node, replica: &Node, tables: &[TableId]) {
+    for t in tables {
+        let rid = replica_table_id(&primary.id, t);
+        assert_eq!(
+            rows(replica, &rid, None).await,
+            rows(primary, t, None).await,
+            "{} differs from the primary's {t}",
+            replica.id
+        );
+    }
+}
+
+/// Makes `sales` of `a1` on `primary` global and creates its replica in a new global
+/// account `a2` of `replica`.
+pub async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_group: &str) {
+    let group = primary.repl.enable_replication(a1, "sales").unwrap();
+    let a2 = replica.create_account("a2").unwrap();
+    replica
+        .repl
+        .set_account_global(&a2, Some(account_group))
+        .unwrap();
+    knows(replica, &group, primary.id.as_str()).await;
+    replica
+        .repl
+        .create_replica(&a2, "sales", &group, None)
+        .unwrap();
+}
+
+/// Every object under `prefix` of `store`.
+pub async fn objects(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: &str,
+) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let p = object_store::path::Path::from(prefix);
+    let mut out: Vec<String> = store
+        .list(Some(&p))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap_or_default();
+    out.sort();
+    out
 }

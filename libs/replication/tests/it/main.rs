@@ -3,3 +3,4 @@
 
 mod common;
 mod replicate;
+mod s3;

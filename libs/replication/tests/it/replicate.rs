@@ -8,61 +8,6 @@ use tern_table::{CmpOp, Predicate};
 
 use crate::common::*;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-/// `d1` with a global account `a1` holding database `sales` (schema `public`), and the
-/// account group id.
-async fn primary(d1: &Node) -> (AccountId, DatabaseId, String) {
-    let a1 = d1.create_account("a1").unwrap();
-    let db = d1.create_database(&a1, "sales").unwrap();
-    d1.tables.create_schema(&db, "public").await.unwrap();
-    let group = d1.repl.set_account_global(&a1, None).unwrap();
-    (a1, db, group)
-}
-
-/// Waits until `node` knows a replica of `group` on `on`.
-async fn knows(node: &Node, group: &str, on: &str) {
-    let on = DeploymentId::new(on).unwrap();
-    eventually(
-        WAIT,
-        &format!("{} to learn of {group} on {on}", node.id),
-        || async {
-            node.repl
-                .known_entities()
-                .unwrap()
-                .iter()
-                .any(|e| e.group.as_deref() == Some(group) && e.deployment == on)
-        },
-    )
-    .await;
-}
-
-/// Waits until every table of the primary database is on `replica` at the primary's version.
-async fn caught_up(primary: &Node, replica: &Node, tables: &[TableId]) {
-    for t in tables {
-        let want = ver(primary, t).unwrap();
-        let rid = replica_table_id(&primary.id, t);
-        eventually(
-            WAIT,
-            &format!("{} to reach {rid}@{want}", replica.id),
-            || async { ver(replica, &rid) == Some(want) },
-        )
-        .await;
-    }
-}
-
-async fn same_rows(primary: &Node, replica: &Node, tables: &[TableId]) {
-    for t in tables {
-        let rid = replica_table_id(&primary.id, t);
-        assert_eq!(
-            rows(replica, &rid, None).await,
-            rows(primary, t, None).await,
-            "{} differs from the primary's {t}",
-            replica.id
-        );
-    }
-}
-
 async fn three(root: &FsPath) -> (Node, Node, Node) {
     let d1 = open(root, "d1", None).await;
     let keys = root.join("d1").join("keys");
@@ -411,39 +356,6 @@ async fn sample(n: &Node, rid: &TableId) -> Option<(u64, usize)> {
     Some((v, r.rows()))
 }
 
-/// Makes `sales` of `a1` on `primary` global and creates its replica in a new global
-/// account `a2` of `replica`.
-async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_group: &str) {
-    let group = primary.repl.enable_replication(a1, "sales").unwrap();
-    let a2 = replica.create_account("a2").unwrap();
-    replica
-        .repl
-        .set_account_global(&a2, Some(account_group))
-        .unwrap();
-    knows(replica, &group, primary.id.as_str()).await;
-    replica
-        .repl
-        .create_replica(&a2, "sales", &group, None)
-        .unwrap();
-}
-
-/// Every object under `prefix` of `store`.
-async fn objects(
-    store: &std::sync::Arc<dyn object_store::ObjectStore>,
-    prefix: &str,
-) -> Vec<String> {
-    use futures::TryStreamExt as _;
-    let p = object_store::path::Path::from(prefix);
-    let mut out: Vec<String> = store
-        .list(Some(&p))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
 /// Polls until `prefix` of `store` holds something (or panics after `WAIT`).
 async fn appears(store: &std::sync::Arc<dyn object_store::ObjectStore>, prefix: &str) {
     let deadline = std::time::Instant::now() + WAIT;
@@ -552,4 +464,75 @@ fn group_of(n: &Node, db: &DatabaseId) -> String {
         .unwrap()
         .replication_group
         .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
+    use tern_crypto::{CustomerKey, SystemRandom, X25519CustomerKey};
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = open(dir.path(), "d1", None).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
+    let key_path = dir.path().join("a2-customer.key");
+    let customer: std::sync::Arc<dyn CustomerKey> = std::sync::Arc::new(
+        X25519CustomerKey::create(&key_path, &SystemRandom::default()).unwrap(),
+    );
+    let a2 = AccountId::new("a2").unwrap();
+    d2.repl
+        .set_customer_key(&a2, std::sync::Arc::clone(&customer));
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    d1.tables.insert(&t, &[batch(0..100, "c")]).await.unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    let downs = d1
+        .meta
+        .read(|tx| {
+            tx.scan_prefix::<tern_replication::state::DownstreamDpo>(
+                &tern_replication::state::keys::downstreams(),
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        downs[0]
+            .1
+            .customer_key
+            .as_ref()
+            .map(|k| k.key_id().to_string()),
+        Some(customer.key_id().to_string()),
+        "the source seals to the account's key"
+    );
+
+    // Without its customer key the replica cannot open what arrives.
+    d2.kill();
+    d2 = open(dir.path(), "d2", Some(&keys)).await;
+    d2.start(&[&d1]);
+    let before = ver(&d2, &replica_table_id(&d1.id, &t));
+    d1.tables.insert(&t, &[batch(100..200, "c")]).await.unwrap();
+    eventually(
+        WAIT,
+        "the replica to report the missing customer key",
+        || async {
+            d2.repl.status().await.unwrap().replicas[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not hold"))
+        },
+    )
+    .await;
+    assert_eq!(ver(&d2, &replica_table_id(&d1.id, &t)), before);
+    // With it, the same message applies.
+    d2.repl.set_customer_key(&a2, customer);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    d1.stop().await;
+    d2.stop().await;
 }
