@@ -79,8 +79,12 @@ pub(crate) fn table_name(db: &DatabaseId, schema: &str, name: &str) -> Key {
     table_names_in_schema(db, schema).str(name)
 }
 
-pub(crate) fn global_file(r: &GlobalFileRef) -> Key {
+/// A table's micro-partition by global reference: references are unique per table (a
+/// deployment may hold the same group's files twice, e.g. a replica made local and a new
+/// replica of the same group).
+pub(crate) fn global_file(table: &TableId, r: &GlobalFileRef) -> Key {
     Key::root("mpg")
+        .str(table.as_str())
         .str(r.origin.as_str())
         .str(r.short.as_str())
 }

@@ -115,7 +115,9 @@ impl MetaTxn<'_> {
                     mp_name(table, &mp.short),
                 ));
             }
-            if !refs.insert(&mp.global_ref) || self.contains(&keys::global_file(&mp.global_ref))? {
+            if !refs.insert(&mp.global_ref)
+                || self.contains(&keys::global_file(table, &mp.global_ref))?
+            {
                 return Err(Error::already_exists(
                     "global file reference",
                     &mp.global_ref,
@@ -129,7 +131,7 @@ impl MetaTxn<'_> {
         for mp in add {
             self.put(&keys::micro_partition(table, &mp.short), mp)?;
             self.put(
-                &keys::global_file(&mp.global_ref),
+                &keys::global_file(table, &mp.global_ref),
                 &GlobalFileEntry {
                     table: table.clone(),
                     short: mp.short.clone(),
@@ -169,7 +171,7 @@ impl MetaTxn<'_> {
             }
             self.put(&keys::micro_partition(table, &mp.short), mp)?;
             self.put(
-                &keys::global_file(&mp.global_ref),
+                &keys::global_file(table, &mp.global_ref),
                 &GlobalFileEntry {
                     table: table.clone(),
                     short: mp.short.clone(),
@@ -269,12 +271,14 @@ impl MetaTxn<'_> {
         self.get(&keys::micro_partition(table, short))
     }
 
-    /// A micro-partition by global file reference (through the secondary index).
+    /// A micro-partition of `table` by global file reference (through the secondary
+    /// index; references are unique per table).
     pub fn find_micro_partition(
         &mut self,
+        table: &TableId,
         global_ref: &GlobalFileRef,
     ) -> Result<Option<MicroPartitionDpo>> {
-        match self.get::<GlobalFileEntry>(&keys::global_file(global_ref))? {
+        match self.get::<GlobalFileEntry>(&keys::global_file(table, global_ref))? {
             Some(e) => self.get_micro_partition(&e.table, &e.short),
             None => Ok(None),
         }
@@ -322,7 +326,7 @@ impl MetaTxn<'_> {
         }
         for mp in doomed {
             self.delete(&keys::micro_partition(table, &mp.short))?;
-            self.delete(&keys::global_file(&mp.global_ref))?;
+            self.delete(&keys::global_file(table, &mp.global_ref))?;
         }
         Ok(())
     }
@@ -371,7 +375,7 @@ impl MetaTxn<'_> {
             let key = keys::micro_partition(table, short);
             if let Some(mp) = self.get::<MicroPartitionDpo>(&key)? {
                 self.delete(&key)?;
-                self.delete(&keys::global_file(&mp.global_ref))?;
+                self.delete(&keys::global_file(table, &mp.global_ref))?;
                 undone.deleted.push(mp);
             }
         }

@@ -330,7 +330,9 @@ impl Replication {
                         },
                         DictionaryOp::DropTable { table } => {
                             let id = replica_table_id(from, table);
-                            figures.dropped.push(id.clone());
+                            if let (local, true) = self.local_table(replica, &id)? {
+                                figures.dropped.push(local);
+                            }
                             DictionaryChange::DropTable { table: id }
                         }
                     };
@@ -347,7 +349,6 @@ impl Replication {
                     ..
                 } => {
                     let id = replica_table_id(from, table);
-                    figures.versions.insert(id.clone(), *version);
                     steps.push(TableStep {
                         table: id.clone(),
                         base: *base_version,
@@ -373,6 +374,10 @@ impl Replication {
             }
         }
         self.apply_dictionary(replica, &dict).await?;
+        self.localize(replica, &mut steps)?;
+        for st in &steps {
+            figures.versions.insert(st.table.clone(), st.version);
+        }
         if !steps.is_empty() {
             let keys = match &s.repmk {
                 Some(w) => {

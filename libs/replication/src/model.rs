@@ -244,6 +244,24 @@ pub fn replica_table_id(origin: &DeploymentId, table: &TableId) -> TableId {
     TableId::new(format!("{table}--{origin}")).unwrap_or_else(|_| table.clone())
 }
 
+/// The group-wide id of a replica's local table: local ids are the canonical id, or it
+/// with `_<n>` when an earlier replica of the group in this deployment (made local or
+/// dropped) still holds that id. Canonical ids never contain `_` (`t<seq>`, `t<seq>--<dep>`).
+pub fn canonical_table_id(local: &TableId) -> TableId {
+    match local.as_str().split_once('_') {
+        Some((c, _)) => TableId::new(c).unwrap_or_else(|_| local.clone()),
+        None => local.clone(),
+    }
+}
+
+/// The `n`th local id candidate of canonical table `canonical` (see [`canonical_table_id`]).
+pub fn local_table_candidate(canonical: &TableId, n: u32) -> TableId {
+    if n == 0 {
+        return canonical.clone();
+    }
+    TableId::new(format!("{canonical}_{n}")).unwrap_or_else(|_| canonical.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +274,16 @@ mod tests {
         let r = replica_table_id(&d1, &t);
         assert_eq!(r.as_str(), "t5--d1");
         assert_eq!(replica_table_id(&d2, &r), r);
+    }
+
+    #[test]
+    fn local_ids_map_back_to_canonical_ones() {
+        let c = TableId::new("t5--d1").unwrap();
+        for n in 0..3 {
+            let local = local_table_candidate(&c, n);
+            assert_eq!(canonical_table_id(&local), c);
+        }
+        assert_eq!(local_table_candidate(&c, 2).as_str(), "t5--d1_2");
     }
 
     #[test]

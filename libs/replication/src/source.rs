@@ -22,12 +22,13 @@ use tern_messaging::{Draft, OutState, channel_name};
 use tern_meta::{DatabaseRole, MicroPartitionDpo};
 use tern_storage::layout::{self, AccountId, DeploymentId, GlobalFileRef, MessageId, ResponseId};
 use tern_table::ChangeRecord;
+use tern_table::commit::DictionaryOp;
 
 use crate::copy::{CopyTask, copy_all};
 use crate::error::{Error, Result};
 use crate::model::{
     self, LOG_TYPE, LogShipment, PAYLOAD_VERSION, SNAPSHOT_TYPE, SnapshotResponse, TableSnapshot,
-    WrappedRepMk, replica_table_id,
+    WrappedRepMk, canonical_table_id, replica_table_id,
 };
 use crate::peers::Peers;
 use crate::service::{Counters, Replication};
@@ -231,6 +232,19 @@ impl Replication {
                 "the database is no longer replicated here",
             ));
         }
+        if db.role == DatabaseRole::Secondary {
+            // A chain link serves what it has imported, never a half-built first copy.
+            let ready = self
+                .meta()
+                .read(|tx| tx.get::<crate::state::ReplicaDpo>(&keys::replica(&db.id)))?
+                .is_some_and(|r| r.last_refresh_at_ms.is_some());
+            if !ready {
+                return Err(Error::invalid(
+                    format!("refresh of {}", job.request.group),
+                    "this replica has not imported its own first refresh yet; will answer after it",
+                ));
+            }
+        }
         // One consistent read: every table at its current version, and the log position
         // those versions correspond to.
         let account = db.account.clone();
@@ -261,7 +275,9 @@ impl Replication {
         let mut snapshots = Vec::with_capacity(tables.len());
         let mut to_copy = Vec::new();
         for (t, active) in tables {
-            let id = replica_table_id(&p.me, &t.id);
+            // A chain upstream's own tables may carry a local suffix: the wire has the
+            // group-wide id.
+            let id = replica_table_id(&p.me, &canonical_table_id(&t.id));
             let (answered, refs): (u64, BTreeSet<&GlobalFileRef>) = match have.get(&id) {
                 Some(inv) => (inv.version, inv.refs.iter().collect()),
                 None => (0, BTreeSet::new()),
@@ -280,7 +296,7 @@ impl Replication {
                 .collect();
             to_copy.extend(add.iter().cloned());
             snapshots.push(TableSnapshot {
-                table: id,
+                table: id.clone(),
                 schema: t.schema,
                 name: t.name,
                 columns: t.columns,
@@ -289,7 +305,7 @@ impl Replication {
                 add: add
                     .into_iter()
                     .map(|mut m| {
-                        m.table = replica_table_id(&p.me, &m.table);
+                        m.table = id.clone();
                         m
                     })
                     .collect(),
@@ -478,6 +494,7 @@ impl Replication {
             return Ok(0);
         }
         let folder = ResponseId::new(id.as_str())?;
+        let changes: Vec<ChangeRecord> = changes.into_iter().map(canonical_change).collect();
         let added: Vec<MicroPartitionDpo> = changes
             .iter()
             .flat_map(|c| match c {
@@ -545,4 +562,23 @@ pub(crate) fn change_database(c: &ChangeRecord) -> &tern_storage::layout::Databa
             database
         }
     }
+}
+
+/// A change with group-wide table ids (a replica's local ids may carry a suffix, see
+/// [`canonical_table_id`]).
+fn canonical_change(mut c: ChangeRecord) -> ChangeRecord {
+    match &mut c {
+        ChangeRecord::TableVersion { table, added, .. } => {
+            *table = canonical_table_id(table);
+            for m in added {
+                m.table = canonical_table_id(&m.table);
+            }
+        }
+        ChangeRecord::Dictionary { op, .. } => match op {
+            DictionaryOp::CreateTable(t) => t.id = canonical_table_id(&t.id),
+            DictionaryOp::DropTable { table } => *table = canonical_table_id(table),
+            DictionaryOp::CreateSchema(_) | DictionaryOp::DropSchema { .. } => {}
+        },
+    }
+    c
 }

@@ -72,6 +72,47 @@ impl Replication {
             .read(|tx| tx.get::<ReplicaDpo>(&keys::replica(&db.id)))?)
     }
 
+    /// The local id of canonical table `canonical` in replica `r`, and whether it exists:
+    /// the candidate live in `r`'s database, else the first candidate no table holds.
+    pub(crate) fn local_table(
+        &self,
+        r: &ReplicaDpo,
+        canonical: &TableId,
+    ) -> Result<(TableId, bool)> {
+        Ok(self.meta().read(|tx| {
+            let mut n = 0;
+            loop {
+                let id = model::local_table_candidate(canonical, n);
+                match tx.get_table(&id)? {
+                    None => return Ok((id, false)),
+                    Some(t) if t.database == r.database && !t.dropped => return Ok((id, true)),
+                    Some(_) => n += 1,
+                }
+            }
+        })?)
+    }
+
+    /// Resolves canonical step tables to local ones (after the dictionary made them).
+    pub(crate) fn localize(&self, r: &ReplicaDpo, steps: &mut [TableStep]) -> Result<()> {
+        for s in steps {
+            let (local, exists) = self.local_table(r, &s.table)?;
+            if !exists {
+                // Not created here yet (a refresh that creates it may still be importing):
+                // wait like for any missing predecessor; a gap that never fills refreshes.
+                return Err(Error::Gap {
+                    table: s.table.to_string(),
+                    have: 0,
+                    base: s.base,
+                });
+            }
+            s.table = local.clone();
+            for m in &mut s.add {
+                m.table = local.clone();
+            }
+        }
+        Ok(())
+    }
+
     /// What a replica has: per live table, its version and active files.
     pub(crate) fn inventory(&self, r: &ReplicaDpo) -> Result<Vec<TableInventory>> {
         Ok(self.meta().read(|tx| {
@@ -86,7 +127,7 @@ impl Replication {
                     .map(|m| m.global_ref)
                     .collect();
                 out.push(TableInventory {
-                    table: t.id,
+                    table: model::canonical_table_id(&t.id),
                     version: t.current_version,
                     refs,
                 });
@@ -238,7 +279,7 @@ impl Replication {
             .read(|tx| tx.list_tables(&r.database))?
             .into_iter()
             .filter(|t| !t.dropped)
-            .map(|t| (t.id.clone(), t))
+            .map(|t| (model::canonical_table_id(&t.id), t))
             .collect();
         let mut dict = Vec::new();
         for s in &res.schemas {
@@ -262,8 +303,15 @@ impl Replication {
         let mut steps = Vec::new();
         let mut repairs = Vec::new();
         for t in &res.tables {
-            let current = self.current_version(&t.table)?;
-            if current == t.version && (!t.add.is_empty() || !t.remove.is_empty()) {
+            let (local, _) = self.local_table(&r, &t.table)?;
+            let current = self.current_version(&local)?;
+            // Asked at the version the snapshot has, and still there: the difference is
+            // drift (the index changed behind the replica's back). Reached that version by
+            // the log meanwhile: the difference is already applied.
+            if current == t.version
+                && t.answered_version == t.version
+                && (!t.add.is_empty() || !t.remove.is_empty())
+            {
                 repairs.push(t);
                 continue;
             }
@@ -277,6 +325,7 @@ impl Replication {
                 remove: t.remove.clone(),
             });
         }
+        self.localize(&r, &mut steps)?;
         let applied = self.apply_steps(&r, &source, steps, false).await?;
         let mut files = applied.files;
         let mut bytes = applied.bytes;
@@ -286,11 +335,10 @@ impl Replication {
             bytes += b;
         }
         self.inner.p.txn.observe(&r.account, res.lamport)?;
-        let versions: BTreeMap<TableId, u64> = res
-            .tables
-            .iter()
-            .map(|t| (t.table.clone(), t.version))
-            .collect();
+        let mut versions = BTreeMap::new();
+        for t in &res.tables {
+            versions.insert(self.local_table(&r, &t.table)?.0, t.version);
+        }
         self.finish_refresh(job, Some((versions, files, bytes)))?;
         Counters::add(&self.inner.counters.snapshots_imported, 1);
         self.committed();
@@ -306,13 +354,19 @@ impl Replication {
         source: &ImportSource,
         t: &model::TableSnapshot,
     ) -> Result<(u64, u64)> {
+        let (table, _) = self.local_table(r, &t.table)?;
         let mut txn = self.inner.p.tables.committer().begin(&r.account).await?;
-        txn.lock(&[table_lock(&t.table)]).await?;
-        let (added, copied) = self.copy_in(r, source, &t.table, &t.add, None).await?;
+        txn.lock(&[table_lock(&table)]).await?;
+        if self.current_version(&table)? != t.version {
+            // A replicated change landed meanwhile: not drift, and not ours to touch.
+            txn.abort().await;
+            return Ok((0, 0));
+        }
+        let (added, copied) = self.copy_in(r, source, &table, &t.add, None).await?;
         let remove = self.meta().read(|tx| {
             let mut out = Vec::new();
             for g in &t.remove {
-                if let Some(m) = tx.find_micro_partition(g)? {
+                if let Some(m) = tx.find_micro_partition(&table, g)? {
                     out.push(m.short);
                 }
             }
@@ -327,10 +381,10 @@ impl Replication {
             })
             .collect();
         self.meta()
-            .write(|tx| tx.repair_micro_partitions(&t.table, &added, &remove))?;
+            .write(|tx| tx.repair_micro_partitions(&table, &added, &remove))?;
         // The transaction only held the lock (the files it copied are referenced now).
         txn.abort().await;
-        tracing::warn!(table = %t.table, added = added.len(), removed = remove.len(), "replica drift repaired");
+        tracing::warn!(%table, added = added.len(), removed = remove.len(), "replica drift repaired");
         Ok((copied.files, copied.bytes))
     }
 
@@ -441,24 +495,21 @@ impl Replication {
         changes: &[DictionaryChange],
     ) -> Result<()> {
         let p = &self.inner.p;
-        let (schemas, tables): (BTreeSet<String>, BTreeMap<TableId, bool>) =
-            self.meta().read(|tx| {
-                let s = tx
-                    .list_schemas(&r.database)?
-                    .into_iter()
-                    .map(|s| s.name)
-                    .collect();
-                let mut t = BTreeMap::new();
-                for c in changes {
-                    let id = match c {
-                        DictionaryChange::CreateTable { table, .. }
-                        | DictionaryChange::DropTable { table } => table,
-                        _ => continue,
-                    };
-                    t.insert(id.clone(), tx.get_table(id)?.is_some_and(|t| !t.dropped));
-                }
-                Ok((s, t))
-            })?;
+        let schemas: BTreeSet<String> = self.meta().read(|tx| {
+            Ok(tx
+                .list_schemas(&r.database)?
+                .into_iter()
+                .map(|s| s.name)
+                .collect())
+        })?;
+        let mut tables: BTreeMap<TableId, (TableId, bool)> = BTreeMap::new();
+        for c in changes {
+            if let DictionaryChange::CreateTable { table, .. }
+            | DictionaryChange::DropTable { table } = c
+            {
+                tables.insert(table.clone(), self.local_table(r, table)?);
+            }
+        }
         let now = self.now();
         let mut ops = Vec::new();
         let mut new_schemas = BTreeSet::new();
@@ -481,7 +532,7 @@ impl Replication {
                     schema,
                     name,
                     columns,
-                } if tables.get(table) == Some(&false) => {
+                } if tables.get(table).is_some_and(|(_, exists)| !exists) => {
                     if !schemas.contains(schema) && new_schemas.insert(schema.clone()) {
                         ops.push(DictionaryOp::CreateSchema(SchemaDpo {
                             database: r.database.clone(),
@@ -494,7 +545,7 @@ impl Replication {
                         .new_table(
                             &r.account,
                             &r.database,
-                            table.clone(),
+                            tables[table].0.clone(),
                             schema,
                             name,
                             columns.clone(),
@@ -502,9 +553,11 @@ impl Replication {
                         .await?;
                     ops.push(DictionaryOp::CreateTable(dpo));
                 }
-                DictionaryChange::DropTable { table } if tables.get(table) == Some(&true) => {
+                DictionaryChange::DropTable { table }
+                    if tables.get(table).is_some_and(|(_, exists)| *exists) =>
+                {
                     ops.push(DictionaryOp::DropTable {
-                        table: table.clone(),
+                        table: tables[table].0.clone(),
                     });
                 }
                 _ => {}
@@ -674,8 +727,8 @@ impl Replication {
                 let removed = self.meta().read(|tx| {
                     let mut out = Vec::with_capacity(s.remove.len());
                     for g in &s.remove {
-                        match tx.find_micro_partition(g)? {
-                            Some(m) if m.table == s.table && m.removed_version.is_none() => {
+                        match tx.find_micro_partition(&s.table, g)? {
+                            Some(m) if m.removed_version.is_none() => {
                                 out.push(m)
                             }
                             _ => return Ok(Err(g.clone())),

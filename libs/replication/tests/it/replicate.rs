@@ -536,3 +536,126 @@ async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
     d1.stop().await;
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_log_gap_that_cannot_fill_turns_into_a_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = open(dir.path(), "d1", None).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let refreshes = d2.repl.status().await.unwrap().replicas[0].refreshes;
+
+    // The primary's workers pause; three commits; the middle one's log record expires.
+    d1.stop().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        d1.tables
+            .insert(&t, &[batch(i * 10..i * 10 + 10, "g")])
+            .await
+            .unwrap();
+        ids.push(d1.txn.last_txn_id(&a1).unwrap());
+    }
+    let expired = tern_storage::layout::volume::txlog(&a1, ids[1]);
+    object_store::ObjectStoreExt::delete(d1.volume.as_ref(), &expired)
+        .await
+        .unwrap();
+    d1 = open(dir.path(), "d1", None).await;
+    d1.start(&[&d2]);
+
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    let s = d2.repl.status().await.unwrap();
+    assert!(
+        s.replicas[0].refreshes > refreshes,
+        "the gap was filled by a refresh: {s:?}"
+    );
+    d1.stop().await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_can_be_made_local_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = open(dir.path(), "d1", None).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    d1.tables.insert(&t, &[batch(0..10, "l")]).await.unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let rid = replica_table_id(&d1.id, &t);
+    let downs = |n: &Node| {
+        let r = n.repl.clone();
+        async move { r.status().await.unwrap().downstream.len() }
+    };
+    assert_eq!(downs(&d1).await, 1);
+
+    // Made local: the replica keeps its rows, becomes writable, and d1 stops shipping to it.
+    d2.repl.disable_replication(&a2, "sales").unwrap();
+    d2.tables
+        .insert(&rid, &[batch(100..101, "mine")])
+        .await
+        .unwrap();
+    assert_eq!(rows(&d2, &rid, None).await.len(), 11);
+    eventually(WAIT, "d1 to forget the replica", || async {
+        downs(&d1).await == 0
+    })
+    .await;
+    d1.tables.insert(&t, &[batch(10..20, "l")]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows(&d2, &rid, None).await.len(), 11, "no longer follows");
+
+    // A new replica of the group in the same deployment (the old one, now local, keeps
+    // its table ids: the new replica's tables get local ids of their own), then dropped:
+    // gone here, forgotten upstream.
+    let group = group_of(&d1, &db);
+    let r = d2.repl.create_replica(&a2, "sales2", &group, None).unwrap();
+    eventually(WAIT, "the second replica to catch up", || async {
+        let tables = d2.meta.read(|tx| tx.list_tables(&r)).unwrap();
+        match tables.first() {
+            Some(t2) => rows(&d2, &t2.id, None).await.len() == 20,
+            None => false,
+        }
+    })
+    .await;
+    let t2 = d2.meta.read(|tx| tx.list_tables(&r)).unwrap()[0].id.clone();
+    assert_eq!(t2.as_str(), format!("{rid}_1"));
+    assert_eq!(
+        rows(&d2, &rid, None).await.len(),
+        11,
+        "the local copy is untouched"
+    );
+    d2.repl.drop_replica(&a2, "sales2").unwrap();
+    eventually(WAIT, "d1 to forget the dropped replica", || async {
+        downs(&d1).await == 0
+    })
+    .await;
+    assert!(
+        d2.meta
+            .read(|tx| tx.find_database(&a2, "sales2"))
+            .unwrap()
+            .is_none()
+    );
+    d1.stop().await;
+    d2.stop().await;
+}
