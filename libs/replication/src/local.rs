@@ -277,11 +277,19 @@ impl LocalDeployment {
         }
     }
 
-    /// Stops every worker at once, mid-unit, as a killed process would.
-    pub fn kill(&mut self) {
-        for t in self.tasks.drain(..) {
+    /// Stops every worker at once, mid-unit, as a killed process would. Returns once none
+    /// of them runs any more (an aborted task stops at its next await; a process killed
+    /// with -9 stops at once, so nothing of this instance may run beside its successor).
+    pub async fn kill(&mut self) {
+        let tasks: Vec<_> = self.tasks.drain(..).collect();
+        for t in &tasks {
             t.abort();
         }
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Blocking file writes already handed to the blocking pool cannot be aborted.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     /// Stops the workers after their current unit.

@@ -247,3 +247,43 @@ pub async fn objects(
     out.sort();
     out
 }
+
+/// A primary `d1` (global account `a1`, database `sales` with schema `public` and an empty
+/// table `t`) and a deployment `d2` sharing its GMK, linked and running; `d2` runs with
+/// `replication`.
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub keys: std::path::PathBuf,
+    pub d1: Node,
+    pub d2: Node,
+    pub a1: AccountId,
+    pub db: DatabaseId,
+    pub account_group: String,
+    pub t: TableId,
+}
+
+pub async fn pair(replication: ReplicationConfig) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = open(dir.path(), "d1", None).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open_with(dir.path(), "d2", Some(&keys), replication).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    Pair {
+        dir,
+        keys,
+        d1,
+        d2,
+        a1,
+        db,
+        account_group,
+        t,
+    }
+}

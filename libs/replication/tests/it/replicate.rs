@@ -201,29 +201,21 @@ async fn hub_and_chain_replicas_follow_the_primary_transaction_by_transaction() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_copies_only_differences_and_repairs_drift() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open(dir.path(), "d1", None).await;
-    let keys = dir.path().join("d1").join("keys");
     // The replica refreshes itself every 2 s (drift correction).
-    let mut d2 = open_with(
-        dir.path(),
-        "d2",
-        Some(&keys),
-        ReplicationConfig {
-            refresh_interval: Duration::from_secs(2),
-            ..repl_config()
-        },
-    )
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair(ReplicationConfig {
+        refresh_interval: Duration::from_secs(2),
+        ..repl_config()
+    })
     .await;
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
     for i in 0..6 {
         d1.tables
             .insert(&t, &[batch(i * 100..i * 100 + 100, "r")])
@@ -281,19 +273,16 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open(dir.path(), "d1", None).await;
-    let keys = dir.path().join("d1").join("keys");
-    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let Pair {
+        dir,
+        keys,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
     replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
 
@@ -306,7 +295,7 @@ async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
                 .await
                 .unwrap();
             if i == 2 {
-                d2.kill();
+                d2.kill().await;
                 d2 = open(dir.path(), "d2", Some(&keys)).await;
                 d2.start(&[&d1]);
             }
@@ -386,19 +375,16 @@ async fn orphans(n: &Node, rid: &TableId) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refresh_killed_on_either_side_resumes_without_orphans() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open(dir.path(), "d1", None).await;
-    let keys = dir.path().join("d1").join("keys");
-    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let Pair {
+        dir,
+        keys,
+        mut d1,
+        mut d2,
+        a1,
+        db,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
     for i in 0..40 {
         d1.tables
             .insert(&t, &[batch(i * 20_000..(i + 1) * 20_000, "x")])
@@ -408,7 +394,7 @@ async fn a_refresh_killed_on_either_side_resumes_without_orphans() {
     // The source's copy worker dies as soon as its first file lands in d2's inbound stage.
     replicate(&d1, &a1, &d2, &account_group).await;
     appears(&d2.bucket, "from/d1/inbound").await;
-    d1.kill();
+    d1.kill().await;
     d1 = open(dir.path(), "d1", None).await;
     d1.start(&[&d2]);
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
@@ -439,7 +425,7 @@ async fn a_refresh_killed_on_either_side_resumes_without_orphans() {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    d2.kill();
+    d2.kill().await;
     d2 = open(dir.path(), "d2", Some(&keys)).await;
     d2.start(&[&d1]);
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
@@ -512,7 +498,7 @@ async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
     );
 
     // Without its customer key the replica cannot open what arrives.
-    d2.kill();
+    d2.kill().await;
     d2 = open(dir.path(), "d2", Some(&keys)).await;
     d2.start(&[&d1]);
     let before = ver(&d2, &replica_table_id(&d1.id, &t));
@@ -539,19 +525,16 @@ async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_log_gap_that_cannot_fill_turns_into_a_refresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open(dir.path(), "d1", None).await;
-    let keys = dir.path().join("d1").join("keys");
-    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let Pair {
+        dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
     replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     let refreshes = d2.repl.status().await.unwrap().replicas[0].refreshes;
@@ -586,19 +569,16 @@ async fn a_log_gap_that_cannot_fill_turns_into_a_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_can_be_made_local_or_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open(dir.path(), "d1", None).await;
-    let keys = dir.path().join("d1").join("keys");
-    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
     d1.tables.insert(&t, &[batch(0..10, "l")]).await.unwrap();
     replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
