@@ -210,7 +210,7 @@ impl Processor {
                         },
                     )
                 });
-                return Ok(Commit(Some(f)));
+                return Ok(Commit(Some(f), None));
             }
             let h = ctx
                 .registry
@@ -258,10 +258,12 @@ impl Processor {
         let mut ok = 0u64;
         let mut failed = 0u64;
         let mut work: Vec<Completion> = Vec::with_capacity(n);
+        let mut afters = Vec::new();
         for ((key, row, token), r) in results {
             match r {
                 Ok(commit) => {
                     ok += 1;
+                    afters.extend(commit.1);
                     work.push((key, row.queue_seq, token, commit.0, None));
                 }
                 Err(e) => {
@@ -325,6 +327,9 @@ impl Processor {
             })
             .await?;
         self.ctx.crash.hit(points::COMMITTED)?;
+        for after in afters {
+            after();
+        }
         let c = &self.ctx.counters;
         Counters::add(&c.handled, ok);
         Counters::add(&c.handler_failures, failed);

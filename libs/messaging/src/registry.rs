@@ -39,20 +39,31 @@ pub const CLEANUP_TYPE: &str = "tern.cleanup";
 /// A metadata effect applied in the transaction that completes the message.
 pub type CommitFn = Box<dyn FnMut(&mut MetaTxn<'_>) -> tern_meta::Result<()> + Send>;
 
-/// What a handler wants committed with the message's completion (may be nothing).
+/// Run once after the completing transaction committed.
+pub type AfterFn = Box<dyn FnOnce() + Send>;
+
+/// What a handler wants committed with the message's completion (may be nothing), and
+/// what to do once it is committed.
 #[derive(Default)]
-pub struct Commit(pub(crate) Option<CommitFn>);
+pub struct Commit(pub(crate) Option<CommitFn>, pub(crate) Option<AfterFn>);
 
 impl Commit {
     /// No metadata effect.
     pub fn none() -> Self {
-        Self(None)
+        Self(None, None)
     }
 
     /// Run `f` in the completing transaction. It may run more than once if the store
     /// retries the transaction, like every metadata closure.
     pub fn with(f: impl FnMut(&mut MetaTxn<'_>) -> tern_meta::Result<()> + Send + 'static) -> Self {
-        Self(Some(Box::new(f)))
+        Self(Some(Box::new(f)), None)
+    }
+
+    /// Also run `after` once the completing transaction committed (not if it failed): to
+    /// wake whoever works on what the effect recorded.
+    pub fn then(mut self, after: impl FnOnce() + Send + 'static) -> Self {
+        self.1 = Some(Box::new(after));
+        self
     }
 }
 

@@ -146,9 +146,10 @@ impl Handler for ReplHandler {
                     }
                     Ok(())
                 });
-                wake.job_wake.notify_waiters();
-                wake.job_wake.notify_one();
-                Ok(commit)
+                Ok(commit.then(move || {
+                    wake.job_wake.notify_waiters();
+                    wake.job_wake.notify_one();
+                }))
             }
             Kind::Snapshot => {
                 let body = bodies.read(msg, 0).await.map_err(|e| retry(e.into()))?;
@@ -183,8 +184,11 @@ impl Handler for ReplHandler {
                     }
                     Ok(())
                 });
-                r.inner.job_wake.notify_one();
-                Ok(commit)
+                let wake = Arc::clone(&r.inner);
+                Ok(commit.then(move || {
+                    wake.job_wake.notify_waiters();
+                    wake.job_wake.notify_one();
+                }))
             }
             Kind::Log => {
                 let shipment: LogShipment = match model::decode(&msg.payload) {
