@@ -151,6 +151,8 @@ pub struct Recorder {
     /// Fail the first N runs of each message (retry tests).
     pub fail_first: u32,
     pub notify: Option<Arc<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// Message ids whose completion committed (pushed by `Commit::then`).
+    pub committed: Arc<Mutex<Vec<String>>>,
 }
 
 #[async_trait]
@@ -186,6 +188,7 @@ impl Handler for Recorder {
         }
         let key = applied_key(&msg.origin, &msg.id);
         let payload = String::from_utf8_lossy(&msg.payload).into_owned();
+        let (committed, id) = (Arc::clone(&self.committed), msg.id.to_string());
         Ok(Commit::with(move |tx| {
             let mut a: Applied = tx.get(&key)?.unwrap_or(Applied {
                 count: 0,
@@ -194,7 +197,8 @@ impl Handler for Recorder {
             });
             a.count += 1;
             tx.put(&key, &a)
-        }))
+        })
+        .then(move || committed.lock().unwrap().push(id)))
     }
 }
 

@@ -350,6 +350,10 @@ async fn handler_failures_retry_then_fail_on_folder() {
     drain(&mut s).await.unwrap();
     inbound.pump().await.unwrap();
     assert!(d2.applied(&d1.id, &id).await.is_none(), "first run failed");
+    assert!(
+        d2.recorder.committed.lock().unwrap().is_empty(),
+        "Commit::then runs only after a completion that committed"
+    );
     // Backoff: nothing happens until the clock passes it.
     inbound.pump().await.unwrap();
     assert_eq!(d2.recorder.runs.lock().unwrap()[id.as_str()], 1);
@@ -359,6 +363,11 @@ async fn handler_failures_retry_then_fail_on_folder() {
     inbound.pump().await.unwrap();
     assert_eq!(d2.applied(&d1.id, &id).await.unwrap().count, 1);
     assert_eq!(d2.recorder.runs.lock().unwrap()[id.as_str()], 3);
+    assert_eq!(
+        *d2.recorder.committed.lock().unwrap(),
+        vec![id.to_string()],
+        "after the commit, once"
+    );
 
     // Permanently failing: three attempts, then Failed; its body stays.
     let mut d3 = Node::new(
