@@ -754,6 +754,21 @@ async fn list_accounts(State(d): St, headers: HeaderMap) -> ApiResult {
     Ok(axum::Json(json!({"accounts": names})))
 }
 
+/// A name a new database of `account` may take: not empty, not taken by a live database.
+fn new_database_name(d: &Daemon, account: &AccountId, name: &str) -> ApiResult<()> {
+    if name.is_empty() {
+        return Err(Error::Invalid("database name is empty".into()).into());
+    }
+    if d.meta.read(|tx| tx.find_database(account, name))?.is_some() {
+        return Err(Error::Exists {
+            what: "database",
+            name: format!("{account}.{name}"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 async fn create_database(
     State(d): St,
     headers: HeaderMap,
@@ -762,19 +777,7 @@ async fn create_database(
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let account = account(&d, &headers, &acct)?;
     let req: Named = parse_json(body, d.config.api.max_body_bytes)?;
-    if req.name.is_empty() {
-        return Err(Error::Invalid("database name is empty".into()).into());
-    }
-    if d.meta
-        .read(|tx| tx.find_database(&account, &req.name))?
-        .is_some()
-    {
-        return Err(Error::Exists {
-            what: "database",
-            name: format!("{account}.{}", req.name),
-        }
-        .into());
-    }
+    new_database_name(&d, &account, &req.name)?;
     let now = d.now_ms();
     let db = d.meta.write(|tx| {
         let n = tx.next_sequence("database")?;
@@ -1381,22 +1384,10 @@ async fn create_replica(
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let id = account(&d, &headers, &acct)?;
     let req: CreateReplica = parse_json(body, d.config.api.max_body_bytes)?;
-    if req.name.is_empty() {
-        return Err(Error::Invalid("database name is empty".into()).into());
-    }
     if req.group.trim().is_empty() {
         return Err(Error::Invalid("group is empty".into()).into());
     }
-    if d.meta
-        .read(|tx| tx.find_database(&id, &req.name))?
-        .is_some()
-    {
-        return Err(Error::Exists {
-            what: "database",
-            name: format!("{id}.{}", req.name),
-        }
-        .into());
-    }
+    new_database_name(&d, &id, &req.name)?;
     let upstream = req
         .upstream
         .as_deref()

@@ -455,26 +455,24 @@ fn group_of(n: &Node, db: &DatabaseId) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
     use tern_crypto::{CustomerKey, SystemRandom, X25519CustomerKey};
-    let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open(dir.path(), "d1", None).await;
-    let keys = dir.path().join("d1").join("keys");
-    let mut d2 = open(dir.path(), "d2", Some(&keys)).await;
+    let Pair {
+        dir,
+        keys,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
     let key_path = dir.path().join("a2-customer.key");
     let customer: std::sync::Arc<dyn CustomerKey> = std::sync::Arc::new(
         X25519CustomerKey::create(&key_path, &SystemRandom::default()).unwrap(),
     );
+    // Registered before the replica asks for its first refresh.
     let a2 = AccountId::new("a2").unwrap();
     d2.repl
         .set_customer_key(&a2, std::sync::Arc::clone(&customer));
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
     d1.tables.insert(&t, &[batch(0..100, "c")]).await.unwrap();
     replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
