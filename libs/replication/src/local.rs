@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use tern_clock::SystemClock;
+use tern_clock::{SharedClock, SystemClock};
 use tern_crypto::{CachedWrapKeys, KeyProvider, LocalKeyProvider, SystemRandom};
 use tern_messaging::{
-    Cleaner, Context, MessagingConfig, Processor, Receiver, Registry, Sender, worker,
+    Cleaner, Context, Handler, MessagingConfig, Processor, Receiver, Registry, Sender, worker,
 };
 use tern_meta::{AccountDpo, DatabaseDpo, DeploymentDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
@@ -76,6 +76,87 @@ impl std::fmt::Debug for LocalDeployment {
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`services`] wires together.
+#[allow(missing_debug_implementations)]
+pub struct ServiceParts {
+    /// This deployment.
+    pub me: DeploymentId,
+    /// Its region.
+    pub region: String,
+    /// Its metadata store.
+    pub meta: MetaStore,
+    /// Its volume.
+    pub volume: Arc<dyn ObjectStore>,
+    /// Its replication bucket.
+    pub bucket: Arc<dyn ObjectStore>,
+    /// Its keys.
+    pub provider: Arc<dyn KeyProvider>,
+    /// Its commit protocol (recovered).
+    pub txn: TxnManager,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Replication settings.
+    pub replication: ReplicationConfig,
+    /// Message-service settings.
+    pub messaging: MessagingConfig,
+    /// Message handlers besides replication's (the daemon's group membership).
+    pub handlers: Vec<(&'static str, Arc<dyn Handler>)>,
+}
+
+/// The services of one deployment.
+#[allow(missing_debug_implementations)]
+pub struct Services {
+    /// Tables, committing through the commit protocol.
+    pub tables: Arc<Tables>,
+    /// Replication.
+    pub repl: Replication,
+    /// The message service, with replication's handlers registered.
+    pub ctx: Context,
+}
+
+/// Tables, replication and the message service of one deployment, wired the one way the
+/// daemon and [`LocalDeployment`] both use (one cache of GMK-derived keys for messages
+/// and replication).
+pub fn services(p: ServiceParts) -> Result<Services> {
+    let tables = Arc::new(Tables::new(
+        p.me.clone(),
+        Arc::clone(&p.volume),
+        p.meta.clone(),
+        Arc::clone(&p.provider),
+        Arc::clone(&p.clock),
+        TableOptions::default(),
+        Arc::new(p.txn.clone()),
+    ));
+    let wrap_keys = Arc::new(CachedWrapKeys::new(Arc::clone(&p.provider)));
+    let repl = Replication::new(Parts {
+        me: p.me.clone(),
+        region: p.region,
+        meta: p.meta.clone(),
+        tables: Arc::clone(&tables),
+        txn: p.txn,
+        volume: p.volume,
+        bucket: p.bucket,
+        wrap_keys: Arc::clone(&wrap_keys),
+        clock: Arc::clone(&p.clock),
+        random: SystemRandom::shared(),
+        config: p.replication,
+    })?;
+    let mut registry = Registry::new();
+    for (t, h) in p.handlers.into_iter().chain(repl.handlers()) {
+        registry.register(t, h)?;
+    }
+    let ctx = Context::new(
+        p.me,
+        p.meta,
+        wrap_keys,
+        p.clock,
+        SystemRandom::shared(),
+        registry,
+        p.messaging,
+    )?;
+    Ok(Services { tables, repl, ctx })
 }
 
 /// A folder store (created if missing).
@@ -149,42 +230,19 @@ impl LocalDeployment {
             options.txn,
         )?;
         txn.recover().await?;
-        let tables = Arc::new(Tables::new(
-            me.clone(),
-            Arc::clone(&volume),
-            meta.clone(),
-            Arc::clone(&provider),
-            Arc::clone(&clock),
-            TableOptions::default(),
-            Arc::new(txn.clone()),
-        ));
-        let wrap_keys = Arc::new(CachedWrapKeys::new(Arc::clone(&provider)));
-        let repl = Replication::new(Parts {
+        let Services { tables, repl, ctx } = services(ServiceParts {
             me: me.clone(),
             region: format!("region-{id}"),
             meta: meta.clone(),
-            tables: Arc::clone(&tables),
-            txn: txn.clone(),
             volume: Arc::clone(&volume),
             bucket: Arc::clone(&bucket),
-            wrap_keys: Arc::clone(&wrap_keys),
-            clock: Arc::clone(&clock),
-            random: SystemRandom::shared(),
-            config: options.replication,
-        })?;
-        let mut registry = Registry::new();
-        for (t, h) in repl.handlers() {
-            registry.register(t, h)?;
-        }
-        let ctx = Context::new(
-            me.clone(),
-            meta.clone(),
-            wrap_keys,
+            provider,
+            txn: txn.clone(),
             clock,
-            SystemRandom::shared(),
-            registry,
-            options.messaging,
-        )?;
+            replication: options.replication,
+            messaging: options.messaging,
+            handlers: Vec::new(),
+        })?;
         let peers = Arc::new(PeerSet::new(ctx.clone()));
         meta.write(|tx| {
             if tx.get_deployment(&me)?.is_none() {

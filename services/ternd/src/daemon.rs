@@ -31,18 +31,18 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tern_clock::{SharedClock, SystemClock};
 use tern_crypto::{
-    CachedWrapKeys, KeyProvider, KmsConnection, KmsKeyProvider, LocalKeyProvider,
-    StaticCredentials, SystemRandom,
+    KeyProvider, KmsConnection, KmsKeyProvider, LocalKeyProvider, StaticCredentials, SystemRandom,
 };
 use tern_messaging::{
     Bodies, ChannelGenesis, Cleaner, Commit, Context, Draft, GlobalMessage, Handler, HandlerError,
-    Processor, Receiver, Registry, Sender,
+    Processor, Receiver, Sender,
 };
 use tern_meta::{DeploymentDpo, Dpo, Key, MetaStore, SqliteOptions};
-use tern_replication::{Parts, PeerSet, Peers, Replication, ReplicationWorker, Role};
+use tern_replication::local::{ServiceParts, Services};
+use tern_replication::{PeerSet, Peers, Replication, ReplicationWorker, Role};
 use tern_storage::StoreConfig;
 use tern_storage::layout::DeploymentId;
-use tern_table::{TableOptions, Tables};
+use tern_table::Tables;
 use tern_txn::{TxnManager, TxnOptions, TxnState};
 use tokio::sync::Notify;
 
@@ -366,56 +366,34 @@ impl Daemon {
             files_removed = report.files_removed,
             "recovery done"
         );
-        let tables = Arc::new(Tables::new(
-            id.clone(),
-            Arc::clone(&volume),
-            meta.clone(),
-            Arc::clone(&provider),
-            Arc::clone(&clock),
-            TableOptions::default(),
-            Arc::new(txn.clone()),
-        ));
-        let wrap_keys = Arc::new(CachedWrapKeys::new(Arc::clone(&provider)));
-        let replication = Replication::new(Parts {
+        let group_handlers: Vec<(&'static str, Arc<dyn Handler>)> =
+            [(GROUP_TYPE, false), (HEARTBEAT_TYPE, true)]
+                .into_iter()
+                .map(|(t, heartbeat)| {
+                    let h: Arc<dyn Handler> = Arc::new(GroupHandler {
+                        heartbeat,
+                        clock: Arc::clone(&clock),
+                    });
+                    (t, h)
+                })
+                .collect();
+        let Services {
+            tables,
+            repl: replication,
+            ctx: messaging,
+        } = tern_replication::local::services(ServiceParts {
             me: id.clone(),
             region: config.region.clone(),
             meta: meta.clone(),
-            tables: Arc::clone(&tables),
-            txn: txn.clone(),
             volume: Arc::clone(&volume),
             bucket: Arc::clone(&bucket),
-            wrap_keys: Arc::clone(&wrap_keys),
+            provider: Arc::clone(&provider),
+            txn: txn.clone(),
             clock: Arc::clone(&clock),
-            random: SystemRandom::shared(),
-            config: config.replication.settings.clone(),
+            replication: config.replication.settings.clone(),
+            messaging: config.messaging.clone(),
+            handlers: group_handlers,
         })?;
-        let mut registry = Registry::new()
-            .with(
-                GROUP_TYPE,
-                Arc::new(GroupHandler {
-                    heartbeat: false,
-                    clock: Arc::clone(&clock),
-                }),
-            )?
-            .with(
-                HEARTBEAT_TYPE,
-                Arc::new(GroupHandler {
-                    heartbeat: true,
-                    clock: Arc::clone(&clock),
-                }),
-            )?;
-        for (message_type, handler) in replication.handlers() {
-            registry = registry.with(message_type, handler)?;
-        }
-        let messaging = Context::new(
-            id.clone(),
-            meta.clone(),
-            wrap_keys,
-            Arc::clone(&clock),
-            SystemRandom::shared(),
-            registry,
-            config.messaging.clone(),
-        )?;
         let peer_set = Arc::new(PeerSet::new(messaging.clone()));
         for (pid, p) in &peers {
             peer_set.add(pid.clone(), Arc::clone(&p.store));
