@@ -93,7 +93,7 @@ pub struct Counters {
     pub records_shipped: AtomicU64,
     /// Log records applied.
     pub records_applied: AtomicU64,
-    /// Log records skipped as already applied.
+    /// Replicated table changes skipped as already applied (idempotent re-delivery).
     pub records_skipped: AtomicU64,
     /// Snapshots served.
     pub snapshots_served: AtomicU64,

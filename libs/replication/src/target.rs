@@ -658,7 +658,7 @@ impl Replication {
             let mut gap = None;
             steps.retain(|s| match self.current_version(&s.table) {
                 Ok(cur) if cur >= s.version => {
-                    Counters::add(&self.inner.counters.records_skipped, 0);
+                    Counters::add(&self.inner.counters.records_skipped, 1);
                     false
                 }
                 Ok(cur) if cur < s.base => {

@@ -9,7 +9,6 @@
 //! | shipper | ship new log records to every subscribed downstream replica |
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tern_messaging::Draft;
 use tern_storage::layout::MessageId;
@@ -165,23 +164,18 @@ impl Replication {
         let me = self.me().clone();
         let members = self.meta().read(|tx| tx.list_deployments())?;
         let mut n = 0;
-        let mut missed = false;
+        // A peer without a channel yet gets them when its channel is made (`announce_soon`)
+        // or at the next interval.
         for d in members.iter().filter(|d| d.id != me) {
-            match peers.sender(&d.id) {
-                Some(s) => {
-                    if let Err(e) = s.send(Draft::new(ENTITIES_TYPE, payload.clone())).await {
-                        missed = true;
-                        tracing::warn!(peer = %d.id, error = %e, "could not announce global entities");
-                    } else {
-                        n += 1;
-                    }
+            let Some(s) = peers.sender(&d.id) else {
+                continue;
+            };
+            match s.send(Draft::new(ENTITIES_TYPE, payload.clone())).await {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    tracing::warn!(peer = %d.id, error = %e, "could not announce global entities");
                 }
-                None => missed = true,
             }
-        }
-        if missed && n == 0 && a.dirty {
-            // Nobody reachable yet: keep it pending, but do not spin.
-            tokio::time::sleep(Duration::from_millis(0)).await;
         }
         Ok(n)
     }
