@@ -187,6 +187,40 @@ pub(crate) mod f64_json {
     }
 }
 
+/// Parses a versioned JSON document `{"format": …, "v": …, …}` — a file or message
+/// format of its own, not a DPO: checks the `format` tag when `format` is given (`what` names
+/// the kind of document in the reason) and refuses any `v` but `version`, before reading the
+/// rest. The error is a reason for the caller to put beside the file or message it names.
+pub fn decode_versioned<T: DeserializeOwned>(
+    bytes: &[u8],
+    format: Option<&str>,
+    what: &str,
+    version: u32,
+) -> std::result::Result<T, String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        format: Option<String>,
+        v: u32,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if let Some(want) = format
+        && probe.format.as_deref() != Some(want)
+    {
+        return Err(format!(
+            "not a {what} (format {:?})",
+            probe.format.unwrap_or_default()
+        ));
+    }
+    if probe.v != version {
+        return Err(format!(
+            "format version {} is not supported (this build reads {version})",
+            probe.v
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
 /// Implements [`Dpo`] at envelope version 1 for a serde type: `impl_dpo!(MyDpo, "my thing")`
 /// (the name is what errors call a value of the type).
 #[macro_export]

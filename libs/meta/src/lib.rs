@@ -91,7 +91,7 @@ pub use dpo::{
     DeploymentDpo, DictionaryChange, DictionaryChangeDpo, EpFileRef, MicroPartitionDpo, Scalar,
     SchemaDpo, TableDpo, TableVersionDpo,
 };
-pub use envelope::Dpo;
+pub use envelope::{Dpo, decode_versioned};
 pub use error::{Error, Result};
 pub use key::{Element, Key};
 pub use store::{MetaStore, MetaTxn};

@@ -34,18 +34,7 @@ pub const PAYLOAD_VERSION: u32 = 1;
 
 /// Decodes a payload, checking its version; the error says what is wrong.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    #[derive(Deserialize)]
-    struct Probe {
-        v: u32,
-    }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if probe.v != PAYLOAD_VERSION {
-        return Err(format!(
-            "payload version {} is not supported (this build reads {PAYLOAD_VERSION})",
-            probe.v
-        ));
-    }
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    tern_meta::decode_versioned(bytes, None, "replication payload", PAYLOAD_VERSION)
 }
 
 /// Encodes a payload.

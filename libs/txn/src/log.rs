@@ -80,26 +80,12 @@ impl LogRecord {
 
     /// Parse, checking the format tag and version. `path` names the file in errors.
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self> {
-        let bad = |reason: String| Error::BadLogRecord {
-            path: path.to_string(),
-            reason,
-        };
-        #[derive(Deserialize)]
-        struct Probe {
-            format: String,
-            v: u32,
-        }
-        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if probe.format != FORMAT {
-            return Err(bad(format!("not a log record (format {:?})", probe.format)));
-        }
-        if probe.v != VERSION {
-            return Err(bad(format!(
-                "format version {} is not supported (this build reads {VERSION})",
-                probe.v
-            )));
-        }
-        serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
+        tern_meta::decode_versioned(bytes, Some(FORMAT), "log record", VERSION).map_err(|reason| {
+            Error::BadLogRecord {
+                path: path.to_string(),
+                reason,
+            }
+        })
     }
 }
 
