@@ -29,6 +29,13 @@ use crate::service::{Counters, Replication};
 use crate::state::{ImportJobDpo, ReplicaDpo, keys};
 
 /// Where imported files come from: a peer's folder in our inbound stage and its keys.
+/// An imported response whose inbound folder can go (see [`Replication::clean_inbound`]).
+#[derive(Debug, Clone)]
+pub struct InboundCleanup {
+    peer: DeploymentId,
+    folder: ResponseId,
+}
+
 pub(crate) struct ImportSource {
     pub peer: DeploymentId,
     pub folder: ResponseId,
@@ -219,13 +226,16 @@ impl Replication {
         Ok(sent)
     }
 
-    /// Importer: imports the oldest waiting snapshot response. How many it imported.
-    pub(crate) async fn import_snapshots(&self) -> Result<usize> {
+    /// Importer: imports the oldest waiting snapshot response. How many it imported, and
+    /// the inbound folder to delete now that its files are in the volume (the caller
+    /// deletes it off the import path: unlinking gigabytes can take seconds, and the next
+    /// response should not wait for that).
+    pub(crate) async fn import_snapshots(&self) -> Result<(usize, Option<InboundCleanup>)> {
         let jobs = self
             .meta()
             .read(|tx| tx.scan_prefix_limit::<ImportJobDpo>(&keys::import_jobs(), 1))?;
         let Some((key, job)) = jobs.into_iter().next() else {
-            return Ok(0);
+            return Ok((0, None));
         };
         match self.import(&job).await {
             Ok(()) => {}
@@ -246,11 +256,21 @@ impl Replication {
             }
         }
         self.meta().write(|tx| tx.delete(&key))?;
-        self.remove_inbound(&job.peer, &job.response.response_id)
-            .await;
-        self.remove_stale_snapshots(&job.peer, &job.response.response_id)
-            .await;
-        Ok(1)
+        Ok((
+            1,
+            Some(InboundCleanup {
+                peer: job.peer,
+                folder: job.response.response_id,
+            }),
+        ))
+    }
+
+    /// Deletes an imported response's inbound folder, and the folders of attempts its
+    /// upstream abandoned before it. Safe to run beside imports: it never touches a folder
+    /// with an import waiting, nor one numbered after the imported response.
+    pub async fn clean_inbound(&self, done: InboundCleanup) {
+        self.remove_inbound(&done.peer, &done.folder).await;
+        self.remove_stale_snapshots(&done.peer, &done.folder).await;
     }
 
     async fn import(&self, job: &ImportJobDpo) -> Result<()> {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tern_messaging::Draft;
 use tern_storage::layout::MessageId;
+use tokio::task::JoinSet;
 
 use crate::error::Result;
 use crate::model::{self, ENTITIES_TYPE, EntitiesPayload, PAYLOAD_VERSION};
@@ -53,12 +54,20 @@ pub struct ReplicationWorker {
     repl: Replication,
     peers: Arc<dyn Peers>,
     role: Role,
+    /// The importer's inbound deletions, running beside the next imports; dropped (so
+    /// aborted) with the worker.
+    cleanups: JoinSet<()>,
 }
 
 impl ReplicationWorker {
     /// A worker of `role`.
     pub fn new(repl: Replication, peers: Arc<dyn Peers>, role: Role) -> Self {
-        Self { repl, peers, role }
+        Self {
+            repl,
+            peers,
+            role,
+            cleanups: JoinSet::new(),
+        }
     }
 
     /// Its name.
@@ -77,7 +86,16 @@ impl ReplicationWorker {
                 Ok(n)
             }
             Role::Copier => self.repl.serve_snapshots(peers).await,
-            Role::Importer => self.repl.import_snapshots().await,
+            Role::Importer => {
+                while self.cleanups.try_join_next().is_some() {}
+                let (n, cleanup) = self.repl.import_snapshots().await?;
+                if let Some(c) = cleanup {
+                    let repl = self.repl.clone();
+                    self.cleanups
+                        .spawn(async move { repl.clean_inbound(c).await });
+                }
+                Ok(n)
+            }
             Role::Shipper => self.repl.ship(peers).await,
         }
     }
