@@ -127,6 +127,30 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
         let r = d.op("POST", "/v1/accounts", &json!({"name": a}).to_string());
         assert_eq!(r.status, 201, "{}", r.body);
     }
+    // a2 uses its own key: every RepMK sent to it is sealed to it (and it must be
+    // registered again after the kill -9 below: it is stored).
+    let key_file = l2.home.join("a2-customer.key");
+    let r = d2.op(
+        "POST",
+        "/v1/accounts/a2/customer-key",
+        r#"{"kind":"x25519","file":"nowhere/a2.key","create":false}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().1.contains("nowhere/a2.key"), "{}", r.body);
+    let r = d2.op(
+        "POST",
+        "/v1/accounts/a2/customer-key",
+        r#"{"kind":"rot13"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().1.contains("rot13"), "{}", r.body);
+    let r = d2.op(
+        "POST",
+        "/v1/accounts/a2/customer-key",
+        &json!({"kind":"x25519","file":key_file,"create":true}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let key_id = r.json()["key_id"].as_str().expect("key id").to_string();
     let r = d1.op("POST", "/v1/accounts/a1/global", "");
     assert_eq!(r.status, 200, "{}", r.body);
     let account_group = r.json()["group"].as_str().expect("group").to_string();
@@ -243,6 +267,16 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
     });
     let replicas = s["replicas"].as_array().expect("replicas");
     assert_eq!(replicas.len(), 1, "{s}");
+    // The key survived the kill -9, and the primary seals to it.
+    let r = d2.op("GET", "/v1/accounts/a2/customer-key", "");
+    assert_eq!(
+        r.json()["customer_key"]["key_id"],
+        key_id.as_str(),
+        "{}",
+        r.body
+    );
+    let s1 = d1.op("GET", "/v1/replication/status", "").json();
+    assert_eq!(s1["downstream"][0]["sealed_to"], key_id.as_str(), "{s1}");
     assert_eq!(replicas[0]["group"], group.as_str(), "{s}");
     // Nothing in the buckets is Parquet-shaped or plaintext.
     let mut files = Vec::new();

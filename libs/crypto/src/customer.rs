@@ -25,6 +25,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_kms::primitives::Blob;
@@ -420,11 +421,119 @@ pub async fn double_unwrap_repmk(
     wrap_key.unwrap_repmk(&WrappedKey::from_bytes(inner.to_vec()), ctx)
 }
 
+/// Where an account's customer-managed key is: what an operator registers (the key itself
+/// stays where it is; only this reference is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum CustomerKeySpec {
+    /// A static X25519 key pair whose private key is in a local file (mode 0600).
+    X25519 {
+        /// The private key file.
+        file: std::path::PathBuf,
+    },
+    /// An RSA key (2048 bits or more, usage `ENCRYPT_DECRYPT`) of the deployment's KMS.
+    KmsRsa {
+        /// The KMS key id, ARN or alias.
+        key_id: String,
+    },
+}
+
+impl fmt::Display for CustomerKeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CustomerKeySpec::X25519 { file } => write!(f, "X25519 key file {}", file.display()),
+            CustomerKeySpec::KmsRsa { key_id } => write!(f, "KMS RSA key {key_id}"),
+        }
+    }
+}
+
+/// Opens the customer keys [`CustomerKeySpec`]s name: X25519 key files always, KMS RSA keys
+/// when the deployment has a KMS client.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerKeys {
+    kms: Option<aws_sdk_kms::Client>,
+}
+
+impl CustomerKeys {
+    /// Key files only (a deployment without KMS).
+    pub fn local() -> Self {
+        Self::default()
+    }
+
+    /// Key files and keys of the KMS `client` talks to.
+    pub fn with_kms(client: aws_sdk_kms::Client) -> Self {
+        Self { kms: Some(client) }
+    }
+
+    /// Opens the key `spec` names. With `create`, a missing X25519 key file is made (a new
+    /// key pair); an existing one is never replaced.
+    pub fn open(
+        &self,
+        spec: &CustomerKeySpec,
+        create: bool,
+        random: &dyn Random,
+    ) -> Result<Arc<dyn CustomerKey>> {
+        match spec {
+            CustomerKeySpec::X25519 { file } => {
+                if create && !file.exists() {
+                    return Ok(Arc::new(X25519CustomerKey::create(file, random)?));
+                }
+                Ok(Arc::new(X25519CustomerKey::open(file)?))
+            }
+            CustomerKeySpec::KmsRsa { key_id } => {
+                let client = self.kms.clone().ok_or(Error::InvalidConfig {
+                    field: "customer key",
+                    reason: "a KMS RSA customer key needs the deployment's keys in KMS ([keys] kind = \"kms\")",
+                })?;
+                Ok(Arc::new(KmsRsaCustomerKey::new(client, key_id.clone())))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::diversifier::Diversifier;
     use crate::random::SystemRandom;
+
+    #[tokio::test]
+    async fn specs_open_their_keys_and_say_what_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rng = SystemRandom::default();
+        let file = tmp.path().join("a1.x25519");
+        let spec = CustomerKeySpec::X25519 { file: file.clone() };
+        let keys = CustomerKeys::local();
+        let err = keys.open(&spec, false, &rng).unwrap_err();
+        assert!(err.to_string().contains("a1.x25519"), "{err}");
+        let made = keys.open(&spec, true, &rng).unwrap();
+        // Never replaced: opening again (with or without create) gives the same key.
+        assert_eq!(
+            keys.open(&spec, true, &rng).unwrap().key_id(),
+            made.key_id()
+        );
+        assert_eq!(
+            keys.open(&spec, false, &rng).unwrap().key_id(),
+            made.key_id()
+        );
+        let kms = CustomerKeySpec::KmsRsa {
+            key_id: "alias/a1".into(),
+        };
+        let err = keys.open(&kms, false, &rng).unwrap_err();
+        assert!(err.to_string().contains("kind = \"kms\""), "{err}");
+        // The stored form names its kind; unknown fields are refused.
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"kind\":\"x25519\""), "{json}");
+        assert_eq!(
+            serde_json::from_str::<CustomerKeySpec>(&json).unwrap(),
+            spec
+        );
+        assert!(
+            serde_json::from_str::<CustomerKeySpec>(r#"{"kind":"kms_rsa","key_id":"k","x":1}"#)
+                .is_err()
+        );
+    }
 
     #[tokio::test]
     async fn x25519_double_wrap_round_trip() {

@@ -76,8 +76,8 @@ pub mod stream;
 pub mod wrap;
 
 pub use customer::{
-    CustomerKey, CustomerPublicKey, KmsRsaCustomerKey, SealScheme, SealedKey, X25519CustomerKey,
-    double_unwrap_repmk, double_wrap_repmk,
+    CustomerKey, CustomerKeySpec, CustomerKeys, CustomerPublicKey, KmsRsaCustomerKey, SealScheme,
+    SealedKey, X25519CustomerKey, double_unwrap_repmk, double_wrap_repmk,
 };
 pub use diversifier::{Diversifier, DiversifierPolicy};
 pub use error::{BoxError, Error, HeaderFault, Result};

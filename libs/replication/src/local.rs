@@ -103,6 +103,8 @@ pub struct ServiceParts {
     pub messaging: MessagingConfig,
     /// Message handlers besides replication's (the daemon's group membership).
     pub handlers: Vec<(&'static str, Arc<dyn Handler>)>,
+    /// Opens the customer-managed keys accounts register.
+    pub customer_keys: tern_crypto::CustomerKeys,
 }
 
 /// The services of one deployment.
@@ -142,6 +144,7 @@ pub fn services(p: ServiceParts) -> Result<Services> {
         clock: Arc::clone(&p.clock),
         random: SystemRandom::shared(),
         config: p.replication,
+        customer_keys: p.customer_keys,
     })?;
     let mut registry = Registry::new();
     for (t, h) in p.handlers.into_iter().chain(repl.handlers()) {
@@ -242,6 +245,7 @@ impl LocalDeployment {
             replication: options.replication,
             messaging: options.messaging,
             handlers: Vec::new(),
+            customer_keys: tern_crypto::CustomerKeys::local(),
         })?;
         let peers = Arc::new(PeerSet::new(ctx.clone()));
         meta.write(|tx| {

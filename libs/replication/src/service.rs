@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::model::{self, EntityKind, GlobalEntity, UNSUBSCRIBE_TYPE, Unsubscribe};
 use crate::state::{
-    self, AnnounceDpo, DownstreamDpo, GROUP_INDEX, KnownEntitiesDpo, OutboxDpo, PendingRefresh,
-    ReplicaDpo, keys,
+    self, AnnounceDpo, CustomerKeyDpo, DownstreamDpo, GROUP_INDEX, KnownEntitiesDpo, OutboxDpo,
+    PendingRefresh, ReplicaDpo, keys,
 };
 
 /// Replication settings (`[replication]` of the daemon's configuration).
@@ -141,6 +141,8 @@ pub struct Parts {
     pub random: SharedRandom,
     /// Settings.
     pub config: ReplicationConfig,
+    /// Opens the customer-managed keys accounts register.
+    pub customer_keys: tern_crypto::CustomerKeys,
 }
 
 /// One deployment's replication service (cheap to clone).
@@ -163,11 +165,27 @@ pub(crate) struct Inner {
     /// Woken whenever a replicated change committed here (apply agents waiting for a
     /// predecessor re-check at once).
     pub(crate) applied: Notify,
-    /// Customer-managed keys of local accounts that use one.
-    pub(crate) customer_keys:
-        std::sync::Mutex<std::collections::HashMap<AccountId, Arc<dyn tern_crypto::CustomerKey>>>,
+    /// Customer-managed keys of local accounts that use one; a registered key that could
+    /// not be opened holds why (its replicas then ask for nothing rather than ask without it).
+    pub(crate) customer_keys: std::sync::Mutex<std::collections::HashMap<AccountId, OpenedKey>>,
     /// Attempts of log records waiting for a predecessor, by message id.
     pub(crate) gaps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// A customer key as opened here, or why it could not be.
+pub(crate) type OpenedKey = std::result::Result<Arc<dyn tern_crypto::CustomerKey>, String>;
+
+/// An account's registered customer-managed key, as `show customer key` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerKeyStatus {
+    /// The account.
+    pub account: AccountId,
+    /// Where the key is.
+    pub spec: tern_crypto::CustomerKeySpec,
+    /// Its key id, when it opened.
+    pub key_id: Option<String>,
+    /// Why it did not open.
+    pub error: Option<String>,
 }
 
 /// How a replica follows its upstream.
@@ -247,6 +265,9 @@ pub struct DownstreamStatus {
     pub snapshots: u64,
     /// Bytes copied to the peer.
     pub bytes_copied: u64,
+    /// The customer-managed key every RepMK for this replica is sealed to (its id), if
+    /// the replica's account uses one.
+    pub sealed_to: Option<String>,
     /// The last error.
     pub last_error: Option<String>,
 }
@@ -289,6 +310,21 @@ impl Replication {
     /// The replication service of the deployment made of `parts`.
     pub fn new(parts: Parts) -> Result<Self> {
         parts.config.validate()?;
+        let registered = parts
+            .meta
+            .read(|tx| tx.scan_prefix::<CustomerKeyDpo>(&keys::customer_keys()))?;
+        let mut customer_keys = std::collections::HashMap::new();
+        for (_, k) in registered {
+            let opened = parts
+                .customer_keys
+                .open(&k.spec, false, parts.random.as_ref())
+                .map_err(|e| {
+                    tracing::error!(account = %k.account, key = %k.spec, error = %e,
+                        "the account's customer key cannot be opened: its replicas will not refresh until it can");
+                    format!("{}: {e}", k.spec)
+                });
+            customer_keys.insert(k.account, opened);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 p: parts,
@@ -298,7 +334,7 @@ impl Replication {
                 ship_wake: Notify::new(),
                 job_wake: Notify::new(),
                 applied: Notify::new(),
-                customer_keys: std::sync::Mutex::default(),
+                customer_keys: std::sync::Mutex::new(customer_keys),
                 gaps: std::sync::Mutex::default(),
             }),
         })
@@ -321,25 +357,143 @@ impl Replication {
 
     /// `account` uses its own key pair: RepMKs for its replicas are sealed to its public
     /// key as well as wrapped under the GMK-derived key, so only it can open them
-    /// (DESIGN.md §4). Takes effect with the replica's next refresh request.
+    /// (DESIGN.md §4). Held in memory only (an embedding that manages its keys itself);
+    /// [`Replication::register_customer_key`] is the stored form. Takes effect with the
+    /// replica's next refresh request.
     pub fn set_customer_key(&self, account: &AccountId, key: Arc<dyn tern_crypto::CustomerKey>) {
+        self.customer_key_map().insert(account.clone(), Ok(key));
+    }
+
+    /// Registers where `account`'s customer-managed key is, after opening it (with
+    /// `create`, a missing X25519 key file is made). Stored, so it holds after a restart;
+    /// every replica of the account asks its upstream for a refresh, which carries the
+    /// key's public half, so that from then on every RepMK sent to it is sealed to the key.
+    /// Returns the key id.
+    pub async fn register_customer_key(
+        &self,
+        account: &AccountId,
+        spec: &tern_crypto::CustomerKeySpec,
+        create: bool,
+    ) -> Result<String> {
+        self.require_account(account)?;
+        let p = &self.inner.p;
+        let key = p
+            .customer_keys
+            .open(spec, create, p.random.as_ref())
+            .map_err(|e| {
+                Error::invalid(
+                    format!("customer key of account {account}"),
+                    format!("{spec}: {e}"),
+                )
+            })?;
+        // Usable as well as present: a KMS key must hand out its public half.
+        key.public_key().await.map_err(|e| {
+            Error::invalid(
+                format!("customer key of account {account}"),
+                format!("{spec}: {e}"),
+            )
+        })?;
+        let id = key.key_id().to_string();
+        self.meta().write(|tx| {
+            tx.put(
+                &keys::customer_key(account),
+                &CustomerKeyDpo {
+                    account: account.clone(),
+                    spec: spec.clone(),
+                },
+            )
+        })?;
+        self.customer_key_map().insert(account.clone(), Ok(key));
+        self.refresh_account(account, "customer key registered")?;
+        tracing::info!(%account, key = %spec, key_id = %id, "customer key registered");
+        Ok(id)
+    }
+
+    /// Stops using a customer-managed key for `account` (the key itself is left where it
+    /// is). Its replicas ask for a refresh without it. Whether one was registered.
+    pub fn remove_customer_key(&self, account: &AccountId) -> Result<bool> {
+        self.require_account(account)?;
+        let stored = self.meta().write(|tx| {
+            let k = keys::customer_key(account);
+            let had = tx.contains(&k)?;
+            tx.delete(&k)?;
+            Ok(had)
+        })?;
+        let held = self.customer_key_map().remove(account).is_some();
+        if stored || held {
+            self.refresh_account(account, "customer key removed")?;
+            tracing::info!(%account, "customer key removed");
+        }
+        Ok(stored || held)
+    }
+
+    /// The customer-managed key registered for `account`, and whether it opened.
+    pub fn customer_key_status(&self, account: &AccountId) -> Result<Option<CustomerKeyStatus>> {
+        self.require_account(account)?;
+        let Some(k) = self
+            .meta()
+            .read(|tx| tx.get::<CustomerKeyDpo>(&keys::customer_key(account)))?
+        else {
+            return Ok(None);
+        };
+        let (key_id, error) = match self.customer_key_map().get(account) {
+            Some(Ok(key)) => (Some(key.key_id().to_string()), None),
+            Some(Err(e)) => (None, Some(e.clone())),
+            None => (None, Some("not opened".into())),
+        };
+        Ok(Some(CustomerKeyStatus {
+            account: account.clone(),
+            spec: k.spec,
+            key_id,
+            error,
+        }))
+    }
+
+    fn require_account(&self, account: &AccountId) -> Result<()> {
+        if self.meta().read(|tx| tx.get_account(account))?.is_none() {
+            return Err(Error::NotFound {
+                what: "account",
+                name: account.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends every replica of `account` a new refresh request (one already sent carried
+    /// the old key, or none).
+    fn refresh_account(&self, account: &AccountId, reason: &str) -> Result<()> {
+        let replicas = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<ReplicaDpo>(&keys::replicas()))?;
+        for (_, r) in replicas.into_iter().filter(|(_, r)| &r.account == account) {
+            self.ask_refresh(&r.database, reason, true)?;
+        }
+        Ok(())
+    }
+
+    fn customer_key_map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<AccountId, OpenedKey>> {
         self.inner
             .customer_keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(account.clone(), key);
     }
 
+    /// `account`'s customer key: `None` when it uses none; an error when one is registered
+    /// but could not be opened (nothing may then go out as if it used none).
     pub(crate) fn customer_key(
         &self,
         account: &AccountId,
-    ) -> Option<Arc<dyn tern_crypto::CustomerKey>> {
-        self.inner
-            .customer_keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(account)
-            .cloned()
+    ) -> Result<Option<Arc<dyn tern_crypto::CustomerKey>>> {
+        match self.customer_key_map().get(account) {
+            None => Ok(None),
+            Some(Ok(k)) => Ok(Some(Arc::clone(k))),
+            Some(Err(e)) => Err(Error::invalid(
+                format!("customer key of account {account}"),
+                format!("cannot be opened ({e}); register it again or remove it"),
+            )),
+        }
     }
 
     /// Tells the shipper that something committed (it also polls).
@@ -568,6 +722,18 @@ impl Replication {
     /// `alter database X refresh`: ask the upstream for a refresh now. Returns the request
     /// id (an already pending request is kept).
     pub fn request_refresh(&self, database: &DatabaseId, reason: &str) -> Result<String> {
+        self.ask_refresh(database, reason, false)
+    }
+
+    /// [`Replication::request_refresh`]; with `replace_sent`, a request already sent does
+    /// not count (it went out before whatever changed): a new one goes, and the answer to
+    /// the old one, when it comes, is imported without ending the new one.
+    fn ask_refresh(
+        &self,
+        database: &DatabaseId,
+        reason: &str,
+        replace_sent: bool,
+    ) -> Result<String> {
         let id = self.next_id("rq")?;
         let now = self.now();
         let out = self.meta().write(|tx| {
@@ -577,7 +743,7 @@ impl Replication {
                     "is not a secondary replica: nothing to refresh",
                 )));
             };
-            if let Some(p) = &r.refresh {
+            if let Some(p) = r.refresh.as_ref().filter(|p| !(replace_sent && p.sent)) {
                 return Ok(Ok(p.request_id.clone()));
             }
             r.refresh = Some(PendingRefresh {
@@ -855,6 +1021,7 @@ impl Replication {
                 records_shipped: d.records_shipped,
                 snapshots: d.snapshots,
                 bytes_copied: d.bytes_copied,
+                sealed_to: d.customer_key.as_ref().map(|k| k.key_id().to_string()),
                 last_error: d.last_error,
             });
         }

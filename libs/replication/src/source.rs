@@ -101,7 +101,7 @@ impl Replication {
         let ctx = WrapContext::new(channel_name(peer, &p.me), name).with_diversifier(w.diversifier);
         let repmk = match &w.sealed {
             Some(sealed) => {
-                let key = self.customer_key(account).ok_or_else(|| Error::BadMessage {
+                let key = self.customer_key(account)?.ok_or_else(|| Error::BadMessage {
                     message_type: "replication",
                     from: peer.clone(),
                     reason: format!(

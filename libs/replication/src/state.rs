@@ -8,6 +8,7 @@
 //! | `repl/down/<db>/<peer>` | [`DownstreamDpo`] | a local database a peer replicates from us: log cursor, figures |
 //! | `repl/job/snap/<peer>/<request>` | [`SnapshotJobDpo`] | a refresh request to answer (copy workers) |
 //! | `repl/job/import/<peer>/<response>` | [`ImportJobDpo`] | a snapshot response to import |
+//! | `repl/ckey/<account>` | [`CustomerKeyDpo`] | where a local account's customer-managed key is |
 //!
 //! The global index (`MetaTxn::set_global_id`) maps kind `dbgroup` + group → local database
 //! id, on the primary and on every replica.
@@ -234,7 +235,25 @@ pub mod keys {
     pub fn import_jobs() -> Key {
         Key::root("repl").str("job").str("import")
     }
+    /// `repl/ckey/<account>`.
+    pub fn customer_key(account: &AccountId) -> Key {
+        Key::root("repl").str("ckey").str(account.as_str())
+    }
+    /// All registered customer keys.
+    pub fn customer_keys() -> Key {
+        Key::root("repl").str("ckey")
+    }
 }
+
+/// A local account's customer-managed key: where it is (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerKeyDpo {
+    /// The account.
+    pub account: AccountId,
+    /// Where its key is.
+    pub spec: tern_crypto::CustomerKeySpec,
+}
+impl_dpo!(CustomerKeyDpo, "customer key");
 
 /// A message to send to a peer, recorded with the state change that needs it (so that a
 /// crash never loses it); the control worker sends it with this id.

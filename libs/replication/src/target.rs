@@ -187,6 +187,18 @@ impl Replication {
             let Some(sender) = peers.sender(&r.upstream) else {
                 continue;
             };
+            let customer_key = match self.customer_key(&r.account) {
+                Ok(Some(k)) => Some(k.public_key().await?),
+                Ok(None) => None,
+                Err(e) => {
+                    // Never ask without the key the account registered: the answer would
+                    // not be sealed to it.
+                    tracing::warn!(database = %r.database, error = %e, "refresh request held back");
+                    let msg = e.to_string();
+                    self.with_replica(&r.group, |cur| cur.last_error = Some(msg.clone()))?;
+                    continue;
+                }
+            };
             let request = RefreshRequest {
                 v: PAYLOAD_VERSION,
                 request_id: pending.request_id.clone(),
@@ -195,10 +207,7 @@ impl Replication {
                 database: r.database.clone(),
                 subscribe: r.follow_log,
                 tables: self.inventory(&r)?,
-                customer_key: match self.customer_key(&r.account) {
-                    Some(k) => Some(k.public_key().await?),
-                    None => None,
-                },
+                customer_key,
             };
             let id = MessageId::new(pending.request_id.as_str())?;
             if sender.message(&id).await?.is_none() {

@@ -180,6 +180,24 @@ enum AccountCmd {
         #[arg(long)]
         group: Option<String>,
     },
+    /// The account's customer-managed key: RepMKs sent to its replicas are sealed to it,
+    /// so only it can open them. Without an option, shows the registered key (operator to
+    /// change).
+    CustomerKey {
+        name: String,
+        /// A local X25519 key file (private key, mode 0600) on the daemon's host.
+        #[arg(long, conflicts_with_all = ["kms_key_id", "remove"])]
+        x25519_file: Option<String>,
+        /// With --x25519-file: make a new key pair there when the file is missing.
+        #[arg(long, requires = "x25519_file")]
+        create: bool,
+        /// An RSA key (ENCRYPT_DECRYPT) of the deployment's KMS: id, ARN or alias.
+        #[arg(long, conflicts_with = "remove")]
+        kms_key_id: Option<String>,
+        /// Stop using the registered key.
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -483,6 +501,31 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 &c.post(&format!("/v1/accounts/{name}/global"), &req).await?,
                 json_out,
             );
+        }
+        Command::Account(AccountCmd::CustomerKey {
+            name,
+            x25519_file,
+            create,
+            kms_key_id,
+            remove,
+        }) => {
+            let p = format!("/v1/accounts/{name}/customer-key");
+            let v = match (x25519_file, kms_key_id) {
+                (Some(file), _) => {
+                    c.post(
+                        &p,
+                        &json!({"kind": "x25519", "file": file, "create": create}),
+                    )
+                    .await?
+                }
+                (None, Some(key_id)) => {
+                    c.post(&p, &json!({"kind": "kms_rsa", "key_id": key_id}))
+                        .await?
+                }
+                (None, None) if remove => c.delete(&p).await?,
+                (None, None) => c.get(&p).await?,
+            };
+            print_value(&v, json_out);
         }
         Command::Database(DatabaseCmd::Replication {
             account,
@@ -1051,6 +1094,54 @@ mod tests {
     #[test]
     fn the_cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn customer_key_options_parse_and_exclude_each_other() {
+        assert!(matches!(
+            parse(&["account", "customer-key", "acme", "--x25519-file", "/k/acme", "--create"]),
+            Command::Account(AccountCmd::CustomerKey { x25519_file: Some(f), create: true, .. }) if f == "/k/acme"
+        ));
+        assert!(matches!(
+            parse(&["account", "customer-key", "acme", "--kms-key-id", "alias/acme"]),
+            Command::Account(AccountCmd::CustomerKey { kms_key_id: Some(k), create: false, .. }) if k == "alias/acme"
+        ));
+        assert!(matches!(
+            parse(&["account", "customer-key", "acme"]),
+            Command::Account(AccountCmd::CustomerKey {
+                x25519_file: None,
+                kms_key_id: None,
+                remove: false,
+                ..
+            })
+        ));
+        for bad in [
+            &[
+                "account",
+                "customer-key",
+                "acme",
+                "--x25519-file",
+                "f",
+                "--kms-key-id",
+                "k",
+            ][..],
+            &[
+                "account",
+                "customer-key",
+                "acme",
+                "--kms-key-id",
+                "k",
+                "--remove",
+            ],
+            &["account", "customer-key", "acme", "--create"],
+        ] {
+            let mut all = vec!["tern"];
+            all.extend_from_slice(bad);
+            assert!(
+                Cli::try_parse_from(all).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@
 //! | `POST /v1/accounts/{a}/global` | `alter account … set global` `{group?}` → `{group}` (operator) |
 //! | `GET /v1/accounts/{a}/global/accounts` | `show global accounts` |
 //! | `GET /v1/accounts/{a}/global/databases` | `show global databases` |
+//! | `POST /v1/accounts/{a}/customer-key` | use a customer-managed key `{kind: "x25519", file, create?}` or `{kind: "kms_rsa", key_id}` → `{key_id}` (operator; stored, asks the account's replicas for a refresh) |
+//! | `GET /v1/accounts/{a}/customer-key` | the registered key, its id, or why it does not open |
+//! | `DELETE /v1/accounts/{a}/customer-key` | stop using it (operator) |
 //! | `POST …/databases/{db}/replication` | `{enable: true}` → `{group}` (primary of a new group); `{enable: false}` makes it local |
 //! | `POST /v1/accounts/{a}/replicas` | `create database X as replica of <group>` `{name, group, upstream?}` → `{database}` |
 //! | `DELETE /v1/accounts/{a}/replicas/{db}` | drop a secondary replica |
@@ -261,6 +264,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(&format!("{acct}/global"), post(set_global))
         .route(&format!("{acct}/global/accounts"), get(global_accounts))
         .route(&format!("{acct}/global/databases"), get(global_databases))
+        .route(
+            &format!("{acct}/customer-key"),
+            post(register_customer_key)
+                .get(customer_key)
+                .delete(remove_customer_key),
+        )
         .route(&format!("{db}/replication"), post(set_replication))
         .route(&format!("{db}/refresh"), post(refresh))
         .route(&format!("{acct}/replicas"), post(create_replica))
@@ -1333,6 +1342,63 @@ async fn global_databases(State(d): St, headers: HeaderMap, Path(acct): Path<Str
     let id = account(&d, &headers, &acct)?;
     let rows = d.replication.global_databases(&id)?;
     Ok(axum::Json(json!({"databases": rows})))
+}
+
+/// Registers the account's customer-managed key: `{kind: "x25519", file, create?}` (a key
+/// file on this deployment's host; `create` makes a new key pair when it is missing) or
+/// `{kind: "kms_rsa", key_id}` (an RSA key of this deployment's KMS). Operator only.
+async fn register_customer_key(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let id = account(&d, &headers, &acct)?;
+    let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
+    let mut req: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))?;
+    let create = match req.remove("create") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(
+                Error::Invalid(format!("`create` must be true or false, not {other}")).into(),
+            );
+        }
+    };
+    let spec: tern_crypto::CustomerKeySpec = serde_json::from_value(Value::Object(req))
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "bad customer key: {e} (expected {{\"kind\": \"x25519\", \"file\": …}} or {{\"kind\": \"kms_rsa\", \"key_id\": …}})"
+            ))
+        })?;
+    let key_id = d
+        .replication
+        .register_customer_key(&id, &spec, create)
+        .await?;
+    Ok(axum::Json(
+        json!({"account": id.as_str(), "key_id": key_id, "spec": spec}),
+    ))
+}
+
+async fn customer_key(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let status = d.replication.customer_key_status(&id)?;
+    Ok(axum::Json(json!({"customer_key": status})))
+}
+
+async fn remove_customer_key(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let id = account(&d, &headers, &acct)?;
+    let removed = d.replication.remove_customer_key(&id)?;
+    Ok(axum::Json(
+        json!({"account": id.as_str(), "removed": removed}),
+    ))
 }
 
 #[derive(Deserialize)]

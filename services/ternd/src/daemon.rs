@@ -31,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tern_clock::{SharedClock, SystemClock};
 use tern_crypto::{
-    KeyProvider, KmsConnection, KmsKeyProvider, LocalKeyProvider, StaticCredentials, SystemRandom,
+    CustomerKeys, KeyProvider, KmsConnection, KmsKeyProvider, LocalKeyProvider, StaticCredentials,
+    SystemRandom,
 };
 use tern_messaging::{
     Bodies, ChannelGenesis, Cleaner, Commit, Context, Draft, GlobalMessage, Handler, HandlerError,
@@ -246,10 +247,15 @@ fn open_store(field: &'static str, c: &StoreConfig) -> Result<Arc<dyn ObjectStor
     tern_storage::open_store(c).map_err(open_err(field))
 }
 
-/// Opens the key provider the configuration names. Local keys are created only when
-/// `may_create` (a metadata store that already holds accounts needs the keys its data was
-/// written with: new ones would leave that data unreadable).
-pub async fn open_keys(keys: &KeysConfig, may_create: bool) -> Result<Arc<dyn KeyProvider>> {
+/// Opens the key provider the configuration names, and the opener of the accounts'
+/// customer-managed keys (KMS RSA keys in the same KMS when the keys are there, X25519
+/// key files always). Local keys are created only when `may_create` (a metadata store
+/// that already holds accounts needs the keys its data was written with: new ones would
+/// leave that data unreadable).
+pub async fn open_keys(
+    keys: &KeysConfig,
+    may_create: bool,
+) -> Result<(Arc<dyn KeyProvider>, CustomerKeys)> {
     let random = SystemRandom::shared();
     match keys {
         KeysConfig::None => Err(Error::Config {
@@ -277,7 +283,10 @@ pub async fn open_keys(keys: &KeysConfig, may_create: bool) -> Result<Arc<dyn Ke
             } else {
                 LocalKeyProvider::create(dir, random)
             };
-            Ok(Arc::new(p.map_err(open_err("keys.dir"))?))
+            Ok((
+                Arc::new(p.map_err(open_err("keys.dir"))?),
+                CustomerKeys::local(),
+            ))
         }
         KeysConfig::Kms {
             gmk_key_id,
@@ -300,11 +309,14 @@ pub async fn open_keys(keys: &KeysConfig, may_create: bool) -> Result<Arc<dyn Ke
                 credentials,
             })
             .await;
-            Ok(Arc::new(KmsKeyProvider::new(
-                client,
-                gmk_key_id.clone(),
-                master_key_id.clone(),
-            )))
+            Ok((
+                Arc::new(KmsKeyProvider::new(
+                    client.clone(),
+                    gmk_key_id.clone(),
+                    master_key_id.clone(),
+                )),
+                CustomerKeys::with_kms(client),
+            ))
         }
     }
 }
@@ -341,7 +353,7 @@ impl Daemon {
             peers.insert(pid, Peer { store, waker: None });
         }
         let has_data = !meta.read(|tx| tx.list_accounts())?.is_empty();
-        let provider = open_keys(&config.keys, !has_data).await?;
+        let (provider, customer_keys) = open_keys(&config.keys, !has_data).await?;
         // A key provider that cannot derive keys is found now (KMS unreachable, wrong id).
         provider
             .derive_wrap_key(tern_crypto::DiversifierPolicy::default().current(&*clock))
@@ -393,6 +405,7 @@ impl Daemon {
             replication: config.replication.settings.clone(),
             messaging: config.messaging.clone(),
             handlers: group_handlers,
+            customer_keys,
         })?;
         let peer_set = Arc::new(PeerSet::new(messaging.clone()));
         for (pid, p) in &peers {

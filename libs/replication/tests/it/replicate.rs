@@ -521,6 +521,151 @@ async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
     d2.stop().await;
 }
 
+/// The key id the primary seals RepMKs for its downstream replica to (`None`: unsealed).
+fn sealed_to(d1: &Node) -> Option<String> {
+    let downs = d1
+        .meta
+        .read(|tx| {
+            tx.scan_prefix::<tern_replication::state::DownstreamDpo>(
+                &tern_replication::state::keys::downstreams(),
+            )
+        })
+        .unwrap();
+    downs[0]
+        .1
+        .customer_key
+        .as_ref()
+        .map(|k| k.key_id().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
+    use tern_crypto::CustomerKeySpec;
+    let Pair {
+        dir,
+        keys,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
+    let rid = replica_table_id(&d1.id, &t);
+    d1.tables.insert(&t, &[batch(0..100, "k")]).await.unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    assert_eq!(sealed_to(&d1), None);
+    let a2 = AccountId::new("a2").unwrap();
+    let file = dir.path().join("a2.x25519");
+    let spec = CustomerKeySpec::X25519 { file: file.clone() };
+
+    // Bad input is refused by name and stores nothing.
+    let err = d2
+        .repl
+        .register_customer_key(&a2, &spec, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a2.x25519") && err.contains("a2"), "{err}");
+    assert!(d2.repl.customer_key_status(&a2).unwrap().is_none());
+    let err = d2
+        .repl
+        .register_customer_key(&AccountId::new("nobody").unwrap(), &spec, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nobody"), "{err}");
+    assert!(!file.exists(), "no key made for an unknown account");
+
+    // Registered (a new key pair): the replica's refresh tells the primary, which seals
+    // every RepMK to it from then on.
+    let key_id = d2
+        .repl
+        .register_customer_key(&a2, &spec, true)
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "the primary to seal to the registered key",
+        || async { sealed_to(&d1).as_deref() == Some(key_id.as_str()) },
+    )
+    .await;
+    d1.tables.insert(&t, &[batch(100..200, "k")]).await.unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // Stored: a restarted replica opens it again and goes on.
+    d2.kill().await;
+    d2 = open(dir.path(), "d2", Some(&keys)).await;
+    d2.start(&[&d1]);
+    let status = d2.repl.customer_key_status(&a2).unwrap().unwrap();
+    assert_eq!(status.key_id.as_deref(), Some(key_id.as_str()));
+    d1.tables.insert(&t, &[batch(200..300, "k")]).await.unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // The key file gone at a restart: the replica says so and applies nothing (it never
+    // falls back to asking without the key).
+    let moved = dir.path().join("a2.x25519.away");
+    std::fs::rename(&file, &moved).unwrap();
+    d2.kill().await;
+    d2 = open(dir.path(), "d2", Some(&keys)).await;
+    d2.start(&[&d1]);
+    let status = d2.repl.customer_key_status(&a2).unwrap().unwrap();
+    assert!(
+        status.key_id.is_none()
+            && status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("a2.x25519")),
+        "{status:?}"
+    );
+    let before = ver(&d2, &rid);
+    d1.tables.insert(&t, &[batch(300..400, "k")]).await.unwrap();
+    d2.repl.request_refresh(&ver_db(&d2, &rid), "test").unwrap();
+    eventually(WAIT, "the replica to report the unopenable key", || async {
+        d2.repl.status().await.unwrap().replicas[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot be opened"))
+    })
+    .await;
+    assert_eq!(ver(&d2, &rid), before);
+    assert_eq!(sealed_to(&d1).as_deref(), Some(key_id.as_str()));
+
+    // Back in place and registered again: it catches up.
+    std::fs::rename(&moved, &file).unwrap();
+    assert_eq!(
+        d2.repl
+            .register_customer_key(&a2, &spec, false)
+            .await
+            .unwrap(),
+        key_id
+    );
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // Removed: the next refresh asks without it and the primary stops sealing.
+    assert!(d2.repl.remove_customer_key(&a2).unwrap());
+    assert!(d2.repl.customer_key_status(&a2).unwrap().is_none());
+    eventually(WAIT, "the primary to stop sealing", || async {
+        sealed_to(&d1).is_none()
+    })
+    .await;
+    d1.tables.insert(&t, &[batch(400..500, "k")]).await.unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    d1.stop().await;
+    d2.stop().await;
+}
+
+/// The database a replica table belongs to.
+fn ver_db(n: &Node, table: &TableId) -> DatabaseId {
+    n.meta
+        .read(|tx| tx.get_table(table))
+        .unwrap()
+        .unwrap()
+        .database
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_log_gap_that_cannot_fill_turns_into_a_refresh() {
     let Pair {
