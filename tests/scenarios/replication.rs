@@ -1,7 +1,9 @@
 //! Replication between two real `ternd` processes on local folders: a global account on
 //! each, a primary database on d1, a read-only secondary replica on d2 that catches up,
-//! refuses writes, survives a kill -9 without duplicates, and nothing plaintext or
-//! Parquet-shaped lands in the buckets.
+//! refuses writes, survives a kill -9 while following without duplicates, uses its
+//! account's stored customer key, and nothing plaintext or Parquet-shaped lands in the
+//! buckets; and a first refresh whose source is killed -9 mid-copy and whose replica is
+//! killed -9 mid-import, which resumes to exactly the primary's rows with no orphan file.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -100,15 +102,34 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-#[test]
-fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
+/// Two linked daemons, d1 and d2, each with a global account (a1, a2) of one account
+/// group; `env` goes to both (d2 also joins d1's key group: `env2`).
+struct Two {
+    dir: tempfile::TempDir,
+    l1: Layout,
+    l2: Layout,
+    c1: std::path::PathBuf,
+    c2: std::path::PathBuf,
+    d1: Ternd,
+    d2: Ternd,
+    join: String,
+}
+
+/// d2's environment: d1's key folder to join, and `env`.
+fn env2<'a>(join: &'a str, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all = vec![("TERN_KEYS__JOIN", join)];
+    all.extend_from_slice(env);
+    all
+}
+
+fn two(env: &[(&str, &str)]) -> Two {
     let dir = tempfile::tempdir().expect("tmp");
     let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
-    let d1 = Ternd::start(&l1.write_config(&config(&l1, &l2)), &[]);
+    let c1 = l1.write_config(&config(&l1, &l2));
+    let d1 = Ternd::start(&c1, env);
     let join = format!("{}/keys", l1.home.display());
-    let env = [("TERN_KEYS__JOIN", join.as_str())];
     let c2 = l2.write_config(&config(&l2, &l1));
-    let mut d2 = Ternd::start(&c2, &env);
+    let d2 = Ternd::start(&c2, &env2(&join, env));
     // Link the two deployments (both channels).
     let r = d1.op("POST", "/v1/deployments", r#"{"id":"d2","region":"r2"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
@@ -127,8 +148,89 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
         let r = d.op("POST", "/v1/accounts", &json!({"name": a}).to_string());
         assert_eq!(r.status, 201, "{}", r.body);
     }
-    // a2 uses its own key: every RepMK sent to it is sealed to it (and it must be
-    // registered again after the kill -9 below: it is stored).
+    let r = d1.op("POST", "/v1/accounts/a1/global", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let account_group = r.json()["group"].as_str().expect("group").to_string();
+    let r = d2.op(
+        "POST",
+        "/v1/accounts/a2/global",
+        &json!({"group": account_group}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    Two {
+        dir,
+        l1,
+        l2,
+        c1,
+        c2,
+        d1,
+        d2,
+        join,
+    }
+}
+
+/// The primary on d1: `sales.public.orders` loaded by `batches` inserts of `rows` rows
+/// (a micro-partition each), made global; its database group, once d2 knows it.
+fn primary(d1: &Ternd, d2: &Ternd, batches: i64, rows: i64) -> String {
+    let r = d1.op("POST", "/v1/accounts/a1/databases", r#"{"name":"sales"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = d1.op(
+        "POST",
+        "/v1/accounts/a1/databases/sales/schemas/public/tables",
+        r#"{"name":"orders","columns":[{"name":"id","type":"int64","nullable":false},{"name":"customer","type":"utf8"},{"name":"amount","type":"float64"}]}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    for b in 0..batches {
+        let (from, to) = (b * rows, (b + 1) * rows);
+        let r = d1.op("POST", &format!("{PRIMARY}/rows"), &rows_json(from, to));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = d1.op(
+        "POST",
+        "/v1/accounts/a1/databases/sales/replication",
+        r#"{"enable":true}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let group = r.json()["group"].as_str().expect("group").to_string();
+    wait_until(
+        "d2 lists the database group",
+        Duration::from_secs(60),
+        || {
+            let v = d2.op("GET", "/v1/accounts/a2/global/databases", "").json();
+            v["databases"]
+                .as_array()?
+                .iter()
+                .any(|r| r["replication_group"] == group.as_str())
+                .then_some(())
+        },
+    );
+    group
+}
+
+fn create_replica(d2: &Ternd, group: &str) {
+    let r = d2.op(
+        "POST",
+        "/v1/accounts/a2/replicas",
+        &json!({"name":"sales_replica","group":group}).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[test]
+fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
+    let Two {
+        dir: _dir,
+        l1,
+        l2,
+        c1: _,
+        c2,
+        d1,
+        mut d2,
+        join,
+    } = two(&[]);
+    let env = env2(&join, &[]);
+    // a2 uses its own key: every RepMK sent to it is sealed to it (stored: it holds
+    // after the kill -9 below).
     let key_file = l2.home.join("a2-customer.key");
     let r = d2.op(
         "POST",
@@ -151,52 +253,9 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let key_id = r.json()["key_id"].as_str().expect("key id").to_string();
-    let r = d1.op("POST", "/v1/accounts/a1/global", "");
-    assert_eq!(r.status, 200, "{}", r.body);
-    let account_group = r.json()["group"].as_str().expect("group").to_string();
-    let r = d2.op(
-        "POST",
-        "/v1/accounts/a2/global",
-        &json!({"group": account_group}).to_string(),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
     // The primary: a table with 100 rows.
-    let r = d1.op("POST", "/v1/accounts/a1/databases", r#"{"name":"sales"}"#);
-    assert_eq!(r.status, 201, "{}", r.body);
-    let r = d1.op(
-        "POST",
-        "/v1/accounts/a1/databases/sales/schemas/public/tables",
-        r#"{"name":"orders","columns":[{"name":"id","type":"int64","nullable":false},{"name":"customer","type":"utf8"},{"name":"amount","type":"float64"}]}"#,
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let r = d1.op("POST", &format!("{PRIMARY}/rows"), &rows_json(0, 100));
-    assert_eq!(r.status, 200, "{}", r.body);
-    let r = d1.op(
-        "POST",
-        "/v1/accounts/a1/databases/sales/replication",
-        r#"{"enable":true}"#,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let group = r.json()["group"].as_str().expect("group").to_string();
-    // d2 learns of the database group.
-    wait_until(
-        "d2 lists the database group",
-        Duration::from_secs(60),
-        || {
-            let v = d2.op("GET", "/v1/accounts/a2/global/databases", "").json();
-            v["databases"]
-                .as_array()?
-                .iter()
-                .any(|r| r["replication_group"] == group.as_str())
-                .then_some(())
-        },
-    );
-    let r = d2.op(
-        "POST",
-        "/v1/accounts/a2/replicas",
-        &json!({"name":"sales_replica","group":group}).to_string(),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
+    let group = primary(&d1, &d2, 1, 100);
+    create_replica(&d2, &group);
     // The first refresh brings the 100 rows.
     let want = scan_all(&d1, PRIMARY).expect("primary scan");
     assert_eq!(want.len(), 100);
@@ -298,6 +357,105 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
             f.display()
         );
     }
+    assert!(d1.terminate().success());
+    assert!(d2.terminate().success());
+}
+
+/// Files under `dir` (every depth) whose name passes `keep`.
+fn count_files(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
+    let mut all = Vec::new();
+    files_under(dir, &mut all);
+    all.iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .count()
+}
+
+/// Polls `f` every millisecond (to catch a moment in the middle of a copy).
+fn wait_fast(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn ternd_refresh_killed_on_either_side_resumes_without_orphans() {
+    // One file copy at a time, so that a refresh of 40 files can be caught half done.
+    let env = [("TERN_REPLICATION__COPY_CONCURRENCY", "1")];
+    let Two {
+        dir: _dir,
+        l1: _,
+        l2,
+        c1,
+        c2,
+        mut d1,
+        mut d2,
+        join,
+    } = two(&env);
+    const FILES: usize = 40;
+    let group = primary(&d1, &d2, FILES as i64, 2000);
+    let want = scan_all(&d1, PRIMARY).expect("primary scan");
+    let inbound = l2.home.join("replication/from/d1/inbound");
+    // Object files only (the folder store stages a put under `<name>#<n>` first).
+    let object = |n: &str| !n.contains('#');
+    create_replica(&d2, &group);
+
+    // kill -9 the source while its copy worker fills d2's inbound stage.
+    wait_fast(
+        "the first file in d2's inbound stage",
+        Duration::from_secs(60),
+        || count_files(&inbound, object) > 0,
+    );
+    d1.kill9();
+    let landed = count_files(&inbound, object);
+    assert!(
+        landed < FILES,
+        "killed mid-copy: {landed} of {FILES} had landed"
+    );
+    d1 = Ternd::start(&c1, &env);
+
+    // kill -9 the replica while it copies the answer's files into its volume.
+    let volume = l2.home.join("volume");
+    let imported = |n: &str| n.ends_with("_g.mp");
+    wait_fast(
+        "the first imported file in d2's volume",
+        Duration::from_secs(60),
+        || count_files(&volume, imported) > 0,
+    );
+    d2.kill9();
+    let copied = count_files(&volume, imported);
+    assert!(
+        copied < FILES,
+        "killed mid-import: {copied} of {FILES} were in"
+    );
+    d2 = Ternd::start(&c2, &env2(&join, &env));
+
+    // Both resume: the replica has exactly the primary's rows.
+    let tbl = wait_until(
+        "the replica has the primary's rows",
+        Duration::from_secs(120),
+        || {
+            let t = replica_table(&d2)?;
+            (scan_all(&d2, &t)? == want).then_some(t)
+        },
+    );
+    // No orphans: the replica's volume holds exactly its table's files, and the inbound
+    // stage (the killed attempt's folder included) empties.
+    let r = d2.op("POST", &format!("{tbl}/scan"), r#"{"limit":1}"#);
+    let live = r.json()["files_total"].as_u64().expect("files_total") as usize;
+    assert_eq!(live, FILES, "{}", r.body);
+    wait_until(
+        "no orphan files in d2's volume or inbound stage",
+        Duration::from_secs(60),
+        || {
+            let (mps, left) = (
+                count_files(&volume, imported),
+                count_files(&inbound, |_| true),
+            );
+            (mps == live && left == 0).then_some(())
+        },
+    );
     assert!(d1.terminate().success());
     assert!(d2.terminate().success());
 }
