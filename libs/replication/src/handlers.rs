@@ -377,6 +377,11 @@ impl Replication {
                 }
             }
         }
+        let mut steps = crate::target::merge_steps(steps).map_err(|reason| Error::BadMessage {
+            message_type: LOG_TYPE,
+            from: from.clone(),
+            reason,
+        })?;
         self.apply_dictionary(replica, &dict).await?;
         self.localize(replica, &mut steps)?;
         for st in &steps {

@@ -56,6 +56,44 @@ pub(crate) struct TableStep {
     pub remove: Vec<GlobalFileRef>,
 }
 
+/// Folds the changes one shipped transaction made to the same table into one step per
+/// table (in first-seen order), so that the transaction stays one commit on the replica:
+/// a change must start at the version the previous one reached; a file added and removed
+/// within the transaction is neither copied nor removed; the schema is the last change's.
+/// The replica jumps over the transaction's intermediate versions (its versions mirror
+/// the primary's, and versions may jump). Errors name the table whose changes do not
+/// follow each other.
+pub(crate) fn merge_steps(steps: Vec<TableStep>) -> std::result::Result<Vec<TableStep>, String> {
+    let mut out: Vec<TableStep> = Vec::with_capacity(steps.len());
+    for next in steps {
+        let Some(prev) = out.iter_mut().find(|s| s.table == next.table) else {
+            out.push(next);
+            continue;
+        };
+        if next.base != prev.version {
+            return Err(format!(
+                "table {}: a change from version {} follows one that reached {}",
+                next.table, next.base, prev.version
+            ));
+        }
+        let removed_now: BTreeSet<&GlobalFileRef> = next.remove.iter().collect();
+        let added_before: BTreeSet<GlobalFileRef> =
+            prev.add.iter().map(|m| m.global_ref.clone()).collect();
+        prev.add.retain(|m| !removed_now.contains(&m.global_ref));
+        prev.remove.extend(
+            next.remove
+                .iter()
+                .filter(|g| !added_before.contains(*g))
+                .cloned(),
+        );
+        prev.add.extend(next.add);
+        prev.version = next.version;
+        prev.columns = next.columns;
+        prev.add_column = next.add_column.or(prev.add_column.take());
+    }
+    Ok(out)
+}
+
 /// What applying steps did.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Applied {
@@ -826,5 +864,76 @@ impl std::fmt::Debug for ImportSource {
             .field("peer", &self.peer)
             .field("folder", &self.folder)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_storage::layout::ShortName;
+
+    fn mp(table: &str, short: &str) -> MicroPartitionDpo {
+        let origin = DeploymentId::new("d1").unwrap();
+        MicroPartitionDpo {
+            table: TableId::new(table).unwrap(),
+            short: ShortName::new(short).unwrap(),
+            global_ref: GlobalFileRef::new(origin, ShortName::new(short).unwrap()),
+            rows: 1,
+            bytes: 1,
+            stats: Vec::new(),
+            added_version: 0,
+            removed_version: None,
+            path: short.into(),
+            key_ref: String::new(),
+        }
+    }
+
+    fn step(table: &str, base: u64, version: u64, add: &[&str], remove: &[&str]) -> TableStep {
+        TableStep {
+            table: TableId::new(table).unwrap(),
+            base,
+            version,
+            columns: Vec::new(),
+            add_column: None,
+            add: add.iter().map(|s| mp(table, s)).collect(),
+            remove: remove.iter().map(|s| mp(table, s).global_ref).collect(),
+        }
+    }
+
+    fn shorts(refs: impl IntoIterator<Item = GlobalFileRef>) -> Vec<String> {
+        refs.into_iter().map(|g| g.to_string()).collect()
+    }
+
+    #[test]
+    fn changes_of_one_table_in_one_transaction_fold_into_one_step() {
+        let merged = merge_steps(vec![
+            step("t1", 4, 5, &["fa", "fb"], &["f0"]),
+            step("t2", 7, 8, &["fx"], &[]),
+            // Removes fa (added by this transaction: never copied) and f1 (older).
+            step("t1", 5, 6, &["fc"], &["fa", "f1"]),
+        ])
+        .unwrap();
+        assert_eq!(merged.len(), 2);
+        let t1 = &merged[0];
+        assert_eq!((t1.base, t1.version), (4, 6));
+        assert_eq!(
+            shorts(t1.add.iter().map(|m| m.global_ref.clone())),
+            shorts([mp("t1", "fb").global_ref, mp("t1", "fc").global_ref])
+        );
+        assert_eq!(
+            shorts(t1.remove.clone()),
+            shorts([mp("t1", "f0").global_ref, mp("t1", "f1").global_ref])
+        );
+        assert_eq!((merged[1].base, merged[1].version), (7, 8));
+    }
+
+    #[test]
+    fn changes_that_do_not_follow_each_other_are_refused_by_table() {
+        let err =
+            merge_steps(vec![step("t1", 4, 5, &[], &[]), step("t1", 6, 7, &[], &[])]).unwrap_err();
+        assert!(
+            err.contains("t1") && err.contains("from version 6"),
+            "{err}"
+        );
     }
 }
