@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use tern_clock::{SharedClock, SystemClock};
 use tern_crypto::{CachedWrapKeys, KeyProvider, LocalKeyProvider, SystemRandom};
 use tern_messaging::{
@@ -164,11 +163,8 @@ pub fn services(p: ServiceParts) -> Result<Services> {
 
 /// A folder store (created if missing).
 pub fn folder(path: &Path) -> Result<Arc<dyn ObjectStore>> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::invalid(format!("folder {}", path.display()), e.to_string()))?;
-    let store = LocalFileSystem::new_with_prefix(path)
-        .map_err(|e| Error::invalid(format!("folder {}", path.display()), e.to_string()))?;
-    Ok(Arc::new(store))
+    tern_storage::open_folder(path)
+        .map_err(|e| Error::invalid(format!("folder {}", path.display()), e.to_string()))
 }
 
 fn member(id: &DeploymentId, dir: &Path) -> DeploymentDpo {

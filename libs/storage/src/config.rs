@@ -229,6 +229,17 @@ pub fn install_tls_provider() {
     });
 }
 
+/// A folder store rooted at `path` (created if missing). Deleting a folder's last object
+/// deletes the folder, as on S3 where folders do not exist: inbound folders, message
+/// chains and journals leave no empty directories behind.
+pub fn open_folder(path: &std::path::Path) -> std::io::Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(path)?;
+    let fs = LocalFileSystem::new_with_prefix(path)
+        .map_err(std::io::Error::other)?
+        .with_automatic_cleanup(true);
+    Ok(Arc::new(fs))
+}
+
 /// Open the store named by `config`.
 pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
     let location = Location::parse(&config.url)?;
@@ -237,11 +248,7 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
         source,
     };
     match location {
-        Location::Folder(path) => {
-            std::fs::create_dir_all(&path).map_err(|e| open_err(Box::new(e)))?;
-            let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| open_err(Box::new(e)))?;
-            Ok(Arc::new(fs))
-        }
+        Location::Folder(path) => open_folder(&path).map_err(|e| open_err(Box::new(e))),
         Location::S3 { bucket, prefix } => {
             install_tls_provider();
             let o = &config.s3;
@@ -280,6 +287,39 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_folder_store_leaves_no_empty_folders_behind() {
+        use object_store::ObjectStoreExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("bucket");
+        let store = open_store(&StoreConfig {
+            url: format!("file://{}", root.display()),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        use object_store::path::Path;
+        let (a, b) = (
+            Path::from("from/d1/inbound/rs-1/f1"),
+            Path::from("from/d1/msg/m1"),
+        );
+        store.put(&a, b"x".to_vec().into()).await.unwrap();
+        store.put(&b, b"y".to_vec().into()).await.unwrap();
+        store.delete(&a).await.unwrap();
+        assert!(!root.join("from/d1/inbound").exists(), "emptied folders go");
+        assert!(root.join("from/d1/msg/m1").exists(), "others stay");
+        store.delete(&b).await.unwrap();
+        assert!(
+            root.exists() && !root.join("from").exists(),
+            "the root stays"
+        );
+        // And the store works on after its folders went.
+        store.put(&a, b"z".to_vec().into()).await.unwrap();
+        assert_eq!(
+            store.get(&a).await.unwrap().bytes().await.unwrap().as_ref(),
+            b"z"
+        );
+    }
 
     #[test]
     fn parses_folder_and_s3_urls() {

@@ -49,7 +49,7 @@ pub mod fault;
 pub mod layout;
 pub mod retry;
 
-pub use config::{Location, S3Options, StoreConfig, open_store};
+pub use config::{Location, S3Options, StoreConfig, open_folder, open_store};
 pub use error::{Error, Operation, Result};
 pub use ext::StoreExt;
 pub use fault::{Fault, FaultPlan, FaultRule, FaultStore};
