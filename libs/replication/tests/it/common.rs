@@ -38,6 +38,16 @@ pub async fn open(root: &FsPath, id: &str, join: Option<&FsPath>) -> Node {
     open_with(root, id, join, repl_config()).await
 }
 
+/// Kills `node` (every task aborted and awaited, as a crash), opens it again from its
+/// folders and starts it linked to `peer`.
+pub async fn restart(mut node: Node, root: &FsPath, join: Option<&FsPath>, peer: &Node) -> Node {
+    let id = node.id.to_string();
+    node.kill().await;
+    let mut again = open(root, &id, join).await;
+    again.start(&[peer]);
+    again
+}
+
 pub async fn open_with(
     root: &FsPath,
     id: &str,

@@ -295,9 +295,7 @@ async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
                 .await
                 .unwrap();
             if i == 2 {
-                d2.kill().await;
-                d2 = open(dir.path(), "d2", Some(&keys)).await;
-                d2.start(&[&d1]);
+                d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
             }
         }
         d1.tables
@@ -394,9 +392,7 @@ async fn a_refresh_killed_on_either_side_resumes_without_orphans() {
     // The source's copy worker dies as soon as its first file lands in d2's inbound stage.
     replicate(&d1, &a1, &d2, &account_group).await;
     appears(&d2.bucket, "from/d1/inbound").await;
-    d1.kill().await;
-    d1 = open(dir.path(), "d1", None).await;
-    d1.start(&[&d2]);
+    d1 = restart(d1, dir.path(), None, &d2).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
 
@@ -425,9 +421,7 @@ async fn a_refresh_killed_on_either_side_resumes_without_orphans() {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    d2.kill().await;
-    d2 = open(dir.path(), "d2", Some(&keys)).await;
-    d2.start(&[&d1]);
+    d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
     eventually(
@@ -496,9 +490,7 @@ async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
     );
 
     // Without its customer key the replica cannot open what arrives.
-    d2.kill().await;
-    d2 = open(dir.path(), "d2", Some(&keys)).await;
-    d2.start(&[&d1]);
+    d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
     let before = ver(&d2, &replica_table_id(&d1.id, &t));
     d1.tables.insert(&t, &[batch(100..200, "c")]).await.unwrap();
     eventually(
@@ -595,9 +587,7 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
 
     // Stored: a restarted replica opens it again and goes on.
-    d2.kill().await;
-    d2 = open(dir.path(), "d2", Some(&keys)).await;
-    d2.start(&[&d1]);
+    d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
     let status = d2.repl.customer_key_status(&a2).unwrap().unwrap();
     assert_eq!(status.key_id.as_deref(), Some(key_id.as_str()));
     d1.tables.insert(&t, &[batch(200..300, "k")]).await.unwrap();
@@ -607,9 +597,7 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
     // falls back to asking without the key).
     let moved = dir.path().join("a2.x25519.away");
     std::fs::rename(&file, &moved).unwrap();
-    d2.kill().await;
-    d2 = open(dir.path(), "d2", Some(&keys)).await;
-    d2.start(&[&d1]);
+    d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
     let status = d2.repl.customer_key_status(&a2).unwrap().unwrap();
     assert!(
         status.key_id.is_none()
@@ -621,7 +609,9 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
     );
     let before = ver(&d2, &rid);
     d1.tables.insert(&t, &[batch(300..400, "k")]).await.unwrap();
-    d2.repl.request_refresh(&ver_db(&d2, &rid), "test").unwrap();
+    d2.repl
+        .request_refresh(&database_of(&d2, &rid), "test")
+        .unwrap();
     eventually(WAIT, "the replica to report the unopenable key", || async {
         d2.repl.status().await.unwrap().replicas[0]
             .last_error
@@ -658,7 +648,7 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
 }
 
 /// The database a replica table belongs to.
-fn ver_db(n: &Node, table: &TableId) -> DatabaseId {
+fn database_of(n: &Node, table: &TableId) -> DatabaseId {
     n.meta
         .read(|tx| tx.get_table(table))
         .unwrap()
