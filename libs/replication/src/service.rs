@@ -377,22 +377,18 @@ impl Replication {
     ) -> Result<String> {
         self.require_account(account)?;
         let p = &self.inner.p;
-        let key = p
-            .customer_keys
-            .open(spec, create, p.random.as_ref())
-            .map_err(|e| {
-                Error::invalid(
-                    format!("customer key of account {account}"),
-                    format!("{spec}: {e}"),
-                )
-            })?;
-        // Usable as well as present: a KMS key must hand out its public half.
-        key.public_key().await.map_err(|e| {
+        let refused = |e: tern_crypto::Error| {
             Error::invalid(
                 format!("customer key of account {account}"),
                 format!("{spec}: {e}"),
             )
-        })?;
+        };
+        let key = p
+            .customer_keys
+            .open(spec, create, p.random.as_ref())
+            .map_err(refused)?;
+        // Usable as well as present: a KMS key must hand out its public half.
+        key.public_key().await.map_err(refused)?;
         let id = key.key_id().to_string();
         self.meta().write(|tx| {
             tx.put(

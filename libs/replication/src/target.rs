@@ -28,7 +28,6 @@ use crate::peers::Peers;
 use crate::service::{Counters, Replication};
 use crate::state::{ImportJobDpo, ReplicaDpo, keys};
 
-/// Where imported files come from: a peer's folder in our inbound stage and its keys.
 /// An imported response whose inbound folder can go (see [`Replication::clean_inbound`]).
 #[derive(Debug, Clone)]
 pub struct InboundCleanup {
@@ -36,6 +35,7 @@ pub struct InboundCleanup {
     folder: ResponseId,
 }
 
+/// Where imported files come from: a peer's folder in our inbound stage and its keys.
 pub(crate) struct ImportSource {
     pub peer: DeploymentId,
     pub folder: ResponseId,
@@ -226,8 +226,11 @@ impl Replication {
                 continue;
             };
             let customer_key = match self.customer_key(&r.account) {
-                Ok(Some(k)) => Some(k.public_key().await?),
-                Ok(None) => None,
+                Ok(Some(k)) => k.public_key().await.map(Some).map_err(Error::from),
+                other => other.map(|_| None),
+            };
+            let customer_key = match customer_key {
+                Ok(k) => k,
                 Err(e) => {
                     // Never ask without the key the account registered: the answer would
                     // not be sealed to it.
