@@ -39,6 +39,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A RepMK sealed to a customer key this deployment cannot use: the account holds no
+    /// such key (removed, or another one registered since), or its key does not open.
+    #[error("customer key of account {account}: {reason}")]
+    CustomerKey {
+        /// The account.
+        account: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file copy (re-encryption) that failed.
     #[error("copying {path}: {source}")]
     Copy {

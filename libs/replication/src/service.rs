@@ -485,10 +485,10 @@ impl Replication {
         match self.customer_key_map().get(account) {
             None => Ok(None),
             Some(Ok(k)) => Ok(Some(Arc::clone(k))),
-            Some(Err(e)) => Err(Error::invalid(
-                format!("customer key of account {account}"),
-                format!("cannot be opened ({e}); register it again or remove it"),
-            )),
+            Some(Err(e)) => Err(Error::CustomerKey {
+                account: account.to_string(),
+                reason: format!("cannot be opened ({e}); register it again or remove it"),
+            }),
         }
     }
 

@@ -101,14 +101,16 @@ impl Replication {
         let ctx = WrapContext::new(channel_name(peer, &p.me), name).with_diversifier(w.diversifier);
         let repmk = match &w.sealed {
             Some(sealed) => {
-                let key = self.customer_key(account)?.ok_or_else(|| Error::BadMessage {
-                    message_type: "replication",
-                    from: peer.clone(),
-                    reason: format!(
-                        "{name}: the RepMK is sealed to customer key {}, which account {account} does not hold here",
-                        sealed.key_id
-                    ),
-                })?;
+                let key = self
+                    .customer_key(account)?
+                    .filter(|k| k.key_id() == sealed.key_id)
+                    .ok_or_else(|| Error::CustomerKey {
+                        account: account.to_string(),
+                        reason: format!(
+                            "{name} from {peer}: the RepMK is sealed to customer key {}, which the account does not hold here",
+                            sealed.key_id
+                        ),
+                    })?;
                 double_unwrap_repmk(sealed, key.as_ref(), &wk, &ctx).await?
             }
             None => {

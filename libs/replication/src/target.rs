@@ -290,9 +290,11 @@ impl Replication {
         match self.import(&job).await {
             Ok(()) => {}
             Err(e) if e.is_in_doubt() => return Err(e),
-            Err(e @ (Error::Gap { .. } | Error::Drift { .. })) => {
-                // The response no longer fits (the replica moved below what it answered):
-                // a new request gets a fitting one.
+            Err(e @ (Error::Gap { .. } | Error::Drift { .. } | Error::CustomerKey { .. })) => {
+                // The response no longer fits (the replica moved below what it answered,
+                // or its RepMK is sealed to a key the account no longer holds or cannot
+                // open): a new request gets a fitting one (held back while a registered
+                // key does not open), and the jobs behind this one are not blocked.
                 tracing::warn!(error = %e, response = %job.response.response_id, "snapshot no longer applies; asking again");
                 self.finish_refresh(&job, None)?;
                 if let Some(r) = self.replica_of(&job.response.group)? {

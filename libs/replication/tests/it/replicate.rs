@@ -471,20 +471,8 @@ async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
     replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
-    let downs = d1
-        .meta
-        .read(|tx| {
-            tx.scan_prefix::<tern_replication::state::DownstreamDpo>(
-                &tern_replication::state::keys::downstreams(),
-            )
-        })
-        .unwrap();
     assert_eq!(
-        downs[0]
-            .1
-            .customer_key
-            .as_ref()
-            .map(|k| k.key_id().to_string()),
+        sealed_to(&d1),
         Some(customer.key_id().to_string()),
         "the source seals to the account's key"
     );
@@ -513,8 +501,8 @@ async fn a_customer_managed_key_seals_every_repmk_for_its_account() {
     d2.stop().await;
 }
 
-/// The key id the primary seals RepMKs for its downstream replica to (`None`: unsealed).
-fn sealed_to(d1: &Node) -> Option<String> {
+/// What `d1` keeps of its one downstream replica.
+fn downstream(d1: &Node) -> tern_replication::state::DownstreamDpo {
     let downs = d1
         .meta
         .read(|tx| {
@@ -523,11 +511,12 @@ fn sealed_to(d1: &Node) -> Option<String> {
             )
         })
         .unwrap();
-    downs[0]
-        .1
-        .customer_key
-        .as_ref()
-        .map(|k| k.key_id().to_string())
+    downs.into_iter().next().expect("a downstream replica").1
+}
+
+/// The key id the primary seals RepMKs for its downstream replica to (`None`: unsealed).
+fn sealed_to(d1: &Node) -> Option<String> {
+    downstream(d1).customer_key.map(|k| k.key_id().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -593,11 +582,39 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
     d1.tables.insert(&t, &[batch(200..300, "k")]).await.unwrap();
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
 
-    // The key file gone at a restart: the replica says so and applies nothing (it never
-    // falls back to asking without the key).
+    // A response sealed to the key arrives while the key file is gone: the replica says
+    // so, applies nothing, never falls back to asking without the key, and drops that
+    // response rather than let it block the imports behind it. To have it in flight: d1
+    // is down while d2 asks, and d2 is down while d1 answers.
+    let db2 = database_of(&d2, &rid);
+    let served = downstream(&d1).snapshots;
+    d1.tables.insert(&t, &[batch(300..400, "k")]).await.unwrap();
+    d1.kill().await;
+    d2.repl.request_refresh(&db2, "test").unwrap();
+    eventually(WAIT, "the refresh request to go out", || async {
+        d2.meta
+            .read(|tx| {
+                tx.get::<tern_replication::state::ReplicaDpo>(
+                    &tern_replication::state::keys::replica(&db2),
+                )
+            })
+            .unwrap()
+            .and_then(|r| r.refresh)
+            .is_some_and(|p| p.sent)
+    })
+    .await;
+    d2.kill().await;
+    d1 = open(dir.path(), "d1", None).await;
+    d1.start(&[&d2]);
+    eventually(WAIT, "d1 to answer it", || async {
+        downstream(&d1).snapshots > served
+    })
+    .await;
     let moved = dir.path().join("a2.x25519.away");
     std::fs::rename(&file, &moved).unwrap();
-    d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
+    let before = ver(&d2, &rid);
+    d2 = open(dir.path(), "d2", Some(&keys)).await;
+    d2.start(&[&d1]);
     let status = d2.repl.customer_key_status(&a2).unwrap().unwrap();
     assert!(
         status.key_id.is_none()
@@ -607,17 +624,18 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
                 .is_some_and(|e| e.contains("a2.x25519")),
         "{status:?}"
     );
-    let before = ver(&d2, &rid);
-    d1.tables.insert(&t, &[batch(300..400, "k")]).await.unwrap();
-    d2.repl
-        .request_refresh(&database_of(&d2, &rid), "test")
-        .unwrap();
-    eventually(WAIT, "the replica to report the unopenable key", || async {
-        d2.repl.status().await.unwrap().replicas[0]
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("cannot be opened"))
-    })
+    eventually(
+        WAIT,
+        "the sealed response dropped and the unopenable key reported",
+        || async {
+            let s = d2.repl.status().await.unwrap();
+            s.import_jobs == 0
+                && s.replicas[0]
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("cannot be opened"))
+        },
+    )
     .await;
     assert_eq!(ver(&d2, &rid), before);
     assert_eq!(sealed_to(&d1).as_deref(), Some(key_id.as_str()));
