@@ -30,7 +30,12 @@ pub fn binary(name: &str) -> PathBuf {
     let mut build = Command::new(cargo);
     build
         .args(["build", "--package", name, "--bin", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // The package folder cargo gives the running test (the one compiled in may be
+        // another checkout's when a target folder is shared between checkouts).
+        .current_dir(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from),
+        );
     if profile_dir.file_name().is_some_and(|p| p == "release") {
         build.arg("--release");
     }
