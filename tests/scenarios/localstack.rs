@@ -18,6 +18,38 @@ fn csv(from: i64, to: i64) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// A new RSA key (`ENCRYPT_DECRYPT`) in LocalStack's KMS: what an account's own
+/// customer-managed key would be.
+fn localstack_rsa_key(endpoint: &str) -> String {
+    use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = tern_crypto::kms_client(&tern_crypto::KmsConnection {
+            endpoint: Some(endpoint.to_string()),
+            region: Some("us-east-1".into()),
+            credentials: Some(tern_crypto::StaticCredentials {
+                access_key_id: "test".into(),
+                secret_access_key: "test".into(),
+            }),
+        })
+        .await;
+        client
+            .create_key()
+            .key_spec(KeySpec::Rsa2048)
+            .key_usage(KeyUsageType::EncryptDecrypt)
+            .description("tern scenario: an account's customer-managed key")
+            .send()
+            .await
+            .expect("CreateKey on LocalStack")
+            .key_metadata
+            .expect("key metadata")
+            .key_id
+    })
+}
+
 #[test]
 fn ternd_localstack_example_config_serves_ddl_dml_scans_and_survives_kill9() {
     let outputs = infra_outputs(Target::LocalStack).expect("LocalStack with infra/envs/local");
@@ -68,6 +100,22 @@ fn ternd_localstack_example_config_serves_ddl_dml_scans_and_survives_kill9() {
     let d = Ternd::start(&copy, &env);
     let r = d.op("POST", "/v1/accounts", r#"{"name":"acme"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
+    // acme's own key: an RSA key of the same KMS, opened through the daemon's [keys] KMS.
+    let r = d.op(
+        "POST",
+        "/v1/accounts/acme/customer-key",
+        r#"{"kind":"kms_rsa","key_id":"alias/tern/no-such-key"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().1.contains("alias/tern/no-such-key"), "{}", r.body);
+    let customer_key = localstack_rsa_key(&endpoint);
+    let r = d.op(
+        "POST",
+        "/v1/accounts/acme/customer-key",
+        &json!({"kind": "kms_rsa", "key_id": customer_key}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["key_id"], customer_key.as_str(), "{}", r.body);
     let r = d.op("POST", "/v1/accounts/acme/databases", r#"{"name":"sales"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
     let r = d.op(
@@ -147,6 +195,10 @@ fn ternd_localstack_example_config_serves_ddl_dml_scans_and_survives_kill9() {
     }
     let s = d.op("GET", "/v1/status", "").json();
     assert_eq!(s["unfinished_transactions"], json!({}), "{s}");
+    // The customer key is stored and opens again from KMS after the kill -9.
+    let k = d.op("GET", "/v1/accounts/acme/customer-key", "").json();
+    assert_eq!(k["customer_key"]["key_id"], customer_key.as_str(), "{k}");
+    assert_eq!(k["customer_key"]["error"], json!(null), "{k}");
     let status = d.terminate();
     assert!(status.success(), "exit {status}");
 }
