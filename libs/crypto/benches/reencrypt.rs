@@ -48,8 +48,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt as _, PutMultipartOptions, PutOptions, PutPayload, PutResult,
     UploadPart,
 };
-use ring::aead::{Aad, Nonce};
-use tern_crypto::reference::{fill, raw_buffer, raw_keys, raw_speed};
+use tern_crypto::reference::{fill, raw_buffer, raw_keys, raw_speed, reseal};
 use tern_crypto::{
     CopyOptions, DEFAULT_CHUNK_SIZE, DataKey, EncryptOptions, Endpoint, RepMk, ReplicationFileKeys,
     TableFileKeys, encrypt_bytes, reencrypt, reencrypt_stream, upload_encrypted,
@@ -512,18 +511,7 @@ fn one_copy_ceiling(bytes: usize, chunk: usize, block: usize) -> f64 {
         for (s, d) in src.chunks(per_block).zip(dst.chunks_mut(per_block)) {
             d.copy_from_slice(s);
             for t in d.chunks_mut(stride) {
-                let mut n = [0u8; 12];
-                n[8..].copy_from_slice(&i.to_be_bytes());
-                let len = t.len() - 16;
-                keys[0]
-                    .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&n), t)
-                    .expect("open");
-                let (p, tg) = t.split_at_mut(len);
-                let tag = keys[1]
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
-                    .expect("seal");
-                tg.copy_from_slice(tag.as_ref());
-                done += len;
+                done += reseal(&keys[0], &keys[1], i, t);
                 i += 1;
             }
         }
@@ -551,19 +539,8 @@ fn two_copy_ceiling(bytes: usize, chunk: usize) -> f64 {
         {
             let t = &mut tmp[..s.len()];
             t.copy_from_slice(s);
-            let mut n = [0u8; 12];
-            n[8..].copy_from_slice(&(i as u32).to_be_bytes());
-            let len = t.len() - 16;
-            keys[0]
-                .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&n), t)
-                .expect("open");
-            let (p, tg) = t.split_at_mut(len);
-            let tag = keys[1]
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
-                .expect("seal");
-            tg.copy_from_slice(tag.as_ref());
+            done += reseal(&keys[0], &keys[1], i as u32, t);
             d.copy_from_slice(t);
-            done += len;
         }
         std::hint::black_box(&dst);
         best = best.max(gbps(done, start.elapsed()));

@@ -25,6 +25,28 @@ pub fn fill(buf: &mut [u8], seed: u64) {
     }
 }
 
+/// The nonce of segment `i` of a raw buffer.
+fn nonce(i: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[8..].copy_from_slice(&i.to_be_bytes());
+    n
+}
+
+/// Re-encrypts segment `i` (plaintext + 16-byte tag) in place: opened under `from`,
+/// sealed under `to`. Returns its plaintext length.
+pub fn reseal(from: &LessSafeKey, to: &LessSafeKey, i: u32, seg: &mut [u8]) -> usize {
+    let n = nonce(i);
+    let len = seg.len() - 16;
+    from.open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&n), seg)
+        .expect("raw open");
+    let (p, t) = seg.split_at_mut(len);
+    let tag = to
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
+        .expect("raw seal");
+    t.copy_from_slice(tag.as_ref());
+    len
+}
+
 /// Re-encrypts `buf` (sealed segments of `seg` bytes + tag) in place `rounds` times,
 /// alternating two keys. Returns plaintext bytes processed.
 pub fn raw_rounds(buf: &mut [u8], seg: usize, keys: &[LessSafeKey; 2], rounds: usize) -> usize {
@@ -33,17 +55,7 @@ pub fn raw_rounds(buf: &mut [u8], seg: usize, keys: &[LessSafeKey; 2], rounds: u
     for r in 0..rounds {
         let (from, to) = (&keys[r % 2], &keys[(r + 1) % 2]);
         for (i, s) in buf.chunks_mut(stride).enumerate() {
-            let mut n = [0u8; 12];
-            n[8..].copy_from_slice(&(i as u32).to_be_bytes());
-            let len = s.len() - 16;
-            from.open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&n), s)
-                .expect("raw open");
-            let (p, t) = s.split_at_mut(len);
-            let tag = to
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
-                .expect("raw seal");
-            t.copy_from_slice(tag.as_ref());
-            done += len;
+            done += reseal(from, to, i as u32, s);
         }
     }
     done
@@ -57,8 +69,7 @@ pub fn raw_buffer(bytes: usize, seg: usize, key: &LessSafeKey) -> Vec<u8> {
     for (i, s) in buf.chunks_mut(stride).enumerate() {
         let len = s.len() - 16;
         fill(&mut s[..len], i as u64 + 7);
-        let mut n = [0u8; 12];
-        n[8..].copy_from_slice(&(i as u32).to_be_bytes());
+        let n = nonce(i as u32);
         let (p, t) = s.split_at_mut(len);
         let tag = key
             .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&n), p)
