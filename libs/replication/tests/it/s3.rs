@@ -73,16 +73,7 @@ async fn follow(d1: &Node, d2: &Node) -> TableId {
         .insert(&orders, &[batch(0..100, CANARY)])
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-
-    let a2 = d2.create_account("a2").unwrap();
-    d2.repl
-        .set_account_global(&a2, Some(&account_group))
-        .unwrap();
-    knows(d2, &group, "d1").await;
-    d2.repl
-        .create_replica(&a2, "sales_copy", &group, None)
-        .unwrap();
+    replicate(d1, &a1, d2, &account_group).await;
     let one = std::slice::from_ref(&orders);
     caught_up(d1, d2, one).await;
     same_rows(d1, d2, one).await;
