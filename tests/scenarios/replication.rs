@@ -337,7 +337,10 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
     let s1 = d1.op("GET", "/v1/replication/status", "").json();
     assert_eq!(s1["downstream"][0]["sealed_to"], key_id.as_str(), "{s1}");
     assert_eq!(replicas[0]["group"], group.as_str(), "{s}");
-    // Nothing in the buckets is Parquet-shaped or plaintext.
+    // Nothing in the buckets is Parquet-shaped or plaintext (read once both daemons have
+    // stopped: running ones delete message and inbound files while the scan reads).
+    assert!(d1.terminate().success());
+    assert!(d2.terminate().success());
     let mut files = Vec::new();
     for l in [&l1, &l2] {
         files_under(&l.home.join("replication"), &mut files);
@@ -357,8 +360,6 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
             f.display()
         );
     }
-    assert!(d1.terminate().success());
-    assert!(d2.terminate().success());
 }
 
 /// Files under `dir` (every depth) whose name passes `keep`.
