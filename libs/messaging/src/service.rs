@@ -471,6 +471,29 @@ impl Context {
         .await
     }
 
+    /// Messages received from `sender` whose handling has not finished (received, queued
+    /// or being processed; failed ones do not count): what a failover drains before it
+    /// judges what it has.
+    pub async fn pending_from(&self, sender: &DeploymentId) -> Result<u64> {
+        let prefix = keys::in_messages(sender);
+        self.read("count pending messages", move |tx| {
+            Ok(tx
+                .scan_prefix::<crate::state::InMessage>(&prefix)
+                .map_err(Error::meta("scan received messages"))?
+                .into_iter()
+                .filter(|(_, m)| {
+                    matches!(
+                        m.state,
+                        crate::state::InState::Received
+                            | crate::state::InState::ReadyForProcessing
+                            | crate::state::InState::Processing
+                    )
+                })
+                .count() as u64)
+        })
+        .await
+    }
+
     /// Every recorded rejection, oldest first.
     pub async fn rejections(&self) -> Result<Vec<crate::state::Rejection>> {
         self.read("read rejections", |tx| {

@@ -354,10 +354,10 @@ pub(crate) mod keys {
         Key::root("msg").str("sent").str(peer.as_str())
     }
     pub fn in_message(peer: &DeploymentId, id: &MessageId) -> Key {
-        Key::root("msg")
-            .str("in")
-            .str(peer.as_str())
-            .str(id.as_str())
+        in_messages(peer).str(id.as_str())
+    }
+    pub fn in_messages(peer: &DeploymentId) -> Key {
+        Key::root("msg").str("in").str(peer.as_str())
     }
     pub fn queue(state: InState) -> Key {
         Key::root("msg").str("q").str(state.queue())

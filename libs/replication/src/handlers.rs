@@ -14,8 +14,9 @@ use tern_table::commit::DictionaryOp;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    self, ENTITIES_TYPE, EntitiesPayload, LOG_TYPE, LogShipment, REFRESH_TYPE, RefreshRequest,
-    SNAPSHOT_TYPE, SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe, replica_table_id,
+    self, ENTITIES_TYPE, EntitiesPayload, HEARTBEAT_TYPE, Heartbeat, LOG_TYPE, LogShipment,
+    REFRESH_TYPE, RefreshRequest, SNAPSHOT_TYPE, SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe,
+    replica_table_id,
 };
 use crate::service::{Counters, Replication};
 use crate::source::SnapshotHead;
@@ -31,6 +32,7 @@ enum Kind {
     Snapshot,
     Log,
     Unsubscribe,
+    Heartbeat,
 }
 
 /// One message type's handler.
@@ -49,6 +51,7 @@ impl Replication {
             (SNAPSHOT_TYPE, Kind::Snapshot),
             (LOG_TYPE, Kind::Log),
             (UNSUBSCRIBE_TYPE, Kind::Unsubscribe),
+            (HEARTBEAT_TYPE, Kind::Heartbeat),
         ]
         .into_iter()
         .map(|(t, kind)| {
@@ -83,6 +86,7 @@ impl Handler for ReplHandler {
                 .map(|_| ())
                 .or_else(|_| model::decode::<SnapshotHead>(payload).map(|_| ())),
             Kind::Unsubscribe => model::decode::<Unsubscribe>(payload).map(|_| ()),
+            Kind::Heartbeat => model::decode::<Heartbeat>(payload).map(|_| ()),
         }
     }
 
@@ -168,6 +172,19 @@ impl Handler for ReplHandler {
                         ));
                     }
                 }
+                if !r
+                    .epoch_fits(&response.group, Some(response.epoch))
+                    .map_err(retry)?
+                {
+                    Counters::add(&r.inner.counters.stale_epoch, 1);
+                    return Err(r.reject(
+                        msg,
+                        format!(
+                            "snapshot of group {} made under epoch {}, older than the newest known here",
+                            response.group, response.epoch
+                        ),
+                    ));
+                }
                 let key = keys::import_job(&from, &response.response_id);
                 let at = msg.created_at_ms;
                 let commit = Commit::with(move |tx| {
@@ -199,6 +216,11 @@ impl Handler for ReplHandler {
                     }
                 };
                 r.apply_log(msg, shipment).await
+            }
+            Kind::Heartbeat => {
+                let hb: Heartbeat = model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                r.heard(&from, hb).await.map_err(retry)?;
+                Ok(Commit::none())
             }
             Kind::Unsubscribe => {
                 let u: Unsubscribe = model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
@@ -234,6 +256,22 @@ impl Replication {
                 format!("{from} is not the upstream of group {} here", s.group),
             ));
         }
+        if !self
+            .epoch_fits(&s.group, s.stamp.map(|st| st.epoch))
+            .map_err(retry)?
+        {
+            Counters::add(&self.inner.counters.stale_epoch, 1);
+            self.remove_inbound(&from, &s.shipment_id).await;
+            return Err(self.reject(
+                msg,
+                format!(
+                    "transaction {} of group {} was made under epoch {}, older than the newest known here",
+                    s.txn_id,
+                    s.group,
+                    s.stamp.map_or(0, |st| st.epoch)
+                ),
+            ));
+        }
         match self
             .apply_shipment(&from, &replica, &s, msg.created_at_ms)
             .await
@@ -262,6 +300,9 @@ impl Replication {
                         r.upstream_versions.remove(t);
                     }
                     r.records_applied += 1;
+                    if let Some(st) = s.stamp {
+                        r.applied_seq = r.applied_seq.max(st.seq);
+                    }
                     r.files_copied += figures.files;
                     r.bytes_copied += figures.bytes;
                     r.last_error = None;
@@ -382,7 +423,11 @@ impl Replication {
             from: from.clone(),
             reason,
         })?;
-        self.apply_dictionary(replica, &dict).await?;
+        let stamp = match s.stamp {
+            Some(st) => st,
+            None => self.known_stamp(&s.group)?,
+        };
+        self.apply_dictionary(replica, &dict, stamp).await?;
         self.localize(replica, &mut steps)?;
         for st in &steps {
             figures.versions.insert(st.table.clone(), st.version);
@@ -418,7 +463,9 @@ impl Replication {
                 folder: s.shipment_id.clone(),
                 keys,
             };
-            let applied = self.apply_steps(replica, &source, steps, true).await?;
+            let applied = self
+                .apply_steps(replica, &source, steps, true, stamp)
+                .await?;
             figures.files = applied.files;
             figures.bytes = applied.bytes;
         }

@@ -22,6 +22,7 @@
 //! | [`target`] | refresh requests, import, apply (replica side) |
 //! | [`handlers`] | the message handlers (apply agents) |
 //! | [`copy`] | copy workers: streamed re-encrypting copies on every core |
+//! | [`failover`] | availability, epochs and claims, the write fence, failover |
 //! | [`worker`] | the background workers |
 //! | [`peers`] | senders and buckets of peers |
 //! | [`local`] | a whole deployment in one process on folders (tests, benchmarks) |
@@ -46,6 +47,7 @@
 
 pub mod copy;
 mod error;
+pub mod failover;
 pub mod handlers;
 pub mod local;
 pub mod model;
@@ -57,6 +59,11 @@ pub mod target;
 pub mod worker;
 
 pub use error::{Error, Result};
+pub use failover::{
+    Availability, AvailabilityEvent, ConflictDpo, FailoverOptions, FailoverReport, GroupStatus,
+    PeerDpo,
+};
+pub use model::FailoverPolicy;
 pub use model::replica_table_id;
 pub use peers::{PeerSet, Peers};
 pub use service::{

@@ -136,7 +136,7 @@ pub fn services(p: ServiceParts) -> Result<Services> {
         region: p.region,
         meta: p.meta.clone(),
         tables: Arc::clone(&tables),
-        txn: p.txn,
+        txn: p.txn.clone(),
         volume: p.volume,
         bucket: p.bucket,
         wrap_keys: Arc::clone(&wrap_keys),
@@ -145,6 +145,8 @@ pub fn services(p: ServiceParts) -> Result<Services> {
         config: p.replication,
         customer_keys: p.customer_keys,
     })?;
+    // Statements commit only where the group's roles and epochs say so.
+    p.txn.set_write_fence(repl.write_fence());
     let mut registry = Registry::new();
     for (t, h) in p.handlers.into_iter().chain(repl.handlers()) {
         registry.register(t, h)?;
@@ -158,6 +160,7 @@ pub fn services(p: ServiceParts) -> Result<Services> {
         registry,
         p.messaging,
     )?;
+    repl.set_messages(ctx.clone());
     Ok(Services { tables, repl, ctx })
 }
 

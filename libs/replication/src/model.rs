@@ -8,6 +8,7 @@
 //! | `tern.repl.snapshot` | upstream → replica | [`SnapshotResponse`] (in body file 0): dictionary and the difference, files in the inbound stage |
 //! | `tern.repl.log` | upstream → replica | [`LogShipment`]: one committed log record's changes of the database, files in the inbound stage |
 //! | `tern.repl.unsubscribe` | replica → its upstream | [`Unsubscribe`]: stop shipping |
+//! | `tern.repl.heartbeat` | every deployment → every peer | [`Heartbeat`]: per group held, role, epoch, progress, and the newest epoch claim known |
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,7 @@ use tern_meta::{ColumnDef, DatabaseRole, MicroPartitionDpo};
 use tern_storage::layout::{
     AccountId, DatabaseId, DeploymentId, GlobalFileRef, ResponseId, TableId,
 };
-use tern_table::ChangeRecord;
+use tern_table::{ChangeRecord, Stamp};
 
 /// Message type of global-entity lists.
 pub const ENTITIES_TYPE: &str = "tern.repl.entities";
@@ -28,6 +29,9 @@ pub const SNAPSHOT_TYPE: &str = "tern.repl.snapshot";
 pub const LOG_TYPE: &str = "tern.repl.log";
 /// Message type of unsubscriptions.
 pub const UNSUBSCRIBE_TYPE: &str = "tern.repl.unsubscribe";
+
+/// Message type of heartbeats (availability, epochs, progress).
+pub const HEARTBEAT_TYPE: &str = "tern.repl.heartbeat";
 
 /// The payload format version this build writes and reads.
 pub const PAYLOAD_VERSION: u32 = 1;
@@ -188,6 +192,12 @@ pub struct SnapshotResponse {
     pub bytes: u64,
     /// When the snapshot was taken (source clock).
     pub taken_at_ms: i64,
+    /// The source's epoch when it took the snapshot (0: a source from before epochs).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The database's transaction sequence number the snapshot holds.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// `tern.repl.log`: one committed transaction's changes of a replicated database.
@@ -210,6 +220,83 @@ pub struct LogShipment {
     pub changes: Vec<ChangeRecord>,
     /// The RepMK of the files, when there are files.
     pub repmk: Option<WrappedRepMk>,
+    /// The epoch and database sequence number the transaction was committed under (none:
+    /// a record from before epochs were stamped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<Stamp>,
+}
+
+/// How much a group may lose and how long it may be unwritable (per database group; set on
+/// the primary, carried to every member by heartbeats).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailoverPolicy {
+    /// RPO in time: a failover may lose at most the commits of this long before the last
+    /// primary state the secondary knows of.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_data_loss: Option<std::time::Duration>,
+    /// RPO in transactions behind the last primary state the secondary knows of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_data_loss_txns: Option<u64>,
+    /// RTO: how long the group may be without a writable primary (automatic failover and
+    /// the failover report compare against it).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<std::time::Duration>,
+    /// The primary pauses commits while no replica has confirmed its changes within the
+    /// RPO (so a failover never has to lose more than the RPO).
+    pub block_commits_beyond_rpo: bool,
+}
+
+/// An epoch claim: from `epoch` on, `primary` holds the group's primary, starting from the
+/// table versions in `fork` (group-wide table ids). Versions a member holds beyond `fork`
+/// were made under an older epoch and are not part of the group's history any more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The epoch claimed.
+    pub epoch: u64,
+    /// Who holds the primary from then on.
+    pub primary: DeploymentId,
+    /// Table versions the new primary started from.
+    pub fork: std::collections::BTreeMap<TableId, u64>,
+    /// The database's transaction sequence number at the fork.
+    pub fork_seq: u64,
+    /// When it was claimed (claimant's clock).
+    pub claimed_at_ms: i64,
+}
+
+/// One database group in a [`Heartbeat`]: what the sender holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupBeat {
+    /// The group.
+    pub group: String,
+    /// The sender's role in it.
+    pub role: DatabaseRole,
+    /// The epoch of the sender's role.
+    pub epoch: u64,
+    /// A primary: its last committed transaction's sequence number; a secondary: the last
+    /// one it applied.
+    pub seq: u64,
+    /// When that transaction was committed at the primary.
+    pub commit_at_ms: Option<i64>,
+    /// The newest claim the sender knows of (gossiped, so every member learns it).
+    pub claim: Option<Claim>,
+    /// The group's policy (from the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<FailoverPolicy>,
+}
+
+/// `tern.repl.heartbeat`: sent to every peer every `heartbeat_interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Format version.
+    pub v: u32,
+    /// When it was sent (sender's clock).
+    pub sent_at_ms: i64,
+    /// The sender's public API URL, when it has one (clients are redirected there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The database groups it holds.
+    pub groups: Vec<GroupBeat>,
 }
 
 /// `tern.repl.unsubscribe`: a replica stops following its upstream.

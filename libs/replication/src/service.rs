@@ -46,6 +46,22 @@ pub struct ReplicationConfig {
     /// A log record that cannot be applied yet (an earlier one is missing) is retried this
     /// many times; then the replica asks for a refresh instead.
     pub gap_attempts: u32,
+    /// How often a heartbeat (availability, epochs, progress) goes to every peer.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is unavailable (half of it: suspect).
+    #[serde(with = "humantime_serde")]
+    pub unavailable_after: Duration,
+    /// How long a failover waits for what already arrived to be applied before it judges
+    /// the loss (what is left counts as lost).
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// This deployment's API URL as clients should reach it (published in heartbeats, so
+    /// that clients are redirected to a group's primary).
+    pub public_url: Option<String>,
+    /// Availability notifications are POSTed here as JSON (`http://host:port/path`),
+    /// retried with backoff.
+    pub webhook: Option<String>,
 }
 
 impl Default for ReplicationConfig {
@@ -58,6 +74,11 @@ impl Default for ReplicationConfig {
             copy_concurrency: 4,
             ship_batch: 64,
             gap_attempts: 3,
+            heartbeat_interval: Duration::from_secs(5),
+            unavailable_after: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+            public_url: None,
+            webhook: None,
         }
     }
 }
@@ -69,6 +90,22 @@ impl ReplicationConfig {
             return Err(Error::invalid(
                 "replication config",
                 "copy_concurrency and ship_batch must be at least 1",
+            ));
+        }
+        if self.heartbeat_interval.is_zero()
+            || self.unavailable_after < self.heartbeat_interval.saturating_mul(2)
+        {
+            return Err(Error::invalid(
+                "replication config",
+                "heartbeat_interval must be more than 0 and unavailable_after at least twice heartbeat_interval",
+            ));
+        }
+        if let Some(w) = &self.webhook
+            && !w.starts_with("http://")
+        {
+            return Err(Error::invalid(
+                "replication config",
+                format!("webhook {w:?}: only http:// URLs are supported"),
             ));
         }
         if self.ship_interval.is_zero() || self.control_interval.is_zero() {
@@ -103,6 +140,14 @@ pub struct Counters {
     pub refreshes_requested: AtomicU64,
     /// Replication messages refused (malformed, unknown group, not from the upstream).
     pub rejected: AtomicU64,
+    /// Shipments and snapshots refused because they were made under an older epoch.
+    pub stale_epoch: AtomicU64,
+    /// Newer epochs learned.
+    pub epochs_learned: AtomicU64,
+    /// Failovers made here.
+    pub failovers: AtomicU64,
+    /// Conflict records kept.
+    pub conflicts_kept: AtomicU64,
 }
 
 impl Counters {
@@ -170,6 +215,14 @@ pub(crate) struct Inner {
     pub(crate) customer_keys: std::sync::Mutex<std::collections::HashMap<AccountId, OpenedKey>>,
     /// Attempts of log records waiting for a predecessor, by message id.
     pub(crate) gaps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Held by the importer while it imports a response (a failover waits for it).
+    pub(crate) import_gate: tokio::sync::Mutex<()>,
+    /// Heartbeats are due at the next control unit.
+    pub(crate) beat_due: std::sync::atomic::AtomicBool,
+    /// When heartbeats last went out.
+    pub(crate) last_beat_ms: std::sync::atomic::AtomicI64,
+    /// The message service (what a failover drains).
+    pub(crate) messages: std::sync::OnceLock<tern_messaging::Context>,
 }
 
 /// A customer key as opened here, or why it could not be.
@@ -275,6 +328,10 @@ pub struct DownstreamStatus {
 /// The whole status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// The database groups held here: role, epoch, RPO exposure.
+    pub groups: Vec<crate::failover::GroupStatus>,
+    /// Every peer's availability.
+    pub peers: Vec<crate::failover::PeerDpo>,
     /// Local secondary replicas.
     pub replicas: Vec<ReplicaStatus>,
     /// Replicas peers keep of local databases.
@@ -336,8 +393,18 @@ impl Replication {
                 applied: Notify::new(),
                 customer_keys: std::sync::Mutex::new(customer_keys),
                 gaps: std::sync::Mutex::default(),
+                import_gate: tokio::sync::Mutex::new(()),
+                beat_due: std::sync::atomic::AtomicBool::new(true),
+                last_beat_ms: std::sync::atomic::AtomicI64::new(0),
+                messages: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// The message service this replication's messages travel through (a failover
+    /// drains what arrived through it). Set once.
+    pub fn set_messages(&self, ctx: tern_messaging::Context) {
+        let _ = self.inner.messages.set(ctx);
     }
 
     /// This deployment.
@@ -552,6 +619,8 @@ impl Replication {
     /// database replication group (its account must be global). Returns the group.
     pub fn enable_replication(&self, account: &AccountId, database: &str) -> Result<String> {
         let fresh = new_uuid(self.inner.p.random.as_ref())?;
+        let me = self.me().clone();
+        let now = self.now();
         let group = self.meta().write(|tx| {
             let a = require_account(tx, account)?;
             if a.kind == AccountKind::Local {
@@ -579,6 +648,7 @@ impl Replication {
             db.epoch += 1;
             tx.update_database(&db)?;
             tx.set_global_id(GROUP_INDEX, &fresh, db.id.as_str())?;
+            crate::failover::found_group(tx, &fresh, &me, db.epoch, now)?;
             mark_dirty(tx)?;
             Ok(Ok(fresh.clone()))
         })??;
@@ -650,6 +720,7 @@ impl Replication {
             ));
         }
         let account_group = primary.account_group.clone();
+        let (known_primary, known_epoch) = (primary.deployment.clone(), primary.epoch);
         let now = self.now();
         let request_id = self.next_id("rq")?;
         let db = self.meta().write(|tx| {
@@ -677,36 +748,26 @@ impl Replication {
             d.replication_group = Some(group.to_string());
             d.global_id = Some(group.to_string());
             d.role = DatabaseRole::Secondary;
+            d.epoch = known_epoch;
             tx.create_database(&d)?;
             tx.set_global_id(GROUP_INDEX, group, id.as_str())?;
             tx.put(
                 &keys::replica(&id),
-                &ReplicaDpo {
-                    database: id.clone(),
-                    account: account.clone(),
-                    group: group.to_string(),
-                    upstream: upstream.clone(),
-                    follow_log: options.follow_log,
-                    refresh: Some(PendingRefresh {
+                &ReplicaDpo::new(
+                    id.clone(),
+                    account.clone(),
+                    group.to_string(),
+                    upstream.clone(),
+                    options.follow_log,
+                    PendingRefresh {
                         request_id: request_id.clone(),
                         sent: false,
                         asked_at_ms: now,
                         reason: "create".into(),
-                    }),
-                    last_refresh_at_ms: None,
-                    refreshes: 0,
-                    applied_txn: 0,
-                    applied_commit_at_ms: None,
-                    applied_at_ms: None,
-                    upstream_versions: BTreeMap::new(),
-                    upstream_commit_at_ms: None,
-                    records_applied: 0,
-                    bytes_copied: 0,
-                    files_copied: 0,
-                    last_error: None,
-                    created_at_ms: now,
-                },
+                    },
+                ),
             )?;
+            crate::failover::join_group(tx, group, &known_primary, known_epoch)?;
             mark_dirty(tx)?;
             Ok(Ok(id))
         })??;
@@ -1032,11 +1093,17 @@ impl Replication {
             ("snapshots_imported", &c.snapshots_imported),
             ("refreshes_requested", &c.refreshes_requested),
             ("rejected", &c.rejected),
+            ("stale_epoch", &c.stale_epoch),
+            ("epochs_learned", &c.epochs_learned),
+            ("failovers", &c.failovers),
+            ("conflicts_kept", &c.conflicts_kept),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), Counters::get(v)))
         .collect();
         Ok(Status {
+            groups: self.group_statuses()?,
+            peers: self.availability()?,
             replicas,
             downstream,
             snapshot_jobs: snap as u64,

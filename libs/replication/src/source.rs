@@ -250,7 +250,7 @@ impl Replication {
         // One consistent read: every table at its current version, and the log position
         // those versions correspond to.
         let account = db.account.clone();
-        let (schemas, tables, lamport, stable) = self.meta().read(|tx| {
+        let (schemas, tables, lamport, stable, seq, epoch) = self.meta().read(|tx| {
             let schemas: Vec<String> = tx
                 .list_schemas(&db.id)?
                 .into_iter()
@@ -266,7 +266,9 @@ impl Replication {
             }
             let lamport = tern_txn::last_txn_id(tx, &account)?;
             let stable = tern_txn::stable_log_id(tx, &account)?;
-            Ok((schemas, tables, lamport, stable))
+            let seq = tern_txn::database_seq(tx, &db.id)?;
+            let epoch = tx.get_database(&db.id)?.map_or(db.epoch, |d| d.epoch);
+            Ok((schemas, tables, lamport, stable, seq, epoch))
         })?;
         let have: BTreeMap<_, _> = job
             .request
@@ -334,6 +336,8 @@ impl Replication {
             tables: snapshots,
             bytes: copied.bytes,
             taken_at_ms: self.now(),
+            epoch,
+            seq,
         };
         // The response can be large (every file's statistics): it travels as a body file.
         let msg_id = MessageId::new(job.response_id.as_str())?;
@@ -426,6 +430,7 @@ impl Replication {
             let mut records = 0;
             for id in ids.iter().copied() {
                 let record = p.txn.read_log(&d.account, id).await?;
+                let stamp = record.stamp(&d.database);
                 let changes: Vec<ChangeRecord> = record
                     .changes
                     .into_iter()
@@ -440,6 +445,7 @@ impl Replication {
                             record.origin,
                             record.committed_at_ms,
                             changes,
+                            stamp,
                             peers,
                         )
                         .await?;
@@ -486,6 +492,7 @@ impl Replication {
         origin: DeploymentId,
         committed_at_ms: i64,
         changes: Vec<ChangeRecord>,
+        stamp: Option<tern_table::Stamp>,
         peers: &dyn Peers,
     ) -> Result<u64> {
         let p = &self.inner.p;
@@ -526,6 +533,7 @@ impl Replication {
             committed_at_ms,
             changes,
             repmk,
+            stamp,
         };
         let payload = model::encode(&shipment);
         if payload.len() <= INLINE_PAYLOAD_MAX {

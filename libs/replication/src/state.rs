@@ -104,8 +104,51 @@ pub struct ReplicaDpo {
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at_ms: i64,
+    /// The upstream database's transaction sequence number it has applied up to (from
+    /// shipment and snapshot stamps): what "transactions behind" counts from.
+    #[serde(default)]
+    pub applied_seq: u64,
+    /// A failover of this replica is under way: no refresh is asked for or imported any
+    /// more.
+    #[serde(default)]
+    pub promoting: bool,
 }
 impl_dpo!(ReplicaDpo, "replica");
+
+impl ReplicaDpo {
+    /// A new replica of `group` following `upstream`, with `refresh` pending.
+    pub fn new(
+        database: DatabaseId,
+        account: AccountId,
+        group: String,
+        upstream: DeploymentId,
+        follow_log: bool,
+        refresh: PendingRefresh,
+    ) -> Self {
+        Self {
+            database,
+            account,
+            group,
+            upstream,
+            follow_log,
+            created_at_ms: refresh.asked_at_ms,
+            refresh: Some(refresh),
+            last_refresh_at_ms: None,
+            refreshes: 0,
+            applied_txn: 0,
+            applied_commit_at_ms: None,
+            applied_at_ms: None,
+            upstream_versions: BTreeMap::new(),
+            upstream_commit_at_ms: None,
+            records_applied: 0,
+            bytes_copied: 0,
+            files_copied: 0,
+            last_error: None,
+            applied_seq: 0,
+            promoting: false,
+        }
+    }
+}
 
 /// A peer's replica of a local database: what we ship it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

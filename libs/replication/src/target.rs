@@ -19,6 +19,7 @@ use tern_storage::layout::{
     self, DeploymentId, GlobalFileRef, MessageId, ResponseId, ShortName, TableId,
 };
 use tern_storage::{Path, StoreExt};
+use tern_table::Stamp;
 use tern_table::commit::{Change, DictionaryOp, TableChange, table_lock};
 
 use crate::copy::{CopyTask, copy_all};
@@ -124,7 +125,20 @@ impl Replication {
         r: &ReplicaDpo,
         canonical: &TableId,
     ) -> Result<(TableId, bool)> {
+        // A table this deployment made itself (as the group's primary before a failover)
+        // keeps its bare id here: `t5` is `t5--<me>` on the wire.
+        let own = canonical
+            .as_str()
+            .strip_suffix(&format!("--{}", self.me()))
+            .and_then(|bare| TableId::new(bare).ok());
         Ok(self.meta().read(|tx| {
+            if let Some(bare) = &own
+                && let Some(t) = tx.get_table(bare)?
+                && t.database == r.database
+                && !t.dropped
+            {
+                return Ok((bare.clone(), true));
+            }
             let mut n = 0;
             loop {
                 let id = model::local_table_candidate(canonical, n);
@@ -172,7 +186,7 @@ impl Replication {
                     .map(|m| m.global_ref)
                     .collect();
                 out.push(TableInventory {
-                    table: model::canonical_table_id(&t.id),
+                    table: crate::failover::wire_table_id(self.me(), &t.id),
                     version: t.current_version,
                     refs,
                 });
@@ -189,7 +203,7 @@ impl Replication {
             .meta()
             .read(|tx| tx.scan_prefix::<ReplicaDpo>(&keys::replicas()))?;
         let mut sent = 0;
-        for (_, r) in replicas {
+        for (_, r) in replicas.into_iter().filter(|(_, r)| !r.promoting) {
             let due = !every.is_zero()
                 && r.last_refresh_at_ms.is_some_and(|at| {
                     now - at >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
@@ -287,6 +301,23 @@ impl Replication {
         let Some((key, job)) = jobs.into_iter().next() else {
             return Ok((0, None));
         };
+        // A failover waits for an import under way to finish (never half-imported).
+        let _gate = self.inner.import_gate.lock().await;
+        let fits = match self.epoch_fits(&job.response.group, Some(job.response.epoch)) {
+            Ok(f) => f,
+            // A newer epoch than known: its claim is on its way; import after it.
+            Err(e) => return Err(e),
+        };
+        if !fits {
+            tracing::warn!(response = %job.response.response_id, epoch = job.response.epoch, "snapshot of an older epoch dropped");
+            Counters::add(&self.inner.counters.stale_epoch, 1);
+            self.finish_refresh(&job, None)?;
+            if let Some(r) = self.replica_of(&job.response.group)? {
+                self.request_refresh(&r.database, "stale epoch")?;
+            }
+            self.meta().write(|tx| tx.delete(&key))?;
+            return Ok((1, None));
+        }
         match self.import(&job).await {
             Ok(()) => {}
             Err(e) if e.is_in_doubt() => return Err(e),
@@ -351,7 +382,7 @@ impl Replication {
             .read(|tx| tx.list_tables(&r.database))?
             .into_iter()
             .filter(|t| !t.dropped)
-            .map(|t| (model::canonical_table_id(&t.id), t))
+            .map(|t| (crate::failover::wire_table_id(self.me(), &t.id), t))
             .collect();
         let mut dict = Vec::new();
         for s in &res.schemas {
@@ -371,7 +402,11 @@ impl Replication {
         for id in live.keys().filter(|id| !wanted.contains(id)) {
             dict.push(DictionaryChange::DropTable { table: id.clone() });
         }
-        self.apply_dictionary(&r, &dict).await?;
+        let stamp = Stamp {
+            epoch: res.epoch,
+            seq: res.seq,
+        };
+        self.apply_dictionary(&r, &dict, stamp).await?;
         let mut steps = Vec::new();
         let mut repairs = Vec::new();
         for t in &res.tables {
@@ -398,7 +433,7 @@ impl Replication {
             });
         }
         self.localize(&r, &mut steps)?;
-        let applied = self.apply_steps(&r, &source, steps, false).await?;
+        let applied = self.apply_steps(&r, &source, steps, false, stamp).await?;
         let mut files = applied.files;
         let mut bytes = applied.bytes;
         for t in repairs {
@@ -477,6 +512,7 @@ impl Replication {
         let now = self.now();
         let request = job.response.request_id.clone();
         let taken = job.response.taken_at_ms;
+        let seq = job.response.seq;
         self.with_replica(&job.response.group, |r| {
             if r.refresh.as_ref().is_some_and(|p| p.request_id == request) {
                 r.refresh = None;
@@ -494,6 +530,7 @@ impl Replication {
                 r.upstream_versions.retain(|t, _| versions.contains_key(t));
                 r.upstream_commit_at_ms = Some(r.upstream_commit_at_ms.unwrap_or(taken).max(taken));
                 r.applied_commit_at_ms = r.upstream_commit_at_ms;
+                r.applied_seq = r.applied_seq.max(seq);
             }
         })
     }
@@ -565,6 +602,7 @@ impl Replication {
         &self,
         r: &ReplicaDpo,
         changes: &[DictionaryChange],
+        stamp: Stamp,
     ) -> Result<()> {
         let p = &self.inner.p;
         let schemas: BTreeSet<String> = self.meta().read(|tx| {
@@ -638,7 +676,8 @@ impl Replication {
         if ops.is_empty() {
             return Ok(());
         }
-        let txn = p.tables.committer().begin(&r.account).await?;
+        let mut txn = p.tables.committer().begin(&r.account).await?;
+        txn.replicated(&r.database, stamp);
         let changes = ops
             .into_iter()
             .map(|op| Change::Dictionary {
@@ -717,6 +756,7 @@ impl Replication {
         source: &ImportSource,
         steps: Vec<TableStep>,
         wait: bool,
+        stamp: Stamp,
     ) -> Result<Applied> {
         let p = &self.inner.p;
         let mut steps: Vec<TableStep> = steps;
@@ -758,6 +798,7 @@ impl Replication {
             return Ok(Applied::default());
         }
         let mut txn = p.tables.committer().begin(&r.account).await?;
+        txn.replicated(&r.database, stamp);
         let locks: Vec<String> = steps.iter().map(|s| table_lock(&s.table)).collect();
         if let Err(e) = txn.lock(&locks).await {
             txn.abort().await;

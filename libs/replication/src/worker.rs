@@ -3,7 +3,7 @@
 //!
 //! | worker | unit of work |
 //! |---|---|
-//! | control | send the outbox, announce global entities (on change and every `announce_interval`), send refresh requests (asked for or scheduled) |
+//! | control | judge peers' availability, send heartbeats and availability notifications, send the outbox, announce global entities (on change and every `announce_interval`), send refresh requests (asked for or scheduled) |
 //! | copier | answer one refresh request: consistent snapshot, copy the difference to the peer's inbound stage, send the response |
 //! | importer | import one snapshot response: inbound → volume, roll back / jump versions, commit |
 //! | shipper | ship new log records to every subscribed downstream replica |
@@ -80,7 +80,11 @@ impl ReplicationWorker {
         let peers = self.peers.as_ref();
         match self.role {
             Role::Control => {
-                let mut n = self.repl.send_outbox(peers).await?;
+                // Availability first: a peer's silence is judged even when sending fails.
+                self.repl.judge_peers()?;
+                let mut n = self.repl.send_heartbeats(peers).await?;
+                n += self.repl.deliver_notifications().await?;
+                n += self.repl.send_outbox(peers).await?;
                 n += self.repl.announce(peers).await?;
                 n += self.repl.send_refresh_requests(peers).await?;
                 Ok(n)

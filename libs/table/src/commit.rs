@@ -69,6 +69,39 @@ pub trait Transaction: FileJournal {
     async fn commit(self: Box<Self>, changes: Vec<Change>) -> Result<Committed>;
     /// Give up: remove every file written.
     async fn abort(self: Box<Self>);
+    /// This transaction applies a change replicated from `database`'s upstream, made there
+    /// under `stamp`: it is not a statement, so the [`WriteFence`] does not apply, and its
+    /// log record carries the upstream's stamp (a chain forwards it unchanged). Committers
+    /// without log records ignore it.
+    fn replicated(&mut self, database: &DatabaseId, stamp: Stamp) {
+        let _ = (database, stamp);
+    }
+}
+
+/// Where a committed change of a replicated database stands in its group: the role epoch
+/// it was made under and its number among the database's transactions (per database, from
+/// 1). Log records carry one per database they change, so replicas can refuse a stale
+/// epoch's changes and count the transactions they lack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The epoch of the primary that made it.
+    pub epoch: u64,
+    /// Its sequence number among the database's committed transactions.
+    pub seq: u64,
+}
+
+/// Decides whether statements may change a database now: replication installs one that
+/// knows roles, epochs, leases and pauses. A committer asks it in the same metadata
+/// transaction that prepares a statement's commit (the soft point of no return), so a
+/// database fenced before that point never takes the commit.
+pub trait WriteFence: Send + Sync + fmt::Debug {
+    /// `Ok(Ok(epoch))`: statements may change `database`; their changes are made under
+    /// `epoch`. `Ok(Err(e))`: refused ([`Error::NotWritable`] or [`Error::ReadOnlyReplica`]).
+    fn check(
+        &self,
+        tx: &mut MetaTxn<'_>,
+        database: &DatabaseId,
+    ) -> tern_meta::Result<std::result::Result<u64, Error>>;
 }
 
 /// What a commit made visible.

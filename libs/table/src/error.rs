@@ -52,6 +52,11 @@ pub enum Error {
         /// Its replication group.
         group: String,
     },
+    /// A write to a database that may not take statements now: fenced by a newer epoch
+    /// (another deployment is its group's primary), or a primary that paused itself (no
+    /// replica confirmed it within its RPO, …).
+    #[error("database {} does not take writes now: {}", .0.database, .0.reason)]
+    NotWritable(Box<Refusal>),
     /// A table name or id that does not exist (or was dropped).
     #[error("unknown table {name}")]
     UnknownTable {
@@ -143,6 +148,24 @@ pub enum Error {
     /// Encryption or decryption failed (the message names the file).
     #[error(transparent)]
     Crypto(#[from] tern_crypto::Error),
+}
+
+/// Why a database does not take writes now ([`Error::NotWritable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The database.
+    pub database: String,
+    /// Its replication group.
+    pub group: String,
+    /// Why, with what to do.
+    pub reason: String,
+    /// The newest epoch known here.
+    pub epoch: u64,
+    /// The deployment holding the group's primary, when another one does.
+    pub primary: Option<String>,
+    /// Whether the same database takes writes again by itself (a pause: retry later)
+    /// rather than elsewhere (fenced: write to `primary`).
+    pub paused: bool,
 }
 
 /// How a commit failed, as far as a statement's caller needs to know.

@@ -24,8 +24,10 @@ pub mod predicate;
 pub mod schema;
 pub mod table;
 
-pub use commit::{Change, ChangeRecord, Committed, Committer, LocalCommitter, Transaction};
-pub use error::{CommitFailure, Error, Result};
+pub use commit::{
+    Change, ChangeRecord, Committed, Committer, LocalCommitter, Stamp, Transaction, WriteFence,
+};
+pub use error::{CommitFailure, Error, Refusal, Result};
 pub use predicate::{CmpOp, Predicate};
 pub use table::{Aggregate, CommitInfo, ScanRequest, ScanResult, TableOptions, Tables};
 pub use tern_meta::{ColumnDef, ColumnType, Scalar};

@@ -12,14 +12,15 @@
 //! inconclusive write) finds it and succeeds if it holds the same record, so the write is
 //! idempotent and a record, once stored, never changes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use object_store::{ObjectStore, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 use tern_crypto::{EncryptOptions, KeySource};
-use tern_storage::layout::{self, AccountId, DeploymentId};
+use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId};
 use tern_storage::{Path, StoreExt};
-use tern_table::ChangeRecord;
+use tern_table::{ChangeRecord, Stamp};
 
 use crate::error::{Error, Result};
 
@@ -45,6 +46,11 @@ pub struct LogRecord {
     pub committed_at_ms: i64,
     /// The changes, in the order the transaction made them.
     pub changes: Vec<ChangeRecord>,
+    /// Per database changed: the role epoch it was changed under and the transaction's
+    /// number among the database's transactions (a replicated change keeps its
+    /// upstream's). Records written before epochs existed have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stamps: BTreeMap<DatabaseId, Stamp>,
 }
 
 impl LogRecord {
@@ -64,7 +70,13 @@ impl LogRecord {
             account,
             committed_at_ms,
             changes,
+            stamps: BTreeMap::new(),
         }
+    }
+
+    /// The stamp of `database`'s changes, when the record has one.
+    pub fn stamp(&self, database: &DatabaseId) -> Option<Stamp> {
+        self.stamps.get(database).copied()
     }
 
     /// Where it is stored.

@@ -1,6 +1,6 @@
 //! [`TxnManager`]: the commit protocol, as the [`Committer`] of a deployment's tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,17 +11,17 @@ use tern_clock::SharedClock;
 use tern_crypto::{EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
 use tern_meta::MetaStore;
 use tern_storage::Path;
-use tern_storage::layout::{AccountId, DeploymentId};
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
 use tern_table::commit::{Change, FileJournal, publish, remove_files};
-use tern_table::{Committed, Committer, Transaction};
+use tern_table::{ChangeRecord, Committed, Committer, Stamp, Transaction, WriteFence};
 use tokio::sync::Notify;
 
 use crate::crash::CrashPoints;
 use crate::error::{Error, Result};
 use crate::log::{self, LogRecord};
 use crate::state::{
-    LamportDpo, LockDpo, LogKeyDpo, TxnDpo, TxnState, lamport_key, lock_key, log_key_key, txn_key,
-    txns,
+    LamportDpo, LockDpo, LogKeyDpo, TxnDpo, TxnState, db_seq_key, lamport_key, lock_key,
+    log_key_key, txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -119,6 +119,9 @@ struct Inner {
     phases: PhaseTimes,
     /// Handles of this instance's commits running now: recovery leaves them alone.
     in_flight: Mutex<std::collections::HashSet<u64>>,
+    /// Who decides whether statements may write a database (replication's roles and
+    /// epochs); without one, every database that is not a secondary replica may.
+    fence: std::sync::RwLock<Option<Arc<dyn WriteFence>>>,
 }
 
 impl TxnManager {
@@ -170,8 +173,24 @@ impl TxnManager {
                 log_keys: Mutex::new(HashMap::new()),
                 phases: PhaseTimes::default(),
                 in_flight: Mutex::default(),
+                fence: std::sync::RwLock::new(None),
             }),
         })
+    }
+
+    /// Installs the [`WriteFence`] every statement's commit is checked against when it is
+    /// prepared (replication installs its own once it is built).
+    pub fn set_write_fence(&self, fence: Arc<dyn WriteFence>) {
+        *self
+            .inner
+            .fence
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fence);
+    }
+
+    /// The last transaction sequence number stamped for `database` here.
+    pub fn database_seq(&self, database: &DatabaseId) -> Result<u64> {
+        Ok(self.inner.meta.read(|tx| database_seq(tx, database))?)
     }
 
     /// This manager's instance number (unique per metadata store).
@@ -363,6 +382,7 @@ impl Committer for TxnManager {
         Ok(Box::new(Txn {
             inner: Arc::clone(inner),
             id,
+            replicated: None,
         }))
     }
 }
@@ -379,6 +399,8 @@ struct Begun {
 struct Txn {
     inner: Arc<Inner>,
     id: Begun,
+    /// A replicated change's database and upstream stamp.
+    replicated: Option<(DatabaseId, Stamp)>,
 }
 
 #[async_trait]
@@ -400,13 +422,21 @@ impl Transaction for Txn {
             .await?)
     }
 
+    fn replicated(&mut self, database: &DatabaseId, stamp: Stamp) {
+        self.replicated = Some((database.clone(), stamp));
+    }
+
     async fn commit(self: Box<Self>, changes: Vec<Change>) -> tern_table::Result<Committed> {
-        let Txn { inner, id } = *self;
+        let Txn {
+            inner,
+            id,
+            replicated,
+        } = *self;
         let span = tracing::info_span!("commit", deployment = %inner.deployment, account = %id.account, handle = id.handle);
         // The commit runs on its own task: a caller that goes away (a dropped request)
         // cannot stop it half-way with locks held.
         let task = tokio::spawn(tracing::Instrument::instrument(
-            async move { inner.commit(&id, changes).await },
+            async move { inner.commit(&id, changes, replicated).await },
             span,
         ));
         Ok(task.await.map_err(Error::Task)??)
@@ -486,7 +516,12 @@ impl Inner {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn commit(&self, id: &Begun, changes: Vec<Change>) -> Result<Committed> {
+    async fn commit(
+        &self,
+        id: &Begun,
+        changes: Vec<Change>,
+        replicated: Option<(DatabaseId, Stamp)>,
+    ) -> Result<Committed> {
         /// Takes the handle off the running set however the commit ends.
         struct Running<'a>(&'a Inner, u64);
         impl Drop for Running<'_> {
@@ -496,10 +531,15 @@ impl Inner {
         }
         self.lock_in_flight().insert(id.handle);
         let _running = Running(self, id.handle);
-        self.commit_in_flight(id, changes).await
+        self.commit_in_flight(id, changes, replicated).await
     }
 
-    async fn commit_in_flight(&self, id: &Begun, changes: Vec<Change>) -> Result<Committed> {
+    async fn commit_in_flight(
+        &self,
+        id: &Begun,
+        changes: Vec<Change>,
+        replicated: Option<(DatabaseId, Stamp)>,
+    ) -> Result<Committed> {
         let (handle, account) = (id.handle, &id.account);
         let started = Instant::now();
         if let Some(other) = changes.iter().find(|c| c.account() != account) {
@@ -550,27 +590,41 @@ impl Inner {
             Ok(k) => k,
             Err(e) => return self.fail(handle, e).await,
         };
+        let fence = self
+            .fence
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let prepared = self.meta.write(|tx| {
+            // The fence decides in this same metadata transaction: a database fenced
+            // before it never takes the commit, one fenced after finds it prepared (and
+            // the record stamped with the epoch it was made under).
+            let stamps = match stamp(tx, &records, fence.as_deref(), replicated.as_ref())? {
+                Ok(s) => s,
+                Err(refused) => return Ok(Err(refused)),
+            };
             let key = lamport_key(account);
             let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
             tx.put(&key, &LamportDpo { last: txn_id })?;
-            let record = LogRecord::new(
+            let mut record = LogRecord::new(
                 txn_id,
                 self.deployment.clone(),
                 account.clone(),
                 now,
                 records.clone(),
             );
+            record.stamps = stamps;
             let mut t = self.require_txn(tx, handle)?;
             t.state = TxnState::Prepared;
             t.txn_id = Some(txn_id);
             t.record = Some(record.clone());
             t.updated_at_ms = now;
             tx.put(&txn_key(handle), &t)?;
-            Ok(record)
+            Ok(Ok(record))
         });
         let record = match prepared {
-            Ok(r) => r,
+            Ok(Ok(r)) => r,
+            Ok(Err(refused)) => return self.fail(handle, refused.into()).await,
             Err(e) => return self.fail(handle, e.into()).await,
         };
         self.crash.check("prepared")?;
@@ -856,6 +910,62 @@ pub fn stable_log_id(
         .filter_map(|(_, t)| t.txn_id)
         .min();
     Ok(pending.map_or(last, |id| id.saturating_sub(1).min(last)))
+}
+
+/// The last transaction sequence number stamped for `database` (0: none yet).
+pub fn database_seq(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    database: &DatabaseId,
+) -> tern_meta::Result<u64> {
+    Ok(tx
+        .get::<LamportDpo>(&db_seq_key(database))?
+        .map_or(0, |c| c.last))
+}
+
+/// The stamp of each database `records` change: a replicated change keeps its upstream's
+/// (and the database's counter follows it), a statement's is asked of the fence and numbered
+/// next. `Ok(Err(_))` when the fence refuses.
+fn stamp(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    records: &[ChangeRecord],
+    fence: Option<&dyn WriteFence>,
+    replicated: Option<&(DatabaseId, Stamp)>,
+) -> tern_meta::Result<std::result::Result<BTreeMap<DatabaseId, Stamp>, tern_table::Error>> {
+    let databases: BTreeSet<&DatabaseId> = records
+        .iter()
+        .map(|r| match r {
+            ChangeRecord::TableVersion { database, .. }
+            | ChangeRecord::Dictionary { database, .. } => database,
+        })
+        .collect();
+    let mut stamps = BTreeMap::new();
+    for db in databases {
+        let last = database_seq(tx, db)?;
+        let stamp = match replicated {
+            Some((d, s)) if d == db => *s,
+            _ => {
+                let epoch = match fence {
+                    Some(f) => match f.check(tx, db)? {
+                        Ok(epoch) => epoch,
+                        Err(refused) => return Ok(Err(refused)),
+                    },
+                    None => tx.get_database(db)?.map_or(0, |d| d.epoch),
+                };
+                Stamp {
+                    epoch,
+                    seq: last + 1,
+                }
+            }
+        };
+        tx.put(
+            &db_seq_key(db),
+            &LamportDpo {
+                last: last.max(stamp.seq),
+            },
+        )?;
+        stamps.insert(db.clone(), stamp);
+    }
+    Ok(Ok(stamps))
 }
 
 /// [`TxnManager::last_txn_id`] inside a metadata transaction.

@@ -128,6 +128,12 @@ pub(crate) fn lamport_key(account: &AccountId) -> Key {
     Key::root("txn").str("lamport").str(account.as_str())
 }
 
+/// The per-database transaction counter (a [`LamportDpo`]): the last sequence number
+/// stamped on a transaction that changed the database.
+pub(crate) fn db_seq_key(database: &tern_storage::layout::DatabaseId) -> Key {
+    Key::root("txn").str("dbseq").str(database.as_str())
+}
+
 pub(crate) fn log_key_key(account: &AccountId) -> Key {
     Key::root("txn").str("logkey").str(account.as_str())
 }

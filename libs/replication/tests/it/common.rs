@@ -273,8 +273,17 @@ pub struct Pair {
 }
 
 pub async fn pair(replication: ReplicationConfig) -> Pair {
+    pair_of(repl_config(), replication).await
+}
+
+/// [`pair`] with both deployments on `replication`.
+pub async fn pair_with(replication: ReplicationConfig) -> Pair {
+    pair_of(replication.clone(), replication).await
+}
+
+async fn pair_of(first: ReplicationConfig, replication: ReplicationConfig) -> Pair {
     let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open(dir.path(), "d1", None).await;
+    let mut d1 = open_with(dir.path(), "d1", None, first).await;
     let keys = dir.path().join("d1").join("keys");
     let mut d2 = open_with(dir.path(), "d2", Some(&keys), replication).await;
     link(&d1, &d2).await;

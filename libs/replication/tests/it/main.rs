@@ -2,5 +2,6 @@
 //! the daemon (message sender/receiver/processor/cleaner, the four replication workers).
 
 mod common;
+mod failover;
 mod replicate;
 mod s3;

@@ -1,0 +1,1699 @@
+//! Failover (DESIGN.md §10): peer availability, role epochs and claims, the write fence,
+//! promotion of a secondary, and what every member does when it learns of a newer epoch.
+//!
+//! # Protocol
+//!
+//! ```text
+//!  every member, every heartbeat_interval ─ tern.repl.heartbeat ─▶ every peer:
+//!     per group held: role, epoch, seq (primary: last committed; secondary: last applied),
+//!     commit time, the newest Claim known (gossip), the policy (primary)
+//!  receiver: peer heard ─▶ available;  silence ≥ unavailable_after/2 ─▶ suspect;
+//!            silence ≥ unavailable_after (or maintenance) ─▶ unavailable
+//!            (each change: log line, history row, counter, webhook)
+//!
+//!  failover on secondary S of group G (primary P):
+//!     refuse if P is available (planned: switchover) unless --allow-data-loss
+//!     promoting: no refresh asked for or imported from now on; an import already running
+//!       finishes first (the importer's gate) ─▶ drain what already arrived (import jobs,
+//!       received log messages) until drain_timeout
+//!     known loss = P's last heartbeat (seq, commit time) − what S applied
+//!     refuse if loss > RPO unless --allow-data-loss; a group of two (or more: majority
+//!       votes are not built yet) is only promoted with --allow-data-loss
+//!     one metadata transaction: epoch N+1, role primary, Claim{N+1, S, fork = S's table
+//!       versions, fork_seq} ─▶ writable; heartbeats carry the claim at once
+//!
+//!  member M learns Claim{N+1} (any heartbeat, from anyone):
+//!     M primary (the old one): fenced at once (the write fence refuses statements), role
+//!       secondary of the claimant; tables rolled back to the fork — every transaction it
+//!       committed past the fork is kept as a conflict record with its files (never
+//!       applied silently, never deleted); then it refreshes from the new primary
+//!     M secondary: tables past the fork rolled back (those versions were the old
+//!       primary's, lost); a replica of the old primary re-parents to the claimant; refresh
+//!  shipments and snapshots carry their epoch: older than the newest known ─▶ refused
+//!  (counted); newer ─▶ retried until the claim is learned
+//! ```
+//!
+//! # Guarantees
+//!
+//! * A database takes a statement's commit only if the [`WriteFence`] says so in the
+//!   metadata transaction that prepares it: a primary whose group knows a newer epoch
+//!   refuses (409 naming the epoch and the primary), so after a member learns a claim it
+//!   never commits under the old epoch again.
+//! * No member applies a change of an epoch older than the newest it knows.
+//! * Versions are the same state everywhere up to a claim's fork; every member rewinds to
+//!   the fork before it follows the new epoch, so no member keeps a stale epoch's change as
+//!   if it were the group's.
+//! * What an old primary committed past the fork is kept (conflict records and their
+//!   files), never silently dropped.
+//!
+//! Not built yet (the issue stays open for them): majority votes and leases for groups of
+//! three or more (until then an unplanned promotion always needs `--allow-data-loss`),
+//! planned switchover, applying or discarding conflict records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tern_clock::SharedClock;
+use tern_meta::{DatabaseDpo, DatabaseRole, Key, MetaTxn, MicroPartitionDpo, impl_dpo};
+use tern_storage::Path;
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, ShortName, TableId};
+use tern_table::commit::table_lock;
+use tern_table::{Stamp, WriteFence};
+
+use crate::error::{Error, Result};
+use crate::model::{
+    self, Claim, FailoverPolicy, GroupBeat, HEARTBEAT_TYPE, Heartbeat, PAYLOAD_VERSION,
+    canonical_table_id, replica_table_id,
+};
+use crate::peers::Peers;
+use crate::service::{Counters, Replication, mark_dirty};
+use crate::state::{GROUP_INDEX, PendingRefresh, ReplicaDpo, keys};
+
+/// A peer's availability, as this deployment judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    /// Heard within half of `unavailable_after`.
+    Available,
+    /// Silent for half of `unavailable_after` or more.
+    Suspect,
+    /// Silent for `unavailable_after` or more.
+    Unavailable,
+    /// Taken out by an operator (planned maintenance): unavailable until put back.
+    Maintenance,
+}
+
+impl Availability {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Availability::Available => "available",
+            Availability::Suspect => "suspect",
+            Availability::Unavailable => "unavailable",
+            Availability::Maintenance => "maintenance",
+        }
+    }
+
+    /// Whether a primary in this state may be failed over from without
+    /// `--allow-data-loss` on availability grounds.
+    pub fn is_down(self) -> bool {
+        matches!(self, Availability::Unavailable | Availability::Maintenance)
+    }
+}
+
+impl std::fmt::Display for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What silence of `silence_ms` (none: never heard) makes of a peer.
+pub fn judge(
+    silence_ms: Option<i64>,
+    unavailable_after: Duration,
+    maintenance: bool,
+) -> Availability {
+    if maintenance {
+        return Availability::Maintenance;
+    }
+    let limit = i64::try_from(unavailable_after.as_millis()).unwrap_or(i64::MAX);
+    match silence_ms {
+        None => Availability::Unavailable,
+        Some(s) if s >= limit => Availability::Unavailable,
+        Some(s) if s >= limit / 2 => Availability::Suspect,
+        Some(_) => Availability::Available,
+    }
+}
+
+/// A peer deployment's availability (`repl/peer/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDpo {
+    /// The peer.
+    pub peer: DeploymentId,
+    /// Its state.
+    pub state: Availability,
+    /// Since when (local clock).
+    pub since_ms: i64,
+    /// When its last heartbeat arrived (local clock).
+    pub last_heard_ms: Option<i64>,
+    /// Taken out by an operator.
+    pub maintenance: bool,
+    /// Its public API URL (from its heartbeats).
+    pub url: Option<String>,
+}
+impl_dpo!(PeerDpo, "peer availability");
+
+/// An availability notification (`repl/availlog/<seq>`): one change of a peer's state, or
+/// of a group's epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AvailabilityEvent {
+    /// Its number (ascending).
+    pub seq: u64,
+    /// The peer it is about.
+    pub peer: DeploymentId,
+    /// The state before.
+    pub from: String,
+    /// The state after.
+    pub to: String,
+    /// When (local clock).
+    pub at_ms: i64,
+    /// Why.
+    pub reason: String,
+}
+impl_dpo!(AvailabilityEvent, "availability notification");
+
+/// A notification waiting for the webhook (`repl/hook/<seq>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookDpo {
+    /// The notification.
+    pub event: AvailabilityEvent,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Not before (local clock).
+    pub next_at_ms: i64,
+}
+impl_dpo!(HookDpo, "webhook delivery");
+
+/// The primary's state as its last heartbeat told it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryBeat {
+    /// Its last committed transaction's sequence number.
+    pub seq: u64,
+    /// When that was committed (its clock).
+    pub commit_at_ms: Option<i64>,
+    /// When the heartbeat arrived (local clock).
+    pub heard_at_ms: i64,
+}
+
+/// What a replica last said it applied (kept by the primary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// The last sequence number it applied.
+    pub seq: u64,
+    /// When that was committed here.
+    pub commit_at_ms: Option<i64>,
+    /// When its heartbeat arrived.
+    pub heard_at_ms: i64,
+}
+
+/// A database group as this member knows it (`repl/group/<group>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDpo {
+    /// The group.
+    pub group: String,
+    /// The newest epoch known.
+    pub epoch: u64,
+    /// Who holds the primary at `epoch`.
+    pub primary: Option<DeploymentId>,
+    /// The claim of `epoch`, when known.
+    pub claim: Option<Claim>,
+    /// The group's policy.
+    pub policy: FailoverPolicy,
+    /// The primary's last heartbeat (secondaries).
+    pub primary_beat: Option<PrimaryBeat>,
+    /// What each replica last said it applied (the primary).
+    pub acks: BTreeMap<DeploymentId, ReplicaAck>,
+}
+impl_dpo!(GroupDpo, "database group");
+
+impl GroupDpo {
+    fn new(group: &str, primary: &DeploymentId, epoch: u64) -> Self {
+        Self {
+            group: group.to_string(),
+            epoch,
+            primary: Some(primary.clone()),
+            claim: None,
+            policy: FailoverPolicy::default(),
+            primary_beat: None,
+            acks: BTreeMap::new(),
+        }
+    }
+
+    /// The primary's exposure: transactions committed at `seq` that no replica has
+    /// confirmed, and how old the oldest of them can be at most (ms).
+    pub fn exposure(&self, seq: u64, now: i64) -> (u64, i64) {
+        let best = self.acks.values().max_by_key(|a| a.seq);
+        match best {
+            None => (0, 0),
+            Some(a) if a.seq >= seq => (0, 0),
+            Some(a) => (seq - a.seq, a.commit_at_ms.map_or(0, |c| (now - c).max(0))),
+        }
+    }
+
+    /// Why the policy pauses commits at `seq` now, if it does.
+    fn beyond_rpo(&self, seq: u64, now: i64) -> Option<String> {
+        if !self.policy.block_commits_beyond_rpo {
+            return None;
+        }
+        let (txns, ms) = self.exposure(seq, now);
+        if let Some(max) = self.policy.max_data_loss_txns
+            && txns > max
+        {
+            return Some(format!(
+                "no replica has confirmed the last {txns} transactions (max_data_loss_txns = {max}, block_commits_beyond_rpo)"
+            ));
+        }
+        if let Some(max) = self.policy.max_data_loss
+            && txns > 0
+            && ms > i64::try_from(max.as_millis()).unwrap_or(i64::MAX)
+        {
+            return Some(format!(
+                "no replica has confirmed commits of the last {ms} ms (max_data_loss = {}, block_commits_beyond_rpo)",
+                humantime_serde::re::humantime::format_duration(max)
+            ));
+        }
+        None
+    }
+}
+
+/// Where a conflict record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictState {
+    /// Kept for the operator.
+    Open,
+}
+
+/// One table version of a conflict record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictVersion {
+    /// The table (local id).
+    pub table: TableId,
+    /// The version it made.
+    pub version: u64,
+    /// Files it added (kept in the volume for the record).
+    pub added: Vec<MicroPartitionDpo>,
+    /// Files it removed (short names).
+    pub removed: Vec<ShortName>,
+}
+
+/// A transaction this deployment committed as primary past the fork of a newer epoch
+/// (`repl/conflict/<id>`): never shipped to the new primary, kept for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictDpo {
+    /// Its id.
+    pub id: String,
+    /// The database group.
+    pub group: String,
+    /// The local database.
+    pub database: DatabaseId,
+    /// Where it was committed.
+    pub origin: DeploymentId,
+    /// Its transaction id there.
+    pub txn_id: Option<u64>,
+    /// The epoch it was committed under.
+    pub epoch: u64,
+    /// When it was committed.
+    pub committed_at_ms: i64,
+    /// The table versions it made.
+    pub versions: Vec<ConflictVersion>,
+    /// When it was found.
+    pub found_at_ms: i64,
+    /// Its state.
+    pub state: ConflictState,
+}
+impl_dpo!(ConflictDpo, "conflict record");
+
+/// Keys of this module's DPOs.
+pub mod fkeys {
+    use super::*;
+
+    /// `repl/group/<group>`.
+    pub fn group(group: &str) -> Key {
+        Key::root("repl").str("group").str(group)
+    }
+    /// `repl/peer/<id>`.
+    pub fn peer(peer: &DeploymentId) -> Key {
+        Key::root("repl").str("peer").str(peer.as_str())
+    }
+    /// All peers.
+    pub fn peers() -> Key {
+        Key::root("repl").str("peer")
+    }
+    /// `repl/availlog/<seq>`.
+    pub fn event(seq: u64) -> Key {
+        Key::root("repl").str("availlog").u64(seq)
+    }
+    /// All notifications.
+    pub fn events() -> Key {
+        Key::root("repl").str("availlog")
+    }
+    /// `repl/hook/<seq>`.
+    pub fn hook(seq: u64) -> Key {
+        Key::root("repl").str("hook").u64(seq)
+    }
+    /// All webhook deliveries.
+    pub fn hooks() -> Key {
+        Key::root("repl").str("hook")
+    }
+    /// `repl/conflict/<id>`.
+    pub fn conflict(id: &str) -> Key {
+        Key::root("repl").str("conflict").str(id)
+    }
+    /// All conflict records.
+    pub fn conflicts() -> Key {
+        Key::root("repl").str("conflict")
+    }
+}
+
+/// A new group: `me` holds its primary at `epoch`.
+pub(crate) fn found_group(
+    tx: &mut MetaTxn<'_>,
+    group: &str,
+    me: &DeploymentId,
+    epoch: u64,
+    now: i64,
+) -> tern_meta::Result<()> {
+    let mut g = GroupDpo::new(group, me, epoch);
+    g.claim = Some(Claim {
+        epoch,
+        primary: me.clone(),
+        fork: BTreeMap::new(),
+        fork_seq: 0,
+        claimed_at_ms: now,
+    });
+    tx.put(&fkeys::group(group), &g)
+}
+
+/// This deployment joins `group` as a secondary: what it knows of the group so far.
+pub(crate) fn join_group(
+    tx: &mut MetaTxn<'_>,
+    group: &str,
+    primary: &DeploymentId,
+    epoch: u64,
+) -> tern_meta::Result<()> {
+    if tx.get::<GroupDpo>(&fkeys::group(group))?.is_none() {
+        tx.put(&fkeys::group(group), &GroupDpo::new(group, primary, epoch))?;
+    }
+    Ok(())
+}
+
+/// The group state of `db`, made from the database row when there is none yet (databases
+/// replicated before epochs were kept).
+fn group_of(
+    tx: &mut MetaTxn<'_>,
+    db: &DatabaseDpo,
+    me: &DeploymentId,
+) -> tern_meta::Result<GroupDpo> {
+    let group = db.replication_group.clone().unwrap_or_default();
+    if let Some(g) = tx.get::<GroupDpo>(&fkeys::group(&group))? {
+        return Ok(g);
+    }
+    let primary = match db.role {
+        DatabaseRole::Primary => Some(me.clone()),
+        _ => tx
+            .get::<ReplicaDpo>(&keys::replica(&db.id))?
+            .map(|r| r.upstream),
+    };
+    Ok(GroupDpo {
+        primary,
+        ..GroupDpo::new(&group, me, db.epoch)
+    })
+}
+
+/// The group-wide id of local table `local` of this deployment (`me`).
+pub fn wire_table_id(me: &DeploymentId, local: &TableId) -> TableId {
+    replica_table_id(me, &canonical_table_id(local))
+}
+
+/// The write fence replication installs in the commit protocol (see [`WriteFence`]).
+#[derive(Debug)]
+pub struct Fence {
+    clock: SharedClock,
+}
+
+impl WriteFence for Fence {
+    fn check(
+        &self,
+        tx: &mut MetaTxn<'_>,
+        database: &DatabaseId,
+    ) -> tern_meta::Result<std::result::Result<u64, tern_table::Error>> {
+        let Some(d) = tx.get_database(database)? else {
+            return Ok(Ok(0));
+        };
+        match d.role {
+            DatabaseRole::Local => Ok(Ok(d.epoch)),
+            DatabaseRole::Secondary => Ok(Err(tern_table::Error::ReadOnlyReplica {
+                database: d.name,
+                group: d.replication_group.unwrap_or_default(),
+            })),
+            DatabaseRole::Primary => {
+                let group = d.replication_group.clone().unwrap_or_default();
+                let Some(g) = tx.get::<GroupDpo>(&fkeys::group(&group))? else {
+                    return Ok(Ok(d.epoch));
+                };
+                if g.epoch > d.epoch {
+                    return Ok(Err(tern_table::Error::NotWritable(Box::new(
+                        tern_table::Refusal {
+                            database: d.name,
+                            group,
+                            reason: format!(
+                                "fenced: epoch {} of the group is held by {}; write to it",
+                                g.epoch,
+                                g.primary
+                                    .as_ref()
+                                    .map_or("another deployment", |p| p.as_str())
+                            ),
+                            epoch: g.epoch,
+                            primary: g.primary.map(|p| p.to_string()),
+                            paused: false,
+                        },
+                    ))));
+                }
+                let seq = tern_txn::database_seq(tx, &d.id)?;
+                if let Some(reason) = g.beyond_rpo(seq, self.clock.now_millis()) {
+                    return Ok(Err(tern_table::Error::NotWritable(Box::new(
+                        tern_table::Refusal {
+                            database: d.name,
+                            group,
+                            reason: format!("paused: {reason}; retry when a replica catches up"),
+                            epoch: g.epoch,
+                            primary: None,
+                            paused: true,
+                        },
+                    ))));
+                }
+                Ok(Ok(d.epoch))
+            }
+        }
+    }
+}
+
+/// What `tern database failover` asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverOptions {
+    /// Promote even when the known loss exceeds the RPO, the primary is still heard from,
+    /// or the group cannot decide by majority.
+    pub allow_data_loss: bool,
+}
+
+/// What a failover did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverReport {
+    /// The database group.
+    pub group: String,
+    /// The database promoted.
+    pub database: String,
+    /// The epoch claimed.
+    pub epoch: u64,
+    /// The primary it replaced.
+    pub previous_primary: Option<DeploymentId>,
+    /// Its availability when the failover started.
+    pub previous_primary_state: Option<Availability>,
+    /// Transactions the old primary had committed (by its last heartbeat here) that were
+    /// not applied here: lost unless the old primary returns (then conflict records).
+    pub known_loss_txns: u64,
+    /// Time between the newest commit applied here and the newest the old primary reported.
+    pub known_loss_ms: i64,
+    /// How long ago the old primary was last heard (ms; none: never).
+    pub primary_silent_ms: Option<i64>,
+    /// Import jobs and messages drained before judging.
+    pub drained: u64,
+    /// Whether the drain ran out of time (what was left counts as loss).
+    pub drain_timed_out: bool,
+    /// From the command to writable (ms): the measured RTO.
+    pub rto_ms: u64,
+    /// The policy's RTO, when it has one.
+    pub max_unavailable_ms: Option<u64>,
+    /// Whether `--allow-data-loss` was needed.
+    pub forced: bool,
+}
+
+/// `show replication status`: one database group held here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: String,
+    /// The local database.
+    pub database: String,
+    /// Its role here.
+    pub role: DatabaseRole,
+    /// The epoch of its role here.
+    pub epoch: u64,
+    /// The newest epoch known here.
+    pub group_epoch: u64,
+    /// Who holds the primary.
+    pub primary: Option<DeploymentId>,
+    /// The primary's availability (secondaries).
+    pub primary_state: Option<Availability>,
+    /// Secondaries: transactions behind the last primary state heard of; primary:
+    /// transactions no replica confirmed yet.
+    pub txns_behind: u64,
+    /// Secondaries: the age of the newest primary commit not applied here (grows while the
+    /// primary is silent); primary: how old its oldest unconfirmed commit can be.
+    pub rpo_exposure_ms: i64,
+    /// Secondaries: how long ago the primary was last heard.
+    pub primary_heard_ago_ms: Option<i64>,
+    /// The policy.
+    pub policy: FailoverPolicy,
+    /// Conflict records kept.
+    pub conflicts: u64,
+}
+
+impl Replication {
+    /// The write fence to install in this deployment's commit protocol.
+    pub fn write_fence(&self) -> Arc<dyn WriteFence> {
+        Arc::new(Fence {
+            clock: Arc::clone(&self.inner.p.clock),
+        })
+    }
+
+    fn local_db(&self, account: &AccountId, database: &str) -> Result<DatabaseDpo> {
+        self.meta()
+            .read(|tx| tx.find_database(account, database))?
+            .ok_or_else(|| Error::NotFound {
+                what: "database",
+                name: format!("{account}.{database}"),
+            })
+    }
+
+    /// The group state of local database `db`.
+    pub fn group_state(&self, db: &DatabaseDpo) -> Result<GroupDpo> {
+        let me = self.me().clone();
+        Ok(self.meta().read(|tx| group_of(tx, db, &me))?)
+    }
+
+    /// Sets the failover policy of a primary database's group (carried to every member by
+    /// heartbeats).
+    pub fn set_policy(
+        &self,
+        account: &AccountId,
+        database: &str,
+        policy: FailoverPolicy,
+    ) -> Result<()> {
+        let db = self.local_db(account, database)?;
+        if db.role != DatabaseRole::Primary {
+            return Err(Error::invalid(
+                format!("database {database}"),
+                "the failover policy is set on the group's primary",
+            ));
+        }
+        let me = self.me().clone();
+        self.meta().write(|tx| {
+            let mut g = group_of(tx, &db, &me)?;
+            g.policy = policy.clone();
+            tx.put(&fkeys::group(&g.group), &g)
+        })?;
+        self.beat_soon();
+        tracing::info!(%account, database, ?policy, "failover policy set");
+        Ok(())
+    }
+
+    /// Heartbeats go out at the next control unit.
+    pub(crate) fn beat_soon(&self) {
+        self.inner
+            .beat_due
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.control_wake.notify_one();
+    }
+
+    /// Every peer's availability.
+    pub fn availability(&self) -> Result<Vec<PeerDpo>> {
+        Ok(self
+            .meta()
+            .read(|tx| tx.scan_prefix::<PeerDpo>(&fkeys::peers()))?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// The newest `limit` availability notifications, oldest first.
+    pub fn availability_history(&self, limit: usize) -> Result<Vec<AvailabilityEvent>> {
+        let all = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<AvailabilityEvent>(&fkeys::events()))?;
+        let skip = all.len().saturating_sub(limit);
+        Ok(all.into_iter().skip(skip).map(|(_, e)| e).collect())
+    }
+
+    /// Conflict records kept here.
+    pub fn conflicts(&self) -> Result<Vec<ConflictDpo>> {
+        Ok(self
+            .meta()
+            .read(|tx| tx.scan_prefix::<ConflictDpo>(&fkeys::conflicts()))?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Planned maintenance: `peer` counts as unavailable until put back (`on = false`).
+    pub fn set_maintenance(&self, peer: &DeploymentId, on: bool) -> Result<Availability> {
+        if peer == self.me() {
+            return Err(Error::invalid(
+                format!("deployment {peer}"),
+                "is this deployment: set maintenance on its peers",
+            ));
+        }
+        let known = self.meta().read(|tx| tx.get_deployment(peer))?.is_some();
+        if !known {
+            return Err(Error::NotFound {
+                what: "deployment",
+                name: peer.to_string(),
+            });
+        }
+        let now = self.now();
+        let unavailable_after = self.config().unavailable_after;
+        let reason = if on {
+            "maintenance on (operator)"
+        } else {
+            "maintenance off (operator)"
+        };
+        let state = self.meta().write(|tx| {
+            let mut p = peer_row(tx, peer, now)?;
+            p.maintenance = on;
+            let to = judge(p.last_heard_ms.map(|h| now - h), unavailable_after, on);
+            transition(tx, &mut p, to, now, reason)?;
+            tx.put(&fkeys::peer(peer), &p)?;
+            Ok(to)
+        })?;
+        self.notified();
+        Ok(state)
+    }
+
+    /// Counts, logs and hands to the webhook notifications recorded since the last call.
+    fn notified(&self) {
+        self.inner.control_wake.notify_one();
+    }
+
+    /// Control worker: re-judges every peer's availability by its silence; a replica whose
+    /// upstream (not the primary) became unavailable follows the primary instead (the next
+    /// link takes the lost head's place). How many changed.
+    pub(crate) fn judge_peers(&self) -> Result<usize> {
+        let now = self.now();
+        let me = self.me().clone();
+        let unavailable_after = self.config().unavailable_after;
+        let members: Vec<DeploymentId> = self
+            .meta()
+            .read(|tx| tx.list_deployments())?
+            .into_iter()
+            .map(|d| d.id)
+            .filter(|d| *d != me)
+            .collect();
+        let mut changed = 0;
+        let mut lost = Vec::new();
+        for peer in members {
+            let to = self.meta().write(|tx| {
+                let mut p = peer_row(tx, &peer, now)?;
+                let to = judge(
+                    p.last_heard_ms.map(|h| now - h),
+                    unavailable_after,
+                    p.maintenance,
+                );
+                if to == p.state && tx.contains(&fkeys::peer(&peer))? {
+                    return Ok(None);
+                }
+                let silence = p.last_heard_ms.map_or("never heard".to_string(), |h| {
+                    format!("silent for {} ms", now - h)
+                });
+                transition(tx, &mut p, to, now, &silence)?;
+                tx.put(&fkeys::peer(&peer), &p)?;
+                Ok(Some(to))
+            })?;
+            if let Some(to) = to {
+                changed += 1;
+                if to.is_down() {
+                    lost.push(peer);
+                }
+            }
+        }
+        for peer in lost {
+            self.reparent_from(&peer)?;
+        }
+        if changed > 0 {
+            self.notified();
+        }
+        Ok(changed)
+    }
+
+    /// Replicas following `lost` (a chain link, not the primary) follow the group's primary.
+    fn reparent_from(&self, lost: &DeploymentId) -> Result<()> {
+        let replicas = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<ReplicaDpo>(&keys::replicas()))?;
+        for (_, r) in replicas.into_iter().filter(|(_, r)| &r.upstream == lost) {
+            let Some(db) = self.meta().read(|tx| tx.get_database(&r.database))? else {
+                continue;
+            };
+            let g = self.group_state(&db)?;
+            let Some(primary) = g.primary.filter(|p| p != lost && p != self.me()) else {
+                continue;
+            };
+            self.meta().write(|tx| {
+                if let Some(mut cur) = tx.get::<ReplicaDpo>(&keys::replica(&r.database))? {
+                    cur.upstream = primary.clone();
+                    cur.refresh = None;
+                    tx.put(&keys::replica(&r.database), &cur)?;
+                }
+                mark_dirty(tx)
+            })?;
+            self.request_refresh(&r.database, "upstream lost")?;
+            tracing::warn!(database = %r.database, %lost, %primary, "upstream unavailable: following the primary");
+        }
+        Ok(())
+    }
+
+    /// Control worker: sends heartbeats when due. How many peers got one.
+    pub(crate) async fn send_heartbeats(&self, peers: &dyn Peers) -> Result<usize> {
+        let now = self.now();
+        let every = i64::try_from(self.config().heartbeat_interval.as_millis()).unwrap_or(i64::MAX);
+        let last = self
+            .inner
+            .last_beat_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let forced = self
+            .inner
+            .beat_due
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if !forced && now - last < every {
+            return Ok(0);
+        }
+        self.inner
+            .last_beat_ms
+            .store(now, std::sync::atomic::Ordering::SeqCst);
+        let payload = model::encode(&self.heartbeat(now)?);
+        let me = self.me().clone();
+        let members = self.meta().read(|tx| tx.list_deployments())?;
+        let mut n = 0;
+        for d in members.iter().filter(|d| d.id != me) {
+            let Some(s) = peers.sender(&d.id) else {
+                continue;
+            };
+            match s
+                .send(tern_messaging::Draft::new(HEARTBEAT_TYPE, payload.clone()))
+                .await
+            {
+                Ok(_) => n += 1,
+                Err(e) => tracing::warn!(peer = %d.id, error = %e, "heartbeat not sent"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// This deployment's heartbeat.
+    pub fn heartbeat(&self, now: i64) -> Result<Heartbeat> {
+        let me = self.me().clone();
+        let groups = self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                for d in tx.list_databases(&a.name)? {
+                    let Some(group) = d.replication_group.clone() else {
+                        continue;
+                    };
+                    let g = group_of(tx, &d, &me)?;
+                    let (seq, commit_at_ms) = match d.role {
+                        DatabaseRole::Primary => {
+                            let mut newest = None;
+                            for t in tx.list_tables(&d.id)? {
+                                if let Some(v) = tx.get_table_version(&t.id, t.current_version)? {
+                                    newest = newest.max(Some(v.committed_at_ms));
+                                }
+                            }
+                            (tern_txn::database_seq(tx, &d.id)?, newest)
+                        }
+                        _ => match tx.get::<ReplicaDpo>(&keys::replica(&d.id))? {
+                            Some(r) => (r.applied_seq, r.applied_commit_at_ms),
+                            None => (0, None),
+                        },
+                    };
+                    out.push(GroupBeat {
+                        group,
+                        role: d.role,
+                        // A secondary follows the newest epoch it knows.
+                        epoch: match d.role {
+                            DatabaseRole::Primary => d.epoch,
+                            _ => g.epoch,
+                        },
+                        seq,
+                        commit_at_ms,
+                        claim: g.claim.clone(),
+                        policy: (d.role == DatabaseRole::Primary).then(|| g.policy.clone()),
+                    });
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(Heartbeat {
+            v: PAYLOAD_VERSION,
+            sent_at_ms: now,
+            url: self.config().public_url.clone(),
+            groups,
+        })
+    }
+
+    /// A heartbeat from `from` arrived: it is available; learn any newer claim; keep the
+    /// primary's progress (secondaries) and the replicas' confirmations (primary).
+    pub(crate) async fn heard(&self, from: &DeploymentId, hb: Heartbeat) -> Result<()> {
+        let now = self.now();
+        let unavailable_after = self.config().unavailable_after;
+        let changed = self.meta().write(|tx| {
+            let mut p = peer_row(tx, from, now)?;
+            p.last_heard_ms = Some(now);
+            if hb.url.is_some() {
+                p.url = hb.url.clone();
+            }
+            let to = judge(Some(0), unavailable_after, p.maintenance);
+            let changed = to != p.state;
+            transition(tx, &mut p, to, now, "heartbeat")?;
+            tx.put(&fkeys::peer(from), &p)?;
+            Ok(changed)
+        })?;
+        if changed {
+            self.notified();
+        }
+        for beat in hb.groups {
+            let Some(db) = self.local_database(&beat.group)? else {
+                continue;
+            };
+            if let Some(claim) = &beat.claim {
+                let known = self.group_state(&db)?.epoch;
+                if claim.epoch > known {
+                    self.learn_claim(&db, claim.clone()).await?;
+                }
+            }
+            let me = self.me().clone();
+            self.meta().write(|tx| {
+                let Some(db) = tx.get_database(&db.id)? else {
+                    return Ok(());
+                };
+                let mut g = group_of(tx, &db, &me)?;
+                if beat.epoch == g.epoch
+                    && beat.role == DatabaseRole::Primary
+                    && g.primary.as_ref() == Some(from)
+                {
+                    g.primary_beat = Some(PrimaryBeat {
+                        seq: beat.seq,
+                        commit_at_ms: beat.commit_at_ms,
+                        heard_at_ms: now,
+                    });
+                    if let Some(policy) = &beat.policy {
+                        g.policy = policy.clone();
+                    }
+                }
+                if db.role == DatabaseRole::Primary
+                    && beat.role == DatabaseRole::Secondary
+                    && beat.epoch == g.epoch
+                {
+                    g.acks.insert(
+                        from.clone(),
+                        ReplicaAck {
+                            seq: beat.seq,
+                            commit_at_ms: beat.commit_at_ms,
+                            heard_at_ms: now,
+                        },
+                    );
+                }
+                tx.put(&fkeys::group(&g.group), &g)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Learns `claim` (newer than any epoch known here) for local database `db`: the old
+    /// primary fences itself and keeps what it committed past the fork as conflict
+    /// records; every member rewinds to the fork; replicas of the old primary follow the
+    /// claimant.
+    pub(crate) async fn learn_claim(&self, db: &DatabaseDpo, claim: Claim) -> Result<()> {
+        let me = self.me().clone();
+        let now = self.now();
+        let group = db.replication_group.clone().unwrap_or_default();
+        // The role first, in one transaction: from here no statement commits under the old
+        // epoch (the fence reads this), whatever happens next.
+        let step = self.meta().write(|tx| {
+            let Some(mut d) = tx.get_database(&db.id)? else {
+                return Ok(None);
+            };
+            let mut g = group_of(tx, &d, &me)?;
+            if claim.epoch <= g.epoch && g.claim.is_some() {
+                return Ok(None);
+            }
+            let old_primary = g.primary.clone();
+            g.epoch = claim.epoch;
+            g.primary = Some(claim.primary.clone());
+            g.claim = Some(claim.clone());
+            g.primary_beat = None;
+            g.acks.clear();
+            tx.put(&fkeys::group(&group), &g)?;
+            let was = d.role;
+            match d.role {
+                DatabaseRole::Primary if claim.primary != me => {
+                    d.role = DatabaseRole::Secondary;
+                    d.epoch = claim.epoch;
+                    tx.update_database(&d)?;
+                    let id = format!("rq-{me}-{}", tx.next_sequence("repl-id")?);
+                    let mut r = ReplicaDpo::new(
+                        d.id.clone(),
+                        d.account.clone(),
+                        group.clone(),
+                        claim.primary.clone(),
+                        true,
+                        PendingRefresh {
+                            request_id: id,
+                            sent: true,
+                            asked_at_ms: now,
+                            reason: format!("fenced by epoch {}", claim.epoch),
+                        },
+                    );
+                    // Asked for only once its tables are at the fork (below).
+                    r.refresh = None;
+                    r.applied_seq = claim.fork_seq;
+                    tx.put(&keys::replica(&d.id), &r)?;
+                    // Shipping to our old downstreams stops: they follow the claimant.
+                    for (k, _) in
+                        tx.scan_prefix::<crate::state::DownstreamDpo>(&keys::downstreams_of(&d.id))?
+                    {
+                        tx.delete(&k)?;
+                    }
+                }
+                DatabaseRole::Secondary => {
+                    d.epoch = claim.epoch;
+                    tx.update_database(&d)?;
+                    if let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(&d.id))? {
+                        if old_primary.as_ref() == Some(&r.upstream)
+                            || r.upstream == claim.primary
+                            || r.upstream == me
+                        {
+                            r.upstream = claim.primary.clone();
+                        }
+                        r.refresh = None;
+                        r.promoting = false;
+                        r.applied_seq = r.applied_seq.min(claim.fork_seq);
+                        tx.put(&keys::replica(&d.id), &r)?;
+                    }
+                }
+                _ => {}
+            }
+            mark_dirty(tx)?;
+            let seq = tx.next_sequence("repl-availlog")?;
+            let event = AvailabilityEvent {
+                seq,
+                peer: claim.primary.clone(),
+                from: format!("epoch {}", claim.epoch.saturating_sub(1)),
+                to: format!("epoch {}", claim.epoch),
+                at_ms: now,
+                reason: format!(
+                    "group {group}: {} claimed the primary (was {}); this deployment's {} is {}",
+                    claim.primary,
+                    old_primary.as_ref().map_or("unknown", |p| p.as_str()),
+                    d.name,
+                    match (was, d.role) {
+                        (DatabaseRole::Primary, DatabaseRole::Secondary) =>
+                            "fenced: now a secondary",
+                        _ => "a secondary",
+                    }
+                ),
+            };
+            record_event(tx, &event)?;
+            Ok(Some(was))
+        })?;
+        let Some(was) = step else {
+            return Ok(());
+        };
+        Counters::add(&self.inner.counters.epochs_learned, 1);
+        tracing::warn!(%group, epoch = claim.epoch, primary = %claim.primary, role_was = ?was, "newer epoch learned");
+        if was == DatabaseRole::Local {
+            return Ok(());
+        }
+        let keep = was == DatabaseRole::Primary;
+        self.rewind_to_fork(db, &claim, keep).await?;
+        self.request_refresh(&db.id, &format!("epoch {}", claim.epoch))?;
+        self.notified();
+        Ok(())
+    }
+
+    /// Rolls every table of `db` that is past `claim`'s fork back to it. With `keep`
+    /// (this deployment committed those versions as the old primary), each rolled-back
+    /// transaction becomes a conflict record and its files stay; otherwise they go.
+    async fn rewind_to_fork(&self, db: &DatabaseDpo, claim: &Claim, keep: bool) -> Result<()> {
+        let p = &self.inner.p;
+        let me = self.me().clone();
+        let tables = self.meta().read(|tx| tx.list_tables(&db.id))?;
+        let mut conflicts: BTreeMap<(Option<u64>, i64), ConflictDpo> = BTreeMap::new();
+        for t in tables.into_iter().filter(|t| !t.dropped) {
+            let wire = wire_table_id(&me, &t.id);
+            let fork = claim.fork.get(&wire).copied().unwrap_or(0);
+            if t.current_version <= fork {
+                continue;
+            }
+            let mut txn = p.tables.committer().begin(&db.account).await?;
+            txn.lock(&[table_lock(&t.id)]).await?;
+            let undone = self.meta().write(|tx| tx.rollback_table_to(&t.id, fork));
+            let undone = match undone {
+                Ok(u) => u,
+                Err(e) => {
+                    txn.abort().await;
+                    let msg = format!(
+                        "cannot rewind table {} to version {fork} of epoch {}: {e}",
+                        t.id, claim.epoch
+                    );
+                    let group = claim_group(db);
+                    self.with_replica(&group, |r| r.last_error = Some(msg.clone()))?;
+                    return Err(Error::invalid(format!("table {}", t.id), msg));
+                }
+            };
+            txn.abort().await;
+            tracing::warn!(table = %t.id, from = t.current_version, to = fork, keep, "rewound to the fork of a newer epoch");
+            if keep {
+                let files: BTreeMap<&ShortName, &MicroPartitionDpo> =
+                    undone.deleted.iter().map(|m| (&m.short, m)).collect();
+                for v in &undone.versions {
+                    let key = (v.txn_id, v.committed_at_ms);
+                    let c = conflicts.entry(key).or_insert_with(|| ConflictDpo {
+                        id: match v.txn_id {
+                            Some(id) => format!("cf-{}-{me}-{id}", db.id),
+                            None => format!("cf-{}-{me}-t{}", db.id, v.committed_at_ms),
+                        },
+                        group: claim_group(db),
+                        database: db.id.clone(),
+                        origin: me.clone(),
+                        txn_id: v.txn_id,
+                        epoch: db.epoch,
+                        committed_at_ms: v.committed_at_ms,
+                        versions: Vec::new(),
+                        found_at_ms: self.now(),
+                        state: ConflictState::Open,
+                    });
+                    c.versions.push(ConflictVersion {
+                        table: t.id.clone(),
+                        version: v.version,
+                        added: v
+                            .added
+                            .iter()
+                            .filter_map(|s| files.get(s).map(|m| (*m).clone()))
+                            .collect(),
+                        removed: v.removed.clone(),
+                    });
+                }
+            } else {
+                let mut files: Vec<Path> = undone
+                    .deleted
+                    .iter()
+                    .map(|m| Path::from(m.path.as_str()))
+                    .collect();
+                files.extend(
+                    undone
+                        .versions
+                        .iter()
+                        .flat_map(|v| v.ep_files.iter().map(|e| Path::from(e.path.as_str()))),
+                );
+                tern_table::commit::remove_files(p.volume.as_ref(), &files).await;
+            }
+        }
+        if !conflicts.is_empty() {
+            let n = conflicts.len();
+            self.meta().write(|tx| {
+                for c in conflicts.values() {
+                    tx.put(&fkeys::conflict(&c.id), c)?;
+                }
+                Ok(())
+            })?;
+            Counters::add(&self.inner.counters.conflicts_kept, n as u64);
+            tracing::warn!(database = %db.id, conflicts = n, "transactions committed past the fork kept as conflict records");
+        }
+        self.inner.applied.notify_waiters();
+        Ok(())
+    }
+
+    /// `alter database X primary`: promotes the local secondary `database` of `account`
+    /// (see the [module docs](self)).
+    pub async fn failover(
+        &self,
+        account: &AccountId,
+        database: &str,
+        options: FailoverOptions,
+    ) -> Result<FailoverReport> {
+        let started = Instant::now();
+        let me = self.me().clone();
+        let db = self.local_db(account, database)?;
+        let group = db.replication_group.clone().unwrap_or_default();
+        if db.role != DatabaseRole::Secondary {
+            return Err(Error::invalid(
+                format!("database {database}"),
+                match db.role {
+                    DatabaseRole::Primary => "is the group's primary already",
+                    _ => "is not a secondary replica",
+                },
+            ));
+        }
+        let g = self.group_state(&db)?;
+        let previous = g.primary.clone();
+        let prev_state = match &previous {
+            Some(p) => self
+                .meta()
+                .read(|tx| tx.get::<PeerDpo>(&fkeys::peer(p)))?
+                .map(|p| p.state),
+            None => None,
+        };
+        let mut forced = false;
+        if !prev_state.is_some_and(Availability::is_down) {
+            if !options.allow_data_loss {
+                return Err(Error::invalid(
+                    format!("failover of {database}"),
+                    format!(
+                        "the primary {} is {} here: a failover would leave two writable primaries until it learns of the new epoch; wait until it is unavailable (unavailable_after), put it into maintenance, or pass --allow-data-loss",
+                        previous.as_ref().map_or("(unknown)", |p| p.as_str()),
+                        prev_state.map_or("not judged yet", Availability::name)
+                    ),
+                ));
+            }
+            forced = true;
+        }
+        // Stop intake, then let an import already running finish (never half-imported).
+        self.meta().write(|tx| {
+            if let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(&db.id))? {
+                r.promoting = true;
+                r.refresh = None;
+                tx.put(&keys::replica(&db.id), &r)?;
+            }
+            Ok(())
+        })?;
+        let (drained, timed_out) = self.drain(&db, &group).await;
+        let drained = match drained {
+            Ok(n) => n,
+            Err(e) => {
+                self.stop_promoting(&db)?;
+                return Err(e);
+            }
+        };
+        let now = self.now();
+        let g = self.group_state(&db)?;
+        let r = self
+            .meta()
+            .read(|tx| tx.get::<ReplicaDpo>(&keys::replica(&db.id)))?
+            .ok_or_else(|| Error::invalid(format!("database {database}"), "is not a replica"))?;
+        let (loss_txns, loss_ms, silent) = match &g.primary_beat {
+            Some(b) => (
+                b.seq.saturating_sub(r.applied_seq),
+                if b.seq > r.applied_seq {
+                    match (b.commit_at_ms, r.applied_commit_at_ms) {
+                        (Some(p), Some(a)) => (p - a).max(0),
+                        (Some(p), None) => (now - p).max(0),
+                        _ => 0,
+                    }
+                } else {
+                    0
+                },
+                Some(now - b.heard_at_ms),
+            ),
+            None => (0, 0, None),
+        };
+        let policy = &g.policy;
+        let mut over = Vec::new();
+        if let Some(max) = policy.max_data_loss_txns
+            && loss_txns > max
+        {
+            over.push(format!(
+                "{loss_txns} transactions > max_data_loss_txns {max}"
+            ));
+        }
+        if let Some(max) = policy.max_data_loss
+            && loss_ms > i64::try_from(max.as_millis()).unwrap_or(i64::MAX)
+        {
+            over.push(format!(
+                "{loss_ms} ms > max_data_loss {}",
+                humantime_serde::re::humantime::format_duration(max)
+            ));
+        }
+        if g.primary_beat.is_none()
+            && (policy.max_data_loss.is_some() || policy.max_data_loss_txns.is_some())
+        {
+            over.push("the primary's state was never heard here, so the loss is unknown".into());
+        }
+        if !over.is_empty() {
+            if !options.allow_data_loss {
+                self.stop_promoting(&db)?;
+                return Err(Error::invalid(
+                    format!("failover of {database}"),
+                    format!(
+                        "known loss exceeds the group's RPO: {} (the replica applied up to transaction {} of the primary's {}); pass --allow-data-loss to promote anyway",
+                        over.join(", "),
+                        r.applied_seq,
+                        g.primary_beat.as_ref().map_or(0, |b| b.seq)
+                    ),
+                ));
+            }
+            forced = true;
+        }
+        let members: BTreeSet<DeploymentId> = self
+            .known_entities()?
+            .into_iter()
+            .filter(|e| e.group.as_deref() == Some(group.as_str()))
+            .map(|e| e.deployment)
+            .chain(std::iter::once(me.clone()))
+            .collect();
+        if !options.allow_data_loss {
+            self.stop_promoting(&db)?;
+            return Err(Error::invalid(
+                format!("failover of {database}"),
+                format!(
+                    "the group has {} members; without a majority vote (not available yet) the old primary may still accept writes until it learns of the new epoch: pass --allow-data-loss (its writes meanwhile are kept as conflict records when it returns)",
+                    members.len()
+                ),
+            ));
+        }
+        forced = forced || members.len() >= 2;
+        // The claim: one transaction, so the deployment is writable exactly when the claim
+        // exists.
+        let claimed = self.meta().write(|tx| {
+            let Some(mut d) = tx.get_database(&db.id)? else {
+                return Ok(Err(Error::NotFound {
+                    what: "database",
+                    name: db.id.to_string(),
+                }));
+            };
+            let mut g = group_of(tx, &d, &me)?;
+            if d.role != DatabaseRole::Secondary {
+                return Ok(Err(Error::invalid(
+                    format!("database {database}"),
+                    "changed role during the failover",
+                )));
+            }
+            let epoch = g.epoch.max(d.epoch) + 1;
+            let mut fork = BTreeMap::new();
+            for t in tx.list_tables(&d.id)? {
+                if !t.dropped {
+                    fork.insert(wire_table_id(&me, &t.id), t.current_version);
+                }
+            }
+            let fork_seq = tern_txn::database_seq(tx, &d.id)?;
+            let claim = Claim {
+                epoch,
+                primary: me.clone(),
+                fork,
+                fork_seq,
+                claimed_at_ms: now,
+            };
+            d.role = DatabaseRole::Primary;
+            d.epoch = epoch;
+            tx.update_database(&d)?;
+            tx.delete(&keys::replica(&d.id))?;
+            g.epoch = epoch;
+            g.primary = Some(me.clone());
+            g.claim = Some(claim);
+            g.primary_beat = None;
+            g.acks.clear();
+            tx.put(&fkeys::group(&group), &g)?;
+            mark_dirty(tx)?;
+            let seq = tx.next_sequence("repl-availlog")?;
+            record_event(
+                tx,
+                &AvailabilityEvent {
+                    seq,
+                    peer: me.clone(),
+                    from: format!("epoch {}", epoch - 1),
+                    to: format!("epoch {epoch}"),
+                    at_ms: now,
+                    reason: format!(
+                        "group {group}: failover; {} is the primary (was {}); known loss {loss_txns} transactions, {loss_ms} ms",
+                        d.name,
+                        previous.as_ref().map_or("unknown", |p| p.as_str())
+                    ),
+                },
+            )?;
+            Ok(Ok(epoch))
+        })??;
+        self.beat_soon();
+        self.notified();
+        Counters::add(&self.inner.counters.failovers, 1);
+        let rto_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let report = FailoverReport {
+            group,
+            database: database.to_string(),
+            epoch: claimed,
+            previous_primary: previous,
+            previous_primary_state: prev_state,
+            known_loss_txns: loss_txns,
+            known_loss_ms: loss_ms,
+            primary_silent_ms: silent,
+            drained,
+            drain_timed_out: timed_out,
+            rto_ms,
+            max_unavailable_ms: policy
+                .max_unavailable
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            forced,
+        };
+        tracing::warn!(?report, "failover: this deployment holds the primary");
+        Ok(report)
+    }
+
+    fn stop_promoting(&self, db: &DatabaseDpo) -> Result<()> {
+        self.meta().write(|tx| {
+            if let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(&db.id))? {
+                r.promoting = false;
+                tx.put(&keys::replica(&db.id), &r)?;
+            }
+            Ok(())
+        })?;
+        self.inner.control_wake.notify_one();
+        Ok(())
+    }
+
+    /// Waits until what already arrived for `db` is applied: the import running finishes
+    /// (the importer's gate), queued import jobs of the group and received messages from
+    /// its upstream are handled — up to `drain_timeout`. How many items were waited for,
+    /// and whether time ran out.
+    async fn drain(&self, db: &DatabaseDpo, group: &str) -> (Result<u64>, bool) {
+        let deadline = Instant::now() + self.config().drain_timeout;
+        let upstream = match self
+            .meta()
+            .read(|tx| tx.get::<ReplicaDpo>(&keys::replica(&db.id)))
+        {
+            Ok(Some(r)) => r.upstream,
+            Ok(None) => return (Ok(0), false),
+            Err(e) => return (Err(e.into()), false),
+        };
+        // An import in progress holds the gate until it has committed.
+        drop(self.inner.import_gate.lock().await);
+        let mut most = 0;
+        loop {
+            let jobs = match self.meta().read(|tx| {
+                Ok(tx
+                    .scan_prefix::<crate::state::ImportJobDpo>(&keys::import_jobs())?
+                    .into_iter()
+                    .filter(|(_, j)| j.response.group == group)
+                    .count() as u64)
+            }) {
+                Ok(n) => n,
+                Err(e) => return (Err(e.into()), false),
+            };
+            let messages = match self.inner.messages.get() {
+                Some(ctx) => ctx.pending_from(&upstream).await.unwrap_or(0),
+                None => 0,
+            };
+            let left = jobs + messages;
+            most = most.max(left);
+            if left == 0 {
+                return (Ok(most), false);
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(%group, left, "failover drain timed out; what is left counts as loss");
+                return (Ok(most), true);
+            }
+            self.inner.job_wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `show replication status`: the groups held here.
+    pub(crate) fn group_statuses(&self) -> Result<Vec<GroupStatus>> {
+        let now = self.now();
+        let me = self.me().clone();
+        let conflicts = self.conflicts()?;
+        Ok(self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                for d in tx.list_databases(&a.name)? {
+                    if d.replication_group.is_none() {
+                        continue;
+                    }
+                    let g = group_of(tx, &d, &me)?;
+                    let primary_state = match (&g.primary, d.role) {
+                        (Some(p), DatabaseRole::Secondary) => {
+                            tx.get::<PeerDpo>(&fkeys::peer(p))?.map(|p| p.state)
+                        }
+                        _ => None,
+                    };
+                    let (txns, exposure, heard) = match d.role {
+                        DatabaseRole::Primary => {
+                            let seq = tern_txn::database_seq(tx, &d.id)?;
+                            let (t, ms) = g.exposure(seq, now);
+                            (t, ms, None)
+                        }
+                        _ => {
+                            let r = tx.get::<ReplicaDpo>(&keys::replica(&d.id))?;
+                            let applied = r.as_ref().map_or(0, |r| r.applied_seq);
+                            let applied_at = r.as_ref().and_then(|r| r.applied_commit_at_ms);
+                            match &g.primary_beat {
+                                Some(b) => {
+                                    let behind = b.seq.saturating_sub(applied);
+                                    // Never 0 for a silent primary: what it may have
+                                    // committed since it was last heard is exposed too.
+                                    let silent = now - b.heard_at_ms;
+                                    let exposure = if behind > 0 {
+                                        applied_at.map_or(silent, |a| (now - a).max(0))
+                                    } else {
+                                        silent
+                                    };
+                                    (behind, exposure, Some(silent))
+                                }
+                                None => (0, applied_at.map_or(0, |a| (now - a).max(0)), None),
+                            }
+                        }
+                    };
+                    out.push(GroupStatus {
+                        group: g.group.clone(),
+                        database: d.name.clone(),
+                        role: d.role,
+                        epoch: d.epoch,
+                        group_epoch: g.epoch,
+                        primary: g.primary.clone(),
+                        primary_state,
+                        txns_behind: txns,
+                        rpo_exposure_ms: exposure,
+                        primary_heard_ago_ms: heard,
+                        policy: g.policy.clone(),
+                        conflicts: conflicts.iter().filter(|c| c.database == d.id).count() as u64,
+                    });
+                }
+            }
+            Ok(out)
+        })?)
+    }
+
+    /// The epoch check of a shipment or snapshot of `group` made under `epoch` (`None`:
+    /// unstamped, from before epochs): `Ok(true)` applies, `Ok(false)` is stale (refuse),
+    /// `Err` waits (a newer epoch whose claim has not arrived yet).
+    pub(crate) fn epoch_fits(&self, group: &str, epoch: Option<u64>) -> Result<bool> {
+        let Some(db) = self.local_database(group)? else {
+            return Ok(true);
+        };
+        let known = self.group_state(&db)?.epoch;
+        match epoch {
+            None | Some(0) => Ok(known <= 1),
+            Some(e) if e < known => Ok(false),
+            Some(e) if e > known => Err(Error::invalid(
+                format!("group {group}"),
+                format!(
+                    "a change of epoch {e} arrived before the claim of it (epoch {known} known here); waiting for the claim"
+                ),
+            )),
+            Some(_) => Ok(true),
+        }
+    }
+
+    /// The stamp replicated commits of `group` carry when the upstream's is unknown.
+    pub(crate) fn known_stamp(&self, group: &str) -> Result<Stamp> {
+        let epoch = match self.local_database(group)? {
+            Some(db) => self.group_state(&db)?.epoch,
+            None => 0,
+        };
+        Ok(Stamp { epoch, seq: 0 })
+    }
+
+    /// Control worker: posts waiting notifications to the webhook (retrying with backoff;
+    /// given up after 10 attempts, which is logged). How many were delivered.
+    pub(crate) async fn deliver_notifications(&self) -> Result<usize> {
+        let now = self.now();
+        let hooks = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<HookDpo>(&fkeys::hooks()))?;
+        let Some(url) = self.config().webhook.clone() else {
+            if !hooks.is_empty() {
+                self.meta().write(|tx| {
+                    for (k, _) in &hooks {
+                        tx.delete(k)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            return Ok(0);
+        };
+        let mut delivered = 0;
+        for (k, mut h) in hooks.into_iter().filter(|(_, h)| h.next_at_ms <= now) {
+            let body = serde_json::to_vec(&h.event).unwrap_or_default();
+            let ok = post(&url, body).await;
+            match ok {
+                Ok(()) => {
+                    self.meta().write(|tx| tx.delete(&k))?;
+                    delivered += 1;
+                }
+                Err(e) => {
+                    h.attempts += 1;
+                    if h.attempts >= 10 {
+                        tracing::error!(%url, event = h.event.seq, error = %e, "availability webhook given up after 10 attempts");
+                        self.meta().write(|tx| tx.delete(&k))?;
+                    } else {
+                        h.next_at_ms = now + 500 * (1 << h.attempts.min(8));
+                        tracing::warn!(%url, event = h.event.seq, attempt = h.attempts, error = %e, "availability webhook failed; will retry");
+                        self.meta().write(|tx| tx.put(&k, &h))?;
+                    }
+                }
+            }
+        }
+        Ok(delivered)
+    }
+}
+
+/// POSTs `body` (JSON) to `url` (plain HTTP/1.1; `http://host:port/path`).
+async fn post(url: &str, body: Vec<u8>) -> std::result::Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// webhooks are supported"))?;
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (rest, "/".to_string()),
+    };
+    let connect = tokio::net::TcpStream::connect(host);
+    let mut s = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let io = async {
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&body).await?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&answer);
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| "no HTTP status in the answer".to_string())?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+fn claim_group(db: &DatabaseDpo) -> String {
+    db.replication_group.clone().unwrap_or_default()
+}
+
+/// The availability row of `peer` (a new one starts unavailable: never heard).
+fn peer_row(tx: &mut MetaTxn<'_>, peer: &DeploymentId, now: i64) -> tern_meta::Result<PeerDpo> {
+    Ok(tx.get(&fkeys::peer(peer))?.unwrap_or(PeerDpo {
+        peer: peer.clone(),
+        state: Availability::Unavailable,
+        since_ms: now,
+        last_heard_ms: None,
+        maintenance: false,
+        url: None,
+    }))
+}
+
+/// Moves `p` to `to` (a notification when it changes).
+fn transition(
+    tx: &mut MetaTxn<'_>,
+    p: &mut PeerDpo,
+    to: Availability,
+    now: i64,
+    reason: &str,
+) -> tern_meta::Result<()> {
+    if p.state == to {
+        return Ok(());
+    }
+    let seq = tx.next_sequence("repl-availlog")?;
+    record_event(
+        tx,
+        &AvailabilityEvent {
+            seq,
+            peer: p.peer.clone(),
+            from: p.state.name().into(),
+            to: to.name().into(),
+            at_ms: now,
+            reason: reason.to_string(),
+        },
+    )?;
+    p.state = to;
+    p.since_ms = now;
+    Ok(())
+}
+
+/// Stores a notification (history and webhook queue) and logs it.
+fn record_event(tx: &mut MetaTxn<'_>, e: &AvailabilityEvent) -> tern_meta::Result<()> {
+    tracing::warn!(peer = %e.peer, from = %e.from, to = %e.to, reason = %e.reason, "availability notification");
+    tx.put(&fkeys::event(e.seq), e)?;
+    tx.put(
+        &fkeys::hook(e.seq),
+        &HookDpo {
+            event: e.clone(),
+            attempts: 0,
+            next_at_ms: e.at_ms,
+        },
+    )
+}
+
+/// The group index kind (re-exported for callers that look a group up).
+pub const GROUP_KIND: &str = GROUP_INDEX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_makes_a_peer_suspect_then_unavailable() {
+        let after = Duration::from_secs(30);
+        assert_eq!(judge(Some(0), after, false), Availability::Available);
+        assert_eq!(judge(Some(14_999), after, false), Availability::Available);
+        assert_eq!(judge(Some(15_000), after, false), Availability::Suspect);
+        assert_eq!(judge(Some(29_999), after, false), Availability::Suspect);
+        assert_eq!(judge(Some(30_000), after, false), Availability::Unavailable);
+        assert_eq!(judge(None, after, false), Availability::Unavailable);
+        assert_eq!(judge(Some(0), after, true), Availability::Maintenance);
+        assert!(Availability::Maintenance.is_down() && Availability::Unavailable.is_down());
+        assert!(!Availability::Suspect.is_down());
+    }
+
+    fn ack(seq: u64, at: i64) -> ReplicaAck {
+        ReplicaAck {
+            seq,
+            commit_at_ms: Some(at),
+            heard_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn the_primary_pauses_only_beyond_its_rpo() {
+        let d2 = DeploymentId::new("d2").unwrap();
+        let d3 = DeploymentId::new("d3").unwrap();
+        let mut g = GroupDpo::new("g", &DeploymentId::new("d1").unwrap(), 1);
+        g.policy = FailoverPolicy {
+            max_data_loss: Some(Duration::from_secs(5)),
+            max_data_loss_txns: Some(10),
+            max_unavailable: None,
+            block_commits_beyond_rpo: true,
+        };
+        // No replica yet: nothing to protect against.
+        assert_eq!(g.beyond_rpo(100, 0), None);
+        g.acks.insert(d2.clone(), ack(95, 1_000));
+        g.acks.insert(d3.clone(), ack(50, 1_000));
+        // The best replica is 5 behind, its newest commit 2 s old.
+        assert_eq!(g.exposure(100, 3_000), (5, 2_000));
+        assert_eq!(g.beyond_rpo(100, 3_000), None);
+        // 6 s: beyond the time RPO.
+        let why = g.beyond_rpo(100, 7_000).unwrap();
+        assert!(why.contains("max_data_loss"), "{why}");
+        // 11 transactions behind: beyond the count RPO.
+        let why = g.beyond_rpo(106, 3_000).unwrap();
+        assert!(why.contains("11 transactions"), "{why}");
+        // Caught up: nothing exposed however old.
+        g.acks.insert(d2, ack(106, 1_000));
+        assert_eq!(g.beyond_rpo(106, 1_000_000), None);
+        g.policy.block_commits_beyond_rpo = false;
+        assert_eq!(g.beyond_rpo(500, 1_000_000), None);
+    }
+}

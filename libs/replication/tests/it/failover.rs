@@ -1,0 +1,480 @@
+//! Failover between in-process deployments: availability, promotion under the policy,
+//! fencing of the old primary, re-parenting, stale epochs refused.
+//!
+//! Faults are made where the tests say: a "lost" primary is one whose workers were killed
+//! (it sends and receives nothing, as a region cut off from its peers' buckets) while its
+//! tables keep taking statements, as a primary still serving its own clients would.
+
+use std::path::Path as FsPath;
+use std::time::Duration;
+
+use tern_meta::DatabaseRole;
+use tern_replication::{Availability, FailoverOptions, FailoverPolicy, ReplicationConfig};
+use tern_replication::{replica_table_id, state::ReplicaDpo};
+use tern_storage::layout::{AccountId, DeploymentId, TableId};
+
+use crate::common::*;
+
+fn fast() -> ReplicationConfig {
+    ReplicationConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        unavailable_after: Duration::from_millis(800),
+        drain_timeout: Duration::from_secs(5),
+        ..repl_config()
+    }
+}
+
+const FORCE: FailoverOptions = FailoverOptions {
+    allow_data_loss: true,
+};
+const PLAIN: FailoverOptions = FailoverOptions {
+    allow_data_loss: false,
+};
+
+async fn availability_of(n: &Node, peer: &str) -> Option<Availability> {
+    n.repl
+        .availability()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.peer.as_str() == peer)
+        .map(|p| p.state)
+}
+
+async fn until_state(n: &Node, peer: &str, state: Availability) {
+    eventually(
+        WAIT,
+        &format!("{} to judge {peer} {state}", n.id),
+        || async { availability_of(n, peer).await == Some(state) },
+    )
+    .await;
+}
+
+fn role(n: &Node, account: &str, db: &str) -> DatabaseRole {
+    let a = AccountId::new(account).unwrap();
+    n.meta
+        .read(|tx| tx.find_database(&a, db))
+        .unwrap()
+        .unwrap()
+        .role
+}
+
+fn replica(n: &Node, account: &str, db: &str) -> Option<ReplicaDpo> {
+    let a = AccountId::new(account).unwrap();
+    let d = n.meta.read(|tx| tx.find_database(&a, db)).unwrap().unwrap();
+    n.meta
+        .read(|tx| tx.get::<ReplicaDpo>(&tern_replication::state::keys::replica(&d.id)))
+        .unwrap()
+}
+
+/// Inserts rows `ids` (one transaction) and says whether it was acknowledged.
+async fn write(n: &Node, t: &TableId, ids: std::ops::Range<i64>, tag: &str) -> bool {
+    n.tables.insert(t, &[batch(ids, tag)]).await.is_ok()
+}
+
+async fn open3(root: &FsPath) -> (Node, Node, Node) {
+    let d1 = open_with(root, "d1", None, fast()).await;
+    let keys = root.join("d1").join("keys");
+    let d2 = open_with(root, "d2", Some(&keys), fast()).await;
+    let d3 = open_with(root, "d3", Some(&keys), fast()).await;
+    (d1, d2, d3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_primary_is_replaced_the_hub_follows_and_the_old_primary_returns_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut d1, mut d2, mut d3) = open3(root).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, _db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&_db, "public", "t", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
+        let a = n.create_account(acct).unwrap();
+        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
+        knows(n, &group, "d1").await;
+        n.repl.create_replica(&a, "sales", &group, None).unwrap();
+    }
+    // A steady load with unique ids; every acknowledged write is remembered.
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        if write(&d1, &t, i * 10..i * 10 + 10, "p").await {
+            acked.push(i);
+        }
+    }
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    until_state(&d2, "d1", Availability::Available).await;
+
+    // While the primary is heard from, a failover is refused.
+    let e = d2
+        .repl
+        .failover(&AccountId::new("a2").unwrap(), "sales", PLAIN)
+        .await;
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("available") && e.contains("--allow-data-loss"),
+        "{e}"
+    );
+    assert_eq!(role(&d2, "a2", "sales"), DatabaseRole::Secondary);
+
+    // The primary's region is lost (killed: nothing more is sent or received).
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let history = d2.repl.availability_history(100).unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.peer.as_str() == "d1" && e.to == "unavailable"),
+        "{history:?}"
+    );
+    // A group of three cannot decide by majority yet: the plain command says so.
+    let e = d2
+        .repl
+        .failover(&AccountId::new("a2").unwrap(), "sales", PLAIN)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("majority") && e.contains("--allow-data-loss"),
+        "{e}"
+    );
+    assert_eq!(role(&d2, "a2", "sales"), DatabaseRole::Secondary);
+    let report = d2
+        .repl
+        .failover(&AccountId::new("a2").unwrap(), "sales", FORCE)
+        .await
+        .unwrap();
+    assert_eq!(report.epoch, 2, "{report:?}");
+    assert_eq!(
+        report.previous_primary.as_ref().map(|p| p.as_str()),
+        Some("d1")
+    );
+    assert_eq!(
+        report.known_loss_txns, 0,
+        "everything shipped was applied: {report:?}"
+    );
+    assert!(report.rto_ms < 5_000, "{report:?}");
+    assert_eq!(role(&d2, "a2", "sales"), DatabaseRole::Primary);
+
+    // Writes go on at the new primary; the other replica re-parents and follows.
+    let rid = replica_table_id(&d1.id, &t);
+    for i in 5..8 {
+        assert!(write(&d2, &rid, i * 10..i * 10 + 10, "n").await);
+        acked.push(i);
+    }
+    eventually(WAIT, "d3 to follow d2", || async {
+        replica(&d3, "a3", "sales").is_some_and(|r| r.upstream.as_str() == "d2")
+            && rows(&d3, &rid, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    // Every acknowledged write is on the new primary exactly once.
+    let on_d2 = rows(&d2, &rid, None).await;
+    assert_eq!(on_d2.len(), acked.len() * 10, "{on_d2:?}");
+
+    // The old primary comes back: it learns epoch 2, is fenced, follows d2.
+    let mut d1 = open_with(root, "d1", None, fast()).await;
+    d1.start(&[&d2, &d3]);
+    eventually(WAIT, "d1 to be fenced as a secondary of d2", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+            && replica(&d1, "a1", "sales").is_some_and(|r| r.upstream.as_str() == "d2")
+    })
+    .await;
+    let e = d1.tables.insert(&t, &[batch(1000..1001, "stale")]).await;
+    assert!(e.is_err(), "a fenced old primary refuses writes");
+    eventually(WAIT, "d1 to catch up with d2", || async {
+        rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    assert!(
+        d1.repl.conflicts().unwrap().is_empty(),
+        "nothing was lost here"
+    );
+    let s1 = d1.repl.status().await.unwrap();
+    let g = &s1.groups[0];
+    assert_eq!(
+        (g.role, g.group_epoch),
+        (DatabaseRole::Secondary, 2),
+        "{s1:?}"
+    );
+    d1.stop().await;
+    d2.stop().await;
+    d3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_primary_is_fenced_and_keeps_its_writes_as_conflicts() {
+    let Pair {
+        dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    replicate(&d1, &a1, &d2, &account_group).await;
+    assert!(write(&d1, &t, 0..10, "before").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // The primary is cut off from its peer (its workers stop: nothing crosses either way)
+    // and keeps serving its clients.
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    for i in 1..4 {
+        assert!(write(&d1, &t, i * 10..i * 10 + 10, "cut-off").await);
+    }
+    // A group of two promotes only when told to accept the loss.
+    let a2 = AccountId::new("a2").unwrap();
+    let e = d2.repl.failover(&a2, "sales", PLAIN).await.unwrap_err();
+    assert!(e.to_string().contains("--allow-data-loss"), "{e}");
+    let report = d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    assert!(report.forced);
+    let rid = replica_table_id(&d1.id, &t);
+    assert!(write(&d2, &rid, 100..110, "new-primary").await);
+
+    // The cut heals: the old primary learns epoch 2 and is fenced.
+    let mut d1 = open_with(dir.path(), "d1", None, fast()).await;
+    d1.start(&[&d2]);
+    eventually(WAIT, "d1 to be fenced", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+    })
+    .await;
+    let e = d1
+        .tables
+        .insert(&t, &[batch(500..501, "late")])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("read-only") || e.to_string().contains("fenced"),
+        "{e}"
+    );
+    // What it wrote while cut off is kept, one conflict record per transaction, never
+    // applied on the new primary.
+    let conflicts = d1.repl.conflicts().unwrap();
+    assert_eq!(conflicts.len(), 3, "{conflicts:?}");
+    assert!(
+        conflicts
+            .iter()
+            .all(|c| c.epoch == 1 && c.origin.as_str() == "d1")
+    );
+    for c in &conflicts {
+        for v in &c.versions {
+            for f in &v.added {
+                let path = tern_storage::Path::from(f.path.as_str());
+                assert!(
+                    object_store::ObjectStoreExt::head(d1.volume.as_ref(), &path)
+                        .await
+                        .is_ok(),
+                    "a conflict's file stays: {}",
+                    f.path
+                );
+            }
+        }
+    }
+    eventually(WAIT, "d1 to equal the new primary", || async {
+        rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    let on_d2 = rows(&d2, &rid, None).await;
+    assert!(on_d2.iter().all(|r| !r.contains("cut-off")), "{on_d2:?}");
+    assert_eq!(on_d2.len(), 20);
+    d1.stop().await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_beyond_the_rpo_is_refused_unless_the_loss_is_accepted() {
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    replicate(&d1, &a1, &d2, &account_group).await;
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    d1.repl
+        .set_policy(
+            &a1,
+            "sales",
+            FailoverPolicy {
+                max_data_loss_txns: Some(1),
+                ..FailoverPolicy::default()
+            },
+        )
+        .unwrap();
+    // The replica stops following the log (refresh only): the primary's next commits are
+    // heard of by heartbeat but not applied.
+    let a2 = AccountId::new("a2").unwrap();
+    let r2 = d2
+        .meta
+        .read(|tx| tx.find_database(&a2, "sales"))
+        .unwrap()
+        .unwrap()
+        .id;
+    d2.repl.set_follow_log(&r2, false).unwrap();
+    eventually(WAIT, "d1 to stop shipping to d2", || async {
+        d1.repl
+            .status()
+            .await
+            .unwrap()
+            .downstream
+            .iter()
+            .all(|d| !d.subscribed)
+    })
+    .await;
+    for i in 1..4 {
+        assert!(write(&d1, &t, i * 10..i * 10 + 10, "unshipped").await);
+    }
+    eventually(
+        WAIT,
+        "d2 to hear that it is 3 transactions behind",
+        || async {
+            let s = d2.repl.status().await.unwrap();
+            s.groups
+                .first()
+                .is_some_and(|g| g.txns_behind == 3 && g.policy.max_data_loss_txns == Some(1))
+        },
+    )
+    .await;
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let e = d2
+        .repl
+        .failover(&a2, "sales", PLAIN)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("RPO") && e.contains("3 transactions") && e.contains("--allow-data-loss"),
+        "{e}"
+    );
+    assert_eq!(role(&d2, "a2", "sales"), DatabaseRole::Secondary);
+    assert!(
+        !replica(&d2, "a2", "sales").unwrap().promoting,
+        "a refused failover undoes its pause"
+    );
+    let report = d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    assert_eq!(report.known_loss_txns, 3, "{report:?}");
+    assert!(report.known_loss_ms >= 0);
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_pauses_commits_no_replica_confirmed_within_the_rpo() {
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    replicate(&d1, &a1, &d2, &account_group).await;
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let r2 = d2
+        .meta
+        .read(|tx| tx.find_database(&a2, "sales"))
+        .unwrap()
+        .unwrap()
+        .id;
+    d2.repl.set_follow_log(&r2, false).unwrap();
+    eventually(WAIT, "d1 to hear d2 confirm everything", || async {
+        let s = d1.repl.status().await.unwrap();
+        s.downstream.iter().all(|d| !d.subscribed)
+            && s.groups.first().is_some_and(|g| g.txns_behind == 0)
+    })
+    .await;
+    d1.repl
+        .set_policy(
+            &a1,
+            "sales",
+            FailoverPolicy {
+                max_data_loss_txns: Some(2),
+                block_commits_beyond_rpo: true,
+                ..FailoverPolicy::default()
+            },
+        )
+        .unwrap();
+    // Two unconfirmed transactions are within the RPO; a third is accepted (exposure 2),
+    // the fourth would make it 3: paused, with the policy named.
+    for i in 1..4 {
+        assert!(write(&d1, &t, i * 10..i * 10 + 10, "b").await, "commit {i}");
+    }
+    let e = d1
+        .tables
+        .insert(&t, &[batch(40..50, "b")])
+        .await
+        .unwrap_err();
+    match &e {
+        tern_table::Error::NotWritable(r) => {
+            assert!(r.paused, "{e}");
+            assert!(r.reason.contains("block_commits_beyond_rpo"), "{e}");
+        }
+        other => panic!("expected a pause, got {other}"),
+    }
+    // The replica catches up (a refresh) and confirms: commits resume.
+    d2.repl.request_refresh(&r2, "operator").unwrap();
+    eventually(WAIT, "commits to resume", || async {
+        d1.tables.insert(&t, &[batch(40..50, "b")]).await.is_ok()
+    })
+    .await;
+    d1.stop().await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maintenance_makes_a_peer_unavailable_until_put_back() {
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        ..
+    } = pair_with(fast()).await;
+    until_state(&d2, "d1", Availability::Available).await;
+    let d1id = DeploymentId::new("d1").unwrap();
+    assert_eq!(
+        d2.repl.set_maintenance(&d1id, true).unwrap(),
+        Availability::Maintenance
+    );
+    // Heartbeats keep arriving; maintenance holds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        availability_of(&d2, "d1").await,
+        Some(Availability::Maintenance)
+    );
+    d2.repl.set_maintenance(&d1id, false).unwrap();
+    until_state(&d2, "d1", Availability::Available).await;
+    let e = d2
+        .repl
+        .set_maintenance(&DeploymentId::new("nope").unwrap(), true);
+    assert!(e.unwrap_err().to_string().contains("nope"));
+    let h = d2.repl.availability_history(100).unwrap();
+    let to: Vec<&str> = h
+        .iter()
+        .filter(|e| e.peer == d1id)
+        .map(|e| e.to.as_str())
+        .collect();
+    assert!(to.ends_with(&["maintenance", "available"]), "{to:?}");
+    d1.stop().await;
+    d2.stop().await;
+}
