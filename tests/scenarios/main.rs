@@ -1,6 +1,7 @@
 //! Scenario tests: Tern's real binaries run as child processes.
 
 mod cli;
+mod failover;
 mod localstack;
 mod replication;
 mod selfcheck;

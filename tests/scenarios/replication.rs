@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tern_scenarios::ternd::{Layout, OPERATOR_TOKEN, Ternd, request};
 
-const PRIMARY: &str = "/v1/accounts/a1/databases/sales/schemas/public/tables/orders";
+pub(crate) const PRIMARY: &str = "/v1/accounts/a1/databases/sales/schemas/public/tables/orders";
 const CANARY: &str = "plaintext-canary-7f3a";
 
-fn peer_config(other: &Layout) -> String {
+fn peer_config(other: &Layout, replication: &str) -> String {
     format!(
-        "ship_interval = \"100ms\"\ncontrol_interval = \"100ms\"\nannounce_interval = \"1s\"\n\
+        "ship_interval = \"100ms\"\ncontrol_interval = \"100ms\"\nannounce_interval = \"1s\"\n{replication}\
          [workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n\
          [[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
         other.id,
@@ -26,9 +26,9 @@ fn peer_config(other: &Layout) -> String {
 
 /// `Layout::config` ends with the `[log]` table; the replication settings must go into
 /// `[replication]`, so they are spliced in right after its `url`.
-fn config(l: &Layout, other: &Layout) -> String {
+fn config(l: &Layout, other: &Layout, replication: &str) -> String {
     let base = l.config("");
-    let extra = peer_config(other);
+    let extra = peer_config(other, replication);
     let (settings, rest) = extra.split_once("[workers]").expect("split");
     let repl_url = format!("url = \"file://{}/replication\"\n", l.home.display());
     let with_settings = base.replacen(&repl_url, &format!("{repl_url}{settings}"), 1);
@@ -36,7 +36,7 @@ fn config(l: &Layout, other: &Layout) -> String {
     format!("{with_settings}[workers]{rest}")
 }
 
-fn rows_json(from: i64, to: i64) -> String {
+pub(crate) fn rows_json(from: i64, to: i64) -> String {
     let rows: Vec<Value> = (from..to)
         .map(|i| json!({"id": i, "customer": format!("{CANARY}-{i}"), "amount": i as f64 / 4.0}))
         .collect();
@@ -44,7 +44,7 @@ fn rows_json(from: i64, to: i64) -> String {
 }
 
 /// All rows of a table, sorted by id.
-fn scan_all(d: &Ternd, tbl: &str) -> Option<Vec<Value>> {
+pub(crate) fn scan_all(d: &Ternd, tbl: &str) -> Option<Vec<Value>> {
     let r = d.op("POST", &format!("{tbl}/scan"), "{}");
     if r.status != 200 {
         return None;
@@ -54,11 +54,11 @@ fn scan_all(d: &Ternd, tbl: &str) -> Option<Vec<Value>> {
     Some(rows)
 }
 
-fn ids(rows: &[Value]) -> Vec<i64> {
+pub(crate) fn ids(rows: &[Value]) -> Vec<i64> {
     rows.iter().filter_map(|r| r["id"].as_i64()).collect()
 }
 
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {
@@ -70,7 +70,7 @@ fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
 }
 
 /// The replica's table path on d2 (found by listing the replica database's tables).
-fn replica_table(d2: &Ternd) -> Option<String> {
+pub(crate) fn replica_table(d2: &Ternd) -> Option<String> {
     let r = d2.op("GET", "/v1/accounts/a2/databases/sales_replica/tables", "");
     if r.status != 200 {
         return None;
@@ -104,31 +104,36 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Two linked daemons, d1 and d2, each with a global account (a1, a2) of one account
 /// group; `env` goes to both (d2 also joins d1's key group: `env2`).
-struct Two {
-    dir: tempfile::TempDir,
-    l1: Layout,
-    l2: Layout,
-    c1: std::path::PathBuf,
-    c2: std::path::PathBuf,
-    d1: Ternd,
-    d2: Ternd,
-    join: String,
+pub(crate) struct Two {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) l1: Layout,
+    pub(crate) l2: Layout,
+    pub(crate) c1: std::path::PathBuf,
+    pub(crate) c2: std::path::PathBuf,
+    pub(crate) d1: Ternd,
+    pub(crate) d2: Ternd,
+    pub(crate) join: String,
 }
 
 /// d2's environment: d1's key folder to join, and `env`.
-fn env2<'a>(join: &'a str, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn env2<'a>(join: &'a str, env: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut all = vec![("TERN_KEYS__JOIN", join)];
     all.extend_from_slice(env);
     all
 }
 
 fn two(env: &[(&str, &str)]) -> Two {
+    two_with(env, "")
+}
+
+/// [`two`] with more `[replication]` settings (TOML lines).
+pub(crate) fn two_with(env: &[(&str, &str)], replication: &str) -> Two {
     let dir = tempfile::tempdir().expect("tmp");
     let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
-    let c1 = l1.write_config(&config(&l1, &l2));
+    let c1 = l1.write_config(&config(&l1, &l2, replication));
     let d1 = Ternd::start(&c1, env);
     let join = format!("{}/keys", l1.home.display());
-    let c2 = l2.write_config(&config(&l2, &l1));
+    let c2 = l2.write_config(&config(&l2, &l1, replication));
     let d2 = Ternd::start(&c2, &env2(&join, env));
     // Link the two deployments (both channels).
     let r = d1.op("POST", "/v1/deployments", r#"{"id":"d2","region":"r2"}"#);
@@ -171,7 +176,7 @@ fn two(env: &[(&str, &str)]) -> Two {
 
 /// The primary on d1: `sales.public.orders` loaded by `batches` inserts of `rows` rows
 /// (a micro-partition each), made global; its database group, once d2 knows it.
-fn primary(d1: &Ternd, d2: &Ternd, batches: i64, rows: i64) -> String {
+pub(crate) fn primary(d1: &Ternd, d2: &Ternd, batches: i64, rows: i64) -> String {
     let r = d1.op("POST", "/v1/accounts/a1/databases", r#"{"name":"sales"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
     let r = d1.op(
@@ -207,7 +212,7 @@ fn primary(d1: &Ternd, d2: &Ternd, batches: i64, rows: i64) -> String {
     group
 }
 
-fn create_replica(d2: &Ternd, group: &str) {
+pub(crate) fn create_replica(d2: &Ternd, group: &str) {
     let r = d2.op(
         "POST",
         "/v1/accounts/a2/replicas",

@@ -458,6 +458,7 @@ impl WriteFence for Fence {
                             ),
                             epoch: g.epoch,
                             primary: g.primary.map(|p| p.to_string()),
+                            primary_url: None,
                             paused: false,
                         },
                     ))));
@@ -471,6 +472,7 @@ impl WriteFence for Fence {
                             reason: format!("paused: {reason}; retry when a replica catches up"),
                             epoch: g.epoch,
                             primary: None,
+                            primary_url: None,
                             paused: true,
                         },
                     ))));
@@ -573,6 +575,24 @@ impl Replication {
     pub fn group_state(&self, db: &DatabaseDpo) -> Result<GroupDpo> {
         let me = self.me().clone();
         Ok(self.meta().read(|tx| group_of(tx, db, &me))?)
+    }
+
+    /// Where writes of `group` go: the newest epoch known here, the deployment holding the
+    /// primary, and its API URL when it published one (client redirects).
+    pub fn primary_of(&self, group: &str) -> Result<(u64, Option<DeploymentId>, Option<String>)> {
+        let Some(db) = self.local_database(group)? else {
+            return Ok((0, None, None));
+        };
+        let g = self.group_state(&db)?;
+        let url = match &g.primary {
+            Some(p) if p == self.me() => self.config().public_url.clone(),
+            Some(p) => self
+                .meta()
+                .read(|tx| tx.get::<PeerDpo>(&fkeys::peer(p)))?
+                .and_then(|p| p.url),
+            None => None,
+        };
+        Ok((g.epoch, g.primary, url))
     }
 
     /// Sets the failover policy of a primary database's group (carried to every member by

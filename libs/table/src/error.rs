@@ -163,6 +163,8 @@ pub struct Refusal {
     pub epoch: u64,
     /// The deployment holding the group's primary, when another one does.
     pub primary: Option<String>,
+    /// That deployment's API URL, when it published one.
+    pub primary_url: Option<String>,
     /// Whether the same database takes writes again by itself (a pause: retry later)
     /// rather than elsewhere (fenced: write to `primary`).
     pub paused: bool,

@@ -229,6 +229,34 @@ enum DatabaseCmd {
     DropReplica { account: String, name: String },
     /// `alter database X refresh`: ask the upstream for a refresh now.
     Refresh { account: String, database: String },
+    /// `alter database X primary`: promote this deployment's secondary replica. Refused
+    /// while the primary is heard from, when the known loss exceeds the group's RPO, or
+    /// without a majority; prints the measured RTO and the known loss.
+    Failover {
+        account: String,
+        database: String,
+        /// Promote anyway (the old primary's unreplicated writes are kept as conflict
+        /// records when it returns).
+        #[arg(long)]
+        allow_data_loss: bool,
+    },
+    /// Show or set the failover policy of a database's group (set on its primary).
+    Policy {
+        account: String,
+        database: String,
+        /// RPO in time, e.g. 30s.
+        #[arg(long)]
+        max_data_loss: Option<String>,
+        /// RPO in transactions.
+        #[arg(long)]
+        max_data_loss_txns: Option<u64>,
+        /// RTO, e.g. 1m.
+        #[arg(long)]
+        max_unavailable: Option<String>,
+        /// Pause commits while no replica confirmed them within the RPO.
+        #[arg(long)]
+        block_commits_beyond_rpo: bool,
+    },
 }
 
 /// Turn something on or off.
@@ -280,6 +308,10 @@ enum ShowCmd {
     GlobalDatabases { account: String },
     /// Replicas here and downstream: lag, last refresh, bytes, errors (operator).
     ReplicationStatus,
+    /// Every peer's availability and the recent availability notifications (operator).
+    Availability,
+    /// Transactions an old primary committed past a newer epoch's fork, kept (operator).
+    Conflicts,
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +335,15 @@ enum DeploymentCmd {
     RegisterChannel { id: String, genesis: String },
     /// The deployment group.
     List,
+    /// Planned maintenance of a peer: it counts as unavailable until put back.
+    Maintenance { id: String, state: MaintenanceState },
+}
+
+/// Maintenance on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MaintenanceState {
+    On,
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -562,6 +603,99 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Database(DatabaseCmd::Refresh { account, database }) => {
             let p = format!("/v1/accounts/{account}/databases/{database}/refresh");
             print_value(&c.post(&p, &json!({})).await?, json_out);
+        }
+        Command::Database(DatabaseCmd::Failover {
+            account,
+            database,
+            allow_data_loss,
+        }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/failover");
+            let v = c
+                .post(&p, &json!({"allow_data_loss": allow_data_loss}))
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Database(DatabaseCmd::Policy {
+            account,
+            database,
+            max_data_loss,
+            max_data_loss_txns,
+            max_unavailable,
+            block_commits_beyond_rpo,
+        }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/policy");
+            let setting = max_data_loss.is_some()
+                || max_data_loss_txns.is_some()
+                || max_unavailable.is_some()
+                || block_commits_beyond_rpo;
+            let v = if setting {
+                let mut policy = json!({"block_commits_beyond_rpo": block_commits_beyond_rpo});
+                if let Some(d) = max_data_loss {
+                    policy["max_data_loss"] = json!(d);
+                }
+                if let Some(n) = max_data_loss_txns {
+                    policy["max_data_loss_txns"] = json!(n);
+                }
+                if let Some(d) = max_unavailable {
+                    policy["max_unavailable"] = json!(d);
+                }
+                c.post(&p, &policy).await?
+            } else {
+                c.get(&p).await?
+            };
+            print_value(&v, json_out);
+        }
+        Command::Deployment(DeploymentCmd::Maintenance { id, state }) => {
+            let v = c
+                .post(
+                    &format!("/v1/deployments/{id}/maintenance"),
+                    &json!({"on": state == MaintenanceState::On}),
+                )
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Show(ShowCmd::Availability) => {
+            let v = c.get("/v1/availability").await?;
+            if json_out {
+                print_value(&v, true);
+            } else {
+                print_list(
+                    &v,
+                    "peers",
+                    &[
+                        "peer",
+                        "state",
+                        "since_ms",
+                        "last_heard_ms",
+                        "maintenance",
+                        "url",
+                    ],
+                    false,
+                );
+                print_list(
+                    &v,
+                    "history",
+                    &["seq", "peer", "from", "to", "at_ms", "reason"],
+                    false,
+                );
+            }
+        }
+        Command::Show(ShowCmd::Conflicts) => {
+            let v = c.get("/v1/conflicts").await?;
+            print_list(
+                &v,
+                "conflicts",
+                &[
+                    "id",
+                    "group",
+                    "origin",
+                    "txn_id",
+                    "epoch",
+                    "committed_at_ms",
+                    "state",
+                ],
+                json_out,
+            );
         }
         Command::Show(ShowCmd::GlobalAccounts { account }) => {
             let v = c
@@ -967,9 +1101,43 @@ pub fn print_replication_status(v: &Value, json_out: bool) {
         })
         .unwrap_or_default();
     let mut s = format!(
-        "queues: snapshot requests {}, imports {}, outbox {}\ncounters: {counters}\n\nreplicas here:\n",
+        "queues: snapshot requests {}, imports {}, outbox {}\ncounters: {counters}\n\ngroups here (role, epoch, RPO exposure):\n",
         v["snapshot_jobs"], v["import_jobs"], v["outbox"],
     );
+    let group_cols = [
+        "group",
+        "database",
+        "role",
+        "epoch",
+        "group_epoch",
+        "primary",
+        "primary_state",
+        "txns_behind",
+        "rpo_exposure_ms",
+        "primary_heard_ago_ms",
+        "conflicts",
+    ];
+    let rows: Vec<Value> = v["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| blank_nulls(r, &group_cols))
+        .collect();
+    let cols: Vec<String> = group_cols.iter().map(|s| (*s).to_string()).collect();
+    s.push_str(&output::table(&cols, &rows));
+    s.push_str("\npeers:\n");
+    let peer_cols = ["peer", "state", "since_ms", "last_heard_ms", "maintenance"];
+    let rows: Vec<Value> = v["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| blank_nulls(r, &peer_cols))
+        .collect();
+    let cols: Vec<String> = peer_cols.iter().map(|s| (*s).to_string()).collect();
+    s.push_str(&output::table(&cols, &rows));
+    s.push_str("\nreplicas here:\n");
     let replica_cols = [
         "database",
         "account",

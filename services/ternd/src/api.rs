@@ -110,11 +110,19 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(kind = kind.name(), %message, "request refused");
         }
-        (
-            status,
-            axum::Json(json!({"error": {"kind": kind.name(), "message": message}})),
-        )
-            .into_response()
+        let mut body = json!({"error": {"kind": kind.name(), "message": message}});
+        // A write refused because another deployment holds the primary names it.
+        if let Error::Table(tern_table::Error::NotWritable(r)) = &self.0 {
+            body["error"]["epoch"] = json!(r.epoch);
+            if !r.paused {
+                body["error"]["redirect"] = json!({
+                    "deployment": r.primary,
+                    "url": r.primary_url,
+                    "epoch": r.epoch,
+                });
+            }
+        }
+        (status, axum::Json(body)).into_response()
     }
 }
 
@@ -272,6 +280,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route(&format!("{db}/replication"), post(set_replication))
         .route(&format!("{db}/refresh"), post(refresh))
+        .route(&format!("{db}/failover"), post(failover))
+        .route(
+            &format!("{db}/policy"),
+            get(get_policy).put(set_policy).post(set_policy),
+        )
+        .route("/v1/deployments/{id}/maintenance", post(maintenance))
+        .route("/v1/availability", get(availability))
+        .route("/v1/conflicts", get(conflicts))
         .route(&format!("{acct}/replicas"), post(create_replica))
         .route(&format!("{acct}/replicas/{{db}}"), delete(drop_replica))
         .route("/v1/replication/status", get(replication_status))
@@ -995,8 +1011,41 @@ fn commit_json(i: &tern_table::CommitInfo) -> Value {
     })
 }
 
+/// A write refused on a secondary or fenced database, with where to write instead: the
+/// group's newest epoch, its primary and that primary's URL.
+fn redirected(d: &Daemon, e: tern_table::Error) -> tern_table::Error {
+    let (database, group, reason) = match &e {
+        tern_table::Error::ReadOnlyReplica { database, group } => {
+            (database.clone(), group.clone(), e.to_string())
+        }
+        tern_table::Error::NotWritable(r) if !r.paused => {
+            (r.database.clone(), r.group.clone(), r.reason.clone())
+        }
+        _ => return e,
+    };
+    let Ok((epoch, primary, url)) = d.replication.primary_of(&group) else {
+        return e;
+    };
+    let primary = primary.filter(|p| p != d.replication.me());
+    let reason = match (&primary, &url) {
+        (Some(p), Some(u)) => format!("{reason} (primary: {p} at {u}, epoch {epoch})"),
+        (Some(p), None) => format!("{reason} (primary: {p}, epoch {epoch})"),
+        _ => reason,
+    };
+    tern_table::Error::NotWritable(Box::new(tern_table::Refusal {
+        database,
+        group,
+        reason,
+        epoch,
+        primary: primary.map(|p| p.to_string()),
+        primary_url: url,
+        paused: false,
+    }))
+}
+
 /// A commit in doubt will be completed by recovery: wake the recovery worker.
 fn in_doubt(d: &Daemon, e: tern_table::Error) -> Error {
+    let e = redirected(d, e);
     if e.is_in_doubt() {
         d.counters.in_doubt.fetch_add(1, Ordering::Relaxed);
         d.recover_wake.notify_one();
@@ -1498,6 +1547,110 @@ async fn refresh(
         .replication
         .request_refresh(&db.id, "requested through the API")?;
     Ok(axum::Json(json!({"database": db.name, "request": request})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FailoverRequest {
+    #[serde(default)]
+    allow_data_loss: bool,
+}
+
+/// `alter database X primary`: promote this deployment's secondary replica (see
+/// `tern_replication::failover`). Answers the measured RTO and the known loss; refused
+/// with the reason (primary still heard, loss beyond the RPO, no majority) unless
+/// `allow_data_loss`.
+async fn failover(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let req: FailoverRequest = parse_json(body, d.config.api.max_body_bytes)?;
+    let report = d
+        .replication
+        .failover(
+            &id,
+            &db.name,
+            tern_replication::FailoverOptions {
+                allow_data_loss: req.allow_data_loss,
+            },
+        )
+        .await?;
+    let v = serde_json::to_value(&report)
+        .map_err(|e| Error::internal("encode failover report")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+/// The failover policy of a database's group.
+async fn get_policy(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let g = d.replication.group_state(&db)?;
+    Ok(axum::Json(json!({
+        "database": db.name,
+        "group": g.group,
+        "epoch": g.epoch,
+        "primary": g.primary,
+        "policy": g.policy,
+    })))
+}
+
+/// Sets the failover policy (on the group's primary; heartbeats carry it to the members).
+async fn set_policy(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let policy: tern_replication::FailoverPolicy = parse_json(body, d.config.api.max_body_bytes)?;
+    d.replication.set_policy(&id, &db.name, policy.clone())?;
+    Ok(axum::Json(json!({"database": db.name, "policy": policy})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Maintenance {
+    on: bool,
+}
+
+/// Planned maintenance of a peer (operator): it counts as unavailable until put back.
+async fn maintenance(
+    State(d): St,
+    headers: HeaderMap,
+    Path(peer): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let req: Maintenance = parse_json(body, d.config.api.max_body_bytes)?;
+    let peer = DeploymentId::new(&peer)?;
+    let state = d.replication.set_maintenance(&peer, req.on)?;
+    Ok(axum::Json(json!({"deployment": peer, "state": state})))
+}
+
+/// `show availability` (operator): every peer's state and the recent notifications.
+async fn availability(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    Ok(axum::Json(json!({
+        "peers": d.replication.availability()?,
+        "history": d.replication.availability_history(200)?,
+    })))
+}
+
+/// Conflict records kept here (operator).
+async fn conflicts(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    let v = serde_json::to_value(d.replication.conflicts()?)
+        .map_err(|e| Error::internal("encode conflicts")(e.to_string()))?;
+    Ok(axum::Json(json!({ "conflicts": v })))
 }
 
 /// `show replication status` (operator).

@@ -236,6 +236,9 @@ fn table_kind(e: &tern_table::Error) -> Kind {
         T::UnknownTable { .. } | T::VersionNotRetained { .. } => Kind::NotFound,
         // Statements that write go to the group's primary.
         T::ReadOnlyReplica { .. } => Kind::Conflict,
+        // Fenced: write elsewhere (409, with the redirect); paused: retry here (503).
+        T::NotWritable(r) if r.paused => Kind::Unavailable,
+        T::NotWritable(_) => Kind::Conflict,
         T::Commit { kind, .. } => match kind {
             CommitFailure::Conflict => Kind::Conflict,
             CommitFailure::LockTimeout | CommitFailure::InDoubt => Kind::Unavailable,
