@@ -215,6 +215,9 @@ pub(crate) struct Inner {
     pub(crate) customer_keys: std::sync::Mutex<std::collections::HashMap<AccountId, OpenedKey>>,
     /// Attempts of log records waiting for a predecessor, by message id.
     pub(crate) gaps: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Peers whose shipping failed: not before, and the last wait (per-peer backoff).
+    pub(crate) peer_backoff:
+        std::sync::Mutex<std::collections::HashMap<DeploymentId, (std::time::Instant, Duration)>>,
     /// Held by the importer while it imports a response (a failover waits for it).
     pub(crate) import_gate: tokio::sync::Mutex<()>,
     /// Heartbeats are due at the next control unit.
@@ -393,6 +396,7 @@ impl Replication {
                 applied: Notify::new(),
                 customer_keys: std::sync::Mutex::new(customer_keys),
                 gaps: std::sync::Mutex::default(),
+                peer_backoff: std::sync::Mutex::default(),
                 import_gate: tokio::sync::Mutex::new(()),
                 beat_due: std::sync::atomic::AtomicBool::new(true),
                 last_beat_ms: std::sync::atomic::AtomicI64::new(0),

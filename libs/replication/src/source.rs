@@ -169,13 +169,16 @@ impl Replication {
 
     /// Copy worker: answers the oldest waiting refresh request. How many it answered.
     pub(crate) async fn serve_snapshots(&self, peers: &dyn Peers) -> Result<usize> {
+        // The oldest job of a peer that is not backing off: a peer whose storage fails
+        // holds up no other peer's refresh.
         let jobs = self
             .meta()
-            .read(|tx| tx.scan_prefix_limit::<SnapshotJobDpo>(&keys::snapshot_jobs(), 1))?;
-        let Some((key, job)) = jobs.into_iter().next() else {
+            .read(|tx| tx.scan_prefix::<SnapshotJobDpo>(&keys::snapshot_jobs()))?;
+        let Some((key, job)) = jobs.into_iter().find(|(_, j)| !self.backing_off(&j.peer)) else {
             return Ok(0);
         };
         if let Err(e) = self.serve_snapshot(&key, job.clone(), peers).await {
+            self.peer_failed(&job.peer);
             tracing::warn!(peer = %job.peer, request = %job.request.request_id, error = %e, "snapshot failed; will retry");
             if let Some(db) = self.local_database(&job.request.group)? {
                 let msg = e.to_string();
@@ -397,89 +400,155 @@ impl Replication {
     }
 
     /// Shipper: for each subscribed downstream replica, ships the log records after its
-    /// cursor (up to the stable id). How many records it shipped.
+    /// cursor (up to the stable id). Each peer on its own: one whose storage fails gets its
+    /// error recorded and is left alone for a backoff (doubling up to a minute) while the
+    /// others go on. How many records it shipped.
     pub(crate) async fn ship(&self, peers: &dyn Peers) -> Result<usize> {
-        let p = &self.inner.p;
         let downs = self
             .meta()
             .read(|tx| tx.scan_prefix::<DownstreamDpo>(&keys::downstreams()))?;
         let mut shipped = 0;
         for (dk, d) in downs {
-            if !d.subscribed {
+            if !d.subscribed || self.backing_off(&d.peer) {
                 continue;
             }
             let Some(sender) = peers.sender(&d.peer) else {
                 continue;
             };
-            let stable = p.txn.stable_log_id(&d.account)?;
-            if stable <= d.cursor {
-                continue;
-            }
-            let ids: Vec<u64> = p
-                .txn
-                .log_ids(&d.account, d.cursor + 1)
-                .await?
-                .into_iter()
-                .filter(|id| *id <= stable)
-                .take(p.config.ship_batch)
-                .collect();
-            // Nothing listed up to `stable`: the records in between belong to no stored
-            // transaction of the account (ids taken by aborted transactions).
-            let mut cursor = d.cursor;
-            let mut sent_bytes = 0;
-            let mut records = 0;
-            for id in ids.iter().copied() {
-                let record = p.txn.read_log(&d.account, id).await?;
-                let stamp = record.stamp(&d.database);
-                let changes: Vec<ChangeRecord> = record
-                    .changes
-                    .into_iter()
-                    .filter(|c| change_database(c) == &d.database)
-                    .collect();
-                if !changes.is_empty() {
-                    sent_bytes += self
-                        .ship_one(
-                            &sender,
-                            &d,
-                            id,
-                            record.origin,
-                            record.committed_at_ms,
-                            changes,
-                            stamp,
-                            peers,
-                        )
-                        .await?;
-                    records += 1;
+            match self.ship_to(&dk, &d, &sender, peers).await {
+                Ok(n) => {
+                    self.peer_ok(&d.peer);
+                    shipped += n;
                 }
-                cursor = id;
-                self.meta().write(|tx| {
-                    if let Some(mut cur) = tx.get::<DownstreamDpo>(&dk)? {
-                        cur.cursor = cur.cursor.max(cursor);
-                        tx.put(&dk, &cur)?;
-                    }
-                    Ok(())
-                })?;
+                Err(e) => {
+                    let wait = self.peer_failed(&d.peer);
+                    tracing::warn!(peer = %d.peer, database = %d.database, error = %e,
+                        retry_in_ms = wait.as_millis() as u64, "shipping to a replica failed; the others go on");
+                    let msg = e.to_string();
+                    self.meta().write(|tx| {
+                        if let Some(mut cur) = tx.get::<DownstreamDpo>(&dk)? {
+                            cur.last_error = Some(msg.clone());
+                            tx.put(&dk, &cur)?;
+                        }
+                        Ok(())
+                    })?;
+                }
             }
-            if ids.len() < p.config.ship_batch {
-                cursor = cursor.max(stable);
+        }
+        Ok(shipped)
+    }
+
+    /// Whether `peer` failed recently and waits out its backoff.
+    fn backing_off(&self, peer: &DeploymentId) -> bool {
+        let now = std::time::Instant::now();
+        self.inner
+            .peer_backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(peer)
+            .is_some_and(|(until, _)| *until > now)
+    }
+
+    fn peer_ok(&self, peer: &DeploymentId) {
+        self.inner
+            .peer_backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(peer);
+    }
+
+    /// Records a failure of `peer`; how long it is left alone.
+    fn peer_failed(&self, peer: &DeploymentId) -> std::time::Duration {
+        let mut all = self
+            .inner
+            .peer_backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = self.inner.p.config.ship_interval;
+        let wait = match all.get(peer) {
+            Some((_, last)) => (*last * 2).min(std::time::Duration::from_secs(60)),
+            None => first,
+        };
+        all.insert(peer.clone(), (std::time::Instant::now() + wait, wait));
+        wait
+    }
+
+    /// Ships `d`'s records after its cursor; how many.
+    async fn ship_to(
+        &self,
+        dk: &tern_meta::Key,
+        d: &DownstreamDpo,
+        sender: &tern_messaging::Sender,
+        peers: &dyn Peers,
+    ) -> Result<usize> {
+        let p = &self.inner.p;
+        let stable = p.txn.stable_log_id(&d.account)?;
+        if stable <= d.cursor {
+            return Ok(0);
+        }
+        let ids: Vec<u64> = p
+            .txn
+            .log_ids(&d.account, d.cursor + 1)
+            .await?
+            .into_iter()
+            .filter(|id| *id <= stable)
+            .take(p.config.ship_batch)
+            .collect();
+        // Nothing listed up to `stable`: the records in between belong to no stored
+        // transaction of the account (ids taken by aborted transactions).
+        let mut cursor = d.cursor;
+        let mut sent_bytes = 0;
+        let mut records = 0;
+        for id in ids.iter().copied() {
+            let record = p.txn.read_log(&d.account, id).await?;
+            let stamp = record.stamp(&d.database);
+            let changes: Vec<ChangeRecord> = record
+                .changes
+                .into_iter()
+                .filter(|c| change_database(c) == &d.database)
+                .collect();
+            if !changes.is_empty() {
+                sent_bytes += self
+                    .ship_one(
+                        sender,
+                        d,
+                        id,
+                        record.origin,
+                        record.committed_at_ms,
+                        changes,
+                        stamp,
+                        peers,
+                    )
+                    .await?;
+                records += 1;
             }
-            let now = self.now();
+            cursor = id;
             self.meta().write(|tx| {
-                if let Some(mut cur) = tx.get::<DownstreamDpo>(&dk)? {
+                if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
                     cur.cursor = cur.cursor.max(cursor);
-                    cur.records_shipped += records;
-                    cur.bytes_copied += sent_bytes;
-                    if records > 0 {
-                        cur.shipped_at_ms = Some(now);
-                    }
-                    cur.last_error = None;
-                    tx.put(&dk, &cur)?;
+                    tx.put(dk, &cur)?;
                 }
                 Ok(())
             })?;
-            shipped += records as usize;
         }
-        Ok(shipped)
+        if ids.len() < p.config.ship_batch {
+            cursor = cursor.max(stable);
+        }
+        let now = self.now();
+        self.meta().write(|tx| {
+            if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
+                cur.cursor = cur.cursor.max(cursor);
+                cur.records_shipped += records;
+                cur.bytes_copied += sent_bytes;
+                if records > 0 {
+                    cur.shipped_at_ms = Some(now);
+                }
+                cur.last_error = None;
+                tx.put(dk, &cur)?;
+            }
+            Ok(())
+        })?;
+        Ok(records as usize)
     }
 
     /// Ships one record's changes of `d`'s database; returns the bytes copied.

@@ -134,13 +134,21 @@ impl Replication {
                 continue;
             };
             let id = MessageId::new(o.id.as_str())?;
-            if sender.message(&id).await?.is_none() {
-                sender
-                    .send(
-                        Draft::new(o.message_type.as_str(), o.payload.clone().into_bytes())
-                            .with_id(id),
-                    )
-                    .await?;
+            let sent = async {
+                if sender.message(&id).await?.is_none() {
+                    sender
+                        .send(
+                            Draft::new(o.message_type.as_str(), o.payload.clone().into_bytes())
+                                .with_id(id.clone()),
+                        )
+                        .await?;
+                }
+                Ok::<_, crate::Error>(())
+            };
+            // One peer's trouble holds up no other's messages.
+            if let Err(e) = sent.await {
+                tracing::warn!(peer = %o.peer, message = %o.id, error = %e, "outbox message not sent; will retry");
+                continue;
             }
             self.meta().write(|tx| tx.delete(&k))?;
             n += 1;

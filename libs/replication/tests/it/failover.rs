@@ -478,3 +478,77 @@ async fn maintenance_makes_a_peer_unavailable_until_put_back() {
     d1.stop().await;
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_unreachable_replica_delays_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut d1, mut d2, mut d3) = open3(root).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    // d1 reaches d2's bucket through a store that fails while the plan says so.
+    let plan = tern_storage::FaultPlan::new();
+    let to_d2: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        tern_storage::FaultStore::new(std::sync::Arc::clone(&d2.bucket), plan.clone()),
+    );
+    d1.start_with(&[
+        (d2.id.clone(), to_d2),
+        (d3.id.clone(), std::sync::Arc::clone(&d3.bucket)),
+    ]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
+        let a = n.create_account(acct).unwrap();
+        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
+        knows(n, &group, "d1").await;
+        n.repl.create_replica(&a, "sales", &group, None).unwrap();
+    }
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+
+    // d2's region becomes unreachable from d1: every call fails.
+    let cut = plan.arm(
+        tern_storage::FaultRule::any()
+            .always()
+            .fault(tern_storage::Fault::Fail),
+    );
+    for i in 1..6 {
+        assert!(write(&d1, &t, i * 10..i * 10 + 10, "b").await);
+    }
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d3, std::slice::from_ref(&t)).await;
+    assert!(plan.fired(cut) > 0, "the cut was hit");
+    let rid = replica_table_id(&d1.id, &t);
+    assert!(
+        ver(&d2, &rid) < ver(&d1, &t),
+        "d2 could not follow meanwhile"
+    );
+    let s = d1.repl.status().await.unwrap();
+    let down = s
+        .downstream
+        .iter()
+        .find(|d| d.peer.as_str() == "d2")
+        .unwrap();
+    assert!(
+        down.last_error.is_some(),
+        "the failing peer's error is shown: {s:?}"
+    );
+
+    // d2's region is back: it catches up, nothing lost or duplicated.
+    plan.disarm(cut);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    assert_eq!(rows(&d2, &rid, None).await.len(), 60);
+    d1.stop().await;
+    d2.stop().await;
+    d3.stop().await;
+}
