@@ -179,6 +179,9 @@ impl_dpo!(HookDpo, "webhook delivery");
 /// The primary's state as its last heartbeat told it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrimaryBeat {
+    /// When the primary sent it (its clock): echoed back to renew its lease.
+    #[serde(default)]
+    pub sent_at_ms: i64,
     /// Its last committed transaction's sequence number.
     pub seq: u64,
     /// When that was committed (its clock).
@@ -196,6 +199,9 @@ pub struct ReplicaAck {
     pub commit_at_ms: Option<i64>,
     /// When its heartbeat arrived.
     pub heard_at_ms: i64,
+    /// The send time of the newest primary heartbeat it heard (renews the lease).
+    #[serde(default)]
+    pub echo: Option<i64>,
 }
 
 /// A database group as this member knows it (`repl/group/<group>`).
@@ -215,6 +221,28 @@ pub struct GroupDpo {
     pub primary_beat: Option<PrimaryBeat>,
     /// What each replica last said it applied (the primary).
     pub acks: BTreeMap<DeploymentId, ReplicaAck>,
+    /// The newest epoch this member voted for (or stood for): it echoes no older
+    /// primary's heartbeats and grants no other vote at or below it.
+    #[serde(default)]
+    pub promised: u64,
+    /// The primary: the group's members when last counted (itself included).
+    #[serde(default)]
+    pub members: Vec<DeploymentId>,
+    /// The primary: holds its lease without confirmations until then (a claim won by
+    /// votes, or members just joined).
+    #[serde(default)]
+    pub lease_grace_until_ms: i64,
+    /// When this member joined the group or learned its epoch (a primary never heard
+    /// counts as heard then).
+    #[serde(default)]
+    pub since_ms: i64,
+    /// Who `promised` went to.
+    #[serde(default)]
+    pub promised_to: Option<DeploymentId>,
+    /// The primary: members a forced promotion left out (they were down); each counts
+    /// again once it is heard from.
+    #[serde(default)]
+    pub excluded: Vec<DeploymentId>,
 }
 impl_dpo!(GroupDpo, "database group");
 
@@ -228,7 +256,38 @@ impl GroupDpo {
             policy: FailoverPolicy::default(),
             primary_beat: None,
             acks: BTreeMap::new(),
+            promised: epoch,
+            members: Vec::new(),
+            lease_grace_until_ms: 0,
+            since_ms: 0,
+            promised_to: None,
+            excluded: Vec::new(),
         }
+    }
+
+    /// Whether the primary's commits need a lease: groups of three or more decide by
+    /// majority, so their primary must know a majority still follows it.
+    pub fn needs_lease(&self) -> bool {
+        self.members.len() >= 3
+    }
+
+    /// Until when the primary (`me`) holds its lease (`lease` long after the newest
+    /// heartbeat of its own that a majority echoed), or `None` when it needs none.
+    pub fn lease_until(&self, me: &DeploymentId, lease: Duration) -> Option<i64> {
+        if !self.needs_lease() {
+            return None;
+        }
+        let need = self.members.len() / 2; // others besides itself
+        let mut echoes: Vec<i64> = self
+            .members
+            .iter()
+            .filter(|m| *m != me)
+            .filter_map(|m| self.acks.get(m).and_then(|a| a.echo))
+            .collect();
+        echoes.sort_unstable_by(|a, b| b.cmp(a));
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let confirmed = echoes.get(need.saturating_sub(1)).map(|e| e + lease);
+        Some(confirmed.unwrap_or(0).max(self.lease_grace_until_ms))
     }
 
     /// The primary's exposure: transactions committed at `seq` that no replica has
@@ -367,6 +426,8 @@ pub(crate) fn found_group(
     now: i64,
 ) -> tern_meta::Result<()> {
     let mut g = GroupDpo::new(group, me, epoch);
+    g.members = vec![me.clone()];
+    g.since_ms = now;
     g.claim = Some(Claim {
         epoch,
         primary: me.clone(),
@@ -383,9 +444,12 @@ pub(crate) fn join_group(
     group: &str,
     primary: &DeploymentId,
     epoch: u64,
+    now: i64,
 ) -> tern_meta::Result<()> {
     if tx.get::<GroupDpo>(&fkeys::group(group))?.is_none() {
-        tx.put(&fkeys::group(group), &GroupDpo::new(group, primary, epoch))?;
+        let mut g = GroupDpo::new(group, primary, epoch);
+        g.since_ms = now;
+        tx.put(&fkeys::group(group), &g)?;
     }
     Ok(())
 }
@@ -422,6 +486,8 @@ pub fn wire_table_id(me: &DeploymentId, local: &TableId) -> TableId {
 #[derive(Debug)]
 pub struct Fence {
     clock: SharedClock,
+    me: DeploymentId,
+    lease: Duration,
 }
 
 impl WriteFence for Fence {
@@ -463,8 +529,29 @@ impl WriteFence for Fence {
                         },
                     ))));
                 }
+                let now = self.clock.now_millis();
+                if let Some(until) = g.lease_until(&self.me, self.lease)
+                    && now >= until
+                {
+                    return Ok(Err(tern_table::Error::NotWritable(Box::new(
+                        tern_table::Refusal {
+                            database: d.name,
+                            group,
+                            reason: format!(
+                                "paused: the primary's lease lapsed {} ms ago (no majority of the group's {} members confirmed it within {} ms); it takes commits again when they do, and another member may be promoted meanwhile",
+                                now - until,
+                                g.members.len(),
+                                self.lease.as_millis()
+                            ),
+                            epoch: g.epoch,
+                            primary: None,
+                            primary_url: None,
+                            paused: true,
+                        },
+                    ))));
+                }
                 let seq = tern_txn::database_seq(tx, &d.id)?;
-                if let Some(reason) = g.beyond_rpo(seq, self.clock.now_millis()) {
+                if let Some(reason) = g.beyond_rpo(seq, now) {
                     return Ok(Err(tern_table::Error::NotWritable(Box::new(
                         tern_table::Refusal {
                             database: d.name,
@@ -559,7 +646,16 @@ impl Replication {
     pub fn write_fence(&self) -> Arc<dyn WriteFence> {
         Arc::new(Fence {
             clock: Arc::clone(&self.inner.p.clock),
+            me: self.me().clone(),
+            lease: self.lease(),
         })
+    }
+
+    /// How long a primary of a group of three or more holds its lease after the newest
+    /// heartbeat a majority confirmed: half of `unavailable_after`, so that members judge
+    /// it unavailable (and may vote for another) only after it stopped taking commits.
+    pub fn lease(&self) -> Duration {
+        self.config().unavailable_after / 2
     }
 
     fn local_db(&self, account: &AccountId, database: &str) -> Result<DatabaseDpo> {
@@ -849,6 +945,12 @@ impl Replication {
                         commit_at_ms,
                         claim: g.claim.clone(),
                         policy: (d.role == DatabaseRole::Primary).then(|| g.policy.clone()),
+                        echo: match (&g.primary_beat, d.role) {
+                            (Some(b), DatabaseRole::Secondary) if g.promised <= g.epoch => {
+                                Some(b.sent_at_ms)
+                            }
+                            _ => None,
+                        },
                     });
                 }
             }
@@ -903,6 +1005,7 @@ impl Replication {
                     && g.primary.as_ref() == Some(from)
                 {
                     g.primary_beat = Some(PrimaryBeat {
+                        sent_at_ms: hb.sent_at_ms,
                         seq: beat.seq,
                         commit_at_ms: beat.commit_at_ms,
                         heard_at_ms: now,
@@ -921,6 +1024,7 @@ impl Replication {
                             seq: beat.seq,
                             commit_at_ms: beat.commit_at_ms,
                             heard_at_ms: now,
+                            echo: beat.echo,
                         },
                     );
                 }
@@ -954,6 +1058,8 @@ impl Replication {
             g.claim = Some(claim.clone());
             g.primary_beat = None;
             g.acks.clear();
+            g.promised = g.promised.max(claim.epoch);
+            g.since_ms = now;
             tx.put(&fkeys::group(&group), &g)?;
             let was = d.role;
             match d.role {
@@ -1255,24 +1361,53 @@ impl Replication {
             }
             forced = true;
         }
-        let members: BTreeSet<DeploymentId> = self
-            .known_entities()?
-            .into_iter()
-            .filter(|e| e.group.as_deref() == Some(group.as_str()))
-            .map(|e| e.deployment)
-            .chain(std::iter::once(me.clone()))
-            .collect();
-        if !options.allow_data_loss {
-            self.stop_promoting(&db)?;
-            return Err(Error::invalid(
-                format!("failover of {database}"),
-                format!(
-                    "the group has {} members; without a majority vote (not available yet) the old primary may still accept writes until it learns of the new epoch: pass --allow-data-loss (its writes meanwhile are kept as conflict records when it returns)",
-                    members.len()
-                ),
-            ));
+        let members = self.members_of(&group)?;
+        let mut voted = None;
+        if members.len() >= 3 {
+            match self.stand(&db, &members, r.applied_seq).await? {
+                Ok(epoch) => voted = Some(epoch),
+                Err(why) if options.allow_data_loss => {
+                    tracing::warn!(%group, %why, "no majority; promoting anyway (--allow-data-loss)");
+                    forced = true;
+                }
+                Err(why) => {
+                    self.stop_promoting(&db)?;
+                    return Err(Error::invalid(
+                        format!("failover of {database}"),
+                        format!(
+                            "no majority of the group accepted the new epoch: {why}; pass --allow-data-loss to promote anyway (the old primary's writes meanwhile are kept as conflict records when it returns)"
+                        ),
+                    ));
+                }
+            }
+        } else if members.len() == 2 {
+            if !options.allow_data_loss {
+                self.stop_promoting(&db)?;
+                return Err(Error::invalid(
+                    format!("failover of {database}"),
+                    "a group of two has no majority to prove the old primary stopped: it may take writes until it learns of the new epoch; pass --allow-data-loss (its writes meanwhile are kept as conflict records when it returns)",
+                ));
+            }
+            forced = true;
         }
-        forced = forced || members.len() >= 2;
+        let lease = i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX);
+        // A forced promotion counts only the members it can hear: the operator accepted
+        // that the others are gone, and a primary that needed their confirmations would
+        // pause at once. They count again once they are heard from.
+        let excluded: Vec<DeploymentId> = if forced {
+            let down = self.down_peers()?;
+            members
+                .iter()
+                .filter(|m| down.contains(m))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let members: Vec<DeploymentId> = members
+            .into_iter()
+            .filter(|m| !excluded.contains(m))
+            .collect();
         // The claim: one transaction, so the deployment is writable exactly when the claim
         // exists.
         let claimed = self.meta().write(|tx| {
@@ -1289,7 +1424,16 @@ impl Replication {
                     "changed role during the failover",
                 )));
             }
-            let epoch = g.epoch.max(d.epoch) + 1;
+            let epoch = match voted {
+                Some(e) if e > g.epoch => e,
+                Some(e) => {
+                    return Ok(Err(Error::invalid(
+                        format!("failover of {database}"),
+                        format!("epoch {} was claimed meanwhile (this candidacy stood for {e})", g.epoch),
+                    )));
+                }
+                None => g.epoch.max(g.promised).max(d.epoch) + 1,
+            };
             let mut fork = BTreeMap::new();
             for t in tx.list_tables(&d.id)? {
                 if !t.dropped {
@@ -1313,6 +1457,13 @@ impl Replication {
             g.claim = Some(claim);
             g.primary_beat = None;
             g.acks.clear();
+            g.promised = epoch;
+            g.promised_to = Some(me.clone());
+            g.members = members.clone();
+            g.excluded = excluded.clone();
+            // The voters promised to follow it: it holds the lease for one term without
+            // confirmations.
+            g.lease_grace_until_ms = self.now() + lease;
             tx.put(&fkeys::group(&group), &g)?;
             mark_dirty(tx)?;
             let seq = tx.next_sequence("repl-availlog")?;
@@ -1553,6 +1704,262 @@ impl Replication {
             }
         }
         Ok(delivered)
+    }
+}
+
+impl Replication {
+    /// The deployments holding a replica of `group` (this one included), from the entities
+    /// they announce.
+    fn members_of(&self, group: &str) -> Result<Vec<DeploymentId>> {
+        let me = self.me().clone();
+        let members: BTreeSet<DeploymentId> = self
+            .known_entities()?
+            .into_iter()
+            .filter(|e| {
+                e.kind == crate::model::EntityKind::Database && e.group.as_deref() == Some(group)
+            })
+            .map(|e| e.deployment)
+            .chain(std::iter::once(me))
+            .collect();
+        Ok(members.into_iter().collect())
+    }
+
+    /// Peers judged down (unavailable or in maintenance).
+    fn down_peers(&self) -> Result<BTreeSet<DeploymentId>> {
+        Ok(self
+            .availability()?
+            .into_iter()
+            .filter(|p| p.state.is_down())
+            .map(|p| p.peer)
+            .collect())
+    }
+
+    /// The primary of each group held here re-counts its members; members that joined
+    /// give it one lease of grace to collect their confirmations.
+    pub(crate) fn count_members(&self) -> Result<()> {
+        let me = self.me().clone();
+        let now = self.now();
+        let lease = i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX);
+        let primaries: Vec<DatabaseDpo> =
+            self.meta().read(|tx| {
+                let mut out = Vec::new();
+                for a in tx.list_accounts()? {
+                    out.extend(tx.list_databases(&a.name)?.into_iter().filter(|d| {
+                        d.role == DatabaseRole::Primary && d.replication_group.is_some()
+                    }));
+                }
+                Ok(out)
+            })?;
+        let down = self.down_peers()?;
+        for d in primaries {
+            let group = claim_group(&d);
+            let all = self.members_of(&group)?;
+            self.meta().write(|tx| {
+                let mut g = group_of(tx, &d, &me)?;
+                let before = g.excluded.len();
+                g.excluded.retain(|m| down.contains(m));
+                let members: Vec<DeploymentId> = all
+                    .iter()
+                    .filter(|m| !g.excluded.contains(m))
+                    .cloned()
+                    .collect();
+                if g.members == members && g.excluded.len() == before {
+                    return Ok(());
+                }
+                if members.iter().any(|m| !g.members.contains(m)) {
+                    g.lease_grace_until_ms = g.lease_grace_until_ms.max(now + lease);
+                }
+                g.members = members.clone();
+                tx.put(&fkeys::group(&group), &g)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A member's answer to `from`'s vote request; a grant is a promise (stored with the
+    /// reply in the outbox, in one transaction): no echo of an older primary and no other
+    /// grant at or below the epoch from now on.
+    pub(crate) fn vote(&self, from: &DeploymentId, req: &model::VoteRequest) -> Result<()> {
+        let me = self.me().clone();
+        let now = self.now();
+        let unavailable_after =
+            i64::try_from(self.config().unavailable_after.as_millis()).unwrap_or(i64::MAX);
+        let db = self.local_database(&req.group)?;
+        let reply = self.meta().write(|tx| {
+            let refuse = |reason: String| model::VoteReply {
+                v: PAYLOAD_VERSION,
+                group: req.group.clone(),
+                epoch: req.epoch,
+                granted: false,
+                reason,
+            };
+            let reply = match &db {
+                None => refuse("holds no replica of the group".into()),
+                Some(db) => {
+                    let db = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
+                    let mut g = group_of(tx, &db, &me)?;
+                    let heard = match &g.primary {
+                        Some(p) => tx.get::<PeerDpo>(&fkeys::peer(p))?.and_then(|p| p.last_heard_ms),
+                        None => None,
+                    };
+                    let silence = now - heard.unwrap_or(0).max(g.since_ms);
+                    let applied = tx
+                        .get::<ReplicaDpo>(&keys::replica(&db.id))?
+                        .map_or(0, |r| r.applied_seq);
+                    if req.epoch == g.promised && g.promised_to.as_ref() == Some(from) {
+                        model::VoteReply {
+                            v: PAYLOAD_VERSION,
+                            group: req.group.clone(),
+                            epoch: req.epoch,
+                            granted: true,
+                            reason: String::new(),
+                        }
+                    } else if req.epoch <= g.epoch.max(g.promised) {
+                        refuse(format!(
+                            "epoch {} is not newer than epoch {} known or promised here",
+                            req.epoch,
+                            g.epoch.max(g.promised)
+                        ))
+                    } else if db.role == DatabaseRole::Primary {
+                        refuse(format!("{me} holds the primary (epoch {})", g.epoch))
+                    } else if silence < unavailable_after {
+                        refuse(format!(
+                            "{me} heard the primary {} {silence} ms ago",
+                            g.primary.as_ref().map_or("(unknown)", |p| p.as_str())
+                        ))
+                    } else if applied > req.seq {
+                        refuse(format!(
+                            "{me} applied the old primary's transaction {applied}, the candidate only {}",
+                            req.seq
+                        ))
+                    } else {
+                        g.promised = req.epoch;
+                        g.promised_to = Some(from.clone());
+                        tx.put(&fkeys::group(&g.group), &g)?;
+                        model::VoteReply {
+                            v: PAYLOAD_VERSION,
+                            group: req.group.clone(),
+                            epoch: req.epoch,
+                            granted: true,
+                            reason: String::new(),
+                        }
+                    }
+                }
+            };
+            let id = format!("vr-{}-{}-{me}", req.group, req.epoch);
+            tx.put(
+                &crate::state::outbox_key(from, &id),
+                &crate::state::OutboxDpo {
+                    peer: from.clone(),
+                    id,
+                    message_type: model::VOTE_REPLY_TYPE.into(),
+                    payload: String::from_utf8(model::encode(&reply)).unwrap_or_default(),
+                },
+            )?;
+            Ok(reply)
+        })?;
+        tracing::warn!(candidate = %from, group = %req.group, epoch = req.epoch, granted = reply.granted, reason = %reply.reason, "vote");
+        self.inner.control_wake.notify_one();
+        Ok(())
+    }
+
+    /// A vote reply arrived for a candidacy of this deployment.
+    pub(crate) fn vote_replied(&self, from: &DeploymentId, reply: model::VoteReply) {
+        self.inner
+            .votes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((reply.group.clone(), reply.epoch))
+            .or_default()
+            .insert(from.clone(), reply);
+        self.inner.vote_wake.notify_waiters();
+    }
+
+    /// Stands for `epoch` of `group`: promises it to itself, asks every other member, and
+    /// waits up to `vote_timeout` for a majority. `Err` names who refused and why, and
+    /// who did not answer.
+    async fn stand(
+        &self,
+        db: &DatabaseDpo,
+        members: &[DeploymentId],
+        seq: u64,
+    ) -> Result<std::result::Result<u64, String>> {
+        let me = self.me().clone();
+        let group = claim_group(db);
+        let epoch = self.meta().write(|tx| {
+            let d = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
+            let mut g = group_of(tx, &d, &me)?;
+            let epoch = g.epoch.max(g.promised).max(d.epoch) + 1;
+            g.promised = epoch;
+            g.promised_to = Some(me.clone());
+            tx.put(&fkeys::group(&group), &g)?;
+            let req = model::VoteRequest {
+                v: PAYLOAD_VERSION,
+                group: group.clone(),
+                epoch,
+                seq,
+            };
+            for m in members.iter().filter(|m| **m != me) {
+                let id = format!("vote-{group}-{epoch}-{me}");
+                tx.put(
+                    &crate::state::outbox_key(m, &id),
+                    &crate::state::OutboxDpo {
+                        peer: m.clone(),
+                        id,
+                        message_type: model::VOTE_TYPE.into(),
+                        payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
+                    },
+                )?;
+            }
+            Ok(epoch)
+        })?;
+        self.inner.control_wake.notify_one();
+        let need = members.len() / 2 + 1;
+        let deadline = Instant::now() + self.config().vote_timeout;
+        loop {
+            let woken = self.inner.vote_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let replies = self
+                .inner
+                .votes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&(group.clone(), epoch))
+                .cloned()
+                .unwrap_or_default();
+            let granted = 1 + replies.values().filter(|r| r.granted).count();
+            if granted >= need {
+                tracing::warn!(%group, epoch, granted, members = members.len(), "majority won");
+                return Ok(Ok(epoch));
+            }
+            let refused = replies.values().filter(|r| !r.granted).count();
+            let out_of_reach = granted + (members.len() - 1 - replies.len()) < need;
+            if out_of_reach || Instant::now() >= deadline {
+                let mut why: Vec<String> = replies
+                    .iter()
+                    .filter(|(_, r)| !r.granted)
+                    .map(|(m, r)| format!("{m} refused: {}", r.reason))
+                    .collect();
+                let silent: Vec<&str> = members
+                    .iter()
+                    .filter(|m| **m != me && !replies.contains_key(*m))
+                    .map(DeploymentId::as_str)
+                    .collect();
+                if !silent.is_empty() {
+                    why.push(format!("no answer from {}", silent.join(", ")));
+                }
+                return Ok(Err(format!(
+                    "{granted} of {} members accepted epoch {epoch} (a majority is {need}; {refused} refused): {}",
+                    members.len(),
+                    why.join("; ")
+                )));
+            }
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
     }
 }
 

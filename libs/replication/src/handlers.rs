@@ -33,6 +33,8 @@ enum Kind {
     Log,
     Unsubscribe,
     Heartbeat,
+    Vote,
+    VoteReply,
 }
 
 /// One message type's handler.
@@ -52,6 +54,8 @@ impl Replication {
             (LOG_TYPE, Kind::Log),
             (UNSUBSCRIBE_TYPE, Kind::Unsubscribe),
             (HEARTBEAT_TYPE, Kind::Heartbeat),
+            (crate::model::VOTE_TYPE, Kind::Vote),
+            (crate::model::VOTE_REPLY_TYPE, Kind::VoteReply),
         ]
         .into_iter()
         .map(|(t, kind)| {
@@ -87,6 +91,8 @@ impl Handler for ReplHandler {
                 .or_else(|_| model::decode::<SnapshotHead>(payload).map(|_| ())),
             Kind::Unsubscribe => model::decode::<Unsubscribe>(payload).map(|_| ()),
             Kind::Heartbeat => model::decode::<Heartbeat>(payload).map(|_| ()),
+            Kind::Vote => model::decode::<model::VoteRequest>(payload).map(|_| ()),
+            Kind::VoteReply => model::decode::<model::VoteReply>(payload).map(|_| ()),
         }
     }
 
@@ -220,6 +226,18 @@ impl Handler for ReplHandler {
             Kind::Heartbeat => {
                 let hb: Heartbeat = model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
                 r.heard(&from, hb).await.map_err(retry)?;
+                Ok(Commit::none())
+            }
+            Kind::Vote => {
+                let req: model::VoteRequest =
+                    model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                r.vote(&from, &req).map_err(retry)?;
+                Ok(Commit::none())
+            }
+            Kind::VoteReply => {
+                let reply: model::VoteReply =
+                    model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                r.vote_replied(&from, reply);
                 Ok(Commit::none())
             }
             Kind::Unsubscribe => {

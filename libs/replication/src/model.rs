@@ -8,6 +8,7 @@
 //! | `tern.repl.snapshot` | upstream → replica | [`SnapshotResponse`] (in body file 0): dictionary and the difference, files in the inbound stage |
 //! | `tern.repl.log` | upstream → replica | [`LogShipment`]: one committed log record's changes of the database, files in the inbound stage |
 //! | `tern.repl.unsubscribe` | replica → its upstream | [`Unsubscribe`]: stop shipping |
+//! | `tern.repl.vote` / `tern.repl.vote_reply` | failover candidate ↔ group members | [`VoteRequest`], [`VoteReply`] |
 //! | `tern.repl.heartbeat` | every deployment → every peer | [`Heartbeat`]: per group held, role, epoch, progress, and the newest epoch claim known |
 
 use serde::de::DeserializeOwned;
@@ -30,6 +31,10 @@ pub const LOG_TYPE: &str = "tern.repl.log";
 /// Message type of unsubscriptions.
 pub const UNSUBSCRIBE_TYPE: &str = "tern.repl.unsubscribe";
 
+/// Message type of vote requests.
+pub const VOTE_TYPE: &str = "tern.repl.vote";
+/// Message type of vote replies.
+pub const VOTE_REPLY_TYPE: &str = "tern.repl.vote_reply";
 /// Message type of heartbeats (availability, epochs, progress).
 pub const HEARTBEAT_TYPE: &str = "tern.repl.heartbeat";
 
@@ -283,6 +288,40 @@ pub struct GroupBeat {
     /// The group's policy (from the primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<FailoverPolicy>,
+    /// A secondary: the send time of the newest heartbeat of the group's primary it heard
+    /// (at the epoch it follows, and only while it promised no newer one): what the
+    /// primary's lease is renewed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<i64>,
+}
+
+/// `tern.repl.vote`: a candidate asks a member of a group of three or more to accept its
+/// claim of `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRequest {
+    /// Format version.
+    pub v: u32,
+    /// The group.
+    pub group: String,
+    /// The epoch it would claim.
+    pub epoch: u64,
+    /// The last transaction of the old primary it applied.
+    pub seq: u64,
+}
+
+/// `tern.repl.vote_reply`: a member's answer to a [`VoteRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteReply {
+    /// Format version.
+    pub v: u32,
+    /// The group.
+    pub group: String,
+    /// The epoch asked for.
+    pub epoch: u64,
+    /// Whether it accepts (and promised to follow no older epoch's primary).
+    pub granted: bool,
+    /// Why not.
+    pub reason: String,
 }
 
 /// `tern.repl.heartbeat`: sent to every peer every `heartbeat_interval`.

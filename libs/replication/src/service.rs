@@ -56,6 +56,9 @@ pub struct ReplicationConfig {
     /// the loss (what is left counts as lost).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long a failover candidate waits for the group's majority to accept its epoch.
+    #[serde(with = "humantime_serde")]
+    pub vote_timeout: Duration,
     /// This deployment's API URL as clients should reach it (published in heartbeats, so
     /// that clients are redirected to a group's primary).
     pub public_url: Option<String>,
@@ -77,6 +80,7 @@ impl Default for ReplicationConfig {
             heartbeat_interval: Duration::from_secs(5),
             unavailable_after: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            vote_timeout: Duration::from_secs(10),
             public_url: None,
             webhook: None,
         }
@@ -224,6 +228,12 @@ pub(crate) struct Inner {
     pub(crate) beat_due: std::sync::atomic::AtomicBool,
     /// When heartbeats last went out.
     pub(crate) last_beat_ms: std::sync::atomic::AtomicI64,
+    /// Vote replies to this deployment's candidacies, by (group, epoch).
+    pub(crate) votes: std::sync::Mutex<
+        std::collections::HashMap<(String, u64), BTreeMap<DeploymentId, crate::model::VoteReply>>,
+    >,
+    /// Woken by each vote reply.
+    pub(crate) vote_wake: Notify,
     /// The message service (what a failover drains).
     pub(crate) messages: std::sync::OnceLock<tern_messaging::Context>,
 }
@@ -400,6 +410,8 @@ impl Replication {
                 import_gate: tokio::sync::Mutex::new(()),
                 beat_due: std::sync::atomic::AtomicBool::new(true),
                 last_beat_ms: std::sync::atomic::AtomicI64::new(0),
+                votes: std::sync::Mutex::default(),
+                vote_wake: Notify::new(),
                 messages: std::sync::OnceLock::new(),
             }),
         })
@@ -771,7 +783,7 @@ impl Replication {
                     },
                 ),
             )?;
-            crate::failover::join_group(tx, group, &known_primary, known_epoch)?;
+            crate::failover::join_group(tx, group, &known_primary, known_epoch, now)?;
             mark_dirty(tx)?;
             Ok(Ok(id))
         })??;

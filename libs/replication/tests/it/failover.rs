@@ -20,6 +20,7 @@ fn fast() -> ReplicationConfig {
         heartbeat_interval: Duration::from_millis(100),
         unavailable_after: Duration::from_millis(800),
         drain_timeout: Duration::from_secs(5),
+        vote_timeout: Duration::from_secs(2),
         ..repl_config()
     }
 }
@@ -136,23 +137,30 @@ async fn a_lost_primary_is_replaced_the_hub_follows_and_the_old_primary_returns_
             .any(|e| e.peer.as_str() == "d1" && e.to == "unavailable"),
         "{history:?}"
     );
-    // A group of three cannot decide by majority yet: the plain command says so.
-    let e = d2
+    // Cut off from its group, the old primary's lease lapses: it stops taking commits by
+    // itself (it still serves reads).
+    let deadline = std::time::Instant::now() + WAIT;
+    let e = loop {
+        match d1.tables.insert(&t, &[batch(7000..7001, "cut")]).await {
+            Err(e) => break e.to_string(),
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lease never lapsed"
+                );
+                // Acknowledged before the lease lapsed: a write the old primary keeps.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(e.contains("lease lapsed"), "{e}");
+    // The group of three decides by majority: d3 accepts d2's epoch.
+    let report = d2
         .repl
         .failover(&AccountId::new("a2").unwrap(), "sales", PLAIN)
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("majority") && e.contains("--allow-data-loss"),
-        "{e}"
-    );
-    assert_eq!(role(&d2, "a2", "sales"), DatabaseRole::Secondary);
-    let report = d2
-        .repl
-        .failover(&AccountId::new("a2").unwrap(), "sales", FORCE)
-        .await
         .unwrap();
+    assert!(!report.forced, "{report:?}");
     assert_eq!(report.epoch, 2, "{report:?}");
     assert_eq!(
         report.previous_primary.as_ref().map(|p| p.as_str()),
@@ -245,9 +253,14 @@ async fn a_partitioned_primary_is_fenced_and_keeps_its_writes_as_conflicts() {
     // The cut heals: the old primary learns epoch 2 and is fenced.
     let mut d1 = open_with(dir.path(), "d1", None, fast()).await;
     d1.start(&[&d2]);
-    eventually(WAIT, "d1 to be fenced", || async {
-        role(&d1, "a1", "sales") == DatabaseRole::Secondary
-    })
+    eventually(
+        WAIT,
+        "d1 to be fenced and to keep what it wrote",
+        || async {
+            role(&d1, "a1", "sales") == DatabaseRole::Secondary
+                && d1.repl.conflicts().unwrap().len() == 3
+        },
+    )
     .await;
     let e = d1
         .tables
@@ -551,4 +564,55 @@ async fn one_unreachable_replica_delays_no_other() {
     d1.stop().await;
     d2.stop().await;
     d3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_majority_a_failover_is_refused_and_names_who_did_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut d1, mut d2, mut d3) = open3(root).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
+        let a = n.create_account(acct).unwrap();
+        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
+        knows(n, &group, "d1").await;
+        n.repl.create_replica(&a, "sales", &group, None).unwrap();
+    }
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    // The primary and the other replica are both lost: d2 alone is no majority of three.
+    d1.kill().await;
+    d3.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let e = d2
+        .repl
+        .failover(&a2, "sales", PLAIN)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("majority") && e.contains("no answer from") && e.contains("d3"),
+        "{e}"
+    );
+    assert_eq!(role(&d2, "a2", "sales"), DatabaseRole::Secondary);
+    // Forced, it promotes (and the old primary, when it returns, keeps its writes).
+    let report = d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    assert!(report.forced && report.epoch >= 2, "{report:?}");
+    let rid = replica_table_id(&d1.id, &t);
+    assert!(write(&d2, &rid, 10..20, "b").await);
+    d2.stop().await;
 }
