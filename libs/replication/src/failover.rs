@@ -2085,11 +2085,41 @@ mod tests {
         assert!(!Availability::Suspect.is_down());
     }
 
+    #[test]
+    fn a_primary_of_three_holds_its_lease_while_a_majority_echoes_it() {
+        let ids: Vec<DeploymentId> = ["d1", "d2", "d3", "d4", "d5"]
+            .iter()
+            .map(|d| DeploymentId::new(*d).unwrap())
+            .collect();
+        let me = &ids[0];
+        let lease = Duration::from_millis(1_000);
+        let mut g = GroupDpo::new("g", me, 1);
+        // One or two members: no lease (a group of two has no majority to lose).
+        g.members = ids[..2].to_vec();
+        assert_eq!(g.lease_until(me, lease), None);
+        // Three: itself and one echo make a majority; the newest echo counts.
+        g.members = ids[..3].to_vec();
+        g.lease_grace_until_ms = 500;
+        assert_eq!(g.lease_until(me, lease), Some(500), "grace only");
+        g.acks.insert(ids[1].clone(), ack(1, 2_000));
+        g.acks.insert(ids[2].clone(), ack(1, 7_000));
+        assert_eq!(g.lease_until(me, lease), Some(8_000));
+        // Five: two echoes needed, so the second newest decides.
+        g.members = ids.clone();
+        assert_eq!(g.lease_until(me, lease), Some(3_000));
+        g.acks.insert(ids[3].clone(), ack(1, 6_000));
+        assert_eq!(g.lease_until(me, lease), Some(7_000));
+        // An echo of a member that left the group does not count.
+        g.members = vec![ids[0].clone(), ids[1].clone(), ids[4].clone()];
+        assert_eq!(g.lease_until(me, lease), Some(3_000));
+    }
+
     fn ack(seq: u64, at: i64) -> ReplicaAck {
         ReplicaAck {
             seq,
             commit_at_ms: Some(at),
             heard_at_ms: at,
+            echo: Some(at),
         }
     }
 
