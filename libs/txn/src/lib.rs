@@ -59,5 +59,7 @@ pub mod state;
 pub use crash::CrashPoints;
 pub use error::{Error, Result};
 pub use log::LogRecord;
-pub use manager::{PhaseStats, RecoveryReport, TxnManager, TxnOptions, last_txn_id, stable_log_id};
+pub use manager::{
+    PhaseStats, RecoveryFailure, RecoveryReport, TxnManager, TxnOptions, last_txn_id, stable_log_id,
+};
 pub use state::{TxnDpo, TxnState};
