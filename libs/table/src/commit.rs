@@ -302,11 +302,12 @@ impl Change {
             added.iter().map(AddedFile::from_dpo).collect(),
             removed_shorts,
         );
+        let plain = file.to_bytes()?;
         tern_crypto::put_encrypted(
             volume,
             &ep_path,
             t.keys.as_ref(),
-            &file.to_bytes(),
+            &plain,
             &EncryptOptions::default(),
             PutOptions::from(PutMode::Create),
         )

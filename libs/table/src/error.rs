@@ -94,6 +94,18 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A metadata file could not be encoded (nothing was written: an encode failure never
+    /// becomes an empty file).
+    #[error("metadata file of {table}@{version} could not be encoded")]
+    EncodeMetadataFile {
+        /// The table.
+        table: TableId,
+        /// The version it would make.
+        version: u64,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// An Arrow computation failed.
     #[error("{context}")]
     Arrow {
