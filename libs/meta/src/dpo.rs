@@ -372,6 +372,10 @@ impl From<bool> for Scalar {
 }
 
 /// Statistics of one column in one micro-partition (for pruning without opening files).
+///
+/// Values are ordered as scans and pruning order them: floats by IEEE 754 total order
+/// (`-NaN < -inf < … < -0.0 < +0.0 < … < inf < NaN`), so a micro-partition holding NaN
+/// has `max = NaN` (not, as Parquet's own statistics would have it, the largest number).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnStats {
     /// The column name.
