@@ -137,6 +137,20 @@ pub enum Error {
         /// The version found at commit.
         found: u64,
     },
+    /// The table's columns changed while the statement ran in a way its change cannot
+    /// be carried over (anything but added nullable columns); nothing was committed and
+    /// the statement may be retried.
+    #[error(
+        "table {table}: its columns changed while the statement ran (read version {read}, now {found}); retry"
+    )]
+    SchemaConflict {
+        /// The table.
+        table: TableId,
+        /// The version the statement read.
+        read: u64,
+        /// The version found at commit.
+        found: u64,
+    },
     /// The commit protocol refused or failed (see [`CommitFailure`]).
     #[error("{source}")]
     Commit {
@@ -177,8 +191,10 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            Error::Meta(tern_meta::Error::VersionConflict { .. })
-                | Error::Conflict { .. }
+            Error::Meta(
+                tern_meta::Error::VersionConflict { .. } | tern_meta::Error::ColumnsConflict { .. }
+            ) | Error::Conflict { .. }
+                | Error::SchemaConflict { .. }
                 | Error::Commit {
                     kind: CommitFailure::Conflict,
                     ..

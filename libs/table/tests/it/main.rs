@@ -6,3 +6,4 @@ mod fixture;
 mod model;
 mod pruning;
 mod scenarios;
+mod schema_race;
