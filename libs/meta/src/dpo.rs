@@ -403,7 +403,9 @@ pub struct MicroPartitionDpo {
     pub global_ref: GlobalFileRef,
     /// Row count.
     pub rows: u64,
-    /// Size in bytes (compressed, as stored).
+    /// Size of its Parquet content in bytes: compressed, before encryption (the stored
+    /// object is larger by the encryption header and one tag per chunk). The same on every
+    /// deployment that holds a copy, since copies are re-encrypted, not re-encoded.
     pub bytes: u64,
     /// Per-column statistics.
     pub stats: Vec<ColumnStats>,

@@ -28,7 +28,7 @@ pub struct AddedFile {
     pub path: String,
     /// Rows.
     pub rows: u64,
-    /// Stored bytes.
+    /// Parquet bytes, compressed, before encryption ([`MicroPartitionDpo::bytes`]).
     pub bytes: u64,
     /// Per-column statistics.
     pub stats: Vec<ColumnStats>,

@@ -182,7 +182,8 @@ pub fn encode(
     Ok(out)
 }
 
-/// Encrypt and store one encoded micro-partition at `path` (created once).
+/// Encrypt and store one encoded micro-partition at `path` (created once). Returns its
+/// Parquet length (compressed, before encryption): what `MicroPartitionDpo::bytes` holds.
 pub async fn store(
     volume: &dyn ObjectStore,
     path: &Path,

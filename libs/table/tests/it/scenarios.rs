@@ -517,6 +517,37 @@ async fn volume_holds_no_plaintext() {
     }
 }
 
+/// A micro-partition's `bytes` is what its documentation says: the length of its Parquet
+/// content (compressed, before encryption), not the size of the stored object.
+#[tokio::test]
+async fn micro_partition_bytes_is_its_parquet_length() {
+    let dir = tempfile::tempdir().expect("dir");
+    let volume = fixture::folder_volume(dir.path());
+    let f = Fixture::new(Arc::clone(&volume), TableOptions::default());
+    let t = f.create("sizes").await;
+    f.tables
+        .insert(&t, &[rows(&(0..500).collect::<Vec<_>>())])
+        .await
+        .expect("insert");
+    let keys = f.tables.file_keys(&t).await.expect("keys");
+    let files = f
+        .tables
+        .meta()
+        .read(|tx| tx.list_micro_partitions(&t))
+        .expect("micro-partitions");
+    assert!(!files.is_empty());
+    for m in files {
+        let path = Path::from(m.path.as_str());
+        let parquet = tern_crypto::get_decrypted(&volume, &path, keys.as_ref())
+            .await
+            .expect("decrypt");
+        assert!(parquet.starts_with(b"PAR1"), "{path} is Parquet inside");
+        let stored = volume.meta(&path).await.expect("head").size;
+        assert_eq!(m.bytes, parquet.len() as u64, "{path}");
+        assert!(stored > m.bytes, "{path}: the stored object holds more");
+    }
+}
+
 /// A storage failure in the middle of a multi-file insert leaves no file behind and
 /// commits nothing (files are stored while later ones are still being encoded).
 #[tokio::test]
