@@ -151,6 +151,20 @@ pub enum Error {
         /// The version found at commit.
         found: u64,
     },
+    /// A table's stored master key reference cannot be read (stored data is damaged or
+    /// from an unknown format); its files cannot be opened.
+    #[error("table {table} has an unreadable master key reference")]
+    BadMasterKeyRef {
+        /// The table.
+        table: TableId,
+    },
+    /// The committer reported a table change committed without the table version it made
+    /// (a broken [`Committer`](crate::Committer) implementation).
+    #[error("the committer returned no table version for the change of table {table}")]
+    NoTableVersion {
+        /// The table.
+        table: TableId,
+    },
     /// The commit protocol refused or failed (see [`CommitFailure`]).
     #[error("{source}")]
     Commit {

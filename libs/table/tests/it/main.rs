@@ -2,6 +2,7 @@
 //! and on LocalStack.
 
 mod coverage;
+mod errors;
 mod fixture;
 mod model;
 mod pruning;
