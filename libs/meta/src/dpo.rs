@@ -415,7 +415,8 @@ pub struct MicroPartitionDpo {
     pub removed_version: Option<u64>,
     /// Its object path in the volume.
     pub path: String,
-    /// Which key encrypts it (a key reference / derivation info, never key material).
+    /// Which key encrypts it and how it is derived, never key material: for files Tern
+    /// writes, `tmk-hkdf-path:<table master key id>` (see `tern_table::mp::key_ref`).
     pub key_ref: String,
 }
 dpo!(MicroPartitionDpo, "micro-partition");

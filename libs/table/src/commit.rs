@@ -112,7 +112,8 @@ pub struct TableChange {
     /// The version to make, when it is not `base_version + 1`: a replicated change takes
     /// its primary's version number (a refresh may skip versions). Never with `rebase`.
     pub version: Option<u64>,
-    /// Micro-partitions written (their `added_version` is set when the version is fixed).
+    /// Micro-partitions written (their `added_version` is set when the version is fixed,
+    /// and their `key_ref` from `keys`).
     pub added: Vec<MicroPartitionDpo>,
     /// Active micro-partitions replaced or dropped.
     pub removed: Vec<MicroPartitionDpo>,
@@ -296,8 +297,12 @@ impl Change {
             t.columns
         };
         let mut added = t.added;
+        let key_ref = crate::mp::key_ref(&t.keys);
         for m in &mut added {
             m.added_version = version;
+            // The key this deployment sealed it with (a replicated file was re-encrypted
+            // here: the reference it came with names the source's key).
+            m.key_ref.clone_from(&key_ref);
         }
         let seq = meta.next_unique("ep")?;
         let ep_path = layout::volume::ep(&t.account, &t.database, &t.table, seq);

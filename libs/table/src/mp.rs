@@ -24,7 +24,7 @@ use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuil
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
-use tern_crypto::{EncryptOptions, EncryptedObject, KeySource};
+use tern_crypto::{EncryptOptions, EncryptedObject, KeySource, TableFileKeys};
 use tern_meta::{ColumnDef, ColumnStats, ColumnType};
 use tern_storage::Path;
 
@@ -180,6 +180,19 @@ pub fn encode(
     }
     out.extend(encoder.finish()?);
     Ok(out)
+}
+
+/// The prefix of a micro-partition's key reference (`MicroPartitionDpo::key_ref`).
+pub const KEY_REF_PREFIX: &str = "tmk-hkdf-path:";
+
+/// The key reference of a micro-partition sealed with `keys`: which key and how its file
+/// key is derived, as DESIGN.md §4 asks of a key reference — `tmk-hkdf-path:<id>`, the file
+/// key being `HKDF-SHA256(TMK, info = object path)` under the table master key whose id
+/// (fingerprint, never key material) is `<id>`, the id the file's header names. A copy on
+/// another deployment is re-encrypted under that deployment's TMK, so its reference is set
+/// where it is committed ([`Change::prepare`](crate::Change::prepare)), never copied.
+pub fn key_ref(keys: &TableFileKeys) -> String {
+    format!("{KEY_REF_PREFIX}{}", keys.master_id())
 }
 
 /// Encrypt and store one encoded micro-partition at `path` (created once). Returns its

@@ -982,7 +982,7 @@ impl Tables {
             added_version: 0,
             removed_version: None,
             path: path.to_string(),
-            key_ref: "tmk-derived".into(),
+            key_ref: mp::key_ref(&ctx.keys),
         };
         *in_flight = Some(tokio::spawn(async move {
             let bytes = mp::store(volume.as_ref(), &path, keys.as_ref(), &e).await?;

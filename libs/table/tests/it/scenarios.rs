@@ -592,3 +592,33 @@ async fn failed_insert_leaves_no_files() {
         .expect("scan");
     assert_eq!(ids(&s.batches), vec![1, 2, 3]);
 }
+
+/// A micro-partition's key reference names the key its header names: the table master
+/// key's id, with the derivation (HKDF over the object path).
+#[tokio::test]
+async fn micro_partition_key_ref_names_the_key_in_its_header() {
+    let dir = tempfile::tempdir().expect("dir");
+    let volume = fixture::folder_volume(dir.path());
+    let f = Fixture::new(Arc::clone(&volume), TableOptions::default());
+    let t = f.create("keys").await;
+    f.tables.insert(&t, &[rows(&[1, 2])]).await.expect("insert");
+    let keys = f.tables.file_keys(&t).await.expect("keys");
+    let files = f
+        .tables
+        .meta()
+        .read(|tx| tx.list_micro_partitions(&t))
+        .expect("micro-partitions");
+    assert!(!files.is_empty());
+    for m in files {
+        let path = Path::from(m.path.as_str());
+        let object = tern_crypto::EncryptedObject::open(Arc::clone(&volume), &path, keys.as_ref())
+            .await
+            .expect("open");
+        let master_id = match object.header().key_ref() {
+            tern_crypto::KeyRef::Derived { master_id, .. } => *master_id,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(m.key_ref, format!("tmk-hkdf-path:{master_id}"), "{path}");
+        assert_eq!(m.key_ref, tern_table::mp::key_ref(&keys));
+    }
+}
