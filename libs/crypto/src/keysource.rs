@@ -55,6 +55,12 @@ impl TableFileKeys {
         let id = tmk.id();
         TableFileKeys { tmk, id }
     }
+
+    /// The id of the table master key (what the headers of files sealed with these keys
+    /// name as their master key; not key material).
+    pub fn master_id(&self) -> KeyId {
+        self.id
+    }
 }
 
 impl fmt::Debug for TableFileKeys {

@@ -372,6 +372,10 @@ impl From<bool> for Scalar {
 }
 
 /// Statistics of one column in one micro-partition (for pruning without opening files).
+///
+/// Values are ordered as scans and pruning order them: floats by IEEE 754 total order
+/// (`-NaN < -inf < … < -0.0 < +0.0 < … < inf < NaN`), so a micro-partition holding NaN
+/// has `max = NaN` (not, as Parquet's own statistics would have it, the largest number).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnStats {
     /// The column name.
@@ -399,7 +403,9 @@ pub struct MicroPartitionDpo {
     pub global_ref: GlobalFileRef,
     /// Row count.
     pub rows: u64,
-    /// Size in bytes (compressed, as stored).
+    /// Size of its Parquet content in bytes: compressed, before encryption (the stored
+    /// object is larger by the encryption header and one tag per chunk). The same on every
+    /// deployment that holds a copy, since copies are re-encrypted, not re-encoded.
     pub bytes: u64,
     /// Per-column statistics.
     pub stats: Vec<ColumnStats>,
@@ -409,7 +415,8 @@ pub struct MicroPartitionDpo {
     pub removed_version: Option<u64>,
     /// Its object path in the volume.
     pub path: String,
-    /// Which key encrypts it (a key reference / derivation info, never key material).
+    /// Which key encrypts it and how it is derived, never key material: for files Tern
+    /// writes, `tmk-hkdf-path:<table master key id>` (see `tern_table::mp::key_ref`).
     pub key_ref: String,
 }
 dpo!(MicroPartitionDpo, "micro-partition");

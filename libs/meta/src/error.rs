@@ -157,6 +157,23 @@ pub enum Error {
         found: u64,
     },
 
+    /// A table version commit would silently undo a schema change: its columns lack a
+    /// column of the current version (a change computed before another writer added it).
+    /// Nothing was written; re-read the table and retry.
+    #[error(
+        "table {table}: version {version} lacks column(s) {missing:?} of the current version {current}; re-read the table and retry"
+    )]
+    ColumnsConflict {
+        /// The table.
+        table: TableId,
+        /// The table's current version.
+        current: u64,
+        /// The version that was to be committed.
+        version: u64,
+        /// The current columns missing (or of another type) in the new version.
+        missing: Vec<String>,
+    },
+
     /// A role change carried an older epoch than the stored one: the caller is fenced.
     #[error("database {database}: epoch {offered} is older than the current epoch {current}")]
     StaleEpoch {

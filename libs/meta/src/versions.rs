@@ -3,6 +3,7 @@
 //! ```text
 //!  commit_table_version(T, expected = N, version N+1, add, remove)   one transaction:
 //!    T.current_version == N ?  else VersionConflict { expected: N, found }
+//!    new columns ⊇ T's columns ?  else ColumnsConflict (a schema change is never undone)
 //!    remove: each short must be active      → removed_version = N+1
 //!    add:    each short / global ref new    → added_version = N+1
 //!    version row N+1 (its own EP files, added, removed), T.current_version = N+1
@@ -51,9 +52,11 @@ impl MetaTxn<'_> {
     /// skipped into one (the versions in between are never readable there).
     ///
     /// Compare-and-swap: [`Error::VersionConflict`] if the table is no longer at
-    /// `expected_current`. [`Error::NotFound`] for an unknown table or a `remove` name that
-    /// is unknown or not active; [`Error::AlreadyExists`] for an `add` whose short name or
-    /// global reference is taken. `new.added` / `new.removed` are filled in from `add` /
+    /// `expected_current`; [`Error::ColumnsConflict`] if `new.columns` lacks a column the
+    /// table has now (a schema change is never undone by a later commit).
+    /// [`Error::NotFound`] for an unknown table or a `remove` name that is unknown or not
+    /// active; [`Error::AlreadyExists`] for an `add` whose short name or global reference
+    /// is taken. `new.added` / `new.removed` are filled in from `add` /
     /// `remove`.
     #[tracing::instrument(level = "debug", skip_all, fields(%table, expected_current, adds = add.len(), removes = remove.len()))]
     pub fn commit_table_version(
@@ -84,6 +87,23 @@ impl MetaTxn<'_> {
                     new.table, new.version
                 ),
             ));
+        }
+        // A version never drops a column of the one it replaces: a change computed from
+        // older columns must have been rebased onto the current ones (or be refused here),
+        // never overwrite a schema change it did not see.
+        let missing: Vec<String> = t
+            .columns
+            .iter()
+            .filter(|c| !new.columns.contains(c))
+            .map(|c| c.name.clone())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::ColumnsConflict {
+                table: table.clone(),
+                current: expected_current,
+                version,
+                missing,
+            });
         }
         // Validate everything before the first write.
         let mut removed = Vec::with_capacity(remove.len());

@@ -705,7 +705,11 @@ impl Replication {
         if add.is_empty() {
             return Ok((Vec::new(), crate::copy::Copied::default()));
         }
-        let dst_keys: Arc<dyn KeySource> = p.tables.file_keys(table).await?;
+        let dst = p.tables.file_keys(table).await?;
+        // The copy is sealed under this deployment's table key: its reference names that
+        // key, never the source's.
+        let key_ref = tern_table::mp::key_ref(&dst);
+        let dst_keys: Arc<dyn KeySource> = dst;
         let mut local = Vec::with_capacity(add.len());
         let mut tasks = Vec::with_capacity(add.len());
         for up in add {
@@ -737,7 +741,7 @@ impl Replication {
                 added_version: 0,
                 removed_version: None,
                 path: path.to_string(),
-                key_ref: up.key_ref.clone(),
+                key_ref: key_ref.clone(),
             });
         }
         let copied = copy_all(tasks, p.config.copy_concurrency).await?;

@@ -2,11 +2,15 @@
 //!
 //! Two kinds of URL are accepted:
 //!
-//! * `file:///abs/path` — a folder on the local file system: the embedded default, where a
-//!   whole deployment group can live in one directory. The folder is created if missing.
-//!   Writes are atomic (temporary file + rename) and `PutMode::Create` is honoured;
-//!   `PutMode::Update` is not offered by this backend and fails with
-//!   [`Error::NotSupported`].
+//! * `file:///abs/path[?fsync=false]` — a folder on the local file system: the embedded
+//!   default, where a whole deployment group can live in one directory. The folder is
+//!   created if missing. Writes are atomic (temporary file + rename) and `PutMode::Create`
+//!   is honoured; `PutMode::Update` is not offered by this backend and fails with
+//!   [`Error::NotSupported`]. Writes are durable by default ([`FolderOptions::fsync`]): a
+//!   write is acknowledged only once the file and the directory entries naming it are on
+//!   disk, as S3 acknowledges a put only once it is stored. The commit protocol relies on
+//!   it: the metadata store (SQLite, fsynced) must never show a version whose log record
+//!   and files an OS crash could still lose. `?fsync=false` turns it off.
 //! * `s3://bucket[/prefix]` — an S3 bucket on AWS, LocalStack, MinIO or any S3-compatible
 //!   server, configured by [`S3Options`]. Conditional writes use `If-None-Match: *` and
 //!   `If-Match` (ETag) so `PutMode::Create` and `PutMode::Update` are both honoured.
@@ -135,6 +139,45 @@ impl S3Options {
     }
 }
 
+/// Options of a folder store, from its URL's query (`file:///path?fsync=false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderOptions {
+    /// Durable writes (default true; `?fsync=false` turns them off): before a write (put,
+    /// create, copy, rename, the end of a multipart upload) is acknowledged, the file is
+    /// fsynced, and so are the directories whose entries it changed (on Unix). Turn off
+    /// only where losing acknowledged writes to an OS crash or power loss is acceptable
+    /// (tests, throw-away deployments): without it, after such a crash the metadata store
+    /// can show a committed version whose log record or files are gone.
+    pub fsync: bool,
+}
+
+impl Default for FolderOptions {
+    fn default() -> Self {
+        Self { fsync: true }
+    }
+}
+
+impl FolderOptions {
+    /// The options in a parsed `file://` URL's query; an unknown option or value is an
+    /// error naming it.
+    fn from_url(url: &Url) -> std::result::Result<Self, String> {
+        let mut options = Self::default();
+        for (key, value) in url.query_pairs() {
+            match (key.as_ref(), value.as_ref()) {
+                ("fsync", "true") => options.fsync = true,
+                ("fsync", "false") => options.fsync = false,
+                ("fsync", other) => {
+                    return Err(format!("fsync must be true or false, not {other:?}"));
+                }
+                (other, _) => {
+                    return Err(format!("unknown folder option {other:?} (known: fsync)"));
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
 /// The kind of backend a URL selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -174,6 +217,7 @@ impl Location {
                 let path = parsed
                     .to_file_path()
                     .map_err(|()| invalid("not an absolute local path"))?;
+                FolderOptions::from_url(&parsed).map_err(|reason| invalid(&reason))?;
                 Ok(Location::Folder(path))
             }
             "s3" => {
@@ -229,14 +273,24 @@ pub fn install_tls_provider() {
     });
 }
 
-/// A folder store rooted at `path` (created if missing). Deleting a folder's last object
-/// deletes the folder, as on S3 where folders do not exist: inbound folders, message
-/// chains and journals leave no empty directories behind.
+/// A folder store rooted at `path` (created if missing), with durable writes (the
+/// default [`FolderOptions`]). Deleting a folder's last object deletes the folder, as on
+/// S3 where folders do not exist: inbound folders, message chains and journals leave no
+/// empty directories behind.
 pub fn open_folder(path: &std::path::Path) -> std::io::Result<Arc<dyn ObjectStore>> {
+    open_folder_with(path, &FolderOptions::default())
+}
+
+/// [`open_folder`] with `options`.
+pub fn open_folder_with(
+    path: &std::path::Path,
+    options: &FolderOptions,
+) -> std::io::Result<Arc<dyn ObjectStore>> {
     std::fs::create_dir_all(path)?;
     let fs = LocalFileSystem::new_with_prefix(path)
         .map_err(std::io::Error::other)?
-        .with_automatic_cleanup(true);
+        .with_automatic_cleanup(true)
+        .with_fsync(options.fsync);
     Ok(Arc::new(fs))
 }
 
@@ -248,7 +302,13 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
         source,
     };
     match location {
-        Location::Folder(path) => open_folder(&path).map_err(|e| open_err(Box::new(e))),
+        Location::Folder(path) => {
+            // Location::parse checked the options already.
+            let options = Url::parse(&config.url)
+                .map_err(|e| open_err(Box::new(e)))
+                .and_then(|u| FolderOptions::from_url(&u).map_err(|e| open_err(e.into())))?;
+            open_folder_with(&path, &options).map_err(|e| open_err(Box::new(e)))
+        }
         Location::S3 { bucket, prefix } => {
             install_tls_provider();
             let o = &config.s3;
@@ -319,6 +379,66 @@ mod tests {
             store.get(&a).await.unwrap().bytes().await.unwrap().as_ref(),
             b"z"
         );
+    }
+
+    /// Folder stores acknowledge a write only once it is on disk unless the URL says
+    /// `?fsync=false`. Writes, exclusive creates included, work either way.
+    #[tokio::test]
+    async fn folder_stores_write_durably_by_default() {
+        use object_store::{ObjectStoreExt as _, PutMode, PutOptions};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("bucket");
+        for (i, (query, durable)) in [("", true), ("?fsync=true", true), ("?fsync=false", false)]
+            .into_iter()
+            .enumerate()
+        {
+            let url = format!("file://{}{query}", root.display());
+            let store = open_store(&StoreConfig {
+                url,
+                ..StoreConfig::default()
+            })
+            .unwrap();
+            // The store as opened: LocalFileSystem shows its fsync setting in Debug.
+            let shown = format!("{store:?}");
+            assert!(
+                shown.contains(&format!("fsync: {durable}")),
+                "{query}: {shown}"
+            );
+            let path = object_store::path::Path::from(format!("a/b/c{i}"));
+            let create = || PutOptions::from(PutMode::Create);
+            store
+                .put_opts(&path, b"x".to_vec().into(), create())
+                .await
+                .unwrap();
+            let again = store.put_opts(&path, b"y".to_vec().into(), create()).await;
+            assert!(
+                matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+                "{query}: {again:?}"
+            );
+            assert_eq!(
+                store
+                    .get(&path)
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                b"x"
+            );
+        }
+        for (query, needle) in [
+            ("?fsync=maybe", "fsync must be"),
+            ("?sync=false", "unknown"),
+        ] {
+            let url = format!("file://{}{query}", root.display());
+            match Location::parse(&url) {
+                Err(Error::InvalidUrl { reason, .. }) => {
+                    assert!(reason.contains(needle), "{url}: {reason}")
+                }
+                other => panic!("{url}: expected InvalidUrl, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub mod fault;
 pub mod layout;
 pub mod retry;
 
-pub use config::{Location, S3Options, StoreConfig, open_folder, open_store};
+pub use config::{
+    FolderOptions, Location, S3Options, StoreConfig, open_folder, open_folder_with, open_store,
+};
 pub use error::{Error, Operation, Result};
 pub use ext::StoreExt;
 pub use fault::{Fault, FaultPlan, FaultRule, FaultStore};

@@ -145,7 +145,8 @@ pub struct TableChange {
     /// The version to make, when it is not `base_version + 1`: a replicated change takes
     /// its primary's version number (a refresh may skip versions). Never with `rebase`.
     pub version: Option<u64>,
-    /// Micro-partitions written (their `added_version` is set when the version is fixed).
+    /// Micro-partitions written (their `added_version` is set when the version is fixed,
+    /// and their `key_ref` from `keys`).
     pub added: Vec<MicroPartitionDpo>,
     /// Active micro-partitions replaced or dropped.
     pub removed: Vec<MicroPartitionDpo>,
@@ -295,13 +296,13 @@ impl Change {
             }
             Change::Table(t) => t,
         };
-        let current = meta
+        let table = meta
             .read(|tx| tx.get_table(&t.table))?
             .filter(|d| !d.dropped)
             .ok_or_else(|| Error::UnknownTable {
                 name: t.table.to_string(),
-            })?
-            .current_version;
+            })?;
+        let current = table.current_version;
         if current != t.base_version && (!t.rebase || t.version.is_some()) {
             return Err(Error::Conflict {
                 table: t.table.clone(),
@@ -320,9 +321,21 @@ impl Change {
             Some(v) => v,
             None => current + 1,
         };
+        // An append rebased onto a later version takes that version's columns: a column
+        // added meanwhile stays (the append's files lack it and read as nulls, which an
+        // added column allows). Anything else is a conflict, never a silent undo.
+        let columns = if current != t.base_version {
+            rebased_columns(&t.table, t.base_version, current, t.columns, table.columns)?
+        } else {
+            t.columns
+        };
         let mut added = t.added;
+        let key_ref = crate::mp::key_ref(&t.keys);
         for m in &mut added {
             m.added_version = version;
+            // The key this deployment sealed it with (a replicated file was re-encrypted
+            // here: the reference it came with names the source's key).
+            m.key_ref.clone_from(&key_ref);
         }
         let seq = meta.next_unique("ep")?;
         let ep_path = layout::volume::ep(&t.account, &t.database, &t.table, seq);
@@ -331,15 +344,16 @@ impl Change {
         let file = MetadataFile::new(
             t.table.clone(),
             version,
-            t.columns.clone(),
+            columns.clone(),
             added.iter().map(AddedFile::from_dpo).collect(),
             removed_shorts,
         );
+        let plain = file.to_bytes()?;
         tern_crypto::put_encrypted(
             volume,
             &ep_path,
             t.keys.as_ref(),
-            &file.to_bytes(),
+            &plain,
             &EncryptOptions::default(),
             PutOptions::from(PutMode::Create),
         )
@@ -353,7 +367,7 @@ impl Change {
                 seq,
                 path: ep_path.to_string(),
             },
-            columns: t.columns,
+            columns,
             added,
             removed: t
                 .removed
@@ -369,6 +383,32 @@ impl Change {
                 version,
             }),
             rows: t.rows,
+        })
+    }
+}
+
+/// The columns of an append read at `base` and landing on `current`: `current_columns` when
+/// they only add nullable columns to `read`, else [`Error::SchemaConflict`].
+fn rebased_columns(
+    table: &TableId,
+    base: u64,
+    current: u64,
+    read: Vec<ColumnDef>,
+    current_columns: Vec<ColumnDef>,
+) -> Result<Vec<ColumnDef>> {
+    if read == current_columns {
+        return Ok(read);
+    }
+    let composes = current_columns.len() > read.len()
+        && current_columns[..read.len()] == read[..]
+        && current_columns[read.len()..].iter().all(|c| c.nullable);
+    if composes {
+        Ok(current_columns)
+    } else {
+        Err(Error::SchemaConflict {
+            table: table.clone(),
+            read: base,
+            found: current,
         })
     }
 }
@@ -574,5 +614,53 @@ impl Transaction for LocalTxn {
 
     async fn abort(self: Box<Self>) {
         remove_files(self.inner.volume.as_ref(), &self.files).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_meta::ColumnType;
+
+    fn col(name: &str, nullable: bool) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty: ColumnType::Int64,
+            nullable,
+        }
+    }
+
+    #[test]
+    fn an_append_takes_added_nullable_columns_and_conflicts_on_anything_else() {
+        let t = TableId::new("t1").unwrap();
+        let read = vec![col("id", false)];
+        let wider = vec![col("id", false), col("extra", true)];
+        assert_eq!(
+            rebased_columns(&t, 1, 2, read.clone(), read.clone()).unwrap(),
+            read
+        );
+        assert_eq!(
+            rebased_columns(&t, 1, 2, read.clone(), wider.clone()).unwrap(),
+            wider
+        );
+        for other in [
+            vec![col("other", false)],
+            vec![col("id", true), col("extra", true)],
+            vec![col("id", false), col("required", false)],
+            Vec::new(),
+        ] {
+            let e = rebased_columns(&t, 1, 2, read.clone(), other.clone()).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::SchemaConflict {
+                        read: 1,
+                        found: 2,
+                        ..
+                    }
+                ) && e.is_conflict(),
+                "{other:?}: {e}"
+            );
+        }
     }
 }

@@ -28,7 +28,7 @@ pub struct AddedFile {
     pub path: String,
     /// Rows.
     pub rows: u64,
-    /// Stored bytes.
+    /// Parquet bytes, compressed, before encryption ([`MicroPartitionDpo::bytes`]).
     pub bytes: u64,
     /// Per-column statistics.
     pub stats: Vec<ColumnStats>,
@@ -87,10 +87,14 @@ impl MetadataFile {
         }
     }
 
-    /// Serialize (plaintext; the caller encrypts).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing plain data structs to JSON cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// Serialize (plaintext; the caller encrypts). An encode failure is an error, never an
+    /// empty file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|source| Error::EncodeMetadataFile {
+            table: self.table.clone(),
+            version: self.version,
+            source,
+        })
     }
 
     /// Parse, checking the format tag and version. `path` names the file in errors.
@@ -142,7 +146,10 @@ mod tests {
     #[test]
     fn golden_bytes() {
         let golden = r#"{"format":"tern-ep","v":1,"table":"t1","version":3,"columns":[{"name":"id","ty":"int64","nullable":false}],"added":[{"short":"fdn7","global_ref":{"origin":"d1","short":"fdn7"},"path":"acct/a/db/d/tbl/t1/mp/fdn7.mp","rows":10,"bytes":1234,"stats":[{"column":"id","min":{"int64":1},"max":{"int64":10},"null_count":0}]}],"removed":["fdn2"]}"#;
-        assert_eq!(String::from_utf8(sample().to_bytes()).unwrap(), golden);
+        assert_eq!(
+            String::from_utf8(sample().to_bytes().unwrap()).unwrap(),
+            golden
+        );
         assert_eq!(
             MetadataFile::from_bytes(golden.as_bytes(), "x").unwrap(),
             sample()
@@ -151,7 +158,7 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
-        let future = String::from_utf8(sample().to_bytes())
+        let future = String::from_utf8(sample().to_bytes().unwrap())
             .unwrap()
             .replace(r#""v":1"#, r#""v":2"#);
         let e = MetadataFile::from_bytes(future.as_bytes(), "ep/1.ep").unwrap_err();

@@ -99,6 +99,18 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A metadata file could not be encoded (nothing was written: an encode failure never
+    /// becomes an empty file).
+    #[error("metadata file of {table}@{version} could not be encoded")]
+    EncodeMetadataFile {
+        /// The table.
+        table: TableId,
+        /// The version it would make.
+        version: u64,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// An Arrow computation failed.
     #[error("{context}")]
     Arrow {
@@ -129,6 +141,34 @@ pub enum Error {
         read: u64,
         /// The version found at commit.
         found: u64,
+    },
+    /// The table's columns changed while the statement ran in a way its change cannot
+    /// be carried over (anything but added nullable columns); nothing was committed and
+    /// the statement may be retried.
+    #[error(
+        "table {table}: its columns changed while the statement ran (read version {read}, now {found}); retry"
+    )]
+    SchemaConflict {
+        /// The table.
+        table: TableId,
+        /// The version the statement read.
+        read: u64,
+        /// The version found at commit.
+        found: u64,
+    },
+    /// A table's stored master key reference cannot be read (stored data is damaged or
+    /// from an unknown format); its files cannot be opened.
+    #[error("table {table} has an unreadable master key reference")]
+    BadMasterKeyRef {
+        /// The table.
+        table: TableId,
+    },
+    /// The committer reported a table change committed without the table version it made
+    /// (a broken [`Committer`](crate::Committer) implementation).
+    #[error("the committer returned no table version for the change of table {table}")]
+    NoTableVersion {
+        /// The table.
+        table: TableId,
     },
     /// The commit protocol refused or failed (see [`CommitFailure`]).
     #[error("{source}")]
@@ -190,8 +230,10 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
-            Error::Meta(tern_meta::Error::VersionConflict { .. })
-                | Error::Conflict { .. }
+            Error::Meta(
+                tern_meta::Error::VersionConflict { .. } | tern_meta::Error::ColumnsConflict { .. }
+            ) | Error::Conflict { .. }
+                | Error::SchemaConflict { .. }
                 | Error::Commit {
                     kind: CommitFailure::Conflict,
                     ..

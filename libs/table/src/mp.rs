@@ -24,7 +24,7 @@ use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuil
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
-use tern_crypto::{EncryptOptions, EncryptedObject, KeySource};
+use tern_crypto::{EncryptOptions, EncryptedObject, KeySource, TableFileKeys};
 use tern_meta::{ColumnDef, ColumnStats, ColumnType};
 use tern_storage::Path;
 
@@ -182,7 +182,21 @@ pub fn encode(
     Ok(out)
 }
 
-/// Encrypt and store one encoded micro-partition at `path` (created once).
+/// The prefix of a micro-partition's key reference (`MicroPartitionDpo::key_ref`).
+pub const KEY_REF_PREFIX: &str = "tmk-hkdf-path:";
+
+/// The key reference of a micro-partition sealed with `keys`: which key and how its file
+/// key is derived, as DESIGN.md §4 asks of a key reference — `tmk-hkdf-path:<id>`, the file
+/// key being `HKDF-SHA256(TMK, info = object path)` under the table master key whose id
+/// (fingerprint, never key material) is `<id>`, the id the file's header names. A copy on
+/// another deployment is re-encrypted under that deployment's TMK, so its reference is set
+/// where it is committed ([`Change::prepare`](crate::Change::prepare)), never copied.
+pub fn key_ref(keys: &TableFileKeys) -> String {
+    format!("{KEY_REF_PREFIX}{}", keys.master_id())
+}
+
+/// Encrypt and store one encoded micro-partition at `path` (created once). Returns its
+/// Parquet length (compressed, before encryption): what `MicroPartitionDpo::bytes` holds.
 pub async fn store(
     volume: &dyn ObjectStore,
     path: &Path,
@@ -359,10 +373,13 @@ pub async fn read(
         None => columns.iter().map(|c| c.name.as_str()).collect(),
     };
     let mut out = Vec::with_capacity(batches.len());
+    let predicate_columns = predicate.columns();
     for batch in batches {
         let batch = if *predicate == Predicate::True {
             batch
         } else {
+            // A column added after this file was written is null in every row of it.
+            let batch = with_missing_as_nulls(batch, columns, &predicate_columns)?;
             let mask = predicate.evaluate(&batch)?;
             arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| Error::Arrow {
                 context: "filtering rows",
@@ -372,6 +389,39 @@ pub async fn read(
         out.push(select(&batch, &out_columns)?);
     }
     Ok((out, read_stats))
+}
+
+/// `batch` with each of `needed` that the table has but the batch lacks (a column added
+/// after the file was written) appended as nulls.
+fn with_missing_as_nulls(
+    batch: RecordBatch,
+    columns: &[ColumnDef],
+    needed: &[&str],
+) -> Result<RecordBatch> {
+    let missing: Vec<&ColumnDef> = columns
+        .iter()
+        .filter(|c| needed.contains(&c.name.as_str()) && batch.column_by_name(&c.name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(batch);
+    }
+    let schema = batch.schema();
+    let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+    let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
+    for c in missing {
+        let ty = crate::schema::arrow_type(&c.ty);
+        arrays.push(arrow::array::new_null_array(&ty, batch.num_rows()));
+        fields.push(Arc::new(arrow::datatypes::Field::new(&c.name, ty, true)));
+    }
+    RecordBatch::try_new_with_options(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        arrays,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| Error::Arrow {
+        context: "adding a column the file lacks",
+        source: e,
+    })
 }
 
 /// The named columns of a batch, in that order (columns missing from an older file —

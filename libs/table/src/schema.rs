@@ -266,3 +266,76 @@ pub fn scalar_at(a: &dyn Array, i: usize) -> Option<Scalar> {
             .map(|x| Scalar::Decimal(x.value(i)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predicate::{CmpOp, Predicate};
+
+    fn x_column() -> Vec<ColumnDef> {
+        vec![ColumnDef {
+            name: "x".into(),
+            ty: ColumnType::Float64,
+            nullable: true,
+        }]
+    }
+
+    fn batch(xs: &[Option<f64>]) -> RecordBatch {
+        RecordBatch::try_new(
+            arrow_schema(&x_column()),
+            vec![Arc::new(Float64Array::from(xs.to_vec())) as ArrayRef],
+        )
+        .unwrap()
+    }
+
+    fn bits(s: &Option<Scalar>) -> Option<u64> {
+        match s {
+            Some(Scalar::Float64(x)) => Some(x.to_bits()),
+            _ => None,
+        }
+    }
+
+    /// NaN's place in statistics is the one scans and pruning give it: IEEE 754 total
+    /// order, NaN above every number (and -0.0 below +0.0), so a file holding NaN has
+    /// `max = NaN`, and pruning by those statistics never drops a row the predicate keeps.
+    #[test]
+    fn float_statistics_order_nan_above_every_number() {
+        let cols = x_column();
+        let b = batch(&[Some(1.5), Some(f64::NAN), None, Some(0.0), Some(-0.0)]);
+        let s = &batch_stats(&b, &cols)[0];
+        assert_eq!(bits(&s.max), Some(f64::NAN.to_bits()), "{s:?}");
+        assert_eq!(bits(&s.min), Some((-0.0f64).to_bits()), "{s:?}");
+        assert_eq!(s.null_count, 1);
+
+        // Merging keeps NaN as the max whichever side holds it.
+        let numbers = &batch_stats(&batch(&[Some(3.0), Some(f64::INFINITY)]), &cols)[0];
+        for merged in [merge_stats(s, numbers), merge_stats(numbers, s)] {
+            assert_eq!(bits(&merged.max), Some(f64::NAN.to_bits()), "{merged:?}");
+            assert_eq!(bits(&merged.min), Some((-0.0f64).to_bits()), "{merged:?}");
+        }
+
+        // Statistics and row evaluation agree for every comparison with NaN and with a
+        // number: a file is kept whenever one of its rows matches.
+        let only_nan = batch(&[Some(f64::NAN)]);
+        let nan_stats = &batch_stats(&only_nan, &cols)[0];
+        for value in [f64::NAN, 5.0, f64::INFINITY, -1.0] {
+            for op in [
+                CmpOp::Eq,
+                CmpOp::NotEq,
+                CmpOp::Lt,
+                CmpOp::LtEq,
+                CmpOp::Gt,
+                CmpOp::GtEq,
+            ] {
+                let p = Predicate::cmp("x", op, value);
+                let matched = p.evaluate(&only_nan).unwrap();
+                let any_row = matched.iter().any(|m| m == Some(true));
+                let kept = p.may_match(&|_| Some(nan_stats), 1);
+                assert!(
+                    kept || !any_row,
+                    "x {op:?} {value}: a NaN row matches but its file would be pruned"
+                );
+            }
+        }
+    }
+}

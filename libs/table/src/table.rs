@@ -839,8 +839,8 @@ impl Tables {
                     .master_key_ref
                     .strip_prefix(TMK_REF_PREFIX)
                     .and_then(WrappedKey::from_hex)
-                    .ok_or_else(|| Error::InvalidSchema {
-                        reason: format!("table {} has an unreadable master key reference", t.id),
+                    .ok_or_else(|| Error::BadMasterKeyRef {
+                        table: t.id.clone(),
                     })?;
                 let ctx = EnvelopeContext::table(account.as_str(), t.id.as_str());
                 let key = Arc::new(self.provider.decrypt_data_key(&wrapped, &ctx).await?);
@@ -982,7 +982,7 @@ impl Tables {
             added_version: 0,
             removed_version: None,
             path: path.to_string(),
-            key_ref: "tmk-derived".into(),
+            key_ref: mp::key_ref(&ctx.keys),
         };
         *in_flight = Some(tokio::spawn(async move {
             let bytes = mp::store(volume.as_ref(), &path, keys.as_ref(), &e).await?;
@@ -1083,11 +1083,10 @@ impl Tables {
 
     /// Commit one table change.
     async fn commit(&self, txn: Box<dyn Transaction>, change: TableChange) -> Result<CommitInfo> {
-        let rows = change.rows;
+        let (rows, table) = (change.rows, change.table.clone());
         let committed = txn.commit(vec![Change::Table(change)]).await?;
         match committed.records.first() {
             Some(ChangeRecord::TableVersion {
-                table,
                 version,
                 added,
                 removed,
@@ -1102,9 +1101,7 @@ impl Tables {
                     rows_affected: rows,
                 })
             }
-            _ => Err(Error::InvalidSchema {
-                reason: "the committer returned no table version for a table change".into(),
-            }),
+            _ => Err(Error::NoTableVersion { table }),
         }
     }
 

@@ -6,7 +6,7 @@
 //! is the figure to read.
 //!
 //! ```sh
-//! cargo bench -p tern-txn --bench commit                       # folder store
+//! cargo bench -p tern-txn --bench commit                       # folder store, fsync on and off
 //! TERN_BENCH_LOCALSTACK=1 cargo bench -p tern-txn --bench commit   # and LocalStack
 //! TERN_BENCH_COMMITS=100 …                                     # a quicker run
 //! ```
@@ -271,14 +271,24 @@ fn main() -> Result<(), BoxError> {
     rt.block_on(async {
         let root = tempfile::tempdir()?;
         let n = std::sync::atomic::AtomicU64::new(0);
-        let folder = || -> Result<Arc<dyn ObjectStore>, BoxError> {
-            let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(open_store(&StoreConfig {
-                url: format!("file://{}", root.path().join(format!("v{i}")).display()),
-                ..Default::default()
-            })?)
-        };
-        bench_store("folder store", &folder, commits).await?;
+        // Durable writes (the default: fsync of file and directories) and without them,
+        // side by side, so the cost of durability is read off the same run.
+        for (name, query) in [
+            ("folder store (durable writes, the default)", ""),
+            ("folder store (?fsync=false)", "?fsync=false"),
+        ] {
+            let folder = || -> Result<Arc<dyn ObjectStore>, BoxError> {
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(open_store(&StoreConfig {
+                    url: format!(
+                        "file://{}{query}",
+                        root.path().join(format!("v{i}")).display()
+                    ),
+                    ..Default::default()
+                })?)
+            };
+            bench_store(name, &folder, commits).await?;
+        }
         if std::env::var("TERN_BENCH_LOCALSTACK").is_ok_and(|v| v == "1") {
             let mut stores = Vec::new();
             for i in 0..3 {

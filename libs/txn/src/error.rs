@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use tern_storage::layout::AccountId;
 use tern_table::CommitFailure;
+
+use crate::state::TxnState;
 
 /// Errors of `tern-txn`.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,16 @@ pub enum Error {
         /// The transaction id.
         txn_id: u64,
     },
+    /// A log record could not be encoded (nothing was written: an encode failure never
+    /// becomes an empty record).
+    #[error("log record of transaction {txn_id} could not be encoded")]
+    EncodeLogRecord {
+        /// The transaction id.
+        txn_id: u64,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A log record that does not parse.
     #[error("log record {path} is invalid: {reason}")]
     BadLogRecord {
@@ -69,6 +82,24 @@ pub enum Error {
         handle: u64,
         /// The file.
         path: String,
+    },
+    /// A transaction of one account was given a change of another account; nothing was
+    /// committed.
+    #[error("a transaction of account {account} cannot change account {other}")]
+    CrossAccount {
+        /// The transaction's account.
+        account: AccountId,
+        /// The account of the change.
+        other: AccountId,
+    },
+    /// A transaction past its soft point of no return (Prepared or later) was asked to
+    /// roll back: it only rolls forward.
+    #[error("transaction {handle} is {state:?} and cannot roll back")]
+    CannotRollBack {
+        /// The transaction's handle.
+        handle: u64,
+        /// Its state.
+        state: TxnState,
     },
     /// A background task of the commit failed.
     #[error("commit task failed")]

@@ -11,6 +11,13 @@
 //! written with `PutMode::Create`; writing it again (recovery, or a retry after an
 //! inconclusive write) finds it and succeeds if it holds the same record, so the write is
 //! idempotent and a record, once stored, never changes.
+//!
+//! "The same record" means the same canonical encoding ([`LogRecord::to_bytes`] of the
+//! stored record and of the one being written), never derived `==`: a float statistic
+//! holding NaN is not `==` to itself, and comparing with `==` would make a retried or
+//! recovered commit of a table holding NaN fail forever. The encoding keeps every float
+//! bit for bit (NaN payloads included, see `tern_meta`'s float encoding), so equal bytes
+//! mean the same record.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -84,10 +91,13 @@ impl LogRecord {
         layout::volume::txlog(&self.account, self.txn_id)
     }
 
-    /// Serialize (plaintext; the caller encrypts).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Plain data structs always serialize.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// Serialize (plaintext; the caller encrypts). The encoding is canonical: two records
+    /// are the same record exactly when their bytes are equal.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|source| Error::EncodeLogRecord {
+            txn_id: self.txn_id,
+            source,
+        })
     }
 
     /// Parse, checking the format tag and version. `path` names the file in errors.
@@ -108,11 +118,12 @@ pub(crate) async fn write(
     record: &LogRecord,
 ) -> Result<()> {
     let path = record.path();
+    let plain = record.to_bytes()?;
     let put = tern_crypto::put_encrypted(
         volume.as_ref(),
         &path,
         keys,
-        &record.to_bytes(),
+        &plain,
         &EncryptOptions::default(),
         PutOptions::from(PutMode::Create),
     )
@@ -121,7 +132,7 @@ pub(crate) async fn write(
         Ok(_) => Ok(()),
         Err(e) if already_exists(&e) => {
             let stored = read(volume, keys, &path).await?;
-            if stored == *record {
+            if stored.to_bytes()? == plain {
                 Ok(())
             } else {
                 Err(Error::LogRecordMismatch {
@@ -186,7 +197,7 @@ mod tests {
             Vec::new(),
         );
         let golden = r#"{"format":"tern-txlog","v":1,"txn_id":7,"origin":"d1","account":"acme","committed_at_ms":1700000000000,"changes":[]}"#;
-        assert_eq!(String::from_utf8(r.to_bytes()).unwrap(), golden);
+        assert_eq!(String::from_utf8(r.to_bytes().unwrap()).unwrap(), golden);
         assert_eq!(LogRecord::from_bytes(golden.as_bytes(), "x").unwrap(), r);
         assert_eq!(
             r.path().to_string(),

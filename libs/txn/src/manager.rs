@@ -95,6 +95,31 @@ pub struct RecoveryReport {
     pub finished: Vec<u64>,
     /// Files removed.
     pub files_removed: usize,
+    /// Transactions recovery could not complete this time, with the reason. Each stays
+    /// as it was (a Prepared one keeps its locks and is never rolled back) and is tried
+    /// again by the next recovery; the others were completed regardless.
+    pub failed: Vec<RecoveryFailure>,
+}
+
+impl RecoveryReport {
+    /// Whether every unfinished transaction found was completed.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// A transaction [`TxnManager::recover`] could not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryFailure {
+    /// Its handle.
+    pub handle: u64,
+    /// Its transaction id, if it had one (Prepared or later).
+    pub txn_id: Option<u64>,
+    /// The state it stays in.
+    pub state: TxnState,
+    /// Why, with its causes (the error itself is logged; a report is compared and cloned,
+    /// which the crate's error type is not).
+    pub reason: String,
 }
 
 /// The commit protocol of one deployment (DESIGN.md §7), as the [`Committer`] of its
@@ -208,6 +233,11 @@ impl TxnManager {
     /// Prepared → log record rewritten (idempotently) and rolled forward; Committing →
     /// finished. Run at start-up, before serving, and whenever a commit was in doubt.
     ///
+    /// A transaction that cannot be completed now (its log record cannot be stored, a
+    /// file cannot be removed) is listed in [`RecoveryReport::failed`] and left as it is;
+    /// the others are completed anyway. An error means recovery could not run at all (the
+    /// metadata store failed, or this instance crashed).
+    ///
     /// Only one live instance may use a metadata store while this runs on it (an instance
     /// cannot tell a transaction of another live instance from one of a dead one). Commits
     /// of this instance that are still running are left to finish by themselves, so it is
@@ -231,30 +261,23 @@ impl TxnManager {
         // hold the same lock), then everything else.
         pending.sort_by_key(|t| (t.txn_id.unwrap_or(u64::MAX), t.handle));
         let mut report = RecoveryReport::default();
+        // One transaction that cannot be completed (a log write that keeps failing, a file
+        // that cannot be removed) must not keep the others from being completed: each is
+        // reported and the next one is tried. Only a crash of this instance stops here.
         for t in pending {
-            match t.state {
-                TxnState::Active | TxnState::PreCommitting => {
-                    report.files_removed += t.files.len();
-                    inner.roll_back(t.handle).await?;
-                    report.rolled_back.push(t.handle);
+            let (handle, state, txn_id) = (t.handle, t.state, t.txn_id);
+            if let Err(e) = inner.recover_one(t, &mut report).await {
+                if e.is_crash() {
+                    return Err(e);
                 }
-                TxnState::Prepared => {
-                    let record = t.record.clone().ok_or_else(|| Error::BadLogRecord {
-                        path: format!("transaction {}", t.handle),
-                        reason: "prepared without a log record".into(),
-                    })?;
-                    inner.store_log(&record).await?;
-                    // A commit of this instance may have finished it meanwhile.
-                    if inner.finish(t.handle, &record)? {
-                        report.rolled_forward.push(record.txn_id);
-                    }
-                }
-                TxnState::Committing => {
-                    if inner.release(t.handle, TxnState::Committed)? {
-                        report.finished.push(t.txn_id.unwrap_or_default());
-                    }
-                }
-                TxnState::Committed | TxnState::Aborted => {}
+                let reason = error_chain(&e);
+                tracing::warn!(handle, ?txn_id, ?state, error = %reason, "could not recover a transaction; it stays as it is and is retried by the next recovery");
+                report.failed.push(RecoveryFailure {
+                    handle,
+                    txn_id,
+                    state,
+                    reason,
+                });
             }
         }
         if report != RecoveryReport::default() {
@@ -516,6 +539,36 @@ impl Inner {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Complete one unfinished transaction `t` (see [`TxnManager::recover`]), noting what
+    /// was done in `report`.
+    async fn recover_one(&self, t: TxnDpo, report: &mut RecoveryReport) -> Result<()> {
+        match t.state {
+            TxnState::Active | TxnState::PreCommitting => {
+                self.roll_back(t.handle).await?;
+                report.files_removed += t.files.len();
+                report.rolled_back.push(t.handle);
+            }
+            TxnState::Prepared => {
+                let record = t.record.ok_or_else(|| Error::BadLogRecord {
+                    path: format!("transaction {}", t.handle),
+                    reason: "prepared without a log record".into(),
+                })?;
+                self.store_log(&record).await?;
+                // A commit of this instance may have finished it meanwhile.
+                if self.finish(t.handle, &record)? {
+                    report.rolled_forward.push(record.txn_id);
+                }
+            }
+            TxnState::Committing => {
+                if self.release(t.handle, TxnState::Committed)? {
+                    report.finished.push(t.txn_id.unwrap_or_default());
+                }
+            }
+            TxnState::Committed | TxnState::Aborted => {}
+        }
+        Ok(())
+    }
+
     async fn commit(
         &self,
         id: &Begun,
@@ -543,12 +596,10 @@ impl Inner {
         let (handle, account) = (id.handle, &id.account);
         let started = Instant::now();
         if let Some(other) = changes.iter().find(|c| c.account() != account) {
-            let e = Error::Table(tern_table::Error::InvalidSchema {
-                reason: format!(
-                    "a transaction of account {account} cannot change account {}",
-                    other.account()
-                ),
-            });
+            let e = Error::CrossAccount {
+                account: account.clone(),
+                other: other.account().clone(),
+            };
             return self.fail(handle, e).await;
         }
         let mut names: Vec<String> = changes.iter().flat_map(Change::lock_names).collect();
@@ -813,9 +864,10 @@ impl Inner {
             return Ok(());
         }
         if !matches!(t.state, TxnState::Active | TxnState::PreCommitting) {
-            return Err(Error::Table(tern_table::Error::InvalidSchema {
-                reason: format!("transaction {handle} is {:?} and cannot roll back", t.state),
-            }));
+            return Err(Error::CannotRollBack {
+                handle,
+                state: t.state,
+            });
         }
         let files: Vec<Path> = t.files.iter().map(|p| Path::from(p.as_str())).collect();
         remove_files(self.volume.as_ref(), &files).await;
@@ -890,6 +942,18 @@ impl Inner {
     fn lock_log_keys(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Arc<TableFileKeys>>> {
         self.log_keys.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `e` and its causes, `: `-separated.
+fn error_chain(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// [`TxnManager::stable_log_id`] inside a metadata transaction, so that a snapshot of the

@@ -22,7 +22,7 @@
 //! | `POST …/tables/{t}/columns` | add a nullable column |
 //! | `POST …/tables/{t}/rows` | insert: JSON rows, or a CSV/NDJSON/Parquet file (`?format=` or Content-Type) |
 //! | `POST …/tables/{t}/delete` `…/update` `…/merge` | DML with the JSON predicate form |
-//! | `POST …/tables/{t}/scan` | `{columns, where, version, limit}` → rows |
+//! | `POST …/tables/{t}/scan` | `{columns, where, version, limit}` → rows (a non-finite float64 is `"NaN"`, `"Infinity"` or `"-Infinity"`, never `null`) |
 //! | `GET …/tables/{t}/versions` | show versions |
 //! | `POST /v1/accounts/{a}/global` | `alter account … set global` `{group?}` → `{group}` (operator) |
 //! | `GET /v1/accounts/{a}/global/accounts` | `show global accounts` |

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Float64Array, RecordBatch};
 use arrow::datatypes::{Field, Schema};
 use serde_json::Value;
 use tern_table::schema::{arrow_type, scalar_at};
@@ -50,6 +50,11 @@ pub fn rows_to_batches(rows: &[Value], columns: &[ColumnDef]) -> Result<Vec<Reco
 }
 
 /// Encodes batches as a JSON array of row objects (nulls written as `null`).
+///
+/// JSON numbers cannot be NaN or infinite, and Arrow's JSON writer would write such a
+/// `float64` value as `null`, indistinguishable from NULL. So a non-finite `float64` is
+/// written as a string: `"NaN"` (any NaN), `"Infinity"` or `"-Infinity"`; a finite value
+/// is a number and a NULL is `null`. (CSV and Arrow answers keep the values as they are.)
 pub fn batches_to_json(batches: &[RecordBatch]) -> Result<Value> {
     let mut buf = Vec::new();
     {
@@ -66,7 +71,48 @@ pub fn batches_to_json(batches: &[RecordBatch]) -> Result<Value> {
     if buf.is_empty() {
         return Ok(Value::Array(Vec::new()));
     }
-    serde_json::from_slice(&buf).map_err(|e| Error::internal("encode rows")(e.to_string()))
+    let mut rows: Value =
+        serde_json::from_slice(&buf).map_err(|e| Error::internal("encode rows")(e.to_string()))?;
+    if let Value::Array(items) = &mut rows {
+        non_finite_as_strings(batches, items);
+    }
+    Ok(rows)
+}
+
+/// The JSON text of a non-finite float (see [`batches_to_json`]).
+fn non_finite_name(x: f64) -> &'static str {
+    if x.is_nan() {
+        "NaN"
+    } else if x > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    }
+}
+
+/// Put the non-finite `float64` values of `batches` back into `rows` (one object per
+/// row, in order) as strings, where Arrow's writer left `null`.
+fn non_finite_as_strings(batches: &[RecordBatch], rows: &mut [Value]) {
+    let mut first = 0;
+    for b in batches {
+        let schema = b.schema();
+        for (field, column) in schema.fields().iter().zip(b.columns()) {
+            let Some(floats) = column.as_any().downcast_ref::<Float64Array>() else {
+                continue;
+            };
+            for (i, x) in floats.iter().enumerate() {
+                if let Some(x) = x.filter(|x| !x.is_finite())
+                    && let Some(Value::Object(row)) = rows.get_mut(first + i)
+                {
+                    row.insert(
+                        field.name().clone(),
+                        Value::String(non_finite_name(x).into()),
+                    );
+                }
+            }
+        }
+        first += b.num_rows();
+    }
 }
 
 fn short(v: &Value) -> String {
@@ -281,6 +327,81 @@ mod tests {
             .expect_err("wrong type")
             .to_string();
         assert!(err.contains("id"), "{err}");
+    }
+
+    /// NaN and the infinities come back as documented strings, never as `null` (which
+    /// is NULL), and those strings are read back as the same values on insert.
+    #[test]
+    fn non_finite_floats_are_not_null_in_json() {
+        let cols = vec![
+            ColumnDef {
+                name: "id".into(),
+                ty: ColumnType::Int64,
+                nullable: false,
+            },
+            ColumnDef {
+                name: "x".into(),
+                ty: ColumnType::Float64,
+                nullable: true,
+            },
+        ];
+        let schema = tern_table::schema::arrow_schema(&cols);
+        let batch = |ids: Vec<i64>, xs: Vec<Option<f64>>| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(arrow::array::Int64Array::from(ids)),
+                    Arc::new(Float64Array::from(xs)),
+                ],
+            )
+            .expect("batch")
+        };
+        // Two batches, so the row positions of the second are offset.
+        let batches = vec![
+            batch(vec![1, 2], vec![Some(1.5), Some(f64::NAN)]),
+            batch(
+                vec![3, 4, 5],
+                vec![None, Some(f64::INFINITY), Some(f64::NEG_INFINITY)],
+            ),
+        ];
+        let json = batches_to_json(&batches).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"id": 1, "x": 1.5},
+                {"id": 2, "x": "NaN"},
+                {"id": 3, "x": null},
+                {"id": 4, "x": "Infinity"},
+                {"id": 5, "x": "-Infinity"},
+            ])
+        );
+        let Value::Array(rows) = json else {
+            panic!("not an array")
+        };
+        let back = rows_to_batches(&rows, &cols).expect("the strings are accepted on insert");
+        let xs: Vec<Option<u64>> = back
+            .iter()
+            .flat_map(|b| {
+                b.column(1)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .expect("float64")
+                    .iter()
+                    .map(|x| x.map(f64::to_bits))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let want: Vec<Option<u64>> = [
+            Some(1.5),
+            Some(f64::NAN),
+            None,
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+        ]
+        .iter()
+        .map(|x| x.map(f64::to_bits))
+        .collect();
+        assert_eq!(xs, want);
     }
 
     #[test]

@@ -388,6 +388,19 @@ fn schema_changes_follow_versions(store: MetaStore) {
             .columns,
         columns()
     );
+
+    // A later commit computed from the older columns cannot undo the added column.
+    let narrow = version_row(&t, 3);
+    let err = store
+        .write(|tx| tx.commit_table_version(&t, 2, narrow.clone(), &[], &[]))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ColumnsConflict { current: 2, version: 3, missing, .. } if missing == &["note".to_string()]),
+        "{err}"
+    );
+    let table = store.read(|tx| tx.get_table(&t)).unwrap().unwrap();
+    assert_eq!((table.current_version, &table.columns), (2, &wider));
+
     store.write(|tx| tx.rollback_table_to(&t, 1)).unwrap();
     assert_eq!(
         store.read(|tx| tx.get_table(&t)).unwrap().unwrap().columns,

@@ -12,7 +12,7 @@ use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{ObjectStore, StoreConfig, emulator, open_store};
 use tern_table::schema::arrow_schema;
-use tern_table::{ColumnDef, ColumnType, LocalCommitter, TableOptions, Tables};
+use tern_table::{ColumnDef, ColumnType, Committer, LocalCommitter, TableOptions, Tables};
 
 pub struct Fixture {
     pub tables: Tables,
@@ -122,6 +122,17 @@ impl Fixture {
         dir: tempfile::TempDir,
         fresh: bool,
     ) -> Self {
+        Self::open_with(volume, options, dir, fresh, |c| Arc::new(c))
+    }
+
+    /// [`Fixture::open`], committing through what `wrap` makes of the local committer.
+    pub fn open_with(
+        volume: Arc<dyn ObjectStore>,
+        options: TableOptions,
+        dir: tempfile::TempDir,
+        fresh: bool,
+        wrap: impl FnOnce(LocalCommitter) -> Arc<dyn Committer>,
+    ) -> Self {
         let meta = MetaStore::open_sqlite(dir.path().join("meta.db"), SqliteOptions::default())
             .expect("meta");
         let keys =
@@ -151,7 +162,7 @@ impl Fixture {
             Arc::new(keys),
             clock.shared(),
             options,
-            Arc::new(committer),
+            wrap(committer),
         );
         Self {
             tables,

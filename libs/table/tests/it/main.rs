@@ -2,7 +2,9 @@
 //! and on LocalStack.
 
 mod coverage;
+mod errors;
 mod fixture;
 mod model;
 mod pruning;
 mod scenarios;
+mod schema_race;

@@ -517,6 +517,37 @@ async fn volume_holds_no_plaintext() {
     }
 }
 
+/// A micro-partition's `bytes` is what its documentation says: the length of its Parquet
+/// content (compressed, before encryption), not the size of the stored object.
+#[tokio::test]
+async fn micro_partition_bytes_is_its_parquet_length() {
+    let dir = tempfile::tempdir().expect("dir");
+    let volume = fixture::folder_volume(dir.path());
+    let f = Fixture::new(Arc::clone(&volume), TableOptions::default());
+    let t = f.create("sizes").await;
+    f.tables
+        .insert(&t, &[rows(&(0..500).collect::<Vec<_>>())])
+        .await
+        .expect("insert");
+    let keys = f.tables.file_keys(&t).await.expect("keys");
+    let files = f
+        .tables
+        .meta()
+        .read(|tx| tx.list_micro_partitions(&t))
+        .expect("micro-partitions");
+    assert!(!files.is_empty());
+    for m in files {
+        let path = Path::from(m.path.as_str());
+        let parquet = tern_crypto::get_decrypted(&volume, &path, keys.as_ref())
+            .await
+            .expect("decrypt");
+        assert!(parquet.starts_with(b"PAR1"), "{path} is Parquet inside");
+        let stored = volume.meta(&path).await.expect("head").size;
+        assert_eq!(m.bytes, parquet.len() as u64, "{path}");
+        assert!(stored > m.bytes, "{path}: the stored object holds more");
+    }
+}
+
 /// A storage failure in the middle of a multi-file insert leaves no file behind and
 /// commits nothing (files are stored while later ones are still being encoded).
 #[tokio::test]
@@ -560,4 +591,34 @@ async fn failed_insert_leaves_no_files() {
         .await
         .expect("scan");
     assert_eq!(ids(&s.batches), vec![1, 2, 3]);
+}
+
+/// A micro-partition's key reference names the key its header names: the table master
+/// key's id, with the derivation (HKDF over the object path).
+#[tokio::test]
+async fn micro_partition_key_ref_names_the_key_in_its_header() {
+    let dir = tempfile::tempdir().expect("dir");
+    let volume = fixture::folder_volume(dir.path());
+    let f = Fixture::new(Arc::clone(&volume), TableOptions::default());
+    let t = f.create("keys").await;
+    f.tables.insert(&t, &[rows(&[1, 2])]).await.expect("insert");
+    let keys = f.tables.file_keys(&t).await.expect("keys");
+    let files = f
+        .tables
+        .meta()
+        .read(|tx| tx.list_micro_partitions(&t))
+        .expect("micro-partitions");
+    assert!(!files.is_empty());
+    for m in files {
+        let path = Path::from(m.path.as_str());
+        let object = tern_crypto::EncryptedObject::open(Arc::clone(&volume), &path, keys.as_ref())
+            .await
+            .expect("open");
+        let master_id = match object.header().key_ref() {
+            tern_crypto::KeyRef::Derived { master_id, .. } => *master_id,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(m.key_ref, format!("tmk-hkdf-path:{master_id}"), "{path}");
+        assert_eq!(m.key_ref, tern_table::mp::key_ref(&keys));
+    }
 }

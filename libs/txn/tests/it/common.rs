@@ -14,7 +14,7 @@ use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{
     FaultPlan, FaultStore, ObjectStore, Path, StoreConfig, StoreExt, emulator, open_store,
 };
-use tern_table::commit::ChangeRecord;
+use tern_table::commit::{ChangeRecord, DictionaryOp};
 use tern_table::schema::arrow_schema;
 use tern_table::{ColumnDef, ColumnType, ScanRequest, TableOptions, Tables};
 use tern_txn::{CrashPoints, TxnManager, TxnOptions, TxnState};
@@ -298,6 +298,60 @@ pub async fn check_invariants(dep: &Deployment, manager: &TxnManager, tables: &[
             continue;
         }
         assert!(referenced.contains(&path), "orphan file {path}");
+    }
+}
+
+/// Guarantee 1 of DESIGN.md §7 checked on the stored state as it is *now* — meant for the
+/// moment right after a crash, before any recovery: every table of `dep`'s database that
+/// is visible (created) has the stored log record of its creation, and every visible
+/// version of it has the stored log record of the transaction its version row names,
+/// holding that version. `reader` only reads the log (it must not have recovered).
+pub async fn check_visible_have_records(dep: &Deployment, reader: &TxnManager, ctx: &str) {
+    let mut records = Vec::new();
+    for id in reader.log_ids(&dep.account, 0).await.expect("log ids") {
+        records.push(
+            reader
+                .read_log(&dep.account, id)
+                .await
+                .unwrap_or_else(|e| panic!("{ctx}: listed log record {id}: {e}")),
+        );
+    }
+    let visible = dep.meta.read(|tx| tx.list_tables(&dep.db)).expect("tables");
+    for table in visible {
+        let created = records.iter().any(|r| {
+            r.changes.iter().any(|c| {
+                matches!(c, ChangeRecord::Dictionary { op: DictionaryOp::CreateTable(d), .. } if d.id == table.id)
+            })
+        });
+        assert!(
+            created,
+            "{ctx}: table {} is visible without the stored log record of its creation",
+            table.id
+        );
+        let versions = dep
+            .meta
+            .read(|tx| tx.table_versions(&table.id))
+            .expect("versions");
+        for v in versions.iter().filter(|v| v.version > 0) {
+            let id = v.txn_id.unwrap_or_else(|| {
+                panic!("{ctx}: {}@{} has no transaction id", table.id, v.version)
+            });
+            let stored = records.iter().find(|r| r.txn_id == id).unwrap_or_else(|| {
+                panic!(
+                    "{ctx}: {}@{} is visible without its stored log record {id}",
+                    table.id, v.version
+                )
+            });
+            assert!(
+                stored
+                    .changes
+                    .iter()
+                    .any(|c| c.table_version() == Some((&table.id, v.version))),
+                "{ctx}: log record {id} does not hold {}@{}",
+                table.id,
+                v.version
+            );
+        }
     }
 }
 

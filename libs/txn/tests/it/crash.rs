@@ -1,12 +1,16 @@
 //! A transaction killed at every crash point, then recovery by a new instance: before
 //! Prepared it is rolled back (its files gone), from Prepared on it is rolled forward, and
-//! the invariants hold either way. Run for each kind of statement, on the folder store and
-//! on LocalStack.
+//! the invariants hold either way — at the crash point itself, before recovery, no version
+//! is visible without its stored log record. Run for each kind of statement, on the folder
+//! store and on LocalStack. And the order guarantee a crash must not break: a transaction
+//! that read another's version stores its record after that other's.
 
 use tern_table::{ColumnDef, ColumnType, Predicate, Tables};
 use tern_txn::{CrashPoints, crash::POINTS};
 
-use crate::common::{Deployment, check_invariants, ids, quick_options, rows};
+use crate::common::{
+    Deployment, check_invariants, check_visible_have_records, ids, quick_options, rows,
+};
 
 #[derive(Debug, Clone, Copy)]
 enum Statement {
@@ -86,8 +90,12 @@ async fn crash_at(dep: Deployment, statement: Statement, point: &'static str) {
     );
     drop((m1, tables1));
 
-    // The next process recovers.
+    // At the crash point, before anyone recovers: nothing is visible without its stored
+    // log record.
     let m2 = dep.manager(CrashPoints::new(), quick_options());
+    check_visible_have_records(&dep, &m2, &ctx).await;
+
+    // The next process recovers.
     let report = m2.recover().await.expect("recover");
     let tables2 = dep.tables(&m2);
     let committed = survives(point);
@@ -181,4 +189,77 @@ async fn crash_at_every_point_then_recover_on_folders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_every_point_then_recover_on_localstack() {
     every_point(async |name| Deployment::localstack(name).await).await;
+}
+
+/// Guarantee 2 of DESIGN.md §7: a transaction that read a version made by another stores
+/// its log record after that other's. T1 inserts into table A with its log write held up;
+/// a reader polls A all along and, the moment it sees T1's version, writes what it read
+/// into table B (T2). Whatever the timing, A@v cannot be seen before T1's record is stored,
+/// so T2's record is stored after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_transaction_stores_its_record_after_the_one_it_read() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tern_storage::layout;
+    use tern_storage::{Fault, FaultRule, Operation};
+    use tern_table::ScanRequest;
+
+    let dep = Deployment::folder();
+    let (m, tables) = dep.start(quick_options()).await;
+    let tables = Arc::new(tables);
+    let a = dep.create_table(&tables, "a").await;
+    let b = tables
+        .create_table(&dep.db, "public", "b", crate::common::columns())
+        .await
+        .expect("table b");
+    let log_prefix = layout::volume::txlog_prefix(&dep.account);
+    dep.plan.arm(
+        FaultRule::on(Operation::Put)
+            .under(log_prefix.clone())
+            .fault(Fault::Delay(Duration::from_millis(300))),
+    );
+    let t1 = {
+        let (tables, a) = (Arc::clone(&tables), a.clone());
+        tokio::spawn(async move { tables.insert(&a, &[rows(&[1])]).await })
+    };
+    // Poll A from T1's start: the first scan that sees T1's row comes after its record
+    // was stored (here the record's write is held up, so many scans come before).
+    let seen = loop {
+        let scan = tables
+            .scan(&a, &ScanRequest::default())
+            .await
+            .expect("scan a");
+        if scan.rows() > 0 {
+            break scan;
+        }
+        tokio::task::yield_now().await;
+    };
+    // T2: write what was read into B.
+    let t2 = tables.insert(&b, &seen.batches).await.expect("T2");
+    let t1 = t1.await.expect("task").expect("T1");
+    assert_eq!(seen.version, t1.version, "T2 read T1's version");
+
+    let txn_of = |table: &tern_storage::layout::TableId, version: u64| {
+        dep.meta
+            .read(|tx| tx.get_table_version(table, version))
+            .expect("read")
+            .and_then(|v| v.txn_id)
+            .expect("version's transaction")
+    };
+    let (id1, id2) = (txn_of(&a, t1.version), txn_of(&b, t2.version));
+    let order = dep.plan.puts_under(&log_prefix);
+    let at = |id: u64| {
+        let path = layout::volume::txlog(&dep.account, id);
+        order
+            .iter()
+            .position(|p| *p == path)
+            .unwrap_or_else(|| panic!("record {id} was never stored"))
+    };
+    assert!(
+        at(id1) < at(id2),
+        "T2 (record {id2}) read T1's version but its record was stored first: {order:?}"
+    );
+    assert!(id1 < id2, "{id1} {id2}");
+    check_invariants(&dep, &m, &[a, b]).await;
 }

@@ -74,8 +74,17 @@ pub async fn scenario(dep: Deployment) {
                 .contains(&format!("transaction {handle}")),
         "{blocked}"
     );
-    // Recovery with storage still failing keeps it prepared.
-    assert!(m.recover().await.is_err());
+    // Recovery with storage still failing keeps it prepared, and says so.
+    let report = m.recover().await.expect("recover");
+    assert!(
+        report.rolled_forward.is_empty() && report.failed.len() == 1,
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.failed[0].handle, report.failed[0].state),
+        (handle, TxnState::Prepared),
+        "{report:?}"
+    );
     assert_eq!(wait_for_state(&m, TxnState::Prepared).await, handle);
     // Storage back: recovery rolls it forward.
     dep.plan.disarm(failing);

@@ -5,4 +5,5 @@ mod common;
 mod concurrency;
 mod crash;
 mod log_write;
+mod nan;
 mod reader;
