@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use tern_scenarios::ternd::Ternd;
+use serde_json::{Value, json};
+use tern_scenarios::binary;
+use tern_scenarios::ternd::{OPERATOR_TOKEN, Ternd};
 
 use crate::replication::{
     PRIMARY, Two, create_replica, ids, primary, replica_table, rows_json, scan_all, two_with,
@@ -66,12 +67,27 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
     wait_until("d2 hears d1", WAIT, || {
         (availability(&d2, "d1")? == "available").then_some(())
     });
+    // A connection names the group; any member resolves it to the current primary.
+    let r = d1.op(
+        "POST",
+        "/v1/accounts/a1/connections",
+        &json!({"name": "sales_conn", "group": group}).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["url"], d1.url().as_str(), "{}", r.body);
+    wait_until("d2 resolves the connection to d1", WAIT, || {
+        let v = d2
+            .op("GET", "/v1/accounts/a2/connections/sales_conn", "")
+            .json();
+        (v["primary"] == "d1" && v["url"] == d1.url().as_str()).then_some(())
+    });
     // While d1 is heard from, the failover is refused.
     let r = d2.op("POST", FAILOVER, r#"{"allow_data_loss":false}"#);
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.error().1.contains("available"), "{}", r.body);
 
     // The primary's region is lost.
+    let d1_url = d1.url();
     d1.kill9();
     wait_until("d2 judges d1 unavailable", WAIT, || {
         (availability(&d2, "d1")? == "unavailable").then_some(())
@@ -96,6 +112,29 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
         assert_eq!(r.status, 200, "{}", r.body);
         acked.extend(from..from + 10);
     }
+    // The connection follows the failover: the CLI, given both members (d1 is down),
+    // resolves it through d2 and reaches the new primary.
+    let out = std::process::Command::new(binary("tern"))
+        .args([
+            "--url",
+            &format!("{},{}", d1_url, d2.url()),
+            "--token",
+            OPERATOR_TOKEN,
+            "--connection",
+            "a2/sales_conn",
+            "--json",
+            "show",
+            "replication-status",
+        ])
+        .output()
+        .expect("run tern");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let via: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(via["groups"][0]["role"], "primary", "{via}");
     let status = d2.op("GET", "/v1/replication/status", "").json();
     let g = &status["groups"][0];
     assert_eq!(

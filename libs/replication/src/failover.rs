@@ -202,6 +202,10 @@ pub struct ReplicaAck {
     /// The send time of the newest primary heartbeat it heard (renews the lease).
     #[serde(default)]
     pub echo: Option<i64>,
+    /// When it joined the group or learned its epoch (it votes for no one before
+    /// `unavailable_after` since).
+    #[serde(default)]
+    pub since_ms: Option<i64>,
 }
 
 /// A database group as this member knows it (`repl/group/<group>`).
@@ -228,10 +232,6 @@ pub struct GroupDpo {
     /// The primary: the group's members when last counted (itself included).
     #[serde(default)]
     pub members: Vec<DeploymentId>,
-    /// The primary: holds its lease without confirmations until then (a claim won by
-    /// votes, or members just joined).
-    #[serde(default)]
-    pub lease_grace_until_ms: i64,
     /// When this member joined the group or learned its epoch (a primary never heard
     /// counts as heard then).
     #[serde(default)]
@@ -258,7 +258,6 @@ impl GroupDpo {
             acks: BTreeMap::new(),
             promised: epoch,
             members: Vec::new(),
-            lease_grace_until_ms: 0,
             since_ms: 0,
             promised_to: None,
             excluded: Vec::new(),
@@ -278,16 +277,25 @@ impl GroupDpo {
             return None;
         }
         let need = self.members.len() / 2; // others besides itself
+        // A member confirms the primary until a lease after the newest of: the primary's
+        // heartbeat it echoed, and the moment it joined or learned the epoch (it cannot
+        // vote for another before twice the lease has passed since either).
         let mut echoes: Vec<i64> = self
             .members
             .iter()
             .filter(|m| *m != me)
-            .filter_map(|m| self.acks.get(m).and_then(|a| a.echo))
+            .filter_map(|m| {
+                let a = self.acks.get(m)?;
+                a.echo.max(a.since_ms)
+            })
             .collect();
         echoes.sort_unstable_by(|a, b| b.cmp(a));
         let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         let confirmed = echoes.get(need.saturating_sub(1)).map(|e| e + lease);
-        Some(confirmed.unwrap_or(0).max(self.lease_grace_until_ms))
+        // No grace: a claim just won, or members that just joined, give no lease until a
+        // majority echoes (a grace let a second candidate win while the first still wrote,
+        // found by the epoch model test).
+        Some(confirmed.unwrap_or(0))
     }
 
     /// The primary's exposure: transactions committed at `seq` that no replica has
@@ -604,6 +612,9 @@ pub struct FailoverReport {
     pub drain_timed_out: bool,
     /// From the command to writable (ms): the measured RTO.
     pub rto_ms: u64,
+    /// Whether the new primary holds its lease (a majority echoed it) when the command
+    /// returns; a group of three or more takes commits only then.
+    pub lease_held: bool,
     /// The policy's RTO, when it has one.
     pub max_unavailable_ms: Option<u64>,
     /// Whether `--allow-data-loss` was needed.
@@ -681,7 +692,7 @@ impl Replication {
         };
         let g = self.group_state(&db)?;
         let url = match &g.primary {
-            Some(p) if p == self.me() => self.config().public_url.clone(),
+            Some(p) if p == self.me() => self.public_url(),
             Some(p) => self
                 .meta()
                 .read(|tx| tx.get::<PeerDpo>(&fkeys::peer(p)))?
@@ -864,7 +875,7 @@ impl Replication {
                 }
                 mark_dirty(tx)
             })?;
-            self.request_refresh(&r.database, "upstream lost")?;
+            self.ask_refresh(&r.database, "upstream lost", false)?;
             tracing::warn!(database = %r.database, %lost, %primary, "upstream unavailable: following the primary");
         }
         Ok(())
@@ -951,6 +962,8 @@ impl Replication {
                             }
                             _ => None,
                         },
+                        since_ms: (d.role == DatabaseRole::Secondary && g.promised <= g.epoch)
+                            .then_some(g.since_ms),
                     });
                 }
             }
@@ -959,7 +972,7 @@ impl Replication {
         Ok(Heartbeat {
             v: PAYLOAD_VERSION,
             sent_at_ms: now,
-            url: self.config().public_url.clone(),
+            url: self.public_url(),
             groups,
         })
     }
@@ -984,6 +997,7 @@ impl Replication {
         if changed {
             self.notified();
         }
+        let mut first_beat = false;
         for beat in hb.groups {
             let Some(db) = self.local_database(&beat.group)? else {
                 continue;
@@ -1004,12 +1018,22 @@ impl Replication {
                     && beat.role == DatabaseRole::Primary
                     && g.primary.as_ref() == Some(from)
                 {
-                    g.primary_beat = Some(PrimaryBeat {
-                        sent_at_ms: hb.sent_at_ms,
-                        seq: beat.seq,
-                        commit_at_ms: beat.commit_at_ms,
-                        heard_at_ms: now,
-                    });
+                    if g.primary_beat.is_none() {
+                        // The first heartbeat of this primary: echo it at once (its lease).
+                        first_beat = true;
+                    }
+                    let newer = g
+                        .primary_beat
+                        .as_ref()
+                        .is_none_or(|b| hb.sent_at_ms >= b.sent_at_ms);
+                    if newer {
+                        g.primary_beat = Some(PrimaryBeat {
+                            sent_at_ms: hb.sent_at_ms,
+                            seq: beat.seq,
+                            commit_at_ms: beat.commit_at_ms,
+                            heard_at_ms: now,
+                        });
+                    }
                     if let Some(policy) = &beat.policy {
                         g.policy = policy.clone();
                     }
@@ -1018,18 +1042,31 @@ impl Replication {
                     && beat.role == DatabaseRole::Secondary
                     && beat.epoch == g.epoch
                 {
+                    // Heartbeats may be handled out of order: an older one never takes
+                    // back what a newer one confirmed.
+                    let old = g.acks.get(from).cloned();
+                    let seq = old.as_ref().map_or(beat.seq, |o| o.seq.max(beat.seq));
+                    let newer = old.as_ref().is_none_or(|o| beat.seq >= o.seq);
                     g.acks.insert(
                         from.clone(),
                         ReplicaAck {
-                            seq: beat.seq,
-                            commit_at_ms: beat.commit_at_ms,
+                            seq,
+                            commit_at_ms: if newer {
+                                beat.commit_at_ms
+                            } else {
+                                old.as_ref().and_then(|o| o.commit_at_ms)
+                            },
                             heard_at_ms: now,
-                            echo: beat.echo,
+                            echo: beat.echo.max(old.as_ref().and_then(|o| o.echo)),
+                            since_ms: beat.since_ms.max(old.as_ref().and_then(|o| o.since_ms)),
                         },
                     );
                 }
                 tx.put(&fkeys::group(&g.group), &g)
             })?;
+        }
+        if first_beat {
+            self.beat_soon();
         }
         Ok(())
     }
@@ -1141,9 +1178,11 @@ impl Replication {
         if was == DatabaseRole::Local {
             return Ok(());
         }
+        // The new primary needs our echo for its lease: answer at once.
+        self.beat_soon();
         let keep = was == DatabaseRole::Primary;
         self.rewind_to_fork(db, &claim, keep).await?;
-        self.request_refresh(&db.id, &format!("epoch {}", claim.epoch))?;
+        self.ask_refresh(&db.id, &format!("epoch {}", claim.epoch), false)?;
         self.notified();
         Ok(())
     }
@@ -1390,7 +1429,6 @@ impl Replication {
             }
             forced = true;
         }
-        let lease = i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX);
         // A forced promotion counts only the members it can hear: the operator accepted
         // that the others are gone, and a primary that needed their confirmations would
         // pause at once. They count again once they are heard from.
@@ -1461,9 +1499,6 @@ impl Replication {
             g.promised_to = Some(me.clone());
             g.members = members.clone();
             g.excluded = excluded.clone();
-            // The voters promised to follow it: it holds the lease for one term without
-            // confirmations.
-            g.lease_grace_until_ms = self.now() + lease;
             tx.put(&fkeys::group(&group), &g)?;
             mark_dirty(tx)?;
             let seq = tx.next_sequence("repl-availlog")?;
@@ -1487,6 +1522,9 @@ impl Replication {
         self.beat_soon();
         self.notified();
         Counters::add(&self.inner.counters.failovers, 1);
+        // In a group of three or more the first commit needs the lease: a majority's echo
+        // of the new primary's heartbeat. The RTO reported is to that point.
+        let lease_held = self.wait_for_lease(&db).await?;
         let rto_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let report = FailoverReport {
             group,
@@ -1500,6 +1538,7 @@ impl Replication {
             drained,
             drain_timed_out: timed_out,
             rto_ms,
+            lease_held,
             max_unavailable_ms: policy
                 .max_unavailable
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
@@ -1507,6 +1546,25 @@ impl Replication {
         };
         tracing::warn!(?report, "failover: this deployment holds the primary");
         Ok(report)
+    }
+
+    /// Waits (up to `vote_timeout`) until the primary `db` may take commits by its lease;
+    /// whether it may.
+    async fn wait_for_lease(&self, db: &DatabaseDpo) -> Result<bool> {
+        let me = self.me().clone();
+        let lease = self.lease();
+        let deadline = Instant::now() + self.config().vote_timeout;
+        loop {
+            let now = self.now();
+            let g = self.group_state(db)?;
+            if g.lease_until(&me, lease).is_none_or(|u| now < u) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn stop_promoting(&self, db: &DatabaseDpo) -> Result<()> {
@@ -1738,8 +1796,6 @@ impl Replication {
     /// give it one lease of grace to collect their confirmations.
     pub(crate) fn count_members(&self) -> Result<()> {
         let me = self.me().clone();
-        let now = self.now();
-        let lease = i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX);
         let primaries: Vec<DatabaseDpo> =
             self.meta().read(|tx| {
                 let mut out = Vec::new();
@@ -1751,6 +1807,7 @@ impl Replication {
                 Ok(out)
             })?;
         let down = self.down_peers()?;
+        let mut grew = false;
         for d in primaries {
             let group = claim_group(&d);
             let all = self.members_of(&group)?;
@@ -1766,12 +1823,15 @@ impl Replication {
                 if g.members == members && g.excluded.len() == before {
                     return Ok(());
                 }
-                if members.iter().any(|m| !g.members.contains(m)) {
-                    g.lease_grace_until_ms = g.lease_grace_until_ms.max(now + lease);
-                }
                 g.members = members.clone();
-                tx.put(&fkeys::group(&group), &g)
+                tx.put(&fkeys::group(&group), &g)?;
+                grew = true;
+                Ok(())
             })?;
+        }
+        if grew {
+            // New members echo as soon as they hear us: no waiting for the interval.
+            self.beat_soon();
         }
         Ok(())
     }
@@ -1799,14 +1859,21 @@ impl Replication {
                     let db = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
                     let mut g = group_of(tx, &db, &me)?;
                     let heard = match &g.primary {
-                        Some(p) => tx.get::<PeerDpo>(&fkeys::peer(p))?.and_then(|p| p.last_heard_ms),
+                        Some(p) => tx
+                            .get::<PeerDpo>(&fkeys::peer(p))?
+                            .and_then(|p| p.last_heard_ms),
                         None => None,
                     };
                     let silence = now - heard.unwrap_or(0).max(g.since_ms);
                     let applied = tx
                         .get::<ReplicaDpo>(&keys::replica(&db.id))?
                         .map_or(0, |r| r.applied_seq);
-                    if req.epoch == g.promised && g.promised_to.as_ref() == Some(from) {
+                    let decision =
+                        vote_decision(&g, db.role, silence, applied, req, from, unavailable_after);
+                    if let Err(reason) = decision {
+                        refuse(format!("{me} {reason}"))
+                    } else if req.epoch == g.promised {
+                        // Granted before (a re-delivered request): the same answer.
                         model::VoteReply {
                             v: PAYLOAD_VERSION,
                             group: req.group.clone(),
@@ -1814,24 +1881,6 @@ impl Replication {
                             granted: true,
                             reason: String::new(),
                         }
-                    } else if req.epoch <= g.epoch.max(g.promised) {
-                        refuse(format!(
-                            "epoch {} is not newer than epoch {} known or promised here",
-                            req.epoch,
-                            g.epoch.max(g.promised)
-                        ))
-                    } else if db.role == DatabaseRole::Primary {
-                        refuse(format!("{me} holds the primary (epoch {})", g.epoch))
-                    } else if silence < unavailable_after {
-                        refuse(format!(
-                            "{me} heard the primary {} {silence} ms ago",
-                            g.primary.as_ref().map_or("(unknown)", |p| p.as_str())
-                        ))
-                    } else if applied > req.seq {
-                        refuse(format!(
-                            "{me} applied the old primary's transaction {applied}, the candidate only {}",
-                            req.seq
-                        ))
                     } else {
                         g.promised = req.epoch;
                         g.promised_to = Some(from.clone());
@@ -1961,6 +2010,48 @@ impl Replication {
             }
         }
     }
+}
+
+/// Whether a member in state `g` (its database's `role`, silent from the primary for
+/// `silence_ms`, having applied the old primary's transaction `applied`) grants `from`'s
+/// request; the reason when not. A grant (or a repeat of one) is what makes a majority
+/// safe: the member has not heard the primary for `unavailable_after` (twice the lease),
+/// and promises to echo no older primary and grant nothing else at or below the epoch.
+pub fn vote_decision(
+    g: &GroupDpo,
+    role: DatabaseRole,
+    silence_ms: i64,
+    applied: u64,
+    req: &model::VoteRequest,
+    from: &DeploymentId,
+    unavailable_after_ms: i64,
+) -> std::result::Result<(), String> {
+    if req.epoch == g.promised && g.promised_to.as_ref() == Some(from) {
+        return Ok(());
+    }
+    if req.epoch <= g.epoch.max(g.promised) {
+        return Err(format!(
+            "knows or promised epoch {}, not older than the {} asked for",
+            g.epoch.max(g.promised),
+            req.epoch
+        ));
+    }
+    if role == DatabaseRole::Primary {
+        return Err(format!("holds the primary (epoch {})", g.epoch));
+    }
+    if silence_ms < unavailable_after_ms {
+        return Err(format!(
+            "heard the primary {} {silence_ms} ms ago",
+            g.primary.as_ref().map_or("(unknown)", |p| p.as_str())
+        ));
+    }
+    if applied > req.seq {
+        return Err(format!(
+            "applied the old primary's transaction {applied}, the candidate only {}",
+            req.seq
+        ));
+    }
+    Ok(())
 }
 
 /// POSTs `body` (JSON) to `url` (plain HTTP/1.1; `http://host:port/path`).
@@ -2099,8 +2190,7 @@ mod tests {
         assert_eq!(g.lease_until(me, lease), None);
         // Three: itself and one echo make a majority; the newest echo counts.
         g.members = ids[..3].to_vec();
-        g.lease_grace_until_ms = 500;
-        assert_eq!(g.lease_until(me, lease), Some(500), "grace only");
+        assert_eq!(g.lease_until(me, lease), Some(0), "no echo: no lease");
         g.acks.insert(ids[1].clone(), ack(1, 2_000));
         g.acks.insert(ids[2].clone(), ack(1, 7_000));
         assert_eq!(g.lease_until(me, lease), Some(8_000));
@@ -2120,6 +2210,7 @@ mod tests {
             commit_at_ms: Some(at),
             heard_at_ms: at,
             echo: Some(at),
+            since_ms: None,
         }
     }
 

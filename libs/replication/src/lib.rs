@@ -22,6 +22,7 @@
 //! | [`target`] | refresh requests, import, apply (replica side) |
 //! | [`handlers`] | the message handlers (apply agents) |
 //! | [`copy`] | copy workers: streamed re-encrypting copies on every core |
+//! | [`connection`] | connections: where clients of a database group write (its current primary) |
 //! | [`failover`] | availability, epochs and claims, the write fence, failover |
 //! | [`worker`] | the background workers |
 //! | [`peers`] | senders and buckets of peers |
@@ -45,6 +46,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod connection;
 pub mod copy;
 mod error;
 pub mod failover;

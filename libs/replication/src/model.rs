@@ -85,6 +85,8 @@ pub enum EntityKind {
     Account,
     /// A replica of a global database.
     Database,
+    /// A connection: names a database group whose current primary clients are sent to.
+    Connection,
 }
 
 /// `tern.repl.entities`: every global entity the sender holds (the receiver replaces what
@@ -293,6 +295,11 @@ pub struct GroupBeat {
     /// primary's lease is renewed by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<i64>,
+    /// A secondary (under the same condition as `echo`): when it joined the group or
+    /// learned its epoch. It cannot vote for another primary before `unavailable_after`
+    /// has passed since, so until half of that it counts toward the primary's lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
 }
 
 /// `tern.repl.vote`: a candidate asks a member of a group of three or more to accept its

@@ -234,6 +234,9 @@ pub(crate) struct Inner {
     >,
     /// Woken by each vote reply.
     pub(crate) vote_wake: Notify,
+    /// This deployment's API URL as clients reach it (configured, or the address the
+    /// daemon listens on).
+    pub(crate) public_url: std::sync::RwLock<Option<String>>,
     /// The message service (what a failover drains).
     pub(crate) messages: std::sync::OnceLock<tern_messaging::Context>,
 }
@@ -395,6 +398,7 @@ impl Replication {
                 });
             customer_keys.insert(k.account, opened);
         }
+        let public_url = parts.config.public_url.clone();
         Ok(Self {
             inner: Arc::new(Inner {
                 p: parts,
@@ -410,6 +414,7 @@ impl Replication {
                 import_gate: tokio::sync::Mutex::new(()),
                 beat_due: std::sync::atomic::AtomicBool::new(true),
                 last_beat_ms: std::sync::atomic::AtomicI64::new(0),
+                public_url: std::sync::RwLock::new(public_url),
                 votes: std::sync::Mutex::default(),
                 vote_wake: Notify::new(),
                 messages: std::sync::OnceLock::new(),
@@ -787,21 +792,24 @@ impl Replication {
             mark_dirty(tx)?;
             Ok(Ok(id))
         })??;
-        self.inner.control_wake.notify_one();
+        // Heartbeats at once: the primary counts us, and waits for our echo.
+        self.beat_soon();
         tracing::info!(%account, name, group, %upstream, database = %db, "replica created");
         Ok(db)
     }
 
     /// `alter database X refresh`: ask the upstream for a refresh now. Returns the request
-    /// id (an already pending request is kept).
+    /// id. A request not sent yet is kept; one already sent went out before this call, so
+    /// a new one goes (its answer reflects the upstream as of now), and the answer to the
+    /// old one is still imported when it comes.
     pub fn request_refresh(&self, database: &DatabaseId, reason: &str) -> Result<String> {
-        self.ask_refresh(database, reason, false)
+        self.ask_refresh(database, reason, true)
     }
 
     /// [`Replication::request_refresh`]; with `replace_sent`, a request already sent does
     /// not count (it went out before whatever changed): a new one goes, and the answer to
     /// the old one, when it comes, is imported without ending the new one.
-    fn ask_refresh(
+    pub(crate) fn ask_refresh(
         &self,
         database: &DatabaseId,
         reason: &str,
@@ -848,7 +856,7 @@ impl Replication {
             Ok(Ok(changed))
         })??;
         tracing::info!(%database, follow, changed, "replica log following set");
-        self.request_refresh(database, if follow { "follow" } else { "unfollow" })
+        self.ask_refresh(database, if follow { "follow" } else { "unfollow" }, false)
     }
 
     /// Make a global database local again: a primary stops replicating (its downstream
@@ -915,6 +923,22 @@ impl Replication {
                     epoch: 0,
                     upstream: None,
                 });
+                for (_, c) in tx.scan_prefix::<crate::connection::ConnectionDpo>(
+                    &crate::connection::keys::of_account(&a.name),
+                )? {
+                    out.push(GlobalEntity {
+                        kind: EntityKind::Connection,
+                        deployment: me.clone(),
+                        region: region.clone(),
+                        account: a.name.clone(),
+                        account_group: group_id.clone(),
+                        group: Some(c.group),
+                        name: Some(c.name),
+                        role: None,
+                        epoch: 0,
+                        upstream: None,
+                    });
+                }
                 for d in tx.list_databases(&a.name)? {
                     let Some(group) = d.replication_group.clone() else {
                         continue;
@@ -987,11 +1011,11 @@ impl Replication {
                 deployment: e.deployment,
                 replication_group: match kind {
                     EntityKind::Account => e.account_group,
-                    EntityKind::Database => e.group.unwrap_or_default(),
+                    EntityKind::Database | EntityKind::Connection => e.group.unwrap_or_default(),
                 },
                 name: match kind {
                     EntityKind::Account => e.account.to_string(),
-                    EntityKind::Database => e.name.unwrap_or_default(),
+                    EntityKind::Database | EntityKind::Connection => e.name.unwrap_or_default(),
                 },
                 account: e.account,
                 role: e.role,

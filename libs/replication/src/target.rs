@@ -210,7 +210,7 @@ impl Replication {
                 });
             let pending = match &r.refresh {
                 None if due => {
-                    self.request_refresh(&r.database, "schedule")?;
+                    self.ask_refresh(&r.database, "schedule", false)?;
                     continue;
                 }
                 None => continue,
@@ -230,7 +230,7 @@ impl Replication {
                             }
                             Ok(())
                         })?;
-                        self.request_refresh(&r.database, "retry")?;
+                        self.ask_refresh(&r.database, "retry", false)?;
                     }
                     continue;
                 }
@@ -313,7 +313,7 @@ impl Replication {
             Counters::add(&self.inner.counters.stale_epoch, 1);
             self.finish_refresh(&job, None)?;
             if let Some(r) = self.replica_of(&job.response.group)? {
-                self.request_refresh(&r.database, "stale epoch")?;
+                self.ask_refresh(&r.database, "stale epoch", false)?;
             }
             self.meta().write(|tx| tx.delete(&key))?;
             return Ok((1, None));
@@ -329,7 +329,7 @@ impl Replication {
                 tracing::warn!(error = %e, response = %job.response.response_id, "snapshot no longer applies; asking again");
                 self.finish_refresh(&job, None)?;
                 if let Some(r) = self.replica_of(&job.response.group)? {
-                    self.request_refresh(&r.database, "retry")?;
+                    self.ask_refresh(&r.database, "retry", false)?;
                 }
             }
             Err(e) => {
@@ -902,7 +902,7 @@ impl Replication {
     /// Asks for a refresh of the replica of `group` (a gap or drift was found).
     pub(crate) fn refresh_for(&self, group: &str, reason: &str) -> Result<()> {
         if let Some(r) = self.replica_of(group)? {
-            self.request_refresh(&r.database, reason)?;
+            self.ask_refresh(&r.database, reason, false)?;
         }
         Ok(())
     }

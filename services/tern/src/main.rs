@@ -37,6 +37,11 @@ struct Cli {
     /// Print the daemon's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Send the command to the current primary of a connection (`account/name`): it is
+    /// resolved through the first reachable daemon of `--url` (a comma-separated list of
+    /// members), so commands follow a failover.
+    #[arg(long, env = "TERN_CONNECTION", global = true)]
+    connection: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +63,9 @@ enum Command {
     /// Show tables, versions, deployments.
     #[command(subcommand)]
     Show(ShowCmd),
+    /// Connections: global names of a database group's current primary.
+    #[command(subcommand)]
+    Connection(ConnectionCmd),
     /// Insert JSON rows (an array of objects, from --rows or stdin).
     Insert {
         /// account.database[.schema].table
@@ -267,6 +275,20 @@ enum OnOff {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConnectionCmd {
+    /// `create connection`: clients resolving it are sent to the group's primary.
+    Create {
+        account: String,
+        name: String,
+        /// The database group (from `show global-databases`).
+        #[arg(long)]
+        group: String,
+    },
+    /// Where a connection leads now.
+    Resolve { account: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum SchemaCmd {
     /// Create a schema.
     Create {
@@ -312,6 +334,8 @@ enum ShowCmd {
     Availability,
     /// Transactions an old primary committed past a newer epoch's fork, kept (operator).
     Conflicts,
+    /// Every connection of the account's group and where it leads now.
+    Connections { account: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,12 +400,18 @@ fn main() -> ExitCode {
         } => runtime
             .block_on(demo::run(dir, deployments, rows, ternd, cli.json))
             .map_err(|e| e.to_string()),
-        command => {
-            let client = Client::new(&cli.url, cli.token.clone());
-            runtime
-                .block_on(run(&client, command, cli.json))
-                .map_err(|e| e.to_string())
-        }
+        command => runtime
+            .block_on(async {
+                let client = match &cli.connection {
+                    None => Client::new(
+                        cli.url.split(',').next().unwrap_or_default().trim(),
+                        cli.token.clone(),
+                    ),
+                    Some(conn) => through_connection(&cli.url, cli.token.clone(), conn).await?,
+                };
+                run(&client, command, cli.json).await
+            })
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -390,6 +420,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A client of the current primary of connection `account/name`, resolved through the
+/// first member of `urls` (comma-separated) that answers.
+async fn through_connection(
+    urls: &str,
+    token: Option<String>,
+    conn: &str,
+) -> Result<Client, ClientError> {
+    let (account, name) = conn.split_once('/').ok_or_else(|| {
+        ClientError::Input(format!(
+            "--connection {conn:?}: expected account/name (e.g. acme/sales_conn)"
+        ))
+    })?;
+    let mut tried = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let member = Client::new(url, token.clone());
+        match member
+            .get(&format!("/v1/accounts/{account}/connections/{name}"))
+            .await
+        {
+            Ok(v) => {
+                let Some(primary) = v["url"].as_str() else {
+                    return Err(ClientError::Input(format!(
+                        "connection {conn}: the primary ({}) has not published its URL yet",
+                        v["primary"]
+                    )));
+                };
+                return Ok(Client::new(primary, token));
+            }
+            // Unreachable: the next member may answer.
+            Err(e @ ClientError::Connect { .. }) => tried.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ClientError::Input(format!(
+        "connection {conn}: no member of --url answered ({})",
+        tried.join("; ")
+    )))
 }
 
 #[allow(clippy::print_stderr)] // the CLI's own error channel
@@ -679,6 +748,36 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     false,
                 );
             }
+        }
+        Command::Connection(ConnectionCmd::Create {
+            account,
+            name,
+            group,
+        }) => {
+            let v = c
+                .post(
+                    &format!("/v1/accounts/{account}/connections"),
+                    &json!({"name": name, "group": group}),
+                )
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Connection(ConnectionCmd::Resolve { account, name }) => {
+            let v = c
+                .get(&format!("/v1/accounts/{account}/connections/{name}"))
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Show(ShowCmd::Connections { account }) => {
+            let v = c
+                .get(&format!("/v1/accounts/{account}/connections"))
+                .await?;
+            print_list(
+                &v,
+                "connections",
+                &["name", "group", "primary", "epoch", "url", "made_on"],
+                json_out,
+            );
         }
         Command::Show(ShowCmd::Conflicts) => {
             let v = c.get("/v1/conflicts").await?;

@@ -288,6 +288,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/deployments/{id}/maintenance", post(maintenance))
         .route("/v1/availability", get(availability))
         .route("/v1/conflicts", get(conflicts))
+        .route(
+            &format!("{acct}/connections"),
+            get(list_connections).post(create_connection),
+        )
+        .route(
+            &format!("{acct}/connections/{{name}}"),
+            get(resolve_connection),
+        )
         .route(&format!("{acct}/replicas"), post(create_replica))
         .route(&format!("{acct}/replicas/{{db}}"), delete(drop_replica))
         .route("/v1/replication/status", get(replication_status))
@@ -1651,6 +1659,52 @@ async fn conflicts(State(d): St, headers: HeaderMap) -> ApiResult {
     let v = serde_json::to_value(d.replication.conflicts()?)
         .map_err(|e| Error::internal("encode conflicts")(e.to_string()))?;
     Ok(axum::Json(json!({ "conflicts": v })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConnection {
+    name: String,
+    group: String,
+}
+
+/// `create connection`: a global object naming a database group; resolving it on any
+/// member gives the group's current primary and its URL.
+async fn create_connection(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let id = account(&d, &headers, &acct)?;
+    let req: CreateConnection = parse_json(body, d.config.api.max_body_bytes)?;
+    let view = d
+        .replication
+        .create_connection(&id, req.name.trim(), req.group.trim())?;
+    let v = serde_json::to_value(&view)
+        .map_err(|e| Error::internal("encode connection")(e.to_string()))?;
+    Ok((StatusCode::CREATED, axum::Json(v)))
+}
+
+/// `show connections`: every connection of the account's group, resolved here.
+async fn list_connections(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let v = serde_json::to_value(d.replication.connections(&id)?)
+        .map_err(|e| Error::internal("encode connections")(e.to_string()))?;
+    Ok(axum::Json(json!({ "connections": v })))
+}
+
+/// Where a connection leads now (what `tern --connection` asks any reachable member).
+async fn resolve_connection(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, name)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let view = d.replication.resolve_connection(&id, &name)?;
+    let v = serde_json::to_value(&view)
+        .map_err(|e| Error::internal("encode connection")(e.to_string()))?;
+    Ok(axum::Json(v))
 }
 
 /// `show replication status` (operator).

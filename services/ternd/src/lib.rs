@@ -44,6 +44,10 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::internal("listen")(e.to_string()))?;
     tracing::info!(deployment = %daemon.id, %addr, "serving");
+    // Clients redirected here (connections, 409s) use this unless a URL was configured.
+    daemon
+        .replication
+        .default_public_url(format!("http://{addr}"));
     let app = api::router(Arc::clone(&daemon));
     let d = Arc::clone(&daemon);
     let grace = daemon.config.workers.shutdown_grace;

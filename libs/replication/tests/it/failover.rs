@@ -447,7 +447,13 @@ async fn a_primary_pauses_commits_no_replica_confirmed_within_the_rpo() {
     // The replica catches up (a refresh) and confirms: commits resume.
     d2.repl.request_refresh(&r2, "operator").unwrap();
     eventually(WAIT, "commits to resume", || async {
-        d1.tables.insert(&t, &[batch(40..50, "b")]).await.is_ok()
+        match d1.tables.insert(&t, &[batch(40..50, "b")]).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(error = %e, "still paused");
+                false
+            }
+        }
     })
     .await;
     d1.stop().await;
@@ -614,5 +620,139 @@ async fn without_a_majority_a_failover_is_refused_and_names_who_did_not_answer()
     assert!(report.forced && report.epoch >= 2, "{report:?}");
     let rid = replica_table_id(&d1.id, &t);
     assert!(write(&d2, &rid, 10..20, "b").await);
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_head_of_a_chain_is_lost_the_next_link_follows_the_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut d1, mut d2, mut d3) = open3(root).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    let a2 = d2.create_account("a2").unwrap();
+    d2.repl
+        .set_account_global(&a2, Some(&account_group))
+        .unwrap();
+    knows(&d2, &group, "d1").await;
+    d2.repl.create_replica(&a2, "sales", &group, None).unwrap();
+    let a3 = d3.create_account("a3").unwrap();
+    d3.repl
+        .set_account_global(&a3, Some(&account_group))
+        .unwrap();
+    knows(&d3, &group, "d2").await;
+    // d3 follows d2: a chain d1 → d2 → d3.
+    d3.repl
+        .create_replica(
+            &a3,
+            "sales",
+            &group,
+            Some(&DeploymentId::new("d2").unwrap()),
+        )
+        .unwrap();
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    assert_eq!(replica(&d3, "a3", "sales").unwrap().upstream.as_str(), "d2");
+
+    // The head of the chain is lost: d3 takes its place behind the primary.
+    d2.kill().await;
+    until_state(&d3, "d2", Availability::Unavailable).await;
+    eventually(WAIT, "d3 to follow d1", || async {
+        replica(&d3, "a3", "sales").is_some_and(|r| r.upstream.as_str() == "d1")
+    })
+    .await;
+    assert!(write(&d1, &t, 10..20, "b").await);
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d3, std::slice::from_ref(&t)).await;
+    // The primary still holds its lease with d3's confirmations (two of three).
+    assert!(write(&d1, &t, 20..30, "c").await);
+    d1.stop().await;
+    d3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut d1 = open_with(root, "d1", None, fast()).await;
+    let keys = root.join("d1").join("keys");
+    // d2's own bucket answers reads of its inbound stage slowly while the plan says so.
+    let plan = tern_storage::FaultPlan::new();
+    let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(tern_storage::FaultStore::new(
+            tern_replication::local::folder(&root.join("d2").join("repl")).unwrap(),
+            plan.clone(),
+        ));
+    let volume = tern_replication::local::folder(&root.join("d2").join("volume")).unwrap();
+    let mut d2 = tern_replication::local::LocalDeployment::open_on(
+        root,
+        "d2",
+        Some(&keys),
+        tern_replication::local::LocalOptions {
+            replication: fast(),
+            messaging: messaging_config(),
+            txn: tern_txn::TxnOptions::default(),
+        },
+        volume,
+        bucket,
+    )
+    .await
+    .unwrap();
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let tables: Vec<TableId> = {
+        let mut v = Vec::new();
+        for name in ["t1", "t2", "t3"] {
+            let t = d1
+                .tables
+                .create_table(&db, "public", name, columns())
+                .await
+                .unwrap();
+            for i in 0..3 {
+                assert!(write(&d1, &t, i * 10..i * 10 + 10, name).await);
+            }
+            v.push(t);
+        }
+        v
+    };
+    let slow = plan.arm(
+        tern_storage::FaultRule::on(tern_storage::Operation::Get)
+            .under("from/d1/inbound")
+            .always()
+            .fault(tern_storage::Fault::Delay(Duration::from_millis(400))),
+    );
+    replicate(&d1, &a1, &d2, &account_group).await;
+    eventually(WAIT, "the import to be copying", || async {
+        plan.fired(slow) > 0
+    })
+    .await;
+    // The primary is lost while the replica is half way through importing its snapshot.
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let report = d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    // The import finished first: every table complete, none half there.
+    for t in &tables {
+        let rid = replica_table_id(&d1.id, t);
+        assert_eq!(
+            rows(&d2, &rid, None).await,
+            rows(&d1, t, None).await,
+            "{report:?}"
+        );
+    }
+    plan.disarm(slow);
     d2.stop().await;
 }

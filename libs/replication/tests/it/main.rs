@@ -2,6 +2,7 @@
 //! the daemon (message sender/receiver/processor/cleaner, the four replication workers).
 
 mod common;
+mod epochs;
 mod failover;
 mod replicate;
 mod s3;
