@@ -1766,6 +1766,87 @@ impl Replication {
 }
 
 impl Replication {
+    /// Control worker: automatic failover. A secondary of a group whose policy asks for it,
+    /// of three or more members, whose primary is unavailable (not in planned
+    /// maintenance), stands after `rank × 2 × heartbeat_interval` of the primary's
+    /// unavailability (rank: its place among the group's members by id), on its own task
+    /// (its votes travel through this worker's outbox). A refused attempt (no majority, loss
+    /// beyond the RPO) is logged and tried again after `vote_timeout`. How many started.
+    pub(crate) fn auto_failover(&self) -> Result<usize> {
+        let now = self.now();
+        let me = self.me().clone();
+        let replicas = self
+            .meta()
+            .read(|tx| tx.scan_prefix::<ReplicaDpo>(&keys::replicas()))?;
+        let mut started = 0;
+        for (_, r) in replicas.into_iter().filter(|(_, r)| !r.promoting) {
+            let Some(db) = self.meta().read(|tx| tx.get_database(&r.database))? else {
+                continue;
+            };
+            let g = self.group_state(&db)?;
+            let Some(primary) = g.primary.clone().filter(|p| *p != me) else {
+                continue;
+            };
+            if !g.policy.auto_failover {
+                continue;
+            }
+            let members = self.members_of(&r.group)?;
+            if members.len() < 3 {
+                continue;
+            }
+            let Some(p) = self
+                .meta()
+                .read(|tx| tx.get::<PeerDpo>(&fkeys::peer(&primary)))?
+            else {
+                continue;
+            };
+            if p.state != Availability::Unavailable {
+                continue;
+            }
+            let rank = members
+                .iter()
+                .filter(|m| **m != primary)
+                .position(|m| *m == me)
+                .unwrap_or(0) as i64;
+            let every = i64::try_from(self.config().heartbeat_interval.as_millis()).unwrap_or(0);
+            if now - p.since_ms < rank * 2 * every {
+                continue;
+            }
+            {
+                let mut attempts = self
+                    .inner
+                    .auto_attempts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if attempts
+                    .get(&r.group)
+                    .is_some_and(|at| at.elapsed() < self.config().vote_timeout)
+                {
+                    continue;
+                }
+                attempts.insert(r.group.clone(), Instant::now());
+            }
+            let repl = self.clone();
+            let (account, name, group) = (db.account.clone(), db.name.clone(), r.group.clone());
+            tracing::warn!(%group, %primary, "primary unavailable: automatic failover");
+            tokio::spawn(async move {
+                match repl
+                    .failover(&account, &name, FailoverOptions::default())
+                    .await
+                {
+                    Ok(report) => {
+                        tracing::warn!(?report, "automatic failover done");
+                    }
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "automatic failover refused; will try again");
+                    }
+                }
+            });
+            started += 1;
+        }
+        Ok(started)
+    }
+
     /// The deployments holding a replica of `group` (this one included), from the entities
     /// they announce.
     fn members_of(&self, group: &str) -> Result<Vec<DeploymentId>> {
@@ -2224,6 +2305,7 @@ mod tests {
             max_data_loss_txns: Some(10),
             max_unavailable: None,
             block_commits_beyond_rpo: true,
+            auto_failover: false,
         };
         // No replica yet: nothing to protect against.
         assert_eq!(g.beyond_rpo(100, 0), None);

@@ -252,6 +252,10 @@ pub struct FailoverPolicy {
     /// The primary pauses commits while no replica has confirmed its changes within the
     /// RPO (so a failover never has to lose more than the RPO).
     pub block_commits_beyond_rpo: bool,
+    /// A group of three or more fails over by itself when its primary is unavailable: the
+    /// secondaries stand in turn (by deployment id) and a majority decides; the RPO still
+    /// applies (a failover beyond it waits for an operator).
+    pub auto_failover: bool,
 }
 
 /// An epoch claim: from `epoch` on, `primary` holds the group's primary, starting from the

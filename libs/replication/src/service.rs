@@ -234,6 +234,9 @@ pub(crate) struct Inner {
     >,
     /// Woken by each vote reply.
     pub(crate) vote_wake: Notify,
+    /// When an automatic failover of each group was last tried here.
+    pub(crate) auto_attempts:
+        std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// This deployment's API URL as clients reach it (configured, or the address the
     /// daemon listens on).
     pub(crate) public_url: std::sync::RwLock<Option<String>>,
@@ -417,6 +420,7 @@ impl Replication {
                 public_url: std::sync::RwLock::new(public_url),
                 votes: std::sync::Mutex::default(),
                 vote_wake: Notify::new(),
+                auto_attempts: std::sync::Mutex::default(),
                 messages: std::sync::OnceLock::new(),
             }),
         })

@@ -264,6 +264,9 @@ enum DatabaseCmd {
         /// Pause commits while no replica confirmed them within the RPO.
         #[arg(long)]
         block_commits_beyond_rpo: bool,
+        /// Fail over by majority when the primary is unavailable (groups of three or more).
+        #[arg(long)]
+        auto_failover: bool,
     },
 }
 
@@ -691,14 +694,19 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             max_data_loss_txns,
             max_unavailable,
             block_commits_beyond_rpo,
+            auto_failover,
         }) => {
             let p = format!("/v1/accounts/{account}/databases/{database}/policy");
             let setting = max_data_loss.is_some()
                 || max_data_loss_txns.is_some()
                 || max_unavailable.is_some()
-                || block_commits_beyond_rpo;
+                || block_commits_beyond_rpo
+                || auto_failover;
             let v = if setting {
-                let mut policy = json!({"block_commits_beyond_rpo": block_commits_beyond_rpo});
+                let mut policy = json!({
+                    "block_commits_beyond_rpo": block_commits_beyond_rpo,
+                    "auto_failover": auto_failover,
+                });
                 if let Some(d) = max_data_loss {
                     policy["max_data_loss"] = json!(d);
                 }

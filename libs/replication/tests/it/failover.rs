@@ -756,3 +756,84 @@ async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
     plan.disarm(slow);
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_of_three_fails_over_by_itself_when_its_policy_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut d1, mut d2, mut d3) = open3(root).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
+        let a = n.create_account(acct).unwrap();
+        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
+        knows(n, &group, "d1").await;
+        n.repl.create_replica(&a, "sales", &group, None).unwrap();
+    }
+    d1.repl
+        .set_policy(
+            &a1,
+            "sales",
+            FailoverPolicy {
+                auto_failover: true,
+                max_data_loss_txns: Some(10),
+                ..FailoverPolicy::default()
+            },
+        )
+        .unwrap();
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    for n in [&d2, &d3] {
+        eventually(WAIT, "the policy to reach the replicas", || async {
+            n.repl.status().await.unwrap().groups[0]
+                .policy
+                .auto_failover
+        })
+        .await;
+    }
+    // The primary is lost; nobody is told to fail over.
+    d1.kill().await;
+    let rid = replica_table_id(&d1.id, &t);
+    eventually(WAIT, "a secondary to take over", || async {
+        role(&d2, "a2", "sales") == DatabaseRole::Primary
+            || role(&d3, "a3", "sales") == DatabaseRole::Primary
+    })
+    .await;
+    let (new, other, acct) = if role(&d2, "a2", "sales") == DatabaseRole::Primary {
+        (&d2, &d3, "a3")
+    } else {
+        (&d3, &d2, "a2")
+    };
+    eventually(WAIT, "the new primary to take writes", || async {
+        write(new, &rid, 10..20, "auto").await
+    })
+    .await;
+    eventually(
+        WAIT,
+        "the other replica to follow the new primary",
+        || async {
+            replica(other, acct, "sales").is_some_and(|r| r.upstream == new.id)
+                && rows(other, &rid, None).await == rows(new, &rid, None).await
+        },
+    )
+    .await;
+    assert_eq!(
+        role(other, acct, "sales"),
+        DatabaseRole::Secondary,
+        "one primary"
+    );
+    d2.stop().await;
+    d3.stop().await;
+}
