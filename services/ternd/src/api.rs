@@ -570,6 +570,61 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
         .map(|(q, v)| (format!("{{queue=\"{q}\"}}"), v as f64))
         .collect(),
     );
+    counter(
+        "tern_peer_available",
+        "Per peer deployment: 1 available, 0.5 suspect, 0 unavailable or in maintenance.",
+        "gauge",
+        rs.peers
+            .iter()
+            .map(|p| {
+                let v = match p.state {
+                    tern_replication::Availability::Available => 1.0,
+                    tern_replication::Availability::Suspect => 0.5,
+                    _ => 0.0,
+                };
+                (format!("{{peer=\"{}\"}}", label(p.peer.as_str())), v)
+            })
+            .collect(),
+    );
+    let group = |g: &tern_replication::GroupStatus| {
+        format!(
+            "{{database=\"{}\",group=\"{}\",role=\"{}\"}}",
+            label(&g.database),
+            label(&g.group),
+            match g.role {
+                tern_meta::DatabaseRole::Primary => "primary",
+                tern_meta::DatabaseRole::Secondary => "secondary",
+                tern_meta::DatabaseRole::Local => "local",
+            }
+        )
+    };
+    counter(
+        "tern_group_epoch",
+        "Per database group held here: the newest epoch known.",
+        "gauge",
+        rs.groups
+            .iter()
+            .map(|g| (group(g), g.group_epoch as f64))
+            .collect(),
+    );
+    counter(
+        "tern_group_rpo_exposure_seconds",
+        "Per database group: a secondary's age of the newest primary commit not applied here (grows while the primary is silent); the primary's oldest unconfirmed commit.",
+        "gauge",
+        rs.groups
+            .iter()
+            .map(|g| (group(g), g.rpo_exposure_ms as f64 / 1000.0))
+            .collect(),
+    );
+    counter(
+        "tern_group_txns_behind",
+        "Per database group: transactions a secondary lacks of the primary's last heartbeat, or the primary's unconfirmed ones.",
+        "gauge",
+        rs.groups
+            .iter()
+            .map(|g| (group(g), g.txns_behind as f64))
+            .collect(),
+    );
     let replica = |r: &tern_replication::ReplicaStatus| {
         format!(
             "{{account=\"{}\",database=\"{}\",upstream=\"{}\"}}",
