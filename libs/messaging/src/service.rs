@@ -494,6 +494,52 @@ impl Context {
         .await
     }
 
+    /// Messages queued for `receiver` that are not yet in a written message file
+    /// (preparing, ready or in a pending file).
+    pub async fn unsent_to(&self, receiver: &DeploymentId) -> Result<u64> {
+        let prefix = keys::out_messages(receiver);
+        self.read("count unsent messages", move |tx| {
+            Ok(tx
+                .scan_prefix::<crate::state::OutMessage>(&prefix)
+                .map_err(Error::meta("scan sent messages"))?
+                .into_iter()
+                .filter(|(_, m)| m.state != crate::state::OutState::Sent)
+                .count() as u64)
+        })
+        .await
+    }
+
+    /// Whether the next message file from `sender` has landed in `bucket` (this
+    /// deployment's replication bucket) but was not received yet (the receiver reads it at
+    /// its next poll). A stalled channel (its expected file was rejected) has nothing more
+    /// to receive until an operator acts. A failover drains these too: they were sent
+    /// before the sender was lost.
+    pub async fn unreceived_from(
+        &self,
+        sender: &DeploymentId,
+        bucket: &dyn object_store::ObjectStore,
+    ) -> Result<bool> {
+        let Some(chan) = self.inbound(sender).await? else {
+            return Ok(false);
+        };
+        if chan.stall.is_some() {
+            return Ok(false);
+        }
+        let path = object_store::path::Path::from(chan.expected_file.as_str());
+        match object_store::ObjectStoreExt::head(bucket, &path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::Storage {
+                what: "look for the next message file",
+                source: Box::new(tern_storage::Error::from_store(
+                    tern_storage::Operation::Head,
+                    &path,
+                    e,
+                )),
+            }),
+        }
+    }
+
     /// Every recorded rejection, oldest first.
     pub async fn rejections(&self) -> Result<Vec<crate::state::Rejection>> {
         self.read("read rejections", |tx| {

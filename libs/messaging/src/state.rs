@@ -335,11 +335,11 @@ pub(crate) mod keys {
     pub fn rejection(sender: &str, n: u64) -> Key {
         rejections().str(sender).u64(n)
     }
+    pub fn out_messages(peer: &DeploymentId) -> Key {
+        Key::root("msg").str("out").str(peer.as_str())
+    }
     pub fn out_message(peer: &DeploymentId, id: &MessageId) -> Key {
-        Key::root("msg")
-            .str("out")
-            .str(peer.as_str())
-            .str(id.as_str())
+        out_messages(peer).str(id.as_str())
     }
     pub fn ready_queue(peer: &DeploymentId) -> Key {
         Key::root("msg").str("ready").str(peer.as_str())

@@ -1607,8 +1607,17 @@ impl Replication {
                 Ok(n) => n,
                 Err(e) => return (Err(e.into()), false),
             };
+            // Messages received and not yet handled, and one more while the next message
+            // file from the upstream lies in the bucket unread (sent before it was lost).
             let messages = match self.inner.messages.get() {
-                Some(ctx) => ctx.pending_from(&upstream).await.unwrap_or(0),
+                Some(ctx) => {
+                    ctx.pending_from(&upstream).await.unwrap_or(0)
+                        + u64::from(
+                            ctx.unreceived_from(&upstream, self.inner.p.bucket.as_ref())
+                                .await
+                                .unwrap_or(false),
+                        )
+                }
                 None => 0,
             };
             let left = jobs + messages;

@@ -837,3 +837,85 @@ async fn a_group_of_three_fails_over_by_itself_when_its_policy_says_so() {
     d2.stop().await;
     d3.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_applies_what_the_lost_primary_had_already_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut d1 = open_with(root, "d1", None, fast()).await;
+    let keys = root.join("d1").join("keys");
+    // d2's receiver reads d1's message files through a store that fails or delays them
+    // while the plan says so.
+    let plan = tern_storage::FaultPlan::new();
+    let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(tern_storage::FaultStore::new(
+            tern_replication::local::folder(&root.join("d2").join("repl")).unwrap(),
+            plan.clone(),
+        ));
+    let volume = tern_replication::local::folder(&root.join("d2").join("volume")).unwrap();
+    let mut d2 = tern_replication::local::LocalDeployment::open_on(
+        root,
+        "d2",
+        Some(&keys),
+        tern_replication::local::LocalOptions {
+            replication: fast(),
+            messaging: messaging_config(),
+            txn: tern_txn::TxnOptions::default(),
+        },
+        volume,
+        bucket,
+    )
+    .await
+    .unwrap();
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    assert!(write(&d1, &t, 0..10, "a").await);
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // d2 cannot read what d1 sends from here on.
+    let unread = plan.arm(
+        tern_storage::FaultRule::on(tern_storage::Operation::Get)
+            .under("from/d1/msg")
+            .always()
+            .fault(tern_storage::Fault::Fail),
+    );
+    assert!(write(&d1, &t, 10..40, "sent before the loss").await);
+    eventually(WAIT, "d1 to have sent the transaction to d2", || async {
+        let s = d1.repl.status().await.unwrap();
+        s.downstream.iter().all(|d| d.records_behind == 0)
+            && d1.ctx.unsent_to(&d2.id).await.unwrap() == 0
+    })
+    .await;
+    // The primary is lost with its last transaction in d2's bucket, not yet received.
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let rid = replica_table_id(&d1.id, &t);
+    assert_eq!(rows(&d2, &rid, None).await.len(), 10, "not received yet");
+    // The receiver reads again, slowly: the failover must wait for it.
+    plan.disarm(unread);
+    let slow = plan.arm(
+        tern_storage::FaultRule::on(tern_storage::Operation::Get)
+            .under("from/d1/msg")
+            .always()
+            .fault(tern_storage::Fault::Delay(Duration::from_secs(2))),
+    );
+    let a2 = AccountId::new("a2").unwrap();
+    let report = d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    assert!(!report.drain_timed_out, "{report:?}");
+    assert!(report.drained >= 1, "{report:?}");
+    assert_eq!(
+        rows(&d2, &rid, None).await,
+        rows(&d1, &t, None).await,
+        "everything d1 sent is on the new primary: {report:?}"
+    );
+    plan.disarm(slow);
+    d2.stop().await;
+}
