@@ -15,7 +15,7 @@ use tern_storage::layout::{AccountId, DeploymentId, TableId};
 
 use crate::common::*;
 
-fn fast() -> ReplicationConfig {
+pub(crate) fn fast() -> ReplicationConfig {
     ReplicationConfig {
         heartbeat_interval: Duration::from_millis(100),
         unavailable_after: Duration::from_millis(800),
@@ -25,10 +25,10 @@ fn fast() -> ReplicationConfig {
     }
 }
 
-const FORCE: FailoverOptions = FailoverOptions {
+pub(crate) const FORCE: FailoverOptions = FailoverOptions {
     allow_data_loss: true,
 };
-const PLAIN: FailoverOptions = FailoverOptions {
+pub(crate) const PLAIN: FailoverOptions = FailoverOptions {
     allow_data_loss: false,
 };
 
@@ -41,7 +41,7 @@ async fn availability_of(n: &Node, peer: &str) -> Option<Availability> {
         .map(|p| p.state)
 }
 
-async fn until_state(n: &Node, peer: &str, state: Availability) {
+pub(crate) async fn until_state(n: &Node, peer: &str, state: Availability) {
     eventually(
         WAIT,
         &format!("{} to judge {peer} {state}", n.id),
@@ -50,7 +50,7 @@ async fn until_state(n: &Node, peer: &str, state: Availability) {
     .await;
 }
 
-fn role(n: &Node, account: &str, db: &str) -> DatabaseRole {
+pub(crate) fn role(n: &Node, account: &str, db: &str) -> DatabaseRole {
     let a = AccountId::new(account).unwrap();
     n.meta
         .read(|tx| tx.find_database(&a, db))
@@ -59,7 +59,7 @@ fn role(n: &Node, account: &str, db: &str) -> DatabaseRole {
         .role
 }
 
-fn replica(n: &Node, account: &str, db: &str) -> Option<ReplicaDpo> {
+pub(crate) fn replica(n: &Node, account: &str, db: &str) -> Option<ReplicaDpo> {
     let a = AccountId::new(account).unwrap();
     let d = n.meta.read(|tx| tx.find_database(&a, db)).unwrap().unwrap();
     n.meta
@@ -68,7 +68,7 @@ fn replica(n: &Node, account: &str, db: &str) -> Option<ReplicaDpo> {
 }
 
 /// Inserts rows `ids` (one transaction) and says whether it was acknowledged.
-async fn write(n: &Node, t: &TableId, ids: std::ops::Range<i64>, tag: &str) -> bool {
+pub(crate) async fn write(n: &Node, t: &TableId, ids: std::ops::Range<i64>, tag: &str) -> bool {
     n.tables.insert(t, &[batch(ids, tag)]).await.is_ok()
 }
 

@@ -36,6 +36,17 @@ async fn open_s3(
     volume: Arc<dyn ObjectStore>,
     bucket: Arc<dyn ObjectStore>,
 ) -> Node {
+    open_s3_with(root, id, join, volume, bucket, repl_config()).await
+}
+
+async fn open_s3_with(
+    root: &FsPath,
+    id: &str,
+    join: Option<&FsPath>,
+    volume: Arc<dyn ObjectStore>,
+    bucket: Arc<dyn ObjectStore>,
+    replication: tern_replication::ReplicationConfig,
+) -> Node {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -45,7 +56,7 @@ async fn open_s3(
         id,
         join,
         LocalOptions {
-            replication: repl_config(),
+            replication,
             messaging: messaging_config(),
             txn: TxnOptions {
                 lock_timeout: Duration::from_secs(10),
@@ -134,18 +145,13 @@ async fn no_plaintext(name: &str, store: &dyn ObjectStore) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replica_follows_on_localstack() {
-    let mut stores = Vec::new();
-    for name in [
+    let stores = localstack_buckets(&[
         "repl-s3-d1-volume",
         "repl-s3-d1-repl",
         "repl-s3-d2-volume",
         "repl-s3-d2-repl",
-    ] {
-        let (store, bucket) = emulator::localstack_bucket(name)
-            .await
-            .unwrap_or_else(|e| panic!("LocalStack is required for this test: {e}"));
-        stores.push((bucket, store));
-    }
+    ])
+    .await;
     let store = |i: usize| Arc::clone(&stores[i].1);
     let dir = tempfile::tempdir().unwrap();
     let mut d1 = open_s3(dir.path(), "d1", None, store(0), store(1)).await;
@@ -189,7 +195,24 @@ async fn replica_follows_on_localstack() {
         seen > 0,
         "no message object was ever seen in the replication buckets"
     );
-    // Best effort: the emulator is wiped between CI runs anyway.
+    drop_buckets(&stores).await;
+}
+
+/// Fresh LocalStack buckets of these names, with a store on each.
+async fn localstack_buckets(names: &[&str]) -> Vec<(String, Arc<dyn ObjectStore>)> {
+    let mut stores = Vec::new();
+    for name in names {
+        let (store, bucket) = emulator::localstack_bucket(name)
+            .await
+            .unwrap_or_else(|e| panic!("LocalStack is required for this test: {e}"));
+        stores.push((bucket, store));
+    }
+    stores
+}
+
+/// Deletes the buckets and what they hold. Best effort: the emulator is wiped between CI
+/// runs anyway.
+async fn drop_buckets(stores: &[(String, Arc<dyn ObjectStore>)]) {
     let admin = tern_storage::admin::BucketAdmin::new(
         &tokio::task::spawn_blocking(emulator::localstack)
             .await
@@ -198,13 +221,114 @@ async fn replica_follows_on_localstack() {
             .s3_options(),
     )
     .await;
-    for (bucket, s) in &stores {
+    for (bucket, s) in stores {
         let metas: Vec<_> = s.list(None).try_collect().await.unwrap_or_default();
         for m in metas {
             let _ = s.delete(&m.location).await;
         }
         let _ = admin.delete_bucket(bucket).await;
     }
+}
+
+/// Failover with every bucket on LocalStack, in a group of three: the primary is lost,
+/// a secondary wins the majority (no `--allow-data-loss`) and takes writes, the other
+/// re-parents and follows, and the old primary comes back fenced, follows the new one
+/// and keeps nothing as a conflict; no object holds plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_on_localstack() {
+    use crate::failover::{PLAIN, fast, replica, role, until_state, write};
+    use tern_meta::DatabaseRole;
+    use tern_replication::Availability;
+    use tern_storage::layout::AccountId;
+
+    let stores = localstack_buckets(&[
+        "fo-s3-d1-volume",
+        "fo-s3-d1-repl",
+        "fo-s3-d2-volume",
+        "fo-s3-d2-repl",
+        "fo-s3-d3-volume",
+        "fo-s3-d3-repl",
+    ])
+    .await;
+    let store = |i: usize| Arc::clone(&stores[i].1);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let keys = root.join("d1").join("keys");
+    let open = |i: usize| {
+        let (join, volume, bucket) = (
+            (i > 0).then_some(keys.as_path()),
+            store(2 * i),
+            store(2 * i + 1),
+        );
+        async move { open_s3_with(root, &format!("d{}", i + 1), join, volume, bucket, fast()).await }
+    };
+    let mut d1 = open(0).await;
+    let mut d2 = open(1).await;
+    let mut d3 = open(2).await;
+    for (a, b) in [(&d1, &d2), (&d1, &d3), (&d2, &d3)] {
+        tern_replication::local::link(a, b).await.unwrap();
+    }
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "orders", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
+        let a = n.create_account(acct).unwrap();
+        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
+        knows(n, &group, "d1").await;
+        n.repl.create_replica(&a, "sales", &group, None).unwrap();
+    }
+    for i in 0..4 {
+        assert!(write(&d1, &t, i * 10..i * 10 + 10, CANARY).await);
+    }
+    let one = std::slice::from_ref(&t);
+    caught_up(&d1, &d2, one).await;
+    caught_up(&d1, &d3, one).await;
+
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let report = d2.repl.failover(&a2, "sales", PLAIN).await.unwrap();
+    assert!(!report.forced && report.epoch == 2, "{report:?}");
+    assert_eq!(report.known_loss_txns, 0, "{report:?}");
+    let rid = replica_table_id(&d1.id, &t);
+    assert!(write(&d2, &rid, 40..50, CANARY).await);
+    eventually(WAIT, "d3 to follow d2", || async {
+        replica(&d3, "a3", "sales").is_some_and(|r| r.upstream.as_str() == "d2")
+            && rows(&d3, &rid, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    assert_eq!(rows(&d2, &rid, None).await.len(), 50);
+
+    let mut d1 = open(0).await;
+    d1.start(&[&d2, &d3]);
+    eventually(WAIT, "d1 to come back fenced, following d2", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+            && rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    assert!(
+        d1.tables
+            .insert(&t, &[batch(90..91, "stale")])
+            .await
+            .is_err()
+    );
+    assert!(d1.repl.conflicts().unwrap().is_empty());
+    for n in [&mut d1, &mut d2, &mut d3] {
+        n.stop().await;
+    }
+    let mut read = 0;
+    for (bucket, s) in &stores {
+        read += no_plaintext(bucket, s.as_ref()).await;
+    }
+    assert!(read > 0);
+    drop_buckets(&stores).await;
 }
 
 /// Deletes every object under `from/` of a replication bucket (left by an earlier run,
