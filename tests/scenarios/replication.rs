@@ -14,26 +14,70 @@ use tern_scenarios::ternd::{Layout, OPERATOR_TOKEN, Ternd, request};
 pub(crate) const PRIMARY: &str = "/v1/accounts/a1/databases/sales/schemas/public/tables/orders";
 const CANARY: &str = "plaintext-canary-7f3a";
 
-fn peer_config(other: &Layout, replication: &str) -> String {
+fn peer_config(others: &[&Layout], replication: &str) -> String {
+    let peers: String = others
+        .iter()
+        .map(|o| {
+            format!(
+                "[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
+                o.id,
+                o.home.display()
+            )
+        })
+        .collect();
     format!(
         "ship_interval = \"100ms\"\ncontrol_interval = \"100ms\"\nannounce_interval = \"1s\"\n{replication}\
-         [workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n\
-         [[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
-        other.id,
-        other.home.display()
+         [workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n{peers}"
     )
 }
 
 /// `Layout::config` ends with the `[log]` table; the replication settings must go into
 /// `[replication]`, so they are spliced in right after its `url`.
-fn config(l: &Layout, other: &Layout, replication: &str) -> String {
+pub(crate) fn config(l: &Layout, others: &[&Layout], replication: &str) -> String {
     let base = l.config("");
-    let extra = peer_config(other, replication);
+    let extra = peer_config(others, replication);
     let (settings, rest) = extra.split_once("[workers]").expect("split");
     let repl_url = format!("url = \"file://{}/replication\"\n", l.home.display());
     let with_settings = base.replacen(&repl_url, &format!("{repl_url}{settings}"), 1);
     assert_ne!(with_settings, base, "replication settings spliced in");
     format!("{with_settings}[workers]{rest}")
+}
+
+/// Links two running daemons (a channel each way).
+pub(crate) fn link(a: &Ternd, a_id: &str, b: &Ternd, b_id: &str) {
+    let r = a.op(
+        "POST",
+        "/v1/deployments",
+        &json!({"id": b_id, "region": format!("r-{b_id}")}).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let g_ab = r.json()["genesis"].clone();
+    let r = b.op(
+        "POST",
+        "/v1/deployments",
+        &json!({"id": a_id, "region": format!("r-{a_id}"), "genesis": g_ab}).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let g_ba = r.json()["genesis"].to_string();
+    let r = a.op("POST", &format!("/v1/deployments/{b_id}/channel"), &g_ba);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Makes the accounts (`(daemon, account)`, the first founding) global accounts of one
+/// account group.
+pub(crate) fn global_accounts(members: &[(&Ternd, &str)]) {
+    let mut group: Option<String> = None;
+    for (d, a) in members {
+        let r = d.op("POST", "/v1/accounts", &json!({"name": a}).to_string());
+        assert_eq!(r.status, 201, "{}", r.body);
+        let body = match &group {
+            None => String::new(),
+            Some(g) => json!({"group": g}).to_string(),
+        };
+        let r = d.op("POST", &format!("/v1/accounts/{a}/global"), &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        group.get_or_insert_with(|| r.json()["group"].as_str().expect("group").to_string());
+    }
 }
 
 pub(crate) fn rows_json(from: i64, to: i64) -> String {
@@ -71,7 +115,16 @@ pub(crate) fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> 
 
 /// The replica's table path on d2 (found by listing the replica database's tables).
 pub(crate) fn replica_table(d2: &Ternd) -> Option<String> {
-    let r = d2.op("GET", "/v1/accounts/a2/databases/sales_replica/tables", "");
+    replica_table_in(d2, "a2")
+}
+
+/// The replica's table path in `account` of `d`.
+pub(crate) fn replica_table_in(d: &Ternd, account: &str) -> Option<String> {
+    let r = d.op(
+        "GET",
+        &format!("/v1/accounts/{account}/databases/sales_replica/tables"),
+        "",
+    );
     if r.status != 200 {
         return None;
     }
@@ -80,7 +133,7 @@ pub(crate) fn replica_table(d2: &Ternd) -> Option<String> {
     let name = t["name"].as_str()?;
     let schema = t["schema"].as_str().unwrap_or("public");
     Some(format!(
-        "/v1/accounts/a2/databases/sales_replica/schemas/{schema}/tables/{name}"
+        "/v1/accounts/{account}/databases/sales_replica/schemas/{schema}/tables/{name}"
     ))
 }
 
@@ -130,38 +183,13 @@ fn two(env: &[(&str, &str)]) -> Two {
 pub(crate) fn two_with(env: &[(&str, &str)], replication: &str) -> Two {
     let dir = tempfile::tempdir().expect("tmp");
     let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
-    let c1 = l1.write_config(&config(&l1, &l2, replication));
+    let c1 = l1.write_config(&config(&l1, &[&l2], replication));
     let d1 = Ternd::start(&c1, env);
     let join = format!("{}/keys", l1.home.display());
-    let c2 = l2.write_config(&config(&l2, &l1, replication));
+    let c2 = l2.write_config(&config(&l2, &[&l1], replication));
     let d2 = Ternd::start(&c2, &env2(&join, env));
-    // Link the two deployments (both channels).
-    let r = d1.op("POST", "/v1/deployments", r#"{"id":"d2","region":"r2"}"#);
-    assert_eq!(r.status, 201, "{}", r.body);
-    let g12 = r.json()["genesis"].clone();
-    let r = d2.op(
-        "POST",
-        "/v1/deployments",
-        &json!({"id":"d1","region":"r1","genesis":g12}).to_string(),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let g21 = r.json()["genesis"].to_string();
-    let r = d1.op("POST", "/v1/deployments/d2/channel", &g21);
-    assert_eq!(r.status, 200, "{}", r.body);
-    // Global accounts in one account group.
-    for (d, a) in [(&d1, "a1"), (&d2, "a2")] {
-        let r = d.op("POST", "/v1/accounts", &json!({"name": a}).to_string());
-        assert_eq!(r.status, 201, "{}", r.body);
-    }
-    let r = d1.op("POST", "/v1/accounts/a1/global", "");
-    assert_eq!(r.status, 200, "{}", r.body);
-    let account_group = r.json()["group"].as_str().expect("group").to_string();
-    let r = d2.op(
-        "POST",
-        "/v1/accounts/a2/global",
-        &json!({"group": account_group}).to_string(),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    link(&d1, "d1", &d2, "d2");
+    global_accounts(&[(&d1, "a1"), (&d2, "a2")]);
     Two {
         dir,
         l1,
@@ -213,9 +241,14 @@ pub(crate) fn primary(d1: &Ternd, d2: &Ternd, batches: i64, rows: i64) -> String
 }
 
 pub(crate) fn create_replica(d2: &Ternd, group: &str) {
-    let r = d2.op(
+    create_replica_in(d2, "a2", group);
+}
+
+/// A replica `sales_replica` of `group` in `account` of `d`.
+pub(crate) fn create_replica_in(d: &Ternd, account: &str, group: &str) {
+    let r = d.op(
         "POST",
-        "/v1/accounts/a2/replicas",
+        &format!("/v1/accounts/{account}/replicas"),
         &json!({"name":"sales_replica","group":group}).to_string(),
     );
     assert_eq!(r.status, 201, "{}", r.body);
