@@ -17,8 +17,10 @@
 //!       finishes first (the importer's gate) ─▶ drain what already arrived (import jobs,
 //!       received log messages) until drain_timeout
 //!     known loss = P's last heartbeat (seq, commit time) − what S applied
-//!     refuse if loss > RPO unless --allow-data-loss; a group of two (or more: majority
-//!       votes are not built yet) is only promoted with --allow-data-loss
+//!     refuse if loss > RPO unless --allow-data-loss; a group of two is only promoted
+//!       with --allow-data-loss; a group of three or more asks every member for its vote
+//!       (tern.repl.vote) and needs a majority's grants (a grant is a stored promise not
+//!       to grant an older claim nor to echo the old primary)
 //!     one metadata transaction: epoch N+1, role primary, Claim{N+1, S, fork = S's table
 //!       versions, fork_seq} ─▶ writable; heartbeats carry the claim at once
 //!
@@ -46,9 +48,14 @@
 //! * What an old primary committed past the fork is kept (conflict records and their
 //!   files), never silently dropped.
 //!
-//! Not built yet (the issue stays open for them): majority votes and leases for groups of
-//! three or more (until then an unplanned promotion always needs `--allow-data-loss`),
-//! planned switchover, applying or discarding conflict records.
+//! * In a group of three or more the primary takes commits only while it holds a lease:
+//!   a majority echoed one of its heartbeats within `unavailable_after / 2`. A member
+//!   grants a vote only after the primary has been silent to it for `unavailable_after`,
+//!   so by the time a majority can elect a successor, the old primary's lease has lapsed
+//!   and it has stopped committing by itself (`epochs.rs` checks this as a model).
+//!
+//! Not built yet: planned switchover and applying or discarding conflict records
+//! (failback).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
