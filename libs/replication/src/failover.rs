@@ -195,6 +195,22 @@ pub struct PrimaryBeat {
     pub commit_at_ms: Option<i64>,
     /// When the heartbeat arrived (local clock).
     pub heard_at_ms: i64,
+    /// The member it is handing the group over to (planned switchover).
+    #[serde(default)]
+    pub handoff_to: Option<DeploymentId>,
+}
+
+/// A primary handing its group over (planned switchover): it takes no commits until it
+/// learns the new epoch, or the candidate cancels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The candidate.
+    pub to: DeploymentId,
+    /// When the primary stopped taking commits (its clock).
+    pub since_ms: i64,
+    /// The account's newest transaction id then: once every transaction up to it has
+    /// settled, the primary's last transaction is known.
+    pub txn: u64,
 }
 
 /// What a replica last said it applied (kept by the primary).
@@ -250,6 +266,9 @@ pub struct GroupDpo {
     /// again once it is heard from.
     #[serde(default)]
     pub excluded: Vec<DeploymentId>,
+    /// The primary: a planned switchover in progress.
+    #[serde(default)]
+    pub handoff: Option<Handoff>,
 }
 impl_dpo!(GroupDpo, "database group");
 
@@ -268,6 +287,7 @@ impl GroupDpo {
             since_ms: 0,
             promised_to: None,
             excluded: Vec::new(),
+            handoff: None,
         }
     }
 
@@ -544,6 +564,22 @@ impl WriteFence for Fence {
                         },
                     ))));
                 }
+                if let Some(h) = &g.handoff {
+                    return Ok(Err(tern_table::Error::NotWritable(Box::new(
+                        tern_table::Refusal {
+                            database: d.name,
+                            group,
+                            reason: format!(
+                                "paused: planned switchover to {} in progress (since its clock's {}); retry, then write to the new primary",
+                                h.to, h.since_ms
+                            ),
+                            epoch: g.epoch,
+                            primary: Some(h.to.to_string()),
+                            primary_url: None,
+                            paused: true,
+                        },
+                    ))));
+                }
                 let now = self.clock.now_millis();
                 if let Some(until) = g.lease_until(&self.me, self.lease)
                     && now >= until
@@ -591,6 +627,26 @@ pub struct FailoverOptions {
     /// Promote even when the known loss exceeds the RPO, the primary is still heard from,
     /// or the group cannot decide by majority.
     pub allow_data_loss: bool,
+}
+
+/// What a planned switchover did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverReport {
+    /// The database group.
+    pub group: String,
+    /// The database promoted.
+    pub database: String,
+    /// The epoch it holds.
+    pub epoch: u64,
+    /// The primary it replaced (none: it was the primary already).
+    pub previous_primary: Option<DeploymentId>,
+    /// The old primary's last transaction, applied here before the claim.
+    pub applied_seq: u64,
+    /// From the command to writable (ms): the longest the group could not take writes
+    /// (the old primary paused once it received the request).
+    pub pause_ms: u64,
+    /// Whether the new primary holds its lease when the command returns.
+    pub lease_held: bool,
 }
 
 /// What a failover did.
@@ -971,6 +1027,10 @@ impl Replication {
                         },
                         since_ms: (d.role == DatabaseRole::Secondary && g.promised <= g.epoch)
                             .then_some(g.since_ms),
+                        handoff_to: match d.role {
+                            DatabaseRole::Primary => g.handoff.as_ref().map(|h| h.to.clone()),
+                            _ => None,
+                        },
                     });
                 }
             }
@@ -1039,6 +1099,7 @@ impl Replication {
                             seq: beat.seq,
                             commit_at_ms: beat.commit_at_ms,
                             heard_at_ms: now,
+                            handoff_to: beat.handoff_to.clone(),
                         });
                     }
                     if let Some(policy) = &beat.policy {
@@ -1104,6 +1165,7 @@ impl Replication {
             g.acks.clear();
             g.promised = g.promised.max(claim.epoch);
             g.since_ms = now;
+            g.handoff = None;
             tx.put(&fkeys::group(&group), &g)?;
             let was = d.role;
             match d.role {
@@ -1296,7 +1358,6 @@ impl Replication {
         options: FailoverOptions,
     ) -> Result<FailoverReport> {
         let started = Instant::now();
-        let me = self.me().clone();
         let db = self.local_db(account, database)?;
         let group = db.replication_group.clone().unwrap_or_default();
         if db.role != DatabaseRole::Secondary {
@@ -1410,7 +1471,7 @@ impl Replication {
         let members = self.members_of(&group)?;
         let mut voted = None;
         if members.len() >= 3 {
-            match self.stand(&db, &members, r.applied_seq).await? {
+            match self.stand(&db, &members, r.applied_seq, false).await? {
                 Ok(epoch) => voted = Some(epoch),
                 Err(why) if options.allow_data_loss => {
                     tracing::warn!(%group, %why, "no majority; promoting anyway (--allow-data-loss)");
@@ -1453,9 +1514,219 @@ impl Replication {
             .into_iter()
             .filter(|m| !excluded.contains(m))
             .collect();
-        // The claim: one transaction, so the deployment is writable exactly when the claim
-        // exists.
-        let claimed = self.meta().write(|tx| {
+        let claimed = self.claim_primary(
+            &db,
+            voted,
+            &members,
+            &excluded,
+            &format!(
+                "failover; {database} is the primary (was {}); known loss {loss_txns} transactions, {loss_ms} ms",
+                previous.as_ref().map_or("unknown", |p| p.as_str())
+            ),
+        )?;
+        self.beat_soon();
+        self.notified();
+        Counters::add(&self.inner.counters.failovers, 1);
+        // In a group of three or more the first commit needs the lease: a majority's echo
+        // of the new primary's heartbeat. The RTO reported is to that point.
+        let lease_held = self.wait_for_lease(&db).await?;
+        let rto_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let report = FailoverReport {
+            group,
+            database: database.to_string(),
+            epoch: claimed,
+            previous_primary: previous,
+            previous_primary_state: prev_state,
+            known_loss_txns: loss_txns,
+            known_loss_ms: loss_ms,
+            primary_silent_ms: silent,
+            drained,
+            drain_timed_out: timed_out,
+            rto_ms,
+            lease_held,
+            max_unavailable_ms: policy
+                .max_unavailable
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            forced,
+        };
+        tracing::warn!(?report, "failover: this deployment holds the primary");
+        Ok(report)
+    }
+
+    /// Planned switchover (`tern database switchover`): the local secondary `database` of
+    /// `account` becomes the group's primary with nothing lost. It asks the primary to hand
+    /// the group over: the primary stops taking commits (503 while it lasts) and grants
+    /// once this replica applied its last transaction; in a group of three or more a
+    /// majority accepts the new epoch while the primary announces the handoff. Then the
+    /// claim (epoch N+1, fork = the primary's last state); the old primary learns it and
+    /// follows. Run on the primary already: nothing to do (repeatable). After
+    /// `switchover_timeout` it is cancelled and the primary takes commits again.
+    pub async fn switchover(
+        &self,
+        account: &AccountId,
+        database: &str,
+    ) -> Result<SwitchoverReport> {
+        let started = Instant::now();
+        let db = self.local_db(account, database)?;
+        let group = db.replication_group.clone().unwrap_or_default();
+        let g = self.group_state(&db)?;
+        match db.role {
+            DatabaseRole::Primary if g.primary.as_ref() == Some(self.me()) => {
+                return Ok(SwitchoverReport {
+                    group,
+                    database: database.to_string(),
+                    epoch: db.epoch,
+                    previous_primary: None,
+                    applied_seq: self.meta().read(|tx| tern_txn::database_seq(tx, &db.id))?,
+                    pause_ms: 0,
+                    lease_held: true,
+                });
+            }
+            DatabaseRole::Secondary => {}
+            _ => {
+                return Err(Error::invalid(
+                    format!("database {database}"),
+                    "is not a secondary replica",
+                ));
+            }
+        }
+        let previous = g.primary.clone().ok_or_else(|| {
+            Error::invalid(
+                format!("database {database}"),
+                "its group's primary is not known here",
+            )
+        })?;
+        let state = self
+            .meta()
+            .read(|tx| tx.get::<PeerDpo>(&fkeys::peer(&previous)))?
+            .map(|p| p.state);
+        if state.is_none_or(Availability::is_down) {
+            return Err(Error::invalid(
+                format!("switchover of {database}"),
+                format!(
+                    "the primary {previous} is {} here: a switchover needs it; use failover",
+                    state.map_or("not judged yet", Availability::name)
+                ),
+            ));
+        }
+        // No refresh asked for or imported from now on: this replica follows the log.
+        self.meta().write(|tx| {
+            if let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(&db.id))? {
+                r.promoting = true;
+                r.refresh = None;
+                tx.put(&keys::replica(&db.id), &r)?;
+            }
+            Ok(())
+        })?;
+        let members = self.members_of(&group)?;
+        let deadline = Instant::now() + self.config().switchover_timeout;
+        let epoch = loop {
+            let applied = self
+                .meta()
+                .read(|tx| tx.get::<ReplicaDpo>(&keys::replica(&db.id)))?
+                .map_or(0, |r| r.applied_seq);
+            match self.stand(&db, &members, applied, true).await? {
+                Ok(epoch) => break epoch,
+                Err(why) if Instant::now() >= deadline => {
+                    self.cancel_handoff(&db, &previous)?;
+                    self.stop_promoting(&db)?;
+                    return Err(Error::invalid(
+                        format!("switchover of {database}"),
+                        format!(
+                            "not done within {} ({why}); cancelled: {previous} takes commits again",
+                            humantime_serde::re::humantime::format_duration(
+                                self.config().switchover_timeout
+                            )
+                        ),
+                    ));
+                }
+                Err(why) => {
+                    // Each attempt stands for the next epoch (its replies are its own).
+                    tracing::debug!(%group, %why, "switchover: not yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let claimed = self.claim_primary(
+            &db,
+            Some(epoch),
+            &members,
+            &[],
+            &format!(
+                "planned switchover; {database} is the primary (was {previous}); nothing lost"
+            ),
+        )?;
+        self.beat_soon();
+        self.notified();
+        Counters::add(&self.inner.counters.failovers, 1);
+        let lease_held = self.wait_for_lease(&db).await?;
+        let report = SwitchoverReport {
+            group,
+            database: database.to_string(),
+            epoch: claimed,
+            previous_primary: Some(previous),
+            applied_seq: self.meta().read(|tx| tern_txn::database_seq(tx, &db.id))?,
+            pause_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            lease_held,
+        };
+        tracing::warn!(?report, "switchover: this deployment holds the primary");
+        Ok(report)
+    }
+
+    /// Tells `primary` that this deployment's switchover of `db` is off (it will not
+    /// claim): it takes commits again. This deployment's own promise is withdrawn.
+    fn cancel_handoff(&self, db: &DatabaseDpo, primary: &DeploymentId) -> Result<()> {
+        let me = self.me().clone();
+        let group = claim_group(db);
+        self.meta().write(|tx| {
+            let d = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
+            let mut g = group_of(tx, &d, &me)?;
+            if g.promised_to.as_ref() == Some(&me) && g.promised > g.epoch {
+                g.promised = g.epoch;
+                g.promised_to = None;
+                tx.put(&fkeys::group(&group), &g)?;
+            }
+            let req = model::VoteRequest {
+                v: PAYLOAD_VERSION,
+                group: group.clone(),
+                epoch: g.epoch,
+                seq: 0,
+                handoff: true,
+                cancel: true,
+            };
+            let id = format!("vote-cancel-{group}-{}-{me}", g.epoch);
+            tx.put(
+                &crate::state::outbox_key(primary, &id),
+                &crate::state::OutboxDpo {
+                    peer: primary.clone(),
+                    id,
+                    message_type: model::VOTE_TYPE.into(),
+                    payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
+                },
+            )?;
+            Ok(())
+        })?;
+        self.inner.control_wake.notify_one();
+        Ok(())
+    }
+
+    /// The claim of a promotion (failover or switchover) of local secondary `db`: one
+    /// metadata transaction, so the deployment is writable exactly when the claim exists.
+    /// `voted`: the epoch a majority accepted (none: the next one, forced). `why` goes into
+    /// the availability history. The epoch claimed.
+    fn claim_primary(
+        &self,
+        db: &DatabaseDpo,
+        voted: Option<u64>,
+        members: &[DeploymentId],
+        excluded: &[DeploymentId],
+        why: &str,
+    ) -> Result<u64> {
+        let me = self.me().clone();
+        let now = self.now();
+        let database = db.name.as_str();
+        let group = claim_group(db);
+        self.meta().write(|tx| {
             let Some(mut d) = tx.get_database(&db.id)? else {
                 return Ok(Err(Error::NotFound {
                     what: "database",
@@ -1474,7 +1745,10 @@ impl Replication {
                 Some(e) => {
                     return Ok(Err(Error::invalid(
                         format!("failover of {database}"),
-                        format!("epoch {} was claimed meanwhile (this candidacy stood for {e})", g.epoch),
+                        format!(
+                            "epoch {} was claimed meanwhile (this candidacy stood for {e})",
+                            g.epoch
+                        ),
                     )));
                 }
                 None => g.epoch.max(g.promised).max(d.epoch) + 1,
@@ -1504,8 +1778,9 @@ impl Replication {
             g.acks.clear();
             g.promised = epoch;
             g.promised_to = Some(me.clone());
-            g.members = members.clone();
-            g.excluded = excluded.clone();
+            g.members = members.to_vec();
+            g.excluded = excluded.to_vec();
+            g.handoff = None;
             tx.put(&fkeys::group(&group), &g)?;
             mark_dirty(tx)?;
             let seq = tx.next_sequence("repl-availlog")?;
@@ -1517,42 +1792,11 @@ impl Replication {
                     from: format!("epoch {}", epoch - 1),
                     to: format!("epoch {epoch}"),
                     at_ms: now,
-                    reason: format!(
-                        "group {group}: failover; {} is the primary (was {}); known loss {loss_txns} transactions, {loss_ms} ms",
-                        d.name,
-                        previous.as_ref().map_or("unknown", |p| p.as_str())
-                    ),
+                    reason: format!("group {group}: {why}"),
                 },
             )?;
             Ok(Ok(epoch))
-        })??;
-        self.beat_soon();
-        self.notified();
-        Counters::add(&self.inner.counters.failovers, 1);
-        // In a group of three or more the first commit needs the lease: a majority's echo
-        // of the new primary's heartbeat. The RTO reported is to that point.
-        let lease_held = self.wait_for_lease(&db).await?;
-        let rto_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let report = FailoverReport {
-            group,
-            database: database.to_string(),
-            epoch: claimed,
-            previous_primary: previous,
-            previous_primary_state: prev_state,
-            known_loss_txns: loss_txns,
-            known_loss_ms: loss_ms,
-            primary_silent_ms: silent,
-            drained,
-            drain_timed_out: timed_out,
-            rto_ms,
-            lease_held,
-            max_unavailable_ms: policy
-                .max_unavailable
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            forced,
-        };
-        tracing::warn!(?report, "failover: this deployment holds the primary");
-        Ok(report)
+        })?
     }
 
     /// Waits (up to `vote_timeout`) until the primary `db` may take commits by its lease;
@@ -1965,8 +2209,19 @@ impl Replication {
                     let applied = tx
                         .get::<ReplicaDpo>(&keys::replica(&db.id))?
                         .map_or(0, |r| r.applied_seq);
-                    let decision =
-                        vote_decision(&g, db.role, silence, applied, req, from, unavailable_after);
+                    let decision = if req.handoff && db.role == DatabaseRole::Primary {
+                        handoff_decision(tx, &db, &mut g, from, req, now)?
+                    } else if req.cancel {
+                        Err("has no switchover of this group to cancel".into())
+                    } else {
+                        // A member grants a switchover while the primary announces it.
+                        let handed = req.handoff
+                            && g.primary_beat
+                                .as_ref()
+                                .is_some_and(|b| b.handoff_to.as_ref() == Some(from));
+                        let silence = if handed { i64::MAX } else { silence };
+                        vote_decision(&g, db.role, silence, applied, req, from, unavailable_after)
+                    };
                     if let Err(reason) = decision {
                         refuse(format!("{me} {reason}"))
                     } else if req.epoch == g.promised {
@@ -2004,7 +2259,11 @@ impl Replication {
             )?;
             Ok(reply)
         })?;
-        tracing::warn!(candidate = %from, group = %req.group, epoch = req.epoch, granted = reply.granted, reason = %reply.reason, "vote");
+        tracing::warn!(candidate = %from, group = %req.group, epoch = req.epoch, granted = reply.granted, reason = %reply.reason, handoff = req.handoff, "vote");
+        if req.handoff {
+            // Members grant a switchover once they hear the primary announce it.
+            self.beat_soon();
+        }
         self.inner.control_wake.notify_one();
         Ok(())
     }
@@ -2029,6 +2288,7 @@ impl Replication {
         db: &DatabaseDpo,
         members: &[DeploymentId],
         seq: u64,
+        handoff: bool,
     ) -> Result<std::result::Result<u64, String>> {
         let me = self.me().clone();
         let group = claim_group(db);
@@ -2044,6 +2304,8 @@ impl Replication {
                 group: group.clone(),
                 epoch,
                 seq,
+                handoff,
+                cancel: false,
             };
             for m in members.iter().filter(|m| **m != me) {
                 let id = format!("vote-{group}-{epoch}-{me}");
@@ -2107,6 +2369,68 @@ impl Replication {
             }
         }
     }
+}
+
+/// The primary's answer to a switchover request (`req.handoff`) from `from`, in the
+/// metadata transaction `tx`: the first request starts the handoff (`g.handoff`: no
+/// commit from now on — the write fence reads it); the primary grants once every
+/// transaction that could have committed before has settled and the candidate applied the
+/// last of them. A cancel from the candidate ends the handoff.
+fn handoff_decision(
+    tx: &mut MetaTxn<'_>,
+    db: &DatabaseDpo,
+    g: &mut GroupDpo,
+    from: &DeploymentId,
+    req: &model::VoteRequest,
+    now: i64,
+) -> tern_meta::Result<std::result::Result<(), String>> {
+    if req.cancel {
+        if g.handoff.as_ref().is_some_and(|h| h.to == *from) {
+            g.handoff = None;
+            tx.put(&fkeys::group(&g.group), g)?;
+        }
+        return Ok(Err(
+            "switchover cancelled: the primary takes commits again".into()
+        ));
+    }
+    let repeat = req.epoch == g.promised && g.promised_to.as_ref() == Some(from);
+    if !repeat && req.epoch <= g.epoch.max(g.promised) {
+        return Ok(Err(format!(
+            "knows or promised epoch {}, not older than the {} asked for",
+            g.epoch.max(g.promised),
+            req.epoch
+        )));
+    }
+    let h = match &g.handoff {
+        Some(h) if h.to != *from => {
+            return Ok(Err(format!("a switchover to {} is in progress", h.to)));
+        }
+        Some(h) => h.clone(),
+        None => {
+            let h = Handoff {
+                to: from.clone(),
+                since_ms: now,
+                txn: tern_txn::last_txn_id(tx, &db.account)?,
+            };
+            g.handoff = Some(h.clone());
+            tx.put(&fkeys::group(&g.group), g)?;
+            tracing::warn!(group = %g.group, to = %from, "planned switchover: commits paused");
+            h
+        }
+    };
+    if tern_txn::stable_log_id(tx, &db.account)? < h.txn {
+        return Ok(Err(
+            "switchover: the primary's last transactions are still committing; retry".into(),
+        ));
+    }
+    let last = tern_txn::database_seq(tx, &db.id)?;
+    if req.seq < last {
+        return Ok(Err(format!(
+            "switchover: {from} applied transaction {} of the primary's last {last}; retry once it has",
+            req.seq
+        )));
+    }
+    Ok(Ok(()))
 }
 
 /// Whether a member in state `g` (its database's `role`, silent from the primary for

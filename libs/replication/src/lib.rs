@@ -63,7 +63,7 @@ pub mod worker;
 pub use error::{Error, Result};
 pub use failover::{
     Availability, AvailabilityEvent, ConflictDpo, FailoverOptions, FailoverReport, GroupStatus,
-    PeerDpo,
+    PeerDpo, SwitchoverReport,
 };
 pub use model::FailoverPolicy;
 pub use model::replica_table_id;

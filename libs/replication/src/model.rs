@@ -304,6 +304,11 @@ pub struct GroupBeat {
     /// has passed since, so until half of that it counts toward the primary's lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ms: Option<i64>,
+    /// A primary handing the group over (planned switchover): the member it hands it to.
+    /// It takes no commits meanwhile; members may accept that member's claim although
+    /// they still hear the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_to: Option<DeploymentId>,
 }
 
 /// `tern.repl.vote`: a candidate asks a member of a group of three or more to accept its
@@ -318,6 +323,15 @@ pub struct VoteRequest {
     pub epoch: u64,
     /// The last transaction of the old primary it applied.
     pub seq: u64,
+    /// A planned switchover: the primary is asked to hand the group over (it stops taking
+    /// commits and grants once the candidate applied its last one), and members grant
+    /// while the primary announces the handoff.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
+    /// The candidate of a switchover gives up (it will not claim): the primary takes
+    /// commits again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
 }
 
 /// `tern.repl.vote_reply`: a member's answer to a [`VoteRequest`].

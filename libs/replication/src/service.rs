@@ -59,6 +59,11 @@ pub struct ReplicationConfig {
     /// How long a failover candidate waits for the group's majority to accept its epoch.
     #[serde(with = "humantime_serde")]
     pub vote_timeout: Duration,
+    /// How long a planned switchover waits for the candidate to apply the primary's last
+    /// transaction and for the group to accept it (then it is cancelled: the primary takes
+    /// commits again).
+    #[serde(with = "humantime_serde")]
+    pub switchover_timeout: Duration,
     /// This deployment's API URL as clients should reach it (published in heartbeats, so
     /// that clients are redirected to a group's primary).
     pub public_url: Option<String>,
@@ -81,6 +86,7 @@ impl Default for ReplicationConfig {
             unavailable_after: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             vote_timeout: Duration::from_secs(10),
+            switchover_timeout: Duration::from_secs(30),
             public_url: None,
             webhook: None,
         }

@@ -248,6 +248,10 @@ enum DatabaseCmd {
         #[arg(long)]
         allow_data_loss: bool,
     },
+    /// Planned switchover (also the way back after a failover): this deployment's
+    /// secondary replica becomes the primary with nothing lost; the primary pauses writes
+    /// meanwhile. Prints the write pause.
+    Switchover { account: String, database: String },
     /// Show or set the failover policy of a database's group (set on its primary).
     Policy {
         account: String,
@@ -686,6 +690,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 .post(&p, &json!({"allow_data_loss": allow_data_loss}))
                 .await?;
             print_value(&v, json_out);
+        }
+        Command::Database(DatabaseCmd::Switchover { account, database }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/switchover");
+            print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Database(DatabaseCmd::Policy {
             account,

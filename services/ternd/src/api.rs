@@ -281,6 +281,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(&format!("{db}/replication"), post(set_replication))
         .route(&format!("{db}/refresh"), post(refresh))
         .route(&format!("{db}/failover"), post(failover))
+        .route(&format!("{db}/switchover"), post(switchover))
         .route(
             &format!("{db}/policy"),
             get(get_policy).put(set_policy).post(set_policy),
@@ -1644,6 +1645,22 @@ async fn failover(
         .await?;
     let v = serde_json::to_value(&report)
         .map_err(|e| Error::internal("encode failover report")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+/// Planned switchover: this deployment's secondary replica becomes the group's primary
+/// with nothing lost (see `Replication::switchover`); on the primary already, nothing to
+/// do. Answers the write pause.
+async fn switchover(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let report = d.replication.switchover(&id, &db.name).await?;
+    let v = serde_json::to_value(&report)
+        .map_err(|e| Error::internal("encode switchover report")(e.to_string()))?;
     Ok(axum::Json(v))
 }
 

@@ -119,6 +119,7 @@ fn run(n: usize, s: &Script) -> std::result::Result<u64, String> {
                 since_ms: 0,
                 promised_to: None,
                 excluded: Vec::new(),
+                handoff: None,
             };
             Node {
                 id: id.clone(),
@@ -217,6 +218,7 @@ fn run(n: usize, s: &Script) -> std::result::Result<u64, String> {
                             seq: 0,
                             commit_at_ms: None,
                             heard_at_ms: now,
+                            handoff_to: None,
                         });
                     }
                     if node.role == DatabaseRole::Primary
@@ -321,6 +323,8 @@ fn run(n: usize, s: &Script) -> std::result::Result<u64, String> {
                             group: "g".into(),
                             epoch,
                             seq: 0,
+                            handoff: false,
+                            cancel: false,
                         }),
                         &mut in_flight,
                         &cut,

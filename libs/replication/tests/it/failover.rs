@@ -919,3 +919,146 @@ async fn a_failover_applies_what_the_lost_primary_had_already_sent() {
     plan.disarm(slow);
     d2.stop().await;
 }
+
+/// A writer of single-row inserts with unique ids on `tables`/`t` until `stop`: the ids
+/// acknowledged, and how many were refused.
+fn load(
+    tables: std::sync::Arc<tern_table::Tables>,
+    t: TableId,
+    first: i64,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut refused = 0;
+        let mut next = first;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match tables.insert(&t, &[batch(next..next + 1, "load")]).await {
+                Ok(_) => acked.lock().unwrap().push(next),
+                Err(_) => refused += 1,
+            }
+            next += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        refused
+    })
+}
+
+/// The ids in a table.
+async fn ids_of(n: &Node, t: &TableId) -> Vec<i64> {
+    let mut ids: Vec<i64> = rows(n, t, None)
+        .await
+        .iter()
+        .map(|r| r.split('|').next().unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planned_switchover_under_load_loses_nothing_and_switches_back() {
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    replicate(&d1, &a1, &d2, &account_group).await;
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    until_state(&d2, "d1", Availability::Available).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let rid = replica_table_id(&d1.id, &t);
+
+    // A steady load on d1 while d2 takes over.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = load(
+        std::sync::Arc::clone(&d1.tables),
+        t.clone(),
+        1000,
+        acked.clone(),
+        stop.clone(),
+    );
+    eventually(WAIT, "the load to be under way", || async {
+        acked.lock().unwrap().len() >= 20
+    })
+    .await;
+    let report = d2.repl.switchover(&a2, "sales").await.unwrap();
+    assert!(report.epoch >= 2, "{report:?}");
+    assert_eq!(
+        report.previous_primary.as_ref().map(|p| p.as_str()),
+        Some("d1")
+    );
+    assert_eq!(role(&d2, "a2", "sales"), DatabaseRole::Primary);
+    // d1 learns the new epoch: from then on it refuses every write as a secondary.
+    eventually(WAIT, "d1 to follow d2", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused = writer.await.unwrap();
+    assert!(refused > 0, "the old primary paused, then refused");
+    let e = d1
+        .tables
+        .insert(&t, &[batch(9000..9001, "late")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("read-only") || e.contains("secondary"), "{e}");
+    // Every acknowledged write is on the new primary exactly once; nothing was kept
+    // aside as a conflict.
+    let mut want: Vec<i64> = (0..10).collect();
+    want.extend(acked.lock().unwrap().iter().copied());
+    want.sort_unstable();
+    assert_eq!(ids_of(&d2, &rid).await, want, "{report:?}");
+    assert!(d1.repl.conflicts().unwrap().is_empty());
+    assert!(write(&d2, &rid, 20_000..20_010, "on d2").await);
+    eventually(WAIT, "d1 to catch up with d2", || async {
+        rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+
+    // And back, under load on d2: d1 is the primary again, nothing lost.
+    until_state(&d1, "d2", Availability::Available).await;
+    acked.lock().unwrap().clear();
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    let writer = load(
+        std::sync::Arc::clone(&d2.tables),
+        rid.clone(),
+        30_000,
+        acked.clone(),
+        stop.clone(),
+    );
+    eventually(WAIT, "the load to be under way", || async {
+        acked.lock().unwrap().len() >= 20
+    })
+    .await;
+    let back = d1.repl.switchover(&a1, "sales").await.unwrap();
+    assert!(back.epoch > report.epoch, "{back:?}");
+    eventually(WAIT, "d2 to follow d1", || async {
+        role(&d2, "a2", "sales") == DatabaseRole::Secondary
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    let on_d1 = ids_of(&d1, &t).await;
+    for id in acked.lock().unwrap().iter() {
+        assert_eq!(on_d1.iter().filter(|i| *i == id).count(), 1, "{id}");
+    }
+    assert!(d2.repl.conflicts().unwrap().is_empty());
+    // Repeated on the primary: nothing to do.
+    let again = d1.repl.switchover(&a1, "sales").await.unwrap();
+    assert_eq!((again.epoch, again.previous_primary), (back.epoch, None));
+    assert!(write(&d1, &t, 40_000..40_010, "back").await);
+    eventually(WAIT, "d2 to equal d1", || async {
+        rows(&d2, &rid, None).await == rows(&d1, &t, None).await
+    })
+    .await;
+    d1.stop().await;
+    d2.stop().await;
+}
