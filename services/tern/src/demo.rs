@@ -543,6 +543,15 @@ async fn raw_post(
     Ok((status, v))
 }
 
+/// `n thing` or `n things`.
+fn plural(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 /// min / median / max of `ms`.
 fn spread(ms: &[f64]) -> String {
     let mut v = ms.to_vec();
@@ -1230,11 +1239,12 @@ impl Demo {
             step,
             t,
             format!(
-                "d2 holds the primary at epoch {} (a majority of {n} voted; no \
-                 --allow-data-loss): RTO {} ms, known loss {} transactions / {} ms, lease {}",
+                "d2 holds the primary at epoch {}, granted by a majority of the {n} without \
+                 --allow-data-loss: RTO {} ms, known loss {} / {} ms (by d1's last heartbeat), \
+                 lease {}",
                 r["epoch"],
                 r["rto_ms"],
-                r["known_loss_txns"],
+                plural(r["known_loss_txns"].as_u64().unwrap_or(0), "transaction"),
                 r["known_loss_ms"],
                 if r["lease_held"] == true {
                     "held"
@@ -1418,17 +1428,17 @@ impl Demo {
             "none on d1: d2 had applied everything d1 committed".to_string()
         } else {
             format!(
-                "{} on d1: transactions it committed under epoch 1 past the fork and never \
-                 shipped, kept (not applied) for the operator",
-                records.len()
+                "{} on d1 (committed under epoch 1 past the fork, never shipped: kept, not \
+                 applied)",
+                plural(records.len() as u64, "record")
             )
         };
         self.report.step_with(
             step,
             t,
             format!(
-                "{what}; of the {} writes acknowledged before the kill, {there} are on d2, \
-                 {recorded} in a conflict record, none lost (d2 reported a loss of {known})",
+                "{what}; of the {} writes acknowledged before the kill, {there} are on d2 and \
+                 {recorded} in a record, none lost",
                 load.acked.len()
             ),
             json!({"count": records.len(), "records": table, "acknowledged": load.acked.len(), "on_new_primary": there, "in_conflict_records": recorded}),
