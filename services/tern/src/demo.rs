@@ -158,14 +158,35 @@ fn ternd_binary(explicit: Option<PathBuf>) -> Result<PathBuf, DemoError> {
     let target = dir
         .parent()
         .ok_or_else(|| fail("find ternd", "no target folder"))?;
-    output::note(&format!(
-        "ternd is not beside tern: building it (cargo build -p ternd, {profile})"
-    ));
+    output::note(&if path.exists() {
+        format!("bringing ternd up to date (cargo build -p ternd, {profile})")
+    } else {
+        format!("ternd is not beside tern: building it (cargo build -p ternd, {profile})")
+    });
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["build", "-p", "ternd", "--bin", "ternd", "--target-dir"])
         .arg(target);
     if profile == "release" {
         cmd.arg("--release");
+    }
+    // `cargo run -p tern` hands this process its package's variables (`CARGO_PKG_NAME`,
+    // `CARGO_MANIFEST_DIR`, …). Passed on, they make this build's environment differ from a
+    // top-level one, and build scripts that watch them (ring's) would rebuild ring and all
+    // that depends on it here, and again at the next `cargo run`: each run would compile
+    // for minutes. Under another package's process (a test's), its builds had them too.
+    if std::env::var_os("CARGO_PKG_NAME").is_some_and(|n| n == env!("CARGO_PKG_NAME")) {
+        for (k, _) in std::env::vars_os() {
+            if let Some(k) = k.to_str()
+                && (k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || matches!(
+                        k,
+                        "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+                    ))
+            {
+                cmd.env_remove(k);
+            }
+        }
     }
     let status = cmd.status().map_err(|e| fail("build ternd", e))?;
     if !status.success() || !path.exists() {
