@@ -177,6 +177,87 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
     let kept = conflict_ids(&d1);
     assert_eq!(kept, stale);
     assert!(stale.iter().all(|i| !got.contains(i)));
+
+    // Failback through the CLI: the records are read, d1 takes the primary back by a
+    // planned switchover (nothing lost), then applies every record but one, which it
+    // discards.
+    let list = tern(&d1, &["conflicts", "list"]);
+    let records: Vec<String> = list["conflicts"]
+        .as_array()
+        .expect("conflicts")
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(records.len(), stale.len(), "{list}");
+    if let Some(first) = records.first() {
+        let csv = tern_text(&d1, &["conflicts", "show", first, "--csv"]);
+        assert!(csv.starts_with("table,change,"), "{csv}");
+        assert!(csv.contains("added"), "{csv}");
+        let refused = std::process::Command::new(binary("tern"))
+            .args(["--url", &d1.url(), "--token", OPERATOR_TOKEN])
+            .args(["conflicts", "apply", first])
+            .output()
+            .expect("run tern");
+        assert!(!refused.status.success(), "applied on a secondary");
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("switchover"), "{err}");
+    }
+    wait_until("d1 hears d2", WAIT, || {
+        (availability(&d1, "d2")? == "available").then_some(())
+    });
+    let back = tern(&d1, &["database", "switchover", "a1", "sales"]);
+    assert_eq!(back["previous_primary"], "d2", "{back}");
+    // Records in the order of their transactions: all applied but the last, discarded.
+    let mut by_txn: Vec<(i64, String)> = list["conflicts"]
+        .as_array()
+        .expect("conflicts")
+        .iter()
+        .filter_map(|c| Some((c["txn_id"].as_i64()?, c["id"].as_str()?.to_string())))
+        .collect();
+    by_txn.sort();
+    if let Some(((_, last), rest)) = by_txn.split_last() {
+        for (_, id) in rest {
+            let applied = tern(&d1, &["conflicts", "apply", id]);
+            assert_eq!(
+                applied["versions"].as_array().map(Vec::len),
+                Some(1),
+                "{applied}"
+            );
+        }
+        let discarded = tern(&d1, &["conflicts", "discard", last]);
+        assert_eq!(discarded["state"], "discarded", "{discarded}");
+    }
+    let mut want: Vec<i64> = acked.clone();
+    want.extend(stale.iter().take(stale.len().saturating_sub(1)));
+    want.sort_unstable();
+    let on_d1 = ids(&scan_all(&d1, PRIMARY).expect("scan d1"));
+    assert_eq!(
+        on_d1, want,
+        "every acknowledged write once, the applied records, not the discarded one"
+    );
+    wait_until("d2 follows d1 again", WAIT, || {
+        (scan_all(&d2, &tbl)? == scan_all(&d1, PRIMARY)?).then_some(())
+    });
+}
+
+/// `tern --json <args>` against `d`, as JSON.
+fn tern(d: &Ternd, args: &[&str]) -> Value {
+    serde_json::from_str(&tern_text(d, &[&["--json"], args].concat())).expect("json")
+}
+
+/// `tern <args>` against `d`: its output; panics when it fails.
+fn tern_text(d: &Ternd, args: &[&str]) -> String {
+    let out = std::process::Command::new(binary("tern"))
+        .args(["--url", &d.url(), "--token", OPERATOR_TOKEN])
+        .args(args)
+        .output()
+        .expect("run tern");
+    assert!(
+        out.status.success(),
+        "tern {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The ids of single-row inserts an old primary kept as conflict records (sorted).

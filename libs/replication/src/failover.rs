@@ -54,8 +54,8 @@
 //!   so by the time a majority can elect a successor, the old primary's lease has lapsed
 //!   and it has stopped committing by itself (`epochs.rs` checks this as a model).
 //!
-//! Not built yet: planned switchover and applying or discarding conflict records
-//! (failback).
+//! Planned switchover ([`Replication::switchover`]) hands the group over with nothing lost;
+//! conflict records are read, applied or discarded in [`crate::conflicts`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -368,6 +368,21 @@ impl GroupDpo {
 pub enum ConflictState {
     /// Kept for the operator.
     Open,
+    /// Re-executed on the primary.
+    Applied,
+    /// Not to be applied; kept as history (its files are gone).
+    Discarded,
+}
+
+impl ConflictState {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictState::Open => "open",
+            ConflictState::Applied => "applied",
+            ConflictState::Discarded => "discarded",
+        }
+    }
 }
 
 /// One table version of a conflict record.
@@ -407,6 +422,12 @@ pub struct ConflictDpo {
     pub found_at_ms: i64,
     /// Its state.
     pub state: ConflictState,
+    /// When it was applied or discarded.
+    #[serde(default)]
+    pub resolved_at_ms: Option<i64>,
+    /// How (the versions an apply made).
+    #[serde(default)]
+    pub resolution: Option<String>,
 }
 impl_dpo!(ConflictDpo, "conflict record");
 
@@ -711,7 +732,7 @@ pub struct GroupStatus {
     pub primary_heard_ago_ms: Option<i64>,
     /// The policy.
     pub policy: FailoverPolicy,
-    /// Conflict records kept.
+    /// Conflict records kept and not yet applied or discarded.
     pub conflicts: u64,
 }
 
@@ -1307,6 +1328,8 @@ impl Replication {
                         versions: Vec::new(),
                         found_at_ms: self.now(),
                         state: ConflictState::Open,
+                        resolved_at_ms: None,
+                        resolution: None,
                     });
                     c.versions.push(ConflictVersion {
                         table: t.id.clone(),
@@ -1943,7 +1966,10 @@ impl Replication {
                         rpo_exposure_ms: exposure,
                         primary_heard_ago_ms: heard,
                         policy: g.policy.clone(),
-                        conflicts: conflicts.iter().filter(|c| c.database == d.id).count() as u64,
+                        conflicts: conflicts
+                            .iter()
+                            .filter(|c| c.database == d.id && c.state == ConflictState::Open)
+                            .count() as u64,
                     });
                 }
             }

@@ -1062,3 +1062,107 @@ async fn a_planned_switchover_under_load_loses_nothing_and_switches_back() {
     d1.stop().await;
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conflict_records_are_read_applied_refused_and_discarded_after_failing_back() {
+    let Pair {
+        dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    replicate(&d1, &a1, &d2, &account_group).await;
+    assert!(write(&d1, &t, 0..10, "before").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    // Cut off, the old primary commits three transactions nobody else sees: an insert, a
+    // delete (rewrites the file of rows 0..10), another insert.
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    assert!(write(&d1, &t, 10..20, "cut-off-a").await);
+    d1.tables
+        .delete(
+            &t,
+            &tern_table::Predicate::cmp("id", tern_table::CmpOp::Lt, 5i64),
+        )
+        .await
+        .unwrap();
+    assert!(write(&d1, &t, 20..30, "cut-off-c").await);
+    let a2 = AccountId::new("a2").unwrap();
+    d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    let rid = replica_table_id(&d1.id, &t);
+    // The new primary changes one of the rows the delete had changed.
+    d2.tables
+        .delete(&rid, &tern_table::Predicate::eq("id", 3i64))
+        .await
+        .unwrap();
+    let mut d1 = open_with(dir.path(), "d1", None, fast()).await;
+    d1.start(&[&d2]);
+    eventually(WAIT, "d1 fenced, its three transactions kept", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+            && d1.repl.conflicts().unwrap().len() == 3
+            && rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    let mut kept = d1.repl.conflicts().unwrap();
+    kept.sort_by_key(|c| c.txn_id);
+    let (a, b, c) = (kept[0].id.clone(), kept[1].id.clone(), kept[2].id.clone());
+    // Readable: the rows each added and removed.
+    let (_, tables) = d1.repl.conflict_rows(&a).await.unwrap();
+    let added: usize = tables[0].added.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(added, 10);
+    assert_eq!(tables[0].removed.as_ref().map(Vec::len), Some(0));
+    let (_, tables) = d1.repl.conflict_rows(&b).await.unwrap();
+    assert_eq!(
+        tables[0].added.iter().map(|b| b.num_rows()).sum::<usize>(),
+        0
+    );
+    if let Some(removed) = &tables[0].removed {
+        assert_eq!(removed.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    }
+    // Applied only on the primary.
+    let e = d1.repl.apply_conflict(&a).await.unwrap_err().to_string();
+    assert!(e.contains("switchover"), "{e}");
+    until_state(&d1, "d2", Availability::Available).await;
+    d1.repl.switchover(&a1, "sales").await.unwrap();
+    // The insert applies: its rows are back, as a new transaction, and replicate.
+    let applied = d1.repl.apply_conflict(&a).await.unwrap();
+    assert_eq!(applied.versions.len(), 1, "{applied:?}");
+    let on_d1 = rows(&d1, &t, None).await;
+    assert_eq!(on_d1.iter().filter(|r| r.contains("cut-off-a")).count(), 10);
+    // The delete's rows moved on (row 3 was deleted by the new primary): refused.
+    let e = d1.repl.apply_conflict(&b).await.unwrap_err().to_string();
+    assert!(e.contains("changed since"), "{e}");
+    // Discarded: the record stays as history, its files go.
+    let discarded = d1.repl.discard_conflict(&c).await.unwrap();
+    assert_eq!(discarded.state.name(), "discarded");
+    for f in discarded.versions.iter().flat_map(|v| &v.added) {
+        let path = tern_storage::Path::from(f.path.as_str());
+        assert!(
+            object_store::ObjectStoreExt::head(d1.volume.as_ref(), &path)
+                .await
+                .is_err(),
+            "{}",
+            f.path
+        );
+    }
+    let e = d1.repl.apply_conflict(&c).await.unwrap_err().to_string();
+    assert!(e.contains("discarded already"), "{e}");
+    let e = d1.repl.apply_conflict(&a).await.unwrap_err().to_string();
+    assert!(e.contains("applied already"), "{e}");
+    let states: Vec<&str> = {
+        let mut all = d1.repl.conflicts().unwrap();
+        all.sort_by_key(|c| c.txn_id);
+        all.iter().map(|c| c.state.name()).collect()
+    };
+    assert_eq!(states, ["applied", "open", "discarded"]);
+    eventually(WAIT, "d2 to follow d1 with the applied rows", || async {
+        rows(&d2, &rid, None).await == rows(&d1, &t, None).await
+    })
+    .await;
+    d1.stop().await;
+    d2.stop().await;
+}
