@@ -1166,3 +1166,162 @@ async fn conflict_records_are_read_applied_refused_and_discarded_after_failing_b
     d1.stop().await;
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_old_primary_resyncs_only_the_divergence() {
+    use tern_replication::service::Counters;
+    let Pair {
+        dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    replicate(&d1, &a1, &d2, &account_group).await;
+    for i in 0..10 {
+        assert!(write(&d1, &t, i * 100..i * 100 + 100, "shared").await);
+    }
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    // The old primary's own divergence: two files that must never cross.
+    for i in 0..2 {
+        assert!(write(&d1, &t, 5000 + i * 10..5010 + i * 10, "diverged").await);
+    }
+    let a2 = AccountId::new("a2").unwrap();
+    d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    let rid = replica_table_id(&d1.id, &t);
+    for i in 0..3 {
+        assert!(write(&d2, &rid, 9000 + i * 100..9100 + i * 100, "new").await);
+    }
+    let new_files: Vec<tern_meta::MicroPartitionDpo> = d2
+        .meta
+        .read(|tx| tx.active_micro_partitions(&rid, ver(&d2, &rid).unwrap()))
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.global_ref.origin.as_str() == "d2")
+        .collect();
+    assert_eq!(new_files.len(), 3);
+    let changed: u64 = new_files.iter().map(|m| m.bytes).sum();
+    let (files0, bytes0) = (
+        Counters::get(&d2.repl.counters().files_copied),
+        Counters::get(&d2.repl.counters().bytes_copied),
+    );
+    let mut d1 = open_with(dir.path(), "d1", None, fast()).await;
+    d1.start(&[&d2]);
+    eventually(WAIT, "d1 to rejoin and equal d2", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+            && rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    let files = Counters::get(&d2.repl.counters().files_copied) - files0;
+    let bytes = Counters::get(&d2.repl.counters().bytes_copied) - bytes0;
+    assert_eq!(files, 3, "only the new primary's three new files crossed");
+    assert!(
+        bytes as f64 <= changed as f64 * 1.05,
+        "{bytes} bytes copied for {changed} changed"
+    );
+    // The old primary's own divergence never reached the new primary.
+    let kept: Vec<tern_storage::layout::GlobalFileRef> = d1
+        .repl
+        .conflicts()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c.versions.iter().flat_map(|v| v.added.iter()))
+        .map(|m| m.global_ref.clone())
+        .collect();
+    assert_eq!(kept.len(), 2);
+    let on_d2 = d2.meta.read(|tx| tx.list_micro_partitions(&rid)).unwrap();
+    assert!(
+        on_d2.iter().all(|m| !kept.contains(&m.global_ref)),
+        "{kept:?}"
+    );
+    d1.stop().await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn double_failover_then_failback_to_the_first_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (mut d1, mut d2, mut d3) = open3(root).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
+        let a = n.create_account(acct).unwrap();
+        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
+        knows(n, &group, "d1").await;
+        n.repl.create_replica(&a, "sales", &group, None).unwrap();
+    }
+    let rid = replica_table_id(&d1.id, &t);
+    assert!(write(&d1, &t, 0..10, "a").await);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+
+    // A → B: d1 lost, d2 wins the majority with d3.
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let (a2, a3) = (AccountId::new("a2").unwrap(), AccountId::new("a3").unwrap());
+    let r = d2.repl.failover(&a2, "sales", PLAIN).await.unwrap();
+    assert_eq!(r.epoch, 2, "{r:?}");
+    assert!(write(&d2, &rid, 10..20, "b").await);
+    // d1 comes back, follows d2.
+    let mut d1 = open_with(root, "d1", None, fast()).await;
+    d1.start(&[&d2, &d3]);
+    eventually(WAIT, "d1 to follow d2", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+            && rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+
+    // B → C: d2 lost, d3 wins the majority with d1.
+    d2.kill().await;
+    until_state(&d3, "d2", Availability::Unavailable).await;
+    until_state(&d1, "d2", Availability::Unavailable).await;
+    let r = d3.repl.failover(&a3, "sales", PLAIN).await.unwrap();
+    assert!(r.epoch > 2 && !r.forced, "{r:?}");
+    assert!(write(&d3, &rid, 20..30, "c").await);
+    let mut d2 = open_with(root, "d2", Some(&root.join("d1").join("keys")), fast()).await;
+    d2.start(&[&d1, &d3]);
+    eventually(WAIT, "d1 and d2 to follow d3", || async {
+        role(&d2, "a2", "sales") == DatabaseRole::Secondary
+            && rows(&d1, &t, None).await == rows(&d3, &rid, None).await
+            && rows(&d2, &rid, None).await == rows(&d3, &rid, None).await
+    })
+    .await;
+
+    // Failback to A, planned: nothing lost.
+    until_state(&d1, "d3", Availability::Available).await;
+    let back = d1.repl.switchover(&a1, "sales").await.unwrap();
+    assert_eq!(
+        back.previous_primary.as_ref().map(|p| p.as_str()),
+        Some("d3")
+    );
+    assert!(write(&d1, &t, 30..40, "a-again").await);
+    eventually(WAIT, "every replica to equal d1", || async {
+        let want = rows(&d1, &t, None).await;
+        rows(&d2, &rid, None).await == want && rows(&d3, &rid, None).await == want
+    })
+    .await;
+    assert_eq!(rows(&d1, &t, None).await.len(), 40);
+    for n in [&d1, &d2, &d3] {
+        assert!(n.repl.conflicts().unwrap().is_empty(), "{}", n.id);
+    }
+    for n in [&mut d1, &mut d2, &mut d3] {
+        n.stop().await;
+    }
+}
