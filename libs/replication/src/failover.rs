@@ -642,6 +642,35 @@ impl WriteFence for Fence {
     }
 }
 
+/// A vote request a member decides later (see [`Replication::retry_deferred_votes`]).
+#[derive(Debug, Clone)]
+pub(crate) struct DeferredVote {
+    from: DeploymentId,
+    req: model::VoteRequest,
+    /// When to decide again.
+    at: Instant,
+    /// When to stop deferring (refuse).
+    deadline: Instant,
+}
+
+/// A failover or switchover standing for a group in this process (see
+/// [`Replication::withdraw_stale_candidacies`]).
+struct Standing {
+    repl: Replication,
+    group: String,
+}
+
+impl Drop for Standing {
+    fn drop(&mut self) {
+        self.repl
+            .inner
+            .standing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.group);
+    }
+}
+
 /// What `tern database failover` asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverOptions {
@@ -1492,6 +1521,7 @@ impl Replication {
             forced = true;
         }
         let members = self.members_of(&group)?;
+        let _standing = self.standing(&group);
         let mut voted = None;
         if members.len() >= 3 {
             match self.stand(&db, &members, r.applied_seq, false).await? {
@@ -1501,6 +1531,7 @@ impl Replication {
                     forced = true;
                 }
                 Err(why) => {
+                    self.withdraw_candidacy(&db)?;
                     self.stop_promoting(&db)?;
                     return Err(Error::invalid(
                         format!("failover of {database}"),
@@ -1642,6 +1673,7 @@ impl Replication {
             Ok(())
         })?;
         let members = self.members_of(&group)?;
+        let _standing = self.standing(&group);
         let deadline = Instant::now() + self.config().switchover_timeout;
         let epoch = loop {
             let applied = self
@@ -1651,7 +1683,7 @@ impl Replication {
             match self.stand(&db, &members, applied, true).await? {
                 Ok(epoch) => break epoch,
                 Err(why) if Instant::now() >= deadline => {
-                    self.cancel_handoff(&db, &previous)?;
+                    self.withdraw_candidacy(&db)?;
                     self.stop_promoting(&db)?;
                     return Err(Error::invalid(
                         format!("switchover of {database}"),
@@ -1696,41 +1728,101 @@ impl Replication {
         Ok(report)
     }
 
-    /// Tells `primary` that this deployment's switchover of `db` is off (it will not
-    /// claim): it takes commits again. This deployment's own promise is withdrawn.
-    fn cancel_handoff(&self, db: &DatabaseDpo, primary: &DeploymentId) -> Result<()> {
+    /// Withdraws this deployment's candidacy for `db`'s group (a failover or switchover
+    /// that will not claim: refused, timed out, or cut short by a crash): its own promise
+    /// goes, and every other member is told, so that members that granted it may echo the
+    /// primary and grant others again, and a primary handing the group over takes commits
+    /// again. Safe because the candidate never claims an epoch it withdrew.
+    fn withdraw_candidacy(&self, db: &DatabaseDpo) -> Result<()> {
         let me = self.me().clone();
         let group = claim_group(db);
-        self.meta().write(|tx| {
+        let members = self.members_of(&group)?;
+        let withdrawn = self.meta().write(|tx| {
             let d = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
             let mut g = group_of(tx, &d, &me)?;
-            if g.promised_to.as_ref() == Some(&me) && g.promised > g.epoch {
-                g.promised = g.epoch;
-                g.promised_to = None;
-                tx.put(&fkeys::group(&group), &g)?;
+            if g.promised_to.as_ref() != Some(&me) || g.promised <= g.epoch {
+                return Ok(None);
             }
+            let epoch = g.promised;
+            g.promised = g.epoch;
+            g.promised_to = None;
+            tx.put(&fkeys::group(&group), &g)?;
             let req = model::VoteRequest {
                 v: PAYLOAD_VERSION,
                 group: group.clone(),
-                epoch: g.epoch,
+                epoch,
                 seq: 0,
-                handoff: true,
+                handoff: false,
                 cancel: true,
             };
-            let id = format!("vote-cancel-{group}-{}-{me}", g.epoch);
-            tx.put(
-                &crate::state::outbox_key(primary, &id),
-                &crate::state::OutboxDpo {
-                    peer: primary.clone(),
-                    id,
-                    message_type: model::VOTE_TYPE.into(),
-                    payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
-                },
-            )?;
-            Ok(())
+            for m in members.iter().filter(|m| **m != me) {
+                let id = format!("vote-cancel-{group}-{epoch}-{me}");
+                tx.put(
+                    &crate::state::outbox_key(m, &id),
+                    &crate::state::OutboxDpo {
+                        peer: m.clone(),
+                        id,
+                        message_type: model::VOTE_TYPE.into(),
+                        payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
+                    },
+                )?;
+            }
+            Ok(Some(epoch))
         })?;
-        self.inner.control_wake.notify_one();
+        if let Some(epoch) = withdrawn {
+            tracing::warn!(%group, epoch, "candidacy withdrawn");
+            self.inner.control_wake.notify_one();
+        }
         Ok(())
+    }
+
+    /// Control worker: withdraws candidacies this deployment promised itself and no
+    /// failover or switchover of this process stands for (the one that stood was cut short
+    /// by a crash). How many.
+    pub(crate) fn withdraw_stale_candidacies(&self) -> Result<usize> {
+        let me = self.me().clone();
+        let stale: Vec<DatabaseDpo> = self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                for d in tx.list_databases(&a.name)? {
+                    if d.replication_group.is_none() || d.role != DatabaseRole::Secondary {
+                        continue;
+                    }
+                    let g = group_of(tx, &d, &me)?;
+                    if g.promised_to.as_ref() == Some(&me) && g.promised > g.epoch {
+                        out.push(d);
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        let mut n = 0;
+        for d in stale {
+            let standing = self
+                .inner
+                .standing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&claim_group(&d));
+            if !standing {
+                self.withdraw_candidacy(&d)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Marks `group` as stood for by this process until the guard drops.
+    fn standing(&self, group: &str) -> Standing {
+        self.inner
+            .standing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(group.to_string());
+        Standing {
+            repl: self.clone(),
+            group: group.to_string(),
+        }
     }
 
     /// The claim of a promotion (failover or switchover) of local secondary `db`: one
@@ -2057,7 +2149,8 @@ impl Replication {
     /// maintenance), stands after `rank × 2 × heartbeat_interval` of the primary's
     /// unavailability (rank: its place among the group's members by id), on its own task
     /// (its votes travel through this worker's outbox). A refused attempt (no majority, loss
-    /// beyond the RPO) is logged and tried again after `vote_timeout`. How many started.
+    /// beyond the RPO) is logged, its candidacy withdrawn, and tried again after
+    /// `(1 + rank) × vote_timeout`. How many started.
     pub(crate) fn auto_failover(&self) -> Result<usize> {
         let now = self.now();
         let me = self.me().clone();
@@ -2104,9 +2197,12 @@ impl Replication {
                     .auto_attempts
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Retries spaced by rank: two candidates whose attempts collided (each
+                // promised itself the epoch) do not collide again and again.
+                let spacing = self.config().vote_timeout * (1 + rank as u32);
                 if attempts
                     .get(&r.group)
-                    .is_some_and(|at| at.elapsed() < self.config().vote_timeout)
+                    .is_some_and(|at| at.elapsed() < spacing)
                 {
                     continue;
                 }
@@ -2207,11 +2303,50 @@ impl Replication {
     /// reply in the outbox, in one transaction): no echo of an older primary and no other
     /// grant at or below the epoch from now on.
     pub(crate) fn vote(&self, from: &DeploymentId, req: &model::VoteRequest) -> Result<()> {
+        self.vote_until(from, req, Instant::now() + self.config().vote_timeout)
+    }
+
+    /// Control worker: decides the vote requests deferred until now. How many.
+    pub(crate) fn retry_deferred_votes(&self) -> Result<usize> {
+        let due: Vec<DeferredVote> = {
+            let mut all = self
+                .inner
+                .deferred_votes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let (due, later): (Vec<_>, Vec<_>) = all.drain(..).partition(|d| d.at <= now);
+            *all = later;
+            due
+        };
+        for d in &due {
+            self.vote_until(&d.from, &d.req, d.deadline)?;
+        }
+        Ok(due.len())
+    }
+
+    /// [`Self::vote`]: a member that would grant but has heard the primary less than
+    /// `unavailable_after` ago defers its answer (to the control worker) until the silence
+    /// is long enough, or `deadline` (then it refuses): a candidate that judged the
+    /// primary unavailable a moment earlier than this member is not refused for it.
+    fn vote_until(
+        &self,
+        from: &DeploymentId,
+        req: &model::VoteRequest,
+        deadline: Instant,
+    ) -> Result<()> {
         let me = self.me().clone();
         let now = self.now();
         let unavailable_after =
             i64::try_from(self.config().unavailable_after.as_millis()).unwrap_or(i64::MAX);
+        let left_ms = i64::try_from(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
         let db = self.local_database(&req.group)?;
+        let mut defer_ms = None;
         let reply = self.meta().write(|tx| {
             let refuse = |reason: String| model::VoteReply {
                 v: PAYLOAD_VERSION,
@@ -2235,10 +2370,28 @@ impl Replication {
                     let applied = tx
                         .get::<ReplicaDpo>(&keys::replica(&db.id))?
                         .map_or(0, |r| r.applied_seq);
-                    let decision = if req.handoff && db.role == DatabaseRole::Primary {
+                    let decision = if req.cancel {
+                        // The candidate withdrew: its promise goes, a handoff to it ends.
+                        let mut changed = false;
+                        if g.promised_to.as_ref() == Some(from)
+                            && g.promised > g.epoch
+                            && g.promised <= req.epoch
+                        {
+                            g.promised = g.epoch;
+                            g.promised_to = None;
+                            changed = true;
+                        }
+                        if g.handoff.as_ref().is_some_and(|h| h.to == *from) {
+                            g.handoff = None;
+                            changed = true;
+                            tracing::warn!(group = %g.group, to = %from, "switchover cancelled: commits resume");
+                        }
+                        if changed {
+                            tx.put(&fkeys::group(&g.group), &g)?;
+                        }
+                        Err("withdrawn".into())
+                    } else if req.handoff && db.role == DatabaseRole::Primary {
                         handoff_decision(tx, &db, &mut g, from, req, now)?
-                    } else if req.cancel {
-                        Err("has no switchover of this group to cancel".into())
                     } else {
                         // A member grants a switchover while the primary announces it.
                         let handed = req.handoff
@@ -2246,7 +2399,31 @@ impl Replication {
                                 .as_ref()
                                 .is_some_and(|b| b.handoff_to.as_ref() == Some(from));
                         let silence = if handed { i64::MAX } else { silence };
-                        vote_decision(&g, db.role, silence, applied, req, from, unavailable_after)
+                        let decision = vote_decision(
+                            &g,
+                            db.role,
+                            silence,
+                            applied,
+                            req,
+                            from,
+                            unavailable_after,
+                        );
+                        let only_silence = decision.is_err()
+                            && vote_decision(
+                                &g,
+                                db.role,
+                                i64::MAX,
+                                applied,
+                                req,
+                                from,
+                                unavailable_after,
+                            )
+                            .is_ok();
+                        if only_silence && unavailable_after - silence <= left_ms {
+                            defer_ms = Some(unavailable_after - silence);
+                            return Ok(None);
+                        }
+                        decision
                     };
                     if let Err(reason) = decision {
                         refuse(format!("{me} {reason}"))
@@ -2283,8 +2460,23 @@ impl Replication {
                     payload: String::from_utf8(model::encode(&reply)).unwrap_or_default(),
                 },
             )?;
-            Ok(reply)
+            Ok(Some(reply))
         })?;
+        let Some(reply) = reply else {
+            let wait = Duration::from_millis(u64::try_from(defer_ms.unwrap_or(0)).unwrap_or(0));
+            tracing::info!(candidate = %from, group = %req.group, epoch = req.epoch, ?wait, "vote deferred until the primary has been silent long enough");
+            self.inner
+                .deferred_votes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(DeferredVote {
+                    from: from.clone(),
+                    req: req.clone(),
+                    at: Instant::now() + wait,
+                    deadline,
+                });
+            return Ok(());
+        };
         tracing::warn!(candidate = %from, group = %req.group, epoch = req.epoch, granted = reply.granted, reason = %reply.reason, handoff = req.handoff, "vote");
         if req.handoff {
             // Members grant a switchover once they hear the primary announce it.
@@ -2401,7 +2593,7 @@ impl Replication {
 /// metadata transaction `tx`: the first request starts the handoff (`g.handoff`: no
 /// commit from now on — the write fence reads it); the primary grants once every
 /// transaction that could have committed before has settled and the candidate applied the
-/// last of them. A cancel from the candidate ends the handoff.
+/// last of them. (A cancel from the candidate, handled by the caller, ends it.)
 fn handoff_decision(
     tx: &mut MetaTxn<'_>,
     db: &DatabaseDpo,
@@ -2410,15 +2602,6 @@ fn handoff_decision(
     req: &model::VoteRequest,
     now: i64,
 ) -> tern_meta::Result<std::result::Result<(), String>> {
-    if req.cancel {
-        if g.handoff.as_ref().is_some_and(|h| h.to == *from) {
-            g.handoff = None;
-            tx.put(&fkeys::group(&g.group), g)?;
-        }
-        return Ok(Err(
-            "switchover cancelled: the primary takes commits again".into()
-        ));
-    }
     let repeat = req.epoch == g.promised && g.promised_to.as_ref() == Some(from);
     if !repeat && req.epoch <= g.epoch.max(g.promised) {
         return Ok(Err(format!(

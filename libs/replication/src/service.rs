@@ -243,6 +243,10 @@ pub(crate) struct Inner {
     /// When an automatic failover of each group was last tried here.
     pub(crate) auto_attempts:
         std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Groups a failover or switchover of this process is standing for right now.
+    pub(crate) standing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Vote requests to decide once the primary has been silent long enough.
+    pub(crate) deferred_votes: std::sync::Mutex<Vec<crate::failover::DeferredVote>>,
     /// This deployment's API URL as clients reach it (configured, or the address the
     /// daemon listens on).
     pub(crate) public_url: std::sync::RwLock<Option<String>>,
@@ -427,6 +431,8 @@ impl Replication {
                 votes: std::sync::Mutex::default(),
                 vote_wake: Notify::new(),
                 auto_attempts: std::sync::Mutex::default(),
+                standing: std::sync::Mutex::default(),
+                deferred_votes: std::sync::Mutex::default(),
                 messages: std::sync::OnceLock::new(),
             }),
         })
