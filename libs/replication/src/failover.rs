@@ -1372,17 +1372,11 @@ impl Replication {
                     });
                 }
             } else {
-                let mut files: Vec<Path> = undone
-                    .deleted
+                let files: Vec<Path> = undone
+                    .unreferenced_paths()
                     .iter()
-                    .map(|m| Path::from(m.path.as_str()))
+                    .map(|p| Path::from(p.as_str()))
                     .collect();
-                files.extend(
-                    undone
-                        .versions
-                        .iter()
-                        .flat_map(|v| v.ep_files.iter().map(|e| Path::from(e.path.as_str()))),
-                );
                 tern_table::commit::remove_files(p.volume.as_ref(), &files).await;
             }
         }

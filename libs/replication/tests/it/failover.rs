@@ -81,6 +81,31 @@ async fn leased_write(n: &Node, t: &TableId) {
     .await;
 }
 
+/// d2 (joining d1's keys under `root`) with its own replication bucket behind a store
+/// that injects `plan`'s faults.
+async fn open_d2_through(root: &FsPath, keys: &FsPath, plan: &tern_storage::FaultPlan) -> Node {
+    let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(tern_storage::FaultStore::new(
+            tern_replication::local::folder(&root.join("d2").join("repl")).unwrap(),
+            plan.clone(),
+        ));
+    let volume = tern_replication::local::folder(&root.join("d2").join("volume")).unwrap();
+    tern_replication::local::LocalDeployment::open_on(
+        root,
+        "d2",
+        Some(keys),
+        tern_replication::local::LocalOptions {
+            replication: fast(),
+            messaging: messaging_config(),
+            txn: tern_txn::TxnOptions::default(),
+        },
+        volume,
+        bucket,
+    )
+    .await
+    .unwrap()
+}
+
 async fn open3(root: &FsPath) -> (Node, Node, Node) {
     let d1 = open_with(root, "d1", None, fast()).await;
     let keys = root.join("d1").join("keys");
@@ -106,13 +131,7 @@ async fn a_lost_primary_is_replaced_the_hub_follows_and_the_old_primary_returns_
         .create_table(&_db, "public", "t", columns())
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
-        let a = n.create_account(acct).unwrap();
-        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
-        knows(n, &group, "d1").await;
-        n.repl.create_replica(&a, "sales", &group, None).unwrap();
-    }
+    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
     // A steady load with unique ids; every acknowledged write is remembered.
     let mut acked = Vec::new();
     for i in 0..5 {
@@ -532,13 +551,7 @@ async fn one_unreachable_replica_delays_no_other() {
         .create_table(&db, "public", "t", columns())
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
-        let a = n.create_account(acct).unwrap();
-        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
-        knows(n, &group, "d1").await;
-        n.repl.create_replica(&a, "sales", &group, None).unwrap();
-    }
+    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
     leased_write(&d1, &t).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
@@ -603,13 +616,7 @@ async fn without_a_majority_a_failover_is_refused_and_names_who_did_not_answer()
         .create_table(&db, "public", "t", columns())
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
-        let a = n.create_account(acct).unwrap();
-        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
-        knows(n, &group, "d1").await;
-        n.repl.create_replica(&a, "sales", &group, None).unwrap();
-    }
+    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
     leased_write(&d1, &t).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
@@ -703,26 +710,7 @@ async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
     let keys = root.join("d1").join("keys");
     // d2's own bucket answers reads of its inbound stage slowly while the plan says so.
     let plan = tern_storage::FaultPlan::new();
-    let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
-        std::sync::Arc::new(tern_storage::FaultStore::new(
-            tern_replication::local::folder(&root.join("d2").join("repl")).unwrap(),
-            plan.clone(),
-        ));
-    let volume = tern_replication::local::folder(&root.join("d2").join("volume")).unwrap();
-    let mut d2 = tern_replication::local::LocalDeployment::open_on(
-        root,
-        "d2",
-        Some(&keys),
-        tern_replication::local::LocalOptions {
-            replication: fast(),
-            messaging: messaging_config(),
-            txn: tern_txn::TxnOptions::default(),
-        },
-        volume,
-        bucket,
-    )
-    .await
-    .unwrap();
+    let mut d2 = open_d2_through(root, &keys, &plan).await;
     link(&d1, &d2).await;
     d1.start(&[&d2]);
     d2.start(&[&d1]);
@@ -788,13 +776,7 @@ async fn a_group_of_three_fails_over_by_itself_when_its_policy_says_so() {
         .create_table(&db, "public", "t", columns())
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
-        let a = n.create_account(acct).unwrap();
-        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
-        knows(n, &group, "d1").await;
-        n.repl.create_replica(&a, "sales", &group, None).unwrap();
-    }
+    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
     d1.repl
         .set_policy(
             &a1,
@@ -861,26 +843,7 @@ async fn a_failover_applies_what_the_lost_primary_had_already_sent() {
     // d2's receiver reads d1's message files through a store that fails or delays them
     // while the plan says so.
     let plan = tern_storage::FaultPlan::new();
-    let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
-        std::sync::Arc::new(tern_storage::FaultStore::new(
-            tern_replication::local::folder(&root.join("d2").join("repl")).unwrap(),
-            plan.clone(),
-        ));
-    let volume = tern_replication::local::folder(&root.join("d2").join("volume")).unwrap();
-    let mut d2 = tern_replication::local::LocalDeployment::open_on(
-        root,
-        "d2",
-        Some(&keys),
-        tern_replication::local::LocalOptions {
-            replication: fast(),
-            messaging: messaging_config(),
-            txn: tern_txn::TxnOptions::default(),
-        },
-        volume,
-        bucket,
-    )
-    .await
-    .unwrap();
+    let mut d2 = open_d2_through(root, &keys, &plan).await;
     link(&d1, &d2).await;
     d1.start(&[&d2]);
     d2.start(&[&d1]);
@@ -1279,13 +1242,7 @@ async fn double_failover_then_failback_to_the_first_primary() {
         .create_table(&db, "public", "t", columns())
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
-        let a = n.create_account(acct).unwrap();
-        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
-        knows(n, &group, "d1").await;
-        n.repl.create_replica(&a, "sales", &group, None).unwrap();
-    }
+    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
     let rid = replica_table_id(&d1.id, &t);
     leased_write(&d1, &t).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
@@ -1354,32 +1311,7 @@ async fn a_switchover_cut_short_by_a_crash_releases_the_primary_and_can_be_done_
     // d2 reads d1's messages through a store that fails them while the plan says so: it
     // cannot catch up, nor hear the primary's answers.
     let plan = tern_storage::FaultPlan::new();
-    let open_d2 = |plan: tern_storage::FaultPlan| {
-        let keys = keys.clone();
-        async move {
-            let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
-                std::sync::Arc::new(tern_storage::FaultStore::new(
-                    tern_replication::local::folder(&root.join("d2").join("repl")).unwrap(),
-                    plan,
-                ));
-            let volume = tern_replication::local::folder(&root.join("d2").join("volume")).unwrap();
-            tern_replication::local::LocalDeployment::open_on(
-                root,
-                "d2",
-                Some(&keys),
-                tern_replication::local::LocalOptions {
-                    replication: fast(),
-                    messaging: messaging_config(),
-                    txn: tern_txn::TxnOptions::default(),
-                },
-                volume,
-                bucket,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let mut d2 = open_d2(plan.clone()).await;
+    let mut d2 = open_d2_through(root, &keys, &plan).await;
     link(&d1, &d2).await;
     d1.start(&[&d2]);
     d2.start(&[&d1]);
@@ -1428,7 +1360,7 @@ async fn a_switchover_cut_short_by_a_crash_releases_the_primary_and_can_be_done_
     let _ = running.await;
     d2.kill().await;
     plan.disarm(deaf);
-    let mut d2 = open_d2(plan.clone()).await;
+    let mut d2 = open_d2_through(root, &keys, &plan).await;
     d2.start(&[&d1]);
     // Back, it withdraws the candidacy it no longer stands for: the primary takes writes.
     eventually(WAIT, "d1 to take writes again", || async {

@@ -284,13 +284,7 @@ async fn failover_on_localstack() {
         .create_table(&db, "public", "orders", columns())
         .await
         .unwrap();
-    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
-    for (n, acct) in [(&d2, "a2"), (&d3, "a3")] {
-        let a = n.create_account(acct).unwrap();
-        n.repl.set_account_global(&a, Some(&account_group)).unwrap();
-        knows(n, &group, "d1").await;
-        n.repl.create_replica(&a, "sales", &group, None).unwrap();
-    }
+    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
     // The primary of a group that just grew to three takes commits once a majority has
     // confirmed it (no lease before): the first write waits for that.
     eventually(WAIT, "the primary's lease", || async {
