@@ -269,6 +269,19 @@ pub struct GroupDpo {
     /// The primary: a planned switchover in progress.
     #[serde(default)]
     pub handoff: Option<Handoff>,
+    /// A rewind to the claim's fork is not finished. Resumed by the control worker after
+    /// a crash.
+    #[serde(default)]
+    pub rewind: Option<Rewind>,
+}
+
+/// A pending rewind to the fork of the newest claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewind {
+    /// Keep what is rolled back as conflict records: this member was the old primary.
+    pub keep: bool,
+    /// The epoch this member held when it learned the claim (the conflicts' epoch).
+    pub epoch: u64,
 }
 impl_dpo!(GroupDpo, "database group");
 
@@ -288,6 +301,7 @@ impl GroupDpo {
             promised_to: None,
             excluded: Vec::new(),
             handoff: None,
+            rewind: None,
         }
     }
 
@@ -640,6 +654,53 @@ impl WriteFence for Fence {
             }
         }
     }
+}
+
+/// The conflict records (one per transaction, this table's part only) of what a rollback
+/// of `table` undid on the old primary `me`.
+fn conflict_parts(
+    db: &DatabaseDpo,
+    me: &DeploymentId,
+    epoch: u64,
+    table: &TableId,
+    undone: &tern_meta::RolledBack,
+    found_at_ms: i64,
+) -> Vec<ConflictDpo> {
+    let files: BTreeMap<&ShortName, &MicroPartitionDpo> =
+        undone.deleted.iter().map(|m| (&m.short, m)).collect();
+    let mut out: BTreeMap<(Option<u64>, i64), ConflictDpo> = BTreeMap::new();
+    for v in &undone.versions {
+        let c = out
+            .entry((v.txn_id, v.committed_at_ms))
+            .or_insert_with(|| ConflictDpo {
+                id: match v.txn_id {
+                    Some(id) => format!("cf-{}-{me}-{id}", db.id),
+                    None => format!("cf-{}-{me}-t{}", db.id, v.committed_at_ms),
+                },
+                group: claim_group(db),
+                database: db.id.clone(),
+                origin: me.clone(),
+                txn_id: v.txn_id,
+                epoch,
+                committed_at_ms: v.committed_at_ms,
+                versions: Vec::new(),
+                found_at_ms,
+                state: ConflictState::Open,
+                resolved_at_ms: None,
+                resolution: None,
+            });
+        c.versions.push(ConflictVersion {
+            table: table.clone(),
+            version: v.version,
+            added: v
+                .added
+                .iter()
+                .filter_map(|s| files.get(s).map(|m| (*m).clone()))
+                .collect(),
+            removed: v.removed.clone(),
+        });
+    }
+    out.into_values().collect()
 }
 
 /// A vote request a member decides later (see [`Replication::retry_deferred_votes`]).
@@ -1216,6 +1277,13 @@ impl Replication {
             g.promised = g.promised.max(claim.epoch);
             g.since_ms = now;
             g.handoff = None;
+            if d.role != DatabaseRole::Local {
+                // A rewind not finished yet keeps its own mark (its conflicts' epoch).
+                g.rewind = Some(g.rewind.unwrap_or(Rewind {
+                    keep: d.role == DatabaseRole::Primary,
+                    epoch: d.epoch,
+                }));
+            }
             tx.put(&fkeys::group(&group), &g)?;
             let was = d.role;
             match d.role {
@@ -1299,21 +1367,69 @@ impl Replication {
         }
         // The new primary needs our echo for its lease: answer at once.
         self.beat_soon();
-        let keep = was == DatabaseRole::Primary;
-        self.rewind_to_fork(db, &claim, keep).await?;
-        self.ask_refresh(&db.id, &format!("epoch {}", claim.epoch), false)?;
+        self.finish_rewind(db).await?;
         self.notified();
         Ok(())
+    }
+
+    /// Rewinds `db` to its group's claim's fork if that is pending (`GroupDpo::rewind`),
+    /// then asks the new primary for a refresh and clears the mark — in that order, so a
+    /// crash anywhere leaves the mark for [`Self::resume_rewinds`] (every step may run
+    /// again: rewound tables are skipped, a refresh request replaces the pending one).
+    async fn finish_rewind(&self, db: &DatabaseDpo) -> Result<()> {
+        let _one = self.inner.rewinding.lock().await;
+        let g = self.group_state(db)?;
+        let (Some(mark), Some(claim)) = (g.rewind, g.claim.clone()) else {
+            return Ok(());
+        };
+        self.rewind_to_fork(db, &claim, mark).await?;
+        self.ask_refresh(&db.id, &format!("epoch {}", claim.epoch), false)?;
+        let me = self.me().clone();
+        self.meta().write(|tx| {
+            let d = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
+            let mut g = group_of(tx, &d, &me)?;
+            if g.claim.as_ref().map(|c| c.epoch) == Some(claim.epoch) {
+                g.rewind = None;
+                tx.put(&fkeys::group(&g.group), &g)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Control worker: finishes rewinds a crash cut short. How many.
+    pub(crate) async fn resume_rewinds(&self) -> Result<usize> {
+        let me = self.me().clone();
+        let pending: Vec<DatabaseDpo> = self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                for d in tx.list_databases(&a.name)? {
+                    if d.replication_group.is_some() && group_of(tx, &d, &me)?.rewind.is_some() {
+                        out.push(d);
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        for d in &pending {
+            tracing::warn!(database = %d.id, "resuming a rewind to the fork of a newer epoch");
+            // One database's failure stalls no other, nor the rest of the control worker.
+            if let Err(e) = self.finish_rewind(d).await {
+                tracing::warn!(database = %d.id, error = %e, "rewind not finished; will try again");
+            }
+        }
+        Ok(pending.len())
     }
 
     /// Rolls every table of `db` that is past `claim`'s fork back to it. With `keep`
     /// (this deployment committed those versions as the old primary), each rolled-back
     /// transaction becomes a conflict record and its files stay; otherwise they go.
-    async fn rewind_to_fork(&self, db: &DatabaseDpo, claim: &Claim, keep: bool) -> Result<()> {
+    async fn rewind_to_fork(&self, db: &DatabaseDpo, claim: &Claim, mark: Rewind) -> Result<()> {
+        let keep = mark.keep;
         let p = &self.inner.p;
         let me = self.me().clone();
         let tables = self.meta().read(|tx| tx.list_tables(&db.id))?;
-        let mut conflicts: BTreeMap<(Option<u64>, i64), ConflictDpo> = BTreeMap::new();
+        let mut kept = 0;
         for t in tables.into_iter().filter(|t| !t.dropped) {
             let wire = wire_table_id(&me, &t.id);
             let fork = claim.fork.get(&wire).copied().unwrap_or(0);
@@ -1322,7 +1438,25 @@ impl Replication {
             }
             let mut txn = p.tables.committer().begin(&db.account).await?;
             txn.lock(&[table_lock(&t.id)]).await?;
-            let undone = self.meta().write(|tx| tx.rollback_table_to(&t.id, fork));
+            // The rollback and the conflict records of what it undid: one transaction.
+            let found_at = self.now();
+            let undone = self.meta().write(|tx| {
+                let undone = tx.rollback_table_to(&t.id, fork)?;
+                if keep {
+                    for c in conflict_parts(db, &me, mark.epoch, &t.id, &undone, found_at) {
+                        let merged = match tx.get::<ConflictDpo>(&fkeys::conflict(&c.id))? {
+                            Some(mut old) => {
+                                old.versions.retain(|v| v.table != t.id);
+                                old.versions.extend(c.versions);
+                                old
+                            }
+                            None => c,
+                        };
+                        tx.put(&fkeys::conflict(&merged.id), &merged)?;
+                    }
+                }
+                Ok(undone)
+            });
             let undone = match undone {
                 Ok(u) => u,
                 Err(e) => {
@@ -1339,38 +1473,13 @@ impl Replication {
             txn.abort().await;
             tracing::warn!(table = %t.id, from = t.current_version, to = fork, keep, "rewound to the fork of a newer epoch");
             if keep {
-                let files: BTreeMap<&ShortName, &MicroPartitionDpo> =
-                    undone.deleted.iter().map(|m| (&m.short, m)).collect();
-                for v in &undone.versions {
-                    let key = (v.txn_id, v.committed_at_ms);
-                    let c = conflicts.entry(key).or_insert_with(|| ConflictDpo {
-                        id: match v.txn_id {
-                            Some(id) => format!("cf-{}-{me}-{id}", db.id),
-                            None => format!("cf-{}-{me}-t{}", db.id, v.committed_at_ms),
-                        },
-                        group: claim_group(db),
-                        database: db.id.clone(),
-                        origin: me.clone(),
-                        txn_id: v.txn_id,
-                        epoch: db.epoch,
-                        committed_at_ms: v.committed_at_ms,
-                        versions: Vec::new(),
-                        found_at_ms: self.now(),
-                        state: ConflictState::Open,
-                        resolved_at_ms: None,
-                        resolution: None,
-                    });
-                    c.versions.push(ConflictVersion {
-                        table: t.id.clone(),
-                        version: v.version,
-                        added: v
-                            .added
-                            .iter()
-                            .filter_map(|s| files.get(s).map(|m| (*m).clone()))
-                            .collect(),
-                        removed: v.removed.clone(),
-                    });
-                }
+                let n = undone
+                    .versions
+                    .iter()
+                    .map(|v| (v.txn_id, v.committed_at_ms))
+                    .collect::<BTreeSet<_>>()
+                    .len();
+                kept += n;
             } else {
                 let files: Vec<Path> = undone
                     .unreferenced_paths()
@@ -1380,16 +1489,9 @@ impl Replication {
                 tern_table::commit::remove_files(p.volume.as_ref(), &files).await;
             }
         }
-        if !conflicts.is_empty() {
-            let n = conflicts.len();
-            self.meta().write(|tx| {
-                for c in conflicts.values() {
-                    tx.put(&fkeys::conflict(&c.id), c)?;
-                }
-                Ok(())
-            })?;
-            Counters::add(&self.inner.counters.conflicts_kept, n as u64);
-            tracing::warn!(database = %db.id, conflicts = n, "transactions committed past the fork kept as conflict records");
+        if kept > 0 {
+            Counters::add(&self.inner.counters.conflicts_kept, kept as u64);
+            tracing::warn!(database = %db.id, versions = kept, "transactions committed past the fork kept as conflict records");
         }
         self.inner.applied.notify_waiters();
         Ok(())

@@ -230,6 +230,8 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<DeploymentId, (std::time::Instant, Duration)>>,
     /// Held by the importer while it imports a response (a failover waits for it).
     pub(crate) import_gate: tokio::sync::Mutex<()>,
+    /// One rewind to a fork at a time (a heartbeat's and the control worker's).
+    pub(crate) rewinding: tokio::sync::Mutex<()>,
     /// Heartbeats are due at the next control unit.
     pub(crate) beat_due: std::sync::atomic::AtomicBool,
     /// When heartbeats last went out.
@@ -425,6 +427,7 @@ impl Replication {
                 gaps: std::sync::Mutex::default(),
                 peer_backoff: std::sync::Mutex::default(),
                 import_gate: tokio::sync::Mutex::new(()),
+                rewinding: tokio::sync::Mutex::new(()),
                 beat_due: std::sync::atomic::AtomicBool::new(true),
                 last_beat_ms: std::sync::atomic::AtomicI64::new(0),
                 public_url: std::sync::RwLock::new(public_url),

@@ -1383,3 +1383,66 @@ async fn a_switchover_cut_short_by_a_crash_releases_the_primary_and_can_be_done_
     d1.stop().await;
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejoin_killed_mid_rewind_keeps_every_conflict_once_and_ends_equal() {
+    let Pair {
+        dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    let t2 = d1
+        .tables
+        .create_table(&db, "public", "t2", columns())
+        .await
+        .unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    assert!(write(&d1, &t, 0..10, "before").await);
+    assert!(write(&d1, &t2, 0..10, "before").await);
+    caught_up(&d1, &d2, &[t.clone(), t2.clone()]).await;
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    // Cut off, the old primary commits to both tables.
+    assert!(write(&d1, &t, 10..20, "cut-off").await);
+    assert!(write(&d1, &t2, 10..20, "cut-off").await);
+    let a2 = AccountId::new("a2").unwrap();
+    d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    let (r1, r2) = (replica_table_id(&d1.id, &t), replica_table_id(&d1.id, &t2));
+    assert!(write(&d2, &r1, 100..110, "new").await);
+    // It comes back and dies at the second transaction it begins: in the middle of its
+    // rewind to the fork (one table rolled back, the other not yet).
+    let mut d1 = open_with(dir.path(), "d1", None, fast()).await;
+    d1.txn.crash_points().arm("begin", 2);
+    d1.start(&[&d2]);
+    eventually(WAIT, "the crash point", || async {
+        d1.txn.crash_points().crashed()
+    })
+    .await;
+    d1.kill().await;
+    let mut d1 = open_with(dir.path(), "d1", None, fast()).await;
+    d1.start(&[&d2]);
+    eventually(WAIT, "d1 to finish its rejoin and equal d2", || async {
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+            && rows(&d1, &t, None).await == rows(&d2, &r1, None).await
+            && rows(&d1, &t2, None).await == rows(&d2, &r2, None).await
+    })
+    .await;
+    let kept = d1.repl.conflicts().unwrap();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for c in &kept {
+        assert_eq!(c.versions.len(), 1, "{c:?}");
+        assert_eq!(c.epoch, 1, "{c:?}");
+    }
+    let mut tables: Vec<_> = kept.iter().map(|c| c.versions[0].table.clone()).collect();
+    tables.sort();
+    let mut want = vec![t.clone(), t2.clone()];
+    want.sort();
+    assert_eq!(tables, want);
+    d1.stop().await;
+    d2.stop().await;
+}
