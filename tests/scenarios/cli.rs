@@ -190,42 +190,107 @@ fn tern_cli_ddl_dml_scans_and_time_travel_against_ternd() {
     assert!(d.terminate().success());
 }
 
+/// `tern demo` runs the whole failover cycle with three real daemons: replicated (hub and
+/// chain), the primary killed, a majority failover to epoch 2 that loses no acknowledged
+/// write (each is on the new primary or in one conflict record), the switchover back to
+/// d1 at epoch 3, every replica equal to the primary, every daemon stopped cleanly.
 #[test]
 fn tern_demo_runs_a_group_of_daemons_and_stops_them_cleanly() {
     // The demo finds ternd beside tern; build it first.
     let _ = binary("ternd");
     let out = Command::new(binary("tern"))
-        .args(["demo", "--deployments", "2", "--rows", "5000", "--json"])
+        .args(["demo", "--rows", "5000", "--json"])
         .output()
         .expect("run tern demo");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed: {stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let steps: Vec<&str> = report["steps"]
+    let steps = report["steps"].as_array().expect("steps");
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "start deployments",
+            "form the group",
+            "global accounts",
+            "create database",
+            "load",
+            "query",
+            "delete + time travel",
+            "group messages",
+            "replicate",
+            "follow writes",
+            "kill the primary",
+            "primary unavailable",
+            "failover",
+            "writes on new primary",
+            "old primary returns",
+            "conflict records",
+            "switchover",
+            "final check",
+            "traffic",
+            "stop",
+        ]
+    );
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    };
+    // Both replicas followed every batch, the chain one too.
+    let lags = step("follow writes")["data"]["lag_ms"]
         .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
-    for expected in [
-        "start deployments",
-        "form the group",
-        "load",
-        "query",
-        "delete + time travel",
-        "group messages",
-        "traffic",
-        "stop",
-    ] {
-        assert!(steps.contains(&expected), "missing {expected}: {steps:?}");
-    }
-    let traffic = report["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|s| s["name"] == "traffic")
-        .expect("traffic");
-    for row in traffic["detail"].as_array().expect("rows") {
+        .expect("lags");
+    assert_eq!(lags.len(), 2, "{lags:?}");
+    assert!(
+        lags.iter()
+            .all(|l| l["ms"].as_array().map(Vec::len) == Some(5)),
+        "{lags:?}"
+    );
+    assert!(
+        step("replicate")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("d3 follows d2 (chain")),
+        "{}",
+        step("replicate")
+    );
+    // A majority failover: epoch 2, not forced, with its RTO.
+    let failover = &step("failover")["data"];
+    assert_eq!(failover["epoch"], 2, "{failover}");
+    assert_eq!(failover["previous_primary"], "d1", "{failover}");
+    assert_eq!(failover["forced"], false, "{failover}");
+    assert!(failover["rto_ms"].as_u64().is_some(), "{failover}");
+    // Every write acknowledged before the kill is on d2 or in a conflict record of d1.
+    let conflicts = &step("conflict records")["data"];
+    let acked = conflicts["acknowledged"].as_u64().expect("acknowledged");
+    assert!(acked >= 50, "{conflicts}");
+    assert_eq!(
+        conflicts["on_new_primary"].as_u64().expect("on d2")
+            + conflicts["in_conflict_records"].as_u64().expect("kept"),
+        acked,
+        "{conflicts}"
+    );
+    assert!(
+        conflicts["count"].as_u64() >= conflicts["in_conflict_records"].as_u64(),
+        "{conflicts}"
+    );
+    // Switched back to d1 with nothing lost.
+    let switchover = &step("switchover")["data"];
+    assert_eq!(switchover["epoch"], 3, "{switchover}");
+    assert_eq!(switchover["previous_primary"], "d2", "{switchover}");
+    // Every replica equals the primary d1.
+    let last = &step("final check")["data"];
+    assert_eq!(
+        (&last["primary"], &last["epoch"], &last["equal"]),
+        (&Value::from("d1"), &Value::from(3), &Value::from(true)),
+        "{last}"
+    );
+    let replicas = last["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 2, "{last}");
+    assert!(replicas.iter().all(|r| r["equal"] == true), "{last}");
+    assert!(last["rows"].as_u64().is_some_and(|r| r > 4000), "{last}");
+    for row in step("traffic")["detail"].as_array().expect("rows") {
         let received: u64 = row["messages received"]
             .as_str()
             .and_then(|s| s.parse().ok())
@@ -235,6 +300,13 @@ fn tern_demo_runs_a_group_of_daemons_and_stops_them_cleanly() {
             "membership + heartbeat messages crossed: {row}"
         );
     }
+    assert!(
+        step("stop")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("all 3 exited 0")),
+        "{}",
+        step("stop")
+    );
 }
 
 #[test]

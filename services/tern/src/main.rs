@@ -3,8 +3,9 @@
 //! Most commands talk to a running `ternd` through its HTTP JSON API (`--url`/`TERN_URL`,
 //! `--token`/`TERN_TOKEN`); results print as aligned tables, or as JSON with `--json`
 //! (scans also as CSV with `--csv`). Tables are named `account.database.schema.table`
-//! (`account.database.table` means schema `public`). `tern demo` starts a whole group of
-//! daemons on local folders; `tern selfcheck` exercises the libraries without a daemon.
+//! (`account.database.table` means schema `public`). `tern demo` runs a whole group of
+//! daemons on local folders through a failover and back; `tern selfcheck` exercises the
+//! libraries without a daemon.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -141,16 +142,20 @@ enum Command {
     Deployment(DeploymentCmd),
     /// The daemon's workers, queues and unfinished transactions (operator).
     Status,
-    /// Start a group of deployments on local folders, load and query data, show the group
-    /// and its message traffic, stop them. No cloud needed.
+    /// Run the whole failover cycle on local folders with real daemons: a group formed, a
+    /// database loaded and replicated (hub and chain), writes followed with their lag, the
+    /// primary killed, failover (RTO, known loss), writes on the new primary, the old one
+    /// back fenced (its conflict records), switchover back with nothing lost, every replica
+    /// checked equal to the primary, every daemon stopped. No cloud needed.
     Demo {
-        /// Folder for the group (default: a temporary folder, removed afterwards).
+        /// Folder for the group (default: a temporary folder, removed afterwards unless the
+        /// demo fails).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Deployments in the group.
+        /// Deployments in the group (3 to 9: d2 follows d1, d3 follows d2, the others d1).
         #[arg(long, default_value_t = 3)]
         deployments: usize,
-        /// Rows in the sample data set.
+        /// Rows in the sample data set (at least 1000).
         #[arg(long, default_value_t = 100_000)]
         rows: u64,
         /// The ternd binary (default: next to this tern).
