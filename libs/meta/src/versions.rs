@@ -37,6 +37,22 @@ pub struct RolledBack {
     pub restored: Vec<ShortName>,
 }
 
+impl RolledBack {
+    /// The paths of the files nothing references any more: the deleted micro-partitions
+    /// and the dropped versions' metadata files.
+    pub fn unreferenced_paths(&self) -> Vec<String> {
+        self.deleted
+            .iter()
+            .map(|m| m.path.clone())
+            .chain(
+                self.versions
+                    .iter()
+                    .flat_map(|v| v.ep_files.iter().map(|e| e.path.clone())),
+            )
+            .collect()
+    }
+}
+
 fn mp_name(table: &TableId, short: &ShortName) -> String {
     format!("{table}/{short}")
 }

@@ -15,10 +15,17 @@
 //!   in the same run before the kill and the **loss** — the acknowledged writes missing on
 //!   the new primary, as the span of commit times they cover. Target: loss ≤ the lag.
 //!
-//! Both are printed beside the anchors' published figures: Aurora global database
+//! * (c) **failback** (issue 15): a database of ≥ 2 GB, failed over, 1 % of it changed on
+//!   the new primary; the old primary returns and resyncs: bytes copied to it against the
+//!   bytes changed (target ≤ 1.05 ×) and its time against the full refresh of the same
+//!   database measured in the same run (target ≤ 5 %); then a planned switchover back
+//!   under 100 commits/s: the longest gap between acknowledged commits (target ≤ 2 s).
+//!
+//! (a) and (b) are printed beside the anchors' published figures: Aurora global database
 //! "under a minute" (60 s), Azure SQL failover groups 30 s (their SLA).
 //!
-//! Environment: `TERN_BENCH_PHASES` (`rto,auto`), `TERN_BENCH_TABLES` (1000),
+//! Environment: `TERN_BENCH_PHASES` (`rto,auto,failback`), `TERN_BENCH_FAILBACK_MB`
+//! (2048), `TERN_BENCH_FAILBACK_TABLES` (16), `TERN_BENCH_SWITCHOVER_RATE` (100), `TERN_BENCH_TABLES` (1000),
 //! `TERN_BENCH_INBOUND_MB` (1024), `TERN_BENCH_INBOUND_COMMITS` (64),
 //! `TERN_BENCH_LOAD_RATE` (50 commits/s), `TERN_BENCH_LOAD_SECS` (10),
 //! `TERN_BENCH_HEARTBEAT_MS` and `TERN_BENCH_UNAVAILABLE_MS` (the defaults, 5 000 and
@@ -163,12 +170,15 @@ struct Group {
     nodes: Vec<LocalDeployment>,
     tables: Vec<TableId>,
     a1: AccountId,
+    /// How long the replicas' first (full) refresh took.
+    refresh: Duration,
 }
 
 async fn group(
     root: &FsPath,
     n: usize,
     tables: usize,
+    preload: usize,
     replication: ReplicationConfig,
 ) -> Result<Group, BoxError> {
     let mut nodes = Vec::new();
@@ -204,6 +214,24 @@ async fn group(
         "  setup: {tables} tables created on d1 in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    if preload > 0 {
+        let commits = (preload >> 24).clamp(1, 4096);
+        let rows = preload / commits / 32;
+        let t = Instant::now();
+        for i in 0..commits {
+            d1.tables
+                .insert(
+                    &ts[i % tables],
+                    &[batch((i * rows) as i64, rows, 1_000 + i as u64)],
+                )
+                .await?;
+        }
+        println!(
+            "  setup: {:.2} GB loaded on d1 in {commits} commits in {:.1} s",
+            preload as f64 / 1e9,
+            t.elapsed().as_secs_f64()
+        );
+    }
     let group = d1.repl.enable_replication(&a1, "sales")?;
     let t = Instant::now();
     for (i, d) in nodes.iter().enumerate().skip(1) {
@@ -218,13 +246,18 @@ async fn group(
         .await?;
         d.repl.create_replica(&a, "sales", &group, None)?;
     }
-    let last = replica_table_id(&nodes[0].id, &ts[tables - 1]);
     for d in &nodes[1..] {
-        until("the replica's import", Duration::from_secs(300), || async {
-            Ok(d.version(&last)?.is_some())
+        until("the replica's import", Duration::from_secs(600), || async {
+            for t in &ts {
+                if d.version(&replica_table_id(&nodes[0].id, t))? != nodes[0].version(t)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         })
         .await?;
     }
+    let refresh = t.elapsed();
     until(
         "the primary to ship to every replica",
         Duration::from_secs(60),
@@ -243,6 +276,7 @@ async fn group(
         nodes,
         tables: ts,
         a1,
+        refresh,
     })
 }
 
@@ -282,7 +316,7 @@ async fn rto(root: &FsPath) -> Result<(), BoxError> {
         total >> 20
     );
     let replication = ReplicationConfig::default();
-    let mut g = group(root, 2, n_tables, replication.clone()).await?;
+    let mut g = group(root, 2, n_tables, 0, replication.clone()).await?;
     let keys = root.join("d1").join("keys");
     // The secondary's region goes down; the primary keeps committing and shipping.
     g.nodes[1].kill().await;
@@ -400,7 +434,7 @@ async fn auto(root: &FsPath) -> Result<(), BoxError> {
         unavailable_after: unavailable,
         ..defaults
     };
-    let mut g = group(root, 3, 1, replication).await?;
+    let mut g = group(root, 3, 1, 0, replication).await?;
     let t = g.tables[0].clone();
     let rid = replica_table_id(&g.nodes[0].id, &t);
     g.nodes[0].repl.set_policy(
@@ -561,8 +595,199 @@ async fn auto(root: &FsPath) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Whether every table of `tables` (d1's ids) is at the same version on `a` (as `a_ids`
+/// maps them) and on `b`.
+fn same_versions(
+    tables: &[TableId],
+    a: &LocalDeployment,
+    a_id: impl Fn(&TableId) -> TableId,
+    b: &LocalDeployment,
+    b_id: impl Fn(&TableId) -> TableId,
+) -> Result<bool, BoxError> {
+    for t in tables {
+        if a.version(&a_id(t))? != b.version(&b_id(t))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn failback(root: &FsPath) -> Result<(), BoxError> {
+    let total = env_usize("TERN_BENCH_FAILBACK_MB", 2048) << 20;
+    let n_tables = env_usize("TERN_BENCH_FAILBACK_TABLES", 16).max(1);
+    let rate = env_usize("TERN_BENCH_SWITCHOVER_RATE", 100).max(1) as u64;
+    println!(
+        "(c) failback after a failover: {:.2} GB in {n_tables} tables, 1 % changed on the new primary, the old primary rejoins; then a planned switchover back at {rate} commits/s",
+        total as f64 / 1e9
+    );
+    let replication = ReplicationConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        unavailable_after: Duration::from_secs(2),
+        ..ReplicationConfig::default()
+    };
+    let mut g = group(root, 2, n_tables, total, replication.clone()).await?;
+    println!(
+        "  full refresh of the database into d2 (reference): {:.2} s",
+        g.refresh.as_secs_f64()
+    );
+    let d1_id = g.nodes[0].id.clone();
+    let rid = |t: &TableId| replica_table_id(&d1_id, t);
+    // The primary's region is lost; d2 takes over.
+    g.nodes[0].kill().await;
+    g.nodes[1].repl.set_maintenance(&d1_id, true)?;
+    g.nodes[1]
+        .repl
+        .failover(
+            &AccountId::new("a2")?,
+            "sales",
+            FailoverOptions {
+                allow_data_loss: true,
+            },
+        )
+        .await?;
+    // 1 % of the database changes on the new primary.
+    let change = total / 100;
+    let commits = 4.min(n_tables);
+    let rows = change / commits / 32;
+    for i in 0..commits {
+        g.nodes[1]
+            .tables
+            .insert(
+                &rid(&g.tables[i]),
+                &[batch((1 << 40) + (i * rows) as i64, rows, 9_000 + i as u64)],
+            )
+            .await?;
+    }
+    let mut changed = 0;
+    for t in &g.tables {
+        let t = rid(t);
+        let v = g.nodes[1].version(&t)?.unwrap_or(0);
+        changed += g.nodes[1]
+            .meta
+            .read(|tx| tx.active_micro_partitions(&t, v))?
+            .iter()
+            .filter(|m| m.global_ref.origin.as_str() == "d2")
+            .map(|m| m.bytes)
+            .sum::<u64>();
+    }
+    let counters = g.nodes[1].repl.counters();
+    let (files0, bytes0) = (
+        tern_replication::service::Counters::get(&counters.files_copied),
+        tern_replication::service::Counters::get(&counters.bytes_copied),
+    );
+    // The old primary comes back: it rejoins as a secondary and resyncs.
+    g.nodes[1].repl.set_maintenance(&d1_id, false)?;
+    let mut d1 = LocalDeployment::open(root, "d1", None, options(replication.clone())).await?;
+    let start = Instant::now();
+    d1.start_with(&[(g.nodes[1].id.clone(), Arc::clone(&g.nodes[1].bucket))]);
+    until(
+        "d1 to rejoin and catch up",
+        Duration::from_secs(600),
+        || async {
+            Ok(role(&d1, "a1")? == DatabaseRole::Secondary
+                && same_versions(&g.tables, &d1, TableId::clone, &g.nodes[1], rid)?)
+        },
+    )
+    .await?;
+    let resync = start.elapsed();
+    let files = tern_replication::service::Counters::get(&counters.files_copied) - files0;
+    let bytes = tern_replication::service::Counters::get(&counters.bytes_copied) - bytes0;
+    println!(
+        "  resync of the returning old primary: {files} files, {:.1} MB copied for {:.1} MB changed: ratio {:.3} (target ≤ 1.05: {})",
+        bytes as f64 / 1e6,
+        changed as f64 / 1e6,
+        bytes as f64 / changed.max(1) as f64,
+        if bytes as f64 <= changed as f64 * 1.05 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "  resync time {:.2} s vs full refresh {:.2} s: ratio {:.3} (target ≤ 0.05: {})",
+        resync.as_secs_f64(),
+        g.refresh.as_secs_f64(),
+        resync.as_secs_f64() / g.refresh.as_secs_f64(),
+        if resync.as_secs_f64() <= g.refresh.as_secs_f64() * 0.05 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    // Planned switchover back to d1 under a steady load on the primary: the write pause is
+    // the longest gap between two acknowledged commits (the client follows the 409s to the
+    // new primary).
+    until("d1 to hear d2", Duration::from_secs(60), || async {
+        Ok(d1.repl.availability()?.iter().any(|p| {
+            p.peer == g.nodes[1].id && p.state == tern_replication::Availability::Available
+        }))
+    })
+    .await?;
+    let t0 = g.tables[0].clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (on_d2, on_d1, stop) = (
+            Arc::clone(&g.nodes[1].tables),
+            Arc::clone(&d1.tables),
+            Arc::clone(&stop),
+        );
+        let (t2, t1) = (rid(&t0), t0.clone());
+        tokio::spawn(async move {
+            let period = Duration::from_micros(1_000_000 / rate);
+            let start = Instant::now();
+            let mut acks: Vec<Instant> = Vec::new();
+            let mut moved = false;
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
+                tokio::time::sleep_until(due.into()).await;
+                let b = batch((2 << 40) + (i * 10) as i64, 10, i);
+                let r = if moved {
+                    on_d1.insert(&t1, &[b]).await
+                } else {
+                    on_d2.insert(&t2, &[b]).await
+                };
+                match r {
+                    Ok(_) => acks.push(Instant::now()),
+                    Err(e) if !moved && !e.to_string().contains("paused") => moved = true,
+                    Err(_) => {}
+                }
+                i += 1;
+            }
+            acks
+        })
+    };
+    let load_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = d1.repl.switchover(&AccountId::new("a1")?, "sales").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acks = writer.await?;
+    let achieved = acks.len() as f64 / load_start.elapsed().as_secs_f64();
+    let pause = acks
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "  switchover back to d1 at {rate} commits/s asked ({achieved:.0}/s achieved by one client): longest gap between acknowledged commits {:.0} ms, the command took {} ms ({} commits acknowledged): ratio to the 2 s target {:.3} ({})",
+        pause.as_secs_f64() * 1e3,
+        report.pause_ms,
+        acks.len(),
+        pause.as_secs_f64() / 2.0,
+        if pause <= Duration::from_secs(2) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    d1.stop().await;
+    g.nodes[1].stop().await;
+    Ok(())
+}
+
 fn main() -> Result<(), BoxError> {
-    let phases = std::env::var("TERN_BENCH_PHASES").unwrap_or_else(|_| "rto,auto".into());
+    let phases = std::env::var("TERN_BENCH_PHASES").unwrap_or_else(|_| "rto,auto,failback".into());
     let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("failover-bench");
     let _ = std::fs::remove_dir_all(&tmp);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -575,7 +800,10 @@ fn main() -> Result<(), BoxError> {
             match phase {
                 "rto" => rto(&root).await?,
                 "auto" => auto(&root).await?,
-                other => return Err(format!("unknown phase {other:?} (rto, auto)").into()),
+                "failback" => failback(&root).await?,
+                other => {
+                    return Err(format!("unknown phase {other:?} (rto, auto, failback)").into());
+                }
             }
             std::fs::remove_dir_all(&root)?;
         }

@@ -54,8 +54,8 @@
 //!   so by the time a majority can elect a successor, the old primary's lease has lapsed
 //!   and it has stopped committing by itself (`epochs.rs` checks this as a model).
 //!
-//! Not built yet: planned switchover and applying or discarding conflict records
-//! (failback).
+//! Planned switchover ([`Replication::switchover`]) hands the group over with nothing lost;
+//! conflict records are read, applied or discarded in [`crate::conflicts`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -269,6 +269,19 @@ pub struct GroupDpo {
     /// The primary: a planned switchover in progress.
     #[serde(default)]
     pub handoff: Option<Handoff>,
+    /// A rewind to the claim's fork is not finished. Resumed by the control worker after
+    /// a crash.
+    #[serde(default)]
+    pub rewind: Option<Rewind>,
+}
+
+/// A pending rewind to the fork of the newest claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewind {
+    /// Keep what is rolled back as conflict records: this member was the old primary.
+    pub keep: bool,
+    /// The epoch this member held when it learned the claim (the conflicts' epoch).
+    pub epoch: u64,
 }
 impl_dpo!(GroupDpo, "database group");
 
@@ -288,6 +301,7 @@ impl GroupDpo {
             promised_to: None,
             excluded: Vec::new(),
             handoff: None,
+            rewind: None,
         }
     }
 
@@ -368,6 +382,21 @@ impl GroupDpo {
 pub enum ConflictState {
     /// Kept for the operator.
     Open,
+    /// Re-executed on the primary.
+    Applied,
+    /// Not to be applied; kept as history (its files are gone).
+    Discarded,
+}
+
+impl ConflictState {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictState::Open => "open",
+            ConflictState::Applied => "applied",
+            ConflictState::Discarded => "discarded",
+        }
+    }
 }
 
 /// One table version of a conflict record.
@@ -407,6 +436,12 @@ pub struct ConflictDpo {
     pub found_at_ms: i64,
     /// Its state.
     pub state: ConflictState,
+    /// When it was applied or discarded.
+    #[serde(default)]
+    pub resolved_at_ms: Option<i64>,
+    /// How (the versions an apply made).
+    #[serde(default)]
+    pub resolution: Option<String>,
 }
 impl_dpo!(ConflictDpo, "conflict record");
 
@@ -621,6 +656,82 @@ impl WriteFence for Fence {
     }
 }
 
+/// The conflict records (one per transaction, this table's part only) of what a rollback
+/// of `table` undid on the old primary `me`.
+fn conflict_parts(
+    db: &DatabaseDpo,
+    me: &DeploymentId,
+    epoch: u64,
+    table: &TableId,
+    undone: &tern_meta::RolledBack,
+    found_at_ms: i64,
+) -> Vec<ConflictDpo> {
+    let files: BTreeMap<&ShortName, &MicroPartitionDpo> =
+        undone.deleted.iter().map(|m| (&m.short, m)).collect();
+    let mut out: BTreeMap<(Option<u64>, i64), ConflictDpo> = BTreeMap::new();
+    for v in &undone.versions {
+        let c = out
+            .entry((v.txn_id, v.committed_at_ms))
+            .or_insert_with(|| ConflictDpo {
+                id: match v.txn_id {
+                    Some(id) => format!("cf-{}-{me}-{id}", db.id),
+                    None => format!("cf-{}-{me}-t{}", db.id, v.committed_at_ms),
+                },
+                group: claim_group(db),
+                database: db.id.clone(),
+                origin: me.clone(),
+                txn_id: v.txn_id,
+                epoch,
+                committed_at_ms: v.committed_at_ms,
+                versions: Vec::new(),
+                found_at_ms,
+                state: ConflictState::Open,
+                resolved_at_ms: None,
+                resolution: None,
+            });
+        c.versions.push(ConflictVersion {
+            table: table.clone(),
+            version: v.version,
+            added: v
+                .added
+                .iter()
+                .filter_map(|s| files.get(s).map(|m| (*m).clone()))
+                .collect(),
+            removed: v.removed.clone(),
+        });
+    }
+    out.into_values().collect()
+}
+
+/// A vote request a member decides later (see [`Replication::retry_deferred_votes`]).
+#[derive(Debug, Clone)]
+pub(crate) struct DeferredVote {
+    from: DeploymentId,
+    req: model::VoteRequest,
+    /// When to decide again.
+    at: Instant,
+    /// When to stop deferring (refuse).
+    deadline: Instant,
+}
+
+/// A failover or switchover standing for a group in this process (see
+/// [`Replication::withdraw_stale_candidacies`]).
+struct Standing {
+    repl: Replication,
+    group: String,
+}
+
+impl Drop for Standing {
+    fn drop(&mut self) {
+        self.repl
+            .inner
+            .standing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.group);
+    }
+}
+
 /// What `tern database failover` asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailoverOptions {
@@ -711,7 +822,7 @@ pub struct GroupStatus {
     pub primary_heard_ago_ms: Option<i64>,
     /// The policy.
     pub policy: FailoverPolicy,
-    /// Conflict records kept.
+    /// Conflict records kept and not yet applied or discarded.
     pub conflicts: u64,
 }
 
@@ -1166,6 +1277,13 @@ impl Replication {
             g.promised = g.promised.max(claim.epoch);
             g.since_ms = now;
             g.handoff = None;
+            if d.role != DatabaseRole::Local {
+                // A rewind not finished yet keeps its own mark (its conflicts' epoch).
+                g.rewind = Some(g.rewind.unwrap_or(Rewind {
+                    keep: d.role == DatabaseRole::Primary,
+                    epoch: d.epoch,
+                }));
+            }
             tx.put(&fkeys::group(&group), &g)?;
             let was = d.role;
             match d.role {
@@ -1249,21 +1367,69 @@ impl Replication {
         }
         // The new primary needs our echo for its lease: answer at once.
         self.beat_soon();
-        let keep = was == DatabaseRole::Primary;
-        self.rewind_to_fork(db, &claim, keep).await?;
-        self.ask_refresh(&db.id, &format!("epoch {}", claim.epoch), false)?;
+        self.finish_rewind(db).await?;
         self.notified();
         Ok(())
+    }
+
+    /// Rewinds `db` to its group's claim's fork if that is pending (`GroupDpo::rewind`),
+    /// then asks the new primary for a refresh and clears the mark — in that order, so a
+    /// crash anywhere leaves the mark for [`Self::resume_rewinds`] (every step may run
+    /// again: rewound tables are skipped, a refresh request replaces the pending one).
+    async fn finish_rewind(&self, db: &DatabaseDpo) -> Result<()> {
+        let _one = self.inner.rewinding.lock().await;
+        let g = self.group_state(db)?;
+        let (Some(mark), Some(claim)) = (g.rewind, g.claim.clone()) else {
+            return Ok(());
+        };
+        self.rewind_to_fork(db, &claim, mark).await?;
+        self.ask_refresh(&db.id, &format!("epoch {}", claim.epoch), false)?;
+        let me = self.me().clone();
+        self.meta().write(|tx| {
+            let d = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
+            let mut g = group_of(tx, &d, &me)?;
+            if g.claim.as_ref().map(|c| c.epoch) == Some(claim.epoch) {
+                g.rewind = None;
+                tx.put(&fkeys::group(&g.group), &g)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Control worker: finishes rewinds a crash cut short. How many.
+    pub(crate) async fn resume_rewinds(&self) -> Result<usize> {
+        let me = self.me().clone();
+        let pending: Vec<DatabaseDpo> = self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                for d in tx.list_databases(&a.name)? {
+                    if d.replication_group.is_some() && group_of(tx, &d, &me)?.rewind.is_some() {
+                        out.push(d);
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        for d in &pending {
+            tracing::warn!(database = %d.id, "resuming a rewind to the fork of a newer epoch");
+            // One database's failure stalls no other, nor the rest of the control worker.
+            if let Err(e) = self.finish_rewind(d).await {
+                tracing::warn!(database = %d.id, error = %e, "rewind not finished; will try again");
+            }
+        }
+        Ok(pending.len())
     }
 
     /// Rolls every table of `db` that is past `claim`'s fork back to it. With `keep`
     /// (this deployment committed those versions as the old primary), each rolled-back
     /// transaction becomes a conflict record and its files stay; otherwise they go.
-    async fn rewind_to_fork(&self, db: &DatabaseDpo, claim: &Claim, keep: bool) -> Result<()> {
+    async fn rewind_to_fork(&self, db: &DatabaseDpo, claim: &Claim, mark: Rewind) -> Result<()> {
+        let keep = mark.keep;
         let p = &self.inner.p;
         let me = self.me().clone();
         let tables = self.meta().read(|tx| tx.list_tables(&db.id))?;
-        let mut conflicts: BTreeMap<(Option<u64>, i64), ConflictDpo> = BTreeMap::new();
+        let mut kept = 0;
         for t in tables.into_iter().filter(|t| !t.dropped) {
             let wire = wire_table_id(&me, &t.id);
             let fork = claim.fork.get(&wire).copied().unwrap_or(0);
@@ -1272,7 +1438,25 @@ impl Replication {
             }
             let mut txn = p.tables.committer().begin(&db.account).await?;
             txn.lock(&[table_lock(&t.id)]).await?;
-            let undone = self.meta().write(|tx| tx.rollback_table_to(&t.id, fork));
+            // The rollback and the conflict records of what it undid: one transaction.
+            let found_at = self.now();
+            let undone = self.meta().write(|tx| {
+                let undone = tx.rollback_table_to(&t.id, fork)?;
+                if keep {
+                    for c in conflict_parts(db, &me, mark.epoch, &t.id, &undone, found_at) {
+                        let merged = match tx.get::<ConflictDpo>(&fkeys::conflict(&c.id))? {
+                            Some(mut old) => {
+                                old.versions.retain(|v| v.table != t.id);
+                                old.versions.extend(c.versions);
+                                old
+                            }
+                            None => c,
+                        };
+                        tx.put(&fkeys::conflict(&merged.id), &merged)?;
+                    }
+                }
+                Ok(undone)
+            });
             let undone = match undone {
                 Ok(u) => u,
                 Err(e) => {
@@ -1289,61 +1473,25 @@ impl Replication {
             txn.abort().await;
             tracing::warn!(table = %t.id, from = t.current_version, to = fork, keep, "rewound to the fork of a newer epoch");
             if keep {
-                let files: BTreeMap<&ShortName, &MicroPartitionDpo> =
-                    undone.deleted.iter().map(|m| (&m.short, m)).collect();
-                for v in &undone.versions {
-                    let key = (v.txn_id, v.committed_at_ms);
-                    let c = conflicts.entry(key).or_insert_with(|| ConflictDpo {
-                        id: match v.txn_id {
-                            Some(id) => format!("cf-{}-{me}-{id}", db.id),
-                            None => format!("cf-{}-{me}-t{}", db.id, v.committed_at_ms),
-                        },
-                        group: claim_group(db),
-                        database: db.id.clone(),
-                        origin: me.clone(),
-                        txn_id: v.txn_id,
-                        epoch: db.epoch,
-                        committed_at_ms: v.committed_at_ms,
-                        versions: Vec::new(),
-                        found_at_ms: self.now(),
-                        state: ConflictState::Open,
-                    });
-                    c.versions.push(ConflictVersion {
-                        table: t.id.clone(),
-                        version: v.version,
-                        added: v
-                            .added
-                            .iter()
-                            .filter_map(|s| files.get(s).map(|m| (*m).clone()))
-                            .collect(),
-                        removed: v.removed.clone(),
-                    });
-                }
-            } else {
-                let mut files: Vec<Path> = undone
-                    .deleted
+                let n = undone
+                    .versions
                     .iter()
-                    .map(|m| Path::from(m.path.as_str()))
+                    .map(|v| (v.txn_id, v.committed_at_ms))
+                    .collect::<BTreeSet<_>>()
+                    .len();
+                kept += n;
+            } else {
+                let files: Vec<Path> = undone
+                    .unreferenced_paths()
+                    .iter()
+                    .map(|p| Path::from(p.as_str()))
                     .collect();
-                files.extend(
-                    undone
-                        .versions
-                        .iter()
-                        .flat_map(|v| v.ep_files.iter().map(|e| Path::from(e.path.as_str()))),
-                );
                 tern_table::commit::remove_files(p.volume.as_ref(), &files).await;
             }
         }
-        if !conflicts.is_empty() {
-            let n = conflicts.len();
-            self.meta().write(|tx| {
-                for c in conflicts.values() {
-                    tx.put(&fkeys::conflict(&c.id), c)?;
-                }
-                Ok(())
-            })?;
-            Counters::add(&self.inner.counters.conflicts_kept, n as u64);
-            tracing::warn!(database = %db.id, conflicts = n, "transactions committed past the fork kept as conflict records");
+        if kept > 0 {
+            Counters::add(&self.inner.counters.conflicts_kept, kept as u64);
+            tracing::warn!(database = %db.id, versions = kept, "transactions committed past the fork kept as conflict records");
         }
         self.inner.applied.notify_waiters();
         Ok(())
@@ -1469,6 +1617,7 @@ impl Replication {
             forced = true;
         }
         let members = self.members_of(&group)?;
+        let _standing = self.standing(&group);
         let mut voted = None;
         if members.len() >= 3 {
             match self.stand(&db, &members, r.applied_seq, false).await? {
@@ -1478,6 +1627,7 @@ impl Replication {
                     forced = true;
                 }
                 Err(why) => {
+                    self.withdraw_candidacy(&db)?;
                     self.stop_promoting(&db)?;
                     return Err(Error::invalid(
                         format!("failover of {database}"),
@@ -1619,6 +1769,7 @@ impl Replication {
             Ok(())
         })?;
         let members = self.members_of(&group)?;
+        let _standing = self.standing(&group);
         let deadline = Instant::now() + self.config().switchover_timeout;
         let epoch = loop {
             let applied = self
@@ -1628,7 +1779,7 @@ impl Replication {
             match self.stand(&db, &members, applied, true).await? {
                 Ok(epoch) => break epoch,
                 Err(why) if Instant::now() >= deadline => {
-                    self.cancel_handoff(&db, &previous)?;
+                    self.withdraw_candidacy(&db)?;
                     self.stop_promoting(&db)?;
                     return Err(Error::invalid(
                         format!("switchover of {database}"),
@@ -1673,41 +1824,101 @@ impl Replication {
         Ok(report)
     }
 
-    /// Tells `primary` that this deployment's switchover of `db` is off (it will not
-    /// claim): it takes commits again. This deployment's own promise is withdrawn.
-    fn cancel_handoff(&self, db: &DatabaseDpo, primary: &DeploymentId) -> Result<()> {
+    /// Withdraws this deployment's candidacy for `db`'s group (a failover or switchover
+    /// that will not claim: refused, timed out, or cut short by a crash): its own promise
+    /// goes, and every other member is told, so that members that granted it may echo the
+    /// primary and grant others again, and a primary handing the group over takes commits
+    /// again. Safe because the candidate never claims an epoch it withdrew.
+    fn withdraw_candidacy(&self, db: &DatabaseDpo) -> Result<()> {
         let me = self.me().clone();
         let group = claim_group(db);
-        self.meta().write(|tx| {
+        let members = self.members_of(&group)?;
+        let withdrawn = self.meta().write(|tx| {
             let d = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
             let mut g = group_of(tx, &d, &me)?;
-            if g.promised_to.as_ref() == Some(&me) && g.promised > g.epoch {
-                g.promised = g.epoch;
-                g.promised_to = None;
-                tx.put(&fkeys::group(&group), &g)?;
+            if g.promised_to.as_ref() != Some(&me) || g.promised <= g.epoch {
+                return Ok(None);
             }
+            let epoch = g.promised;
+            g.promised = g.epoch;
+            g.promised_to = None;
+            tx.put(&fkeys::group(&group), &g)?;
             let req = model::VoteRequest {
                 v: PAYLOAD_VERSION,
                 group: group.clone(),
-                epoch: g.epoch,
+                epoch,
                 seq: 0,
-                handoff: true,
+                handoff: false,
                 cancel: true,
             };
-            let id = format!("vote-cancel-{group}-{}-{me}", g.epoch);
-            tx.put(
-                &crate::state::outbox_key(primary, &id),
-                &crate::state::OutboxDpo {
-                    peer: primary.clone(),
-                    id,
-                    message_type: model::VOTE_TYPE.into(),
-                    payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
-                },
-            )?;
-            Ok(())
+            for m in members.iter().filter(|m| **m != me) {
+                let id = format!("vote-cancel-{group}-{epoch}-{me}");
+                tx.put(
+                    &crate::state::outbox_key(m, &id),
+                    &crate::state::OutboxDpo {
+                        peer: m.clone(),
+                        id,
+                        message_type: model::VOTE_TYPE.into(),
+                        payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
+                    },
+                )?;
+            }
+            Ok(Some(epoch))
         })?;
-        self.inner.control_wake.notify_one();
+        if let Some(epoch) = withdrawn {
+            tracing::warn!(%group, epoch, "candidacy withdrawn");
+            self.inner.control_wake.notify_one();
+        }
         Ok(())
+    }
+
+    /// Control worker: withdraws candidacies this deployment promised itself and no
+    /// failover or switchover of this process stands for (the one that stood was cut short
+    /// by a crash). How many.
+    pub(crate) fn withdraw_stale_candidacies(&self) -> Result<usize> {
+        let me = self.me().clone();
+        let stale: Vec<DatabaseDpo> = self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                for d in tx.list_databases(&a.name)? {
+                    if d.replication_group.is_none() || d.role != DatabaseRole::Secondary {
+                        continue;
+                    }
+                    let g = group_of(tx, &d, &me)?;
+                    if g.promised_to.as_ref() == Some(&me) && g.promised > g.epoch {
+                        out.push(d);
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        let mut n = 0;
+        for d in stale {
+            let standing = self
+                .inner
+                .standing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&claim_group(&d));
+            if !standing {
+                self.withdraw_candidacy(&d)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Marks `group` as stood for by this process until the guard drops.
+    fn standing(&self, group: &str) -> Standing {
+        self.inner
+            .standing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(group.to_string());
+        Standing {
+            repl: self.clone(),
+            group: group.to_string(),
+        }
     }
 
     /// The claim of a promotion (failover or switchover) of local secondary `db`: one
@@ -1943,7 +2154,10 @@ impl Replication {
                         rpo_exposure_ms: exposure,
                         primary_heard_ago_ms: heard,
                         policy: g.policy.clone(),
-                        conflicts: conflicts.iter().filter(|c| c.database == d.id).count() as u64,
+                        conflicts: conflicts
+                            .iter()
+                            .filter(|c| c.database == d.id && c.state == ConflictState::Open)
+                            .count() as u64,
                     });
                 }
             }
@@ -2031,7 +2245,8 @@ impl Replication {
     /// maintenance), stands after `rank × 2 × heartbeat_interval` of the primary's
     /// unavailability (rank: its place among the group's members by id), on its own task
     /// (its votes travel through this worker's outbox). A refused attempt (no majority, loss
-    /// beyond the RPO) is logged and tried again after `vote_timeout`. How many started.
+    /// beyond the RPO) is logged, its candidacy withdrawn, and tried again after
+    /// `(1 + rank) × vote_timeout`. How many started.
     pub(crate) fn auto_failover(&self) -> Result<usize> {
         let now = self.now();
         let me = self.me().clone();
@@ -2078,9 +2293,12 @@ impl Replication {
                     .auto_attempts
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Retries spaced by rank: two candidates whose attempts collided (each
+                // promised itself the epoch) do not collide again and again.
+                let spacing = self.config().vote_timeout * (1 + rank as u32);
                 if attempts
                     .get(&r.group)
-                    .is_some_and(|at| at.elapsed() < self.config().vote_timeout)
+                    .is_some_and(|at| at.elapsed() < spacing)
                 {
                     continue;
                 }
@@ -2181,11 +2399,50 @@ impl Replication {
     /// reply in the outbox, in one transaction): no echo of an older primary and no other
     /// grant at or below the epoch from now on.
     pub(crate) fn vote(&self, from: &DeploymentId, req: &model::VoteRequest) -> Result<()> {
+        self.vote_until(from, req, Instant::now() + self.config().vote_timeout)
+    }
+
+    /// Control worker: decides the vote requests deferred until now. How many.
+    pub(crate) fn retry_deferred_votes(&self) -> Result<usize> {
+        let due: Vec<DeferredVote> = {
+            let mut all = self
+                .inner
+                .deferred_votes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let (due, later): (Vec<_>, Vec<_>) = all.drain(..).partition(|d| d.at <= now);
+            *all = later;
+            due
+        };
+        for d in &due {
+            self.vote_until(&d.from, &d.req, d.deadline)?;
+        }
+        Ok(due.len())
+    }
+
+    /// [`Self::vote`]: a member that would grant but has heard the primary less than
+    /// `unavailable_after` ago defers its answer (to the control worker) until the silence
+    /// is long enough, or `deadline` (then it refuses): a candidate that judged the
+    /// primary unavailable a moment earlier than this member is not refused for it.
+    fn vote_until(
+        &self,
+        from: &DeploymentId,
+        req: &model::VoteRequest,
+        deadline: Instant,
+    ) -> Result<()> {
         let me = self.me().clone();
         let now = self.now();
         let unavailable_after =
             i64::try_from(self.config().unavailable_after.as_millis()).unwrap_or(i64::MAX);
+        let left_ms = i64::try_from(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
         let db = self.local_database(&req.group)?;
+        let mut defer_ms = None;
         let reply = self.meta().write(|tx| {
             let refuse = |reason: String| model::VoteReply {
                 v: PAYLOAD_VERSION,
@@ -2209,10 +2466,28 @@ impl Replication {
                     let applied = tx
                         .get::<ReplicaDpo>(&keys::replica(&db.id))?
                         .map_or(0, |r| r.applied_seq);
-                    let decision = if req.handoff && db.role == DatabaseRole::Primary {
+                    let decision = if req.cancel {
+                        // The candidate withdrew: its promise goes, a handoff to it ends.
+                        let mut changed = false;
+                        if g.promised_to.as_ref() == Some(from)
+                            && g.promised > g.epoch
+                            && g.promised <= req.epoch
+                        {
+                            g.promised = g.epoch;
+                            g.promised_to = None;
+                            changed = true;
+                        }
+                        if g.handoff.as_ref().is_some_and(|h| h.to == *from) {
+                            g.handoff = None;
+                            changed = true;
+                            tracing::warn!(group = %g.group, to = %from, "switchover cancelled: commits resume");
+                        }
+                        if changed {
+                            tx.put(&fkeys::group(&g.group), &g)?;
+                        }
+                        Err("withdrawn".into())
+                    } else if req.handoff && db.role == DatabaseRole::Primary {
                         handoff_decision(tx, &db, &mut g, from, req, now)?
-                    } else if req.cancel {
-                        Err("has no switchover of this group to cancel".into())
                     } else {
                         // A member grants a switchover while the primary announces it.
                         let handed = req.handoff
@@ -2220,7 +2495,31 @@ impl Replication {
                                 .as_ref()
                                 .is_some_and(|b| b.handoff_to.as_ref() == Some(from));
                         let silence = if handed { i64::MAX } else { silence };
-                        vote_decision(&g, db.role, silence, applied, req, from, unavailable_after)
+                        let decision = vote_decision(
+                            &g,
+                            db.role,
+                            silence,
+                            applied,
+                            req,
+                            from,
+                            unavailable_after,
+                        );
+                        let only_silence = decision.is_err()
+                            && vote_decision(
+                                &g,
+                                db.role,
+                                i64::MAX,
+                                applied,
+                                req,
+                                from,
+                                unavailable_after,
+                            )
+                            .is_ok();
+                        if only_silence && unavailable_after - silence <= left_ms {
+                            defer_ms = Some(unavailable_after - silence);
+                            return Ok(None);
+                        }
+                        decision
                     };
                     if let Err(reason) = decision {
                         refuse(format!("{me} {reason}"))
@@ -2257,8 +2556,23 @@ impl Replication {
                     payload: String::from_utf8(model::encode(&reply)).unwrap_or_default(),
                 },
             )?;
-            Ok(reply)
+            Ok(Some(reply))
         })?;
+        let Some(reply) = reply else {
+            let wait = Duration::from_millis(u64::try_from(defer_ms.unwrap_or(0)).unwrap_or(0));
+            tracing::info!(candidate = %from, group = %req.group, epoch = req.epoch, ?wait, "vote deferred until the primary has been silent long enough");
+            self.inner
+                .deferred_votes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(DeferredVote {
+                    from: from.clone(),
+                    req: req.clone(),
+                    at: Instant::now() + wait,
+                    deadline,
+                });
+            return Ok(());
+        };
         tracing::warn!(candidate = %from, group = %req.group, epoch = req.epoch, granted = reply.granted, reason = %reply.reason, handoff = req.handoff, "vote");
         if req.handoff {
             // Members grant a switchover once they hear the primary announce it.
@@ -2375,7 +2689,7 @@ impl Replication {
 /// metadata transaction `tx`: the first request starts the handoff (`g.handoff`: no
 /// commit from now on — the write fence reads it); the primary grants once every
 /// transaction that could have committed before has settled and the candidate applied the
-/// last of them. A cancel from the candidate ends the handoff.
+/// last of them. (A cancel from the candidate, handled by the caller, ends it.)
 fn handoff_decision(
     tx: &mut MetaTxn<'_>,
     db: &DatabaseDpo,
@@ -2384,15 +2698,6 @@ fn handoff_decision(
     req: &model::VoteRequest,
     now: i64,
 ) -> tern_meta::Result<std::result::Result<(), String>> {
-    if req.cancel {
-        if g.handoff.as_ref().is_some_and(|h| h.to == *from) {
-            g.handoff = None;
-            tx.put(&fkeys::group(&g.group), g)?;
-        }
-        return Ok(Err(
-            "switchover cancelled: the primary takes commits again".into()
-        ));
-    }
     let repeat = req.epoch == g.promised && g.promised_to.as_ref() == Some(from);
     if !repeat && req.epoch <= g.epoch.max(g.promised) {
         return Ok(Err(format!(

@@ -230,6 +230,8 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<DeploymentId, (std::time::Instant, Duration)>>,
     /// Held by the importer while it imports a response (a failover waits for it).
     pub(crate) import_gate: tokio::sync::Mutex<()>,
+    /// One rewind to a fork at a time (a heartbeat's and the control worker's).
+    pub(crate) rewinding: tokio::sync::Mutex<()>,
     /// Heartbeats are due at the next control unit.
     pub(crate) beat_due: std::sync::atomic::AtomicBool,
     /// When heartbeats last went out.
@@ -243,6 +245,10 @@ pub(crate) struct Inner {
     /// When an automatic failover of each group was last tried here.
     pub(crate) auto_attempts:
         std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Groups a failover or switchover of this process is standing for right now.
+    pub(crate) standing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Vote requests to decide once the primary has been silent long enough.
+    pub(crate) deferred_votes: std::sync::Mutex<Vec<crate::failover::DeferredVote>>,
     /// This deployment's API URL as clients reach it (configured, or the address the
     /// daemon listens on).
     pub(crate) public_url: std::sync::RwLock<Option<String>>,
@@ -421,12 +427,15 @@ impl Replication {
                 gaps: std::sync::Mutex::default(),
                 peer_backoff: std::sync::Mutex::default(),
                 import_gate: tokio::sync::Mutex::new(()),
+                rewinding: tokio::sync::Mutex::new(()),
                 beat_due: std::sync::atomic::AtomicBool::new(true),
                 last_beat_ms: std::sync::atomic::AtomicI64::new(0),
                 public_url: std::sync::RwLock::new(public_url),
                 votes: std::sync::Mutex::default(),
                 vote_wake: Notify::new(),
                 auto_attempts: std::sync::Mutex::default(),
+                standing: std::sync::Mutex::default(),
+                deferred_votes: std::sync::Mutex::default(),
                 messages: std::sync::OnceLock::new(),
             }),
         })

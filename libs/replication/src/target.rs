@@ -827,17 +827,11 @@ impl Replication {
                     let undone = self
                         .meta()
                         .write(|tx| tx.rollback_table_to(&s.table, s.base))?;
-                    let mut files: Vec<Path> = undone
-                        .deleted
+                    let files: Vec<Path> = undone
+                        .unreferenced_paths()
                         .iter()
-                        .map(|m| Path::from(m.path.as_str()))
+                        .map(|p| Path::from(p.as_str()))
                         .collect();
-                    files.extend(
-                        undone
-                            .versions
-                            .iter()
-                            .flat_map(|v| v.ep_files.iter().map(|e| Path::from(e.path.as_str()))),
-                    );
                     tern_table::commit::remove_files(p.volume.as_ref(), &files).await;
                     tracing::info!(table = %s.table, from = cur, to = s.base, "rolled back to apply a replicated change");
                 }

@@ -83,6 +83,9 @@ impl ReplicationWorker {
                 // Availability first: a peer's silence is judged even when sending fails.
                 self.repl.judge_peers()?;
                 self.repl.count_members()?;
+                self.repl.withdraw_stale_candidacies()?;
+                self.repl.resume_rewinds().await?;
+                self.repl.retry_deferred_votes()?;
                 self.repl.auto_failover()?;
                 let mut n = self.repl.send_heartbeats(peers).await?;
                 n += self.repl.deliver_notifications().await?;

@@ -67,6 +67,9 @@ enum Command {
     /// Connections: global names of a database group's current primary.
     #[command(subcommand)]
     Connection(ConnectionCmd),
+    /// Conflict records: what an old primary committed past a failover, kept for failback.
+    #[command(subcommand)]
+    Conflicts(ConflictsCmd),
     /// Insert JSON rows (an array of objects, from --rows or stdin).
     Insert {
         /// account.database[.schema].table
@@ -298,6 +301,24 @@ enum ConnectionCmd {
     },
     /// Where a connection leads now.
     Resolve { account: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConflictsCmd {
+    /// The conflict records kept on this deployment.
+    List,
+    /// One record: its origin and the rows it added and removed, per table.
+    Show {
+        id: String,
+        /// The rows as CSV (columns: table, change, then the table's columns).
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Re-execute it on this deployment, the group's primary, as a new transaction
+    /// (refused when the rows it changed were changed since).
+    Apply { id: String },
+    /// Do not apply it: the record stays as history, its files are deleted.
+    Discard { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -573,6 +594,40 @@ fn print_list(v: &Value, key: &str, columns: &[&str], json_out: bool) {
     output::print(&output::table(&cols, &rows));
 }
 
+/// The rows of `GET /v1/conflicts/{id}` as one table: which table, added or removed,
+/// then the columns (in the order first seen).
+fn conflict_rows(v: &Value) -> (Vec<String>, Vec<Value>) {
+    let mut cols = vec!["table".to_string(), "change".to_string()];
+    let mut rows = Vec::new();
+    for t in v["tables"].as_array().cloned().unwrap_or_default() {
+        let name = t["name"]
+            .as_str()
+            .map_or_else(|| output::cell(&t["table"]), str::to_string);
+        for change in ["added", "removed"] {
+            match t[change].as_array() {
+                Some(list) => {
+                    for r in list {
+                        let mut row = json!({"table": name, "change": change});
+                        if let Some(o) = r.as_object() {
+                            for (k, val) in o {
+                                if !cols.contains(k) {
+                                    cols.push(k.clone());
+                                }
+                                row[k] = val.clone();
+                            }
+                        }
+                        rows.push(row);
+                    }
+                }
+                None => rows.push(
+                    json!({"table": name, "change": "removed (files no longer readable here)"}),
+                ),
+            }
+        }
+    }
+    (cols, rows)
+}
+
 fn print_value(v: &Value, json_out: bool) {
     if json_out {
         output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
@@ -783,6 +838,58 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 .await?;
             print_value(&v, json_out);
         }
+        Command::Conflicts(ConflictsCmd::List) | Command::Show(ShowCmd::Conflicts) => {
+            let v = c.get("/v1/conflicts").await?;
+            print_list(
+                &v,
+                "conflicts",
+                &[
+                    "id",
+                    "group",
+                    "origin",
+                    "txn_id",
+                    "epoch",
+                    "committed_at_ms",
+                    "state",
+                    "resolution",
+                ],
+                json_out,
+            );
+        }
+        Command::Conflicts(ConflictsCmd::Show { id, csv }) => {
+            let v = c.get(&format!("/v1/conflicts/{id}")).await?;
+            if json_out {
+                print_value(&v, true);
+            } else {
+                let (cols, rows) = conflict_rows(&v);
+                if csv {
+                    output::print(&output::csv(&cols, &rows));
+                } else {
+                    let r = &v["conflict"];
+                    output::note(&format!(
+                        "conflict {id}: transaction {} of {} (epoch {}), committed at {} ms, {}",
+                        output::cell(&r["txn_id"]),
+                        output::cell(&r["origin"]),
+                        output::cell(&r["epoch"]),
+                        output::cell(&r["committed_at_ms"]),
+                        output::cell(&r["state"]),
+                    ));
+                    output::print(&output::table(&cols, &rows));
+                }
+            }
+        }
+        Command::Conflicts(ConflictsCmd::Apply { id }) => {
+            let v = c
+                .post(&format!("/v1/conflicts/{id}/apply"), &json!({}))
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Conflicts(ConflictsCmd::Discard { id }) => {
+            let v = c
+                .post(&format!("/v1/conflicts/{id}/discard"), &json!({}))
+                .await?;
+            print_value(&v, json_out);
+        }
         Command::Connection(ConnectionCmd::Resolve { account, name }) => {
             let v = c
                 .get(&format!("/v1/accounts/{account}/connections/{name}"))
@@ -797,23 +904,6 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 &v,
                 "connections",
                 &["name", "group", "primary", "epoch", "url", "made_on"],
-                json_out,
-            );
-        }
-        Command::Show(ShowCmd::Conflicts) => {
-            let v = c.get("/v1/conflicts").await?;
-            print_list(
-                &v,
-                "conflicts",
-                &[
-                    "id",
-                    "group",
-                    "origin",
-                    "txn_id",
-                    "epoch",
-                    "committed_at_ms",
-                    "state",
-                ],
                 json_out,
             );
         }

@@ -289,6 +289,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/deployments/{id}/maintenance", post(maintenance))
         .route("/v1/availability", get(availability))
         .route("/v1/conflicts", get(conflicts))
+        .route("/v1/conflicts/{id}", get(conflict_show))
+        .route("/v1/conflicts/{id}/apply", post(conflict_apply))
+        .route("/v1/conflicts/{id}/discard", post(conflict_discard))
         .route(
             &format!("{acct}/connections"),
             get(list_connections).post(create_connection),
@@ -1731,6 +1734,47 @@ async fn conflicts(State(d): St, headers: HeaderMap) -> ApiResult {
     let v = serde_json::to_value(d.replication.conflicts()?)
         .map_err(|e| Error::internal("encode conflicts")(e.to_string()))?;
     Ok(axum::Json(json!({ "conflicts": v })))
+}
+
+/// One conflict record with the rows it added and removed per table (operator).
+async fn conflict_show(State(d): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    operator(&d, &headers)?;
+    let (record, tables) = d.replication.conflict_rows(&id).await?;
+    let mut out = Vec::with_capacity(tables.len());
+    for t in &tables {
+        out.push(json!({
+            "table": t.table,
+            "name": t.name,
+            "version": t.version,
+            "added": rows::batches_to_json(&t.added)?,
+            "removed": match &t.removed {
+                Some(r) => rows::batches_to_json(r)?,
+                None => Value::Null,
+            },
+        }));
+    }
+    let record = serde_json::to_value(&record)
+        .map_err(|e| Error::internal("encode conflict")(e.to_string()))?;
+    Ok(axum::Json(json!({ "conflict": record, "tables": out })))
+}
+
+/// Applies a conflict record on this deployment, the group's primary (operator): 400 when
+/// the rows it changed were changed since, or this is not the primary.
+async fn conflict_apply(State(d): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    operator(&d, &headers)?;
+    let applied = d.replication.apply_conflict(&id).await?;
+    let v = serde_json::to_value(&applied)
+        .map_err(|e| Error::internal("encode apply")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+/// Discards a conflict record (operator): kept as history, its files deleted.
+async fn conflict_discard(State(d): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    operator(&d, &headers)?;
+    let record = d.replication.discard_conflict(&id).await?;
+    let v = serde_json::to_value(&record)
+        .map_err(|e| Error::internal("encode conflict")(e.to_string()))?;
+    Ok(axum::Json(v))
 }
 
 #[derive(Deserialize)]

@@ -242,6 +242,24 @@ pub async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_g
 }
 
 /// Every object under `prefix` of `store`.
+/// Makes `primary`'s database `sales` of `a1` global and a replica of it in a new global
+/// account (of `account_group`) on each of `replicas`; its database group.
+pub async fn replicate_to(
+    primary: &Node,
+    a1: &AccountId,
+    account_group: &str,
+    replicas: &[(&Node, &str)],
+) -> String {
+    let group = primary.repl.enable_replication(a1, "sales").unwrap();
+    for (n, acct) in replicas {
+        let a = n.create_account(acct).unwrap();
+        n.repl.set_account_global(&a, Some(account_group)).unwrap();
+        knows(n, &group, primary.id.as_str()).await;
+        n.repl.create_replica(&a, "sales", &group, None).unwrap();
+    }
+    group
+}
+
 pub async fn objects(
     store: &std::sync::Arc<dyn object_store::ObjectStore>,
     prefix: &str,

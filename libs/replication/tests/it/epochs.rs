@@ -120,6 +120,7 @@ fn run(n: usize, s: &Script) -> std::result::Result<u64, String> {
                 promised_to: None,
                 excluded: Vec::new(),
                 handoff: None,
+                rewind: None,
             };
             Node {
                 id: id.clone(),
