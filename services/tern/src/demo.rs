@@ -8,14 +8,14 @@
 //!  global accounts       a1@d1 a2@d2 a3@d3 …: one account group, each with its own token
 //!  create database       sales.public.orders on d1: load, query, delete + time travel
 //!  group messages        membership and heartbeats crossed every channel
-//!  replicate             sales → a database group; d2 follows d1 (hub), d3 follows d2
-//!                        (chain), d4… follow d1; each first refresh brings every row
+//!  replicate             sales → a database group; d2 follows d1 (hub), d3 (and d4…)
+//!                        follow d2 (chain); each first refresh brings every row
 //!  follow writes         batches on d1; the time until each replica shows them (the lag)
 //!  kill the primary      SIGKILL d1 under a load of single-row inserts
 //!  primary unavailable   every other member judges d1 unavailable (heartbeats stopped)
 //!  failover              d2 promoted without --allow-data-loss: a majority voted; the
 //!                        report's RTO, known loss and epoch
-//!  writes on new primary batches on d2, followed by d3 (and d4…, re-parented to d2)
+//!  writes on new primary batches on d2, followed by d3 (and d4…)
 //!  old primary returns   d1 restarted with its same config: learns the new epoch, is a
 //!                        fenced secondary of d2 (a write answers 409 naming d2)
 //!  conflict records      what d1 committed but never shipped: listed; every write
@@ -1126,7 +1126,9 @@ impl Demo {
         Ok(())
     }
 
-    /// The database group: d2 follows d1 (hub), d3 follows d2 (chain), d4… follow d1.
+    /// The database group: d2 follows d1 (hub), d3 and the others follow d2 (chain). So no
+    /// member is ever ahead of d2, which a failover to d2 needs: a member that applied more
+    /// of the lost primary's transactions than the candidate refuses its vote.
     async fn replicate(&mut self) -> Result<(), DemoError> {
         let step = "replicate";
         let t = Instant::now();
@@ -1164,7 +1166,7 @@ impl Demo {
                     wait.tick(Duration::from_millis(100)).await?;
                 }
                 let mut body = json!({"name": REPLICA, "group": group});
-                if i == 2 {
+                if i >= 2 {
                     body["upstream"] = json!(self.ids[1]);
                 }
                 tenant

@@ -152,7 +152,7 @@ enum Command {
         /// demo fails).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Deployments in the group (3 to 9: d2 follows d1, d3 follows d2, the others d1).
+        /// Deployments in the group (3 to 9: d2 follows d1, d3 and the others follow d2).
         #[arg(long, default_value_t = 3)]
         deployments: usize,
         /// Rows in the sample data set (at least 1000).
