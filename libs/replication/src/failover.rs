@@ -2399,6 +2399,14 @@ impl Replication {
     /// reply in the outbox, in one transaction): no echo of an older primary and no other
     /// grant at or below the epoch from now on.
     pub(crate) fn vote(&self, from: &DeploymentId, req: &model::VoteRequest) -> Result<()> {
+        if req.cancel {
+            // A withdrawn candidacy's deferred requests are not decided any more.
+            self.inner
+                .deferred_votes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|d| d.from != *from || d.req.group != req.group || d.req.epoch > req.epoch);
+        }
         self.vote_until(from, req, Instant::now() + self.config().vote_timeout)
     }
 
@@ -2515,8 +2523,15 @@ impl Replication {
                                 unavailable_after,
                             )
                             .is_ok();
-                        if only_silence && unavailable_after - silence <= left_ms {
-                            defer_ms = Some(unavailable_after - silence);
+                        // A switchover's request may come before the primary's heartbeat
+                        // announcing the handoff: wait for that (up to the deadline) and
+                        // look again soon.
+                        if only_silence
+                            && left_ms > 0
+                            && (req.handoff || unavailable_after - silence <= left_ms)
+                        {
+                            let wait = unavailable_after - silence;
+                            defer_ms = Some(if req.handoff { wait.min(50) } else { wait });
                             return Ok(None);
                         }
                         decision
@@ -2560,7 +2575,7 @@ impl Replication {
         })?;
         let Some(reply) = reply else {
             let wait = Duration::from_millis(u64::try_from(defer_ms.unwrap_or(0)).unwrap_or(0));
-            tracing::info!(candidate = %from, group = %req.group, epoch = req.epoch, ?wait, "vote deferred until the primary has been silent long enough");
+            tracing::info!(candidate = %from, group = %req.group, epoch = req.epoch, ?wait, handoff = req.handoff, "vote deferred: the primary was heard too recently (or has not announced the handoff yet)");
             self.inner
                 .deferred_votes
                 .lock()
@@ -2773,7 +2788,7 @@ pub fn vote_decision(
     }
     if applied > req.seq {
         return Err(format!(
-            "applied the old primary's transaction {applied}, the candidate only {}",
+            "applied the old primary's transaction {applied}, the candidate only {} (fail over on this member instead)",
             req.seq
         ));
     }

@@ -1446,3 +1446,74 @@ async fn a_rejoin_killed_mid_rewind_keeps_every_conflict_once_and_ends_equal() {
     d1.stop().await;
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switchover_in_a_group_of_four_is_granted_once_the_handoff_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // As in production, the primary's silence a vote needs is longer than a candidate
+    // waits for votes.
+    let config = ReplicationConfig {
+        unavailable_after: Duration::from_secs(10),
+        vote_timeout: Duration::from_secs(5),
+        ..fast()
+    };
+    let keys = root.join("d1").join("keys");
+    let mut d1 = open_with(root, "d1", None, config.clone()).await;
+    let mut d2 = open_with(root, "d2", Some(&keys), config.clone()).await;
+    let mut d3 = open_with(root, "d3", Some(&keys), config.clone()).await;
+    let mut d4 = open_with(root, "d4", Some(&keys), config).await;
+    for (a, b) in [
+        (&d1, &d2),
+        (&d1, &d3),
+        (&d1, &d4),
+        (&d2, &d3),
+        (&d2, &d4),
+        (&d3, &d4),
+    ] {
+        link(a, b).await;
+    }
+    d1.start(&[&d2, &d3, &d4]);
+    d2.start(&[&d1, &d3, &d4]);
+    d3.start(&[&d1, &d2, &d4]);
+    d4.start(&[&d1, &d2, &d3]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    replicate_to(
+        &d1,
+        &a1,
+        &account_group,
+        &[(&d2, "a2"), (&d3, "a3"), (&d4, "a4")],
+    )
+    .await;
+    leased_write(&d1, &t).await;
+    for n in [&d2, &d3, &d4] {
+        caught_up(&d1, n, std::slice::from_ref(&t)).await;
+        until_state(n, "d1", Availability::Available).await;
+    }
+    // d3 and d4 still hear d1 when d2 asks them: they grant once d1 announces the handoff
+    // (before, they waited for d1's silence and refused, and d2 had to stand again).
+    let r = d2
+        .repl
+        .switchover(&AccountId::new("a2").unwrap(), "sales")
+        .await
+        .unwrap();
+    assert_eq!(r.epoch, 2, "granted at the first epoch asked for: {r:?}");
+    let rid = replica_table_id(&d1.id, &t);
+    assert!(write(&d2, &rid, 10..20, "b").await);
+    eventually(WAIT, "everyone to follow d2", || async {
+        let want = rows(&d2, &rid, None).await;
+        role(&d1, "a1", "sales") == DatabaseRole::Secondary
+            && rows(&d1, &t, None).await == want
+            && rows(&d3, &rid, None).await == want
+            && rows(&d4, &rid, None).await == want
+    })
+    .await;
+    for n in [&mut d1, &mut d2, &mut d3, &mut d4] {
+        n.stop().await;
+    }
+}
