@@ -484,17 +484,21 @@ fn ternd_refresh_killed_on_either_side_resumes_without_orphans() {
     let r = d2.op("POST", &format!("{tbl}/scan"), r#"{"limit":1}"#);
     let live = r.json()["files_total"].as_u64().expect("files_total") as usize;
     assert_eq!(live, FILES, "{}", r.body);
-    wait_until(
-        "no orphan files in d2's volume or inbound stage",
-        Duration::from_secs(60),
-        || {
-            let (mps, left) = (
-                count_files(&volume, imported),
-                count_files(&inbound, |_| true),
-            );
-            (mps == live && left == 0).then_some(())
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mps, left) = (
+            count_files(&volume, imported),
+            count_files(&inbound, |_| true),
+        );
+        if (mps, left) == (live, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphans: {mps} micro-partition files in d2's volume for {live} live, {left} left in the inbound stage"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(d1.terminate().success());
     assert!(d2.terminate().success());
 }
