@@ -1853,15 +1853,7 @@ impl Replication {
             };
             for m in members.iter().filter(|m| **m != me) {
                 let id = format!("vote-cancel-{group}-{epoch}-{me}");
-                tx.put(
-                    &crate::state::outbox_key(m, &id),
-                    &crate::state::OutboxDpo {
-                        peer: m.clone(),
-                        id,
-                        message_type: model::VOTE_TYPE.into(),
-                        payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
-                    },
-                )?;
+                crate::state::put_outbox(tx, m, id, model::VOTE_TYPE, &req)?;
             }
             Ok(Some(epoch))
         })?;
@@ -2562,15 +2554,7 @@ impl Replication {
                 }
             };
             let id = format!("vr-{}-{}-{me}", req.group, req.epoch);
-            tx.put(
-                &crate::state::outbox_key(from, &id),
-                &crate::state::OutboxDpo {
-                    peer: from.clone(),
-                    id,
-                    message_type: model::VOTE_REPLY_TYPE.into(),
-                    payload: String::from_utf8(model::encode(&reply)).unwrap_or_default(),
-                },
-            )?;
+            crate::state::put_outbox(tx, from, id, model::VOTE_REPLY_TYPE, &reply)?;
             Ok(Some(reply))
         })?;
         let Some(reply) = reply else {
@@ -2638,15 +2622,7 @@ impl Replication {
             };
             for m in members.iter().filter(|m| **m != me) {
                 let id = format!("vote-{group}-{epoch}-{me}");
-                tx.put(
-                    &crate::state::outbox_key(m, &id),
-                    &crate::state::OutboxDpo {
-                        peer: m.clone(),
-                        id,
-                        message_type: model::VOTE_TYPE.into(),
-                        payload: String::from_utf8(model::encode(&req)).unwrap_or_default(),
-                    },
-                )?;
+                crate::state::put_outbox(tx, m, id, model::VOTE_TYPE, &req)?;
             }
             Ok(epoch)
         })?;

@@ -1216,18 +1216,15 @@ fn detach(tx: &mut MetaTxn<'_>, db: &DatabaseId, group: &str) -> tern_meta::Resu
     }
     if let Some(r) = tx.get::<ReplicaDpo>(&keys::replica(db))? {
         let id = format!("un-{db}-{}", tx.next_sequence("repl-unsub")?);
-        tx.put(
-            &state::outbox_key(&r.upstream, &id),
-            &OutboxDpo {
-                peer: r.upstream.clone(),
-                id,
-                message_type: UNSUBSCRIBE_TYPE.into(),
-                payload: String::from_utf8(model::encode(&Unsubscribe {
-                    v: model::PAYLOAD_VERSION,
-                    group: group.to_string(),
-                    database: db.clone(),
-                }))
-                .unwrap_or_default(),
+        state::put_outbox(
+            tx,
+            &r.upstream,
+            id,
+            UNSUBSCRIBE_TYPE,
+            &Unsubscribe {
+                v: model::PAYLOAD_VERSION,
+                group: group.to_string(),
+                database: db.clone(),
             },
         )?;
         tx.delete(&keys::replica(db))?;

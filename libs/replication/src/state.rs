@@ -318,6 +318,26 @@ pub fn outbox_key(peer: &DeploymentId, id: &str) -> Key {
     Key::root("repl").str("out").str(peer.as_str()).str(id)
 }
 
+/// Records message `id` of `message_type` with `payload` (JSON) for `peer` in the
+/// outbox, in the caller's transaction.
+pub fn put_outbox<T: Serialize>(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    peer: &DeploymentId,
+    id: String,
+    message_type: &str,
+    payload: &T,
+) -> tern_meta::Result<()> {
+    tx.put(
+        &outbox_key(peer, &id),
+        &OutboxDpo {
+            peer: peer.clone(),
+            id,
+            message_type: message_type.into(),
+            payload: String::from_utf8(crate::model::encode(payload)).unwrap_or_default(),
+        },
+    )
+}
+
 /// All outbox messages.
 pub fn outbox_all() -> Key {
     Key::root("repl").str("out")
