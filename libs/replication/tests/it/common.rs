@@ -260,6 +260,30 @@ pub async fn replicate_to(
     group
 }
 
+/// Links and starts `d1`, `d2`, `d3`, makes `d1` the primary of database `sales` (account
+/// a1) with table `table`, replicated to a2@d2 and a3@d3: a1 and the table.
+pub async fn group_of_three(
+    d1: &mut Node,
+    d2: &mut Node,
+    d3: &mut Node,
+    table: &str,
+) -> (AccountId, TableId) {
+    link(d1, d2).await;
+    link(d1, d3).await;
+    link(d2, d3).await;
+    d1.start(&[&*d2, &*d3]);
+    d2.start(&[&*d1, &*d3]);
+    d3.start(&[&*d1, &*d2]);
+    let (a1, db, account_group) = primary(d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", table, columns())
+        .await
+        .unwrap();
+    replicate_to(d1, &a1, &account_group, &[(&*d2, "a2"), (&*d3, "a3")]).await;
+    (a1, t)
+}
+
 pub async fn objects(
     store: &std::sync::Arc<dyn object_store::ObjectStore>,
     prefix: &str,

@@ -604,19 +604,7 @@ async fn without_a_majority_a_failover_is_refused_and_names_who_did_not_answer()
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (mut d1, mut d2, mut d3) = open3(root).await;
-    link(&d1, &d2).await;
-    link(&d1, &d3).await;
-    link(&d2, &d3).await;
-    d1.start(&[&d2, &d3]);
-    d2.start(&[&d1, &d3]);
-    d3.start(&[&d1, &d2]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
-    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
+    let (_a1, t) = group_of_three(&mut d1, &mut d2, &mut d3, "t").await;
     leased_write(&d1, &t).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
@@ -764,19 +752,7 @@ async fn a_group_of_three_fails_over_by_itself_when_its_policy_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (mut d1, mut d2, mut d3) = open3(root).await;
-    link(&d1, &d2).await;
-    link(&d1, &d3).await;
-    link(&d2, &d3).await;
-    d1.start(&[&d2, &d3]);
-    d2.start(&[&d1, &d3]);
-    d3.start(&[&d1, &d2]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
-    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
+    let (a1, t) = group_of_three(&mut d1, &mut d2, &mut d3, "t").await;
     d1.repl
         .set_policy(
             &a1,
@@ -1230,19 +1206,7 @@ async fn double_failover_then_failback_to_the_first_primary() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (mut d1, mut d2, mut d3) = open3(root).await;
-    link(&d1, &d2).await;
-    link(&d1, &d3).await;
-    link(&d2, &d3).await;
-    d1.start(&[&d2, &d3]);
-    d2.start(&[&d1, &d3]);
-    d3.start(&[&d1, &d2]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
-    replicate_to(&d1, &a1, &account_group, &[(&d2, "a2"), (&d3, "a3")]).await;
+    let (a1, t) = group_of_three(&mut d1, &mut d2, &mut d3, "t").await;
     let rid = replica_table_id(&d1.id, &t);
     leased_write(&d1, &t).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
