@@ -681,7 +681,11 @@ async fn when_the_head_of_a_chain_is_lost_the_next_link_follows_the_primary() {
         replica(&d3, "a3", "sales").is_some_and(|r| r.upstream.as_str() == "d1")
     })
     .await;
-    assert!(write(&d1, &t, 10..20, "b").await);
+    // Retried when refused: while d3 re-parents, d1's short test lease may lapse a moment.
+    eventually(WAIT, "a write on d1", || async {
+        write(&d1, &t, 10..20, "b").await
+    })
+    .await;
     caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d3, std::slice::from_ref(&t)).await;
     // The primary still holds its lease with d3's confirmations (two of three).
