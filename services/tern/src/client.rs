@@ -9,7 +9,7 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The daemon answered with an error.
-    #[error("{kind}: {message} (HTTP {status})")]
+    #[error("{kind}: {message} (HTTP {status}){}", redirect.as_deref().map(Redirect::hint).unwrap_or_default())]
     Api {
         /// HTTP status.
         status: u16,
@@ -17,6 +17,10 @@ pub enum ClientError {
         kind: String,
         /// The daemon's message.
         message: String,
+        /// A write refused because another deployment holds the primary: where to go.
+        redirect: Option<Box<Redirect>>,
+        /// The daemon's whole error body (`{"error": {…}}`), for `--json`.
+        body: Box<Value>,
     },
     /// The daemon could not be reached.
     #[error("cannot reach the daemon at {url}: {source}")]
@@ -40,6 +44,42 @@ pub enum ClientError {
     /// Input the CLI could not use.
     #[error("{0}")]
     Input(String),
+}
+
+/// Where a refused write should go: the group's current primary (`error.redirect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The primary's deployment id.
+    pub deployment: String,
+    /// Its API URL, when it has published one.
+    pub url: Option<String>,
+    /// The group's epoch.
+    pub epoch: u64,
+}
+
+impl Redirect {
+    fn from_error(e: &Value) -> Option<Self> {
+        let r = &e["redirect"];
+        Some(Self {
+            deployment: r["deployment"].as_str()?.to_string(),
+            url: r["url"].as_str().map(str::to_string),
+            epoch: r["epoch"].as_u64()?,
+        })
+    }
+
+    /// What an operator reads after the daemon's message.
+    fn hint(&self) -> String {
+        match &self.url {
+            Some(url) => format!(
+                "; the primary is now {} (epoch {}) at {url}: run it there (--url {url}), or name the connection (--connection) so the CLI finds the primary",
+                self.deployment, self.epoch
+            ),
+            None => format!(
+                "; the primary is now {} (epoch {}), which has not published its URL: run it on {}",
+                self.deployment, self.epoch, self.deployment
+            ),
+        }
+    }
 }
 
 /// A daemon's API at `base` with a token.
@@ -175,6 +215,8 @@ impl Client {
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
+                redirect: Redirect::from_error(&v["error"]).map(Box::new),
+                body: Box::new(v),
             });
         }
         Ok(v)

@@ -421,10 +421,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: Result<(), String> = match cli.command {
+    let json_out = cli.json;
+    let result: Result<(), Failure> = match cli.command {
         Command::Selfcheck { dir, rows } => runtime
             .block_on(selfcheck::run(dir, rows, cli.json))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| Failure::Other(e.to_string())),
         Command::Demo {
             dir,
             deployments,
@@ -432,7 +433,7 @@ fn main() -> ExitCode {
             ternd,
         } => runtime
             .block_on(demo::run(dir, deployments, rows, ternd, cli.json))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| Failure::Other(e.to_string())),
         command => runtime
             .block_on(async {
                 let client = match &cli.connection {
@@ -444,15 +445,43 @@ fn main() -> ExitCode {
                 };
                 run(&client, command, cli.json).await
             })
-            .map_err(|e| e.to_string()),
+            .map_err(Failure::Client),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            report_error(&e);
+            e.report(json_out);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Why a command failed, as the operator reads it (`--json`: the daemon's own error
+/// body, with its `redirect` and `epoch`, on stderr).
+enum Failure {
+    Client(ClientError),
+    Other(String),
+}
+
+impl Failure {
+    fn report(&self, json_out: bool) {
+        match (self, json_out) {
+            (Failure::Client(ClientError::Api { body, .. }), true) => report_error_json(body),
+            (Failure::Client(e), true) => {
+                report_error_json(&json!({"error": {"kind": "client", "message": e.to_string()}}))
+            }
+            (Failure::Other(e), true) => {
+                report_error_json(&json!({"error": {"kind": "client", "message": e}}))
+            }
+            (Failure::Client(e), false) => report_error(&e.to_string()),
+            (Failure::Other(e), false) => report_error(e),
+        }
+    }
+}
+
+#[allow(clippy::print_stderr)] // the CLI's own error channel
+fn report_error_json(body: &Value) {
+    eprintln!("{body}");
 }
 
 /// A client of the current primary of connection `account/name`, resolved through the
