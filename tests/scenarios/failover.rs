@@ -6,6 +6,8 @@
 //! new primary, and follows it. Every acknowledged write is on the new primary exactly
 //! once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -164,6 +166,29 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
     let body: Value = refused.json();
     assert_eq!(body["error"]["redirect"]["deployment"], "d2", "{body}");
     assert_eq!(body["error"]["epoch"], 2, "{body}");
+    // The CLI says where to go: in words, and with --json the daemon's error as it is.
+    let insert = |json_out: bool| {
+        let out = std::process::Command::new(binary("tern"))
+            .args(["--url", &d1.url(), "--token", OPERATOR_TOKEN])
+            .args(if json_out { &["--json"][..] } else { &[] })
+            .args(["insert", "a1.sales.orders", "--rows"])
+            .arg(rows_json(90_000, 90_001))
+            .output()
+            .expect("run tern");
+        assert!(!out.status.success(), "a fenced write succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let words = insert(false);
+    assert!(
+        words.contains(&format!(
+            "the primary is now d2 (epoch 2) at {}",
+            d2.url().trim_end_matches('/')
+        )),
+        "{words}"
+    );
+    let err: Value = serde_json::from_str(insert(true).trim()).expect("a JSON error");
+    assert_eq!(err["error"]["redirect"]["deployment"], "d2", "{err}");
+    assert_eq!(err["error"]["epoch"], 2, "{err}");
     wait_until("d1 equals d2", WAIT, || {
         let a = scan_all(&d1, PRIMARY)?;
         let b = scan_all(&d2, &tbl)?;
@@ -337,52 +362,16 @@ fn ternd_three_primary_killed_under_load_majority_failover() {
             .then_some(())
     });
 
-    // A steady load of single-row inserts on d1: acknowledged ids, and ids whose answer
-    // never came (the daemon died under them: committed or not).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
-    let writer = {
-        let (stop, acked, addr) = (stop.clone(), acked.clone(), d1.addr.clone());
-        std::thread::spawn(move || {
-            let mut unknown = Vec::new();
-            let mut next = 1000;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = request(
-                    &addr,
-                    "POST",
-                    &format!("{PRIMARY}/rows"),
-                    Some(OPERATOR_TOKEN),
-                    "application/json",
-                    rows_json(next, next + 1).as_bytes(),
-                );
-                match r.status {
-                    200 => acked.lock().expect("acked").push(next),
-                    // Refused before it could commit: the primary paused (its lease is
-                    // renewed late on a loaded machine). Not acknowledged.
-                    503 => {}
-                    0 => {
-                        unknown.push(next);
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    other => panic!("write {next}: {other} {}", r.body),
-                }
-                next += 1;
-            }
-            unknown
-        })
-    };
-    wait_until("the load to be under way", WAIT, || {
-        (acked.lock().expect("acked").len() >= 30).then_some(())
-    });
+    // A steady load of single-row inserts on d1.
+    let load = Load::start(&d1, PRIMARY, 1000);
+    load.until_acked(30);
     // The primary's region is lost in the middle of the load.
     d1.kill9();
-    let acked_before: Vec<i64> = acked.lock().expect("acked").clone();
+    let acked_before = load.acked();
     wait_until("d2 judges d1 unavailable", WAIT, || {
         (availability(&d2, "d1")? == "unavailable").then_some(())
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let unknown = writer.join().expect("writer");
-    let mut acked: Vec<i64> = acked.lock().expect("acked").clone();
+    let (mut acked, unknown) = load.stop();
     assert_eq!(acked, acked_before, "nothing acknowledged after the kill");
     // The operator fails over on d2; the group refuses it if d3 applied more of d1's
     // transactions, and then d3 is the one to promote.
@@ -434,31 +423,256 @@ fn ternd_three_primary_killed_under_load_majority_failover() {
     );
     assert_eq!(r.status, 409, "{}", r.body);
     let on_new = ids(&scan_all(new, new_t).expect("scan the new primary"));
-    let mut dedup = on_new.clone();
-    dedup.dedup();
-    assert_eq!(dedup, on_new, "no write twice");
     let kept = conflict_ids(&d1);
-    assert!(kept.iter().all(|i| !on_new.contains(i)), "never both");
-    let mut missing: Vec<i64> = acked
-        .iter()
-        .copied()
-        .filter(|i| !on_new.contains(i) && !kept.contains(i))
-        .collect();
-    missing.sort_unstable();
-    assert!(missing.is_empty(), "acknowledged, then lost: {missing:?}");
-    // Nothing else is there: the first 10, what was acknowledged, or what never had an
-    // answer.
-    let extra: Vec<i64> = on_new
-        .iter()
-        .chain(&kept)
-        .copied()
-        .filter(|i| *i >= 10 && !acked.contains(i) && !unknown.contains(i))
-        .collect();
-    assert!(extra.is_empty(), "{extra:?}");
+    check_each_once(10, &acked, &unknown, &[&on_new, &kept]);
     assert!(
         known_loss <= kept.len() as u64,
         "reported loss {known_loss} > kept {}",
         kept.len()
     );
     drop(d3);
+}
+
+/// A steady load of single-row inserts with unique ids (from `first` up) on one daemon's
+/// table, from a thread: which were acknowledged, and which had no answer (the daemon died
+/// under them: committed or not). A write refused before it could commit (503: the
+/// primary paused) is neither.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<i64>>>,
+    writer: std::thread::JoinHandle<Vec<i64>>,
+}
+
+impl Load {
+    fn start(d: &Ternd, table: &str, first: i64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let (stop, acked, addr) = (stop.clone(), acked.clone(), d.addr.clone());
+            let path = format!("{table}/rows");
+            std::thread::spawn(move || {
+                let mut unknown = Vec::new();
+                let mut next = first;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = rows_json(next, next + 1);
+                    let r = request(
+                        &addr,
+                        "POST",
+                        &path,
+                        Some(OPERATOR_TOKEN),
+                        "application/json",
+                        body.as_bytes(),
+                    );
+                    match r.status {
+                        200 => acked.lock().expect("acked").push(next),
+                        503 => {}
+                        0 => {
+                            unknown.push(next);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        other => panic!("write {next}: {other} {}", r.body),
+                    }
+                    next += 1;
+                }
+                unknown
+            })
+        };
+        Load {
+            stop,
+            acked,
+            writer,
+        }
+    }
+
+    /// The acknowledged ids so far.
+    fn acked(&self) -> Vec<i64> {
+        self.acked.lock().expect("acked").clone()
+    }
+
+    /// Waits until at least `n` writes were acknowledged.
+    fn until_acked(&self, n: usize) {
+        wait_until("the load to be under way", WAIT, || {
+            (self.acked.lock().expect("acked").len() >= n).then_some(())
+        });
+    }
+
+    /// Stops the load: (acknowledged, unanswered).
+    fn stop(self) -> (Vec<i64>, Vec<i64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let unknown = self.writer.join().expect("writer");
+        let acked = self.acked.lock().expect("acked").clone();
+        (acked, unknown)
+    }
+}
+
+/// Every point of a rejoin and of the resync after it, in the order they are met: the old
+/// primary's daemon is started with each armed in turn (`TERN_CRASH_AT`) and kills itself
+/// -9 there.
+const REJOIN_POINTS: &[&str] = &[
+    "rewind.table_rolled_back",
+    "rewind.refresh_asked",
+    "import.dictionary_applied",
+    "apply.files_copied",
+    "logged",
+    "import.committed",
+    "import.finished",
+];
+
+/// The whole cycle under a unique-id write load, with the rejoin and the resync killed -9
+/// at each of their points: d1 (primary) killed under load; d2 fails over; d1 returns cut
+/// off from d2 (its peer bucket unreachable) and acknowledges writes as the primary of
+/// the old epoch; then it rejoins, and dies at every point of the rewind and the resync
+/// in turn while d2 takes writes; started clean it ends equal to d2, every acknowledged
+/// write on d2 exactly once or in exactly one conflict record on d1. A switchover takes
+/// the primary back to d1, which applies every record: then every acknowledged write is
+/// on d1 exactly once, and d2 equals it.
+#[test]
+fn ternd_rejoin_and_resync_killed_at_each_point_lose_nothing() {
+    let Two {
+        dir,
+        l1,
+        l2: _,
+        c1,
+        c2: _,
+        d1,
+        d2,
+        join: _,
+    } = two_with(&[], FAST);
+    let group = primary(&d1, &d2, 1, 100);
+    create_replica(&d2, &group);
+    let tbl = wait_until("the replica has the 100 rows", WAIT, || {
+        let t = replica_table(&d2)?;
+        (scan_all(&d2, &t)?.len() == 100).then_some(t)
+    });
+    wait_until("d2 hears d1", WAIT, || {
+        (availability(&d2, "d1")? == "available").then_some(())
+    });
+    let load = Load::start(&d1, PRIMARY, 1000);
+    load.until_acked(30);
+    d1.kill9();
+    let (mut acked, mut unknown) = load.stop();
+    wait_until("d2 judges d1 unavailable", WAIT, || {
+        (availability(&d2, "d1")? == "unavailable").then_some(())
+    });
+    let r = d2.op("POST", FAILOVER, r#"{"allow_data_loss":true}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["epoch"], 2, "{}", r.body);
+
+    // d1 returns cut off from d2: what d2 wrote into d1's bucket (its claim of epoch 2
+    // among it) is out of reach, and d2 cannot write there (its folder is a file now).
+    // d1 never hears of epoch 2 and acknowledges writes as the primary of epoch 1.
+    let from_d2 = l1.home.join("replication").join("from").join("d2");
+    let aside = dir.path().join("from-d2-aside");
+    with_stopped(&d2, || {
+        std::fs::rename(&from_d2, &aside).expect("move d2's folder aside");
+        std::fs::write(&from_d2, b"cut off").expect("block d2's folder");
+    });
+    let cut_off = Ternd::start(&c1, &[]);
+    let mut stale = Vec::new();
+    for id in 20_000..20_010 {
+        let r = cut_off.op("POST", &format!("{PRIMARY}/rows"), &rows_json(id, id + 1));
+        assert_eq!(r.status, 200, "{}", r.body);
+        stale.push(id);
+    }
+    cut_off.kill9();
+    acked.extend(&stale);
+    with_stopped(&d2, || {
+        std::fs::remove_file(&from_d2).expect("unblock d2's folder");
+        std::fs::rename(&aside, &from_d2).expect("put d2's folder back");
+    });
+
+    // It rejoins under d2's load and is killed at each point of the rejoin and resync.
+    let load = Load::start(&d2, &tbl, 100_000);
+    for point in REJOIN_POINTS {
+        Ternd::run_to_crash(&c1, &[], point, WAIT);
+    }
+    let d1 = Ternd::start(&c1, &[]);
+    let during = load.acked().len();
+    let (more, lost) = load.stop();
+    assert!(during > 0, "d2 took writes during the rejoin");
+    acked.extend(more);
+    unknown.extend(lost);
+    wait_until("d1 is d2's fenced secondary and equals it", WAIT, || {
+        let s = d1.op("GET", "/v1/replication/status", "").json();
+        let fenced = s["groups"].as_array()?.first()?["role"] == "secondary";
+        (fenced && scan_all(&d1, PRIMARY)? == scan_all(&d2, &tbl)?).then_some(())
+    });
+    let on_d2 = ids(&scan_all(&d2, &tbl).expect("scan d2"));
+    let kept = conflict_ids(&d1);
+    check_each_once(100, &acked, &unknown, &[&on_d2, &kept]);
+    assert!(
+        stale.iter().all(|i| kept.contains(i)),
+        "what d1 acknowledged cut off is kept: {stale:?} vs {kept:?}"
+    );
+
+    // Failback: the primary returns to d1, which re-applies every record.
+    wait_until("d1 hears d2", WAIT, || {
+        (availability(&d1, "d2")? == "available").then_some(())
+    });
+    let back = tern(&d1, &["database", "switchover", "a1", "sales"]);
+    assert_eq!(back["previous_primary"], "d2", "{back}");
+    let list = tern(&d1, &["conflicts", "list"]);
+    let mut by_txn: Vec<(i64, String)> = list["conflicts"]
+        .as_array()
+        .expect("conflicts")
+        .iter()
+        .filter_map(|c| Some((c["txn_id"].as_i64()?, c["id"].as_str()?.to_string())))
+        .collect();
+    by_txn.sort();
+    for (_, id) in &by_txn {
+        let applied = tern(&d1, &["conflicts", "apply", id]);
+        assert_eq!(applied["already"], false, "{applied}");
+    }
+    let on_d1 = ids(&scan_all(&d1, PRIMARY).expect("scan d1"));
+    check_each_once(100, &acked, &unknown, &[&on_d1]);
+    wait_until("d2 follows d1 again", WAIT, || {
+        (scan_all(&d2, &tbl)? == scan_all(&d1, PRIMARY)?).then_some(())
+    });
+}
+
+/// Runs `f` while `d`'s process is stopped (SIGSTOP … SIGCONT): it does nothing meanwhile.
+fn with_stopped(d: &Ternd, f: impl FnOnce()) {
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &d.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    f();
+    signal("-CONT");
+}
+
+/// Every acknowledged id is in exactly one of `places` exactly once; nothing is there but
+/// the rows loaded first (ids below `first`), acknowledged ids, and ids whose write had
+/// no answer.
+fn check_each_once(first: i64, acked: &[i64], unknown: &[i64], places: &[&[i64]]) {
+    let mut count: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    for id in places.iter().flat_map(|p| p.iter()) {
+        *count.entry(*id).or_default() += 1;
+    }
+    let twice: Vec<i64> = count
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "in more than one place, or twice: {twice:?}"
+    );
+    let mut lost: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|i| !count.contains_key(i))
+        .collect();
+    lost.sort_unstable();
+    assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
+    let mut extra: Vec<i64> = count
+        .keys()
+        .copied()
+        .filter(|i| *i >= first && !acked.contains(i) && !unknown.contains(i))
+        .collect();
+    extra.sort_unstable();
+    assert!(extra.is_empty(), "never written: {extra:?}");
 }

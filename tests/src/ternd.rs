@@ -73,8 +73,9 @@ pub struct Ternd {
 }
 
 impl Ternd {
-    /// Starts `ternd --config <config>` with `env` and waits until it serves.
-    pub fn start(config: &Path, env: &[(&str, &str)]) -> Ternd {
+    /// `ternd --config <config>` with `env`, its stderr to a log file; the file it
+    /// writes its address to once it serves.
+    fn spawn(config: &Path, env: &[(&str, &str)]) -> (Child, PathBuf, PathBuf) {
         let ready = config.with_extension("ready");
         let _ = std::fs::remove_file(&ready);
         let log = config.with_extension(format!("{}.log", unique()));
@@ -89,7 +90,51 @@ impl Ternd {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn ternd");
+        (cmd.spawn().expect("spawn ternd"), ready, log)
+    }
+
+    /// Starts `ternd` with `TERN_CRASH_AT=<point>` (and `env`) and waits, at most
+    /// `limit`, for it to reach the point and kill itself there (served or not yet).
+    /// Its log; panics when it exits for another reason or not at all.
+    pub fn run_to_crash(
+        config: &Path,
+        env: &[(&str, &str)],
+        point: &str,
+        limit: Duration,
+    ) -> String {
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .copied()
+            .chain([("TERN_CRASH_AT", point)])
+            .collect();
+        let (mut child, _, log) = Self::spawn(config, &env);
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ternd did not reach crash point {point} within {limit:?}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let logs = std::fs::read_to_string(&log).unwrap_or_default();
+        let name = point.split(':').next().unwrap_or(point);
+        assert!(
+            !status.success() && logs.contains("crash point reached") && logs.contains(name),
+            "ternd was to kill itself at {point}; it exited {status}: {logs}"
+        );
+        logs
+    }
+
+    /// Starts `ternd --config <config>` with `env` and waits until it serves.
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Ternd {
+        let (mut child, ready, log) = Self::spawn(config, env);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(addr) = std::fs::read_to_string(&ready)

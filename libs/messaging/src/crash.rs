@@ -66,17 +66,36 @@ pub mod points {
     ];
 }
 
-#[derive(Debug, Default)]
+/// What a fired point does besides returning [`Error::Crashed`]: the daemon's is to kill
+/// its own process (`TERN_CRASH_AT`), so a test of real processes dies exactly there.
+pub type OnFire = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+#[derive(Default)]
 struct Armed {
     /// point → hits to let pass before firing.
     skip: HashMap<&'static str, u64>,
     fired: Vec<&'static str>,
+    on_fire: Option<OnFire>,
 }
 
 /// A per-instance set of armed crash points. Cheap to clone; clones share state.
-#[derive(Debug, Clone, Default)]
+///
+/// Besides messaging's own ([`points`]), replication arms and hits its points
+/// (`rewind.*`, `import.*`) in the same registry.
+#[derive(Clone, Default)]
 pub struct CrashPoints {
     inner: Arc<Mutex<Armed>>,
+}
+
+impl std::fmt::Debug for CrashPoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a = self.lock();
+        f.debug_struct("CrashPoints")
+            .field("armed", &a.skip)
+            .field("fired", &a.fired)
+            .field("on_fire", &a.on_fire.is_some())
+            .finish()
+    }
 }
 
 impl CrashPoints {
@@ -93,6 +112,11 @@ impl CrashPoints {
     /// Fire at hit number `skip + 1` of `point`.
     pub fn arm_after(&self, point: &'static str, skip: u64) {
         self.lock().skip.insert(point, skip);
+    }
+
+    /// Run `f` when a point fires, before the error is returned.
+    pub fn on_fire(&self, f: OnFire) {
+        self.lock().on_fire = Some(f);
     }
 
     /// Disarm everything.
@@ -114,6 +138,11 @@ impl CrashPoints {
                 armed.skip.remove(point);
                 armed.fired.push(point);
                 tracing::warn!(point, "crash point fired");
+                let on_fire = armed.on_fire.clone();
+                drop(armed);
+                if let Some(f) = on_fire {
+                    f(point);
+                }
                 Err(Error::Crashed { point })
             }
             Some(n) => {

@@ -1384,6 +1384,7 @@ impl Replication {
         };
         self.rewind_to_fork(db, &claim, mark).await?;
         self.ask_refresh(&db.id, &format!("epoch {}", claim.epoch), false)?;
+        self.crash_point(crate::crash::REWIND_ASKED)?;
         let me = self.me().clone();
         self.meta().write(|tx| {
             let d = tx.get_database(&db.id)?.unwrap_or_else(|| db.clone());
@@ -1488,6 +1489,7 @@ impl Replication {
                     .collect();
                 tern_table::commit::remove_files(p.volume.as_ref(), &files).await;
             }
+            self.crash_point(crate::crash::REWIND_TABLE)?;
         }
         if kept > 0 {
             Counters::add(&self.inner.counters.conflicts_kept, kept as u64);

@@ -49,6 +49,7 @@
 pub mod conflicts;
 pub mod connection;
 pub mod copy;
+pub mod crash;
 mod error;
 pub mod failover;
 pub mod handlers;

@@ -104,6 +104,9 @@ pub struct ServiceParts {
     pub handlers: Vec<(&'static str, Arc<dyn Handler>)>,
     /// Opens the customer-managed keys accounts register.
     pub customer_keys: tern_crypto::CustomerKeys,
+    /// The crash points of messaging and replication ([`crate::crash`]; none armed but in
+    /// tests).
+    pub crash: tern_messaging::CrashPoints,
 }
 
 /// The services of one deployment.
@@ -159,7 +162,8 @@ pub fn services(p: ServiceParts) -> Result<Services> {
         SystemRandom::shared(),
         registry,
         p.messaging,
-    )?;
+    )?
+    .with_crash_points(p.crash);
     repl.set_messages(ctx.clone());
     Ok(Services { tables, repl, ctx })
 }
@@ -245,6 +249,7 @@ impl LocalDeployment {
             messaging: options.messaging,
             handlers: Vec::new(),
             customer_keys: tern_crypto::CustomerKeys::local(),
+            crash: tern_messaging::CrashPoints::new(),
         })?;
         let peers = Arc::new(PeerSet::new(ctx.clone()));
         meta.write(|tx| {

@@ -447,6 +447,14 @@ impl Replication {
         let _ = self.inner.messages.set(ctx);
     }
 
+    /// Crash point `point` ([`crate::crash`]), in the message service's registry.
+    pub(crate) fn crash_point(&self, point: &'static str) -> Result<()> {
+        match self.inner.messages.get() {
+            Some(ctx) => ctx.crash_points().hit(point).map_err(Error::Messaging),
+            None => Ok(()),
+        }
+    }
+
     /// This deployment.
     pub fn me(&self) -> &DeploymentId {
         &self.inner.p.me

@@ -23,6 +23,7 @@ use tern_table::Stamp;
 use tern_table::commit::{Change, DictionaryOp, TableChange, table_lock};
 
 use crate::copy::{CopyTask, copy_all};
+use crate::crash;
 use crate::error::{Error, Result};
 use crate::model::{self, PAYLOAD_VERSION, REFRESH_TYPE, RefreshRequest, TableInventory};
 use crate::peers::Peers;
@@ -407,6 +408,7 @@ impl Replication {
             seq: res.seq,
         };
         self.apply_dictionary(&r, &dict, stamp).await?;
+        self.crash_point(crash::IMPORT_DICTIONARY)?;
         let mut steps = Vec::new();
         let mut repairs = Vec::new();
         for t in &res.tables {
@@ -434,6 +436,7 @@ impl Replication {
         }
         self.localize(&r, &mut steps)?;
         let applied = self.apply_steps(&r, &source, steps, false, stamp).await?;
+        self.crash_point(crash::IMPORT_COMMITTED)?;
         let mut files = applied.files;
         let mut bytes = applied.bytes;
         for t in repairs {
@@ -447,6 +450,7 @@ impl Replication {
             versions.insert(self.local_table(&r, &t.table)?.0, t.version);
         }
         self.finish_refresh(job, Some((versions, files, bytes)))?;
+        self.crash_point(crash::IMPORT_FINISHED)?;
         Counters::add(&self.inner.counters.snapshots_imported, 1);
         self.committed();
         tracing::info!(database = %r.database, response = %res.response_id, files, bytes, "snapshot imported");
@@ -857,6 +861,7 @@ impl Replication {
                 applied.files += copied.files;
                 applied.bytes += copied.bytes;
                 applied.tables += 1;
+                self.crash_point(crash::APPLY_COPIED)?;
                 changes.push(Change::Table(TableChange {
                     account: r.account.clone(),
                     database: r.database.clone(),

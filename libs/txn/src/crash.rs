@@ -32,16 +32,30 @@ pub const POINTS: &[&str] = &[
     "committed",
 ];
 
+/// What a fired point does besides failing the manager: the daemon's is to kill its own
+/// process (`TERN_CRASH_AT`), so a test of real processes dies exactly there.
+pub type OnFire = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// The crash points of one manager.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct CrashPoints {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     armed: Mutex<HashMap<&'static str, u64>>,
     crashed: AtomicBool,
+    on_fire: Mutex<Option<OnFire>>,
+}
+
+impl std::fmt::Debug for CrashPoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrashPoints")
+            .field("armed", &*self.lock())
+            .field("crashed", &self.crashed())
+            .finish()
+    }
 }
 
 impl CrashPoints {
@@ -53,6 +67,11 @@ impl CrashPoints {
     /// Crash the `nth` time (1-based) `point` is reached.
     pub fn arm(&self, point: &'static str, nth: u64) {
         self.lock().insert(point, nth.max(1));
+    }
+
+    /// Run `f` when a point fires, before the error is returned.
+    pub fn on_fire(&self, f: OnFire) {
+        *self.inner.on_fire.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 
     /// Whether a point fired.
@@ -70,6 +89,16 @@ impl CrashPoints {
                 armed.remove(point);
                 self.inner.crashed.store(true, Ordering::SeqCst);
                 tracing::warn!(point, "crash point fired");
+                drop(armed);
+                let on_fire = self
+                    .inner
+                    .on_fire
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(f) = on_fire {
+                    f(point);
+                }
                 return Err(Error::Crashed { point });
             }
         }

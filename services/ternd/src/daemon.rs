@@ -359,7 +359,8 @@ impl Daemon {
             .derive_wrap_key(tern_crypto::DiversifierPolicy::default().current(&*clock))
             .await
             .map_err(open_err("keys"))?;
-        let txn = TxnManager::open(
+        let crash = crate::crash::from_env()?;
+        let txn = TxnManager::open_with_crash_points(
             id.clone(),
             meta.clone(),
             Arc::clone(&volume),
@@ -369,6 +370,7 @@ impl Daemon {
                 lock_timeout: config.txn.lock_timeout,
                 ..TxnOptions::default()
             },
+            crash.txn,
         )?;
         let report = txn.recover().await?;
         tracing::info!(
@@ -406,6 +408,7 @@ impl Daemon {
             messaging: config.messaging.clone(),
             handlers: group_handlers,
             customer_keys,
+            crash: crash.messaging,
         })?;
         let peer_set = Arc::new(PeerSet::new(messaging.clone()));
         for (pid, p) in &peers {

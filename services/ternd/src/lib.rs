@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod config;
+pub mod crash;
 pub mod daemon;
 pub mod error;
 pub mod rows;

@@ -1,0 +1,35 @@
+//! Replication's named crash points, for tests of recovery (issue 17 item 9 asks the same
+//! of source and target as messaging has).
+//!
+//! They live in the message service's [`CrashPoints`](tern_messaging::CrashPoints)
+//! registry (one per deployment): a test arms a point there
+//! (`ctx.crash_points().arm(crash::REWIND_TABLE)`), or `ternd` does from `TERN_CRASH_AT`
+//! and kills its own process when it fires. A fired point returns
+//! [`Error::Messaging`](crate::Error::Messaging) with a crash inside, which ends the
+//! worker as a killed process would (no clean-up).
+
+/// Rejoin: one table was rolled back to the fork (its conflict records stored), before
+/// the next table.
+pub const REWIND_TABLE: &str = "rewind.table_rolled_back";
+/// Rejoin: every table rewound and the refresh from the new primary asked, before the
+/// rewind mark is cleared.
+pub const REWIND_ASKED: &str = "rewind.refresh_asked";
+/// Import: the snapshot's schemas and tables are in place, before its files.
+pub const IMPORT_DICTIONARY: &str = "import.dictionary_applied";
+/// Import or a shipment's apply: one table's files were copied into the volume
+/// (journaled in the transaction, not committed).
+pub const APPLY_COPIED: &str = "apply.files_copied";
+/// Import: the import's transaction committed, before the refresh is recorded as done.
+pub const IMPORT_COMMITTED: &str = "import.committed";
+/// Import: the refresh is recorded as done, before the import job is removed.
+pub const IMPORT_FINISHED: &str = "import.finished";
+
+/// Every replication crash point, in the order a rejoin meets them.
+pub const ALL: &[&str] = &[
+    REWIND_TABLE,
+    REWIND_ASKED,
+    IMPORT_DICTIONARY,
+    APPLY_COPIED,
+    IMPORT_COMMITTED,
+    IMPORT_FINISHED,
+];
