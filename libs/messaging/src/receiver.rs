@@ -766,7 +766,10 @@ impl Worker for Receiver {
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(self.ctx.config.poll_interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(self.ctx.receive_wait()) => {}
+            () = self.ctx.receiver_wake.notified() => {}
+        }
     }
 
     fn status(&self) -> WorkerStatus {

@@ -26,6 +26,14 @@ pub struct MessagingConfig {
     /// was not there.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often the receiver looks while a reply is expected ([`Context::expect_reply`]:
+    /// a refresh request, a vote request was sent), for at most `reply_window`: the
+    /// answer is read within this rather than within `poll_interval`.
+    #[serde(with = "humantime_serde")]
+    pub reply_poll_interval: Duration,
+    /// How long after a request the receiver keeps looking every `reply_poll_interval`.
+    #[serde(with = "humantime_serde")]
+    pub reply_window: Duration,
     /// How long an idle sender waits when nobody wakes it.
     #[serde(with = "humantime_serde")]
     pub send_interval: Duration,
@@ -78,6 +86,8 @@ impl Default for MessagingConfig {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(500),
+            reply_poll_interval: Duration::from_millis(50),
+            reply_window: Duration::from_secs(10),
             send_interval: Duration::from_secs(1),
             send_linger: Duration::from_millis(5),
             max_batch: 1000,
@@ -111,6 +121,9 @@ impl MessagingConfig {
                 "max_payload_bytes",
                 "must be positive and at most max_file_bytes",
             );
+        }
+        if self.reply_poll_interval.is_zero() {
+            return bad("reply_poll_interval", "must be more than 0");
         }
         if self.process_batch == 0 {
             return bad("process_batch", "must be at least 1");
@@ -239,6 +252,10 @@ pub struct Context {
     pub(crate) counters: Arc<Counters>,
     pub(crate) processor_wake: Arc<tokio::sync::Notify>,
     pub(crate) cleaner_wake: Arc<tokio::sync::Notify>,
+    /// Until when a reply is expected (the receiver looks every `reply_poll_interval`).
+    pub(crate) reply_until: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Cuts the receiver's wait short when a reply becomes expected.
+    pub(crate) receiver_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Context {
@@ -274,6 +291,8 @@ impl Context {
             counters: Arc::new(Counters::default()),
             processor_wake: Arc::new(tokio::sync::Notify::new()),
             cleaner_wake: Arc::new(tokio::sync::Notify::new()),
+            reply_until: Arc::new(std::sync::Mutex::new(None)),
+            receiver_wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -296,6 +315,35 @@ impl Context {
     /// The counters.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
+    }
+
+    /// A message that asks for an answer was queued (a refresh request, a vote
+    /// request): for the next `reply_window` the receiver looks for files every
+    /// `reply_poll_interval` instead of every `poll_interval`, so the answer is read as
+    /// soon as it lands. Requests are rare; the extra reads are bounded by the window.
+    pub fn expect_reply(&self) {
+        let until = std::time::Instant::now() + self.config.reply_window;
+        let mut r = self
+            .reply_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *r = Some(r.map_or(until, |u| u.max(until)));
+        drop(r);
+        self.receiver_wake.notify_one();
+    }
+
+    /// How long the receiver waits before it looks again.
+    pub(crate) fn receive_wait(&self) -> Duration {
+        let r = *self
+            .reply_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match r {
+            Some(until) if std::time::Instant::now() < until => {
+                self.config.reply_poll_interval.min(self.config.poll_interval)
+            }
+            _ => self.config.poll_interval,
+        }
     }
 
     /// The crash points.

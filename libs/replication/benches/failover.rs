@@ -798,6 +798,11 @@ async fn failback(root: &FsPath) -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
+    // RUST_LOG=info shows each deployment's steps with their times.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let phases = std::env::var("TERN_BENCH_PHASES").unwrap_or_else(|_| "rto,auto,failback".into());
     let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("failover-bench");
     let _ = std::fs::remove_dir_all(&tmp);

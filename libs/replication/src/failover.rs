@@ -2628,6 +2628,7 @@ impl Replication {
             }
             Ok(epoch)
         })?;
+        self.expect_reply();
         self.inner.control_wake.notify_one();
         let need = members.len() / 2 + 1;
         let deadline = Instant::now() + self.config().vote_timeout;

@@ -447,6 +447,14 @@ impl Replication {
         let _ = self.inner.messages.set(ctx);
     }
 
+    /// A request went out (a refresh, a vote): its answer is looked for often for a
+    /// while ([`tern_messaging::Context::expect_reply`]).
+    pub(crate) fn expect_reply(&self) {
+        if let Some(ctx) = self.inner.messages.get() {
+            ctx.expect_reply();
+        }
+    }
+
     /// Crash point `point` ([`crate::crash`]), in the message service's registry.
     pub(crate) fn crash_point(&self, point: &'static str) -> Result<()> {
         match self.inner.messages.get() {

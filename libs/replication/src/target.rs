@@ -284,6 +284,7 @@ impl Replication {
                 }
                 Ok(())
             })?;
+            self.expect_reply();
             Counters::add(&self.inner.counters.refreshes_requested, 1);
             tracing::info!(database = %r.database, upstream = %r.upstream, reason = %pending.reason, "refresh requested");
             sent += 1;
