@@ -325,6 +325,15 @@ impl Daemon {
     /// Opens everything the configuration names and runs recovery. Nothing is served and
     /// no worker runs yet.
     pub async fn open(config: Config) -> Result<Arc<Daemon>> {
+        Self::open_with_crash_points(config, tern_txn::CrashPoints::new()).await
+    }
+
+    /// [`Daemon::open`] with the commit protocol's crash points to arm (tests of what a
+    /// client sees when the daemon dies mid-commit, and of the restart after it).
+    pub async fn open_with_crash_points(
+        config: Config,
+        crash: tern_txn::CrashPoints,
+    ) -> Result<Arc<Daemon>> {
         config.validate()?;
         let clock = SystemClock::shared();
         let id = DeploymentId::new(config.deployment_id.as_str())?;
@@ -359,7 +368,7 @@ impl Daemon {
             .derive_wrap_key(tern_crypto::DiversifierPolicy::default().current(&*clock))
             .await
             .map_err(open_err("keys"))?;
-        let txn = TxnManager::open(
+        let txn = TxnManager::open_with_crash_points(
             id.clone(),
             meta.clone(),
             Arc::clone(&volume),
@@ -369,6 +378,7 @@ impl Daemon {
                 lock_timeout: config.txn.lock_timeout,
                 ..TxnOptions::default()
             },
+            crash,
         )?;
         let report = txn.recover().await?;
         tracing::info!(
