@@ -58,6 +58,16 @@ pub(crate) fn table_version(id: &TableId, version: u64) -> Key {
     table_versions(id).u64(version)
 }
 
+/// Version rows dropped by retention whose metadata files are still needed to rebuild a
+/// retained version from the volume.
+pub(crate) fn retired_versions(id: &TableId) -> Key {
+    Key::root("tbl").str(id.as_str()).str("retired")
+}
+
+pub(crate) fn retired_version(id: &TableId, version: u64) -> Key {
+    retired_versions(id).u64(version)
+}
+
 pub(crate) fn micro_partitions(id: &TableId) -> Key {
     Key::root("tbl").str(id.as_str()).str("mp")
 }

@@ -60,6 +60,7 @@
 //! | `schema/<db-id>/<schema>` | [`SchemaDpo`] | |
 //! | `tbl/<table-id>/def` | [`TableDpo`] | dropped ones kept |
 //! | `tbl/<table-id>/ver/<u64>` | [`TableVersionDpo`] | retained versions; row 0 = creation |
+//! | `tbl/<table-id>/retired/<u64>` | [`TableVersionDpo`] | dropped by retention, metadata files still needed |
 //! | `tbl/<table-id>/mp/<short>` | [`MicroPartitionDpo`] | active and removed, until forgotten |
 //! | `tblname/<db-id>/<schema>/<name>` | → table id | tables not dropped: unique name |
 //! | `mpg/<origin>/<short>` | → (table, short) | global file reference index |

@@ -16,6 +16,25 @@
 //! removed at or before `v`. The active set of any retained version is read from the
 //! index, without replaying metadata files. Rollback undoes versions through their rows'
 //! `added`/`removed` lists, so it costs the size of the undone changes, not of the table.
+//!
+//! # Retention and the metadata files
+//!
+//! The volume alone must be able to rebuild every retained version (DESIGN.md §2: version
+//! N is the metadata files of commits 1..N replayed in order). So a version row dropped by
+//! retention does not take its metadata files with it: it moves to the table's **retired**
+//! rows, and [`MetaTxn::ep_files_at`] lists the retired rows' files before the retained
+//! ones. A retired row is released — its files may be deleted, then the row forgotten —
+//! only when replaying without it gives the same active set at every retained version:
+//!
+//! ```text
+//!  retired rows, oldest first:   r1   r2   r3 ...        retained: [oldest ... current]
+//!  kept(r) = r added a micro-partition still active at `oldest`
+//!         or r removed one that a kept row added (else replay would resurrect it)
+//!  releasable = the retired rows that are not kept    (one pass in commit order)
+//! ```
+//!
+//! A removal only ever names a file added by an earlier commit, so one pass in commit order
+//! decides every row.
 
 use std::collections::BTreeSet;
 
@@ -263,19 +282,91 @@ impl MetaTxn<'_> {
         })
     }
 
-    /// The metadata files of the commits up to `version`, in commit order: the
-    /// concatenation of the retained version rows' own files (rows dropped by retention no
-    /// longer contribute).
+    /// The metadata files of the commits up to `version`, in commit order: the files of the
+    /// retired rows (dropped by retention, still needed to rebuild a retained version; see
+    /// the module docs), then the retained version rows' own files. Replaying them gives
+    /// the active set of `version`.
     pub fn ep_files_at(&mut self, table: &TableId, version: u64) -> Result<Vec<EpFileRef>> {
         self.require_version(table, version)?;
+        let mut files: Vec<EpFileRef> = self
+            .retired_versions(table)?
+            .into_iter()
+            .flat_map(|v| v.ep_files)
+            .collect();
         let start = keys::table_versions(table).as_bytes().to_vec();
         let end = keys::table_version(table, version).as_bytes().to_vec();
-        let mut files = Vec::new();
         self.for_each::<TableVersionDpo>(start, &crate::key::successor(&end), |_, v| {
             files.extend(v.ep_files);
             Ok(true)
         })?;
         Ok(files)
+    }
+
+    /// The retired rows of `table` (version rows dropped by retention whose metadata files
+    /// are kept), oldest first.
+    pub fn retired_versions(&mut self, table: &TableId) -> Result<Vec<TableVersionDpo>> {
+        Ok(self
+            .scan_prefix(&keys::retired_versions(table))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// The retired rows no retained version needs any more (see the module docs): their
+    /// metadata files may be deleted, then the rows forgotten with
+    /// [`MetaTxn::forget_retired_versions`]. Oldest first.
+    pub fn releasable_retired_versions(&mut self, table: &TableId) -> Result<Vec<TableVersionDpo>> {
+        let oldest = self.oldest_retained_version(table)?;
+        let mut kept_adds: BTreeSet<ShortName> = BTreeSet::new();
+        let mut releasable = Vec::new();
+        for row in self.retired_versions(table)? {
+            let mut live = false;
+            for short in &row.added {
+                let mp = self.get::<MicroPartitionDpo>(&keys::micro_partition(table, short))?;
+                if mp.is_some_and(|m| m.is_active_at(oldest)) {
+                    live = true;
+                    break;
+                }
+            }
+            let removes_kept = row.removed.iter().any(|s| kept_adds.contains(s));
+            if live || removes_kept {
+                kept_adds.extend(row.added.iter().cloned());
+            } else {
+                releasable.push(row);
+            }
+        }
+        Ok(releasable)
+    }
+
+    /// Forget retired rows (after their metadata files are deleted). [`Error::InUse`] if one
+    /// is still needed to rebuild a retained version; [`Error::NotFound`] if one is not a
+    /// retired row.
+    pub fn forget_retired_versions(&mut self, table: &TableId, versions: &[u64]) -> Result<()> {
+        let releasable: BTreeSet<u64> = self
+            .releasable_retired_versions(table)?
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        for &version in versions {
+            let key = keys::retired_version(table, version);
+            if !self.contains(&key)? {
+                return Err(Error::not_found(
+                    "retired table version",
+                    format!("{table}@{version}"),
+                ));
+            }
+            if !releasable.contains(&version) {
+                return Err(Error::InUse {
+                    what: "metadata file",
+                    name: format!("{table}@{version}"),
+                    by: "a retained version is rebuilt from it".into(),
+                });
+            }
+        }
+        for &version in versions {
+            self.delete(&keys::retired_version(table, version))?;
+        }
+        Ok(())
     }
 
     /// The micro-partitions that make up `table` at `version` (a retained version), ordered
@@ -425,9 +516,11 @@ impl MetaTxn<'_> {
     }
 
     /// Retention: drop the version rows older than `version` (which must be retained and
-    /// not after the current version). Returns the dropped rows (their EP files are no
-    /// longer needed by this deployment). Micro-partitions removed at or before `version`
-    /// become [unreferenced](MetaTxn::unreferenced_micro_partitions).
+    /// not after the current version). Returns the dropped rows. Their metadata files are
+    /// **not** free yet: rows with files become retired rows, released by
+    /// [`MetaTxn::releasable_retired_versions`] once no retained version needs them.
+    /// Micro-partitions removed at or before `version` become
+    /// [unreferenced](MetaTxn::unreferenced_micro_partitions).
     pub fn drop_versions_before(
         &mut self,
         table: &TableId,
@@ -444,6 +537,9 @@ impl MetaTxn<'_> {
         })?;
         for v in &dropped {
             self.delete(&keys::table_version(table, v.version))?;
+            if !v.ep_files.is_empty() {
+                self.put(&keys::retired_version(table, v.version), v)?;
+            }
         }
         Ok(dropped)
     }

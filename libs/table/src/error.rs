@@ -175,6 +175,9 @@ pub enum Error {
     Commit {
         /// What kind of failure.
         kind: CommitFailure,
+        /// The transaction id, when one was issued (always for [`CommitFailure::InDoubt`]:
+        /// the id to look the outcome up by).
+        txn_id: Option<u64>,
         /// The committer's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -239,6 +242,19 @@ impl Error {
                     ..
                 }
         )
+    }
+
+    /// The id of a transaction in doubt: its outcome is not known yet (recovery completes
+    /// it); look it up by this id rather than retrying the statement.
+    pub fn in_doubt_txn_id(&self) -> Option<u64> {
+        match self {
+            Error::Commit {
+                kind: CommitFailure::InDoubt,
+                txn_id,
+                ..
+            } => *txn_id,
+            _ => None,
+        }
     }
 
     /// True when the commit's outcome is not known yet: it will be completed by recovery.

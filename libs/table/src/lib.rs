@@ -20,6 +20,7 @@ pub mod ep;
 pub mod error;
 pub mod load;
 pub mod mp;
+pub mod pins;
 pub mod predicate;
 pub mod schema;
 pub mod table;
@@ -28,6 +29,7 @@ pub use commit::{
     Change, ChangeRecord, Committed, Committer, LocalCommitter, Stamp, Transaction, WriteFence,
 };
 pub use error::{CommitFailure, Error, Refusal, Result};
+pub use pins::PinnedVersion;
 pub use predicate::{CmpOp, Predicate};
 pub use table::{Aggregate, CommitInfo, ScanRequest, ScanResult, TableOptions, Tables};
 pub use tern_meta::{ColumnDef, ColumnType, Scalar};

@@ -20,6 +20,11 @@
 //!
 //! `delete`, `update` and `merge` rewrite only the micro-partitions whose statistics can
 //! match, and only when a row really changes; the rest are untouched.
+//!
+//! Vacuum never deletes what a reader needs: a scan pins the version it reads for as long
+//! as it reads ([`Tables::pin`], [`crate::pins`]), vacuum keeps every version from the
+//! oldest pin on, and the metadata files that rebuild a retained version from the volume
+//! stay until no retained version needs them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -45,6 +50,7 @@ use crate::commit::{
 use crate::ep::MetadataFile;
 use crate::error::{Error, Result};
 use crate::mp::{self, WriteOptions};
+use crate::pins::{PinnedVersion, Pins};
 use crate::predicate::{Predicate, coerce};
 use crate::schema::{arrow_schema, arrow_type, check_columns, conform};
 
@@ -147,6 +153,7 @@ pub struct Tables {
     options: TableOptions,
     committer: Arc<dyn Committer>,
     tmks: Mutex<HashMap<TableId, Arc<DataKey>>>,
+    pins: Pins,
 }
 
 impl std::fmt::Debug for Tables {
@@ -185,6 +192,7 @@ impl Tables {
             options,
             committer,
             tmks: Mutex::new(HashMap::new()),
+            pins: Pins::default(),
         }
     }
 
@@ -618,7 +626,9 @@ impl Tables {
     /// Scan a table (see [`ScanRequest`]).
     pub async fn scan(&self, table: &TableId, request: &ScanRequest) -> Result<ScanResult> {
         let ctx = self.ctx(table).await?;
-        let version = self.retained(&ctx.table, request.version)?;
+        // Held until the last file is read: vacuum keeps everything this version needs.
+        let pin = self.pin_for(table, request.version, false)?;
+        let version = pin.version();
         let columns = self
             .meta
             .read(|tx| tx.get_table_version(table, version))?
@@ -677,6 +687,7 @@ impl Tables {
                 batches.push(conform(&b, &projected)?);
             }
         }
+        drop(pin);
         Ok(ScanResult {
             version,
             batches,
@@ -723,35 +734,73 @@ impl Tables {
 
     // ---- maintenance ----
 
+    /// Pin `version` of `table` (the current one when `None`) for a reader: until the pin
+    /// is dropped, vacuum keeps that version and every file it needs, even after its
+    /// retention has passed. [`Error::VersionNotRetained`] if the version is no longer
+    /// retained (or a running vacuum has claimed it). See [`crate::pins`].
+    pub fn pin(&self, table: &TableId, version: Option<u64>) -> Result<PinnedVersion> {
+        self.pin_for(table, version, false)
+    }
+
+    fn pin_for(
+        &self,
+        table: &TableId,
+        version: Option<u64>,
+        reads_metadata_files: bool,
+    ) -> Result<PinnedVersion> {
+        self.pins.pin(table, reads_metadata_files, || {
+            let t = self.table(table)?;
+            Ok((self.retained(&t, version)?, t.current_version))
+        })
+    }
+
     /// Apply retention and delete files no retained version needs. Returns the number of
     /// micro-partitions deleted.
     ///
-    /// Takes no lock: it only removes what no retained version refers to, and commits only
-    /// ever add versions on top.
+    /// Kept: every version committed after the retention cutoff, the newest one at or
+    /// before it (the state at the cutoff), and every version a reader has pinned
+    /// ([`Tables::pin`]; scans pin the version they read). Deleted: the micro-partitions no
+    /// kept version refers to, and the metadata files of dropped versions that no kept
+    /// version is rebuilt from (the volume alone must still rebuild every kept version; see
+    /// `tern_meta::versions`).
+    ///
+    /// Takes no table lock: it only removes what no retained version refers to, and commits
+    /// only ever add versions on top. Files are deleted before their index entries are
+    /// forgotten, so a crash in between leaves entries whose files are gone (deleted again,
+    /// idempotently, by the next vacuum), never files nothing names.
     pub async fn vacuum(&self, table: &TableId) -> Result<usize> {
         let t = self.table(table)?;
         let cutoff = self.clock.now_millis()
             - i64::try_from(t.retention_ms.unwrap_or(self.options.default_retention_ms))
                 .unwrap_or(i64::MAX);
-        // Keep the newest version committed at or before the cutoff (it is the state at the
-        // cutoff) and everything after it.
         let versions = self.meta.read(|tx| tx.table_versions(table))?;
-        let keep_from = versions
+        let oldest = versions.first().map_or(0, |v| v.version);
+        let by_retention = versions
             .iter()
             .filter(|v| v.committed_at_ms <= cutoff)
             .map(|v| v.version)
             .max()
-            .unwrap_or(0)
+            .unwrap_or(oldest)
             .min(t.current_version);
-        let dropped = self
-            .meta
-            .write(|tx| tx.drop_versions_before(table, keep_from))?;
-        for v in &dropped {
-            for ep in &v.ep_files {
-                self.volume
-                    .delete_idempotent(&Path::from(ep.path.as_str()))
-                    .await?;
+        let claim = self.pins.claim(table, by_retention);
+        if claim.keep_from > oldest {
+            let dropped = self
+                .meta
+                .write(|tx| tx.drop_versions_before(table, claim.keep_from))?;
+            tracing::debug!(%table, keep_from = claim.keep_from, dropped = dropped.len(), "vacuum: versions dropped");
+        }
+        if claim.release_metadata_files {
+            let released = self.meta.read(|tx| tx.releasable_retired_versions(table))?;
+            for v in &released {
+                for ep in &v.ep_files {
+                    self.volume
+                        .delete_idempotent(&Path::from(ep.path.as_str()))
+                        .await?;
+                }
             }
+            let numbers: Vec<u64> = released.iter().map(|v| v.version).collect();
+            self.meta
+                .write(|tx| tx.forget_retired_versions(table, &numbers))?;
         }
         let unreferenced = self
             .meta
@@ -777,8 +826,8 @@ impl Tables {
         version: u64,
     ) -> Result<Vec<ShortName>> {
         let ctx = self.ctx(table).await?;
-        let version = self.retained(&ctx.table, Some(version))?;
-        let files = self.meta.read(|tx| tx.ep_files_at(table, version))?;
+        let pin = self.pin_for(table, Some(version), true)?;
+        let files = self.meta.read(|tx| tx.ep_files_at(table, pin.version()))?;
         let mut active = std::collections::BTreeSet::new();
         for ep in files {
             let path = Path::from(ep.path.as_str());

@@ -21,11 +21,13 @@ pub enum Error {
         /// How long this transaction waited.
         waited: Duration,
     },
-    /// The transaction is prepared (past its soft point of no return) but its log record
-    /// could not be stored: it is not visible yet, keeps its locks, and is completed by
-    /// recovery. It is never rolled back.
+    /// The transaction passed its soft point of no return (Prepared: id issued) but the
+    /// commit could not be seen through — its log record not stored yet, or stored and the
+    /// new versions not yet visible or its locks not released. It is never rolled back:
+    /// recovery completes it. The caller must not retry blindly; the id says which
+    /// transaction to look up.
     #[error(
-        "transaction {txn_id} is prepared but its log record could not be stored yet; recovery will complete it"
+        "transaction {txn_id} is in doubt: it is prepared and recovery will complete it (never rolled back); look up its status instead of retrying"
     )]
     InDoubt {
         /// The transaction id.
@@ -147,10 +149,15 @@ impl From<Error> for tern_table::Error {
             (None, Error::Meta(m)) => tern_table::Error::Meta(m),
             (Some(kind), e) => tern_table::Error::Commit {
                 kind,
+                txn_id: match &e {
+                    Error::InDoubt { txn_id, .. } => Some(*txn_id),
+                    _ => None,
+                },
                 source: Box::new(e),
             },
             (None, e) => tern_table::Error::Commit {
                 kind: CommitFailure::Failed,
+                txn_id: None,
                 source: Box::new(e),
             },
         }

@@ -60,7 +60,7 @@ pub use crash::CrashPoints;
 pub use error::{Error, Result};
 pub use log::LogRecord;
 pub use manager::{
-    PhaseStats, RecoveryFailure, RecoveryReport, TxnManager, TxnOptions, database_seq, last_txn_id,
-    stable_log_id,
+    PhaseStats, RecoveryFailure, RecoveryReport, TxnManager, TxnOptions, TxnOutcome, database_seq,
+    last_txn_id, stable_log_id,
 };
 pub use state::{TxnDpo, TxnState};

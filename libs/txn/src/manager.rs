@@ -122,6 +122,22 @@ pub struct RecoveryFailure {
     pub reason: String,
 }
 
+/// What became of a transaction, by id ([`TxnManager::status`]).
+///
+/// There is no "rolled back": an id is issued only at Prepared, and a prepared transaction
+/// is never rolled back. A statement that failed before it had an id committed nothing
+/// and has nothing to look up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Its versions are visible (or were: retention may have dropped them since).
+    Committed,
+    /// Prepared or Committing: recovery completes it; it will be committed.
+    InDoubt {
+        /// Where it is.
+        state: TxnState,
+    },
+}
+
 /// The commit protocol of one deployment (DESIGN.md §7), as the [`Committer`] of its
 /// tables. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -254,7 +270,8 @@ impl TxnManager {
             .filter(|t| {
                 !t.state.is_final()
                     && (t.instance != inner.instance
-                        || (t.state == TxnState::Prepared && !inner.is_in_flight(t.handle)))
+                        || (matches!(t.state, TxnState::Prepared | TxnState::Committing)
+                            && !inner.is_in_flight(t.handle)))
             })
             .collect();
         // Roll forward in id order (conflicting transactions cannot both be pending: they
@@ -284,6 +301,33 @@ impl TxnManager {
             tracing::info!(?report, "recovered transactions");
         }
         Ok(report)
+    }
+
+    /// What became of transaction `txn_id` of `account`: `None` when this deployment never
+    /// issued that id (or issued it to a transaction of another account). Found from the
+    /// transaction's row while it is kept (in doubt rows are never pruned), else from its
+    /// stored log record: a record stored by a transaction whose row is gone means it
+    /// finished, and finishing a prepared transaction always commits it.
+    pub async fn status(&self, account: &AccountId, txn_id: u64) -> Result<Option<TxnOutcome>> {
+        let row = self.inner.meta.read(|tx| {
+            Ok(tx
+                .scan_prefix::<TxnDpo>(&txns())?
+                .into_iter()
+                .map(|(_, t)| t)
+                .find(|t| t.txn_id == Some(txn_id) && &t.account == account))
+        })?;
+        if let Some(t) = row {
+            return Ok(Some(match t.state {
+                TxnState::Committed => TxnOutcome::Committed,
+                state => TxnOutcome::InDoubt { state },
+            }));
+        }
+        let path = tern_storage::layout::volume::txlog(account, txn_id);
+        match tern_storage::StoreExt::meta(self.inner.volume.as_ref(), &path).await {
+            Ok(_) => Ok(Some(TxnOutcome::Committed)),
+            Err(tern_storage::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The log record of transaction `txn_id` of `account`.
@@ -678,22 +722,25 @@ impl Inner {
             Ok(Err(refused)) => return self.fail(handle, refused.into()).await,
             Err(e) => return self.fail(handle, e.into()).await,
         };
-        self.crash.check("prepared")?;
-        let t = add(&self.phases.prepare, t);
-        // Soft point of no return passed: from here the transaction only rolls forward.
-        if let Err(e) = self.write_log(&log_keys, &record).await {
-            if e.is_crash() {
-                return Err(e);
+        // Soft point of no return passed: from here the transaction only rolls forward, so
+        // whatever stops this call leaves it to recovery and its caller in doubt, with the
+        // id to look its outcome up by — never a plain failure the client would retry.
+        let txn_id = record.txn_id;
+        let in_doubt = |e: Error| {
+            if !e.is_crash() {
+                tracing::error!(txn_id, error = %e, "commit in doubt; recovery completes it");
             }
-            tracing::error!(txn_id = record.txn_id, error = %e, "log record not stored; the transaction stays prepared until recovery completes it");
-            return Err(Error::InDoubt {
-                txn_id: record.txn_id,
+            Error::InDoubt {
+                txn_id,
                 source: Box::new(e),
-            });
-        }
-        self.crash.check("logged")?;
+            }
+        };
+        self.crash.check("prepared").map_err(in_doubt)?;
+        let t = add(&self.phases.prepare, t);
+        self.write_log(&log_keys, &record).await.map_err(in_doubt)?;
+        self.crash.check("logged").map_err(in_doubt)?;
         let t = add(&self.phases.log_write, t);
-        self.finish(handle, &record)?;
+        self.finish(handle, &record).map_err(in_doubt)?;
         add(&self.phases.publish, t);
         self.phases.commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(txn_id = record.txn_id, changes = records.len(), "committed");

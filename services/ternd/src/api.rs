@@ -24,6 +24,7 @@
 //! | `POST …/tables/{t}/delete` `…/update` `…/merge` | DML with the JSON predicate form |
 //! | `POST …/tables/{t}/scan` | `{columns, where, version, limit}` → rows (a non-finite float64 is `"NaN"`, `"Infinity"` or `"-Infinity"`, never `null`) |
 //! | `GET …/tables/{t}/versions` | show versions |
+//! | `GET /v1/accounts/{a}/transactions/{id}` | what became of a commit: `{txn_id, status: committed \| in_doubt, state?}`; 404 for an id never issued. A write answered 503 in doubt carries `error.txn_id` to ask about (do not retry it blindly: recovery commits it) |
 //! | `POST /v1/accounts/{a}/global` | `alter account … set global` `{group?}` → `{group}` (operator) |
 //! | `GET /v1/accounts/{a}/global/accounts` | `show global accounts` |
 //! | `GET /v1/accounts/{a}/global/databases` | `show global databases` |
@@ -111,6 +112,13 @@ impl IntoResponse for ApiError {
             tracing::info!(kind = kind.name(), %message, "request refused");
         }
         let mut body = json!({"error": {"kind": kind.name(), "message": message}});
+        // A commit in doubt names its transaction: look it up
+        // (`GET /v1/accounts/{account}/transactions/{txn_id}`) instead of retrying.
+        if let Error::Table(e) = &self.0
+            && let Some(id) = e.in_doubt_txn_id()
+        {
+            body["error"]["txn_id"] = json!(id);
+        }
         // A write refused because another deployment holds the primary names it.
         if let Error::Table(tern_table::Error::NotWritable(r)) = &self.0 {
             body["error"]["epoch"] = json!(r.epoch);
@@ -269,6 +277,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(&format!("{tbl}/merge"), post(merge_rows))
         .route(&format!("{tbl}/scan"), post(scan))
         .route(&format!("{tbl}/versions"), get(versions))
+        .route(&format!("{acct}/transactions/{{txn}}"), get(txn_status))
         .route(&format!("{acct}/global"), post(set_global))
         .route(&format!("{acct}/global/accounts"), get(global_accounts))
         .route(&format!("{acct}/global/databases"), get(global_databases))
@@ -887,6 +896,38 @@ async fn create_database(
         StatusCode::CREATED,
         axum::Json(json!({"database": db.name, "id": db.id.as_str()})),
     ))
+}
+
+/// What became of a transaction of the account: `committed`, or `in_doubt` (prepared:
+/// recovery will commit it) with its state; 404 for an id this deployment never issued to
+/// the account. A statement answered "in doubt" names the id to ask about.
+async fn txn_status(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, txn)): Path<(String, String)>,
+) -> ApiResult {
+    let account = account(&d, &headers, &acct)?;
+    let txn_id: u64 = txn.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "transaction id {txn:?} is not a number (the txn_id a commit answered)"
+        ))
+    })?;
+    let answer = match d.txn.status(&account, txn_id).await.map_err(Error::from)? {
+        None => {
+            return Err(Error::NotFound {
+                what: "transaction",
+                name: format!("{acct}/{txn_id}"),
+            }
+            .into());
+        }
+        Some(tern_txn::TxnOutcome::Committed) => json!({"txn_id": txn_id, "status": "committed"}),
+        Some(tern_txn::TxnOutcome::InDoubt { state }) => json!({
+            "txn_id": txn_id,
+            "status": "in_doubt",
+            "state": crate::daemon::state_name(state),
+        }),
+    };
+    Ok(axum::Json(answer))
 }
 
 async fn list_databases(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {

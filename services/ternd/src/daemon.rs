@@ -324,7 +324,25 @@ pub async fn open_keys(
 impl Daemon {
     /// Opens everything the configuration names and runs recovery. Nothing is served and
     /// no worker runs yet.
+    /// `TERN_CRASH_AT` arms crash points (tests; see [`crate::crash`]).
     pub async fn open(config: Config) -> Result<Arc<Daemon>> {
+        Self::open_armed(config, crate::crash::from_env()?).await
+    }
+
+    /// [`Daemon::open`] with the commit protocol's crash points to arm (tests of what a
+    /// client sees when the daemon dies mid-commit, and of the restart after it).
+    pub async fn open_with_crash_points(
+        config: Config,
+        txn: tern_txn::CrashPoints,
+    ) -> Result<Arc<Daemon>> {
+        let crash = crate::crash::Armed {
+            txn,
+            ..Default::default()
+        };
+        Self::open_armed(config, crash).await
+    }
+
+    async fn open_armed(config: Config, crash: crate::crash::Armed) -> Result<Arc<Daemon>> {
         config.validate()?;
         let clock = SystemClock::shared();
         let id = DeploymentId::new(config.deployment_id.as_str())?;
@@ -359,7 +377,6 @@ impl Daemon {
             .derive_wrap_key(tern_crypto::DiversifierPolicy::default().current(&*clock))
             .await
             .map_err(open_err("keys"))?;
-        let crash = crate::crash::from_env()?;
         let txn = TxnManager::open_with_crash_points(
             id.clone(),
             meta.clone(),

@@ -109,6 +109,30 @@ fn apply(store: &MetaStore, t: &TableId, model: &mut Model, op: &Op) -> Result<(
                 .write(|tx| tx.drop_versions_before(t, keep))
                 .map_err(|e| TestCaseError::fail(format!("drop before {keep}: {e}")))?;
             model.versions.retain(|v, _| *v >= keep);
+            // Vacuum: forget the metadata files and micro-partitions no retained version
+            // needs (the check below replays what is left).
+            let released: Vec<u64> = store
+                .read(|tx| tx.releasable_retired_versions(t))
+                .unwrap()
+                .iter()
+                .map(|v| v.version)
+                .collect();
+            store
+                .write(|tx| tx.forget_retired_versions(t, &released))
+                .map_err(|e| TestCaseError::fail(format!("forget retired: {e}")))?;
+            let unreferenced: Vec<_> = store
+                .read(|tx| tx.unreferenced_micro_partitions(t))
+                .unwrap()
+                .into_iter()
+                .map(|m| m.short)
+                .collect();
+            store
+                .write(|tx| tx.forget_micro_partitions(t, &unreferenced))
+                .map_err(|e| TestCaseError::fail(format!("forget files: {e}")))?;
+            for s in &unreferenced {
+                model.index.remove(s.as_str());
+                model.added_at.remove(s.as_str());
+            }
         }
     }
     Ok(())
@@ -127,9 +151,24 @@ fn check(store: &MetaStore, t: &TableId, model: &Model) -> Result<(), TestCaseEr
     );
     let table = store.read(|tx| tx.get_table(t)).unwrap().unwrap();
     prop_assert_eq!(table.current_version, model.current());
+    // The commits' own lists (retired rows, then retained rows up to v) replay to the
+    // same set: what the metadata files in the volume rebuild.
+    let retired = store.read(|tx| tx.retired_versions(t)).unwrap();
+    let rows = store.read(|tx| tx.table_versions(t)).unwrap();
     for (v, expected) in &model.versions {
         let got: BTreeSet<String> = active(store, t, *v).into_iter().collect();
         prop_assert_eq!(&got, expected, "active set at version {}", v);
+        let mut replayed: BTreeSet<String> = BTreeSet::new();
+        for row in retired
+            .iter()
+            .chain(rows.iter().filter(|r| r.version <= *v))
+        {
+            for s in &row.removed {
+                replayed.remove(s.as_str());
+            }
+            replayed.extend(row.added.iter().map(|s| s.to_string()));
+        }
+        prop_assert_eq!(&replayed, expected, "replayed set at version {}", v);
     }
     if model.oldest() > 0 {
         prop_assert!(

@@ -10,6 +10,7 @@ on_both_backends!(
     commit_errors_change_nothing,
     rollback,
     retention_and_vacuum,
+    retired_rows_keep_what_replay_needs,
     schema_changes_follow_versions
 );
 
@@ -310,7 +311,23 @@ fn retention_and_vacuum(store: MetaStore) {
         store.write(|tx| tx.rollback_table_to(&t, 2)),
         Err(Error::NotFound { .. })
     ));
-    assert_eq!(store.read(|tx| tx.ep_files_at(&t, 4)).unwrap().len(), 2);
+    // The dropped rows' metadata files are still listed: version 3 is rebuilt from them
+    // (c, active at 3, was added by commit 2). Commit 1's file is no longer needed (a and b
+    // are removed at or before 3), commit 2's is.
+    assert_eq!(ep_seqs(&store, &t, 4), [1, 2, 3, 4]);
+    assert_eq!(releasable(&store, &t), [1]);
+    let err = store
+        .write(|tx| tx.forget_retired_versions(&t, &[1, 2]))
+        .unwrap_err();
+    assert!(matches!(err, Error::InUse { .. }), "{err}");
+    let err = store
+        .write(|tx| tx.forget_retired_versions(&t, &[3]))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    store
+        .write(|tx| tx.forget_retired_versions(&t, &[1]))
+        .unwrap();
+    assert_eq!(ep_seqs(&store, &t, 4), [2, 3, 4]);
 
     // a (removed at 2) and b (removed at 3) are referenced by no retained version; c
     // (removed at 4) still is, by version 3.
@@ -357,10 +374,60 @@ fn retention_and_vacuum(store: MetaStore) {
     // Dropping up to the current version keeps the current one.
     store.write(|tx| tx.drop_versions_before(&t, 4)).unwrap();
     assert_eq!(active(&store, &t, 4), ["d", "e"]);
+    assert_eq!(releasable(&store, &t), [2]);
     assert!(matches!(
         store.write(|tx| tx.drop_versions_before(&t, 5)),
         Err(Error::NotFound { .. })
     ));
+}
+
+fn ep_seqs(store: &MetaStore, t: &TableId, version: u64) -> Vec<u64> {
+    store
+        .read(|tx| tx.ep_files_at(t, version))
+        .unwrap()
+        .into_iter()
+        .map(|f| f.seq)
+        .collect()
+}
+
+fn releasable(store: &MetaStore, t: &TableId) -> Vec<u64> {
+    store
+        .read(|tx| tx.releasable_retired_versions(t))
+        .unwrap()
+        .into_iter()
+        .map(|v| v.version)
+        .collect()
+}
+
+/// A retired commit that only removed files is kept while the commit that added them is:
+/// replaying without it would bring a removed file back.
+fn retired_rows_keep_what_replay_needs(store: MetaStore) {
+    let t = setup_table(&store, "t1");
+    commit(&store, &t, 0, &["a", "b"], &[]).unwrap();
+    commit(&store, &t, 1, &[], &["a"]).unwrap();
+    commit(&store, &t, 2, &["c"], &[]).unwrap();
+    store.write(|tx| tx.drop_versions_before(&t, 3)).unwrap();
+    // b (added by 1) is active at 3, so 1 stays; 2 removed a, which 1 adds.
+    assert!(releasable(&store, &t).is_empty());
+    assert_eq!(ep_seqs(&store, &t, 3), [1, 2, 3]);
+
+    commit(&store, &t, 3, &[], &["b"]).unwrap();
+    store.write(|tx| tx.drop_versions_before(&t, 4)).unwrap();
+    // Nothing 1 or 2 added is active at 4 any more; 3 added c, which still is.
+    assert_eq!(releasable(&store, &t), [1, 2]);
+    store
+        .write(|tx| tx.forget_retired_versions(&t, &[1, 2]))
+        .unwrap();
+    assert_eq!(ep_seqs(&store, &t, 4), [3, 4]);
+    assert_eq!(
+        store
+            .read(|tx| tx.retired_versions(&t))
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<_>>(),
+        [3]
+    );
 }
 
 fn schema_changes_follow_versions(store: MetaStore) {

@@ -8,3 +8,4 @@ mod model;
 mod pruning;
 mod scenarios;
 mod schema_race;
+mod vacuum;

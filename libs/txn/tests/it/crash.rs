@@ -6,7 +6,7 @@
 //! that read another's version stores its record after that other's.
 
 use tern_table::{ColumnDef, ColumnType, Predicate, Tables};
-use tern_txn::{CrashPoints, crash::POINTS};
+use tern_txn::{CrashPoints, TxnOutcome, TxnState, crash::POINTS};
 
 use crate::common::{
     Deployment, check_invariants, check_visible_have_records, ids, quick_options, rows,
@@ -84,19 +84,50 @@ async fn crash_at(dep: Deployment, statement: Statement, point: &'static str) {
     let outcome = run(statement, &tables1, &dep, &t).await;
     let ctx = format!("{statement:?} crashed at {point}");
     assert!(crash.crashed(), "{ctx}: the crash point was not reached");
-    assert!(
-        outcome.is_err(),
-        "{ctx}: a crashed statement reported success"
+    let err = outcome.expect_err("a crashed statement reported success");
+    // From Prepared on the statement will commit: its caller hears "in doubt" with the id
+    // to look up, never a plain failure it would retry (and duplicate).
+    let in_doubt = err.in_doubt_txn_id();
+    assert_eq!(
+        in_doubt.is_some(),
+        survives(point),
+        "{ctx}: in doubt (with an id) exactly from Prepared on: {err}"
     );
+    assert_eq!(err.is_in_doubt(), survives(point), "{ctx}: {err}");
     drop((m1, tables1));
 
     // At the crash point, before anyone recovers: nothing is visible without its stored
     // log record.
     let m2 = dep.manager(CrashPoints::new(), quick_options());
     check_visible_have_records(&dep, &m2, &ctx).await;
+    if let Some(id) = in_doubt {
+        let before = m2.status(&dep.account, id).await.expect("status");
+        let expected = match point {
+            "prepared" | "logged" => TxnOutcome::InDoubt {
+                state: TxnState::Prepared,
+            },
+            "committing" => TxnOutcome::InDoubt {
+                state: TxnState::Committing,
+            },
+            _ => TxnOutcome::Committed,
+        };
+        assert_eq!(before, Some(expected), "{ctx}: status before recovery");
+    }
 
     // The next process recovers.
     let report = m2.recover().await.expect("recover");
+    if let Some(id) = in_doubt {
+        assert_eq!(
+            m2.status(&dep.account, id).await.expect("status"),
+            Some(TxnOutcome::Committed),
+            "{ctx}: status after recovery"
+        );
+        assert_eq!(
+            m2.status(&dep.account, id + 1).await.expect("status"),
+            None,
+            "{ctx}: an id never issued"
+        );
+    }
     let tables2 = dep.tables(&m2);
     let committed = survives(point);
     if committed {
