@@ -4,7 +4,10 @@
 //! fenced), with it the secondary becomes the primary (epoch 2) and takes writes; the old
 //! primary's daemon comes back, learns epoch 2, refuses writes with a 409 that names the
 //! new primary, and follows it. Every acknowledged write is on the new primary exactly
-//! once.
+//! once. The way back: a switchover whose candidate is killed -9 the moment it has won
+//! (`TERN_CRASH_AT`) pauses the primary only until the handoff times out; done again it
+//! completes, and once more it changes nothing. A third test kills the returning old
+//! primary at every point of its rejoin and resync.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,8 @@ use crate::replication::{
 use tern_scenarios::ternd::{Layout, request};
 
 const FAST: &str = "heartbeat_interval = \"200ms\"\nunavailable_after = \"1500ms\"\n";
+/// A primary paused for a switchover whose candidate went silent resumes after 7 s.
+const SWITCHOVER: &str = "switchover_timeout = \"5s\"\nvote_timeout = \"2s\"\n";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn availability(d: &Ternd, peer: &str) -> Option<String> {
@@ -45,7 +50,7 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
         d1,
         d2,
         join: _,
-    } = two_with(&[], FAST);
+    } = two_with(&[], &format!("{FAST}{SWITCHOVER}"));
     let group = primary(&d1, &d2, 1, 100);
     create_replica(&d2, &group);
     let tbl = wait_until("the replica has the 100 rows", WAIT, || {
@@ -227,11 +232,43 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
         let err = String::from_utf8_lossy(&refused.stderr);
         assert!(err.contains("switchover"), "{err}");
     }
-    wait_until("d1 hears d2", WAIT, || {
-        (availability(&d1, "d2")? == "available").then_some(())
+    // A switchover whose candidate dies -9 the moment it has won: d2 paused for it, ends
+    // the handoff once no claim can come any more, and takes writes again.
+    d1.kill9();
+    let mut candidate = Ternd::start(&c1, &[("TERN_CRASH_AT", "switchover.won")]);
+    wait_until("the candidate hears d2", WAIT, || {
+        (availability(&candidate, "d2")? == "available").then_some(())
+    });
+    let r = candidate.op("POST", "/v1/accounts/a1/databases/sales/switchover", "{}");
+    assert_eq!(r.status, 0, "the candidate answered: {}", r.body);
+    tern_scenarios::ternd::wait_exit(&mut candidate.child, WAIT);
+    assert!(
+        candidate.logs().contains("crash point reached"),
+        "{}",
+        candidate.logs()
+    );
+    let r = d2.op("POST", &format!("{tbl}/rows"), &rows_json(7000, 7001));
+    assert_eq!(r.status, 503, "paused for the switchover: {}", r.body);
+    let mut next = 7001;
+    wait_until("d2 takes writes again", WAIT, || {
+        let r = d2.op("POST", &format!("{tbl}/rows"), &rows_json(next, next + 1));
+        assert!(r.status == 200 || r.status == 503, "{}", r.body);
+        (r.status == 200).then(|| {
+            acked.push(next);
+            next += 1;
+        })
+    });
+    let d1 = Ternd::start(&c1, &[]);
+    wait_until("d1 hears d2 and has caught up", WAIT, || {
+        let caught_up = scan_all(&d1, PRIMARY)? == scan_all(&d2, &tbl)?;
+        (availability(&d1, "d2")? == "available" && caught_up).then_some(())
     });
     let back = tern(&d1, &["database", "switchover", "a1", "sales"]);
     assert_eq!(back["previous_primary"], "d2", "{back}");
+    // Asked again, it is done already: nothing changes.
+    let again = tern(&d1, &["database", "switchover", "a1", "sales"]);
+    assert_eq!(again["epoch"], back["epoch"], "{again}");
+    assert_eq!(again["previous_primary"], Value::Null, "{again}");
     // Records in the order of their transactions: all applied but the last, discarded.
     let mut by_txn: Vec<(i64, String)> = list["conflicts"]
         .as_array()

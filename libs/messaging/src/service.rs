@@ -339,9 +339,10 @@ impl Context {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match r {
-            Some(until) if std::time::Instant::now() < until => {
-                self.config.reply_poll_interval.min(self.config.poll_interval)
-            }
+            Some(until) if std::time::Instant::now() < until => self
+                .config
+                .reply_poll_interval
+                .min(self.config.poll_interval),
             _ => self.config.poll_interval,
         }
     }

@@ -24,6 +24,9 @@ pub const IMPORT_COMMITTED: &str = "import.committed";
 /// Import: the refresh is recorded as done, before the import job is removed.
 pub const IMPORT_FINISHED: &str = "import.finished";
 
+/// Switchover: the candidate won its votes (the primary paused for it), before it claims.
+pub const SWITCHOVER_WON: &str = "switchover.won";
+
 /// Every replication crash point, in the order a rejoin meets them.
 pub const ALL: &[&str] = &[
     REWIND_TABLE,
@@ -32,4 +35,5 @@ pub const ALL: &[&str] = &[
     APPLY_COPIED,
     IMPORT_COMMITTED,
     IMPORT_FINISHED,
+    SWITCHOVER_WON,
 ];

@@ -1800,6 +1800,7 @@ impl Replication {
                 }
             }
         };
+        self.crash_point(crate::crash::SWITCHOVER_WON)?;
         let claimed = self.claim_primary(
             &db,
             Some(epoch),
@@ -1900,6 +1901,61 @@ impl Replication {
             }
         }
         Ok(n)
+    }
+
+    /// Control worker: ends switchovers whose candidate went silent. A candidate gives up
+    /// after `switchover_timeout` (each attempt waiting at most `vote_timeout` for its
+    /// votes) and says so; one that died cannot, and the primary would stay paused for
+    /// ever. Past both, the handoff ends here and commits resume. (Should a candidate
+    /// stopped after winning its votes claim later still, this primary learns the newer
+    /// epoch and keeps what it committed meanwhile as conflict records: nothing is lost.)
+    /// How many ended.
+    pub(crate) fn expire_handoffs(&self) -> Result<usize> {
+        let me = self.me().clone();
+        let now = self.now();
+        let limit = self.config().switchover_timeout + self.config().vote_timeout;
+        let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        let ended = self.meta().write(|tx| {
+            let mut ended = Vec::new();
+            for a in tx.list_accounts()? {
+                for d in tx.list_databases(&a.name)? {
+                    if d.replication_group.is_none() || d.role != DatabaseRole::Primary {
+                        continue;
+                    }
+                    let mut g = group_of(tx, &d, &me)?;
+                    let Some(h) = g.handoff.clone() else { continue };
+                    if now - h.since_ms < limit_ms {
+                        continue;
+                    }
+                    g.handoff = None;
+                    tx.put(&fkeys::group(&g.group), &g)?;
+                    let seq = tx.next_sequence("repl-availlog")?;
+                    record_event(
+                        tx,
+                        &AvailabilityEvent {
+                            seq,
+                            peer: h.to.clone(),
+                            from: "switchover".into(),
+                            to: "cancelled".into(),
+                            at_ms: now,
+                            reason: format!(
+                                "group {}: the switchover of {} to {} did not complete within {}: commits resume here",
+                                g.group,
+                                d.name,
+                                h.to,
+                                humantime_serde::re::humantime::format_duration(limit)
+                            ),
+                        },
+                    )?;
+                    ended.push(d.name.clone());
+                }
+            }
+            Ok(ended)
+        })?;
+        if !ended.is_empty() {
+            self.notified();
+        }
+        Ok(ended.len())
     }
 
     /// Marks `group` as stood for by this process until the guard drops.

@@ -84,6 +84,7 @@ impl ReplicationWorker {
                 self.repl.judge_peers()?;
                 self.repl.count_members()?;
                 self.repl.withdraw_stale_candidacies()?;
+                self.repl.expire_handoffs()?;
                 self.repl.resume_rewinds().await?;
                 self.repl.retry_deferred_votes()?;
                 self.repl.auto_failover()?;

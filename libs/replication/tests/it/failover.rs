@@ -1353,6 +1353,73 @@ async fn a_switchover_cut_short_by_a_crash_releases_the_primary_and_can_be_done_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switchover_whose_candidate_dies_after_winning_ends_and_the_primary_writes_again() {
+    // The handoff ends after switchover_timeout + vote_timeout (3 s here).
+    let config = ReplicationConfig {
+        vote_timeout: Duration::from_secs(1),
+        switchover_timeout: Duration::from_secs(2),
+        ..fast()
+    };
+    let Pair {
+        dir,
+        keys,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(config.clone()).await;
+    assert!(write(&d1, &t, 0..10, "before").await);
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    until_state(&d2, "d1", Availability::Available).await;
+    // The candidate dies the moment it has won: the primary paused for it, nobody will
+    // claim, and no cancel will come.
+    d2.ctx
+        .crash_points()
+        .arm(tern_replication::crash::SWITCHOVER_WON);
+    let e = d2
+        .repl
+        .switchover(&AccountId::new("a2").unwrap(), "sales")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("switchover.won"), "{e}");
+    d2.kill().await;
+    let paused = d1
+        .tables
+        .insert(&t, &[batch(90..91, "paused")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(paused.contains("switchover"), "{paused}");
+    eventually(WAIT, "d1 to end the switchover and take writes", || async {
+        write(&d1, &t, 10..20, "resumed").await
+    })
+    .await;
+    let history = d1.repl.availability_history(50).unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.to == "cancelled" && e.reason.contains("did not complete")),
+        "{history:?}"
+    );
+    assert_eq!(role(&d1, "a1", "sales"), DatabaseRole::Primary);
+    // The candidate returns: it follows the primary, which it never replaced.
+    let mut d2 = open_with(dir.path(), "d2", Some(&keys), config).await;
+    d2.start(&[&d1]);
+    let rid = replica_table_id(&d1.id, &t);
+    eventually(WAIT, "d2 to follow d1 again", || async {
+        role(&d2, "a2", "sales") == DatabaseRole::Secondary
+            && rows(&d1, &t, None).await == rows(&d2, &rid, None).await
+    })
+    .await;
+    assert_eq!(rows(&d2, &rid, None).await.len(), 20);
+    d1.stop().await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rejoin_killed_mid_rewind_keeps_every_conflict_once_and_ends_equal() {
     let Pair {
         dir,
