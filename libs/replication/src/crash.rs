@@ -16,8 +16,8 @@ pub const REWIND_TABLE: &str = "rewind.table_rolled_back";
 pub const REWIND_ASKED: &str = "rewind.refresh_asked";
 /// Import: the snapshot's schemas and tables are in place, before its files.
 pub const IMPORT_DICTIONARY: &str = "import.dictionary_applied";
-/// Import or a shipment's apply: one table's files were copied into the volume
-/// (journaled in the transaction, not committed).
+/// Import or a shipment's apply: the files of every table it changes were copied into
+/// the volume (journaled in the transaction, not committed).
 pub const APPLY_COPIED: &str = "apply.files_copied";
 /// Import: the import's transaction committed, before the refresh is recorded as done.
 pub const IMPORT_COMMITTED: &str = "import.committed";

@@ -268,7 +268,7 @@ impl Replication {
             let id = MessageId::new(pending.request_id.as_str())?;
             if sender.message(&id).await?.is_none() {
                 sender
-                    .send(Draft::new(REFRESH_TYPE, model::encode(&request)).with_id(id))
+                    .send(Draft::new(REFRESH_TYPE, model::encode(&request)?).with_id(id))
                     .await?;
             }
             self.meta().write(|tx| {
@@ -704,11 +704,35 @@ impl Replication {
         source: &ImportSource,
         table: &TableId,
         add: &[MicroPartitionDpo],
-        mut journal: Option<&mut dyn tern_table::commit::FileJournal>,
+        journal: Option<&mut dyn tern_table::commit::FileJournal>,
     ) -> Result<(Vec<MicroPartitionDpo>, crate::copy::Copied)> {
+        let (local, tasks) = self.plan_copy_in(r, source, table, add, journal).await?;
+        let copied = self.copy_tasks(tasks).await?;
+        Ok((local, copied))
+    }
+
+    /// Runs copies (at most `copy_concurrency` at once) and counts them.
+    async fn copy_tasks(&self, tasks: Vec<CopyTask>) -> Result<crate::copy::Copied> {
+        let copied = copy_all(tasks, self.inner.p.config.copy_concurrency).await?;
+        Counters::add(&self.inner.counters.files_copied, copied.files);
+        Counters::add(&self.inner.counters.bytes_copied, copied.bytes);
+        Ok(copied)
+    }
+
+    /// What [`Self::copy_in`] copies, not copied yet: the local entries and the copy
+    /// tasks (their destinations journaled in `journal` when given), so that the files of
+    /// several tables are copied at once.
+    async fn plan_copy_in(
+        &self,
+        r: &ReplicaDpo,
+        source: &ImportSource,
+        table: &TableId,
+        add: &[MicroPartitionDpo],
+        mut journal: Option<&mut dyn tern_table::commit::FileJournal>,
+    ) -> Result<(Vec<MicroPartitionDpo>, Vec<CopyTask>)> {
         let p = &self.inner.p;
         if add.is_empty() {
-            return Ok((Vec::new(), crate::copy::Copied::default()));
+            return Ok((Vec::new(), Vec::new()));
         }
         let dst = p.tables.file_keys(table).await?;
         // The copy is sealed under this deployment's table key: its reference names that
@@ -749,10 +773,7 @@ impl Replication {
                 key_ref: key_ref.clone(),
             });
         }
-        let copied = copy_all(tasks, p.config.copy_concurrency).await?;
-        Counters::add(&self.inner.counters.files_copied, copied.files);
-        Counters::add(&self.inner.counters.bytes_copied, copied.bytes);
-        Ok((local, copied))
+        Ok((local, tasks))
     }
 
     /// Brings each table from `step.base` to `step.version` in one transaction: rolls a
@@ -816,6 +837,7 @@ impl Replication {
         let result = async {
             let mut changes = Vec::new();
             let mut applied = Applied::default();
+            let mut tasks = Vec::new();
             for s in &steps {
                 let cur = self.current_version(&s.table)?;
                 if cur >= s.version {
@@ -856,13 +878,11 @@ impl Replication {
                     table: s.table.to_string(),
                     reason: format!("the change removes {g}, which is not active here"),
                 })?;
-                let (added, copied) = self
-                    .copy_in(r, source, &s.table, &s.add, Some(txn.as_mut()))
+                let (added, copies) = self
+                    .plan_copy_in(r, source, &s.table, &s.add, Some(txn.as_mut()))
                     .await?;
-                applied.files += copied.files;
-                applied.bytes += copied.bytes;
+                tasks.extend(copies);
                 applied.tables += 1;
-                self.crash_point(crash::APPLY_COPIED)?;
                 changes.push(Change::Table(TableChange {
                     account: r.account.clone(),
                     database: r.database.clone(),
@@ -878,6 +898,12 @@ impl Replication {
                     keys: p.tables.file_keys(&s.table).await?,
                 }));
             }
+            // Every table's files at once: a change of many tables with a file or two
+            // each is not copied one table after the other.
+            let copied = self.copy_tasks(tasks).await?;
+            applied.files += copied.files;
+            applied.bytes += copied.bytes;
+            self.crash_point(crash::APPLY_COPIED)?;
             Ok((changes, applied))
         }
         .await;
