@@ -1073,7 +1073,7 @@ impl Replication {
         self.inner
             .last_beat_ms
             .store(now, std::sync::atomic::Ordering::SeqCst);
-        let payload = model::encode(&self.heartbeat(now)?);
+        let payload = model::encode(&self.heartbeat(now)?)?;
         let me = self.me().clone();
         let members = self.meta().read(|tx| tx.list_deployments())?;
         let mut n = 0;

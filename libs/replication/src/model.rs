@@ -46,10 +46,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     tern_meta::decode_versioned(bytes, None, "replication payload", PAYLOAD_VERSION)
 }
 
-/// Encodes a payload.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Plain data structs always serialize.
-    serde_json::to_vec(value).unwrap_or_default()
+/// Encodes a payload. A failure is an error, never an empty message.
+pub fn encode<T: Serialize>(value: &T) -> crate::Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| crate::Error::invalid("replication payload", format!("cannot encode: {e}")))
 }
 
 /// A global account or database, as the deployment holding it describes it.
@@ -433,7 +433,7 @@ mod tests {
             group: "g".into(),
             database: DatabaseId::new("db1").unwrap(),
         };
-        let e = decode::<Unsubscribe>(&encode(&u)).unwrap_err();
+        let e = decode::<Unsubscribe>(&encode(&u).unwrap()).unwrap_err();
         assert!(e.contains("version 2"), "{e}");
         assert!(decode::<Unsubscribe>(b"not json").is_err());
     }

@@ -43,6 +43,9 @@ pub struct ReplicationConfig {
     pub copy_concurrency: usize,
     /// Log records shipped per downstream replica per unit of work.
     pub ship_batch: usize,
+    /// A log shipment whose payload is larger than this travels as a body file (it is
+    /// sent inline otherwise).
+    pub ship_inline_max_bytes: usize,
     /// A log record that cannot be applied yet (an earlier one is missing) is retried this
     /// many times; then the replica asks for a refresh instead.
     pub gap_attempts: u32,
@@ -81,6 +84,7 @@ impl Default for ReplicationConfig {
             control_interval: Duration::from_millis(500),
             copy_concurrency: 4,
             ship_batch: 64,
+            ship_inline_max_bytes: 256 << 10,
             gap_attempts: 3,
             heartbeat_interval: Duration::from_secs(5),
             unavailable_after: Duration::from_secs(30),
@@ -96,10 +100,10 @@ impl Default for ReplicationConfig {
 impl ReplicationConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        if self.copy_concurrency == 0 || self.ship_batch == 0 {
+        if self.copy_concurrency == 0 || self.ship_batch == 0 || self.ship_inline_max_bytes == 0 {
             return Err(Error::invalid(
                 "replication config",
-                "copy_concurrency and ship_batch must be at least 1",
+                "copy_concurrency, ship_batch and ship_inline_max_bytes must be at least 1",
             ));
         }
         if self.heartbeat_interval.is_zero()
@@ -142,6 +146,8 @@ pub struct Counters {
     pub records_applied: AtomicU64,
     /// Replicated table changes skipped as already applied (idempotent re-delivery).
     pub records_skipped: AtomicU64,
+    /// Log shipments an earlier attempt left unfinished, abandoned and shipped again.
+    pub shipments_retried: AtomicU64,
     /// Snapshots served.
     pub snapshots_served: AtomicU64,
     /// Snapshots imported.
@@ -1164,6 +1170,7 @@ impl Replication {
             ("records_shipped", &c.records_shipped),
             ("records_applied", &c.records_applied),
             ("records_skipped", &c.records_skipped),
+            ("shipments_retried", &c.shipments_retried),
             ("snapshots_served", &c.snapshots_served),
             ("snapshots_imported", &c.snapshots_imported),
             ("refreshes_requested", &c.refreshes_requested),

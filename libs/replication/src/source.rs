@@ -34,9 +34,6 @@ use crate::peers::Peers;
 use crate::service::{Counters, Replication};
 use crate::state::{DownstreamDpo, SnapshotJobDpo, keys};
 
-/// Shipments larger than this travel as a body file (the message service caps payloads).
-const INLINE_PAYLOAD_MAX: usize = 256 << 10;
-
 /// A fixed instant, for judging a diversifier at the time its message arrived.
 #[derive(Debug)]
 pub(crate) struct At(pub(crate) i64);
@@ -347,12 +344,12 @@ impl Replication {
         let head = model::encode(&SnapshotHead {
             v: PAYLOAD_VERSION,
             response_id: job.response_id.clone(),
-        });
+        })?;
         sender
             .create(Draft::new(SNAPSHOT_TYPE, head).with_id(msg_id.clone()))
             .await?;
         sender
-            .attach_body_bytes(&msg_id, &model::encode(&response))
+            .attach_body_bytes(&msg_id, &model::encode(&response)?)
             .await?;
         sender.mark_ready(&msg_id).await?;
         let now = self.now();
@@ -372,6 +369,7 @@ impl Replication {
                 bytes_copied: 0,
                 shipped_at_ms: None,
                 last_error: None,
+                shipping: None,
             });
             if job.request.subscribe {
                 // Shipping continues after the snapshot's log position (records at or below
@@ -511,6 +509,7 @@ impl Replication {
                 sent_bytes += self
                     .ship_one(
                         sender,
+                        dk,
                         d,
                         id,
                         record.origin,
@@ -526,6 +525,13 @@ impl Replication {
             self.meta().write(|tx| {
                 if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
                     cur.cursor = cur.cursor.max(cursor);
+                    if cur
+                        .shipping
+                        .as_ref()
+                        .is_some_and(|s| s.txn_id <= cur.cursor)
+                    {
+                        cur.shipping = None;
+                    }
                     tx.put(dk, &cur)?;
                 }
                 Ok(())
@@ -556,6 +562,7 @@ impl Replication {
     async fn ship_one(
         &self,
         sender: &tern_messaging::Sender,
+        dk: &tern_meta::Key,
         d: &DownstreamDpo,
         txn_id: u64,
         origin: DeploymentId,
@@ -565,12 +572,40 @@ impl Replication {
         peers: &dyn Peers,
     ) -> Result<u64> {
         let p = &self.inner.p;
-        let id = format!("lg-{}-{}-{txn_id}", d.database, p.me);
-        let msg_id = MessageId::new(id.as_str())?;
-        if sender.message(&msg_id).await?.is_some() {
-            // Sent by an earlier attempt whose cursor update did not land.
-            return Ok(0);
+        let base = format!("lg-{}-{}-{txn_id}", d.database, p.me);
+        // Earlier attempts at this record: under the first id, or under the one recorded
+        // before a message with body files was created (a retry's).
+        let recorded = self
+            .meta()
+            .read(|tx| tx.get::<DownstreamDpo>(dk))?
+            .and_then(|cur| cur.shipping)
+            .filter(|s| s.txn_id == txn_id)
+            .map(|s| s.message_id);
+        let mut retry = recorded.is_some();
+        for earlier in std::iter::once(&base).chain(&recorded) {
+            let earlier = MessageId::new(earlier.as_str())?;
+            match sender.message(&earlier).await? {
+                // Sent (or on its way) by an attempt whose cursor update did not land.
+                Some(m) if m.state != OutState::Preparing => return Ok(0),
+                // An attempt that stopped before its message was ready (a crash between
+                // its body upload and `mark_ready`): taken as sent, the record would be
+                // lost until a refresh. It is given up (its bodies cleaned) and shipped
+                // again under a new id, whose bodies that clean-up cannot touch.
+                Some(_) => {
+                    tracing::warn!(message = %earlier, peer = %d.peer, txn_id, "a shipment left unfinished by an earlier attempt: abandoned and shipped again");
+                    sender.abandon(&earlier).await?;
+                    Counters::add(&self.inner.counters.shipments_retried, 1);
+                    retry = true;
+                }
+                None => {}
+            }
         }
+        let id = if retry {
+            format!("{base}-{}", self.next_id("again")?)
+        } else {
+            base
+        };
+        let msg_id = MessageId::new(id.as_str())?;
         let folder = ResponseId::new(id.as_str())?;
         let changes: Vec<ChangeRecord> = changes.into_iter().map(canonical_change).collect();
         let added: Vec<MicroPartitionDpo> = changes
@@ -604,16 +639,29 @@ impl Replication {
             repmk,
             stamp,
         };
-        let payload = model::encode(&shipment);
-        if payload.len() <= INLINE_PAYLOAD_MAX {
+        let payload = model::encode(&shipment)?;
+        if payload.len() <= p.config.ship_inline_max_bytes {
+            // One metadata transaction makes it ready: no attempt can stop half-way.
             sender
                 .send(Draft::new(LOG_TYPE, payload).with_id(msg_id))
                 .await?;
         } else {
+            // Created, bodies attached, then ready: an attempt can stop in between, so
+            // its id is recorded first for the next attempt to find.
+            self.meta().write(|tx| {
+                if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
+                    cur.shipping = Some(crate::state::Shipping {
+                        txn_id,
+                        message_id: id.clone(),
+                    });
+                    tx.put(dk, &cur)?;
+                }
+                Ok(())
+            })?;
             let head = model::encode(&SnapshotHead {
                 v: PAYLOAD_VERSION,
                 response_id: shipment.shipment_id.clone(),
-            });
+            })?;
             sender
                 .create(Draft::new(LOG_TYPE, head).with_id(msg_id.clone()))
                 .await?;

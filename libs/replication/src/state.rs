@@ -181,8 +181,21 @@ pub struct DownstreamDpo {
     pub shipped_at_ms: Option<i64>,
     /// The last error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// The message id of the shipment with body files last begun (its next attempt must
+    /// find it: a message left unfinished is abandoned and shipped again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping: Option<Shipping>,
 }
 impl_dpo!(DownstreamDpo, "downstream replica");
+
+/// A log shipment begun (see [`DownstreamDpo::shipping`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipping {
+    /// The record.
+    pub txn_id: u64,
+    /// Its message.
+    pub message_id: String,
+}
 
 /// A refresh request to answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,13 +340,19 @@ pub fn put_outbox<T: Serialize>(
     message_type: &str,
     payload: &T,
 ) -> tern_meta::Result<()> {
+    let key = outbox_key(peer, &id);
+    let payload = serde_json::to_string(payload).map_err(|source| tern_meta::Error::Encode {
+        what: "outbox message payload",
+        key: format!("{key:?}"),
+        source,
+    })?;
     tx.put(
-        &outbox_key(peer, &id),
+        &key,
         &OutboxDpo {
             peer: peer.clone(),
             id,
             message_type: message_type.into(),
-            payload: String::from_utf8(crate::model::encode(payload)).unwrap_or_default(),
+            payload,
         },
     )
 }

@@ -196,7 +196,7 @@ impl Replication {
         let payload = model::encode(&EntitiesPayload {
             v: PAYLOAD_VERSION,
             entities: self.own_entities()?,
-        });
+        })?;
         let me = self.me().clone();
         let members = self.meta().read(|tx| tx.list_deployments())?;
         let mut n = 0;

@@ -790,3 +790,52 @@ async fn replicas_can_be_made_local_or_dropped() {
     d1.stop().await;
     d2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shipment_a_crash_left_unfinished_is_shipped_again_not_taken_as_sent() {
+    use tern_messaging::crash::points::BODY_UPLOADED;
+    use tern_replication::service::Counters;
+    // Every shipment travels with a body file (the path a crash can cut in two), and no
+    // scheduled refresh would heal a record lost on the way.
+    let config = ReplicationConfig {
+        ship_inline_max_bytes: 1,
+        refresh_interval: Duration::ZERO,
+        ..repl_config()
+    };
+    let Pair {
+        dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(config.clone()).await;
+    d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let imported = Counters::get(&d2.repl.counters().snapshots_imported);
+    // The primary dies after the next shipment's body is uploaded, before its message is
+    // ready to send.
+    d1.ctx.crash_points().arm(BODY_UPLOADED);
+    d1.tables.insert(&t, &[batch(10..20, "b")]).await.unwrap();
+    eventually(Duration::from_secs(30), "the crash point", || async {
+        d1.ctx.crash_points().fired().contains(&BODY_UPLOADED)
+    })
+    .await;
+    d1.kill().await;
+    let mut d1 = open_with(dir.path(), "d1", None, config).await;
+    d1.start(&[&d2]);
+    // Back, it ships the record again: the replica has it by the log, not a refresh.
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let rid = replica_table_id(&d1.id, &t);
+    assert_eq!(rows(&d2, &rid, None).await.len(), 20);
+    assert_eq!(Counters::get(&d1.repl.counters().shipments_retried), 1);
+    assert_eq!(
+        Counters::get(&d2.repl.counters().snapshots_imported),
+        imported
+    );
+    d1.stop().await;
+    d2.stop().await;
+}
