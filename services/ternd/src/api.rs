@@ -49,7 +49,7 @@
 //!   `"replayed": true` and the header `Idempotent-Replayed: true`;
 //! * the first one is still in doubt: 503 with `error.txn_id`, as it was answered (retry
 //!   later with the same key; after recovery the answer is the committed one);
-//! * the key was used with another method, path or body: 422 naming the key.
+//! * the key was used with another method, path, Content-Type or body: 422 naming the key.
 //!
 //! Keys are kept for `api.idempotency_retention` (default 24 h), and while their
 //! transaction is in doubt. Other routes ignore the header.
@@ -1163,7 +1163,8 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// The request's `Idempotency-Key`, checked, with the digest of what it came with
-/// (`method`, path and query of `uri`, `body`); `None` without the header.
+/// (`method`, path and query of `uri`, its Content-Type — which can decide how an insert
+/// reads its body — and `body`); `None` without the header.
 async fn idempotency_key(
     headers: &HeaderMap,
     method: &'static str,
@@ -1181,20 +1182,26 @@ async fn idempotency_key(
     }
     let key = check_idempotency_key(value.as_bytes())?;
     let target = uri.path_and_query().map_or("", |p| p.as_str()).to_string();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
     let body = body.clone();
     // A load's body can be hundreds of MiB: digest it off the async workers.
-    let request_hash = tokio::task::spawn_blocking(move || request_hash(method, &target, &body))
-        .await
-        .map_err(|e| Error::internal("digest the request")(e.to_string()))?;
+    let request_hash = tokio::task::spawn_blocking(move || {
+        request_hash(&[method.as_bytes(), target.as_bytes(), &content_type, &body])
+    })
+    .await
+    .map_err(|e| Error::internal("digest the request")(e.to_string()))?;
     Ok(Some(IdempotencyKey { key, request_hash }))
 }
 
-/// SHA-256 (hex) of a request's method, path with query, and body, each length-prefixed
-/// so that no two different requests give the same input.
-fn request_hash(method: &str, target: &str, body: &[u8]) -> String {
+/// SHA-256 (hex) of a request's parts, each length-prefixed so that no two different
+/// requests give the same input.
+fn request_hash(parts: &[&[u8]]) -> String {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
-    for part in [method.as_bytes(), target.as_bytes(), body] {
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
@@ -2115,7 +2122,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_request_hash_covers_method_path_and_body() {
+    async fn the_request_hash_covers_method_path_content_type_and_body() {
         let uri = |s: &str| s.parse::<Uri>().expect("uri");
         let mut headers = HeaderMap::new();
         assert_eq!(
@@ -2125,6 +2132,18 @@ mod tests {
             None
         );
         headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("k1"));
+        let mut as_csv = headers.clone();
+        as_csv.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+        let csv = idempotency_key(
+            &as_csv,
+            "POST",
+            &uri("/t/rows"),
+            &Bytes::from_static(b"[1]"),
+        )
+        .await
+        .expect("valid")
+        .expect("keyed")
+        .request_hash;
         let hash = |method, target: &str, body: &'static [u8]| {
             let headers = headers.clone();
             let target = uri(target);
@@ -2145,6 +2164,8 @@ mod tests {
             hash("POST", "/t/rows", b"[2]").await,
             // Parts are length-prefixed: moving bytes between them changes the hash.
             hash("POST", "/t/rows[", b"1]").await,
+            // The same bytes read as another format.
+            csv.clone(),
         ] {
             assert_ne!(base, other);
         }

@@ -111,7 +111,7 @@ pub enum Error {
     ShuttingDown,
     /// An `Idempotency-Key` already used by the account with another request (422).
     #[error(
-        "Idempotency-Key {key:?} was already used with a different request (method, path or body); send a new request with a new key"
+        "Idempotency-Key {key:?} was already used with a different request (method, path, Content-Type or body); send a new request with a new key"
     )]
     IdempotencyKeyReused {
         /// The key.
