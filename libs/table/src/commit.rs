@@ -76,6 +76,46 @@ pub trait Transaction: FileJournal {
     fn replicated(&mut self, database: &DatabaseId, stamp: Stamp) {
         let _ = (database, stamp);
     }
+    /// The statement carries an idempotency key: the committer stores it with the
+    /// transaction at its point of no return, in the same metadata write (so the key is
+    /// found exactly when the transaction is, or will be, committed), and refuses the
+    /// commit with [`Error::IdempotencyKeyTaken`] when another transaction holds the key.
+    /// Committers that keep no such record refuse the key rather than ignore it.
+    fn idempotency(&mut self, key: IdempotencyKey) -> Result<()> {
+        Err(Error::IdempotencyUnsupported { key: key.key })
+    }
+}
+
+/// A statement's idempotency key (the API's `Idempotency-Key` header, per account) and
+/// the hash of the request it came with: a retry of the same request with the same key is
+/// applied once; the same key with another request is refused by whoever compares hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key as the client sent it.
+    pub key: String,
+    /// A digest of what the key was sent with (method, path, body), hex.
+    pub request_hash: String,
+}
+
+tokio::task_local! {
+    static STATEMENT_KEY: IdempotencyKey;
+}
+
+/// Run `statement` with `key` as its idempotency key: the table change it commits
+/// ([`Tables::insert`](crate::Tables::insert), `delete`, `update`, `merge`, `add_column`)
+/// hands it to its transaction ([`Transaction::idempotency`]). A task-local rather than a
+/// parameter of every statement: it is set once, at the API, and read at one place, the
+/// commit of a table change; dictionary changes made inside `statement` do not take it.
+pub async fn with_idempotency_key<F: std::future::Future>(
+    key: IdempotencyKey,
+    statement: F,
+) -> F::Output {
+    STATEMENT_KEY.scope(key, statement).await
+}
+
+/// The idempotency key of the statement running on this task, if it has one.
+pub(crate) fn statement_idempotency_key() -> Option<IdempotencyKey> {
+    STATEMENT_KEY.try_with(Clone::clone).ok()
 }
 
 /// Where a committed change of a replicated database stands in its group: the role epoch

@@ -170,6 +170,27 @@ pub enum Error {
         /// The table.
         table: TableId,
     },
+    /// A statement's idempotency key was taken by another transaction while this one ran
+    /// (two requests with the same key at once): nothing of this one was committed; the
+    /// other's outcome is the answer to both.
+    #[error(
+        "idempotency key {key:?} was taken by another request while this statement ran; nothing of it was committed"
+    )]
+    IdempotencyKeyTaken {
+        /// The key.
+        key: String,
+        /// The transaction that holds it (none when that request changed nothing).
+        txn_id: Option<u64>,
+    },
+    /// The committer keeps no idempotency keys (only the commit protocol of a deployment
+    /// does): the statement was not run rather than run without the guarantee.
+    #[error(
+        "idempotency key {key:?}: this committer does not store idempotency keys; the statement was not run"
+    )]
+    IdempotencyUnsupported {
+        /// The key.
+        key: String,
+    },
     /// The commit protocol refused or failed (see [`CommitFailure`]).
     #[error("{source}")]
     Commit {

@@ -26,7 +26,8 @@ pub mod schema;
 pub mod table;
 
 pub use commit::{
-    Change, ChangeRecord, Committed, Committer, LocalCommitter, Stamp, Transaction, WriteFence,
+    Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Stamp, Transaction,
+    WriteFence, with_idempotency_key,
 };
 pub use error::{CommitFailure, Error, Refusal, Result};
 pub use pins::PinnedVersion;

@@ -88,6 +88,32 @@ pub struct CommitInfo {
     pub files_removed: usize,
     /// Rows inserted, deleted or updated (by the statement's meaning).
     pub rows_affected: u64,
+    /// The transaction that made the version, when the committer issues ids.
+    pub txn_id: Option<u64>,
+}
+
+impl CommitInfo {
+    /// What a committed table version record says of its statement (`None` for a
+    /// dictionary change).
+    pub fn of_record(record: &ChangeRecord, txn_id: Option<u64>) -> Option<Self> {
+        match record {
+            ChangeRecord::TableVersion {
+                version,
+                added,
+                removed,
+                rows,
+                ..
+            } => Some(CommitInfo {
+                version: *version,
+                committed: true,
+                files_added: added.len(),
+                files_removed: removed.len(),
+                rows_affected: *rows,
+                txn_id,
+            }),
+            ChangeRecord::Dictionary { .. } => None,
+        }
+    }
 }
 
 /// What to scan.
@@ -1130,25 +1156,42 @@ impl Tables {
         }
     }
 
-    /// Commit one table change.
-    async fn commit(&self, txn: Box<dyn Transaction>, change: TableChange) -> Result<CommitInfo> {
+    /// Commit one table change, with the statement's idempotency key if it has one
+    /// ([`crate::commit::with_idempotency_key`]).
+    async fn commit(
+        &self,
+        mut txn: Box<dyn Transaction>,
+        change: TableChange,
+    ) -> Result<CommitInfo> {
         let (rows, table) = (change.rows, change.table.clone());
+        if let Some(key) = crate::commit::statement_idempotency_key()
+            && let Err(e) = txn.idempotency(key)
+        {
+            // Its files were journaled: the abort removes them.
+            txn.abort().await;
+            return Err(e);
+        }
         let committed = txn.commit(vec![Change::Table(change)]).await?;
         match committed.records.first() {
-            Some(ChangeRecord::TableVersion {
-                version,
-                added,
-                removed,
-                ..
-            }) => {
+            Some(
+                record @ ChangeRecord::TableVersion {
+                    version,
+                    added,
+                    removed,
+                    ..
+                },
+            ) => {
                 tracing::debug!(%table, version, files_added = added.len(), files_removed = removed.len(), txn_id = committed.txn_id, "committed");
-                Ok(CommitInfo {
-                    version: *version,
-                    committed: true,
-                    files_added: added.len(),
-                    files_removed: removed.len(),
-                    rows_affected: rows,
-                })
+                let mut info =
+                    CommitInfo::of_record(record, committed.txn_id).ok_or_else(|| {
+                        Error::NoTableVersion {
+                            table: table.clone(),
+                        }
+                    })?;
+                // The statement's own count (a record's is the same; a committer may not
+                // carry it).
+                info.rows_affected = rows;
+                Ok(info)
             }
             _ => Err(Error::NoTableVersion { table }),
         }

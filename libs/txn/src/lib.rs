@@ -63,4 +63,4 @@ pub use manager::{
     PhaseStats, RecoveryFailure, RecoveryReport, TxnManager, TxnOptions, TxnOutcome, database_seq,
     last_txn_id, stable_log_id,
 };
-pub use state::{TxnDpo, TxnState};
+pub use state::{IdempotencyDpo, IdempotentOutcome, TxnDpo, TxnState};

@@ -13,15 +13,18 @@ use tern_meta::MetaStore;
 use tern_storage::Path;
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
 use tern_table::commit::{Change, FileJournal, publish, remove_files};
-use tern_table::{ChangeRecord, Committed, Committer, Stamp, Transaction, WriteFence};
+use tern_table::{
+    ChangeRecord, CommitInfo, Committed, Committer, IdempotencyKey, Stamp, Transaction, WriteFence,
+};
 use tokio::sync::Notify;
 
 use crate::crash::CrashPoints;
 use crate::error::{Error, Result};
 use crate::log::{self, LogRecord};
 use crate::state::{
-    LamportDpo, LockDpo, LogKeyDpo, TxnDpo, TxnState, db_seq_key, lamport_key, lock_key,
-    log_key_key, txn_key, txns,
+    IdempotencyAtDpo, IdempotencyDpo, IdempotentOutcome, LamportDpo, LockDpo, LogKeyDpo, TxnDpo,
+    TxnState, db_seq_key, idempotency_ages, idempotency_key, lamport_key, lock_key, log_key_key,
+    put_idempotency, txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -419,6 +422,74 @@ impl TxnManager {
         })?)
     }
 
+    /// `account`'s idempotency key `key`, if a statement stored it (and it is not pruned).
+    pub fn idempotency(&self, account: &AccountId, key: &str) -> Result<Option<IdempotencyDpo>> {
+        let k = idempotency_key(account, key);
+        Ok(self.inner.meta.read(|tx| tx.get::<IdempotencyDpo>(&k))?)
+    }
+
+    /// Keep `key` for a statement that committed no transaction (it changed nothing), with
+    /// its answer `info`, so that a retry answers the same instead of acting. A statement
+    /// that commits stores its key with its transaction ([`Transaction::idempotency`]).
+    /// The row stored under the key: this one, or one stored first by another request.
+    pub fn remember_idempotent(
+        &self,
+        account: &AccountId,
+        key: &IdempotencyKey,
+        info: &CommitInfo,
+    ) -> Result<IdempotencyDpo> {
+        let row = IdempotencyDpo {
+            key: key.key.clone(),
+            request_hash: key.request_hash.clone(),
+            txn_id: info.txn_id,
+            created_at_ms: self.inner.clock.now_millis(),
+            outcome: Some(IdempotentOutcome::from(info)),
+        };
+        Ok(self
+            .inner
+            .meta
+            .write(|tx| put_idempotency(tx, account, &row))?)
+    }
+
+    /// Forget idempotency keys stored before `before_ms`, oldest first, walking the age
+    /// index (`txn/idem-at/…`) only as far as the first key to keep; how many. A key whose
+    /// transaction is still in doubt is kept whatever its age: a retry must keep finding it
+    /// until the transaction is committed.
+    pub fn prune_idempotency(&self, before_ms: i64) -> Result<usize> {
+        const BATCH: usize = 512;
+        let oldest_in_doubt = self.inner.meta.read(|tx| {
+            Ok(tx
+                .scan_prefix::<TxnDpo>(&txns())?
+                .into_iter()
+                .filter(|(_, t)| matches!(t.state, TxnState::Prepared | TxnState::Committing))
+                .map(|(_, t)| t.started_at_ms)
+                .min())
+        })?;
+        let cutoff = oldest_in_doubt.map_or(before_ms, |t| t.min(before_ms));
+        let mut pruned = 0;
+        loop {
+            // One bounded metadata transaction per batch: pruning never holds the store long.
+            let (done, n) = self.inner.meta.write(|tx| {
+                let batch = tx.scan_prefix_limit::<IdempotencyAtDpo>(&idempotency_ages(), BATCH)?;
+                let full = batch.len() == BATCH;
+                let mut n = 0;
+                for (at, row) in batch {
+                    if row.created_at_ms >= cutoff {
+                        return Ok((true, n));
+                    }
+                    tx.delete(&idempotency_key(&row.account, &row.key))?;
+                    tx.delete(&at)?;
+                    n += 1;
+                }
+                Ok((!full, n))
+            })?;
+            pruned += n;
+            if done {
+                return Ok(pruned);
+            }
+        }
+    }
+
     /// Time spent per phase by the commits of this manager.
     pub fn phase_stats(&self) -> PhaseStats {
         let p = &self.inner.phases;
@@ -450,6 +521,7 @@ impl Committer for TxnManager {
             inner: Arc::clone(inner),
             id,
             replicated: None,
+            idempotency: None,
         }))
     }
 }
@@ -468,6 +540,8 @@ struct Txn {
     id: Begun,
     /// A replicated change's database and upstream stamp.
     replicated: Option<(DatabaseId, Stamp)>,
+    /// The statement's idempotency key, stored with the Prepared mark.
+    idempotency: Option<IdempotencyKey>,
 }
 
 #[async_trait]
@@ -493,17 +567,27 @@ impl Transaction for Txn {
         self.replicated = Some((database.clone(), stamp));
     }
 
+    fn idempotency(&mut self, key: IdempotencyKey) -> tern_table::Result<()> {
+        self.idempotency = Some(key);
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>, changes: Vec<Change>) -> tern_table::Result<Committed> {
         let Txn {
             inner,
             id,
             replicated,
+            idempotency,
         } = *self;
         let span = tracing::info_span!("commit", deployment = %inner.deployment, account = %id.account, handle = id.handle);
         // The commit runs on its own task: a caller that goes away (a dropped request)
         // cannot stop it half-way with locks held.
         let task = tokio::spawn(tracing::Instrument::instrument(
-            async move { inner.commit(&id, changes, replicated).await },
+            async move {
+                inner
+                    .commit(&id, changes, replicated, idempotency.as_ref())
+                    .await
+            },
             span,
         ));
         Ok(task.await.map_err(Error::Task)??)
@@ -618,6 +702,7 @@ impl Inner {
         id: &Begun,
         changes: Vec<Change>,
         replicated: Option<(DatabaseId, Stamp)>,
+        idempotency: Option<&IdempotencyKey>,
     ) -> Result<Committed> {
         /// Takes the handle off the running set however the commit ends.
         struct Running<'a>(&'a Inner, u64);
@@ -628,7 +713,8 @@ impl Inner {
         }
         self.lock_in_flight().insert(id.handle);
         let _running = Running(self, id.handle);
-        self.commit_in_flight(id, changes, replicated).await
+        self.commit_in_flight(id, changes, replicated, idempotency)
+            .await
     }
 
     async fn commit_in_flight(
@@ -636,6 +722,7 @@ impl Inner {
         id: &Begun,
         changes: Vec<Change>,
         replicated: Option<(DatabaseId, Stamp)>,
+        idempotency: Option<&IdempotencyKey>,
     ) -> Result<Committed> {
         let (handle, account) = (id.handle, &id.account);
         let started = Instant::now();
@@ -691,6 +778,17 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let prepared = self.meta.write(|tx| {
+            // A statement's idempotency key is taken here, with the Prepared mark: it is
+            // found exactly when the transaction is (or will be) committed. Taken by another
+            // transaction meanwhile (two requests with one key at once), this one yields.
+            if let Some(k) = idempotency
+                && let Some(held) = tx.get::<IdempotencyDpo>(&idempotency_key(account, &k.key))?
+            {
+                return Ok(Err(tern_table::Error::IdempotencyKeyTaken {
+                    key: k.key.clone(),
+                    txn_id: held.txn_id,
+                }));
+            }
             // The fence decides in this same metadata transaction: a database fenced
             // before it never takes the commit, one fenced after finds it prepared (and
             // the record stamped with the epoch it was made under).
@@ -715,6 +813,23 @@ impl Inner {
             t.record = Some(record.clone());
             t.updated_at_ms = now;
             tx.put(&txn_key(handle), &t)?;
+            if let Some(k) = idempotency {
+                let outcome = records
+                    .iter()
+                    .find_map(|r| CommitInfo::of_record(r, Some(txn_id)))
+                    .map(|i| IdempotentOutcome::from(&i));
+                put_idempotency(
+                    tx,
+                    account,
+                    &IdempotencyDpo {
+                        key: k.key.clone(),
+                        request_hash: k.request_hash.clone(),
+                        txn_id: Some(txn_id),
+                        created_at_ms: now,
+                        outcome,
+                    },
+                )?;
+            }
             Ok(Ok(record))
         });
         let record = match prepared {

@@ -6,6 +6,8 @@
 //! | `txn/lock/<name>` | [`LockDpo`]: who holds a table or dictionary lock |
 //! | `txn/lamport/<account>` | [`LamportDpo`]: the last transaction id issued |
 //! | `txn/logkey/<account>` | [`LogKeyDpo`]: the account's log key, wrapped |
+//! | `txn/idem/<account>/<key>` | [`IdempotencyDpo`]: a statement's idempotency key, with its request hash, transaction and answer |
+//! | `txn/idem-at/<created ms>/<account>/<key>` | [`IdempotencyAtDpo`]: the same key by age, the range pruning walks |
 
 use serde::{Deserialize, Serialize};
 use tern_meta::{Dpo, Key};
@@ -112,6 +114,125 @@ impl Dpo for LogKeyDpo {
     const VERSION: u32 = 1;
 }
 
+/// A statement's idempotency key, stored in the same metadata write that makes its
+/// transaction Prepared (so it exists exactly when the transaction is, or will be,
+/// committed), or after the statement for one that changed nothing (no transaction).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyDpo {
+    /// The key as the client sent it.
+    pub key: String,
+    /// The digest of the request it came with (hex).
+    pub request_hash: String,
+    /// The transaction that carries the statement; `None` when the statement changed
+    /// nothing and committed no transaction.
+    pub txn_id: Option<u64>,
+    /// When it was stored (pruned after the retention).
+    pub created_at_ms: i64,
+    /// What the statement answered, as far as the commit decides it.
+    pub outcome: Option<IdempotentOutcome>,
+}
+
+impl Dpo for IdempotencyDpo {
+    const WHAT: &'static str = "idempotency key";
+    const VERSION: u32 = 1;
+}
+
+/// A statement's answer kept with its idempotency key: a table change's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotentOutcome {
+    /// The table's version after the statement.
+    pub version: u64,
+    /// Whether it made a new version.
+    pub committed: bool,
+    /// Micro-partitions written.
+    pub files_added: u64,
+    /// Micro-partitions replaced or dropped.
+    pub files_removed: u64,
+    /// Rows inserted, deleted or updated.
+    pub rows: u64,
+}
+
+impl From<&tern_table::CommitInfo> for IdempotentOutcome {
+    fn from(i: &tern_table::CommitInfo) -> Self {
+        Self {
+            version: i.version,
+            committed: i.committed,
+            files_added: i.files_added as u64,
+            files_removed: i.files_removed as u64,
+            rows: i.rows_affected,
+        }
+    }
+}
+
+impl IdempotentOutcome {
+    /// The statement's answer again, with the transaction that made it.
+    pub fn commit_info(&self, txn_id: Option<u64>) -> tern_table::CommitInfo {
+        tern_table::CommitInfo {
+            version: self.version,
+            committed: self.committed,
+            files_added: usize::try_from(self.files_added).unwrap_or(usize::MAX),
+            files_removed: usize::try_from(self.files_removed).unwrap_or(usize::MAX),
+            rows_affected: self.rows,
+            txn_id,
+        }
+    }
+}
+
+/// An idempotency key by age: `txn/idem-at/<created ms>/<account>/<key>`, so that pruning
+/// reads the expired keys as one range from the start instead of every key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyAtDpo {
+    /// The key's account.
+    pub account: AccountId,
+    /// The key.
+    pub key: String,
+    /// When it was stored.
+    pub created_at_ms: i64,
+}
+
+impl Dpo for IdempotencyAtDpo {
+    const WHAT: &'static str = "idempotency key age";
+    const VERSION: u32 = 1;
+}
+
+pub(crate) fn idempotency_key(account: &AccountId, key: &str) -> Key {
+    Key::root("txn").str("idem").str(account.as_str()).str(key)
+}
+
+pub(crate) fn idempotency_at_key(created_at_ms: i64, account: &AccountId, key: &str) -> Key {
+    idempotency_ages()
+        .u64(u64::try_from(created_at_ms).unwrap_or(0))
+        .str(account.as_str())
+        .str(key)
+}
+
+pub(crate) fn idempotency_ages() -> Key {
+    Key::root("txn").str("idem-at")
+}
+
+/// Store `row` as `account`'s key (and its age index) unless the key is stored already;
+/// the row stored under the key either way.
+pub(crate) fn put_idempotency(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    account: &AccountId,
+    row: &IdempotencyDpo,
+) -> tern_meta::Result<IdempotencyDpo> {
+    let key = idempotency_key(account, &row.key);
+    if let Some(existing) = tx.get::<IdempotencyDpo>(&key)? {
+        return Ok(existing);
+    }
+    tx.put(&key, row)?;
+    tx.put(
+        &idempotency_at_key(row.created_at_ms, account, &row.key),
+        &IdempotencyAtDpo {
+            account: account.clone(),
+            key: row.key.clone(),
+            created_at_ms: row.created_at_ms,
+        },
+    )?;
+    Ok(row.clone())
+}
+
 pub(crate) fn txn_key(handle: u64) -> Key {
     Key::root("txn").str("t").u64(handle)
 }
@@ -136,4 +257,62 @@ pub(crate) fn db_seq_key(database: &tern_storage::layout::DatabaseId) -> Key {
 
 pub(crate) fn log_key_key(account: &AccountId) -> Key {
     Key::root("txn").str("logkey").str(account.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_meta::MetaStore;
+
+    /// Stored idempotency keys keep their bytes and their key layout: a change is a format
+    /// change (bump `VERSION`, convert old rows).
+    #[test]
+    fn idempotency_rows_are_golden() {
+        let meta = MetaStore::in_memory();
+        let account = AccountId::new("acme").expect("account");
+        let row = IdempotencyDpo {
+            key: "k-1".into(),
+            request_hash: "ab12".into(),
+            txn_id: Some(7),
+            created_at_ms: 1_700_000_000_000,
+            outcome: Some(IdempotentOutcome {
+                version: 3,
+                committed: true,
+                files_added: 1,
+                files_removed: 0,
+                rows: 2,
+            }),
+        };
+        let (k, at) = (
+            idempotency_key(&account, "k-1"),
+            idempotency_at_key(row.created_at_ms, &account, "k-1"),
+        );
+        let raw = meta
+            .write(|tx| {
+                assert_eq!(put_idempotency(tx, &account, &row)?, row);
+                let a = tx.raw().get(k.as_bytes())?.unwrap_or_default();
+                let b = tx.raw().get(at.as_bytes())?.unwrap_or_default();
+                Ok((a, b))
+            })
+            .expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&raw.0),
+            r#"{"v":1,"d":{"key":"k-1","request_hash":"ab12","txn_id":7,"created_at_ms":1700000000000,"outcome":{"version":3,"committed":true,"files_added":1,"files_removed":0,"rows":2}}}"#
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&raw.1),
+            r#"{"v":1,"d":{"account":"acme","key":"k-1","created_at_ms":1700000000000}}"#
+        );
+        assert_eq!(k.to_string(), "txn/idem/acme/k-1");
+        assert_eq!(at.to_string(), "txn/idem-at/1700000000000/acme/k-1");
+        // A second put of the same key keeps the first row.
+        let other = IdempotencyDpo {
+            request_hash: "cd34".into(),
+            ..row.clone()
+        };
+        let kept = meta
+            .write(|tx| put_idempotency(tx, &account, &other))
+            .expect("write");
+        assert_eq!(kept, row);
+    }
 }

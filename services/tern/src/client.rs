@@ -87,6 +87,7 @@ impl Redirect {
 pub struct Client {
     base: String,
     token: Option<String>,
+    idempotency_key: Option<String>,
     http: reqwest::Client,
 }
 
@@ -96,7 +97,17 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_string(),
             token,
+            idempotency_key: None,
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same daemon, sending `key` as the `Idempotency-Key` of every request (writes
+    /// that commit are applied once per key; other routes ignore it).
+    pub fn with_idempotency_key(&self, key: Option<String>) -> Self {
+        Self {
+            idempotency_key: key,
+            ..self.clone()
         }
     }
 
@@ -190,6 +201,9 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        if let Some(k) = &self.idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
         if let Some(b) = body {
             req = req.body(b);
         }
@@ -220,5 +234,52 @@ impl Client {
             });
         }
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves one request with `{}` and returns the request's head, lower-cased.
+    async fn one_request(client: impl FnOnce(String) -> Client) -> String {
+        // As `main` does: reqwest takes rustls's process-wide provider.
+        tern_storage::config::install_tls_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 8192];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the request ended early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+            )
+            .await
+            .expect("answer");
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        });
+        client(url)
+            .post("/v1/x", &serde_json::json!([]))
+            .await
+            .expect("call");
+        server.await.expect("server")
+    }
+
+    #[tokio::test]
+    async fn the_idempotency_key_goes_with_the_request() {
+        let head =
+            one_request(|url| Client::new(&url, None).with_idempotency_key(Some("order-1".into())))
+                .await;
+        assert!(head.contains("\r\nidempotency-key: order-1\r\n"), "{head}");
+        let head = one_request(|url| Client::new(&url, None)).await;
+        assert!(!head.contains("idempotency-key"), "{head}");
     }
 }

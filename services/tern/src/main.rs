@@ -77,6 +77,8 @@ enum Command {
         /// The rows as JSON; read from stdin when absent.
         #[arg(long)]
         rows: Option<String>,
+        #[command(flatten)]
+        key: Idempotency,
     },
     /// Load CSV (with a header), NDJSON or Parquet files; one commit per file.
     Load {
@@ -88,6 +90,10 @@ enum Command {
         /// csv, ndjson or parquet (default: from each file's extension).
         #[arg(long)]
         format: Option<String>,
+        /// With several files, file n (from 1) is sent with the key `<key>.<n>`, so the
+        /// same command run again loads each file once.
+        #[command(flatten)]
+        key: Idempotency,
     },
     /// Delete the rows matching a predicate.
     Delete {
@@ -95,6 +101,8 @@ enum Command {
         table: String,
         #[command(flatten)]
         filter: Where,
+        #[command(flatten)]
+        key: Idempotency,
     },
     /// Set columns in the rows matching a predicate.
     Update {
@@ -105,6 +113,8 @@ enum Command {
         set: String,
         #[command(flatten)]
         filter: Where,
+        #[command(flatten)]
+        key: Idempotency,
     },
     /// Upsert rows by key columns.
     Merge {
@@ -116,7 +126,12 @@ enum Command {
         /// The rows as JSON; read from stdin when absent.
         #[arg(long)]
         rows: Option<String>,
+        #[command(flatten)]
+        key: Idempotency,
     },
+    /// Transactions: what became of a commit (e.g. one answered "in doubt").
+    #[command(subcommand)]
+    Txn(TxnCmd),
     /// Scan a table (optionally at a past version: time travel).
     Scan {
         /// account.database[.schema].table
@@ -171,6 +186,54 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
     },
+}
+
+/// A write applied once however often it is sent: the daemon keeps the key (per account,
+/// for its `api.idempotency_retention`) and answers a repeat with the first answer
+/// (`replayed: true`), or "in doubt" with the transaction id while the first is.
+#[derive(Debug, Args)]
+struct Idempotency {
+    /// Idempotency key (1–255 visible ASCII characters): run the command again with the
+    /// same key after a failure or timeout, and the write is applied once.
+    #[arg(long, value_name = "KEY", value_parser = idempotency_key_arg)]
+    idempotency_key: Option<String>,
+}
+
+/// `--idempotency-key`: what the daemon accepts as an `Idempotency-Key` (checked here so
+/// that a bad key is named rather than failing as an unsendable header).
+fn idempotency_key_arg(k: &str) -> Result<String, String> {
+    if k.is_empty() || k.len() > 255 {
+        return Err(format!("must be 1 to 255 characters long, not {}", k.len()));
+    }
+    match k.chars().find(|c| !c.is_ascii_graphic()) {
+        Some(c) => Err(format!(
+            "may hold only visible ASCII characters (no spaces or controls); {c:?} is not one"
+        )),
+        None => Ok(k.to_string()),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TxnCmd {
+    /// Whether a transaction committed or is still in doubt (recovery completes it).
+    Status {
+        /// The account.
+        account: String,
+        /// The transaction id (a commit's txn_id, or an in-doubt error's).
+        id: u64,
+    },
+}
+
+/// The key file `n` (from 1) of `count` is loaded with: the key itself for one file,
+/// `<key>.<n>` for several (each file is its own commit).
+fn file_key(key: Option<&str>, n: usize, count: usize) -> Option<String> {
+    key.map(|k| {
+        if count > 1 {
+            format!("{k}.{n}")
+        } else {
+            k.to_string()
+        }
+    })
 }
 
 #[derive(Debug, Args)]
@@ -867,6 +930,13 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 .await?;
             print_value(&v, json_out);
         }
+        Command::Txn(TxnCmd::Status { account, id }) => {
+            print_value(
+                &c.get(&format!("/v1/accounts/{account}/transactions/{id}"))
+                    .await?,
+                json_out,
+            );
+        }
         Command::Conflicts(ConflictsCmd::List) | Command::Show(ShowCmd::Conflicts) => {
             let v = c.get("/v1/conflicts").await?;
             print_list(
@@ -1080,9 +1150,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             let v = c.get("/v1/deployments").await?;
             print_deployments(&v, json_out);
         }
-        Command::Insert { table, rows } => {
+        Command::Insert { table, rows, key } => {
             let rows = parse_json("--rows", &stdin_or(rows)?)?;
             let v = c
+                .with_idempotency_key(key.idempotency_key)
                 .post(&format!("{}/rows", table_path(&table)?), &rows)
                 .await?;
             print_value(&v, json_out);
@@ -1091,6 +1162,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             table,
             files,
             format,
+            key,
         } => {
             let path = format!("{}/rows", table_path(&table)?);
             let mut results = Vec::new();
@@ -1108,7 +1180,12 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     size,
                 );
                 let body = reqwest::Body::wrap_stream(upload_stream(file, progress.counter()));
-                let post = c.post_stream(&path, body, ct);
+                let keyed = c.with_idempotency_key(file_key(
+                    key.idempotency_key.as_deref(),
+                    i + 1,
+                    files.len(),
+                ));
+                let post = keyed.post_stream(&path, body, ct);
                 tokio::pin!(post);
                 let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
                 let v = loop {
@@ -1137,9 +1214,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 json_out,
             );
         }
-        Command::Delete { table, filter } => {
+        Command::Delete { table, filter, key } => {
             let w = parse_json("--where", &filter.predicate)?;
             let v = c
+                .with_idempotency_key(key.idempotency_key)
                 .post(
                     &format!("{}/delete", table_path(&table)?),
                     &json!({"where": w}),
@@ -1147,10 +1225,16 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 .await?;
             print_value(&v, json_out);
         }
-        Command::Update { table, set, filter } => {
+        Command::Update {
+            table,
+            set,
+            filter,
+            key,
+        } => {
             let w = parse_json("--where", &filter.predicate)?;
             let s = parse_json("--set", &set)?;
             let v = c
+                .with_idempotency_key(key.idempotency_key)
                 .post(
                     &format!("{}/update", table_path(&table)?),
                     &json!({"where": w, "set": s}),
@@ -1158,9 +1242,15 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 .await?;
             print_value(&v, json_out);
         }
-        Command::Merge { table, keys, rows } => {
+        Command::Merge {
+            table,
+            keys,
+            rows,
+            key,
+        } => {
             let rows = parse_json("--rows", &stdin_or(rows)?)?;
             let v = c
+                .with_idempotency_key(key.idempotency_key)
                 .post(
                     &format!("{}/merge", table_path(&table)?),
                     &json!({"keys": keys, "rows": rows}),
@@ -1501,6 +1591,48 @@ mod tests {
     #[test]
     fn the_cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn idempotency_keys_and_txn_status_parse() {
+        assert!(matches!(
+            parse(&["insert", "a.d.t", "--rows", "[]", "--idempotency-key", "order-1"]),
+            Command::Insert { key: Idempotency { idempotency_key: Some(k) }, .. } if k == "order-1"
+        ));
+        assert!(matches!(
+            parse(&["insert", "a.d.t", "--rows", "[]"]),
+            Command::Insert {
+                key: Idempotency {
+                    idempotency_key: None
+                },
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["load", "a.d.t", "x.csv", "--idempotency-key", "batch-7"]),
+            Command::Load { key: Idempotency { idempotency_key: Some(k) }, .. } if k == "batch-7"
+        ));
+        assert!(matches!(
+            parse(&["txn", "status", "acme", "42"]),
+            Command::Txn(TxnCmd::Status { account, id: 42 }) if account == "acme"
+        ));
+        for bad in ["", "two words", "caf\u{e9}"] {
+            let e = Cli::try_parse_from(["tern", "insert", "a.d.t", "--idempotency-key", bad])
+                .expect_err("a bad key is refused");
+            assert!(e.to_string().contains("--idempotency-key"), "{e}");
+        }
+        let mut all = vec!["tern", "txn", "status", "acme", "forty-two"];
+        assert!(Cli::try_parse_from(&all).is_err(), "an id is a number");
+        all.truncate(4);
+        assert!(Cli::try_parse_from(&all).is_err(), "the id is required");
+    }
+
+    #[test]
+    fn each_loaded_file_has_its_own_key() {
+        assert_eq!(file_key(None, 1, 3), None);
+        assert_eq!(file_key(Some("b"), 1, 1).as_deref(), Some("b"));
+        assert_eq!(file_key(Some("b"), 1, 3).as_deref(), Some("b.1"));
+        assert_eq!(file_key(Some("b"), 3, 3).as_deref(), Some("b.3"));
     }
 
     #[test]

@@ -37,6 +37,23 @@
 //! | `POST …/databases/{db}/refresh` | `alter database X refresh` → `{request}` |
 //! | `GET /v1/replication/status` | `show replication status` (operator) |
 //!
+//! # Idempotent writes
+//!
+//! `POST …/rows` (inserts and loads), `…/delete`, `…/update`, `…/merge` and `…/columns`
+//! take an `Idempotency-Key` header (1–255 visible ASCII characters, per account): a retry
+//! with the same key is applied once. The key is stored with the statement's transaction
+//! in the metadata write that makes it Prepared, so it is found exactly when that
+//! transaction is (or will be) committed. A request with a known key is not run again:
+//!
+//! * the first one committed (or changed nothing): its answer again, with
+//!   `"replayed": true` and the header `Idempotent-Replayed: true`;
+//! * the first one is still in doubt: 503 with `error.txn_id`, as it was answered (retry
+//!   later with the same key; after recovery the answer is the committed one);
+//! * the key was used with another method, path, Content-Type or body: 422 naming the key.
+//!
+//! Keys are kept for `api.idempotency_retention` (default 24 h), and while their
+//! transaction is in doubt. Other routes ignore the header.
+//!
 //! Statements that write to a secondary replica are refused with 409 (kind `conflict`):
 //! write to the group's primary. After every successful write request the replication
 //! shipper is woken, so log records go to replicas at once.
@@ -52,14 +69,14 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tern_meta::{AccountDpo, DatabaseDpo, DeploymentDpo, TableDpo};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
-use tern_table::{ColumnDef, ScanRequest};
+use tern_table::{ColumnDef, CommitInfo, IdempotencyKey, ScanRequest};
 
 use crate::daemon::{Daemon, PeerViewDpo, TokenDpo, peer_view_key, token_key};
 use crate::error::{Error, Result};
@@ -89,7 +106,8 @@ api_error_from!(
     tern_meta::Error,
     tern_storage::Error,
     tern_messaging::Error,
-    tern_replication::Error
+    tern_replication::Error,
+    tern_txn::Error
 );
 
 impl IntoResponse for ApiError {
@@ -114,9 +132,7 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": {"kind": kind.name(), "message": message}});
         // A commit in doubt names its transaction: look it up
         // (`GET /v1/accounts/{account}/transactions/{txn_id}`) instead of retrying.
-        if let Error::Table(e) = &self.0
-            && let Some(id) = e.in_doubt_txn_id()
-        {
+        if let Some(id) = self.0.in_doubt_txn_id() {
             body["error"]["txn_id"] = json!(id);
         }
         // A write refused because another deployment holds the primary names it.
@@ -227,6 +243,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T> {
     let bytes = body_bytes(body, limit)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))
 }
 
 fn body_bytes(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes> {
@@ -347,7 +367,9 @@ async fn guard(
     }
     if !resp.status().is_success() {
         let kind = match resp.status() {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_input",
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY => "invalid_input",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -1073,6 +1095,17 @@ fn resolve(
     table(d, &db, &p.2, &p.3)
 }
 
+/// [`resolve`], with the account the table belongs to (a write's idempotency key is the
+/// account's).
+fn resolve_writable(
+    d: &Daemon,
+    headers: &HeaderMap,
+    p: &(String, String, String, String),
+) -> Result<(AccountId, TableDpo)> {
+    let t = resolve(d, headers, p)?;
+    Ok((AccountId::new(p.0.as_str())?, t))
+}
+
 async fn describe_table(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiResult {
     let t = resolve(&d, &headers, &p)?;
     Ok(axum::Json(table_json(&t)))
@@ -1087,36 +1120,190 @@ async fn drop_table(State(d): St, headers: HeaderMap, Path(p): TablePath) -> Api
 async fn add_column(
     State(d): St,
     headers: HeaderMap,
+    uri: Uri,
     Path(p): TablePath,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let t = resolve(&d, &headers, &p)?;
-    let c: ColumnReq = parse_json(body, d.config.api.max_body_bytes)?;
-    let info = d
-        .tables
-        .add_column(&t.id, c.def()?)
-        .await
-        .map_err(|e| in_doubt(&d, e))?;
-    Ok(axum::Json(commit_json(&info)))
+) -> ApiResult<Response> {
+    let (account, t) = resolve_writable(&d, &headers, &p)?;
+    let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
+    let key = idempotency_key(&headers, "POST", &uri, &bytes).await?;
+    statement(&d, &account, key, async {
+        let c: ColumnReq = json_body(&bytes)?;
+        d.tables
+            .add_column(&t.id, c.def()?)
+            .await
+            .map_err(|e| in_doubt(&d, e))
+    })
+    .await
 }
 
-/// The answer to a delete/update/merge: its commit, with the rows it changed counted.
-fn changed(d: &Daemon, result: tern_table::Result<tern_table::CommitInfo>) -> ApiResult {
+/// A delete/update/merge's commit, with the rows it changed counted.
+fn changed(d: &Daemon, result: tern_table::Result<CommitInfo>) -> Result<CommitInfo> {
     let info = result.map_err(|e| in_doubt(d, e))?;
     d.counters
         .rows_changed
         .fetch_add(info.rows_affected, Ordering::Relaxed);
-    Ok(axum::Json(commit_json(&info)))
+    Ok(info)
 }
 
-fn commit_json(i: &tern_table::CommitInfo) -> Value {
+fn commit_json(i: &CommitInfo) -> Value {
     json!({
         "version": i.version,
         "committed": i.committed,
         "rows": i.rows_affected,
         "files_added": i.files_added,
         "files_removed": i.files_removed,
+        "txn_id": i.txn_id,
     })
+}
+
+/// The header a write's idempotency key comes in.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The header that marks an answer given again for a retried key.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The request's `Idempotency-Key`, checked, with the digest of what it came with
+/// (`method`, path and query of `uri`, its Content-Type — which can decide how an insert
+/// reads its body — and `body`); `None` without the header.
+async fn idempotency_key(
+    headers: &HeaderMap,
+    method: &'static str,
+    uri: &Uri,
+    body: &Bytes,
+) -> Result<Option<IdempotencyKey>> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Error::Invalid(
+            "Idempotency-Key header is given more than once; send one key per request".into(),
+        ));
+    }
+    let key = check_idempotency_key(value.as_bytes())?;
+    let target = uri.path_and_query().map_or("", |p| p.as_str()).to_string();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let body = body.clone();
+    // A load's body can be hundreds of MiB: digest it off the async workers.
+    let request_hash = tokio::task::spawn_blocking(move || {
+        request_hash(&[method.as_bytes(), target.as_bytes(), &content_type, &body])
+    })
+    .await
+    .map_err(|e| Error::internal("digest the request")(e.to_string()))?;
+    Ok(Some(IdempotencyKey { key, request_hash }))
+}
+
+/// SHA-256 (hex) of a request's parts, each length-prefixed so that no two different
+/// requests give the same input.
+fn request_hash(parts: &[&[u8]]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// An `Idempotency-Key` value: 1 to 255 visible ASCII characters (`!` to `~`).
+fn check_idempotency_key(raw: &[u8]) -> Result<String> {
+    const MAX: usize = 255;
+    if raw.is_empty() || raw.len() > MAX {
+        return Err(Error::Invalid(format!(
+            "Idempotency-Key header must be 1 to {MAX} characters long, not {}",
+            raw.len()
+        )));
+    }
+    if let Some((i, b)) = raw
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !(0x21..=0x7e).contains(*b))
+    {
+        return Err(Error::Invalid(format!(
+            "Idempotency-Key header may hold only visible ASCII characters (no spaces, controls or non-ASCII); byte 0x{b:02x} at position {i} is not one"
+        )));
+    }
+    Ok(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// Run a write statement, applied once per idempotency `key` (see the module docs): a
+/// known key answers its first request's outcome instead of running `run` again.
+async fn statement(
+    d: &Daemon,
+    account: &AccountId,
+    key: Option<IdempotencyKey>,
+    run: impl std::future::Future<Output = Result<CommitInfo>>,
+) -> ApiResult<Response> {
+    let Some(key) = key else {
+        return Ok(axum::Json(commit_json(&run.await?)).into_response());
+    };
+    if let Some(first) = d.txn.idempotency(account, &key.key)? {
+        return replay(d, account, &key, first).await;
+    }
+    match tern_table::with_idempotency_key(key.clone(), run).await {
+        Ok(info) => {
+            if !info.committed {
+                // Nothing changed and no transaction kept the key: keep it here, so that a
+                // retry answers this instead of changing what has appeared since.
+                d.txn.remember_idempotent(account, &key, &info)?;
+            }
+            Ok(axum::Json(commit_json(&info)).into_response())
+        }
+        // Another request with this key got to its commit first: its outcome is the answer.
+        Err(e @ Error::Table(tern_table::Error::IdempotencyKeyTaken { .. })) => {
+            match d.txn.idempotency(account, &key.key)? {
+                Some(first) => replay(d, account, &key, first).await,
+                None => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The answer to a request whose idempotency key is stored as `first`.
+async fn replay(
+    d: &Daemon,
+    account: &AccountId,
+    key: &IdempotencyKey,
+    first: tern_txn::IdempotencyDpo,
+) -> ApiResult<Response> {
+    if first.request_hash != key.request_hash {
+        return Err(Error::IdempotencyKeyReused {
+            key: key.key.clone(),
+        }
+        .into());
+    }
+    if let Some(txn_id) = first.txn_id
+        && let Some(tern_txn::TxnOutcome::InDoubt { .. }) = d.txn.status(account, txn_id).await?
+    {
+        d.recover_wake.notify_one();
+        return Err(Error::KeyInDoubt {
+            key: key.key.clone(),
+            txn_id,
+        }
+        .into());
+    }
+    // A stored key means its transaction reached Prepared, which always ends committed.
+    let mut body = match &first.outcome {
+        Some(o) => commit_json(&o.commit_info(first.txn_id)),
+        None => json!({"committed": true, "txn_id": first.txn_id}),
+    };
+    body["replayed"] = json!(true);
+    tracing::info!(key = %key.key, txn_id = first.txn_id, "idempotent write replayed");
+    Ok((
+        [(
+            HeaderName::from_static(IDEMPOTENT_REPLAYED),
+            HeaderValue::from_static("true"),
+        )],
+        axum::Json(body),
+    )
+        .into_response())
 }
 
 /// A write refused on a secondary or fenced database, with where to write instead: the
@@ -1239,13 +1426,24 @@ fn decode_file(
 async fn insert(
     State(d): St,
     headers: HeaderMap,
+    uri: Uri,
     Path(p): TablePath,
     Query(q): Query<InsertQuery>,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let t = resolve(&d, &headers, &p)?;
+) -> ApiResult<Response> {
+    let (account, t) = resolve_writable(&d, &headers, &p)?;
     let format = body_format(&headers, &q)?;
     let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
+    let key = idempotency_key(&headers, "POST", &uri, &bytes).await?;
+    statement(&d, &account, key, insert_rows(&d, &t, format, bytes)).await
+}
+
+async fn insert_rows(
+    d: &Daemon,
+    t: &TableDpo,
+    format: Option<tern_table::load::Format>,
+    bytes: Bytes,
+) -> Result<CommitInfo> {
     let len = bytes.len() as u64;
     let columns = t.columns.clone();
     let batches = tokio::task::spawn_blocking(move || match format {
@@ -1277,13 +1475,13 @@ async fn insert(
         .tables
         .insert(&t.id, &batches)
         .await
-        .map_err(|e| in_doubt(&d, e))?;
+        .map_err(|e| in_doubt(d, e))?;
     d.counters
         .rows_inserted
         .fetch_add(info.rows_affected, Ordering::Relaxed);
     d.counters.bytes_loaded.fetch_add(len, Ordering::Relaxed);
-    tracing::info!(table = %t.id, rows = info.rows_affected, version = info.version, "rows inserted");
-    Ok(axum::Json(commit_json(&info)))
+    tracing::info!(table = %t.id, rows = info.rows_affected, version = info.version, txn_id = info.txn_id, "rows inserted");
+    Ok(info)
 }
 
 #[derive(Deserialize)]
@@ -1302,56 +1500,79 @@ fn where_of(r: &DmlReq, columns: &[ColumnDef]) -> Result<tern_table::Predicate> 
     rows::predicate(w, columns)
 }
 
+/// A DML request: the table, its account, the request parsed, and its idempotency key.
+async fn dml(
+    d: &Daemon,
+    headers: &HeaderMap,
+    uri: &Uri,
+    p: &(String, String, String, String),
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<(AccountId, TableDpo, DmlReq, Option<IdempotencyKey>)> {
+    let (account, t) = resolve_writable(d, headers, p)?;
+    let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
+    let key = idempotency_key(headers, "POST", uri, &bytes).await?;
+    Ok((account, t, json_body(&bytes)?, key))
+}
+
 async fn delete_rows(
     State(d): St,
     headers: HeaderMap,
+    uri: Uri,
     Path(p): TablePath,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let t = resolve(&d, &headers, &p)?;
-    let r: DmlReq = parse_json(body, d.config.api.max_body_bytes)?;
-    let pred = where_of(&r, &t.columns)?;
-    changed(&d, d.tables.delete(&t.id, &pred).await)
+) -> ApiResult<Response> {
+    let (account, t, r, key) = dml(&d, &headers, &uri, &p, body).await?;
+    statement(&d, &account, key, async {
+        let pred = where_of(&r, &t.columns)?;
+        changed(&d, d.tables.delete(&t.id, &pred).await)
+    })
+    .await
 }
 
 async fn update_rows(
     State(d): St,
     headers: HeaderMap,
+    uri: Uri,
     Path(p): TablePath,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let t = resolve(&d, &headers, &p)?;
-    let r: DmlReq = parse_json(body, d.config.api.max_body_bytes)?;
-    let pred = where_of(&r, &t.columns)?;
-    let set = rows::assignments(
-        r.set
-            .as_ref()
-            .ok_or_else(|| Error::Invalid("\"set\" is required".into()))?,
-        &t.columns,
-    )?;
-    changed(&d, d.tables.update(&t.id, &set, &pred).await)
+) -> ApiResult<Response> {
+    let (account, t, r, key) = dml(&d, &headers, &uri, &p, body).await?;
+    statement(&d, &account, key, async {
+        let pred = where_of(&r, &t.columns)?;
+        let set = rows::assignments(
+            r.set
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("\"set\" is required".into()))?,
+            &t.columns,
+        )?;
+        changed(&d, d.tables.update(&t.id, &set, &pred).await)
+    })
+    .await
 }
 
 async fn merge_rows(
     State(d): St,
     headers: HeaderMap,
+    uri: Uri,
     Path(p): TablePath,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let t = resolve(&d, &headers, &p)?;
-    let r: DmlReq = parse_json(body, d.config.api.max_body_bytes)?;
-    let keys = r
-        .keys
-        .clone()
-        .ok_or_else(|| Error::Invalid("\"keys\" is required".into()))?;
-    let source = rows::rows_to_batches(
-        r.rows
-            .as_deref()
-            .ok_or_else(|| Error::Invalid("\"rows\" is required".into()))?,
-        &t.columns,
-    )?;
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    changed(&d, d.tables.merge(&t.id, &source, &key_refs).await)
+) -> ApiResult<Response> {
+    let (account, t, r, key) = dml(&d, &headers, &uri, &p, body).await?;
+    statement(&d, &account, key, async {
+        let keys = r
+            .keys
+            .clone()
+            .ok_or_else(|| Error::Invalid("\"keys\" is required".into()))?;
+        let source = rows::rows_to_batches(
+            r.rows
+                .as_deref()
+                .ok_or_else(|| Error::Invalid("\"rows\" is required".into()))?,
+            &t.columns,
+        )?;
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        changed(&d, d.tables.merge(&t.id, &source, &key_refs).await)
+    })
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -1871,4 +2092,100 @@ async fn replication_status(State(d): St, headers: HeaderMap) -> ApiResult {
     let v = serde_json::to_value(&status)
         .map_err(|e| Error::internal("encode replication status")(e.to_string()))?;
     Ok(axum::Json(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_checked_naming_the_header() {
+        assert_eq!(check_idempotency_key(b"order-1").expect("valid"), "order-1");
+        let longest = "~".repeat(255);
+        assert_eq!(
+            check_idempotency_key(longest.as_bytes()).expect("255 is allowed"),
+            longest
+        );
+        for (bad, says) in [
+            (&b""[..], "1 to 255 characters long, not 0"),
+            (&[b'k'; 256][..], "not 256"),
+            (&b"two words"[..], "byte 0x20 at position 3"),
+            (&b"tab\there"[..], "byte 0x09 at position 3"),
+            ("caf\u{e9}".as_bytes(), "byte 0xc3 at position 3"),
+            (&b"del\x7f"[..], "byte 0x7f at position 3"),
+        ] {
+            let e = check_idempotency_key(bad).expect_err("refused");
+            let m = e.to_string();
+            assert!(m.contains("Idempotency-Key") && m.contains(says), "{m}");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{m}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_hash_covers_method_path_content_type_and_body() {
+        let uri = |s: &str| s.parse::<Uri>().expect("uri");
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            idempotency_key(&headers, "POST", &uri("/a"), &Bytes::new())
+                .await
+                .expect("no key"),
+            None
+        );
+        headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("k1"));
+        let mut as_csv = headers.clone();
+        as_csv.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+        let csv = idempotency_key(
+            &as_csv,
+            "POST",
+            &uri("/t/rows"),
+            &Bytes::from_static(b"[1]"),
+        )
+        .await
+        .expect("valid")
+        .expect("keyed")
+        .request_hash;
+        let hash = |method, target: &str, body: &'static [u8]| {
+            let headers = headers.clone();
+            let target = uri(target);
+            async move {
+                idempotency_key(&headers, method, &target, &Bytes::from_static(body))
+                    .await
+                    .expect("valid")
+                    .expect("keyed")
+                    .request_hash
+            }
+        };
+        let base = hash("POST", "/t/rows", b"[1]").await;
+        assert_eq!(base, hash("POST", "/t/rows", b"[1]").await, "deterministic");
+        assert_eq!(base.len(), 64);
+        for other in [
+            hash("PUT", "/t/rows", b"[1]").await,
+            hash("POST", "/t/rows?format=csv", b"[1]").await,
+            hash("POST", "/t/rows", b"[2]").await,
+            // Parts are length-prefixed: moving bytes between them changes the hash.
+            hash("POST", "/t/rows[", b"1]").await,
+            // The same bytes read as another format.
+            csv.clone(),
+        ] {
+            assert_ne!(base, other);
+        }
+        headers.append(IDEMPOTENCY_KEY, HeaderValue::from_static("k2"));
+        let e = idempotency_key(&headers, "POST", &uri("/a"), &Bytes::new())
+            .await
+            .expect_err("two keys");
+        assert!(e.to_string().contains("more than once"), "{e}");
+    }
+
+    #[test]
+    fn a_reused_key_is_422_and_a_key_in_doubt_names_its_transaction() {
+        let e = Error::IdempotencyKeyReused { key: "k".into() };
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.to_string().contains("\"k\""), "{e}");
+        let e = Error::KeyInDoubt {
+            key: "k".into(),
+            txn_id: 42,
+        };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.in_doubt_txn_id(), Some(42));
+    }
 }

@@ -292,6 +292,11 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most rows a scan returns unless the request asks for fewer.
     pub max_scan_rows: usize,
+    /// How long a write's `Idempotency-Key` is kept (a retry within it is applied once);
+    /// older keys are pruned by the recovery worker. A key whose transaction is still in
+    /// doubt is kept regardless.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
 }
 
 impl Default for ApiConfig {
@@ -299,6 +304,7 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: 256 * 1024 * 1024,
             max_scan_rows: 1_000_000,
+            idempotency_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -477,6 +483,9 @@ impl Config {
         }
         if self.api.max_scan_rows == 0 {
             return Err(invalid("api.max_scan_rows", "must be positive"));
+        }
+        if self.api.idempotency_retention.is_zero() {
+            return Err(invalid("api.idempotency_retention", "must be positive"));
         }
         if self.txn.lock_timeout.is_zero() {
             return Err(invalid("txn.lock_timeout", "must be positive"));
@@ -731,5 +740,19 @@ mod tests {
             .expect_err("bad duration")
             .to_string();
         assert!(err.contains("replication"), "{err}");
+    }
+
+    #[test]
+    fn idempotency_retention_defaults_to_a_day_and_must_be_positive() {
+        let c = Config::load(None, base()).expect("valid");
+        assert_eq!(c.api.idempotency_retention, Duration::from_secs(24 * 3600));
+        let mut env = base();
+        env.push(("TERN_API__IDEMPOTENCY_RETENTION".into(), "2h".into()));
+        let c = Config::load(None, env).expect("valid");
+        assert_eq!(c.api.idempotency_retention, Duration::from_secs(7200));
+        let mut env = base();
+        env.push(("TERN_API__IDEMPOTENCY_RETENTION".into(), "0s".into()));
+        let err = Config::load(None, env).expect_err("zero").to_string();
+        assert!(err.contains("api.idempotency_retention"), "{err}");
     }
 }

@@ -476,6 +476,16 @@ impl Daemon {
         self.clock.now_millis()
     }
 
+    /// Forgets writes' idempotency keys older than `api.idempotency_retention` (run by the
+    /// recovery worker); how many.
+    pub fn prune_idempotency_keys(&self) -> Result<usize> {
+        let retention =
+            i64::try_from(self.config.api.idempotency_retention.as_millis()).unwrap_or(i64::MAX);
+        Ok(self
+            .txn
+            .prune_idempotency(self.now_ms().saturating_sub(retention))?)
+    }
+
     /// Seconds since the daemon opened.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -748,7 +758,8 @@ pub fn state_name(s: TxnState) -> &'static str {
     }
 }
 
-/// Completes commits reported in doubt, and forgets old finished transaction rows.
+/// Completes commits reported in doubt, and forgets old finished transaction rows and
+/// expired idempotency keys.
 struct RecoverWorker {
     daemon: std::sync::Weak<Daemon>,
     interval: Duration,
@@ -774,13 +785,15 @@ impl Worker for RecoverWorker {
         let retention =
             i64::try_from(d.config.workers.txn_retention.as_millis()).unwrap_or(i64::MAX);
         let pruned = d.txn.prune_finished(d.now_ms().saturating_sub(retention))?;
+        let keys_pruned = d.prune_idempotency_keys()?;
         let done = r.rolled_forward.len() + r.finished.len();
-        if done > 0 || pruned > 0 {
+        if done > 0 || pruned > 0 || keys_pruned > 0 {
             self.status.busy_units += 1;
         }
         self.status.figures = vec![
             ("rolled_forward", r.rolled_forward.len() as u64),
             ("pruned", pruned as u64),
+            ("idempotency_keys_pruned", keys_pruned as u64),
         ];
         Ok(WorkerState::Idle)
     }

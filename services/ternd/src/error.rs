@@ -109,6 +109,25 @@ pub enum Error {
     /// Shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// An `Idempotency-Key` already used by the account with another request (422).
+    #[error(
+        "Idempotency-Key {key:?} was already used with a different request (method, path, Content-Type or body); send a new request with a new key"
+    )]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
+    /// A retry with an `Idempotency-Key` whose first request is a transaction still in
+    /// doubt: it will be committed by recovery; retry later (the same key) or look it up.
+    #[error(
+        "Idempotency-Key {key:?}: the request is transaction {txn_id}, which is in doubt: it is prepared and recovery will complete it (never rolled back); retry later with the same key, or look up its status"
+    )]
+    KeyInDoubt {
+        /// The key.
+        key: String,
+        /// The transaction.
+        txn_id: u64,
+    },
     /// A table operation failed.
     #[error(transparent)]
     Table(#[from] tern_table::Error),
@@ -149,7 +168,8 @@ impl Error {
             Error::Exists { .. } => Kind::Conflict,
             Error::Unauthorized(_) => Kind::Unauthorized,
             Error::Forbidden { .. } => Kind::Forbidden,
-            Error::ShuttingDown => Kind::Unavailable,
+            Error::ShuttingDown | Error::KeyInDoubt { .. } => Kind::Unavailable,
+            Error::IdempotencyKeyReused { .. } => Kind::InvalidInput,
             Error::Table(e) => table_kind(e),
             Error::Meta(e) => meta_kind(e),
             Error::Txn(_) => Kind::Internal,
@@ -163,7 +183,17 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             other => other.kind().status(),
+        }
+    }
+
+    /// The transaction a commit in doubt is: the id a client looks the outcome up by.
+    pub fn in_doubt_txn_id(&self) -> Option<u64> {
+        match self {
+            Error::Table(e) => e.in_doubt_txn_id(),
+            Error::KeyInDoubt { txn_id, .. } => Some(*txn_id),
+            _ => None,
         }
     }
 
@@ -236,6 +266,9 @@ fn table_kind(e: &tern_table::Error) -> Kind {
         T::UnknownTable { .. } | T::VersionNotRetained { .. } => Kind::NotFound,
         // Statements that write go to the group's primary.
         T::ReadOnlyReplica { .. } => Kind::Conflict,
+        // Another request with the same key committed first (the API answers with its
+        // outcome; this is only seen if that key was pruned meanwhile).
+        T::IdempotencyKeyTaken { .. } => Kind::Conflict,
         // Fenced: write elsewhere (409, with the redirect); paused: retry here (503).
         T::NotWritable(r) if r.paused => Kind::Unavailable,
         T::NotWritable(_) => Kind::Conflict,

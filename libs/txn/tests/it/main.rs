@@ -4,6 +4,7 @@
 mod common;
 mod concurrency;
 mod crash;
+mod idempotency;
 mod log_write;
 mod nan;
 mod reader;

@@ -1,0 +1,136 @@
+//! The in-process daemon the tests talk to: opened on a temporary folder, its router
+//! served on a loopback port, requests over plain HTTP/1.1 with the operator's token.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use ternd::config::Config;
+use ternd::daemon::Daemon;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const OPERATOR: &str = "operator-secret-for-tests";
+pub const TBL: &str = "/v1/accounts/acme/databases/sales/schemas/public/tables/orders";
+
+pub fn config(home: &Path) -> Config {
+    let h = home.display();
+    let text = format!(
+        r#"deployment_id = "d1"
+listen = "127.0.0.1:0"
+metadata_path = "{h}/meta.db"
+operator_token = "{OPERATOR}"
+[volume]
+url = "file://{h}/volume"
+[replication]
+url = "file://{h}/replication"
+[keys]
+kind = "local"
+dir = "{h}/keys"
+"#
+    );
+    let path = home.join("d1.toml");
+    std::fs::create_dir_all(home).expect("home");
+    std::fs::write(&path, text).expect("config");
+    Config::load(Some(&path), std::iter::empty()).expect("valid config")
+}
+
+/// A daemon's router served on a loopback port until the returned handle is aborted.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn serve(d: Arc<Daemon>) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = ternd::api::router(d);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    Served { addr, task }
+}
+
+/// One request (Connection: close); the status and the JSON body.
+pub async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
+    let r = call_with(addr, method, path, body, &[]).await;
+    (r.status, r.body)
+}
+
+/// An answer: its status, its head (status line and headers, lower-cased) and JSON body.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Value,
+}
+
+/// One request with extra `headers` (name, value).
+pub async fn call_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {OPERATOR}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").expect("response head");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    // Bodies are JSON, sent whole or chunked: take from the first brace to the last.
+    let json = match (rest.find(['{', '[']), rest.rfind(['}', ']'])) {
+        (Some(a), Some(b)) => serde_json::from_str(&rest[a..=b]).expect("JSON body"),
+        _ => Value::Null,
+    };
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: json,
+    }
+}
+
+pub fn ids(scan: &Value) -> Vec<i64> {
+    let mut ids: Vec<i64> = scan["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Account `acme`, database `sales` and table `orders (id int64 not null)`.
+pub async fn create_orders(addr: std::net::SocketAddr) {
+    for (path, body) in [
+        ("/v1/accounts", r#"{"name":"acme"}"#),
+        ("/v1/accounts/acme/databases", r#"{"name":"sales"}"#),
+        (
+            "/v1/accounts/acme/databases/sales/schemas/public/tables",
+            r#"{"name":"orders","columns":[{"name":"id","type":"int64","nullable":false}]}"#,
+        ),
+    ] {
+        let (status, v) = call(addr, "POST", path, body).await;
+        assert_eq!(status, 201, "{path}: {v}");
+    }
+}
