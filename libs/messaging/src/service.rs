@@ -333,7 +333,7 @@ impl Context {
     }
 
     /// How long the receiver waits before it looks again.
-    pub(crate) fn receive_wait(&self) -> Duration {
+    pub fn receive_wait(&self) -> Duration {
         let r = *self
             .reply_until
             .lock()

@@ -366,3 +366,67 @@ async fn api_errors_have_kinds_on_folder() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
 }
+
+/// While a reply is expected (`Context::expect_reply`: a request went out) the receiver
+/// looks every `reply_poll_interval`: with a poll interval of an hour, the answer is read
+/// at once only because of that; once the window is over it waits the hour again.
+#[tokio::test]
+async fn an_expected_reply_is_read_without_waiting_for_the_poll_interval() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use tern_messaging::worker::{drain, run};
+    use tern_messaging::{Receiver, Sender};
+
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let mut d2 = Node::new(
+        "d2",
+        Kind::Folder,
+        &clock,
+        Some(&d1.keys_dir),
+        Recorder::default(),
+    )
+    .await;
+    d2.config.poll_interval = Duration::from_secs(3600);
+    d2.config.reply_poll_interval = Duration::from_millis(10);
+    d2.config.reply_window = Duration::from_millis(300);
+    connect(&d1, &d2).await;
+    let c2 = d2.context(CrashPoints::new());
+    assert_eq!(c2.receive_wait(), Duration::from_secs(3600));
+    let mut sender: Sender = sender(&d1, &d2, CrashPoints::new());
+    let received = || c2.counters().files_received.load(Ordering::SeqCst);
+    // A first message is read at the receiver's first look; then it sleeps for an hour.
+    sender
+        .send(Draft::new(TYPE, payload("first")))
+        .await
+        .unwrap();
+    drain(&mut sender).await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut receiver = Receiver::new(c2.clone(), Arc::clone(&d2.bucket.store));
+    let task = tokio::spawn(async move { run(&mut receiver, stop, Duration::ZERO).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while received() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the first file");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The answer to a request lands: it is read within the reply poll interval.
+    sender
+        .send(Draft::new(TYPE, payload("answer")))
+        .await
+        .unwrap();
+    drain(&mut sender).await.unwrap();
+    c2.expect_reply();
+    assert_eq!(c2.receive_wait(), Duration::from_millis(10));
+    while received() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(c2.receive_wait(), Duration::from_secs(3600), "window over");
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
