@@ -526,7 +526,7 @@ pub(crate) fn join_group(
 
 /// The group state of `db`, made from the database row when there is none yet (databases
 /// replicated before epochs were kept).
-fn group_of(
+pub(crate) fn group_of(
     tx: &mut MetaTxn<'_>,
     db: &DatabaseDpo,
     me: &DeploymentId,

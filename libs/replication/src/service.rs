@@ -319,9 +319,18 @@ pub struct ReplicaStatus {
     pub upstream: DeploymentId,
     /// Versions behind the newest upstream versions known here (summed over tables).
     pub versions_behind: u64,
-    /// Milliseconds between the newest upstream commit known here and the newest one
-    /// applied (0 when caught up).
+    /// Transactions behind the primary's last heartbeat.
+    #[serde(default)]
+    pub txns_behind: u64,
+    /// How far the data here trails the primary as last heard of (heartbeat or
+    /// shipment): the newest known primary commit minus the newest applied when behind,
+    /// and never less than the primary's silence beyond two heartbeat intervals — a silent
+    /// upstream shows a growing lag, never 0.
     pub lag_ms: i64,
+    /// How long ago the primary's state was last heard (heartbeat); `None` before the
+    /// first.
+    #[serde(default)]
+    pub staleness_ms: Option<i64>,
     /// When the last refresh was imported.
     pub last_refresh_at_ms: Option<i64>,
     /// A refresh asked for and not imported yet (its reason).
@@ -334,6 +343,34 @@ pub struct ReplicaStatus {
     pub bytes_copied: u64,
     /// The last error.
     pub last_error: Option<String>,
+}
+
+/// A replica's lag (see [`ReplicaStatus::lag_ms`]): `behind` of the primary's last known
+/// state whose newest commit is `newest`, the newest applied here `applied`, the primary
+/// last heard `staleness_ms` ago.
+pub fn replica_lag_ms(
+    behind: bool,
+    newest: Option<i64>,
+    applied: Option<i64>,
+    staleness_ms: Option<i64>,
+    heartbeat_interval: Duration,
+    now: i64,
+) -> i64 {
+    let trailing = if behind {
+        match (newest, applied) {
+            (Some(u), Some(a)) => (u - a).max(0),
+            (Some(u), None) => (now - u).max(0),
+            _ => 0,
+        }
+    } else {
+        0
+    };
+    // Heard within two heartbeats: as fresh as this deployment can know. Beyond, what
+    // the primary committed meanwhile is unknown: the silence counts.
+    let expected =
+        i64::try_from(heartbeat_interval.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
+    let silent = staleness_ms.filter(|s| *s > expected).unwrap_or(0);
+    trailing.max(silent)
 }
 
 /// `show replication status`: one replica a peer keeps of a local database.
@@ -1089,16 +1126,18 @@ impl Replication {
             let outbox = tx.scan_prefix::<OutboxDpo>(&state::outbox_all())?.len();
             let mut r = Vec::new();
             for (_, rep) in replicas {
-                let name = tx
-                    .get_database(&rep.database)?
-                    .map(|d| d.name)
-                    .unwrap_or_default();
+                let db = tx.get_database(&rep.database)?;
+                let beat = match &db {
+                    Some(d) => crate::failover::group_of(tx, d, self.me())?.primary_beat,
+                    None => None,
+                };
+                let name = db.map(|d| d.name).unwrap_or_default();
                 let mut behind = 0;
                 for (t, v) in &rep.upstream_versions {
                     let have = tx.get_table(t)?.map_or(0, |t| t.current_version);
                     behind += v.saturating_sub(have);
                 }
-                r.push((name, behind, rep));
+                r.push((name, behind, beat, rep));
             }
             let mut d = Vec::new();
             for (_, down) in downs {
@@ -1112,27 +1151,37 @@ impl Replication {
         })?;
         let replicas = replicas
             .into_iter()
-            .map(|(name, behind, r)| ReplicaStatus {
-                database: name,
-                account: r.account,
-                group: r.group,
-                upstream: r.upstream,
-                versions_behind: behind,
-                lag_ms: if behind == 0 {
-                    0
-                } else {
-                    match (r.upstream_commit_at_ms, r.applied_commit_at_ms) {
-                        (Some(u), Some(a)) => (u - a).max(0),
-                        (Some(u), None) => (now - u).max(0),
-                        _ => 0,
-                    }
-                },
-                last_refresh_at_ms: r.last_refresh_at_ms,
-                refresh_pending: r.refresh.map(|p| p.reason),
-                refreshes: r.refreshes,
-                records_applied: r.records_applied,
-                bytes_copied: r.bytes_copied,
-                last_error: r.last_error,
+            .map(|(name, behind, beat, r)| {
+                let txns_behind = beat
+                    .as_ref()
+                    .map_or(0, |b| b.seq.saturating_sub(r.applied_seq));
+                let staleness_ms = beat.as_ref().map(|b| (now - b.heard_at_ms).max(0));
+                let newest = r
+                    .upstream_commit_at_ms
+                    .max(beat.as_ref().and_then(|b| b.commit_at_ms));
+                ReplicaStatus {
+                    lag_ms: replica_lag_ms(
+                        behind > 0 || txns_behind > 0,
+                        newest,
+                        r.applied_commit_at_ms,
+                        staleness_ms,
+                        self.config().heartbeat_interval,
+                        now,
+                    ),
+                    database: name,
+                    account: r.account,
+                    group: r.group,
+                    upstream: r.upstream,
+                    versions_behind: behind,
+                    txns_behind,
+                    staleness_ms,
+                    last_refresh_at_ms: r.last_refresh_at_ms,
+                    refresh_pending: r.refresh.map(|p| p.reason),
+                    refreshes: r.refreshes,
+                    records_applied: r.records_applied,
+                    bytes_copied: r.bytes_copied,
+                    last_error: r.last_error,
+                }
             })
             .collect();
         let mut downstream = Vec::new();
@@ -1270,4 +1319,40 @@ fn require_account(tx: &mut MetaTxn<'_>, account: &AccountId) -> tern_meta::Resu
             what: "account",
             name: account.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_trail_behind_the_primary_or_its_silence_never_zero_when_silent() {
+        let hb = Duration::from_millis(100);
+        // Caught up, heard a moment ago: no lag.
+        assert_eq!(
+            replica_lag_ms(false, Some(900), Some(900), Some(50), hb, 1_000),
+            0
+        );
+        // Behind: the newest known primary commit minus the newest applied.
+        assert_eq!(
+            replica_lag_ms(true, Some(900), Some(600), Some(50), hb, 1_000),
+            300
+        );
+        // Nothing applied yet: since the newest known commit.
+        assert_eq!(
+            replica_lag_ms(true, Some(900), None, Some(50), hb, 1_000),
+            100
+        );
+        // Silent past two heartbeats: the silence, even with nothing known to be behind.
+        assert_eq!(
+            replica_lag_ms(false, Some(900), Some(900), Some(5_000), hb, 10_000),
+            5_000
+        );
+        assert_eq!(
+            replica_lag_ms(true, Some(900), Some(800), Some(5_000), hb, 10_000),
+            5_000
+        );
+        // Never heard: only what is known.
+        assert_eq!(replica_lag_ms(false, None, None, None, hb, 10_000), 0);
+    }
 }

@@ -670,11 +670,20 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
     };
     counter(
         "tern_replication_lag_seconds",
-        "Per secondary replica: time between the newest upstream commit known here and the newest applied.",
+        "Per secondary replica: how far its data trails the primary as last heard of (newest known commit minus newest applied; a silent primary's silence beyond two heartbeats counts).",
         "gauge",
         rs.replicas
             .iter()
             .map(|r| (replica(r), r.lag_ms as f64 / 1000.0))
+            .collect(),
+    );
+    counter(
+        "tern_replication_staleness_seconds",
+        "Per secondary replica: how long ago the primary's state (heartbeat) was last heard; absent before the first.",
+        "gauge",
+        rs.replicas
+            .iter()
+            .filter_map(|r| Some((replica(r), r.staleness_ms? as f64 / 1000.0)))
             .collect(),
     );
     counter(

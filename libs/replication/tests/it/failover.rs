@@ -1353,6 +1353,38 @@ async fn a_switchover_cut_short_by_a_crash_releases_the_primary_and_can_be_done_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_primary_shows_a_growing_lag_never_zero() {
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(fast()).await;
+    assert!(write(&d1, &t, 0..10, "a").await);
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let status = || async { d2.repl.status().await.unwrap().replicas[0].clone() };
+    eventually(WAIT, "d2 caught up and hearing d1", || async {
+        let s = status().await;
+        s.lag_ms == 0 && s.versions_behind == 0 && s.staleness_ms.is_some()
+    })
+    .await;
+    // The primary goes silent: nothing new is known, so nothing is "behind" — but the lag
+    // grows with the silence.
+    d1.kill().await;
+    eventually(WAIT, "the lag to grow past a second", || async {
+        let s = status().await;
+        s.versions_behind == 0 && s.lag_ms > 1_000 && s.staleness_ms.is_some_and(|a| a >= s.lag_ms)
+    })
+    .await;
+    d2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_switchover_whose_candidate_dies_after_winning_ends_and_the_primary_writes_again() {
     // The handoff ends after switchover_timeout + vote_timeout (3 s here).
     let config = ReplicationConfig {
