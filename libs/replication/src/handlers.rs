@@ -151,6 +151,7 @@ impl Handler for ReplHandler {
                                 response_id: placeholder.clone(),
                                 received_at_ms: now,
                                 attempts: 0,
+                                retry: Default::default(),
                             },
                         )?;
                     }
@@ -202,6 +203,7 @@ impl Handler for ReplHandler {
                                 response: response.clone(),
                                 received_at_ms: at,
                                 attempts: 0,
+                                retry: Default::default(),
                             },
                         )?;
                     }

@@ -53,6 +53,7 @@ pub mod crash;
 mod error;
 pub mod failover;
 pub mod handlers;
+pub mod jobs;
 pub mod local;
 pub mod model;
 pub mod peers;

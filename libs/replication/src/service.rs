@@ -46,6 +46,12 @@ pub struct ReplicationConfig {
     /// A log shipment whose payload is larger than this travels as a body file (it is
     /// sent inline otherwise).
     pub ship_inline_max_bytes: usize,
+    /// Attempts of a copy or import job before it is marked failed (see
+    /// [`crate::jobs`]).
+    pub job_attempts: u32,
+    /// Wait after a job's first failed attempt (doubling after each, at most 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub job_backoff: Duration,
     /// A log record that cannot be applied yet (an earlier one is missing) is retried this
     /// many times; then the replica asks for a refresh instead.
     pub gap_attempts: u32,
@@ -85,6 +91,8 @@ impl Default for ReplicationConfig {
             copy_concurrency: 4,
             ship_batch: 64,
             ship_inline_max_bytes: 256 << 10,
+            job_attempts: 5,
+            job_backoff: Duration::from_secs(1),
             gap_attempts: 3,
             heartbeat_interval: Duration::from_secs(5),
             unavailable_after: Duration::from_secs(30),
@@ -100,10 +108,14 @@ impl Default for ReplicationConfig {
 impl ReplicationConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        if self.copy_concurrency == 0 || self.ship_batch == 0 || self.ship_inline_max_bytes == 0 {
+        if self.copy_concurrency == 0
+            || self.ship_batch == 0
+            || self.ship_inline_max_bytes == 0
+            || self.job_attempts == 0
+        {
             return Err(Error::invalid(
                 "replication config",
-                "copy_concurrency, ship_batch and ship_inline_max_bytes must be at least 1",
+                "copy_concurrency, ship_batch, ship_inline_max_bytes and job_attempts must be at least 1",
             ));
         }
         if self.heartbeat_interval.is_zero()
@@ -148,6 +160,8 @@ pub struct Counters {
     pub records_skipped: AtomicU64,
     /// Log shipments an earlier attempt left unfinished, abandoned and shipped again.
     pub shipments_retried: AtomicU64,
+    /// Copy and import jobs given up after their attempts.
+    pub jobs_failed: AtomicU64,
     /// Snapshots served.
     pub snapshots_served: AtomicU64,
     /// Snapshots imported.
@@ -414,6 +428,9 @@ pub struct Status {
     pub snapshot_jobs: u64,
     /// Snapshot responses waiting to be imported.
     pub import_jobs: u64,
+    /// Every copy and import job, with its attempts and state.
+    #[serde(default)]
+    pub jobs: Vec<crate::jobs::JobStatus>,
     /// Messages waiting in the outbox.
     pub outbox: u64,
     /// Cumulative figures since start, by name.
@@ -1220,6 +1237,7 @@ impl Replication {
             ("records_applied", &c.records_applied),
             ("records_skipped", &c.records_skipped),
             ("shipments_retried", &c.shipments_retried),
+            ("jobs_failed", &c.jobs_failed),
             ("snapshots_served", &c.snapshots_served),
             ("snapshots_imported", &c.snapshots_imported),
             ("refreshes_requested", &c.refreshes_requested),
@@ -1239,6 +1257,7 @@ impl Replication {
             downstream,
             snapshot_jobs: snap as u64,
             import_jobs: import as u64,
+            jobs: self.jobs()?,
             outbox: outbox as u64,
             counters,
         })

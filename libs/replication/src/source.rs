@@ -168,14 +168,23 @@ impl Replication {
     pub(crate) async fn serve_snapshots(&self, peers: &dyn Peers) -> Result<usize> {
         // The oldest job of a peer that is not backing off: a peer whose storage fails
         // holds up no other peer's refresh.
+        // A job backing off or failed (a poison request) holds up none behind it either.
+        let now = self.now();
         let jobs = self
             .meta()
             .read(|tx| tx.scan_prefix::<SnapshotJobDpo>(&keys::snapshot_jobs()))?;
-        let Some((key, job)) = jobs.into_iter().find(|(_, j)| !self.backing_off(&j.peer)) else {
+        let Some((key, job)) = jobs
+            .into_iter()
+            .find(|(_, j)| j.retry.due(now) && !self.backing_off(&j.peer))
+        else {
             return Ok(0);
         };
         if let Err(e) = self.serve_snapshot(&key, job.clone(), peers).await {
             self.peer_failed(&job.peer);
+            // The attempt was counted when it began.
+            self.job_attempt_failed(&key, &e, |j: &mut SnapshotJobDpo| {
+                (j.attempts, &mut j.retry)
+            })?;
             tracing::warn!(peer = %job.peer, request = %job.request.request_id, error = %e, "snapshot failed; will retry");
             if let Some(db) = self.local_database(&job.request.group)? {
                 let msg = e.to_string();

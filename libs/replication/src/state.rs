@@ -211,6 +211,9 @@ pub struct SnapshotJobDpo {
     pub received_at_ms: i64,
     /// Attempts so far.
     pub attempts: u32,
+    /// Failed attempts: backing off, or given up.
+    #[serde(default, skip_serializing_if = "crate::jobs::JobRetry::is_fresh")]
+    pub retry: crate::jobs::JobRetry,
 }
 impl_dpo!(SnapshotJobDpo, "snapshot job");
 
@@ -225,6 +228,9 @@ pub struct ImportJobDpo {
     pub received_at_ms: i64,
     /// Attempts so far.
     pub attempts: u32,
+    /// Failed attempts: backing off, or given up.
+    #[serde(default, skip_serializing_if = "crate::jobs::JobRetry::is_fresh")]
+    pub retry: crate::jobs::JobRetry,
 }
 impl_dpo!(ImportJobDpo, "import job");
 

@@ -297,10 +297,12 @@ impl Replication {
     /// deletes it off the import path: unlinking gigabytes can take seconds, and the next
     /// response should not wait for that).
     pub(crate) async fn import_snapshots(&self) -> Result<(usize, Option<InboundCleanup>)> {
+        // The oldest job that is due: one backing off or failed blocks none behind it.
+        let now = self.now();
         let jobs = self
             .meta()
-            .read(|tx| tx.scan_prefix_limit::<ImportJobDpo>(&keys::import_jobs(), 1))?;
-        let Some((key, job)) = jobs.into_iter().next() else {
+            .read(|tx| tx.scan_prefix::<ImportJobDpo>(&keys::import_jobs()))?;
+        let Some((key, job)) = jobs.into_iter().find(|(_, j)| j.retry.due(now)) else {
             return Ok((0, None));
         };
         // A failover waits for an import under way to finish (never half-imported).
@@ -337,6 +339,10 @@ impl Replication {
             Err(e) => {
                 let msg = e.to_string();
                 self.with_replica(&job.response.group, |r| r.last_error = Some(msg.clone()))?;
+                self.job_attempt_failed(&key, &e, |j: &mut ImportJobDpo| {
+                    j.attempts += 1;
+                    (j.attempts, &mut j.retry)
+                })?;
                 return Err(e);
             }
         }
@@ -509,7 +515,7 @@ impl Replication {
     }
 
     /// Marks the refresh of `job` done (figures when it imported something).
-    fn finish_refresh(
+    pub(crate) fn finish_refresh(
         &self,
         job: &ImportJobDpo,
         imported: Option<(BTreeMap<TableId, u64>, u64, u64)>,

@@ -70,6 +70,9 @@ enum Command {
     /// Conflict records: what an old primary committed past a failover, kept for failback.
     #[command(subcommand)]
     Conflicts(ConflictsCmd),
+    /// Copy (snapshot) and import jobs: list them, retry or abandon a failed one.
+    #[command(subcommand)]
+    Replication(ReplicationCmd),
     /// Insert JSON rows (an array of objects, from --rows or stdin).
     Insert {
         /// account.database[.schema].table
@@ -382,6 +385,18 @@ enum ConflictsCmd {
     Apply { id: String },
     /// Do not apply it: the record stays as history, its files are deleted.
     Discard { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicationCmd {
+    /// Every copy and import job here: attempts, state (waiting, backing_off, failed),
+    /// last error.
+    Jobs,
+    /// Take a job up again at once, with fresh attempts.
+    Retry { id: String },
+    /// Give a job up: an import's files are deleted and a new refresh asked; a copy
+    /// job's request is dropped (its replica asks again).
+    Abandon { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -976,6 +991,36 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     output::print(&output::table(&cols, &rows));
                 }
             }
+        }
+        Command::Replication(ReplicationCmd::Jobs) => {
+            let v = c.get("/v1/replication/jobs").await?;
+            print_list(
+                &v,
+                "jobs",
+                &[
+                    "kind",
+                    "id",
+                    "peer",
+                    "group",
+                    "attempts",
+                    "state",
+                    "next_attempt_at_ms",
+                    "last_error",
+                ],
+                json_out,
+            );
+        }
+        Command::Replication(ReplicationCmd::Retry { id }) => {
+            let v = c
+                .post(&format!("/v1/replication/jobs/{id}/retry"), &json!({}))
+                .await?;
+            print_value(&v, json_out);
+        }
+        Command::Replication(ReplicationCmd::Abandon { id }) => {
+            let v = c
+                .post(&format!("/v1/replication/jobs/{id}/abandon"), &json!({}))
+                .await?;
+            print_value(&v, json_out);
         }
         Command::Conflicts(ConflictsCmd::Apply { id }) => {
             let v = c

@@ -332,6 +332,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(&format!("{acct}/replicas"), post(create_replica))
         .route(&format!("{acct}/replicas/{{db}}"), delete(drop_replica))
         .route("/v1/replication/status", get(replication_status))
+        .route("/v1/replication/jobs", get(replication_jobs))
+        .route(
+            "/v1/replication/jobs/{id}/{action}",
+            post(replication_job_action),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -711,6 +716,20 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
                     r.records_behind as f64,
                 )
             })
+            .collect(),
+    );
+    let mut jobs: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for j in &rs.jobs {
+        *jobs
+            .entry((enum_name(&j.kind), enum_name(&j.state)))
+            .or_default() += 1.0;
+    }
+    counter(
+        "tern_replication_jobs",
+        "Copy (snapshot) and import jobs by state: waiting, backing_off, failed (a failed job waits for `tern replication retry|abandon`).",
+        "gauge",
+        jobs.into_iter()
+            .map(|((k, st), n)| (format!("{{kind=\"{k}\",state=\"{st}\"}}"), n))
             .collect(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response())
@@ -2095,6 +2114,40 @@ async fn resolve_connection(
 }
 
 /// `show replication status` (operator).
+/// A unit enum's serde name (`backing_off`).
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Every copy and import job (operator).
+async fn replication_jobs(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    Ok(axum::Json(json!({ "jobs": d.replication.jobs()? })))
+}
+
+/// `retry` or `abandon` a copy or import job (operator).
+async fn replication_job_action(
+    State(d): St,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let job = match action.as_str() {
+        "retry" => d.replication.retry_job(&id)?,
+        "abandon" => d.replication.abandon_job(&id).await?,
+        other => {
+            return Err(
+                Error::Invalid(format!("job action {other:?}: expected retry or abandon")).into(),
+            );
+        }
+    };
+    let v = serde_json::to_value(&job).map_err(|e| Error::internal("encode job")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
 async fn replication_status(State(d): St, headers: HeaderMap) -> ApiResult {
     operator(&d, &headers)?;
     let status = d.replication.status().await?;

@@ -225,6 +225,37 @@ pub async fn same_rows(primary: &Node, replica: &Node, tables: &[TableId]) {
     }
 }
 
+/// Deployment `id` (joining the GMK in `keys`) whose replication bucket — what it
+/// reads of its peers' messages and inbound files — fails as `plan` says.
+pub async fn open_through(
+    root: &FsPath,
+    id: &str,
+    keys: &FsPath,
+    plan: &tern_storage::FaultPlan,
+    replication: ReplicationConfig,
+) -> Node {
+    let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(tern_storage::FaultStore::new(
+            tern_replication::local::folder(&root.join(id).join("repl")).unwrap(),
+            plan.clone(),
+        ));
+    let volume = tern_replication::local::folder(&root.join(id).join("volume")).unwrap();
+    LocalDeployment::open_on(
+        root,
+        id,
+        Some(keys),
+        tern_replication::local::LocalOptions {
+            replication,
+            messaging: messaging_config(),
+            txn: tern_txn::TxnOptions::default(),
+        },
+        volume,
+        bucket,
+    )
+    .await
+    .unwrap()
+}
+
 /// Makes `sales` of `a1` on `primary` global and creates its replica in a new global
 /// account `a2` of `replica`.
 pub async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_group: &str) {

@@ -84,26 +84,7 @@ async fn leased_write(n: &Node, t: &TableId) {
 /// d2 (joining d1's keys under `root`) with its own replication bucket behind a store
 /// that injects `plan`'s faults.
 async fn open_d2_through(root: &FsPath, keys: &FsPath, plan: &tern_storage::FaultPlan) -> Node {
-    let bucket: std::sync::Arc<dyn object_store::ObjectStore> =
-        std::sync::Arc::new(tern_storage::FaultStore::new(
-            tern_replication::local::folder(&root.join("d2").join("repl")).unwrap(),
-            plan.clone(),
-        ));
-    let volume = tern_replication::local::folder(&root.join("d2").join("volume")).unwrap();
-    tern_replication::local::LocalDeployment::open_on(
-        root,
-        "d2",
-        Some(keys),
-        tern_replication::local::LocalOptions {
-            replication: fast(),
-            messaging: messaging_config(),
-            txn: tern_txn::TxnOptions::default(),
-        },
-        volume,
-        bucket,
-    )
-    .await
-    .unwrap()
+    open_through(root, "d2", keys, plan, fast()).await
 }
 
 async fn open3(root: &FsPath) -> (Node, Node, Node) {

@@ -839,3 +839,99 @@ async fn a_shipment_a_crash_left_unfinished_is_shipped_again_not_taken_as_sent()
     d1.stop().await;
     d2.stop().await;
 }
+
+/// An import that cannot succeed (its inbound files are gone) backs off, is marked
+/// failed after its attempts — visible, skipped — while another replica's import goes
+/// on; the operator's retry takes it up again, and abandoning it asks for a new refresh
+/// that brings the replica up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_import_fails_visibly_and_blocks_no_other_import() {
+    use tern_replication::jobs::{JobKind, JobState};
+    use tern_storage::{Fault, FaultPlan, FaultRule, Operation};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = ReplicationConfig {
+        job_attempts: 2,
+        job_backoff: Duration::from_millis(50),
+        refresh_interval: Duration::ZERO,
+        ..repl_config()
+    };
+    let mut d1 = open_with(root, "d1", None, config.clone()).await;
+    let keys = root.join("d1").join("keys");
+    let plan = FaultPlan::new();
+    let mut d2 = open_through(root, "d2", &keys, &plan, config).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    let hr = d1.create_database(&a1, "hr").unwrap();
+    d1.tables.create_schema(&hr, "public").await.unwrap();
+    let h = d1
+        .tables
+        .create_table(&hr, "public", "h", columns())
+        .await
+        .unwrap();
+    d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
+    d1.tables.insert(&h, &[batch(0..10, "a")]).await.unwrap();
+    // The replica of sales is made while d2 cannot read what d1 puts in its inbound
+    // stage; the files of that import are then lost for good.
+    let blind = plan.arm(
+        FaultRule::on(Operation::Get)
+            .under("from/d1/inbound")
+            .always()
+            .fault(Fault::Fail),
+    );
+    replicate(&d1, &a1, &d2, &account_group).await;
+    let import = || {
+        d2.repl
+            .jobs()
+            .unwrap()
+            .into_iter()
+            .find(|j| j.kind == JobKind::Import)
+    };
+    eventually(WAIT, "the import of sales", || async { import().is_some() }).await;
+    let poison = import().unwrap().id;
+    std::fs::remove_dir_all(
+        root.join("d2")
+            .join("repl")
+            .join("from")
+            .join("d1")
+            .join("inbound")
+            .join(&poison),
+    )
+    .unwrap();
+    plan.disarm(blind);
+    eventually(WAIT, "the poison import to be given up", || async {
+        import().is_some_and(|j| j.id == poison && j.state == JobState::Failed && j.attempts == 2)
+    })
+    .await;
+    let failed = import().unwrap();
+    assert!(failed.last_error.is_some(), "{failed:?}");
+    assert_eq!(d2.repl.status().await.unwrap().counters["jobs_failed"], 1);
+    // Another replica's import is not held up by it.
+    let hr_group = d1.repl.enable_replication(&a1, "hr").unwrap();
+    knows(&d2, &hr_group, "d1").await;
+    let a2 = AccountId::new("a2").unwrap();
+    d2.repl.create_replica(&a2, "hr", &hr_group, None).unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&h)).await;
+    assert_eq!(import().map(|j| j.state), Some(JobState::Failed));
+    // Retried, it runs its attempts again (and fails again: its files are gone).
+    let retried = d2.repl.retry_job(&poison).unwrap();
+    assert_eq!((retried.attempts, retried.state), (0, JobState::Waiting));
+    eventually(WAIT, "the retried import to fail again", || async {
+        import().is_some_and(|j| j.state == JobState::Failed && j.attempts == 2)
+    })
+    .await;
+    // Abandoned, its folder goes and a new refresh brings sales up.
+    d2.repl.abandon_job(&poison).await.unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, &[t.clone(), h.clone()]).await;
+    assert!(d2.repl.jobs().unwrap().is_empty());
+    d1.stop().await;
+    d2.stop().await;
+}
