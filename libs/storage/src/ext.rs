@@ -34,6 +34,9 @@ pub trait StoreExt {
     async fn meta(&self, path: &Path) -> Result<ObjectMeta>;
     /// Every object under `prefix`, sorted by path.
     async fn list_sorted(&self, prefix: &Path) -> Result<Vec<ObjectMeta>>;
+    /// Objects under `prefix` whose path sorts after `offset`, by path (S3 starts the
+    /// listing there: the cost follows what is after the offset, not the whole prefix).
+    async fn list_sorted_after(&self, prefix: &Path, offset: &Path) -> Result<Vec<ObjectMeta>>;
     /// Delete `path`, succeeding when it is already absent (S3 does not say which it was).
     async fn delete_idempotent(&self, path: &Path) -> Result<()>;
     /// Delete every object under `prefix`; returns how many there were.
@@ -90,6 +93,16 @@ impl<T: ObjectStore + ?Sized> StoreExt for T {
     async fn list_sorted(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
         let mut all: Vec<ObjectMeta> = self
             .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::from_store(Operation::List, prefix, e))?;
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(all)
+    }
+
+    async fn list_sorted_after(&self, prefix: &Path, offset: &Path) -> Result<Vec<ObjectMeta>> {
+        let mut all: Vec<ObjectMeta> = self
+            .list_with_offset(Some(prefix), offset)
             .try_collect()
             .await
             .map_err(|e| Error::from_store(Operation::List, prefix, e))?;

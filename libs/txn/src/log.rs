@@ -171,9 +171,17 @@ pub(crate) async fn list(
     from_id: u64,
 ) -> Result<Vec<u64>> {
     let prefix = layout::volume::txlog_prefix(account);
-    let mut ids: Vec<u64> = volume
-        .list_sorted(&prefix)
-        .await?
+    // Record names are zero-padded ids: the listing starts after the one before
+    // `from_id` (a shipper's cursor), not at the beginning of the log.
+    let listed = match from_id.checked_sub(1) {
+        Some(before) => {
+            volume
+                .list_sorted_after(&prefix, &layout::volume::txlog(account, before))
+                .await?
+        }
+        None => volume.list_sorted(&prefix).await?,
+    };
+    let mut ids: Vec<u64> = listed
         .iter()
         .filter_map(|m| m.location.filename().and_then(layout::volume::parse_txlog))
         .filter(|id| *id >= from_id)
@@ -185,6 +193,42 @@ pub(crate) async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn listing_from_an_id_starts_there_and_keeps_it() {
+        use object_store::ObjectStoreExt as _;
+        let volume: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let a = AccountId::new("acme").unwrap();
+        for id in [1, 2, 7, 9, 10, 100, 1_000] {
+            volume
+                .put(&layout::volume::txlog(&a, id), b"x".to_vec().into())
+                .await
+                .unwrap();
+        }
+        // Another account's log and a stray object are not records of this one.
+        volume
+            .put(
+                &layout::volume::txlog(&AccountId::new("other").unwrap(), 8),
+                b"x".to_vec().into(),
+            )
+            .await
+            .unwrap();
+        volume
+            .put(
+                &layout::volume::txlog_prefix(&a).join("notes.txt"),
+                b"x".to_vec().into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            list(&volume, &a, 0).await.unwrap(),
+            [1, 2, 7, 9, 10, 100, 1_000]
+        );
+        assert_eq!(list(&volume, &a, 7).await.unwrap(), [7, 9, 10, 100, 1_000]);
+        assert_eq!(list(&volume, &a, 8).await.unwrap(), [9, 10, 100, 1_000]);
+        assert_eq!(list(&volume, &a, 101).await.unwrap(), [1_000]);
+        assert!(list(&volume, &a, 1_001).await.unwrap().is_empty());
+    }
 
     /// The plaintext format is pinned: a change here is a format change.
     #[test]
