@@ -286,7 +286,7 @@ pub struct Rewind {
 impl_dpo!(GroupDpo, "database group");
 
 impl GroupDpo {
-    fn new(group: &str, primary: &DeploymentId, epoch: u64) -> Self {
+    pub(crate) fn new(group: &str, primary: &DeploymentId, epoch: u64) -> Self {
         Self {
             group: group.to_string(),
             epoch,

@@ -52,6 +52,8 @@ pub mod copy;
 pub mod crash;
 mod error;
 pub mod failover;
+#[cfg(test)]
+mod golden;
 pub mod handlers;
 pub mod jobs;
 pub mod local;

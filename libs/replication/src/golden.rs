@@ -1,0 +1,110 @@
+//! Stored rows and wire payloads of replication, pinned: a change to any of these bytes
+//! is a format change (a peer or a metadata store of the previous build must still read
+//! it), to be made on purpose with a version bump or a `serde(default)` field.
+
+use std::collections::BTreeMap;
+
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
+
+use crate::failover::{GroupDpo, Handoff, Rewind};
+use crate::jobs::JobRetry;
+use crate::model::{PAYLOAD_VERSION, VoteRequest, encode};
+use crate::state::{DownstreamDpo, PendingRefresh, ReplicaDpo, Shipping};
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    String::from_utf8(encode(v).unwrap()).unwrap()
+}
+
+#[test]
+fn stored_rows_are_golden() {
+    let d1 = DeploymentId::new("d1").unwrap();
+    let mut g = GroupDpo::new("g1", &d1, 3);
+    g.handoff = Some(Handoff {
+        to: DeploymentId::new("d2").unwrap(),
+        since_ms: 10,
+        txn: 7,
+    });
+    g.rewind = Some(Rewind {
+        keep: true,
+        epoch: 2,
+    });
+    assert_eq!(
+        json(&g),
+        r#"{"group":"g1","epoch":3,"primary":"d1","claim":null,"policy":{"block_commits_beyond_rpo":false,"auto_failover":false},"primary_beat":null,"acks":{},"promised":3,"members":[],"since_ms":0,"promised_to":null,"excluded":[],"handoff":{"to":"d2","since_ms":10,"txn":7},"rewind":{"keep":true,"epoch":2}}"#
+    );
+    let mut r = ReplicaDpo::new(
+        DatabaseId::new("db1").unwrap(),
+        AccountId::new("a2").unwrap(),
+        "g1".into(),
+        d1.clone(),
+        true,
+        PendingRefresh {
+            request_id: "rq-d2-1".into(),
+            sent: false,
+            asked_at_ms: 5,
+            reason: "new replica".into(),
+        },
+    );
+    r.upstream_versions = BTreeMap::from([(TableId::new("t1").unwrap(), 4)]);
+    assert_eq!(
+        json(&r),
+        r#"{"database":"db1","account":"a2","group":"g1","upstream":"d1","follow_log":true,"refresh":{"request_id":"rq-d2-1","sent":false,"asked_at_ms":5,"reason":"new replica"},"last_refresh_at_ms":null,"refreshes":0,"applied_txn":0,"applied_commit_at_ms":null,"applied_at_ms":null,"upstream_versions":{"t1":4},"upstream_commit_at_ms":null,"records_applied":0,"bytes_copied":0,"files_copied":0,"last_error":null,"created_at_ms":5,"applied_seq":0,"promoting":false}"#
+    );
+    let mut down = DownstreamDpo {
+        database: DatabaseId::new("db1").unwrap(),
+        account: AccountId::new("a1").unwrap(),
+        group: "g1".into(),
+        peer: DeploymentId::new("d2").unwrap(),
+        peer_database: DatabaseId::new("db9").unwrap(),
+        subscribed: true,
+        customer_key: None,
+        cursor: 12,
+        records_shipped: 3,
+        snapshots: 1,
+        bytes_copied: 100,
+        shipped_at_ms: Some(9),
+        last_error: None,
+        shipping: None,
+    };
+    let before = json(&down);
+    assert_eq!(
+        before,
+        r#"{"database":"db1","account":"a1","group":"g1","peer":"d2","peer_database":"db9","subscribed":true,"customer_key":null,"cursor":12,"records_shipped":3,"snapshots":1,"bytes_copied":100,"shipped_at_ms":9,"last_error":null}"#
+    );
+    down.shipping = Some(Shipping {
+        txn_id: 13,
+        message_id: "lg-db1-d1-13".into(),
+    });
+    assert!(json(&down).ends_with(r#""shipping":{"txn_id":13,"message_id":"lg-db1-d1-13"}}"#));
+    // Rows written before `shipping` existed still read.
+    let old: DownstreamDpo = serde_json::from_str(&before).unwrap();
+    assert_eq!(old.shipping, None);
+    let retry = JobRetry {
+        next_at_ms: 1_000,
+        last_error: Some("boom".into()),
+        failed: false,
+    };
+    assert_eq!(
+        json(&retry),
+        r#"{"next_at_ms":1000,"last_error":"boom","failed":false}"#
+    );
+}
+
+#[test]
+fn wire_payloads_are_golden() {
+    let vote = VoteRequest {
+        v: PAYLOAD_VERSION,
+        group: "g1".into(),
+        epoch: 4,
+        seq: 17,
+        handoff: true,
+        cancel: false,
+    };
+    assert_eq!(
+        json(&vote),
+        r#"{"v":1,"group":"g1","epoch":4,"seq":17,"handoff":true}"#
+    );
+    let back: VoteRequest =
+        crate::model::decode(br#"{"v":1,"group":"g1","epoch":4,"seq":17}"#).unwrap();
+    assert!(!back.handoff && !back.cancel);
+}
