@@ -59,6 +59,7 @@ pub mod jobs;
 pub mod local;
 pub mod model;
 pub mod peers;
+pub mod schedule;
 pub mod service;
 pub mod source;
 pub mod state;

@@ -345,6 +345,12 @@ pub struct ReplicaStatus {
     /// first.
     #[serde(default)]
     pub staleness_ms: Option<i64>,
+    /// When it is brought up to date (`continuous`, `every 5m`, `daily 02:30`).
+    #[serde(default)]
+    pub schedule: crate::schedule::Schedule,
+    /// When its next scheduled refresh is due (scheduled replicas).
+    #[serde(default)]
+    pub next_refresh_at_ms: Option<i64>,
     /// When the last refresh was imported.
     pub last_refresh_at_ms: Option<i64>,
     /// A refresh asked for and not imported yet (its reason).
@@ -954,6 +960,29 @@ impl Replication {
         self.ask_refresh(database, if follow { "follow" } else { "unfollow" }, false)
     }
 
+    /// Sets when replica `database` is brought up to date: continuous follows the
+    /// upstream's log; a schedule (`every …`, `daily HH:MM`) refreshes only, then. Takes
+    /// effect with a refresh, asked for now.
+    pub fn set_schedule(
+        &self,
+        database: &DatabaseId,
+        schedule: crate::schedule::Schedule,
+    ) -> Result<String> {
+        self.meta().write(|tx| {
+            let Some(mut r) = tx.get::<ReplicaDpo>(&keys::replica(database))? else {
+                return Ok(Err(Error::invalid(
+                    format!("database {database}"),
+                    "is not a secondary replica: it has no schedule",
+                )));
+            };
+            r.schedule = schedule;
+            tx.put(&keys::replica(database), &r)?;
+            Ok(Ok(()))
+        })??;
+        tracing::info!(%database, %schedule, "replica schedule set");
+        self.set_follow_log(database, schedule.is_continuous())
+    }
+
     /// Make a global database local again: a primary stops replicating (its downstream
     /// replicas are forgotten; they stop receiving), a secondary stops following its
     /// upstream (it keeps its data and becomes writable).
@@ -1192,6 +1221,10 @@ impl Replication {
                     versions_behind: behind,
                     txns_behind,
                     staleness_ms,
+                    schedule: r.schedule,
+                    next_refresh_at_ms: r
+                        .schedule
+                        .next_after(Some(r.last_refresh_at_ms.unwrap_or(r.created_at_ms)), now),
                     last_refresh_at_ms: r.last_refresh_at_ms,
                     refresh_pending: r.refresh.map(|p| p.reason),
                     refreshes: r.refreshes,

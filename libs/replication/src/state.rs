@@ -112,6 +112,12 @@ pub struct ReplicaDpo {
     /// more.
     #[serde(default)]
     pub promoting: bool,
+    /// When it is brought up to date (continuous: it follows the log).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::schedule::Schedule::is_continuous"
+    )]
+    pub schedule: crate::schedule::Schedule,
 }
 impl_dpo!(ReplicaDpo, "replica");
 
@@ -146,6 +152,7 @@ impl ReplicaDpo {
             last_error: None,
             applied_seq: 0,
             promoting: false,
+            schedule: crate::schedule::Schedule::Continuous,
         }
     }
 }

@@ -205,10 +205,16 @@ impl Replication {
             .read(|tx| tx.scan_prefix::<ReplicaDpo>(&keys::replicas()))?;
         let mut sent = 0;
         for (_, r) in replicas.into_iter().filter(|(_, r)| !r.promoting) {
-            let due = !every.is_zero()
-                && r.last_refresh_at_ms.is_some_and(|at| {
-                    now - at >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
-                });
+            let due = if r.schedule.is_continuous() {
+                !every.is_zero()
+                    && r.last_refresh_at_ms.is_some_and(|at| {
+                        now - at >= i64::try_from(every.as_millis()).unwrap_or(i64::MAX)
+                    })
+            } else {
+                // Its own schedule, from its last refresh (or its creation).
+                r.schedule
+                    .due(Some(r.last_refresh_at_ms.unwrap_or(r.created_at_ms)), now)
+            };
             let pending = match &r.refresh {
                 None if due => {
                     self.ask_refresh(&r.database, "schedule", false)?;

@@ -311,6 +311,15 @@ enum DatabaseCmd {
     DropReplica { account: String, name: String },
     /// `alter database X refresh`: ask the upstream for a refresh now.
     Refresh { account: String, database: String },
+    /// When a secondary replica is brought up to date: `continuous` (follows the
+    /// upstream's log), `every <duration>` (e.g. `every 5m`) or `daily HH:MM` (UTC) —
+    /// the last two refresh only, then.
+    Schedule {
+        account: String,
+        database: String,
+        /// continuous | every <duration> | daily HH:MM
+        schedule: String,
+    },
     /// `alter database X primary`: promote this deployment's secondary replica. Refused
     /// while the primary is heard from, when the known loss exceeds the group's RPO, or
     /// without a majority; prints the measured RTO and the known loss.
@@ -846,6 +855,17 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Database(DatabaseCmd::Refresh { account, database }) => {
             let p = format!("/v1/accounts/{account}/databases/{database}/refresh");
             print_value(&c.post(&p, &json!({})).await?, json_out);
+        }
+        Command::Database(DatabaseCmd::Schedule {
+            account,
+            database,
+            schedule,
+        }) => {
+            let p = format!("/v1/accounts/{account}/databases/{database}/schedule");
+            print_value(
+                &c.post(&p, &json!({ "schedule": schedule })).await?,
+                json_out,
+            );
         }
         Command::Database(DatabaseCmd::Failover {
             account,
@@ -1517,6 +1537,7 @@ pub fn print_replication_status(v: &Value, json_out: bool) {
         "account",
         "group",
         "upstream",
+        "schedule",
         "versions_behind",
         "txns_behind",
         "lag_ms",

@@ -309,6 +309,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route(&format!("{db}/replication"), post(set_replication))
         .route(&format!("{db}/refresh"), post(refresh))
+        .route(&format!("{db}/schedule"), post(set_schedule))
         .route(&format!("{db}/failover"), post(failover))
         .route(&format!("{db}/switchover"), post(switchover))
         .route(
@@ -1889,6 +1890,33 @@ async fn drop_replica(
     let db = database(&d, &id, &dbname)?;
     d.replication.drop_replica(&id, &db.name)?;
     Ok(axum::Json(json!({"dropped": db.name})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetSchedule {
+    schedule: String,
+}
+
+/// `alter database X set schedule = …`: when a replica is brought up to date
+/// (`continuous`, `every 5m`, `daily 02:30` UTC).
+async fn set_schedule(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let req: SetSchedule = parse_json(body, d.config.api.max_body_bytes)?;
+    let schedule: tern_replication::schedule::Schedule =
+        req.schedule.parse().map_err(Error::Invalid)?;
+    let request = d.replication.set_schedule(&db.id, schedule)?;
+    Ok(axum::Json(json!({
+        "database": db.name,
+        "schedule": schedule.to_string(),
+        "request": request,
+    })))
 }
 
 /// `alter database X refresh`: ask the upstream for a refresh now (an already pending

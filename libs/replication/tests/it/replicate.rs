@@ -935,3 +935,70 @@ async fn a_poison_import_fails_visibly_and_blocks_no_other_import() {
     d1.stop().await;
     d2.stop().await;
 }
+
+/// A replica on a schedule (seed 001 [26]: some sites every few minutes, others once a
+/// day) stops following the log and is brought up by refreshes on its schedule; set
+/// back to continuous it follows the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_on_a_schedule_refreshes_on_it_instead_of_following_the_log() {
+    use tern_replication::schedule::Schedule;
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
+    d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let r2 = d2
+        .meta
+        .read(|tx| tx.find_database(&a2, "sales"))
+        .unwrap()
+        .unwrap()
+        .id;
+    let replica = || async { d2.repl.status().await.unwrap().replicas[0].clone() };
+    let every = Schedule::Every(Duration::from_millis(300));
+    d2.repl.set_schedule(&r2, every).unwrap();
+    eventually(WAIT, "the schedule to take effect", || async {
+        let r = replica().await;
+        r.schedule == every && r.refresh_pending.is_none() && r.next_refresh_at_ms.is_some()
+    })
+    .await;
+    let (applied, refreshes) = {
+        let r = replica().await;
+        (r.records_applied, r.refreshes)
+    };
+    for k in 1..4 {
+        d1.tables
+            .insert(&t, &[batch(k * 10..k * 10 + 10, "b")])
+            .await
+            .unwrap();
+    }
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    let r = replica().await;
+    assert_eq!(r.records_applied, applied, "no record came by the log");
+    assert!(r.refreshes > refreshes, "{r:?}");
+    // Continuous again: the log.
+    d2.repl.set_schedule(&r2, Schedule::Continuous).unwrap();
+    eventually(WAIT, "the replica to follow the log again", || async {
+        replica().await.refresh_pending.is_none()
+    })
+    .await;
+    d1.tables.insert(&t, &[batch(40..50, "c")]).await.unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    assert!(replica().await.records_applied > applied);
+    let e = d2
+        .repl
+        .set_schedule(&DatabaseId::new("nope").unwrap(), every)
+        .unwrap_err();
+    assert!(e.to_string().contains("not a secondary replica"), "{e}");
+    d1.stop().await;
+    d2.stop().await;
+}
