@@ -84,7 +84,9 @@ impl Handler for ReplHandler {
     fn validate(&self, payload: &[u8]) -> std::result::Result<(), String> {
         match self.kind {
             Kind::Entities => model::decode::<EntitiesPayload>(payload).map(|_| ()),
-            Kind::Refresh => model::decode::<RefreshRequest>(payload).map(|_| ()),
+            Kind::Refresh => model::decode::<RefreshRequest>(payload)
+                .map(|_| ())
+                .or_else(|_| model::decode::<SnapshotHead>(payload).map(|_| ())),
             Kind::Snapshot => model::decode::<SnapshotHead>(payload).map(|_| ()),
             Kind::Log => model::decode::<LogShipment>(payload)
                 .map(|_| ())
@@ -126,8 +128,14 @@ impl Handler for ReplHandler {
                 }))
             }
             Kind::Refresh => {
-                let request: RefreshRequest =
-                    model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                // Inline, or (a replica of many files) in body file 0.
+                let request: RefreshRequest = match model::decode(&msg.payload) {
+                    Ok(req) => req,
+                    Err(_) => {
+                        let body = bodies.read(msg, 0).await.map_err(|e| retry(e.into()))?;
+                        model::decode(&body).map_err(|e| r.reject(msg, e))?
+                    }
+                };
                 match r.local_database(&request.group).map_err(retry)? {
                     Some(db) if db.role != tern_meta::DatabaseRole::Local => {}
                     _ => {

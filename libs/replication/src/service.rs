@@ -43,9 +43,10 @@ pub struct ReplicationConfig {
     pub copy_concurrency: usize,
     /// Log records shipped per downstream replica per unit of work.
     pub ship_batch: usize,
-    /// A log shipment whose payload is larger than this travels as a body file (it is
-    /// sent inline otherwise).
-    pub ship_inline_max_bytes: usize,
+    /// A log shipment or refresh request whose payload is larger than this travels as a
+    /// body file (it is sent inline otherwise; the message service caps inline payloads
+    /// at its `max_payload_bytes`).
+    pub inline_max_bytes: usize,
     /// Attempts of a copy or import job before it is marked failed (see
     /// [`crate::jobs`]).
     pub job_attempts: u32,
@@ -90,7 +91,7 @@ impl Default for ReplicationConfig {
             control_interval: Duration::from_millis(500),
             copy_concurrency: 4,
             ship_batch: 64,
-            ship_inline_max_bytes: 256 << 10,
+            inline_max_bytes: 256 << 10,
             job_attempts: 5,
             job_backoff: Duration::from_secs(1),
             gap_attempts: 3,
@@ -110,12 +111,12 @@ impl ReplicationConfig {
     pub fn validate(&self) -> Result<()> {
         if self.copy_concurrency == 0
             || self.ship_batch == 0
-            || self.ship_inline_max_bytes == 0
+            || self.inline_max_bytes == 0
             || self.job_attempts == 0
         {
             return Err(Error::invalid(
                 "replication config",
-                "copy_concurrency, ship_batch, ship_inline_max_bytes and job_attempts must be at least 1",
+                "copy_concurrency, ship_batch, inline_max_bytes and job_attempts must be at least 1",
             ));
         }
         if self.heartbeat_interval.is_zero()

@@ -649,7 +649,7 @@ impl Replication {
             stamp,
         };
         let payload = model::encode(&shipment)?;
-        if payload.len() <= p.config.ship_inline_max_bytes {
+        if payload.len() <= p.config.inline_max_bytes {
             // One metadata transaction makes it ready: no attempt can stop half-way.
             sender
                 .send(Draft::new(LOG_TYPE, payload).with_id(msg_id))
@@ -687,7 +687,7 @@ impl Replication {
 pub struct SnapshotHead {
     /// Format version.
     pub v: u32,
-    /// The response (or shipment) the body holds.
+    /// The response (or shipment, or refresh request) the body holds.
     pub response_id: ResponseId,
 }
 

@@ -272,10 +272,50 @@ impl Replication {
                 customer_key,
             };
             let id = MessageId::new(pending.request_id.as_str())?;
+            match sender.message(&id).await? {
+                None => {}
+                // Left half-made by a crash (created, its body not attached or not marked
+                // ready): taken as sent it would never arrive. It is given up and the
+                // request asked again under a new id (a clean-up of the old one's body
+                // cannot touch the new one's).
+                Some(m) if m.state == tern_messaging::OutState::Preparing => {
+                    sender.abandon(&id).await?;
+                    self.meta().write(|tx| {
+                        if let Some(mut cur) = tx.get::<ReplicaDpo>(&keys::replica(&r.database))?
+                            && cur
+                                .refresh
+                                .as_ref()
+                                .is_some_and(|p| p.request_id == pending.request_id)
+                        {
+                            cur.refresh = None;
+                            tx.put(&keys::replica(&r.database), &cur)?;
+                        }
+                        Ok(())
+                    })?;
+                    self.ask_refresh(&r.database, &pending.reason, false)?;
+                    continue;
+                }
+                Some(_) => {}
+            }
             if sender.message(&id).await?.is_none() {
-                sender
-                    .send(Draft::new(REFRESH_TYPE, model::encode(&request)?).with_id(id))
-                    .await?;
+                let payload = model::encode(&request)?;
+                if payload.len() <= self.inner.p.config.inline_max_bytes {
+                    sender
+                        .send(Draft::new(REFRESH_TYPE, payload).with_id(id))
+                        .await?;
+                } else {
+                    // A replica of many files lists them all: the request travels as a
+                    // body file (an inline payload is capped).
+                    let head = model::encode(&crate::source::SnapshotHead {
+                        v: PAYLOAD_VERSION,
+                        response_id: ResponseId::new(pending.request_id.as_str())?,
+                    })?;
+                    sender
+                        .create(Draft::new(REFRESH_TYPE, head).with_id(id.clone()))
+                        .await?;
+                    sender.attach_body_bytes(&id, &payload).await?;
+                    sender.mark_ready(&id).await?;
+                }
             }
             self.meta().write(|tx| {
                 if let Some(mut cur) = tx.get::<ReplicaDpo>(&keys::replica(&r.database))? {

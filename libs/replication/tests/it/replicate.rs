@@ -798,7 +798,7 @@ async fn a_shipment_a_crash_left_unfinished_is_shipped_again_not_taken_as_sent()
     // Every shipment travels with a body file (the path a crash can cut in two), and no
     // scheduled refresh would heal a record lost on the way.
     let config = ReplicationConfig {
-        ship_inline_max_bytes: 1,
+        inline_max_bytes: 1,
         refresh_interval: Duration::ZERO,
         ..repl_config()
     };
@@ -999,6 +999,72 @@ async fn a_replica_on_a_schedule_refreshes_on_it_instead_of_following_the_log() 
         .set_schedule(&DatabaseId::new("nope").unwrap(), every)
         .unwrap_err();
     assert!(e.to_string().contains("not a secondary replica"), "{e}");
+    d1.stop().await;
+    d2.stop().await;
+}
+
+/// A refresh request lists every file the replica holds: past the inline payload cap
+/// (~30 000 files at the default 1 MiB) it travels as a body file — before, such a
+/// replica could never refresh again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_of_many_files_still_refreshes_its_request_travels_as_a_body_file() {
+    use tern_messaging::MessagingConfig;
+    use tern_replication::local::{LocalDeployment, LocalOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut d1 = open_with(root, "d1", None, repl_config()).await;
+    let keys = root.join("d1").join("keys");
+    // d2's inline payloads are capped at 4 KiB: a request listing 200 files is larger.
+    let mut d2 = LocalDeployment::open(
+        root,
+        "d2",
+        Some(&keys),
+        LocalOptions {
+            replication: ReplicationConfig {
+                inline_max_bytes: 2048,
+                ..repl_config()
+            },
+            messaging: MessagingConfig {
+                max_payload_bytes: 4096,
+                ..messaging_config()
+            },
+            txn: tern_txn::TxnOptions::default(),
+        },
+    )
+    .await
+    .unwrap();
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    for i in 0..200 {
+        d1.tables.insert(&t, &[batch(i..i + 1, "x")]).await.unwrap();
+    }
+
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let r2 = d2
+        .meta
+        .read(|tx| tx.find_database(&a2, "sales"))
+        .unwrap()
+        .unwrap()
+        .id;
+    let refreshes = || async { d2.repl.status().await.unwrap().replicas[0].refreshes };
+    let before = refreshes().await;
+    d2.repl.request_refresh(&r2, "operator").unwrap();
+    eventually(
+        WAIT,
+        "the refresh listing 200 files to be answered",
+        || async { refreshes().await > before },
+    )
+    .await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
     d1.stop().await;
     d2.stop().await;
 }
