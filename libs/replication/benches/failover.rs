@@ -725,7 +725,7 @@ async fn failback(root: &FsPath) -> Result<(), BoxError> {
     .await?;
     // Several clients (a table each) share the rate: one client's commit latency would
     // cap it.
-    let clients = 4.min(g.tables.len());
+    let clients = 8.min(g.tables.len());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::with_capacity(clients);
     for k in 0..clients {
