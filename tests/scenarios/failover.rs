@@ -665,6 +665,11 @@ fn ternd_rejoin_and_resync_killed_at_each_point_lose_nothing() {
     wait_until("d2 follows d1 again", WAIT, || {
         (scan_all(&d2, &tbl)? == scan_all(&d1, PRIMARY)?).then_some(())
     });
+    // Nothing was left behind: no copy or import job waits or failed on either.
+    for d in [&d1, &d2] {
+        let jobs = tern(d, &["replication", "jobs"]);
+        assert_eq!(jobs["jobs"], json!([]), "{jobs}");
+    }
 }
 
 /// Runs `f` while `d`'s process is stopped (SIGSTOP … SIGCONT): it does nothing meanwhile.
