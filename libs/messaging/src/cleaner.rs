@@ -275,6 +275,7 @@ impl Cleaner {
         {
             self.last_prune_ms = Some(now);
             self.prune_seen().await?;
+            self.ctx.expire_failed(self.ctx.config.clean_batch).await?;
         }
         let a = self.clean_messages().await?;
         let b = self.clean_files().await?;

@@ -94,6 +94,7 @@ pub mod cleaner;
 pub mod cleanup;
 pub mod crash;
 mod error;
+pub mod failed;
 pub mod keys;
 pub mod message;
 pub mod processor;

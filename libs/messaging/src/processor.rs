@@ -311,6 +311,7 @@ impl Processor {
                             row.last_error = Some(e.reason.clone());
                             if e.permanent || row.attempts >= max_attempts {
                                 row.state = InState::Failed;
+                                row.failed_at_ms = Some(now);
                             } else {
                                 row.state = InState::ReadyForProcessing;
                                 let exp = row.attempts.saturating_sub(1).min(16);

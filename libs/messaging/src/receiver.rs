@@ -679,6 +679,7 @@ fn persist_txn(
                 not_before_ms: 0,
                 claim: None,
                 last_error: None,
+                failed_at_ms: None,
             },
         )
         .map_err(Error::meta("persist message"))?;

@@ -71,6 +71,11 @@ pub struct MessagingConfig {
     pub retry_backoff: Duration,
     /// Messages cleaned per cleaner unit.
     pub clean_batch: usize,
+    /// How long a Failed message (its handler failed permanently or too often) is kept
+    /// for the operator (`retry`, `discard`); then it is cleaned up like a handled one —
+    /// its row, body files and, with its file's last message, its message file.
+    #[serde(with = "humantime_serde")]
+    pub failed_retention: Duration,
     /// How long processed message ids are remembered to detect replays.
     #[serde(with = "humantime_serde")]
     pub seen_retention: Duration,
@@ -103,6 +108,7 @@ impl Default for MessagingConfig {
             retry_backoff: Duration::from_secs(1),
             clean_batch: 256,
             seen_retention: Duration::from_secs(7 * 86_400),
+            failed_retention: Duration::from_secs(7 * 86_400),
             discovery_interval: Duration::from_secs(60),
             diversifier: DiversifierPolicy::default(),
         }
@@ -182,6 +188,8 @@ pub struct Counters {
     pub handled: AtomicU64,
     /// Handler runs that failed.
     pub handler_failures: AtomicU64,
+    /// Failed messages cleaned up after `failed_retention`.
+    pub failed_expired: AtomicU64,
     /// Messages cleaned up.
     pub cleaned: AtomicU64,
     /// Objects deleted by the cleaner.

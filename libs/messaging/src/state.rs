@@ -268,6 +268,9 @@ pub struct InMessage {
     pub claim: Option<(u64, i64)>,
     /// The last handler error.
     pub last_error: Option<String>,
+    /// When it became Failed (its retention counts from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at_ms: Option<i64>,
 }
 dpo!(InMessage, "inbound message");
 

@@ -73,6 +73,9 @@ enum Command {
     /// Copy (snapshot) and import jobs: list them, retry or abandon a failed one.
     #[command(subcommand)]
     Replication(ReplicationCmd),
+    /// Received messages whose handler failed: list them, retry or discard one.
+    #[command(subcommand)]
+    Messages(MessagesCmd),
     /// Insert JSON rows (an array of objects, from --rows or stdin).
     Insert {
         /// account.database[.schema].table
@@ -394,6 +397,17 @@ enum ConflictsCmd {
     Apply { id: String },
     /// Do not apply it: the record stays as history, its files are deleted.
     Discard { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum MessagesCmd {
+    /// Messages whose handler failed permanently or too often: kept for the operator
+    /// until `[messaging] failed_retention`.
+    Failed,
+    /// Run a failed message's handler again, with fresh attempts.
+    Retry { peer: String, id: String },
+    /// Give a failed message up: cleaned up, never applied.
+    Discard { peer: String, id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1011,6 +1025,31 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     output::print(&output::table(&cols, &rows));
                 }
             }
+        }
+        Command::Messages(MessagesCmd::Failed) => {
+            let v = c.get("/v1/messages/failed").await?;
+            print_list(
+                &v,
+                "messages",
+                &[
+                    "peer",
+                    "id",
+                    "message_type",
+                    "attempts",
+                    "last_error",
+                    "failed_at_ms",
+                    "expires_at_ms",
+                ],
+                json_out,
+            );
+        }
+        Command::Messages(MessagesCmd::Retry { peer, id }) => {
+            let p = format!("/v1/messages/failed/{peer}/{id}/retry");
+            print_value(&c.post(&p, &json!({})).await?, json_out);
+        }
+        Command::Messages(MessagesCmd::Discard { peer, id }) => {
+            let p = format!("/v1/messages/failed/{peer}/{id}/discard");
+            print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Replication(ReplicationCmd::Jobs) => {
             let v = c.get("/v1/replication/jobs").await?;

@@ -333,6 +333,11 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(&format!("{acct}/replicas"), post(create_replica))
         .route(&format!("{acct}/replicas/{{db}}"), delete(drop_replica))
         .route("/v1/replication/status", get(replication_status))
+        .route("/v1/messages/failed", get(failed_messages))
+        .route(
+            "/v1/messages/failed/{peer}/{id}/{action}",
+            post(failed_message_action),
+        )
         .route("/v1/replication/jobs", get(replication_jobs))
         .route(
             "/v1/replication/jobs/{id}/{action}",
@@ -2148,6 +2153,38 @@ fn enum_name<T: serde::Serialize>(v: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// Failed messages kept for the operator (oldest first).
+async fn failed_messages(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    let failed = d.messaging.failed_messages(1000).await?;
+    Ok(axum::Json(json!({ "messages": failed })))
+}
+
+/// `retry` or `discard` a failed message (operator).
+async fn failed_message_action(
+    State(d): St,
+    headers: HeaderMap,
+    Path((peer, id, action)): Path<(String, String, String)>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let peer = DeploymentId::new(peer.as_str())?;
+    let id = tern_storage::layout::MessageId::new(id.as_str())
+        .map_err(|e| Error::Invalid(format!("message id: {e}")))?;
+    match action.as_str() {
+        "retry" => d.messaging.retry_failed(&peer, &id).await?,
+        "discard" => d.messaging.discard_failed(&peer, &id).await?,
+        other => {
+            return Err(Error::Invalid(format!(
+                "message action {other:?}: expected retry or discard"
+            ))
+            .into());
+        }
+    }
+    Ok(axum::Json(
+        json!({"peer": peer.as_str(), "id": id.as_str(), "done": action}),
+    ))
 }
 
 /// Every copy and import job (operator).

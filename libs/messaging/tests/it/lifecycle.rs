@@ -436,3 +436,74 @@ async fn handler_failures_retry_then_fail_on_folder() {
     );
     assert_eq!(d3.recorder.runs.lock().unwrap()[next.as_str()], 3);
 }
+
+/// Failed messages are the operator's for `failed_retention`, never for ever: one retried
+/// is handled (once), one discarded and one past its retention are cleaned up — body
+/// files, rows and at last the message files — and remembered as seen.
+#[tokio::test]
+async fn failed_messages_are_retried_discarded_or_expire() {
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    // Every message's first run fails, and one run is all it gets: it ends Failed.
+    let once = Recorder {
+        fail_first: 1,
+        ..Recorder::default()
+    };
+    let mut d2 = Node::new("d2", Kind::Folder, &clock, Some(&d1.keys_dir), once).await;
+    d2.config.max_attempts = 1;
+    d2.config.failed_retention = Duration::from_secs(3600);
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    let mut ids = Vec::new();
+    for name in ["retried", "discarded", "expired"] {
+        let id = s.create(Draft::new(TYPE, payload(name))).await.unwrap();
+        s.attach_body_bytes(&id, name.as_bytes()).await.unwrap();
+        s.mark_ready(&id).await.unwrap();
+        ids.push(id);
+    }
+    drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    let ctx = inbound.ctx.clone();
+    let failed = ctx.failed_messages(10).await.unwrap();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.iter().all(|f| {
+        f.attempts == 1
+            && f.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("injected"))
+            && f.expires_at_ms == f.failed_at_ms.map(|t| t + 3_600_000)
+    }));
+    assert_eq!(d2.objects("from/d1/body").await.len(), 3);
+
+    // Retried: handled now, once.
+    ctx.retry_failed(&d1.id, &ids[0]).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert_eq!(d2.applied(&d1.id, &ids[0]).await.unwrap().count, 1);
+    // Discarded: cleaned up, never applied.
+    ctx.discard_failed(&d1.id, &ids[1]).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert!(d2.applied(&d1.id, &ids[1]).await.is_none());
+    assert_eq!(ctx.failed_messages(10).await.unwrap().len(), 1);
+    assert_eq!(d2.objects("from/d1/body").await.len(), 1);
+    let e = ctx.discard_failed(&d1.id, &ids[1]).await.unwrap_err();
+    assert!(e.to_string().contains(ids[1].as_str()), "{e}");
+
+    // The last is kept until its retention has passed, then cleaned up by itself.
+    clock.advance(Duration::from_secs(1800));
+    inbound.pump().await.unwrap();
+    assert_eq!(ctx.failed_messages(10).await.unwrap().len(), 1);
+    clock.advance(Duration::from_secs(3 * 3600));
+    inbound.pump().await.unwrap();
+    assert!(ctx.failed_messages(10).await.unwrap().is_empty());
+    assert!(d2.applied(&d1.id, &ids[2]).await.is_none());
+    assert!(
+        d2.objects("from/d1").await.is_empty(),
+        "bodies and message files gone: {:?}",
+        d2.objects("from/d1").await
+    );
+    assert_eq!(
+        tern_messaging::service::Counters::get(&ctx.counters().failed_expired),
+        1
+    );
+}
