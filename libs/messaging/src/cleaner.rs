@@ -26,7 +26,9 @@ use tern_storage::layout::{self, DeploymentId, MessageId};
 use crate::crash::points;
 use crate::error::{Error, Result};
 use crate::service::{Context, Counters};
-use crate::state::{InMessage, InState, Orphan, QueueEntry, ReceivedFile, Seen, keys};
+use crate::state::{
+    InMessage, InState, Orphan, QueueEntry, ReceivedFile, Seen, SeenAt, SeenIndexed, keys,
+};
 use crate::worker::{Worker, WorkerState, WorkerStatus};
 
 /// Deletes handled messages' files and rows. See the module docs.
@@ -134,6 +136,14 @@ impl Cleaner {
                         },
                     )
                     .map_err(Error::meta("remember message"))?;
+                    tx.put(
+                        &keys::seen_at(now, &e.peer, &e.id),
+                        &SeenAt {
+                            peer: e.peer.clone(),
+                            id: e.id.clone(),
+                        },
+                    )
+                    .map_err(Error::meta("index seen message"))?;
                     let fkey = keys::file(&e.peer, row.file_seq);
                     if let Some(mut f) = tx
                         .get::<ReceivedFile>(&fkey)
@@ -248,20 +258,74 @@ impl Cleaner {
         Ok(n)
     }
 
-    /// Forgets seen ids older than the retention.
-    async fn prune_seen(&self) -> Result<()> {
+    /// Forgets seen ids older than the retention: through their age index, a batch per
+    /// transaction, reading only what is due (not every id in one transaction). Ids
+    /// remembered before the index existed are indexed first, once.
+    async fn prune_seen(&self) -> Result<usize> {
+        self.index_old_seen().await?;
         let cutoff = self.ctx.now_ms() - ms(self.ctx.config.seen_retention);
+        let batch = self.ctx.config.clean_batch.max(1);
+        let mut pruned = 0;
+        loop {
+            let n = self
+                .ctx
+                .write("prune seen ids", move |tx| {
+                    let mut n = 0;
+                    for (k, e) in tx
+                        .scan_prefix_limit::<SeenAt>(&keys::seen_by_age(), batch)
+                        .map_err(Error::meta("scan seen ages"))?
+                    {
+                        let at = match k.elements().ok().and_then(|el| el.get(2).cloned()) {
+                            Some(tern_meta::Element::U64(at)) => at,
+                            _ => 0,
+                        };
+                        if i64::try_from(at).unwrap_or(i64::MAX) >= cutoff {
+                            break;
+                        }
+                        let sk = keys::seen(&e.peer, &e.id);
+                        // A newer sighting of the same id has its own, later entry.
+                        let current = tx
+                            .get::<Seen>(&sk)
+                            .map_err(Error::meta("read seen"))?
+                            .is_some_and(|s| u64::try_from(s.at_ms).unwrap_or(0) == at);
+                        if current {
+                            tx.delete(&sk).map_err(Error::meta("prune seen"))?;
+                        }
+                        tx.delete(&k).map_err(Error::meta("prune seen age"))?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+                .await?;
+            pruned += n;
+            if n < batch {
+                return Ok(pruned);
+            }
+        }
+    }
+
+    /// Puts the seen ids remembered before the age index existed into it (once).
+    async fn index_old_seen(&self) -> Result<()> {
         self.ctx
-            .write("prune seen ids", move |tx| {
+            .write("index seen ids", move |tx| {
+                if tx
+                    .contains(&keys::seen_indexed())
+                    .map_err(Error::meta("read seen index mark"))?
+                {
+                    return Ok(());
+                }
                 for (k, s) in tx
                     .scan_prefix::<Seen>(&keys::seen_all())
                     .map_err(Error::meta("scan seen"))?
                 {
-                    if s.at_ms < cutoff {
-                        tx.delete(&k).map_err(Error::meta("prune seen"))?;
-                    }
+                    let Some((peer, id)) = orphan_target(&k) else {
+                        continue;
+                    };
+                    tx.put(&keys::seen_at(s.at_ms, &peer, &id), &SeenAt { peer, id })
+                        .map_err(Error::meta("index seen message"))?;
                 }
-                Ok(())
+                tx.put(&keys::seen_indexed(), &SeenIndexed { v: 1 })
+                    .map_err(Error::meta("mark seen index"))
             })
             .await
     }

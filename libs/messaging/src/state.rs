@@ -314,6 +314,24 @@ pub struct Seen {
 }
 dpo!(Seen, "seen message");
 
+/// An entry of the seen ids' age index (`keys::seen_at`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenAt {
+    /// The sender.
+    pub peer: DeploymentId,
+    /// The message.
+    pub id: MessageId,
+}
+dpo!(SeenAt, "seen message age entry");
+
+/// The mark that the seen ids' age index is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenIndexed {
+    /// Its version.
+    pub v: u32,
+}
+dpo!(SeenIndexed, "seen index mark");
+
 /// Per-reason rejection counts kept with an inbound channel.
 pub type RejectCounts = BTreeMap<RejectReason, u64>;
 
@@ -385,6 +403,21 @@ pub(crate) mod keys {
     }
     pub fn seen(peer: &DeploymentId, id: &MessageId) -> Key {
         seen_all().str(peer.as_str()).str(id.as_str())
+    }
+    /// `msg/seen-at/<at_ms>/<peer>/<id>`: seen ids in the order they were remembered,
+    /// so that pruning reads only what is due.
+    pub fn seen_by_age() -> Key {
+        Key::root("msg").str("seen-at")
+    }
+    pub fn seen_at(at_ms: i64, peer: &DeploymentId, id: &MessageId) -> Key {
+        seen_by_age()
+            .u64(u64::try_from(at_ms).unwrap_or(0))
+            .str(peer.as_str())
+            .str(id.as_str())
+    }
+    /// Set once every seen id written before the age index existed is in it.
+    pub fn seen_indexed() -> Key {
+        Key::root("msg").str("seen-indexed")
     }
 }
 

@@ -507,3 +507,72 @@ async fn failed_messages_are_retried_discarded_or_expire() {
         1
     );
 }
+
+/// Seen ids (what makes a replay a duplicate) are kept `seen_retention`, then pruned
+/// through their age index a batch at a time — those remembered before the index existed
+/// too; younger ones stay.
+#[tokio::test]
+async fn seen_ids_are_pruned_by_age_in_batches() {
+    use tern_messaging::state::Seen;
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let mut d2 = Node::new(
+        "d2",
+        Kind::Folder,
+        &clock,
+        Some(&d1.keys_dir),
+        Recorder::default(),
+    )
+    .await;
+    d2.config.seen_retention = Duration::from_secs(3600);
+    d2.config.clean_batch = 4;
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    let seen_rows = || {
+        d2.meta
+            .read(|tx| tx.scan_prefix::<Seen>(&tern_meta::Key::root("msg").str("seen")))
+            .unwrap()
+            .len()
+    };
+    // An id remembered by an older build (no age entry).
+    let legacy = tern_meta::Key::root("msg")
+        .str("seen")
+        .str("d1")
+        .str("old-1");
+    d2.meta
+        .write(|tx| {
+            tx.put(
+                &legacy,
+                &Seen {
+                    digest: "00".into(),
+                    at_ms: tern_clock::Clock::now_millis(&clock),
+                },
+            )
+        })
+        .unwrap();
+    for i in 0..10 {
+        s.send(Draft::new(TYPE, payload(&format!("m{i}"))))
+            .await
+            .unwrap();
+    }
+    drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert_eq!(seen_rows(), 11);
+    // Younger than the retention: kept.
+    clock.advance(Duration::from_secs(1800));
+    let young = s.send(Draft::new(TYPE, payload("young"))).await.unwrap();
+    drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert_eq!(seen_rows(), 12);
+    // Past the first eleven's retention (and the cleaner's pruning interval): only the
+    // young one is left.
+    clock.advance(Duration::from_secs(3200));
+    inbound.pump().await.unwrap();
+    assert_eq!(seen_rows(), 1);
+    let left: Vec<_> = d2
+        .meta
+        .read(|tx| tx.scan_prefix::<Seen>(&tern_meta::Key::root("msg").str("seen")))
+        .unwrap();
+    assert!(left[0].0.to_string().contains(young.as_str()), "{left:?}");
+}
