@@ -270,15 +270,9 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
     assert_eq!(again["epoch"], back["epoch"], "{again}");
     assert_eq!(again["previous_primary"], Value::Null, "{again}");
     // Records in the order of their transactions: all applied but the last, discarded.
-    let mut by_txn: Vec<(i64, String)> = list["conflicts"]
-        .as_array()
-        .expect("conflicts")
-        .iter()
-        .filter_map(|c| Some((c["txn_id"].as_i64()?, c["id"].as_str()?.to_string())))
-        .collect();
-    by_txn.sort();
-    if let Some(((_, last), rest)) = by_txn.split_last() {
-        for (_, id) in rest {
+    let by_txn = records_by_txn(&list);
+    if let Some((last, rest)) = by_txn.split_last() {
+        for id in rest {
             let applied = tern(&d1, &["conflicts", "apply", id]);
             assert_eq!(
                 applied["versions"].as_array().map(Vec::len),
@@ -320,6 +314,19 @@ fn tern_text(d: &Ternd, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The ids of the conflict records of `tern conflicts list`, in the order of their
+/// transactions.
+fn records_by_txn(list: &Value) -> Vec<String> {
+    let mut by_txn: Vec<(i64, String)> = list["conflicts"]
+        .as_array()
+        .expect("conflicts")
+        .iter()
+        .filter_map(|c| Some((c["txn_id"].as_i64()?, c["id"].as_str()?.to_string())))
+        .collect();
+    by_txn.sort();
+    by_txn.into_iter().map(|(_, id)| id).collect()
 }
 
 /// The ids of single-row inserts an old primary kept as conflict records (sorted).
@@ -649,14 +656,7 @@ fn ternd_rejoin_and_resync_killed_at_each_point_lose_nothing() {
     let back = tern(&d1, &["database", "switchover", "a1", "sales"]);
     assert_eq!(back["previous_primary"], "d2", "{back}");
     let list = tern(&d1, &["conflicts", "list"]);
-    let mut by_txn: Vec<(i64, String)> = list["conflicts"]
-        .as_array()
-        .expect("conflicts")
-        .iter()
-        .filter_map(|c| Some((c["txn_id"].as_i64()?, c["id"].as_str()?.to_string())))
-        .collect();
-    by_txn.sort();
-    for (_, id) in &by_txn {
+    for id in &records_by_txn(&list) {
         let applied = tern(&d1, &["conflicts", "apply", id]);
         assert_eq!(applied["already"], false, "{applied}");
     }

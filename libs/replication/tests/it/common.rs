@@ -356,9 +356,19 @@ pub async fn pair_with(replication: ReplicationConfig) -> Pair {
 
 async fn pair_of(first: ReplicationConfig, replication: ReplicationConfig) -> Pair {
     let dir = tempfile::tempdir().unwrap();
-    let mut d1 = open_with(dir.path(), "d1", None, first).await;
+    let d1 = open_with(dir.path(), "d1", None, first).await;
     let keys = dir.path().join("d1").join("keys");
-    let mut d2 = open_with(dir.path(), "d2", Some(&keys), replication).await;
+    let d2 = open_with(dir.path(), "d2", Some(&keys), replication).await;
+    pair_from(dir, keys, d1, d2).await
+}
+
+/// [`pair`] of deployments opened by the caller under `dir` (`d2` joined `keys`).
+pub async fn pair_from(
+    dir: tempfile::TempDir,
+    keys: std::path::PathBuf,
+    mut d1: Node,
+    mut d2: Node,
+) -> Pair {
     link(&d1, &d2).await;
     d1.start(&[&d2]);
     d2.start(&[&d1]);

@@ -856,19 +856,21 @@ async fn a_poison_import_fails_visibly_and_blocks_no_other_import() {
         refresh_interval: Duration::ZERO,
         ..repl_config()
     };
-    let mut d1 = open_with(root, "d1", None, config.clone()).await;
+    let d1 = open_with(root, "d1", None, config.clone()).await;
     let keys = root.join("d1").join("keys");
     let plan = FaultPlan::new();
-    let mut d2 = open_through(root, "d2", &keys, &plan, config).await;
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let d2 = open_through(root, "d2", &keys, &plan, config).await;
+    let Pair {
+        dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_from(dir, keys, d1, d2).await;
+    let root = dir.path();
     let hr = d1.create_database(&a1, "hr").unwrap();
     d1.tables.create_schema(&hr, "public").await.unwrap();
     let h = d1
@@ -1012,10 +1014,10 @@ async fn a_replica_of_many_files_still_refreshes_its_request_travels_as_a_body_f
     use tern_replication::local::{LocalDeployment, LocalOptions};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let mut d1 = open_with(root, "d1", None, repl_config()).await;
+    let d1 = open_with(root, "d1", None, repl_config()).await;
     let keys = root.join("d1").join("keys");
     // d2's inline payloads are capped at 4 KiB: a request listing 200 files is larger.
-    let mut d2 = LocalDeployment::open(
+    let d2 = LocalDeployment::open(
         root,
         "d2",
         Some(&keys),
@@ -1033,15 +1035,16 @@ async fn a_replica_of_many_files_still_refreshes_its_request_travels_as_a_body_f
     )
     .await
     .unwrap();
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_from(dir, keys, d1, d2).await;
     replicate(&d1, &a1, &d2, &account_group).await;
     for i in 0..200 {
         d1.tables.insert(&t, &[batch(i..i + 1, "x")]).await.unwrap();
