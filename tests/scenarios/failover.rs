@@ -665,11 +665,20 @@ fn ternd_rejoin_and_resync_killed_at_each_point_lose_nothing() {
     wait_until("d2 follows d1 again", WAIT, || {
         (scan_all(&d2, &tbl)? == scan_all(&d1, PRIMARY)?).then_some(())
     });
-    // Nothing was left behind: no copy or import job waits or failed on either.
+    // Nothing was left behind: no copy or import job waits or failed on either, no
+    // message failed.
     for d in [&d1, &d2] {
         let jobs = tern(d, &["replication", "jobs"]);
         assert_eq!(jobs["jobs"], json!([]), "{jobs}");
+        let failed = tern(d, &["messages", "failed"]);
+        assert_eq!(failed["messages"], json!([]), "{failed}");
+        let m = request(&d.addr, "GET", "/metrics", None, "text/plain", b"").body;
+        assert!(m.contains("\ntern_messages_failed 0\n"), "{m}");
+        assert!(!m.contains("state=\"failed\""), "{m}");
     }
+    // d2, now a replica of d1, knows how fresh its view of the primary is.
+    let m = request(&d2.addr, "GET", "/metrics", None, "text/plain", b"").body;
+    assert!(m.contains("tern_replication_staleness_seconds{"), "{m}");
 }
 
 /// Runs `f` while `d`'s process is stopped (SIGSTOP … SIGCONT): it does nothing meanwhile.

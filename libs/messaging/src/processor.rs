@@ -257,6 +257,7 @@ impl Processor {
         let n = results.len();
         let mut ok = 0u64;
         let mut failed = 0u64;
+        let mut refused = 0u64;
         let mut work: Vec<Completion> = Vec::with_capacity(n);
         let mut afters = Vec::new();
         for ((key, row, token), r) in results {
@@ -265,6 +266,11 @@ impl Processor {
                     ok += 1;
                     afters.extend(commit.1);
                     work.push((key, row.queue_seq, token, commit.0, None));
+                }
+                Err(e) if e.refused => {
+                    refused += 1;
+                    tracing::warn!(message = %row.message.id, from = %row.message.origin, reason = %e, "message refused by its handler; cleaned up");
+                    work.push((key, row.queue_seq, token, None, Some(e)));
                 }
                 Err(e) => {
                     failed += 1;
@@ -307,6 +313,11 @@ impl Processor {
                             row.state = InState::ReadyForCleanup;
                             row.last_error = None;
                         }
+                        Some(e) if e.refused => {
+                            // Refused for good: cleaned up, never kept as Failed.
+                            row.last_error = Some(e.reason.clone());
+                            row.state = InState::ReadyForCleanup;
+                        }
                         Some(e) => {
                             row.last_error = Some(e.reason.clone());
                             if e.permanent || row.attempts >= max_attempts {
@@ -334,7 +345,8 @@ impl Processor {
         let c = &self.ctx.counters;
         Counters::add(&c.handled, ok);
         Counters::add(&c.handler_failures, failed);
-        if ok > 0 {
+        Counters::add(&c.refused, refused);
+        if ok + refused > 0 {
             self.ctx.cleaner_wake.notify_one();
         }
         Ok(n)
@@ -365,6 +377,7 @@ impl Worker for Processor {
             figures: vec![
                 ("handled", Counters::get(&c.handled)),
                 ("handler_failures", Counters::get(&c.handler_failures)),
+                ("refused", Counters::get(&c.refused)),
             ],
             ..self.status.clone()
         }

@@ -85,6 +85,11 @@ pub struct HandlerError {
     pub reason: String,
     /// Whether retrying cannot help (the message is then marked Failed).
     pub permanent: bool,
+    /// The message is refused for good — stale, not meant for this deployment, out of
+    /// date: counted and logged as a refusal and cleaned up like a handled one (its id
+    /// remembered, so a replay is not handled), never applied and never kept as Failed
+    /// for an operator who could do nothing with it.
+    pub refused: bool,
 }
 
 impl HandlerError {
@@ -93,6 +98,7 @@ impl HandlerError {
         Self {
             reason: reason.to_string(),
             permanent: false,
+            refused: false,
         }
     }
 
@@ -101,6 +107,16 @@ impl HandlerError {
         Self {
             reason: reason.to_string(),
             permanent: true,
+            refused: false,
+        }
+    }
+
+    /// A message refused for good (see [`HandlerError::refused`]).
+    pub fn refuse(reason: impl fmt::Display) -> Self {
+        Self {
+            reason: reason.to_string(),
+            permanent: true,
+            refused: true,
         }
     }
 }

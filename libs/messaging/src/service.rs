@@ -190,6 +190,8 @@ pub struct Counters {
     pub handler_failures: AtomicU64,
     /// Failed messages cleaned up after `failed_retention`.
     pub failed_expired: AtomicU64,
+    /// Messages their handler refused for good (stale, not for this deployment).
+    pub refused: AtomicU64,
     /// Messages cleaned up.
     pub cleaned: AtomicU64,
     /// Objects deleted by the cleaner.

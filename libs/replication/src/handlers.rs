@@ -71,7 +71,7 @@ impl Replication {
     fn reject(&self, msg: &GlobalMessage, reason: impl std::fmt::Display) -> HandlerError {
         Counters::add(&self.inner.counters.rejected, 1);
         tracing::warn!(message = %msg.id, from = %msg.origin, message_type = %msg.message_type, %reason, "replication message refused");
-        HandlerError::permanent(reason)
+        HandlerError::refuse(reason)
     }
 }
 

@@ -724,6 +724,13 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
             })
             .collect(),
     );
+    let failed = d.messaging.failed_messages(10_000).await?;
+    counter(
+        "tern_messages_failed",
+        "Received messages whose handler failed for good, kept for the operator (`tern messages failed`) until failed_retention.",
+        "gauge",
+        vec![(String::new(), failed.len() as f64)],
+    );
     let mut jobs: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for j in &rs.jobs {
         *jobs

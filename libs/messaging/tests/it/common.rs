@@ -150,6 +150,8 @@ pub struct Recorder {
     pub runs: Mutex<HashMap<String, u32>>,
     /// Fail the first N runs of each message (retry tests).
     pub fail_first: u32,
+    /// Refuse (for good) messages whose payload starts with `stale`.
+    pub refuse_stale: bool,
     pub notify: Option<Arc<tokio::sync::mpsc::UnboundedSender<String>>>,
     /// Message ids whose completion committed (pushed by `Commit::then`).
     pub committed: Arc<Mutex<Vec<String>>>,
@@ -174,6 +176,9 @@ impl Handler for Recorder {
         };
         if run <= self.fail_first {
             return Err(HandlerError::retry(format!("injected failure {run}")));
+        }
+        if self.refuse_stale && msg.payload.starts_with(b"stale") {
+            return Err(HandlerError::refuse("stale: refused"));
         }
         let mut digests = Vec::new();
         for b in &msg.bodies {

@@ -576,3 +576,46 @@ async fn seen_ids_are_pruned_by_age_in_batches() {
         .unwrap();
     assert!(left[0].0.to_string().contains(young.as_str()), "{left:?}");
 }
+
+/// A message its handler refuses for good (stale, not meant for this deployment) is
+/// counted, cleaned up with its files and remembered — never kept as Failed.
+#[tokio::test]
+async fn a_refused_message_is_cleaned_up_not_kept_as_failed() {
+    let clock = clock();
+    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let refusing = Recorder {
+        refuse_stale: true,
+        ..Recorder::default()
+    };
+    let d2 = Node::new("d2", Kind::Folder, &clock, Some(&d1.keys_dir), refusing).await;
+    connect(&d1, &d2).await;
+    let mut s = sender(&d1, &d2, CrashPoints::new());
+    let mut inbound = Inbound::new(&d2, CrashPoints::new());
+    let stale = s
+        .create(Draft::new(TYPE, payload("stale-1")))
+        .await
+        .unwrap();
+    s.attach_body_bytes(&stale, b"body").await.unwrap();
+    s.mark_ready(&stale).await.unwrap();
+    let fresh = s.send(Draft::new(TYPE, payload("fresh"))).await.unwrap();
+    drain(&mut s).await.unwrap();
+    inbound.pump().await.unwrap();
+    assert!(d2.applied(&d1.id, &stale).await.is_none());
+    assert_eq!(d2.applied(&d1.id, &fresh).await.unwrap().count, 1);
+    let ctx = inbound.ctx.clone();
+    assert!(ctx.failed_messages(10).await.unwrap().is_empty());
+    assert_eq!(
+        d2.recorder.runs.lock().unwrap()[stale.as_str()],
+        1,
+        "refused once, not retried"
+    );
+    assert!(
+        d2.objects("from/d1").await.is_empty(),
+        "{:?}",
+        d2.objects("from/d1").await
+    );
+    assert_eq!(
+        tern_messaging::service::Counters::get(&ctx.counters().refused),
+        1
+    );
+}
