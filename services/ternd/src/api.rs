@@ -972,6 +972,13 @@ async fn txn_status(
             .into());
         }
         Some(tern_txn::TxnOutcome::Committed) => json!({"txn_id": txn_id, "status": "committed"}),
+        // Still "committed" for clients that only read the status; said plainly beside it.
+        Some(tern_txn::TxnOutcome::CommittedPruned) => json!({
+            "txn_id": txn_id,
+            "status": "committed",
+            "log_record": "pruned",
+            "detail": "committed (log record pruned)",
+        }),
         Some(tern_txn::TxnOutcome::InDoubt { state }) => json!({
             "txn_id": txn_id,
             "status": "in_doubt",
