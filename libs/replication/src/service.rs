@@ -1416,6 +1416,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_log_pruning_settings_name_the_field() {
+        let bad = ReplicationConfig {
+            log_prune_batch: 0,
+            ..ReplicationConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("log_prune_batch"), "{e}");
+        let bad = ReplicationConfig {
+            log_prune_interval: Duration::ZERO,
+            ..ReplicationConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("log_prune_interval"), "{e}");
+        // Keeping the log for ever needs no interval.
+        ReplicationConfig {
+            log_retention: Duration::ZERO,
+            log_prune_interval: Duration::ZERO,
+            ..ReplicationConfig::default()
+        }
+        .validate()
+        .unwrap();
+        let d = ReplicationConfig::default();
+        assert_eq!(d.log_retention, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
     fn lag_is_the_trail_behind_the_primary_or_its_silence_never_zero_when_silent() {
         let hb = Duration::from_millis(100);
         // Caught up, heard a moment ago: no lag.

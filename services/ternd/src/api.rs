@@ -719,6 +719,24 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
             })
             .collect(),
     );
+    counter(
+        "tern_replication_refresh_needed",
+        "Per downstream replica of a local database: 1 when it fell further behind than replication.log_retention, its log records were pruned and it must refresh.",
+        "gauge",
+        rs.downstream
+            .iter()
+            .map(|r| {
+                (
+                    format!(
+                        "{{database=\"{}\",peer=\"{}\"}}",
+                        label(&r.database),
+                        label(r.peer.as_str())
+                    ),
+                    if r.refresh_needed { 1.0 } else { 0.0 },
+                )
+            })
+            .collect(),
+    );
     let mut jobs: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for j in &rs.jobs {
         *jobs
