@@ -8,7 +8,7 @@ use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 
 use crate::failover::{GroupDpo, Handoff, Rewind};
 use crate::jobs::JobRetry;
-use crate::model::{PAYLOAD_VERSION, VoteRequest, encode};
+use crate::model::{PAYLOAD_VERSION, RefreshNeeded, VoteRequest, encode};
 use crate::state::{DownstreamDpo, PendingRefresh, ReplicaDpo, Shipping};
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -65,6 +65,8 @@ fn stored_rows_are_golden() {
         shipped_at_ms: Some(9),
         last_error: None,
         shipping: None,
+        shipped_seq: None,
+        refresh_needed_since_ms: None,
     };
     let before = json(&down);
     assert_eq!(
@@ -76,9 +78,18 @@ fn stored_rows_are_golden() {
         message_id: "lg-db1-d1-13".into(),
     });
     assert!(json(&down).ends_with(r#""shipping":{"txn_id":13,"message_id":"lg-db1-d1-13"}}"#));
-    // Rows written before `shipping` existed still read.
+    // Rows written before `shipping`, `shipped_seq` and `refresh_needed_since_ms` existed
+    // still read.
     let old: DownstreamDpo = serde_json::from_str(&before).unwrap();
     assert_eq!(old.shipping, None);
+    assert_eq!((old.shipped_seq, old.refresh_needed_since_ms), (None, None));
+    down.shipping = None;
+    down.shipped_seq = Some(40);
+    down.refresh_needed_since_ms = Some(77);
+    assert!(
+        json(&down)
+            .ends_with(r#""last_error":null,"shipped_seq":40,"refresh_needed_since_ms":77}"#)
+    );
     let retry = JobRetry {
         next_at_ms: 1_000,
         last_error: Some("boom".into()),
@@ -107,4 +118,14 @@ fn wire_payloads_are_golden() {
     let back: VoteRequest =
         crate::model::decode(br#"{"v":1,"group":"g1","epoch":4,"seq":17}"#).unwrap();
     assert!(!back.handoff && !back.cancel);
+    let notice = RefreshNeeded {
+        v: PAYLOAD_VERSION,
+        group: "g1".into(),
+        cursor: 12,
+        pruned_up_to: 40,
+    };
+    assert_eq!(
+        json(&notice),
+        r#"{"v":1,"group":"g1","cursor":12,"pruned_up_to":40}"#
+    );
 }

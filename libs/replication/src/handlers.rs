@@ -15,8 +15,8 @@ use tern_table::commit::DictionaryOp;
 use crate::error::{Error, Result};
 use crate::model::{
     self, ENTITIES_TYPE, EntitiesPayload, HEARTBEAT_TYPE, Heartbeat, LOG_TYPE, LogShipment,
-    REFRESH_TYPE, RefreshRequest, SNAPSHOT_TYPE, SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe,
-    replica_table_id,
+    REFRESH_NEEDED_TYPE, REFRESH_TYPE, RefreshNeeded, RefreshRequest, SNAPSHOT_TYPE,
+    SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe, replica_table_id,
 };
 use crate::service::{Counters, Replication};
 use crate::source::SnapshotHead;
@@ -35,6 +35,7 @@ enum Kind {
     Heartbeat,
     Vote,
     VoteReply,
+    RefreshNeeded,
 }
 
 /// One message type's handler.
@@ -56,6 +57,7 @@ impl Replication {
             (HEARTBEAT_TYPE, Kind::Heartbeat),
             (crate::model::VOTE_TYPE, Kind::Vote),
             (crate::model::VOTE_REPLY_TYPE, Kind::VoteReply),
+            (REFRESH_NEEDED_TYPE, Kind::RefreshNeeded),
         ]
         .into_iter()
         .map(|(t, kind)| {
@@ -95,6 +97,7 @@ impl Handler for ReplHandler {
             Kind::Heartbeat => model::decode::<Heartbeat>(payload).map(|_| ()),
             Kind::Vote => model::decode::<model::VoteRequest>(payload).map(|_| ()),
             Kind::VoteReply => model::decode::<model::VoteReply>(payload).map(|_| ()),
+            Kind::RefreshNeeded => model::decode::<RefreshNeeded>(payload).map(|_| ()),
         }
     }
 
@@ -248,6 +251,21 @@ impl Handler for ReplHandler {
                 let reply: model::VoteReply =
                     model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
                 r.vote_replied(&from, reply);
+                Ok(Commit::none())
+            }
+            Kind::RefreshNeeded => {
+                // The upstream pruned log records this replica never received: only a
+                // refresh brings it up to date.
+                let n: RefreshNeeded = model::decode(&msg.payload).map_err(|e| r.reject(msg, e))?;
+                match r.replica_of(&n.group).map_err(retry)? {
+                    Some(rep) if rep.upstream == from => {
+                        tracing::warn!(group = %n.group, upstream = %from, cursor = n.cursor,
+                            pruned_up_to = n.pruned_up_to, "the upstream pruned log records not received here: refreshing");
+                        r.refresh_for(&n.group, "log pruned").map_err(retry)?;
+                    }
+                    // Following another upstream now: its notice no longer concerns us.
+                    _ => {}
+                }
                 Ok(Commit::none())
             }
             Kind::Unsubscribe => {

@@ -26,6 +26,7 @@
 //! | [`failover`] | availability, epochs and claims, the write fence, failover |
 //! | [`worker`] | the background workers |
 //! | [`peers`] | senders and buckets of peers |
+//! | [`prune`] | log pruning: records every replica has, older than the retention |
 //! | [`local`] | a whole deployment in one process on folders (tests, benchmarks) |
 //!
 //! # Guarantees
@@ -59,6 +60,7 @@ pub mod jobs;
 pub mod local;
 pub mod model;
 pub mod peers;
+pub mod prune;
 pub mod schedule;
 pub mod service;
 pub mod source;
@@ -74,6 +76,7 @@ pub use failover::{
 pub use model::FailoverPolicy;
 pub use model::replica_table_id;
 pub use peers::{PeerSet, Peers};
+pub use prune::PruneReport;
 pub use service::{
     DownstreamStatus, GlobalRow, Parts, ReplicaOptions, ReplicaStatus, Replication,
     ReplicationConfig, Status,

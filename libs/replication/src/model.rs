@@ -8,6 +8,7 @@
 //! | `tern.repl.snapshot` | upstream → replica | [`SnapshotResponse`] (in body file 0): dictionary and the difference, files in the inbound stage |
 //! | `tern.repl.log` | upstream → replica | [`LogShipment`]: one committed log record's changes of the database, files in the inbound stage |
 //! | `tern.repl.unsubscribe` | replica → its upstream | [`Unsubscribe`]: stop shipping |
+//! | `tern.repl.refresh_needed` | upstream → replica | [`RefreshNeeded`]: the log it still needs was pruned; ask for a refresh |
 //! | `tern.repl.vote` / `tern.repl.vote_reply` | failover candidate ↔ group members | [`VoteRequest`], [`VoteReply`] |
 //! | `tern.repl.heartbeat` | every deployment → every peer | [`Heartbeat`]: per group held, role, epoch, progress, and the newest epoch claim known |
 
@@ -30,6 +31,8 @@ pub const SNAPSHOT_TYPE: &str = "tern.repl.snapshot";
 pub const LOG_TYPE: &str = "tern.repl.log";
 /// Message type of unsubscriptions.
 pub const UNSUBSCRIBE_TYPE: &str = "tern.repl.unsubscribe";
+/// Message type of "your log records were pruned, refresh" notices.
+pub const REFRESH_NEEDED_TYPE: &str = "tern.repl.refresh_needed";
 
 /// Message type of vote requests.
 pub const VOTE_TYPE: &str = "tern.repl.vote";
@@ -372,6 +375,20 @@ pub struct Unsubscribe {
     pub group: String,
     /// The replica database (its id on the sender).
     pub database: DatabaseId,
+}
+
+/// The upstream pruned log records a replica has not received (it fell further behind than
+/// the log retention): it must ask for a refresh to catch up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshNeeded {
+    /// Format version.
+    pub v: u32,
+    /// The database replication group.
+    pub group: String,
+    /// The last log record the upstream shipped it.
+    pub cursor: u64,
+    /// The upstream's log is pruned up to here.
+    pub pruned_up_to: u64,
 }
 
 /// The id a replicated table has on every replica: tables keep their id, qualified once

@@ -80,6 +80,17 @@ pub struct ReplicationConfig {
     /// Availability notifications are POSTed here as JSON (`http://host:port/path`),
     /// retried with backoff.
     pub webhook: Option<String>,
+    /// Log records are kept at least this long, then deleted once every subscribed
+    /// downstream replica has them; a replica still missing records older than this is
+    /// asked to refresh instead, so the log never grows without bound (see
+    /// [`crate::prune`]). `0s` = keep the log for ever.
+    #[serde(with = "humantime_serde")]
+    pub log_retention: Duration,
+    /// How often the control worker prunes the log (and notes how old the records are).
+    #[serde(with = "humantime_serde")]
+    pub log_prune_interval: Duration,
+    /// Log records deleted per batch (one listing, then one delete each).
+    pub log_prune_batch: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -102,6 +113,9 @@ impl Default for ReplicationConfig {
             switchover_timeout: Duration::from_secs(30),
             public_url: None,
             webhook: None,
+            log_retention: Duration::from_secs(7 * 24 * 3600),
+            log_prune_interval: Duration::from_secs(600),
+            log_prune_batch: 1000,
         }
     }
 }
@@ -133,6 +147,18 @@ impl ReplicationConfig {
             return Err(Error::invalid(
                 "replication config",
                 format!("webhook {w:?}: only http:// URLs are supported"),
+            ));
+        }
+        if self.log_prune_batch == 0 {
+            return Err(Error::invalid(
+                "replication config",
+                "log_prune_batch must be at least 1",
+            ));
+        }
+        if !self.log_retention.is_zero() && self.log_prune_interval.is_zero() {
+            return Err(Error::invalid(
+                "replication config",
+                "log_prune_interval must be more than 0 when log_retention is set (log_retention = \"0s\" keeps the log for ever)",
             ));
         }
         if self.ship_interval.is_zero() || self.control_interval.is_zero() {
@@ -275,6 +301,8 @@ pub(crate) struct Inner {
     pub(crate) public_url: std::sync::RwLock<Option<String>>,
     /// The message service (what a failover drains).
     pub(crate) messages: std::sync::OnceLock<tern_messaging::Context>,
+    /// When the log was last pruned (0: not yet).
+    pub(crate) last_prune_ms: std::sync::atomic::AtomicI64,
 }
 
 /// A customer key as opened here, or why it could not be.
@@ -405,7 +433,10 @@ pub struct DownstreamStatus {
     pub peer: DeploymentId,
     /// Whether log records are shipped.
     pub subscribed: bool,
-    /// Log records of the account not shipped yet (ids after the cursor).
+    /// Transactions of the database not shipped yet: its commit sequence here minus the
+    /// one shipped up to; for rows from before that was kept, the account's log ids
+    /// between the cursor and the stable id (a bound: ids the clock skipped count too).
+    /// Read from the metadata store only, never by listing the log.
     pub records_behind: u64,
     /// Log records shipped.
     pub records_shipped: u64,
@@ -416,8 +447,23 @@ pub struct DownstreamStatus {
     /// The customer-managed key every RepMK for this replica is sealed to (its id), if
     /// the replica's account uses one.
     pub sealed_to: Option<String>,
+    /// The replica fell further behind than the log retention and the records it needed
+    /// were pruned: nothing is shipped to it until its refresh.
+    #[serde(default)]
+    pub refresh_needed: bool,
     /// The last error.
     pub last_error: Option<String>,
+}
+
+/// See [`DownstreamStatus::records_behind`].
+fn records_behind(tx: &mut MetaTxn<'_>, d: &DownstreamDpo) -> tern_meta::Result<u64> {
+    if !d.subscribed {
+        return Ok(0);
+    }
+    Ok(match d.shipped_seq {
+        Some(shipped) => tern_txn::database_seq(tx, &d.database)?.saturating_sub(shipped),
+        None => tern_txn::last_txn_id(tx, &d.account)?.saturating_sub(d.cursor),
+    })
 }
 
 /// The whole status.
@@ -504,6 +550,7 @@ impl Replication {
                 standing: std::sync::Mutex::default(),
                 deferred_votes: std::sync::Mutex::default(),
                 messages: std::sync::OnceLock::new(),
+                last_prune_ms: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
@@ -1161,15 +1208,17 @@ impl Replication {
     /// `show replication status`.
     pub async fn status(&self) -> Result<Status> {
         let now = self.now();
-        let (replicas, downs, snap, import, outbox) = self.meta().read(|tx| {
+        // The job rows are read once (an import job holds a whole snapshot response): the
+        // counts come from the list.
+        let jobs = self.jobs()?;
+        let count = |kind| jobs.iter().filter(|j| j.kind == kind).count();
+        let (snap, import) = (
+            count(crate::jobs::JobKind::Snapshot),
+            count(crate::jobs::JobKind::Import),
+        );
+        let (replicas, downs, outbox) = self.meta().read(|tx| {
             let replicas = tx.scan_prefix::<ReplicaDpo>(&keys::replicas())?;
             let downs = tx.scan_prefix::<DownstreamDpo>(&keys::downstreams())?;
-            let snap = tx
-                .scan_prefix::<state::SnapshotJobDpo>(&keys::snapshot_jobs())?
-                .len();
-            let import = tx
-                .scan_prefix::<state::ImportJobDpo>(&keys::import_jobs())?
-                .len();
             let outbox = tx.scan_prefix::<OutboxDpo>(&state::outbox_all())?.len();
             let mut r = Vec::new();
             for (_, rep) in replicas {
@@ -1192,9 +1241,10 @@ impl Replication {
                     .get_database(&down.database)?
                     .map(|d| d.name)
                     .unwrap_or_default();
-                d.push((name, down));
+                let behind = records_behind(tx, &down)?;
+                d.push((name, behind, down));
             }
-            Ok((r, d, snap, import, outbox))
+            Ok((r, d, outbox))
         })?;
         let replicas = replicas
             .into_iter()
@@ -1236,20 +1286,7 @@ impl Replication {
             })
             .collect();
         let mut downstream = Vec::new();
-        for (name, d) in downs {
-            let stable = self.inner.p.txn.stable_log_id(&d.account)?;
-            let behind = if d.subscribed {
-                self.inner
-                    .p
-                    .txn
-                    .log_ids(&d.account, d.cursor + 1)
-                    .await?
-                    .into_iter()
-                    .filter(|id| *id <= stable)
-                    .count() as u64
-            } else {
-                0
-            };
+        for (name, behind, d) in downs {
             downstream.push(DownstreamStatus {
                 database: name,
                 group: d.group,
@@ -1260,6 +1297,7 @@ impl Replication {
                 snapshots: d.snapshots,
                 bytes_copied: d.bytes_copied,
                 sealed_to: d.customer_key.as_ref().map(|k| k.key_id().to_string()),
+                refresh_needed: d.refresh_needed_since_ms.is_some(),
                 last_error: d.last_error,
             });
         }
@@ -1291,7 +1329,7 @@ impl Replication {
             downstream,
             snapshot_jobs: snap as u64,
             import_jobs: import as u64,
-            jobs: self.jobs()?,
+            jobs,
             outbox: outbox as u64,
             counters,
         })
@@ -1377,6 +1415,32 @@ fn require_account(tx: &mut MetaTxn<'_>, account: &AccountId) -> tern_meta::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_log_pruning_settings_name_the_field() {
+        let bad = ReplicationConfig {
+            log_prune_batch: 0,
+            ..ReplicationConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("log_prune_batch"), "{e}");
+        let bad = ReplicationConfig {
+            log_prune_interval: Duration::ZERO,
+            ..ReplicationConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("log_prune_interval"), "{e}");
+        // Keeping the log for ever needs no interval.
+        ReplicationConfig {
+            log_retention: Duration::ZERO,
+            log_prune_interval: Duration::ZERO,
+            ..ReplicationConfig::default()
+        }
+        .validate()
+        .unwrap();
+        let d = ReplicationConfig::default();
+        assert_eq!(d.log_retention, Duration::from_secs(7 * 24 * 3600));
+    }
 
     #[test]
     fn lag_is_the_trail_behind_the_primary_or_its_silence_never_zero_when_silent() {

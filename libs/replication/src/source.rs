@@ -259,7 +259,7 @@ impl Replication {
         // One consistent read: every table at its current version, and the log position
         // those versions correspond to.
         let account = db.account.clone();
-        let (schemas, tables, lamport, stable, seq, epoch) = self.meta().read(|tx| {
+        let (schemas, tables, lamport, stable, seq, settled, epoch) = self.meta().read(|tx| {
             let schemas: Vec<String> = tx
                 .list_schemas(&db.id)?
                 .into_iter()
@@ -276,8 +276,9 @@ impl Replication {
             let lamport = tern_txn::last_txn_id(tx, &account)?;
             let stable = tern_txn::stable_log_id(tx, &account)?;
             let seq = tern_txn::database_seq(tx, &db.id)?;
+            let settled = tern_txn::settled_database_seq(tx, &account, &db.id)?;
             let epoch = tx.get_database(&db.id)?.map_or(db.epoch, |d| d.epoch);
-            Ok((schemas, tables, lamport, stable, seq, epoch))
+            Ok((schemas, tables, lamport, stable, seq, settled, epoch))
         })?;
         let have: BTreeMap<_, _> = job
             .request
@@ -379,7 +380,12 @@ impl Replication {
                 shipped_at_ms: None,
                 last_error: None,
                 shipping: None,
+                shipped_seq: None,
+                refresh_needed_since_ms: None,
             });
+            // A refresh is what a replica behind the pruned log needed.
+            d.refresh_needed_since_ms = None;
+            d.shipped_seq = Some(d.shipped_seq.unwrap_or(0).max(settled));
             if job.request.subscribe {
                 // Shipping continues after the snapshot's log position (records at or below
                 // it that arrive later are skipped by the replica as already applied).
@@ -416,7 +422,9 @@ impl Replication {
             .read(|tx| tx.scan_prefix::<DownstreamDpo>(&keys::downstreams()))?;
         let mut shipped = 0;
         for (dk, d) in downs {
-            if !d.subscribed || self.backing_off(&d.peer) {
+            // A replica waiting for a refresh gets no records: the ones after its cursor
+            // were pruned.
+            if !d.subscribed || d.refresh_needed_since_ms.is_some() || self.backing_off(&d.peer) {
                 continue;
             }
             let Some(sender) = peers.sender(&d.peer) else {
@@ -493,6 +501,13 @@ impl Replication {
         if stable <= d.cursor {
             return Ok(0);
         }
+        // Records after the cursor may be gone: pruned, never skipped as if there were
+        // none. Only a refresh brings this replica up to date.
+        let pruned = p.txn.log_pruned_up_to(&d.account)?;
+        if d.cursor < pruned {
+            self.mark_refresh_needed(dk, pruned)?;
+            return Ok(0);
+        }
         let ids: Vec<u64> = p
             .txn
             .log_ids(&d.account, d.cursor + 1)
@@ -514,7 +529,8 @@ impl Replication {
                 .into_iter()
                 .filter(|c| change_database(c) == &d.database)
                 .collect();
-            if !changes.is_empty() {
+            let changes_empty = changes.is_empty();
+            if !changes_empty {
                 sent_bytes += self
                     .ship_one(
                         sender,
@@ -531,9 +547,13 @@ impl Replication {
                 records += 1;
             }
             cursor = id;
+            let shipped_seq = stamp.filter(|_| !changes_empty).map(|s| s.seq);
             self.meta().write(|tx| {
                 if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
                     cur.cursor = cur.cursor.max(cursor);
+                    if let Some(s) = shipped_seq {
+                        cur.shipped_seq = Some(cur.shipped_seq.unwrap_or(0).max(s));
+                    }
                     if cur
                         .shipping
                         .as_ref()

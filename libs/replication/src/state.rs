@@ -192,6 +192,17 @@ pub struct DownstreamDpo {
     /// find it: a message left unfinished is abandoned and shipped again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipping: Option<Shipping>,
+    /// The database's transaction sequence number shipped up to (from the stamps of the
+    /// records shipped, and the snapshot's position): "records behind" is the database's
+    /// sequence minus this, read without listing the log. `None` for rows older than it
+    /// (then the log position stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipped_seq: Option<u64>,
+    /// Since when this replica needs a refresh instead of log records: the records after
+    /// its cursor were pruned (it fell further behind than the log retention). Nothing is
+    /// shipped to it until a refresh resets its cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_needed_since_ms: Option<i64>,
 }
 impl_dpo!(DownstreamDpo, "downstream replica");
 

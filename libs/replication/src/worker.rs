@@ -3,7 +3,7 @@
 //!
 //! | worker | unit of work |
 //! |---|---|
-//! | control | judge peers' availability, send heartbeats and availability notifications, send the outbox, announce global entities (on change and every `announce_interval`), send refresh requests (asked for or scheduled) |
+//! | control | judge peers' availability, send heartbeats and availability notifications, send the outbox, announce global entities (on change and every `announce_interval`), send refresh requests (asked for or scheduled), prune the log (every `log_prune_interval`, see [`crate::prune`]) |
 //! | copier | answer one refresh request: consistent snapshot, copy the difference to the peer's inbound stage, send the response |
 //! | importer | import one snapshot response: inbound → volume, roll back / jump versions, commit |
 //! | shipper | ship new log records to every subscribed downstream replica |
@@ -93,6 +93,11 @@ impl ReplicationWorker {
                 n += self.repl.send_outbox(peers).await?;
                 n += self.repl.announce(peers).await?;
                 n += self.repl.send_refresh_requests(peers).await?;
+                // Last, and never failing the unit: storage trouble while pruning delays
+                // no heartbeat or message.
+                if let Err(e) = self.repl.prune_log_if_due().await {
+                    tracing::warn!(error = %e, "log pruning failed; tried again next interval");
+                }
                 Ok(n)
             }
             Role::Copier => self.repl.serve_snapshots(peers).await,

@@ -61,6 +61,6 @@ pub use error::{Error, Result};
 pub use log::LogRecord;
 pub use manager::{
     PhaseStats, RecoveryFailure, RecoveryReport, TxnManager, TxnOptions, TxnOutcome, database_seq,
-    last_txn_id, stable_log_id,
+    last_txn_id, settled_database_seq, stable_log_id,
 };
-pub use state::{IdempotencyDpo, IdempotentOutcome, TxnDpo, TxnState};
+pub use state::{IdempotencyDpo, IdempotentOutcome, LogMarkDpo, LogPrunedDpo, TxnDpo, TxnState};

@@ -190,6 +190,53 @@ pub(crate) async fn list(
     Ok(ids)
 }
 
+/// Up to `limit` ids of `account`'s stored records in `(after, up_to]`, and whether the
+/// listing was read to its end (then there are no others in that range). The listing is
+/// streamed from `after` and stops as soon as `limit` are found: it is never held whole.
+/// The ids come in the store's listing order (not necessarily ascending).
+pub(crate) async fn list_range(
+    volume: &Arc<dyn ObjectStore>,
+    account: &AccountId,
+    after: u64,
+    up_to: u64,
+    limit: usize,
+) -> Result<(Vec<u64>, bool)> {
+    use futures::TryStreamExt as _;
+    let prefix = layout::volume::txlog_prefix(account);
+    let mut listed = if after == 0 {
+        volume.list(Some(&prefix))
+    } else {
+        volume.list_with_offset(Some(&prefix), &layout::volume::txlog(account, after))
+    };
+    let mut ids = Vec::new();
+    while let Some(m) = listed.try_next().await.map_err(|source| {
+        tern_storage::Error::from_store(tern_storage::Operation::List, &prefix, source)
+    })? {
+        let Some(id) = m.location.filename().and_then(layout::volume::parse_txlog) else {
+            continue;
+        };
+        if id > after && id <= up_to {
+            ids.push(id);
+            if ids.len() >= limit {
+                return Ok((ids, false));
+            }
+        }
+    }
+    Ok((ids, true))
+}
+
+/// Delete the record of `txn_id` (absent already is fine).
+pub(crate) async fn delete(
+    volume: &Arc<dyn ObjectStore>,
+    account: &AccountId,
+    txn_id: u64,
+) -> Result<()> {
+    volume
+        .delete_idempotent(&layout::volume::txlog(account, txn_id))
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +275,16 @@ mod tests {
         assert_eq!(list(&volume, &a, 8).await.unwrap(), [9, 10, 100, 1_000]);
         assert_eq!(list(&volume, &a, 101).await.unwrap(), [1_000]);
         assert!(list(&volume, &a, 1_001).await.unwrap().is_empty());
+        // A range, bounded on both ends, in batches.
+        let (mut ids, done) = list_range(&volume, &a, 2, 100, 10).await.unwrap();
+        ids.sort_unstable();
+        assert_eq!((ids, done), (vec![7, 9, 10, 100], true));
+        let (ids, done) = list_range(&volume, &a, 0, 1_000, 3).await.unwrap();
+        assert_eq!((ids.len(), done), (3, false));
+        assert_eq!(
+            list_range(&volume, &a, 100, 999, 3).await.unwrap(),
+            (vec![], true)
+        );
     }
 
     /// The plaintext format is pinned: a change here is a format change.

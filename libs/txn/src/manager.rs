@@ -22,9 +22,10 @@ use crate::crash::CrashPoints;
 use crate::error::{Error, Result};
 use crate::log::{self, LogRecord};
 use crate::state::{
-    IdempotencyAtDpo, IdempotencyDpo, IdempotentOutcome, LamportDpo, LockDpo, LogKeyDpo, TxnDpo,
-    TxnState, db_seq_key, idempotency_ages, idempotency_key, lamport_key, lock_key, log_key_key,
-    put_idempotency, txn_key, txns,
+    IdempotencyAtDpo, IdempotencyDpo, IdempotentOutcome, LamportDpo, LockDpo, LogKeyDpo,
+    LogMarkDpo, LogPrunedDpo, TxnDpo, TxnState, db_seq_key, idempotency_ages, idempotency_key,
+    lamport_key, lock_key, log_key_key, log_mark_key, log_marks, log_pruned_key, put_idempotency,
+    txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -139,6 +140,11 @@ pub enum TxnOutcome {
         /// Where it is.
         state: TxnState,
     },
+    /// Committed, and its log record since pruned (every replica had it and it was older
+    /// than the retention): the id is at or below the account's pruning watermark and its
+    /// stable id. (An id the account's clock skipped — it jumps to ids observed from
+    /// peers — cannot be told apart from a pruned one any more.)
+    CommittedPruned,
 }
 
 /// The commit protocol of one deployment (DESIGN.md §7), as the [`Committer`] of its
@@ -328,9 +334,123 @@ impl TxnManager {
         let path = tern_storage::layout::volume::txlog(account, txn_id);
         match tern_storage::StoreExt::meta(self.inner.volume.as_ref(), &path).await {
             Ok(_) => Ok(Some(TxnOutcome::Committed)),
-            Err(tern_storage::Error::NotFound { .. }) => Ok(None),
+            Err(tern_storage::Error::NotFound { .. }) => {
+                // Missing below the watermark: pruned (finished, hence committed), not lost.
+                let (pruned, stable) = self.inner.meta.read(|tx| {
+                    Ok((
+                        tx.get::<LogPrunedDpo>(&log_pruned_key(account))?
+                            .map_or(0, |w| w.up_to),
+                        stable_log_id(tx, account)?,
+                    ))
+                })?;
+                Ok((txn_id > 0 && txn_id <= pruned && txn_id <= stable)
+                    .then_some(TxnOutcome::CommittedPruned))
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The id up to which `account`'s log records may have been pruned (0: none): a
+    /// record at or below it that is not found was pruned, not lost.
+    pub fn log_pruned_up_to(&self, account: &AccountId) -> Result<u64> {
+        Ok(self.inner.meta.read(|tx| {
+            Ok(tx
+                .get::<LogPrunedDpo>(&log_pruned_key(account))?
+                .map_or(0, |w| w.up_to))
+        })?)
+    }
+
+    /// `account`'s pruning watermark row (all zero before the first pruning).
+    pub fn log_pruning(&self, account: &AccountId) -> Result<LogPrunedDpo> {
+        Ok(self.inner.meta.read(|tx| {
+            Ok(tx
+                .get::<LogPrunedDpo>(&log_pruned_key(account))?
+                .unwrap_or_default())
+        })?)
+    }
+
+    /// The highest id whose record is known to have been stored before `before_ms`, from
+    /// the marks this call keeps (no record is read): takes a mark of the account's stable
+    /// id now (when it moved since the newest mark), answers the stable id of the newest
+    /// mark taken at or before `before_ms` (0 when none is that old yet) and forgets the
+    /// marks older than that one. Called periodically (log pruning), it keeps about one
+    /// mark per call over the retention.
+    pub fn log_stored_before(&self, account: &AccountId, before_ms: i64) -> Result<u64> {
+        let now = self.inner.clock.now_millis();
+        Ok(self.inner.meta.write(|tx| {
+            let stable = stable_log_id(tx, account)?;
+            let marks = tx.scan_prefix::<LogMarkDpo>(&log_marks(account))?;
+            if marks.last().is_none_or(|(_, m)| m.stable < stable) {
+                tx.put(
+                    &log_mark_key(account, now),
+                    &LogMarkDpo { at_ms: now, stable },
+                )?;
+            }
+            let old: Vec<_> = marks
+                .into_iter()
+                .take_while(|(_, m)| m.at_ms <= before_ms)
+                .collect();
+            let Some((_, newest_old)) = old.last().cloned() else {
+                return Ok(0);
+            };
+            for (k, _) in &old[..old.len() - 1] {
+                tx.delete(k)?;
+            }
+            Ok(newest_old.stable)
+        })?)
+    }
+
+    /// Delete up to `limit` of `account`'s log records with ids at or below `up_to`
+    /// (lowered to the stable id: no unfinished transaction's record is touched); how many.
+    /// The watermark ([`TxnManager::log_pruned_up_to`]) is raised first, so a reader that
+    /// misses a record below it knows why, and a crash half-way leaves records that the
+    /// next call deletes. Called again until it returns fewer than `limit`.
+    ///
+    /// The caller decides that nobody needs those records any more (replication: every
+    /// subscribed downstream replica has them, and they are older than the retention).
+    #[tracing::instrument(level = "debug", skip(self), fields(deployment = %self.inner.deployment))]
+    pub async fn prune_log(&self, account: &AccountId, up_to: u64, limit: usize) -> Result<usize> {
+        let now = self.inner.clock.now_millis();
+        let key = log_pruned_key(account);
+        let w = self.inner.meta.write(|tx| {
+            let stable = stable_log_id(tx, account)?;
+            let mut w = tx.get::<LogPrunedDpo>(&key)?.unwrap_or_default();
+            let target = up_to.min(stable);
+            if target > w.up_to {
+                w.up_to = target;
+                w.pruned_at_ms = now;
+                tx.put(&key, &w)?;
+            }
+            Ok(w)
+        })?;
+        if w.cleared >= w.up_to {
+            return Ok(0);
+        }
+        let (ids, complete) = log::list_range(
+            &self.inner.volume,
+            account,
+            w.cleared,
+            w.up_to,
+            limit.max(1),
+        )
+        .await?;
+        for id in &ids {
+            log::delete(&self.inner.volume, account, *id).await?;
+        }
+        let n = ids.len();
+        self.inner.meta.write(|tx| {
+            let mut cur = tx.get::<LogPrunedDpo>(&key)?.unwrap_or_default();
+            cur.deleted += n as u64;
+            if complete {
+                // Everything up to the watermark this pass worked on is gone.
+                cur.cleared = cur.cleared.max(w.up_to);
+            }
+            tx.put(&key, &cur)
+        })?;
+        if n > 0 {
+            tracing::info!(%account, deleted = n, up_to = w.up_to, "log records pruned");
+        }
+        Ok(n)
     }
 
     /// The log record of transaction `txn_id` of `account`.
@@ -1136,6 +1256,26 @@ pub fn stable_log_id(
         .filter_map(|(_, t)| t.txn_id)
         .min();
     Ok(pending.map_or(last, |id| id.saturating_sub(1).min(last)))
+}
+
+/// [`database_seq`] lowered below the first transaction of `database` that has a number
+/// but is not visible yet (Prepared or Committing): every transaction of the database
+/// numbered at or below it is committed and visible.
+pub fn settled_database_seq(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    account: &AccountId,
+    database: &DatabaseId,
+) -> tern_meta::Result<u64> {
+    let last = database_seq(tx, database)?;
+    let pending = tx
+        .scan_prefix::<TxnDpo>(&txns())?
+        .into_iter()
+        .filter(|(_, t)| {
+            t.account == *account && matches!(t.state, TxnState::Prepared | TxnState::Committing)
+        })
+        .filter_map(|(_, t)| t.record.and_then(|r| r.stamp(database)).map(|s| s.seq))
+        .min();
+    Ok(pending.map_or(last, |s| s.saturating_sub(1).min(last)))
 }
 
 /// The last transaction sequence number stamped for `database` (0: none yet).

@@ -8,6 +8,8 @@
 //! | `txn/logkey/<account>` | [`LogKeyDpo`]: the account's log key, wrapped |
 //! | `txn/idem/<account>/<key>` | [`IdempotencyDpo`]: a statement's idempotency key, with its request hash, transaction and answer |
 //! | `txn/idem-at/<created ms>/<account>/<key>` | [`IdempotencyAtDpo`]: the same key by age, the range pruning walks |
+//! | `txn/logpruned/<account>` | [`LogPrunedDpo`]: how far the account's log records may have been deleted |
+//! | `txn/logmark/<account>/<at ms>` | [`LogMarkDpo`]: the account's stable log id at a time (how old records are, without reading them) |
 
 use serde::{Deserialize, Serialize};
 use tern_meta::{Dpo, Key};
@@ -195,6 +197,56 @@ impl Dpo for IdempotencyAtDpo {
     const VERSION: u32 = 1;
 }
 
+/// How far an account's log has been pruned (`txn/logpruned/<account>`).
+///
+/// `up_to` is raised *before* any record is deleted, so a record at or below it may be
+/// gone and a reader that misses one there knows it was pruned, not lost; `cleared` follows
+/// once every record at or below it is gone (the next pass lists from there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPrunedDpo {
+    /// Records with an id at or below this may have been deleted.
+    pub up_to: u64,
+    /// Every record with an id at or below this has been deleted.
+    pub cleared: u64,
+    /// Records deleted so far.
+    pub deleted: u64,
+    /// When `up_to` last moved.
+    pub pruned_at_ms: i64,
+}
+
+impl Dpo for LogPrunedDpo {
+    const WHAT: &'static str = "log pruning watermark";
+    const VERSION: u32 = 1;
+}
+
+/// The account's stable log id at a moment (`txn/logmark/<account>/<at ms>`): every record
+/// at or below `stable` was stored before `at_ms`. Pruning by age reads these marks instead
+/// of every record's commit time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMarkDpo {
+    /// When it was taken.
+    pub at_ms: i64,
+    /// The stable log id then.
+    pub stable: u64,
+}
+
+impl Dpo for LogMarkDpo {
+    const WHAT: &'static str = "log age mark";
+    const VERSION: u32 = 1;
+}
+
+pub(crate) fn log_pruned_key(account: &AccountId) -> Key {
+    Key::root("txn").str("logpruned").str(account.as_str())
+}
+
+pub(crate) fn log_marks(account: &AccountId) -> Key {
+    Key::root("txn").str("logmark").str(account.as_str())
+}
+
+pub(crate) fn log_mark_key(account: &AccountId, at_ms: i64) -> Key {
+    log_marks(account).u64(u64::try_from(at_ms).unwrap_or(0))
+}
+
 pub(crate) fn idempotency_key(account: &AccountId, key: &str) -> Key {
     Key::root("txn").str("idem").str(account.as_str()).str(key)
 }
@@ -266,6 +318,43 @@ mod tests {
 
     /// Stored idempotency keys keep their bytes and their key layout: a change is a format
     /// change (bump `VERSION`, convert old rows).
+    /// The pruning watermark and age marks keep their bytes and key layout.
+    #[test]
+    fn log_pruning_rows_are_golden() {
+        let meta = MetaStore::in_memory();
+        let account = AccountId::new("acme").expect("account");
+        let w = LogPrunedDpo {
+            up_to: 42,
+            cleared: 40,
+            deleted: 17,
+            pruned_at_ms: 1_700_000_000_000,
+        };
+        let m = LogMarkDpo {
+            at_ms: 1_700_000_000_000,
+            stable: 42,
+        };
+        let (wk, mk) = (log_pruned_key(&account), log_mark_key(&account, m.at_ms));
+        let raw = meta
+            .write(|tx| {
+                tx.put(&wk, &w)?;
+                tx.put(&mk, &m)?;
+                let a = tx.raw().get(wk.as_bytes())?.unwrap_or_default();
+                let b = tx.raw().get(mk.as_bytes())?.unwrap_or_default();
+                Ok((a, b))
+            })
+            .expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&raw.0),
+            r#"{"v":1,"d":{"up_to":42,"cleared":40,"deleted":17,"pruned_at_ms":1700000000000}}"#
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&raw.1),
+            r#"{"v":1,"d":{"at_ms":1700000000000,"stable":42}}"#
+        );
+        assert_eq!(wk.to_string(), "txn/logpruned/acme");
+        assert_eq!(mk.to_string(), "txn/logmark/acme/1700000000000");
+    }
+
     #[test]
     fn idempotency_rows_are_golden() {
         let meta = MetaStore::in_memory();

@@ -731,6 +731,24 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
         "gauge",
         vec![(String::new(), failed.len() as f64)],
     );
+    counter(
+        "tern_replication_refresh_needed",
+        "Per downstream replica of a local database: 1 when it fell further behind than replication.log_retention, its log records were pruned and it must refresh.",
+        "gauge",
+        rs.downstream
+            .iter()
+            .map(|r| {
+                (
+                    format!(
+                        "{{database=\"{}\",peer=\"{}\"}}",
+                        label(&r.database),
+                        label(r.peer.as_str())
+                    ),
+                    if r.refresh_needed { 1.0 } else { 0.0 },
+                )
+            })
+            .collect(),
+    );
     let mut jobs: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for j in &rs.jobs {
         *jobs
@@ -984,6 +1002,13 @@ async fn txn_status(
             .into());
         }
         Some(tern_txn::TxnOutcome::Committed) => json!({"txn_id": txn_id, "status": "committed"}),
+        // Still "committed" for clients that only read the status; said plainly beside it.
+        Some(tern_txn::TxnOutcome::CommittedPruned) => json!({
+            "txn_id": txn_id,
+            "status": "committed",
+            "log_record": "pruned",
+            "detail": "committed (log record pruned)",
+        }),
         Some(tern_txn::TxnOutcome::InDoubt { state }) => json!({
             "txn_id": txn_id,
             "status": "in_doubt",

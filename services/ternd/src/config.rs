@@ -185,6 +185,9 @@ pub struct PeerConfig {
 /// url = "file:///data/d1/replication"
 /// ship_interval = "100ms"
 /// refresh_interval = "1h"
+/// # log records are deleted once every replica has them and they are this old; a
+/// # replica behind by more is asked to refresh ("0s": keep the log for ever)
+/// log_retention = "7d"
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReplicationSection {
@@ -690,15 +693,21 @@ mod tests {
              operator_token = \"0123456789abcdef0123\"\n\
              [volume]\nurl = \"file:///tmp/x/volume\"\n\
              [replication]\nurl = \"file:///tmp/x/replication\"\n\
-             ship_interval = \"50ms\"\ncopy_concurrency = 8\n\
+             ship_interval = \"50ms\"\ncopy_concurrency = 8\nlog_retention = \"3d\"\n\
              [replication.s3]\nregion = \"eu-west-1\"\n\
              [keys]\nkind = \"local\"\ndir = \"/tmp/x/keys\"\n",
         )
         .expect("write");
-        let env = vec![(
-            "TERN_REPLICATION__REFRESH_INTERVAL".to_string(),
-            "10m".to_string(),
-        )];
+        let env = vec![
+            (
+                "TERN_REPLICATION__REFRESH_INTERVAL".to_string(),
+                "10m".to_string(),
+            ),
+            (
+                "TERN_REPLICATION__LOG_PRUNE_INTERVAL".to_string(),
+                "1h".to_string(),
+            ),
+        ];
         let c = Config::load(Some(&path), env).expect("valid");
         assert_eq!(c.replication.bucket.url, "file:///tmp/x/replication");
         assert_eq!(c.replication.bucket.s3.region, "eu-west-1");
@@ -706,6 +715,8 @@ mod tests {
         assert_eq!(r.ship_interval, Duration::from_millis(50));
         assert_eq!(r.copy_concurrency, 8);
         assert_eq!(r.refresh_interval, Duration::from_secs(600));
+        assert_eq!(r.log_retention, Duration::from_secs(3 * 24 * 3600));
+        assert_eq!(r.log_prune_interval, Duration::from_secs(3600));
         // Unnamed settings keep their defaults.
         let d = ReplicationConfig::default();
         assert_eq!(r.announce_interval, d.announce_interval);
@@ -725,6 +736,13 @@ mod tests {
         let err = Config::load(None, env).expect_err("zero").to_string();
         assert!(
             err.contains("replication") && err.contains("copy_concurrency"),
+            "{err}"
+        );
+        let mut env = base();
+        env.push(("TERN_REPLICATION__LOG_PRUNE_BATCH".into(), "0".into()));
+        let err = Config::load(None, env).expect_err("zero").to_string();
+        assert!(
+            err.contains("replication") && err.contains("log_prune_batch"),
             "{err}"
         );
         let mut env = base();

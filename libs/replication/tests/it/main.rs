@@ -4,5 +4,6 @@
 mod common;
 mod epochs;
 mod failover;
+mod pruning;
 mod replicate;
 mod s3;

@@ -7,4 +7,5 @@ mod crash;
 mod idempotency;
 mod log_write;
 mod nan;
+mod pruning;
 mod reader;
