@@ -179,8 +179,11 @@ pub struct TableChange {
     pub table: TableId,
     /// The version the statement read.
     pub base_version: u64,
-    /// Whether the change may land on a later version than `base_version`: true for pure
-    /// appends (inserts), false for changes computed from what they read.
+    /// Whether the change may land on a later version than `base_version`: true for
+    /// changes that depend on nothing they read but the files they remove — pure appends
+    /// (inserts, which remove none) and compaction (which removes files it rewrote row for
+    /// row) — false for changes computed from what they read. A rebased change whose
+    /// removed files are no longer all active is a [`Error::Conflict`].
     pub rebase: bool,
     /// The version to make, when it is not `base_version + 1`: a replicated change takes
     /// its primary's version number (a refresh may skip versions). Never with `rebase`.
@@ -321,9 +324,10 @@ impl Change {
         }
     }
 
-    /// Under this change's locks: fix the table version (an append lands on the current
-    /// version; any other change must find the version it read, else
-    /// [`Error::Conflict`]) and write the metadata file. Returns the record to publish.
+    /// Under this change's locks: fix the table version (a rebasing change lands on the
+    /// current version when every file it removes is still active there; any other change
+    /// must find the version it read; else [`Error::Conflict`]) and write the metadata
+    /// file. Returns the record to publish.
     pub async fn prepare(
         self,
         meta: &MetaStore,
@@ -349,6 +353,30 @@ impl Change {
                 read: t.base_version,
                 found: current,
             });
+        }
+        if current != t.base_version && !t.removed.is_empty() {
+            // A rebased change removes files it read at `base_version`: a writer in between
+            // that removed one of them (a delete, an update, another compaction) changed
+            // those rows, so landing here would undo or duplicate its change.
+            let gone = meta.read(|tx| {
+                for m in &t.removed {
+                    let active = tx
+                        .get_micro_partition(&t.table, &m.short)?
+                        .is_some_and(|m| m.removed_version.is_none());
+                    if !active {
+                        return Ok(Some(m.short.clone()));
+                    }
+                }
+                Ok(None)
+            })?;
+            if let Some(short) = gone {
+                tracing::debug!(table = %t.table, %short, read = t.base_version, found = current, "a file this change removes was removed meanwhile");
+                return Err(Error::Conflict {
+                    table: t.table.clone(),
+                    read: t.base_version,
+                    found: current,
+                });
+            }
         }
         let version = match t.version {
             Some(v) if v <= current => {

@@ -203,6 +203,25 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Compaction thresholds that cannot be used.
+    #[error("compaction option {field}: {reason}")]
+    InvalidCompactionOptions {
+        /// The option.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A compaction wrote another number of rows than its inputs hold (nothing was
+    /// committed): a bug or damaged input, never a silent loss.
+    #[error("compaction of {table} read {read} rows but wrote {written}; nothing was committed")]
+    CompactionRowCount {
+        /// The table.
+        table: TableId,
+        /// Rows in the inputs (by their index entries).
+        read: u64,
+        /// Rows in the merged files.
+        written: u64,
+    },
     /// The metadata store refused or failed.
     #[error(transparent)]
     Meta(#[from] tern_meta::Error),

@@ -13,9 +13,13 @@
 //!                              ──▶ metadata file (encrypted JSON, PutMode::Create)
 //!                              ──▶ metadata store: CAS current_version N → N+1
 //! ```
+//!
+//! Small files (one per single-row insert) are merged by [`compact`] as a commit of its
+//! own that keeps every row.
 
 pub mod aggregate;
 pub mod commit;
+pub mod compact;
 pub mod ep;
 pub mod error;
 pub mod load;
@@ -29,6 +33,7 @@ pub use commit::{
     Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Stamp, Transaction,
     WriteFence, with_idempotency_key,
 };
+pub use compact::{CompactionOptions, StagedCompaction};
 pub use error::{CommitFailure, Error, Refusal, Result};
 pub use pins::PinnedVersion;
 pub use predicate::{CmpOp, Predicate};

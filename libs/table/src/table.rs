@@ -163,10 +163,10 @@ pub enum Aggregate {
 }
 
 /// One table's identity and keys, resolved for an operation.
-struct Ctx {
-    table: TableDpo,
-    account: AccountId,
-    keys: Arc<TableFileKeys>,
+pub(crate) struct Ctx {
+    pub(crate) table: TableDpo,
+    pub(crate) account: AccountId,
+    pub(crate) keys: Arc<TableFileKeys>,
 }
 
 /// The tables of one deployment: its volume, metadata store and key provider.
@@ -225,6 +225,11 @@ impl Tables {
     /// The metadata store.
     pub fn meta(&self) -> &MetaStore {
         &self.meta
+    }
+
+    /// How micro-partitions are written.
+    pub fn write_options(&self) -> &WriteOptions {
+        &self.options.write
     }
 
     /// The volume.
@@ -896,7 +901,7 @@ impl Tables {
         }
     }
 
-    async fn ctx(&self, table: &TableId) -> Result<Ctx> {
+    pub(crate) async fn ctx(&self, table: &TableId) -> Result<Ctx> {
         let t = self.table(table)?;
         let account = self.meta.read(|tx| {
             tx.get_database(&t.database)?
@@ -957,7 +962,7 @@ impl Tables {
         Ok(prune(files, predicate))
     }
 
-    async fn read_file(
+    pub(crate) async fn read_file(
         &self,
         ctx: &Ctx,
         m: &MicroPartitionDpo,
@@ -1033,7 +1038,7 @@ impl Tables {
     }
 
     /// Wait for the file in flight, then start storing `e`.
-    async fn store_next(
+    pub(crate) async fn store_next(
         &self,
         ctx: &Ctx,
         e: mp::Encoded,
@@ -1071,7 +1076,7 @@ impl Tables {
     }
 
     /// Wait for the file in flight, if any, and record it as written.
-    async fn land(
+    pub(crate) async fn land(
         in_flight: &mut Option<tokio::task::JoinHandle<Result<MicroPartitionDpo>>>,
         written: &mut Vec<MicroPartitionDpo>,
     ) -> Result<()> {
@@ -1090,7 +1095,7 @@ impl Tables {
     /// The account of a live database that statements may change: a secondary replica
     /// is read-only (replication changes it through the committer, not through
     /// statements).
-    fn account_of(&self, db: &DatabaseId) -> Result<AccountId> {
+    pub(crate) fn account_of(&self, db: &DatabaseId) -> Result<AccountId> {
         let d = self.meta.read(|tx| {
             tx.get_database(db)?
                 .filter(|d| !d.dropped)
@@ -1109,7 +1114,7 @@ impl Tables {
     }
 
     /// A change of the table in `ctx` on the version it was read at.
-    fn change(
+    pub(crate) fn change(
         &self,
         ctx: &Ctx,
         added: Vec<MicroPartitionDpo>,
@@ -1158,7 +1163,7 @@ impl Tables {
 
     /// Commit one table change, with the statement's idempotency key if it has one
     /// ([`crate::commit::with_idempotency_key`]).
-    async fn commit(
+    pub(crate) async fn commit(
         &self,
         mut txn: Box<dyn Transaction>,
         change: TableChange,

@@ -15,6 +15,7 @@
 //! | `TERN_PEERS__0__BUCKET__URL=s3://…` | `peers[0].bucket.url` |
 //! | `TERN_WORKERS__RECOVER_INTERVAL=30s` | `workers.recover_interval` |
 //! | `TERN_REPLICATION__SHIP_INTERVAL=100ms` | `replication.ship_interval` |
+//! | `TERN_COMPACTION__INTERVAL=0s` | `compaction.interval` (`0s`: compaction off) |
 //!
 //! A value is read as a TOML value when it is a number, a boolean or an array
 //! (`TERN_API__MAX_BODY_BYTES=1048576`), and as a string otherwise; quote it to force a
@@ -56,6 +57,7 @@ pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "api",
     "txn",
     "messaging",
+    "compaction",
     "log",
 ];
 
@@ -92,6 +94,8 @@ pub struct Config {
     pub txn: TxnConfig,
     /// Message service settings.
     pub messaging: MessagingConfig,
+    /// The compaction worker: when small files are merged.
+    pub compaction: CompactionConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -113,6 +117,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             txn: TxnConfig::default(),
             messaging: MessagingConfig::default(),
+            compaction: CompactionConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -329,6 +334,65 @@ impl Default for TxnConfig {
     }
 }
 
+/// The compaction worker (`[compaction]`): every `interval` it merges the small
+/// micro-partitions of every table of a local or primary database (a secondary replica
+/// receives its primary's compactions by replication), as ordinary commits.
+///
+/// ```toml
+/// [compaction]
+/// interval = "1m"        # "0s" turns compaction off
+/// min_files = 16         # compact a table once it has this many small files
+/// max_files = 1000       # most files merged by one commit
+/// small_file_bytes = 1048576
+/// target_file_bytes = 16777216
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// How often every table is looked at; `0s` turns compaction off.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A table is compacted once it has at least this many small files (at least 2).
+    pub min_files: usize,
+    /// Most small files merged by one compaction commit (at least `min_files`); a table
+    /// with more is merged by several, one after the other.
+    pub max_files: usize,
+    /// A file whose stored size is below this many bytes is small.
+    pub small_file_bytes: u64,
+    /// Merged files are closed at about this many bytes (at least `small_file_bytes`).
+    pub target_file_bytes: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        let o = tern_table::CompactionOptions::default();
+        Self {
+            interval: Duration::from_secs(60),
+            min_files: o.min_files,
+            max_files: o.max_files,
+            small_file_bytes: o.small_file_bytes,
+            target_file_bytes: o.target_file_bytes,
+        }
+    }
+}
+
+impl CompactionConfig {
+    /// Whether the worker runs.
+    pub fn enabled(&self) -> bool {
+        !self.interval.is_zero()
+    }
+
+    /// The thresholds as the table layer takes them.
+    pub fn options(&self) -> tern_table::CompactionOptions {
+        tern_table::CompactionOptions {
+            min_files: self.min_files,
+            max_files: self.max_files,
+            small_file_bytes: self.small_file_bytes,
+            target_file_bytes: self.target_file_bytes,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -493,6 +557,13 @@ impl Config {
         if self.txn.lock_timeout.is_zero() {
             return Err(invalid("txn.lock_timeout", "must be positive"));
         }
+        // Checked even when off, so that turning it on later cannot fail at start.
+        self.compaction.options().validate().map_err(|e| match e {
+            tern_table::Error::InvalidCompactionOptions { field, reason } => {
+                invalid(format!("compaction.{field}"), reason)
+            }
+            other => invalid("compaction", other.to_string()),
+        })?;
         self.messaging.validate().map_err(|e| match e {
             tern_messaging::Error::InvalidConfig { field, reason } => {
                 invalid(format!("messaging.{field}"), reason)
@@ -758,6 +829,46 @@ mod tests {
             .expect_err("bad duration")
             .to_string();
         assert!(err.contains("replication"), "{err}");
+    }
+
+    #[test]
+    fn compaction_defaults_can_be_turned_off_and_bad_thresholds_are_named() {
+        let c = Config::load(None, base()).expect("valid");
+        assert!(c.compaction.enabled());
+        assert_eq!(c.compaction.interval, Duration::from_secs(60));
+        assert_eq!(
+            c.compaction.options(),
+            tern_table::CompactionOptions::default()
+        );
+        let mut env = base();
+        env.push(("TERN_COMPACTION__INTERVAL".into(), "0s".into()));
+        env.push(("TERN_COMPACTION__MIN_FILES".into(), "4".into()));
+        let c = Config::load(None, env).expect("valid");
+        assert!(!c.compaction.enabled());
+        assert_eq!(c.compaction.min_files, 4);
+        for (var, value, field) in [
+            ("TERN_COMPACTION__MIN_FILES", "1", "compaction.min_files"),
+            ("TERN_COMPACTION__MAX_FILES", "3", "compaction.max_files"),
+            (
+                "TERN_COMPACTION__SMALL_FILE_BYTES",
+                "0",
+                "compaction.small_file_bytes",
+            ),
+            (
+                "TERN_COMPACTION__TARGET_FILE_BYTES",
+                "1024",
+                "compaction.target_file_bytes",
+            ),
+        ] {
+            let mut env = base();
+            env.push((var.into(), value.into()));
+            let err = Config::load(None, env).expect_err(var).to_string();
+            assert!(err.contains(field), "{var}: {err}");
+        }
+        let mut env = base();
+        env.push(("TERN_COMPACTION__EVERY".into(), "1s".into()));
+        let err = Config::load(None, env).expect_err("unknown").to_string();
+        assert!(err.contains("every"), "{err}");
     }
 
     #[test]

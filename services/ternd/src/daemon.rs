@@ -8,7 +8,8 @@
 //!         (+ group and replication handlers) ─▶ PeerSet (peer buckets, sender wakers)
 //!  start: supervisor ◀─ receiver, processor, cleaner, one sender per peer channel,
 //!                       recovery (in-doubt commits), heartbeat, monitor,
-//!                       replication control, copier, importer, shipper
+//!                       replication control, copier, importer, shipper,
+//!                       compaction (unless `compaction.interval = "0s"`)
 //!  stop:  API stops taking requests, in-flight ones finish ─▶ workers stop after their
 //!         unit ─▶ recover() finishes any in-doubt commit ─▶ exit 0
 //! ```
@@ -555,6 +556,15 @@ impl Daemon {
             interval: self.config.workers.monitor_interval,
             status: WorkerStatus::default(),
         }));
+        if self.config.compaction.enabled() {
+            s.spawn(Box::new(CompactionWorker {
+                daemon: Arc::downgrade(self),
+                interval: self.config.compaction.interval,
+                options: self.config.compaction.options(),
+                status: WorkerStatus::default(),
+                totals: CompactionTotals::default(),
+            }));
+        }
         let peers: Arc<dyn Peers> = Arc::clone(&self.peer_set) as Arc<dyn Peers>;
         for role in Role::ALL {
             s.spawn(Box::new(ReplicationTask::new(ReplicationWorker::new(
@@ -831,6 +841,113 @@ impl Worker for HeartbeatWorker {
             self.status.busy_units += 1;
         }
         self.status.figures = vec![("heartbeats_sent", self.sent)];
+        Ok(WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.interval).await;
+    }
+    fn status(&self) -> WorkerStatus {
+        self.status.clone()
+    }
+}
+
+/// What the compaction worker did since the daemon started.
+#[derive(Debug, Default, Clone, Copy)]
+struct CompactionTotals {
+    rounds: u64,
+    commits: u64,
+    files_removed: u64,
+    files_added: u64,
+    conflicts: u64,
+    failures: u64,
+}
+
+/// Merges the small files of every table of the local and primary databases
+/// ([`Tables::compact`]). A secondary replica is never compacted here: it changes only by
+/// replication, which brings it its primary's compaction commits. A compaction that lost
+/// a race with a writer (one of its inputs was removed meanwhile) is counted and tried
+/// again at the next round, on the new version; a table that fails does not stop the
+/// others.
+struct CompactionWorker {
+    daemon: std::sync::Weak<Daemon>,
+    interval: Duration,
+    options: tern_table::CompactionOptions,
+    status: WorkerStatus,
+    totals: CompactionTotals,
+}
+
+impl CompactionWorker {
+    /// The live tables of every database that may compact: local or primary, not dropped.
+    fn tables(d: &Daemon) -> Result<Vec<tern_meta::TableDpo>> {
+        Ok(d.meta.read(|tx| {
+            let mut out = Vec::new();
+            for a in tx.list_accounts()? {
+                for db in tx.list_databases(&a.name)? {
+                    if db.dropped || db.role == tern_meta::DatabaseRole::Secondary {
+                        continue;
+                    }
+                    out.extend(tx.list_tables(&db.id)?.into_iter().filter(|t| !t.dropped));
+                }
+            }
+            Ok(out)
+        })?)
+    }
+}
+
+#[async_trait]
+impl Worker for CompactionWorker {
+    fn name(&self) -> String {
+        "compaction".into()
+    }
+    async fn work(&mut self) -> Result<WorkerState> {
+        let Some(d) = self.daemon.upgrade() else {
+            return Ok(WorkerState::Idle);
+        };
+        let (mut committed, mut failed) = (0, None);
+        for t in Self::tables(&d)? {
+            if d.stopping() {
+                break;
+            }
+            match d.tables.compact(&t.id, &self.options).await {
+                Ok(info) if info.committed => {
+                    committed += 1;
+                    self.totals.files_removed += info.files_removed as u64;
+                    self.totals.files_added += info.files_added as u64;
+                }
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {
+                    self.totals.conflicts += 1;
+                    tracing::debug!(table = %t.id, error = %e, "compaction lost a race; retried next round");
+                }
+                // A database that became a secondary (or was fenced) since it was listed.
+                Err(
+                    tern_table::Error::ReadOnlyReplica { .. } | tern_table::Error::NotWritable(_),
+                ) => {}
+                Err(e) => {
+                    self.totals.failures += 1;
+                    failed = Some(format!("{}: {e}", t.id));
+                    tracing::warn!(table = %t.id, error = %e, "compaction failed; retried next round");
+                }
+            }
+        }
+        self.totals.rounds += 1;
+        self.totals.commits += committed;
+        self.status.errors = self.totals.failures;
+        self.status.last_error = failed;
+        let c = self.totals;
+        self.status.figures = vec![
+            ("rounds", c.rounds),
+            ("commits", c.commits),
+            ("files_removed", c.files_removed),
+            ("files_added", c.files_added),
+            ("conflicts", c.conflicts),
+            ("failures", c.failures),
+        ];
+        if committed > 0 {
+            self.status.busy_units += 1;
+            // A table with more than max_files small files needs another commit now.
+            return Ok(WorkerState::Busy);
+        }
         Ok(WorkerState::Idle)
     }
     async fn wait_for_work(&mut self) {

@@ -1071,3 +1071,68 @@ async fn a_replica_of_many_files_still_refreshes_its_request_travels_as_a_body_f
     d1.stop().await;
     d2.stop().await;
 }
+
+/// A compaction on the primary (40 one-row files merged into one, removed and added by
+/// global reference) reaches the replica as one commit: the same rows in one file there,
+/// and the replica's history before it still reads the small files. The replica itself
+/// never compacts: it is read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compaction_on_the_primary_reaches_the_replica_with_equal_rows() {
+    let Pair {
+        dir: _dir,
+        keys: _,
+        mut d1,
+        mut d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair(repl_config()).await;
+    replicate(&d1, &a1, &d2, &account_group).await;
+    for i in 0..40i64 {
+        d1.tables.insert(&t, &[batch(i..i + 1, "s")]).await.unwrap();
+    }
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let rid = replica_table_id(&d1.id, &t);
+    let before = ver(&d2, &rid).unwrap();
+    let active = |n: &Node, table: &TableId| {
+        let v = ver(n, table).unwrap();
+        n.meta
+            .read(|tx| tx.active_micro_partitions(table, v))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(active(&d2, &rid), 40);
+
+    let opts = tern_table::CompactionOptions {
+        min_files: 4,
+        ..Default::default()
+    };
+    let e = d2.tables.compact(&rid, &opts).await.unwrap_err();
+    assert!(
+        matches!(e, tern_table::Error::ReadOnlyReplica { .. }),
+        "{e}"
+    );
+    let info = d1.tables.compact(&t, &opts).await.unwrap();
+    assert!(info.committed, "{info:?}");
+    assert_eq!((info.files_removed, info.files_added), (40, 1));
+    // A change after it, on the merged file, follows it.
+    d1.tables
+        .delete(&t, &Predicate::eq("id", 7i64))
+        .await
+        .unwrap();
+
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    assert_eq!(rows(&d2, &rid, None).await.len(), 39);
+    assert_eq!(active(&d2, &rid), 1, "the replica holds the merged file");
+    assert_eq!(active(&d1, &t), 1);
+    // The replica's version before the compaction still reads its 40 small files.
+    assert_eq!(rows(&d2, &rid, Some(before)).await.len(), 40);
+    assert_eq!(
+        rows(&d2, &rid, Some(before)).await,
+        rows(&d1, &t, Some(before)).await
+    );
+    d1.stop().await;
+    d2.stop().await;
+}
