@@ -559,6 +559,7 @@ impl Daemon {
         if self.config.compaction.enabled() {
             s.spawn(Box::new(CompactionWorker {
                 daemon: Arc::downgrade(self),
+                waited: false,
                 interval: self.config.compaction.interval,
                 options: self.config.compaction.options(),
                 status: WorkerStatus::default(),
@@ -870,6 +871,10 @@ struct CompactionTotals {
 /// others.
 struct CompactionWorker {
     daemon: std::sync::Weak<Daemon>,
+    /// The first round waits an interval: a deployment that was down (an old primary)
+    /// hears the group's newer epoch first and never compacts under a stale one (such a
+    /// compaction would come back as a conflict record of rows it did not change).
+    waited: bool,
     interval: Duration,
     options: tern_table::CompactionOptions,
     status: WorkerStatus,
@@ -900,6 +905,9 @@ impl Worker for CompactionWorker {
         "compaction".into()
     }
     async fn work(&mut self) -> Result<WorkerState> {
+        if !std::mem::replace(&mut self.waited, true) {
+            return Ok(WorkerState::Idle);
+        }
         let Some(d) = self.daemon.upgrade() else {
             return Ok(WorkerState::Idle);
         };
