@@ -91,7 +91,7 @@ impl Default for MessagingConfig {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(500),
-            reply_poll_interval: Duration::from_millis(50),
+            reply_poll_interval: Duration::from_millis(20),
             reply_window: Duration::from_secs(10),
             send_interval: Duration::from_secs(1),
             send_linger: Duration::from_millis(5),

@@ -1180,11 +1180,17 @@ impl Replication {
             let Some(db) = self.local_database(&beat.group)? else {
                 continue;
             };
-            if let Some(claim) = &beat.claim {
-                let known = self.group_state(&db)?.epoch;
-                if claim.epoch > known {
-                    self.learn_claim(&db, claim.clone()).await?;
-                }
+            let known = self.group_state(&db)?.epoch;
+            if let Some(claim) = &beat.claim
+                && claim.epoch > known
+            {
+                self.learn_claim(&db, claim.clone()).await?;
+            }
+            if beat.epoch < known {
+                // A member with a stale view (an old primary back, a replica that slept):
+                // it will learn the newer epoch from this deployment's heartbeat and ask
+                // for a refresh — read that request as soon as it lands.
+                self.expect_reply();
             }
             let me = self.me().clone();
             self.meta().write(|tx| {
