@@ -1001,6 +1001,12 @@ impl Replication {
             };
             let changed = r.follow_log != follow;
             r.follow_log = follow;
+            if changed {
+                // A pending request carries (or the control worker, having read the row
+                // before this change, may still send it with) the old choice: a new
+                // request replaces it; the upstream answers them in the order they arrive.
+                r.refresh = None;
+            }
             tx.put(&keys::replica(database), &r)?;
             Ok(Ok(changed))
         })??;

@@ -170,9 +170,13 @@ impl Replication {
         // holds up no other peer's refresh.
         // A job backing off or failed (a poison request) holds up none behind it either.
         let now = self.now();
-        let jobs = self
+        let mut jobs = self
             .meta()
             .read(|tx| tx.scan_prefix::<SnapshotJobDpo>(&keys::snapshot_jobs()))?;
+        // In the order they arrived (keys sort request ids as text: rq-…-10 before
+        // rq-…-9): a replica's later request — following the log again, or not — is
+        // answered after its earlier one, so its choice is the one that stays.
+        jobs.sort_by_key(|(_, j)| j.received_at_ms);
         let Some((key, job)) = jobs
             .into_iter()
             .find(|(_, j)| j.retry.due(now) && !self.backing_off(&j.peer))

@@ -345,9 +345,11 @@ impl Replication {
     pub(crate) async fn import_snapshots(&self) -> Result<(usize, Option<InboundCleanup>)> {
         // The oldest job that is due: one backing off or failed blocks none behind it.
         let now = self.now();
-        let jobs = self
+        let mut jobs = self
             .meta()
             .read(|tx| tx.scan_prefix::<ImportJobDpo>(&keys::import_jobs()))?;
+        // In the order they arrived, not by key (response ids sort as text).
+        jobs.sort_by_key(|(_, j)| j.received_at_ms);
         let Some((key, job)) = jobs.into_iter().find(|(_, j)| j.retry.due(now)) else {
             return Ok((0, None));
         };
