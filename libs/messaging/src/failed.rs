@@ -70,6 +70,17 @@ impl Context {
         .await
     }
 
+    /// How many messages are Failed (their queue entries only, no row is read).
+    pub async fn failed_count(&self) -> Result<usize> {
+        self.read("count failed messages", move |tx| {
+            Ok(tx
+                .scan_prefix::<QueueEntry>(&keys::queue(InState::Failed))
+                .map_err(Error::meta("scan failed"))?
+                .len())
+        })
+        .await
+    }
+
     /// Moves Failed message `id` of `peer` to `to` (Ready for processing: its handler runs
     /// again with fresh attempts; ReadyForCleanup: given up).
     async fn move_failed(&self, peer: &DeploymentId, id: &MessageId, to: InState) -> Result<()> {

@@ -1176,21 +1176,16 @@ impl Replication {
             self.notified();
         }
         let mut first_beat = false;
+        let mut stale_member = false;
         for beat in hb.groups {
             let Some(db) = self.local_database(&beat.group)? else {
                 continue;
             };
-            let known = self.group_state(&db)?.epoch;
-            if let Some(claim) = &beat.claim
-                && claim.epoch > known
-            {
-                self.learn_claim(&db, claim.clone()).await?;
-            }
-            if beat.epoch < known {
-                // A member with a stale view (an old primary back, a replica that slept):
-                // it will learn the newer epoch from this deployment's heartbeat and ask
-                // for a refresh — read that request as soon as it lands.
-                self.expect_reply();
+            if let Some(claim) = &beat.claim {
+                let known = self.group_state(&db)?.epoch;
+                if claim.epoch > known {
+                    self.learn_claim(&db, claim.clone()).await?;
+                }
             }
             let me = self.me().clone();
             self.meta().write(|tx| {
@@ -1198,6 +1193,7 @@ impl Replication {
                     return Ok(());
                 };
                 let mut g = group_of(tx, &db, &me)?;
+                stale_member |= beat.epoch < g.epoch;
                 if beat.epoch == g.epoch
                     && beat.role == DatabaseRole::Primary
                     && g.primary.as_ref() == Some(from)
@@ -1252,6 +1248,12 @@ impl Replication {
         }
         if first_beat {
             self.beat_soon();
+        }
+        if stale_member {
+            // A member with a stale view (an old primary back, a replica that slept): it
+            // will learn the newer epoch from this deployment's heartbeat and ask for a
+            // refresh — read that request as soon as it lands.
+            self.expect_reply();
         }
         Ok(())
     }
@@ -1921,40 +1923,53 @@ impl Replication {
         let now = self.now();
         let limit = self.config().switchover_timeout + self.config().vote_timeout;
         let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
-        let ended = self.meta().write(|tx| {
-            let mut ended = Vec::new();
+        let expired = |tx: &mut MetaTxn<'_>| -> tern_meta::Result<Vec<(DatabaseDpo, GroupDpo)>> {
+            let mut out = Vec::new();
             for a in tx.list_accounts()? {
                 for d in tx.list_databases(&a.name)? {
                     if d.replication_group.is_none() || d.role != DatabaseRole::Primary {
                         continue;
                     }
-                    let mut g = group_of(tx, &d, &me)?;
-                    let Some(h) = g.handoff.clone() else { continue };
-                    if now - h.since_ms < limit_ms {
-                        continue;
+                    let g = group_of(tx, &d, &me)?;
+                    if g.handoff
+                        .as_ref()
+                        .is_some_and(|h| now - h.since_ms >= limit_ms)
+                    {
+                        out.push((d, g));
                     }
-                    g.handoff = None;
-                    tx.put(&fkeys::group(&g.group), &g)?;
-                    let seq = tx.next_sequence("repl-availlog")?;
-                    record_event(
-                        tx,
-                        &AvailabilityEvent {
-                            seq,
-                            peer: h.to.clone(),
-                            from: "switchover".into(),
-                            to: "cancelled".into(),
-                            at_ms: now,
-                            reason: format!(
-                                "group {}: the switchover of {} to {} did not complete within {}: commits resume here",
-                                g.group,
-                                d.name,
-                                h.to,
-                                humantime_serde::re::humantime::format_duration(limit)
-                            ),
-                        },
-                    )?;
-                    ended.push(d.name.clone());
                 }
+            }
+            Ok(out)
+        };
+        // Every control unit looks; only a handoff past its time takes a write.
+        if self.meta().read(|tx| expired(tx))?.is_empty() {
+            return Ok(0);
+        }
+        let ended = self.meta().write(|tx| {
+            let mut ended = Vec::new();
+            for (d, mut g) in expired(tx)? {
+                let Some(h) = g.handoff.clone() else { continue };
+                g.handoff = None;
+                tx.put(&fkeys::group(&g.group), &g)?;
+                let seq = tx.next_sequence("repl-availlog")?;
+                record_event(
+                    tx,
+                    &AvailabilityEvent {
+                        seq,
+                        peer: h.to.clone(),
+                        from: "switchover".into(),
+                        to: "cancelled".into(),
+                        at_ms: now,
+                        reason: format!(
+                            "group {}: the switchover of {} to {} did not complete within {}: commits resume here",
+                            g.group,
+                            d.name,
+                            h.to,
+                            humantime_serde::re::humantime::format_duration(limit)
+                        ),
+                    },
+                )?;
+                ended.push(d.name.clone());
             }
             Ok(ended)
         })?;

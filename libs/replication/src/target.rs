@@ -272,7 +272,8 @@ impl Replication {
                 customer_key,
             };
             let id = MessageId::new(pending.request_id.as_str())?;
-            match sender.message(&id).await? {
+            let earlier = sender.message(&id).await?;
+            match &earlier {
                 None => {}
                 // Left half-made by a crash (created, its body not attached or not marked
                 // ready): taken as sent it would never arrive. It is given up and the
@@ -297,7 +298,7 @@ impl Replication {
                 }
                 Some(_) => {}
             }
-            if sender.message(&id).await?.is_none() {
+            if earlier.is_none() {
                 let payload = model::encode(&request)?;
                 if payload.len() <= self.inner.p.config.inline_max_bytes {
                     sender

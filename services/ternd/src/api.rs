@@ -724,12 +724,12 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
             })
             .collect(),
     );
-    let failed = d.messaging.failed_messages(10_000).await?;
+    let failed = d.messaging.failed_count().await?;
     counter(
         "tern_messages_failed",
         "Received messages whose handler failed for good, kept for the operator (`tern messages failed`) until failed_retention.",
         "gauge",
-        vec![(String::new(), failed.len() as f64)],
+        vec![(String::new(), failed as f64)],
     );
     counter(
         "tern_replication_refresh_needed",
