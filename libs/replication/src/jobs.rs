@@ -132,6 +132,33 @@ fn status(
     }
 }
 
+fn of_snapshot(j: &SnapshotJobDpo, now: i64) -> JobStatus {
+    let r = &j.request;
+    status(
+        JobKind::Snapshot,
+        &r.request_id,
+        &j.peer,
+        &r.group,
+        j.attempts,
+        &j.retry,
+        now,
+    )
+}
+
+fn of_import(j: &ImportJobDpo, now: i64) -> JobStatus {
+    let r = &j.response;
+    let id = r.response_id.as_str();
+    status(
+        JobKind::Import,
+        id,
+        &j.peer,
+        &r.group,
+        j.attempts,
+        &j.retry,
+        now,
+    )
+}
+
 /// A job found by id, with its row's key.
 enum Found {
     Snapshot(tern_meta::Key, SnapshotJobDpo),
@@ -148,31 +175,8 @@ impl Replication {
                 tx.scan_prefix::<ImportJobDpo>(&keys::import_jobs())?,
             ))
         })?;
-        let mut out: Vec<JobStatus> = snaps
-            .iter()
-            .map(|(_, j)| {
-                status(
-                    JobKind::Snapshot,
-                    &j.request.request_id,
-                    &j.peer,
-                    &j.request.group,
-                    j.attempts,
-                    &j.retry,
-                    now,
-                )
-            })
-            .collect();
-        out.extend(imports.iter().map(|(_, j)| {
-            status(
-                JobKind::Import,
-                j.response.response_id.as_str(),
-                &j.peer,
-                &j.response.group,
-                j.attempts,
-                &j.retry,
-                now,
-            )
-        }));
+        let mut out: Vec<JobStatus> = snaps.iter().map(|(_, j)| of_snapshot(j, now)).collect();
+        out.extend(imports.iter().map(|(_, j)| of_import(j, now)));
         Ok(out)
     }
 
@@ -204,32 +208,14 @@ impl Replication {
         let now = self.now();
         let st = match self.find_job(id)? {
             Found::Snapshot(k, mut j) => {
-                j.attempts = 0;
-                j.retry = JobRetry::default();
+                (j.attempts, j.retry) = (0, JobRetry::default());
                 self.meta().write(|tx| tx.put(&k, &j))?;
-                status(
-                    JobKind::Snapshot,
-                    id,
-                    &j.peer,
-                    &j.request.group,
-                    0,
-                    &j.retry,
-                    now,
-                )
+                of_snapshot(&j, now)
             }
             Found::Import(k, mut j) => {
-                j.attempts = 0;
-                j.retry = JobRetry::default();
+                (j.attempts, j.retry) = (0, JobRetry::default());
                 self.meta().write(|tx| tx.put(&k, &j))?;
-                status(
-                    JobKind::Import,
-                    id,
-                    &j.peer,
-                    &j.response.group,
-                    0,
-                    &j.retry,
-                    now,
-                )
+                of_import(&j, now)
             }
         };
         tracing::warn!(job = id, "replication job retried by the operator");
@@ -244,15 +230,7 @@ impl Replication {
         let st = match self.find_job(id)? {
             Found::Snapshot(k, j) => {
                 self.meta().write(|tx| tx.delete(&k))?;
-                status(
-                    JobKind::Snapshot,
-                    id,
-                    &j.peer,
-                    &j.request.group,
-                    j.attempts,
-                    &j.retry,
-                    now,
-                )
+                of_snapshot(&j, now)
             }
             Found::Import(k, j) => {
                 self.finish_refresh(&j, None)?;
@@ -261,15 +239,7 @@ impl Replication {
                 if let Some(r) = self.replica_of(&j.response.group)? {
                     self.ask_refresh(&r.database, "import abandoned", false)?;
                 }
-                status(
-                    JobKind::Import,
-                    id,
-                    &j.peer,
-                    &j.response.group,
-                    j.attempts,
-                    &j.retry,
-                    now,
-                )
+                of_import(&j, now)
             }
         };
         tracing::warn!(job = id, "replication job abandoned by the operator");

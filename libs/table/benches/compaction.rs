@@ -25,20 +25,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
-use tern_clock::ManualClock;
-use tern_crypto::{LocalKeyProvider, SystemRandom};
-use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
-use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
-use tern_storage::{StoreConfig, open_store};
+use tern_storage::layout::{DatabaseId, TableId};
 use tern_table::schema::arrow_schema;
-use tern_table::{
-    ColumnDef, ColumnType, CompactionOptions, LocalCommitter, ScanRequest, TableOptions, Tables,
-};
+use tern_table::{ColumnDef, ColumnType, CompactionOptions, ScanRequest, Tables};
 
 const TARGET_SPEEDUP: f64 = 10.0;
 const SCANS: usize = 5;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::BoxError;
 
 fn main() -> Result<(), BoxError> {
     let rows: i64 = match std::env::var("TERN_BENCH_ROWS") {
@@ -61,7 +57,7 @@ fn main() -> Result<(), BoxError> {
 
 async fn run(dir: &std::path::Path, rows: i64) -> Result<(), BoxError> {
     let columns = columns();
-    let tables = deployment(dir)?;
+    let tables = common::deployment(dir, tern_table::mp::WriteOptions::default())?;
     let db = DatabaseId::new("db1")?;
     tables.create_schema(&db, "public").await?;
     let t = tables
@@ -201,38 +197,4 @@ fn row(i: i64, columns: &[ColumnDef]) -> Result<RecordBatch, BoxError> {
             Arc::new(Float64Array::from(vec![i as f64 * 0.5])),
         ],
     )?)
-}
-
-/// A deployment on a folder volume under `dir`, with a SQLite metadata store and local keys
-/// (as the integration tests' fixture), one account and one database.
-fn deployment(dir: &std::path::Path) -> Result<Tables, BoxError> {
-    let volume = open_store(&StoreConfig {
-        url: format!("file://{}", dir.join("volume").display()),
-        ..Default::default()
-    })?;
-    let meta = MetaStore::open_sqlite(dir.join("meta.db"), SqliteOptions::default())?;
-    let keys = LocalKeyProvider::open_or_create(&dir.join("keys"), SystemRandom::shared())?;
-    let account = AccountId::new("acme")?;
-    let db = DatabaseId::new("db1")?;
-    meta.write(|tx| {
-        tx.create_account(&AccountDpo::local(account.clone(), 0))?;
-        tx.create_database(&DatabaseDpo::local(db.clone(), account.clone(), "bench", 0))
-    })?;
-    let clock = ManualClock::new(1_700_000_000_000);
-    let d1 = DeploymentId::new("d1")?;
-    let committer = LocalCommitter::new(
-        d1.clone(),
-        meta.clone(),
-        Arc::clone(&volume),
-        clock.shared(),
-    );
-    Ok(Tables::new(
-        d1,
-        volume,
-        meta,
-        Arc::new(keys),
-        clock.shared(),
-        TableOptions::default(),
-        Arc::new(committer),
-    ))
 }

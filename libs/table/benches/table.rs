@@ -38,16 +38,13 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use tern_clock::ManualClock;
-use tern_crypto::{DataKey, EncryptOptions, LocalKeyProvider, SystemRandom, TableFileKeys};
-use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
-use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
+use tern_crypto::{DataKey, EncryptOptions, SystemRandom, TableFileKeys};
+use tern_meta::{MetaStore, SqliteOptions};
+use tern_storage::layout::{DatabaseId, TableId};
 use tern_storage::{Path, StoreConfig, open_store};
 use tern_table::mp::{self, WriteOptions};
 use tern_table::schema::arrow_schema;
-use tern_table::{
-    ColumnDef, ColumnType, LocalCommitter, Predicate, ScanRequest, TableOptions, Tables,
-};
+use tern_table::{ColumnDef, ColumnType, Predicate, ScanRequest, Tables};
 
 const BATCH_ROWS: usize = 64 * 1024;
 const POINT_FILES: usize = 1000;
@@ -55,7 +52,9 @@ const POINT_QUERIES: usize = 25;
 const TARGET_RATIO: f64 = 0.6;
 const TARGET_POINT_FILES: usize = 2;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+
+use common::BoxError;
 
 fn main() -> Result<(), BoxError> {
     let rows = rows_env()?;
@@ -98,7 +97,7 @@ fn main() -> Result<(), BoxError> {
     let scratch = tempfile::Builder::new()
         .prefix("tern-table-bench-")
         .tempdir_in("/tmp")?;
-    let tables = deployment(scratch.path(), "main", WriteOptions::default())?;
+    let tables = common::deployment(&scratch.path().join("main"), WriteOptions::default())?;
     let mut table = None;
     let mut files_added = 0;
     let mut n = 0;
@@ -372,46 +371,6 @@ fn raw_read(files: &[Bytes]) -> Result<usize, BoxError> {
     Ok(kept.iter().map(RecordBatch::num_rows).sum())
 }
 
-/// A deployment on a folder volume under `dir/name`, with a SQLite metadata store and
-/// local keys (as the integration tests' fixture), one account and one database.
-fn deployment(dir: &std::path::Path, name: &str, write: WriteOptions) -> Result<Tables, BoxError> {
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let volume = open_store(&StoreConfig {
-        url: format!("file://{}", dir.join("volume").display()),
-        ..Default::default()
-    })?;
-    let meta = MetaStore::open_sqlite(dir.join("meta.db"), SqliteOptions::default())?;
-    let keys = LocalKeyProvider::open_or_create(&dir.join("keys"), SystemRandom::shared())?;
-    let account = AccountId::new("acme")?;
-    let db = DatabaseId::new("db1")?;
-    meta.write(|tx| {
-        tx.create_account(&AccountDpo::local(account.clone(), 0))?;
-        tx.create_database(&DatabaseDpo::local(db.clone(), account.clone(), "bench", 0))
-    })?;
-    let options = TableOptions {
-        write,
-        ..Default::default()
-    };
-    let clock = ManualClock::new(1_700_000_000_000);
-    let d1 = DeploymentId::new("d1")?;
-    let committer = LocalCommitter::new(
-        d1.clone(),
-        meta.clone(),
-        Arc::clone(&volume),
-        clock.shared(),
-    );
-    Ok(Tables::new(
-        d1,
-        volume,
-        meta,
-        Arc::new(keys),
-        clock.shared(),
-        options,
-        Arc::new(committer),
-    ))
-}
-
 async fn create_table(
     tables: &Tables,
     name: &str,
@@ -566,7 +525,7 @@ async fn point_query(
         row_group_rows: per_file,
         ..Default::default()
     };
-    let tables = deployment(dir, "point", write)?;
+    let tables = common::deployment(&dir.join("point"), write)?;
     let table = create_table(&tables, "points", columns).await?;
     let batches = generate(0, total, per_file, columns)?;
     let t = Instant::now();
