@@ -18,10 +18,10 @@ use tern_scenarios::binary;
 use tern_scenarios::ternd::{OPERATOR_TOKEN, Ternd};
 
 use crate::replication::{
-    PRIMARY, Two, config, create_replica, create_replica_in, global_accounts, ids, link, primary,
-    replica_table, replica_table_in, rows_json, scan_all, two_with, wait_until,
+    PRIMARY, Three, Two, create_replica, ids, primary, replica_table, rows_json, scan_all, three,
+    two_with, wait_until, with_stopped,
 };
-use tern_scenarios::ternd::{Layout, request};
+use tern_scenarios::ternd::request;
 
 const FAST: &str = "heartbeat_interval = \"200ms\"\nunavailable_after = \"1500ms\"\n";
 /// A primary paused for a switchover whose candidate went silent resumes after 7 s.
@@ -361,46 +361,15 @@ fn conflict_ids(d: &Ternd) -> Vec<i64> {
 /// the known loss d2 reported is no more than what d1 kept.
 #[test]
 fn ternd_three_primary_killed_under_load_majority_failover() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let ls: Vec<Layout> = ["d1", "d2", "d3"]
-        .iter()
-        .map(|id| Layout::new(dir.path(), id))
-        .collect();
-    let join = format!("{}/keys", ls[0].home.display());
-    let configs: Vec<_> = (0..3)
-        .map(|i| {
-            let others: Vec<&Layout> = (0..3).filter(|j| *j != i).map(|j| &ls[j]).collect();
-            ls[i].write_config(&config(&ls[i], &others, FAST))
-        })
-        .collect();
-    let d1 = Ternd::start(&configs[0], &[]);
-    let d2 = Ternd::start(&configs[1], &[("TERN_KEYS__JOIN", &join)]);
-    let d3 = Ternd::start(&configs[2], &[("TERN_KEYS__JOIN", &join)]);
-    link(&d1, "d1", &d2, "d2");
-    link(&d1, "d1", &d3, "d3");
-    link(&d2, "d2", &d3, "d3");
-    global_accounts(&[(&d1, "a1"), (&d2, "a2"), (&d3, "a3")]);
-    let group = primary(&d1, &d2, 1, 10);
-    wait_until("d3 lists the database group", WAIT, || {
-        let v = d3.op("GET", "/v1/accounts/a3/global/databases", "").json();
-        v["databases"]
-            .as_array()?
-            .iter()
-            .any(|r| r["replication_group"] == group.as_str())
-            .then_some(())
-    });
-    create_replica_in(&d2, "a2", &group);
-    create_replica_in(&d3, "a3", &group);
-    let (t2, t3) = (
-        wait_until("d2 has its replica", WAIT, || {
-            let t = replica_table_in(&d2, "a2")?;
-            (scan_all(&d2, &t)?.len() == 10).then_some(t)
-        }),
-        wait_until("d3 has its replica", WAIT, || {
-            let t = replica_table_in(&d3, "a3")?;
-            (scan_all(&d3, &t)?.len() == 10).then_some(t)
-        }),
-    );
+    let Three {
+        dir: _dir,
+        configs,
+        d1,
+        d2,
+        d3,
+        t2,
+        t3,
+    } = three(FAST);
     wait_until("d2 and d3 hear d1", WAIT, || {
         (availability(&d2, "d1")? == "available" && availability(&d3, "d1")? == "available")
             .then_some(())
@@ -679,20 +648,6 @@ fn ternd_rejoin_and_resync_killed_at_each_point_lose_nothing() {
     // d2, now a replica of d1, knows how fresh its view of the primary is.
     let m = request(&d2.addr, "GET", "/metrics", None, "text/plain", b"").body;
     assert!(m.contains("tern_replication_staleness_seconds{"), "{m}");
-}
-
-/// Runs `f` while `d`'s process is stopped (SIGSTOP … SIGCONT): it does nothing meanwhile.
-fn with_stopped(d: &Ternd, f: impl FnOnce()) {
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &d.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig}");
-    };
-    signal("-STOP");
-    f();
-    signal("-CONT");
 }
 
 /// Every acknowledged id is in exactly one of `places` exactly once; nothing is there but

@@ -254,6 +254,162 @@ pub(crate) fn create_replica_in(d: &Ternd, account: &str, group: &str) {
     assert_eq!(r.status, 201, "{}", r.body);
 }
 
+/// Three linked daemons: the primary `sales` on d1 (10 rows), made global, and a replica of
+/// it on d2 and on d3, both caught up.
+pub(crate) struct Three {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) configs: Vec<std::path::PathBuf>,
+    pub(crate) d1: Ternd,
+    pub(crate) d2: Ternd,
+    pub(crate) d3: Ternd,
+    /// The replica's table on d2 and on d3.
+    pub(crate) t2: String,
+    pub(crate) t3: String,
+}
+
+/// [`Three`], with `replication` (TOML lines) in every daemon's `[replication]`.
+pub(crate) fn three(replication: &str) -> Three {
+    const WAIT: Duration = Duration::from_secs(60);
+    let dir = tempfile::tempdir().expect("tmp");
+    let ls: Vec<Layout> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|id| Layout::new(dir.path(), id))
+        .collect();
+    let join = format!("{}/keys", ls[0].home.display());
+    let configs: Vec<_> = (0..3)
+        .map(|i| {
+            let others: Vec<&Layout> = (0..3).filter(|j| *j != i).map(|j| &ls[j]).collect();
+            ls[i].write_config(&config(&ls[i], &others, replication))
+        })
+        .collect();
+    let d1 = Ternd::start(&configs[0], &[]);
+    let d2 = Ternd::start(&configs[1], &[("TERN_KEYS__JOIN", &join)]);
+    let d3 = Ternd::start(&configs[2], &[("TERN_KEYS__JOIN", &join)]);
+    link(&d1, "d1", &d2, "d2");
+    link(&d1, "d1", &d3, "d3");
+    link(&d2, "d2", &d3, "d3");
+    global_accounts(&[(&d1, "a1"), (&d2, "a2"), (&d3, "a3")]);
+    let group = primary(&d1, &d2, 1, 10);
+    wait_until("d3 lists the database group", WAIT, || {
+        let v = d3.op("GET", "/v1/accounts/a3/global/databases", "").json();
+        v["databases"]
+            .as_array()?
+            .iter()
+            .any(|r| r["replication_group"] == group.as_str())
+            .then_some(())
+    });
+    create_replica_in(&d2, "a2", &group);
+    create_replica_in(&d3, "a3", &group);
+    let t2 = wait_until("d2 has its replica", WAIT, || {
+        let t = replica_table_in(&d2, "a2")?;
+        (scan_all(&d2, &t)?.len() == 10).then_some(t)
+    });
+    let t3 = wait_until("d3 has its replica", WAIT, || {
+        let t = replica_table_in(&d3, "a3")?;
+        (scan_all(&d3, &t)?.len() == 10).then_some(t)
+    });
+    Three {
+        dir,
+        configs,
+        d1,
+        d2,
+        d3,
+        t2,
+        t3,
+    }
+}
+
+/// Runs `f` while `d`'s process is stopped (SIGSTOP … SIGCONT): it does nothing meanwhile.
+pub(crate) fn with_stopped(d: &Ternd, f: impl FnOnce()) {
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &d.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    f();
+    signal("-CONT");
+}
+
+/// One replica region's storage fails while the primary commits: d1 can no longer write
+/// into d2's replication bucket (its `from/d1` folder is swapped for a file, so every
+/// create there fails; d2 comes first in d1's list of replicas). d3 keeps following within
+/// seconds, d1 reports the error for d2 only; once the folder is back d2 catches up with
+/// every row exactly once.
+#[test]
+fn ternd_one_replica_unwritable_holds_up_no_other_and_catches_up_after() {
+    let Three {
+        dir,
+        d1,
+        d2,
+        d3,
+        t2,
+        t3,
+        ..
+    } = three("");
+    let wait = Duration::from_secs(60);
+    // The writer stands still while its folder is swapped (the folder store removes a
+    // folder that empties, so it may be absent between messages).
+    let inbox = dir.path().join("d2/replication/from/d1");
+    let aside = dir.path().join("d2-from-d1-aside");
+    with_stopped(&d1, || {
+        std::fs::create_dir_all(&inbox).expect("d1's folder in d2's bucket");
+        std::fs::rename(&inbox, &aside).expect("move the folder aside");
+        std::fs::write(&inbox, b"not a folder").expect("a file in its place");
+    });
+
+    for b in 1..6 {
+        let r = d1.op(
+            "POST",
+            &format!("{PRIMARY}/rows"),
+            &rows_json(b * 10, b * 10 + 10),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let expected = ids(&scan_all(&d1, PRIMARY).expect("scan the primary"));
+    assert_eq!(expected.len(), 60);
+    // d3 follows although d2's storage fails on every write.
+    wait_until("d3 follows while d2 is unwritable", wait, || {
+        (ids(&scan_all(&d3, &t3)?) == expected).then_some(())
+    });
+    // The primary reports the failure, for d2 only.
+    let fine = wait_until("d1 reports d2's storage failure", wait, || {
+        let s = d1.op("GET", "/v1/replication/status", "").json();
+        let down = s["downstream"].as_array()?.clone();
+        let of = |peer: &str| down.iter().find(|d| d["peer"] == peer).cloned();
+        let (failing, fine) = (of("d2")?, of("d3")?);
+        (failing["last_error"].is_string() && failing["records_behind"].as_u64()? > 0)
+            .then_some(fine)
+    });
+    assert!(fine["last_error"].is_null(), "d3 has no error: {fine}");
+    assert_eq!(fine["records_behind"], 0, "d3 is not behind: {fine}");
+    // Nothing reached d2.
+    assert_eq!(
+        ids(&scan_all(&d2, &t2).expect("scan d2")),
+        (0..10).collect::<Vec<_>>()
+    );
+
+    // The storage comes back: d2 catches up, each row once.
+    with_stopped(&d1, || {
+        std::fs::remove_file(&inbox).expect("remove the file");
+        std::fs::rename(&aside, &inbox).expect("put the folder back");
+    });
+    wait_until("d2 catches up", wait, || {
+        (ids(&scan_all(&d2, &t2)?) == expected).then_some(())
+    });
+    wait_until("d1 clears d2's error", wait, || {
+        let s = d1.op("GET", "/v1/replication/status", "").json();
+        let d = s["downstream"]
+            .as_array()?
+            .iter()
+            .find(|d| d["peer"] == "d2")?
+            .clone();
+        (d["last_error"].is_null() && d["records_behind"] == 0).then_some(())
+    });
+}
+
 #[test]
 fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
     let Two {

@@ -416,21 +416,37 @@ impl Replication {
         Ok(())
     }
 
-    /// Shipper: for each subscribed downstream replica, ships the log records after its
-    /// cursor (up to the stable id). Each peer on its own: one whose storage fails gets its
-    /// error recorded and is left alone for a backoff (doubling up to a minute) while the
-    /// others go on. How many records it shipped.
-    pub(crate) async fn ship(&self, peers: &dyn Peers) -> Result<usize> {
+    /// Shipper: the subscribed downstream replicas with records to ship, by peer (a peer
+    /// backing off after a failure is left out). Each peer's are shipped by
+    /// [`Replication::ship_peer`], every peer on its own task: a peer whose storage fails or
+    /// hangs until a timeout holds up no other peer's shipments.
+    pub(crate) fn shipments_due(
+        &self,
+    ) -> Result<BTreeMap<DeploymentId, Vec<(tern_meta::Key, DownstreamDpo)>>> {
         let downs = self
             .meta()
             .read(|tx| tx.scan_prefix::<DownstreamDpo>(&keys::downstreams()))?;
-        let mut shipped = 0;
+        let mut by_peer: BTreeMap<DeploymentId, Vec<_>> = BTreeMap::new();
         for (dk, d) in downs {
             // A replica waiting for a refresh gets no records: the ones after its cursor
             // were pruned.
             if !d.subscribed || d.refresh_needed_since_ms.is_some() || self.backing_off(&d.peer) {
                 continue;
             }
+            by_peer.entry(d.peer.clone()).or_default().push((dk, d));
+        }
+        Ok(by_peer)
+    }
+
+    /// Ships to one peer's downstream replicas in turn, until one fails (the peer backs
+    /// off). How many records it shipped.
+    pub(crate) async fn ship_peer(
+        &self,
+        downs: Vec<(tern_meta::Key, DownstreamDpo)>,
+        peers: &dyn Peers,
+    ) -> Result<usize> {
+        let mut shipped = 0;
+        for (dk, d) in downs {
             let Some(sender) = peers.sender(&d.peer) else {
                 continue;
             };
@@ -451,6 +467,7 @@ impl Replication {
                         }
                         Ok(())
                     })?;
+                    break;
                 }
             }
         }

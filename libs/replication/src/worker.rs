@@ -6,12 +6,13 @@
 //! | control | judge peers' availability, send heartbeats and availability notifications, send the outbox, announce global entities (on change and every `announce_interval`), send refresh requests (asked for or scheduled), prune the log (every `log_prune_interval`, see [`crate::prune`]) |
 //! | copier | answer one refresh request: consistent snapshot, copy the difference to the peer's inbound stage, send the response |
 //! | importer | import one snapshot response: inbound → volume, roll back / jump versions, commit |
-//! | shipper | ship new log records to every subscribed downstream replica |
+//! | shipper | ship new log records to every subscribed downstream replica, each peer on its own task |
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tern_messaging::Draft;
-use tern_storage::layout::MessageId;
+use tern_storage::layout::{DeploymentId, MessageId};
 use tokio::task::JoinSet;
 
 use crate::error::Result;
@@ -57,6 +58,10 @@ pub struct ReplicationWorker {
     /// The importer's inbound deletions, running beside the next imports; dropped (so
     /// aborted) with the worker.
     cleanups: JoinSet<()>,
+    /// The shipper's tasks, one per peer at most (their peers in `shipping_to`): a peer
+    /// whose storage hangs holds up only its own.
+    shipping: JoinSet<Result<usize>>,
+    shipping_to: HashMap<tokio::task::Id, DeploymentId>,
 }
 
 impl ReplicationWorker {
@@ -67,6 +72,8 @@ impl ReplicationWorker {
             peers,
             role,
             cleanups: JoinSet::new(),
+            shipping: JoinSet::new(),
+            shipping_to: HashMap::new(),
         }
     }
 
@@ -111,8 +118,40 @@ impl ReplicationWorker {
                 }
                 Ok(n)
             }
-            Role::Shipper => self.repl.ship(peers).await,
+            Role::Shipper => self.ship(),
         }
+    }
+
+    /// The shipper's unit: collects the peers' finished shipping tasks and starts one for
+    /// each peer with records due and none under way. How many records the finished ones
+    /// shipped (their errors are recorded per replica and back the peer off).
+    fn ship(&mut self) -> Result<usize> {
+        let mut shipped = 0;
+        while let Some(done) = self.shipping.try_join_next_with_id() {
+            let id = match &done {
+                Ok((id, _)) => *id,
+                Err(e) => e.id(),
+            };
+            let peer = self.shipping_to.remove(&id);
+            match done {
+                Ok((_, n)) => shipped += n?,
+                Err(e) => tracing::error!(?peer, error = %e, "a shipping task failed"),
+            }
+        }
+        for (peer, downs) in self.repl.shipments_due()? {
+            if self.shipping_to.values().any(|p| *p == peer) {
+                continue;
+            }
+            let (repl, peers) = (self.repl.clone(), Arc::clone(&self.peers));
+            let task = self.shipping.spawn(async move {
+                let n = repl.ship_peer(downs, peers.as_ref()).await;
+                // The worker collects it now, not at its next poll.
+                repl.inner.ship_wake.notify_one();
+                n
+            });
+            self.shipping_to.insert(task.id(), peer);
+        }
+        Ok(shipped)
     }
 
     /// Waits for a wake-up or the poll interval.

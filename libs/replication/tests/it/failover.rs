@@ -509,6 +509,21 @@ async fn maintenance_makes_a_peer_unavailable_until_put_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_unreachable_replica_delays_no_other() {
+    one_replica_cut_off(tern_storage::Fault::Fail).await;
+}
+
+/// A replica region whose storage hangs (every call held for an hour, as a connection
+/// that never answers until a long timeout) delays no other replica either: each peer is
+/// shipped to on its own task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_hanging_replica_delays_no_other() {
+    one_replica_cut_off(tern_storage::Fault::Delay(Duration::from_secs(3600))).await;
+}
+
+/// d2's region is cut off from d1 by `fault` while d1 commits: d3 follows meanwhile. A
+/// failing region then comes back and catches up with nothing lost or duplicated.
+async fn one_replica_cut_off(fault: tern_storage::Fault) {
+    let hangs = matches!(fault, tern_storage::Fault::Delay(_));
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (mut d1, mut d2, mut d3) = open3(root).await;
@@ -537,12 +552,8 @@ async fn one_unreachable_replica_delays_no_other() {
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
 
-    // d2's region becomes unreachable from d1: every call fails.
-    let cut = plan.arm(
-        tern_storage::FaultRule::any()
-            .always()
-            .fault(tern_storage::Fault::Fail),
-    );
+    // d2's region becomes unreachable from d1: every call fails, or hangs.
+    let cut = plan.arm(tern_storage::FaultRule::any().always().fault(fault));
     for i in 1..6 {
         // Retried when refused: on a loaded machine the primary's short test lease (d3's
         // echoes keep it) may lapse for a moment; what is shown here is that d3 follows.
@@ -559,6 +570,13 @@ async fn one_unreachable_replica_delays_no_other() {
         ver(&d2, &rid) < ver(&d1, &t),
         "d2 could not follow meanwhile"
     );
+    if hangs {
+        // d1's calls into d2's bucket stay held up: stopped mid-unit.
+        d1.kill().await;
+        d2.stop().await;
+        d3.stop().await;
+        return;
+    }
     let s = d1.repl.status().await.unwrap();
     let down = s
         .downstream
