@@ -5,6 +5,7 @@ mod compaction;
 mod coverage;
 mod errors;
 mod fixture;
+mod golden;
 mod model;
 mod pruning;
 mod scenarios;
