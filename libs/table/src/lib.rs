@@ -17,6 +17,7 @@
 //! Small files (one per single-row insert) are merged by [`compact`] as a commit of its
 //! own that keeps every row.
 
+pub mod account_key;
 pub mod aggregate;
 pub mod commit;
 pub mod compact;
@@ -29,6 +30,7 @@ pub mod predicate;
 pub mod schema;
 pub mod table;
 
+pub use account_key::{AccountKeys, KEY_CHAIN_VERSION, Migration, Rotation};
 pub use commit::{
     Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Stamp, Transaction,
     WriteFence, with_idempotency_key,

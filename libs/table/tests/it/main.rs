@@ -1,6 +1,7 @@
 //! Integration tests of tern-table: one binary. Storage scenarios run on the folder store
 //! and on LocalStack.
 
+mod account_keys;
 mod compaction;
 mod coverage;
 mod errors;
