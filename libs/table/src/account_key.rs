@@ -492,7 +492,7 @@ impl AccountKeys {
     #[doc(hidden)]
     pub async fn migrate_with(
         &self,
-        before_commit: &mut dyn FnMut() -> Result<()>,
+        before_commit: &mut (dyn FnMut() -> Result<()> + Send),
     ) -> Result<Migration> {
         for _ in 0..ATTEMPTS {
             if self.chain_version()? >= KEY_CHAIN_VERSION {
