@@ -14,11 +14,13 @@
 //!   account is created ([`AccountKeys::create`]), or at the latest when its first table
 //!   is ([`AccountKeys::current`]); two processes making the first one race harmlessly (the
 //!   first stored wins).
-//! - **Crypto-shredding**: [`destroy_in`] deletes every version of an account's AMK in the
-//!   caller's metadata transaction (dropping the account). The TMKs of the account's tables
-//!   are stored only under those AMKs, so the account's files left in the volume can no
-//!   longer be decrypted by anyone, with the metadata store and the master key in hand:
-//!   reading one is [`Error::AccountKeyDestroyed`].
+//! - **Crypto-shredding**: [`destroy_in`] deletes the wrapped key of every version of an
+//!   account's AMK in the caller's metadata transaction (dropping the account). The TMKs of
+//!   the account's tables are stored only under those AMKs, so the account's files left in
+//!   the volume can no longer be decrypted by anyone, with the metadata store and the master
+//!   key in hand: reading one is [`Error::AccountKeyDestroyed`]. The rows stay as
+//!   tombstones, so an account re-created under the same name starts at the next version
+//!   and the old tables' references keep naming a destroyed version (never a new key).
 //! - **Rotation without rewriting data** ([`AccountKeys::rotate`]): a new AMK version; every
 //!   TMK of the account (dropped tables included) is re-wrapped under it and the older
 //!   versions are retired (their wrapped key deleted, the row kept as a tombstone so that
@@ -143,15 +145,23 @@ fn tmk_context(account: &AccountId, table: &TableId) -> WrapContext {
     WrapContext::new(account.as_str(), table.as_str())
 }
 
-/// Deletes every version of `account`'s master key in `tx` (crypto-shredding: the
-/// account's TMKs, and so its files, cannot be opened once this commits). Returns how
-/// many versions still held a key. The caller drops the account in the same transaction
-/// and then calls [`AccountKeys::forget`].
-pub fn destroy_in(tx: &mut MetaTxn<'_>, account: &AccountId) -> tern_meta::Result<usize> {
-    let rows = tx.scan_prefix::<AccountKeyDpo>(&amks_of(account))?;
-    let live = rows.iter().filter(|(_, r)| r.wrapped.is_some()).count();
-    for (k, _) in rows {
-        tx.delete(&k)?;
+/// Deletes the wrapped key of every version of `account`'s master key in `tx`
+/// (crypto-shredding: the account's TMKs, and so its files, cannot be opened once this
+/// commits); the rows stay as tombstones (`wrapped: None`). Returns how many versions
+/// still held a key. The caller drops the account in the same transaction and then calls
+/// [`AccountKeys::forget`].
+pub fn destroy_in(
+    tx: &mut MetaTxn<'_>,
+    account: &AccountId,
+    now_ms: i64,
+) -> tern_meta::Result<usize> {
+    let mut live = 0;
+    for (k, mut r) in tx.scan_prefix::<AccountKeyDpo>(&amks_of(account))? {
+        if r.wrapped.take().is_some() {
+            r.retired_at_ms = Some(now_ms);
+            tx.put(&k, &r)?;
+            live += 1;
+        }
     }
     Ok(live)
 }
@@ -295,15 +305,11 @@ impl AccountKeys {
             .provider
             .generate_data_key(&EnvelopeContext::account(account.as_str()))
             .await?;
-        let fresh = AccountKeyDpo {
-            account: account.clone(),
-            version: 1,
-            wrapped: Some(wrapped.to_hex()),
-            created_at_ms: self.clock.now_millis(),
-            retired_at_ms: None,
-        };
-        // Two first uses may race: the first stored key wins, the other is discarded.
-        let stored = self.meta.write(|tx| {
+        let fresh_hex = wrapped.to_hex();
+        let now = self.clock.now_millis();
+        // Two first uses may race: the first stored key wins, the other is discarded. The
+        // version follows any tombstone of an earlier account of the same name.
+        let (stored, made) = self.meta.write(|tx| {
             if tx.get_account(account)?.is_none() {
                 return Err(tern_meta::Error::NotFound {
                     what: "account",
@@ -311,27 +317,28 @@ impl AccountKeys {
                 });
             }
             match tx.scan_prefix::<AccountKeyDpo>(&amks_of(account))?.pop() {
-                Some((_, row)) => Ok(row),
-                None => {
-                    tx.put(&amk_key(account, 1), &fresh)?;
-                    Ok(fresh.clone())
+                Some((_, row)) if row.wrapped.is_some() => Ok((row, false)),
+                last => {
+                    let row = AccountKeyDpo {
+                        account: account.clone(),
+                        version: last.map_or(1, |(_, r)| r.version + 1),
+                        wrapped: Some(fresh_hex.clone()),
+                        created_at_ms: now,
+                        retired_at_ms: None,
+                    };
+                    tx.put(&amk_key(account, row.version), &row)?;
+                    Ok((row, true))
                 }
             }
         })?;
-        if stored == fresh {
-            tracing::info!(%account, version = 1, "account master key created");
+        if made {
+            tracing::info!(%account, version = stored.version, "account master key created");
             let key = Arc::new(key);
-            self.lock().insert((account.clone(), 1), Arc::clone(&key));
-            return Ok((1, key));
+            self.lock()
+                .insert((account.clone(), stored.version), Arc::clone(&key));
+            return Ok((stored.version, key));
         }
-        match stored.wrapped.is_some() {
-            true => Ok((stored.version, self.open(&stored).await?)),
-            // Made and destroyed meanwhile: the account was dropped.
-            false => Err(Error::AccountKeyDestroyed {
-                account: account.clone(),
-                version: stored.version,
-            }),
-        }
+        Ok((stored.version, self.open(&stored).await?))
     }
 
     /// Unwraps a stored AMK version (from the cache when it was unwrapped before).
@@ -421,7 +428,12 @@ impl AccountKeys {
             let tables = self.meta.read(|tx| tables_of(tx, Some(account)))?;
             let mut rewraps = Vec::with_capacity(tables.len());
             for (_, t) in &tables {
-                let tmk = self.table_key(account, t).await?;
+                let tmk = match self.table_key(account, t).await {
+                    Ok(k) => k,
+                    // A table of an earlier, dropped account of this name: shredded already.
+                    Err(Error::AccountKeyDestroyed { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
                 let w = amk.wrap_table_key(&tmk, &tmk_context(account, &t.id), &*self.random)?;
                 rewraps.push(Rewrap {
                     table: t.id.clone(),
@@ -662,12 +674,17 @@ fn apply_rewraps(
     rewraps: &[Rewrap],
 ) -> tern_meta::Result<bool> {
     let prepared: HashSet<&TableId> = rewraps.iter().map(|r| &r.table).collect();
-    for (_, t) in tables_of(tx, account)? {
-        let needs = match account {
-            // A rotation re-wraps every table of the account.
-            Some(_) => true,
-            // A migration, the tables still under the master key.
-            None => matches!(TmkRef::parse(&t.master_key_ref), Some(TmkRef::Master(_))),
+    for (owner, t) in tables_of(tx, account)? {
+        let needs = match TmkRef::parse(&t.master_key_ref) {
+            // Both re-wrap the tables still under the master key.
+            Some(TmkRef::Master(_)) | None => true,
+            // A rotation, every table under a version that still has its key.
+            Some(TmkRef::Account { version, .. }) => {
+                account.is_some()
+                    && tx
+                        .get::<AccountKeyDpo>(&amk_key(&owner, version))?
+                        .is_some_and(|r| r.wrapped.is_some())
+            }
         };
         if needs && !prepared.contains(&t.id) {
             return Ok(false);

@@ -252,6 +252,7 @@ impl Tables {
     ) -> Result<usize> {
         // A store still wrapping table keys under the master key would keep them readable.
         self.account_keys.migrate().await?;
+        let now = self.clock.now_millis();
         let destroyed = self.meta.write(|tx| {
             if tx.get_account(account)?.is_none() {
                 return Err(tern_meta::Error::NotFound {
@@ -275,7 +276,7 @@ impl Tables {
                 }
                 tx.drop_database(&db.id)?;
             }
-            let destroyed = crate::account_key::destroy_in(tx, account)?;
+            let destroyed = crate::account_key::destroy_in(tx, account, now)?;
             also(tx)?;
             tx.remove_account(account)?;
             Ok(destroyed)

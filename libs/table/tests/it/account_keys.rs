@@ -135,13 +135,13 @@ async fn dropping_an_account_shreds_its_files() {
     }
     let e = decrypt_all(&f.tables, &dpo, &paths).await.unwrap_err();
     assert!(e.to_string().contains("destroyed"), "{e}");
-    assert!(
-        f.tables
-            .meta()
-            .read(|tx| versions_in(tx, &acme()))
-            .expect("versions")
-            .is_empty()
-    );
+    let tombstones = f
+        .tables
+        .meta()
+        .read(|tx| versions_in(tx, &acme()))
+        .expect("versions");
+    assert_eq!(tombstones.len(), 1);
+    assert!(tombstones[0].wrapped.is_none(), "{tombstones:?}");
     assert!(
         f.tables
             .meta()
@@ -150,6 +150,23 @@ async fn dropping_an_account_shreds_its_files() {
             .is_none()
     );
     assert!(f.tables.scan(&t, &ScanRequest::default()).await.is_err());
+
+    // An account re-created under the name gets a new key version: the old table keys
+    // still name the destroyed one, and its rotations pass over them.
+    f.tables
+        .meta()
+        .write(|tx| tx.create_account(&tern_meta::AccountDpo::local(acme(), 1)))
+        .expect("re-create");
+    assert_eq!(
+        f.tables.account_keys().create(&acme()).await.expect("amk"),
+        2
+    );
+    assert!(matches!(
+        decrypt_all(&reopen(&f), &dpo, &paths).await,
+        Err(Error::AccountKeyDestroyed { version: 1, .. })
+    ));
+    let r = f.tables.rotate_account_key(&acme()).await.expect("rotate");
+    assert_eq!((r.version, r.retired, r.tables), (3, vec![2], 0));
 }
 
 #[tokio::test]
