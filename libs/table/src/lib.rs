@@ -16,6 +16,9 @@
 //!
 //! Small files (one per single-row insert) are merged by [`compact`] as a commit of its
 //! own that keeps every row.
+//!
+//! Each table master key is wrapped by its account's master key ([`account_key`]: made with
+//! the account, rotated without rewriting files, destroyed when the account is dropped).
 
 pub mod account_key;
 pub mod aggregate;
