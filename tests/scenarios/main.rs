@@ -1,5 +1,6 @@
 //! Scenario tests: Tern's real binaries run as child processes.
 
+mod account_keys;
 mod cli;
 mod failover;
 mod localstack;

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!   GMK (KMS HMAC key / key file) ──HMAC(diversifier)──▶ WrapKey ──wraps──▶ DEK, RepMK
-//!   master key (KMS / key file) ──envelope(account, table)──▶ AMK, TMK
+//!   master key (KMS / key file) ──envelope(account)──▶ AMK ──wrap_table_key──▶ TMK
 //!   TMK ──HKDF(path)──▶ FileKey      RepMK ──HKDF(name)──▶ FileKey      DEK = FileKey
 //!   RepMK ──WrapKey, then customer public key (RSA-OAEP in KMS, or X25519)──▶ SealedKey
 //! ```

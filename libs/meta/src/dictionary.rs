@@ -385,6 +385,32 @@ impl MetaTxn<'_> {
         Ok(out)
     }
 
+    /// Every table of the store, dropped ones included, ordered by id: one seek per table
+    /// (the rows under `tbl/<id>/` other than its definition are skipped, not read), for
+    /// rare whole-store walks such as re-wrapping table keys.
+    pub fn list_all_tables(&mut self) -> Result<Vec<TableDpo>> {
+        let (mut start, end) = keys::all_tables().prefix_range();
+        let mut out = Vec::new();
+        while let Some((k, _)) = self.raw().scan(&start, &end, 1)?.pop() {
+            let key = crate::key::Key::from_bytes(k);
+            let id = match key.elements()?.get(1) {
+                Some(crate::key::Element::Str(id)) => TableId::new(id.as_str())
+                    .map_err(|e| Error::invalid("table", format!("stored id {id:?}: {e}")))?,
+                _ => {
+                    return Err(Error::MalformedKey {
+                        key: key.to_string(),
+                        reason: "expected a table id after tbl",
+                    });
+                }
+            };
+            if let Some(t) = self.get_table(&id)? {
+                out.push(t);
+            }
+            start = keys::table_rows(&id).prefix_range().1;
+        }
+        Ok(out)
+    }
+
     /// Mark a table dropped (it keeps its rows; its name becomes free).
     pub fn drop_table(&mut self, id: &TableId) -> Result<TableDpo> {
         let mut t = self

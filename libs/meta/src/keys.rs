@@ -46,6 +46,15 @@ pub(crate) fn schema(db: &DatabaseId, name: &str) -> Key {
     schemas(db).str(name)
 }
 
+pub(crate) fn all_tables() -> Key {
+    Key::root("tbl")
+}
+
+/// Every row of one table (its definition, versions, micro-partitions).
+pub(crate) fn table_rows(id: &TableId) -> Key {
+    all_tables().str(id.as_str())
+}
+
 pub(crate) fn table(id: &TableId) -> Key {
     Key::root("tbl").str(id.as_str()).str("def")
 }

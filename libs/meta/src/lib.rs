@@ -70,6 +70,8 @@
 //!
 //! Namespaces `txn`, `msg`, `chan`, `mon` are reserved for the transaction, messaging and
 //! monitoring DPOs of later layers.
+//! Namespaces `amk` (`amk/<account>/<version>`: account master keys, wrapped) and
+//! `keychain` (the key chain version) belong to `tern-table`'s `account_key` module.
 
 #![forbid(unsafe_code)]
 

@@ -540,6 +540,14 @@ pub fn publish(
                     DictionaryChange::DropSchema { name: name.clone() }
                 }
                 DictionaryOp::CreateTable(t) => {
+                    let account =
+                        tx.get_database(database)?
+                            .map(|d| d.account)
+                            .ok_or_else(|| tern_meta::Error::NotFound {
+                                what: "database",
+                                name: database.to_string(),
+                            })?;
+                    crate::account_key::check_publishable(tx, &account, t)?;
                     tx.create_table(t)?;
                     DictionaryChange::CreateTable {
                         table: t.id.clone(),

@@ -1,6 +1,6 @@
 //! The crate's one error type. Bad input errors name the column, line or file at fault.
 
-use tern_storage::layout::TableId;
+use tern_storage::layout::{AccountId, TableId};
 
 /// Errors of `tern-table`.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +162,33 @@ pub enum Error {
     BadMasterKeyRef {
         /// The table.
         table: TableId,
+    },
+    /// The account master key version a table key is wrapped by is gone: retired by a
+    /// rotation or destroyed when the account was dropped. The files under it cannot be
+    /// decrypted any more (crypto-shredding), by design.
+    #[error(
+        "account {account}: master key version {version} was destroyed (account dropped or key retired); its tables' files cannot be decrypted"
+    )]
+    AccountKeyDestroyed {
+        /// The account.
+        account: AccountId,
+        /// The key version.
+        version: u64,
+    },
+    /// A stored account master key cannot be read (damaged metadata).
+    #[error("account {account}: master key version {version} is stored in an unreadable form")]
+    BadAccountKey {
+        /// The account.
+        account: AccountId,
+        /// The key version.
+        version: u64,
+    },
+    /// A key rotation or the key chain migration kept finding the keys changed by a
+    /// concurrent change (a table created, another rotation); nothing was changed.
+    #[error("{scope}: table keys kept changing while being re-wrapped; nothing was changed, retry")]
+    AccountKeyBusy {
+        /// What was being re-keyed.
+        scope: String,
     },
     /// The committer reported a table change committed without the table version it made
     /// (a broken [`Committer`](crate::Committer) implementation).

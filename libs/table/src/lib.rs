@@ -16,7 +16,11 @@
 //!
 //! Small files (one per single-row insert) are merged by [`compact`] as a commit of its
 //! own that keeps every row.
+//!
+//! Each table master key is wrapped by its account's master key ([`account_key`]: made with
+//! the account, rotated without rewriting files, destroyed when the account is dropped).
 
+pub mod account_key;
 pub mod aggregate;
 pub mod commit;
 pub mod compact;
@@ -29,6 +33,7 @@ pub mod predicate;
 pub mod schema;
 pub mod table;
 
+pub use account_key::{AccountKeys, KEY_CHAIN_VERSION, Migration, Rotation};
 pub use commit::{
     Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Stamp, Transaction,
     WriteFence, with_idempotency_key,

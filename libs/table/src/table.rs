@@ -35,7 +35,7 @@ use arrow::row::{RowConverter, SortField};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use tern_clock::SharedClock;
-use tern_crypto::{DataKey, EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
+use tern_crypto::{DataKey, KeyProvider, SystemRandom, TableFileKeys};
 use tern_meta::{
     ColumnDef, ColumnStats, MetaStore, MicroPartitionDpo, Scalar, SchemaDpo, TableDpo,
 };
@@ -44,6 +44,7 @@ use tern_storage::layout::{
 };
 use tern_storage::{Path, StoreExt};
 
+use crate::account_key::{AccountKeys, Rotation};
 use crate::commit::{
     Change, ChangeRecord, Committer, DictionaryOp, FileJournal, TableChange, Transaction,
 };
@@ -169,16 +170,17 @@ pub(crate) struct Ctx {
     pub(crate) keys: Arc<TableFileKeys>,
 }
 
-/// The tables of one deployment: its volume, metadata store and key provider.
+/// The tables of one deployment: its volume, metadata store and key chain.
 pub struct Tables {
     deployment: DeploymentId,
     volume: Arc<dyn ObjectStore>,
     meta: MetaStore,
-    provider: Arc<dyn KeyProvider>,
+    account_keys: AccountKeys,
     clock: SharedClock,
     options: TableOptions,
     committer: Arc<dyn Committer>,
-    tmks: Mutex<HashMap<TableId, Arc<DataKey>>>,
+    /// Unwrapped table keys, with the account whose key chain they came from.
+    tmks: Mutex<HashMap<TableId, (AccountId, Arc<DataKey>)>>,
     pins: Pins,
 }
 
@@ -190,8 +192,6 @@ impl std::fmt::Debug for Tables {
             .finish_non_exhaustive()
     }
 }
-
-const TMK_REF_PREFIX: &str = "tmk:v1:";
 
 fn arrow_err(context: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Error {
     move |source| Error::Arrow { context, source }
@@ -209,17 +209,106 @@ impl Tables {
         options: TableOptions,
         committer: Arc<dyn Committer>,
     ) -> Self {
+        let account_keys = AccountKeys::new(
+            meta.clone(),
+            provider,
+            Arc::clone(&clock),
+            SystemRandom::shared(),
+        );
         Self {
             deployment,
             volume,
             meta,
-            provider,
+            account_keys,
             clock,
             options,
             committer,
             tmks: Mutex::new(HashMap::new()),
             pins: Pins::default(),
         }
+    }
+
+    /// The account master keys (DESIGN.md §4): made, rotated, destroyed, migrated.
+    pub fn account_keys(&self) -> &AccountKeys {
+        &self.account_keys
+    }
+
+    /// Rotates `account`'s master key: every table key is re-wrapped under a new version
+    /// and the older versions are retired; no data file is rewritten.
+    pub async fn rotate_account_key(&self, account: &AccountId) -> Result<Rotation> {
+        self.account_keys.rotate(account).await
+    }
+
+    /// Drops `account` and destroys its keys (crypto-shredding, [`crate::account_key`]):
+    /// its databases are dropped, every version of its master key is deleted and the
+    /// account is removed, in one metadata transaction, together with what `also` removes
+    /// (the commit protocol's key of the account's log). Files the account left in the
+    /// volume cannot be decrypted afterwards. Refused while one of its databases is a
+    /// member of a replication group (drop the replica or disable replication first).
+    pub async fn drop_account(
+        &self,
+        account: &AccountId,
+        also: &(dyn Fn(&mut tern_meta::MetaTxn<'_>) -> tern_meta::Result<()> + Sync),
+    ) -> Result<usize> {
+        // A store still wrapping table keys under the master key would keep them readable.
+        self.account_keys.migrate().await?;
+        let now = self.clock.now_millis();
+        let destroyed = self.meta.write(|tx| {
+            if tx.get_account(account)?.is_none() {
+                return Err(tern_meta::Error::NotFound {
+                    what: "account",
+                    name: account.to_string(),
+                });
+            }
+            for db in tx.list_databases(account)? {
+                if db.dropped {
+                    continue;
+                }
+                if db.role != tern_meta::DatabaseRole::Local {
+                    return Err(tern_meta::Error::InUse {
+                        what: "account",
+                        name: account.to_string(),
+                        by: format!(
+                            "database {} is a replication {:?}: drop the replica or disable replication first",
+                            db.name, db.role
+                        ),
+                    });
+                }
+                tx.drop_database(&db.id)?;
+            }
+            let destroyed = crate::account_key::destroy_in(tx, account, now)?;
+            also(tx)?;
+            tx.remove_account(account)?;
+            Ok(destroyed)
+        })?;
+        self.account_keys.forget(account);
+        self.lock_tmks().retain(|_, (a, _)| a != account);
+        tracing::info!(%account, key_versions = destroyed, "account dropped; its keys are destroyed");
+        Ok(destroyed)
+    }
+
+    /// The key of `table`'s files (dropped tables included), unwrapped through its key
+    /// chain now, bypassing every cache: what anyone holding the metadata store and the
+    /// master key can still open.
+    pub async fn file_keys_uncached(&self, table: &TableDpo) -> Result<TableFileKeys> {
+        // The database row outlives its drop (and its account's): it still names the owner.
+        let account = self.meta.read(|tx| {
+            tx.get_database(&table.database)?
+                .map(|d| d.account)
+                .ok_or_else(|| tern_meta::Error::NotFound {
+                    what: "database",
+                    name: table.database.to_string(),
+                })
+        })?;
+        let fresh = AccountKeys::new(
+            self.meta.clone(),
+            Arc::clone(self.account_keys.provider()),
+            Arc::clone(&self.clock),
+            SystemRandom::shared(),
+        );
+        Ok(TableFileKeys::new(Arc::new(
+            fresh.table_key(&account, table).await?,
+        )))
     }
 
     /// The metadata store.
@@ -287,7 +376,8 @@ impl Tables {
     }
 
     /// The definition of a new, empty table `id` with its own freshly generated table
-    /// master key (wrapped by the key provider; the key is cached here). Nothing is
+    /// master key (wrapped by `account`'s master key, made now if the account has none
+    /// yet; the key is cached here). Nothing is
     /// committed: `create table` and replication commit it as
     /// [`DictionaryOp::CreateTable`].
     pub async fn new_table(
@@ -300,18 +390,16 @@ impl Tables {
         columns: Vec<ColumnDef>,
     ) -> Result<TableDpo> {
         check_columns(&columns)?;
-        let (tmk, wrapped) = self
-            .provider
-            .generate_data_key(&EnvelopeContext::table(account.as_str(), id.as_str()))
-            .await?;
-        self.lock_tmks().insert(id.clone(), Arc::new(tmk));
+        let (tmk, master_key_ref) = self.account_keys.new_table_key(account, &id).await?;
+        self.lock_tmks()
+            .insert(id.clone(), (account.clone(), Arc::new(tmk)));
         Ok(TableDpo {
             id,
             database: db.clone(),
             schema: schema.to_string(),
             name: name.to_string(),
             columns,
-            master_key_ref: format!("{TMK_REF_PREFIX}{}", wrapped.to_hex()),
+            master_key_ref,
             current_version: 0,
             retention_ms: None,
             created_at_ms: self.clock.now_millis(),
@@ -873,14 +961,15 @@ impl Tables {
     }
 
     /// The file keys of a table's micro-partitions and metadata files (what a copy worker
-    /// needs to read them); the table master key is unwrapped through the key provider.
+    /// needs to read them); the table master key is unwrapped through its account's master
+    /// key.
     pub async fn file_keys(&self, table: &TableId) -> Result<Arc<TableFileKeys>> {
         Ok(self.ctx(table).await?.keys)
     }
 
     // ---- internals ----
 
-    fn lock_tmks(&self) -> std::sync::MutexGuard<'_, HashMap<TableId, Arc<DataKey>>> {
+    fn lock_tmks(&self) -> std::sync::MutexGuard<'_, HashMap<TableId, (AccountId, Arc<DataKey>)>> {
         self.tmks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -911,20 +1000,13 @@ impl Tables {
                     name: t.database.to_string(),
                 })
         })?;
-        let cached = self.lock_tmks().get(table).cloned();
+        let cached = self.lock_tmks().get(table).map(|(_, k)| Arc::clone(k));
         let tmk = match cached {
             Some(k) => k,
             None => {
-                let wrapped = t
-                    .master_key_ref
-                    .strip_prefix(TMK_REF_PREFIX)
-                    .and_then(WrappedKey::from_hex)
-                    .ok_or_else(|| Error::BadMasterKeyRef {
-                        table: t.id.clone(),
-                    })?;
-                let ctx = EnvelopeContext::table(account.as_str(), t.id.as_str());
-                let key = Arc::new(self.provider.decrypt_data_key(&wrapped, &ctx).await?);
-                self.lock_tmks().insert(table.clone(), Arc::clone(&key));
+                let key = Arc::new(self.account_keys.table_key(&account, &t).await?);
+                self.lock_tmks()
+                    .insert(table.clone(), (account.clone(), Arc::clone(&key)));
                 key
             }
         };

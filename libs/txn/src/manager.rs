@@ -350,6 +350,21 @@ impl TxnManager {
         }
     }
 
+    /// Deletes `account`'s log key in `tx` (the account is being dropped: its log records
+    /// left in the volume can no longer be opened). Call [`Self::forget_log_key`] once
+    /// `tx` committed.
+    pub fn destroy_log_key_in(
+        tx: &mut tern_meta::MetaTxn<'_>,
+        account: &AccountId,
+    ) -> tern_meta::Result<()> {
+        tx.delete(&log_key_key(account))
+    }
+
+    /// Forgets the cached log key of `account`.
+    pub fn forget_log_key(&self, account: &AccountId) {
+        self.inner.lock_log_keys().remove(account);
+    }
+
     /// The id up to which `account`'s log records may have been pruned (0: none): a
     /// record at or below it that is not found was pruned, not lost.
     pub fn log_pruned_up_to(&self, account: &AccountId) -> Result<u64> {

@@ -257,6 +257,14 @@ enum AccountCmd {
     List,
     /// Make another token for an account.
     Token { name: String },
+    /// Drop an account (operator): its local databases are dropped and its keys destroyed,
+    /// so the files it leaves in the volume can never be decrypted again.
+    Drop { name: String },
+    /// The versions of an account's master key (which one is active, which are retired).
+    Keys { name: String },
+    /// Rotate an account's master key (operator): a new version wraps every table key and
+    /// the older ones are retired; no data file is rewritten.
+    RotateKey { name: String },
     /// `alter account … set global`: the account joins an account replication group
     /// (a new group unless --group names one); prints the group (operator).
     Global {
@@ -795,6 +803,24 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Account(AccountCmd::Token { name }) => {
             print_value(
                 &c.post(&format!("/v1/accounts/{name}/tokens"), &json!({}))
+                    .await?,
+                json_out,
+            );
+        }
+        Command::Account(AccountCmd::Drop { name }) => {
+            print_value(&c.delete(&format!("/v1/accounts/{name}")).await?, json_out);
+        }
+        Command::Account(AccountCmd::Keys { name }) => {
+            print_list(
+                &c.get(&format!("/v1/accounts/{name}/keys")).await?,
+                "keys",
+                &["version", "state", "created_at_ms", "retired_at_ms"],
+                json_out,
+            );
+        }
+        Command::Account(AccountCmd::RotateKey { name }) => {
+            print_value(
+                &c.post(&format!("/v1/accounts/{name}/keys/rotate"), &json!({}))
                     .await?,
                 json_out,
             );
@@ -1795,6 +1821,14 @@ mod tests {
         assert!(matches!(
             parse(&["account", "global", "acme", "--group", "g1"]),
             Command::Account(AccountCmd::Global { name, group: Some(g) }) if name == "acme" && g == "g1"
+        ));
+        assert!(matches!(
+            parse(&["account", "rotate-key", "acme"]),
+            Command::Account(AccountCmd::RotateKey { name }) if name == "acme"
+        ));
+        assert!(matches!(
+            parse(&["account", "drop", "acme"]),
+            Command::Account(AccountCmd::Drop { name }) if name == "acme"
         ));
         assert!(matches!(
             parse(&["database", "replication", "acme", "sales", "disable"]),

@@ -275,6 +275,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         )
         .route("/v1/deployments/{id}/channel", post(register_channel))
         .route("/v1/accounts", get(list_accounts).post(create_account))
+        .route(acct, delete(drop_account))
+        .route(&format!("{acct}/keys"), get(account_keys))
+        .route(&format!("{acct}/keys/rotate"), post(rotate_account_key))
         .route(&format!("{acct}/tokens"), post(create_token))
         .route(
             &format!("{acct}/databases"),
@@ -900,6 +903,8 @@ async fn create_account(
             },
             other => other.into(),
         })?;
+    // The account's master key is made with it (DESIGN.md §4): its tables' keys go under it.
+    d.tables.account_keys().create(&id).await?;
     let token = issue_token(&d, &id)?;
     tracing::info!(account = %id, "account created");
     Ok((
@@ -1830,6 +1835,80 @@ async fn customer_key(State(d): St, headers: HeaderMap, Path(acct): Path<String>
     let id = account(&d, &headers, &acct)?;
     let status = d.replication.customer_key_status(&id)?;
     Ok(axum::Json(json!({"customer_key": status})))
+}
+
+/// `drop account A` (operator): its local databases are dropped, every version of its
+/// master key and its log key are destroyed, its tokens revoked, and the account removed,
+/// in one metadata transaction. Files it left in the volume can no longer be decrypted
+/// (crypto-shredding). Refused while one of its databases replicates.
+async fn drop_account(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {
+    operator(&d, &headers)?;
+    let id = account(&d, &headers, &acct)?;
+    let owner = id.clone();
+    let destroyed = d
+        .tables
+        .drop_account(&id, &|tx| {
+            tern_txn::TxnManager::destroy_log_key_in(tx, &owner)?;
+            for (k, t) in tx.scan_prefix::<TokenDpo>(&tern_meta::Key::root("tok"))? {
+                if t.account == owner.as_str() {
+                    tx.delete(&k)?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    d.txn.forget_log_key(&id);
+    Ok(axum::Json(json!({
+        "account": id.as_str(),
+        "dropped": true,
+        "key_versions_destroyed": destroyed,
+    })))
+}
+
+fn key_versions_json(d: &Daemon, id: &AccountId) -> Result<Value> {
+    let versions = d
+        .meta
+        .read(|tx| tern_table::account_key::versions_in(tx, id))?;
+    Ok(Value::Array(
+        versions
+            .iter()
+            .map(|v| {
+                json!({
+                    "version": v.version,
+                    "state": if v.wrapped.is_some() { "active" } else { "retired" },
+                    "created_at_ms": v.created_at_ms,
+                    "retired_at_ms": v.retired_at_ms,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// The versions of an account's master key (never key material).
+async fn account_keys(State(d): St, headers: HeaderMap, Path(acct): Path<String>) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    Ok(axum::Json(
+        json!({"account": id.as_str(), "keys": key_versions_json(&d, &id)?}),
+    ))
+}
+
+/// Rotates an account's master key (operator): a new version wraps every table key, the
+/// older versions are retired; no data file is rewritten.
+async fn rotate_account_key(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let id = account(&d, &headers, &acct)?;
+    let r = d.tables.rotate_account_key(&id).await?;
+    Ok(axum::Json(json!({
+        "account": id.as_str(),
+        "version": r.version,
+        "retired": r.retired,
+        "tables_rewrapped": r.tables,
+        "keys": key_versions_json(&d, &id)?,
+    })))
 }
 
 async fn remove_customer_key(

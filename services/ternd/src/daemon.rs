@@ -428,6 +428,16 @@ impl Daemon {
             customer_keys,
             crash: crash.messaging,
         })?;
+        // Stores written before account master keys re-wrap their table keys now, before
+        // anything is served (one metadata transaction; nothing to do once done).
+        let migrated = tables.account_keys().migrate().await?;
+        if migrated != tern_table::Migration::default() {
+            tracing::info!(
+                accounts = migrated.accounts,
+                tables = migrated.tables,
+                "table keys moved under account master keys"
+            );
+        }
         let peer_set = Arc::new(PeerSet::new(messaging.clone()));
         for (pid, p) in &peers {
             peer_set.add(pid.clone(), Arc::clone(&p.store));

@@ -264,6 +264,9 @@ fn table_kind(e: &tern_table::Error) -> Kind {
         | T::BadInput { .. }
         | T::DuplicateMergeKey { .. } => Kind::InvalidInput,
         T::UnknownTable { .. } | T::VersionNotRetained { .. } => Kind::NotFound,
+        // The key is gone by design (account dropped, version retired).
+        T::AccountKeyDestroyed { .. } => Kind::NotFound,
+        T::AccountKeyBusy { .. } => Kind::Unavailable,
         // Statements that write go to the group's primary.
         T::ReadOnlyReplica { .. } => Kind::Conflict,
         // Another request with the same key committed first (the API answers with its

@@ -41,7 +41,8 @@ pub use local::{GMK_FILE, LocalKeyProvider, MASTER_KEY_FILE};
 pub struct EnvelopeContext {
     /// The account.
     pub account: String,
-    /// The table, for a TMK; `None` for an AMK.
+    /// The table, for a TMK wrapped directly by the master key (key chain 1, read only
+    /// until a store is migrated; `tern_table::account_key`); `None` for an AMK.
     pub table: Option<String>,
 }
 

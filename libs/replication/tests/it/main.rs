@@ -4,6 +4,7 @@
 mod common;
 mod epochs;
 mod failover;
+mod keys;
 mod pruning;
 mod replicate;
 mod s3;
