@@ -205,6 +205,11 @@ pub enum Error {
     /// transaction back; never returned to callers.
     #[error("dry run rolled back")]
     DryRun,
+    /// A call of [`MetaStore::write_async`](crate::MetaStore::write_async) or
+    /// [`read_async`](crate::MetaStore::read_async) never ran: the runtime's blocking
+    /// pool is shutting down. Nothing was written.
+    #[error("metadata store call not run: the runtime is shutting down")]
+    ShuttingDown,
     /// A backend broke the [`Backend`](crate::Backend) contract (e.g. reported success
     /// without running the transaction body).
     #[error("backend {backend} broke its contract: {reason}")]

@@ -85,6 +85,15 @@ pub(crate) fn micro_partition(id: &TableId, short: &ShortName) -> Key {
     micro_partitions(id).str(short.as_str())
 }
 
+/// The active micro-partitions of a table (a copy of each one's row while it is active).
+pub(crate) fn active_micro_partitions(id: &TableId) -> Key {
+    Key::root("tbl").str(id.as_str()).str("mpa")
+}
+
+pub(crate) fn active_micro_partition(id: &TableId, short: &ShortName) -> Key {
+    active_micro_partitions(id).str(short.as_str())
+}
+
 /// Live tables of a database, ordered by schema then name.
 pub(crate) fn table_names(db: &DatabaseId) -> Key {
     Key::root("tblname").str(db.as_str())

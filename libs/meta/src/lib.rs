@@ -62,6 +62,7 @@
 //! | `tbl/<table-id>/ver/<u64>` | [`TableVersionDpo`] | retained versions; row 0 = creation |
 //! | `tbl/<table-id>/retired/<u64>` | [`TableVersionDpo`] | dropped by retention, metadata files still needed |
 //! | `tbl/<table-id>/mp/<short>` | [`MicroPartitionDpo`] | active and removed, until forgotten |
+//! | `tbl/<table-id>/mpa/<short>` | [`MicroPartitionDpo`] | copy of the row while active: the active set reads only these |
 //! | `tblname/<db-id>/<schema>/<name>` | → table id | tables not dropped: unique name |
 //! | `mpg/<origin>/<short>` | → (table, short) | global file reference index |
 //! | `gid/<kind>/<global-id>` | → local key | global id index |
@@ -86,6 +87,7 @@ mod keys;
 mod store;
 mod versions;
 
+pub use backend::counting::{CountingBackend, KvCounts};
 pub use backend::memory::MemoryBackend;
 pub use backend::sqlite::{SCHEMA_VERSION, SqliteBackend, SqliteOptions, Synchronous};
 pub use backend::{Backend, KvTxn};

@@ -93,6 +93,38 @@ impl MetaStore {
         out.ok_or_else(|| self.contract_broken())
     }
 
+    /// [`MetaStore::write`] on the runtime's blocking pool: for async code, so that an
+    /// SQLite call (its fsync, or its wait for the single writer) never holds one of the
+    /// few async worker threads that serve every request. A panic in `f` resumes here.
+    pub async fn write_async<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut MetaTxn<'_>) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        join_blocking(tokio::task::spawn_blocking(move || store.write(f)).await)
+    }
+
+    /// [`MetaStore::read`] on the runtime's blocking pool (see [`MetaStore::write_async`]).
+    pub async fn read_async<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut MetaTxn<'_>) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        join_blocking(tokio::task::spawn_blocking(move || store.read(f)).await)
+    }
+
+    /// [`MetaStore::dry_run`] on the runtime's blocking pool (see [`MetaStore::write_async`]).
+    pub async fn dry_run_async<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut MetaTxn<'_>) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        join_blocking(tokio::task::spawn_blocking(move || store.dry_run(f)).await)
+    }
+
     /// Run `f` in a read-write transaction and always roll it back: whether a change would
     /// succeed on the current state, checked by the same code that makes it, without
     /// making it. Returns `f`'s result.
@@ -117,6 +149,16 @@ impl MetaStore {
     }
 }
 
+/// The outcome of a blocking-pool call: its result, its panic resumed, or
+/// [`Error::ShuttingDown`] when it never ran.
+fn join_blocking<T>(joined: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    match joined {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::ShuttingDown),
+    }
+}
+
 /// One transaction of a [`MetaStore`]: typed access to the DPOs.
 ///
 /// The typed methods (deployments, accounts, databases, schemas, tables, table versions,
@@ -131,6 +173,13 @@ impl MetaStore {
 /// that the whole transaction rolls back.
 pub struct MetaTxn<'t> {
     kv: &'t mut dyn KvTxn,
+}
+
+impl<'t> MetaTxn<'t> {
+    /// Typed access over a backend's transaction (migrations of the key space).
+    pub(crate) fn over(kv: &'t mut dyn KvTxn) -> Self {
+        Self { kv }
+    }
 }
 
 impl MetaTxn<'_> {

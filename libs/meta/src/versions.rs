@@ -14,7 +14,12 @@
 //!
 //! A micro-partition is active at version `v` when `added_version <= v` and it was not
 //! removed at or before `v`. The active set of any retained version is read from the
-//! index, without replaying metadata files. Rollback undoes versions through their rows'
+//! index, without replaying metadata files: the table's **active rows**
+//! (`tbl/<t>/mpa/<short>`, a copy of each active micro-partition's row, kept in step by
+//! every change below) give the current set by reading only active files, and an older
+//! version `v` is that set minus what was added after `v`, plus what the version rows
+//! after `v` removed — so the cost is the active set and the changes since `v`, never the
+//! removed files a long history leaves in the index. Rollback undoes versions through their rows'
 //! `added`/`removed` lists, so it costs the size of the undone changes, not of the table.
 //!
 //! # Retention and the metadata files
@@ -182,9 +187,11 @@ impl MetaTxn<'_> {
         for mut mp in removed {
             mp.removed_version = Some(version);
             self.put(&keys::micro_partition(table, &mp.short), &mp)?;
+            self.delete(&keys::active_micro_partition(table, &mp.short))?;
         }
         for mp in add {
             self.put(&keys::micro_partition(table, &mp.short), mp)?;
+            self.put(&keys::active_micro_partition(table, &mp.short), mp)?;
             self.put(
                 &keys::global_file(table, &mp.global_ref),
                 &GlobalFileEntry {
@@ -225,6 +232,11 @@ impl MetaTxn<'_> {
                 ));
             }
             self.put(&keys::micro_partition(table, &mp.short), mp)?;
+            if mp.removed_version.is_none() {
+                self.put(&keys::active_micro_partition(table, &mp.short), mp)?;
+            } else {
+                self.delete(&keys::active_micro_partition(table, &mp.short))?;
+            }
             self.put(
                 &keys::global_file(table, &mp.global_ref),
                 &GlobalFileEntry {
@@ -240,6 +252,7 @@ impl MetaTxn<'_> {
             {
                 mp.removed_version = Some(t.current_version);
                 self.put(&key, &mp)?;
+                self.delete(&keys::active_micro_partition(table, short))?;
             }
         }
         Ok(())
@@ -370,7 +383,8 @@ impl MetaTxn<'_> {
     }
 
     /// The micro-partitions that make up `table` at `version` (a retained version), ordered
-    /// by short name.
+    /// by short name. Reads the active rows, and for an older version the version rows
+    /// after it and the files they removed (see the module docs): never the whole index.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn active_micro_partitions(
         &mut self,
@@ -378,7 +392,7 @@ impl MetaTxn<'_> {
         version: u64,
     ) -> Result<Vec<MicroPartitionDpo>> {
         self.require_version(table, version)?;
-        let (start, end) = keys::micro_partitions(table).prefix_range();
+        let (start, end) = keys::active_micro_partitions(table).prefix_range();
         let mut out = Vec::new();
         self.for_each::<MicroPartitionDpo>(start, &end, |_, mp| {
             if mp.is_active_at(version) {
@@ -386,7 +400,73 @@ impl MetaTxn<'_> {
             }
             Ok(true)
         })?;
+        // Files removed after `version` were active at it when they were added by then.
+        let start = crate::key::successor(keys::table_version(table, version).as_bytes());
+        let (_, end) = keys::table_versions(table).prefix_range();
+        let mut removed_later = BTreeSet::new();
+        self.for_each::<TableVersionDpo>(start, &end, |_, v| {
+            removed_later.extend(v.removed);
+            Ok(true)
+        })?;
+        let mut extra = false;
+        for short in removed_later {
+            if let Some(mp) = self.get_micro_partition(table, &short)?
+                && mp.is_active_at(version)
+            {
+                out.push(mp);
+                extra = true;
+            }
+        }
+        if extra {
+            out.sort_by(|a, b| a.short.cmp(&b.short));
+        }
         Ok(out)
+    }
+
+    /// Fill in the active rows of every table from the index (a store written before they
+    /// existed: the SQLite backend's migration 3). Reads every micro-partition row once;
+    /// idempotent.
+    pub(crate) fn index_active_micro_partitions(&mut self) -> Result<usize> {
+        use crate::key::{Element, Key};
+        let (mut start, end) = Key::root("tbl").prefix_range();
+        let mut active = Vec::new();
+        loop {
+            let chunk = self.raw().scan(&start, &end, 1024)?;
+            let full = chunk.len() == 1024;
+            let Some((last, _)) = chunk.last() else { break };
+            start = crate::key::successor(last);
+            for (k, v) in chunk {
+                let key = Key::from_bytes(k);
+                let elements = key.elements()?;
+                let [
+                    _,
+                    Element::Str(table),
+                    Element::Str(kind),
+                    Element::Str(short),
+                ] = elements.as_slice()
+                else {
+                    continue;
+                };
+                if kind != "mp" {
+                    continue;
+                }
+                let mp: MicroPartitionDpo = crate::envelope::decode(&key, &v)?;
+                if mp.removed_version.is_none() {
+                    let table =
+                        TableId::new(table.as_str()).map_err(|e| Error::invalid("table id", e))?;
+                    let short = ShortName::new(short.as_str())
+                        .map_err(|e| Error::invalid("short name", e))?;
+                    active.push((keys::active_micro_partition(&table, &short), v));
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        for (k, v) in &active {
+            self.raw().put(k.as_bytes(), v)?;
+        }
+        Ok(active.len())
     }
 
     /// A micro-partition of `table` by short name (removed ones included).
@@ -453,6 +533,7 @@ impl MetaTxn<'_> {
         }
         for mp in doomed {
             self.delete(&keys::micro_partition(table, &mp.short))?;
+            self.delete(&keys::active_micro_partition(table, &mp.short))?;
             self.delete(&keys::global_file(table, &mp.global_ref))?;
         }
         Ok(())
@@ -496,12 +577,14 @@ impl MetaTxn<'_> {
                 .ok_or_else(|| Error::not_found("micro-partition", mp_name(table, short)))?;
             mp.removed_version = None;
             self.put(&key, &mp)?;
+            self.put(&keys::active_micro_partition(table, short), &mp)?;
             undone.restored.push((*short).clone());
         }
         for short in &added {
             let key = keys::micro_partition(table, short);
             if let Some(mp) = self.get::<MicroPartitionDpo>(&key)? {
                 self.delete(&key)?;
+                self.delete(&keys::active_micro_partition(table, short))?;
                 self.delete(&keys::global_file(table, &mp.global_ref))?;
                 undone.deleted.push(mp);
             }

@@ -340,8 +340,10 @@ impl Change {
             }
             Change::Table(t) => t,
         };
+        let id = t.table.clone();
         let table = meta
-            .read(|tx| tx.get_table(&t.table))?
+            .read_async(move |tx| tx.get_table(&id))
+            .await?
             .filter(|d| !d.dropped)
             .ok_or_else(|| Error::UnknownTable {
                 name: t.table.to_string(),

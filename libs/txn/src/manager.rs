@@ -23,9 +23,10 @@ use crate::error::{Error, Result};
 use crate::log::{self, LogRecord};
 use crate::state::{
     IdempotencyAtDpo, IdempotencyDpo, IdempotentOutcome, LamportDpo, LockDpo, LogKeyDpo,
-    LogMarkDpo, LogPrunedDpo, TxnDpo, TxnState, db_seq_key, idempotency_ages, idempotency_key,
-    lamport_key, lock_key, log_key_key, log_mark_key, log_marks, log_pruned_key, put_idempotency,
-    txn_key, txns,
+    LogMarkDpo, LogPrunedDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnIndexesDpo, TxnRefDpo, TxnState,
+    all_pending, by_id_key, db_seq_key, done, done_key, idempotency_ages, idempotency_key,
+    indexes_key, lamport_key, lock_key, log_key_key, log_mark_key, log_marks, log_pruned_key,
+    pending, pending_key, put_idempotency, txn_file_key, txn_files, txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -208,7 +209,10 @@ impl TxnManager {
         options: TxnOptions,
         crash: CrashPoints,
     ) -> Result<Self> {
-        let instance = meta.write(|tx| tx.next_sequence("txn-instance"))?;
+        let instance = meta.write(|tx| {
+            index_transactions(tx)?;
+            tx.next_sequence("txn-instance")
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 deployment,
@@ -318,13 +322,15 @@ impl TxnManager {
     /// stored log record: a record stored by a transaction whose row is gone means it
     /// finished, and finishing a prepared transaction always commits it.
     pub async fn status(&self, account: &AccountId, txn_id: u64) -> Result<Option<TxnOutcome>> {
-        let row = self.inner.meta.read(|tx| {
-            Ok(tx
-                .scan_prefix::<TxnDpo>(&txns())?
-                .into_iter()
-                .map(|(_, t)| t)
-                .find(|t| t.txn_id == Some(txn_id) && &t.account == account))
-        })?;
+        let key = by_id_key(account, txn_id);
+        let row = self
+            .inner
+            .meta
+            .read_async(move |tx| match tx.get::<TxnRefDpo>(&key)? {
+                Some(r) => tx.get::<TxnDpo>(&txn_key(r.handle)),
+                None => Ok(None),
+            })
+            .await?;
         if let Some(t) = row {
             return Ok(Some(match t.state {
                 TxnState::Committed => TxnOutcome::Committed,
@@ -542,19 +548,41 @@ impl TxnManager {
             .collect())
     }
 
-    /// Forget finished transactions that ended before `before_ms`; how many.
+    /// Forget finished transactions that ended before `before_ms`; how many. Walks the
+    /// index of finished transactions by end time (`txn/done/…`) only as far as the first
+    /// one to keep, in bounded batches.
     pub fn prune_finished(&self, before_ms: i64) -> Result<usize> {
-        Ok(self.inner.meta.write(|tx| {
-            let doomed: Vec<_> = tx
-                .scan_prefix::<TxnDpo>(&txns())?
-                .into_iter()
-                .filter(|(_, t)| t.state.is_final() && t.updated_at_ms < before_ms)
-                .collect();
-            for (k, _) in &doomed {
-                tx.delete(k)?;
+        const BATCH: usize = 512;
+        let mut pruned = 0;
+        loop {
+            let (finished, n) = self.inner.meta.write(|tx| {
+                // Only the entries that ended before `before_ms`: the key range stops there.
+                let (start, _) = done().prefix_range();
+                let end = done().u64(u64::try_from(before_ms).unwrap_or(0));
+                let batch = tx.raw().scan(&start, end.as_bytes(), BATCH)?;
+                let full = batch.len() == BATCH;
+                let mut n = 0;
+                for (k, _) in batch {
+                    let k = tern_meta::Key::from_bytes(k);
+                    let handle = k.last_u64()?;
+                    if let Some(t) = tx.get::<TxnDpo>(&txn_key(handle))?
+                        && t.state.is_final()
+                    {
+                        if let Some(id) = t.txn_id {
+                            tx.delete(&by_id_key(&t.account, id))?;
+                        }
+                        tx.delete(&txn_key(handle))?;
+                        n += 1;
+                    }
+                    tx.delete(&k)?;
+                }
+                Ok((!full, n))
+            })?;
+            pruned += n;
+            if finished {
+                return Ok(pruned);
             }
-            Ok(doomed.len())
-        })?)
+        }
     }
 
     /// `account`'s idempotency key `key`, if a statement stored it (and it is not pruned).
@@ -593,12 +621,13 @@ impl TxnManager {
     pub fn prune_idempotency(&self, before_ms: i64) -> Result<usize> {
         const BATCH: usize = 512;
         let oldest_in_doubt = self.inner.meta.read(|tx| {
-            Ok(tx
-                .scan_prefix::<TxnDpo>(&txns())?
-                .into_iter()
-                .filter(|(_, t)| matches!(t.state, TxnState::Prepared | TxnState::Committing))
-                .map(|(_, t)| t.started_at_ms)
-                .min())
+            let mut oldest: Option<i64> = None;
+            for (_, r) in tx.scan_prefix::<TxnRefDpo>(&all_pending())? {
+                if let Some(t) = tx.get::<TxnDpo>(&txn_key(r.handle))? {
+                    oldest = Some(oldest.map_or(t.started_at_ms, |o| o.min(t.started_at_ms)));
+                }
+            }
+            Ok(oldest)
         })?;
         let cutoff = oldest_in_doubt.map_or(before_ms, |t| t.min(before_ms));
         let mut pruned = 0;
@@ -682,7 +711,7 @@ struct Txn {
 #[async_trait]
 impl FileJournal for Txn {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
-        Ok(self.inner.journal(&self.id, path)?)
+        Ok(self.inner.journal(&self.id, path).await?)
     }
 }
 
@@ -747,51 +776,29 @@ struct Journal<'a> {
 #[async_trait]
 impl FileJournal for Journal<'_> {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
-        Ok(self.inner.journal(self.id, path)?)
+        Ok(self.inner.journal(self.id, path).await?)
     }
 }
 
 impl Inner {
-    fn journal(&self, id: &Begun, path: &Path) -> Result<()> {
+    async fn journal(&self, id: &Begun, path: &Path) -> Result<()> {
         self.crash.alive("journaled")?;
         let now = self.clock.now_millis();
-        self.meta.write(|tx| {
-            let mut t = self.txn_or_new(tx, id)?;
-            t.files.push(path.to_string());
-            t.updated_at_ms = now;
-            tx.put(&txn_key(id.handle), &t)
-        })?;
-        self.crash.check("journaled")
-    }
-
-    /// The transaction's row, or a new Active one (the first time it stores anything).
-    fn txn_or_new(&self, tx: &mut tern_meta::MetaTxn<'_>, id: &Begun) -> tern_meta::Result<TxnDpo> {
-        Ok(tx
-            .get::<TxnDpo>(&txn_key(id.handle))?
-            .unwrap_or_else(|| TxnDpo {
-                handle: id.handle,
-                account: id.account.clone(),
-                instance: self.instance,
-                state: TxnState::Active,
-                started_at_ms: id.started_at_ms,
-                updated_at_ms: id.started_at_ms,
-                files: Vec::new(),
-                locks: Vec::new(),
-                txn_id: None,
-                record: None,
-            }))
-    }
-
-    fn require_txn(
-        &self,
-        tx: &mut tern_meta::MetaTxn<'_>,
-        handle: u64,
-    ) -> tern_meta::Result<TxnDpo> {
-        tx.get::<TxnDpo>(&txn_key(handle))?
-            .ok_or_else(|| tern_meta::Error::NotFound {
-                what: "transaction",
-                name: handle.to_string(),
+        let (id, path, instance) = (id.clone(), path.to_string(), self.instance);
+        self.meta
+            .write_async(move |tx| {
+                if !tx.contains(&txn_key(id.handle))? {
+                    let mut t = txn_or_new(tx, &id, instance)?;
+                    t.updated_at_ms = now;
+                    tx.put(&txn_key(id.handle), &t)?;
+                }
+                tx.put(
+                    &txn_file_key(id.handle, &path),
+                    &TxnFileDpo { path: path.clone() },
+                )
             })
+            .await?;
+        self.crash.check("journaled")
     }
 
     fn is_in_flight(&self, handle: u64) -> bool {
@@ -807,8 +814,7 @@ impl Inner {
     async fn recover_one(&self, t: TxnDpo, report: &mut RecoveryReport) -> Result<()> {
         match t.state {
             TxnState::Active | TxnState::PreCommitting => {
-                self.roll_back(t.handle).await?;
-                report.files_removed += t.files.len();
+                report.files_removed += self.roll_back(t.handle).await?;
                 report.rolled_back.push(t.handle);
             }
             TxnState::Prepared => {
@@ -818,12 +824,12 @@ impl Inner {
                 })?;
                 self.store_log(&record).await?;
                 // A commit of this instance may have finished it meanwhile.
-                if self.finish(t.handle, &record)? {
+                if self.finish(t.handle, &record).await? {
                     report.rolled_forward.push(record.txn_id);
                 }
             }
             TxnState::Committing => {
-                if self.release(t.handle, TxnState::Committed)? {
+                if self.release(t.handle, TxnState::Committed).await? {
                     report.finished.push(t.txn_id.unwrap_or_default());
                 }
             }
@@ -892,12 +898,17 @@ impl Inner {
         let now = self.clock.now_millis();
         // Under the locks nothing else changes these tables: what publishes cleanly now
         // publishes cleanly after the log write. Checked by the code that publishes.
-        let checked = self.meta.dry_run(|tx| {
-            for r in &records {
-                publish(tx, r, Some(0), &self.deployment, now)?;
-            }
-            Ok(())
-        });
+        let checked = {
+            let (records, deployment) = (records.clone(), self.deployment.clone());
+            self.meta
+                .dry_run_async(move |tx| {
+                    for r in &records {
+                        publish(tx, r, Some(0), &deployment, now)?;
+                    }
+                    Ok(())
+                })
+                .await
+        };
         if let Err(e) = checked {
             return self.fail(handle, e.into()).await;
         }
@@ -912,61 +923,76 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let prepared = self.meta.write(|tx| {
-            // A statement's idempotency key is taken here, with the Prepared mark: it is
-            // found exactly when the transaction is (or will be) committed. Taken by another
-            // transaction meanwhile (two requests with one key at once), this one yields.
-            if let Some(k) = idempotency
-                && let Some(held) = tx.get::<IdempotencyDpo>(&idempotency_key(account, &k.key))?
-            {
-                return Ok(Err(tern_table::Error::IdempotencyKeyTaken {
-                    key: k.key.clone(),
-                    txn_id: held.txn_id,
-                }));
-            }
-            // The fence decides in this same metadata transaction: a database fenced
-            // before it never takes the commit, one fenced after finds it prepared (and
-            // the record stamped with the epoch it was made under).
-            let stamps = match stamp(tx, &records, fence.as_deref(), replicated.as_ref())? {
-                Ok(s) => s,
-                Err(refused) => return Ok(Err(refused)),
-            };
-            let key = lamport_key(account);
-            let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
-            tx.put(&key, &LamportDpo { last: txn_id })?;
-            let mut record = LogRecord::new(
-                txn_id,
-                self.deployment.clone(),
+        let prepared = {
+            let (idempotency, replicated, account, records, deployment) = (
+                idempotency.cloned(),
+                replicated.clone(),
                 account.clone(),
-                now,
                 records.clone(),
+                self.deployment.clone(),
             );
-            record.stamps = stamps;
-            let mut t = self.require_txn(tx, handle)?;
-            t.state = TxnState::Prepared;
-            t.txn_id = Some(txn_id);
-            t.record = Some(record.clone());
-            t.updated_at_ms = now;
-            tx.put(&txn_key(handle), &t)?;
-            if let Some(k) = idempotency {
-                let outcome = records
-                    .iter()
-                    .find_map(|r| CommitInfo::of_record(r, Some(txn_id)))
-                    .map(|i| IdempotentOutcome::from(&i));
-                put_idempotency(
-                    tx,
-                    account,
-                    &IdempotencyDpo {
-                        key: k.key.clone(),
-                        request_hash: k.request_hash.clone(),
-                        txn_id: Some(txn_id),
-                        created_at_ms: now,
-                        outcome,
-                    },
-                )?;
-            }
-            Ok(Ok(record))
-        });
+            self.meta
+                .write_async(move |tx| {
+                    let account = &account;
+                    // A statement's idempotency key is taken here, with the Prepared mark: it is
+                    // found exactly when the transaction is (or will be) committed. Taken by another
+                    // transaction meanwhile (two requests with one key at once), this one yields.
+                    if let Some(k) = &idempotency
+                        && let Some(held) =
+                            tx.get::<IdempotencyDpo>(&idempotency_key(account, &k.key))?
+                    {
+                        return Ok(Err(tern_table::Error::IdempotencyKeyTaken {
+                            key: k.key.clone(),
+                            txn_id: held.txn_id,
+                        }));
+                    }
+                    // The fence decides in this same metadata transaction: a database fenced
+                    // before it never takes the commit, one fenced after finds it prepared (and
+                    // the record stamped with the epoch it was made under).
+                    let stamps = match stamp(tx, &records, fence.as_deref(), replicated.as_ref())? {
+                        Ok(s) => s,
+                        Err(refused) => return Ok(Err(refused)),
+                    };
+                    let key = lamport_key(account);
+                    let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
+                    tx.put(&key, &LamportDpo { last: txn_id })?;
+                    let mut record = LogRecord::new(
+                        txn_id,
+                        deployment.clone(),
+                        account.clone(),
+                        now,
+                        records.clone(),
+                    );
+                    record.stamps = stamps;
+                    let mut t = require_txn(tx, handle)?;
+                    t.state = TxnState::Prepared;
+                    t.txn_id = Some(txn_id);
+                    t.record = Some(record.clone());
+                    t.updated_at_ms = now;
+                    tx.put(&txn_key(handle), &t)?;
+                    tx.put(&pending_key(account, txn_id), &TxnRefDpo { handle })?;
+                    tx.put(&by_id_key(account, txn_id), &TxnRefDpo { handle })?;
+                    if let Some(k) = &idempotency {
+                        let outcome = records
+                            .iter()
+                            .find_map(|r| CommitInfo::of_record(r, Some(txn_id)))
+                            .map(|i| IdempotentOutcome::from(&i));
+                        put_idempotency(
+                            tx,
+                            account,
+                            &IdempotencyDpo {
+                                key: k.key.clone(),
+                                request_hash: k.request_hash.clone(),
+                                txn_id: Some(txn_id),
+                                created_at_ms: now,
+                                outcome,
+                            },
+                        )?;
+                    }
+                    Ok(Ok(record))
+                })
+                .await
+        };
         let record = match prepared {
             Ok(Ok(r)) => r,
             Ok(Err(refused)) => return self.fail(handle, refused.into()).await,
@@ -990,7 +1016,7 @@ impl Inner {
         self.write_log(&log_keys, &record).await.map_err(in_doubt)?;
         self.crash.check("logged").map_err(in_doubt)?;
         let t = add(&self.phases.log_write, t);
-        self.finish(handle, &record).map_err(in_doubt)?;
+        self.finish(handle, &record).await.map_err(in_doubt)?;
         add(&self.phases.publish, t);
         self.phases.commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(txn_id = record.txn_id, changes = records.len(), "committed");
@@ -1003,29 +1029,33 @@ impl Inner {
     /// Committing (versions visible, atomically) then Committed (locks released). Does
     /// each step only if the transaction is still before it, so two finishers (a commit
     /// and a recovery) cannot apply it twice. Whether this call made it visible.
-    fn finish(&self, handle: u64, record: &LogRecord) -> Result<bool> {
+    async fn finish(&self, handle: u64, record: &LogRecord) -> Result<bool> {
         self.crash.alive("committing")?;
-        let published = self.meta.write(|tx| {
-            let mut t = self.require_txn(tx, handle)?;
-            if t.state != TxnState::Prepared {
-                return Ok(false);
-            }
-            for r in &record.changes {
-                publish(
-                    tx,
-                    r,
-                    Some(record.txn_id),
-                    &record.origin,
-                    record.committed_at_ms,
-                )?;
-            }
-            t.state = TxnState::Committing;
-            t.updated_at_ms = record.committed_at_ms;
-            tx.put(&txn_key(handle), &t)?;
-            Ok(true)
-        })?;
+        let record = record.clone();
+        let published = self
+            .meta
+            .write_async(move |tx| {
+                let mut t = require_txn(tx, handle)?;
+                if t.state != TxnState::Prepared {
+                    return Ok(false);
+                }
+                for r in &record.changes {
+                    publish(
+                        tx,
+                        r,
+                        Some(record.txn_id),
+                        &record.origin,
+                        record.committed_at_ms,
+                    )?;
+                }
+                t.state = TxnState::Committing;
+                t.updated_at_ms = record.committed_at_ms;
+                tx.put(&txn_key(handle), &t)?;
+                Ok(true)
+            })
+            .await?;
         self.crash.check("committing")?;
-        self.release(handle, TxnState::Committed)?;
+        self.release(handle, TxnState::Committed).await?;
         self.crash.check("committed")?;
         Ok(published)
     }
@@ -1077,34 +1107,39 @@ impl Inner {
             tokio::pin!(released);
             released.as_mut().enable();
             let now = self.clock.now_millis();
-            let blocked = self.meta.write(|tx| {
-                for name in names {
-                    if let Some(l) = tx.get::<LockDpo>(&lock_key(name))?
-                        && l.handle != handle
-                    {
-                        return Ok(Some((name.clone(), l.handle)));
+            let (names, id, instance) = (names.to_vec(), id.clone(), self.instance);
+            let blocked = self
+                .meta
+                .write_async(move |tx| {
+                    let names = &names;
+                    for name in names {
+                        if let Some(l) = tx.get::<LockDpo>(&lock_key(name))?
+                            && l.handle != handle
+                        {
+                            return Ok(Some((name.clone(), l.handle)));
+                        }
                     }
-                }
-                for name in names {
-                    tx.put(
-                        &lock_key(name),
-                        &LockDpo {
-                            handle,
-                            since_ms: now,
-                        },
-                    )?;
-                }
-                let mut t = self.txn_or_new(tx, id)?;
-                t.state = state;
-                for name in names {
-                    if !t.locks.contains(name) {
-                        t.locks.push(name.clone());
+                    for name in names {
+                        tx.put(
+                            &lock_key(name),
+                            &LockDpo {
+                                handle,
+                                since_ms: now,
+                            },
+                        )?;
                     }
-                }
-                t.updated_at_ms = now;
-                tx.put(&txn_key(handle), &t)?;
-                Ok(None)
-            })?;
+                    let mut t = txn_or_new(tx, &id, instance)?;
+                    t.state = state;
+                    for name in names {
+                        if !t.locks.contains(name) {
+                            t.locks.push(name.clone());
+                        }
+                    }
+                    t.updated_at_ms = now;
+                    tx.put(&txn_key(handle), &t)?;
+                    Ok(None)
+                })
+                .await?;
             let Some((lock, holder)) = blocked else {
                 return Ok(());
             };
@@ -1125,40 +1160,61 @@ impl Inner {
 
     /// Move `handle` to a final state and release its locks, in one transaction; whether
     /// this call did (it was not final already).
-    fn release(&self, handle: u64, state: TxnState) -> Result<bool> {
+    async fn release(&self, handle: u64, state: TxnState) -> Result<bool> {
         let now = self.clock.now_millis();
-        let released = self.meta.write(|tx| {
-            let mut t = self.require_txn(tx, handle)?;
-            if t.state.is_final() {
-                return Ok(false);
-            }
-            for name in &t.locks {
-                let key = lock_key(name);
-                if tx.get::<LockDpo>(&key)?.is_some_and(|l| l.handle == handle) {
-                    tx.delete(&key)?;
+        let released = self
+            .meta
+            .write_async(move |tx| {
+                let mut t = require_txn(tx, handle)?;
+                if t.state.is_final() {
+                    return Ok(false);
                 }
-            }
-            t.state = state;
-            t.locks.clear();
-            t.files.clear();
-            t.record = None;
-            t.updated_at_ms = now;
-            tx.put(&txn_key(handle), &t)?;
-            Ok(true)
-        })?;
+                for name in &t.locks {
+                    let key = lock_key(name);
+                    if tx.get::<LockDpo>(&key)?.is_some_and(|l| l.handle == handle) {
+                        tx.delete(&key)?;
+                    }
+                }
+                for (k, _) in tx.scan_prefix::<TxnFileDpo>(&txn_files(handle))? {
+                    tx.delete(&k)?;
+                }
+                if let Some(id) = t.txn_id {
+                    tx.delete(&pending_key(&t.account, id))?;
+                }
+                tx.put(&done_key(now, handle), &TxnRefDpo { handle })?;
+                t.state = state;
+                t.locks.clear();
+                t.files.clear();
+                t.record = None;
+                t.updated_at_ms = now;
+                tx.put(&txn_key(handle), &t)?;
+                Ok(true)
+            })
+            .await?;
         self.released.notify_waiters();
         Ok(released)
     }
 
     /// Remove every file of `handle`, then mark it Aborted and release its locks (in that
     /// order: a crash in between leaves it to be rolled back again, never an orphan file).
-    async fn roll_back(&self, handle: u64) -> Result<()> {
-        let Some(t) = self.meta.read(|tx| tx.get::<TxnDpo>(&txn_key(handle)))? else {
+    /// How many files it had.
+    async fn roll_back(&self, handle: u64) -> Result<usize> {
+        let Some((t, journaled)) = self
+            .meta
+            .read_async(move |tx| {
+                let Some(t) = tx.get::<TxnDpo>(&txn_key(handle))? else {
+                    return Ok(None);
+                };
+                let files = tx.scan_prefix::<TxnFileDpo>(&txn_files(handle))?;
+                Ok(Some((t, files)))
+            })
+            .await?
+        else {
             // Nothing stored yet: nothing to undo.
-            return Ok(());
+            return Ok(0);
         };
         if t.state.is_final() {
-            return Ok(());
+            return Ok(0);
         }
         if !matches!(t.state, TxnState::Active | TxnState::PreCommitting) {
             return Err(Error::CannotRollBack {
@@ -1166,7 +1222,14 @@ impl Inner {
                 state: t.state,
             });
         }
-        let files: Vec<Path> = t.files.iter().map(|p| Path::from(p.as_str())).collect();
+        // Rows written before files were journaled one row each keep them in `files`.
+        let files: Vec<Path> = t
+            .files
+            .iter()
+            .map(String::as_str)
+            .chain(journaled.iter().map(|(_, f)| f.path.as_str()))
+            .map(Path::from)
+            .collect();
         remove_files(self.volume.as_ref(), &files).await;
         for f in &files {
             // remove_files logs what it could not remove; an Aborted row must not forget a
@@ -1181,7 +1244,8 @@ impl Inner {
                 });
             }
         }
-        self.release(handle, TxnState::Aborted).map(|_| ())
+        self.release(handle, TxnState::Aborted).await?;
+        Ok(files.len())
     }
 
     /// A commit failed before its point of no return: roll back (unless this instance
@@ -1241,6 +1305,66 @@ impl Inner {
     }
 }
 
+/// Build the indexes of the transaction rows once, for a store written before them
+/// ([`TXN_INDEXES`]): pending ids, ids, finished-by-time. A key-space migration step of its
+/// own, run when a manager opens the store; the marker makes it a no-op afterwards.
+fn index_transactions(tx: &mut tern_meta::MetaTxn<'_>) -> tern_meta::Result<()> {
+    if tx
+        .get::<TxnIndexesDpo>(&indexes_key())?
+        .is_some_and(|i| i.version >= TXN_INDEXES)
+    {
+        return Ok(());
+    }
+    for (_, t) in tx.scan_prefix::<TxnDpo>(&txns())? {
+        let handle = t.handle;
+        if let Some(id) = t.txn_id {
+            tx.put(&by_id_key(&t.account, id), &TxnRefDpo { handle })?;
+            if matches!(t.state, TxnState::Prepared | TxnState::Committing) {
+                tx.put(&pending_key(&t.account, id), &TxnRefDpo { handle })?;
+            }
+        }
+        if t.state.is_final() {
+            tx.put(&done_key(t.updated_at_ms, handle), &TxnRefDpo { handle })?;
+        }
+    }
+    tx.put(
+        &indexes_key(),
+        &TxnIndexesDpo {
+            version: TXN_INDEXES,
+        },
+    )
+}
+
+/// The transaction's row, or a new Active one (the first time it stores anything).
+fn txn_or_new(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    id: &Begun,
+    instance: u64,
+) -> tern_meta::Result<TxnDpo> {
+    Ok(tx
+        .get::<TxnDpo>(&txn_key(id.handle))?
+        .unwrap_or_else(|| TxnDpo {
+            handle: id.handle,
+            account: id.account.clone(),
+            instance,
+            state: TxnState::Active,
+            started_at_ms: id.started_at_ms,
+            updated_at_ms: id.started_at_ms,
+            files: Vec::new(),
+            locks: Vec::new(),
+            txn_id: None,
+            record: None,
+        }))
+}
+
+fn require_txn(tx: &mut tern_meta::MetaTxn<'_>, handle: u64) -> tern_meta::Result<TxnDpo> {
+    tx.get::<TxnDpo>(&txn_key(handle))?
+        .ok_or_else(|| tern_meta::Error::NotFound {
+            what: "transaction",
+            name: handle.to_string(),
+        })
+}
+
 /// `e` and its causes, `: `-separated.
 fn error_chain(e: &Error) -> String {
     let mut out = e.to_string();
@@ -1262,14 +1386,14 @@ pub fn stable_log_id(
     account: &AccountId,
 ) -> tern_meta::Result<u64> {
     let last = last_txn_id(tx, account)?;
-    let pending = tx
-        .scan_prefix::<TxnDpo>(&txns())?
-        .into_iter()
-        .filter(|(_, t)| {
-            t.account == *account && matches!(t.state, TxnState::Prepared | TxnState::Committing)
-        })
-        .filter_map(|(_, t)| t.txn_id)
-        .min();
+    // The first entry of the account's pending index (ids in key order).
+    let pending = match tx
+        .scan_prefix_limit::<TxnRefDpo>(&pending(account), 1)?
+        .pop()
+    {
+        Some((k, _)) => Some(k.last_u64()?),
+        None => None,
+    };
     Ok(pending.map_or(last, |id| id.saturating_sub(1).min(last)))
 }
 
@@ -1282,14 +1406,17 @@ pub fn settled_database_seq(
     database: &DatabaseId,
 ) -> tern_meta::Result<u64> {
     let last = database_seq(tx, database)?;
-    let pending = tx
-        .scan_prefix::<TxnDpo>(&txns())?
-        .into_iter()
-        .filter(|(_, t)| {
-            t.account == *account && matches!(t.state, TxnState::Prepared | TxnState::Committing)
-        })
-        .filter_map(|(_, t)| t.record.and_then(|r| r.stamp(database)).map(|s| s.seq))
-        .min();
+    let mut pending: Option<u64> = None;
+    for (_, r) in tx.scan_prefix::<TxnRefDpo>(&self::pending(account))? {
+        let seq = tx
+            .get::<TxnDpo>(&txn_key(r.handle))?
+            .and_then(|t| t.record)
+            .and_then(|r| r.stamp(database))
+            .map(|s| s.seq);
+        if let Some(seq) = seq {
+            pending = Some(pending.map_or(seq, |p| p.min(seq)));
+        }
+    }
     Ok(pending.map_or(last, |s| s.saturating_sub(1).min(last)))
 }
 

@@ -293,6 +293,51 @@ pub(crate) fn txns() -> Key {
     Key::root("txn").str("t")
 }
 
+/// A file journaled by transaction `handle` (one row per file: journaling k files is O(k)
+/// metadata work, not a growing list rewritten per file).
+pub(crate) fn txn_file_key(handle: u64, path: &str) -> Key {
+    txn_files(handle).str(path)
+}
+
+pub(crate) fn txn_files(handle: u64) -> Key {
+    Key::root("txn").str("f").u64(handle)
+}
+
+/// `account`'s transactions that have an id and may not be visible yet (Prepared,
+/// Committing), by id: the stable log id is the first of them.
+pub(crate) fn pending_key(account: &AccountId, txn_id: u64) -> Key {
+    pending(account).u64(txn_id)
+}
+
+pub(crate) fn pending(account: &AccountId) -> Key {
+    Key::root("txn").str("pending").str(account.as_str())
+}
+
+pub(crate) fn all_pending() -> Key {
+    Key::root("txn").str("pending")
+}
+
+/// The transaction that got id `txn_id` of `account`, while its row is kept.
+pub(crate) fn by_id_key(account: &AccountId, txn_id: u64) -> Key {
+    Key::root("txn").str("id").str(account.as_str()).u64(txn_id)
+}
+
+/// Finished transactions by the time they finished (pruning walks it oldest first).
+pub(crate) fn done_key(finished_at_ms: i64, handle: u64) -> Key {
+    done()
+        .u64(u64::try_from(finished_at_ms).unwrap_or(0))
+        .u64(handle)
+}
+
+pub(crate) fn done() -> Key {
+    Key::root("txn").str("done")
+}
+
+/// Which indexes of the transaction rows a store has (written by the one-time backfill).
+pub(crate) fn indexes_key() -> Key {
+    Key::root("txn").str("indexes")
+}
+
 pub(crate) fn lock_key(name: &str) -> Key {
     Key::root("txn").str("lock").str(name)
 }
@@ -310,6 +355,46 @@ pub(crate) fn db_seq_key(database: &tern_storage::layout::DatabaseId) -> Key {
 pub(crate) fn log_key_key(account: &AccountId) -> Key {
     Key::root("txn").str("logkey").str(account.as_str())
 }
+
+/// A journaled file of a transaction (`txn/f/<handle>/<path>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnFileDpo {
+    /// The file's path in the volume.
+    pub path: String,
+}
+
+impl Dpo for TxnFileDpo {
+    const WHAT: &'static str = "journaled file";
+    const VERSION: u32 = 1;
+}
+
+/// An index entry naming a transaction row (`txn/pending/…`, `txn/id/…`, `txn/done/…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRefDpo {
+    /// The transaction's handle (its row is `txn/t/<handle>`).
+    pub handle: u64,
+}
+
+impl Dpo for TxnRefDpo {
+    const WHAT: &'static str = "transaction index entry";
+    const VERSION: u32 = 1;
+}
+
+/// The indexes of the transaction rows a store has (see [`TXN_INDEXES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnIndexesDpo {
+    /// The version of the index set.
+    pub version: u32,
+}
+
+impl Dpo for TxnIndexesDpo {
+    const WHAT: &'static str = "transaction indexes";
+    const VERSION: u32 = 1;
+}
+
+/// Version of the transaction-row indexes: 1 = pending by id, by id, finished by time, and
+/// journaled files as rows of their own.
+pub(crate) const TXN_INDEXES: u32 = 1;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@
 //! * Keys compare as unsigned bytes (memcmp, shorter first on a tie).
 //! * Transactions must not be nested on one thread (a write inside a write deadlocks).
 
+pub mod counting;
 pub mod memory;
 pub mod sqlite;
 

@@ -24,13 +24,27 @@
 //! * **Connections**: one writer connection behind a mutex (one write transaction at a
 //!   time per process; SQLite allows only one per file anyway) and a small pool of reader
 //!   connections (`query_only`), so reads run in parallel with a write.
+//! * **Group commit**: writers that queue for the writer connection share one SQLite
+//!   transaction, and so one WAL fsync. Each runs its body in a `SAVEPOINT` of the open
+//!   transaction (a body that fails or panics is rolled back to it alone); the writer that
+//!   finds nobody else queued (or the batch full) commits, and every member returns only
+//!   when that commit did — with its outcome. So an `Ok` is still a durable commit, an
+//!   `Err` still means nothing of that body was written, and the members run one after
+//!   another, each seeing the ones before (serializable, in that order). A lone writer
+//!   commits at once, as before.
+//!
+//!   ```text
+//!   writer A: lock ─ BEGIN IMMEDIATE ─ SAVEPOINT ─ body ─ RELEASE ─ (B queued) unlock ─ wait ┐
+//!   writer B:        (queued) ──────────────── lock ─ SAVEPOINT ─ body ─ RELEASE ─ COMMIT ─┴▶ both Ok
+//!   ```
 //! * **Migrations**: [`SCHEMA_VERSION`] and an ordered list of migrations, applied at
 //!   open in one transaction. A file with a newer version is refused
 //!   ([`Error::UnknownSchemaVersion`]); a file of another application is refused and left
 //!   untouched ([`Error::NotAMetaStore`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -40,8 +54,12 @@ use crate::backend::{Backend, KvTxn};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
+/// Writers that share one SQLite transaction at most (see the module docs): bounds how
+/// long the first one waits for the commit while others keep coming.
+const MAX_GROUP: usize = 64;
+
 /// The schema version this build creates and migrates to.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `PRAGMA application_id` of a Tern metadata store ("Tern"), so that `file(1)` and Tern
 /// itself can tell the file apart from other SQLite databases.
@@ -50,7 +68,7 @@ pub const APPLICATION_ID: i32 = 0x5465_726E;
 struct Migration {
     version: u32,
     what: &'static str,
-    apply: fn(&Connection) -> rusqlite::Result<()>,
+    apply: fn(&Connection, &str) -> Result<()>,
 }
 
 /// Applied in order; a migration is never edited once released (add a new one).
@@ -65,14 +83,38 @@ const MIGRATIONS: &[Migration] = &[
         what: "stamp the file with Tern's application_id",
         apply: stamp_application_id,
     },
+    Migration {
+        version: 3,
+        what: "index the active micro-partitions of every table (tbl/<t>/mpa/<short>)",
+        apply: index_active_micro_partitions,
+    },
 ];
 
-fn create_kv(c: &Connection) -> rusqlite::Result<()> {
+fn create_kv(c: &Connection, path: &str) -> Result<()> {
     c.execute_batch("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;")
+        .map_err(sql_err(path, "apply migration"))
 }
 
-fn stamp_application_id(c: &Connection) -> rusqlite::Result<()> {
+fn stamp_application_id(c: &Connection, path: &str) -> Result<()> {
     c.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(sql_err(path, "apply migration"))
+}
+
+/// A key-space step: the active-set query reads only active rows from here on, so the rows
+/// of the files active now are copied there once (see `versions.rs`).
+fn index_active_micro_partitions(c: &Connection, path: &str) -> Result<()> {
+    let mut kv = SqliteTxn {
+        conn: c,
+        writable: true,
+        path,
+    };
+    let n = crate::store::MetaTxn::over(&mut kv).index_active_micro_partitions()?;
+    tracing::info!(
+        store = path,
+        active = n,
+        "indexed the active micro-partitions"
+    );
+    Ok(())
 }
 
 /// SQLite's `synchronous` setting for the writer (see the module docs).
@@ -119,8 +161,79 @@ pub struct SqliteBackend {
     path: PathBuf,
     display: String,
     options: SqliteOptions,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
+    /// Writers waiting for `writer` (they join the open group instead of a new one).
+    queued: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
+}
+
+/// The writer connection and the group whose transaction is open on it.
+struct Writer {
+    conn: Connection,
+    /// Open while members have run and their commit is pending.
+    group: Option<Arc<Group>>,
+    /// Members of `group` whose bodies succeeded (the ones the commit decides for).
+    members: usize,
+}
+
+/// One shared write transaction: its members wait for its outcome.
+#[derive(Default)]
+struct Group {
+    outcome: Mutex<Option<std::result::Result<(), GroupFailure>>>,
+    done: Condvar,
+}
+
+/// Why a group's transaction did not commit (each member gets an [`Error::Sqlite`] of it).
+#[derive(Clone, Debug)]
+struct GroupFailure {
+    op: &'static str,
+    code: Option<rusqlite::ffi::Error>,
+    message: String,
+}
+
+impl GroupFailure {
+    fn of(op: &'static str, e: &rusqlite::Error) -> Self {
+        let code = match e {
+            rusqlite::Error::SqliteFailure(c, _) => Some(*c),
+            _ => None,
+        };
+        Self {
+            op,
+            code,
+            message: e.to_string(),
+        }
+    }
+
+    fn error(&self, path: &str) -> Error {
+        let code = self
+            .code
+            .unwrap_or_else(|| rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR));
+        Error::Sqlite {
+            path: path.to_string(),
+            op: self.op,
+            source: rusqlite::Error::SqliteFailure(code, Some(self.message.clone())),
+        }
+    }
+}
+
+impl Group {
+    fn finish(&self, outcome: std::result::Result<(), GroupFailure>) {
+        *lock(&self.outcome) = Some(outcome);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> std::result::Result<(), GroupFailure> {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(o) = outcome.as_ref() {
+                return o.clone();
+            }
+            outcome = self
+                .done
+                .wait(outcome)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -189,12 +302,17 @@ impl SqliteBackend {
             path,
             display,
             options,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer {
+                conn: writer,
+                group: None,
+                members: 0,
+            }),
+            queued: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
         };
         backend.with_busy_retry("migrate", || {
-            let mut conn = lock(&backend.writer);
-            migrate(&mut conn, &backend.display)
+            let mut w = lock(&backend.writer);
+            migrate(&mut w.conn, &backend.display)
         })?;
         Ok(backend)
     }
@@ -206,15 +324,17 @@ impl SqliteBackend {
 
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<i64> {
-        let conn = lock(&self.writer);
-        conn.query_row("SELECT version FROM meta_schema", [], |r| r.get(0))
+        let w = lock(&self.writer);
+        w.conn
+            .query_row("SELECT version FROM meta_schema", [], |r| r.get(0))
             .map_err(sql_err(&self.display, "read schema version"))
     }
 
     /// Run SQLite's `integrity_check`: the problems found (empty when the file is sound).
     pub fn integrity_check(&self) -> Result<Vec<String>> {
-        let conn = lock(&self.writer);
-        let mut stmt = conn
+        let w = lock(&self.writer);
+        let mut stmt = w
+            .conn
             .prepare("PRAGMA integrity_check")
             .map_err(sql_err(&self.display, "integrity check"))?;
         let rows = stmt
@@ -247,6 +367,134 @@ impl SqliteBackend {
                     std::thread::sleep(backoff);
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`Backend::write`] with group commit (see the module docs).
+    fn write_in_group(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let mut w = lock(&self.writer);
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let group = match &w.group {
+            Some(g) if !w.conn.is_autocommit() => Arc::clone(g),
+            stale => {
+                if let Some(g) = stale {
+                    // SQLite ended the group's transaction by itself (an I/O error, a full
+                    // disk): none of its members committed.
+                    g.finish(Err(GroupFailure {
+                        op: "commit",
+                        code: None,
+                        message: "SQLite rolled the shared transaction back".into(),
+                    }));
+                }
+                if !w.conn.is_autocommit() {
+                    // Defensive: a transaction left open would make BEGIN fail forever.
+                    w.conn
+                        .execute_batch("ROLLBACK")
+                        .map_err(sql_err(&self.display, "roll back a stale transaction"))?;
+                }
+                w.group = None;
+                w.members = 0;
+                w.conn
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .map_err(sql_err(&self.display, "begin write transaction"))?;
+                let g = Arc::new(Group::default());
+                w.group = Some(Arc::clone(&g));
+                g
+            }
+        };
+        let own = self.run_member(&mut w, f);
+        let joined = matches!(own, Ok(Ok(())));
+        if joined {
+            w.members += 1;
+        }
+        let alone = self.queued.load(Ordering::SeqCst) == 0;
+        if alone || w.members >= MAX_GROUP || w.conn.is_autocommit() {
+            let outcome = self.commit_group(&mut w);
+            w.group = None;
+            w.members = 0;
+            drop(w);
+            group.finish(outcome.clone());
+            return match own {
+                Ok(Ok(())) => outcome.map_err(|e| e.error(&self.display)),
+                Ok(Err(e)) => Err(e),
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+        }
+        drop(w);
+        match own {
+            Ok(Ok(())) => group.wait().map_err(|e| e.error(&self.display)),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Run one member's body in a savepoint of the open transaction; a body that fails or
+    /// panics is rolled back to it (the others' writes stay).
+    #[allow(clippy::type_complexity)]
+    fn run_member(
+        &self,
+        w: &mut Writer,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+    ) -> std::result::Result<Result<()>, Box<dyn std::any::Any + Send>> {
+        if let Err(e) = w.conn.execute_batch("SAVEPOINT member") {
+            return Ok(Err(sql_err(&self.display, "begin write transaction")(e)));
+        }
+        let conn = &w.conn;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(&mut SqliteTxn {
+                conn,
+                writable: true,
+                path: &self.display,
+            })
+        }));
+        if w.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (the savepoint with it).
+            return match out {
+                Ok(Ok(())) => Ok(Err(Error::Sqlite {
+                    path: self.display.clone(),
+                    op: "write transaction",
+                    source: rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                        Some("SQLite rolled the transaction back".into()),
+                    ),
+                })),
+                other => other,
+            };
+        }
+        let end = match &out {
+            Ok(Ok(())) => w.conn.execute_batch("RELEASE member"),
+            _ => w.conn.execute_batch("ROLLBACK TO member; RELEASE member"),
+        };
+        match (end, out) {
+            (Ok(()), out) => out,
+            (Err(e), Ok(Ok(()))) => Ok(Err(sql_err(&self.display, "end savepoint")(e))),
+            (Err(_), out) => out,
+        }
+    }
+
+    /// Commit the open group's transaction (roll it back when no member is left in it).
+    fn commit_group(&self, w: &mut Writer) -> std::result::Result<(), GroupFailure> {
+        if w.conn.is_autocommit() {
+            return Err(GroupFailure {
+                op: "commit",
+                code: None,
+                message: "SQLite rolled the shared transaction back".into(),
+            });
+        }
+        let (op, sql) = if w.members == 0 {
+            ("roll back", "ROLLBACK")
+        } else {
+            ("commit", "COMMIT")
+        };
+        match w.conn.execute_batch(sql) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if !w.conn.is_autocommit() {
+                    let _ = w.conn.execute_batch("ROLLBACK");
+                }
+                Err(GroupFailure::of(op, &e))
             }
         }
     }
@@ -354,7 +602,7 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
             what = m.what,
             "migrating metadata store"
         );
-        (m.apply)(&tx).map_err(sql_err(path, "apply migration"))?;
+        (m.apply)(&tx, path)?;
     }
     if current < i64::from(SCHEMA_VERSION) {
         tx.execute("UPDATE meta_schema SET version = ?1", [SCHEMA_VERSION])
@@ -365,23 +613,7 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
 
 impl Backend for SqliteBackend {
     fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
-        self.with_busy_retry("write transaction", || {
-            let mut conn = lock(&self.writer);
-            if !conn.is_autocommit() {
-                // Defensive: a transaction left open would make BEGIN fail forever.
-                conn.execute_batch("ROLLBACK")
-                    .map_err(sql_err(&self.display, "roll back a stale transaction"))?;
-            }
-            let tx = Transaction::new(&mut conn, TransactionBehavior::Immediate)
-                .map_err(sql_err(&self.display, "begin write transaction"))?;
-            f(&mut SqliteTxn {
-                conn: &tx,
-                writable: true,
-                path: &self.display,
-            })?;
-            // On error `tx` is dropped here, which rolls back.
-            tx.commit().map_err(sql_err(&self.display, "commit"))
-        })
+        self.with_busy_retry("write transaction", || self.write_in_group(f))
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {

@@ -27,6 +27,7 @@ macro_rules! on_both_backends {
 mod atomicity;
 mod common;
 mod concurrency;
+mod cost;
 mod dictionary;
 mod model;
 mod sqlite;

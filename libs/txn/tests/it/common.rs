@@ -9,7 +9,9 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use tern_clock::ManualClock;
 use tern_crypto::{LocalKeyProvider, SystemRandom};
-use tern_meta::{AccountDpo, DatabaseDpo, MetaStore, SqliteOptions};
+use tern_meta::{
+    AccountDpo, CountingBackend, DatabaseDpo, MetaStore, SqliteBackend, SqliteOptions,
+};
 use tern_storage::layout::{self, AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{
     FaultPlan, FaultStore, ObjectStore, Path, StoreConfig, StoreExt, emulator, open_store,
@@ -100,10 +102,26 @@ impl Deployment {
 
     /// A deployment over `volume`, with an account `acme` and a database `db1`.
     pub fn over(base: Arc<dyn ObjectStore>, dir: tempfile::TempDir) -> Self {
-        let plan = FaultPlan::new();
-        let volume: Arc<dyn ObjectStore> = Arc::new(FaultStore::new(base, plan.clone()));
         let meta = MetaStore::open_sqlite(dir.path().join("meta.db"), SqliteOptions::default())
             .expect("meta");
+        Self::over_meta(base, dir, meta)
+    }
+
+    /// A folder deployment whose metadata store counts the rows each call reads and writes.
+    pub fn counting() -> (Self, Arc<CountingBackend>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let volume = folder_volume(dir.path());
+        let sqlite = SqliteBackend::open(dir.path().join("meta.db"), SqliteOptions::default())
+            .expect("meta");
+        let counting = Arc::new(CountingBackend::new(Arc::new(sqlite)));
+        let meta = MetaStore::new(counting.clone());
+        (Self::over_meta(volume, dir, meta), counting)
+    }
+
+    /// A deployment over `volume` and `meta`, with an account `acme` and a database `db1`.
+    pub fn over_meta(base: Arc<dyn ObjectStore>, dir: tempfile::TempDir, meta: MetaStore) -> Self {
+        let plan = FaultPlan::new();
+        let volume: Arc<dyn ObjectStore> = Arc::new(FaultStore::new(base, plan.clone()));
         let keys = Arc::new(
             LocalKeyProvider::open_or_create(&dir.path().join("keys"), SystemRandom::shared())
                 .expect("keys"),

@@ -218,3 +218,39 @@ async fn two_instances_share_locks_through_the_metadata_store() {
     assert_eq!(ids(&t1, &table, None).await, (0..20).collect::<Vec<_>>());
     check_invariants(&dep, &m1, &[table]).await;
 }
+
+/// A waiter for a lock held in this process is woken when the holder releases it, not at
+/// its next poll: with a poll of ten minutes it still proceeds at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waiter_is_woken_by_the_release_not_the_poll() {
+    use tern_table::Committer as _;
+    let dep = Deployment::folder();
+    let options = TxnOptions {
+        lock_timeout: Duration::from_secs(3600),
+        lock_poll: Duration::from_secs(600),
+        ..quick_options()
+    };
+    let (m, _tables) = dep.start(options).await;
+    let lock = vec!["table/woken".to_string()];
+    let mut holder = m.begin(&dep.account).await.expect("begin");
+    holder.lock(&lock).await.expect("first lock");
+    let waiter = {
+        let (m, account, lock) = (m.clone(), dep.account.clone(), lock.clone());
+        tokio::spawn(async move {
+            let mut t = m.begin(&account).await.expect("begin");
+            t.lock(&lock).await.expect("second lock");
+            t.abort().await;
+        })
+    };
+    // The waiter cannot get the lock while it is held: it is waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the lock was taken twice");
+    let released = std::time::Instant::now();
+    holder.abort().await;
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter slept until its poll instead of being woken by the release")
+        .expect("waiter");
+    assert!(released.elapsed() < Duration::from_secs(10));
+    check_invariants(&dep, &m, &[]).await;
+}

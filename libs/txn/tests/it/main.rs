@@ -3,6 +3,7 @@
 
 mod common;
 mod concurrency;
+mod cost;
 mod crash;
 mod idempotency;
 mod log_write;

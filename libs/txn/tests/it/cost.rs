@@ -1,0 +1,103 @@
+//! The metadata cost of the protocol's lookups does not grow with history: rows read and
+//! bytes written (counted by a [`tern_meta::CountingBackend`]) are the same after 10
+//! commits and after 200.
+
+use tern_clock::Clock as _;
+use tern_meta::{CountingBackend, KvCounts};
+use tern_storage::Path;
+use tern_table::Committer as _;
+
+use crate::common::{Deployment, quick_options, rows};
+
+/// What `f` cost in the metadata store.
+async fn cost<F: std::future::Future>(counting: &CountingBackend, f: F) -> KvCounts {
+    let before = counting.counts();
+    f.await;
+    counting.counts().since(&before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_and_pruning_cost_the_same_after_10_and_200_commits() {
+    let (dep, counting) = Deployment::counting();
+    let (m, tables) = dep.start(quick_options()).await;
+    let table = dep.create_table(&tables, "t").await;
+    let mut ids = Vec::new();
+    let measure = async |ids: &[u64]| {
+        let first = ids[0];
+        let stable = cost(&counting, async {
+            assert_eq!(m.stable_log_id(&dep.account).unwrap(), *ids.last().unwrap());
+        })
+        .await;
+        let status = cost(&counting, async {
+            assert_eq!(
+                m.status(&dep.account, first).await.unwrap(),
+                Some(tern_txn::TxnOutcome::Committed)
+            );
+        })
+        .await;
+        // Nothing finished before the start of time: walks nothing.
+        let prune = cost(&counting, async {
+            assert_eq!(m.prune_finished(0).unwrap(), 0);
+        })
+        .await;
+        (stable.rows_read(), status.rows_read(), prune.rows_read())
+    };
+    for i in 0..10 {
+        ids.push(
+            tables
+                .insert(&table, &[rows(&[i])])
+                .await
+                .unwrap()
+                .txn_id
+                .unwrap(),
+        );
+    }
+    let after_10 = measure(&ids).await;
+    for i in 10..200 {
+        ids.push(
+            tables
+                .insert(&table, &[rows(&[i])])
+                .await
+                .unwrap()
+                .txn_id
+                .unwrap(),
+        );
+    }
+    let after_200 = measure(&ids).await;
+    assert_eq!(
+        after_10, after_200,
+        "(stable_log_id, status, prune_finished) rows read after 10 commits vs after 200"
+    );
+    // Pruning still finds what it should.
+    dep.clock.advance(std::time::Duration::from_secs(60));
+    let now = dep.clock.now_millis();
+    assert!(m.prune_finished(now).unwrap() >= 200);
+    assert!(m.status(&dep.account, ids[0]).await.unwrap().is_some());
+}
+
+/// Journaling a transaction's files costs the same per file however many it has (one row
+/// each, not a growing list rewritten per file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaling_a_file_costs_the_same_for_the_10th_and_the_200th() {
+    let (dep, counting) = Deployment::counting();
+    let (m, _tables) = dep.start(quick_options()).await;
+    let mut txn = m.begin(&dep.account).await.unwrap();
+    let path = |i: u32| Path::from(format!("acct/acme/scratch/{i:06}.mp"));
+    for i in 0..10 {
+        txn.will_write(&path(i)).await.unwrap();
+    }
+    let tenth = cost(&counting, async {
+        txn.will_write(&path(10)).await.unwrap()
+    })
+    .await;
+    for i in 11..200 {
+        txn.will_write(&path(i)).await.unwrap();
+    }
+    let two_hundredth = cost(&counting, async {
+        txn.will_write(&path(200)).await.unwrap()
+    })
+    .await;
+    assert_eq!(tenth, two_hundredth, "cost of one journaled file");
+    txn.abort().await;
+    assert!(m.transactions().unwrap().iter().all(|t| t.state.is_final()));
+}

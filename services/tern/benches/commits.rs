@@ -1,0 +1,313 @@
+//! Commits per second through the API, as a new user would load data: 8 clients, each
+//! inserting one row per request into its own table, against a real `ternd` on the folder
+//! store.
+//!
+//! ```sh
+//! cargo bench -p tern --bench commits                          # 4000 commits per run
+//! TERN_BENCH_COMMITS=1000 cargo bench -p tern --bench commits  # a quick run
+//! TERN_BENCH_CLIENTS=16 cargo bench -p tern --bench commits
+//! TERN_BENCH_TERND=/tmp/ternd-base cargo bench -p tern --bench commits   # another build
+//! ```
+//!
+//! Two runs side by side, each on a fresh daemon: **durable** (the default: the folder
+//! store fsyncs every file and its directory, the metadata store fsyncs its WAL at every
+//! commit) and **fsync off on the volume** (`file://…?fsync=false`; the metadata store
+//! stays durable). Each prints commits/s beside the target of 1000/s (issue 18) as a ratio,
+//! the mean latency of one request, and where the commit protocol spent its time (from the
+//! daemon's `/metrics`, per commit).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const TOKEN: &str = "bench-operator-token-0123456789";
+/// Commits per second the issue asks for, with durable writes on.
+const TARGET: f64 = 1000.0;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+struct Daemon {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `target/release/ternd`, built by cargo (a no-op when fresh), or the binary named by
+/// `TERN_BENCH_TERND` (to measure another build, e.g. the base commit's, side by side).
+fn ternd_binary() -> Result<PathBuf, BoxError> {
+    if let Ok(path) = std::env::var("TERN_BENCH_TERND") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .ok_or("bench executable lives in target/<profile>/deps")?
+        .to_path_buf();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "ternd", "--bin", "ternd"])
+        .arg("--target-dir")
+        .arg(&target)
+        .status()?;
+    if !status.success() {
+        return Err("building ternd failed".into());
+    }
+    Ok(target.join("release").join("ternd"))
+}
+
+fn start_daemon(dir: &Path, ternd: &Path, volume_query: &str) -> Result<Daemon, BoxError> {
+    std::fs::create_dir_all(dir)?;
+    let h = dir.display();
+    let cfg = dir.join("d1.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "deployment_id = \"d1\"\nlisten = \"127.0.0.1:0\"\nmetadata_path = \"{h}/meta.db\"\noperator_token = \"{TOKEN}\"\n[volume]\nurl = \"file://{h}/volume{volume_query}\"\n[replication]\nurl = \"file://{h}/replication\"\n[keys]\nkind = \"local\"\ndir = \"{h}/keys\"\n[log]\nlevel = \"warn\"\n"
+        ),
+    )?;
+    let ready = dir.join("ready");
+    let child = Command::new(ternd)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("ternd.log"))?)
+        .spawn()?;
+    let mut d = Daemon {
+        child,
+        url: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(a) = std::fs::read_to_string(&ready)
+            && !a.is_empty()
+        {
+            d.url = format!("http://{a}");
+            return Ok(d);
+        }
+        if let Some(s) = d.child.try_wait()? {
+            return Err(format!("ternd exited: {s}").into());
+        }
+        if Instant::now() > deadline {
+            return Err("ternd did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> Result<serde_json::Value, BoxError> {
+    let r = http
+        .post(url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+    if !status.is_success() {
+        return Err(format!("{url}: {status} {v}").into());
+    }
+    Ok(v)
+}
+
+/// The commit protocol's phase counters from `/metrics` (seconds, summed over commits).
+async fn phases(http: &reqwest::Client, base: &str) -> Result<HashMap<String, f64>, BoxError> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("tern_commit_phase_seconds_total{phase=\"")
+            && let Some((phase, value)) = rest.split_once("\"} ")
+        {
+            out.insert(phase.to_string(), value.trim().parse().unwrap_or(0.0));
+        }
+    }
+    Ok(out)
+}
+
+struct Run {
+    commits: u64,
+    took: Duration,
+    latency_sum: Duration,
+    phases: Vec<(String, f64)>,
+}
+
+async fn run(
+    ternd: &Path,
+    dir: &Path,
+    volume_query: &str,
+    clients: u64,
+    commits: u64,
+) -> Result<Run, BoxError> {
+    let d = start_daemon(dir, ternd, volume_query)?;
+    let http = reqwest::Client::new();
+    let base = d.url.clone();
+    call(
+        &http,
+        &format!("{base}/v1/accounts"),
+        r#"{"name":"bench"}"#.into(),
+    )
+    .await?;
+    call(
+        &http,
+        &format!("{base}/v1/accounts/bench/databases"),
+        r#"{"name":"sales"}"#.into(),
+    )
+    .await?;
+    let tables = format!("{base}/v1/accounts/bench/databases/sales/schemas/public/tables");
+    for c in 0..clients {
+        let body = serde_json::json!({"name": format!("t{c}"), "columns": [
+            {"name":"id","type":"int64","nullable":false},{"name":"customer","type":"utf8"},{"name":"amount","type":"float64"}]});
+        call(&http, &tables, body.to_string()).await?;
+    }
+    let per_client = commits.div_ceil(clients);
+    let row = |i: u64| {
+        format!(
+            r#"{{"rows":[{{"id":{i},"customer":"customer-{i:05}","amount":{}.25}}]}}"#,
+            i % 1000
+        )
+    };
+    // Warm up (first commit of each table: keys fetched, connections opened).
+    for c in 0..clients {
+        call(&http, &format!("{tables}/t{c}/rows"), row(0)).await?;
+    }
+    let before = phases(&http, &base).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let http = http.clone();
+        let url = format!("{tables}/t{c}/rows");
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Duration::ZERO;
+            for i in 1..=per_client {
+                let t = Instant::now();
+                call(&http, &url, row(i)).await?;
+                latency += t.elapsed();
+            }
+            Ok::<_, BoxError>(latency)
+        }));
+    }
+    let mut latency_sum = Duration::ZERO;
+    for t in tasks {
+        latency_sum += t.await??;
+    }
+    let took = started.elapsed();
+    let after = phases(&http, &base).await?;
+    let done = per_client * clients;
+    let mut phases: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).copied().unwrap_or(0.0)) / done as f64,
+            )
+        })
+        .collect();
+    phases.sort_by(|a, b| a.0.cmp(&b.0));
+    // Every acknowledged row is there.
+    for c in 0..clients {
+        let v = call(
+            &http,
+            &format!("{tables}/t{c}/scan"),
+            r#"{"columns":["id"],"limit":0}"#.into(),
+        )
+        .await?;
+        if v["matched"].as_u64() != Some(per_client + 1) {
+            return Err(format!("table t{c} lost rows: {v}").into());
+        }
+    }
+    drop(d);
+    Ok(Run {
+        commits: done,
+        took,
+        latency_sum,
+        phases,
+    })
+}
+
+#[allow(clippy::print_stdout)] // a benchmark program's report
+fn report(name: &str, r: &Run) {
+    let rate = r.commits as f64 / r.took.as_secs_f64();
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|(k, v)| format!("{k} {:.2} ms", v * 1000.0))
+        .collect();
+    println!(
+        "{name:<34} {:>6} commits {:>6.2} s {rate:>8.0} commits/s  target {TARGET:.0}/s  {:>5.2}×  latency {:.2} ms  per commit: {}",
+        r.commits,
+        r.took.as_secs_f64(),
+        rate / TARGET,
+        r.latency_sum.as_secs_f64() * 1000.0 / r.commits as f64,
+        phases.join(", ")
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tern_storage::config::install_tls_provider();
+    let clients = env_u64("TERN_BENCH_CLIENTS", 8).max(1);
+    let commits = env_u64("TERN_BENCH_COMMITS", 4000).max(clients);
+    let scratch = tempfile::Builder::new()
+        .prefix("tern-commits-bench-")
+        .tempdir_in(
+            std::env::var("CARGO_TARGET_TMPDIR")
+                .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+        )?;
+    let root = scratch.path();
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "commits through the API: {clients} clients, one row per request into a table each, {commits} commits per run, folder store under {}",
+            root.display()
+        );
+    }
+    let ternd = ternd_binary()?;
+    let durable = run(&ternd, &root.join("durable"), "", clients, commits).await?;
+    report("durable writes (default)", &durable);
+    let fast = run(
+        &ternd,
+        &root.join("nofsync"),
+        "?fsync=false",
+        clients,
+        commits,
+    )
+    .await?;
+    report("volume fsync=false", &fast);
+    Ok(())
+}
