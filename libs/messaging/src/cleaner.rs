@@ -27,7 +27,8 @@ use crate::crash::points;
 use crate::error::{Error, Result};
 use crate::service::{Context, Counters};
 use crate::state::{
-    InMessage, InState, Orphan, QueueEntry, ReceivedFile, Seen, SeenAt, SeenIndexed, keys,
+    InMessage, InState, Orphan, QueueEntry, ReceivedFile, Rejection, RejectionOrder,
+    RejectionsIndexed, Seen, SeenAt, SeenIndexed, keys,
 };
 use crate::worker::{Worker, WorkerState, WorkerStatus};
 
@@ -304,6 +305,81 @@ impl Cleaner {
         }
     }
 
+    /// Forgets recorded rejections older than the retention: through their order index
+    /// (oldest first), a batch per transaction, stopping at the first one still kept.
+    /// Rejections recorded before the index existed are indexed first, once.
+    async fn prune_rejections(&self) -> Result<usize> {
+        self.index_old_rejections().await?;
+        let cutoff = self.ctx.now_ms() - ms(self.ctx.config.rejection_retention);
+        let batch = self.ctx.config.clean_batch.max(1);
+        let mut pruned = 0;
+        loop {
+            let (n, done) = self
+                .ctx
+                .write("prune rejections", move |tx| {
+                    let mut n = 0;
+                    let entries = tx
+                        .scan_prefix_limit::<RejectionOrder>(&keys::rejections_in_order(), batch)
+                        .map_err(Error::meta("scan rejection order"))?;
+                    let full = entries.len() == batch;
+                    for (k, e) in entries {
+                        let seq = match k.elements().ok().and_then(|el| el.last().cloned()) {
+                            Some(tern_meta::Element::U64(seq)) => seq,
+                            _ => 0,
+                        };
+                        let rk = keys::rejection(&e.sender, seq);
+                        match tx
+                            .get::<Rejection>(&rk)
+                            .map_err(Error::meta("read rejection"))?
+                        {
+                            Some(r) if r.at_ms >= cutoff => return Ok((n, true)),
+                            Some(_) => tx.delete(&rk).map_err(Error::meta("prune rejection"))?,
+                            None => {}
+                        }
+                        tx.delete(&k)
+                            .map_err(Error::meta("prune rejection order"))?;
+                        n += 1;
+                    }
+                    Ok((n, !full))
+                })
+                .await?;
+            pruned += n;
+            if done {
+                return Ok(pruned);
+            }
+        }
+    }
+
+    /// Puts the rejections recorded before the order index existed into it (once).
+    async fn index_old_rejections(&self) -> Result<()> {
+        self.ctx
+            .write("index rejections", move |tx| {
+                if tx
+                    .contains(&keys::rejections_indexed())
+                    .map_err(Error::meta("read rejections index mark"))?
+                {
+                    return Ok(());
+                }
+                for (k, r) in tx
+                    .scan_prefix::<Rejection>(&keys::rejections())
+                    .map_err(Error::meta("scan rejections"))?
+                {
+                    if let Some(tern_meta::Element::U64(seq)) =
+                        k.elements().ok().and_then(|el| el.last().cloned())
+                    {
+                        tx.put(
+                            &keys::rejection_order(seq),
+                            &RejectionOrder { sender: r.sender },
+                        )
+                        .map_err(Error::meta("index rejection"))?;
+                    }
+                }
+                tx.put(&keys::rejections_indexed(), &RejectionsIndexed { v: 1 })
+                    .map_err(Error::meta("mark rejections index"))
+            })
+            .await
+    }
+
     /// Puts the seen ids remembered before the age index existed into it (once).
     async fn index_old_seen(&self) -> Result<()> {
         self.ctx
@@ -339,6 +415,7 @@ impl Cleaner {
         {
             self.last_prune_ms = Some(now);
             self.prune_seen().await?;
+            self.prune_rejections().await?;
             self.ctx.expire_failed(self.ctx.config.clean_batch).await?;
         }
         let a = self.clean_messages().await?;

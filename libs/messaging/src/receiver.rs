@@ -545,6 +545,13 @@ fn record_rejection(
         .next_sequence("msg-rejections")
         .map_err(Error::meta("sequence"))?;
     tx.put(
+        &keys::rejection_order(n),
+        &crate::state::RejectionOrder {
+            sender: sender.to_string(),
+        },
+    )
+    .map_err(Error::meta("index rejection"))?;
+    tx.put(
         &keys::rejection(sender, n),
         &Rejection {
             sender: sender.to_string(),

@@ -79,6 +79,10 @@ pub struct MessagingConfig {
     /// How long processed message ids are remembered to detect replays.
     #[serde(with = "humantime_serde")]
     pub seen_retention: Duration,
+    /// How long recorded rejections (tampered, replayed or stale files) are kept for the
+    /// operator; the per-reason counters are kept for ever.
+    #[serde(with = "humantime_serde")]
+    pub rejection_retention: Duration,
     /// How often the receiver lists the replication bucket for files outside the chains
     /// (unknown senders, out-of-chain files, leftovers).
     #[serde(with = "humantime_serde")]
@@ -108,6 +112,7 @@ impl Default for MessagingConfig {
             retry_backoff: Duration::from_secs(1),
             clean_batch: 256,
             seen_retention: Duration::from_secs(7 * 86_400),
+            rejection_retention: Duration::from_secs(30 * 86_400),
             failed_retention: Duration::from_secs(7 * 86_400),
             discovery_interval: Duration::from_secs(60),
             diversifier: DiversifierPolicy::default(),

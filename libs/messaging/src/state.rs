@@ -216,6 +216,22 @@ pub struct Rejection {
 }
 dpo!(Rejection, "message rejection");
 
+/// An entry of the rejections' order index (`keys::rejection_order`): whose row it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionOrder {
+    /// The row's sender part.
+    pub sender: String,
+}
+dpo!(RejectionOrder, "message rejection order entry");
+
+/// The mark that the rejections' order index is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionsIndexed {
+    /// Its version.
+    pub v: u32,
+}
+dpo!(RejectionsIndexed, "message rejections index mark");
+
 /// Receiver-side state of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -355,6 +371,18 @@ pub(crate) mod keys {
     }
     pub fn rejection(sender: &str, n: u64) -> Key {
         rejections().str(sender).u64(n)
+    }
+    /// `chan/rej-order/<n>`: rejections in the order they were recorded (the sequence
+    /// numbers their rows carry), so that pruning reads only what is due.
+    pub fn rejections_in_order() -> Key {
+        Key::root("chan").str("rej-order")
+    }
+    pub fn rejection_order(n: u64) -> Key {
+        rejections_in_order().u64(n)
+    }
+    /// Set once every rejection recorded before the order index existed is in it.
+    pub fn rejections_indexed() -> Key {
+        Key::root("chan").str("rej-indexed")
     }
     pub fn out_messages(peer: &DeploymentId) -> Key {
         Key::root("msg").str("out").str(peer.as_str())

@@ -74,7 +74,9 @@ pub async fn scenario(kind: Kind) {
         strict: true,
         ..Recorder::default()
     };
-    let d2 = Node::new("d2", kind, &clock, Some(&d1.keys_dir), strict).await;
+    let mut d2 = Node::new("d2", kind, &clock, Some(&d1.keys_dir), strict).await;
+    // Rejections are pruned a few at a time (see the end).
+    d2.config.clean_batch = 3;
     let d3 = Node::new("d3", kind, &clock, Some(&d1.keys_dir), Recorder::default()).await;
     let d4 = Node::new("d4", kind, &clock, Some(&d1.keys_dir), Recorder::default()).await;
     // d5's clock is 30 hours behind: its diversifiers are too old for d2.
@@ -339,6 +341,18 @@ pub async fn scenario(kind: Kind) {
     drain(&mut s3).await.unwrap();
     inbound.pump().await.unwrap();
     assert_eq!(d2.applied(&d3.id, &m3c).await.unwrap().count, 1);
+
+    // Past their retention the recorded rejections are pruned (through their order index,
+    // a batch at a time); the counters stay.
+    let before = recorded.iter().map(|r| r.at_ms).max().unwrap();
+    clock.advance(d2.config.rejection_retention + Duration::from_secs(3600));
+    inbound.pump().await.unwrap();
+    let left = inbound.ctx.rejections().await.unwrap();
+    assert!(
+        left.iter().all(|r| r.at_ms > before),
+        "rejections past their retention are gone: {left:#?}"
+    );
+    assert_eq!(count(&inbound, RejectReason::OutOfChain), 2);
 }
 
 #[tokio::test]
