@@ -1,5 +1,4 @@
-//! Replication's named crash points, for tests of recovery (issue 17 item 9 asks the same
-//! of source and target as messaging has).
+//! Replication's named crash points in source and target, for tests of recovery.
 //!
 //! They live in the message service's [`CrashPoints`](tern_messaging::CrashPoints)
 //! registry (one per deployment): a test arms a point there
@@ -24,10 +23,21 @@ pub const IMPORT_COMMITTED: &str = "import.committed";
 /// Import: the refresh is recorded as done, before the import job is removed.
 pub const IMPORT_FINISHED: &str = "import.finished";
 
+/// Source, refresh: the snapshot's files are copied into the replica's inbound stage,
+/// before the response message is created.
+pub const SNAPSHOT_COPIED: &str = "snapshot.files_copied";
+/// Source, refresh: the response message is ready to send, before the request is removed
+/// and the replica's log position recorded.
+pub const SNAPSHOT_SENT: &str = "snapshot.sent";
+/// Source, log shipping: a record's shipment is ready to send, before the replica's
+/// cursor moves past it.
+pub const SHIP_SENT: &str = "ship.sent";
+
 /// Switchover: the candidate won its votes (the primary paused for it), before it claims.
 pub const SWITCHOVER_WON: &str = "switchover.won";
 
-/// Every replication crash point, in the order a rejoin meets them.
+/// Every replication crash point: the target's in the order a rejoin meets them, then
+/// the source's.
 pub const ALL: &[&str] = &[
     REWIND_TABLE,
     REWIND_ASKED,
@@ -36,4 +46,7 @@ pub const ALL: &[&str] = &[
     IMPORT_COMMITTED,
     IMPORT_FINISHED,
     SWITCHOVER_WON,
+    SNAPSHOT_COPIED,
+    SNAPSHOT_SENT,
+    SHIP_SENT,
 ];

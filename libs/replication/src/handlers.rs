@@ -163,6 +163,7 @@ impl Handler for ReplHandler {
                                 received_at_ms: now,
                                 attempts: 0,
                                 retry: Default::default(),
+                                sent: None,
                             },
                         )?;
                     }

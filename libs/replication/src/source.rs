@@ -25,6 +25,7 @@ use tern_table::ChangeRecord;
 use tern_table::commit::DictionaryOp;
 
 use crate::copy::{CopyTask, copy_all};
+use crate::crash;
 use crate::error::{Error, Result};
 use crate::model::{
     self, LOG_TYPE, LogShipment, PAYLOAD_VERSION, SNAPSHOT_TYPE, SnapshotResponse, TableSnapshot,
@@ -32,7 +33,7 @@ use crate::model::{
 };
 use crate::peers::Peers;
 use crate::service::{Counters, Replication};
-use crate::state::{DownstreamDpo, SnapshotJobDpo, keys};
+use crate::state::{DownstreamDpo, SnapshotJobDpo, SnapshotSent, keys};
 
 /// A fixed instant, for judging a diversifier at the time its message arrived.
 #[derive(Debug)]
@@ -217,11 +218,15 @@ impl Replication {
         let sender = peers
             .sender(&peer)
             .ok_or_else(|| Error::NoPeer { peer: peer.clone() })?;
-        // An earlier attempt that got as far as sending: finish it.
+        // An earlier attempt that got as far as sending: finish it (its source crashed
+        // after sending, before recording the replica's position).
         let earlier = MessageId::new(job.response_id.as_str())?;
         match sender.message(&earlier).await? {
             Some(m) if m.state != OutState::Preparing => {
-                self.meta().write(|tx| tx.delete(key))?;
+                match (job.sent, self.local_database(&job.request.group)?) {
+                    (Some(sent), Some(db)) => self.snapshot_sent(key, &job, &db, sent)?,
+                    _ => self.meta().write(|tx| tx.delete(key))?,
+                }
                 return Ok(());
             }
             Some(_) => sender.abandon(&earlier).await?,
@@ -338,6 +343,7 @@ impl Replication {
             .to_inbound(&peer, &job.response_id, &to_copy, &file_keys, peers)
             .await?;
         let copied = copy_all(tasks, p.config.copy_concurrency).await?;
+        self.crash_point(crash::SNAPSHOT_COPIED)?;
         self.count_copied(copied.files, copied.bytes);
         let response = SnapshotResponse {
             v: PAYLOAD_VERSION,
@@ -353,6 +359,13 @@ impl Replication {
             epoch,
             seq,
         };
+        let sent = SnapshotSent {
+            stable,
+            settled,
+            bytes: copied.bytes,
+        };
+        job.sent = Some(sent);
+        self.meta().write(|tx| tx.put(key, &job))?;
         // The response can be large (every file's statistics): it travels as a body file.
         let msg_id = MessageId::new(job.response_id.as_str())?;
         let head = model::encode(&SnapshotHead {
@@ -366,14 +379,30 @@ impl Replication {
             .attach_body_bytes(&msg_id, &model::encode(&response)?)
             .await?;
         sender.mark_ready(&msg_id).await?;
+        self.crash_point(crash::SNAPSHOT_SENT)?;
+        self.snapshot_sent(key, &job, &db, sent)?;
+        tracing::info!(peer = %peer, group = %job.request.group, files = copied.files,
+            bytes = copied.bytes, log_position = stable, "snapshot sent");
+        Ok(())
+    }
+
+    /// Records that the snapshot of `job` was sent: the replica's downstream record (log
+    /// position, subscription) and the request removed, in one transaction.
+    fn snapshot_sent(
+        &self,
+        key: &tern_meta::Key,
+        job: &SnapshotJobDpo,
+        db: &tern_meta::DatabaseDpo,
+        sent: SnapshotSent,
+    ) -> Result<()> {
         let now = self.now();
         self.meta().write(|tx| {
-            let dk = keys::downstream(&db.id, &peer);
+            let dk = keys::downstream(&db.id, &job.peer);
             let mut d = tx.get::<DownstreamDpo>(&dk)?.unwrap_or(DownstreamDpo {
                 database: db.id.clone(),
-                account: account.clone(),
+                account: db.account.clone(),
                 group: job.request.group.clone(),
-                peer: peer.clone(),
+                peer: job.peer.clone(),
                 peer_database: job.request.database.clone(),
                 subscribed: false,
                 customer_key: None,
@@ -389,12 +418,12 @@ impl Replication {
             });
             // A refresh is what a replica behind the pruned log needed.
             d.refresh_needed_since_ms = None;
-            d.shipped_seq = Some(d.shipped_seq.unwrap_or(0).max(settled));
+            d.shipped_seq = Some(d.shipped_seq.unwrap_or(0).max(sent.settled));
             if job.request.subscribe {
                 // Shipping continues after the snapshot's log position (records at or below
                 // it that arrive later are skipped by the replica as already applied).
-                if !d.subscribed || d.cursor < stable {
-                    d.cursor = stable;
+                if !d.subscribed || d.cursor < sent.stable {
+                    d.cursor = sent.stable;
                 }
                 d.subscribed = true;
             } else {
@@ -403,7 +432,7 @@ impl Replication {
             d.peer_database = job.request.database.clone();
             d.customer_key = job.request.customer_key.clone();
             d.snapshots += 1;
-            d.bytes_copied += copied.bytes;
+            d.bytes_copied += sent.bytes;
             d.shipped_at_ms = Some(now);
             d.last_error = None;
             tx.put(&dk, &d)?;
@@ -411,8 +440,6 @@ impl Replication {
         })?;
         Counters::add(&self.inner.counters.snapshots_served, 1);
         self.inner.ship_wake.notify_one();
-        tracing::info!(peer = %peer, group = %job.request.group, files = copied.files,
-            bytes = copied.bytes, log_position = stable, "snapshot sent");
         Ok(())
     }
 
@@ -718,6 +745,7 @@ impl Replication {
             sender.attach_body_bytes(&msg_id, &payload).await?;
             sender.mark_ready(&msg_id).await?;
         }
+        self.crash_point(crash::SHIP_SENT)?;
         Counters::add(&self.inner.counters.records_shipped, 1);
         Ok(bytes)
     }

@@ -232,8 +232,24 @@ pub struct SnapshotJobDpo {
     /// Failed attempts: backing off, or given up.
     #[serde(default, skip_serializing_if = "crate::jobs::JobRetry::is_fresh")]
     pub retry: crate::jobs::JobRetry,
+    /// The log position of the response of attempt `response_id`, recorded before it is
+    /// sent: an attempt that finds that response already sent (its source crashed
+    /// after sending) records the replica's position from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<SnapshotSent>,
 }
 impl_dpo!(SnapshotJobDpo, "snapshot job");
+
+/// What a snapshot response held, for the replica's downstream record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSent {
+    /// The stable log id the snapshot holds (shipping continues after it).
+    pub stable: u64,
+    /// The database's settled transaction sequence number at the snapshot.
+    pub settled: u64,
+    /// Bytes copied into the replica's inbound stage.
+    pub bytes: u64,
+}
 
 /// A snapshot response to import.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

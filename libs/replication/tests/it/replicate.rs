@@ -987,10 +987,13 @@ async fn a_replica_on_a_schedule_refreshes_on_it_instead_of_following_the_log() 
     let r = replica().await;
     assert_eq!(r.records_applied, applied, "no record came by the log");
     assert!(r.refreshes > refreshes, "{r:?}");
-    // Continuous again: the log.
+    // Continuous again: the log, from the refresh that subscribes it (waited for: its
+    // request may not be pending yet right after the switch).
+    let before = replica().await.refreshes;
     d2.repl.set_schedule(&r2, Schedule::Continuous).unwrap();
     eventually(WAIT, "the replica to follow the log again", || async {
-        replica().await.refresh_pending.is_none()
+        let r = replica().await;
+        r.refreshes > before && r.refresh_pending.is_none()
     })
     .await;
     d1.tables.insert(&t, &[batch(40..50, "c")]).await.unwrap();
@@ -1135,4 +1138,55 @@ async fn a_compaction_on_the_primary_reaches_the_replica_with_equal_rows() {
     );
     d1.stop().await;
     d2.stop().await;
+}
+
+/// The source killed at each of its named crash points — a snapshot's files copied but no
+/// response yet, a response ready but its request not yet removed, a shipment ready but
+/// the cursor not yet past it — comes back and the replica ends with every row exactly
+/// once (by the log after the first refresh, never a second copy of a row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_source_killed_at_each_crash_point_loses_and_duplicates_nothing() {
+    use tern_replication::crash::{SHIP_SENT, SNAPSHOT_COPIED, SNAPSHOT_SENT};
+    for point in [SNAPSHOT_COPIED, SNAPSHOT_SENT, SHIP_SENT] {
+        let config = ReplicationConfig {
+            refresh_interval: Duration::ZERO,
+            ..repl_config()
+        };
+        let Pair {
+            dir,
+            keys: _,
+            mut d1,
+            mut d2,
+            a1,
+            db: _,
+            account_group,
+            t,
+        } = pair_with(config.clone()).await;
+        d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
+        if point == SHIP_SENT {
+            replicate(&d1, &a1, &d2, &account_group).await;
+            caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+            d1.ctx.crash_points().arm(point);
+            d1.tables.insert(&t, &[batch(10..20, "b")]).await.unwrap();
+        } else {
+            d1.ctx.crash_points().arm(point);
+            replicate(&d1, &a1, &d2, &account_group).await;
+        }
+        eventually(Duration::from_secs(30), point, || async {
+            d1.ctx.crash_points().fired().contains(&point)
+        })
+        .await;
+        d1.kill().await;
+        let mut d1 = open_with(dir.path(), "d1", None, config).await;
+        d1.start(&[&d2]);
+        if point != SHIP_SENT {
+            d1.tables.insert(&t, &[batch(10..20, "b")]).await.unwrap();
+        }
+        caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+        same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+        let rid = replica_table_id(&d1.id, &t);
+        assert_eq!(rows(&d2, &rid, None).await.len(), 20, "after {point}");
+        d1.stop().await;
+        d2.stop().await;
+    }
 }
