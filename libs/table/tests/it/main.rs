@@ -9,4 +9,5 @@ mod model;
 mod pruning;
 mod scenarios;
 mod schema_race;
+mod streaming;
 mod vacuum;
