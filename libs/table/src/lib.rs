@@ -31,7 +31,7 @@ pub mod table;
 
 pub use commit::{
     Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Stamp, Transaction,
-    WriteFence, with_idempotency_key,
+    WriteFence, with_idempotency_key, with_pending_idempotency_key,
 };
 pub use compact::{CompactionOptions, StagedCompaction};
 pub use error::{CommitFailure, Error, Refusal, Result};
