@@ -387,7 +387,7 @@ async fn main() -> Result<ExitCode, BoxError> {
     }
     let load_hwm = proc_kib(d.pid(), "VmHWM:")?;
     let load_sampled = sampler.finish();
-    let loaded_rows = answer["rows_affected"].as_u64().unwrap_or(0);
+    let loaded_rows = answer["rows"].as_u64().unwrap_or(0);
     d.stop()?;
     let bytes = sent.load(Ordering::Relaxed);
     let load_ok = report(
