@@ -264,9 +264,9 @@ impl Rows {
             let (customer, amount) = (i % 10_000, (i % 1000) as f64 / 4.0);
             let _ = match self.format.as_str() {
                 "csv" => writeln!(s, "{i},customer-{customer:05},{amount},{NOTE} {i}"),
-                "json" => write!(
+                "json" => writeln!(
                     s,
-                    "{}{{\"id\":{i},\"customer\":\"customer-{customer:05}\",\"amount\":{amount},\"note\":\"{NOTE} {i}\"}}\n",
+                    "{}{{\"id\":{i},\"customer\":\"customer-{customer:05}\",\"amount\":{amount},\"note\":\"{NOTE} {i}\"}}",
                     if i == 0 { "" } else { "," }
                 ),
                 _ => writeln!(
