@@ -500,10 +500,12 @@ fn ternd_bad_requests_get_4xx_json_naming_the_problem() {
     );
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.error().1.contains("Authorization"), "{}", r.body);
-    // Oversized body.
-    let big = csv(0, 1000);
+    // Oversized body (a request that is read whole: inserts and loads stream).
+    let big = json!({"where": {"column": "customer", "in": vec!["x".repeat(64); 100]}})
+        .to_string()
+        .into_bytes();
     assert!(big.len() > 4096);
-    let r = t(&format!("{TBL}/rows?format=csv"), "text/csv", &big);
+    let r = t(&format!("{TBL}/delete"), "application/json", &big);
     assert_eq!(r.status, 413, "{}", r.body);
     let (kind, msg) = r.error();
     assert_eq!(kind, "invalid_input");
@@ -521,8 +523,32 @@ fn ternd_bad_requests_get_4xx_json_naming_the_problem() {
     let r = t("/v1/nowhere", "application/json", b"{}");
     assert_eq!(r.status, 404);
     assert!(r.error().1.contains("/v1/nowhere"), "{}", r.body);
+    // A load that goes bad half way names the line, and commits nothing.
+    let mut bad = csv(0, 20_000);
+    bad.extend_from_slice(b"20000,late,not-a-number\n");
+    bad.extend_from_slice(&csv(20_001, 30_000)[b"id,customer,amount\n".len()..]);
+    let r = t(&format!("{TBL}/rows?format=csv"), "text/csv", &bad);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let (kind, msg) = r.error();
+    assert_eq!(kind, "invalid_input");
+    assert!(msg.contains("line 20002"), "{msg}");
+    let mut bad = String::from("[");
+    for i in 0..20_000 {
+        bad.push_str(&format!("{{\"id\":{i}}},\n"));
+    }
+    bad.push_str("{\"id\": 20000, \"amount\": }]");
+    let r = t(&format!("{TBL}/rows"), "application/json", bad.as_bytes());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().1.contains("line 20001"), "{}", r.body);
     // Nothing was committed by any of them.
     assert_eq!(count(&d), 0);
+    // A load many times `max_body_bytes` is taken: it is decoded and written as it
+    // arrives, never held whole.
+    let big = csv(0, 50_000);
+    assert!(big.len() > 100 * 4096);
+    let r = t(&format!("{TBL}/rows?format=csv"), "text/csv", &big);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(count(&d), 50_000);
     assert!(d.terminate().success());
 }
 
@@ -604,4 +630,111 @@ fn transactions_after_exit(l: &Layout) -> Vec<tern_txn::TxnDpo> {
     )
     .expect("open txn manager");
     txn.transactions().expect("transactions")
+}
+
+#[test]
+fn ternd_scans_stream_json_ndjson_and_csv_with_the_limit_pushed_down() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = Layout::new(dir.path(), "d1");
+    let d = Ternd::start(&l.write_config(&l.config("")), &[]);
+    setup(&d);
+    // 12 micro-partitions (one per insert) of 100 rows; row 5 has a NaN amount.
+    for k in 0..12i64 {
+        let r = d.op(
+            "POST",
+            &format!("{TBL}/rows?format=csv"),
+            &String::from_utf8(csv(k * 100, k * 100 + 100)).expect("utf8"),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = d.op(
+        "POST",
+        &format!("{TBL}/update"),
+        r#"{"where":{"column":"id","op":"=","value":5},"set":{"amount":"NaN"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // The whole table, as one JSON document written row by row.
+    let all = scan(&d, json!({}));
+    assert_eq!(ids(&all), (0..1200).collect::<Vec<_>>());
+    assert_eq!(all["row_count"], 1200);
+    assert_eq!(all["matched"], 1200);
+    assert_eq!(all["truncated"], false);
+    assert_eq!(all["files_read"], all["files_total"]);
+    let five = all["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["id"] == 5)
+        .expect("row 5");
+    assert_eq!(five["amount"], "NaN", "the documented NaN encoding is kept");
+
+    // A limit stops the reading: only the file holding the first rows is opened.
+    let some = scan(&d, json!({"limit": 10}));
+    assert_eq!(some["row_count"], 10);
+    assert_eq!(some["truncated"], true);
+    assert_eq!(some["matched"], 1200, "known from the row counts");
+    assert_eq!(some["files_total"], 12);
+    assert_eq!(some["files_read"], 1, "{some}");
+    // With a predicate the count is unknown once the limit stops the scan.
+    let cut = scan(
+        &d,
+        json!({"limit": 10, "where": {"column":"amount","op":">=","value":0}}),
+    );
+    assert_eq!(cut["row_count"], 10);
+    assert_eq!(cut["truncated"], true);
+    assert_eq!(cut["matched"], Value::Null);
+    assert!(
+        cut["files_read"].as_u64().expect("files_read") < 12,
+        "{cut}"
+    );
+    let whole = scan(
+        &d,
+        json!({"limit": 100000, "where": {"column":"id","op":"<","value":150}}),
+    );
+    assert_eq!(
+        (whole["matched"].clone(), whole["truncated"].clone()),
+        (json!(150), json!(false))
+    );
+
+    // NDJSON: one row object per line.
+    let r = d.op(
+        "POST",
+        &format!("{TBL}/scan?format=ndjson"),
+        r#"{"columns":["id","amount"],"where":{"column":"id","op":"<","value":10}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines: Vec<Value> = r
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines[5], json!({"id": 5, "amount": "NaN"}));
+
+    // CSV: a header, then rows.
+    let r = d.op(
+        "POST",
+        &format!("{TBL}/scan"),
+        r#"{"format":"csv","columns":["id","customer"],"limit":3}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", r.body);
+    assert_eq!(lines[0], "id,customer");
+    for line in &lines[1..] {
+        let (id, customer) = line.split_once(',').expect("two fields");
+        let id: i64 = id.parse().expect("an id");
+        assert_eq!(customer, format!("customer-{id:05}"));
+    }
+    let r = d.op(
+        "POST",
+        &format!("{TBL}/scan"),
+        r#"{"format":"csv","where":{"column":"id","op":"<","value":0}}"#,
+    );
+    assert_eq!(r.body, "id,customer,amount\n", "no rows: the header alone");
+    let r = d.op("POST", &format!("{TBL}/scan"), r#"{"format":"xml"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.error().1.contains("xml"), "{}", r.body);
+    assert!(d.terminate().success());
 }

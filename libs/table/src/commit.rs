@@ -97,8 +97,16 @@ pub struct IdempotencyKey {
     pub request_hash: String,
 }
 
+/// The key a statement runs with; its request hash may be known only once the request's
+/// body has been read (a streamed load), which is before the statement commits.
+#[derive(Debug, Clone)]
+struct StatementKey {
+    key: String,
+    request_hash: Arc<std::sync::OnceLock<String>>,
+}
+
 tokio::task_local! {
-    static STATEMENT_KEY: IdempotencyKey;
+    static STATEMENT_KEY: StatementKey;
 }
 
 /// Run `statement` with `key` as its idempotency key: the table change it commits
@@ -110,12 +118,33 @@ pub async fn with_idempotency_key<F: std::future::Future>(
     key: IdempotencyKey,
     statement: F,
 ) -> F::Output {
-    STATEMENT_KEY.scope(key, statement).await
+    let hash = Arc::new(std::sync::OnceLock::from(key.request_hash));
+    with_pending_idempotency_key(key.key, hash, statement).await
+}
+
+/// [`with_idempotency_key`] for a statement whose request is still being read when it
+/// starts (a streamed load): `request_hash` must be set once the whole request has been
+/// read, which is before the statement commits (its rows end with the request). Were it
+/// still unset at the commit, the key is stored with an empty hash, which no request
+/// matches: a retry is then refused as a reuse of the key, never applied twice.
+pub async fn with_pending_idempotency_key<F: std::future::Future>(
+    key: String,
+    request_hash: Arc<std::sync::OnceLock<String>>,
+    statement: F,
+) -> F::Output {
+    STATEMENT_KEY
+        .scope(StatementKey { key, request_hash }, statement)
+        .await
 }
 
 /// The idempotency key of the statement running on this task, if it has one.
 pub(crate) fn statement_idempotency_key() -> Option<IdempotencyKey> {
-    STATEMENT_KEY.try_with(Clone::clone).ok()
+    STATEMENT_KEY
+        .try_with(|k| IdempotencyKey {
+            key: k.key.clone(),
+            request_hash: k.request_hash.get().cloned().unwrap_or_default(),
+        })
+        .ok()
 }
 
 /// Where a committed change of a replicated database stands in its group: the role epoch

@@ -36,11 +36,11 @@ pub mod table;
 pub use account_key::{AccountKeys, KEY_CHAIN_VERSION, Migration, Rotation};
 pub use commit::{
     Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Stamp, Transaction,
-    WriteFence, with_idempotency_key,
+    WriteFence, with_idempotency_key, with_pending_idempotency_key,
 };
 pub use compact::{CompactionOptions, StagedCompaction};
 pub use error::{CommitFailure, Error, Refusal, Result};
 pub use pins::PinnedVersion;
 pub use predicate::{CmpOp, Predicate};
-pub use table::{Aggregate, CommitInfo, ScanRequest, ScanResult, TableOptions, Tables};
+pub use table::{Aggregate, CommitInfo, ScanRequest, ScanResult, ScanStream, TableOptions, Tables};
 pub use tern_meta::{ColumnDef, ColumnType, Scalar};

@@ -66,6 +66,24 @@ pub fn read_csv<R: Read>(
     source_name: &str,
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for_each_csv(reader, columns, source_name, batch_rows, |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Read CSV with a header, handing each batch of `batch_rows` rows to `sink` as it is
+/// parsed (memory holds one batch, whatever the input's length). An error of `sink` ends
+/// the reading with that error.
+pub fn for_each_csv<R: Read>(
+    reader: R,
+    columns: &[ColumnDef],
+    source_name: &str,
+    batch_rows: usize,
+    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
     let mut reader = std::io::BufReader::new(reader);
     let mut header = String::new();
     reader
@@ -96,20 +114,17 @@ pub fn read_csv<R: Read>(
         .with_batch_size(batch_rows.max(1))
         .build(reader)
         .map_err(|e| bad(source_name, None, e.to_string()))?;
-    let mut out = Vec::new();
-    let mut rows_before = 0u64;
     for batch in csv {
         let batch = batch.map_err(|e| {
             let msg = e.to_string();
-            // Arrow numbers the failing row inside its batch from 0; the file line is that
-            // plus the rows of earlier batches, the header line, and 1.
-            let line = line_of(&msg).map(|l| rows_before + l + 2);
+            // Arrow numbers the failing row from 0 across the whole input (not inside its
+            // batch); the file line is that plus the header line and 1.
+            let line = line_of(&msg).map(|l| l + 2);
             bad(source_name, line, msg)
         })?;
-        rows_before += batch.num_rows() as u64;
-        out.push(batch);
+        sink(batch)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Read newline-delimited JSON objects.
@@ -119,13 +134,29 @@ pub fn read_ndjson<R: Read>(
     source_name: &str,
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for_each_ndjson(reader, columns, source_name, batch_rows, |b| {
+        out.push(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Read newline-delimited JSON objects, handing each batch to `sink` as it is parsed
+/// (see [`for_each_csv`]).
+pub fn for_each_ndjson<R: Read>(
+    reader: R,
+    columns: &[ColumnDef],
+    source_name: &str,
+    batch_rows: usize,
+    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
     let schema = arrow_schema(columns);
     let reader = arrow::json::ReaderBuilder::new(schema)
         .with_batch_size(batch_rows.max(1))
         .with_strict_mode(true)
         .build(std::io::BufReader::new(reader))
         .map_err(|e| bad(source_name, None, e.to_string()))?;
-    let mut out = Vec::new();
     let mut rows = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| {
@@ -136,9 +167,29 @@ pub fn read_ndjson<R: Read>(
             )
         })?;
         rows += batch.num_rows() as u64;
-        out.push(batch);
+        sink(batch)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Read a Parquet file, handing each batch to `sink` as it is decoded (one row group's
+/// pages are read at a time).
+pub fn for_each_parquet(
+    file: std::fs::File,
+    source_name: &str,
+    batch_rows: usize,
+    mut sink: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| bad(source_name, None, e.to_string()))?;
+    let reader = builder
+        .with_batch_size(batch_rows.max(1))
+        .build()
+        .map_err(|e| bad(source_name, None, e.to_string()))?;
+    for b in reader {
+        sink(b.map_err(|e| bad(source_name, None, e.to_string()))?)?;
+    }
+    Ok(())
 }
 
 /// Read a Parquet file.

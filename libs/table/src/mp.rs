@@ -14,7 +14,8 @@ use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::{ObjectStore, PutMode, PutOptions};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
@@ -278,6 +279,25 @@ pub async fn read(
     projection: Option<&[String]>,
     predicate: &Predicate,
 ) -> Result<(Vec<RecordBatch>, ReadStats)> {
+    let (stream, stats) = read_stream(volume, path, keys, columns, projection, predicate).await?;
+    Ok((stream.try_collect().await?, stats))
+}
+
+/// A micro-partition's rows as they are decoded, one Parquet batch at a time.
+pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;
+
+/// Open a micro-partition for reading, as [`read`] does, without reading its rows: they
+/// come from the returned stream one batch at a time (Parquet fetches and decrypts one
+/// row group's column chunks at a time), so memory holds a row group, not the file.
+/// Opening reads the file's header and footer only.
+pub async fn read_stream(
+    volume: Arc<dyn ObjectStore>,
+    path: &Path,
+    keys: &dyn KeySource,
+    columns: &[ColumnDef],
+    projection: Option<&[String]>,
+    predicate: &Predicate,
+) -> Result<(BatchStream, ReadStats)> {
     let name = path.to_string();
     let pq = |e| Error::Parquet {
         path: name.clone(),
@@ -343,7 +363,7 @@ pub async fn read(
         row_groups_skipped: groups.len() - keep.len(),
     };
     if keep.is_empty() {
-        return Ok((Vec::new(), read_stats));
+        return Ok((futures::stream::empty().boxed(), read_stats));
     }
 
     // Columns: those asked for plus those the predicate needs.
@@ -366,29 +386,32 @@ pub async fn read(
         .with_projection(mask)
         .build()
         .map_err(pq)?;
-    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(pq)?;
 
-    let out_columns: Vec<&str> = match projection {
-        Some(p) => p.iter().map(String::as_str).collect(),
-        None => columns.iter().map(|c| c.name.as_str()).collect(),
+    let out_columns: Vec<String> = match projection {
+        Some(p) => p.to_vec(),
+        None => columns.iter().map(|c| c.name.clone()).collect(),
     };
-    let mut out = Vec::with_capacity(batches.len());
-    let predicate_columns = predicate.columns();
-    for batch in batches {
-        let batch = if *predicate == Predicate::True {
+    let (columns, predicate) = (columns.to_vec(), predicate.clone());
+    let batches = stream.map(move |batch| {
+        let batch = batch.map_err(|e| Error::Parquet {
+            path: name.clone(),
+            source: e,
+        })?;
+        let batch = if predicate == Predicate::True {
             batch
         } else {
             // A column added after this file was written is null in every row of it.
-            let batch = with_missing_as_nulls(batch, columns, &predicate_columns)?;
+            let batch = with_missing_as_nulls(batch, &columns, &predicate.columns())?;
             let mask = predicate.evaluate(&batch)?;
             arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| Error::Arrow {
                 context: "filtering rows",
                 source: e,
             })?
         };
-        out.push(select(&batch, &out_columns)?);
-    }
-    Ok((out, read_stats))
+        let names: Vec<&str> = out_columns.iter().map(String::as_str).collect();
+        select(&batch, &names)
+    });
+    Ok((batches.boxed(), read_stats))
 }
 
 /// `batch` with each of `needed` that the table has but the batch lacks (a column added

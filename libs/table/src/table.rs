@@ -27,6 +27,7 @@
 //! stay until no retained version needs them.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, new_null_array};
@@ -148,6 +149,88 @@ impl ScanResult {
     pub fn rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
+}
+
+/// What a streamed scan has done so far.
+#[derive(Debug, Default)]
+struct ScanProgress {
+    files_read: AtomicUsize,
+    row_groups_skipped: AtomicUsize,
+}
+
+/// A scan's rows as they are read ([`Tables::scan_stream`]).
+pub struct ScanStream {
+    /// The version scanned (pinned until this is dropped).
+    pub version: u64,
+    /// The columns of the rows, in order.
+    pub columns: Vec<ColumnDef>,
+    /// Micro-partitions at that version.
+    pub files_total: usize,
+    /// Micro-partitions that will be opened at most (the rest were pruned by their
+    /// statistics, or hold no row a `limit` needs).
+    pub files_planned: usize,
+    /// Rows the scan matches, when known without reading (a scan without predicate: the
+    /// metadata store's row counts).
+    pub rows_total: Option<u64>,
+    /// The rows, batch by batch; an error ends the stream.
+    pub batches: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+    progress: Arc<ScanProgress>,
+}
+
+impl std::fmt::Debug for ScanStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanStream")
+            .field("version", &self.version)
+            .field("files_total", &self.files_total)
+            .field("files_planned", &self.files_planned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScanStream {
+    /// Micro-partitions opened so far.
+    pub fn files_read(&self) -> usize {
+        self.progress.files_read.load(Ordering::Relaxed)
+    }
+
+    /// Row groups skipped so far inside the files opened.
+    pub fn row_groups_skipped(&self) -> usize {
+        self.progress.row_groups_skipped.load(Ordering::Relaxed)
+    }
+
+    /// A handle that reads [`ScanStream::files_read`] after `batches` has been moved out.
+    pub fn files_read_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let progress = Arc::clone(&self.progress);
+        move || progress.files_read.load(Ordering::Relaxed)
+    }
+}
+
+/// `batches` cut after `limit` rows (all when `None`); the stream is not polled again
+/// once the limit is reached, so nothing more is read. `pin` lives as long as the stream.
+fn limited(
+    batches: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+    limit: Option<usize>,
+    pin: PinnedVersion,
+) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+    let left = limit.unwrap_or(usize::MAX);
+    futures::stream::unfold(
+        (batches, left, pin),
+        |(mut batches, left, pin)| async move {
+            if left == 0 {
+                return None;
+            }
+            match batches.next().await? {
+                Ok(b) => {
+                    let n = b.num_rows().min(left);
+                    let b = if n < b.num_rows() { b.slice(0, n) } else { b };
+                    Some((Ok(b), (batches, left - n, pin)))
+                }
+                // An error ends the stream.
+                Err(e) => Some((Err(e), (batches, 0, pin))),
+            }
+        },
+    )
+    .boxed()
 }
 
 /// An aggregate function.
@@ -480,26 +563,68 @@ impl Tables {
     /// Insert rows (columns matched by name; missing nullable columns become nulls).
     pub async fn insert(&self, table: &TableId, batches: &[RecordBatch]) -> Result<CommitInfo> {
         let ctx = self.ctx(table).await?;
-        let conformed = batches
-            .iter()
-            .map(|b| conform(b, &ctx.table.columns))
-            .collect::<Result<Vec<_>>>()?;
-        let rows: u64 = conformed.iter().map(|b| b.num_rows() as u64).sum();
-        if rows == 0 {
-            return Ok(CommitInfo {
-                version: ctx.table.current_version,
-                ..Default::default()
-            });
+        // Checked before any file is written.
+        for b in batches {
+            conform(b, &ctx.table.columns)?;
         }
+        let batches = futures::stream::iter(batches.iter().cloned().map(Ok));
+        self.insert_ctx(ctx, batches).await
+    }
+
+    /// Insert rows as they come (a load): each batch is checked and encoded as it
+    /// arrives and files are stored as they fill, so memory holds a file or two whatever
+    /// the input's size; the rows become visible in one commit once the stream ends. An
+    /// error from the stream (bad input half way) or from a batch ends the statement
+    /// with that error: nothing is committed and the files written so far are removed
+    /// (they were journaled in the statement's transaction, whose abort — or recovery,
+    /// after a crash — removes them).
+    pub async fn insert_stream<S>(&self, table: &TableId, batches: S) -> Result<CommitInfo>
+    where
+        S: futures::Stream<Item = Result<RecordBatch>> + Send,
+    {
+        let ctx = self.ctx(table).await?;
+        self.insert_ctx(ctx, batches).await
+    }
+
+    async fn insert_ctx<S>(&self, ctx: Ctx, batches: S) -> Result<CommitInfo>
+    where
+        S: futures::Stream<Item = Result<RecordBatch>> + Send,
+    {
         self.account_of(&ctx.table.database)?;
+        let mut batches = std::pin::pin!(batches);
         let mut txn = self.committer.begin(&ctx.account).await?;
-        let added = match self.write_files(&ctx, &conformed, txn.as_mut()).await {
+        let mut w = match self.file_writer(&ctx) {
+            Ok(w) => w,
+            Err(e) => {
+                txn.abort().await;
+                return Err(e);
+            }
+        };
+        let mut result = Ok(());
+        while let Some(batch) = batches.next().await {
+            result = match batch.and_then(|b| conform(&b, &ctx.table.columns)) {
+                Ok(b) => w.push(self, &ctx, &b, txn.as_mut()).await,
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        let rows = w.rows();
+        let added = match w.finish(self, &ctx, txn.as_mut(), result).await {
             Ok(a) => a,
             Err(e) => {
                 txn.abort().await;
                 return Err(e);
             }
         };
+        if rows == 0 {
+            txn.abort().await;
+            return Ok(CommitInfo {
+                version: ctx.table.current_version,
+                ..Default::default()
+            });
+        }
         let mut change = self.change(&ctx, added, Vec::new(), rows);
         // An append does not depend on what it read: it lands on the version current at
         // commit, under the table lock the commit takes.
@@ -699,6 +824,11 @@ impl Tables {
     }
 
     /// The change of a delete/update, `None` when no row matches.
+    ///
+    /// Streams: a candidate file is first read for the predicate's columns only, to
+    /// count its matching rows; a file with a match is then read again batch by batch,
+    /// each batch changed by `apply` and pushed into the new files as it comes, so memory
+    /// holds a row group and a file being encoded, never a file's (or the table's) rows.
     async fn rewrite_locked<F>(
         &self,
         ctx: &Ctx,
@@ -711,41 +841,127 @@ impl Tables {
     {
         let predicate = predicate.bind(&ctx.table.columns)?;
         let mut removed = Vec::new();
-        let mut survivors = Vec::new();
         let mut affected = 0u64;
+        let mut w = self.file_writer(ctx)?;
+        let mut result = Ok(());
         for mp in self.candidates(ctx, ctx.table.current_version, &predicate)? {
-            let batches = self.read_file(ctx, &mp, &Predicate::True, None).await?;
-            let mut out = Vec::with_capacity(batches.len());
-            let mut hits = 0;
-            for b in &batches {
-                // Unknown (null) counts as not matched.
-                let matched: BooleanArray = predicate
-                    .evaluate(b)?
-                    .iter()
-                    .map(|v| Some(v.unwrap_or(false)))
-                    .collect();
-                hits += matched.true_count();
-                out.push(apply(b, &matched)?);
+            let hits = match self.matching_rows(ctx, &mp, &predicate).await {
+                Ok(0) => continue,
+                Ok(n) => n,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            result = self
+                .rewrite_file(ctx, &mp, &predicate, &apply, &mut w, txn)
+                .await;
+            if result.is_err() {
+                break;
             }
-            if hits > 0 {
-                affected += hits as u64;
-                removed.push(mp);
-                survivors.extend(out.into_iter().filter(|b| b.num_rows() > 0));
-            }
+            affected += hits;
+            removed.push(mp);
         }
+        let added = w.finish(self, ctx, txn, result).await?;
         if removed.is_empty() {
             return Ok(None);
         }
-        let added = self.write_files(ctx, &survivors, txn).await?;
         Ok(Some(self.change(ctx, added, removed, affected)))
+    }
+
+    /// Rows of micro-partition `m` matching `predicate` (unknown counts as no match),
+    /// reading only the predicate's columns.
+    async fn matching_rows(
+        &self,
+        ctx: &Ctx,
+        m: &MicroPartitionDpo,
+        predicate: &Predicate,
+    ) -> Result<u64> {
+        if *predicate == Predicate::True {
+            return Ok(m.rows);
+        }
+        let (mut batches, _) = mp::read_stream(
+            Arc::clone(&self.volume),
+            &Path::from(m.path.as_str()),
+            ctx.keys.as_ref(),
+            &ctx.table.columns,
+            Some(&[]),
+            predicate,
+        )
+        .await?;
+        let mut n = 0u64;
+        while let Some(b) = batches.next().await {
+            n += b?.num_rows() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Push `apply`'s output for every batch of `m` into `w`.
+    async fn rewrite_file<F>(
+        &self,
+        ctx: &Ctx,
+        m: &MicroPartitionDpo,
+        predicate: &Predicate,
+        apply: &F,
+        w: &mut FileWriter,
+        journal: &mut dyn FileJournal,
+    ) -> Result<()>
+    where
+        F: Fn(&RecordBatch, &BooleanArray) -> Result<RecordBatch>,
+    {
+        let mut batches = self.read_file_stream(ctx, m).await?;
+        while let Some(b) = batches.next().await {
+            let b = b?;
+            // Unknown (null) counts as not matched.
+            let matched: BooleanArray = predicate
+                .evaluate(&b)?
+                .iter()
+                .map(|v| Some(v.unwrap_or(false)))
+                .collect();
+            let out = apply(&b, &matched)?;
+            if out.num_rows() > 0 {
+                w.push(self, ctx, &out, journal).await?;
+            }
+        }
+        Ok(())
     }
 
     // ---- reads ----
 
-    /// Scan a table (see [`ScanRequest`]).
+    /// Scan a table (see [`ScanRequest`]), every row collected. For large answers use
+    /// [`Tables::scan_stream`], which holds a row group at a time instead.
     pub async fn scan(&self, table: &TableId, request: &ScanRequest) -> Result<ScanResult> {
+        let scan = self.scan_stream(table, request, None).await?;
+        let (version, files_total) = (scan.version, scan.files_total);
+        let progress = Arc::clone(&scan.progress);
+        let batches: Vec<RecordBatch> = scan.batches.try_collect().await?;
+        Ok(ScanResult {
+            version,
+            batches,
+            files_total,
+            files_read: progress.files_read.load(Ordering::Relaxed),
+            row_groups_skipped: progress.row_groups_skipped.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Scan a table, its rows streamed: micro-partitions are opened
+    /// `read_concurrency` at a time (header and footer), and their rows decoded one row
+    /// group at a time as the stream is polled, so memory does not grow with the answer
+    /// and a consumer that reads slowly slows the reading down.
+    ///
+    /// `limit` is pushed down: the stream ends after `limit` rows, and no file is opened
+    /// once they are produced. Without a predicate the files holding the first `limit`
+    /// rows are known from the metadata store's row counts, so only those are opened.
+    ///
+    /// The version stays pinned (vacuum keeps it) until the stream is dropped.
+    pub async fn scan_stream(
+        &self,
+        table: &TableId,
+        request: &ScanRequest,
+        limit: Option<usize>,
+    ) -> Result<ScanStream> {
         let ctx = self.ctx(table).await?;
-        // Held until the last file is read: vacuum keeps everything this version needs.
+        // Held until the stream is dropped: vacuum keeps everything this version needs.
         let pin = self.pin_for(table, request.version, false)?;
         let version = pin.version();
         let columns = self
@@ -776,43 +992,67 @@ impl Tables {
             .meta
             .read(|tx| tx.active_micro_partitions(table, version))?;
         let files_total = active.len();
-        let candidates = prune(active, &predicate);
-        let files_read = candidates.len();
-        let ctx_ref = &ctx;
-        let results: Vec<(Vec<RecordBatch>, mp::ReadStats)> = futures::stream::iter(candidates)
-            .map(|m| {
-                let (names, predicate, columns) = (&names, &predicate, &columns);
+        let rows_total =
+            (predicate == Predicate::True).then(|| active.iter().map(|m| m.rows).sum());
+        let mut candidates = prune(active, &predicate);
+        if let Some(limit) = limit {
+            if limit == 0 {
+                candidates.clear();
+            } else if predicate == Predicate::True {
+                // Every row of a file is returned: the files up to `limit` rows suffice.
+                let mut rows = 0u64;
+                let needed = candidates
+                    .iter()
+                    .position(|m| {
+                        rows += m.rows;
+                        rows >= limit as u64
+                    })
+                    .map_or(candidates.len(), |i| i + 1);
+                candidates.truncate(needed);
+            }
+        }
+        let files_planned = candidates.len();
+        let progress = Arc::new(ScanProgress::default());
+        let (volume, keys) = (Arc::clone(&self.volume), Arc::clone(&ctx.keys));
+        let opened = Arc::clone(&progress);
+        let read_columns = columns.clone();
+        let files = futures::stream::iter(candidates)
+            .map(move |m| {
+                let (volume, keys, progress) =
+                    (Arc::clone(&volume), Arc::clone(&keys), Arc::clone(&opened));
+                let (names, predicate, columns) =
+                    (names.clone(), predicate.clone(), read_columns.clone());
                 async move {
                     let path = Path::from(m.path.as_str());
-                    mp::read(
-                        Arc::clone(&self.volume),
+                    progress.files_read.fetch_add(1, Ordering::Relaxed);
+                    let (rows, stats) = mp::read_stream(
+                        volume,
                         &path,
-                        ctx_ref.keys.as_ref(),
-                        columns,
-                        Some(names),
-                        predicate,
+                        keys.as_ref(),
+                        &columns,
+                        Some(&names),
+                        &predicate,
                     )
-                    .await
+                    .await?;
+                    progress
+                        .row_groups_skipped
+                        .fetch_add(stats.row_groups_skipped, Ordering::Relaxed);
+                    Ok::<_, Error>(rows)
                 }
             })
             .buffered(self.options.read_concurrency.max(1))
-            .try_collect()
-            .await?;
-        let mut batches = Vec::new();
-        let mut row_groups_skipped = 0;
-        for (bs, stats) in results {
-            row_groups_skipped += stats.row_groups_skipped;
-            for b in bs {
-                batches.push(conform(&b, &projected)?);
-            }
-        }
-        drop(pin);
-        Ok(ScanResult {
+            .try_flatten();
+        let out_columns = projected.clone();
+        let conformed = files.map(move |b| b.and_then(|b| conform(&b, &out_columns)));
+        let batches = limited(conformed.boxed(), limit, pin);
+        Ok(ScanStream {
             version,
-            batches,
+            columns: projected,
             files_total,
-            files_read,
-            row_groups_skipped,
+            files_planned,
+            rows_total,
+            batches,
+            progress,
         })
     }
 
@@ -1067,6 +1307,27 @@ impl Tables {
             .collect()
     }
 
+    /// Every row of micro-partition `m`, conformed to the table's columns, batch by batch.
+    pub(crate) async fn read_file_stream(
+        &self,
+        ctx: &Ctx,
+        m: &MicroPartitionDpo,
+    ) -> Result<mp::BatchStream> {
+        let (batches, _) = mp::read_stream(
+            Arc::clone(&self.volume),
+            &Path::from(m.path.as_str()),
+            ctx.keys.as_ref(),
+            &ctx.table.columns,
+            None,
+            &Predicate::True,
+        )
+        .await?;
+        let columns = ctx.table.columns.clone();
+        Ok(batches
+            .map(move |b| b.and_then(|b| conform(&b, &columns)))
+            .boxed())
+    }
+
     /// Encode, encrypt and store new micro-partitions; their entries (version unset).
     /// Every file is announced to `journal` before it is written; on an error the files
     /// already written are left for the transaction's abort to remove.
@@ -1076,47 +1337,26 @@ impl Tables {
         batches: &[RecordBatch],
         journal: &mut dyn FileJournal,
     ) -> Result<Vec<MicroPartitionDpo>> {
-        let schema = arrow_schema(&ctx.table.columns);
-        let mut encoder = mp::Encoder::new(&schema, &ctx.table.columns, &self.options.write)?;
-        let mut written = Vec::new();
-        // One file is encrypted and stored (on another worker) while the next is encoded.
-        let mut in_flight: Option<tokio::task::JoinHandle<Result<MicroPartitionDpo>>> = None;
+        let mut w = self.file_writer(ctx)?;
         let mut result = Ok(());
         for batch in batches {
-            let done = match encoder.push(batch) {
-                Ok(d) => d,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
-            for e in done {
-                if let Err(err) = self
-                    .store_next(ctx, e, journal, &mut in_flight, &mut written)
-                    .await
-                {
-                    result = Err(err);
-                    break;
-                }
-            }
+            result = w.push(self, ctx, batch, journal).await;
             if result.is_err() {
                 break;
             }
         }
-        if result.is_ok() {
-            result = match encoder.finish() {
-                Ok(Some(e)) => {
-                    self.store_next(ctx, e, journal, &mut in_flight, &mut written)
-                        .await
-                }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-        }
-        // Always wait for the file in flight, so that nothing is still being written
-        // when the caller aborts and removes the journaled files.
-        let last = Self::land(&mut in_flight, &mut written).await;
-        result.and(last).map(|()| written)
+        w.finish(self, ctx, journal, result).await
+    }
+
+    /// A writer of new micro-partitions for the table in `ctx`.
+    pub(crate) fn file_writer(&self, ctx: &Ctx) -> Result<FileWriter> {
+        let schema = arrow_schema(&ctx.table.columns);
+        Ok(FileWriter {
+            encoder: mp::Encoder::new(&schema, &ctx.table.columns, &self.options.write)?,
+            in_flight: None,
+            written: Vec::new(),
+            rows: 0,
+        })
     }
 
     /// Wait for the file in flight, then start storing `e`.
@@ -1299,6 +1539,65 @@ impl Tables {
         }])
         .await?;
         Ok(())
+    }
+}
+
+/// The new micro-partitions of one statement, written as rows come: rows are pushed
+/// batch by batch, each file is stored (on another worker) as soon as it fills while the
+/// next is encoded, so memory holds a file or two whatever the statement's size.
+pub(crate) struct FileWriter {
+    encoder: mp::Encoder,
+    in_flight: Option<tokio::task::JoinHandle<Result<MicroPartitionDpo>>>,
+    written: Vec<MicroPartitionDpo>,
+    rows: u64,
+}
+
+impl FileWriter {
+    /// Add rows (conforming to the table's columns).
+    pub(crate) async fn push(
+        &mut self,
+        tables: &Tables,
+        ctx: &Ctx,
+        batch: &RecordBatch,
+        journal: &mut dyn FileJournal,
+    ) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        for e in self.encoder.push(batch)? {
+            tables
+                .store_next(ctx, e, journal, &mut self.in_flight, &mut self.written)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Rows pushed so far.
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Close the last file (when `result` is still good) and wait for the file in flight
+    /// either way, so that nothing is still being written when the caller aborts and
+    /// removes the journaled files. Returns the files written.
+    pub(crate) async fn finish(
+        mut self,
+        tables: &Tables,
+        ctx: &Ctx,
+        journal: &mut dyn FileJournal,
+        mut result: Result<()>,
+    ) -> Result<Vec<MicroPartitionDpo>> {
+        if result.is_ok() {
+            result = match self.encoder.finish() {
+                Ok(Some(e)) => {
+                    tables
+                        .store_next(ctx, e, journal, &mut self.in_flight, &mut self.written)
+                        .await
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let last = Tables::land(&mut self.in_flight, &mut self.written).await;
+        result.and(last).map(|()| self.written)
     }
 }
 

@@ -237,6 +237,223 @@ impl Client {
     }
 }
 
+/// Receives a streamed scan's rows as they arrive ([`Client::scan`]).
+pub trait RowSink: Send + 'static {
+    /// The answer's members before its rows (`version`, `columns`, …).
+    fn start(&mut self, head: &serde_json::Map<String, Value>);
+    /// One row.
+    fn row(&mut self, row: Value);
+}
+
+impl Client {
+    /// `POST path` with `req` for a scan answered as one JSON document whose `rows` are
+    /// handed to `sink` one at a time as they arrive (never held whole). Returns the
+    /// document's other members; an `error` member (the scan failed after its answer
+    /// started) is returned as [`ClientError::Api`].
+    pub async fn scan<S: RowSink>(
+        &self,
+        path: &str,
+        req: &Value,
+        sink: S,
+    ) -> Result<Value, ClientError> {
+        let resp = self.send_raw(path, req).await?;
+        let url = format!("{}{path}", self.base);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(8);
+        let reader = tokio::task::spawn_blocking(move || read_document(rx, sink));
+        let mut resp = resp;
+        let mut failed = None;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if tx.send(Ok(c)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(source) => {
+                    let _ = tx.send(Err(source.to_string())).await;
+                    failed = Some(source);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let parsed = reader
+            .await
+            .map_err(|e| ClientError::Input(format!("reading the answer: {e}")))?;
+        let head = match (parsed, failed) {
+            (Ok(head), _) => head,
+            (Err(_), Some(source)) => return Err(ClientError::Connect { url, source }),
+            (Err(e), None) => {
+                return Err(ClientError::NotJson {
+                    url,
+                    status: 200,
+                    body: e,
+                });
+            }
+        };
+        if let Some(e) = head.get("error") {
+            return Err(ClientError::Api {
+                status: 200,
+                kind: e["kind"].as_str().unwrap_or("unknown").to_string(),
+                message: e["message"].as_str().unwrap_or_default().to_string(),
+                redirect: None,
+                body: Box::new(serde_json::json!({ "error": e })),
+            });
+        }
+        Ok(Value::Object(head))
+    }
+
+    /// `POST path` with `req`, its answer's body copied to `out` as it arrives.
+    pub async fn post_copy(
+        &self,
+        path: &str,
+        req: &Value,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), ClientError> {
+        let mut resp = self.send_raw(path, req).await?;
+        let url = format!("{}{path}", self.base);
+        while let Some(c) = resp.chunk().await.map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })? {
+            out.write_all(&c)
+                .map_err(|e| ClientError::Input(format!("cannot write the answer: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// `POST path` with `req`: the response, its body unread, when its status is a
+    /// success (an error answer is read and returned as [`ClientError::Api`]).
+    async fn send_raw(&self, path: &str, req: &Value) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut r = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(req.to_string());
+        if let Some(t) = &self.token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = r.send().await.map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status().as_u16();
+        if status < 400 {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| ClientError::NotJson {
+            url: url.clone(),
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string(),
+        })?;
+        Err(ClientError::Api {
+            status,
+            kind: v["error"]["kind"].as_str().unwrap_or("unknown").to_string(),
+            message: v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            redirect: Redirect::from_error(&v["error"]).map(Box::new),
+            body: Box::new(v),
+        })
+    }
+}
+
+/// The chunks of a body as a blocking reader.
+struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Parse a scan document from `rx`, its rows handed to `sink` one by one.
+fn read_document<S: RowSink>(
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    mut sink: S,
+) -> Result<serde_json::Map<String, Value>, String> {
+    use serde::de::DeserializeSeed as _;
+    let reader = std::io::BufReader::new(Chunks {
+        rx,
+        current: bytes::Bytes::new(),
+    });
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let head = Document(&mut sink)
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    Ok(head)
+}
+
+struct Document<'a, S>(&'a mut S);
+
+impl<'de, S: RowSink> serde::de::DeserializeSeed<'de> for Document<'_, S> {
+    type Value = serde_json::Map<String, Value>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, S: RowSink> serde::de::Visitor<'de> for Document<'_, S> {
+    type Value = serde_json::Map<String, Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a scan answer")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut head = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if k == "rows" {
+                self.0.start(&head);
+                map.next_value_seed(Rows(&mut *self.0))?;
+            } else {
+                let v: Value = map.next_value()?;
+                head.insert(k, v);
+            }
+        }
+        Ok(head)
+    }
+}
+
+struct Rows<'a, S>(&'a mut S);
+
+impl<'de, S: RowSink> serde::de::DeserializeSeed<'de> for Rows<'_, S> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, S: RowSink> serde::de::Visitor<'de> for Rows<'_, S> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of rows")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(row) = seq.next_element::<Value>()? {
+            self.0.row(row);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1409,35 +1409,32 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             if let Some(l) = limit {
                 req["limit"] = json!(l);
             }
-            let v = c
-                .post(&format!("{}/scan", table_path(&table)?), &req)
-                .await?;
-            let cols: Vec<String> = v["columns"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(output::cell)
-                .collect();
-            let rows = v["rows"].as_array().cloned().unwrap_or_default();
+            // The answer streams: rows are printed as they arrive, never held whole.
+            let path = format!("{}/scan", table_path(&table)?);
             if json_out {
-                print_value(&v, true);
-            } else if csv {
-                output::print(&output::csv(&cols, &rows));
+                let mut stdout = std::io::stdout();
+                c.post_copy(&path, &req, &mut stdout).await?;
+                output::print("");
             } else {
-                output::print(&output::table(&cols, &rows));
-                output::note(&format!(
-                    "{} rows at version {} ({} of {} files read){}",
-                    v["row_count"],
-                    v["version"],
-                    v["files_read"],
-                    v["files_total"],
-                    if v["truncated"] == true {
-                        ", truncated"
-                    } else {
-                        ""
-                    }
-                ));
+                let printer =
+                    std::sync::Arc::new(std::sync::Mutex::new(output::StreamRows::new(csv)));
+                let v = c.scan(&path, &req, SharedRows(printer.clone())).await?;
+                let mut p = printer.lock().unwrap_or_else(|e| e.into_inner());
+                p.finish();
+                if !csv {
+                    output::note(&format!(
+                        "{} rows at version {} ({} of {} files read){}",
+                        v["row_count"],
+                        v["version"],
+                        v["files_read"],
+                        v["files_total"],
+                        if v["truncated"] == true {
+                            ", truncated"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
             }
         }
         Command::Deployment(DeploymentCmd::Create {
@@ -1708,6 +1705,18 @@ fn upload_stream(
             Ok(Some((bytes::Bytes::from(buf), file)))
         }
     })
+}
+
+/// A row printer shared between the reading thread and the command (which finishes it).
+struct SharedRows(std::sync::Arc<std::sync::Mutex<output::StreamRows>>);
+
+impl client::RowSink for SharedRows {
+    fn start(&mut self, head: &serde_json::Map<String, serde_json::Value>) {
+        client::RowSink::start(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), head);
+    }
+    fn row(&mut self, row: serde_json::Value) {
+        client::RowSink::row(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), row);
+    }
 }
 
 #[cfg(test)]

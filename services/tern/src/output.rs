@@ -85,6 +85,102 @@ pub fn csv(columns: &[String], rows: &[Value]) -> String {
     out
 }
 
+/// Rows printed as they arrive, as an aligned table ([`table`]) or CSV ([`csv`]). A table's
+/// column widths come from its first [`STREAM_HOLD`] rows (all of them when there are
+/// fewer, so a small answer prints exactly as [`table`] does); later rows are printed as
+/// they come with those widths (a longer cell widens its line only). Memory holds at most
+/// those first rows, whatever the answer's size.
+pub struct StreamRows {
+    csv: bool,
+    columns: Vec<String>,
+    held: Vec<Value>,
+    widths: Option<Vec<usize>>,
+    /// Rows printed or held.
+    pub rows: u64,
+}
+
+/// Rows a streamed table holds back to size its columns.
+pub const STREAM_HOLD: usize = 1000;
+
+impl StreamRows {
+    /// A printer of rows as a table, or as CSV.
+    pub fn new(csv: bool) -> Self {
+        Self {
+            csv,
+            columns: Vec::new(),
+            held: Vec::new(),
+            widths: None,
+            rows: 0,
+        }
+    }
+
+    /// Print the rows still held (the whole table when it had fewer than
+    /// [`STREAM_HOLD`] rows).
+    pub fn finish(&mut self) {
+        if !self.csv && self.widths.is_none() {
+            print(&table(&self.columns, &self.held));
+            self.held.clear();
+        }
+    }
+
+    #[allow(clippy::print_stdout)] // the CLI's result channel
+    fn out(s: &str) {
+        print!("{s}");
+    }
+}
+
+impl crate::client::RowSink for StreamRows {
+    fn start(&mut self, head: &serde_json::Map<String, Value>) {
+        self.columns = head
+            .get("columns")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(cell).collect())
+            .unwrap_or_default();
+        if self.csv {
+            Self::out(&csv(&self.columns, &[]));
+        }
+    }
+
+    fn row(&mut self, row: Value) {
+        self.rows += 1;
+        if self.csv {
+            let text = csv(&self.columns, std::slice::from_ref(&row));
+            // Without its header line.
+            Self::out(text.split_once('\n').map_or("", |(_, rest)| rest));
+            return;
+        }
+        match &self.widths {
+            None => {
+                self.held.push(row);
+                if self.held.len() >= STREAM_HOLD {
+                    let text = table(&self.columns, &self.held);
+                    self.widths = Some(widths_of(&text, &self.columns));
+                    Self::out(&text);
+                    self.held.clear();
+                }
+            }
+            Some(widths) => {
+                let parts: Vec<String> = self
+                    .columns
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{:<w$}", cell(&row[c])))
+                    .collect();
+                Self::out(&format!("{}\n", parts.join(" | ").trim_end()));
+            }
+        }
+    }
+}
+
+/// The column widths of a table made by [`table`] (from its separator line).
+fn widths_of(table: &str, columns: &[String]) -> Vec<usize> {
+    table
+        .lines()
+        .nth(1)
+        .map(|sep| sep.split("-+-").map(|d| d.chars().count()).collect())
+        .unwrap_or_else(|| columns.iter().map(|c| c.chars().count()).collect())
+}
+
 /// Prints `s` to stdout (the CLI's result channel).
 #[allow(clippy::print_stdout)]
 pub fn print(s: &str) {

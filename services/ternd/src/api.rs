@@ -20,9 +20,9 @@
 //! | `POST …/schemas/{s}/tables` | create table `{name, columns:[{name,type,nullable}]}` |
 //! | `DELETE …/tables/{t}` | drop table |
 //! | `POST …/tables/{t}/columns` | add a nullable column |
-//! | `POST …/tables/{t}/rows` | insert: JSON rows, or a CSV/NDJSON/Parquet file (`?format=` or Content-Type) |
+//! | `POST …/tables/{t}/rows` | insert: JSON rows, or a CSV/NDJSON/Parquet file (`?format=` or Content-Type); the body streams (decoded and written as it arrives, one commit at the end; not bounded by `api.max_body_bytes`) |
 //! | `POST …/tables/{t}/delete` `…/update` `…/merge` | DML with the JSON predicate form |
-//! | `POST …/tables/{t}/scan` | `{columns, where, version, limit}` → rows (a non-finite float64 is `"NaN"`, `"Infinity"` or `"-Infinity"`, never `null`) |
+//! | `POST …/tables/{t}/scan` | `{columns, where, version, limit, format}` → rows, streamed as they are read (`format`: `json` document, default; `ndjson`; `csv`); `limit` stops the reading (a non-finite float64 is `"NaN"`, `"Infinity"` or `"-Infinity"`, never `null`) |
 //! | `GET …/tables/{t}/versions` | show versions |
 //! | `GET /v1/accounts/{a}/transactions/{id}` | what became of a commit: `{txn_id, status: committed \| in_doubt, state?}`; 404 for an id never issued. A write answered 503 in doubt carries `error.txn_id` to ask about (do not retry it blindly: recovery commits it) |
 //! | `POST /v1/accounts/{a}/global` | `alter account … set global` `{group?}` → `{group}` (operator) |
@@ -59,7 +59,8 @@
 //! shipper is woken, so log records go to replicas at once.
 //!
 //! Errors are `{"error": {"kind": …, "message": …}}` with the kind's status (see
-//! [`crate::error::Kind`]); an oversized body is 413 with kind `invalid_input`.
+//! [`crate::error::Kind`]); an oversized body (of a request read whole) is 413 with kind
+//! `invalid_input`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -72,6 +73,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tern_meta::{AccountDpo, DatabaseDpo, DeploymentDpo, TableDpo};
@@ -1317,19 +1319,30 @@ async fn statement(
     if let Some(first) = d.txn.idempotency(account, &key.key)? {
         return replay(d, account, &key, first).await;
     }
-    match tern_table::with_idempotency_key(key.clone(), run).await {
+    let outcome = tern_table::with_idempotency_key(key.clone(), run).await;
+    keyed_outcome(d, account, &key, outcome).await
+}
+
+/// The answer to a statement run with idempotency `key`.
+async fn keyed_outcome(
+    d: &Daemon,
+    account: &AccountId,
+    key: &IdempotencyKey,
+    outcome: Result<CommitInfo>,
+) -> ApiResult<Response> {
+    match outcome {
         Ok(info) => {
             if !info.committed {
                 // Nothing changed and no transaction kept the key: keep it here, so that a
                 // retry answers this instead of changing what has appeared since.
-                d.txn.remember_idempotent(account, &key, &info)?;
+                d.txn.remember_idempotent(account, key, &info)?;
             }
             Ok(axum::Json(commit_json(&info)).into_response())
         }
         // Another request with this key got to its commit first: its outcome is the answer.
         Err(e @ Error::Table(tern_table::Error::IdempotencyKeyTaken { .. })) => {
             match d.txn.idempotency(account, &key.key)? {
-                Some(first) => replay(d, account, &key, first).await,
+                Some(first) => replay(d, account, key, first).await,
                 None => Err(e.into()),
             }
         }
@@ -1455,103 +1468,94 @@ fn body_format(headers: &HeaderMap, q: &InsertQuery) -> Result<Option<tern_table
     })
 }
 
-fn decode_file(
-    format: tern_table::load::Format,
-    bytes: Bytes,
-    columns: &[ColumnDef],
-) -> Result<Vec<arrow::array::RecordBatch>> {
-    use tern_table::load::{self, Format};
-    const BATCH: usize = 64 * 1024;
-    Ok(match format {
-        Format::Csv => load::read_csv(bytes.as_ref(), columns, "uploaded CSV", BATCH)?,
-        Format::Ndjson => load::read_ndjson(bytes.as_ref(), columns, "uploaded NDJSON", BATCH)?,
-        Format::Parquet => {
-            let bad = |e: parquet::errors::ParquetError| {
-                Error::Table(tern_table::Error::BadInput {
-                    source_name: "uploaded Parquet".into(),
-                    line: None,
-                    detail: e.to_string(),
-                })
-            };
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .map_err(bad)?
-                    .with_batch_size(BATCH)
-                    .build()
-                    .map_err(bad)?;
-            reader
-                .map(|b| {
-                    b.map_err(|e| {
-                        Error::Table(tern_table::Error::BadInput {
-                            source_name: "uploaded Parquet".into(),
-                            line: None,
-                            detail: e.to_string(),
-                        })
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?
-        }
-    })
-}
-
+/// `POST …/rows`: the body is decoded while it arrives and its rows are written into
+/// micro-partitions as they fill ([`crate::ingest`]); the rows become visible in one
+/// commit at the end. The body is not held whole, so `api.max_body_bytes` does not bound
+/// it: a load is as large as the volume allows.
 async fn insert(
     State(d): St,
     headers: HeaderMap,
     uri: Uri,
     Path(p): TablePath,
     Query(q): Query<InsertQuery>,
-    body: std::result::Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
     let (account, t) = resolve_writable(&d, &headers, &p)?;
     let format = body_format(&headers, &q)?;
-    let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
-    let key = idempotency_key(&headers, "POST", &uri, &bytes).await?;
-    statement(&d, &account, key, insert_rows(&d, &t, format, bytes)).await
+    let key = idempotency_header(&headers)?;
+    let target = uri.path_and_query().map_or("", |p| p.as_str()).to_string();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
+    let parts = vec![b"POST".to_vec(), target.into_bytes(), content_type];
+    let ingest = crate::ingest::ingest(body.into_data_stream(), format, t.columns.clone(), parts);
+    let Some(key) = key else {
+        let info = insert_rows(&d, &t, ingest).await?;
+        return Ok(axum::Json(commit_json(&info)).into_response());
+    };
+    if let Some(first) = d.txn.idempotency(&account, &key)? {
+        // A known key: the body is read only to compare its digest with the first one's.
+        let full = drain_digest(ingest).await?;
+        let key = IdempotencyKey {
+            key,
+            request_hash: full,
+        };
+        return replay(&d, &account, &key, first).await;
+    }
+    let hash = Arc::clone(&ingest.request_hash);
+    let run = insert_rows(&d, &t, ingest);
+    let outcome =
+        tern_table::with_pending_idempotency_key(key.clone(), Arc::clone(&hash), run).await;
+    let full = IdempotencyKey {
+        key,
+        request_hash: hash.get().cloned().unwrap_or_default(),
+    };
+    keyed_outcome(&d, &account, &full, outcome).await
+}
+
+/// The `Idempotency-Key` header, checked; `None` without it.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Error::Invalid(
+            "Idempotency-Key header is given more than once; send one key per request".into(),
+        ));
+    }
+    check_idempotency_key(value.as_bytes()).map(Some)
+}
+
+/// Read a streamed body to its end for its digest only.
+async fn drain_digest(mut ingest: crate::ingest::Ingest) -> Result<String> {
+    while let Some(b) = ingest.batches.next().await {
+        b?;
+    }
+    ingest
+        .request_hash
+        .get()
+        .cloned()
+        .ok_or_else(|| Error::Invalid("the request body was not read to its end".into()))
 }
 
 async fn insert_rows(
     d: &Daemon,
     t: &TableDpo,
-    format: Option<tern_table::load::Format>,
-    bytes: Bytes,
+    ingest: crate::ingest::Ingest,
 ) -> Result<CommitInfo> {
-    let len = bytes.len() as u64;
-    let columns = t.columns.clone();
-    let batches = tokio::task::spawn_blocking(move || match format {
-        None => {
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))?;
-            let rows = match &v {
-                Value::Array(a) => a.as_slice(),
-                Value::Object(o) => o
-                    .get("rows")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .ok_or_else(|| {
-                        Error::Invalid("expected {\"rows\": [...]} or an array of rows".into())
-                    })?,
-                _ => {
-                    return Err(Error::Invalid(
-                        "expected {\"rows\": [...]} or an array of rows".into(),
-                    ));
-                }
-            };
-            rows::rows_to_batches(rows, &columns)
-        }
-        Some(f) => decode_file(f, bytes, &columns),
-    })
-    .await
-    .map_err(|e| Error::internal("decode rows")(e.to_string()))??;
     let info = d
         .tables
-        .insert(&t.id, &batches)
+        .insert_stream(&t.id, ingest.batches)
         .await
         .map_err(|e| in_doubt(d, e))?;
+    let len = ingest.body.get().map_or(0, |b| b.bytes);
     d.counters
         .rows_inserted
         .fetch_add(info.rows_affected, Ordering::Relaxed);
     d.counters.bytes_loaded.fetch_add(len, Ordering::Relaxed);
-    tracing::info!(table = %t.id, rows = info.rows_affected, version = info.version, txn_id = info.txn_id, "rows inserted");
+    tracing::info!(table = %t.id, rows = info.rows_affected, bytes = len, version = info.version, txn_id = info.txn_id, "rows inserted");
     Ok(info)
 }
 
@@ -1653,21 +1657,72 @@ struct ScanReq {
     predicate: Option<Value>,
     version: Option<u64>,
     limit: Option<usize>,
+    format: Option<String>,
 }
 
+/// How a scan's rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanFormat {
+    /// One JSON document: `{version, columns, files_total, rows: [...], row_count,
+    /// matched, truncated, files_read}`.
+    Json,
+    /// One JSON object per row and line.
+    Ndjson,
+    /// CSV with a header line.
+    Csv,
+}
+
+impl ScanFormat {
+    fn parse(name: Option<&str>) -> Result<Self> {
+        Ok(match name.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("json") => ScanFormat::Json,
+            Some("ndjson" | "jsonl") => ScanFormat::Ndjson,
+            Some("csv") => ScanFormat::Csv,
+            Some(other) => {
+                return Err(Error::Invalid(format!(
+                    "unknown scan format {other:?} (json, ndjson, csv)"
+                )));
+            }
+        })
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            ScanFormat::Json => "application/json",
+            ScanFormat::Ndjson => "application/x-ndjson",
+            ScanFormat::Csv => "text/csv",
+        }
+    }
+}
+
+/// `POST …/scan`: rows streamed as they are read (a chunked body; see
+/// [`Tables::scan_stream`](tern_table::Tables::scan_stream)). Each batch is encoded when
+/// the connection can take it, so a slow client slows the reading down instead of making
+/// the daemon buffer, and `limit` stops the reading once its rows are out.
+///
+/// Formats (`"format"` in the request, or `?format=`): `json` (default), one document
+/// whose `rows` array is written row by row and whose counts come after it; `ndjson`, one
+/// row object per line; `csv`, a header line then rows. `truncated` says rows were left
+/// out by the limit; `matched` counts the matching rows when that is known — always
+/// without a `where`, otherwise when the scan read to its end (`null` when a limit
+/// stopped it first). An error after the answer has started ends the body early (for
+/// `json` after an `"error"` member, for `ndjson` after an `{"error": …}` line), so a
+/// client never takes a cut answer for a whole one.
 async fn scan(
     State(d): St,
     headers: HeaderMap,
     Path(p): TablePath,
+    Query(q): Query<InsertQuery>,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> ApiResult<Response> {
     let t = resolve(&d, &headers, &p)?;
     let bytes = body_bytes(body, d.config.api.max_body_bytes)?;
-    let r: ScanReq = if bytes.is_empty() {
+    let r: ScanReq = if bytes.iter().all(u8::is_ascii_whitespace) {
         ScanReq::default()
     } else {
         serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))?
     };
+    let format = ScanFormat::parse(q.format.as_deref().or(r.format.as_deref()))?;
     if let Some(cols) = &r.columns {
         for c in cols {
             if !t.columns.iter().any(|x| &x.name == c) {
@@ -1682,51 +1737,221 @@ async fn scan(
         .as_ref()
         .map(|w| rows::predicate(w, &t.columns))
         .transpose()?;
-    let result = d
-        .tables
-        .scan(
-            &t.id,
-            &ScanRequest {
-                version: r.version,
-                columns: r.columns.clone(),
-                predicate,
-            },
-        )
-        .await?;
     let limit = r
         .limit
         .unwrap_or(usize::MAX)
         .min(d.config.api.max_scan_rows);
-    let total = result.rows();
-    let mut left = limit;
-    let mut batches = Vec::new();
-    for b in &result.batches {
-        if left == 0 {
-            break;
-        }
-        let n = b.num_rows().min(left);
-        batches.push(b.slice(0, n));
-        left -= n;
-    }
-    let names: Vec<String> = match &r.columns {
-        Some(c) => c.clone(),
-        None => t.columns.iter().map(|c| c.name.clone()).collect(),
+    let request = ScanRequest {
+        version: r.version,
+        columns: r.columns.clone(),
+        predicate,
     };
-    let rows = rows::batches_to_json(&batches)?;
-    let returned = rows.as_array().map_or(0, Vec::len);
-    d.counters
-        .rows_scanned
-        .fetch_add(returned as u64, Ordering::Relaxed);
-    Ok(axum::Json(json!({
-        "version": result.version,
-        "columns": names,
-        "rows": rows,
-        "row_count": returned,
-        "matched": total,
-        "truncated": returned < total,
-        "files_total": result.files_total,
-        "files_read": result.files_read,
-    })))
+    // Whether rows are left out is known from the row counts without a predicate;
+    // otherwise one row more than the limit is read to tell.
+    let probe = d.tables.scan_stream(&t.id, &request, Some(limit)).await?;
+    let scan = if probe.rows_total.is_some() {
+        probe
+    } else {
+        drop(probe);
+        d.tables
+            .scan_stream(&t.id, &request, Some(limit.saturating_add(1)))
+            .await?
+    };
+    let names: Vec<String> = scan.columns.iter().map(|c| c.name.clone()).collect();
+    let head = match format {
+        ScanFormat::Json => {
+            let mut head = json!({
+                "version": scan.version,
+                "columns": names,
+                "files_total": scan.files_total,
+            })
+            .to_string();
+            head.pop();
+            head.push_str(",\"rows\":[");
+            head.into_bytes()
+        }
+        ScanFormat::Ndjson => Vec::new(),
+        ScanFormat::Csv => {
+            let quoted: Vec<String> = names.iter().map(|n| csv_field(n)).collect();
+            format!("{}\n", quoted.join(",")).into_bytes()
+        }
+    };
+    let state = ScanBody {
+        files_read: Box::new(scan.files_read_counter()),
+        rows_total: scan.rows_total,
+        batches: scan.batches,
+        format,
+        limit,
+        returned: 0,
+        truncated: false,
+        head: Some(head),
+        done: false,
+        abort: None,
+        daemon: Arc::clone(&d),
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((chunk, s))
+    });
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            ),
+            (
+                HeaderName::from_static("x-tern-version"),
+                HeaderValue::from(scan.version),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A CSV field, quoted when it must be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The state of a streamed scan answer.
+struct ScanBody {
+    batches: futures::stream::BoxStream<'static, tern_table::Result<arrow::array::RecordBatch>>,
+    files_read: Box<dyn Fn() -> usize + Send + Sync>,
+    rows_total: Option<u64>,
+    format: ScanFormat,
+    limit: usize,
+    returned: usize,
+    truncated: bool,
+    head: Option<Vec<u8>>,
+    done: bool,
+    /// Set after an error's text is written: the body then ends with an error.
+    abort: Option<String>,
+    daemon: Arc<Daemon>,
+}
+
+impl ScanBody {
+    /// The next piece of the body; `None` at its end.
+    async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
+        if let Some(message) = self.abort.take() {
+            self.done = true;
+            return Some(Err(std::io::Error::other(message)));
+        }
+        if self.done {
+            return None;
+        }
+        let mut out = self.head.take().unwrap_or_default();
+        loop {
+            match self.batches.next().await {
+                Some(Ok(batch)) => {
+                    let keep = batch.num_rows().min(self.limit - self.returned);
+                    if keep < batch.num_rows() {
+                        self.truncated = true;
+                    }
+                    if keep == 0 {
+                        continue;
+                    }
+                    let batch = batch.slice(0, keep);
+                    let first = self.returned == 0;
+                    self.returned += keep;
+                    self.daemon
+                        .counters
+                        .rows_scanned
+                        .fetch_add(keep as u64, Ordering::Relaxed);
+                    if let Err(e) = self.encode(&batch, first, &mut out) {
+                        return Some(Ok(self.fail(out, &e)));
+                    }
+                    return Some(Ok(Bytes::from(out)));
+                }
+                Some(Err(e)) => {
+                    let e = Error::from(e);
+                    return Some(Ok(self.fail(out, &e)));
+                }
+                None => {
+                    self.done = true;
+                    if let Some(total) = self.rows_total {
+                        self.truncated = total > self.returned as u64;
+                    }
+                    if self.format == ScanFormat::Json {
+                        let matched = match (self.rows_total, self.truncated) {
+                            (Some(n), _) => json!(n),
+                            (None, false) => json!(self.returned),
+                            (None, true) => Value::Null,
+                        };
+                        let tail = json!({
+                            "row_count": self.returned,
+                            "matched": matched,
+                            "truncated": self.truncated,
+                            "files_read": (self.files_read)(),
+                        })
+                        .to_string();
+                        out.extend_from_slice(b"],");
+                        out.extend_from_slice(&tail.as_bytes()[1..]);
+                    }
+                    return (!out.is_empty()).then(|| Ok(Bytes::from(out)));
+                }
+            }
+        }
+    }
+
+    /// Write `batch`'s rows to `out` in the answer's format.
+    fn encode(
+        &self,
+        batch: &arrow::array::RecordBatch,
+        first: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let encode = |e: &dyn std::fmt::Display| Error::internal("encode rows")(e.to_string());
+        match self.format {
+            ScanFormat::Json | ScanFormat::Ndjson => {
+                let rows = rows::batches_to_json(std::slice::from_ref(batch))?;
+                let Value::Array(rows) = rows else {
+                    return Ok(());
+                };
+                for (i, row) in rows.iter().enumerate() {
+                    if self.format == ScanFormat::Json && !(first && i == 0) {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, row).map_err(|e| encode(&e))?;
+                    if self.format == ScanFormat::Ndjson {
+                        out.push(b'\n');
+                    }
+                }
+            }
+            ScanFormat::Csv => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .build(&mut *out);
+                w.write(batch).map_err(|e| encode(&e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `out` followed by the error's text where the format has room for it; the body
+    /// ends with an error after it.
+    fn fail(&mut self, mut out: Vec<u8>, e: &Error) -> Bytes {
+        tracing::warn!(error = %e, "scan failed after its answer started");
+        let error = json!({"kind": e.kind().name(), "message": e.to_string()});
+        match self.format {
+            ScanFormat::Json => {
+                out.extend_from_slice(b"],\"error\":");
+                out.extend_from_slice(error.to_string().as_bytes());
+                out.push(b'}');
+            }
+            ScanFormat::Ndjson => {
+                out.extend_from_slice(json!({"error": error}).to_string().as_bytes());
+                out.push(b'\n');
+            }
+            ScanFormat::Csv => {}
+        }
+        self.abort = Some(e.to_string());
+        Bytes::from(out)
+    }
 }
 
 async fn versions(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiResult {

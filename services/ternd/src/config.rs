@@ -296,9 +296,11 @@ impl Default for WorkersConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Largest request body (JSON rows or an uploaded file), in bytes.
+    /// Largest request body read whole (DDL, DML and scan requests), in bytes. Inserts and
+    /// loads (`POST …/rows`) stream their body and are not bounded by it.
     pub max_body_bytes: usize,
-    /// Most rows a scan returns unless the request asks for fewer.
+    /// Most rows a scan returns unless the request asks for fewer (scans stream, so this
+    /// bounds the answer's length, not the daemon's memory).
     pub max_scan_rows: usize,
     /// How long a write's `Idempotency-Key` is kept (a retry within it is applied once);
     /// older keys are pruned by the recovery worker. A key whose transaction is still in

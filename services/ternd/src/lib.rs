@@ -23,6 +23,7 @@ pub mod config;
 pub mod crash;
 pub mod daemon;
 pub mod error;
+pub mod ingest;
 pub mod rows;
 pub mod supervisor;
 

@@ -11,4 +11,5 @@ mod model;
 mod pruning;
 mod scenarios;
 mod schema_race;
+mod streaming;
 mod vacuum;
