@@ -97,7 +97,15 @@ pub async fn call_with(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    // Bodies are JSON, sent whole or chunked: take from the first brace to the last.
+    // Bodies are JSON, sent whole or chunked (scans stream).
+    let rest = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     let json = match (rest.find(['{', '[']), rest.rfind(['}', ']'])) {
         (Some(a), Some(b)) => serde_json::from_str(&rest[a..=b]).expect("JSON body"),
         _ => Value::Null,
@@ -107,6 +115,23 @@ pub async fn call_with(
         head: head.to_ascii_lowercase(),
         body: json,
     }
+}
+
+/// The payload of a chunked body: each chunk is `<hex size>\r\n<data>\r\n`, the last of
+/// size 0.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n..];
+        body = body.strip_prefix("\r\n").unwrap_or(body);
+    }
+    out
 }
 
 pub fn ids(scan: &Value) -> Vec<i64> {
