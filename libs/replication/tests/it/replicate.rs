@@ -992,8 +992,16 @@ async fn a_replica_on_a_schedule_refreshes_on_it_instead_of_following_the_log() 
     let before = replica().await.refreshes;
     d2.repl.set_schedule(&r2, Schedule::Continuous).unwrap();
     eventually(WAIT, "the replica to follow the log again", || async {
+        // Its refresh imported, no other request or response under way (a scheduled one
+        // sent before the switch is answered first), and the source shipping to it.
         let r = replica().await;
-        r.refreshes > before && r.refresh_pending.is_none()
+        let s = d1.repl.status().await.unwrap();
+        let subscribed = s.downstream.iter().any(|d| d.subscribed);
+        r.refreshes > before
+            && r.refresh_pending.is_none()
+            && subscribed
+            && d1.repl.jobs().unwrap().is_empty()
+            && d2.repl.jobs().unwrap().is_empty()
     })
     .await;
     d1.tables.insert(&t, &[batch(40..50, "c")]).await.unwrap();
