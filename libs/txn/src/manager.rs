@@ -877,17 +877,44 @@ impl Inner {
         let mut names: Vec<String> = changes.iter().flat_map(Change::lock_names).collect();
         names.sort();
         names.dedup();
+        // The metadata file each change will write, numbered now and journaled in the
+        // same metadata transaction that takes the locks (one durable metadata commit
+        // instead of two): journaled before it is written, as every file is.
+        let mut ep_seqs = Vec::with_capacity(changes.len());
+        let mut files = Vec::new();
+        for change in &changes {
+            let planned = match change {
+                Change::Table(_) => match self.meta.next_unique("ep") {
+                    Ok(seq) => {
+                        files.extend(change.metadata_path(seq).map(|p| p.to_string()));
+                        Some(seq)
+                    }
+                    Err(e) => return self.fail(handle, e.into()).await,
+                },
+                Change::Dictionary { .. } => None,
+            };
+            ep_seqs.push(planned);
+        }
+        if !files.is_empty() {
+            self.crash.alive("journaled")?;
+        }
         // PreCommitting: every lock, all at once (no lock order to get wrong).
-        if let Err(e) = self.acquire(id, &names, TxnState::PreCommitting).await {
+        if let Err(e) = self
+            .acquire_journaling(id, &names, &files, TxnState::PreCommitting)
+            .await
+        {
             return self.fail(handle, e).await;
+        }
+        if !files.is_empty() {
+            self.crash.check("journaled")?;
         }
         self.crash.check("locked")?;
         let t = add(&self.phases.locks, started);
         let mut records = Vec::with_capacity(changes.len());
         let mut journal = Journal { inner: self, id };
-        for change in changes {
+        for (change, ep_seq) in changes.into_iter().zip(ep_seqs) {
             match change
-                .prepare(&self.meta, self.volume.as_ref(), &mut journal)
+                .prepare_at(&self.meta, self.volume.as_ref(), &mut journal, ep_seq)
                 .await
             {
                 Ok(r) => records.push(r),
@@ -1100,6 +1127,18 @@ impl Inner {
     /// Take every lock in `names` for `handle` at once (those it holds already count) and
     /// enter `state`, waiting while any is held by another transaction.
     async fn acquire(&self, id: &Begun, names: &[String], state: TxnState) -> Result<()> {
+        self.acquire_journaling(id, names, &[], state).await
+    }
+
+    /// [`Inner::acquire`], journaling `files` (paths about to be written) in the same
+    /// metadata transaction that takes the locks.
+    async fn acquire_journaling(
+        &self,
+        id: &Begun,
+        names: &[String],
+        files: &[String],
+        state: TxnState,
+    ) -> Result<()> {
         let handle = id.handle;
         let started = Instant::now();
         loop {
@@ -1107,7 +1146,8 @@ impl Inner {
             tokio::pin!(released);
             released.as_mut().enable();
             let now = self.clock.now_millis();
-            let (names, id, instance) = (names.to_vec(), id.clone(), self.instance);
+            let (names, files, id, instance) =
+                (names.to_vec(), files.to_vec(), id.clone(), self.instance);
             let blocked = self
                 .meta
                 .write_async(move |tx| {
@@ -1137,6 +1177,12 @@ impl Inner {
                     }
                     t.updated_at_ms = now;
                     tx.put(&txn_key(handle), &t)?;
+                    for path in &files {
+                        tx.put(
+                            &txn_file_key(handle, path),
+                            &TxnFileDpo { path: path.clone() },
+                        )?;
+                    }
                     Ok(None)
                 })
                 .await?;

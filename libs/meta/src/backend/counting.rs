@@ -23,6 +23,9 @@ pub struct KvCounts {
     pub put_bytes: u64,
     /// Deletes.
     pub deletes: u64,
+    /// Read-write transactions that committed (each one durable metadata commit; bodies
+    /// that fail, dry runs included, roll back and are not counted).
+    pub commits: u64,
 }
 
 impl KvCounts {
@@ -40,6 +43,7 @@ impl KvCounts {
             puts: self.puts - earlier.puts,
             put_bytes: self.put_bytes - earlier.put_bytes,
             deletes: self.deletes - earlier.deletes,
+            commits: self.commits - earlier.commits,
         }
     }
 }
@@ -52,6 +56,7 @@ struct Counters {
     puts: AtomicU64,
     put_bytes: AtomicU64,
     deletes: AtomicU64,
+    commits: AtomicU64,
 }
 
 /// Any backend, with every transaction's reads and writes counted (including those of
@@ -82,6 +87,7 @@ impl CountingBackend {
             puts: l(&c.puts),
             put_bytes: l(&c.put_bytes),
             deletes: l(&c.deletes),
+            commits: l(&c.commits),
         }
     }
 }
@@ -122,12 +128,16 @@ impl KvTxn for Counted<'_> {
 
 impl Backend for CountingBackend {
     fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
-        self.inner.write(&mut |kv| {
-            f(&mut Counted {
-                inner: kv,
-                counters: &self.counters,
+        self.inner
+            .write(&mut |kv| {
+                f(&mut Counted {
+                    inner: kv,
+                    counters: &self.counters,
+                })
             })
-        })
+            .inspect(|()| {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            })
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
