@@ -923,22 +923,6 @@ impl Inner {
         }
         self.crash.check("staged")?;
         let now = self.clock.now_millis();
-        // Under the locks nothing else changes these tables: what publishes cleanly now
-        // publishes cleanly after the log write. Checked by the code that publishes.
-        let checked = {
-            let (records, deployment) = (records.clone(), self.deployment.clone());
-            self.meta
-                .dry_run_async(move |tx| {
-                    for r in &records {
-                        publish(tx, r, Some(0), &deployment, now)?;
-                    }
-                    Ok(())
-                })
-                .await
-        };
-        if let Err(e) = checked {
-            return self.fail(handle, e.into()).await;
-        }
         // Prepared: the id comes from the account's clock only now, with every lock held,
         // so conflicting transactions get ids in commit order.
         let log_keys = match self.log_keys(account).await {
@@ -961,6 +945,20 @@ impl Inner {
             self.meta
                 .write_async(move |tx| {
                     let account = &account;
+                    // Under the locks nothing else changes these tables: what publishes
+                    // cleanly now publishes cleanly after the log write. Checked by the
+                    // code that publishes, its writes undone — in this transaction, before
+                    // it writes anything (a refusal commits nothing), rather than in one
+                    // of its own that would wait for the writer once more.
+                    let checked = tx.undone(|tx| {
+                        for r in &records {
+                            publish(tx, r, Some(0), &deployment, now)?;
+                        }
+                        Ok(())
+                    })?;
+                    if let Err(e) = checked {
+                        return Ok(Err(Error::from(e)));
+                    }
                     // A statement's idempotency key is taken here, with the Prepared mark: it is
                     // found exactly when the transaction is (or will be) committed. Taken by another
                     // transaction meanwhile (two requests with one key at once), this one yields.
@@ -968,17 +966,17 @@ impl Inner {
                         && let Some(held) =
                             tx.get::<IdempotencyDpo>(&idempotency_key(account, &k.key))?
                     {
-                        return Ok(Err(tern_table::Error::IdempotencyKeyTaken {
+                        return Ok(Err(Error::from(tern_table::Error::IdempotencyKeyTaken {
                             key: k.key.clone(),
                             txn_id: held.txn_id,
-                        }));
+                        })));
                     }
                     // The fence decides in this same metadata transaction: a database fenced
                     // before it never takes the commit, one fenced after finds it prepared (and
                     // the record stamped with the epoch it was made under).
                     let stamps = match stamp(tx, &records, fence.as_deref(), replicated.as_ref())? {
                         Ok(s) => s,
-                        Err(refused) => return Ok(Err(refused)),
+                        Err(refused) => return Ok(Err(Error::from(refused))),
                     };
                     let key = lamport_key(account);
                     let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
@@ -1022,7 +1020,7 @@ impl Inner {
         };
         let record = match prepared {
             Ok(Ok(r)) => r,
-            Ok(Err(refused)) => return self.fail(handle, refused.into()).await,
+            Ok(Err(refused)) => return self.fail(handle, refused).await,
             Err(e) => return self.fail(handle, e.into()).await,
         };
         // Soft point of no return passed: from here the transaction only rolls forward, so
