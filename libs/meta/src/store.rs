@@ -202,6 +202,25 @@ impl MetaTxn<'_> {
         self.kv.delete(key.as_bytes())
     }
 
+    /// Run `f` in this transaction and undo its writes (keeping the ones made before),
+    /// whatever it returns: whether a change would succeed here, checked by the code that
+    /// makes it — [`MetaStore::dry_run`] inside a transaction. Returns `f`'s result; the
+    /// outer error is the undo's own (the transaction's state is then undefined: return it).
+    pub fn undone<T>(
+        &mut self,
+        mut f: impl FnMut(&mut MetaTxn<'_>) -> Result<T>,
+    ) -> Result<Result<T>> {
+        let mut out = None;
+        self.kv.undone(&mut |kv| {
+            out = Some(f(&mut MetaTxn { kv }));
+            Ok(())
+        })?;
+        out.ok_or_else(|| Error::BackendContract {
+            backend: "transaction".into(),
+            reason: "undone body reported success without running",
+        })
+    }
+
     /// Whether `key` holds a value.
     pub fn contains(&mut self, key: &Key) -> Result<bool> {
         Ok(self.kv.get(key.as_bytes())?.is_some())

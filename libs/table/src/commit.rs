@@ -363,6 +363,30 @@ impl Change {
         volume: &dyn ObjectStore,
         journal: &mut dyn FileJournal,
     ) -> Result<ChangeRecord> {
+        self.prepare_at(meta, volume, journal, None).await
+    }
+
+    /// The metadata file this change would write as number `seq` (of the `"ep"` unique
+    /// sequence); `None` for a change that writes none (dictionary changes).
+    pub fn metadata_path(&self, seq: u64) -> Option<Path> {
+        match self {
+            Change::Table(t) => Some(layout::volume::ep(&t.account, &t.database, &t.table, seq)),
+            Change::Dictionary { .. } => None,
+        }
+    }
+
+    /// [`Change::prepare`], writing the metadata file as number `ep_seq` when given: the
+    /// caller took it from the `"ep"` sequence and journaled [`Change::metadata_path`]
+    /// already (a committer journals it in the same metadata transaction that takes the
+    /// locks, saving a durable metadata commit per commit). Without it the number is taken
+    /// and the path journaled here.
+    pub async fn prepare_at(
+        self,
+        meta: &MetaStore,
+        volume: &dyn ObjectStore,
+        journal: &mut dyn FileJournal,
+        ep_seq: Option<u64>,
+    ) -> Result<ChangeRecord> {
         let t = match self {
             Change::Dictionary { database, op, .. } => {
                 return Ok(ChangeRecord::Dictionary { database, op });
@@ -436,9 +460,14 @@ impl Change {
             // here: the reference it came with names the source's key).
             m.key_ref.clone_from(&key_ref);
         }
-        let seq = meta.next_unique("ep")?;
+        let seq = match ep_seq {
+            Some(seq) => seq,
+            None => meta.next_unique("ep")?,
+        };
         let ep_path = layout::volume::ep(&t.account, &t.database, &t.table, seq);
-        journal.will_write(&ep_path).await?;
+        if ep_seq.is_none() {
+            journal.will_write(&ep_path).await?;
+        }
         let removed_shorts: Vec<ShortName> = t.removed.iter().map(|m| m.short.clone()).collect();
         let file = MetadataFile::new(
             t.table.clone(),

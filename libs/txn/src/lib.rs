@@ -6,8 +6,9 @@
 //!
 //! ```text
 //!  Active ──(statement writes files; each journaled before it is written)
-//!    ─▶ PreCommitting: every table/dictionary lock taken at once (waits, with a timeout)
-//!         versions fixed (appends land on the current version; a change computed from
+//!    ─▶ PreCommitting: every table/dictionary lock taken at once (waits, with a timeout),
+//!         the metadata files about to be written journaled in that same metadata
+//!         transaction (one durable metadata commit for both); versions fixed (appends land on the current version; a change computed from
 //!         what it read must find that version), metadata files written, the change
 //!         checked against the metadata store by the code that will publish it
 //!    ─▶ Prepared: transaction id from the account's Lamport clock, log record persisted

@@ -877,17 +877,44 @@ impl Inner {
         let mut names: Vec<String> = changes.iter().flat_map(Change::lock_names).collect();
         names.sort();
         names.dedup();
+        // The metadata file each change will write, numbered now and journaled in the
+        // same metadata transaction that takes the locks (one durable metadata commit
+        // instead of two): journaled before it is written, as every file is.
+        let mut ep_seqs = Vec::with_capacity(changes.len());
+        let mut files = Vec::new();
+        for change in &changes {
+            let planned = match change {
+                Change::Table(_) => match self.meta.next_unique("ep") {
+                    Ok(seq) => {
+                        files.extend(change.metadata_path(seq).map(|p| p.to_string()));
+                        Some(seq)
+                    }
+                    Err(e) => return self.fail(handle, e.into()).await,
+                },
+                Change::Dictionary { .. } => None,
+            };
+            ep_seqs.push(planned);
+        }
+        if !files.is_empty() {
+            self.crash.alive("journaled")?;
+        }
         // PreCommitting: every lock, all at once (no lock order to get wrong).
-        if let Err(e) = self.acquire(id, &names, TxnState::PreCommitting).await {
+        if let Err(e) = self
+            .acquire_journaling(id, &names, &files, TxnState::PreCommitting)
+            .await
+        {
             return self.fail(handle, e).await;
+        }
+        if !files.is_empty() {
+            self.crash.check("journaled")?;
         }
         self.crash.check("locked")?;
         let t = add(&self.phases.locks, started);
         let mut records = Vec::with_capacity(changes.len());
         let mut journal = Journal { inner: self, id };
-        for change in changes {
+        for (change, ep_seq) in changes.into_iter().zip(ep_seqs) {
             match change
-                .prepare(&self.meta, self.volume.as_ref(), &mut journal)
+                .prepare_at(&self.meta, self.volume.as_ref(), &mut journal, ep_seq)
                 .await
             {
                 Ok(r) => records.push(r),
@@ -896,22 +923,6 @@ impl Inner {
         }
         self.crash.check("staged")?;
         let now = self.clock.now_millis();
-        // Under the locks nothing else changes these tables: what publishes cleanly now
-        // publishes cleanly after the log write. Checked by the code that publishes.
-        let checked = {
-            let (records, deployment) = (records.clone(), self.deployment.clone());
-            self.meta
-                .dry_run_async(move |tx| {
-                    for r in &records {
-                        publish(tx, r, Some(0), &deployment, now)?;
-                    }
-                    Ok(())
-                })
-                .await
-        };
-        if let Err(e) = checked {
-            return self.fail(handle, e.into()).await;
-        }
         // Prepared: the id comes from the account's clock only now, with every lock held,
         // so conflicting transactions get ids in commit order.
         let log_keys = match self.log_keys(account).await {
@@ -934,6 +945,20 @@ impl Inner {
             self.meta
                 .write_async(move |tx| {
                     let account = &account;
+                    // Under the locks nothing else changes these tables: what publishes
+                    // cleanly now publishes cleanly after the log write. Checked by the
+                    // code that publishes, its writes undone — in this transaction, before
+                    // it writes anything (a refusal commits nothing), rather than in one
+                    // of its own that would wait for the writer once more.
+                    let checked = tx.undone(|tx| {
+                        for r in &records {
+                            publish(tx, r, Some(0), &deployment, now)?;
+                        }
+                        Ok(())
+                    })?;
+                    if let Err(e) = checked {
+                        return Ok(Err(Error::from(e)));
+                    }
                     // A statement's idempotency key is taken here, with the Prepared mark: it is
                     // found exactly when the transaction is (or will be) committed. Taken by another
                     // transaction meanwhile (two requests with one key at once), this one yields.
@@ -941,17 +966,17 @@ impl Inner {
                         && let Some(held) =
                             tx.get::<IdempotencyDpo>(&idempotency_key(account, &k.key))?
                     {
-                        return Ok(Err(tern_table::Error::IdempotencyKeyTaken {
+                        return Ok(Err(Error::from(tern_table::Error::IdempotencyKeyTaken {
                             key: k.key.clone(),
                             txn_id: held.txn_id,
-                        }));
+                        })));
                     }
                     // The fence decides in this same metadata transaction: a database fenced
                     // before it never takes the commit, one fenced after finds it prepared (and
                     // the record stamped with the epoch it was made under).
                     let stamps = match stamp(tx, &records, fence.as_deref(), replicated.as_ref())? {
                         Ok(s) => s,
-                        Err(refused) => return Ok(Err(refused)),
+                        Err(refused) => return Ok(Err(Error::from(refused))),
                     };
                     let key = lamport_key(account);
                     let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
@@ -995,7 +1020,7 @@ impl Inner {
         };
         let record = match prepared {
             Ok(Ok(r)) => r,
-            Ok(Err(refused)) => return self.fail(handle, refused.into()).await,
+            Ok(Err(refused)) => return self.fail(handle, refused).await,
             Err(e) => return self.fail(handle, e.into()).await,
         };
         // Soft point of no return passed: from here the transaction only rolls forward, so
@@ -1100,6 +1125,18 @@ impl Inner {
     /// Take every lock in `names` for `handle` at once (those it holds already count) and
     /// enter `state`, waiting while any is held by another transaction.
     async fn acquire(&self, id: &Begun, names: &[String], state: TxnState) -> Result<()> {
+        self.acquire_journaling(id, names, &[], state).await
+    }
+
+    /// [`Inner::acquire`], journaling `files` (paths about to be written) in the same
+    /// metadata transaction that takes the locks.
+    async fn acquire_journaling(
+        &self,
+        id: &Begun,
+        names: &[String],
+        files: &[String],
+        state: TxnState,
+    ) -> Result<()> {
         let handle = id.handle;
         let started = Instant::now();
         loop {
@@ -1107,7 +1144,8 @@ impl Inner {
             tokio::pin!(released);
             released.as_mut().enable();
             let now = self.clock.now_millis();
-            let (names, id, instance) = (names.to_vec(), id.clone(), self.instance);
+            let (names, files, id, instance) =
+                (names.to_vec(), files.to_vec(), id.clone(), self.instance);
             let blocked = self
                 .meta
                 .write_async(move |tx| {
@@ -1137,6 +1175,12 @@ impl Inner {
                     }
                     t.updated_at_ms = now;
                     tx.put(&txn_key(handle), &t)?;
+                    for path in &files {
+                        tx.put(
+                            &txn_file_key(handle, path),
+                            &TxnFileDpo { path: path.clone() },
+                        )?;
+                    }
                     Ok(None)
                 })
                 .await?;

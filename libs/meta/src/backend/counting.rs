@@ -23,6 +23,12 @@ pub struct KvCounts {
     pub put_bytes: u64,
     /// Deletes.
     pub deletes: u64,
+    /// Read-write transactions that committed (each one durable metadata commit; bodies
+    /// that fail, dry runs included, roll back and are not counted).
+    pub commits: u64,
+    /// Read-write transactions run, committed or not (dry runs included): each waits its
+    /// turn for the single writer.
+    pub write_transactions: u64,
 }
 
 impl KvCounts {
@@ -40,6 +46,8 @@ impl KvCounts {
             puts: self.puts - earlier.puts,
             put_bytes: self.put_bytes - earlier.put_bytes,
             deletes: self.deletes - earlier.deletes,
+            commits: self.commits - earlier.commits,
+            write_transactions: self.write_transactions - earlier.write_transactions,
         }
     }
 }
@@ -52,6 +60,8 @@ struct Counters {
     puts: AtomicU64,
     put_bytes: AtomicU64,
     deletes: AtomicU64,
+    commits: AtomicU64,
+    write_transactions: AtomicU64,
 }
 
 /// Any backend, with every transaction's reads and writes counted (including those of
@@ -82,6 +92,8 @@ impl CountingBackend {
             puts: l(&c.puts),
             put_bytes: l(&c.put_bytes),
             deletes: l(&c.deletes),
+            commits: l(&c.commits),
+            write_transactions: l(&c.write_transactions),
         }
     }
 }
@@ -110,6 +122,16 @@ impl KvTxn for Counted<'_> {
         self.inner.delete(key)
     }
 
+    fn undone(&mut self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        let counters = self.counters;
+        self.inner.undone(&mut |kv| {
+            f(&mut Counted {
+                inner: kv,
+                counters,
+            })
+        })
+    }
+
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let rows = self.inner.scan(start, end, limit)?;
         self.counters.scans.fetch_add(1, Ordering::Relaxed);
@@ -122,12 +144,19 @@ impl KvTxn for Counted<'_> {
 
 impl Backend for CountingBackend {
     fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
-        self.inner.write(&mut |kv| {
-            f(&mut Counted {
-                inner: kv,
-                counters: &self.counters,
+        self.counters
+            .write_transactions
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .write(&mut |kv| {
+                f(&mut Counted {
+                    inner: kv,
+                    counters: &self.counters,
+                })
             })
-        })
+            .inspect(|()| {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            })
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {

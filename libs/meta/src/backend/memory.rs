@@ -109,6 +109,13 @@ impl KvTxn for MemTxn<'_> {
         Ok(())
     }
 
+    fn undone(&mut self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        let before = self.overlay.clone();
+        let out = f(self);
+        self.overlay = before;
+        out
+    }
+
     fn delete(&mut self, key: &[u8]) -> Result<()> {
         self.check_writable(key)?;
         self.overlay.insert(key.to_vec(), None);

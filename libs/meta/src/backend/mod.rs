@@ -49,4 +49,10 @@ pub trait KvTxn {
 
     /// Keys in `[start, end)` in key order, with their values, at most `limit` of them.
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Run `f` inside this transaction, then undo every write it made (whatever it
+    /// returned), keeping the writes made before: a check by the code that would make a
+    /// change, in the same transaction as other writes. Returns `f`'s result; an error of
+    /// the undo itself leaves the transaction's state undefined (return it).
+    fn undone(&mut self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()>;
 }

@@ -683,6 +683,22 @@ impl KvTxn for SqliteTxn<'_> {
             .map_err(sql_err(self.path, "delete"))
     }
 
+    fn undone(&mut self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        if !self.writable {
+            // Nothing it could write (its writes fail): nothing to undo.
+            return f(self);
+        }
+        // A savepoint nested in the member's own (see the module docs).
+        self.conn
+            .execute_batch("SAVEPOINT undone")
+            .map_err(sql_err(self.path, "begin an undone body"))?;
+        let out = f(self);
+        self.conn
+            .execute_batch("ROLLBACK TO undone; RELEASE undone")
+            .map_err(sql_err(self.path, "undo a body"))?;
+        out
+    }
+
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.conn

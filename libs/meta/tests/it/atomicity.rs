@@ -9,7 +9,8 @@ use crate::common::*;
 on_both_backends!(
     failing_closure_leaves_previous_state,
     panicking_closure_leaves_previous_state,
-    reads_are_snapshots_and_read_only
+    reads_are_snapshots_and_read_only,
+    undone_writes_are_undone_and_earlier_ones_kept
 );
 
 /// (current version, active short names there, sequence `s`).
@@ -88,4 +89,55 @@ fn reads_are_snapshots_and_read_only(store: MetaStore) {
         })
         .unwrap();
     assert_eq!(active(&store, &t, 2), ["a", "b"]);
+}
+
+/// A check inside a transaction (`undone`) runs the code that would write, sees its own
+/// writes while it runs, and leaves none behind — failing or not — while the writes made
+/// before it in the same transaction commit.
+fn undone_writes_are_undone_and_earlier_ones_kept(store: MetaStore) {
+    let t = setup_table(&store, "t1");
+    commit(&store, &t, 0, &["a"], &[]).unwrap();
+    let (checked, refused) = store
+        .write(|tx| {
+            tx.set_global_id("k", "before", "x")?;
+            let checked = tx.undone(|tx| {
+                tx.commit_table_version(
+                    &t,
+                    1,
+                    version_row(&t, 2),
+                    &[mp(&t, "b", 2)],
+                    &shorts(&["a"]),
+                )?;
+                tx.set_global_id("k", "inside", "y")?;
+                // Its own writes are visible to it.
+                Ok(tx.find_global("k", "inside")?.is_some())
+            })?;
+            let refused = tx.undone(|tx| {
+                tx.set_global_id("k", "failed", "z")?;
+                Err::<(), _>(Error::Invalid {
+                    what: "test",
+                    reason: "refused after writing".into(),
+                })
+            })?;
+            // Undone already, inside the transaction.
+            assert!(tx.find_global("k", "inside")?.is_none());
+            assert_eq!(tx.get_table(&t)?.map(|t| t.current_version), Some(1));
+            Ok((checked, refused))
+        })
+        .unwrap();
+    assert!(checked.unwrap(), "its own writes visible to it");
+    assert!(matches!(refused, Err(Error::Invalid { what: "test", .. })));
+    store
+        .read(|tx| {
+            assert!(
+                tx.find_global("k", "before")?.is_some(),
+                "earlier write kept"
+            );
+            assert!(tx.find_global("k", "inside")?.is_none());
+            assert!(tx.find_global("k", "failed")?.is_none());
+            assert_eq!(tx.get_table(&t)?.map(|t| t.current_version), Some(1));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(active(&store, &t, 1), vec!["a".to_string()]);
 }

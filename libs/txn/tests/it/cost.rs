@@ -101,3 +101,37 @@ async fn journaling_a_file_costs_the_same_for_the_10th_and_the_200th() {
     txn.abort().await;
     assert!(m.transactions().unwrap().iter().all(|t| t.state.is_final()));
 }
+
+/// An insert costs five durable metadata commits: journal its data file; take the table
+/// lock and journal the metadata file (one transaction); prepare (id, log record, and the
+/// check that the change publishes cleanly, undone); make the version visible; release the
+/// lock. Journaling the metadata file in a transaction of its own made it six commits —
+/// each a WAL fsync on the commit path — and checking in a dry run of its own a sixth turn
+/// at the single writer (which waits for the fsync of the group before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_costs_five_metadata_commits() {
+    let (dep, counting) = Deployment::counting();
+    let (_m, tables) = dep.start(quick_options()).await;
+    let t = dep.create_table(&tables, "orders").await;
+    tables.insert(&t, &[rows(&[0])]).await.unwrap();
+    const INSERTS: u64 = 10;
+    let spent = cost(&counting, async {
+        for i in 1..=INSERTS {
+            tables.insert(&t, &[rows(&[i as i64])]).await.unwrap();
+        }
+    })
+    .await;
+    // Unique numbers come in blocks of 64, one reserving commit per block: over ten
+    // inserts each of the three sequences used (handles, file names, metadata files) may
+    // need one more block.
+    assert!(
+        (5 * INSERTS..=5 * INSERTS + 3).contains(&spent.commits),
+        "{} metadata commits for {INSERTS} inserts",
+        spent.commits
+    );
+    assert!(
+        (5 * INSERTS..=5 * INSERTS + 3).contains(&spent.write_transactions),
+        "{} write transactions (dry runs included) for {INSERTS} inserts",
+        spent.write_transactions
+    );
+}
