@@ -18,12 +18,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
 
-const TOKEN: &str = "bench-operator-token-0123456789";
+use common::{BoxError, TOKEN, start_daemon};
+
 /// Commits per second the issue asks for, with durable writes on.
 const TARGET: f64 = 1000.0;
 
@@ -34,91 +34,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-struct Daemon {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `target/release/ternd`, built by cargo (a no-op when fresh), or the binary named by
 /// `TERN_BENCH_TERND` (to measure another build, e.g. the base commit's, side by side).
 fn ternd_binary() -> Result<PathBuf, BoxError> {
     if let Ok(path) = std::env::var("TERN_BENCH_TERND") {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .ok_or("bench executable lives in target/<profile>/deps")?
-        .to_path_buf();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "ternd", "--bin", "ternd"])
-        .arg("--target-dir")
-        .arg(&target)
-        .status()?;
-    if !status.success() {
-        return Err("building ternd failed".into());
-    }
-    Ok(target.join("release").join("ternd"))
-}
-
-fn start_daemon(dir: &Path, ternd: &Path, volume_query: &str) -> Result<Daemon, BoxError> {
-    std::fs::create_dir_all(dir)?;
-    let h = dir.display();
-    let cfg = dir.join("d1.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "deployment_id = \"d1\"\nlisten = \"127.0.0.1:0\"\nmetadata_path = \"{h}/meta.db\"\noperator_token = \"{TOKEN}\"\n[volume]\nurl = \"file://{h}/volume{volume_query}\"\n[replication]\nurl = \"file://{h}/replication\"\n[keys]\nkind = \"local\"\ndir = \"{h}/keys\"\n[log]\nlevel = \"warn\"\n"
-        ),
-    )?;
-    let ready = dir.join("ready");
-    let child = Command::new(ternd)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("ternd.log"))?)
-        .spawn()?;
-    let mut d = Daemon {
-        child,
-        url: String::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&ready)
-            && !a.is_empty()
-        {
-            d.url = format!("http://{a}");
-            return Ok(d);
-        }
-        if let Some(s) = d.child.try_wait()? {
-            return Err(format!("ternd exited: {s}").into());
-        }
-        if Instant::now() > deadline {
-            return Err("ternd did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::release_binary("ternd")
 }
 
 async fn call(
@@ -174,7 +96,7 @@ async fn run(
     clients: u64,
     commits: u64,
 ) -> Result<Run, BoxError> {
-    let d = start_daemon(dir, ternd, volume_query)?;
+    let d = start_daemon(dir, ternd, volume_query, "", "commits")?;
     let http = reqwest::Client::new();
     let base = d.url.clone();
     call(

@@ -17,7 +17,7 @@
 //! Each is printed as rows/s with its ratio to the library figure.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +31,9 @@ use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
 use tern_table::{ColumnDef, ColumnType, TableOptions, Tables};
 use tern_txn::{TxnManager, TxnOptions};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
 
-const TOKEN: &str = "bench-operator-token-0123456789";
+use common::{BoxError, TOKEN, start_daemon};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -153,95 +153,6 @@ async fn library(dir: &Path, rows: u64, chunk: u64, parse_csv: bool) -> Result<D
     Ok(t.elapsed())
 }
 
-struct Daemon {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `target/<profile>/<name>`, built by cargo (a no-op when fresh).
-fn binary(name: &str) -> Result<PathBuf, BoxError> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("bench executable lives in target/<profile>/deps")?
-        .to_path_buf();
-    let target = profile_dir.parent().ok_or("no target folder")?;
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            name,
-            "--bin",
-            name,
-            "--target-dir",
-        ])
-        .arg(target)
-        .status()?;
-    if !status.success() {
-        return Err(format!("building {name} failed").into());
-    }
-    Ok(target.join("release").join(name))
-}
-
-fn start_daemon(dir: &Path, ternd: &Path) -> Result<Daemon, BoxError> {
-    let h = dir.display();
-    let cfg = dir.join("d1.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "deployment_id = \"d1\"\nlisten = \"127.0.0.1:0\"\nmetadata_path = \"{h}/meta.db\"\noperator_token = \"{TOKEN}\"\n[volume]\nurl = \"file://{h}/volume\"\n[replication]\nurl = \"file://{h}/replication\"\n[keys]\nkind = \"local\"\ndir = \"{h}/keys\"\n[api]\nmax_body_bytes = 1073741824\n[log]\nlevel = \"warn\"\n"
-        ),
-    )?;
-    let ready = dir.join("ready");
-    let child = Command::new(ternd)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("ternd.log"))?)
-        .spawn()?;
-    let mut d = Daemon {
-        child,
-        url: String::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&ready)
-            && !a.is_empty()
-        {
-            d.url = format!("http://{a}");
-            return Ok(d);
-        }
-        if let Some(s) = d.child.try_wait()? {
-            return Err(format!("ternd exited: {s}").into());
-        }
-        if Instant::now() > deadline {
-            return Err("ternd did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn call(
     http: &reqwest::Client,
     url: &str,
@@ -333,8 +244,8 @@ async fn main() -> Result<(), BoxError> {
             root.display()
         );
     }
-    let ternd = binary("ternd")?;
-    let tern = binary("tern")?;
+    let ternd = common::release_binary("ternd")?;
+    let tern = common::release_binary("tern")?;
 
     std::fs::create_dir_all(root.join("lib"))?;
     let lib = library(&root.join("lib"), rows, chunk, false).await?;
@@ -349,7 +260,13 @@ async fn main() -> Result<(), BoxError> {
     );
 
     std::fs::create_dir_all(root.join("daemon"))?;
-    let d = start_daemon(&root.join("daemon"), &ternd)?;
+    let d = start_daemon(
+        &root.join("daemon"),
+        &ternd,
+        "",
+        "max_body_bytes = 1073741824\n",
+        "load",
+    )?;
     let http = reqwest::Client::new();
     make_table(&http, &d.url, "api").await?;
     let mut bodies = Vec::new();

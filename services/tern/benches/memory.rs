@@ -18,17 +18,20 @@
 //! beside the bound as a ratio; the program exits non-zero when a peak is above it
 //! (`TERN_BENCH_RSS_BOUND_MIB`, default 512).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
 
-const TOKEN: &str = "bench-operator-token-0123456789";
+use common::{BoxError, TOKEN, start_daemon};
+
+/// Scans answer every row of the table.
+const MAX_SCAN_ROWS: &str = "max_scan_rows = 9223372036854775807\n";
+
 const TABLE: &str = "/v1/accounts/bench/databases/sales/schemas/public/tables/big";
 
 /// A size like `256MiB`, `10GiB`, `1.5GB` or a plain number of bytes.
@@ -53,113 +56,6 @@ fn parse_size(s: &str) -> Option<u64> {
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-struct Daemon {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Daemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stop(mut self) -> Result<(), BoxError> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait()? {
-                return if s.success() {
-                    Ok(())
-                } else {
-                    Err(format!("ternd exited {s}").into())
-                };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        Err("ternd did not stop".into())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `target/release/<name>`, built by cargo (a no-op when fresh).
-fn binary(name: &str) -> Result<PathBuf, BoxError> {
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .ok_or("bench executable lives in target/<profile>/deps")?
-        .to_path_buf();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            name,
-            "--bin",
-            name,
-            "--target-dir",
-        ])
-        .arg(&target)
-        .status()?;
-    if !status.success() {
-        return Err(format!("building {name} failed").into());
-    }
-    Ok(target.join("release").join(name))
-}
-
-fn start_daemon(dir: &Path, ternd: &Path, tag: &str) -> Result<Daemon, BoxError> {
-    let h = dir.display();
-    let cfg = dir.join("d1.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "deployment_id = \"d1\"\nlisten = \"127.0.0.1:0\"\nmetadata_path = \"{h}/meta.db\"\noperator_token = \"{TOKEN}\"\n[volume]\nurl = \"file://{h}/volume\"\n[replication]\nurl = \"file://{h}/replication\"\n[keys]\nkind = \"local\"\ndir = \"{h}/keys\"\n[api]\nmax_scan_rows = 9223372036854775807\n[log]\nlevel = \"warn\"\n"
-        ),
-    )?;
-    let ready = dir.join("ready");
-    let _ = std::fs::remove_file(&ready);
-    let child = Command::new(ternd)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("ternd-{tag}.log")))?)
-        .spawn()?;
-    let mut d = Daemon {
-        child,
-        url: String::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(a) = std::fs::read_to_string(&ready)
-            && !a.is_empty()
-        {
-            d.url = format!("http://{a}");
-            return Ok(d);
-        }
-        if let Some(s) = d.child.try_wait()? {
-            return Err(format!("ternd exited: {s}").into());
-        }
-        if Instant::now() > deadline {
-            return Err("ternd did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A `VmHWM`/`VmRSS`-style line of `/proc/<pid>/status`, in bytes.
@@ -326,11 +222,11 @@ async fn main() -> Result<ExitCode, BoxError> {
             root.display()
         );
     }
-    let ternd = binary("ternd")?;
+    let ternd = common::release_binary("ternd")?;
     let http = reqwest::Client::new();
 
     // Load.
-    let d = start_daemon(root, &ternd, "load")?;
+    let d = start_daemon(root, &ternd, "", MAX_SCAN_ROWS, "load")?;
     let _ = call(
         &http,
         &format!("{}/v1/accounts", d.url),
@@ -405,7 +301,7 @@ async fn main() -> Result<ExitCode, BoxError> {
     );
 
     // Scan, in a fresh daemon.
-    let d = start_daemon(root, &ternd, "scan")?;
+    let d = start_daemon(root, &ternd, "", MAX_SCAN_ROWS, "scan")?;
     let sampler = Sampler::start(d.pid());
     let t = Instant::now();
     let mut resp = http
