@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BoxError, TOKEN, start_daemon};
+use common::{BoxError, call, start_daemon};
 
 /// Commits per second the issue asks for, with durable writes on.
 const TARGET: f64 = 1000.0;
@@ -41,26 +41,6 @@ fn ternd_binary() -> Result<PathBuf, BoxError> {
         return Ok(PathBuf::from(path));
     }
     common::release_binary("ternd")
-}
-
-async fn call(
-    http: &reqwest::Client,
-    url: &str,
-    body: String,
-) -> Result<serde_json::Value, BoxError> {
-    let r = http
-        .post(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?;
-    let status = r.status();
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
-    if !status.is_success() {
-        return Err(format!("{url}: {status} {v}").into());
-    }
-    Ok(v)
 }
 
 /// The commit protocol's phase counters from `/metrics` (seconds, summed over commits).

@@ -33,7 +33,7 @@ use tern_txn::{TxnManager, TxnOptions};
 
 mod common;
 
-use common::{BoxError, TOKEN, start_daemon};
+use common::{BoxError, TOKEN, post, start_daemon};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -153,36 +153,15 @@ async fn library(dir: &Path, rows: u64, chunk: u64, parse_csv: bool) -> Result<D
     Ok(t.elapsed())
 }
 
-async fn call(
-    http: &reqwest::Client,
-    url: &str,
-    body: Vec<u8>,
-    ct: &str,
-) -> Result<serde_json::Value, BoxError> {
-    let r = http
-        .post(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", ct)
-        .body(body)
-        .send()
-        .await?;
-    let status = r.status();
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
-    if !status.is_success() {
-        return Err(format!("{url}: {status} {v}").into());
-    }
-    Ok(v)
-}
-
 async fn make_table(http: &reqwest::Client, base: &str, table: &str) -> Result<(), BoxError> {
-    let _ = call(
+    let _ = post(
         http,
         &format!("{base}/v1/accounts"),
         br#"{"name":"bench"}"#.to_vec(),
         "application/json",
     )
     .await;
-    let _ = call(
+    let _ = post(
         http,
         &format!("{base}/v1/accounts/bench/databases"),
         br#"{"name":"sales"}"#.to_vec(),
@@ -191,7 +170,7 @@ async fn make_table(http: &reqwest::Client, base: &str, table: &str) -> Result<(
     .await;
     let body = serde_json::json!({"name": table, "columns": [
         {"name":"id","type":"int64","nullable":false},{"name":"customer","type":"utf8"},{"name":"amount","type":"float64"}]});
-    call(
+    post(
         http,
         &format!("{base}/v1/accounts/bench/databases/sales/schemas/public/tables"),
         body.to_string().into_bytes(),
@@ -202,7 +181,7 @@ async fn make_table(http: &reqwest::Client, base: &str, table: &str) -> Result<(
 }
 
 async fn count(http: &reqwest::Client, base: &str, table: &str) -> Result<u64, BoxError> {
-    let v = call(
+    let v = post(
         http,
         &format!("{base}/v1/accounts/bench/databases/sales/schemas/public/tables/{table}/scan"),
         br#"{"columns":["id"],"limit":0}"#.to_vec(),
@@ -283,7 +262,7 @@ async fn main() -> Result<(), BoxError> {
     );
     let t = Instant::now();
     for b in bodies.drain(..) {
-        call(&http, &url, b, "text/csv").await?;
+        post(&http, &url, b, "text/csv").await?;
     }
     let api = t.elapsed();
     if count(&http, &d.url, "api").await? != rows {

@@ -27,7 +27,7 @@ use bytes::Bytes;
 
 mod common;
 
-use common::{BoxError, TOKEN, start_daemon};
+use common::{BoxError, TOKEN, call, start_daemon};
 
 /// Scans answer every row of the table.
 const MAX_SCAN_ROWS: &str = "max_scan_rows = 9223372036854775807\n";
@@ -101,26 +101,6 @@ impl Sampler {
         let _ = self.thread.join();
         self.max.load(Ordering::Relaxed)
     }
-}
-
-async fn call(
-    http: &reqwest::Client,
-    url: &str,
-    body: String,
-) -> Result<serde_json::Value, BoxError> {
-    let r = http
-        .post(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await?;
-    let status = r.status();
-    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
-    if !status.is_success() {
-        return Err(format!("{url}: {status} {v}").into());
-    }
-    Ok(v)
 }
 
 /// The rows of the load, generated a chunk at a time while the body is sent.

@@ -140,3 +140,35 @@ pub fn start_daemon(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// POSTs `body` (of `content_type`) with the operator token; the JSON answer, or an error
+/// naming the URL, status and answer.
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    content_type: &str,
+) -> Result<serde_json::Value, BoxError> {
+    let r = http
+        .post(url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+    if !status.is_success() {
+        return Err(format!("{url}: {status} {v}").into());
+    }
+    Ok(v)
+}
+
+/// [`post`] of a JSON body.
+pub async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> Result<serde_json::Value, BoxError> {
+    post(http, url, body, "application/json").await
+}
