@@ -166,6 +166,8 @@ struct Inner {
     instance: u64,
     crash: CrashPoints,
     released: Notify,
+    /// Transactions of this process waiting for a lock now.
+    lock_waiters: AtomicU64,
     log_keys: Mutex<HashMap<AccountId, Arc<TableFileKeys>>>,
     phases: PhaseTimes,
     /// Handles of this instance's commits running now: recovery leaves them alone.
@@ -224,6 +226,7 @@ impl TxnManager {
                 instance,
                 crash,
                 released: Notify::new(),
+                lock_waiters: AtomicU64::new(0),
                 log_keys: Mutex::new(HashMap::new()),
                 phases: PhaseTimes::default(),
                 in_flight: Mutex::default(),
@@ -535,6 +538,11 @@ impl TxnManager {
     /// order, DESIGN.md §7). A log shipper advances its cursor only up to here.
     pub fn stable_log_id(&self, account: &AccountId) -> Result<u64> {
         Ok(self.inner.meta.read(|tx| stable_log_id(tx, account))?)
+    }
+
+    /// How many transactions of this process wait for a lock now.
+    pub fn lock_waiters(&self) -> u64 {
+        self.inner.lock_waiters.load(Ordering::SeqCst)
     }
 
     /// Every transaction row (unfinished ones, and finished ones not yet pruned).
@@ -1195,6 +1203,7 @@ impl Inner {
                     waited,
                 });
             };
+            let _waiting = Waiting::new(&self.lock_waiters);
             tokio::select! {
                 () = released => {}
                 () = tokio::time::sleep(left.min(self.options.lock_poll)) => {}
@@ -1525,4 +1534,20 @@ pub fn last_txn_id(tx: &mut tern_meta::MetaTxn<'_>, account: &AccountId) -> tern
     Ok(tx
         .get::<LamportDpo>(&lamport_key(account))?
         .map_or(0, |c| c.last))
+}
+
+/// Counts one lock waiter while it lives (a cancelled wait is uncounted too).
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -242,8 +242,15 @@ async fn a_lock_waiter_is_woken_by_the_release_not_the_poll() {
             t.abort().await;
         })
     };
-    // The waiter cannot get the lock while it is held: it is waiting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The waiter found the lock held and waits (observed, not assumed after a pause).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while m.lock_waiters() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never waited"
+        );
+        tokio::task::yield_now().await;
+    }
     assert!(!waiter.is_finished(), "the lock was taken twice");
     let released = std::time::Instant::now();
     holder.abort().await;
