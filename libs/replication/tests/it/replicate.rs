@@ -815,6 +815,11 @@ async fn a_shipment_a_crash_left_unfinished_is_shipped_again_not_taken_as_sent()
     d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
     replicate(&d1, &a1, &d2, &account_group).await;
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    // The first refresh is counted just after its commit, which `caught_up` can see.
+    eventually(WAIT, "the first refresh counted", || async {
+        Counters::get(&d2.repl.counters().snapshots_imported) >= 1
+    })
+    .await;
     let imported = Counters::get(&d2.repl.counters().snapshots_imported);
     // The primary dies after the next shipment's body is uploaded, before its message is
     // ready to send.
