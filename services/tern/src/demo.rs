@@ -1151,14 +1151,23 @@ impl Demo {
         for wave in waves {
             for &i in &wave {
                 let (tenant, account) = (self.tenant(i), self.nodes[i].account.clone());
-                let wait = Deadline::new(step, format!("{} listing group {group}", self.ids[i]));
+                // A chained replica names d2 as its upstream, so it must have heard of
+                // d2's replica too, not only of the primary.
+                let upstream = if i >= 2 { &self.ids[1] } else { &self.ids[0] };
+                let wait = Deadline::new(
+                    step,
+                    format!("{} listing group {group} on {upstream}", self.ids[i]),
+                );
                 loop {
                     let v = tenant
                         .get(&format!("/v1/accounts/{account}/global/databases"))
                         .await
                         .map_err(step_err(step))?;
                     let listed = v["databases"].as_array().is_some_and(|d| {
-                        d.iter().any(|r| r["replication_group"] == group.as_str())
+                        d.iter().any(|r| {
+                            r["replication_group"] == group.as_str()
+                                && r["deployment"] == upstream.as_str()
+                        })
                     });
                     if listed {
                         break;
