@@ -26,9 +26,7 @@ pub const POINTS: &[&str] = &[
     "prepared",
     // Prepared: log record written, versions not visible.
     "logged",
-    // Committing: versions visible, locks still held.
-    "committing",
-    // Committed: locks released.
+    // Committed: versions visible and locks released, in one metadata transaction.
     "committed",
 ];
 

@@ -1059,36 +1059,38 @@ impl Inner {
         })
     }
 
-    /// Committing (versions visible, atomically) then Committed (locks released). Does
-    /// each step only if the transaction is still before it, so two finishers (a commit
-    /// and a recovery) cannot apply it twice. Whether this call made it visible.
+    /// Versions visible and locks released, in one metadata transaction (Committed). A
+    /// transaction a crash left Committing (visible, locks held: stores written before
+    /// these two steps were one) is released. Does each step only if the transaction is
+    /// still before it, so two finishers (a commit and a recovery) cannot apply it twice.
+    /// Whether this call made it visible.
     async fn finish(&self, handle: u64, record: &LogRecord) -> Result<bool> {
-        self.crash.alive("committing")?;
+        self.crash.alive("logged")?;
         let record = record.clone();
+        let now = self.clock.now_millis();
         let published = self
             .meta
             .write_async(move |tx| {
                 let mut t = require_txn(tx, handle)?;
-                if t.state != TxnState::Prepared {
+                let published = t.state == TxnState::Prepared;
+                if published {
+                    for r in &record.changes {
+                        publish(
+                            tx,
+                            r,
+                            Some(record.txn_id),
+                            &record.origin,
+                            record.committed_at_ms,
+                        )?;
+                    }
+                } else if t.state != TxnState::Committing {
                     return Ok(false);
                 }
-                for r in &record.changes {
-                    publish(
-                        tx,
-                        r,
-                        Some(record.txn_id),
-                        &record.origin,
-                        record.committed_at_ms,
-                    )?;
-                }
-                t.state = TxnState::Committing;
-                t.updated_at_ms = record.committed_at_ms;
-                tx.put(&txn_key(handle), &t)?;
-                Ok(true)
+                release_in(tx, handle, &mut t, TxnState::Committed, now)?;
+                Ok(published)
             })
             .await?;
-        self.crash.check("committing")?;
-        self.release(handle, TxnState::Committed).await?;
+        self.released.notify_waiters();
         self.crash.check("committed")?;
         Ok(published)
     }
@@ -1219,29 +1221,7 @@ impl Inner {
             .meta
             .write_async(move |tx| {
                 let mut t = require_txn(tx, handle)?;
-                if t.state.is_final() {
-                    return Ok(false);
-                }
-                for name in &t.locks {
-                    let key = lock_key(name);
-                    if tx.get::<LockDpo>(&key)?.is_some_and(|l| l.handle == handle) {
-                        tx.delete(&key)?;
-                    }
-                }
-                for (k, _) in tx.scan_prefix::<TxnFileDpo>(&txn_files(handle))? {
-                    tx.delete(&k)?;
-                }
-                if let Some(id) = t.txn_id {
-                    tx.delete(&pending_key(&t.account, id))?;
-                }
-                tx.put(&done_key(now, handle), &TxnRefDpo { handle })?;
-                t.state = state;
-                t.locks.clear();
-                t.files.clear();
-                t.record = None;
-                t.updated_at_ms = now;
-                tx.put(&txn_key(handle), &t)?;
-                Ok(true)
+                release_in(tx, handle, &mut t, state, now)
             })
             .await?;
         self.released.notify_waiters();
@@ -1408,6 +1388,40 @@ fn txn_or_new(
             txn_id: None,
             record: None,
         }))
+}
+
+/// Release every lock and journaled file of `handle` and enter the final `state`, in the
+/// caller's metadata transaction; false (and nothing written) when it is final already.
+fn release_in(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    handle: u64,
+    t: &mut TxnDpo,
+    state: TxnState,
+    now: i64,
+) -> tern_meta::Result<bool> {
+    if t.state.is_final() {
+        return Ok(false);
+    }
+    for name in &t.locks {
+        let key = lock_key(name);
+        if tx.get::<LockDpo>(&key)?.is_some_and(|l| l.handle == handle) {
+            tx.delete(&key)?;
+        }
+    }
+    for (k, _) in tx.scan_prefix::<TxnFileDpo>(&txn_files(handle))? {
+        tx.delete(&k)?;
+    }
+    if let Some(id) = t.txn_id {
+        tx.delete(&pending_key(&t.account, id))?;
+    }
+    tx.put(&done_key(now, handle), &TxnRefDpo { handle })?;
+    t.state = state;
+    t.locks.clear();
+    t.files.clear();
+    t.record = None;
+    t.updated_at_ms = now;
+    tx.put(&txn_key(handle), t)?;
+    Ok(true)
 }
 
 fn require_txn(tx: &mut tern_meta::MetaTxn<'_>, handle: u64) -> tern_meta::Result<TxnDpo> {

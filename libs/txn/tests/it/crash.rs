@@ -106,9 +106,6 @@ async fn crash_at(dep: Deployment, statement: Statement, point: &'static str) {
             "prepared" | "logged" => TxnOutcome::InDoubt {
                 state: TxnState::Prepared,
             },
-            "committing" => TxnOutcome::InDoubt {
-                state: TxnState::Committing,
-            },
             _ => TxnOutcome::Committed,
         };
         assert_eq!(before, Some(expected), "{ctx}: status before recovery");
