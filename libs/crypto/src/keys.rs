@@ -160,20 +160,34 @@ impl WrappedKey {
 
     /// Lowercase hex, to keep the key in text (metadata rows, key references).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        to_hex(&self.0)
     }
 
     /// Parses what [`WrappedKey::to_hex`] wrote; `None` for anything else.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if !text.len().is_multiple_of(2) {
-            return None;
-        }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-            .collect::<Option<Vec<u8>>>()
-            .map(WrappedKey)
+        from_hex(text).map(WrappedKey)
     }
+}
+
+/// `bytes` as lowercase hex, to keep sealed bytes in text (metadata rows).
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Parses what [`to_hex`] wrote; `None` for anything else.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 impl fmt::Debug for WrappedKey {

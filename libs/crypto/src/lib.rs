@@ -82,7 +82,7 @@ pub use customer::{
 pub use diversifier::{Diversifier, DiversifierPolicy};
 pub use error::{BoxError, Error, HeaderFault, Result};
 pub use format::{DEFAULT_CHUNK_SIZE, Header, KeyRef, Layout, MasterKind};
-pub use keys::{DataKey, FileKey, KeyId, RepMk, WrapKey, WrappedKey};
+pub use keys::{DataKey, FileKey, KeyId, RepMk, WrapKey, WrappedKey, from_hex, to_hex};
 pub use keysource::{KeySource, MessageFileKeys, ReplicationFileKeys, TableFileKeys};
 pub use object::{
     CopyOptions, CopyStats, EncryptedObject, Endpoint, get_decrypted, get_decrypted_range,

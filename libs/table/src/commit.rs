@@ -377,9 +377,7 @@ impl Change {
 
     /// [`Change::prepare`], writing the metadata file as number `ep_seq` when given: the
     /// caller took it from the `"ep"` sequence and journaled [`Change::metadata_path`]
-    /// already (a committer journals it in the same metadata transaction that takes the
-    /// locks, saving a durable metadata commit per commit). Without it the number is taken
-    /// and the path journaled here.
+    /// already. Without it the number is taken and the path journaled here.
     pub async fn prepare_at(
         self,
         meta: &MetaStore,
@@ -387,16 +385,55 @@ impl Change {
         journal: &mut dyn FileJournal,
         ep_seq: Option<u64>,
     ) -> Result<ChangeRecord> {
+        let seq = match (&self, ep_seq) {
+            (_, Some(seq)) => seq,
+            (Change::Table(_), None) => meta.next_unique("ep")?,
+            (Change::Dictionary { .. }, None) => 0,
+        };
+        let change = Arc::new(self);
+        let planned = {
+            let change = Arc::clone(&change);
+            meta.read_async(move |tx| Ok(change.plan_in(tx, seq)))
+                .await??
+        };
+        if let Some(file) = &planned.metadata_file {
+            if ep_seq.is_none() {
+                journal.will_write(&file.path).await?;
+            }
+            tern_crypto::put_encrypted(
+                volume,
+                &file.path,
+                file.keys.as_ref(),
+                &file.plain,
+                &EncryptOptions::default(),
+                PutOptions::from(PutMode::Create),
+            )
+            .await?;
+        }
+        Ok(planned.record)
+    }
+
+    /// Plan this change on the metadata state `tx` reads: fix the table version (a
+    /// rebasing change lands on the current version when every file it removes is still
+    /// active there; any other change must find the version it read; else
+    /// [`Error::Conflict`]) and make the metadata file, as number `ep_seq`, to write.
+    /// Reads only, so a committer may plan outside its locks and plan again under them:
+    /// the same state gives the same plan.
+    pub fn plan_in(&self, tx: &mut MetaTxn<'_>, ep_seq: u64) -> Result<Planned> {
         let t = match self {
             Change::Dictionary { database, op, .. } => {
-                return Ok(ChangeRecord::Dictionary { database, op });
+                return Ok(Planned {
+                    record: ChangeRecord::Dictionary {
+                        database: database.clone(),
+                        op: op.clone(),
+                    },
+                    metadata_file: None,
+                });
             }
             Change::Table(t) => t,
         };
-        let id = t.table.clone();
-        let table = meta
-            .read_async(move |tx| tx.get_table(&id))
-            .await?
+        let table = tx
+            .get_table(&t.table)?
             .filter(|d| !d.dropped)
             .ok_or_else(|| Error::UnknownTable {
                 name: t.table.to_string(),
@@ -413,24 +450,18 @@ impl Change {
             // A rebased change removes files it read at `base_version`: a writer in between
             // that removed one of them (a delete, an update, another compaction) changed
             // those rows, so landing here would undo or duplicate its change.
-            let gone = meta.read(|tx| {
-                for m in &t.removed {
-                    let active = tx
-                        .get_micro_partition(&t.table, &m.short)?
-                        .is_some_and(|m| m.removed_version.is_none());
-                    if !active {
-                        return Ok(Some(m.short.clone()));
-                    }
+            for m in &t.removed {
+                let active = tx
+                    .get_micro_partition(&t.table, &m.short)?
+                    .is_some_and(|m| m.removed_version.is_none());
+                if !active {
+                    tracing::debug!(table = %t.table, short = %m.short, read = t.base_version, found = current, "a file this change removes was removed meanwhile");
+                    return Err(Error::Conflict {
+                        table: t.table.clone(),
+                        read: t.base_version,
+                        found: current,
+                    });
                 }
-                Ok(None)
-            })?;
-            if let Some(short) = gone {
-                tracing::debug!(table = %t.table, %short, read = t.base_version, found = current, "a file this change removes was removed meanwhile");
-                return Err(Error::Conflict {
-                    table: t.table.clone(),
-                    read: t.base_version,
-                    found: current,
-                });
             }
         }
         let version = match t.version {
@@ -448,11 +479,17 @@ impl Change {
         // added meanwhile stays (the append's files lack it and read as nulls, which an
         // added column allows). Anything else is a conflict, never a silent undo.
         let columns = if current != t.base_version {
-            rebased_columns(&t.table, t.base_version, current, t.columns, table.columns)?
+            rebased_columns(
+                &t.table,
+                t.base_version,
+                current,
+                t.columns.clone(),
+                table.columns,
+            )?
         } else {
-            t.columns
+            t.columns.clone()
         };
-        let mut added = t.added;
+        let mut added = t.added.clone();
         let key_ref = crate::mp::key_ref(&t.keys);
         for m in &mut added {
             m.added_version = version;
@@ -460,14 +497,7 @@ impl Change {
             // here: the reference it came with names the source's key).
             m.key_ref.clone_from(&key_ref);
         }
-        let seq = match ep_seq {
-            Some(seq) => seq,
-            None => meta.next_unique("ep")?,
-        };
-        let ep_path = layout::volume::ep(&t.account, &t.database, &t.table, seq);
-        if ep_seq.is_none() {
-            journal.will_write(&ep_path).await?;
-        }
+        let ep_path = layout::volume::ep(&t.account, &t.database, &t.table, ep_seq);
         let removed_shorts: Vec<ShortName> = t.removed.iter().map(|m| m.short.clone()).collect();
         let file = MetadataFile::new(
             t.table.clone(),
@@ -477,41 +507,85 @@ impl Change {
             removed_shorts,
         );
         let plain = file.to_bytes()?;
-        tern_crypto::put_encrypted(
-            volume,
-            &ep_path,
-            t.keys.as_ref(),
-            &plain,
-            &EncryptOptions::default(),
-            PutOptions::from(PutMode::Create),
-        )
-        .await?;
-        Ok(ChangeRecord::TableVersion {
-            database: t.database,
+        let record = ChangeRecord::TableVersion {
+            database: t.database.clone(),
             table: t.table.clone(),
             base_version: current,
             version,
             ep_file: EpFileRef {
-                seq,
+                seq: ep_seq,
                 path: ep_path.to_string(),
             },
             columns,
             added,
             removed: t
                 .removed
-                .into_iter()
+                .iter()
                 .map(|m| RemovedFile {
-                    short: m.short,
-                    global_ref: m.global_ref,
+                    short: m.short.clone(),
+                    global_ref: m.global_ref.clone(),
                 })
                 .collect(),
-            ddl: t.add_column.map(|column| DictionaryChange::AddColumn {
-                table: t.table,
-                column,
-                version,
-            }),
+            ddl: t
+                .add_column
+                .clone()
+                .map(|column| DictionaryChange::AddColumn {
+                    table: t.table.clone(),
+                    column,
+                    version,
+                }),
             rows: t.rows,
+        };
+        Ok(Planned {
+            record,
+            metadata_file: Some(PlannedFile {
+                path: ep_path,
+                plain,
+                keys: Arc::clone(&t.keys),
+            }),
         })
+    }
+}
+
+/// A change planned by [`Change::plan_in`]: the record to publish and the metadata file
+/// to write before it is.
+#[derive(Debug)]
+pub struct Planned {
+    /// What the log record holds of the change.
+    pub record: ChangeRecord,
+    /// The table version's metadata file (none for dictionary changes).
+    pub metadata_file: Option<PlannedFile>,
+}
+
+/// A metadata file to write: where, what, and the keys that seal it.
+pub struct PlannedFile {
+    /// Its path in the volume.
+    pub path: Path,
+    /// Its plaintext.
+    pub plain: Vec<u8>,
+    /// The table's file keys.
+    pub keys: Arc<TableFileKeys>,
+}
+
+impl fmt::Debug for PlannedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlannedFile")
+            .field("path", &self.path)
+            .field("len", &self.plain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlannedFile {
+    /// The file as stored: sealed with the table's keys (a fresh nonce each call).
+    pub async fn seal(&self) -> Result<Vec<u8>> {
+        Ok(tern_crypto::stream::encrypt_bytes(
+            self.path.as_ref(),
+            self.keys.as_ref(),
+            &self.plain,
+            &EncryptOptions::default(),
+        )
+        .await?)
     }
 }
 

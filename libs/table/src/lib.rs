@@ -35,8 +35,9 @@ pub mod table;
 
 pub use account_key::{AccountKeys, KEY_CHAIN_VERSION, Migration, Rotation};
 pub use commit::{
-    Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Stamp, Transaction,
-    WriteFence, with_idempotency_key, with_pending_idempotency_key,
+    Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Planned,
+    PlannedFile, Stamp, Transaction, WriteFence, with_idempotency_key,
+    with_pending_idempotency_key,
 };
 pub use compact::{CompactionOptions, StagedCompaction};
 pub use error::{CommitFailure, Error, Refusal, Result};

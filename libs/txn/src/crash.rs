@@ -18,13 +18,10 @@ pub const POINTS: &[&str] = &[
     "begin",
     // Active: a file is journaled, not yet (or partly) written.
     "journaled",
-    // PreCommitting: table locks held, nothing prepared.
-    "locked",
-    // PreCommitting: metadata files written, no transaction id yet.
-    "staged",
-    // Prepared: id and log record persisted, log record not written.
+    // Prepared: locks taken, id, log record and sealed metadata files persisted in one
+    // metadata transaction; neither the metadata files nor the log record written.
     "prepared",
-    // Prepared: log record written, versions not visible.
+    // Prepared: metadata files and log record written, versions not visible.
     "logged",
     // Committed: versions visible and locks released, in one metadata transaction.
     "committed",

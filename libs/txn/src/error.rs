@@ -51,6 +51,12 @@ pub enum Error {
         /// The transaction id.
         txn_id: u64,
     },
+    /// A prepared transaction's metadata file already stored holds something else.
+    #[error("metadata file {path} already exists with different content")]
+    StagedFileMismatch {
+        /// The file's path.
+        path: String,
+    },
     /// A log record could not be encoded (nothing was written: an encode failure never
     /// becomes an empty record).
     #[error("log record of transaction {txn_id} could not be encoded")]

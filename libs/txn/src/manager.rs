@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use object_store::ObjectStore;
 use tern_clock::SharedClock;
 use tern_crypto::{EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
-use tern_meta::MetaStore;
-use tern_storage::Path;
-use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
-use tern_table::commit::{Change, FileJournal, publish, remove_files};
+use tern_meta::{ColumnDef, MetaStore};
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
+use tern_storage::{Path, StoreExt};
+use tern_table::commit::{Change, FileJournal, Planned, publish, remove_files};
 use tern_table::{
     ChangeRecord, CommitInfo, Committed, Committer, IdempotencyKey, Stamp, Transaction, WriteFence,
 };
@@ -23,10 +23,11 @@ use crate::error::{Error, Result};
 use crate::log::{self, LogRecord};
 use crate::state::{
     IdempotencyAtDpo, IdempotencyDpo, IdempotentOutcome, LamportDpo, LockDpo, LogKeyDpo,
-    LogMarkDpo, LogPrunedDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnIndexesDpo, TxnRefDpo, TxnState,
-    all_pending, by_id_key, db_seq_key, done, done_key, idempotency_ages, idempotency_key,
-    indexes_key, lamport_key, lock_key, log_key_key, log_mark_key, log_marks, log_pruned_key,
-    pending, pending_key, put_idempotency, txn_file_key, txn_files, txn_key, txns,
+    LogMarkDpo, LogPrunedDpo, StagedFileDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnIndexesDpo,
+    TxnRefDpo, TxnState, all_pending, by_id_key, db_seq_key, done, done_key, idempotency_ages,
+    idempotency_key, indexes_key, lamport_key, lock_key, log_key_key, log_mark_key, log_marks,
+    log_pruned_key, pending, pending_key, put_idempotency, staged_file_key, staged_files,
+    txn_file_key, txn_files, txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -775,19 +776,6 @@ impl Transaction for Txn {
     }
 }
 
-/// Journals the metadata files a commit writes.
-struct Journal<'a> {
-    inner: &'a Inner,
-    id: &'a Begun,
-}
-
-#[async_trait]
-impl FileJournal for Journal<'_> {
-    async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
-        Ok(self.inner.journal(self.id, path).await?)
-    }
-}
-
 impl Inner {
     async fn journal(&self, id: &Begun, path: &Path) -> Result<()> {
         self.crash.alive("journaled")?;
@@ -830,6 +818,25 @@ impl Inner {
                     path: format!("transaction {}", t.handle),
                     reason: "prepared without a log record".into(),
                 })?;
+                let handle = t.handle;
+                let staged = self
+                    .meta
+                    .read_async(move |tx| tx.scan_prefix::<StagedFileDpo>(&staged_files(handle)))
+                    .await?
+                    .into_iter()
+                    .map(|(_, f)| {
+                        let sealed = tern_crypto::from_hex(&f.sealed).ok_or_else(|| {
+                            Error::BadLogRecord {
+                                path: f.path.clone(),
+                                reason: format!(
+                                    "transaction {handle}: its staged metadata file is not hex"
+                                ),
+                            }
+                        })?;
+                        Ok((Path::from(f.path), sealed))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.write_staged(&staged).await?;
                 self.store_log(&record).await?;
                 // A commit of this instance may have finished it meanwhile.
                 if self.finish(t.handle, &record).await? {
@@ -885,54 +892,17 @@ impl Inner {
         let mut names: Vec<String> = changes.iter().flat_map(Change::lock_names).collect();
         names.sort();
         names.dedup();
-        // The metadata file each change will write, numbered now and journaled in the
-        // same metadata transaction that takes the locks (one durable metadata commit
-        // instead of two): journaled before it is written, as every file is.
+        // The metadata file each table change will write, numbered now.
         let mut ep_seqs = Vec::with_capacity(changes.len());
-        let mut files = Vec::new();
         for change in &changes {
-            let planned = match change {
+            ep_seqs.push(match change {
                 Change::Table(_) => match self.meta.next_unique("ep") {
-                    Ok(seq) => {
-                        files.extend(change.metadata_path(seq).map(|p| p.to_string()));
-                        Some(seq)
-                    }
+                    Ok(seq) => seq,
                     Err(e) => return self.fail(handle, e.into()).await,
                 },
-                Change::Dictionary { .. } => None,
-            };
-            ep_seqs.push(planned);
+                Change::Dictionary { .. } => 0,
+            });
         }
-        if !files.is_empty() {
-            self.crash.alive("journaled")?;
-        }
-        // PreCommitting: every lock, all at once (no lock order to get wrong).
-        if let Err(e) = self
-            .acquire_journaling(id, &names, &files, TxnState::PreCommitting)
-            .await
-        {
-            return self.fail(handle, e).await;
-        }
-        if !files.is_empty() {
-            self.crash.check("journaled")?;
-        }
-        self.crash.check("locked")?;
-        let t = add(&self.phases.locks, started);
-        let mut records = Vec::with_capacity(changes.len());
-        let mut journal = Journal { inner: self, id };
-        for (change, ep_seq) in changes.into_iter().zip(ep_seqs) {
-            match change
-                .prepare_at(&self.meta, self.volume.as_ref(), &mut journal, ep_seq)
-                .await
-            {
-                Ok(r) => records.push(r),
-                Err(e) => return self.fail(handle, e.into()).await,
-            }
-        }
-        self.crash.check("staged")?;
-        let now = self.clock.now_millis();
-        // Prepared: the id comes from the account's clock only now, with every lock held,
-        // so conflicting transactions get ids in commit order.
         let log_keys = match self.log_keys(account).await {
             Ok(k) => k,
             Err(e) => return self.fail(handle, e).await,
@@ -942,95 +912,57 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let prepared = {
-            let (idempotency, replicated, account, records, deployment) = (
-                idempotency.cloned(),
-                replicated.clone(),
-                account.clone(),
-                records.clone(),
-                self.deployment.clone(),
-            );
-            self.meta
-                .write_async(move |tx| {
-                    let account = &account;
-                    // Under the locks nothing else changes these tables: what publishes
-                    // cleanly now publishes cleanly after the log write. Checked by the
-                    // code that publishes, its writes undone — in this transaction, before
-                    // it writes anything (a refusal commits nothing), rather than in one
-                    // of its own that would wait for the writer once more.
-                    let checked = tx.undone(|tx| {
-                        for r in &records {
-                            publish(tx, r, Some(0), &deployment, now)?;
-                        }
-                        Ok(())
-                    })?;
-                    if let Err(e) = checked {
-                        return Ok(Err(Error::from(e)));
-                    }
-                    // A statement's idempotency key is taken here, with the Prepared mark: it is
-                    // found exactly when the transaction is (or will be) committed. Taken by another
-                    // transaction meanwhile (two requests with one key at once), this one yields.
-                    if let Some(k) = &idempotency
-                        && let Some(held) =
-                            tx.get::<IdempotencyDpo>(&idempotency_key(account, &k.key))?
-                    {
-                        return Ok(Err(Error::from(tern_table::Error::IdempotencyKeyTaken {
-                            key: k.key.clone(),
-                            txn_id: held.txn_id,
-                        })));
-                    }
-                    // The fence decides in this same metadata transaction: a database fenced
-                    // before it never takes the commit, one fenced after finds it prepared (and
-                    // the record stamped with the epoch it was made under).
-                    let stamps = match stamp(tx, &records, fence.as_deref(), replicated.as_ref())? {
-                        Ok(s) => s,
-                        Err(refused) => return Ok(Err(Error::from(refused))),
-                    };
-                    let key = lamport_key(account);
-                    let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
-                    tx.put(&key, &LamportDpo { last: txn_id })?;
-                    let mut record = LogRecord::new(
-                        txn_id,
-                        deployment.clone(),
-                        account.clone(),
-                        now,
-                        records.clone(),
-                    );
-                    record.stamps = stamps;
-                    let mut t = require_txn(tx, handle)?;
-                    t.state = TxnState::Prepared;
-                    t.txn_id = Some(txn_id);
-                    t.record = Some(record.clone());
-                    t.updated_at_ms = now;
-                    tx.put(&txn_key(handle), &t)?;
-                    tx.put(&pending_key(account, txn_id), &TxnRefDpo { handle })?;
-                    tx.put(&by_id_key(account, txn_id), &TxnRefDpo { handle })?;
-                    if let Some(k) = &idempotency {
-                        let outcome = records
-                            .iter()
-                            .find_map(|r| CommitInfo::of_record(r, Some(txn_id)))
-                            .map(|i| IdempotentOutcome::from(&i));
-                        put_idempotency(
-                            tx,
-                            account,
-                            &IdempotencyDpo {
-                                key: k.key.clone(),
-                                request_hash: k.request_hash.clone(),
-                                txn_id: Some(txn_id),
-                                created_at_ms: now,
-                                outcome,
-                            },
-                        )?;
-                    }
-                    Ok(Ok(record))
+        let planning = Arc::new(Planning {
+            changes,
+            ep_seqs,
+            deployment: self.deployment.clone(),
+            account: account.clone(),
+            handle,
+            idempotency: idempotency.cloned(),
+            replicated,
+            fence,
+        });
+        let mut t = started;
+        let (record, staged) = loop {
+            // Where the changes land now, planned outside the locks, their metadata files
+            // sealed: then one metadata transaction takes the locks, finds the plan still
+            // holds (else plans again) and prepares — the files are written after it,
+            // beside the log record, not in between with the locks held.
+            let planned = {
+                let planning = Arc::clone(&planning);
+                self.meta.read_async(move |tx| Ok(planning.plan(tx))).await
+            };
+            let planned = match planned {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return self.fail(handle, e.into()).await,
+                Err(e) => return self.fail(handle, e.into()).await,
+            };
+            let mut staged = Vec::new();
+            for file in planned.iter().filter_map(|p| p.metadata_file.as_ref()) {
+                match file.seal().await {
+                    Ok(sealed) => staged.push((file.path.clone(), sealed)),
+                    Err(e) => return self.fail(handle, e.into()).await,
+                }
+            }
+            let predicted: Vec<ChangeRecord> = planned.into_iter().map(|p| p.record).collect();
+            t = add(&self.phases.prepare, t);
+            let now = self.clock.now_millis();
+            let attempt = {
+                let (planning, staged) = (Arc::clone(&planning), Arc::new(staged.clone()));
+                self.take_locks(id, &names, move |tx, txn| {
+                    planning.prepare(tx, txn, &predicted, &staged, now)
                 })
                 .await
+            };
+            t = add(&self.phases.locks, t);
+            match attempt {
+                Ok(Prepare::Done(record)) => break (record, staged),
+                Ok(Prepare::Moved) => {}
+                Ok(Prepare::Refused(e)) => return self.fail(handle, e).await,
+                Err(e) => return self.fail(handle, e).await,
+            }
         };
-        let record = match prepared {
-            Ok(Ok(r)) => r,
-            Ok(Err(refused)) => return self.fail(handle, refused).await,
-            Err(e) => return self.fail(handle, e.into()).await,
-        };
+        let records = record.changes.clone();
         // Soft point of no return passed: from here the transaction only rolls forward, so
         // whatever stops this call leaves it to recovery and its caller in doubt, with the
         // id to look its outcome up by — never a plain failure the client would retry.
@@ -1045,8 +977,14 @@ impl Inner {
             }
         };
         self.crash.check("prepared").map_err(in_doubt)?;
-        let t = add(&self.phases.prepare, t);
-        self.write_log(&log_keys, &record).await.map_err(in_doubt)?;
+        // The metadata files and the log record, at once: both are stored before the
+        // version is visible, and a crash in between leaves recovery both to write again.
+        let (files, logged) = tokio::join!(
+            self.write_staged(&staged),
+            self.write_log(&log_keys, &record)
+        );
+        files.map_err(in_doubt)?;
+        logged.map_err(in_doubt)?;
         self.crash.check("logged").map_err(in_doubt)?;
         let t = add(&self.phases.log_write, t);
         self.finish(handle, &record).await.map_err(in_doubt)?;
@@ -1098,29 +1036,42 @@ impl Inner {
     /// Store the log record, retrying failed and inconclusive attempts: the write is
     /// idempotent, so an attempt that took effect but reported failure is found by the next.
     async fn write_log(&self, keys: &TableFileKeys, record: &LogRecord) -> Result<()> {
+        self.retrying(&record.path(), || log::write(&self.volume, keys, record))
+            .await
+    }
+
+    /// Run one idempotent write of `path` until it succeeds, retrying failed and
+    /// inconclusive attempts (each bounded by the log write timeout): an attempt that took
+    /// effect but reported failure is found by the next. A mismatch is final.
+    async fn retrying<F, Fut>(&self, path: &Path, attempt_write: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
         let mut backoff = self.options.log_retry_backoff;
         let attempts = self.options.log_write_attempts.max(1);
         let mut attempt = 1;
         loop {
             self.crash.alive("prepared")?;
-            let outcome = tokio::time::timeout(
-                self.options.log_write_timeout,
-                log::write(&self.volume, keys, record),
-            )
-            .await;
+            let outcome =
+                tokio::time::timeout(self.options.log_write_timeout, attempt_write()).await;
             let e = match outcome {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e @ Error::LogRecordMismatch { .. })) => return Err(e),
+                Ok(Err(
+                    e @ (Error::LogRecordMismatch { .. } | Error::StagedFileMismatch { .. }),
+                )) => {
+                    return Err(e);
+                }
                 Ok(Err(e)) => e,
                 Err(_) => Error::LogWriteTimeout {
-                    path: record.path().to_string(),
+                    path: path.to_string(),
                     after: self.options.log_write_timeout,
                 },
             };
             if attempt >= attempts {
                 return Err(e);
             }
-            tracing::warn!(txn_id = record.txn_id, attempt, error = %e, "log record write failed; retrying");
+            tracing::warn!(%path, attempt, error = %e, "write of a prepared transaction's file failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
             attempt += 1;
@@ -1135,28 +1086,38 @@ impl Inner {
     /// Take every lock in `names` for `handle` at once (those it holds already count) and
     /// enter `state`, waiting while any is held by another transaction.
     async fn acquire(&self, id: &Begun, names: &[String], state: TxnState) -> Result<()> {
-        self.acquire_journaling(id, names, &[], state).await
+        self.take_locks(id, names, move |_, t| {
+            t.state = state;
+            Ok(Prepare::Done(()))
+        })
+        .await
+        .map(|_| ())
     }
 
-    /// [`Inner::acquire`], journaling `files` (paths about to be written) in the same
-    /// metadata transaction that takes the locks.
-    async fn acquire_journaling(
-        &self,
-        id: &Begun,
-        names: &[String],
-        files: &[String],
-        state: TxnState,
-    ) -> Result<()> {
+    /// Take every lock in `names` for `handle` at once (those it holds already count) and
+    /// run `body` in the same metadata transaction, waiting while any lock is held by
+    /// another transaction. `body` sees the transaction row with the locks added and may
+    /// change it; the locks and the row are stored only when it answers
+    /// [`Prepare::Done`] — otherwise nothing is written (and `body` must write nothing).
+    async fn take_locks<T, F>(&self, id: &Begun, names: &[String], body: F) -> Result<Prepare<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut tern_meta::MetaTxn<'_>, &mut TxnDpo) -> tern_meta::Result<Prepare<T>>
+            + Send
+            + Sync
+            + 'static,
+    {
         let handle = id.handle;
         let started = Instant::now();
+        let body = Arc::new(body);
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             let now = self.clock.now_millis();
-            let (names, files, id, instance) =
-                (names.to_vec(), files.to_vec(), id.clone(), self.instance);
-            let blocked = self
+            let (names, id, instance, body) =
+                (names.to_vec(), id.clone(), self.instance, Arc::clone(&body));
+            let outcome = self
                 .meta
                 .write_async(move |tx| {
                     let names = &names;
@@ -1164,38 +1125,35 @@ impl Inner {
                         if let Some(l) = tx.get::<LockDpo>(&lock_key(name))?
                             && l.handle != handle
                         {
-                            return Ok(Some((name.clone(), l.handle)));
+                            return Ok(Err((name.clone(), l.handle)));
                         }
                     }
-                    for name in names {
-                        tx.put(
-                            &lock_key(name),
-                            &LockDpo {
-                                handle,
-                                since_ms: now,
-                            },
-                        )?;
-                    }
                     let mut t = txn_or_new(tx, &id, instance)?;
-                    t.state = state;
                     for name in names {
                         if !t.locks.contains(name) {
                             t.locks.push(name.clone());
                         }
                     }
                     t.updated_at_ms = now;
-                    tx.put(&txn_key(handle), &t)?;
-                    for path in &files {
-                        tx.put(
-                            &txn_file_key(handle, path),
-                            &TxnFileDpo { path: path.clone() },
-                        )?;
+                    let outcome = body(tx, &mut t)?;
+                    if matches!(outcome, Prepare::Done(_)) {
+                        for name in names {
+                            tx.put(
+                                &lock_key(name),
+                                &LockDpo {
+                                    handle,
+                                    since_ms: now,
+                                },
+                            )?;
+                        }
+                        tx.put(&txn_key(handle), &t)?;
                     }
-                    Ok(None)
+                    Ok(Ok(outcome))
                 })
                 .await?;
-            let Some((lock, holder)) = blocked else {
-                return Ok(());
+            let (lock, holder) = match outcome {
+                Ok(outcome) => return Ok(outcome),
+                Err(blocked) => blocked,
             };
             let waited = started.elapsed();
             let Some(left) = self.options.lock_timeout.checked_sub(waited) else {
@@ -1211,6 +1169,35 @@ impl Inner {
                 () = tokio::time::sleep(left.min(self.options.lock_poll)) => {}
             }
         }
+    }
+
+    /// Store a Prepared transaction's sealed metadata files, create-once: a file found
+    /// stored already is one an earlier attempt wrote (its path is numbered for this
+    /// transaction alone) when it holds the same bytes.
+    async fn write_staged(&self, staged: &[(Path, Vec<u8>)]) -> Result<()> {
+        let writes = staged.iter().map(|(path, sealed)| {
+            self.retrying(path, move || async move {
+                let put = self
+                    .volume
+                    .put_new(path, object_store::PutPayload::from(sealed.clone()))
+                    .await;
+                match put {
+                    Ok(_) => Ok(()),
+                    Err(tern_storage::Error::AlreadyExists { .. }) => {
+                        if self.volume.read_all(path).await?.as_ref() == sealed.as_slice() {
+                            Ok(())
+                        } else {
+                            Err(Error::StagedFileMismatch {
+                                path: path.to_string(),
+                            })
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+        });
+        futures::future::try_join_all(writes).await?;
+        Ok(())
     }
 
     /// Move `handle` to a final state and release its locks, in one transaction; whether
@@ -1338,6 +1325,173 @@ impl Inner {
     }
 }
 
+/// A commit's changes and what preparing them checks, shared by its attempts.
+struct Planning {
+    changes: Vec<Change>,
+    /// The number of each change's metadata file (0 for a dictionary change).
+    ep_seqs: Vec<u64>,
+    deployment: DeploymentId,
+    account: AccountId,
+    handle: u64,
+    idempotency: Option<IdempotencyKey>,
+    replicated: Option<(DatabaseId, Stamp)>,
+    fence: Option<Arc<dyn WriteFence>>,
+}
+
+/// What a metadata transaction under fresh locks decided ([`Inner::take_locks`]).
+enum Prepare<T> {
+    /// Done: the locks and the transaction row are stored with it.
+    Done(T),
+    /// The plan no longer holds (another commit moved a table on): plan again.
+    Moved,
+    /// Refused: nothing is stored.
+    Refused(Error),
+}
+
+/// Where a planned change lands: its table, the version it rests on and makes, and the
+/// columns it has. Equal landings mean equal plans (the rest comes from the statement).
+fn landing(r: &ChangeRecord) -> Option<(&TableId, u64, u64, &[ColumnDef])> {
+    match r {
+        ChangeRecord::TableVersion {
+            table,
+            base_version,
+            version,
+            columns,
+            ..
+        } => Some((table, *base_version, *version, columns)),
+        ChangeRecord::Dictionary { .. } => None,
+    }
+}
+
+impl Planning {
+    /// Every change planned on the state `tx` reads.
+    fn plan(&self, tx: &mut tern_meta::MetaTxn<'_>) -> tern_table::Result<Vec<Planned>> {
+        self.changes
+            .iter()
+            .zip(&self.ep_seqs)
+            .map(|(c, &seq)| c.plan_in(tx, seq))
+            .collect()
+    }
+
+    /// Under the locks just taken, in their metadata transaction: if the changes still
+    /// land where they were planned (`predicted`) and publish cleanly, issue the id and
+    /// enter Prepared with the log record and the sealed metadata files (`staged`).
+    fn prepare(
+        &self,
+        tx: &mut tern_meta::MetaTxn<'_>,
+        t: &mut TxnDpo,
+        predicted: &[ChangeRecord],
+        staged: &[(Path, Vec<u8>)],
+        now: i64,
+    ) -> tern_meta::Result<Prepare<LogRecord>> {
+        let records: Vec<ChangeRecord> = match self.plan(tx) {
+            Ok(planned) => planned.into_iter().map(|p| p.record).collect(),
+            Err(e) => return Ok(Prepare::Refused(e.into())),
+        };
+        if records
+            .iter()
+            .map(landing)
+            .ne(predicted.iter().map(landing))
+        {
+            return Ok(Prepare::Moved);
+        }
+        let account = &self.account;
+        // Under the locks nothing else changes these tables: what publishes cleanly now
+        // publishes cleanly after the log write. Checked by the code that publishes, its
+        // writes undone — in this transaction, before it writes anything (a refusal
+        // commits nothing), rather than in one of its own that would wait for the writer
+        // once more.
+        let checked = tx.undone(|tx| {
+            for r in &records {
+                publish(tx, r, Some(0), &self.deployment, now)?;
+            }
+            Ok(())
+        })?;
+        if let Err(e) = checked {
+            return Ok(Prepare::Refused(Error::from(e)));
+        }
+        // A statement's idempotency key is taken here, with the Prepared mark: it is found
+        // exactly when the transaction is (or will be) committed. Taken by another
+        // transaction meanwhile (two requests with one key at once), this one yields.
+        if let Some(k) = &self.idempotency
+            && let Some(held) = tx.get::<IdempotencyDpo>(&idempotency_key(account, &k.key))?
+        {
+            return Ok(Prepare::Refused(Error::from(
+                tern_table::Error::IdempotencyKeyTaken {
+                    key: k.key.clone(),
+                    txn_id: held.txn_id,
+                },
+            )));
+        }
+        // The fence decides in this same metadata transaction: a database fenced before it
+        // never takes the commit, one fenced after finds it prepared (and the record
+        // stamped with the epoch it was made under).
+        let stamps = match stamp(
+            tx,
+            &records,
+            self.fence.as_deref(),
+            self.replicated.as_ref(),
+        )? {
+            Ok(s) => s,
+            Err(refused) => return Ok(Prepare::Refused(Error::from(refused))),
+        };
+        // The id comes from the account's clock only now, with every lock held, so
+        // conflicting transactions get ids in commit order.
+        let key = lamport_key(account);
+        let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
+        tx.put(&key, &LamportDpo { last: txn_id })?;
+        let mut record = LogRecord::new(
+            txn_id,
+            self.deployment.clone(),
+            account.clone(),
+            now,
+            records,
+        );
+        record.stamps = stamps;
+        t.state = TxnState::Prepared;
+        t.txn_id = Some(txn_id);
+        t.record = Some(record.clone());
+        let handle = self.handle;
+        tx.put(&pending_key(account, txn_id), &TxnRefDpo { handle })?;
+        tx.put(&by_id_key(account, txn_id), &TxnRefDpo { handle })?;
+        // Journaled (as every file is before it is written) and kept sealed, so that
+        // recovery writes exactly these bytes.
+        for (path, sealed) in staged {
+            let path = path.to_string();
+            tx.put(
+                &txn_file_key(handle, &path),
+                &TxnFileDpo { path: path.clone() },
+            )?;
+            tx.put(
+                &staged_file_key(handle, &path),
+                &StagedFileDpo {
+                    path,
+                    sealed: tern_crypto::to_hex(sealed),
+                },
+            )?;
+        }
+        if let Some(k) = &self.idempotency {
+            let outcome = record
+                .changes
+                .iter()
+                .find_map(|r| CommitInfo::of_record(r, Some(txn_id)))
+                .map(|i| IdempotentOutcome::from(&i));
+            put_idempotency(
+                tx,
+                account,
+                &IdempotencyDpo {
+                    key: k.key.clone(),
+                    request_hash: k.request_hash.clone(),
+                    txn_id: Some(txn_id),
+                    created_at_ms: now,
+                    outcome,
+                },
+            )?;
+        }
+        Ok(Prepare::Done(record))
+    }
+}
+
 /// Build the indexes of the transaction rows once, for a store written before them
 /// ([`TXN_INDEXES`]): pending ids, ids, finished-by-time. A key-space migration step of its
 /// own, run when a manager opens the store; the marker makes it a no-op afterwards.
@@ -1409,6 +1563,9 @@ fn release_in(
         }
     }
     for (k, _) in tx.scan_prefix::<TxnFileDpo>(&txn_files(handle))? {
+        tx.delete(&k)?;
+    }
+    for (k, _) in tx.scan_prefix::<StagedFileDpo>(&staged_files(handle))? {
         tx.delete(&k)?;
     }
     if let Some(id) = t.txn_id {

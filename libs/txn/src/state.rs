@@ -303,6 +303,15 @@ pub(crate) fn txn_files(handle: u64) -> Key {
     Key::root("txn").str("f").u64(handle)
 }
 
+/// A Prepared transaction's sealed metadata file (`txn/s/<handle>/<path>`).
+pub(crate) fn staged_file_key(handle: u64, path: &str) -> Key {
+    staged_files(handle).str(path)
+}
+
+pub(crate) fn staged_files(handle: u64) -> Key {
+    Key::root("txn").str("s").u64(handle)
+}
+
 /// `account`'s transactions that have an id and may not be visible yet (Prepared,
 /// Committing), by id: the stable log id is the first of them.
 pub(crate) fn pending_key(account: &AccountId, txn_id: u64) -> Key {
@@ -365,6 +374,22 @@ pub struct TxnFileDpo {
 
 impl Dpo for TxnFileDpo {
     const WHAT: &'static str = "journaled file";
+    const VERSION: u32 = 1;
+}
+
+/// A metadata file of a Prepared transaction as it is to be stored (sealed), kept from
+/// the metadata transaction that prepares it until it is committed: the file is written
+/// beside the log record, after that transaction, so recovery writes it from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedFileDpo {
+    /// The file's path in the volume.
+    pub path: String,
+    /// The sealed file, hex.
+    pub sealed: String,
+}
+
+impl Dpo for StagedFileDpo {
+    const WHAT: &'static str = "staged metadata file";
     const VERSION: u32 = 1;
 }
 

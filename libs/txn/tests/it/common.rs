@@ -295,6 +295,15 @@ pub async fn check_invariants(dep: &Deployment, manager: &TxnManager, tables: &[
                 }
                 last_put = Some(at);
             }
+            // (d) every version's metadata file is stored (the volume can rebuild it)
+            for ep in &v.ep_files {
+                dep.volume
+                    .meta(&Path::from(ep.path.as_str()))
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("{table}@{}: metadata file {}: {e}", v.version, ep.path)
+                    });
+            }
             referenced.extend(v.ep_files.iter().map(|e| e.path.clone()));
         }
         let files = dep

@@ -261,3 +261,50 @@ async fn a_lock_waiter_is_woken_by_the_release_not_the_poll() {
     assert!(released.elapsed() < Duration::from_secs(10));
     check_invariants(&dep, &m, &[]).await;
 }
+
+/// Two inserts planned while a third transaction holds their table's lock: whichever takes
+/// the lock second finds the table moved on from the version it planned and plans again
+/// (its metadata file sealed anew for the next version), rather than preparing a stale
+/// plan. Both commit, on consecutive versions, with every metadata file stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_table_moved_while_it_waited_plans_again() {
+    use tern_table::Committer as _;
+    let dep = Deployment::folder();
+    let (m, tables) = dep.start(quick_options()).await;
+    let tables = Arc::new(tables);
+    let table = dep.create_table(&tables, "moved").await;
+    let first = tables.insert(&table, &[rows(&[0])]).await.expect("insert");
+    let mut holder = m.begin(&dep.account).await.expect("begin");
+    holder
+        .lock(&[tern_table::commit::table_lock(&table)])
+        .await
+        .expect("lock");
+    let inserts: Vec<_> = [1i64, 2]
+        .into_iter()
+        .map(|i| {
+            let (tables, table) = (Arc::clone(&tables), table.clone());
+            tokio::spawn(async move { tables.insert(&table, &[rows(&[i])]).await })
+        })
+        .collect();
+    // Both planned on the first version and wait for the lock (observed, not assumed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while m.lock_waiters() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the inserts never both waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    holder.abort().await;
+    let mut versions = BTreeSet::new();
+    for insert in inserts {
+        versions.insert(insert.await.expect("task").expect("insert").version);
+    }
+    assert_eq!(
+        versions,
+        BTreeSet::from([first.version + 1, first.version + 2]),
+        "the insert that planned on a stale version landed on the next one"
+    );
+    assert_eq!(ids(&tables, &table, None).await, [0, 1, 2]);
+    check_invariants(&dep, &m, &[table]).await;
+}

@@ -74,7 +74,7 @@ async fn the_key_is_stored_with_the_prepared_mark() {
     drop((m, tables));
 
     // Killed before Prepared: nothing will commit, and no key is stored.
-    let (m, tables, crash) = crashing(&dep, "staged").await;
+    let (m, tables, crash) = crashing(&dep, "journaled").await;
     insert_keyed(&tables, &t, "k-before", &[3])
         .await
         .expect_err("crashed");
