@@ -1,9 +1,9 @@
 //! Replication benchmark (issue 8), on the folder store with two in-process deployments
 //! (every worker running as in the daemon):
 //!
-//! * (a) **lag**: commits on d1 at 10 and 100 commits/s, the time until each version is
-//!   visible on d2 (p50/p99/max), printed beside the messaging poll interval; target p50
-//!   ≤ 1 s.
+//! * (a) **lag**: commits on d1 at 100 and 1 000 commits/s (spread over 8 tables, started
+//!   on schedule whether or not earlier ones finished), the time until each version is
+//!   visible on d2 (p50/p99/max); target p99 ≤ 500 ms at 1 000/s (issue 17).
 //! * (b) **full refresh** of a table of ≥ 4 GB in ≥ 500 micro-partitions into an empty
 //!   replica: GB/s of table data against the raw ring re-encrypt speed of one core measured
 //!   in the same run; target ≥ 0.5 × (both cores may be used). Every byte is re-encrypted
@@ -16,6 +16,7 @@
 //!   (must be exactly the 10 new files) and its time against the full refresh (≤ 5 %).
 //!
 //! Environment: `TERN_BENCH_PHASES` (`lag,refresh`), `TERN_BENCH_LAG_SECS` (10),
+//! `TERN_BENCH_LAG_RATES` (`100,1000`), `TERN_BENCH_LAG_TABLES` (8),
 //! `TERN_BENCH_REFRESH_MB` (4096), `TERN_BENCH_REFRESH_MPS` (512).
 //! Scratch data goes under the cargo target's tmp folder and is removed at the end.
 
@@ -161,8 +162,13 @@ async fn make_global(p: &mut Pair) -> Result<(), BoxError> {
 
 /// Waits until d2's replica table is at d1's version.
 async fn caught_up(p: &Pair, limit: Duration) -> Result<(), BoxError> {
-    let rid = replica_table_id(&p.d1.id, &p.table);
-    let want = p.d1.version(&p.table)?;
+    caught_up_table(p, &p.table, limit).await
+}
+
+/// Waits until d2's replica of `table` is at d1's version.
+async fn caught_up_table(p: &Pair, table: &TableId, limit: Duration) -> Result<(), BoxError> {
+    let rid = replica_table_id(&p.d1.id, table);
+    let want = p.d1.version(table)?;
     let deadline = Instant::now() + limit;
     while p.d2.version(&rid)? != want {
         if Instant::now() > deadline {
@@ -297,69 +303,114 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 async fn lag(root: &std::path::Path) -> Result<(), BoxError> {
     let secs = env_usize("TERN_BENCH_LAG_SECS", 10) as u64;
+    let spread = env_usize("TERN_BENCH_LAG_TABLES", 8).max(1);
+    let rates: Vec<u64> = std::env::var("TERN_BENCH_LAG_RATES")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
     let mut p = pair(root).await?;
-    p.d1.tables.insert(&p.table, &[batch(0, 100, 1)]).await?;
+    let db = p.d1.tables.table(&p.table)?.database;
+    // The load goes to `spread` tables, so that commits at 1 000/s are not serialised
+    // behind one table's lock (users' commits spread over tables too).
+    let mut tables = vec![p.table.clone()];
+    for i in 1..spread {
+        tables.push(
+            p.d1.tables
+                .create_table(&db, "public", &format!("facts{i}"), columns())
+                .await?,
+        );
+    }
+    for t in &tables {
+        p.d1.tables.insert(t, &[batch(0, 100, 1)]).await?;
+    }
     make_global(&mut p).await?;
     p.d2.repl.create_replica(&p.a2, "sales", &p.group, None)?;
-    caught_up(&p, Duration::from_secs(60)).await?;
-    let rid = replica_table_id(&p.d1.id, &p.table);
+    for t in &tables {
+        caught_up_table(&p, t, Duration::from_secs(60)).await?;
+    }
+    let replicas: Vec<TableId> = tables
+        .iter()
+        .map(|t| replica_table_id(&p.d1.id, t))
+        .collect();
     println!(
-        "(a) lag, commit on d1 → visible on d2 (folder store; messaging poll interval {:?}, ship interval {:?}, shipper woken by each commit)",
+        "(a) lag, commit on d1 → visible on d2 (folder store, durable writes; {spread} tables; commits started on schedule whether or not earlier ones finished, at most {MAX_IN_FLIGHT} at once; messaging poll interval {:?}, ship interval {:?}, shipper woken by each commit)",
         options().messaging.poll_interval,
         options().replication.ship_interval
     );
-    let mut next_id = 1_000_000i64;
-    for rate in [10u64, 100] {
-        let committed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let seen: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let tables = Arc::new(tables);
+    let next_id = Arc::new(std::sync::atomic::AtomicI64::new(1_000_000));
+    for rate in rates {
+        // (table index, version) → when it was acknowledged on d1 / first seen on d2.
+        let committed: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::default();
+        let seen: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
             let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
             let meta = p.d2.meta.clone();
-            let rid = rid.clone();
+            let replicas = replicas.clone();
             tokio::spawn(async move {
-                let mut last = meta
-                    .read(|tx| tx.get_table(&rid))
-                    .ok()
-                    .flatten()
-                    .map_or(0, |t| t.current_version);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let v = meta
-                        .read(|tx| tx.get_table(&rid))
+                let version = |t: &TableId| {
+                    meta.read(|tx| tx.get_table(t))
                         .ok()
                         .flatten()
-                        .map_or(0, |t| t.current_version);
-                    if v > last {
-                        let now = Instant::now();
-                        let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
-                        for x in last + 1..=v {
-                            s.insert(x, now);
+                        .map_or(0, |t| t.current_version)
+                };
+                let mut last: Vec<u64> = replicas.iter().map(version).collect();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (i, t) in replicas.iter().enumerate() {
+                        let v = version(t);
+                        if v > last[i] {
+                            let now = Instant::now();
+                            let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                            for x in last[i] + 1..=v {
+                                s.insert((i, x), now);
+                            }
+                            last[i] = v;
                         }
-                        last = v;
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })
         };
         let n = rate * secs;
-        let period = Duration::from_micros(1_000_000 / rate);
+        let period = Duration::from_nanos(1_000_000_000 / rate);
         let start = Instant::now();
+        let mut running = tokio::task::JoinSet::new();
+        let mut late = 0u64;
         for i in 0..n {
             let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
             tokio::time::sleep_until(due.into()).await;
-            let info =
-                p.d1.tables
-                    .insert(&p.table, &[batch(next_id, 10, i)])
-                    .await?;
-            next_id += 10;
-            committed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(info.version, Instant::now());
-            p.d1.repl.committed();
+            while running.len() >= MAX_IN_FLIGHT {
+                running.join_next().await.ok_or("no commit running")???;
+                late += 1;
+            }
+            let k = usize::try_from(i).unwrap_or(0) % tables.len();
+            let (d1_tables, tables, committed, next_id, repl) = (
+                Arc::clone(&p.d1.tables),
+                Arc::clone(&tables),
+                Arc::clone(&committed),
+                Arc::clone(&next_id),
+                p.d1.repl.clone(),
+            );
+            running.spawn(async move {
+                let first = next_id.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
+                let info = d1_tables.insert(&tables[k], &[batch(first, 10, i)]).await?;
+                committed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((k, info.version), Instant::now());
+                repl.committed();
+                Ok::<_, BoxError>(())
+            });
+        }
+        while let Some(r) = running.join_next().await {
+            r??;
         }
         let achieved = n as f64 / start.elapsed().as_secs_f64();
-        caught_up(&p, Duration::from_secs(120)).await?;
+        for t in tables.iter() {
+            caught_up_table(&p, t, Duration::from_secs(300)).await?;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         watcher.await?;
@@ -370,16 +421,17 @@ async fn lag(root: &std::path::Path) -> Result<(), BoxError> {
             .filter_map(|(v, c)| seen.get(v).map(|s| s.saturating_duration_since(*c)))
             .collect();
         lags.sort();
-        let p50 = percentile(&lags, 0.5);
+        let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
+        let target = Duration::from_millis(500);
         println!(
-            "  {rate:>3} commits/s (achieved {achieved:.1}/s, {} commits, {} seen): p50 {:.0} ms | p99 {:.0} ms | max {:.0} ms — p50 / 1 s target = {:.2} ({})",
+            "  {rate:>4} commits/s asked, {achieved:.0}/s achieved ({} commits, {} seen on d2, {late} started late: {MAX_IN_FLIGHT} in flight): p50 {:.0} ms | p99 {:.0} ms | max {:.0} ms — p99 / 500 ms target = {:.2} ({})",
             committed.len(),
             lags.len(),
             p50.as_secs_f64() * 1e3,
-            percentile(&lags, 0.99).as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
             lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-            p50.as_secs_f64(),
-            if p50 <= Duration::from_secs(1) {
+            p99.as_secs_f64() / target.as_secs_f64(),
+            if p99 <= target && late == 0 {
                 "met"
             } else {
                 "NOT met"
@@ -390,6 +442,10 @@ async fn lag(root: &std::path::Path) -> Result<(), BoxError> {
     p.d2.stop().await;
     Ok(())
 }
+
+/// Commits of the lag load that may run at once; a commit due while this many run starts
+/// late (and is counted: the asked rate was not held).
+const MAX_IN_FLIGHT: usize = 64;
 
 async fn refresh(root: &std::path::Path) -> Result<(), BoxError> {
     let total = env_usize("TERN_BENCH_REFRESH_MB", 4096) << 20;

@@ -6,16 +6,24 @@
 //!
 //! ```text
 //!  Active ──(statement writes files; each journaled before it is written)
-//!    ─▶ PreCommitting: every table/dictionary lock taken at once (waits, with a timeout),
-//!         the metadata files about to be written journaled in that same metadata
-//!         transaction (one durable metadata commit for both); versions fixed (appends land on the current version; a change computed from
-//!         what it read must find that version), metadata files written, the change
-//!         checked against the metadata store by the code that will publish it
-//!    ─▶ Prepared: transaction id from the account's Lamport clock, log record persisted
-//!         in the metadata store                         ── soft point of no return
-//!    ─▶ log record written to acct/<account>/txlog/<id>.log (idempotent, retried)
-//!    ─▶ Committing: the new versions visible, atomically  ── hard point of no return
-//!    ─▶ Committed: locks released
+//!    ─▶ planned, outside the locks: versions fixed on the current state (appends land on
+//!         the current version; a change computed from what it read must find that
+//!         version), metadata files made and sealed
+//!    ─▶ Prepared, in ONE metadata transaction: every table/dictionary lock taken at once
+//!         (waits, with a timeout); the plan checked to still hold (else planned again);
+//!         the change checked by the code that will publish it; transaction id from the
+//!         account's Lamport clock; log record and sealed metadata files persisted in the
+//!         metadata store (the files journaled)              ── soft point of no return
+//!    ─▶ metadata files and log record (acct/<account>/txlog/<id>.log) written at once
+//!         (create-once, idempotent, retried; recovery writes both from what Prepared kept)
+//!    ─▶ Committed, in ONE metadata transaction: the new versions visible, atomically, and
+//!         the locks released                              ── hard point of no return
+//! ```
+//!
+//! Three durable metadata commits per insert (journal the data file, prepare, commit) and
+//! two file writes on its critical path (the data file; then the metadata file beside the
+//! log record). Stores written by earlier versions may hold a transaction in PreCommitting
+//! (rolled back) or Committing (its locks released) — recovery finishes both.
 //! ```
 //!
 //! # Guarantees

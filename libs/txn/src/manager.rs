@@ -63,11 +63,12 @@ impl Default for TxnOptions {
 pub struct PhaseStats {
     /// Commits completed.
     pub commits: u64,
-    /// Waiting for and taking locks (PreCommitting).
+    /// Waiting for and taking locks, checking the plan and issuing the id: the metadata
+    /// transaction that enters Prepared (tried again when the plan no longer holds).
     pub locks: Duration,
-    /// Fixing versions, writing metadata files, checking, issuing the id (to Prepared).
+    /// Planning where the changes land and sealing their metadata files (outside locks).
     pub prepare: Duration,
-    /// Storing the log record.
+    /// Storing the metadata files and the log record (at once).
     pub log_write: Duration,
     /// Making versions visible and releasing locks.
     pub publish: Duration,
