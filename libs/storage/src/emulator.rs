@@ -8,7 +8,7 @@
 //!
 //! | function                 | server                            | credentials           |
 //! |--------------------------|-----------------------------------|-----------------------|
-//! | [`localstack`]           | LocalStack, `127.0.0.1:4566`      | `test`/`test`         |
+//! | [`localstack`]           | LocalStack, `127.0.0.1:4566` (**) | `test`/`test`         |
 //! | [`moto`]                 | moto, `127.0.0.1:4600`            | `test`/`test` (*)     |
 //! | [`infra_outputs`]        | `infra/envs/local` applied on one | (in the JSON)         |
 //! | [`admin`], [`peer`]      | an emulator with the infra        | IAM users' keys       |
@@ -16,6 +16,8 @@
 //! (*) moto is the emulator that enforces IAM: once `infra_outputs(Target::Moto)` has
 //! applied the infra, `localstack/infra-up.sh` switches enforcement on and moto accepts only
 //! the keys of IAM users it knows; use [`admin`]`(Target::Moto)` then.
+//! (**) the scripts' ports are `TERN_LOCALSTACK_PORT` (default 4566) and `TERN_MOTO_PORT`
+//! (default 4600), so that several emulator pairs can run on one machine.
 //!
 //! Environment overrides (an emulator someone else runs; no script is called):
 //! `TERN_LOCALSTACK_URL` (+ `TERN_LOCALSTACK_REGION`), `TERN_MOTO_URL` (+ `TERN_MOTO_REGION`),
