@@ -1,6 +1,8 @@
 # Example: a three-deployment Tern group on AWS, one region per deployment (not applied in
-# CI; `terraform validate` only). Same modules as infra/envs/local, with real endpoints,
-# TLS-only bucket policies, the per-peer bucket-policy guard, and the GMK as a
+# CI: `terraform validate` and a plan against a mocked provider, `terraform test` with
+# tests/plan.tftest.hcl). Same modules as infra/envs/local, with real endpoints,
+# TLS-only bucket policies, the per-peer bucket-policy guard, peers that assume roles with
+# an external id (no IAM users, no secret keys in the state), and the GMK as a
 # multi-Region key whose replicas sit in every other deployment's region.
 
 provider "aws" {
@@ -53,6 +55,11 @@ module "d1" {
   peers         = local.peers.d1
   bucket_prefix = var.bucket_prefix
   tags          = local.tags
+
+  # Peers assume a write-only role with their external id: no long-lived keys.
+  peer_access       = "role"
+  peer_principals   = { for p in local.peers.d1 : p => var.deployment_principals[p] }
+  peer_external_ids = { for p in local.peers.d1 : p => var.peer_external_ids["d1.${p}"] }
 }
 
 module "d2" {
@@ -63,6 +70,11 @@ module "d2" {
   peers         = local.peers.d2
   bucket_prefix = var.bucket_prefix
   tags          = local.tags
+
+  # Peers assume a write-only role with their external id: no long-lived keys.
+  peer_access       = "role"
+  peer_principals   = { for p in local.peers.d2 : p => var.deployment_principals[p] }
+  peer_external_ids = { for p in local.peers.d2 : p => var.peer_external_ids["d2.${p}"] }
 }
 
 module "d3" {
@@ -73,4 +85,9 @@ module "d3" {
   peers         = local.peers.d3
   bucket_prefix = var.bucket_prefix
   tags          = local.tags
+
+  # Peers assume a write-only role with their external id: no long-lived keys.
+  peer_access       = "role"
+  peer_principals   = { for p in local.peers.d3 : p => var.deployment_principals[p] }
+  peer_external_ids = { for p in local.peers.d3 : p => var.peer_external_ids["d3.${p}"] }
 }

@@ -20,7 +20,7 @@ output "deployments" {
 }
 
 output "peer_credentials" {
-  description = "Keyed \"<owner>.<peer>\", as in envs/local. Hand each to the peer's operator through a secret store, never in plain outputs."
+  description = "Keyed \"<owner>.<peer>\", as in envs/local: the role <peer> assumes (role_arn, external_id, prefix). No keys: each peer's ternd assumes the role with its own identity."
   sensitive   = true
   value = merge([
     for owner, m in { d1 = module.d1, d2 = module.d2, d3 = module.d3 } : {

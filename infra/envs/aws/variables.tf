@@ -26,3 +26,25 @@ variable "tags" {
   type    = map(string)
   default = {}
 }
+
+variable "deployment_principals" {
+  description = "Per deployment id: the ARN of the IAM role its ternd runs as (in its own account). It is the principal allowed to assume the write-only role in every other deployment's replication bucket."
+  type = object({
+    d1 = string
+    d2 = string
+    d3 = string
+  })
+}
+
+variable "peer_external_ids" {
+  description = "Keyed \"<owner>.<peer>\": the external id <peer> presents when assuming its write-only role in <owner>'s account (at least 16 characters; agree them out of band, e.g. random strings in each side's secret store)."
+  type        = map(string)
+  sensitive   = true
+  validation {
+    condition = alltrue([
+      for owner, peers in { d1 = ["d2", "d3"], d2 = ["d1", "d3"], d3 = ["d1", "d2"] } :
+      alltrue([for p in peers : length(lookup(var.peer_external_ids, "${owner}.${p}", "")) >= 16])
+    ])
+    error_message = "peer_external_ids needs an id of at least 16 characters for each of d1.d2, d1.d3, d2.d1, d2.d3, d3.d1, d3.d2."
+  }
+}

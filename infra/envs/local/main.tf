@@ -46,6 +46,11 @@ module "deployment" {
   # moto applies a bucket policy's Deny statements to every caller (it ignores
   # Principal), so the per-peer guard would lock out the owner: the identity policies
   # alone are what the access tests check.
+  # Peers are IAM users with access keys here: moto checks IAM users' keys (its STS hands
+  # out keys without tying them to the role's policy reliably) and there is no second
+  # account to trust. envs/aws uses roles assumed with an external id instead.
+  peer_access = "user"
+
   deny_insecure_transport         = false
   peer_guard_bucket_policy        = false
   abort_incomplete_multipart_days = 0

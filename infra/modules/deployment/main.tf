@@ -5,7 +5,9 @@
 #   replication bucket  <prefix>-<id>-repl     from/<peer>/... written by peers, read and
 #                                              deleted by the deployment; SSE-S3.
 #   KMS key             alias/tern/<group>/<id>  symmetric, the root of AMK/TMK envelopes.
-#   one IAM user per peer, allowed nothing but writing objects under from/<peer>/.
+#   one identity per peer, allowed nothing but writing objects under from/<peer>/:
+#   an IAM role the peer assumes with its external id (peer_access = "role", AWS: no
+#   long-lived keys), or an IAM user with an access key (peer_access = "user", emulators).
 #
 # Why SSE-S3 (AES256) on the replication bucket and SSE-KMS on the volume bucket: with a
 # KMS default, every PutObject also needs kms:GenerateDataKey (and kms:Decrypt to complete
@@ -125,8 +127,18 @@ resource "aws_s3_bucket_lifecycle_configuration" "replication" {
 
 # --- Peer identities -------------------------------------------------------------------
 
+locals {
+  peer_users = var.peer_access == "user" ? local.peer_user : {}
+  peer_roles = var.peer_access == "role" ? local.peer_user : {}
+  # The ARN each peer writes as, whichever kind of identity it is.
+  peer_arn = merge(
+    { for p, u in aws_iam_user.peer : p => u.arn },
+    { for p, r in aws_iam_role.peer : p => r.arn },
+  )
+}
+
 resource "aws_iam_user" "peer" {
-  for_each = local.peer_user
+  for_each = local.peer_users
   name     = each.value
   path     = local.iam_path
   tags     = merge(local.tags, { "tern:peer" = each.key })
@@ -141,6 +153,48 @@ resource "aws_iam_user" "peer" {
 resource "aws_iam_access_key" "peer" {
   for_each = aws_iam_user.peer
   user     = each.value.name
+}
+
+# peer_access = "role": the peer's principal may assume this role only with its external id.
+data "aws_iam_policy_document" "peer_trust" {
+  for_each = local.peer_roles
+  statement {
+    sid     = "PeerAssumesWithExternalId"
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "AWS"
+      identifiers = [lookup(var.peer_principals, each.key, "")]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "sts:ExternalId"
+      values   = [lookup(var.peer_external_ids, each.key, "")]
+    }
+  }
+}
+
+resource "aws_iam_role" "peer" {
+  for_each             = local.peer_roles
+  name                 = each.value
+  path                 = local.iam_path
+  assume_role_policy   = data.aws_iam_policy_document.peer_trust[each.key].json
+  max_session_duration = 3600
+  tags                 = merge(local.tags, { "tern:peer" = each.key })
+  lifecycle {
+    precondition {
+      condition     = length(each.value) <= 64
+      error_message = "IAM role name ${each.value} is longer than 64 characters: shorten group_name or the deployment ids."
+    }
+    precondition {
+      condition     = can(regex("^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:", lookup(var.peer_principals, each.key, "")))
+      error_message = "peer_principals has no IAM principal ARN for peer ${each.key} (the principal that may assume its write-only role)."
+    }
+    precondition {
+      condition     = length(lookup(var.peer_external_ids, each.key, "")) >= 16
+      error_message = "peer_external_ids has no external id (at least 16 characters) for peer ${each.key}."
+    }
+  }
 }
 
 # The peer's whole S3 permission: create objects under from/<peer>/ of this replication
@@ -163,6 +217,13 @@ resource "aws_iam_user_policy" "peer" {
   for_each = aws_iam_user.peer
   name     = "tern-write-only-from-${each.key}"
   user     = each.value.name
+  policy   = data.aws_iam_policy_document.peer[each.key].json
+}
+
+resource "aws_iam_role_policy" "peer" {
+  for_each = aws_iam_role.peer
+  name     = "tern-write-only-from-${each.key}"
+  role     = each.value.id
   policy   = data.aws_iam_policy_document.peer[each.key].json
 }
 
@@ -195,7 +256,7 @@ data "aws_iam_policy_document" "replication" {
   }
 
   dynamic "statement" {
-    for_each = var.peer_guard_bucket_policy ? aws_iam_user.peer : {}
+    for_each = var.peer_guard_bucket_policy ? local.peer_arn : {}
     content {
       sid         = "PeerWriteOnly${replace(statement.key, "-", "")}"
       effect      = "Deny"
@@ -206,13 +267,13 @@ data "aws_iam_policy_document" "replication" {
       ]
       principals {
         type        = "AWS"
-        identifiers = [statement.value.arn]
+        identifiers = [statement.value]
       }
     }
   }
 
   dynamic "statement" {
-    for_each = var.peer_guard_bucket_policy ? aws_iam_user.peer : {}
+    for_each = var.peer_guard_bucket_policy ? local.peer_arn : {}
     content {
       sid           = "PeerOwnPrefixOnly${replace(statement.key, "-", "")}"
       effect        = "Deny"
@@ -220,7 +281,7 @@ data "aws_iam_policy_document" "replication" {
       not_resources = ["${aws_s3_bucket.this["replication"].arn}/from/${statement.key}/*"]
       principals {
         type        = "AWS"
-        identifiers = [statement.value.arn]
+        identifiers = [statement.value]
       }
     }
   }

@@ -69,3 +69,29 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "peer_access" {
+  description = "How peers get their write-only identity: \"role\" (an IAM role each peer assumes with sts:AssumeRole and its external id; no long-lived keys, nothing secret in the state: use it on AWS) or \"user\" (an IAM user with an access key, whose secret sits in the Terraform state: only for emulators, where moto checks IAM users' keys and has no cross-account trust)."
+  type        = string
+  default     = "role"
+  validation {
+    condition     = contains(["role", "user"], var.peer_access)
+    error_message = "peer_access must be \"role\" or \"user\"."
+  }
+}
+
+variable "peer_principals" {
+  description = "peer_access = \"role\": per peer id, the ARN of the principal (the peer deployment's own role, or its account root) allowed to assume the role that writes under from/<peer>/. Every peer must have one."
+  type        = map(string)
+  default     = {}
+}
+
+variable "peer_external_ids" {
+  description = "peer_access = \"role\": per peer id, the external id the peer must present when assuming its role (sts:ExternalId; guards against the confused deputy when the peer's principal serves several parties). Every peer must have one, at least 16 characters."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition     = alltrue([for id in values(var.peer_external_ids) : length(id) >= 16])
+    error_message = "every external id must be at least 16 characters."
+  }
+}
