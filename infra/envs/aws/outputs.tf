@@ -15,6 +15,7 @@ output "deployments" {
       replication_bucket = m.replication_bucket
       kms_key_arn        = m.kms_key_arn
       kms_alias          = m.kms_alias
+      identity_arn       = m.identity_arn
     }
   }
 }

@@ -27,13 +27,19 @@ variable "tags" {
   default = {}
 }
 
-variable "deployment_principals" {
-  description = "Per deployment id: the ARN of the IAM role its ternd runs as (in its own account). It is the principal allowed to assume the write-only role in every other deployment's replication bucket."
+variable "ternd_principals" {
+  description = "Per deployment id: the ARN of the principal its ternd runs under (an instance or task role), allowed to assume the deployment's role. The deployment role is in turn the only principal allowed to assume its write-only roles in the other deployments' accounts."
   type = object({
     d1 = string
     d2 = string
     d3 = string
   })
+}
+
+variable "key_admin_principals" {
+  description = "ARNs that administer the KMS keys (not use them). Empty: the account root of d1's provider (IAM delegation, administrative actions only). Include the principal Terraform runs as."
+  type        = list(string)
+  default     = []
 }
 
 variable "peer_external_ids" {

@@ -1,10 +1,16 @@
 # One deployment of a Tern group (DESIGN.md §3, §4, §13):
 #
 #   volume bucket       <prefix>-<id>-volume   MPs, EPs, transaction logs; SSE-KMS with the
-#                                              deployment key; only the deployment itself.
+#                                              deployment key; only the deployment itself
+#                                              (its identity policy; on AWS also a bucket
+#                                              policy denying every other principal).
 #   replication bucket  <prefix>-<id>-repl     from/<peer>/... written by peers, read and
 #                                              deleted by the deployment; SSE-S3.
-#   KMS key             alias/tern/<group>/<id>  symmetric, the root of AMK/TMK envelopes.
+#   KMS key             alias/tern/<group>/<id>  symmetric, the root of AMK/TMK envelopes;
+#                                              its key policy lets only the deployment use
+#                                              it (key_admin_principals administer it).
+#   deployment identity <group>-<id>           what ternd runs as: an IAM role (AWS) or
+#                                              user (emulators), reaching only the above.
 #   one identity per peer, allowed nothing but writing objects under from/<peer>/:
 #   an IAM role the peer assumes with its external id (peer_access = "role", AWS: no
 #   long-lived keys), or an IAM user with an access key (peer_access = "user", emulators).
@@ -44,7 +50,41 @@ resource "aws_kms_key" "deployment" {
   customer_master_key_spec = "SYMMETRIC_DEFAULT"
   enable_key_rotation      = true
   deletion_window_in_days  = var.kms_deletion_window_days
+  policy                   = data.aws_iam_policy_document.key.json
   tags                     = local.tags
+}
+
+# Administrators manage the key but cannot use it; only the deployment's identity can
+# (no "kms:*" for the account root: that would let any IAM policy of the account grant use).
+data "aws_iam_policy_document" "key" {
+  statement {
+    sid    = "KeyAdministration"
+    effect = "Allow"
+    actions = [
+      "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+      "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+      "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+      "kms:RotateKeyOnDemand",
+    ]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = var.key_admin_principals
+    }
+  }
+  statement {
+    sid    = "OnlyTheDeploymentUsesIt"
+    effect = "Allow"
+    actions = [
+      "kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
+      "kms:DescribeKey",
+    ]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = [local.identity_arn]
+    }
+  }
 }
 
 resource "aws_kms_alias" "deployment" {
@@ -123,6 +163,112 @@ resource "aws_s3_bucket_lifecycle_configuration" "replication" {
       days_after_initiation = var.abort_incomplete_multipart_days
     }
   }
+}
+
+# --- The deployment's own identity ------------------------------------------------------
+
+locals {
+  identity_name = "${var.group_name}-${var.deployment_id}"
+  identity_arn = one(concat(
+    [for u in aws_iam_user.deployment : u.arn],
+    [for r in aws_iam_role.deployment : r.arn],
+  ))
+  bucket_arns = [for b in aws_s3_bucket.this : b.arn]
+}
+
+resource "aws_iam_user" "deployment" {
+  count = var.deployment_access == "user" ? 1 : 0
+  name  = local.identity_name
+  path  = local.iam_path
+  tags  = merge(local.tags, { "tern:identity" = "deployment" })
+}
+
+resource "aws_iam_access_key" "deployment" {
+  count = length(aws_iam_user.deployment)
+  user  = aws_iam_user.deployment[0].name
+}
+
+data "aws_iam_policy_document" "deployment_trust" {
+  count = var.deployment_access == "role" ? 1 : 0
+  statement {
+    sid     = "TerndAssumesTheDeploymentRole"
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "AWS"
+      identifiers = var.deployment_trusted_principals
+    }
+  }
+}
+
+resource "aws_iam_role" "deployment" {
+  count              = var.deployment_access == "role" ? 1 : 0
+  name               = local.identity_name
+  path               = local.iam_path
+  assume_role_policy = data.aws_iam_policy_document.deployment_trust[0].json
+  tags               = merge(local.tags, { "tern:identity" = "deployment" })
+  lifecycle {
+    precondition {
+      condition     = length(var.deployment_trusted_principals) > 0
+      error_message = "deployment_trusted_principals must name who may assume the role of deployment ${var.deployment_id}."
+    }
+  }
+}
+
+# Everything the deployment may do: its own two buckets and their objects, its own key,
+# GenerateMac on the group's GMK, and (role) assuming the write-only roles that peers'
+# accounts made for it. No other bucket, no other key, no IAM.
+data "aws_iam_policy_document" "deployment" {
+  statement {
+    sid = "OwnBuckets"
+    actions = [
+      "s3:ListBucket", "s3:GetBucketLocation", "s3:ListBucketMultipartUploads",
+    ]
+    resources = local.bucket_arns
+  }
+  statement {
+    sid = "OwnObjects"
+    actions = [
+      "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
+      "s3:ListMultipartUploadParts",
+    ]
+    resources = [for a in local.bucket_arns : "${a}/*"]
+  }
+  statement {
+    sid = "OwnMasterKey"
+    actions = [
+      "kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
+      "kms:DescribeKey",
+    ]
+    resources = [aws_kms_key.deployment.arn]
+  }
+  statement {
+    sid       = "GroupKeyDerivation"
+    actions   = ["kms:GenerateMac", "kms:DescribeKey"]
+    resources = var.gmk_arns
+  }
+  dynamic "statement" {
+    for_each = var.deployment_access == "role" ? [1] : []
+    content {
+      sid       = "WriteIntoPeersAsTheirWriteOnlyRole"
+      actions   = ["sts:AssumeRole"]
+      resources = ["arn:aws:iam::*:role/tern/${var.group_name}/${var.group_name}-*-from-${var.deployment_id}"]
+    }
+  }
+}
+
+resource "aws_iam_user_policy" "deployment" {
+  count  = length(aws_iam_user.deployment)
+  name   = "tern-deployment-${var.deployment_id}"
+  user   = aws_iam_user.deployment[0].name
+  policy = data.aws_iam_policy_document.deployment.json
+}
+
+resource "aws_iam_role_policy" "deployment" {
+  count  = length(aws_iam_role.deployment)
+  name   = "tern-deployment-${var.deployment_id}"
+  role   = aws_iam_role.deployment[0].id
+  policy = data.aws_iam_policy_document.deployment.json
 }
 
 # --- Peer identities -------------------------------------------------------------------
@@ -233,6 +379,30 @@ resource "aws_iam_role_policy" "peer" {
 # identity at "put under its own prefix", whatever identity policies get attached to it
 # later (an explicit Deny wins over any Allow). Optional: see peer_guard_bucket_policy.
 data "aws_iam_policy_document" "replication" {
+  # Nobody but the deployment, its administrators and its peers' identities (each capped
+  # below) may touch the bucket, whatever IAM policies elsewhere in the account say.
+  dynamic "statement" {
+    for_each = var.restrict_bucket_access ? [1] : []
+    content {
+      sid     = "OnlyTheDeploymentAndItsPeers"
+      effect  = "Deny"
+      actions = ["s3:*"]
+      resources = [
+        aws_s3_bucket.this["replication"].arn,
+        "${aws_s3_bucket.this["replication"].arn}/*",
+      ]
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+      condition {
+        test     = "ArnNotEquals"
+        variable = "aws:PrincipalArn"
+        values   = concat([local.identity_arn], var.key_admin_principals, values(local.peer_arn))
+      }
+    }
+  }
+
   dynamic "statement" {
     for_each = var.deny_insecure_transport ? [1] : []
     content {
@@ -288,7 +458,7 @@ data "aws_iam_policy_document" "replication" {
 }
 
 resource "aws_s3_bucket_policy" "replication" {
-  count  = var.deny_insecure_transport || (var.peer_guard_bucket_policy && length(var.peers) > 0) ? 1 : 0
+  count  = var.deny_insecure_transport || var.restrict_bucket_access || (var.peer_guard_bucket_policy && length(var.peers) > 0) ? 1 : 0
   bucket = aws_s3_bucket.this["replication"].id
   policy = data.aws_iam_policy_document.replication.json
   # A bucket policy is rejected while the public access block is being changed.
@@ -296,28 +466,53 @@ resource "aws_s3_bucket_policy" "replication" {
 }
 
 data "aws_iam_policy_document" "volume" {
-  statement {
-    sid     = "DenyInsecureTransport"
-    effect  = "Deny"
-    actions = ["s3:*"]
-    resources = [
-      aws_s3_bucket.this["volume"].arn,
-      "${aws_s3_bucket.this["volume"].arn}/*",
-    ]
-    principals {
-      type        = "*"
-      identifiers = ["*"]
+  dynamic "statement" {
+    for_each = var.deny_insecure_transport ? [1] : []
+    content {
+      sid     = "DenyInsecureTransport"
+      effect  = "Deny"
+      actions = ["s3:*"]
+      resources = [
+        aws_s3_bucket.this["volume"].arn,
+        "${aws_s3_bucket.this["volume"].arn}/*",
+      ]
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+      condition {
+        test     = "Bool"
+        variable = "aws:SecureTransport"
+        values   = ["false"]
+      }
     }
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
+  }
+  # Only the deployment itself (and its administrators) may touch its volume.
+  dynamic "statement" {
+    for_each = var.restrict_bucket_access ? [1] : []
+    content {
+      sid     = "OnlyTheDeployment"
+      effect  = "Deny"
+      actions = ["s3:*"]
+      resources = [
+        aws_s3_bucket.this["volume"].arn,
+        "${aws_s3_bucket.this["volume"].arn}/*",
+      ]
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+      condition {
+        test     = "ArnNotEquals"
+        variable = "aws:PrincipalArn"
+        values   = concat([local.identity_arn], var.key_admin_principals)
+      }
     }
   }
 }
 
 resource "aws_s3_bucket_policy" "volume" {
-  count      = var.deny_insecure_transport ? 1 : 0
+  count      = var.deny_insecure_transport || var.restrict_bucket_access ? 1 : 0
   bucket     = aws_s3_bucket.this["volume"].id
   policy     = data.aws_iam_policy_document.volume.json
   depends_on = [aws_s3_bucket_public_access_block.this]

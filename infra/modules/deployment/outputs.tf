@@ -54,5 +54,34 @@ output "peer_guard" {
 
 output "peer_guard_policy_statements" {
   description = "Sids of the replication bucket policy's statements (what the per-peer guard adds, for tests)."
-  value       = [for s in data.aws_iam_policy_document.replication.statement : s.sid]
+  value       = [for s in coalesce(data.aws_iam_policy_document.replication.statement, []) : s.sid]
+}
+
+output "identity_arn" {
+  description = "ARN of the deployment's own identity (role or user): what its ternd runs as."
+  value       = local.identity_arn
+}
+
+output "identity" {
+  description = "The deployment's own identity. deployment_access = \"user\": its access key too (emulators)."
+  sensitive   = true
+  value = {
+    arn               = local.identity_arn
+    name              = local.identity_name
+    access_key_id     = one(aws_iam_access_key.deployment[*].id)
+    secret_access_key = one(aws_iam_access_key.deployment[*].secret)
+  }
+}
+
+output "bucket_policies" {
+  description = "Sids of the volume and replication bucket policies (for tests)."
+  value = {
+    volume      = [for s in coalesce(data.aws_iam_policy_document.volume.statement, []) : s.sid]
+    replication = [for s in coalesce(data.aws_iam_policy_document.replication.statement, []) : s.sid]
+  }
+}
+
+output "key_policy" {
+  description = "The deployment key's policy document (JSON)."
+  value       = data.aws_iam_policy_document.key.json
 }

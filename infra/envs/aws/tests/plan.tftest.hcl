@@ -51,11 +51,12 @@ mock_provider "aws" {
 
 variables {
   bucket_prefix = "acme-tern-test"
-  deployment_principals = {
-    d1 = "arn:aws:iam::111111111111:role/tern-d1"
-    d2 = "arn:aws:iam::222222222222:role/tern-d2"
-    d3 = "arn:aws:iam::333333333333:role/tern-d3"
+  ternd_principals = {
+    d1 = "arn:aws:iam::111111111111:role/ternd-host-d1"
+    d2 = "arn:aws:iam::222222222222:role/ternd-host-d2"
+    d3 = "arn:aws:iam::333333333333:role/ternd-host-d3"
   }
+  key_admin_principals = ["arn:aws:iam::111111111111:role/terraform"]
   peer_external_ids = {
     "d1.d2" = "external-id-d1-d2-0001"
     "d1.d3" = "external-id-d1-d3-0001"
@@ -89,6 +90,24 @@ run "plan_and_mocked_apply_have_roles_and_the_peer_guard" {
       for m in [module.d1, module.d2, module.d3] : length(m.peer_guard) == 2
     ])
     error_message = "every replication bucket's policy must cap both of its peers (per-peer Deny guard)"
+  }
+
+  assert {
+    condition = alltrue([
+      for m in [module.d1, module.d2, module.d3] :
+      contains(m.bucket_policies.volume, "OnlyTheDeployment") &&
+      contains(m.bucket_policies.volume, "DenyInsecureTransport") &&
+      contains(m.bucket_policies.replication, "OnlyTheDeploymentAndItsPeers")
+    ])
+    error_message = "every volume bucket must deny all but its deployment, every replication bucket all but the deployment and its peers"
+  }
+
+  assert {
+    condition = alltrue([
+      for m in [module.d1, module.d2, module.d3] :
+      nonsensitive(m.identity.access_key_id) == null && m.identity_arn != null
+    ])
+    error_message = "every deployment runs as a role, with no access key"
   }
 
   assert {

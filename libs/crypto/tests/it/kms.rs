@@ -438,3 +438,127 @@ async fn infra_keys_have_the_designed_specs_and_work() {
          region: {wrap_key_ids:?}"
     );
 }
+
+/// The key policies `infra/` sets, as moto stores them: only d1's identity may use d1's
+/// master key (administrators manage it, never use it), and only the group's deployment
+/// identities may call GenerateMac with the GMK. With IAM enforced, d2's identity and a
+/// peer identity are refused the key outright. (moto authorizes every KMS call against
+/// the resource `*`, so a key-scoped identity grant is refused there for everyone, the
+/// owner too: the positive half is read from the policies, not from a call.)
+#[tokio::test]
+async fn moto_key_policies_let_only_the_deployment_use_its_key_and_members_derive() {
+    use tern_storage::emulator::{self, Emulator, Target};
+    const OWNER: &str = "d1";
+    const PEER: &str = "d2";
+    let text = |v: &serde_json::Value, path: &[&str]| -> String {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_else(|| panic!("infra outputs lack {path:?}"))
+            .to_string()
+    };
+    let (outputs, admin, d2, peer) = tokio::task::spawn_blocking(|| {
+        Ok::<_, emulator::EmulatorError>((
+            emulator::infra_outputs(Target::Moto)?,
+            emulator::admin(Target::Moto)?,
+            emulator::deployment(Target::Moto, PEER)?,
+            emulator::peer(Target::Moto, OWNER, PEER)?,
+        ))
+    })
+    .await
+    .expect("emulator task")
+    .unwrap_or_else(|e| panic!("moto with the local infra is required: {e}"));
+    let kms = |e: Emulator| async move {
+        kms_client(&KmsConnection {
+            endpoint: Some(e.endpoint.clone()),
+            region: Some(e.region.clone()),
+            credentials: Some(StaticCredentials {
+                access_key_id: e.access_key_id.clone(),
+                secret_access_key: e.secret_access_key.clone(),
+            }),
+        })
+        .await
+    };
+    let admin_kms = kms(admin).await;
+    let d1_arn = text(&outputs, &["deployment_identities", OWNER, "arn"]);
+    let key = text(&outputs, &["deployments", OWNER, "kms_key_arn"]);
+    let policy = |key: String| {
+        let admin_kms = admin_kms.clone();
+        async move {
+            let text = admin_kms
+                .get_key_policy()
+                .key_id(&key)
+                .policy_name("default")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GetKeyPolicy {key}: {e:?}"))
+                .policy
+                .expect("policy");
+            serde_json::from_str::<serde_json::Value>(&text).expect("policy JSON")
+        }
+    };
+    // Principals allowed each action, from the policy's Allow statements.
+    let allowed = |doc: &serde_json::Value, action: &str| -> Vec<String> {
+        let list = |v: &serde_json::Value| -> Vec<String> {
+            match v {
+                serde_json::Value::String(s) => vec![s.clone()],
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
+                _ => vec![],
+            }
+        };
+        let mut out = Vec::new();
+        for st in doc["Statement"].as_array().expect("statements") {
+            let actions = list(&st["Action"]);
+            let matches = actions.iter().any(|a| {
+                a == action
+                    || a == "kms:*"
+                    || (a.ends_with('*') && action.starts_with(&a[..a.len() - 1]))
+            });
+            if st["Effect"] == "Allow" && matches {
+                out.extend(list(&st["Principal"]["AWS"]));
+            }
+        }
+        out.sort();
+        out
+    };
+    let doc = policy(key.clone()).await;
+    for action in ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"] {
+        assert_eq!(
+            allowed(&doc, action),
+            vec![d1_arn.clone()],
+            "{action} on {key}: {doc}"
+        );
+    }
+    let gmk = text(&outputs, &["gmk", "arn"]);
+    let doc = policy(gmk.clone()).await;
+    let mut members: Vec<String> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|d| text(&outputs, &["deployment_identities", d, "arn"]))
+        .collect();
+    members.sort();
+    assert_eq!(
+        allowed(&doc, "kms:GenerateMac"),
+        members,
+        "GenerateMac on {gmk}: {doc}"
+    );
+
+    // Enforced on moto: neither another deployment nor a peer identity can use d1's key.
+    for (who, e) in [("d2", d2), ("peer d1.d2", peer)] {
+        let client = kms(e).await;
+        let err = client
+            .generate_data_key()
+            .key_id(&key)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .send()
+            .await
+            .expect_err("another identity must not use d1's master key");
+        assert_eq!(
+            err.raw_response().map(|r| r.status().as_u16()),
+            Some(403),
+            "{who}: {err:?}"
+        );
+    }
+}
