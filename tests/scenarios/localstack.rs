@@ -210,12 +210,38 @@ fn ternd_localstack_example_config_serves_ddl_dml_scans_and_survives_kill9() {
 /// A daemon's config on LocalStack: its volume and replication buckets (and its peer's
 /// replication bucket) from `infra/envs/local`, each under this run's prefix; KMS keys by
 /// alias (the group's GMK, its own deployment key); fast replication intervals.
+/// Access key pairs a daemon of [`two_daemon_config`] uses. (Not run on moto with IAM
+/// enforced, with each daemon's own and write-only identities: moto 5.2.1 rejects every
+/// ListObjects whose prefix holds a '/' with SignatureDoesNotMatch once auth is on, the
+/// admin's too, so ternd cannot open a volume there.)
+struct Keys {
+    /// Its own buckets.
+    own: (String, String),
+    /// KMS.
+    kms: (String, String),
+    /// Writing into its peer's replication bucket.
+    into_peer: (String, String),
+}
+
+impl Keys {
+    /// LocalStack's: `test` everywhere (it checks nothing).
+    fn localstack() -> Self {
+        let t = || ("test".to_string(), "test".to_string());
+        Keys {
+            own: t(),
+            kms: t(),
+            into_peer: t(),
+        }
+    }
+}
+
 fn two_daemon_config(
     outputs: &serde_json::Value,
     dir: &std::path::Path,
     run: &str,
     id: &str,
     peer: &str,
+    keys: &Keys,
 ) -> PathBuf {
     let endpoint = outputs["endpoint"].as_str().expect("endpoint");
     let region = outputs["region"].as_str().expect("region");
@@ -226,9 +252,12 @@ fn two_daemon_config(
             .expect("bucket")
             .to_string()
     };
-    let s3 = format!(
-        "endpoint = \"{endpoint}\"\nregion = \"{region}\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n"
-    );
+    let s3 = |(key, secret): &(String, String)| {
+        format!(
+            "endpoint = \"{endpoint}\"\nregion = \"{region}\"\naccess_key_id = \"{key}\"\nsecret_access_key = \"{secret}\"\n"
+        )
+    };
+    let (own, kms, into_peer) = (s3(&keys.own), s3(&keys.kms), s3(&keys.into_peer));
     let home = dir.join(id);
     std::fs::create_dir_all(&home).expect("home");
     let text = format!(
@@ -241,19 +270,19 @@ operator_token = "{OPERATOR_TOKEN}"
 [volume]
 url = "s3://{volume}/{run}"
 [volume.s3]
-{s3}
+{own}
 [replication]
 url = "s3://{repl}/{run}"
 ship_interval = "100ms"
 control_interval = "100ms"
 announce_interval = "1s"
 [replication.s3]
-{s3}
+{own}
 [keys]
 kind = "kms"
 gmk_key_id = "alias/tern/{group}/gmk"
 master_key_id = "alias/tern/{group}/{id}"
-{s3}
+{kms}
 [workers]
 heartbeat_interval = "1s"
 [messaging]
@@ -263,7 +292,7 @@ id = "{peer}"
 [peers.bucket]
 url = "s3://{peer_repl}/{run}"
 [peers.bucket.s3]
-{s3}
+{into_peer}
 [log]
 format = "json"
 level = "info"
@@ -367,8 +396,8 @@ fn ternd_two_daemons_replicate_on_localstack_and_the_buckets_hold_no_plaintext()
         std::process::id(),
         tern_clock::SystemClock::shared().now_millis()
     );
-    let c1 = two_daemon_config(&outputs, dir.path(), &run, "d1", "d2");
-    let c2 = two_daemon_config(&outputs, dir.path(), &run, "d2", "d1");
+    let c1 = two_daemon_config(&outputs, dir.path(), &run, "d1", "d2", &Keys::localstack());
+    let c2 = two_daemon_config(&outputs, dir.path(), &run, "d2", "d1", &Keys::localstack());
     let d1 = Ternd::start(&c1, &[]);
     let d2 = Ternd::start(&c2, &[]);
     link(&d1, "d1", &d2, "d2");
