@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create Tern's local deployment group (infra/envs/local: d1, d2, d3, GMK, peer identities,
-# admin identity) on an emulator, and write the Terraform outputs as JSON.
+# Create Tern's local deployment group (infra/envs/local: d1, d2, d3 each with its own
+# least-privilege identity, GMK, peer identities, the operator's admin identity) on an
+# emulator, and write the Terraform outputs as JSON.
 #
 # Usage: localstack/infra-up.sh [localstack|moto]     (default: localstack)
 #

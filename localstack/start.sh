@@ -3,8 +3,9 @@
 #
 # Usage: localstack/start.sh [localstack|moto]     (default: localstack)
 #
-#   localstack  LocalStack (s3, kms, iam, sts) on 127.0.0.1:4566. No access control.
-#               Without Python 3.13 it cannot be installed: moto is served on 4566 instead.
+#   localstack  LocalStack (s3, kms, iam, sts) on 127.0.0.1:${TERN_LOCALSTACK_PORT:-4566}.
+#               No access control. Without Python 3.13 it cannot be installed: moto is served
+#               on that port instead (.ci/run refuses that: localstack/require-kind.sh).
 #   moto        moto on 127.0.0.1:${TERN_MOTO_PORT:-4600}; enforces IAM once
 #               infra-up.sh has switched auth on.
 #

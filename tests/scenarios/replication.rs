@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tern_scenarios::ternd::{Layout, OPERATOR_TOKEN, Ternd, request};
 
 pub(crate) const PRIMARY: &str = "/v1/accounts/a1/databases/sales/schemas/public/tables/orders";
-const CANARY: &str = "plaintext-canary-7f3a";
+pub(crate) const CANARY: &str = "plaintext-canary-7f3a";
 
 fn peer_config(others: &[&Layout], replication: &str) -> String {
     let peers: String = others
@@ -151,7 +151,7 @@ fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 

@@ -15,12 +15,13 @@ output "deployments" {
       replication_bucket = m.replication_bucket
       kms_key_arn        = m.kms_key_arn
       kms_alias          = m.kms_alias
+      identity_arn       = m.identity_arn
     }
   }
 }
 
 output "peer_credentials" {
-  description = "Keyed \"<owner>.<peer>\", as in envs/local. Hand each to the peer's operator through a secret store, never in plain outputs."
+  description = "Keyed \"<owner>.<peer>\", as in envs/local: the role <peer> assumes (role_arn, external_id, prefix). No keys: each peer's ternd assumes the role with its own identity."
   sensitive   = true
   value = merge([
     for owner, m in { d1 = module.d1, d2 = module.d2, d3 = module.d3 } : {

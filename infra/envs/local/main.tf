@@ -30,6 +30,8 @@ module "group" {
   group_name               = var.group_name
   kms_deletion_window_days = 7
   tags                     = local.tags
+  key_admin_principals     = [aws_iam_user.admin.arn]
+  member_principals        = [for d in module.deployment : d.identity_arn]
 }
 
 module "deployment" {
@@ -46,6 +48,20 @@ module "deployment" {
   # moto applies a bucket policy's Deny statements to every caller (it ignores
   # Principal), so the per-peer guard would lock out the owner: the identity policies
   # alone are what the access tests check.
+  # The deployment's own identity: an IAM user with a key (moto checks users' keys), whose
+  # policy reaches only this deployment's buckets and keys (proved on moto with IAM
+  # enforced: libs/storage/tests/it/access.rs). Bucket policies stay off: moto applies a
+  # bucket policy's Deny to every caller, ignoring Principal and aws:PrincipalArn.
+  deployment_access      = "user"
+  gmk_arns               = [module.group.gmk_key_arn]
+  key_admin_principals   = [aws_iam_user.admin.arn]
+  restrict_bucket_access = false
+
+  # Peers are IAM users with access keys here: moto checks IAM users' keys (its STS hands
+  # out keys without tying them to the role's policy reliably) and there is no second
+  # account to trust. envs/aws uses roles assumed with an external id instead.
+  peer_access = "user"
+
   deny_insecure_transport         = false
   peer_guard_bucket_policy        = false
   abort_incomplete_multipart_days = 0
@@ -53,8 +69,11 @@ module "deployment" {
   kms_deletion_window_days        = 7
 }
 
-# Full-access identity for tests, ternd and Terraform itself once moto enforces IAM
-# (after `reset-auth`, moto accepts only keys of IAM users it knows; "test" stops working).
+# The emulator's operator: Terraform itself and test set-up (creating scratch buckets and
+# keys) once moto enforces IAM (after `reset-auth`, moto accepts only keys of IAM users it
+# knows; "test" stops working). Not a deployment identity: ternd runs as its deployment's
+# own identity (output deployment_identities), which reaches only its own buckets and keys.
+# On AWS there is no such user: Terraform runs with the operator's own credentials.
 resource "aws_iam_user" "admin" {
   name = "${var.group_name}-admin"
   path = "/tern/${var.group_name}/"

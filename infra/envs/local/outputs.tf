@@ -58,3 +58,9 @@ output "admin" {
     secret_access_key = aws_iam_access_key.admin.secret
   }
 }
+
+output "deployment_identities" {
+  description = "Per deployment id: its own identity (IAM user and key), reaching only its buckets, its KMS key and GenerateMac on the GMK."
+  sensitive   = true
+  value       = { for d, m in module.deployment : d => m.identity }
+}

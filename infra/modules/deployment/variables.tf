@@ -69,3 +69,65 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "peer_access" {
+  description = "How peers get their write-only identity: \"role\" (an IAM role each peer assumes with sts:AssumeRole and its external id; no long-lived keys, nothing secret in the state: use it on AWS) or \"user\" (an IAM user with an access key, whose secret sits in the Terraform state: only for emulators, where moto checks IAM users' keys and has no cross-account trust)."
+  type        = string
+  default     = "role"
+  validation {
+    condition     = contains(["role", "user"], var.peer_access)
+    error_message = "peer_access must be \"role\" or \"user\"."
+  }
+}
+
+variable "peer_principals" {
+  description = "peer_access = \"role\": per peer id, the ARN of the principal (the peer deployment's own role, or its account root) allowed to assume the role that writes under from/<peer>/. Every peer must have one."
+  type        = map(string)
+  default     = {}
+}
+
+variable "peer_external_ids" {
+  description = "peer_access = \"role\": per peer id, the external id the peer must present when assuming its role (sts:ExternalId; guards against the confused deputy when the peer's principal serves several parties). Every peer must have one, at least 16 characters."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition     = alltrue([for id in values(var.peer_external_ids) : length(id) >= 16])
+    error_message = "every external id must be at least 16 characters."
+  }
+}
+
+variable "deployment_access" {
+  description = "The deployment's own identity (what its ternd runs as): \"role\" (an IAM role assumed by deployment_trusted_principals: AWS) or \"user\" (an IAM user with an access key: emulators, where moto checks users' keys). Either way its policy reaches only this deployment's buckets, its own KMS key, GenerateMac on the GMK, and (role) assuming its write-only roles in peers' accounts."
+  type        = string
+  default     = "role"
+  validation {
+    condition     = contains(["role", "user"], var.deployment_access)
+    error_message = "deployment_access must be \"role\" or \"user\"."
+  }
+}
+
+variable "deployment_trusted_principals" {
+  description = "deployment_access = \"role\": ARNs of the principals that may assume the deployment's role (e.g. the instance or task role ternd runs under)."
+  type        = list(string)
+  default     = []
+}
+
+variable "gmk_arns" {
+  description = "ARNs of the group's GMK the deployment may call GenerateMac with (the primary, or the replica in its region)."
+  type        = list(string)
+}
+
+variable "key_admin_principals" {
+  description = "ARNs that administer this deployment's KMS key (describe, tag, rotate, schedule deletion, change its policy) but may not use it: e.g. the account root (which delegates to IAM) or the Terraform role. Only the deployment identity may encrypt and decrypt with the key."
+  type        = list(string)
+  validation {
+    condition     = length(var.key_admin_principals) > 0
+    error_message = "key_admin_principals must name at least one principal, or nobody could ever manage the key again."
+  }
+}
+
+variable "restrict_bucket_access" {
+  description = "Bucket policies that deny every principal but the deployment identity, key_admin_principals and (replication bucket) the peers' identities. Keep on for AWS. Off on emulators: moto applies a bucket policy's Deny to every caller (it ignores Principal and aws:PrincipalArn), which would lock the deployment out; there its identity policies are what is enforced."
+  type        = bool
+  default     = true
+}

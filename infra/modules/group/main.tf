@@ -17,3 +17,42 @@ resource "aws_kms_alias" "gmk" {
   name          = "alias/tern/${var.group_name}/gmk"
   target_key_id = aws_kms_key.gmk.key_id
 }
+
+# Only the group's deployments derive wrapping keys (GenerateMac); administrators manage
+# the key but cannot derive. A separate resource, since the members' identities are made
+# by the deployment modules, which need the GMK's ARN first.
+data "aws_iam_policy_document" "gmk" {
+  statement {
+    sid    = "KeyAdministration"
+    effect = "Allow"
+    actions = [
+      "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+      "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+      "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+      "kms:ReplicateKey",
+    ]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = var.key_admin_principals
+    }
+  }
+  dynamic "statement" {
+    for_each = length(var.member_principals) > 0 ? [1] : []
+    content {
+      sid       = "OnlyGroupMembersDerive"
+      effect    = "Allow"
+      actions   = ["kms:GenerateMac", "kms:DescribeKey"]
+      resources = ["*"]
+      principals {
+        type        = "AWS"
+        identifiers = var.member_principals
+      }
+    }
+  }
+}
+
+resource "aws_kms_key_policy" "gmk" {
+  key_id = aws_kms_key.gmk.id
+  policy = data.aws_iam_policy_document.gmk.json
+}

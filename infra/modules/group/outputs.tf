@@ -9,3 +9,8 @@ output "gmk_key_arn" {
 output "gmk_alias" {
   value = aws_kms_alias.gmk.name
 }
+
+output "gmk_policy" {
+  description = "The GMK's key policy (JSON): give the same to its replicas."
+  value       = data.aws_iam_policy_document.gmk.json
+}

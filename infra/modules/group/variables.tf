@@ -24,3 +24,18 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "key_admin_principals" {
+  description = "ARNs that administer the GMK (describe, tag, change its policy, schedule deletion) but may not derive with it."
+  type        = list(string)
+  validation {
+    condition     = length(var.key_admin_principals) > 0
+    error_message = "key_admin_principals must name at least one principal, or nobody could ever manage the GMK again."
+  }
+}
+
+variable "member_principals" {
+  description = "ARNs of the group's deployment identities: the only principals that may call GenerateMac with the GMK (and its replicas, which take gmk_policy)."
+  type        = list(string)
+  default     = []
+}

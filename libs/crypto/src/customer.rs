@@ -297,7 +297,7 @@ impl CustomerKey for KmsRsaCustomerKey {
             .ciphertext_blob(Blob::new(sealed.ciphertext.as_slice()))
             .send()
             .await
-            .map_err(|e| crate::provider::kms::kms_error(OP, &self.key_id, e))?;
+            .map_err(|e| crate::provider::kms::kms_decrypt_error(&self.key_id, e))?;
         let plain = out.plaintext.ok_or_else(|| Error::KmsResponse {
             operation: OP,
             key_id: self.key_id.clone(),

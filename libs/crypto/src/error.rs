@@ -175,6 +175,23 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The KMS refused a ciphertext as not its own (`InvalidCiphertextException`,
+    /// `IncorrectKeyException`): the wrapped key was tampered with, is bound to another
+    /// encryption context, or was wrapped by another key. An integrity failure, never
+    /// retried: asking again gets the same answer.
+    #[error(
+        "KMS {operation} with key {key_id} refused the wrapped key: tampered, wrapped by another key, or bound to another context"
+    )]
+    KmsIntegrity {
+        /// The KMS operation (`Decrypt`).
+        operation: &'static str,
+        /// The KMS key id or alias.
+        key_id: String,
+        /// The SDK error.
+        #[source]
+        source: BoxError,
+    },
+
     /// The KMS answered without an expected field or with a value of the wrong size.
     #[error("KMS {operation} with key {key_id} returned an unusable response: {reason}")]
     KmsResponse {
@@ -363,6 +380,7 @@ impl Error {
                 | Error::WrongKey { .. }
                 | Error::UnexpectedKeyRef { .. }
                 | Error::Unwrap { .. }
+                | Error::KmsIntegrity { .. }
                 | Error::Unseal { .. }
                 | Error::UnexpectedDiversifier { .. }
                 | Error::DiversifierTooOld { .. }

@@ -86,7 +86,7 @@ pub use keys::{DataKey, FileKey, KeyId, RepMk, WrapKey, WrappedKey, from_hex, to
 pub use keysource::{KeySource, MessageFileKeys, ReplicationFileKeys, TableFileKeys};
 pub use object::{
     CopyOptions, CopyStats, EncryptedObject, Endpoint, get_decrypted, get_decrypted_range,
-    put_encrypted, reencrypt, upload_encrypted,
+    put_encrypted, reencrypt, reencrypt_with, upload_encrypted, upload_encrypted_with,
 };
 pub use provider::{
     CachedWrapKeys, EnvelopeContext, KeyProvider, KmsConnection, KmsKeyProvider, LocalKeyProvider,

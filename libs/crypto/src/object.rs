@@ -19,6 +19,18 @@
 //!   [`CopyOptions`] — (read-ahead + 1) blocks plus the in-flight parts — whatever the file
 //!   size.
 //!
+//! - **Create-once writes hold for large files too.** With `PutMode::Create`
+//!   ([`upload_encrypted_with`], [`reencrypt_with`]) a small file is one conditional `put`;
+//!   a multipart upload cannot carry the condition through `object_store`, so it is
+//!   uploaded to a staging object `<path>.upload-<nonce>` beside the destination and
+//!   published with `copy_if_not_exists` (a hard link on `file://`; on S3 an
+//!   `UploadPartCopy` completed with `If-None-Match: *`, see `tern_storage::config`), then
+//!   the staging object is deleted. Either the destination did not exist and now holds
+//!   this file, or the call fails with `AlreadyExists` and the destination is untouched.
+//!   The copy reads the staging object: the writer needs `GetObject` on its own staging
+//!   objects (peers writing replication files use the default overwrite mode). A crash
+//!   between the copy and the delete leaves the staging object behind.
+//!
 //! Storage assumptions: `get_range` returns exactly the bytes asked for of one object
 //! version (if the object is replaced between requests, the mix fails authentication:
 //! each version has its own header digest); a multipart upload is invisible until
@@ -32,7 +44,8 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, ObjectStore, ObjectStoreExt as _, PutOptions, PutPayload, PutResult, WriteMultipart,
+    GetOptions, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload, PutResult,
+    WriteMultipart,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::task::JoinHandle;
@@ -435,6 +448,9 @@ struct Sink {
     path: Path,
     opts: CopyOptions,
     state: SinkState,
+    /// Create-once: a multipart upload goes to this staging object, published at the end
+    /// with `copy_if_not_exists` (see the module docs).
+    staging: Option<Path>,
 }
 
 enum SinkState {
@@ -443,13 +459,24 @@ enum SinkState {
 }
 
 impl Sink {
-    fn new(store: Arc<dyn ObjectStore>, path: Path, opts: &CopyOptions) -> Self {
-        Sink {
+    fn new(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        opts: &CopyOptions,
+        mode: &PutMode,
+        random: &crate::random::SharedRandom,
+    ) -> Result<Self> {
+        let staging = match mode {
+            PutMode::Create => Some(staging_path(&path, random)?),
+            _ => None,
+        };
+        Ok(Sink {
             store,
             path,
             opts: opts.clone(),
             state: SinkState::Buffer(Vec::new(), 0),
-        }
+            staging,
+        })
     }
 
     async fn put(&mut self, bytes: Bytes) -> Result<()> {
@@ -459,11 +486,29 @@ impl Sink {
                 parts.push(bytes);
                 return Ok(());
             }
+            let target = self.staging.as_ref().unwrap_or(&self.path);
+            if self.staging.is_some() {
+                // Create-once: fail before uploading a large file for nothing (the
+                // atomic check is the publishing copy).
+                match self.store.head(&self.path).await {
+                    Ok(_) => {
+                        return Err(Error::store(
+                            &self.path,
+                            object_store::Error::AlreadyExists {
+                                path: self.path.to_string(),
+                                source: "the destination of a create-once write exists".into(),
+                            },
+                        ));
+                    }
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store(&self.path, e)),
+                }
+            }
             let upload = self
                 .store
-                .put_multipart(&self.path)
+                .put_multipart(target)
                 .await
-                .map_err(|e| Error::store(&self.path, e))?;
+                .map_err(|e| Error::store(target, e))?;
             let mut wm = WriteMultipart::new_with_chunk_size(upload, self.opts.part_size);
             for p in parts.drain(..) {
                 wm.put(p);
@@ -486,7 +531,40 @@ impl Sink {
                 .put_opts(&self.path, PutPayload::from_iter(parts), put)
                 .await
                 .map_err(|e| Error::store(&self.path, e)),
-            SinkState::Multipart(wm) => wm.finish().await.map_err(|e| Error::store(&self.path, e)),
+            SinkState::Multipart(wm) => match put.mode {
+                PutMode::Overwrite => wm.finish().await.map_err(|e| Error::store(&self.path, e)),
+                PutMode::Create => {
+                    // The parts went to the staging object (see `Sink::put`): publish it
+                    // only if the destination does not exist, atomically.
+                    let staging = self.staging.clone().unwrap_or_else(|| self.path.clone());
+                    let done = wm.finish().await.map_err(|e| Error::store(&staging, e));
+                    let result = match done {
+                        Ok(r) => self
+                            .store
+                            .copy_if_not_exists(&staging, &self.path)
+                            .await
+                            .map(|()| r)
+                            .map_err(|e| Error::store(&self.path, e)),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = self.store.delete(&staging).await
+                        && !matches!(e, object_store::Error::NotFound { .. })
+                    {
+                        tracing::warn!(path = %staging, error = %e, "could not delete staging object");
+                    }
+                    result
+                }
+                PutMode::Update(_) => {
+                    let _ = wm.abort().await;
+                    Err(Error::store(
+                        &self.path,
+                        object_store::Error::NotImplemented {
+                            operation: "a conditional update (PutMode::Update) of a file larger than single_put_max".into(),
+                            implementer: "tern_crypto::object".into(),
+                        },
+                    ))
+                }
+            },
         }
     }
 
@@ -497,6 +575,15 @@ impl Sink {
             tracing::warn!(path = %self.path, error = %e, "could not abort multipart upload");
         }
     }
+}
+
+/// `<path>.upload-<nonce>`: where a create-once multipart upload is staged (a random
+/// nonce: concurrent writers of the same path never share a staging object).
+fn staging_path(path: &Path, random: &crate::random::SharedRandom) -> Result<Path> {
+    let mut nonce = [0u8; 12];
+    random.fill(&mut nonce)?;
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Path::from(format!("{path}.upload-{hex}")))
 }
 
 /// Encrypts `plaintext` as the object `path` with one `put` (honouring `put`'s mode, e.g.
@@ -524,7 +611,7 @@ pub async fn put_encrypted(
 
 /// Encrypts everything `reader` yields into the object `path`, streaming: a multipart
 /// upload once the file outgrows [`CopyOptions::single_put_max`], aborted on error. Returns
-/// the plaintext length.
+/// the plaintext length. Overwrites; [`upload_encrypted_with`] takes a [`PutMode`].
 pub async fn upload_encrypted<R>(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
@@ -536,14 +623,33 @@ pub async fn upload_encrypted<R>(
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    upload_encrypted_with(store, path, keys, reader, opts, copy, PutOptions::default()).await
+}
+
+/// [`upload_encrypted`] honouring `put`'s mode at any size: `PutMode::Create` fails with
+/// `AlreadyExists` (and leaves the object as it was) if `path` exists, also when the file
+/// took a multipart upload (see the module docs). `PutMode::Update` only for files up to
+/// [`CopyOptions::single_put_max`].
+pub async fn upload_encrypted_with<R>(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    keys: &dyn KeySource,
+    reader: &mut R,
+    opts: &EncryptOptions,
+    copy: &CopyOptions,
+    put: PutOptions,
+) -> Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let name = path.to_string();
     let span = tracing::debug_span!("upload_encrypted", path = %name);
     async {
         let (header, cipher) = new_file(&name, keys, opts.chunk_size, &opts.random).await?;
-        let mut sink = Sink::new(store.clone(), path.clone(), copy);
+        let mut sink = Sink::new(store.clone(), path.clone(), copy, &put.mode, &opts.random)?;
         match upload_chunks(reader, &header, &cipher, &mut sink, &name).await {
             Ok(n) => {
-                sink.finish(PutOptions::default()).await?;
+                sink.finish(put).await?;
                 Ok(n)
             }
             Err(e) => {
@@ -701,8 +807,22 @@ pub async fn reencrypt(
     opts: &CopyOptions,
     enc: &EncryptOptions,
 ) -> Result<CopyStats> {
+    reencrypt_with(src, dst, opts, enc, PutOptions::default()).await
+}
+
+/// [`reencrypt`] honouring `put`'s mode at any size (as [`upload_encrypted_with`]):
+/// `PutMode::Create` publishes the copy only if the destination does not exist.
+pub async fn reencrypt_with(
+    src: Endpoint<'_>,
+    dst: Endpoint<'_>,
+    opts: &CopyOptions,
+    enc: &EncryptOptions,
+    put: PutOptions,
+) -> Result<CopyStats> {
     let span = tracing::info_span!("reencrypt", src = %src.path, dst = %dst.path);
-    reencrypt_inner(src, dst, opts, enc).instrument(span).await
+    reencrypt_inner(src, dst, opts, enc, put)
+        .instrument(span)
+        .await
 }
 
 async fn reencrypt_inner(
@@ -710,6 +830,7 @@ async fn reencrypt_inner(
     dst: Endpoint<'_>,
     opts: &CopyOptions,
     enc: &EncryptOptions,
+    put: PutOptions,
 ) -> Result<CopyStats> {
     let obj = EncryptedObject::open(src.store.clone(), src.path, src.keys).await?;
     let layout = obj.layout;
@@ -720,7 +841,13 @@ async fn reencrypt_inner(
         header_len: dst_header.len() as u64,
         ..layout
     };
-    let mut sink = Sink::new(dst.store.clone(), dst.path.clone(), opts);
+    let mut sink = Sink::new(
+        dst.store.clone(),
+        dst.path.clone(),
+        opts,
+        &put.mode,
+        &enc.random,
+    )?;
     let mut reader = BlockReader::new(&obj, opts);
     let copied = async {
         sink.put(Bytes::copy_from_slice(dst_header.as_bytes()))
@@ -743,7 +870,7 @@ async fn reencrypt_inner(
         return Err(e);
     }
     let multipart = matches!(sink.state, SinkState::Multipart(_));
-    sink.finish(PutOptions::default()).await?;
+    sink.finish(put).await?;
     tracing::debug!(
         bytes = layout.plaintext_len(),
         chunks = layout.chunks,

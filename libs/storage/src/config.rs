@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::Once;
 
 use object_store::ObjectStore;
-use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use serde::{Deserialize, Serialize};
@@ -331,6 +331,12 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>> {
             } else {
                 S3ConditionalPut::Disabled
             });
+            if o.conditional_put {
+                // `copy_if_not_exists` as an UploadPartCopy completed with
+                // `If-None-Match: *`: how a create-once file too large for one PUT is
+                // published (tern_crypto::object stages it, then copies it into place).
+                b = b.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+            }
             if let Some(key) = &o.sse_kms_key_id {
                 b = b.with_sse_kms_encryption(key);
             }

@@ -8,14 +8,17 @@
 //!
 //! | function                 | server                            | credentials           |
 //! |--------------------------|-----------------------------------|-----------------------|
-//! | [`localstack`]           | LocalStack, `127.0.0.1:4566`      | `test`/`test`         |
+//! | [`localstack`]           | LocalStack, `127.0.0.1:4566` (**) | `test`/`test`         |
 //! | [`moto`]                 | moto, `127.0.0.1:4600`            | `test`/`test` (*)     |
 //! | [`infra_outputs`]        | `infra/envs/local` applied on one | (in the JSON)         |
-//! | [`admin`], [`peer`]      | an emulator with the infra        | IAM users' keys       |
+//! | [`admin`], [`peer`],     | an emulator with the infra        | IAM users' keys       |
+//! | [`deployment`]           |                                   |                       |
 //!
 //! (*) moto is the emulator that enforces IAM: once `infra_outputs(Target::Moto)` has
 //! applied the infra, `localstack/infra-up.sh` switches enforcement on and moto accepts only
 //! the keys of IAM users it knows; use [`admin`]`(Target::Moto)` then.
+//! (**) the scripts' ports are `TERN_LOCALSTACK_PORT` (default 4566) and `TERN_MOTO_PORT`
+//! (default 4600), so that several emulator pairs can run on one machine.
 //!
 //! Environment overrides (an emulator someone else runs; no script is called):
 //! `TERN_LOCALSTACK_URL` (+ `TERN_LOCALSTACK_REGION`), `TERN_MOTO_URL` (+ `TERN_MOTO_REGION`),
@@ -319,7 +322,8 @@ fn emulator(target: Target) -> Result<Emulator, EmulatorError> {
 /// `deployments {d1: {volume_bucket, replication_bucket, kms_key_id, kms_key_arn,
 /// kms_alias}, …}`, `peer_credentials {"<owner>.<peer>": {access_key_id,
 /// secret_access_key, user_name, user_arn, bucket, prefix, owner, peer}}`,
-/// `admin {user_name, access_key_id, secret_access_key}`.
+/// `admin {user_name, access_key_id, secret_access_key}`,
+/// `deployment_identities {d1: {arn, name, access_key_id, secret_access_key}, …}`.
 ///
 /// Reads the file named by `TERN_INFRA_<TARGET>_JSON` if set, else runs `infra-up.sh
 /// <target>` (which starts the emulator and applies only if this emulator instance does not
@@ -351,6 +355,13 @@ pub fn infra_outputs(target: Target) -> Result<Value, EmulatorError> {
 pub fn admin(target: Target) -> Result<Emulator, EmulatorError> {
     let outputs = infra_outputs(target)?;
     identity(target, &outputs, &["admin"])
+}
+
+/// Deployment `id`'s own identity (`deployment_identities.<id>`): what its ternd runs as,
+/// reaching only its own buckets and KMS key (and GenerateMac on the GMK).
+pub fn deployment(target: Target, id: &str) -> Result<Emulator, EmulatorError> {
+    let outputs = infra_outputs(target)?;
+    identity(target, &outputs, &["deployment_identities", id])
 }
 
 /// The identity `peer` uses to write under `from/<peer>/` of `owner`'s replication bucket

@@ -125,6 +125,33 @@ impl KmsKeyProvider {
     }
 }
 
+/// A KMS `Decrypt` failure: [`Error::KmsIntegrity`] when KMS refused the ciphertext itself
+/// (tampered, other key, other context), else [`Error::Kms`] (transport, throttling,
+/// permissions: worth a retry or an operator).
+pub(crate) fn kms_decrypt_error(
+    key_id: &str,
+    e: aws_sdk_kms::error::SdkError<aws_sdk_kms::operation::decrypt::DecryptError>,
+) -> Error {
+    const OP: &str = "Decrypt";
+    let refused = e
+        .as_service_error()
+        .is_some_and(|s| s.is_invalid_ciphertext_exception() || s.is_incorrect_key_exception());
+    if refused {
+        tracing::warn!(
+            operation = OP,
+            key_id,
+            error = %aws_sdk_kms::error::DisplayErrorContext(&e),
+            "KMS refused the ciphertext"
+        );
+        return Error::KmsIntegrity {
+            operation: OP,
+            key_id: key_id.to_owned(),
+            source: Box::new(e),
+        };
+    }
+    kms_error(OP, key_id, e)
+}
+
 pub(crate) fn kms_error<E>(operation: &'static str, key_id: &str, e: E) -> Error
 where
     E: std::error::Error + Send + Sync + 'static,
@@ -236,7 +263,7 @@ impl KeyProvider for KmsKeyProvider {
         let out = req
             .send()
             .await
-            .map_err(|e| kms_error(OP, &self.master_key_id, e))?;
+            .map_err(|e| kms_decrypt_error(&self.master_key_id, e))?;
         let mut plain = take_key(out.plaintext, OP, &self.master_key_id)?;
         let key = DataKey::from_bytes(plain);
         plain.zeroize();

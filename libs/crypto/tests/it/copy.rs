@@ -9,7 +9,7 @@ use tern_crypto::format::TAG_LEN;
 use tern_crypto::{
     CopyOptions, EncryptOptions, EncryptedObject, Endpoint, Error, Header, RepMk,
     ReplicationFileKeys, get_decrypted, get_decrypted_range, put_encrypted, reencrypt,
-    upload_encrypted,
+    reencrypt_with, upload_encrypted, upload_encrypted_with,
 };
 use tern_storage::admin::BucketAdmin;
 use tern_storage::{FaultPlan, FaultRule, FaultStore, Operation, StoreConfig, open_store};
@@ -384,6 +384,160 @@ pub async fn scenario(store: Arc<dyn ObjectStore>, copy: &CopyOptions) {
     .unwrap_err();
     assert!(matches!(e, Error::Decrypt { .. }), "{e:?}");
     assert!(store.head(&p_bad_copy).await.is_err());
+
+    create_once_at_any_size(&store, copy, &big).await;
+}
+
+fn already_exists(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store {
+            source: object_store::Error::AlreadyExists { .. },
+            ..
+        }
+    )
+}
+
+/// `PutMode::Create` holds on the multipart path too: the first large write creates the
+/// file, a second one (upload or re-encrypting copy) fails with `AlreadyExists` and leaves
+/// the first file as it was, and no staging object is left behind.
+async fn create_once_at_any_size(store: &Arc<dyn ObjectStore>, copy: &CopyOptions, big: &[u8]) {
+    let keys = table_keys(1);
+    let enc = EncryptOptions::default();
+    let create = || PutOptions::from(object_store::PutMode::Create);
+    let once = Path::from("create-once/big.mp");
+    let n = upload_encrypted_with(store, &once, &keys, &mut &big[..], &enc, copy, create())
+        .await
+        .unwrap();
+    assert_eq!(n, big.len() as u64);
+    let other: Vec<u8> = big.iter().map(|b| b ^ 0x5a).collect();
+    let e = upload_encrypted_with(store, &once, &keys, &mut &other[..], &enc, copy, create())
+        .await
+        .unwrap_err();
+    assert!(already_exists(&e), "second create-once upload: {e:?}");
+    // The same when the destination appears while the upload runs (after the early check).
+    let raced = Path::from("create-once/raced.mp");
+    let mut racing = RacingReader {
+        inner: big,
+        store: store.clone(),
+        path: raced.clone(),
+        fired: false,
+    };
+    let e = upload_encrypted_with(store, &raced, &keys, &mut racing, &enc, copy, create())
+        .await
+        .unwrap_err();
+    assert!(
+        racing.fired && already_exists(&e),
+        "raced create-once upload: {e:?}"
+    );
+    assert_eq!(
+        &store.get(&raced).await.unwrap().bytes().await.unwrap()[..],
+        b"first",
+        "the file that won the race is kept"
+    );
+    let src = Path::from("create-once/src.mp");
+    upload_encrypted(store, &src, &keys, &mut &other[..], &enc, copy)
+        .await
+        .unwrap();
+    let e = reencrypt_with(
+        Endpoint {
+            store,
+            path: &src,
+            keys: &keys,
+        },
+        Endpoint {
+            store,
+            path: &once,
+            keys: &keys,
+        },
+        copy,
+        &enc,
+        create(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        already_exists(&e),
+        "create-once copy onto an existing file: {e:?}"
+    );
+    assert_eq!(
+        &get_decrypted(store, &once, &keys).await.unwrap()[..],
+        big,
+        "the first file is untouched"
+    );
+    let fresh = Path::from("create-once/copied.mp");
+    let stats = reencrypt_with(
+        Endpoint {
+            store,
+            path: &src,
+            keys: &keys,
+        },
+        Endpoint {
+            store,
+            path: &fresh,
+            keys: &keys,
+        },
+        copy,
+        &enc,
+        create(),
+    )
+    .await
+    .unwrap();
+    assert!(stats.multipart, "the path under test is the multipart one");
+    assert_eq!(
+        &get_decrypted(store, &fresh, &keys).await.unwrap()[..],
+        &other[..]
+    );
+    let left: Vec<String> = store
+        .list(Some(&Path::from("create-once")))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        left.iter().all(|p| !p.contains(".upload-")),
+        "staging objects left behind: {left:?}"
+    );
+}
+
+/// Yields `inner`; after the first read, puts `b"first"` at `path` (another writer won).
+struct RacingReader<'a> {
+    inner: &'a [u8],
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    fired: bool,
+}
+
+impl tokio::io::AsyncRead for RacingReader<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.fired && self.inner.is_empty() {
+            // The whole body was handed out: the other writer creates the file now,
+            // after the upload's early existence check and before it is published.
+            let store = self.store.clone();
+            let path = self.path.clone();
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(store.put(&path, b"first".to_vec().into()))
+            })
+            .expect("the other writer's put");
+            self.fired = true;
+        }
+        let n = buf.remaining().min(self.inner.len());
+        buf.put_slice(&self.inner[..n]);
+        self.inner = &self.inner[n..];
+        let _ = cx;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_create_once_in_memory() {
+    let store = memory();
+    create_once_at_any_size(&store, &small_copy(), &data(20_000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,14 +155,65 @@ async fn data_keys_are_bound_to_their_encryption_context() {
         assert!(
             matches!(
                 e,
-                Error::Kms {
+                Error::KmsIntegrity {
                     operation: "Decrypt",
                     ..
                 }
-            ),
+            ) && e.is_integrity_failure(),
             "{other:?}: {e:?}"
         );
     }
+}
+
+/// A wrapped key tampered with in storage is refused by KMS (`InvalidCiphertextException`):
+/// that is an integrity failure (the file is rejected), not a KMS outage to retry; a KMS
+/// that cannot be reached is the opposite.
+#[tokio::test]
+async fn tampered_wrapped_key_is_an_integrity_error_not_a_retryable_one() {
+    let k = kms().await;
+    let provider = KmsKeyProvider::new(k.client.clone(), &k.gmk, &k.master);
+    let ctx = EnvelopeContext::table("acct-1", "tbl-7");
+    let (_, wrapped) = provider.generate_data_key(&ctx).await.unwrap();
+    let bytes = wrapped.as_bytes().to_vec();
+    // A flipped bit in the key blob, the ciphertext and the tag, each on its own.
+    for at in [bytes.len() / 4, bytes.len() / 2, bytes.len() - 1] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        let e = provider
+            .decrypt_data_key(&tern_crypto::WrappedKey::from_bytes(bad), &ctx)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::KmsIntegrity { operation: "Decrypt", ref key_id, .. } if *key_id == k.master)
+                && e.is_integrity_failure(),
+            "byte {at} flipped: {e:?}"
+        );
+    }
+    // Truncated: the same.
+    let e = provider
+        .decrypt_data_key(
+            &tern_crypto::WrappedKey::from_bytes(bytes[..bytes.len() - 8].to_vec()),
+            &ctx,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_integrity_failure(), "truncated: {e:?}");
+    // No KMS at all (nothing listens on port 9 here): a transport failure, retryable.
+    let down = kms_client(&KmsConnection {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        region: Some("us-east-1".into()),
+        credentials: Some(StaticCredentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+        }),
+    })
+    .await;
+    let offline = KmsKeyProvider::new(down, &k.gmk, &k.master);
+    let e = offline.decrypt_data_key(&wrapped, &ctx).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Kms { .. }) && !e.is_integrity_failure(),
+        "unreachable KMS: {e:?}"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +320,88 @@ async fn infra_keys_have_the_designed_specs_and_work() {
         .cloned()
         .collect();
     assert_eq!(deployments.len(), 3, "envs/local makes a group of three");
+    // Each deployment in its own region, as on AWS (infra/envs/aws): d1 next to the GMK
+    // primary, the others with a multi-Region replica of it in their region (ReplicateKey,
+    // which envs/aws does with aws_kms_replica_key). Each derives through a KMS client of
+    // its own region and the key there, so the same wrapping key can only come from the
+    // same key material, not from one key shared by name.
+    let gmk_arn = text(&["gmk", "arn"]);
+    let primary_region = admin.region.clone();
+    let regions = [primary_region.as_str(), "eu-west-1", "ap-southeast-2"];
+    let regional_client = |region: &str| {
+        let connection = KmsConnection {
+            endpoint: Some(admin.endpoint.clone()),
+            region: Some(region.to_string()),
+            credentials: Some(StaticCredentials {
+                access_key_id: admin.access_key_id.clone(),
+                secret_access_key: admin.secret_access_key.clone(),
+            }),
+        };
+        async move { kms_client(&connection).await }
+    };
     let mut wrap_key_ids = Vec::new();
+    for (d, region) in deployments.iter().zip(regions) {
+        let regional = regional_client(region).await;
+        let gmk_here = if region == primary_region {
+            gmk_arn.clone()
+        } else {
+            let replicated = client
+                .replicate_key()
+                .key_id(&gmk_arn)
+                .replica_region(region)
+                .description(format!("tern test: GMK replica for {d}"))
+                .send()
+                .await;
+            match replicated {
+                Ok(out) => out
+                    .replica_key_metadata
+                    .and_then(|m| m.arn)
+                    .expect("replica ARN"),
+                // A replica made by an earlier run on the same emulator.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_already_exists_exception()) =>
+                {
+                    gmk_arn.replacen(primary_region.as_str(), region, 1)
+                }
+                Err(e) => panic!("ReplicateKey {gmk_arn} to {region}: {e:?}"),
+            }
+        };
+        let here = regional
+            .describe_key()
+            .key_id(&gmk_here)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeKey {gmk_here} in {region}: {e:?}"))
+            .key_metadata
+            .expect("metadata");
+        assert_eq!(here.key_spec, Some(KeySpec::Hmac256), "{d}: {gmk_here}");
+        assert!(
+            here.arn.as_deref().is_some_and(|a| a.contains(region)),
+            "{d}: the GMK it uses lives in its region {region}: {:?}",
+            here.arn
+        );
+        let derive = KmsKeyProvider::new(regional.clone(), &gmk_here, &gmk_here);
+        wrap_key_ids.push(derive.derive_wrap_key(D0).await.unwrap().id());
+    }
+    // The control: an HMAC key of the same spec in a deployment's region that is not a
+    // replica derives another wrapping key (the equality above can fail).
+    let other_region = regional_client(regions[1]).await;
+    let stranger = create_key(
+        &other_region,
+        KeySpec::Hmac256,
+        KeyUsageType::GenerateVerifyMac,
+    )
+    .await;
+    let stranger_id = KmsKeyProvider::new(other_region.clone(), &stranger, &stranger)
+        .derive_wrap_key(D0)
+        .await
+        .unwrap()
+        .id();
+    assert_ne!(
+        stranger_id, wrap_key_ids[0],
+        "a key with other material must derive another wrapping key"
+    );
     for d in &deployments {
         let alias = text(&["deployments", d, "kms_alias"]);
         let key = describe(alias.clone()).await;
@@ -283,7 +415,11 @@ async fn infra_keys_have_the_designed_specs_and_work() {
 
         // Each deployment's provider, as ternd would configure it (by alias).
         let provider = KmsKeyProvider::new(client.clone(), &gmk_alias, &alias);
-        wrap_key_ids.push(provider.derive_wrap_key(D0).await.unwrap().id());
+        assert_eq!(
+            provider.derive_wrap_key(D0).await.unwrap().id(),
+            wrap_key_ids[0],
+            "{d}: by alias, the same key"
+        );
         let ctx = EnvelopeContext::table("acct-1", "tbl-7");
         let (key, wrapped) = provider.generate_data_key(&ctx).await.unwrap();
         assert_eq!(
@@ -298,6 +434,131 @@ async fn infra_keys_have_the_designed_specs_and_work() {
     }
     assert!(
         wrap_key_ids.windows(2).all(|w| w[0] == w[1]),
-        "every deployment derives the same wrapping key from the group's GMK: {wrap_key_ids:?}"
+        "every deployment derives the same wrapping key from the group's GMK, each in its \
+         region: {wrap_key_ids:?}"
     );
+}
+
+/// The key policies `infra/` sets, as moto stores them: only d1's identity may use d1's
+/// master key (administrators manage it, never use it), and only the group's deployment
+/// identities may call GenerateMac with the GMK. With IAM enforced, d2's identity and a
+/// peer identity are refused the key outright. (moto authorizes every KMS call against
+/// the resource `*`, so a key-scoped identity grant is refused there for everyone, the
+/// owner too: the positive half is read from the policies, not from a call.)
+#[tokio::test]
+async fn moto_key_policies_let_only_the_deployment_use_its_key_and_members_derive() {
+    use tern_storage::emulator::{self, Emulator, Target};
+    const OWNER: &str = "d1";
+    const PEER: &str = "d2";
+    let text = |v: &serde_json::Value, path: &[&str]| -> String {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_else(|| panic!("infra outputs lack {path:?}"))
+            .to_string()
+    };
+    let (outputs, admin, d2, peer) = tokio::task::spawn_blocking(|| {
+        Ok::<_, emulator::EmulatorError>((
+            emulator::infra_outputs(Target::Moto)?,
+            emulator::admin(Target::Moto)?,
+            emulator::deployment(Target::Moto, PEER)?,
+            emulator::peer(Target::Moto, OWNER, PEER)?,
+        ))
+    })
+    .await
+    .expect("emulator task")
+    .unwrap_or_else(|e| panic!("moto with the local infra is required: {e}"));
+    let kms = |e: Emulator| async move {
+        kms_client(&KmsConnection {
+            endpoint: Some(e.endpoint.clone()),
+            region: Some(e.region.clone()),
+            credentials: Some(StaticCredentials {
+                access_key_id: e.access_key_id.clone(),
+                secret_access_key: e.secret_access_key.clone(),
+            }),
+        })
+        .await
+    };
+    let admin_kms = kms(admin).await;
+    let d1_arn = text(&outputs, &["deployment_identities", OWNER, "arn"]);
+    let key = text(&outputs, &["deployments", OWNER, "kms_key_arn"]);
+    let policy = |key: String| {
+        let admin_kms = admin_kms.clone();
+        async move {
+            let text = admin_kms
+                .get_key_policy()
+                .key_id(&key)
+                .policy_name("default")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GetKeyPolicy {key}: {e:?}"))
+                .policy
+                .expect("policy");
+            serde_json::from_str::<serde_json::Value>(&text).expect("policy JSON")
+        }
+    };
+    // Principals allowed each action, from the policy's Allow statements.
+    let allowed = |doc: &serde_json::Value, action: &str| -> Vec<String> {
+        let list = |v: &serde_json::Value| -> Vec<String> {
+            match v {
+                serde_json::Value::String(s) => vec![s.clone()],
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
+                _ => vec![],
+            }
+        };
+        let mut out = Vec::new();
+        for st in doc["Statement"].as_array().expect("statements") {
+            let actions = list(&st["Action"]);
+            let matches = actions.iter().any(|a| {
+                a == action
+                    || a == "kms:*"
+                    || (a.ends_with('*') && action.starts_with(&a[..a.len() - 1]))
+            });
+            if st["Effect"] == "Allow" && matches {
+                out.extend(list(&st["Principal"]["AWS"]));
+            }
+        }
+        out.sort();
+        out
+    };
+    let doc = policy(key.clone()).await;
+    for action in ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"] {
+        assert_eq!(
+            allowed(&doc, action),
+            vec![d1_arn.clone()],
+            "{action} on {key}: {doc}"
+        );
+    }
+    let gmk = text(&outputs, &["gmk", "arn"]);
+    let doc = policy(gmk.clone()).await;
+    let mut members: Vec<String> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|d| text(&outputs, &["deployment_identities", d, "arn"]))
+        .collect();
+    members.sort();
+    assert_eq!(
+        allowed(&doc, "kms:GenerateMac"),
+        members,
+        "GenerateMac on {gmk}: {doc}"
+    );
+
+    // Enforced on moto: neither another deployment nor a peer identity can use d1's key.
+    for (who, e) in [("d2", d2), ("peer d1.d2", peer)] {
+        let client = kms(e).await;
+        let err = client
+            .generate_data_key()
+            .key_id(&key)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .send()
+            .await
+            .expect_err("another identity must not use d1's master key");
+        assert_eq!(
+            err.raw_response().map(|r| r.status().as_u16()),
+            Some(403),
+            "{who}: {err:?}"
+        );
+    }
 }

@@ -7,6 +7,10 @@
 //! write under another prefix, no read (not even of what it wrote), no listing, no delete,
 //! no access at all to D's volume bucket or to another deployment's buckets.
 //!
+//! Each deployment's own identity (what its ternd runs as) reaches its own volume and
+//! replication buckets and nothing of another deployment's (its KMS rights:
+//! `tern-crypto`'s `kms::moto_key_policies_…` test).
+//!
 //! A denial is asserted precisely: HTTP 403 with error code `AccessDenied`. moto answers a
 //! denied GetObject/HeadObject/DeleteObject with a bare 403 and no body (so no code); those
 //! are accepted as denials only because the same identity's PUT succeeded in the same test,
@@ -444,4 +448,113 @@ async fn moto_enforces_iam_for_unknown_keys() {
         "{err:?}"
     );
     assert_eq!(err.code(), Some("InvalidAccessKeyId"), "{err:?}");
+}
+
+/// S3 clients for deployment `id`'s own identity, and the admin, with the infra outputs.
+async fn deployment_clients(id: &'static str) -> (aws_sdk_s3::Client, Setup, serde_json::Value) {
+    let s = setup().await;
+    let (me, outputs) = tokio::task::spawn_blocking(move || {
+        Ok::<_, emulator::EmulatorError>((
+            emulator::deployment(Target::Moto, id)?,
+            emulator::infra_outputs(Target::Moto)?,
+        ))
+    })
+    .await
+    .expect("emulator task")
+    .unwrap_or_else(|e| panic!("moto with the local infra is required: {e}"));
+    (s3_client(&me.s3_options()).await, s, outputs)
+}
+
+#[tokio::test]
+async fn deployment_identity_reaches_its_own_buckets() {
+    let (me, _s, outputs) = deployment_clients(OWNER).await;
+    for which in ["volume_bucket", "replication_bucket"] {
+        let bucket = text(&outputs, &["deployments", OWNER, which]).to_string();
+        let key = unique("acct/a/", "own");
+        me.put_object()
+            .bucket(&bucket)
+            .key(&key)
+            .body(ByteStream::from_static(b"mine"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{OWNER} PUT {bucket}/{key}: {e:?}"));
+        let got = me
+            .get_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{OWNER} GET {bucket}/{key}: {e:?}"));
+        assert_eq!(&got.body.collect().await.unwrap().into_bytes()[..], b"mine");
+        // (No positive LIST here: moto answers a bucket-level GET signed by the Rust SDK
+        // with SignatureDoesNotMatch for every identity, the admin's too; boto3's works.
+        // The denied LISTs below are checked before the signature and stand.)
+        me.delete_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{OWNER} DELETE {bucket}/{key}: {e:?}"));
+    }
+}
+
+#[tokio::test]
+async fn deployment_cannot_read_or_write_another_deployments_volume_or_replication_bucket() {
+    // d2's own identity against d1's buckets (objects seeded by the admin).
+    let (other, s, outputs) = deployment_clients(PEER).await;
+    for which in ["volume_bucket", "replication_bucket"] {
+        let bucket = text(&outputs, &["deployments", OWNER, which]).to_string();
+        let seeded = unique(&format!("from/{PEER}/"), "seeded");
+        s.admin
+            .put_object()
+            .bucket(&bucket)
+            .key(&seeded)
+            .body(ByteStream::from_static(b"d1 data"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("admin PUT {bucket}/{seeded}: {e:?}"));
+        // The same identity may write its own volume (so a 403 below is a denial).
+        let own = text(&outputs, &["deployments", PEER, "volume_bucket"]).to_string();
+        let probe = unique("acct/a/", "probe");
+        other
+            .put_object()
+            .bucket(&own)
+            .key(&probe)
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{PEER} PUT its own {own}/{probe}: {e:?}"));
+        assert_denied(
+            &format!("{PEER} GET {bucket}/{seeded}"),
+            other.get_object().bucket(&bucket).key(&seeded).send().await,
+        );
+        assert_denied(
+            &format!("{PEER} LIST {bucket}"),
+            other.list_objects_v2().bucket(&bucket).send().await,
+        );
+        assert_denied(
+            &format!("{PEER} DELETE {bucket}/{seeded}"),
+            other
+                .delete_object()
+                .bucket(&bucket)
+                .key(&seeded)
+                .send()
+                .await,
+        );
+        // Not even under from/d2/ of d1's replication bucket: that is the write-only peer
+        // identity's grant, not the deployment's.
+        let key = unique(&format!("from/{PEER}/"), "by-deployment-identity");
+        assert_denied(
+            &format!("{PEER} PUT {bucket}/{key}"),
+            other
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await,
+        );
+        assert_eq!(admin_has(&s, &bucket, &key).await, None);
+        assert_eq!(admin_has(&s, &bucket, &seeded).await, Some(7), "untouched");
+    }
 }
