@@ -204,10 +204,8 @@ fn count(d: &Ternd) -> u64 {
 /// rolls it forward (Prepared and later: the log record may be out, DESIGN §7) or back.
 const LOAD_KILL_POINTS: &[(&str, tern_txn::TxnState, bool)] = &[
     ("journaled", tern_txn::TxnState::Active, false),
-    ("staged", tern_txn::TxnState::PreCommitting, false),
     ("prepared", tern_txn::TxnState::Prepared, true),
     ("logged", tern_txn::TxnState::Prepared, true),
-    ("committing", tern_txn::TxnState::Committing, true),
 ];
 
 #[test]

@@ -709,11 +709,11 @@ async fn a_log_gap_that_cannot_fill_turns_into_a_refresh() {
 
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
-    let s = d2.repl.status().await.unwrap();
-    assert!(
-        s.replicas[0].refreshes > refreshes,
-        "the gap was filled by a refresh: {s:?}"
-    );
+    // The count moves just after the import's commit makes the versions visible.
+    eventually(WAIT, "the gap to be filled by a refresh", || async {
+        d2.repl.status().await.unwrap().replicas[0].refreshes > refreshes
+    })
+    .await;
     d1.stop().await;
     d2.stop().await;
 }
@@ -938,7 +938,11 @@ async fn a_poison_import_fails_visibly_and_blocks_no_other_import() {
     d2.repl.abandon_job(&poison).await.unwrap();
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, &[t.clone(), h.clone()]).await;
-    assert!(d2.repl.jobs().unwrap().is_empty());
+    // The import's job row goes just after its commit makes the versions visible.
+    eventually(WAIT, "the refresh's jobs to be done", || async {
+        d2.repl.jobs().unwrap().is_empty()
+    })
+    .await;
     d1.stop().await;
     d2.stop().await;
 }
@@ -989,9 +993,16 @@ async fn a_replica_on_a_schedule_refreshes_on_it_instead_of_following_the_log() 
     }
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
     same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    // Counted just after the import's commit makes the versions visible.
+    eventually(WAIT, "the scheduled refresh to be counted", || async {
+        replica().await.refreshes > refreshes
+    })
+    .await;
     let r = replica().await;
-    assert_eq!(r.records_applied, applied, "no record came by the log");
-    assert!(r.refreshes > refreshes, "{r:?}");
+    assert_eq!(
+        r.records_applied, applied,
+        "no record came by the log: {r:?}"
+    );
     // Continuous again: the log, from the refresh that subscribes it (waited for: its
     // request may not be pending yet right after the switch).
     let before = replica().await.refreshes;
@@ -1011,7 +1022,13 @@ async fn a_replica_on_a_schedule_refreshes_on_it_instead_of_following_the_log() 
     .await;
     d1.tables.insert(&t, &[batch(40..50, "c")]).await.unwrap();
     caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
-    assert!(replica().await.records_applied > applied);
+    // The count moves just after the commit that makes the version visible: waited for.
+    eventually(
+        WAIT,
+        "the record to be counted as applied from the log",
+        || async { replica().await.records_applied > applied },
+    )
+    .await;
     let e = d2
         .repl
         .set_schedule(&DatabaseId::new("nope").unwrap(), every)
