@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod error;
 pub mod ingest;
 pub mod rows;
+pub mod sql;
 pub mod supervisor;
 
 use std::sync::Arc;
