@@ -220,3 +220,129 @@ fn ternd_sql_on_a_replica_answers_queries_and_refuses_writes() {
 fn rows_of((status, body): (u16, String)) -> Vec<Value> {
     rows(status, &body)
 }
+
+/// The `psql` of the machine (PostgreSQL 15 client).
+fn psql_binary() -> std::path::PathBuf {
+    let lib = std::path::PathBuf::from("/usr/lib/postgresql/15/bin/psql");
+    if lib.exists() { lib } else { "psql".into() }
+}
+
+/// `psql -c sql` as `user` on `dbname` of the daemon whose config is `config` (its
+/// PostgreSQL address is in `<config>.pg`): (success, stdout, stderr).
+fn psql(config: &std::path::Path, user: &str, dbname: &str, sql: &str) -> (bool, String, String) {
+    let addr =
+        std::fs::read_to_string(config.with_extension("pg")).expect("the PostgreSQL address file");
+    let (host, port) = addr.trim().rsplit_once(':').expect("host:port");
+    let out = std::process::Command::new(psql_binary())
+        .arg(format!(
+            "host={host} port={port} user={user} dbname={dbname} sslmode=disable connect_timeout=10"
+        ))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", OPERATOR_TOKEN)
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn psql_creates_inserts_and_queries_and_a_replica_answers_the_same() {
+    let two = two_with(&[("TERN_SQL__PG_LISTEN", "127.0.0.1:0")], "");
+    let (d1, d2) = (&two.d1, &two.d2);
+    let r = d1.op("POST", "/v1/accounts/a1/databases", r#"{"name":"sales"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ok = |(ok, out, err): (bool, String, String)| {
+        assert!(ok, "psql failed: {err}");
+        out
+    };
+    ok(psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "CREATE TABLE orders (id BIGINT NOT NULL, customer VARCHAR, amount DOUBLE)",
+    ));
+    ok(psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "INSERT INTO orders VALUES (1, 'ann', 2.5), (2, 'bob', 4), (3, 'ann', 1.5)",
+    ));
+    let query =
+        "SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer ORDER BY customer";
+    let on_primary = ok(psql(&two.c1, "a1", "sales", query));
+    assert_eq!(on_primary, "ann|2|4.0\nbob|1|4.0\n");
+    let rows = ok(psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "SELECT id, customer FROM orders WHERE id >= 2 ORDER BY id",
+    ));
+    assert_eq!(rows, "2|bob\n3|ann\n");
+    // A wrong password is refused.
+    let addr = std::fs::read_to_string(two.c1.with_extension("pg")).expect("pg address");
+    let (host, port) = addr.trim().rsplit_once(':').expect("host:port");
+    let out = std::process::Command::new(psql_binary())
+        .arg(format!(
+            "host={host} port={port} user=a1 dbname=sales sslmode=disable"
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "not-a-token")
+        .output()
+        .expect("run psql");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("password"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A syntax error names the place.
+    let (ok_, _, err) = psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "SELECT * FROM orders WHERE id = = 1",
+    );
+    assert!(!ok_);
+    assert!(err.contains("Line: 1, Column"), "{err}");
+
+    // The database replicates to d2, whose psql answers the same query and refuses writes.
+    let r = d1.op(
+        "POST",
+        "/v1/accounts/a1/databases/sales/replication",
+        r#"{"enable":true}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let group = r.json()["group"].as_str().expect("group").to_string();
+    wait_until(
+        "d2 lists the database group",
+        Duration::from_secs(60),
+        || {
+            let v = d2.op("GET", "/v1/accounts/a2/global/databases", "").json();
+            v["databases"]
+                .as_array()?
+                .iter()
+                .any(|r| r["replication_group"] == group.as_str())
+                .then_some(())
+        },
+    );
+    create_replica(d2, &group);
+    wait_until("the replica has the rows", Duration::from_secs(60), || {
+        let t = replica_table(d2)?;
+        (scan_all(d2, &t)?.len() == 3).then_some(())
+    });
+    assert_eq!(ok(psql(&two.c2, "a2", "sales_replica", query)), on_primary);
+    let (ok_, _, err) = psql(
+        &two.c2,
+        "a2",
+        "sales_replica",
+        "INSERT INTO orders VALUES (9, 'zed', 1)",
+    );
+    assert!(!ok_, "a write on the replica must fail");
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(ok(psql(&two.c2, "a2", "sales_replica", query)), on_primary);
+}
