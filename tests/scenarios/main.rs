@@ -6,4 +6,5 @@ mod failover;
 mod localstack;
 mod replication;
 mod selfcheck;
+mod sql;
 mod ternd;

@@ -325,7 +325,11 @@ impl Client {
 
     /// `POST path` with `req`: the response, its body unread, when its status is a
     /// success (an error answer is read and returned as [`ClientError::Api`]).
-    async fn send_raw(&self, path: &str, req: &Value) -> Result<reqwest::Response, ClientError> {
+    pub(crate) async fn send_raw(
+        &self,
+        path: &str,
+        req: &Value,
+    ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut r = self
             .http

@@ -17,6 +17,7 @@ mod client;
 mod demo;
 mod output;
 mod selfcheck;
+mod sql;
 
 use client::{Client, ClientError};
 
@@ -76,6 +77,17 @@ enum Command {
     /// Received messages whose handler failed: list them, retry or discard one.
     #[command(subcommand)]
     Messages(MessagesCmd),
+    /// SQL on a database (`POST /v1/sql`): queries, DML, DDL. Without a statement,
+    /// statements (each ending with `;`) are read from standard input.
+    Sql {
+        /// account.database
+        database: String,
+        /// The statement(s).
+        sql: Option<String>,
+        /// Print CSV instead of a table (`--json` prints the JSON lines).
+        #[arg(long)]
+        csv: bool,
+    },
     /// Insert JSON rows (an array of objects, from --rows or stdin).
     Insert {
         /// account.database[.schema].table
@@ -1279,6 +1291,19 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Show(ShowCmd::Deployments) | Command::Deployment(DeploymentCmd::List) => {
             let v = c.get("/v1/deployments").await?;
             print_deployments(&v, json_out);
+        }
+        Command::Sql { database, sql, csv } => {
+            let mode = if csv {
+                sql::Mode::Csv
+            } else if json_out {
+                sql::Mode::Json
+            } else {
+                sql::Mode::Table
+            };
+            match sql {
+                Some(s) => sql::run(c, &database, &s, mode).await?,
+                None => sql::shell(c, &database, mode).await?,
+            }
         }
         Command::Insert { table, rows, key } => {
             let rows = parse_json("--rows", &stdin_or(rows)?)?;

@@ -199,7 +199,7 @@ fn operator(d: &Daemon, headers: &HeaderMap) -> Result<()> {
     }
 }
 
-fn account(d: &Daemon, headers: &HeaderMap, name: &str) -> Result<AccountId> {
+pub(crate) fn account(d: &Daemon, headers: &HeaderMap, name: &str) -> Result<AccountId> {
     let p = principal(d, headers)?;
     if let Principal::Account(a) = &p
         && a != name
@@ -218,7 +218,7 @@ fn account(d: &Daemon, headers: &HeaderMap, name: &str) -> Result<AccountId> {
     Ok(id)
 }
 
-fn database(d: &Daemon, account: &AccountId, name: &str) -> Result<DatabaseDpo> {
+pub(crate) fn database(d: &Daemon, account: &AccountId, name: &str) -> Result<DatabaseDpo> {
     d.meta
         .read(|tx| tx.find_database(account, name))?
         .ok_or_else(|| Error::NotFound {
@@ -239,7 +239,7 @@ fn table(d: &Daemon, db: &DatabaseDpo, schema: &str, name: &str) -> Result<Table
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     body: std::result::Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<T> {
@@ -271,6 +271,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/sql", post(crate::sql::run_sql))
         .route(
             "/v1/deployments",
             get(list_deployments).post(create_deployment),
@@ -1392,7 +1393,7 @@ async fn replay(
 
 /// A write refused on a secondary or fenced database, with where to write instead: the
 /// group's newest epoch, its primary and that primary's URL.
-fn redirected(d: &Daemon, e: tern_table::Error) -> tern_table::Error {
+pub(crate) fn redirected(d: &Daemon, e: tern_table::Error) -> tern_table::Error {
     let (database, group, reason) = match &e {
         tern_table::Error::ReadOnlyReplica { database, group } => {
             (database.clone(), group.clone(), e.to_string())

@@ -59,6 +59,7 @@ pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "messaging",
     "compaction",
     "log",
+    "sql",
 ];
 
 /// A deployment's configuration (`ternd --config deployment.toml`).
@@ -98,6 +99,8 @@ pub struct Config {
     pub compaction: CompactionConfig,
     /// Logging.
     pub log: LogConfig,
+    /// SQL interfaces besides `POST /v1/sql` (the PostgreSQL protocol).
+    pub sql: SqlConfig,
 }
 
 impl Default for Config {
@@ -119,6 +122,7 @@ impl Default for Config {
             messaging: MessagingConfig::default(),
             compaction: CompactionConfig::default(),
             log: LogConfig::default(),
+            sql: SqlConfig::default(),
         }
     }
 }
@@ -404,6 +408,16 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines.
     Pretty,
+}
+
+/// `[sql]`: SQL interfaces besides `POST /v1/sql`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Where the PostgreSQL wire protocol listens (`"127.0.0.1:5433"`; port 0 picks a free
+    /// port); off when absent. User = account, password = a token of it, database = the
+    /// database. Passwords travel in cleartext: keep it on a loopback or private address.
+    pub pg_listen: Option<SocketAddr>,
 }
 
 /// Logging.

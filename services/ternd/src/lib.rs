@@ -24,7 +24,9 @@ pub mod crash;
 pub mod daemon;
 pub mod error;
 pub mod ingest;
+pub mod pg;
 pub mod rows;
+pub mod sql;
 pub mod supervisor;
 
 use std::sync::Arc;

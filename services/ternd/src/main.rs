@@ -75,6 +75,7 @@ fn main() -> ExitCode {
 
 async fn run(config: Config, ready_file: Option<PathBuf>) -> ternd::Result<()> {
     let listen = config.listen;
+    let pg_listen = config.sql.pg_listen;
     let daemon = Daemon::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -86,6 +87,28 @@ async fn run(config: Config, ready_file: Option<PathBuf>) -> ternd::Result<()> {
         field: "listen",
         source: Box::new(e),
     })?;
+    if let Some(pg) = pg_listen {
+        let open = |e: std::io::Error| Error::Open {
+            field: "sql.pg_listen",
+            source: Box::new(e),
+        };
+        let pg_listener = tokio::net::TcpListener::bind(pg).await.map_err(open)?;
+        let pg_addr = pg_listener.local_addr().map_err(open)?;
+        tracing::info!(%pg_addr, "PostgreSQL protocol listening");
+        // Beside the ready file, written before it: whoever sees the API ready finds it.
+        if let Some(path) = &ready_file {
+            std::fs::write(path.with_extension("pg"), pg_addr.to_string()).map_err(|e| {
+                Error::Open {
+                    field: "--ready-file",
+                    source: Box::new(e),
+                }
+            })?;
+        }
+        tokio::spawn(ternd::pg::serve(
+            std::sync::Arc::clone(&daemon),
+            pg_listener,
+        ));
+    }
     if let Some(path) = ready_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, addr.to_string())

@@ -1,0 +1,541 @@
+//! SQL over Tern tables against known answers: DDL, DML, joins, group by, windows, time
+//! travel, pruning, statistics from metadata, errors, and refusals on a replica.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use tern_clock::ManualClock;
+use tern_crypto::{LocalKeyProvider, SystemRandom};
+use tern_meta::{AccountDpo, DatabaseDpo, DatabaseRole, MetaStore, SqliteOptions};
+use tern_sql::datafusion;
+use tern_sql::{SqlError, SqlSession, TernScanExec};
+use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
+use tern_storage::{ObjectStore, StoreConfig, StoreExt as _, open_store};
+use tern_table::{LocalCommitter, Predicate, ScanRequest, TableOptions, Tables};
+
+struct Fixture {
+    tables: Arc<Tables>,
+    db: DatabaseId,
+    _dir: tempfile::TempDir,
+    volume: Arc<dyn ObjectStore>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let volume = open_store(&StoreConfig {
+        url: format!("file://{}", dir.path().join("volume").display()),
+        ..Default::default()
+    })
+    .expect("volume");
+    let meta =
+        MetaStore::open_sqlite(dir.path().join("meta.db"), SqliteOptions::default()).expect("meta");
+    let keys = LocalKeyProvider::open_or_create(&dir.path().join("keys"), SystemRandom::shared())
+        .expect("keys");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let db = DatabaseId::new("db1").expect("id");
+    let acme = AccountId::new("acme").expect("id");
+    meta.write(|tx| {
+        tx.create_account(&AccountDpo::local(acme.clone(), 0))?;
+        tx.create_database(&DatabaseDpo::local(db.clone(), acme.clone(), "sales", 0))
+    })
+    .expect("account and database");
+    let d1 = DeploymentId::new("d1").expect("id");
+    let committer = LocalCommitter::new(
+        d1.clone(),
+        meta.clone(),
+        Arc::clone(&volume),
+        clock.shared(),
+    );
+    let tables = Tables::new(
+        d1,
+        Arc::clone(&volume),
+        meta,
+        Arc::new(keys),
+        clock.shared(),
+        TableOptions::default(),
+        Arc::new(committer),
+    );
+    Fixture {
+        tables: Arc::new(tables),
+        db,
+        _dir: dir,
+        volume,
+    }
+}
+
+impl Fixture {
+    fn session(&self) -> SqlSession {
+        SqlSession::new(Arc::clone(&self.tables), self.db.clone())
+    }
+}
+
+async fn run(s: &SqlSession, sql: &str) -> Vec<RecordBatch> {
+    s.run(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn table_text(s: &SqlSession, sql: &str) -> String {
+    pretty_format_batches(&run(s, sql).await)
+        .expect("format")
+        .to_string()
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().map(str::trim).collect()
+}
+
+async fn err(s: &SqlSession, sql: &str) -> SqlError {
+    match s.run(sql).await {
+        Err(e) => e,
+        Ok(a) => match a.collect().await {
+            Err(e) => e,
+            Ok(b) => panic!("{sql}: expected an error, got {} batch(es)", b.len()),
+        },
+    }
+}
+
+async fn seed(s: &SqlSession) {
+    run(
+        s,
+        "CREATE TABLE customers (id BIGINT NOT NULL, name VARCHAR, region VARCHAR)",
+    )
+    .await;
+    run(
+        s,
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer BIGINT, amount DECIMAL(10,2), day DATE)",
+    )
+    .await;
+    run(
+        s,
+        "INSERT INTO customers VALUES (1, 'ann', 'eu'), (2, 'bob', 'us'), (3, 'cy', 'eu')",
+    )
+    .await;
+    run(
+        s,
+        "INSERT INTO orders VALUES \
+         (10, 1, 5.50, '2026-01-01'), (11, 1, 4.50, '2026-01-02'), \
+         (12, 2, 10.00, '2026-01-02'), (13, 3, 1.25, '2026-01-03'), (14, 3, 2.75, '2026-01-04')",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn joins_group_by_and_windows_give_known_answers() {
+    let f = fixture();
+    let s = f.session();
+    seed(&s).await;
+    let text = table_text(
+        &s,
+        "SELECT c.region, count(*) AS n, sum(o.amount) AS total \
+         FROM orders o JOIN customers c ON o.customer = c.id \
+         GROUP BY c.region ORDER BY c.region",
+    )
+    .await;
+    assert_eq!(
+        lines(&text),
+        vec![
+            "+--------+---+-------+",
+            "| region | n | total |",
+            "+--------+---+-------+",
+            "| eu     | 4 | 14.00 |",
+            "| us     | 1 | 10.00 |",
+            "+--------+---+-------+",
+        ],
+        "{text}"
+    );
+    let text = table_text(
+        &s,
+        "SELECT id, customer, \
+           row_number() OVER (PARTITION BY customer ORDER BY id) AS rn, \
+           sum(amount) OVER (PARTITION BY customer) AS per_customer \
+         FROM orders ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        lines(&text),
+        vec![
+            "+----+----------+----+--------------+",
+            "| id | customer | rn | per_customer |",
+            "+----+----------+----+--------------+",
+            "| 10 | 1        | 1  | 10.00        |",
+            "| 11 | 1        | 2  | 10.00        |",
+            "| 12 | 2        | 1  | 10.00        |",
+            "| 13 | 3        | 1  | 4.00         |",
+            "| 14 | 3        | 2  | 4.00         |",
+            "+----+----------+----+--------------+",
+        ],
+        "{text}"
+    );
+    // A left join keeps customers without orders; a filter on a date column.
+    run(&s, "INSERT INTO customers VALUES (4, 'dee', NULL)").await;
+    let text = table_text(
+        &s,
+        "SELECT c.name, count(o.id) AS n FROM customers c \
+         LEFT JOIN orders o ON o.customer = c.id AND o.day >= DATE '2026-01-02' \
+         GROUP BY c.name ORDER BY c.name",
+    )
+    .await;
+    assert_eq!(
+        lines(&text),
+        vec![
+            "+------+---+",
+            "| name | n |",
+            "+------+---+",
+            "| ann  | 1 |",
+            "| bob  | 1 |",
+            "| cy   | 2 |",
+            "| dee  | 0 |",
+            "+------+---+",
+        ],
+        "{text}"
+    );
+}
+
+/// The scan node of a physical plan, and the plan run to completion.
+async fn run_plan(s: &SqlSession, sql: &str) -> (Vec<RecordBatch>, Arc<dyn ExecutionPlan>) {
+    let df = s.context().sql(sql).await.expect("plan");
+    let plan = df.create_physical_plan().await.expect("physical plan");
+    let batches = collect(Arc::clone(&plan), s.context().task_ctx())
+        .await
+        .expect("run");
+    (batches, plan)
+}
+
+fn scans(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
+    let mut out = Vec::new();
+    let any: &dyn std::any::Any = plan.as_ref();
+    if any.downcast_ref::<TernScanExec>().is_some() {
+        out.push(Arc::clone(plan));
+    }
+    for c in plan.children() {
+        out.extend(scans(c));
+    }
+    out
+}
+
+fn metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
+    plan.metrics()
+        .expect("metrics")
+        .sum_by_name(name)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .as_usize()
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+#[tokio::test]
+async fn filters_prune_micro_partitions_by_their_statistics() {
+    let f = fixture();
+    let s = f.session();
+    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, v DOUBLE)").await;
+    // Four inserts: four micro-partitions with disjoint id ranges.
+    for k in 0..4 {
+        let values: Vec<String> = (0..100)
+            .map(|i| format!("({}, {})", k * 100 + i, i))
+            .collect();
+        run(&s, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
+    }
+    let (batches, plan) = run_plan(&s, "SELECT id, v FROM t WHERE id >= 250 AND id < 260").await;
+    assert_eq!(rows(&batches), 10);
+    let scan = scans(&plan).pop().expect("a Tern scan");
+    assert_eq!(metric(&scan, "files_total"), 4);
+    assert_eq!(
+        metric(&scan, "files_pruned"),
+        3,
+        "{}",
+        datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+    );
+    assert_eq!(metric(&scan, "files_read"), 1);
+    // IN and OR prune too; a filter that cannot be pushed (a function of a column) reads all.
+    let (batches, plan) = run_plan(&s, "SELECT id FROM t WHERE id IN (5, 305) OR id = 7").await;
+    assert_eq!(rows(&batches), 3);
+    assert_eq!(metric(&scans(&plan)[0], "files_read"), 2);
+    let (batches, plan) = run_plan(&s, "SELECT id FROM t WHERE id % 100 = 0").await;
+    assert_eq!(rows(&batches), 4);
+    assert_eq!(metric(&scans(&plan)[0], "files_read"), 4);
+}
+
+#[tokio::test]
+async fn count_min_max_come_from_metadata_without_reading_a_file() {
+    let f = fixture();
+    let s = f.session();
+    run(
+        &s,
+        "CREATE TABLE t (id BIGINT NOT NULL, name VARCHAR, v DOUBLE)",
+    )
+    .await;
+    run(&s, "INSERT INTO t VALUES (1, 'a', 1.5), (2, NULL, 2.5)").await;
+    run(&s, "INSERT INTO t VALUES (7, 'z', 0.5)").await;
+    // Remove every micro-partition from the volume: an answer now can only come from the
+    // metadata store.
+    let t = f.tables.find_table(&f.db, "public", "t").expect("t");
+    let files = f
+        .tables
+        .meta()
+        .read(|tx| tx.active_micro_partitions(&t.id, t.current_version))
+        .expect("files");
+    assert_eq!(files.len(), 2);
+    for m in &files {
+        f.volume
+            .delete_idempotent(&tern_storage::Path::from(m.path.as_str()))
+            .await
+            .expect("delete");
+    }
+    let text = table_text(
+        &s,
+        "SELECT count(*) AS n, min(id) AS lo, max(id) AS hi, count(name) AS named FROM t",
+    )
+    .await;
+    assert_eq!(
+        lines(&text),
+        vec![
+            "+---+----+----+-------+",
+            "| n | lo | hi | named |",
+            "+---+----+----+-------+",
+            "| 3 | 1  | 7  | 2     |",
+            "+---+----+----+-------+",
+        ],
+        "{text}"
+    );
+    // A query that needs the rows does read them (and fails here, the files being gone).
+    err(&s, "SELECT sum(v) FROM t").await;
+}
+
+#[tokio::test]
+async fn time_travel_reads_a_past_version() {
+    let f = fixture();
+    let s = f.session();
+    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, name VARCHAR)").await;
+    run(&s, "INSERT INTO t VALUES (1, 'a'), (2, 'b')").await; // version 1
+    run(&s, "INSERT INTO t VALUES (3, 'c')").await; // version 2
+    run(&s, "DELETE FROM t WHERE id = 1").await; // version 3
+    run(&s, "ALTER TABLE t ADD COLUMN note VARCHAR").await; // version 4
+    let now = table_text(&s, "SELECT * FROM t ORDER BY id").await;
+    assert_eq!(
+        lines(&now),
+        vec![
+            "+----+------+------+",
+            "| id | name | note |",
+            "+----+------+------+",
+            "| 2  | b    |      |",
+            "| 3  | c    |      |",
+            "+----+------+------+",
+        ],
+        "{now}"
+    );
+    let v1 = table_text(&s, "SELECT * FROM at_version('t', 1) ORDER BY id").await;
+    assert_eq!(
+        lines(&v1),
+        vec![
+            "+----+------+",
+            "| id | name |",
+            "+----+------+",
+            "| 1  | a    |",
+            "| 2  | b    |",
+            "+----+------+",
+        ],
+        "{v1}"
+    );
+    let n = table_text(&s, "SELECT count(*) AS n FROM at_version('public.t', 2)").await;
+    assert!(n.contains("| 3 |"), "{n}");
+    let e = err(&s, "SELECT * FROM at_version('t', 99)").await;
+    assert!(e.to_string().contains("no retained version 99"), "{e}");
+    let e = err(&s, "DELETE FROM at_version('t', 1) WHERE id = 2").await;
+    assert!(e.is_bad_statement(), "{e}");
+}
+
+/// Every row of a table, sorted, printed.
+async fn content(f: &Fixture, name: &str) -> String {
+    let t = f.tables.find_table(&f.db, "public", name).expect("table");
+    let scan = f
+        .tables
+        .scan(&t.id, &ScanRequest::default())
+        .await
+        .expect("scan");
+    let batches: Vec<RecordBatch> = scan
+        .batches
+        .iter()
+        .map(|b| tern_sql::bridge::to_df(b).expect("bridge"))
+        .collect();
+    let mut rows: Vec<String> = pretty_format_batches(&batches)
+        .expect("format")
+        .to_string()
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains(" id "))
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    rows.join("\n")
+}
+
+#[tokio::test]
+async fn sql_dml_equals_the_table_api_dml() {
+    let f = fixture();
+    let s = f.session();
+    for name in ["by_sql", "by_api"] {
+        run(
+            &s,
+            &format!("CREATE TABLE {name} (id BIGINT NOT NULL, name VARCHAR, score DOUBLE)"),
+        )
+        .await;
+        run(
+            &s,
+            &format!(
+                "INSERT INTO {name} VALUES (1, 'a', 1.0), (2, 'b', 2.0), (3, 'c', 3.0), (4, NULL, 4.0)"
+            ),
+        )
+        .await;
+    }
+    // SQL.
+    run(&s, "DELETE FROM by_sql WHERE id = 2 OR name IS NULL").await;
+    let n = table_text(&s, "UPDATE by_sql SET score = 9.5 WHERE id >= 3").await;
+    assert!(n.contains("| 1 "), "one row updated: {n}");
+    run(
+        &s,
+        "INSERT INTO by_sql SELECT id + 10, name, score FROM by_sql WHERE id = 1",
+    )
+    .await;
+    // The same through the API.
+    let api = f
+        .tables
+        .find_table(&f.db, "public", "by_api")
+        .expect("t")
+        .id;
+    f.tables
+        .delete(
+            &api,
+            &Predicate::eq("id", 2i64).or(Predicate::IsNull {
+                column: "name".into(),
+                negated: false,
+            }),
+        )
+        .await
+        .expect("delete");
+    f.tables
+        .update(
+            &api,
+            &[("score".into(), Some(tern_table::Scalar::Float64(9.5)))],
+            &Predicate::cmp("id", tern_table::CmpOp::GtEq, 3i64),
+        )
+        .await
+        .expect("update");
+    let one = f
+        .tables
+        .scan(
+            &api,
+            &ScanRequest {
+                predicate: Some(Predicate::eq("id", 1i64)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("scan");
+    let shifted: Vec<arrow::array::RecordBatch> = one
+        .batches
+        .iter()
+        .map(|b| {
+            let ids = arrow::compute::kernels::numeric::add(
+                b.column(0),
+                &arrow::array::Int64Array::new_scalar(10),
+            )
+            .expect("add");
+            let mut cols = b.columns().to_vec();
+            cols[0] = ids;
+            arrow::array::RecordBatch::try_new(b.schema(), cols).expect("batch")
+        })
+        .collect();
+    f.tables.insert(&api, &shifted).await.expect("insert");
+    let (a, b) = (content(&f, "by_sql").await, content(&f, "by_api").await);
+    assert_eq!(a, b);
+    assert_eq!(a.lines().count(), 3, "{a}");
+}
+
+#[tokio::test]
+async fn bad_statements_name_the_problem_and_change_nothing() {
+    let f = fixture();
+    let s = f.session();
+    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, name VARCHAR)").await;
+    run(&s, "INSERT INTO t VALUES (1, 'a')").await;
+    let t = f.tables.find_table(&f.db, "public", "t").expect("t");
+    let version = |f: &Fixture| f.tables.table(&t.id).expect("t").current_version;
+    let before = version(&f);
+
+    let e = err(&s, "SELEC * FROM t").await;
+    assert!(matches!(e, SqlError::Parse(_)), "{e:?}");
+    let e = err(&s, "SELECT * FROM t WHERE id = = 1").await;
+    assert!(e.to_string().contains("Line: 1, Column"), "{e}");
+
+    let e = err(&s, "SELECT * FROM nope").await;
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = err(&s, "SELECT missing FROM t").await;
+    assert!(e.to_string().contains("missing"), "{e}");
+    let e = err(&s, "INSERT INTO t VALUES ('x', 'b')").await;
+    assert!(e.to_string().to_lowercase().contains("cast"), "{e}");
+    let e = err(&s, "INSERT INTO t VALUES (2, 'b'), (NULL, 'c')").await;
+    assert!(e.to_string().contains("id"), "{e}");
+    let e = err(&s, "CREATE TABLE u (id BLOB)").await;
+    assert!(e.to_string().contains("BLOB"), "{e}");
+    let e = err(&s, "ALTER TABLE t ADD COLUMN x BIGINT, ADD COLUMN y BLOB").await;
+    assert!(e.to_string().contains("BLOB"), "{e}");
+    let e = err(&s, "UPDATE t SET name = upper(name) WHERE id = 1").await;
+    assert!(matches!(e, SqlError::Unsupported(_)), "{e:?}");
+    let e = err(&s, "DELETE FROM t WHERE length(name) = 1").await;
+    assert!(matches!(e, SqlError::Unsupported(_)), "{e:?}");
+    let e = err(&s, "CREATE VIEW v AS SELECT * FROM t").await;
+    assert!(matches!(e, SqlError::Unsupported(_)), "{e:?}");
+
+    assert_eq!(version(&f), before, "no bad statement made a version");
+    assert_eq!(
+        f.tables.table(&t.id).expect("t").columns.len(),
+        2,
+        "no column was added"
+    );
+    assert!(f.tables.find_table(&f.db, "public", "u").is_err());
+    let text = table_text(&s, "SELECT * FROM t").await;
+    assert!(text.contains("| 1  | a    |"), "{text}");
+}
+
+#[tokio::test]
+async fn a_secondary_replica_answers_queries_and_refuses_writes() {
+    let f = fixture();
+    let s = f.session();
+    seed(&s).await;
+    let before = table_text(&s, "SELECT count(*) AS n, sum(amount) AS s FROM orders").await;
+    // The database becomes a secondary (what replication makes of a replica).
+    f.tables
+        .meta()
+        .write(|tx| {
+            let mut d = tx.get_database(&f.db)?.expect("db");
+            d.role = DatabaseRole::Secondary;
+            d.replication_group = Some("g1".into());
+            tx.update_database(&d)
+        })
+        .expect("make secondary");
+    assert_eq!(
+        table_text(&s, "SELECT count(*) AS n, sum(amount) AS s FROM orders").await,
+        before
+    );
+    for sql in [
+        "INSERT INTO orders VALUES (99, 1, 1.00, '2026-02-01')",
+        "DELETE FROM orders WHERE id = 10",
+        "UPDATE orders SET amount = 0 WHERE id = 10",
+        "CREATE TABLE x (id BIGINT)",
+        "DROP TABLE orders",
+        "ALTER TABLE orders ADD COLUMN note VARCHAR",
+    ] {
+        let e = err(&s, sql).await;
+        assert!(e.is_write_refusal(), "{sql}: {e:?}");
+    }
+    assert_eq!(
+        table_text(&s, "SELECT count(*) AS n, sum(amount) AS s FROM orders").await,
+        before
+    );
+}

@@ -1,0 +1,348 @@
+//! SQL against real daemons: `POST /v1/sql` and `tern sql` create a table, insert, query
+//! with the right rows; errors name the problem; a replica on a second daemon answers
+//! the same query and refuses a write with 409 and the redirect.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tern_scenarios::binary;
+use tern_scenarios::ternd::{Layout, OPERATOR_TOKEN, Ternd, request};
+
+use crate::replication::{
+    PRIMARY, create_replica, primary, replica_table, scan_all, two_with, wait_until,
+};
+
+/// `POST /v1/sql` on `account.database` with `token`: status and body.
+fn sql_as(
+    d: &Ternd,
+    token: &str,
+    account: &str,
+    database: &str,
+    sql: &str,
+    format: &str,
+) -> (u16, String) {
+    let body = json!({"account": account, "database": database, "sql": sql, "format": format});
+    let r = request(
+        &d.addr,
+        "POST",
+        "/v1/sql",
+        Some(token),
+        "application/json",
+        body.to_string().as_bytes(),
+    );
+    (r.status, r.body)
+}
+
+/// The rows of a successful ndjson answer.
+fn rows(status: u16, body: &str) -> Vec<Value> {
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn error_of(body: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (
+        v["error"]["kind"].as_str().unwrap_or_default().to_string(),
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[test]
+fn ternd_sql_endpoint_and_cli_create_insert_query() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = Layout::new(dir.path(), "d1");
+    let d = Ternd::start(&l.write_config(&l.config("")), &[]);
+    let r = d.op("POST", "/v1/accounts", r#"{"name":"acme"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    let r = d.op("POST", "/v1/accounts/acme/databases", r#"{"name":"sales"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let q = |sql: &str| sql_as(&d, &token, "acme", "sales", sql, "ndjson");
+
+    let (s, b) = q("CREATE TABLE orders (id BIGINT NOT NULL, customer VARCHAR, amount DOUBLE)");
+    assert_eq!(
+        rows(s, &b),
+        vec![json!({"status": "table public.orders created"})]
+    );
+    let (s, b) = q("INSERT INTO orders VALUES (1, 'ann', 2.5), (2, 'bob', 4.0), (3, 'ann', 1.5)");
+    assert_eq!(rows(s, &b), vec![json!({"count": 3})]);
+    let (s, b) = q(
+        "SELECT customer, sum(amount) AS total, count(*) AS n FROM orders GROUP BY customer ORDER BY customer",
+    );
+    assert_eq!(
+        rows(s, &b),
+        vec![
+            json!({"customer": "ann", "total": 4.0, "n": 2}),
+            json!({"customer": "bob", "total": 4.0, "n": 1}),
+        ]
+    );
+    // What SQL wrote, the table API reads.
+    let r = d.op(
+        "POST",
+        "/v1/accounts/acme/databases/sales/schemas/public/tables/orders/scan",
+        "{}",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["rows"].as_array().expect("rows").len(), 3);
+    // CSV.
+    let (s, b) = sql_as(
+        &d,
+        &token,
+        "acme",
+        "sales",
+        "SELECT id, customer FROM orders WHERE id >= 2 ORDER BY id",
+        "csv",
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b, "id,customer\n2,bob\n3,ann\n");
+    // Errors: 400 naming the problem (with the position for syntax); nothing changed.
+    let (s, b) = q("SELECT * FROM orders WHERE id = = 1");
+    assert_eq!(s, 400, "{b}");
+    assert!(error_of(&b).1.contains("Line: 1, Column"), "{b}");
+    let (s, b) = q("INSERT INTO orders VALUES (4, 'cy', 1.0), (NULL, 'dee', 2.0)");
+    assert_eq!(s, 400, "{b}");
+    assert!(error_of(&b).1.contains("id"), "{b}");
+    let (s, b) = q("SELECT count(*) AS n FROM orders");
+    assert_eq!(rows(s, &b), vec![json!({"n": 3})]);
+    let (s, b) = q("SELECT * FROM nowhere");
+    assert_eq!(s, 400, "{b}");
+    assert!(error_of(&b).1.contains("nowhere"), "{b}");
+    // Another account's token does not reach acme.
+    let r = d.op("POST", "/v1/accounts", r#"{"name":"other"}"#);
+    let other = r.json()["token"].as_str().expect("token").to_string();
+    let (s, b) = sql_as(&d, &other, "acme", "sales", "SELECT 1", "ndjson");
+    assert_eq!(s, 403, "{b}");
+
+    // The CLI.
+    let out = std::process::Command::new(binary("tern"))
+        .args(["--url", &d.url(), "--token", &token])
+        .args([
+            "sql",
+            "acme.sales",
+            "SELECT id, customer FROM orders ORDER BY id",
+        ])
+        .output()
+        .expect("run tern");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "id | customer",
+            "---+---------",
+            "1  | ann",
+            "2  | bob",
+            "3  | ann"
+        ],
+        "{text}"
+    );
+    let out = std::process::Command::new(binary("tern"))
+        .args(["--url", &d.url(), "--token", &token])
+        .args(["sql", "acme.sales", "DELETE FROM nowhere WHERE id = 1"])
+        .output()
+        .expect("run tern");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nowhere"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn ternd_sql_on_a_replica_answers_queries_and_refuses_writes() {
+    let two = two_with(&[], "");
+    let (d1, d2) = (&two.d1, &two.d2);
+    let group = primary(d1, d2, 2, 50);
+    create_replica(d2, &group);
+    let want = scan_all(d1, PRIMARY).expect("primary scan");
+    assert_eq!(want.len(), 100);
+    wait_until("the replica has the rows", Duration::from_secs(60), || {
+        let t = replica_table(d2)?;
+        (scan_all(d2, &t)?.len() == 100).then_some(())
+    });
+    let query = "SELECT count(*) AS n, sum(id) AS s, min(id) AS lo, max(id) AS hi FROM orders";
+    let on_primary = rows_of(sql_as(d1, OPERATOR_TOKEN, "a1", "sales", query, "ndjson"));
+    assert_eq!(
+        on_primary,
+        vec![json!({"n": 100, "s": 4950, "lo": 0, "hi": 99})]
+    );
+    let on_replica = rows_of(sql_as(
+        d2,
+        OPERATOR_TOKEN,
+        "a2",
+        "sales_replica",
+        query,
+        "ndjson",
+    ));
+    assert_eq!(on_replica, on_primary);
+    for write in [
+        "INSERT INTO orders VALUES (1000, 'x', 1.0)",
+        "DELETE FROM orders WHERE id = 1",
+        "UPDATE orders SET amount = 0 WHERE id = 1",
+        "CREATE TABLE t2 (id BIGINT)",
+    ] {
+        let (s, b) = sql_as(d2, OPERATOR_TOKEN, "a2", "sales_replica", write, "ndjson");
+        assert_eq!(s, 409, "{write}: {b}");
+        let v: Value = serde_json::from_str(&b).expect("json");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("read-only"),
+            "{write}: {b}"
+        );
+        assert_eq!(v["error"]["redirect"]["deployment"], "d1", "{write}: {b}");
+    }
+    let again = rows_of(sql_as(
+        d2,
+        OPERATOR_TOKEN,
+        "a2",
+        "sales_replica",
+        query,
+        "ndjson",
+    ));
+    assert_eq!(again, on_primary);
+}
+
+fn rows_of((status, body): (u16, String)) -> Vec<Value> {
+    rows(status, &body)
+}
+
+/// The `psql` of the machine (PostgreSQL 15 client).
+fn psql_binary() -> std::path::PathBuf {
+    let lib = std::path::PathBuf::from("/usr/lib/postgresql/15/bin/psql");
+    if lib.exists() { lib } else { "psql".into() }
+}
+
+/// `psql -c sql` as `user` on `dbname` of the daemon whose config is `config` (its
+/// PostgreSQL address is in `<config>.pg`): (success, stdout, stderr).
+fn psql(config: &std::path::Path, user: &str, dbname: &str, sql: &str) -> (bool, String, String) {
+    let addr =
+        std::fs::read_to_string(config.with_extension("pg")).expect("the PostgreSQL address file");
+    let (host, port) = addr.trim().rsplit_once(':').expect("host:port");
+    let out = std::process::Command::new(psql_binary())
+        .arg(format!(
+            "host={host} port={port} user={user} dbname={dbname} sslmode=disable connect_timeout=10"
+        ))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", OPERATOR_TOKEN)
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn psql_creates_inserts_and_queries_and_a_replica_answers_the_same() {
+    let two = two_with(&[("TERN_SQL__PG_LISTEN", "127.0.0.1:0")], "");
+    let (d1, d2) = (&two.d1, &two.d2);
+    let r = d1.op("POST", "/v1/accounts/a1/databases", r#"{"name":"sales"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ok = |(ok, out, err): (bool, String, String)| {
+        assert!(ok, "psql failed: {err}");
+        out
+    };
+    ok(psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "CREATE TABLE orders (id BIGINT NOT NULL, customer VARCHAR, amount DOUBLE)",
+    ));
+    ok(psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "INSERT INTO orders VALUES (1, 'ann', 2.5), (2, 'bob', 4), (3, 'ann', 1.5)",
+    ));
+    let query =
+        "SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer ORDER BY customer";
+    let on_primary = ok(psql(&two.c1, "a1", "sales", query));
+    assert_eq!(on_primary, "ann|2|4.0\nbob|1|4.0\n");
+    let rows = ok(psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "SELECT id, customer FROM orders WHERE id >= 2 ORDER BY id",
+    ));
+    assert_eq!(rows, "2|bob\n3|ann\n");
+    // A wrong password is refused.
+    let addr = std::fs::read_to_string(two.c1.with_extension("pg")).expect("pg address");
+    let (host, port) = addr.trim().rsplit_once(':').expect("host:port");
+    let out = std::process::Command::new(psql_binary())
+        .arg(format!(
+            "host={host} port={port} user=a1 dbname=sales sslmode=disable"
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", "not-a-token")
+        .output()
+        .expect("run psql");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("password"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A syntax error names the place.
+    let (ok_, _, err) = psql(
+        &two.c1,
+        "a1",
+        "sales",
+        "SELECT * FROM orders WHERE id = = 1",
+    );
+    assert!(!ok_);
+    assert!(err.contains("Line: 1, Column"), "{err}");
+
+    // The database replicates to d2, whose psql answers the same query and refuses writes.
+    let r = d1.op(
+        "POST",
+        "/v1/accounts/a1/databases/sales/replication",
+        r#"{"enable":true}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let group = r.json()["group"].as_str().expect("group").to_string();
+    wait_until(
+        "d2 lists the database group",
+        Duration::from_secs(60),
+        || {
+            let v = d2.op("GET", "/v1/accounts/a2/global/databases", "").json();
+            v["databases"]
+                .as_array()?
+                .iter()
+                .any(|r| r["replication_group"] == group.as_str())
+                .then_some(())
+        },
+    );
+    create_replica(d2, &group);
+    wait_until("the replica has the rows", Duration::from_secs(60), || {
+        let t = replica_table(d2)?;
+        (scan_all(d2, &t)?.len() == 3).then_some(())
+    });
+    assert_eq!(ok(psql(&two.c2, "a2", "sales_replica", query)), on_primary);
+    let (ok_, _, err) = psql(
+        &two.c2,
+        "a2",
+        "sales_replica",
+        "INSERT INTO orders VALUES (9, 'zed', 1)",
+    );
+    assert!(!ok_, "a write on the replica must fail");
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(ok(psql(&two.c2, "a2", "sales_replica", query)), on_primary);
+}
