@@ -24,8 +24,10 @@ pub mod crash;
 pub mod daemon;
 pub mod error;
 pub mod ingest;
+pub mod monitor;
 pub mod rows;
 pub mod supervisor;
+pub mod ui;
 
 use std::sync::Arc;
 
