@@ -459,6 +459,8 @@ impl Drop for Claim<'_> {
 #[derive(Debug)]
 pub struct Agents {
     pools: [Pool; 4],
+    /// Whether agents publish at all (benchmarks compare on and off).
+    enabled: AtomicBool,
 }
 
 impl Default for Agents {
@@ -476,7 +478,19 @@ impl Agents {
     pub fn new(per_pool: usize) -> Self {
         Self {
             pools: AgentKind::ALL.map(|k| Pool::new(k, per_pool)),
+            enabled: AtomicBool::new(true),
         }
+    }
+
+    /// Whether agents publish (on unless [`Self::set_enabled`] turned it off).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Turns publishing on or off (off: agents skip their blocks; the monitor then
+    /// reports no agent figures; benchmarks measure monitoring's cost with it).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// The pool of `kind`.

@@ -23,11 +23,17 @@ impl Replication {
 
     /// Publishes one unit of `kind` (in a block only this call writes meanwhile).
     pub(crate) fn publish(&self, kind: AgentKind, unit: Unit) {
+        if !self.inner.agents.enabled() {
+            return;
+        }
         self.inner.agents.pool(kind).claim().publish(&unit);
     }
 
     /// Publishes one failed unit of `kind`.
     pub(crate) fn publish_error(&self, kind: AgentKind) {
+        if !self.inner.agents.enabled() {
+            return;
+        }
         self.inner
             .agents
             .pool(kind)

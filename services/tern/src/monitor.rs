@@ -47,7 +47,8 @@ pub fn render(v: &Value) -> String {
     let queued = |r: &Value| {
         r["queues"].as_object().map_or(0.0, |q| {
             q.iter()
-                .filter(|(k, _)| !k.ends_with("/done"))
+                // Sent and failed are kept records, not work (ternd's `is_pending`).
+                .filter(|(k, _)| !(k.ends_with("/Sent") || k.ends_with("/failed")))
                 .map(|(_, n)| f(n))
                 .sum()
         })

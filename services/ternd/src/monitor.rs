@@ -232,6 +232,9 @@ pub struct Snapshot {
     pub metrics: String,
     /// The interval's figures.
     pub row: HistoryRow,
+    /// How long the tick took to measure and render them (what each scrape cost when
+    /// `/metrics` measured on every request).
+    pub took: Duration,
 }
 
 /// The monitor's shared state (in [`Daemon`]).
@@ -284,6 +287,7 @@ impl MonitorWorker {
     }
 
     async fn tick(&mut self, d: &Arc<Daemon>) -> Result<()> {
+        let started = std::time::Instant::now();
         let cfg = &d.config.monitor;
         let agents = d.replication.agents();
         let monitor = self.monitor.get_or_insert_with(|| {
@@ -411,7 +415,7 @@ impl MonitorWorker {
                 breached: r.lag_ms > r.rpo_ms,
             });
         }
-        for (q, depth) in &queues {
+        for (q, depth) in queues.iter().filter(|(q, _)| is_pending(q)) {
             obs.push(self.alerts.queue(q, *depth, cfg.queue_stuck_intervals));
         }
         obs.push(Observation {
@@ -509,6 +513,7 @@ impl MonitorWorker {
             at_ms: now,
             metrics,
             row,
+            took: started.elapsed(),
         });
         if let Some(url) = &cfg.webhook {
             deliver(d, url, cfg.webhook_attempts).await?;
@@ -542,6 +547,13 @@ impl Worker for MonitorWorker {
     fn status(&self) -> WorkerStatus {
         self.status.clone()
     }
+}
+
+/// Whether `queue` (a key of [`HistoryRow::queues`]) holds work still to do, not kept
+/// records: sent messages and failed messages or jobs (those wait for an operator and have
+/// their own gauges) never "drain".
+pub fn is_pending(queue: &str) -> bool {
+    !(queue.ends_with("/Sent") || queue.ends_with("/failed"))
 }
 
 fn ms(d: Duration) -> i64 {
@@ -728,7 +740,7 @@ fn render_monitor(m: &mut String, row: &HistoryRow, interval: Duration) {
     );
     family(
         "tern_queue_depth",
-        "Queue depths at the last monitor tick: messages by direction/state, jobs by kind/state, outbox.",
+        "Queue depths at the last monitor tick: messages by direction/state, jobs by kind/state, outbox (states Sent and failed are kept records, not work).",
         "gauge",
         row.queues
             .iter()
@@ -811,6 +823,11 @@ pub async fn metrics(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
             t.push_str(&s.metrics);
             t.push_str("# HELP tern_monitor_snapshot_age_seconds How old the figures of this page are.\n# TYPE tern_monitor_snapshot_age_seconds gauge\n");
             t.push_str(&format!("tern_monitor_snapshot_age_seconds {age}\n"));
+            t.push_str("# HELP tern_monitor_tick_seconds How long the monitor's last tick took to measure and render the figures.\n# TYPE tern_monitor_tick_seconds gauge\n");
+            t.push_str(&format!(
+                "tern_monitor_tick_seconds {}\n",
+                s.took.as_secs_f64()
+            ));
             t
         }
         None => crate::api::render_metrics(&d).await?,
@@ -906,6 +923,16 @@ pub fn routes() -> Router<Arc<Daemon>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_records_are_not_queues_of_work() {
+        assert!(is_pending("messages in/ready"));
+        assert!(is_pending("jobs import/waiting"));
+        assert!(is_pending("outbox"));
+        assert!(!is_pending("messages out/Sent"));
+        assert!(!is_pending("messages in/failed"));
+        assert!(!is_pending("jobs snapshot/failed"));
+    }
 
     #[test]
     fn history_keys_sort_newest_first() {

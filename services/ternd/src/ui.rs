@@ -149,7 +149,7 @@ async fn data(State(d): State<Arc<Daemon>>, headers: HeaderMap) -> Result<Respon
                 "latency_avg_ms": apply.latency_avg_ms,
                 "latency_max_ms": apply.latency_max_ms,
                 "max_lag_ms": h.replicas.iter().map(|r| r.lag_ms).max().unwrap_or(0),
-                "queued": h.queues.iter().filter(|(q, _)| !q.ends_with("/done")).map(|(_, n)| n).sum::<u64>(),
+                "queued": h.queues.iter().filter(|(q, _)| crate::monitor::is_pending(q)).map(|(_, n)| n).sum::<u64>(),
             })
         })
         .collect();
