@@ -86,7 +86,8 @@ pub fn render(v: &Value) -> String {
     .to_vec();
     let mut out = output::table(&cols, &table);
     out.push('\n');
-    let series: [(&str, Box<dyn Fn(&Value) -> f64>); 5] = [
+    type Pick<'a> = Box<dyn Fn(&Value) -> f64 + 'a>;
+    let series: [(&str, Pick<'_>); 5] = [
         ("txn/s", Box::new(|r| apply(r, "units_per_sec"))),
         ("rows/s", Box::new(|r| apply(r, "rows_per_sec"))),
         ("latency max ms", Box::new(|r| apply(r, "latency_max_ms"))),
@@ -94,7 +95,7 @@ pub fn render(v: &Value) -> String {
         ("queued", Box::new(queued)),
     ];
     for (name, pick) in series {
-        let vals: Vec<f64> = rows.iter().map(|r| pick(r)).collect();
+        let vals: Vec<f64> = rows.iter().map(&pick).collect();
         let last = vals.last().copied().unwrap_or(0.0);
         let max = vals.iter().copied().fold(0.0, f64::max);
         out.push_str(&format!(

@@ -389,13 +389,7 @@ impl MonitorWorker {
                 .map(|r| r.name)
                 .collect()
         };
-        let rejected_now = d
-            .messaging
-            .counters()
-            .rejected()
-            .into_iter()
-            .map(|(_, n)| n)
-            .sum::<u64>()
+        let rejected_now = d.messaging.counters().rejected().values().sum::<u64>()
             + tern_replication::service::Counters::get(&d.replication.counters().rejected);
         let rejections = rejected_now
             - self
