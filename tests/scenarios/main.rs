@@ -4,6 +4,7 @@ mod account_keys;
 mod cli;
 mod failover;
 mod localstack;
+mod monitoring;
 mod replication;
 mod selfcheck;
 mod sql;

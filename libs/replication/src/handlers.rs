@@ -324,6 +324,16 @@ impl Replication {
             .await
         {
             Ok(figures) => {
+                let (rows, _) = crate::monitoring::added(&s.changes);
+                self.publish(
+                    tern_monitor::AgentKind::Apply,
+                    tern_monitor::Unit {
+                        rows,
+                        bytes: figures.bytes,
+                        files: figures.files,
+                        latency_ms: self.elapsed_ms(s.committed_at_ms),
+                    },
+                );
                 self.remove_inbound(&from, &s.shipment_id).await;
                 Counters::add(&self.inner.counters.records_applied, 1);
                 self.committed();
@@ -373,6 +383,7 @@ impl Replication {
                 Ok(Commit::none())
             }
             Err(e) => {
+                self.publish_error(tern_monitor::AgentKind::Apply);
                 let text = e.to_string();
                 let _ = self.with_replica(&s.group, |r| r.last_error = Some(text.clone()));
                 Err(retry(e))

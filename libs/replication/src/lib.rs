@@ -59,6 +59,7 @@ pub mod handlers;
 pub mod jobs;
 pub mod local;
 pub mod model;
+pub mod monitoring;
 pub mod peers;
 pub mod prune;
 pub mod schedule;

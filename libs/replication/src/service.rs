@@ -303,6 +303,8 @@ pub(crate) struct Inner {
     pub(crate) messages: std::sync::OnceLock<tern_messaging::Context>,
     /// When the log was last pruned (0: not yet).
     pub(crate) last_prune_ms: std::sync::atomic::AtomicI64,
+    /// The agents' counter blocks (see [`crate::monitoring`]).
+    pub(crate) agents: tern_monitor::Agents,
 }
 
 /// A customer key as opened here, or why it could not be.
@@ -551,6 +553,7 @@ impl Replication {
                 deferred_votes: std::sync::Mutex::default(),
                 messages: std::sync::OnceLock::new(),
                 last_prune_ms: std::sync::atomic::AtomicI64::new(0),
+                agents: tern_monitor::Agents::default(),
             }),
         })
     }

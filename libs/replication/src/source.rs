@@ -381,6 +381,15 @@ impl Replication {
         sender.mark_ready(&msg_id).await?;
         self.crash_point(crash::SNAPSHOT_SENT)?;
         self.snapshot_sent(key, &job, &db, sent)?;
+        self.publish(
+            tern_monitor::AgentKind::Copy,
+            tern_monitor::Unit {
+                rows: 0,
+                bytes: copied.bytes,
+                files: copied.files,
+                latency_ms: self.elapsed_ms(job.received_at_ms),
+            },
+        );
         tracing::info!(peer = %peer, group = %job.request.group, files = copied.files,
             bytes = copied.bytes, log_position = stable, "snapshot sent");
         Ok(())
@@ -705,6 +714,7 @@ impl Replication {
             self.count_copied(copied.files, copied.bytes);
             (Some(wrapped), copied.bytes)
         };
+        let (rows, files) = crate::monitoring::added(&changes);
         let shipment = LogShipment {
             v: PAYLOAD_VERSION,
             group: d.group.clone(),
@@ -747,6 +757,15 @@ impl Replication {
         }
         self.crash_point(crash::SHIP_SENT)?;
         Counters::add(&self.inner.counters.records_shipped, 1);
+        self.publish(
+            tern_monitor::AgentKind::Ship,
+            tern_monitor::Unit {
+                rows,
+                bytes,
+                files,
+                latency_ms: self.elapsed_ms(committed_at_ms),
+            },
+        );
         Ok(bytes)
     }
 }

@@ -508,6 +508,15 @@ impl Replication {
         self.finish_refresh(job, Some((versions, files, bytes)))?;
         self.crash_point(crash::IMPORT_FINISHED)?;
         Counters::add(&self.inner.counters.snapshots_imported, 1);
+        self.publish(
+            tern_monitor::AgentKind::Import,
+            tern_monitor::Unit {
+                rows: 0,
+                bytes,
+                files,
+                latency_ms: self.elapsed_ms(job.received_at_ms),
+            },
+        );
         self.committed();
         tracing::info!(database = %r.database, response = %res.response_id, files, bytes, "snapshot imported");
         Ok(())

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 mod client;
 mod demo;
+mod monitor;
 mod output;
 mod selfcheck;
 mod sql;
@@ -175,6 +176,19 @@ enum Command {
     Deployment(DeploymentCmd),
     /// The daemon's workers, queues and unfinished transactions (operator).
     Status,
+    /// Apply monitoring: the last N monitor intervals (throughput, end-to-end latency,
+    /// lag, queues) as a table with sparklines, or the notification events (operator).
+    Monitor {
+        /// How many intervals (or events).
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// Notification events (thresholds fired and cleared) instead of intervals.
+        #[arg(long)]
+        events: bool,
+        /// Restart the cumulative figures from zero (at the next monitor tick).
+        #[arg(long)]
+        reset: bool,
+    },
     /// Run the whole failover cycle on local folders with real daemons: a group formed, a
     /// database loaded and replicated (hub and chain), writes followed with their lag, the
     /// primary killed, failover (RTO, known loss), writes on the new primary, the old one
@@ -1493,6 +1507,29 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Status => {
             let v = c.get("/v1/status").await?;
             print_status(&v, json_out);
+        }
+        Command::Monitor {
+            last,
+            events,
+            reset,
+        } => {
+            if reset {
+                print_value(&c.post("/v1/monitor/reset", &json!({})).await?, json_out);
+            } else if events {
+                let v = c.get(&format!("/v1/monitor/events?last={last}")).await?;
+                if json_out {
+                    print_value(&v, true);
+                } else {
+                    output::print(&monitor::render_events(&v));
+                }
+            } else {
+                let v = c.get(&format!("/v1/monitor?last={last}")).await?;
+                if json_out {
+                    print_value(&v, true);
+                } else {
+                    output::print(&monitor::render(&v));
+                }
+            }
         }
         Command::Demo { .. } | Command::Selfcheck { .. } => {}
     }

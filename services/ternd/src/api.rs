@@ -8,7 +8,11 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | liveness, no token |
-//! | `GET /metrics` | Prometheus text: commits, bytes, rows, messages by state, rejections, workers |
+//! | `GET /metrics` | Prometheus text: commits, bytes, rows, messages by state, rejections, workers, apply monitoring; served from the monitor's last snapshot (no scans per scrape) |
+//! | `GET /v1/monitor?last=N` | the last N monitor intervals (history rows) and the alerts firing (operator) |
+//! | `GET /v1/monitor/events?last=N` | notification events: thresholds fired and cleared (operator) |
+//! | `POST /v1/monitor/reset` | cumulative figures restart from zero (operator) |
+//! | `GET /ui` | status page (operator token: header, or `?token=` once, kept in a cookie) |
 //! | `GET /v1/status` | workers, queues, unfinished transactions (operator) |
 //! | `GET/POST /v1/deployments` | `show deployments` / `create deployment` (operator) |
 //! | `POST /v1/deployments/{id}/channel` | register the channel a peer created to us |
@@ -190,7 +194,7 @@ fn principal(d: &Daemon, headers: &HeaderMap) -> Result<Principal> {
     }
 }
 
-fn operator(d: &Daemon, headers: &HeaderMap) -> Result<()> {
+pub(crate) fn operator(d: &Daemon, headers: &HeaderMap) -> Result<()> {
     match principal(d, headers)? {
         Principal::Operator => Ok(()),
         Principal::Account(a) => Err(Error::Forbidden {
@@ -269,7 +273,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
     let tbl = "/v1/accounts/{account}/databases/{db}/schemas/{schema}/tables/{table}";
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::monitor::metrics))
+        .merge(crate::monitor::routes())
+        .merge(crate::ui::routes())
         .route("/v1/status", get(status))
         .route("/v1/sql", post(crate::sql::run_sql))
         .route(
@@ -436,7 +442,10 @@ async fn status(State(d): St, headers: HeaderMap) -> ApiResult {
     })))
 }
 
-async fn metrics(State(d): St) -> ApiResult<Response> {
+/// The Prometheus text of every figure `/metrics` serves, measured now (scans the metadata
+/// store: the monitor runs it once per `monitor_interval` and scrapes get its last
+/// result, see [`crate::monitor`]).
+pub(crate) async fn render_metrics(d: &Daemon) -> Result<String> {
     let mut m = String::new();
     let stats = d.txn.phase_stats();
     let mut counter = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
@@ -769,7 +778,7 @@ async fn metrics(State(d): St) -> ApiResult<Response> {
             .map(|((k, st), n)| (format!("{{kind=\"{k}\",state=\"{st}\"}}"), n))
             .collect(),
     );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response())
+    Ok(m)
 }
 
 /// A Prometheus label value, escaped.
@@ -2485,7 +2494,7 @@ async fn resolve_connection(
 
 /// `show replication status` (operator).
 /// A unit enum's serde name (`backing_off`).
-fn enum_name<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn enum_name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

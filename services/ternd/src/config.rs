@@ -60,6 +60,7 @@ pub const TOP_LEVEL_FIELDS: &[&str] = &[
     "compaction",
     "log",
     "sql",
+    "monitor",
 ];
 
 /// A deployment's configuration (`ternd --config deployment.toml`).
@@ -101,6 +102,8 @@ pub struct Config {
     pub log: LogConfig,
     /// SQL interfaces besides `POST /v1/sql` (the PostgreSQL protocol).
     pub sql: SqlConfig,
+    /// Apply monitoring: history, thresholds, notifications (see [`crate::monitor`]).
+    pub monitor: crate::monitor::MonitorConfig,
 }
 
 impl Default for Config {
@@ -123,6 +126,7 @@ impl Default for Config {
             compaction: CompactionConfig::default(),
             log: LogConfig::default(),
             sql: SqlConfig::default(),
+            monitor: crate::monitor::MonitorConfig::default(),
         }
     }
 }
@@ -271,7 +275,8 @@ pub struct WorkersConfig {
     /// How often a heartbeat goes to every peer of the group.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// How often the monitor samples the figures into the log.
+    /// How often the monitor reads the agents' counter blocks and reports (history row,
+    /// `/metrics` snapshot, thresholds, log line).
     #[serde(with = "humantime_serde")]
     pub monitor_interval: Duration,
     /// Finished transaction rows are forgotten after this long.
@@ -289,7 +294,7 @@ impl Default for WorkersConfig {
             error_backoff: Duration::from_secs(1),
             recover_interval: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(30),
-            monitor_interval: Duration::from_secs(60),
+            monitor_interval: Duration::from_secs(10),
             txn_retention: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -586,6 +591,9 @@ impl Config {
             }
             other => invalid("messaging", other.to_string()),
         })?;
+        self.monitor
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         Ok(())

@@ -219,6 +219,8 @@ pub struct Daemon {
     pub counters: ApiCounters,
     /// Wakes the recovery worker (a commit was in doubt).
     pub recover_wake: Arc<Notify>,
+    /// The monitor's last snapshot (what `/metrics` and `/ui` serve).
+    pub monitor: crate::monitor::MonitorState,
     clock: SharedClock,
     bucket: Arc<dyn ObjectStore>,
     peers: Mutex<HashMap<DeploymentId, Peer>>,
@@ -473,6 +475,7 @@ impl Daemon {
             peer_set,
             counters: ApiCounters::default(),
             recover_wake: Arc::new(Notify::new()),
+            monitor: Default::default(),
             clock,
             bucket,
             peers: Mutex::new(peers),
@@ -485,6 +488,16 @@ impl Daemon {
     /// The clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_millis()
+    }
+
+    /// The clock, shared.
+    pub fn clock(&self) -> SharedClock {
+        Arc::clone(&self.clock)
+    }
+
+    /// This deployment's replication bucket (peers' inbound stages are there).
+    pub fn bucket(&self) -> &Arc<dyn ObjectStore> {
+        &self.bucket
     }
 
     /// Forgets writes' idempotency keys older than `api.idempotency_retention` (run by the
@@ -561,11 +574,10 @@ impl Daemon {
             status: WorkerStatus::default(),
             sent: 0,
         }));
-        s.spawn(Box::new(MonitorWorker {
-            daemon: Arc::downgrade(self),
-            interval: self.config.workers.monitor_interval,
-            status: WorkerStatus::default(),
-        }));
+        s.spawn(Box::new(crate::monitor::MonitorWorker::new(
+            Arc::downgrade(self),
+            self.config.workers.monitor_interval,
+        )));
         if self.config.compaction.enabled() {
             s.spawn(Box::new(CompactionWorker {
                 daemon: Arc::downgrade(self),
@@ -966,48 +978,6 @@ impl Worker for CompactionWorker {
             // A table with more than max_files small files needs another commit now.
             return Ok(WorkerState::Busy);
         }
-        Ok(WorkerState::Idle)
-    }
-    async fn wait_for_work(&mut self) {
-        tokio::time::sleep(self.interval).await;
-    }
-    fn status(&self) -> WorkerStatus {
-        self.status.clone()
-    }
-}
-
-/// Logs the deployment's figures every interval (DESIGN.md §12: cumulative and
-/// instantaneous figures; `/metrics` serves the same).
-struct MonitorWorker {
-    daemon: std::sync::Weak<Daemon>,
-    interval: Duration,
-    status: WorkerStatus,
-}
-
-#[async_trait]
-impl Worker for MonitorWorker {
-    fn name(&self) -> String {
-        "monitor".into()
-    }
-    async fn work(&mut self) -> Result<WorkerState> {
-        let Some(d) = self.daemon.upgrade() else {
-            return Ok(WorkerState::Idle);
-        };
-        let commits = d.txn.phase_stats().commits;
-        let queues = d.message_states()?;
-        let unfinished: usize = d.unfinished_transactions()?.values().sum();
-        let c = d.messaging.counters();
-        tracing::info!(
-            commits,
-            rows_inserted = d.counters.rows_inserted.load(Ordering::Relaxed),
-            messages_sent = tern_messaging::Counters::get(&c.messages_sent),
-            messages_received = tern_messaging::Counters::get(&c.messages_received),
-            unfinished_transactions = unfinished,
-            queues = ?queues,
-            "monitor"
-        );
-        self.status.busy_units += 1;
-        self.status.figures = vec![("commits", commits)];
         Ok(WorkerState::Idle)
     }
     async fn wait_for_work(&mut self) {

@@ -24,10 +24,12 @@ pub mod crash;
 pub mod daemon;
 pub mod error;
 pub mod ingest;
+pub mod monitor;
 pub mod pg;
 pub mod rows;
 pub mod sql;
 pub mod supervisor;
+pub mod ui;
 
 use std::sync::Arc;
 

@@ -5,3 +5,4 @@ mod compaction;
 mod harness;
 mod idempotency;
 mod in_doubt;
+mod monitoring;

@@ -1,0 +1,168 @@
+//! `tern monitor`: the last N monitor intervals as a table, with a sparkline per figure.
+
+use serde_json::{Value, json};
+
+use crate::output;
+
+/// `▁▂▃▄▅▆▇█` for `values` (scaled to their maximum; an all-zero series is flat).
+pub fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().fold(0.0_f64, f64::max);
+    values
+        .iter()
+        .map(|v| {
+            if max <= 0.0 || !v.is_finite() {
+                BARS[0]
+            } else {
+                let i = ((v / max) * 7.0).round().clamp(0.0, 7.0) as usize;
+                BARS[i]
+            }
+        })
+        .collect()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn time(ms: &Value) -> String {
+    let s = ms.as_i64().unwrap_or(0) / 1000;
+    let (h, m, sec) = ((s / 3600) % 24, (s / 60) % 60, s % 60);
+    format!("{h:02}:{m:02}:{sec:02}Z")
+}
+
+/// The text `tern monitor` prints for the answer of `GET /v1/monitor`.
+pub fn render(v: &Value) -> String {
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return "no monitor intervals yet (the first ends one monitor_interval after start)\n"
+            .into();
+    }
+    let apply = |r: &Value, k: &str| f(&r["agents"]["apply"][k]);
+    let lag = |r: &Value| {
+        r["replicas"].as_array().map_or(0.0, |a| {
+            a.iter().map(|x| f(&x["lag_ms"])).fold(0.0, f64::max)
+        }) / 1000.0
+    };
+    let queued = |r: &Value| {
+        r["queues"].as_object().map_or(0.0, |q| {
+            q.iter()
+                // Sent and failed are kept records, not work (ternd's `is_pending`).
+                .filter(|(k, _)| !(k.ends_with("/Sent") || k.ends_with("/failed")))
+                .map(|(_, n)| f(n))
+                .sum()
+        })
+    };
+    let table: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "#": r["interval"],
+                "at": time(&r["at_ms"]),
+                "applied": r["agents"]["apply"]["cumulative"]["units"],
+                "txn/s": format!("{:.2}", apply(r, "units_per_sec")),
+                "rows/s": format!("{:.1}", apply(r, "rows_per_sec")),
+                "lat avg ms": format!("{:.1}", apply(r, "latency_avg_ms")),
+                "lat max ms": apply(r, "latency_max_ms"),
+                "max lag s": format!("{:.2}", lag(r)),
+                "queued": queued(r),
+                "alerts": r["alerts"].as_array().map_or(0, Vec::len),
+            })
+        })
+        .collect();
+    let cols: Vec<String> = [
+        "#",
+        "at",
+        "applied",
+        "txn/s",
+        "rows/s",
+        "lat avg ms",
+        "lat max ms",
+        "max lag s",
+        "queued",
+        "alerts",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut out = output::table(&cols, &table);
+    out.push('\n');
+    type Pick<'a> = Box<dyn Fn(&Value) -> f64 + 'a>;
+    let series: [(&str, Pick<'_>); 5] = [
+        ("txn/s", Box::new(|r| apply(r, "units_per_sec"))),
+        ("rows/s", Box::new(|r| apply(r, "rows_per_sec"))),
+        ("latency max ms", Box::new(|r| apply(r, "latency_max_ms"))),
+        ("max lag s", Box::new(lag)),
+        ("queued", Box::new(queued)),
+    ];
+    for (name, pick) in series {
+        let vals: Vec<f64> = rows.iter().map(&pick).collect();
+        let last = vals.last().copied().unwrap_or(0.0);
+        let max = vals.iter().copied().fold(0.0, f64::max);
+        out.push_str(&format!(
+            "{name:<15} {}  last {last:.2}  max {max:.2}\n",
+            sparkline(&vals)
+        ));
+    }
+    let alerts = v["alerts"].as_array().cloned().unwrap_or_default();
+    if !alerts.is_empty() {
+        out.push_str("\nalerts firing:\n");
+        for a in alerts {
+            out.push_str(&format!(
+                "  {} {}: {} (limit {})\n",
+                output::cell(&a["kind"]),
+                output::cell(&a["subject"]),
+                f(&a["value"]),
+                f(&a["limit"])
+            ));
+        }
+    }
+    out
+}
+
+/// The text for `GET /v1/monitor/events`.
+pub fn render_events(v: &Value) -> String {
+    let rows: Vec<Value> = v["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            json!({"#": e["seq"], "at": time(&e["at_ms"]), "alert": e["kind"],
+                "subject": e["subject"], "change": e["transition"],
+                "value": e["value"], "limit": e["limit"]})
+        })
+        .collect();
+    let cols: Vec<String> = ["#", "at", "alert", "subject", "change", "value", "limit"]
+        .map(String::from)
+        .to_vec();
+    output::table(&cols, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparklines_scale_to_the_maximum() {
+        assert_eq!(sparkline(&[0.0, 1.0, 2.0, 4.0, 8.0]), "▁▂▃▅█");
+        assert_eq!(sparkline(&[0.0, 0.0]), "▁▁");
+        assert_eq!(sparkline(&[]), "");
+    }
+
+    #[test]
+    fn the_table_shows_each_interval_and_a_sparkline_per_figure() {
+        let v = json!({"rows": [
+            {"interval": 1, "at_ms": 3_600_000, "agents": {"apply": {"cumulative": {"units": 2},
+              "units_per_sec": 0.2, "rows_per_sec": 20.0, "latency_avg_ms": 5.0, "latency_max_ms": 9}},
+             "replicas": [{"lag_ms": 1500}], "queues": {"messages in/waiting": 3}, "alerts": []},
+            {"interval": 2, "at_ms": 3_610_000, "agents": {"apply": {"cumulative": {"units": 12},
+              "units_per_sec": 1.0, "rows_per_sec": 100.0, "latency_avg_ms": 7.0, "latency_max_ms": 30}},
+             "replicas": [{"lag_ms": 0}], "queues": {}, "alerts": [{"kind": "lag_over_rpo"}]}
+        ], "alerts": [{"kind": "lag_over_rpo", "subject": "replica r", "value": 9.0, "limit": 5.0}]});
+        let t = render(&v);
+        assert!(t.contains("01:00:10Z"), "{t}");
+        assert!(t.contains("txn/s           ▂█"), "{t}");
+        assert!(t.contains("max lag s       █▁"), "{t}");
+        assert!(t.contains("lag_over_rpo replica r: 9 (limit 5)"), "{t}");
+    }
+}
