@@ -2287,7 +2287,7 @@ impl Replication {
         let mut delivered = 0;
         for (k, mut h) in hooks.into_iter().filter(|(_, h)| h.next_at_ms <= now) {
             let body = serde_json::to_vec(&h.event).unwrap_or_default();
-            let ok = post(&url, body).await;
+            let ok = post_json(&url, &body).await;
             match ok {
                 Ok(()) => {
                     self.meta().write(|tx| tx.delete(&k))?;
@@ -2851,28 +2851,36 @@ pub fn vote_decision(
     Ok(())
 }
 
-/// POSTs `body` (JSON) to `url` (plain HTTP/1.1; `http://host:port/path`).
-async fn post(url: &str, body: Vec<u8>) -> std::result::Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// The host and path (without its leading `/`) of a webhook URL, `http://host:port/path`;
+/// an error naming the URL for anything else.
+pub fn webhook_target(url: &str) -> std::result::Result<(&str, &str), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: only http:// webhooks are supported"))?;
-    let (host, path) = match rest.split_once('/') {
-        Some((h, p)) => (h, format!("/{p}")),
-        None => (rest, "/".to_string()),
-    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if host.is_empty() {
+        return Err(format!("{url}: no host"));
+    }
+    Ok((host, path))
+}
+
+/// POSTs `body` (JSON) to the webhook `url` over plain HTTP/1.1 (availability and
+/// monitoring notifications); an error says what failed, a non-2xx answer included.
+pub async fn post_json(url: &str, body: &[u8]) -> std::result::Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (host, path) = webhook_target(url)?;
     let connect = tokio::net::TcpStream::connect(host);
     let mut s = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let io = async {
         s.write_all(head.as_bytes()).await?;
-        s.write_all(&body).await?;
+        s.write_all(body).await?;
         let mut answer = Vec::new();
         s.read_to_end(&mut answer).await?;
         Ok::<_, std::io::Error>(answer)
@@ -2881,8 +2889,7 @@ async fn post(url: &str, body: Vec<u8>) -> std::result::Result<(), String> {
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&answer);
-    let status = line
+    let status = String::from_utf8_lossy(&answer)
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok())

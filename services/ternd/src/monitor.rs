@@ -94,7 +94,7 @@ impl MonitorConfig {
             return Err(("monitor.latency_sampling", "must be at least 1".into()));
         }
         if let Some(w) = &self.webhook {
-            split_url(w).map_err(|e| ("monitor.webhook", e))?;
+            tern_replication::failover::webhook_target(w).map_err(|e| ("monitor.webhook", e))?;
         }
         Ok(())
     }
@@ -591,7 +591,7 @@ async fn deliver(d: &Daemon, url: &str, attempts: u32) -> Result<()> {
         .read(|tx| tx.scan_prefix_limit::<HookRow>(&hooks_prefix(), 100))?;
     for (k, mut h) in hooks.into_iter().filter(|(_, h)| h.next_at_ms <= now) {
         let body = serde_json::to_vec(&h.event).unwrap_or_default();
-        match post_json(url, &body).await {
+        match tern_replication::failover::post_json(url, &body).await {
             Ok(()) => d.meta.write(|tx| tx.delete(&k))?,
             Err(e) => {
                 h.attempts += 1;
@@ -607,54 +607,6 @@ async fn deliver(d: &Daemon, url: &str, attempts: u32) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn split_url(url: &str) -> std::result::Result<(&str, &str), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// webhooks are supported"))?;
-    let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
-    if host.is_empty() {
-        return Err(format!("{url}: no host"));
-    }
-    Ok((host, path))
-}
-
-/// POSTs `body` (JSON) to `url` over plain HTTP/1.1 (the same small client as
-/// replication's availability webhook).
-async fn post_json(url: &str, body: &[u8]) -> std::result::Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (host, path) = split_url(url)?;
-    let connect = tokio::net::TcpStream::connect(host);
-    let mut s = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let head = format!(
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let io = async {
-        s.write_all(head.as_bytes()).await?;
-        s.write_all(body).await?;
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = String::from_utf8_lossy(&answer)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| "no HTTP status in the answer".to_string())?;
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("HTTP {status}"))
-    }
 }
 
 /// Appends the monitor's own figures to the Prometheus text.
