@@ -1,7 +1,7 @@
 //! Concurrent agents and a monitor reading while they publish.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
 use tern_clock::ManualClock;
@@ -35,41 +35,47 @@ fn counters_are_exact_and_never_torn_under_concurrent_agents() {
     let clock = ManualClock::new(0);
     let mut monitor = Monitor::new(clock.shared(), &agents);
     let stop = Arc::new(AtomicBool::new(false));
+    // Observed by the writers: they publish on (past UNITS) until the monitor ticked and
+    // the hammer read a few times, so the overlap is made, not left to the scheduler.
+    let ticks = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
     // A reader hammering single blocks besides the monitor.
     let hammer = {
-        let (agents, stop) = (Arc::clone(&agents), Arc::clone(&stop));
+        let (agents, stop, reads) = (Arc::clone(&agents), Arc::clone(&stop), Arc::clone(&reads));
         thread::spawn(move || {
-            let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for (_, r) in agents.pool(AgentKind::Apply).read() {
                     check_correlated(&r.cumulative, "cumulative");
                     check_correlated(&r.current, "current interval");
                     check_correlated(&r.previous, "previous interval");
-                    reads += 1;
+                    reads.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            reads
         })
     };
     let writers: Vec<_> = (0..AGENTS)
         .map(|a| {
-            let agents = Arc::clone(&agents);
+            let (agents, ticks, reads) =
+                (Arc::clone(&agents), Arc::clone(&ticks), Arc::clone(&reads));
             thread::spawn(move || {
                 // Each agent holds its block for its whole life, like a copy worker.
                 let claim = agents.pool(AgentKind::Apply).claim();
-                let mut rows = 0;
-                for i in 0..UNITS {
-                    let k = (i * 7 + a as u64) % 1000 + 1;
+                let (mut units, mut rows) = (0u64, 0u64);
+                while units < UNITS
+                    || ticks.load(Ordering::Relaxed) < 3
+                    || reads.load(Ordering::Relaxed) < 3
+                {
+                    let k = (units * 7 + a as u64) % 1000 + 1;
                     claim.publish(&correlated(k));
+                    units += 1;
                     rows += k;
                 }
-                rows
+                (units, rows)
             })
         })
         .collect();
     let mut interval_units = 0;
     let mut interval_rows = 0;
-    let mut ticks = 0;
     while !writers.iter().all(|w| w.is_finished()) {
         clock.advance(std::time::Duration::from_millis(10));
         let k = monitor.tick(&agents).kind(AgentKind::Apply);
@@ -77,15 +83,19 @@ fn counters_are_exact_and_never_torn_under_concurrent_agents() {
         check_correlated(&k.cumulative, "cumulative sum");
         interval_units += k.interval.units;
         interval_rows += k.interval.rows;
-        ticks += 1;
+        ticks.fetch_add(1, Ordering::Relaxed);
     }
-    let rows: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    let (total, rows) = writers
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .fold((0, 0), |(u, r), (wu, wr)| (u + wu, r + wr));
     stop.store(true, Ordering::Relaxed);
-    let reads = hammer.join().unwrap();
+    hammer.join().unwrap();
+    let (ticks, reads) = (ticks.load(Ordering::Relaxed), reads.load(Ordering::Relaxed));
     let last = monitor.tick(&agents).kind(AgentKind::Apply);
     interval_units += last.interval.units;
     interval_rows += last.interval.rows;
-    let total = AGENTS as u64 * UNITS;
+    assert!(total >= AGENTS as u64 * UNITS);
     assert_eq!(last.cumulative.units, total);
     assert_eq!(last.cumulative.rows, rows);
     assert!((1..=AGENTS).contains(&last.agents), "{}", last.agents);
