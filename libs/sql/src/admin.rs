@@ -94,10 +94,7 @@ pub enum Admin {
 impl Admin {
     /// Whether only the operator token may run it (as its JSON API).
     pub fn operator_only(&self) -> bool {
-        matches!(
-            self,
-            Admin::SetGlobal { .. } | Admin::ShowReplicationStatus
-        )
+        matches!(self, Admin::SetGlobal { .. } | Admin::ShowReplicationStatus)
     }
 }
 
@@ -266,7 +263,10 @@ fn statement(p: &mut Parser<'_>) -> Result<Admin, ParserError> {
                 allow_data_loss,
             });
         }
-        return one_of(p, "ENABLE REPLICATION, DISABLE REPLICATION, REFRESH or PRIMARY");
+        return one_of(
+            p,
+            "ENABLE REPLICATION, DISABLE REPLICATION, REFRESH or PRIMARY",
+        );
     }
     expect(p, &["CREATE"])?;
     if word(p, "DEPLOYMENT") {
@@ -292,7 +292,11 @@ fn statement(p: &mut Parser<'_>) -> Result<Admin, ParserError> {
             )));
         }
     };
-    let upstream = if word(p, "FROM") { Some(name(p)?) } else { None };
+    let upstream = if word(p, "FROM") {
+        Some(name(p)?)
+    } else {
+        None
+    };
     Ok(Admin::CreateReplica {
         name: name_,
         source,
@@ -410,20 +414,28 @@ mod tests {
     #[test]
     fn bad_statements_name_the_problem() {
         let e = bad("SHOW GLOBAL TABLES");
-        assert!(e.contains("Expected: ACCOUNTS or DATABASES, found: TABLES"), "{e}");
+        assert!(
+            e.contains("Expected: ACCOUNTS or DATABASES, found: TABLES"),
+            "{e}"
+        );
         let e = bad("alter database sales enable replication to accounts");
         assert!(e.contains("Expected: identifier"), "{e}");
         let e = bad("alter database sales enable replication to accounts a.b.c");
         assert!(e.contains("account a.b.c has 3 parts"), "{e}");
         let e = bad("alter database sales vacuum");
         assert!(
-            e.contains("ENABLE REPLICATION, DISABLE REPLICATION, REFRESH or PRIMARY, found: vacuum"),
+            e.contains(
+                "ENABLE REPLICATION, DISABLE REPLICATION, REFRESH or PRIMARY, found: vacuum"
+            ),
             "{e}"
         );
         let e = bad("create database copy as replica of d1.sales");
         assert!(e.contains("replica of d1.sales: name a group"), "{e}");
         let e = bad("alter database copy refresh now");
-        assert!(e.contains("unexpected now after the statement at Line: 1, Column: 29"), "{e}");
+        assert!(
+            e.contains("unexpected now after the statement at Line: 1, Column: 29"),
+            "{e}"
+        );
         let e = bad("alter account acme set local");
         assert!(e.contains("Expected: GLOBAL, found: local"), "{e}");
         let e = bad("create deployment d3");

@@ -27,6 +27,7 @@ pub mod ingest;
 pub mod pg;
 pub mod rows;
 pub mod sql;
+mod sql_admin;
 pub mod supervisor;
 
 use std::sync::Arc;
