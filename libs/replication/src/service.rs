@@ -1497,6 +1497,27 @@ fn require_account(tx: &mut MetaTxn<'_>, account: &AccountId) -> tern_meta::Resu
         })
 }
 
+fn not_allowed(
+    group: &str,
+    deployment: &DeploymentId,
+    account: &AccountId,
+    primary: &GlobalEntity,
+) -> Error {
+    Error::invalid(
+        format!("replica of {group}"),
+        format!(
+            "account {account} of deployment {deployment} is not allowed to replicate it (database {} of {} enables replication to accounts {} only)",
+            primary.name.as_deref().unwrap_or("?"),
+            primary.deployment,
+            primary
+                .allowed_accounts
+                .as_deref()
+                .unwrap_or_default()
+                .join(", ")
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1557,25 +1578,4 @@ mod tests {
         // Never heard: only what is known.
         assert_eq!(replica_lag_ms(false, None, None, None, hb, 10_000), 0);
     }
-}
-
-fn not_allowed(
-    group: &str,
-    deployment: &DeploymentId,
-    account: &AccountId,
-    primary: &GlobalEntity,
-) -> Error {
-    Error::invalid(
-        format!("replica of {group}"),
-        format!(
-            "account {account} of deployment {deployment} is not allowed to replicate it (database {} of {} enables replication to accounts {} only)",
-            primary.name.as_deref().unwrap_or("?"),
-            primary.deployment,
-            primary
-                .allowed_accounts
-                .as_deref()
-                .unwrap_or_default()
-                .join(", ")
-        ),
-    )
 }
