@@ -535,6 +535,18 @@ fn seed_replication_statements_between_two_daemons() {
             .contains("Expected: ENABLE REPLICATION, DISABLE REPLICATION, REFRESH or PRIMARY"),
         "{b}"
     );
+    // CREATE DEPLOYMENT is the operator's, and a bad genesis changes nothing.
+    let add = "CREATE DEPLOYMENT d3 REGION = 'r3' GENESIS = 'nope'";
+    let (s, b) = admin_sql(d2, &a2, "a2", add);
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = admin_sql(d2, OPERATOR_TOKEN, "a2", add);
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        error_of(&b).1.contains("GENESIS: not a channel genesis"),
+        "{b}"
+    );
+    let deployments = rows_of(admin_sql(d2, OPERATOR_TOKEN, "a2", "SHOW DEPLOYMENTS"));
+    assert_eq!(deployments.len(), 2, "{deployments:?}");
     let (s, b) = admin_sql(d2, &a2, "a2", "SELECT 1");
     assert_eq!(s, 400, "{b}");
     assert!(error_of(&b).1.contains("database"), "{b}");

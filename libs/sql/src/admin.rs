@@ -41,6 +41,19 @@ pub enum ReplicaSource {
 /// A replication statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admin {
+    /// `CREATE DEPLOYMENT id [REGION = 'r'] [CLOUD = 'c'] [URL = 'u'] [GENESIS = 'json']`.
+    CreateDeployment {
+        /// The deployment's id.
+        id: String,
+        /// Its region.
+        region: String,
+        /// Its cloud.
+        cloud: String,
+        /// Its replication bucket URL (default: from the daemon's `[[peers]]` entry).
+        url: String,
+        /// The genesis of its channel to us (JSON), if it made one already.
+        genesis: Option<String>,
+    },
     /// `SHOW DEPLOYMENTS`.
     ShowDeployments,
     /// `ALTER ACCOUNT a SET GLOBAL [GROUP = 'g']`.
@@ -94,7 +107,10 @@ pub enum Admin {
 impl Admin {
     /// Whether only the operator token may run it (as its JSON API).
     pub fn operator_only(&self) -> bool {
-        matches!(self, Admin::SetGlobal { .. } | Admin::ShowReplicationStatus)
+        matches!(
+            self,
+            Admin::CreateDeployment { .. } | Admin::SetGlobal { .. } | Admin::ShowReplicationStatus
+        )
     }
 }
 
@@ -270,9 +286,33 @@ fn statement(p: &mut Parser<'_>) -> Result<Admin, ParserError> {
     }
     expect(p, &["CREATE"])?;
     if word(p, "DEPLOYMENT") {
-        return Err(ParserError::ParserError(
-            "CREATE DEPLOYMENT is not a SQL statement here: link deployments with `tern deployment add` (POST /v1/deployments)".into(),
-        ));
+        let id = name(p)?;
+        let (mut region, mut cloud, mut url, mut genesis) =
+            (String::new(), String::new(), String::new(), None);
+        loop {
+            let slot = if word(p, "REGION") {
+                &mut region
+            } else if word(p, "CLOUD") {
+                &mut cloud
+            } else if word(p, "URL") {
+                &mut url
+            } else if word(p, "GENESIS") {
+                let _ = p.consume_token(&Token::Eq);
+                genesis = Some(name(p)?);
+                continue;
+            } else {
+                break;
+            };
+            let _ = p.consume_token(&Token::Eq);
+            *slot = name(p)?;
+        }
+        return Ok(Admin::CreateDeployment {
+            id,
+            region,
+            cloud,
+            url,
+            genesis,
+        });
     }
     expect(p, &["DATABASE"])?;
     let name_ = name(p)?;
@@ -394,6 +434,17 @@ mod tests {
             }
         );
         assert_eq!(ok("SHOW REPLICATION STATUS"), Admin::ShowReplicationStatus);
+        assert_eq!(
+            ok("CREATE DEPLOYMENT d2 REGION = 'eu-west' URL = 'file:///b' GENESIS = '{}'"),
+            Admin::CreateDeployment {
+                id: "d2".into(),
+                region: "eu-west".into(),
+                cloud: String::new(),
+                url: "file:///b".into(),
+                genesis: Some("{}".into())
+            }
+        );
+        assert!(ok("create deployment d3").operator_only());
         assert!(Admin::ShowReplicationStatus.operator_only());
         assert!(!Admin::ShowGlobalDatabases.operator_only());
     }
@@ -438,8 +489,8 @@ mod tests {
         );
         let e = bad("alter account acme set local");
         assert!(e.contains("Expected: GLOBAL, found: local"), "{e}");
-        let e = bad("create deployment d3");
-        assert!(e.contains("tern deployment add"), "{e}");
+        let e = bad("create deployment d3 zone = 'x'");
+        assert!(e.contains("unexpected zone after the statement"), "{e}");
         assert!(bad("show replication").contains("Expected: STATUS"));
     }
 }

@@ -44,6 +44,35 @@ pub(crate) async fn run(
         }
     }
     let (columns, rows): (&[&str], Vec<Value>) = match stmt {
+        Admin::CreateDeployment {
+            id,
+            region,
+            cloud,
+            url,
+            genesis,
+        } => {
+            let genesis = genesis
+                .map(|g| {
+                    serde_json::from_str::<tern_messaging::ChannelGenesis>(&g)
+                        .map_err(|e| Error::Invalid(format!("GENESIS: not a channel genesis: {e}")))
+                })
+                .transpose()?;
+            let dpo = tern_meta::DeploymentDpo {
+                id: DeploymentId::new(id.as_str())?,
+                region,
+                cloud,
+                replication_bucket_url: url,
+                credentials_ref: None,
+                added_at_ms: 0,
+            };
+            let genesis = d.create_deployment(dpo, genesis).await?;
+            let genesis = serde_json::to_string(&genesis)
+                .map_err(|e| Error::internal("encode genesis")(e.to_string()))?;
+            (
+                &["deployment", "genesis"],
+                vec![serde_json::json!({"deployment": id, "genesis": genesis})],
+            )
+        }
         Admin::ShowDeployments => {
             let members = d.meta.read(|tx| tx.list_deployments())?;
             let rows = members
