@@ -346,3 +346,208 @@ fn psql_creates_inserts_and_queries_and_a_replica_answers_the_same() {
     assert!(err.contains("read-only"), "{err}");
     assert_eq!(ok(psql(&two.c2, "a2", "sales_replica", query)), on_primary);
 }
+
+/// `POST /v1/sql` for a replication statement (no database) as `account` with `token`.
+fn admin_sql(d: &Ternd, token: &str, account: &str, sql: &str) -> (u16, String) {
+    let body = json!({"account": account, "sql": sql});
+    let r = request(
+        &d.addr,
+        "POST",
+        "/v1/sql",
+        Some(token),
+        "application/json",
+        body.to_string().as_bytes(),
+    );
+    (r.status, r.body)
+}
+
+/// The seed's replication statements between two real daemons: replication enabled to
+/// one account only, the replica created by SQL on the second daemon (`tern sql` and
+/// psql too), global databases shown, refreshed; another account is refused, through
+/// SQL and through the JSON API; operator-only statements need the operator token.
+#[test]
+fn seed_replication_statements_between_two_daemons() {
+    let two = two_with(&[("TERN_SQL__PG_LISTEN", "127.0.0.1:0")], "");
+    let (d1, d2) = (&two.d1, &two.d2);
+    let r = d1.op("POST", "/v1/accounts/a1/databases", r#"{"name":"sales"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let q1 = |sql: &str| sql_as(d1, OPERATOR_TOKEN, "a1", "sales", sql, "ndjson");
+    let (s, b) = q1("CREATE TABLE orders (id BIGINT NOT NULL, customer VARCHAR)");
+    rows(s, &b);
+    let (s, b) = q1("INSERT INTO orders VALUES (1, 'ann'), (2, 'bob'), (3, 'cy')");
+    rows(s, &b);
+
+    let deployments = rows_of(admin_sql(d1, OPERATOR_TOKEN, "a1", "SHOW DEPLOYMENTS"));
+    let ids: Vec<&str> = deployments
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["d1", "d2"], "{deployments:?}");
+
+    let enabled = rows_of(admin_sql(
+        d1,
+        OPERATOR_TOKEN,
+        "a1",
+        "ALTER DATABASE sales ENABLE REPLICATION TO ACCOUNTS a2",
+    ));
+    assert_eq!(enabled.len(), 1, "{enabled:?}");
+    assert_eq!(enabled[0]["allowed_accounts"], "a2");
+    let group = enabled[0]["group"].as_str().expect("group").to_string();
+
+    // A second account of the same account group on d2, made global by SQL.
+    let accounts = rows_of(admin_sql(d1, OPERATOR_TOKEN, "a1", "SHOW GLOBAL ACCOUNTS"));
+    let account_group = accounts[0]["replication_group"]
+        .as_str()
+        .expect("account group")
+        .to_string();
+    let r = d2.op("POST", "/v1/accounts", r#"{"name":"eve"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let eve = r.json()["token"].as_str().expect("token").to_string();
+    let set = format!("ALTER ACCOUNT eve SET GLOBAL GROUP = '{account_group}'");
+    let (s, b) = admin_sql(d2, &eve, "eve", &set);
+    assert_eq!(s, 403, "operator only: {b}");
+    let joined = rows_of(admin_sql(d2, OPERATOR_TOKEN, "eve", &set));
+    assert_eq!(joined[0]["group"], account_group.as_str());
+
+    wait_until("d2 knows the group", Duration::from_secs(60), || {
+        let (s, b) = admin_sql(d2, OPERATOR_TOKEN, "a2", "SHOW GLOBAL DATABASES");
+        (s == 200 && b.contains(&group)).then_some(())
+    });
+
+    // eve is not on the list: refused through SQL and through the JSON API.
+    let (s, b) = admin_sql(
+        d2,
+        &eve,
+        "eve",
+        "CREATE DATABASE stolen AS REPLICA OF d1.a1.sales",
+    );
+    assert_eq!(s, 400, "{b}");
+    let (_, message) = error_of(&b);
+    assert!(
+        message.contains("account eve of deployment d2 is not allowed")
+            && message.contains("to accounts a2 only"),
+        "{message}"
+    );
+    let r = d2.op(
+        "POST",
+        "/v1/accounts/eve/replicas",
+        &json!({"name": "stolen", "group": group}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("is not allowed"), "{}", r.body);
+
+    // a2 is: its replica, created by `tern sql`, gets the rows.
+    let out = std::process::Command::new(binary("tern"))
+        .args(["--url", &d2.url(), "--token", OPERATOR_TOKEN])
+        .args([
+            "sql",
+            "a2",
+            "CREATE DATABASE sales_replica AS REPLICA OF d1.a1.sales",
+        ])
+        .output()
+        .expect("run tern");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&group),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let count = "SELECT count(*) AS n FROM orders";
+    let n_on_replica = || {
+        let (s, b) = sql_as(d2, OPERATOR_TOKEN, "a2", "sales_replica", count, "ndjson");
+        (s == 200).then(|| rows(s, &b)[0]["n"].as_i64()).flatten()
+    };
+    wait_until("the replica has 3 rows", Duration::from_secs(60), || {
+        (n_on_replica() == Some(3)).then_some(())
+    });
+    let (s, b) = q1("INSERT INTO orders VALUES (4, 'dee')");
+    rows(s, &b);
+    let refreshed = rows_of(admin_sql(
+        d2,
+        OPERATOR_TOKEN,
+        "a2",
+        "ALTER DATABASE sales_replica REFRESH",
+    ));
+    assert_eq!(refreshed[0]["database"], "sales_replica");
+    assert!(refreshed[0]["request"].is_string(), "{refreshed:?}");
+    wait_until("the replica has 4 rows", Duration::from_secs(60), || {
+        (n_on_replica() == Some(4)).then_some(())
+    });
+
+    // Both replicas of the group, as psql shows them from d2.
+    let addr = std::fs::read_to_string(two.c2.with_extension("pg")).expect("pg address");
+    let (host, port) = addr.trim().rsplit_once(':').expect("host:port");
+    let out = std::process::Command::new(psql_binary())
+        .arg(format!(
+            "host={host} port={port} user=a2 dbname=sales_replica sslmode=disable connect_timeout=10"
+        ))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-c", "SHOW GLOBAL DATABASES"])
+        .env("PGPASSWORD", OPERATOR_TOKEN)
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mine: Vec<&str> = text.lines().filter(|l| l.contains(&group)).collect();
+    assert_eq!(mine.len(), 2, "{text}");
+    assert!(
+        mine.iter()
+            .any(|l| l.contains("|d1|a1|sales|") && l.contains("primary")),
+        "{text}"
+    );
+    assert!(
+        mine.iter()
+            .any(|l| l.contains("|d2|a2|sales_replica|") && l.contains("secondary|d1")),
+        "{text}"
+    );
+
+    // Operator-only, and bad statements name the problem.
+    let r = d2.op("POST", "/v1/accounts/a2/tokens", "");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let a2 = r.json()["token"].as_str().expect("token").to_string();
+    let (s, b) = admin_sql(d2, &a2, "a2", "SHOW REPLICATION STATUS");
+    assert_eq!(s, 403, "{b}");
+    let status = rows_of(admin_sql(
+        d2,
+        OPERATOR_TOKEN,
+        "a2",
+        "SHOW REPLICATION STATUS",
+    ));
+    assert!(
+        status.iter().any(
+            |r| r["section"] == "replicas" && r["item"].as_str().unwrap_or("").contains(&group)
+        ),
+        "{status:?}"
+    );
+    let (s, b) = admin_sql(d2, &a2, "a2", "ALTER DATABASE sales_replica VACUUM");
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        error_of(&b)
+            .1
+            .contains("Expected: ENABLE REPLICATION, DISABLE REPLICATION, REFRESH or PRIMARY"),
+        "{b}"
+    );
+    // CREATE DEPLOYMENT is the operator's, and a bad genesis changes nothing.
+    let add = "CREATE DEPLOYMENT d3 REGION = 'r3' GENESIS = 'nope'";
+    let (s, b) = admin_sql(d2, &a2, "a2", add);
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = admin_sql(d2, OPERATOR_TOKEN, "a2", add);
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        error_of(&b).1.contains("GENESIS: not a channel genesis"),
+        "{b}"
+    );
+    let deployments = rows_of(admin_sql(d2, OPERATOR_TOKEN, "a2", "SHOW DEPLOYMENTS"));
+    assert_eq!(deployments.len(), 2, "{deployments:?}");
+    let (s, b) = admin_sql(d2, &a2, "a2", "SELECT 1");
+    assert_eq!(s, 400, "{b}");
+    assert!(error_of(&b).1.contains("database"), "{b}");
+}

@@ -148,6 +148,15 @@ impl Handler for ReplHandler {
                         ));
                     }
                 }
+                // The source is where the allowed-accounts list is enforced for sure:
+                // whatever the replica's deployment knew, nothing is shipped to an account
+                // the primary does not allow.
+                if let Err(e) = r.check_allowed(&request.group, &from, &request.account) {
+                    return Err(match e {
+                        Error::Invalid { .. } => r.reject(msg, e),
+                        other => retry(other),
+                    });
+                }
                 let placeholder =
                     ResponseId::new(request.request_id.as_str()).map_err(|e| r.reject(msg, e))?;
                 let wake = Arc::clone(&r.inner);

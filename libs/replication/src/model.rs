@@ -78,6 +78,31 @@ pub struct GlobalEntity {
     pub epoch: u64,
     /// Secondary replicas: the deployment they replicate from.
     pub upstream: Option<DeploymentId>,
+    /// Primaries: the accounts allowed to hold a replica (`enable replication to accounts
+    /// a, b`), each `account` (any deployment) or `deployment.account`; `None`: every
+    /// account of the account group. Travels with the entity so that every deployment
+    /// can check it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_accounts: Option<Vec<String>>,
+}
+
+impl GlobalEntity {
+    /// Whether `account` of `deployment` may hold a replica of this (primary) database.
+    pub fn allows(&self, deployment: &DeploymentId, account: &AccountId) -> bool {
+        match &self.allowed_accounts {
+            None => true,
+            Some(list) => list.iter().any(|a| allowed_matches(a, deployment, account)),
+        }
+    }
+}
+
+/// Whether one entry of an allowed-accounts list (`account` or `deployment.account`)
+/// names `account` of `deployment`.
+pub fn allowed_matches(entry: &str, deployment: &DeploymentId, account: &AccountId) -> bool {
+    match entry.split_once('.') {
+        Some((dep, acct)) => dep == deployment.as_str() && acct == account.as_str(),
+        None => entry == account.as_str(),
+    }
 }
 
 /// What a [`GlobalEntity`] is.

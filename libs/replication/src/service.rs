@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::model::{self, EntityKind, GlobalEntity, UNSUBSCRIBE_TYPE, Unsubscribe};
 use crate::state::{
-    self, AnnounceDpo, CustomerKeyDpo, DownstreamDpo, GROUP_INDEX, KnownEntitiesDpo, OutboxDpo,
-    PendingRefresh, ReplicaDpo, keys,
+    self, AllowedDpo, AnnounceDpo, CustomerKeyDpo, DownstreamDpo, GROUP_INDEX, KnownEntitiesDpo,
+    OutboxDpo, PendingRefresh, ReplicaDpo, keys,
 };
 
 /// Replication settings (`[replication]` of the daemon's configuration).
@@ -791,6 +791,48 @@ impl Replication {
     /// `alter database … enable replication`: the database becomes the primary of a new
     /// database replication group (its account must be global). Returns the group.
     pub fn enable_replication(&self, account: &AccountId, database: &str) -> Result<String> {
+        self.enable_replication_to(account, database, None)
+    }
+
+    /// `alter database … enable replication to accounts a, b`: as
+    /// [`Self::enable_replication`], and only the accounts listed (`account`, any
+    /// deployment, or `deployment.account`) may hold a replica; a list replaces the one
+    /// kept, `None` keeps it (every account of the account group when there is none).
+    pub fn enable_replication_to(
+        &self,
+        account: &AccountId,
+        database: &str,
+        allowed: Option<&[String]>,
+    ) -> Result<String> {
+        if let Some(list) = allowed {
+            if list.is_empty() {
+                return Err(Error::invalid(
+                    "allowed accounts",
+                    "name at least one account",
+                ));
+            }
+            if let Some(bad) = list.iter().find(|a| {
+                a.is_empty() || a.split('.').count() > 2 || a.split('.').any(str::is_empty)
+            }) {
+                return Err(Error::invalid(
+                    format!("allowed account {bad:?}"),
+                    "use `account` or `deployment.account`",
+                ));
+            }
+        }
+        let keep_allowed = |tx: &mut MetaTxn<'_>, group: &str| -> tern_meta::Result<()> {
+            if let Some(list) = allowed {
+                tx.put(
+                    &keys::allowed(group),
+                    &AllowedDpo {
+                        group: group.to_string(),
+                        accounts: list.to_vec(),
+                    },
+                )?;
+                mark_dirty(tx)?;
+            }
+            Ok(())
+        };
         let fresh = new_uuid(self.inner.p.random.as_ref())?;
         let me = self.me().clone();
         let now = self.now();
@@ -805,7 +847,9 @@ impl Replication {
             let mut db = find_db(tx, account, database)?;
             match db.role {
                 DatabaseRole::Primary => {
-                    return Ok(Ok(db.replication_group.clone().unwrap_or_default()));
+                    let group = db.replication_group.clone().unwrap_or_default();
+                    keep_allowed(tx, &group)?;
+                    return Ok(Ok(group));
                 }
                 DatabaseRole::Secondary => {
                     return Ok(Err(Error::invalid(
@@ -822,6 +866,7 @@ impl Replication {
             tx.update_database(&db)?;
             tx.set_global_id(GROUP_INDEX, &fresh, db.id.as_str())?;
             crate::failover::found_group(tx, &fresh, &me, db.epoch, now)?;
+            keep_allowed(tx, &fresh)?;
             mark_dirty(tx)?;
             Ok(Ok(fresh.clone()))
         })??;
@@ -874,6 +919,9 @@ impl Replication {
                 what: "database replication group (no primary known here yet)",
                 name: group.to_string(),
             })?;
+        if !primary.allows(&me, account) {
+            return Err(not_allowed(group, &me, account, primary));
+        }
         let upstream = match upstream {
             None => primary.deployment.clone(),
             Some(u) => {
@@ -1103,6 +1151,7 @@ impl Replication {
                     role: None,
                     epoch: 0,
                     upstream: None,
+                    allowed_accounts: None,
                 });
                 for (_, c) in tx.scan_prefix::<crate::connection::ConnectionDpo>(
                     &crate::connection::keys::of_account(&a.name),
@@ -1118,6 +1167,7 @@ impl Replication {
                         role: None,
                         epoch: 0,
                         upstream: None,
+                        allowed_accounts: None,
                     });
                 }
                 for d in tx.list_databases(&a.name)? {
@@ -1127,6 +1177,12 @@ impl Replication {
                     let upstream = tx
                         .get::<ReplicaDpo>(&keys::replica(&d.id))?
                         .map(|r| r.upstream);
+                    let allowed_accounts = if d.role == DatabaseRole::Primary {
+                        tx.get::<AllowedDpo>(&keys::allowed(&group))?
+                            .map(|a| a.accounts)
+                    } else {
+                        None
+                    };
                     out.push(GlobalEntity {
                         kind: EntityKind::Database,
                         deployment: me.clone(),
@@ -1138,11 +1194,34 @@ impl Replication {
                         role: Some(d.role),
                         epoch: d.epoch,
                         upstream,
+                        allowed_accounts,
                     });
                 }
             }
             Ok(out)
         })?)
+    }
+
+    /// Whether `account` of `deployment` may hold a replica of database group `group`:
+    /// the refusal when the group's primary (as known here) does not allow it. A group
+    /// whose primary is not known here is not refused (nothing to check against).
+    pub fn check_allowed(
+        &self,
+        group: &str,
+        deployment: &DeploymentId,
+        account: &AccountId,
+    ) -> Result<()> {
+        let entities = self.known_entities()?;
+        match entities.iter().find(|e| {
+            e.kind == EntityKind::Database
+                && e.group.as_deref() == Some(group)
+                && e.role == Some(DatabaseRole::Primary)
+        }) {
+            Some(p) if !p.allows(deployment, account) => {
+                Err(not_allowed(group, deployment, account, p))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Every global entity known here: our own and what each peer last said.
@@ -1419,6 +1498,27 @@ fn require_account(tx: &mut MetaTxn<'_>, account: &AccountId) -> tern_meta::Resu
             what: "account",
             name: account.to_string(),
         })
+}
+
+fn not_allowed(
+    group: &str,
+    deployment: &DeploymentId,
+    account: &AccountId,
+    primary: &GlobalEntity,
+) -> Error {
+    Error::invalid(
+        format!("replica of {group}"),
+        format!(
+            "account {account} of deployment {deployment} is not allowed to replicate it (database {} of {} enables replication to accounts {} only)",
+            primary.name.as_deref().unwrap_or("?"),
+            primary.deployment,
+            primary
+                .allowed_accounts
+                .as_deref()
+                .unwrap_or_default()
+                .join(", ")
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -339,7 +339,22 @@ pub mod keys {
     pub fn customer_keys() -> Key {
         Key::root("repl").str("ckey")
     }
+    /// `repl/allowed/<group>`: the accounts allowed to replicate a group (on its primary).
+    pub fn allowed(group: &str) -> Key {
+        Key::root("repl").str("allowed").str(group)
+    }
 }
+
+/// `enable replication to accounts …`: the accounts allowed to hold a replica of a
+/// database group, kept by the deployment holding the primary (and announced with it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedDpo {
+    /// The group.
+    pub group: String,
+    /// `account` or `deployment.account` entries.
+    pub accounts: Vec<String>,
+}
+impl_dpo!(AllowedDpo, "allowed accounts");
 
 /// A local account's customer-managed key: where it is (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

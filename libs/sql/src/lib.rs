@@ -20,6 +20,7 @@
 //! DataFusion 55 is built on arrow/parquet 59 while the workspace is on 60; see
 //! [`bridge`] for how batches cross.
 
+pub mod admin;
 pub mod bridge;
 pub mod catalog;
 pub mod error;

@@ -81,7 +81,8 @@ enum Command {
     /// SQL on a database (`POST /v1/sql`): queries, DML, DDL. Without a statement,
     /// statements (each ending with `;`) are read from standard input.
     Sql {
-        /// account.database
+        /// account.database (just account for the replication statements:
+        /// `SHOW GLOBAL DATABASES`, `CREATE DATABASE r AS REPLICA OF dep.acct.db`, …)
         database: String,
         /// The statement(s).
         sql: Option<String>,

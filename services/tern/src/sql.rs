@@ -23,11 +23,18 @@ pub enum Mode {
     Csv,
 }
 
-/// Run `sql` on `target` (`account.database`) and print its answer.
+/// Run `sql` on `target` (`account.database`, or just `account` for the replication
+/// statements such as `SHOW GLOBAL DATABASES`) and print its answer.
 pub async fn run(c: &Client, target: &str, sql: &str, mode: Mode) -> Result<(), ClientError> {
-    let (account, database) = target.split_once('.').ok_or_else(|| {
-        ClientError::Input(format!("{target:?}: name the database as account.database"))
-    })?;
+    let (account, database) = match target.split_once('.') {
+        Some((a, d)) => (a, Some(d)),
+        None => (target, None),
+    };
+    if account.is_empty() {
+        return Err(ClientError::Input(format!(
+            "{target:?}: name the account (account.database, or account for replication statements)"
+        )));
+    }
     let format = if mode == Mode::Csv { "csv" } else { "ndjson" };
     let body = json!({"account": account, "database": database, "sql": sql, "format": format});
     let resp = c.send_raw("/v1/sql", &body).await?;

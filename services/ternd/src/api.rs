@@ -156,7 +156,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T = axum::Json<Value>> = std::result::Result<T, ApiError>;
+pub(crate) type ApiResult<T = axum::Json<Value>> = std::result::Result<T, ApiError>;
 
 /// Who a request speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -954,7 +954,7 @@ async fn list_accounts(State(d): St, headers: HeaderMap) -> ApiResult {
 }
 
 /// A name a new database of `account` may take: not empty, not taken by a live database.
-fn new_database_name(d: &Daemon, account: &AccountId, name: &str) -> ApiResult<()> {
+pub(crate) fn new_database_name(d: &Daemon, account: &AccountId, name: &str) -> ApiResult<()> {
     if name.is_empty() {
         return Err(Error::Invalid("database name is empty".into()).into());
     }
@@ -2163,10 +2163,15 @@ async fn remove_customer_key(
 #[serde(deny_unknown_fields)]
 struct SetReplication {
     enable: bool,
+    /// `enable replication to accounts a, b`: only these accounts (`account` or
+    /// `deployment.account`) may hold a replica; absent: the list kept is unchanged.
+    #[serde(default)]
+    accounts: Option<Vec<String>>,
 }
 
-/// `alter database X enable replication` (it becomes the primary of a new database group)
-/// or, with `enable: false`, makes a global database local again.
+/// `alter database X enable replication [to accounts …]` (it becomes the primary of a new
+/// database group; only the listed accounts may replicate it) or, with `enable: false`,
+/// makes a global database local again.
 async fn set_replication(
     State(d): St,
     headers: HeaderMap,
@@ -2177,7 +2182,10 @@ async fn set_replication(
     let db = database(&d, &id, &dbname)?;
     let req: SetReplication = parse_json(body, d.config.api.max_body_bytes)?;
     let group = if req.enable {
-        Some(d.replication.enable_replication(&id, &db.name)?)
+        Some(
+            d.replication
+                .enable_replication_to(&id, &db.name, req.accounts.as_deref())?,
+        )
     } else {
         d.replication.disable_replication(&id, &db.name)?;
         None
@@ -2186,6 +2194,7 @@ async fn set_replication(
         "database": db.name,
         "enabled": req.enable,
         "group": group,
+        "accounts": req.accounts,
     })))
 }
 

@@ -28,6 +28,7 @@ pub mod monitor;
 pub mod pg;
 pub mod rows;
 pub mod sql;
+mod sql_admin;
 pub mod supervisor;
 pub mod ui;
 

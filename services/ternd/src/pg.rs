@@ -91,6 +91,19 @@ fn user_error(code: &str, message: String) -> PgWireError {
     )))
 }
 
+/// A replication statement's error, with the SQLSTATE of its kind.
+fn admin_error(e: &crate::error::Error) -> PgWireError {
+    use crate::error::Error;
+    let code = match e {
+        Error::Forbidden { .. } | Error::Unauthorized(_) => "42501",
+        Error::NotFound { .. } => "42704",
+        Error::Exists { .. } => "42P04",
+        Error::Invalid(_) => "22023",
+        _ => "XX000",
+    };
+    user_error(code, e.to_string())
+}
+
 fn sql_error(e: &SqlError) -> PgWireError {
     let code = if e.is_write_refusal() {
         "25006"
@@ -155,9 +168,17 @@ impl Queries {
     async fn run(&self, user: &str, db: &str, sql: &str) -> PgWireResult<Response> {
         let d = &self.daemon;
         let account = AccountId::new(user).map_err(|e| user_error("28000", e.to_string()))?;
-        let db = database(d, &account, db).map_err(|e| user_error("3D000", e.to_string()))?;
-        let session = SqlSession::new(Arc::clone(&d.tables), db.id.clone());
-        let answer = session.run(sql).await.map_err(|e| sql_error(&e))?;
+        let answer = match tern_sql::admin::parse(sql).map_err(|e| sql_error(&e))? {
+            Some(stmt) => crate::sql_admin::run(d, None, &account, stmt)
+                .await
+                .map_err(|e| admin_error(&e))?,
+            None => {
+                let db =
+                    database(d, &account, db).map_err(|e| user_error("3D000", e.to_string()))?;
+                let session = SqlSession::new(Arc::clone(&d.tables), db.id.clone());
+                session.run(sql).await.map_err(|e| sql_error(&e))?
+            }
+        };
         let fields: Vec<FieldInfo> = answer
             .schema
             .fields()

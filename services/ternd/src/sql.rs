@@ -2,7 +2,11 @@
 //! tables, see `tern-sql`).
 //!
 //! Body: `{"account": "acme", "database": "sales", "sql": "SELECT …", "format": "ndjson"}`
-//! with an account token (of that account) or the operator token. `format` is `ndjson`
+//! with an account token (of that account) or the operator token. The replication
+//! statements (`SHOW GLOBAL DATABASES`, `ALTER DATABASE … ENABLE REPLICATION TO ACCOUNTS
+//! …`, `CREATE DATABASE … AS REPLICA OF …`, …; see `tern_sql::admin`) run for the account
+//! and need no `database`; `ALTER ACCOUNT … SET GLOBAL` and `SHOW REPLICATION STATUS` need
+//! the operator token. `format` is `ndjson`
 //! (default: one JSON object per row, a non-finite float as a string as in scans) or
 //! `csv` (a header line, then the rows). Several statements separated by `;` run in
 //! order, each committing on its own; the answer is the last one's rows. DDL answers one
@@ -38,7 +42,9 @@ use crate::rows;
 #[serde(deny_unknown_fields)]
 pub(crate) struct SqlReq {
     account: String,
-    database: String,
+    /// The database the statement runs on (not needed by the replication statements).
+    #[serde(default)]
+    database: Option<String>,
     sql: String,
     #[serde(default)]
     format: Option<String>,
@@ -129,9 +135,21 @@ pub(crate) async fn run_sql(
     let req: SqlReq = parse_json(body, d.config.api.max_body_bytes)?;
     let format = Format::parse(req.format.as_deref())?;
     let account = account(&d, &headers, &req.account)?;
-    let db = database(&d, &account, &req.database)?;
-    let session = SqlSession::new(Arc::clone(&d.tables), db.id.clone());
-    let answer = session.run(&req.sql).await.map_err(|e| api_error(&d, e))?;
+    let answer = match tern_sql::admin::parse(&req.sql).map_err(|e| api_error(&d, e))? {
+        Some(stmt) => crate::sql_admin::run(&d, Some(&headers), &account, stmt).await?,
+        None => {
+            let name = req
+                .database
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    Error::Invalid("database: name the database the statement runs on".into())
+                })?;
+            let db = database(&d, &account, name)?;
+            let session = SqlSession::new(Arc::clone(&d.tables), db.id.clone());
+            session.run(&req.sql).await.map_err(|e| api_error(&d, e))?
+        }
+    };
     let names: Vec<String> = answer
         .schema
         .fields()

@@ -1220,3 +1220,77 @@ async fn the_source_killed_at_each_crash_point_loses_and_duplicates_nothing() {
         d2.stop().await;
     }
 }
+
+/// `enable replication to accounts ok`: an account not on the list cannot create a
+/// replica (refused where it is created, the list having travelled with the primary's
+/// entity), and a replica made before the list was narrowed is refused by the source:
+/// its refresh request is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_allowed_accounts_replicate_a_database() {
+    let p = pair(repl_config()).await;
+    let (d1, d2) = (&p.d1, &p.d2);
+    d1.tables.insert(&p.t, &[batch(0..10, "a")]).await.unwrap();
+    let group = d1
+        .repl
+        .enable_replication_to(&p.a1, "sales", Some(&["d2.ok".to_string()]))
+        .unwrap();
+    let refused = d2.create_account("a2").unwrap();
+    let ok = d2.create_account("ok").unwrap();
+    for a in [&refused, &ok] {
+        d2.repl
+            .set_account_global(a, Some(&p.account_group))
+            .unwrap();
+    }
+    knows(d2, &group, "d1").await;
+    let e = d2
+        .repl
+        .create_replica(&refused, "sales", &group, None)
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("account a2 of deployment d2 is not allowed") && msg.contains("d2.ok"),
+        "{msg}"
+    );
+    d2.repl.create_replica(&ok, "sales", &group, None).unwrap();
+    caught_up(d1, d2, std::slice::from_ref(&p.t)).await;
+
+    // Narrowed to another account: the replica of `ok` is refused at the source.
+    d1.repl
+        .enable_replication_to(&p.a1, "sales", Some(&["nobody".to_string()]))
+        .unwrap();
+    assert!(
+        d1.repl
+            .check_allowed(&group, &d2.id, &ok)
+            .unwrap_err()
+            .to_string()
+            .contains("enables replication to accounts nobody only")
+    );
+    let before = tern_replication::service::Counters::get(&d1.repl.counters().rejected);
+    let db2 = d2
+        .repl
+        .known_entities()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.deployment == d2.id && e.group.as_deref() == Some(&group))
+        .unwrap();
+    assert_eq!(db2.role, Some(DatabaseRole::Secondary));
+    let local = d2
+        .meta
+        .read(|tx| tx.list_databases(&ok))
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == "sales")
+        .unwrap();
+    d2.repl.request_refresh(&local.id, "test").unwrap();
+    eventually(WAIT, "d1 to refuse the refresh request", || async {
+        tern_replication::service::Counters::get(&d1.repl.counters().rejected) > before
+    })
+    .await;
+
+    // Bad lists are refused naming the entry.
+    let e = d1
+        .repl
+        .enable_replication_to(&p.a1, "sales", Some(&["a.b.c".to_string()]))
+        .unwrap_err();
+    assert!(e.to_string().contains("allowed account \"a.b.c\""), "{e}");
+}
