@@ -375,7 +375,7 @@ fn tern_cli_forms_a_two_deployment_group_and_messages_cross() {
     }
     let out = c1.ok(&["show", "deployments"]);
     assert!(out.contains("d2") && out.contains("d1,d2"), "{out}");
-    let metrics = request_text(&d2.addr, "/metrics");
+    let metrics = request_text(&d2.addr, "/metrics?fresh=true");
     assert!(
         metrics.contains("tern_messaging_total{event=\"handled\"}"),
         "{metrics}"

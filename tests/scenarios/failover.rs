@@ -641,12 +641,28 @@ fn ternd_rejoin_and_resync_killed_at_each_point_lose_nothing() {
         assert_eq!(jobs["jobs"], json!([]), "{jobs}");
         let failed = tern(d, &["messages", "failed"]);
         assert_eq!(failed["messages"], json!([]), "{failed}");
-        let m = request(&d.addr, "GET", "/metrics", None, "text/plain", b"").body;
+        let m = request(
+            &d.addr,
+            "GET",
+            "/metrics?fresh=true",
+            None,
+            "text/plain",
+            b"",
+        )
+        .body;
         assert!(m.contains("\ntern_messages_failed 0\n"), "{m}");
         assert!(!m.contains("state=\"failed\""), "{m}");
     }
     // d2, now a replica of d1, knows how fresh its view of the primary is.
-    let m = request(&d2.addr, "GET", "/metrics", None, "text/plain", b"").body;
+    let m = request(
+        &d2.addr,
+        "GET",
+        "/metrics?fresh=true",
+        None,
+        "text/plain",
+        b"",
+    )
+    .body;
     assert!(m.contains("tern_replication_staleness_seconds{"), "{m}");
 }
 

@@ -181,7 +181,14 @@ fn ternd_ddl_dml_and_scans_through_the_api() {
     let r = t("GET", "/v1/status", "application/json", b"");
     assert_eq!(r.status, 403, "status is the operator's: {}", r.body);
     // Metrics count what happened.
-    let m = request(&d.addr, "GET", "/metrics", None, "text/plain", b"");
+    let m = request(
+        &d.addr,
+        "GET",
+        "/metrics?fresh=true",
+        None,
+        "text/plain",
+        b"",
+    );
     assert!(m.body.contains("tern_commits_total"), "{}", m.body);
     assert!(
         m.body.contains("tern_worker_up{worker=\"receiver d1\"} 1"),

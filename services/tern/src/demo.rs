@@ -1640,7 +1640,7 @@ impl Demo {
         for node in &self.nodes {
             let m = node
                 .client
-                .get_text("/metrics")
+                .get_text("/metrics?fresh=true")
                 .await
                 .map_err(step_err("traffic"))?;
             let metric = |name: &str, label: &str| {

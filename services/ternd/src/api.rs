@@ -8,7 +8,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | liveness, no token |
-//! | `GET /metrics` | Prometheus text: commits, bytes, rows, messages by state, rejections, workers, apply monitoring; served from the monitor's last snapshot (no scans per scrape) |
+//! | `GET /metrics` | Prometheus text: commits, bytes, rows, messages by state, rejections, workers, apply monitoring; served from the monitor's last snapshot (no scans per scrape; `?fresh=true` renders now) |
 //! | `GET /v1/monitor?last=N` | the last N monitor intervals (history rows) and the alerts firing (operator) |
 //! | `GET /v1/monitor/events?last=N` | notification events: thresholds fired and cleared (operator) |
 //! | `POST /v1/monitor/reset` | cumulative figures restart from zero (operator) |

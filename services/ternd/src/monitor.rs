@@ -760,9 +760,22 @@ fn label(v: &str) -> String {
 
 type ApiResult<T = axum::Json<Value>> = std::result::Result<T, ApiError>;
 
-/// `GET /metrics`: the last snapshot's text (rendered now only before the first tick).
-pub async fn metrics(State(d): State<Arc<Daemon>>) -> ApiResult<Response> {
-    let text = match d.monitor.last() {
+/// What a scrape asks: `fresh=true` renders the figures now (the scans a tick makes) for
+/// tools that need this instant's figures, not the last tick's (tests, the demo).
+#[derive(Deserialize)]
+pub struct MetricsQuery {
+    #[serde(default)]
+    fresh: bool,
+}
+
+/// `GET /metrics`: the last snapshot's text (rendered now only before the first tick, or
+/// when asked `?fresh=true`).
+pub async fn metrics(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<MetricsQuery>,
+) -> ApiResult<Response> {
+    let last = if q.fresh { None } else { d.monitor.last() };
+    let text = match last {
         Some(s) => {
             let age = (d.now_ms() - s.at_ms).max(0) as f64 / 1000.0;
             let mut t = String::with_capacity(s.metrics.len() + 160);
