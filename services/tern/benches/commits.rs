@@ -46,7 +46,7 @@ fn ternd_binary() -> Result<PathBuf, BoxError> {
 /// The commit protocol's phase counters from `/metrics` (seconds, summed over commits).
 async fn phases(http: &reqwest::Client, base: &str) -> Result<HashMap<String, f64>, BoxError> {
     let text = http
-        .get(format!("{base}/metrics"))
+        .get(format!("{base}/metrics?fresh=true"))
         .send()
         .await?
         .text()
