@@ -24,7 +24,6 @@
 //! two file writes on its critical path (the data file; then the metadata file beside the
 //! log record). Stores written by earlier versions may hold a transaction in PreCommitting
 //! (rolled back) or Committing (its locks released) — recovery finishes both.
-//! ```
 //!
 //! # Guarantees
 //!
