@@ -44,7 +44,8 @@ main() {
                 | grep -Eq '"s3": *"(available|running)"' && probe_ok=true
             ;;
         moto)
-            curl -fsS --max-time 5 -o /dev/null "$url/moto-api/data.json" 2>/dev/null \
+            # data.json dumps moto's whole state: after a test run it is large and slow.
+            curl -fsS --max-time 120 -o /dev/null "$url/moto-api/data.json" 2>/dev/null \
                 && ! curl -fsS --max-time 5 -o /dev/null "$url/_localstack/health" 2>/dev/null \
                 && probe_ok=true
             ;;
