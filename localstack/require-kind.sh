@@ -11,7 +11,7 @@
 #   1. the kind start.sh recorded ($TERN_EMULATOR_HOME/TARGET.kind), if this home started it;
 #   2. the "emulator" field infra-up.sh wrote into infra-TARGET.json (required);
 #   3. the server itself at URL (default: the target's URL): LocalStack answers
-#      /_localstack/health with its services, moto answers /moto-api/data.json.
+#      /_localstack/health with its services, moto serves its dashboard at /moto-api/.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -44,8 +44,7 @@ main() {
                 | grep -Eq '"s3": *"(available|running)"' && probe_ok=true
             ;;
         moto)
-            # data.json dumps moto's whole state: after a test run it is large and slow.
-            curl -fsS --max-time 120 -o /dev/null "$url/moto-api/data.json" 2>/dev/null \
+            moto_answers "$url" \
                 && ! curl -fsS --max-time 5 -o /dev/null "$url/_localstack/health" 2>/dev/null \
                 && probe_ok=true
             ;;
