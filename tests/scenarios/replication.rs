@@ -6,6 +6,7 @@
 //! killed -9 mid-import, which resumes to exactly the primary's rows with no orphan file.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -408,6 +409,92 @@ fn ternd_one_replica_unwritable_holds_up_no_other_and_catches_up_after() {
             .clone();
         (d["last_error"].is_null() && d["records_behind"] == 0).then_some(())
     });
+}
+
+/// A message file d2 cannot read for good (its bytes changed in d2's bucket before d2 read
+/// it): d2's channel from d1 stalls on it, with the rows it carried. `tern messages resync`
+/// moves the channel past it, d1 sends the skipped file's messages again, and d2 ends with
+/// every row exactly once. Refused (409, nothing changed) while the channel is healthy.
+#[test]
+fn ternd_a_channel_stalled_on_an_unreadable_file_is_resynced_by_the_operator() {
+    let Two { dir, d1, d2, .. } = two(&[]);
+    let wait = Duration::from_secs(60);
+    let group = primary(&d1, &d2, 1, 10);
+    create_replica(&d2, &group);
+    let t2 = wait_until("d2 has its replica", wait, || {
+        let t = replica_table(&d2)?;
+        (scan_all(&d2, &t)?.len() == 10).then_some(t)
+    });
+    let resync = || {
+        Command::new(tern_scenarios::binary("tern"))
+            .args(["messages", "resync", "--from", "d1", "--json"])
+            .env("TERN_URL", format!("http://{}", d2.addr))
+            .env("TERN_TOKEN", OPERATOR_TOKEN)
+            .output()
+            .expect("run tern")
+    };
+    let refused = resync();
+    assert!(
+        !refused.status.success(),
+        "a healthy channel is not resynced"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("not stalled"), "{err}");
+
+    // While d2 stands still, d1 commits; the first file d1 writes after that is damaged.
+    let inbox = dir.path().join("d2/replication/from/d1/msg");
+    let listing = || -> std::collections::BTreeSet<std::path::PathBuf> {
+        std::fs::read_dir(&inbox)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    };
+    with_stopped(&d2, || {
+        let before = listing();
+        let r = d1.op("POST", &format!("{PRIMARY}/rows"), &rows_json(10, 20));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let first = wait_until("d1 writes a file d2 has not read", wait, || {
+            listing().difference(&before).next().cloned()
+        });
+        let mut bytes = std::fs::read(&first).expect("read the file");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&first, bytes).expect("damage the file");
+    });
+    let expected = ids(&scan_all(&d1, PRIMARY).expect("scan the primary"));
+    assert_eq!(expected.len(), 20);
+
+    // d2 stalls on it; the operator resyncs once it has.
+    let done = wait_until("the operator's resync goes through", wait, || {
+        let out = resync();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("not stalled") || err.contains("no readable"),
+            "{err}"
+        );
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).expect("JSON"))
+    });
+    assert_eq!(
+        done["skipped_files"].as_array().map(Vec::len),
+        Some(1),
+        "{done}"
+    );
+    assert!(done["resend"].is_string(), "{done}");
+    wait_until("d2 has every row, once", wait, || {
+        (ids(&scan_all(&d2, &t2)?) == expected).then_some(())
+    });
+    let metrics = d1.op("GET", "/metrics?fresh=true", "").body;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(r#"tern_messaging_total{event="resent"}"#)
+            && !l.ends_with(" 0")),
+        "d1 sent the skipped messages again:\n{metrics}"
+    );
+    let metrics = d2.op("GET", "/metrics?fresh=true", "").body;
+    assert!(
+        metrics.contains(r#"tern_message_rejections_total{reason="Skipped"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]

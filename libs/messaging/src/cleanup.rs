@@ -32,9 +32,11 @@ impl CleanupPayload {
     }
 
     /// Encodes it.
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain fields cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> crate::Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| crate::Error::Invalid {
+            what: "cleanup payload",
+            reason: e.to_string(),
+        })
     }
 
     /// Decodes and checks it.

@@ -145,6 +145,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// An operator's resync cannot go ahead (the channel is healthy, no later file is
+    /// readable yet, or the channel moved meanwhile). Nothing was changed.
+    #[error("cannot resync channel {channel}: {reason}")]
+    ResyncRefused {
+        /// The channel.
+        channel: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// An injected crash point fired: the instance must be dropped without cleanup, as if
     /// the process had died here.
     #[error("crash point {point} fired")]
@@ -195,7 +205,8 @@ impl Error {
             Error::UnknownChannel { .. } | Error::UnknownMessage { .. } => ErrorKind::NotFound,
             Error::ChannelExists { .. }
             | Error::DuplicateMessage { .. }
-            | Error::WrongState { .. } => ErrorKind::Conflict,
+            | Error::WrongState { .. }
+            | Error::ResyncRefused { .. } => ErrorKind::Conflict,
             Error::Meta { .. }
             | Error::Storage { .. }
             | Error::Crypto { .. }

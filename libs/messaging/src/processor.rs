@@ -28,7 +28,7 @@ use crate::cleanup::CleanupPayload;
 use crate::crash::points;
 use crate::error::{Error, Result};
 use crate::keys::ChannelKeys;
-use crate::registry::{Bodies, CLEANUP_TYPE, Commit, CommitFn, HandlerError};
+use crate::registry::{Bodies, CLEANUP_TYPE, Commit, CommitFn, HandlerError, RESEND_TYPE};
 use crate::service::{Context, Counters};
 use crate::state::{InMessage, InState, Orphan, QueueEntry, keys};
 use crate::worker::{Worker, WorkerState, WorkerStatus};
@@ -211,6 +211,9 @@ impl Processor {
                     )
                 });
                 return Ok(Commit(Some(f), None));
+            }
+            if msg.message_type.as_str() == RESEND_TYPE {
+                return crate::resync::resend(ctx, msg);
             }
             let h = ctx
                 .registry

@@ -52,14 +52,14 @@ use crate::worker::{Worker, WorkerState, WorkerStatus};
 
 /// A rejection to record.
 #[derive(Debug, Clone)]
-struct Reject {
-    reason: RejectReason,
-    message: Option<MessageId>,
-    detail: String,
+pub(crate) struct Reject {
+    pub(crate) reason: RejectReason,
+    pub(crate) message: Option<MessageId>,
+    pub(crate) detail: String,
 }
 
 impl Reject {
-    fn file(reason: RejectReason, detail: impl Into<String>) -> Self {
+    pub(crate) fn file(reason: RejectReason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             message: None,
@@ -202,7 +202,7 @@ impl Receiver {
     }
 
     /// Checks a file; `Ok(Err(_))` is a rejection, `Err(_)` a failure to retry.
-    async fn verify(
+    pub(crate) async fn verify(
         &self,
         chan: &InChannel,
         path: &Path,
@@ -354,9 +354,14 @@ impl Receiver {
                 persist_txn(tx, &registry, &sender, &file_name, &file, now)
             })
             .await?;
-        let Some(o) = outcome else {
-            return Ok(());
-        };
+        if let Some(o) = outcome {
+            self.persisted(&channel, path, o);
+        }
+        Ok(())
+    }
+
+    /// Counts, logs and wakes after a file's messages were persisted.
+    pub(crate) fn persisted(&self, channel: &str, path: &Path, o: Persisted) {
         for r in &o.rejects {
             tracing::warn!(channel = %channel, file = %path, message = ?r.message, reason = %r.reason, detail = %r.detail, "message rejected");
             self.ctx.counters.reject(r.reason);
@@ -372,7 +377,14 @@ impl Receiver {
         if o.persisted == 0 || o.orphans > 0 {
             self.ctx.cleaner_wake.notify_one();
         }
-        Ok(())
+    }
+
+    pub(crate) fn ctx(&self) -> &Context {
+        &self.ctx
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
     }
 
     /// Lists the replication bucket for files outside the chains: unknown senders,
@@ -534,7 +546,7 @@ fn describe(size: u64, e_tag: Option<&str>) -> String {
     format!("{size}/{}", e_tag.unwrap_or("-"))
 }
 
-fn record_rejection(
+pub(crate) fn record_rejection(
     tx: &mut tern_meta::MetaTxn<'_>,
     sender: &str,
     file: &str,
@@ -565,14 +577,14 @@ fn record_rejection(
     .map_err(Error::meta("record rejection"))
 }
 
-struct Persisted {
-    persisted: u64,
+pub(crate) struct Persisted {
+    pub(crate) persisted: u64,
     duplicates: u64,
     orphans: u64,
     rejects: Vec<Reject>,
 }
 
-fn persist_txn(
+pub(crate) fn persist_txn(
     tx: &mut tern_meta::MetaTxn<'_>,
     registry: &Registry,
     sender: &DeploymentId,

@@ -36,6 +36,15 @@ use crate::message::{GlobalMessage, MessageType};
 /// sent); handled by the receiver itself.
 pub const CLEANUP_TYPE: &str = "tern.cleanup";
 
+/// The built-in type of resend requests (a receiver resynchronised its channel past files
+/// it could not read); handled by the sender's service itself ([`crate::resync`]).
+pub const RESEND_TYPE: &str = "tern.resend";
+
+/// Whether `t` is one of the service's own message types.
+pub(crate) fn is_builtin(t: &str) -> bool {
+    t == CLEANUP_TYPE || t == RESEND_TYPE
+}
+
 /// A metadata effect applied in the transaction that completes the message.
 pub type CommitFn = Box<dyn FnMut(&mut MetaTxn<'_>) -> tern_meta::Result<()> + Send>;
 
@@ -226,14 +235,14 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers `handler` for `message_type` (replacing an earlier one). The name
-    /// `tern.cleanup` is reserved.
+    /// Registers `handler` for `message_type` (replacing an earlier one). The
+    /// names `tern.cleanup` and `tern.resend` are reserved.
     pub fn register(&mut self, message_type: &str, handler: Arc<dyn Handler>) -> Result<()> {
         let t = MessageType::new(message_type)?;
-        if t.as_str() == CLEANUP_TYPE {
+        if is_builtin(t.as_str()) {
             return Err(Error::Invalid {
                 what: "message type",
-                reason: format!("{CLEANUP_TYPE} is reserved"),
+                reason: format!("{t} is reserved"),
             });
         }
         self.handlers.insert(t, handler);
@@ -253,7 +262,7 @@ impl Registry {
 
     /// Whether `t` is known (registered or built in).
     pub fn knows(&self, t: &MessageType) -> bool {
-        t.as_str() == CLEANUP_TYPE || self.handlers.contains_key(t)
+        is_builtin(t.as_str()) || self.handlers.contains_key(t)
     }
 
     /// Checks that `msg` may be sent or applied: known type, valid payload.
@@ -264,6 +273,15 @@ impl Registry {
                 .map_err(|reason| Error::MalformedPayload {
                     id: msg.id.clone(),
                     message_type: CLEANUP_TYPE.into(),
+                    reason,
+                });
+        }
+        if msg.message_type.as_str() == RESEND_TYPE {
+            return crate::resync::ResendPayload::decode(&msg.payload)
+                .map(|_| ())
+                .map_err(|reason| Error::MalformedPayload {
+                    id: msg.id.clone(),
+                    message_type: RESEND_TYPE.into(),
                     reason,
                 });
         }

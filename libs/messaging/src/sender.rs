@@ -165,10 +165,10 @@ impl Sender {
             payload: draft.payload,
             bodies: Vec::new(),
         };
-        if msg.message_type.as_str() == CLEANUP_TYPE {
+        if crate::registry::is_builtin(msg.message_type.as_str()) {
             return Err(Error::Invalid {
                 what: "message type",
-                reason: format!("{CLEANUP_TYPE} is sent by the service itself"),
+                reason: format!("{} is sent by the service itself", msg.message_type),
             });
         }
         if msg.payload.len() > self.ctx.config.max_payload_bytes {
@@ -673,14 +673,21 @@ impl Sender {
 }
 
 /// Append message `id` to the channel's ready queue (in the caller's transaction).
-fn enqueue_ready(
+pub(crate) fn enqueue_ready(
     tx: &mut tern_meta::MetaTxn<'_>,
     peer: &DeploymentId,
     id: &MessageId,
 ) -> Result<()> {
-    let n = tx
-        .next_sequence("msg-ready")
-        .map_err(Error::meta("sequence"))?;
+    enqueue_ready_in(tx, peer, id).map_err(Error::meta("queue message"))
+}
+
+/// [`enqueue_ready`] for code that runs inside a handler's commit.
+pub(crate) fn enqueue_ready_in(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    peer: &DeploymentId,
+    id: &MessageId,
+) -> tern_meta::Result<()> {
+    let n = tx.next_sequence("msg-ready")?;
     tx.put(
         &keys::ready_queue(peer).u64(n),
         &QueueEntry {
@@ -688,7 +695,6 @@ fn enqueue_ready(
             id: id.clone(),
         },
     )
-    .map_err(Error::meta("queue message"))
 }
 
 fn ms(d: Duration) -> i64 {
@@ -748,7 +754,7 @@ async fn abandon_txn(
             id: cleanup_id.clone(),
             origin: me.clone(),
             created_at_ms: now,
-            payload: Bytes::from(CleanupPayload::new(id.clone(), row.bodies_started).encode()),
+            payload: Bytes::from(CleanupPayload::new(id.clone(), row.bodies_started).encode()?),
             bodies: Vec::new(),
         };
         enqueue_ready(tx, &peer, &cleanup_id)?;

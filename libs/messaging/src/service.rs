@@ -201,6 +201,12 @@ pub struct Counters {
     pub cleaned: AtomicU64,
     /// Objects deleted by the cleaner.
     pub objects_deleted: AtomicU64,
+    /// Channels resynchronised past a stalled or lost file (operator).
+    pub resyncs: AtomicU64,
+    /// Messages sent again at a receiver's resync request.
+    pub resent: AtomicU64,
+    /// Resync requests reaching back past what `sent_retention` kept.
+    pub resend_gaps: AtomicU64,
     rejected: Mutex<BTreeMap<RejectReason, u64>>,
 }
 

@@ -166,17 +166,21 @@ pub enum RejectReason {
     ReplayedId,
     /// A message record or payload that does not parse or validate, or of an unknown type.
     Malformed,
+    /// A file an operator's resync went past (it was rejected or lost); its messages are
+    /// asked again from the sender ([`crate::resync`]).
+    Skipped,
 }
 
 impl RejectReason {
     /// Every reason.
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::Tampered,
         RejectReason::UnknownSender,
         RejectReason::Diversifier,
         RejectReason::OutOfChain,
         RejectReason::ReplayedId,
         RejectReason::Malformed,
+        RejectReason::Skipped,
     ];
 
     /// Short name.
@@ -188,6 +192,7 @@ impl RejectReason {
             RejectReason::OutOfChain => "out_of_chain",
             RejectReason::ReplayedId => "replayed_id",
             RejectReason::Malformed => "malformed",
+            RejectReason::Skipped => "skipped",
         }
     }
 }

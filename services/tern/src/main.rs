@@ -443,6 +443,16 @@ enum MessagesCmd {
     Retry { peer: String, id: String },
     /// Give a failed message up: cleaned up, never applied.
     Discard { peer: String, id: String },
+    /// Move the channel from PEER past a message file it cannot read (rejected for good,
+    /// or lost): it resumes at the next readable file, the skipped files are recorded
+    /// (reason `skipped`), and PEER is asked to send their messages again (those it still
+    /// holds: `[messaging] sent_retention`). Refused, changing nothing, when the channel
+    /// is not stalled.
+    Resync {
+        /// The deployment whose channel into this one is stalled.
+        #[arg(long = "from")]
+        peer: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1102,6 +1112,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Messages(MessagesCmd::Discard { peer, id }) => {
             let p = format!("/v1/messages/failed/{peer}/{id}/discard");
+            print_value(&c.post(&p, &json!({})).await?, json_out);
+        }
+        Command::Messages(MessagesCmd::Resync { peer }) => {
+            let p = format!("/v1/messages/channels/{peer}/resync");
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Replication(ReplicationCmd::Jobs) => {

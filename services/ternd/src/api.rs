@@ -350,6 +350,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             "/v1/messages/failed/{peer}/{id}/{action}",
             post(failed_message_action),
         )
+        .route("/v1/messages/channels/{peer}/resync", post(resync_channel))
         .route("/v1/replication/jobs", get(replication_jobs))
         .route(
             "/v1/replication/jobs/{id}/{action}",
@@ -543,6 +544,9 @@ pub(crate) async fn render_metrics(d: &Daemon) -> Result<String> {
             ("handler_failures", C::get(&mc.handler_failures)),
             ("cleaned", C::get(&mc.cleaned)),
             ("objects_deleted", C::get(&mc.objects_deleted)),
+            ("resyncs", C::get(&mc.resyncs)),
+            ("resent", C::get(&mc.resent)),
+            ("resend_gaps", C::get(&mc.resend_gaps)),
         ]
         .into_iter()
         .map(|(e, v)| (format!("{{event=\"{e}\"}}"), v as f64))
@@ -2540,6 +2544,17 @@ async fn failed_message_action(
     Ok(axum::Json(
         json!({"peer": peer.as_str(), "id": id.as_str(), "done": action}),
     ))
+}
+
+/// Resynchronises the channel from `peer` past a file it cannot read (operator): see
+/// `tern_messaging::resync`.
+async fn resync_channel(State(d): St, headers: HeaderMap, Path(peer): Path<String>) -> ApiResult {
+    operator(&d, &headers)?;
+    let peer = DeploymentId::new(peer.as_str())?;
+    let r = d.resync_channel(&peer).await?;
+    let v =
+        serde_json::to_value(&r).map_err(|e| Error::internal("encode resync")(e.to_string()))?;
+    Ok(axum::Json(v))
 }
 
 /// Every copy and import job (operator).

@@ -538,6 +538,17 @@ impl Daemon {
         self.peers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Resynchronises the inbound channel from `peer` past a file it cannot read (the
+    /// running receiver and this one agree through the channel row).
+    pub async fn resync_channel(
+        &self,
+        peer: &DeploymentId,
+    ) -> std::result::Result<tern_messaging::Resynced, tern_messaging::Error> {
+        Receiver::new(self.messaging.clone(), Arc::clone(&self.bucket))
+            .resync(peer)
+            .await
+    }
+
     /// Starts every background worker.
     pub async fn start_workers(self: &Arc<Self>) -> Result<()> {
         let store = &self.bucket;

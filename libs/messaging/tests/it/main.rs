@@ -8,3 +8,4 @@ mod common;
 mod crashes;
 mod lifecycle;
 mod rejections;
+mod resync;
