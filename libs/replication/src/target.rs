@@ -1067,6 +1067,85 @@ mod tests {
         assert_eq!((merged[1].base, merged[1].version), (7, 8));
     }
 
+    use proptest::prelude::*;
+
+    /// One transaction's changes over a few tables: per change, which of the table's live
+    /// files it removes (a bit mask over them) and how many new ones it adds.
+    fn transactions() -> impl Strategy<Value = (Vec<u8>, Vec<(usize, u64, u8)>)> {
+        (
+            // Files each of three tables holds before the transaction.
+            proptest::collection::vec(0u8..6, 3),
+            // (table, removal mask, files added), in commit order.
+            proptest::collection::vec((0usize..3, any::<u64>(), 0u8..4), 0..12),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(17), ..ProptestConfig::default() })]
+
+        /// Applying the folded step gives the same files as applying every change in
+        /// turn, per table; it never removes a file the transaction added itself (that
+        /// file was never copied), never adds one it removed, and spans the first base
+        /// to the last version.
+        #[test]
+        fn a_folded_step_lands_where_the_changes_one_by_one_land(
+            (initial, changes) in transactions()
+        ) {
+            let tables = ["t0", "t1", "t2"];
+            let mut live: Vec<BTreeSet<String>> = initial
+                .iter()
+                .enumerate()
+                .map(|(t, n)| (0..*n).map(|i| format!("old{t}x{i}")).collect())
+                .collect();
+            let start = live.clone();
+            let mut version = [10u64, 20, 30];
+            let mut steps = Vec::new();
+            let mut fresh = 0;
+            for (t, mask, adds) in changes {
+                let remove: Vec<String> = live[t]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask >> (i % 64) & 1 == 1)
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                let add: Vec<String> = (0..adds)
+                    .map(|_| {
+                        fresh += 1;
+                        format!("new{fresh}")
+                    })
+                    .collect();
+                for f in &remove {
+                    live[t].remove(f);
+                }
+                live[t].extend(add.iter().cloned());
+                let r: Vec<&str> = remove.iter().map(String::as_str).collect();
+                let a: Vec<&str> = add.iter().map(String::as_str).collect();
+                steps.push(step(tables[t], version[t], version[t] + 1, &a, &r));
+                version[t] += 1;
+            }
+            let merged = merge_steps(steps).unwrap();
+            for (t, name) in tables.iter().enumerate() {
+                let Some(s) = merged.iter().find(|s| s.table.as_str() == *name) else {
+                    prop_assert_eq!(&live[t], &start[t], "untouched table {}", name);
+                    continue;
+                };
+                prop_assert_eq!((s.base, s.version), ([10u64, 20, 30][t], version[t]));
+                let ref_of = |f: &str| mp(name, f).global_ref.to_string();
+                let removed: BTreeSet<String> = s.remove.iter().map(|g| g.to_string()).collect();
+                let added: BTreeSet<String> =
+                    s.add.iter().map(|m| m.global_ref.to_string()).collect();
+                prop_assert_eq!(added.len(), s.add.len(), "a file added twice");
+                let before: BTreeSet<String> = start[t].iter().map(|f| ref_of(f)).collect();
+                prop_assert!(removed.is_subset(&before), "removes a file of this transaction");
+                prop_assert!(added.is_disjoint(&before));
+                let folded: BTreeSet<String> =
+                    before.difference(&removed).cloned().chain(added).collect();
+                let one_by_one: BTreeSet<String> = live[t].iter().map(|f| ref_of(f)).collect();
+                prop_assert_eq!(folded, one_by_one, "table {}", name);
+            }
+        }
+    }
+
     #[test]
     fn changes_that_do_not_follow_each_other_are_refused_by_table() {
         let err =
