@@ -44,7 +44,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use tern_meta::{ColumnDef, ColumnType, Scalar};
 use tern_storage::layout::TableId;
-use tern_table::{CmpOp, PinnedVersion, Predicate, ScanRequest, Tables};
+use tern_table::{CmpOp, Part, PinnedVersion, Predicate, ScanRequest, Tables};
 
 use crate::bridge::{df_schema, df_type, from_df, to_df};
 
@@ -151,7 +151,7 @@ impl TableProvider for TernTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
@@ -173,6 +173,12 @@ impl TableProvider for TernTable {
             .read(|tx| tx.active_micro_partitions(&self.id, version))
             .map_err(|e| external(e.into()))?;
         let stats = statistics(&active, &out_columns, predicate == Predicate::True);
+        // One part per core the session may use (DataFusion runs each on its own task), at
+        // most one per file. A limit is pushed down whole: one part.
+        let parts = match limit {
+            Some(_) => 1,
+            None => state.config().target_partitions().min(active.len()).max(1),
+        };
         // A scan needs at least one column to count rows by.
         let read_columns = if out_columns.is_empty() {
             self.columns
@@ -197,6 +203,7 @@ impl TableProvider for TernTable {
             df_schema(&out_columns),
             stats,
             pin,
+            parts,
         )))
     }
 
@@ -370,6 +377,8 @@ pub struct TernScanExec {
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     pin: Arc<PinnedVersion>,
+    /// Disjoint parts of the version's files, one per DataFusion partition.
+    parts: usize,
 }
 
 impl fmt::Debug for TernScanExec {
@@ -393,10 +402,11 @@ impl TernScanExec {
         schema: SchemaRef,
         stats: Statistics,
         pin: PinnedVersion,
+        parts: usize,
     ) -> Self {
         let props = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(parts),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -411,6 +421,7 @@ impl TernScanExec {
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
             pin: Arc::new(pin),
+            parts,
         }
     }
 
@@ -439,6 +450,9 @@ impl DisplayAs for TernScanExec {
         }
         if let Some(l) = self.limit {
             write!(f, " limit={l}")?;
+        }
+        if self.parts > 1 {
+            write!(f, " parts={}", self.parts)?;
         }
         Ok(())
     }
@@ -481,11 +495,12 @@ impl ExecutionPlan for TernScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "TernScanExec has one partition, asked for {partition}"
-            )));
-        }
+        let part = Part::new(partition, self.parts).ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "TernScanExec has {} partitions, asked for {partition}",
+                self.parts
+            ))
+        })?;
         let files_total = MetricBuilder::new(&self.metrics).gauge("files_total", partition);
         let files_pruned = MetricBuilder::new(&self.metrics).gauge("files_pruned", partition);
         let files_read = MetricBuilder::new(&self.metrics).gauge("files_read", partition);
@@ -500,7 +515,7 @@ impl ExecutionPlan for TernScanExec {
         let out_schema = Arc::clone(&schema);
         let open = async move {
             let scan = tables
-                .scan_stream(&id, &request, limit)
+                .scan_stream_part(&id, &request, limit, part)
                 .await
                 .map_err(external)?;
             files_total.set(scan.files_total);
@@ -535,9 +550,12 @@ impl ExecutionPlan for TernScanExec {
     #[allow(deprecated)]
     fn partition_statistics(
         &self,
-        _partition: Option<usize>,
+        partition: Option<usize>,
     ) -> datafusion::common::Result<Arc<Statistics>> {
-        Ok(Arc::clone(&self.stats))
+        match partition {
+            Some(_) if self.parts > 1 => Ok(Arc::new(Statistics::new_unknown(&self.schema))),
+            _ => Ok(Arc::clone(&self.stats)),
+        }
     }
 }
 

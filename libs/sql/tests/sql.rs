@@ -263,6 +263,63 @@ async fn filters_prune_micro_partitions_by_their_statistics() {
     assert_eq!(metric(&scans(&plan)[0], "files_read"), 4);
 }
 
+/// A scan is split into disjoint parts of the version's files, one per partition the
+/// session runs (one per core by default): every row comes back once, each file is read
+/// by one part, and a pushed-down limit keeps the scan whole.
+#[tokio::test]
+async fn a_scan_runs_in_disjoint_parts_one_per_partition() {
+    let f = fixture();
+    let s = f.session();
+    s.context()
+        .state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .execution
+        .target_partitions = 3;
+    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, v DOUBLE)").await;
+    for k in 0..4 {
+        let values: Vec<String> = (0..100)
+            .map(|i| format!("({}, {})", k * 100 + i, i))
+            .collect();
+        run(&s, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
+    }
+    let (batches, plan) = run_plan(&s, "SELECT id FROM t").await;
+    let scan = scans(&plan).pop().expect("a Tern scan");
+    assert_eq!(scan.properties().output_partitioning().partition_count(), 3);
+    let mut ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .expect("int64")
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..400).collect::<Vec<i64>>(), "every row once");
+    assert_eq!(metric(&scan, "files_total"), 4);
+    assert_eq!(metric(&scan, "files_read"), 4, "each file read by one part");
+    // Pruning within the parts adds up as before.
+    let (batches, plan) = run_plan(&s, "SELECT id FROM t WHERE id >= 250 AND id < 260").await;
+    assert_eq!(rows(&batches), 10);
+    let scan = scans(&plan).pop().expect("a Tern scan");
+    assert_eq!(metric(&scan, "files_pruned"), 3);
+    assert_eq!(metric(&scan, "files_read"), 1);
+    // Aggregates over the parts.
+    assert_eq!(
+        table_text(&s, "SELECT count(*) AS n, sum(v) AS s FROM t WHERE v >= 50").await,
+        table_text(&s, "SELECT 200 AS n, 14900.0 AS s").await
+    );
+    // A limit keeps one part.
+    let (batches, plan) = run_plan(&s, "SELECT id FROM t LIMIT 5").await;
+    assert_eq!(rows(&batches), 5);
+    let scan = scans(&plan).pop().expect("a Tern scan");
+    assert_eq!(scan.properties().output_partitioning().partition_count(), 1);
+}
+
 #[tokio::test]
 async fn count_min_max_come_from_metadata_without_reading_a_file() {
     let f = fixture();

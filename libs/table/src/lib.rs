@@ -43,5 +43,7 @@ pub use compact::{CompactionOptions, StagedCompaction};
 pub use error::{CommitFailure, Error, Refusal, Result};
 pub use pins::PinnedVersion;
 pub use predicate::{CmpOp, Predicate};
-pub use table::{Aggregate, CommitInfo, ScanRequest, ScanResult, ScanStream, TableOptions, Tables};
+pub use table::{
+    Aggregate, CommitInfo, Part, ScanRequest, ScanResult, ScanStream, TableOptions, Tables,
+};
 pub use tern_meta::{ColumnDef, ColumnType, Scalar};

@@ -118,6 +118,24 @@ impl CommitInfo {
     }
 }
 
+/// One of `of` disjoint parts of a version's micro-partitions (file `i` of the version's
+/// list is in part `i % of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    index: usize,
+    of: usize,
+}
+
+impl Part {
+    /// Every file.
+    pub const WHOLE: Part = Part { index: 0, of: 1 };
+
+    /// Part `index` of `of`; `None` unless `index < of`.
+    pub fn new(index: usize, of: usize) -> Option<Part> {
+        (index < of).then_some(Part { index, of })
+    }
+}
+
 /// What to scan.
 #[derive(Debug, Clone, Default)]
 pub struct ScanRequest {
@@ -960,6 +978,20 @@ impl Tables {
         request: &ScanRequest,
         limit: Option<usize>,
     ) -> Result<ScanStream> {
+        self.scan_stream_part(table, request, limit, Part::WHOLE)
+            .await
+    }
+
+    /// [`Tables::scan_stream`] over one part of the version's micro-partitions: the
+    /// parts of one `of` are disjoint and together hold every file (a query engine scans
+    /// them on separate cores). `files_total` and the counters are the part's.
+    pub async fn scan_stream_part(
+        &self,
+        table: &TableId,
+        request: &ScanRequest,
+        limit: Option<usize>,
+        part: Part,
+    ) -> Result<ScanStream> {
         let ctx = self.ctx(table).await?;
         // Held until the stream is dropped: vacuum keeps everything this version needs.
         let pin = self.pin_for(table, request.version, false)?;
@@ -988,9 +1020,14 @@ impl Tables {
                 .collect::<Result<_>>()?,
         };
         let names: Vec<String> = projected.iter().map(|c| c.name.clone()).collect();
-        let active = self
+        let active: Vec<_> = self
             .meta
-            .read(|tx| tx.active_micro_partitions(table, version))?;
+            .read(|tx| tx.active_micro_partitions(table, version))?
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % part.of == part.index)
+            .map(|(_, m)| m)
+            .collect();
         let files_total = active.len();
         let rows_total =
             (predicate == Predicate::True).then(|| active.iter().map(|m| m.rows).sum());
