@@ -7,8 +7,10 @@
 //! …`, `CREATE DATABASE … AS REPLICA OF …`, …; see `tern_sql::admin`) run for the account
 //! and need no `database`; `ALTER ACCOUNT … SET GLOBAL` and `SHOW REPLICATION STATUS` need
 //! the operator token. `format` is `ndjson`
-//! (default: one JSON object per row, a non-finite float as a string as in scans) or
-//! `csv` (a header line, then the rows). Several statements separated by `;` run in
+//! (default: one JSON object per row, a non-finite float as a string as in scans),
+//! `csv` (a header line, then the rows) or `arrow` (an Arrow IPC stream,
+//! `application/vnd.apache.arrow.stream`: the schema, then one record batch per batch
+//! computed, then the end-of-stream marker; a stream cut short has no marker). Several statements separated by `;` run in
 //! order, each committing on its own; the answer is the last one's rows. DDL answers one
 //! `status` row, DML one `count` row.
 //!
@@ -29,6 +31,8 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use tern_sql::datafusion::arrow::datatypes::SchemaRef as DfSchemaRef;
+use tern_sql::datafusion::arrow::ipc::writer::StreamWriter as IpcWriter;
 use tern_sql::datafusion::arrow::record_batch::RecordBatch as DfBatch;
 use tern_sql::{SqlError, SqlSession};
 
@@ -54,6 +58,7 @@ pub(crate) struct SqlReq {
 enum Format {
     Ndjson,
     Csv,
+    Arrow,
 }
 
 impl Format {
@@ -61,8 +66,9 @@ impl Format {
         match s.unwrap_or("ndjson") {
             "ndjson" | "jsonl" => Ok(Format::Ndjson),
             "csv" => Ok(Format::Csv),
+            "arrow" | "arrow-ipc" => Ok(Format::Arrow),
             other => Err(Error::Invalid(format!(
-                "format {other:?}: use \"ndjson\" or \"csv\""
+                "format {other:?}: use \"ndjson\", \"csv\" or \"arrow\""
             ))),
         }
     }
@@ -71,7 +77,98 @@ impl Format {
         match self {
             Format::Ndjson => "application/x-ndjson",
             Format::Csv => "text/csv",
+            Format::Arrow => "application/vnd.apache.arrow.stream",
         }
+    }
+}
+
+/// Bytes an IPC writer wrote, taken out after each message.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Turns an answer's batches into the body's bytes.
+enum Encoder {
+    /// JSON lines (`false`) or CSV.
+    Text {
+        csv: bool,
+    },
+    Arrow(Box<IpcWriter<SharedBuf>>, SharedBuf),
+}
+
+impl Encoder {
+    /// The encoder and the bytes that open the body (CSV's header, Arrow's schema).
+    fn new(format: Format, schema: &DfSchemaRef, names: &[String]) -> Result<(Self, Vec<u8>)> {
+        match format {
+            Format::Ndjson => Ok((Encoder::Text { csv: false }, Vec::new())),
+            Format::Csv => {
+                let quoted: Vec<String> = names
+                    .iter()
+                    .map(|n| {
+                        if n.contains([',', '"', '\n', '\r']) {
+                            format!("\"{}\"", n.replace('"', "\"\""))
+                        } else {
+                            n.clone()
+                        }
+                    })
+                    .collect();
+                let mut head = quoted.join(",").into_bytes();
+                head.push(b'\n');
+                Ok((Encoder::Text { csv: true }, head))
+            }
+            Format::Arrow => {
+                let buf = SharedBuf::default();
+                let w = IpcWriter::try_new(buf.clone(), schema)
+                    .map_err(|e| Error::internal("encode rows")(e.to_string()))?;
+                let head = buf.take();
+                Ok((Encoder::Arrow(Box::new(w), buf), head))
+            }
+        }
+    }
+
+    fn batch(&mut self, batch: &DfBatch, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            Encoder::Text { csv } => encode(*csv, batch, out),
+            Encoder::Arrow(w, buf) => {
+                w.write(batch)
+                    .map_err(|e| Error::internal("encode rows")(e.to_string()))?;
+                out.extend(buf.take());
+                Ok(())
+            }
+        }
+    }
+
+    /// What ends a complete body (Arrow's end-of-stream marker).
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        if let Encoder::Arrow(w, buf) = self {
+            w.finish()
+                .map_err(|e| Error::internal("encode rows")(e.to_string()))?;
+            out.extend(buf.take());
+        }
+        Ok(())
     }
 }
 
@@ -101,11 +198,12 @@ fn api_error(d: &Daemon, e: SqlError) -> Error {
     }
 }
 
-fn encode(format: Format, batch: &DfBatch, out: &mut Vec<u8>) -> Result<()> {
+/// A batch as JSON lines (`csv: false`) or CSV rows.
+fn encode(csv: bool, batch: &DfBatch, out: &mut Vec<u8>) -> Result<()> {
     let batch = tern_sql::bridge::from_df(batch)
         .map_err(|e| Error::internal("encode rows")(e.to_string()))?;
-    match format {
-        Format::Ndjson => {
+    match csv {
+        false => {
             let rows = rows::batches_to_json(std::slice::from_ref(&batch))?;
             if let serde_json::Value::Array(rows) = rows {
                 for r in rows {
@@ -115,7 +213,7 @@ fn encode(format: Format, batch: &DfBatch, out: &mut Vec<u8>) -> Result<()> {
                 }
             }
         }
-        Format::Csv => {
+        true => {
             let mut w = arrow::csv::WriterBuilder::new()
                 .with_header(false)
                 .build(&mut *out);
@@ -163,26 +261,11 @@ pub(crate) async fn run_sql(
         Some(Err(e)) => return Err(api_error(&d, SqlError::from(e)).into()),
         other => other,
     };
-    let mut head = Vec::new();
-    let names_for_csv = names.clone();
-    if format == Format::Csv {
-        let quoted: Vec<String> = names_for_csv
-            .iter()
-            .map(|n| {
-                if n.contains([',', '"', '\n', '\r']) {
-                    format!("\"{}\"", n.replace('"', "\"\""))
-                } else {
-                    n.clone()
-                }
-            })
-            .collect();
-        head.extend_from_slice(quoted.join(",").as_bytes());
-        head.push(b'\n');
-    }
+    let (encoder, head) = Encoder::new(format, &answer.schema, &names)?;
     let daemon = Arc::clone(&d);
     let body = futures::stream::unfold(
-        (Some(head), first, stream, false),
-        move |(head, first, mut stream, done)| {
+        (Some(head), first, stream, false, encoder),
+        move |(head, first, mut stream, done, mut encoder)| {
             let daemon = Arc::clone(&daemon);
             async move {
                 if done {
@@ -194,13 +277,21 @@ pub(crate) async fn run_sql(
                     None => stream.next().await,
                 };
                 match next {
-                    None => (!out.is_empty())
-                        .then(|| (Ok(Bytes::from(out)), (None, None, stream, true))),
-                    Some(Ok(batch)) => match encode(format, &batch, &mut out) {
-                        Ok(()) => Some((Ok(Bytes::from(out)), (None, None, stream, false))),
+                    None => match encoder.finish(&mut out) {
+                        Ok(()) => (!out.is_empty())
+                            .then(|| (Ok(Bytes::from(out)), (None, None, stream, true, encoder))),
                         Err(e) => Some((
                             Err(std::io::Error::other(e.to_string())),
-                            (None, None, stream, true),
+                            (None, None, stream, true, encoder),
+                        )),
+                    },
+                    Some(Ok(batch)) => match encoder.batch(&batch, &mut out) {
+                        Ok(()) => {
+                            Some((Ok(Bytes::from(out)), (None, None, stream, false, encoder)))
+                        }
+                        Err(e) => Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (None, None, stream, true, encoder),
                         )),
                     },
                     Some(Err(e)) => {
@@ -212,7 +303,7 @@ pub(crate) async fn run_sql(
                             out.push(b'\n');
                         }
                         // The body ends with an error after what was written.
-                        Some((Ok(Bytes::from(out)), (None, None, stream, true)))
+                        Some((Ok(Bytes::from(out)), (None, None, stream, true, encoder)))
                     }
                 }
             }

@@ -117,6 +117,51 @@ pub async fn call_with(
     }
 }
 
+/// One request whose answer is bytes (not JSON): its status, its head (lower-cased) and
+/// its body, de-chunked.
+pub async fn call_bytes(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {OPERATOR}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let mut rest = &raw[end + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (status, head, rest.to_vec());
+    }
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+        rest = &rest[eol + 2 + n..];
+        rest = rest.strip_prefix(b"\r\n").unwrap_or(rest);
+    }
+    (status, head, out)
+}
+
 /// The payload of a chunked body: each chunk is `<hex size>\r\n<data>\r\n`, the last of
 /// size 0.
 fn dechunk(mut body: &str) -> String {
