@@ -6,3 +6,4 @@ mod harness;
 mod idempotency;
 mod in_doubt;
 mod monitoring;
+mod ops;
