@@ -45,6 +45,17 @@ struct Cli {
     /// members), so commands follow a failover.
     #[arg(long, env = "TERN_CONNECTION", global = true)]
     connection: Option<String>,
+    /// Trust only this CA (PEM) for an `https://` daemon, e.g. one whose certificate your
+    /// own CA signed.
+    #[arg(long, env = "TERN_CA", global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// A client certificate (PEM) for a daemon that requires one (`api.tls.client_ca`);
+    /// with --client-key.
+    #[arg(long, env = "TERN_CLIENT_CERT", global = true, value_name = "FILE")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TERN_CLIENT_KEY", global = true, value_name = "FILE")]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +65,9 @@ enum Command {
     /// Accounts (operator).
     #[command(subcommand)]
     Account(AccountCmd),
+    /// An account's tokens: make (read-only, expiring), list, revoke (operator).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Databases of an account.
     #[command(subcommand)]
     Database(DatabaseCmd),
@@ -277,12 +291,42 @@ struct Where {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Make a token for an account; prints it once (only its digest is kept).
+    Create {
+        /// The account.
+        account: String,
+        /// Refused (403) on every request that writes.
+        #[arg(long)]
+        read_only: bool,
+        /// Refused (401) after this long (`30d`, `12h`); never when absent.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// A name shown by `tern token list` (`ci`, `grafana`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List an account's tokens (ids, names, read-only, expiry; never the secrets).
+    List {
+        /// The account.
+        account: String,
+    },
+    /// Revoke a token by the id `tern token list` shows: refused from the next request on.
+    Revoke {
+        /// The account.
+        account: String,
+        /// The token's id (16 hex digits).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AccountCmd {
     /// Create an account; prints its token.
     Create { name: String },
     /// List accounts.
     List,
-    /// Make another token for an account.
+    /// Make another token for an account (the same as `tern token create`).
     Token { name: String },
     /// Drop an account (operator): its local databases are dropped and its keys destroyed,
     /// so the files it leaves in the volume can never be decrypted again.
@@ -308,7 +352,8 @@ enum AccountCmd {
         /// A local X25519 key file (private key, mode 0600) on the daemon's host.
         #[arg(long, conflicts_with_all = ["kms_key_id", "remove"])]
         x25519_file: Option<String>,
-        /// With --x25519-file: make a new key pair there when the file is missing.
+        /// With --x25519-file: make a new key pair there when the file is missing (only
+        /// inside the daemon's keys folder, `keys.dir`; a relative name is taken under it).
         #[arg(long, requires = "x25519_file")]
         create: bool,
         /// An RSA key (ENCRYPT_DECRYPT) of the deployment's KMS: id, ARN or alias.
@@ -550,6 +595,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // reqwest (the API client) takes rustls's process-wide provider: ring, as everywhere.
     tern_storage::config::install_tls_provider();
+    if let Err(e) = client::configure_tls(
+        cli.ca.as_deref(),
+        cli.client_cert.as_deref(),
+        cli.client_key.as_deref(),
+    ) {
+        Failure::Client(e).report(cli.json);
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -636,7 +689,11 @@ async fn through_connection(
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let member = Client::new(url, token.clone());
         match member
-            .get(&format!("/v1/accounts/{account}/connections/{name}"))
+            .get(&format!(
+                "/v1/accounts/{}/connections/{}",
+                client::seg(account)?,
+                client::seg(name)?
+            ))
             .await
         {
             Ok(v) => {
@@ -681,8 +738,13 @@ pub fn table_path(name: &str) -> Result<String, ClientError> {
             "table {name:?} has an empty part"
         )));
     }
+    // Each part is one path segment, escaped: a name can never add a segment or a query.
     Ok(format!(
-        "/v1/accounts/{a}/databases/{d}/schemas/{s}/tables/{t}"
+        "/v1/accounts/{}/databases/{}/schemas/{}/tables/{}",
+        client::seg(a)?,
+        client::seg(d)?,
+        client::seg(s)?,
+        client::seg(t)?
     ))
 }
 
@@ -813,6 +875,55 @@ fn print_value(v: &Value, json_out: bool) {
 
 async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientError> {
     match command {
+        Command::Token(TokenCmd::Create {
+            account,
+            read_only,
+            expires_in,
+            name,
+        }) => {
+            let mut body = json!({"read_only": read_only});
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(e);
+            }
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            print_value(
+                &c.post(
+                    &format!("/v1/accounts/{}/tokens", client::seg(&account)?),
+                    &body,
+                )
+                .await?,
+                json_out,
+            );
+        }
+        Command::Token(TokenCmd::List { account }) => {
+            print_list(
+                &c.get(&format!("/v1/accounts/{}/tokens", client::seg(&account)?))
+                    .await?,
+                "tokens",
+                &[
+                    "id",
+                    "name",
+                    "read_only",
+                    "created_at_ms",
+                    "expires_at_ms",
+                    "expired",
+                ],
+                json_out,
+            );
+        }
+        Command::Token(TokenCmd::Revoke { account, id }) => {
+            print_value(
+                &c.delete(&format!(
+                    "/v1/accounts/{}/tokens/{}",
+                    client::seg(&account)?,
+                    client::seg(&id)?
+                ))
+                .await?,
+                json_out,
+            );
+        }
         Command::Account(AccountCmd::Create { name }) => {
             print_value(
                 &c.post("/v1/accounts", &json!({"name": name})).await?,
@@ -829,17 +940,25 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Account(AccountCmd::Token { name }) => {
             print_value(
-                &c.post(&format!("/v1/accounts/{name}/tokens"), &json!({}))
-                    .await?,
+                &c.post(
+                    &format!("/v1/accounts/{}/tokens", client::seg(&name)?),
+                    &json!({}),
+                )
+                .await?,
                 json_out,
             );
         }
         Command::Account(AccountCmd::Drop { name }) => {
-            print_value(&c.delete(&format!("/v1/accounts/{name}")).await?, json_out);
+            print_value(
+                &c.delete(&format!("/v1/accounts/{}", client::seg(&name)?))
+                    .await?,
+                json_out,
+            );
         }
         Command::Account(AccountCmd::Keys { name }) => {
             print_list(
-                &c.get(&format!("/v1/accounts/{name}/keys")).await?,
+                &c.get(&format!("/v1/accounts/{}/keys", client::seg(&name)?))
+                    .await?,
                 "keys",
                 &["version", "state", "created_at_ms", "retired_at_ms"],
                 json_out,
@@ -847,8 +966,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Account(AccountCmd::RotateKey { name }) => {
             print_value(
-                &c.post(&format!("/v1/accounts/{name}/keys/rotate"), &json!({}))
-                    .await?,
+                &c.post(
+                    &format!("/v1/accounts/{}/keys/rotate", client::seg(&name)?),
+                    &json!({}),
+                )
+                .await?,
                 json_out,
             );
         }
@@ -858,7 +980,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 req["group"] = json!(g);
             }
             print_value(
-                &c.post(&format!("/v1/accounts/{name}/global"), &req).await?,
+                &c.post(
+                    &format!("/v1/accounts/{}/global", client::seg(&name)?),
+                    &req,
+                )
+                .await?,
                 json_out,
             );
         }
@@ -869,7 +995,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             kms_key_id,
             remove,
         }) => {
-            let p = format!("/v1/accounts/{name}/customer-key");
+            let p = format!("/v1/accounts/{}/customer-key", client::seg(&name)?);
             let v = match (x25519_file, kms_key_id) {
                 (Some(file), _) => {
                     c.post(
@@ -892,7 +1018,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             action,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/replication");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/replication",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             let v = c
                 .post(&p, &json!({"enable": action == OnOff::Enable}))
                 .await?;
@@ -909,18 +1039,29 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 req["upstream"] = json!(u);
             }
             let v = c
-                .post(&format!("/v1/accounts/{account}/replicas"), &req)
+                .post(
+                    &format!("/v1/accounts/{}/replicas", client::seg(&account)?),
+                    &req,
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Database(DatabaseCmd::DropReplica { account, name }) => {
             let v = c
-                .delete(&format!("/v1/accounts/{account}/replicas/{name}"))
+                .delete(&format!(
+                    "/v1/accounts/{}/replicas/{}",
+                    client::seg(&account)?,
+                    client::seg(&name)?
+                ))
                 .await?;
             print_value(&v, json_out);
         }
         Command::Database(DatabaseCmd::Refresh { account, database }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/refresh");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/refresh",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Database(DatabaseCmd::Schedule {
@@ -928,7 +1069,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             schedule,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/schedule");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/schedule",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(
                 &c.post(&p, &json!({ "schedule": schedule })).await?,
                 json_out,
@@ -939,14 +1084,22 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             allow_data_loss,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/failover");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/failover",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             let v = c
                 .post(&p, &json!({"allow_data_loss": allow_data_loss}))
                 .await?;
             print_value(&v, json_out);
         }
         Command::Database(DatabaseCmd::Switchover { account, database }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/switchover");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/switchover",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Database(DatabaseCmd::Policy {
@@ -958,7 +1111,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             block_commits_beyond_rpo,
             auto_failover,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/policy");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/policy",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             let setting = max_data_loss.is_some()
                 || max_data_loss_txns.is_some()
                 || max_unavailable.is_some()
@@ -987,7 +1144,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Deployment(DeploymentCmd::Maintenance { id, state }) => {
             let v = c
                 .post(
-                    &format!("/v1/deployments/{id}/maintenance"),
+                    &format!("/v1/deployments/{}/maintenance", client::seg(&id)?),
                     &json!({"on": state == MaintenanceState::On}),
                 )
                 .await?;
@@ -1026,7 +1183,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }) => {
             let v = c
                 .post(
-                    &format!("/v1/accounts/{account}/connections"),
+                    &format!("/v1/accounts/{}/connections", client::seg(&account)?),
                     &json!({"name": name, "group": group}),
                 )
                 .await?;
@@ -1034,8 +1191,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Txn(TxnCmd::Status { account, id }) => {
             print_value(
-                &c.get(&format!("/v1/accounts/{account}/transactions/{id}"))
-                    .await?,
+                &c.get(&format!(
+                    "/v1/accounts/{}/transactions/{id}",
+                    client::seg(&account)?
+                ))
+                .await?,
                 json_out,
             );
         }
@@ -1058,7 +1218,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Conflicts(ConflictsCmd::Show { id, csv }) => {
-            let v = c.get(&format!("/v1/conflicts/{id}")).await?;
+            let v = c
+                .get(&format!("/v1/conflicts/{}", client::seg(&id)?))
+                .await?;
             if json_out {
                 print_value(&v, true);
             } else {
@@ -1097,11 +1259,19 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Messages(MessagesCmd::Retry { peer, id }) => {
-            let p = format!("/v1/messages/failed/{peer}/{id}/retry");
+            let p = format!(
+                "/v1/messages/failed/{}/{}/retry",
+                client::seg(&peer)?,
+                client::seg(&id)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Messages(MessagesCmd::Discard { peer, id }) => {
-            let p = format!("/v1/messages/failed/{peer}/{id}/discard");
+            let p = format!(
+                "/v1/messages/failed/{}/{}/discard",
+                client::seg(&peer)?,
+                client::seg(&id)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Replication(ReplicationCmd::Jobs) => {
@@ -1124,37 +1294,56 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Replication(ReplicationCmd::Retry { id }) => {
             let v = c
-                .post(&format!("/v1/replication/jobs/{id}/retry"), &json!({}))
+                .post(
+                    &format!("/v1/replication/jobs/{}/retry", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Replication(ReplicationCmd::Abandon { id }) => {
             let v = c
-                .post(&format!("/v1/replication/jobs/{id}/abandon"), &json!({}))
+                .post(
+                    &format!("/v1/replication/jobs/{}/abandon", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Conflicts(ConflictsCmd::Apply { id }) => {
             let v = c
-                .post(&format!("/v1/conflicts/{id}/apply"), &json!({}))
+                .post(
+                    &format!("/v1/conflicts/{}/apply", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Conflicts(ConflictsCmd::Discard { id }) => {
             let v = c
-                .post(&format!("/v1/conflicts/{id}/discard"), &json!({}))
+                .post(
+                    &format!("/v1/conflicts/{}/discard", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Connection(ConnectionCmd::Resolve { account, name }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/connections/{name}"))
+                .get(&format!(
+                    "/v1/accounts/{}/connections/{}",
+                    client::seg(&account)?,
+                    client::seg(&name)?
+                ))
                 .await?;
             print_value(&v, json_out);
         }
         Command::Show(ShowCmd::Connections { account }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/connections"))
+                .get(&format!(
+                    "/v1/accounts/{}/connections",
+                    client::seg(&account)?
+                ))
                 .await?;
             print_list(
                 &v,
@@ -1165,7 +1354,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Show(ShowCmd::GlobalAccounts { account }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/global/accounts"))
+                .get(&format!(
+                    "/v1/accounts/{}/global/accounts",
+                    client::seg(&account)?
+                ))
                 .await?;
             print_global(
                 &v,
@@ -1176,7 +1368,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Show(ShowCmd::GlobalDatabases { account }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/global/databases"))
+                .get(&format!(
+                    "/v1/accounts/{}/global/databases",
+                    client::seg(&account)?
+                ))
                 .await?;
             print_global(
                 &v,
@@ -1200,7 +1395,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Database(DatabaseCmd::Create { account, name }) => {
             print_value(
                 &c.post(
-                    &format!("/v1/accounts/{account}/databases"),
+                    &format!("/v1/accounts/{}/databases", client::seg(&account)?),
                     &json!({"name": name}),
                 )
                 .await?,
@@ -1208,7 +1403,12 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Database(DatabaseCmd::List { account }) => {
-            let v = c.get(&format!("/v1/accounts/{account}/databases")).await?;
+            let v = c
+                .get(&format!(
+                    "/v1/accounts/{}/databases",
+                    client::seg(&account)?
+                ))
+                .await?;
             print_list(&v, "databases", &["name", "id", "role"], json_out);
         }
         Command::Schema(SchemaCmd::Create {
@@ -1216,11 +1416,19 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             name,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/schemas");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/schemas",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(&c.post(&p, &json!({"name": name})).await?, json_out);
         }
         Command::Schema(SchemaCmd::List { account, database }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/schemas");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/schemas",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_list(&c.get(&p).await?, "schemas", &["schema"], json_out);
         }
         Command::Table(TableCmd::Create { table, columns }) => {
@@ -1252,7 +1460,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Show(ShowCmd::Tables { account, database }) => {
             let v = c
                 .get(&format!(
-                    "/v1/accounts/{account}/databases/{database}/tables"
+                    "/v1/accounts/{}/databases/{}/tables",
+                    client::seg(&account)?,
+                    client::seg(&database)?
                 ))
                 .await?;
             if json_out {
@@ -1501,7 +1711,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Deployment(DeploymentCmd::RegisterChannel { id, genesis }) => {
             let g = parse_json("genesis", &genesis)?;
             print_value(
-                &c.post(&format!("/v1/deployments/{id}/channel"), &g).await?,
+                &c.post(
+                    &format!("/v1/deployments/{}/channel", client::seg(&id)?),
+                    &g,
+                )
+                .await?,
                 json_out,
             );
         }
