@@ -82,29 +82,39 @@ impl Redirect {
     }
 }
 
-/// The HTTP client every [`Client`] shares: plain, or the one [`configure_tls`] made.
+/// The HTTP client every [`Client`] shares: the one [`configure_http`] made.
 static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
 
 fn http() -> reqwest::Client {
-    HTTP.get_or_init(reqwest::Client::new).clone()
+    HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
-/// Sets how clients reach an `https://` daemon: trust only the CA in `ca` (PEM), and
-/// present `cert` with `key` (PEM) when the daemon asks for a client certificate. Once,
-/// before the first [`Client`]; a file that cannot be read or used is an input error
-/// naming it.
-pub fn configure_tls(
+/// How long connecting to a daemon may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sets up the HTTP client every [`Client`] shares: trust only the CA in `ca` (PEM) for
+/// an `https://` daemon, present `cert` with `key` (PEM) when it asks for a client
+/// certificate, give up on a request after `timeout`. Once, before the first [`Client`];
+/// a file that cannot be read or used is an input error naming it.
+pub fn configure_http(
     ca: Option<&std::path::Path>,
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
+    timeout: Option<std::time::Duration>,
 ) -> Result<(), ClientError> {
-    if ca.is_none() && cert.is_none() && key.is_none() {
-        return Ok(());
-    }
     let read = |flag: &str, p: &std::path::Path| {
         std::fs::read(p).map_err(|e| ClientError::Input(format!("{flag} {}: {e}", p.display())))
     };
-    let mut b = reqwest::Client::builder();
+    let mut b = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
     if let Some(ca) = ca {
         let certs = reqwest::Certificate::from_pem_bundle(&read("--ca", ca)?).map_err(|e| {
             ClientError::Input(format!("--ca {}: not PEM certificates: {e}", ca.display()))
@@ -142,7 +152,7 @@ pub fn configure_tls(
         .build()
         .map_err(|e| ClientError::Input(format!("TLS settings: {e}")))?;
     HTTP.set(client)
-        .map_err(|_| ClientError::Input("TLS settings were already made".into()))
+        .map_err(|_| ClientError::Input("HTTP settings were already made".into()))
 }
 
 /// `name` as one URL path segment: every byte but ASCII letters, digits, `-`, `_`, `.`

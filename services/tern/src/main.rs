@@ -17,23 +17,43 @@ mod client;
 mod demo;
 mod monitor;
 mod output;
+mod profile;
 mod selfcheck;
 mod sql;
 
 use client::{Client, ClientError};
 
+/// Where the daemon is when neither a flag, a variable nor a profile says.
+const DEFAULT_URL: &str = "http://127.0.0.1:7420";
+
+/// What `tern --help` says after the commands.
+const AFTER_HELP: &str = "\
+Profiles: --profile NAME (or TERN_PROFILE) takes url, token or token_file, ca, client_cert,
+client_key and timeout from [profiles.NAME] in $TERN_CONFIG_FILE, else
+~/.config/tern/config.toml (its default_profile when none is named). A flag or its
+variable overrides the profile. Keep tokens out of the command line: TERN_TOKEN or a
+profile's token_file.
+
+Exit status: 0 success; 1 any other failure (internal error, answer not understood);
+2 invalid input (bad arguments, files or request: HTTP 400/413/422); 3 not found (404);
+4 conflict (409: exists already, write to a replica, fenced primary); 5 unavailable or
+unreachable (503/429, connection failed or timed out: retry later); 6 not allowed
+(401 unknown, expired or revoked token; 403 token of another account or read-only).";
+
 /// Tern: database replication and failover between regions through object storage.
 #[derive(Debug, Parser)]
-#[command(name = "tern", version, about)]
+#[command(name = "tern", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// The daemon's API.
-    #[arg(
-        long,
-        env = "TERN_URL",
-        default_value = "http://127.0.0.1:7420",
-        global = true
-    )]
-    url: String,
+    /// The daemon's API (default http://127.0.0.1:7420, or the profile's url).
+    #[arg(long, env = "TERN_URL", global = true)]
+    url: Option<String>,
+    /// A named profile of the profiles file (see below).
+    #[arg(long, env = "TERN_PROFILE", global = true)]
+    profile: Option<String>,
+    /// Give up on a request after this long (`30s`, `5m`); none by default (loads and
+    /// scans may take long). Connecting gives up after 10 s regardless.
+    #[arg(long, env = "TERN_TIMEOUT", global = true, value_name = "DURATION")]
+    timeout: Option<String>,
     /// Bearer token: the operator's, or an account's.
     #[arg(long, env = "TERN_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -592,16 +612,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     // reqwest (the API client) takes rustls's process-wide provider: ring, as everywhere.
     tern_storage::config::install_tls_provider();
-    if let Err(e) = client::configure_tls(
-        cli.ca.as_deref(),
-        cli.client_cert.as_deref(),
-        cli.client_key.as_deref(),
-    ) {
-        Failure::Client(e).report(cli.json);
-        return ExitCode::FAILURE;
+    if let Err(e) = resolve_settings(&mut cli) {
+        let f = Failure::Client(e);
+        f.report(cli.json);
+        return ExitCode::from(f.exit_code());
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -625,12 +642,13 @@ fn main() -> ExitCode {
             .map_err(|e| Failure::Other(e.to_string())),
         command => runtime
             .block_on(async {
+                let url = cli.url.as_deref().unwrap_or(DEFAULT_URL);
                 let client = match &cli.connection {
                     None => Client::new(
-                        cli.url.split(',').next().unwrap_or_default().trim(),
+                        url.split(',').next().unwrap_or_default().trim(),
                         cli.token.clone(),
                     ),
-                    Some(conn) => through_connection(&cli.url, cli.token.clone(), conn).await?,
+                    Some(conn) => through_connection(url, cli.token.clone(), conn).await?,
                 };
                 run(&client, command, cli.json).await
             })
@@ -640,9 +658,41 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             e.report(json_out);
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Fills what flags and variables left unset from `p`; the timeout to use.
+fn apply_profile(
+    cli: &mut Cli,
+    p: profile::Profile,
+) -> Result<Option<std::time::Duration>, ClientError> {
+    cli.url = cli.url.take().or(p.url);
+    cli.token = cli.token.take().or(p.token);
+    cli.ca = cli.ca.take().or(p.ca);
+    cli.client_cert = cli.client_cert.take().or(p.client_cert);
+    cli.client_key = cli.client_key.take().or(p.client_key);
+    match &cli.timeout {
+        Some(t) => humantime_serde::re::humantime::parse_duration(t)
+            .map(Some)
+            .map_err(|e| ClientError::Input(format!("--timeout {t:?}: {e} (e.g. 30s, 5m)"))),
+        None => Ok(p.timeout),
+    }
+}
+
+/// Fills what flags and variables left unset from the profile, and sets up the HTTP
+/// client (TLS files, timeout).
+fn resolve_settings(cli: &mut Cli) -> Result<(), ClientError> {
+    let p = profile::load(profile::default_path().as_deref(), cli.profile.as_deref())
+        .map_err(ClientError::Input)?;
+    let timeout = apply_profile(cli, p)?;
+    client::configure_http(
+        cli.ca.as_deref(),
+        cli.client_cert.as_deref(),
+        cli.client_key.as_deref(),
+        timeout.filter(|t| !t.is_zero()),
+    )
 }
 
 /// Why a command failed, as the operator reads it (`--json`: the daemon's own error
@@ -653,6 +703,25 @@ enum Failure {
 }
 
 impl Failure {
+    /// The exit status of this failure (documented in `tern --help`).
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Client(ClientError::Input(_)) => 2,
+            Failure::Client(ClientError::Connect { .. }) => 5,
+            Failure::Client(ClientError::Api { status, kind, .. }) => {
+                match (*status, kind.as_str()) {
+                    (400 | 413 | 422, _) | (_, "invalid_input") => 2,
+                    (404, _) | (_, "not_found") => 3,
+                    (409, _) | (_, "conflict") => 4,
+                    (429 | 503, _) | (_, "unavailable") => 5,
+                    (401 | 403, _) | (_, "unauthorized" | "forbidden") => 6,
+                    _ => 1,
+                }
+            }
+            Failure::Client(ClientError::NotJson { .. }) | Failure::Other(_) => 1,
+        }
+    }
+
     fn report(&self, json_out: bool) {
         match (self, json_out) {
             (Failure::Client(ClientError::Api { body, .. }), true) => report_error_json(body),
@@ -2158,5 +2227,78 @@ mod tests {
             &["role", "name", "upstream"],
         );
         assert_eq!(row, json!({"role": "", "name": "x", "upstream": ""}));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_error_kind() {
+        let api = |status: u16, kind: &str| {
+            Failure::Client(ClientError::Api {
+                status,
+                kind: kind.into(),
+                message: String::new(),
+                redirect: None,
+                body: Box::new(json!({})),
+            })
+            .exit_code()
+        };
+        assert_eq!(api(400, "invalid_input"), 2);
+        assert_eq!(api(413, "invalid_input"), 2);
+        assert_eq!(api(404, "not_found"), 3);
+        assert_eq!(api(409, "conflict"), 4);
+        assert_eq!(api(503, "unavailable"), 5);
+        assert_eq!(api(429, "unavailable"), 5);
+        assert_eq!(api(401, "unauthorized"), 6);
+        assert_eq!(api(403, "forbidden"), 6);
+        assert_eq!(api(500, "internal"), 1);
+        assert_eq!(
+            Failure::Client(ClientError::Input("x".into())).exit_code(),
+            2
+        );
+        assert_eq!(Failure::Other("x".into()).exit_code(), 1);
+        // The codes are documented where users look.
+        for code in [
+            "2 invalid input",
+            "3 not found",
+            "4 conflict",
+            "5 unavailable",
+            "6 not allowed",
+        ] {
+            assert!(AFTER_HELP.replace('\n', " ").contains(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_flag_beats_the_profile_which_beats_the_default() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[profiles.eu]\nurl = \"https://eu:7420\"\ntoken = \"tern_eu\"\n",
+        )
+        .expect("write");
+        let p = profile::load(Some(&file), Some("eu")).expect("eu");
+        let mut cli = Cli::try_parse_from([
+            "tern",
+            "--profile",
+            "eu",
+            "--token",
+            "flag",
+            "account",
+            "list",
+        ])
+        .expect("parse");
+        let timeout = apply_profile(&mut cli, p.clone()).expect("apply");
+        assert_eq!(cli.url.as_deref(), Some("https://eu:7420"));
+        assert_eq!(cli.token.as_deref(), Some("flag"));
+        assert_eq!(timeout, None);
+        let mut cli =
+            Cli::try_parse_from(["tern", "--timeout", "2m", "account", "list"]).expect("parse");
+        let timeout = apply_profile(&mut cli, p.clone()).expect("apply");
+        assert_eq!(timeout, Some(std::time::Duration::from_secs(120)));
+        assert_eq!(cli.token.as_deref(), Some("tern_eu"));
+        let mut cli =
+            Cli::try_parse_from(["tern", "--timeout", "soon", "account", "list"]).expect("parse");
+        let e = apply_profile(&mut cli, p).expect_err("bad duration");
+        assert!(e.to_string().contains("--timeout"), "{e}");
     }
 }
