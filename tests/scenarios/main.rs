@@ -9,3 +9,4 @@ mod replication;
 mod selfcheck;
 mod sql;
 mod ternd;
+mod tls;

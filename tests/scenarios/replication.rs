@@ -512,7 +512,8 @@ fn ternd_replica_catches_up_is_read_only_and_survives_kill9() {
     let env = env2(&join, &[]);
     // a2 uses its own key: every RepMK sent to it is sealed to it (stored: it holds
     // after the kill -9 below).
-    let key_file = l2.home.join("a2-customer.key");
+    // (inside d2's keys folder: the only place the daemon makes key files)
+    let key_file = l2.home.join("keys").join("a2-customer.key");
     let r = d2.op(
         "POST",
         "/v1/accounts/a2/customer-key",

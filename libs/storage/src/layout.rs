@@ -23,35 +23,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Which characters a kind of name allows besides ASCII letters and digits.
-fn check_name(what: &'static str, value: &str, max_len: usize, extra: &[u8]) -> Result<()> {
-    let bad = |reason| {
+/// Checks a name against its kind's rule: 1 to `max_len` bytes of ASCII letters, digits
+/// and the `extra` characters, starting with a letter or digit. The error states the rule
+/// (`rule`), whichever part was broken.
+fn check_name(
+    what: &'static str,
+    value: &str,
+    max_len: usize,
+    extra: &[u8],
+    rule: &'static str,
+) -> Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= max_len
+        && value.as_bytes()[0].is_ascii_alphanumeric()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
+    if ok {
+        Ok(())
+    } else {
         Err(Error::InvalidName {
             what,
             value: value.to_string(),
-            reason,
+            reason: rule,
         })
-    };
-    if value.is_empty() {
-        return bad("must not be empty");
     }
-    if value.len() > max_len {
-        return bad("too long");
-    }
-    if !value.as_bytes()[0].is_ascii_alphanumeric() {
-        return bad("must start with a letter or digit");
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
-    {
-        return bad("contains a character outside the allowed set");
-    }
-    Ok(())
+}
+
+/// The rule of every name a user gives (accounts, databases, schemas, tables, tokens).
+pub const IDENTIFIER_RULE: &str =
+    "use 1 to 63 ASCII letters, digits, '_' or '-', starting with a letter or digit";
+
+/// Checks a user-given name (`what`: "database name", "table name", …) against
+/// [`IDENTIFIER_RULE`], the rule of account names, so that one rule holds everywhere.
+pub fn check_identifier(what: &'static str, value: &str) -> Result<()> {
+    check_name(what, value, 63, b"-_", IDENTIFIER_RULE)
 }
 
 macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $extra:expr) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $extra:expr, $rule:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -61,7 +71,7 @@ macro_rules! name_type {
             /// Validate and wrap a name.
             pub fn new(value: impl Into<String>) -> Result<Self> {
                 let value = value.into();
-                check_name($what, &value, $max, $extra)?;
+                check_name($what, &value, $max, $extra, $rule)?;
                 Ok(Self(value))
             }
 
@@ -105,33 +115,38 @@ macro_rules! name_type {
     };
 }
 
+/// The rule of the ids Tern makes itself (databases, tables, files, messages).
+const ID_RULE: &str =
+    "use 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter or digit";
+
 name_type!(
     /// A deployment id: a short slug such as `aws-us-west-2` or `d1`.
-    DeploymentId, "deployment id", 63, b"-"
+    DeploymentId, "deployment id", 63, b"-",
+    "use 1 to 63 ASCII letters, digits or '-', starting with a letter or digit"
 );
 name_type!(
     /// An account name inside a deployment.
-    AccountId, "account name", 63, b"-_"
+    AccountId, "account name", 63, b"-_", IDENTIFIER_RULE
 );
 name_type!(
     /// A database id (stable across renames).
-    DatabaseId, "database id", 64, b"-_"
+    DatabaseId, "database id", 64, b"-_", ID_RULE
 );
 name_type!(
     /// A table id (stable across renames).
-    TableId, "table id", 64, b"-_"
+    TableId, "table id", 64, b"-_", ID_RULE
 );
 name_type!(
     /// A deployment-local micro-partition name (`fdn27`, imported: `fdn25_g`).
-    ShortName, "short name", 64, b"-_"
+    ShortName, "short name", 64, b"-_", ID_RULE
 );
 name_type!(
     /// A message id (unique per sender).
-    MessageId, "message id", 64, b"-_"
+    MessageId, "message id", 64, b"-_", ID_RULE
 );
 name_type!(
     /// The id of a snapshot response or replication batch whose files share an inbound folder.
-    ResponseId, "response id", 64, b"-_"
+    ResponseId, "response id", 64, b"-_", ID_RULE
 );
 
 /// A micro-partition's name across the deployment group: `(origin deployment, short name)`.
@@ -382,6 +397,28 @@ mod tests {
             Err(Error::InvalidName { what, .. }) => assert_eq!(what, "account name"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_error_states_the_rule_and_one_rule_holds_for_user_names() {
+        for bad in ["", "a b", "-x", &"y".repeat(64)] {
+            let e = AccountId::new(bad).expect_err(bad).to_string();
+            assert!(e.contains(IDENTIFIER_RULE), "{bad:?}: {e}");
+            let e = check_identifier("table name", bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                e.contains("table name") && e.contains(IDENTIFIER_RULE),
+                "{e}"
+            );
+        }
+        for good in ["acme", "sales_copy", "d-1", "A9", &"z".repeat(63)] {
+            assert!(AccountId::new(good).is_ok() && check_identifier("x", good).is_ok());
+        }
+        let e = DeploymentId::new("d_1")
+            .expect_err("underscore")
+            .to_string();
+        assert!(e.contains("'-'") && !e.contains("'_'"), "{e}");
     }
 
     #[test]

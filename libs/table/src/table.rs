@@ -431,6 +431,7 @@ impl Tables {
 
     /// Create schema `name` in database `db` (idempotent).
     pub async fn create_schema(&self, db: &DatabaseId, name: &str) -> Result<()> {
+        tern_storage::layout::check_identifier("schema name", name)?;
         let account = self.account_of(db)?;
         if self.meta.read(|tx| tx.get_schema(db, name))?.is_some() {
             return Ok(());
@@ -464,6 +465,7 @@ impl Tables {
         name: &str,
         columns: Vec<ColumnDef>,
     ) -> Result<TableId> {
+        tern_storage::layout::check_identifier("table name", name)?;
         check_columns(&columns)?;
         let account = self.account_of(db)?;
         let seq = self.meta.write(|tx| tx.next_sequence("table"))?;

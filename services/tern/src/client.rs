@@ -82,6 +82,99 @@ impl Redirect {
     }
 }
 
+/// The HTTP client every [`Client`] shares: the one [`configure_http`] made.
+static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+
+fn http() -> reqwest::Client {
+    HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .unwrap_or_default()
+    })
+    .clone()
+}
+
+/// How long connecting to a daemon may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sets up the HTTP client every [`Client`] shares: trust only the CA in `ca` (PEM) for
+/// an `https://` daemon, present `cert` with `key` (PEM) when it asks for a client
+/// certificate, give up on a request after `timeout`. Once, before the first [`Client`];
+/// a file that cannot be read or used is an input error naming it.
+pub fn configure_http(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    timeout: Option<std::time::Duration>,
+) -> Result<(), ClientError> {
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ClientError::Input(format!("{flag} {}: {e}", p.display())))
+    };
+    let mut b = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    if let Some(ca) = ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&read("--ca", ca)?).map_err(|e| {
+            ClientError::Input(format!("--ca {}: not PEM certificates: {e}", ca.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(ClientError::Input(format!(
+                "--ca {}: holds no PEM certificate",
+                ca.display()
+            )));
+        }
+        b = b.tls_certs_only(certs);
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            let mut pem = read("--client-cert", c)?;
+            pem.push(b'\n');
+            pem.extend(read("--client-key", k)?);
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ClientError::Input(format!(
+                    "--client-cert {} / --client-key {}: {e}",
+                    c.display(),
+                    k.display()
+                ))
+            })?;
+            b = b.identity(id);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ClientError::Input(
+                "--client-cert and --client-key go together".into(),
+            ));
+        }
+    }
+    let client = b
+        .build()
+        .map_err(|e| ClientError::Input(format!("TLS settings: {e}")))?;
+    HTTP.set(client)
+        .map_err(|_| ClientError::Input("HTTP settings were already made".into()))
+}
+
+/// `name` as one URL path segment: every byte but ASCII letters, digits, `-`, `_`, `.`
+/// and `~` percent-encoded, so a name can never add a segment, a query or a fragment.
+/// `.` and `..` are refused (URLs resolve them as "here" and "up", whatever the escaping).
+pub fn seg(name: &str) -> Result<String, ClientError> {
+    if name == "." || name == ".." {
+        return Err(ClientError::Input(format!(
+            "name {name:?} cannot be sent in a URL path (names start with a letter or digit)"
+        )));
+    }
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(out)
+}
+
 /// A daemon's API at `base` with a token.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -98,7 +191,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             token,
             idempotency_key: None,
-            http: reqwest::Client::new(),
+            http: http(),
         }
     }
 
@@ -502,5 +595,22 @@ mod tests {
         assert!(head.contains("\r\nidempotency-key: order-1\r\n"), "{head}");
         let head = one_request(|url| Client::new(&url, None)).await;
         assert!(!head.contains("idempotency-key"), "{head}");
+    }
+
+    #[test]
+    fn names_are_escaped_as_one_path_segment() {
+        assert_eq!(seg("acme").expect("plain"), "acme");
+        assert_eq!(seg("sales_copy-2.v~1").expect("plain"), "sales_copy-2.v~1");
+        assert_eq!(seg("a/b").expect("slash"), "a%2Fb");
+        assert_eq!(seg("x?y#z").expect("query"), "x%3Fy%23z");
+        assert_eq!(seg("a b%").expect("space"), "a%20b%25");
+        assert_eq!(seg("ü").expect("utf-8"), "%C3%BC");
+        assert!(seg("..").is_err() && seg(".").is_err());
+        // A name that looks like a route stays one segment.
+        let path = format!(
+            "/v1/accounts/{}/databases",
+            seg("../../v1/status").expect("seg")
+        );
+        assert_eq!(path, "/v1/accounts/..%2F..%2Fv1%2Fstatus/databases");
     }
 }

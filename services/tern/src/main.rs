@@ -17,23 +17,43 @@ mod client;
 mod demo;
 mod monitor;
 mod output;
+mod profile;
 mod selfcheck;
 mod sql;
 
 use client::{Client, ClientError};
 
+/// Where the daemon is when neither a flag, a variable nor a profile says.
+const DEFAULT_URL: &str = "http://127.0.0.1:7420";
+
+/// What `tern --help` says after the commands.
+const AFTER_HELP: &str = "\
+Profiles: --profile NAME (or TERN_PROFILE) takes url, token or token_file, ca, client_cert,
+client_key and timeout from [profiles.NAME] in $TERN_CONFIG_FILE, else
+~/.config/tern/config.toml (its default_profile when none is named). A flag or its
+variable overrides the profile. Keep tokens out of the command line: TERN_TOKEN or a
+profile's token_file.
+
+Exit status: 0 success; 1 any other failure (internal error, answer not understood);
+2 invalid input (bad arguments, files or request: HTTP 400/413/422); 3 not found (404);
+4 conflict (409: exists already, write to a replica, fenced primary); 5 unavailable or
+unreachable (503/429, connection failed or timed out: retry later); 6 not allowed
+(401 unknown, expired or revoked token; 403 token of another account or read-only).";
+
 /// Tern: database replication and failover between regions through object storage.
 #[derive(Debug, Parser)]
-#[command(name = "tern", version, about)]
+#[command(name = "tern", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// The daemon's API.
-    #[arg(
-        long,
-        env = "TERN_URL",
-        default_value = "http://127.0.0.1:7420",
-        global = true
-    )]
-    url: String,
+    /// The daemon's API (default http://127.0.0.1:7420, or the profile's url).
+    #[arg(long, env = "TERN_URL", global = true)]
+    url: Option<String>,
+    /// A named profile of the profiles file (see below).
+    #[arg(long, env = "TERN_PROFILE", global = true)]
+    profile: Option<String>,
+    /// Give up on a request after this long (`30s`, `5m`); none by default (loads and
+    /// scans may take long). Connecting gives up after 10 s regardless.
+    #[arg(long, env = "TERN_TIMEOUT", global = true, value_name = "DURATION")]
+    timeout: Option<String>,
     /// Bearer token: the operator's, or an account's.
     #[arg(long, env = "TERN_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -45,6 +65,17 @@ struct Cli {
     /// members), so commands follow a failover.
     #[arg(long, env = "TERN_CONNECTION", global = true)]
     connection: Option<String>,
+    /// Trust only this CA (PEM) for an `https://` daemon, e.g. one whose certificate your
+    /// own CA signed.
+    #[arg(long, env = "TERN_CA", global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// A client certificate (PEM) for a daemon that requires one (`api.tls.client_ca`);
+    /// with --client-key.
+    #[arg(long, env = "TERN_CLIENT_CERT", global = true, value_name = "FILE")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TERN_CLIENT_KEY", global = true, value_name = "FILE")]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +85,9 @@ enum Command {
     /// Accounts (operator).
     #[command(subcommand)]
     Account(AccountCmd),
+    /// An account's tokens: make (read-only, expiring), list, revoke (operator).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Databases of an account.
     #[command(subcommand)]
     Database(DatabaseCmd),
@@ -277,12 +311,42 @@ struct Where {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Make a token for an account; prints it once (only its digest is kept).
+    Create {
+        /// The account.
+        account: String,
+        /// Refused (403) on every request that writes.
+        #[arg(long)]
+        read_only: bool,
+        /// Refused (401) after this long (`30d`, `12h`); never when absent.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// A name shown by `tern token list` (`ci`, `grafana`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List an account's tokens (ids, names, read-only, expiry; never the secrets).
+    List {
+        /// The account.
+        account: String,
+    },
+    /// Revoke a token by the id `tern token list` shows: refused from the next request on.
+    Revoke {
+        /// The account.
+        account: String,
+        /// The token's id (16 hex digits).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AccountCmd {
     /// Create an account; prints its token.
     Create { name: String },
     /// List accounts.
     List,
-    /// Make another token for an account.
+    /// Make another token for an account (the same as `tern token create`).
     Token { name: String },
     /// Drop an account (operator): its local databases are dropped and its keys destroyed,
     /// so the files it leaves in the volume can never be decrypted again.
@@ -308,7 +372,8 @@ enum AccountCmd {
         /// A local X25519 key file (private key, mode 0600) on the daemon's host.
         #[arg(long, conflicts_with_all = ["kms_key_id", "remove"])]
         x25519_file: Option<String>,
-        /// With --x25519-file: make a new key pair there when the file is missing.
+        /// With --x25519-file: make a new key pair there when the file is missing (only
+        /// inside the daemon's keys folder, `keys.dir`; a relative name is taken under it).
         #[arg(long, requires = "x25519_file")]
         create: bool,
         /// An RSA key (ENCRYPT_DECRYPT) of the deployment's KMS: id, ARN or alias.
@@ -557,9 +622,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     // reqwest (the API client) takes rustls's process-wide provider: ring, as everywhere.
     tern_storage::config::install_tls_provider();
+    if let Err(e) = resolve_settings(&mut cli) {
+        let f = Failure::Client(e);
+        f.report(cli.json);
+        return ExitCode::from(f.exit_code());
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -582,12 +652,13 @@ fn main() -> ExitCode {
             .map_err(|e| Failure::Other(e.to_string())),
         command => runtime
             .block_on(async {
+                let url = cli.url.as_deref().unwrap_or(DEFAULT_URL);
                 let client = match &cli.connection {
                     None => Client::new(
-                        cli.url.split(',').next().unwrap_or_default().trim(),
+                        url.split(',').next().unwrap_or_default().trim(),
                         cli.token.clone(),
                     ),
-                    Some(conn) => through_connection(&cli.url, cli.token.clone(), conn).await?,
+                    Some(conn) => through_connection(url, cli.token.clone(), conn).await?,
                 };
                 run(&client, command, cli.json).await
             })
@@ -597,9 +668,41 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             e.report(json_out);
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Fills what flags and variables left unset from `p`; the timeout to use.
+fn apply_profile(
+    cli: &mut Cli,
+    p: profile::Profile,
+) -> Result<Option<std::time::Duration>, ClientError> {
+    cli.url = cli.url.take().or(p.url);
+    cli.token = cli.token.take().or(p.token);
+    cli.ca = cli.ca.take().or(p.ca);
+    cli.client_cert = cli.client_cert.take().or(p.client_cert);
+    cli.client_key = cli.client_key.take().or(p.client_key);
+    match &cli.timeout {
+        Some(t) => humantime_serde::re::humantime::parse_duration(t)
+            .map(Some)
+            .map_err(|e| ClientError::Input(format!("--timeout {t:?}: {e} (e.g. 30s, 5m)"))),
+        None => Ok(p.timeout),
+    }
+}
+
+/// Fills what flags and variables left unset from the profile, and sets up the HTTP
+/// client (TLS files, timeout).
+fn resolve_settings(cli: &mut Cli) -> Result<(), ClientError> {
+    let p = profile::load(profile::default_path().as_deref(), cli.profile.as_deref())
+        .map_err(ClientError::Input)?;
+    let timeout = apply_profile(cli, p)?;
+    client::configure_http(
+        cli.ca.as_deref(),
+        cli.client_cert.as_deref(),
+        cli.client_key.as_deref(),
+        timeout.filter(|t| !t.is_zero()),
+    )
 }
 
 /// Why a command failed, as the operator reads it (`--json`: the daemon's own error
@@ -610,6 +713,25 @@ enum Failure {
 }
 
 impl Failure {
+    /// The exit status of this failure (documented in `tern --help`).
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Client(ClientError::Input(_)) => 2,
+            Failure::Client(ClientError::Connect { .. }) => 5,
+            Failure::Client(ClientError::Api { status, kind, .. }) => {
+                match (*status, kind.as_str()) {
+                    (400 | 413 | 422, _) | (_, "invalid_input") => 2,
+                    (404, _) | (_, "not_found") => 3,
+                    (409, _) | (_, "conflict") => 4,
+                    (429 | 503, _) | (_, "unavailable") => 5,
+                    (401 | 403, _) | (_, "unauthorized" | "forbidden") => 6,
+                    _ => 1,
+                }
+            }
+            Failure::Client(ClientError::NotJson { .. }) | Failure::Other(_) => 1,
+        }
+    }
+
     fn report(&self, json_out: bool) {
         match (self, json_out) {
             (Failure::Client(ClientError::Api { body, .. }), true) => report_error_json(body),
@@ -646,7 +768,11 @@ async fn through_connection(
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let member = Client::new(url, token.clone());
         match member
-            .get(&format!("/v1/accounts/{account}/connections/{name}"))
+            .get(&format!(
+                "/v1/accounts/{}/connections/{}",
+                client::seg(account)?,
+                client::seg(name)?
+            ))
             .await
         {
             Ok(v) => {
@@ -691,8 +817,13 @@ pub fn table_path(name: &str) -> Result<String, ClientError> {
             "table {name:?} has an empty part"
         )));
     }
+    // Each part is one path segment, escaped: a name can never add a segment or a query.
     Ok(format!(
-        "/v1/accounts/{a}/databases/{d}/schemas/{s}/tables/{t}"
+        "/v1/accounts/{}/databases/{}/schemas/{}/tables/{}",
+        client::seg(a)?,
+        client::seg(d)?,
+        client::seg(s)?,
+        client::seg(t)?
     ))
 }
 
@@ -823,6 +954,55 @@ fn print_value(v: &Value, json_out: bool) {
 
 async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientError> {
     match command {
+        Command::Token(TokenCmd::Create {
+            account,
+            read_only,
+            expires_in,
+            name,
+        }) => {
+            let mut body = json!({"read_only": read_only});
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(e);
+            }
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            print_value(
+                &c.post(
+                    &format!("/v1/accounts/{}/tokens", client::seg(&account)?),
+                    &body,
+                )
+                .await?,
+                json_out,
+            );
+        }
+        Command::Token(TokenCmd::List { account }) => {
+            print_list(
+                &c.get(&format!("/v1/accounts/{}/tokens", client::seg(&account)?))
+                    .await?,
+                "tokens",
+                &[
+                    "id",
+                    "name",
+                    "read_only",
+                    "created_at_ms",
+                    "expires_at_ms",
+                    "expired",
+                ],
+                json_out,
+            );
+        }
+        Command::Token(TokenCmd::Revoke { account, id }) => {
+            print_value(
+                &c.delete(&format!(
+                    "/v1/accounts/{}/tokens/{}",
+                    client::seg(&account)?,
+                    client::seg(&id)?
+                ))
+                .await?,
+                json_out,
+            );
+        }
         Command::Account(AccountCmd::Create { name }) => {
             print_value(
                 &c.post("/v1/accounts", &json!({"name": name})).await?,
@@ -839,17 +1019,25 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Account(AccountCmd::Token { name }) => {
             print_value(
-                &c.post(&format!("/v1/accounts/{name}/tokens"), &json!({}))
-                    .await?,
+                &c.post(
+                    &format!("/v1/accounts/{}/tokens", client::seg(&name)?),
+                    &json!({}),
+                )
+                .await?,
                 json_out,
             );
         }
         Command::Account(AccountCmd::Drop { name }) => {
-            print_value(&c.delete(&format!("/v1/accounts/{name}")).await?, json_out);
+            print_value(
+                &c.delete(&format!("/v1/accounts/{}", client::seg(&name)?))
+                    .await?,
+                json_out,
+            );
         }
         Command::Account(AccountCmd::Keys { name }) => {
             print_list(
-                &c.get(&format!("/v1/accounts/{name}/keys")).await?,
+                &c.get(&format!("/v1/accounts/{}/keys", client::seg(&name)?))
+                    .await?,
                 "keys",
                 &["version", "state", "created_at_ms", "retired_at_ms"],
                 json_out,
@@ -857,8 +1045,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Account(AccountCmd::RotateKey { name }) => {
             print_value(
-                &c.post(&format!("/v1/accounts/{name}/keys/rotate"), &json!({}))
-                    .await?,
+                &c.post(
+                    &format!("/v1/accounts/{}/keys/rotate", client::seg(&name)?),
+                    &json!({}),
+                )
+                .await?,
                 json_out,
             );
         }
@@ -868,7 +1059,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 req["group"] = json!(g);
             }
             print_value(
-                &c.post(&format!("/v1/accounts/{name}/global"), &req).await?,
+                &c.post(
+                    &format!("/v1/accounts/{}/global", client::seg(&name)?),
+                    &req,
+                )
+                .await?,
                 json_out,
             );
         }
@@ -879,7 +1074,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             kms_key_id,
             remove,
         }) => {
-            let p = format!("/v1/accounts/{name}/customer-key");
+            let p = format!("/v1/accounts/{}/customer-key", client::seg(&name)?);
             let v = match (x25519_file, kms_key_id) {
                 (Some(file), _) => {
                     c.post(
@@ -902,7 +1097,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             action,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/replication");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/replication",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             let v = c
                 .post(&p, &json!({"enable": action == OnOff::Enable}))
                 .await?;
@@ -919,18 +1118,29 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 req["upstream"] = json!(u);
             }
             let v = c
-                .post(&format!("/v1/accounts/{account}/replicas"), &req)
+                .post(
+                    &format!("/v1/accounts/{}/replicas", client::seg(&account)?),
+                    &req,
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Database(DatabaseCmd::DropReplica { account, name }) => {
             let v = c
-                .delete(&format!("/v1/accounts/{account}/replicas/{name}"))
+                .delete(&format!(
+                    "/v1/accounts/{}/replicas/{}",
+                    client::seg(&account)?,
+                    client::seg(&name)?
+                ))
                 .await?;
             print_value(&v, json_out);
         }
         Command::Database(DatabaseCmd::Refresh { account, database }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/refresh");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/refresh",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Database(DatabaseCmd::Schedule {
@@ -938,7 +1148,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             schedule,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/schedule");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/schedule",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(
                 &c.post(&p, &json!({ "schedule": schedule })).await?,
                 json_out,
@@ -949,14 +1163,22 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             allow_data_loss,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/failover");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/failover",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             let v = c
                 .post(&p, &json!({"allow_data_loss": allow_data_loss}))
                 .await?;
             print_value(&v, json_out);
         }
         Command::Database(DatabaseCmd::Switchover { account, database }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/switchover");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/switchover",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Database(DatabaseCmd::Policy {
@@ -968,7 +1190,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             block_commits_beyond_rpo,
             auto_failover,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/policy");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/policy",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             let setting = max_data_loss.is_some()
                 || max_data_loss_txns.is_some()
                 || max_unavailable.is_some()
@@ -997,7 +1223,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Deployment(DeploymentCmd::Maintenance { id, state }) => {
             let v = c
                 .post(
-                    &format!("/v1/deployments/{id}/maintenance"),
+                    &format!("/v1/deployments/{}/maintenance", client::seg(&id)?),
                     &json!({"on": state == MaintenanceState::On}),
                 )
                 .await?;
@@ -1036,7 +1262,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }) => {
             let v = c
                 .post(
-                    &format!("/v1/accounts/{account}/connections"),
+                    &format!("/v1/accounts/{}/connections", client::seg(&account)?),
                     &json!({"name": name, "group": group}),
                 )
                 .await?;
@@ -1044,8 +1270,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Txn(TxnCmd::Status { account, id }) => {
             print_value(
-                &c.get(&format!("/v1/accounts/{account}/transactions/{id}"))
-                    .await?,
+                &c.get(&format!(
+                    "/v1/accounts/{}/transactions/{id}",
+                    client::seg(&account)?
+                ))
+                .await?,
                 json_out,
             );
         }
@@ -1068,7 +1297,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Conflicts(ConflictsCmd::Show { id, csv }) => {
-            let v = c.get(&format!("/v1/conflicts/{id}")).await?;
+            let v = c
+                .get(&format!("/v1/conflicts/{}", client::seg(&id)?))
+                .await?;
             if json_out {
                 print_value(&v, true);
             } else {
@@ -1107,11 +1338,19 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Messages(MessagesCmd::Retry { peer, id }) => {
-            let p = format!("/v1/messages/failed/{peer}/{id}/retry");
+            let p = format!(
+                "/v1/messages/failed/{}/{}/retry",
+                client::seg(&peer)?,
+                client::seg(&id)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Messages(MessagesCmd::Discard { peer, id }) => {
-            let p = format!("/v1/messages/failed/{peer}/{id}/discard");
+            let p = format!(
+                "/v1/messages/failed/{}/{}/discard",
+                client::seg(&peer)?,
+                client::seg(&id)?
+            );
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Messages(MessagesCmd::Resync { peer }) => {
@@ -1138,37 +1377,56 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Replication(ReplicationCmd::Retry { id }) => {
             let v = c
-                .post(&format!("/v1/replication/jobs/{id}/retry"), &json!({}))
+                .post(
+                    &format!("/v1/replication/jobs/{}/retry", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Replication(ReplicationCmd::Abandon { id }) => {
             let v = c
-                .post(&format!("/v1/replication/jobs/{id}/abandon"), &json!({}))
+                .post(
+                    &format!("/v1/replication/jobs/{}/abandon", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Conflicts(ConflictsCmd::Apply { id }) => {
             let v = c
-                .post(&format!("/v1/conflicts/{id}/apply"), &json!({}))
+                .post(
+                    &format!("/v1/conflicts/{}/apply", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Conflicts(ConflictsCmd::Discard { id }) => {
             let v = c
-                .post(&format!("/v1/conflicts/{id}/discard"), &json!({}))
+                .post(
+                    &format!("/v1/conflicts/{}/discard", client::seg(&id)?),
+                    &json!({}),
+                )
                 .await?;
             print_value(&v, json_out);
         }
         Command::Connection(ConnectionCmd::Resolve { account, name }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/connections/{name}"))
+                .get(&format!(
+                    "/v1/accounts/{}/connections/{}",
+                    client::seg(&account)?,
+                    client::seg(&name)?
+                ))
                 .await?;
             print_value(&v, json_out);
         }
         Command::Show(ShowCmd::Connections { account }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/connections"))
+                .get(&format!(
+                    "/v1/accounts/{}/connections",
+                    client::seg(&account)?
+                ))
                 .await?;
             print_list(
                 &v,
@@ -1179,7 +1437,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Show(ShowCmd::GlobalAccounts { account }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/global/accounts"))
+                .get(&format!(
+                    "/v1/accounts/{}/global/accounts",
+                    client::seg(&account)?
+                ))
                 .await?;
             print_global(
                 &v,
@@ -1190,7 +1451,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Show(ShowCmd::GlobalDatabases { account }) => {
             let v = c
-                .get(&format!("/v1/accounts/{account}/global/databases"))
+                .get(&format!(
+                    "/v1/accounts/{}/global/databases",
+                    client::seg(&account)?
+                ))
                 .await?;
             print_global(
                 &v,
@@ -1214,7 +1478,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Database(DatabaseCmd::Create { account, name }) => {
             print_value(
                 &c.post(
-                    &format!("/v1/accounts/{account}/databases"),
+                    &format!("/v1/accounts/{}/databases", client::seg(&account)?),
                     &json!({"name": name}),
                 )
                 .await?,
@@ -1222,7 +1486,12 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Database(DatabaseCmd::List { account }) => {
-            let v = c.get(&format!("/v1/accounts/{account}/databases")).await?;
+            let v = c
+                .get(&format!(
+                    "/v1/accounts/{}/databases",
+                    client::seg(&account)?
+                ))
+                .await?;
             print_list(&v, "databases", &["name", "id", "role"], json_out);
         }
         Command::Schema(SchemaCmd::Create {
@@ -1230,11 +1499,19 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             database,
             name,
         }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/schemas");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/schemas",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_value(&c.post(&p, &json!({"name": name})).await?, json_out);
         }
         Command::Schema(SchemaCmd::List { account, database }) => {
-            let p = format!("/v1/accounts/{account}/databases/{database}/schemas");
+            let p = format!(
+                "/v1/accounts/{}/databases/{}/schemas",
+                client::seg(&account)?,
+                client::seg(&database)?
+            );
             print_list(&c.get(&p).await?, "schemas", &["schema"], json_out);
         }
         Command::Table(TableCmd::Create { table, columns }) => {
@@ -1266,7 +1543,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Show(ShowCmd::Tables { account, database }) => {
             let v = c
                 .get(&format!(
-                    "/v1/accounts/{account}/databases/{database}/tables"
+                    "/v1/accounts/{}/databases/{}/tables",
+                    client::seg(&account)?,
+                    client::seg(&database)?
                 ))
                 .await?;
             if json_out {
@@ -1515,7 +1794,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         Command::Deployment(DeploymentCmd::RegisterChannel { id, genesis }) => {
             let g = parse_json("genesis", &genesis)?;
             print_value(
-                &c.post(&format!("/v1/deployments/{id}/channel"), &g).await?,
+                &c.post(
+                    &format!("/v1/deployments/{}/channel", client::seg(&id)?),
+                    &g,
+                )
+                .await?,
                 json_out,
             );
         }
@@ -1958,5 +2241,78 @@ mod tests {
             &["role", "name", "upstream"],
         );
         assert_eq!(row, json!({"role": "", "name": "x", "upstream": ""}));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_error_kind() {
+        let api = |status: u16, kind: &str| {
+            Failure::Client(ClientError::Api {
+                status,
+                kind: kind.into(),
+                message: String::new(),
+                redirect: None,
+                body: Box::new(json!({})),
+            })
+            .exit_code()
+        };
+        assert_eq!(api(400, "invalid_input"), 2);
+        assert_eq!(api(413, "invalid_input"), 2);
+        assert_eq!(api(404, "not_found"), 3);
+        assert_eq!(api(409, "conflict"), 4);
+        assert_eq!(api(503, "unavailable"), 5);
+        assert_eq!(api(429, "unavailable"), 5);
+        assert_eq!(api(401, "unauthorized"), 6);
+        assert_eq!(api(403, "forbidden"), 6);
+        assert_eq!(api(500, "internal"), 1);
+        assert_eq!(
+            Failure::Client(ClientError::Input("x".into())).exit_code(),
+            2
+        );
+        assert_eq!(Failure::Other("x".into()).exit_code(), 1);
+        // The codes are documented where users look.
+        for code in [
+            "2 invalid input",
+            "3 not found",
+            "4 conflict",
+            "5 unavailable",
+            "6 not allowed",
+        ] {
+            assert!(AFTER_HELP.replace('\n', " ").contains(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_flag_beats_the_profile_which_beats_the_default() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[profiles.eu]\nurl = \"https://eu:7420\"\ntoken = \"tern_eu\"\n",
+        )
+        .expect("write");
+        let p = profile::load(Some(&file), Some("eu")).expect("eu");
+        let mut cli = Cli::try_parse_from([
+            "tern",
+            "--profile",
+            "eu",
+            "--token",
+            "flag",
+            "account",
+            "list",
+        ])
+        .expect("parse");
+        let timeout = apply_profile(&mut cli, p.clone()).expect("apply");
+        assert_eq!(cli.url.as_deref(), Some("https://eu:7420"));
+        assert_eq!(cli.token.as_deref(), Some("flag"));
+        assert_eq!(timeout, None);
+        let mut cli =
+            Cli::try_parse_from(["tern", "--timeout", "2m", "account", "list"]).expect("parse");
+        let timeout = apply_profile(&mut cli, p.clone()).expect("apply");
+        assert_eq!(timeout, Some(std::time::Duration::from_secs(120)));
+        assert_eq!(cli.token.as_deref(), Some("tern_eu"));
+        let mut cli =
+            Cli::try_parse_from(["tern", "--timeout", "soon", "account", "list"]).expect("parse");
+        let e = apply_profile(&mut cli, p).expect_err("bad duration");
+        assert!(e.to_string().contains("--timeout"), "{e}");
     }
 }

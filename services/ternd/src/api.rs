@@ -7,8 +7,9 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /healthz` | liveness, no token |
-//! | `GET /metrics` | Prometheus text: commits, bytes, rows, messages by state, rejections, workers, apply monitoring; served from the monitor's last snapshot (no scans per scrape; `?fresh=true` renders now) |
+//! | `GET /healthz` | liveness, no token: 200, or 503 once stopping (load balancers drain) |
+//! | `GET /readyz` | readiness, no token: 200 once recovery finished and the workers run; 503 while stopping |
+//! | `GET /metrics` | (behind `api.metrics_token` when set; tenant names as digests unless `api.metrics_tenant_labels`) Prometheus text: commits, bytes, rows, messages by state, rejections, workers, apply monitoring; served from the monitor's last snapshot (no scans per scrape; `?fresh=true` renders now) |
 //! | `GET /v1/monitor?last=N` | the last N monitor intervals (history rows) and the alerts firing (operator) |
 //! | `GET /v1/monitor/events?last=N` | notification events: thresholds fired and cleared (operator) |
 //! | `POST /v1/monitor/reset` | cumulative figures restart from zero (operator) |
@@ -17,7 +18,7 @@
 //! | `GET/POST /v1/deployments` | `show deployments` / `create deployment` (operator) |
 //! | `POST /v1/deployments/{id}/channel` | register the channel a peer created to us |
 //! | `GET/POST /v1/accounts` | list / create (returns the account's token) |
-//! | `POST /v1/accounts/{a}/tokens` | another token for the account (operator) |
+//! | `GET/POST /v1/accounts/{a}/tokens`, `DELETE …/tokens/{id}` | list / make (read-only, expiring) / revoke the account's tokens (see [`crate::tokens`]) |
 //! | `GET/POST /v1/accounts/{a}/databases` | list / create |
 //! | `GET/POST …/databases/{db}/schemas` | list / create |
 //! | `GET …/databases/{db}/tables` | show tables (all schemas) |
@@ -84,7 +85,7 @@ use tern_meta::{AccountDpo, DatabaseDpo, DeploymentDpo, TableDpo};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
 use tern_table::{ColumnDef, CommitInfo, IdempotencyKey, ScanRequest};
 
-use crate::daemon::{Daemon, PeerViewDpo, TokenDpo, peer_view_key, token_key};
+use crate::daemon::{Daemon, PeerViewDpo, TokenDpo, peer_view_key};
 use crate::error::{Error, Result};
 use crate::rows;
 
@@ -165,7 +166,12 @@ enum Principal {
     Account(String),
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str> {
+/// The bearer token of a request, when it carries a well-formed one.
+pub(crate) fn bearer_opt(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).ok()
+}
+
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str> {
     let v = headers
         .get(header::AUTHORIZATION)
         .ok_or(Error::Unauthorized(
@@ -187,11 +193,9 @@ fn principal(d: &Daemon, headers: &HeaderMap) -> Result<Principal> {
     if d.is_operator(token) {
         return Ok(Principal::Operator);
     }
-    let key = token_key(token);
-    match d.meta.read(|tx| tx.get::<TokenDpo>(&key))? {
-        Some(t) => Ok(Principal::Account(t.account)),
-        None => Err(Error::Unauthorized("unknown token")),
-    }
+    // Unknown, revoked and expired tokens are refused here (401).
+    let t = crate::tokens::lookup(d, token)?;
+    Ok(Principal::Account(t.account))
 }
 
 pub(crate) fn operator(d: &Daemon, headers: &HeaderMap) -> Result<()> {
@@ -255,7 +259,10 @@ fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::Invalid(format!("bad JSON body: {e}")))
 }
 
-fn body_bytes(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes> {
+pub(crate) fn body_bytes(
+    body: std::result::Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::TooLarge { limit }
@@ -272,8 +279,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
     let db = "/v1/accounts/{account}/databases/{db}";
     let tbl = "/v1/accounts/{account}/databases/{db}/schemas/{schema}/tables/{table}";
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(crate::monitor::metrics))
+        .route("/healthz", get(crate::ops::healthz))
+        .route("/readyz", get(crate::ops::readyz))
+        .route("/metrics", get(crate::ops::metrics))
         .merge(crate::monitor::routes())
         .merge(crate::ui::routes())
         .route("/v1/status", get(status))
@@ -287,7 +295,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(acct, delete(drop_account))
         .route(&format!("{acct}/keys"), get(account_keys))
         .route(&format!("{acct}/keys/rotate"), post(rotate_account_key))
-        .route(&format!("{acct}/tokens"), post(create_token))
+        .route(
+            &format!("{acct}/tokens"),
+            get(crate::tokens::list).post(crate::tokens::create),
+        )
+        .route(
+            &format!("{acct}/tokens/{{id}}"),
+            delete(crate::tokens::revoke),
+        )
         .route(
             &format!("{acct}/databases"),
             get(list_databases).post(create_database),
@@ -360,6 +375,15 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&daemon),
+            crate::tokens::read_only_guard,
+        ))
+        // Outermost but for the guard: a refused request (429, 503) is counted by it.
+        .layer(axum::middleware::from_fn_with_state(
+            crate::ops::Limits::new(&daemon.config.api),
+            crate::ops::limits,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&daemon),
             guard,
         ))
         .with_state(daemon)
@@ -371,7 +395,8 @@ async fn guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if d.stopping() && req.uri().path() != "/healthz" {
+    // The probes answer for themselves while stopping (503 with what is going on).
+    if d.stopping() && !crate::ops::is_probe(req.uri().path()) {
         return ApiError(Error::ShuttingDown).into_response();
     }
     let method = req.method().clone();
@@ -396,7 +421,7 @@ async fn guard(
             | StatusCode::UNPROCESSABLE_ENTITY => "invalid_input",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => "unavailable",
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::FORBIDDEN => "forbidden",
             _ => "internal",
@@ -417,13 +442,6 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
         what: "route",
         name: uri.path().to_string(),
     })
-}
-
-async fn healthz(State(d): St) -> axum::Json<Value> {
-    axum::Json(json!({
-        "status": if d.stopping() { "stopping" } else { "ok" },
-        "deployment": d.id.as_str(),
-    }))
 }
 
 async fn status(State(d): St, headers: HeaderMap) -> ApiResult {
@@ -879,28 +897,6 @@ struct Named {
     name: String,
 }
 
-fn new_token() -> Result<String> {
-    let mut b = [0u8; 24];
-    tern_crypto::SystemRandom::shared()
-        .fill(&mut b)
-        .map_err(|e| Error::internal("make a token")(e.to_string()))?;
-    Ok(format!(
-        "tern_{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    ))
-}
-
-fn issue_token(d: &Daemon, account: &AccountId) -> Result<String> {
-    let token = new_token()?;
-    let dpo = TokenDpo {
-        account: account.to_string(),
-        created_at_ms: d.now_ms(),
-    };
-    let key = token_key(&token);
-    d.meta.write(|tx| tx.put(&key, &dpo))?;
-    Ok(token)
-}
-
 async fn create_account(
     State(d): St,
     headers: HeaderMap,
@@ -921,22 +917,8 @@ async fn create_account(
         })?;
     // The account's master key is made with it (DESIGN.md §4): its tables' keys go under it.
     d.tables.account_keys().create(&id).await?;
-    let token = issue_token(&d, &id)?;
+    let (token, _) = crate::tokens::issue(&d, &id, &crate::tokens::NewToken::default())?;
     tracing::info!(account = %id, "account created");
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"account": id.as_str(), "token": token})),
-    ))
-}
-
-async fn create_token(
-    State(d): St,
-    headers: HeaderMap,
-    Path(acct): Path<String>,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
-    operator(&d, &headers)?;
-    let id = account(&d, &headers, &acct)?;
-    let token = issue_token(&d, &id)?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"account": id.as_str(), "token": token})),
@@ -959,9 +941,8 @@ async fn list_accounts(State(d): St, headers: HeaderMap) -> ApiResult {
 
 /// A name a new database of `account` may take: not empty, not taken by a live database.
 pub(crate) fn new_database_name(d: &Daemon, account: &AccountId, name: &str) -> ApiResult<()> {
-    if name.is_empty() {
-        return Err(Error::Invalid("database name is empty".into()).into());
-    }
+    // The rule of every user-given name (the error states it).
+    tern_storage::layout::check_identifier("database name", name).map_err(Error::Name)?;
     if d.meta.read(|tx| tx.find_database(account, name))?.is_some() {
         return Err(Error::Exists {
             what: "database",
@@ -1059,9 +1040,8 @@ async fn create_schema(
     let account = account(&d, &headers, &acct)?;
     let db = database(&d, &account, &dbname)?;
     let req: Named = parse_json(body, d.config.api.max_body_bytes)?;
-    if req.name.is_empty() {
-        return Err(Error::Invalid("schema name is empty".into()).into());
-    }
+    // Checked by the table layer too (SQL goes there directly); here the error is named.
+    tern_storage::layout::check_identifier("schema name", &req.name).map_err(Error::Name)?;
     d.tables.create_schema(&db.id, &req.name).await?;
     Ok((StatusCode::CREATED, axum::Json(json!({"schema": req.name}))))
 }
@@ -2061,6 +2041,21 @@ async fn register_customer_key(
                 "bad customer key: {e} (expected {{\"kind\": \"x25519\", \"file\": …}} or {{\"kind\": \"kms_rsa\", \"key_id\": …}})"
             ))
         })?;
+    // A key file the daemon makes is written only inside the keys folder.
+    let spec = match spec {
+        tern_crypto::CustomerKeySpec::X25519 { file } if create => {
+            let crate::config::KeysConfig::Local { dir, .. } = &d.config.keys else {
+                return Err(Error::Invalid(
+                    "create: the daemon makes key files only in a local keys folder ([keys] kind = \"local\"); make the file yourself and register it without create".into(),
+                )
+                .into());
+            };
+            tern_crypto::CustomerKeySpec::X25519 {
+                file: crate::input::confine(dir, &file)?,
+            }
+        }
+        other => other,
+    };
     let key_id = d
         .replication
         .register_customer_key(&id, &spec, create)

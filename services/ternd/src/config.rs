@@ -64,7 +64,11 @@ pub const TOP_LEVEL_FIELDS: &[&str] = &[
 ];
 
 /// A deployment's configuration (`ternd --config deployment.toml`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Its `Debug` redacts the secrets (operator and metrics tokens, KMS secret keys; store
+/// credentials through [`StoreConfig`]'s own `Debug`), so a logged or printed config
+/// never shows them.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This deployment's id (`aws-us-west-2`, `d1`). Required.
@@ -131,8 +135,92 @@ impl Default for Config {
     }
 }
 
+/// What a redacted secret prints as.
+const REDACTED: &str = "<redacted>";
+
+/// `Some("<redacted>")` for a set secret, `None` for an unset one.
+fn redacted(secret: Option<&String>) -> Option<&'static str> {
+    secret.map(|_| REDACTED)
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field by name (an exhaustive destructuring: a new field must be listed).
+        let Config {
+            deployment_id,
+            region,
+            cloud,
+            listen,
+            metadata_path,
+            operator_token: _,
+            volume,
+            replication,
+            keys,
+            peers,
+            workers,
+            api,
+            txn,
+            messaging,
+            compaction,
+            log,
+            sql,
+            monitor,
+        } = self;
+        f.debug_struct("Config")
+            .field("deployment_id", deployment_id)
+            .field("region", region)
+            .field("cloud", cloud)
+            .field("listen", listen)
+            .field("metadata_path", metadata_path)
+            .field("operator_token", &REDACTED)
+            .field("volume", volume)
+            .field("replication", replication)
+            .field("keys", keys)
+            .field("peers", peers)
+            .field("workers", workers)
+            .field("api", api)
+            .field("txn", txn)
+            .field("messaging", messaging)
+            .field("compaction", compaction)
+            .field("log", log)
+            .field("sql", sql)
+            .field("monitor", monitor)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KeysConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeysConfig::None => f.write_str("None"),
+            KeysConfig::Local { dir, create, join } => f
+                .debug_struct("Local")
+                .field("dir", dir)
+                .field("create", create)
+                .field("join", join)
+                .finish(),
+            KeysConfig::Kms {
+                gmk_key_id,
+                master_key_id,
+                endpoint,
+                region,
+                access_key_id,
+                secret_access_key,
+            } => f
+                .debug_struct("Kms")
+                .field("gmk_key_id", gmk_key_id)
+                .field("master_key_id", master_key_id)
+                .field("endpoint", endpoint)
+                .field("region", region)
+                .field("access_key_id", access_key_id)
+                .field("secret_access_key", &redacted(secret_access_key.as_ref()))
+                .finish(),
+        }
+    }
+}
+
 /// The key provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeysConfig {
     /// Not configured (an error at validation).
@@ -301,8 +389,22 @@ impl Default for WorkersConfig {
     }
 }
 
-/// HTTP API limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `[api]`: the HTTP API's limits, TLS, and who may read `/metrics`.
+///
+/// ```toml
+/// [api]
+/// max_body_bytes = 268435456      # a larger body of a request read whole: 413
+/// request_timeout = "5m"          # a request not answered by then: 503 (loads exempt)
+/// max_concurrent_requests = 512   # one more at once: 429 with Retry-After
+/// metrics_token = "…"             # /metrics needs this bearer token (or the operator's)
+/// metrics_tenant_labels = false   # account/database names in /metrics labels (else digests)
+/// drain_period = "10s"            # after SIGTERM: probes 503, requests still served
+/// [api.tls]
+/// cert = "/etc/tern/api.crt"      # PEM chain, the server's certificate first
+/// key = "/etc/tern/api.key"       # PEM private key (PKCS#8, PKCS#1 or SEC1)
+/// client_ca = "/etc/tern/ca.crt"  # optional: clients must show a certificate it signed
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Largest request body read whole (DDL, DML and scan requests), in bytes. Inserts and
@@ -316,6 +418,56 @@ pub struct ApiConfig {
     /// doubt is kept regardless.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
+    /// A request not answered within this long is answered 503 (kind `unavailable`) and
+    /// its handler dropped (a commit it left in doubt is completed by recovery). Inserts
+    /// and loads (`POST …/rows`), whose streamed body may take long, are exempt.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most requests handled at once; one more is answered 429 with `Retry-After: 1`.
+    /// `/healthz` and `/readyz` are never refused by it.
+    pub max_concurrent_requests: usize,
+    /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>` (or the
+    /// operator's token); open to anyone who reaches the port otherwise. At least 16
+    /// characters.
+    pub metrics_token: Option<String>,
+    /// Whether `/metrics` shows tenant names (the `account`, `database`, `group` and
+    /// `subject` labels) as they are; by default each value is replaced by a short stable
+    /// digest (`t-1a2b3c4d`), so a scraper sees series, not customers.
+    pub metrics_tenant_labels: bool,
+    /// After SIGTERM, how long `/healthz` and `/readyz` answer 503 while requests are
+    /// still served, before the listener closes: set it above the load balancer's health
+    /// check interval so it stops sending traffic first (default `0s`: stop at once).
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
+    /// Serve the API over TLS (`[api.tls]`); plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ApiConfig {
+            max_body_bytes,
+            max_scan_rows,
+            idempotency_retention,
+            request_timeout,
+            max_concurrent_requests,
+            metrics_token,
+            metrics_tenant_labels,
+            drain_period,
+            tls,
+        } = self;
+        f.debug_struct("ApiConfig")
+            .field("max_body_bytes", max_body_bytes)
+            .field("max_scan_rows", max_scan_rows)
+            .field("idempotency_retention", idempotency_retention)
+            .field("request_timeout", request_timeout)
+            .field("max_concurrent_requests", max_concurrent_requests)
+            .field("metrics_token", &redacted(metrics_token.as_ref()))
+            .field("metrics_tenant_labels", metrics_tenant_labels)
+            .field("drain_period", drain_period)
+            .field("tls", tls)
+            .finish()
+    }
 }
 
 impl Default for ApiConfig {
@@ -324,8 +476,28 @@ impl Default for ApiConfig {
             max_body_bytes: 256 * 1024 * 1024,
             max_scan_rows: 1_000_000,
             idempotency_retention: Duration::from_secs(24 * 3600),
+            request_timeout: Duration::from_secs(300),
+            max_concurrent_requests: 512,
+            metrics_token: None,
+            metrics_tenant_labels: false,
+            drain_period: Duration::ZERO,
+            tls: None,
         }
     }
+}
+
+/// `[api.tls]`: the API's certificate and key (PEM files), and optionally the CA whose
+/// client certificates it requires (mutual TLS). Read at start; a file that cannot be
+/// read or parsed stops the start, naming its field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM, the server's certificate first).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// When set, every client must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Commit protocol settings.
@@ -574,6 +746,27 @@ impl Config {
         }
         if self.api.idempotency_retention.is_zero() {
             return Err(invalid("api.idempotency_retention", "must be positive"));
+        }
+        if self.api.request_timeout.is_zero() {
+            return Err(invalid("api.request_timeout", "must be positive"));
+        }
+        if self.api.max_concurrent_requests == 0 {
+            return Err(invalid("api.max_concurrent_requests", "must be positive"));
+        }
+        if let Some(t) = &self.api.metrics_token
+            && t.len() < 16
+        {
+            return Err(invalid(
+                "api.metrics_token",
+                "must be at least 16 characters",
+            ));
+        }
+        if let Some(tls) = &self.api.tls {
+            for (field, path) in [("api.tls.cert", &tls.cert), ("api.tls.key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid(field, "is required with [api.tls]"));
+                }
+            }
         }
         if self.txn.lock_timeout.is_zero() {
             return Err(invalid("txn.lock_timeout", "must be positive"));
@@ -907,5 +1100,60 @@ mod tests {
         env.push(("TERN_API__IDEMPOTENCY_RETENTION".into(), "0s".into()));
         let err = Config::load(None, env).expect_err("zero").to_string();
         assert!(err.contains("api.idempotency_retention"), "{err}");
+    }
+
+    #[test]
+    fn debug_redacts_every_secret() {
+        let mut env = base();
+        env.push((
+            "TERN_API__METRICS_TOKEN".into(),
+            "metrics-secret-0123456789".into(),
+        ));
+        let mut c = Config::load(None, env).expect("valid");
+        let shown = format!("{c:?}");
+        assert!(shown.contains("deployment_id: \"d1\""), "{shown}");
+        c.keys = KeysConfig::Kms {
+            gmk_key_id: "alias/gmk".into(),
+            master_key_id: "alias/master".into(),
+            endpoint: None,
+            region: Some("eu-west-1".into()),
+            access_key_id: Some("AKIAEXAMPLE".into()),
+            secret_access_key: Some("kms-secret-key-value".into()),
+        };
+        let shown = format!("{c:?} {c:#?}");
+        for secret in [
+            "0123456789abcdef0123",
+            "metrics-secret-0123456789",
+            "kms-secret-key-value",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert!(
+            shown.contains("<redacted>") && shown.contains("alias/gmk"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn limits_and_tls_are_checked_naming_the_field() {
+        let c = Config::load(None, base()).expect("valid");
+        assert_eq!(c.api.request_timeout, Duration::from_secs(300));
+        assert_eq!(c.api.max_concurrent_requests, 512);
+        assert!(c.api.tls.is_none() && !c.api.metrics_tenant_labels);
+        for (var, value, field) in [
+            ("TERN_API__REQUEST_TIMEOUT", "0s", "api.request_timeout"),
+            (
+                "TERN_API__MAX_CONCURRENT_REQUESTS",
+                "0",
+                "api.max_concurrent_requests",
+            ),
+            ("TERN_API__METRICS_TOKEN", "short", "api.metrics_token"),
+            ("TERN_API__TLS__CERT", "/etc/tern/api.crt", "api.tls.key"),
+        ] {
+            let mut env = base();
+            env.push((var.into(), value.into()));
+            let err = Config::load(None, env).expect_err(var).to_string();
+            assert!(err.contains(field), "{var}: {err}");
+        }
     }
 }

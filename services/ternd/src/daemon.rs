@@ -109,13 +109,26 @@ impl Dpo for PeerViewDpo {
     const VERSION: u32 = 1;
 }
 
-/// An account token (only its SHA-256 is stored, under `tok/<hex>`).
+/// An account token (only its SHA-256 is stored, under `tok/<hex>`; the first 16 hex
+/// digits are its public id, which lists and revokes it).
+///
+/// The fields after `created_at_ms` were added later with `#[serde(default)]`: rows
+/// written before read as read-write tokens that never expire (no format bump).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenDpo {
     /// The account it reaches.
     pub account: String,
     /// When it was made.
     pub created_at_ms: i64,
+    /// Refused (403) on every request that writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// Refused (401) from this instant (ms since the epoch) on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    /// What the operator called it (`ci`, `grafana`), shown by `tern token list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 impl Dpo for TokenDpo {
     const WHAT: &'static str = "account token";
@@ -225,6 +238,10 @@ pub struct Daemon {
     bucket: Arc<dyn ObjectStore>,
     peers: Mutex<HashMap<DeploymentId, Peer>>,
     stopping: AtomicBool,
+    /// Set once recovery finished and the workers started (`/readyz`).
+    ready: AtomicBool,
+    /// Set at the shutdown signal: the probes answer 503 (`api.drain_period`).
+    draining: AtomicBool,
     started: Instant,
     operator_digest: [u8; 32],
 }
@@ -480,6 +497,8 @@ impl Daemon {
             bucket,
             peers: Mutex::new(peers),
             stopping: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             started: Instant::now(),
             operator_digest,
         }))
@@ -518,6 +537,28 @@ impl Daemon {
     /// Whether shutdown began.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether it is ready for traffic: recovery finished (it does in [`Daemon::open`]),
+    /// the workers were started, and shutdown has not begun.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.draining()
+    }
+
+    /// Whether the shutdown signal came (the probes answer 503; requests are still
+    /// served until `api.drain_period` passed, then [`Daemon::stopping`]).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst) || self.stopping()
+    }
+
+    /// Marks the shutdown signal as come.
+    pub fn drain_now(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Marks it ready (after [`Daemon::start_workers`]).
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
     }
 
     /// Marks shutdown as begun: new requests are refused.
@@ -1011,6 +1052,9 @@ mod tests {
         let token = TokenDpo {
             account: "acme".into(),
             created_at_ms: 1_700_000_000_000,
+            read_only: false,
+            expires_at_ms: None,
+            name: None,
         };
         let view = PeerViewDpo {
             id: "d2".into(),
@@ -1041,5 +1085,27 @@ mod tests {
         assert!(!tk.to_string().contains("tern_secret"));
         let back: Option<TokenDpo> = meta.read(|tx| tx.get(&tk)).expect("read");
         assert_eq!(back, Some(token));
+        // A read-only token with an expiry and a name: the optional fields appear only
+        // when set, so tokens made before them keep their bytes (above).
+        let limited = TokenDpo {
+            account: "acme".into(),
+            created_at_ms: 1_700_000_000_000,
+            read_only: true,
+            expires_at_ms: Some(1_700_000_600_000),
+            name: Some("grafana".into()),
+        };
+        let tk2 = token_key("tern_other");
+        let raw = meta
+            .write(|tx| {
+                tx.put(&tk2, &limited)?;
+                Ok(tx.raw().get(tk2.as_bytes())?.unwrap_or_default())
+            })
+            .expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            r#"{"v":1,"d":{"account":"acme","created_at_ms":1700000000000,"read_only":true,"expires_at_ms":1700000600000,"name":"grafana"}}"#
+        );
+        let back: Option<TokenDpo> = meta.read(|tx| tx.get(&tk2)).expect("read");
+        assert_eq!(back, Some(limited));
     }
 }

@@ -76,7 +76,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// An oversized body.
-    #[error("request body is larger than the limit of {limit} bytes (api.max_body_bytes)")]
+    #[error(
+        "request body is larger than the limit of {limit} bytes (api.max_body_bytes): send less per request, load large files through POST …/rows (streamed, not bounded), or raise api.max_body_bytes"
+    )]
     TooLarge {
         /// The limit.
         limit: usize,
@@ -109,6 +111,30 @@ pub enum Error {
     /// Shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// A token that may only read, on a request that writes (403).
+    #[error(
+        "this token of account {account:?} is read-only: writes need a read-write token (tern token create {account})"
+    )]
+    ReadOnlyToken {
+        /// Its account.
+        account: String,
+    },
+    /// More requests at once than `api.max_concurrent_requests` (429).
+    #[error(
+        "too many requests at once (api.max_concurrent_requests = {limit}): retry after a second, with fewer parallel clients, or raise the limit"
+    )]
+    Busy {
+        /// The limit.
+        limit: usize,
+    },
+    /// A request not answered within `api.request_timeout` (503).
+    #[error(
+        "the request was not answered within api.request_timeout ({limit:?}) and was stopped: a write it began is completed or rolled back by recovery (send writes with an Idempotency-Key and retry with the same key); split large requests or raise the limit"
+    )]
+    TimedOut {
+        /// The limit.
+        limit: std::time::Duration,
+    },
     /// An `Idempotency-Key` already used by the account with another request (422).
     #[error(
         "Idempotency-Key {key:?} was already used with a different request (method, path, Content-Type or body); send a new request with a new key"
@@ -167,8 +193,11 @@ impl Error {
             Error::NotFound { .. } => Kind::NotFound,
             Error::Exists { .. } => Kind::Conflict,
             Error::Unauthorized(_) => Kind::Unauthorized,
-            Error::Forbidden { .. } => Kind::Forbidden,
-            Error::ShuttingDown | Error::KeyInDoubt { .. } => Kind::Unavailable,
+            Error::Forbidden { .. } | Error::ReadOnlyToken { .. } => Kind::Forbidden,
+            Error::ShuttingDown
+            | Error::KeyInDoubt { .. }
+            | Error::Busy { .. }
+            | Error::TimedOut { .. } => Kind::Unavailable,
             Error::IdempotencyKeyReused { .. } => Kind::InvalidInput,
             Error::Table(e) => table_kind(e),
             Error::Meta(e) => meta_kind(e),
@@ -184,6 +213,7 @@ impl Error {
         match self {
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             other => other.kind().status(),
         }
     }
@@ -263,6 +293,7 @@ fn table_kind(e: &tern_table::Error) -> Kind {
         | T::InvalidSchema { .. }
         | T::BadInput { .. }
         | T::DuplicateMergeKey { .. } => Kind::InvalidInput,
+        T::Storage(tern_storage::Error::InvalidName { .. }) => Kind::InvalidInput,
         T::UnknownTable { .. } | T::VersionNotRetained { .. } => Kind::NotFound,
         // The key is gone by design (account dropped, version retired).
         T::AccountKeyDestroyed { .. } => Kind::NotFound,

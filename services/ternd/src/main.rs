@@ -41,6 +41,13 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    // The certificate and keys are read now, so `--check` and a start find a bad file
+    // before anything is opened.
+    if let Some(tls) = &config.api.tls
+        && let Err(e) = ternd::tls::acceptor(tls)
+    {
+        return fail(&e);
+    }
     if args.check {
         return ExitCode::SUCCESS;
     }

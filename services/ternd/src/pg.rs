@@ -69,7 +69,11 @@ impl AuthSource for TokenAuth {
         presented: &[u8],
     ) -> PgWireResult<Option<()>> {
         let user = login.user().unwrap_or_default();
-        let ok = bearer(presented).is_some_and(|h| account(&self.daemon, &h, user).is_ok());
+        // Statements here are not classified: a read-only token cannot log in.
+        let ok = bearer(presented).is_some_and(|h| {
+            account(&self.daemon, &h, user).is_ok()
+                && crate::tokens::check_sql(&self.daemon, &h, "-- any statement").is_ok()
+        });
         if ok {
             Ok(None)
         } else {

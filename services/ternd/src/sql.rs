@@ -233,6 +233,8 @@ pub(crate) async fn run_sql(
     let req: SqlReq = parse_json(body, d.config.api.max_body_bytes)?;
     let format = Format::parse(req.format.as_deref())?;
     let account = account(&d, &headers, &req.account)?;
+    // A read-only token runs queries only.
+    crate::tokens::check_sql(&d, &headers, &req.sql)?;
     let answer = match tern_sql::admin::parse(&req.sql).map_err(|e| api_error(&d, e))? {
         Some(stmt) => crate::sql_admin::run(&d, Some(&headers), &account, stmt).await?,
         None => {

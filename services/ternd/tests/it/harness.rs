@@ -13,6 +13,11 @@ pub const OPERATOR: &str = "operator-secret-for-tests";
 pub const TBL: &str = "/v1/accounts/acme/databases/sales/schemas/public/tables/orders";
 
 pub fn config(home: &Path) -> Config {
+    config_with(home, "")
+}
+
+/// [`config`] with `extra` TOML appended (tables such as `[api]`).
+pub fn config_with(home: &Path, extra: &str) -> Config {
     let h = home.display();
     let text = format!(
         r#"deployment_id = "d1"
@@ -26,6 +31,7 @@ url = "file://{h}/replication"
 [keys]
 kind = "local"
 dir = "{h}/keys"
+{extra}
 "#
     );
     let path = home.join("d1.toml");
@@ -78,19 +84,40 @@ pub async fn call_with(
     body: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    call_as(addr, Some(OPERATOR), method, path, body, headers).await
+}
+
+/// One request with `token` (none: no Authorization header) and extra `headers`.
+pub async fn call_as(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let extra: String = headers
+    let mut extra: String = headers
         .iter()
         .map(|(n, v)| format!("{n}: {v}\r\n"))
         .collect();
+    if let Some(t) = token {
+        extra.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {OPERATOR}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw);
+    parse_reply(&raw)
+}
+
+/// The status, head and JSON body (or `{"text": …}` for a body that is not JSON) of a
+/// raw HTTP/1.1 answer.
+pub fn parse_reply(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
     let (head, rest) = text.split_once("\r\n\r\n").expect("response head");
     let status: u16 = head
         .split_whitespace()
@@ -107,8 +134,12 @@ pub async fn call_with(
         rest.to_string()
     };
     let json = match (rest.find(['{', '[']), rest.rfind(['}', ']'])) {
-        (Some(a), Some(b)) => serde_json::from_str(&rest[a..=b]).expect("JSON body"),
-        _ => Value::Null,
+        (Some(a), Some(b)) if head.to_ascii_lowercase().contains("application/json") => {
+            serde_json::from_str(&rest[a..=b]).expect("JSON body")
+        }
+        (Some(a), Some(b)) => serde_json::from_str(&rest[a..=b])
+            .unwrap_or_else(|_| serde_json::json!({ "text": rest })),
+        _ => serde_json::json!({ "text": rest }),
     };
     Reply {
         status,

@@ -6,4 +6,5 @@ mod harness;
 mod idempotency;
 mod in_doubt;
 mod monitoring;
+mod ops;
 mod sql;
