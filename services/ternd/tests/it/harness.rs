@@ -13,6 +13,11 @@ pub const OPERATOR: &str = "operator-secret-for-tests";
 pub const TBL: &str = "/v1/accounts/acme/databases/sales/schemas/public/tables/orders";
 
 pub fn config(home: &Path) -> Config {
+    config_with(home, "")
+}
+
+/// [`config`] with `extra` TOML appended (tables such as `[[peers]]`, `[workers]`).
+pub fn config_with(home: &Path, extra: &str) -> Config {
     let h = home.display();
     let text = format!(
         r#"deployment_id = "d1"
@@ -26,6 +31,7 @@ url = "file://{h}/replication"
 [keys]
 kind = "local"
 dir = "{h}/keys"
+{extra}
 "#
     );
     let path = home.join("d1.toml");
