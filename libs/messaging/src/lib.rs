@@ -28,6 +28,7 @@
 //! | [`state`] | what is kept in the metadata store, and where |
 //! | [`worker`] | the [`Worker`] shape every background loop has |
 //! | [`crash`] | per-instance named crash points for tests |
+//! | [`depths`] | queue depths per channel, from the indexes of live work (the monitor) |
 //!
 //! # Guarantees
 //!
@@ -93,6 +94,7 @@
 pub mod cleaner;
 pub mod cleanup;
 pub mod crash;
+pub mod depths;
 mod error;
 pub mod failed;
 pub mod keys;
@@ -109,6 +111,7 @@ pub mod worker;
 pub use cleaner::Cleaner;
 pub use cleanup::CleanupPayload;
 pub use crash::CrashPoints;
+pub use depths::{ChannelDepth, Direction};
 pub use error::{Error, ErrorKind, Result};
 pub use message::{BodyRef, GlobalMessage, MessageFile, MessageType};
 pub use processor::Processor;

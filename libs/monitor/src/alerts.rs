@@ -116,6 +116,21 @@ impl Alerts {
         self.active.values().cloned().collect()
     }
 
+    /// Takes up the alerts a previous run left firing (its last history row), so that a
+    /// restarted monitor clears them once their condition is over instead of leaving
+    /// "fired" without an end, and raises nothing again for one still breached. A queue
+    /// alert keeps counting as stuck from the depth it had.
+    pub fn restore(&mut self, firing: impl IntoIterator<Item = Active>) {
+        for a in firing {
+            if a.kind == AlertKind::QueueNotDraining {
+                let intervals = a.limit.max(0.0) as u32;
+                self.queues
+                    .insert(a.subject.clone(), (a.value.max(0.0) as u64, intervals));
+            }
+            self.active.insert((a.kind, a.subject.clone()), a);
+        }
+    }
+
     /// Feeds a queue's depth at this tick; the observation says whether it has had work
     /// without shrinking for `intervals` ticks in a row.
     pub fn queue(&mut self, queue: &str, depth: u64, intervals: u32) -> Observation {
@@ -251,6 +266,30 @@ mod tests {
         assert_eq!(
             transitions(&e),
             [(AlertKind::LagOverRpo, Transition::Cleared)]
+        );
+    }
+
+    #[test]
+    fn restored_alerts_clear_once_over_and_stay_quiet_while_breached() {
+        let mut before = Alerts::new();
+        before.evaluate(1, &[lag(40.0)]);
+        let o = before.queue("out/ReadyToSend d2", 7, 1);
+        before.evaluate(2, &[lag(40.0), o]);
+        assert_eq!(before.active().len(), 2);
+        let mut after = Alerts::new();
+        after.restore(before.active());
+        // Still over and still stuck: nothing new.
+        let o = after.queue("out/ReadyToSend d2", 7, 1);
+        assert!(after.evaluate(3, &[lag(41.0), o]).is_empty());
+        // Over: one clear each (the worker that was down is no longer observed at all).
+        let o = after.queue("out/ReadyToSend d2", 0, 1);
+        let e = after.evaluate(4, &[lag(1.0), o]);
+        assert_eq!(
+            transitions(&e),
+            [
+                (AlertKind::LagOverRpo, Transition::Cleared),
+                (AlertKind::QueueNotDraining, Transition::Cleared)
+            ]
         );
     }
 

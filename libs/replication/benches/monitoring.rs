@@ -12,41 +12,17 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::Int64Array;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use tern_messaging::MessagingConfig;
+use common::{BoxError, Pair, env_usize, make_global, pair};
 use tern_meta::{ColumnDef, ColumnType};
 use tern_monitor::{AgentKind, Agents, Unit};
-use tern_replication::local::{LocalDeployment, LocalOptions, link};
-use tern_replication::{ReplicationConfig, replica_table_id};
-use tern_storage::layout::TableId;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn options() -> LocalOptions {
-    LocalOptions {
-        replication: ReplicationConfig {
-            ship_interval: Duration::from_millis(20),
-            ..ReplicationConfig::default()
-        },
-        messaging: MessagingConfig {
-            poll_interval: Duration::from_millis(20),
-            ..MessagingConfig::default()
-        },
-        ..LocalOptions::default()
-    }
-}
 
 fn batch(first: i64) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
@@ -57,21 +33,14 @@ fn batch(first: i64) -> RecordBatch {
     .unwrap_or_else(|e| panic!("batch: {e}"))
 }
 
-async fn caught_up(
-    d1: &LocalDeployment,
-    d2: &LocalDeployment,
-    t: &TableId,
-) -> Result<(), BoxError> {
-    let rid = replica_table_id(&d1.id, t);
-    let want = d1.version(t)?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while d2.version(&rid)? != want {
-        if Instant::now() > deadline {
-            return Err(format!("replica did not reach version {want:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Ok(())
+async fn caught_up(p: &Pair) -> Result<(), BoxError> {
+    common::caught_up_table(
+        p,
+        &p.table,
+        Duration::from_secs(300),
+        Duration::from_millis(2),
+    )
+    .await
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -82,36 +51,17 @@ fn median(v: &mut [f64]) -> f64 {
 async fn throughput(root: &std::path::Path) -> Result<f64, BoxError> {
     let txns = env_usize("TERN_BENCH_TXNS", 200);
     let rounds = env_usize("TERN_BENCH_ROUNDS", 4);
-    let mut d1 = LocalDeployment::open(root, "d1", None, options()).await?;
-    let keys = root.join("d1").join("keys");
-    let mut d2 = LocalDeployment::open(root, "d2", Some(&keys), options()).await?;
-    link(&d1, &d2).await?;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let a1 = d1.create_account("a1")?;
-    let db = d1.create_database(&a1, "sales")?;
-    d1.tables.create_schema(&db, "public").await?;
-    let account_group = d1.repl.set_account_global(&a1, None)?;
     let cols = vec![ColumnDef {
         name: "id".into(),
         ty: ColumnType::Int64,
         nullable: false,
     }];
-    let table = d1.tables.create_table(&db, "public", "t", cols).await?;
-    d1.tables.insert(&table, &[batch(0)]).await?;
-    let a2 = d2.create_account("a2")?;
-    d2.repl.set_account_global(&a2, Some(&account_group))?;
-    let group = d1.repl.enable_replication(&a1, "sales")?;
-    while !d2
-        .repl
-        .known_entities()?
-        .iter()
-        .any(|e| e.group.as_deref() == Some(group.as_str()))
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    d2.repl.create_replica(&a2, "sales", &group, None)?;
-    caught_up(&d1, &d2, &table).await?;
+    let mut p = pair(root, Duration::from_millis(20), "t", cols).await?;
+    p.d1.tables.insert(&p.table, &[batch(0)]).await?;
+    make_global(&mut p).await?;
+    p.d2.repl.create_replica(&p.a2, "sales", &p.group, None)?;
+    caught_up(&p).await?;
+    let Pair { d1, d2, table, .. } = &p;
     println!(
         "apply throughput: {rounds} rounds per side of {txns} transactions (10 rows each), committed on d1 at once, until applied on d2 (folder store, poll/ship interval 20 ms)"
     );
@@ -124,11 +74,11 @@ async fn throughput(root: &std::path::Path) -> Result<f64, BoxError> {
         d2.repl.agents().set_enabled(enabled);
         let start = Instant::now();
         for _ in 0..txns {
-            d1.tables.insert(&table, &[batch(next)]).await?;
+            d1.tables.insert(table, &[batch(next)]).await?;
             d1.repl.committed();
             next += 10;
         }
-        caught_up(&d1, &d2, &table).await?;
+        caught_up(&p).await?;
         let rate = txns as f64 / start.elapsed().as_secs_f64();
         if round == 0 {
             println!("  warm-up: {rate:.1} txn/s");

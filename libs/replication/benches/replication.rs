@@ -22,6 +22,8 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,36 +39,21 @@ use tern_crypto::{
     CopyOptions, DataKey, EncryptOptions, KeySource, RepMk, ReplicationFileKeys, TableFileKeys,
     upload_encrypted,
 };
-use tern_messaging::MessagingConfig;
 use tern_meta::{ColumnDef, ColumnType};
 use tern_replication::copy::{CopyTask, copy_all};
-use tern_replication::local::{LocalDeployment, LocalOptions, link};
+use tern_replication::local::LocalDeployment;
 use tern_replication::service::Counters;
 use tern_replication::{ReplicaOptions, ReplicationConfig, replica_table_id};
-use tern_storage::layout::{AccountId, TableId};
+use tern_storage::layout::TableId;
 use tern_table::Predicate;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use common::{BoxError, Pair, env_usize, make_global};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
+/// Ship and message poll interval of the pair.
+const INTERVAL: Duration = Duration::from_millis(100);
 
-fn options() -> LocalOptions {
-    LocalOptions {
-        replication: ReplicationConfig {
-            ship_interval: Duration::from_millis(100),
-            ..ReplicationConfig::default()
-        },
-        messaging: MessagingConfig {
-            poll_interval: Duration::from_millis(100),
-            ..MessagingConfig::default()
-        },
-        ..LocalOptions::default()
-    }
+fn options() -> tern_replication::local::LocalOptions {
+    common::options(INTERVAL)
 }
 
 const COLUMNS: [&str; 4] = ["id", "a", "b", "c"];
@@ -105,59 +92,8 @@ fn batch(first: i64, n: usize, seed: u64) -> RecordBatch {
     RecordBatch::try_new(schema, cols).unwrap_or_else(|e| panic!("batch: {e}"))
 }
 
-struct Pair {
-    d1: LocalDeployment,
-    d2: LocalDeployment,
-    a1: AccountId,
-    a2: AccountId,
-    table: TableId,
-    group: String,
-}
-
 async fn pair(root: &std::path::Path) -> Result<Pair, BoxError> {
-    let mut d1 = LocalDeployment::open(root, "d1", None, options()).await?;
-    let keys = root.join("d1").join("keys");
-    let mut d2 = LocalDeployment::open(root, "d2", Some(&keys), options()).await?;
-    link(&d1, &d2).await?;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let a1 = d1.create_account("a1")?;
-    let db = d1.create_database(&a1, "sales")?;
-    d1.tables.create_schema(&db, "public").await?;
-    let account_group = d1.repl.set_account_global(&a1, None)?;
-    let table = d1
-        .tables
-        .create_table(&db, "public", "facts", columns())
-        .await?;
-    let a2 = d2.create_account("a2")?;
-    d2.repl.set_account_global(&a2, Some(&account_group))?;
-    Ok(Pair {
-        d1,
-        d2,
-        a1,
-        a2,
-        table,
-        group: String::new(),
-    })
-}
-
-/// Makes the database global and waits until d2 knows the group.
-async fn make_global(p: &mut Pair) -> Result<(), BoxError> {
-    p.group = p.d1.repl.enable_replication(&p.a1, "sales")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !p
-        .d2
-        .repl
-        .known_entities()?
-        .iter()
-        .any(|e| e.group.as_deref() == Some(p.group.as_str()))
-    {
-        if Instant::now() > deadline {
-            return Err("d2 never learned of the group".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    common::pair(root, INTERVAL, "facts", columns()).await
 }
 
 /// Waits until d2's replica table is at d1's version.
@@ -167,16 +103,7 @@ async fn caught_up(p: &Pair, limit: Duration) -> Result<(), BoxError> {
 
 /// Waits until d2's replica of `table` is at d1's version.
 async fn caught_up_table(p: &Pair, table: &TableId, limit: Duration) -> Result<(), BoxError> {
-    let rid = replica_table_id(&p.d1.id, table);
-    let want = p.d1.version(table)?;
-    let deadline = Instant::now() + limit;
-    while p.d2.version(&rid)? != want {
-        if Instant::now() > deadline {
-            return Err(format!("replica did not reach version {want:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
+    common::caught_up_table(p, table, limit, Duration::from_millis(5)).await
 }
 
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`

@@ -103,6 +103,60 @@ pub fn render(v: &Value) -> String {
             sparkline(&vals)
         ));
     }
+    // Per peer: the work waiting on its channel and jobs, over the intervals, and the
+    // queues holding some at the last one.
+    let pending = |x: &Value| {
+        let s = x["state"].as_str().unwrap_or("");
+        !(s == "Sent" || s == "failed")
+    };
+    let per_peer = |r: &Value| {
+        let mut m = std::collections::BTreeMap::<String, f64>::new();
+        for key in ["channels", "jobs"] {
+            for x in r[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|x| pending(x))
+            {
+                *m.entry(output::cell(&x["peer"])).or_default() += f(&x["depth"]);
+            }
+        }
+        m
+    };
+    let peers: std::collections::BTreeSet<String> =
+        rows.iter().flat_map(|r| per_peer(r).into_keys()).collect();
+    if !peers.is_empty() {
+        out.push_str("\nqueued per peer:\n");
+        for p in &peers {
+            let vals: Vec<f64> = rows
+                .iter()
+                .map(|r| per_peer(r).get(p).copied().unwrap_or(0.0))
+                .collect();
+            let last = vals.last().copied().unwrap_or(0.0);
+            let max = vals.iter().copied().fold(0.0, f64::max);
+            out.push_str(&format!(
+                "  {p:<13} {}  last {last}  max {max}\n",
+                sparkline(&vals)
+            ));
+        }
+    }
+    let last = rows.last().cloned().unwrap_or_default();
+    let mut queues: Vec<Value> = Vec::new();
+    for (key, what) in [("channels", "direction"), ("jobs", "kind")] {
+        for x in last[key].as_array().into_iter().flatten() {
+            if f(&x["depth"]) > 0.0 {
+                queues.push(json!({"peer": x["peer"], "queue": format!("{} {}", key.trim_end_matches('s'), output::cell(&x[what])),
+                    "state": x["state"], "depth": x["depth"]}));
+            }
+        }
+    }
+    if !queues.is_empty() {
+        out.push_str("\nqueues at the last interval:\n");
+        let cols: Vec<String> = ["peer", "queue", "state", "depth"]
+            .map(String::from)
+            .to_vec();
+        out.push_str(&output::table(&cols, &queues));
+    }
     let alerts = v["alerts"].as_array().cloned().unwrap_or_default();
     if !alerts.is_empty() {
         out.push_str("\nalerts firing:\n");
@@ -157,12 +211,31 @@ mod tests {
              "replicas": [{"lag_ms": 1500}], "queues": {"messages in/waiting": 3}, "alerts": []},
             {"interval": 2, "at_ms": 3_610_000, "agents": {"apply": {"cumulative": {"units": 12},
               "units_per_sec": 1.0, "rows_per_sec": 100.0, "latency_avg_ms": 7.0, "latency_max_ms": 30}},
-             "replicas": [{"lag_ms": 0}], "queues": {}, "alerts": [{"kind": "lag_over_rpo"}]}
+             "replicas": [{"lag_ms": 0}], "queues": {}, "alerts": [{"kind": "lag_over_rpo"}],
+             "channels": [{"peer": "d2", "direction": "out", "state": "ReadyToSend", "depth": 4},
+                          {"peer": "d3", "direction": "out", "state": "ReadyToSend", "depth": 0}],
+             "jobs": [{"peer": "d3", "kind": "import", "state": "failed", "depth": 1}]}
         ], "alerts": [{"kind": "lag_over_rpo", "subject": "replica r", "value": 9.0, "limit": 5.0}]});
         let t = render(&v);
         assert!(t.contains("01:00:10Z"), "{t}");
         assert!(t.contains("txn/s           ▂█"), "{t}");
         assert!(t.contains("max lag s       █▁"), "{t}");
         assert!(t.contains("lag_over_rpo replica r: 9 (limit 5)"), "{t}");
+        // Per peer: d2's channel queue grew, d3 has nothing waiting (a failed job is kept,
+        // not work); the last interval's non-empty queues are listed.
+        assert!(t.contains("  d2            ▁█  last 4  max 4"), "{t}");
+        assert!(t.contains("  d3            ▁▁  last 0  max 0"), "{t}");
+        assert!(
+            t.lines().any(|l| l.contains("d2")
+                && l.contains("channel out")
+                && l.contains("ReadyToSend")
+                && l.contains('4')),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.contains("d3") && l.contains("job import") && l.contains("failed")),
+            "{t}"
+        );
     }
 }

@@ -454,7 +454,7 @@ async fn status(State(d): St, headers: HeaderMap) -> ApiResult {
         "uptime_secs": d.uptime().as_secs_f64(),
         "stopping": d.stopping(),
         "workers": d.supervisor.reports(),
-        "queues": d.message_states()?,
+        "queues": d.message_states().await?,
         "unfinished_transactions": d.unfinished_transactions()?,
         "commits": stats.commits,
         "rows_inserted": d.counters.rows_inserted.load(Ordering::Relaxed),
@@ -583,7 +583,8 @@ pub(crate) async fn render_metrics(d: &Daemon) -> Result<String> {
         "tern_messages",
         "Messages in the metadata store by direction/state.",
         "gauge",
-        d.message_states()?
+        d.message_states()
+            .await?
             .into_iter()
             .map(|(s, v)| {
                 let (dir, state) = s.split_once('/').unwrap_or(("", &s));

@@ -346,7 +346,7 @@ impl Daemon {
     /// no worker runs yet.
     /// `TERN_CRASH_AT` arms crash points (tests; see [`crate::crash`]).
     pub async fn open(config: Config) -> Result<Arc<Daemon>> {
-        Self::open_armed(config, crate::crash::from_env()?).await
+        Self::open_with(config, crate::crash::from_env()?, SystemClock::shared()).await
     }
 
     /// [`Daemon::open`] with the commit protocol's crash points to arm (tests of what a
@@ -359,12 +359,18 @@ impl Daemon {
             txn,
             ..Default::default()
         };
-        Self::open_armed(config, crash).await
+        Self::open_with(config, crash, SystemClock::shared()).await
     }
 
-    async fn open_armed(config: Config, crash: crate::crash::Armed) -> Result<Arc<Daemon>> {
+    /// [`Daemon::open`] with the crash points to arm (without `TERN_CRASH_AT`'s
+    /// self-kill: a fired point fails its worker, as a test in this process wants) and the
+    /// clock everything here reads (a `ManualClock` in tests that move time by hand).
+    pub async fn open_with(
+        config: Config,
+        crash: crate::crash::Armed,
+        clock: SharedClock,
+    ) -> Result<Arc<Daemon>> {
         config.validate()?;
-        let clock = SystemClock::shared();
         let id = DeploymentId::new(config.deployment_id.as_str())?;
         if let Some(parent) = config.metadata_path.parent() {
             std::fs::create_dir_all(parent).map_err(open_err("metadata_path"))?;
@@ -791,24 +797,22 @@ impl Daemon {
         Ok(out)
     }
 
-    /// Messages by direction and state, from the metadata store.
-    pub fn message_states(&self) -> Result<BTreeMap<String, u64>> {
-        // The message service keeps its rows under msg/out and msg/in (tern-messaging's
-        // state module); it has no public counting call, so the daemon counts the rows.
+    /// Messages waiting, by direction and state, summed over the channels (see
+    /// [`Daemon::queue_depths`]; Sent messages are kept records, not counted).
+    pub async fn message_states(&self) -> Result<BTreeMap<String, u64>> {
         let mut out = BTreeMap::new();
-        let outs = self.meta.read(|tx| {
-            tx.scan_prefix::<tern_messaging::state::OutMessage>(&Key::root("msg").str("out"))
-        })?;
-        for (_, m) in outs {
-            *out.entry(format!("out/{}", m.state.name())).or_default() += 1;
-        }
-        let ins = self.meta.read(|tx| {
-            tx.scan_prefix::<tern_messaging::state::InMessage>(&Key::root("msg").str("in"))
-        })?;
-        for (_, m) in ins {
-            *out.entry(format!("in/{}", m.state.queue())).or_default() += 1;
+        for q in self.queue_depths().await? {
+            *out.entry(format!("{}/{}", q.direction.name(), q.state))
+                .or_default() += q.depth;
         }
         Ok(out)
+    }
+
+    /// Every channel's queue depths (per peer, direction and state), counted from the
+    /// message service's indexes of live work: the cost follows what waits, not what went
+    /// through.
+    pub async fn queue_depths(&self) -> Result<Vec<tern_messaging::ChannelDepth>> {
+        Ok(self.messaging.queue_depths().await?)
     }
 
     /// Stops the workers and completes in-doubt commits. Returns the unfinished

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!  tick ─▶ blocks: cumulative + interval (avg/max end-to-end latency, throughput)
-//!       ─▶ measured: queue depths (messages by direction/state, jobs by kind/state,
-//!          outbox), inbound backlog bytes per peer, lag / RPO exposure per replica,
+//!       ─▶ measured: queue depths per channel (messages by peer/direction/state, from
+//!          the indexes of live work) and per peer's jobs (kind/state), outbox, inbound
+//!          backlog bytes per peer, lag / RPO exposure per replica,
 //!          workers down, rejections in the interval
 //!       ─▶ thresholds (`[monitor]`) ─▶ events fired/cleared once per crossing
 //!       ─▶ reports: history row `mon/h/…` (kept `history_retention`) · events `mon/e/…`
@@ -119,6 +120,46 @@ pub struct ReplicaFigures {
     pub txns_behind: u64,
 }
 
+/// One queue of one message channel at a tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelFigures {
+    /// The peer at the channel's other end.
+    pub peer: String,
+    /// `out` (to the peer) or `in` (from it).
+    pub direction: String,
+    /// The state its messages wait in.
+    pub state: String,
+    /// How many.
+    pub depth: u64,
+}
+
+impl ChannelFigures {
+    /// Its name in alerts: `messages out/ReadyToSend d2`.
+    pub fn subject(&self) -> String {
+        format!("messages {}/{} {}", self.direction, self.state, self.peer)
+    }
+}
+
+/// The replication jobs of one peer, kind and state at a tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFigures {
+    /// The peer that asked (snapshot) or answered (import).
+    pub peer: String,
+    /// `snapshot` or `import`.
+    pub kind: String,
+    /// `waiting`, `backing_off` or `failed`.
+    pub state: String,
+    /// How many.
+    pub depth: u64,
+}
+
+impl JobFigures {
+    /// Its name in alerts: `jobs import/waiting d1`.
+    pub fn subject(&self) -> String {
+        format!("jobs {}/{} {}", self.kind, self.state, self.peer)
+    }
+}
+
 /// Figures of one database group held here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupFigures {
@@ -152,8 +193,15 @@ pub struct HistoryRow {
     pub since_ms: i64,
     /// Agent figures by kind (`apply`, `copy`, `import`, `ship`).
     pub agents: BTreeMap<AgentKind, KindReport>,
-    /// Queue depths: `messages in/waiting`, `jobs snapshot/waiting`, `outbox`, …
+    /// Queue depths summed over peers: `messages in/ready`, `jobs snapshot/waiting`,
+    /// `outbox`, …
     pub queues: BTreeMap<String, u64>,
+    /// Each message channel's queues (per peer, direction and state).
+    #[serde(default)]
+    pub channels: Vec<ChannelFigures>,
+    /// Replication jobs per peer, kind and state.
+    #[serde(default)]
+    pub jobs: Vec<JobFigures>,
     /// Bytes waiting in each peer's inbound stage here.
     pub inbound_backlog_bytes: BTreeMap<String, u64>,
     /// Secondary replicas held here.
@@ -270,6 +318,7 @@ pub struct MonitorWorker {
     status: WorkerStatus,
     monitor: Option<tern_monitor::Monitor>,
     alerts: Alerts,
+    restored: bool,
     rejected_before: Option<u64>,
 }
 
@@ -282,6 +331,7 @@ impl MonitorWorker {
             status: WorkerStatus::default(),
             monitor: None,
             alerts: Alerts::new(),
+            restored: false,
             rejected_before: None,
         }
     }
@@ -300,22 +350,60 @@ impl MonitorWorker {
         }
         let report = monitor.tick(agents);
         let now = report.at_ms;
+        if !self.restored {
+            // What the last run left firing: cleared once over, not raised again.
+            let last = history(d, 1)?;
+            self.alerts.restore(last.into_iter().flat_map(|r| r.alerts));
+            self.restored = true;
+        }
 
         // Instantaneous figures.
         let rs = d.replication.status().await?;
         let mut queues = BTreeMap::new();
-        for (state, n) in d.message_states()? {
-            queues.insert(format!("messages {state}"), n);
+        let channels: Vec<ChannelFigures> = d
+            .queue_depths()
+            .await?
+            .into_iter()
+            .map(|q| ChannelFigures {
+                peer: q.peer,
+                direction: q.direction.name().into(),
+                state: q.state.into(),
+                depth: q.depth,
+            })
+            .collect();
+        for c in &channels {
+            *queues
+                .entry(format!("messages {}/{}", c.direction, c.state))
+                .or_default() += c.depth;
+        }
+        // Every peer's job queues, zeros included (a drained queue reads 0).
+        let mut job_depths: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+        for p in d.member_ids()?.into_iter().filter(|p| p != d.id.as_str()) {
+            for kind in ["snapshot", "import"] {
+                for state in ["waiting", "backing_off", "failed"] {
+                    job_depths.insert((p.clone(), kind.into(), state.into()), 0);
+                }
+            }
         }
         for j in &rs.jobs {
-            *queues
-                .entry(format!(
-                    "jobs {}/{}",
-                    crate::api::enum_name(&j.kind),
-                    crate::api::enum_name(&j.state)
-                ))
+            let (kind, state) = (
+                crate::api::enum_name(&j.kind),
+                crate::api::enum_name(&j.state),
+            );
+            *queues.entry(format!("jobs {kind}/{state}")).or_default() += 1;
+            *job_depths
+                .entry((j.peer.to_string(), kind, state))
                 .or_default() += 1;
         }
+        let jobs: Vec<JobFigures> = job_depths
+            .into_iter()
+            .map(|((peer, kind, state), depth)| JobFigures {
+                peer,
+                kind,
+                state,
+                depth,
+            })
+            .collect();
         queues.insert("outbox".into(), rs.outbox);
         let mut backlog = BTreeMap::new();
         for p in &rs.peers {
@@ -409,9 +497,16 @@ impl MonitorWorker {
                 breached: r.lag_ms > r.rpo_ms,
             });
         }
-        for (q, depth) in queues.iter().filter(|(q, _)| is_pending(q)) {
-            obs.push(self.alerts.queue(q, *depth, cfg.queue_stuck_intervals));
+        // Queues of work watched one channel (and one peer's jobs) at a time: a peer whose
+        // queue is stuck is seen even while another's drains.
+        let stuck = cfg.queue_stuck_intervals;
+        for c in channels.iter().filter(|c| is_pending(&c.state)) {
+            obs.push(self.alerts.queue(&c.subject(), c.depth, stuck));
         }
+        for j in jobs.iter().filter(|j| is_pending(&j.state)) {
+            obs.push(self.alerts.queue(&j.subject(), j.depth, stuck));
+        }
+        obs.push(self.alerts.queue("outbox", rs.outbox, stuck));
         obs.push(Observation {
             kind: AlertKind::Rejections,
             subject: "messages".into(),
@@ -437,6 +532,8 @@ impl MonitorWorker {
             since_ms: report.since_ms,
             agents: report.kinds,
             queues,
+            channels,
+            jobs,
             inbound_backlog_bytes: backlog,
             replicas,
             groups,
@@ -543,11 +640,11 @@ impl Worker for MonitorWorker {
     }
 }
 
-/// Whether `queue` (a key of [`HistoryRow::queues`]) holds work still to do, not kept
-/// records: sent messages and failed messages or jobs (those wait for an operator and have
-/// their own gauges) never "drain".
-pub fn is_pending(queue: &str) -> bool {
-    !(queue.ends_with("/Sent") || queue.ends_with("/failed"))
+/// Whether a queue in `state` holds work still to do, not kept records: sent messages and
+/// failed messages or jobs (those wait for an operator and have their own gauges) never
+/// "drain".
+pub fn is_pending(state: &str) -> bool {
+    !(state.ends_with("Sent") || state.ends_with("failed"))
 }
 
 fn ms(d: Duration) -> i64 {
@@ -691,6 +788,44 @@ fn render_monitor(m: &mut String, row: &HistoryRow, interval: Duration) {
         row.queues
             .iter()
             .map(|(q, n)| (format!("{{queue=\"{}\"}}", label(q)), *n as f64))
+            .collect(),
+    );
+    family(
+        "tern_channel_queue_depth",
+        "Messages waiting per channel at the last monitor tick: peer, direction (out: to the peer; in: from it) and state.",
+        "gauge",
+        row.channels
+            .iter()
+            .map(|c| {
+                (
+                    format!(
+                        "{{peer=\"{}\",direction=\"{}\",state=\"{}\"}}",
+                        label(&c.peer),
+                        c.direction,
+                        c.state
+                    ),
+                    c.depth as f64,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "tern_job_queue_depth",
+        "Replication jobs per peer (that asked for a snapshot, or answered with one to import), kind and state at the last monitor tick.",
+        "gauge",
+        row.jobs
+            .iter()
+            .map(|j| {
+                (
+                    format!(
+                        "{{peer=\"{}\",kind=\"{}\",state=\"{}\"}}",
+                        label(&j.peer),
+                        j.kind,
+                        j.state
+                    ),
+                    j.depth as f64,
+                )
+            })
             .collect(),
     );
     family(
@@ -885,12 +1020,11 @@ mod tests {
 
     #[test]
     fn kept_records_are_not_queues_of_work() {
-        assert!(is_pending("messages in/ready"));
-        assert!(is_pending("jobs import/waiting"));
-        assert!(is_pending("outbox"));
-        assert!(!is_pending("messages out/Sent"));
-        assert!(!is_pending("messages in/failed"));
-        assert!(!is_pending("jobs snapshot/failed"));
+        assert!(is_pending("ready"));
+        assert!(is_pending("waiting"));
+        assert!(is_pending("ReadyToSend"));
+        assert!(!is_pending("Sent"));
+        assert!(!is_pending("failed"));
     }
 
     #[test]

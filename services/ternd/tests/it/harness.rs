@@ -16,7 +16,7 @@ pub fn config(home: &Path) -> Config {
     config_with(home, "")
 }
 
-/// [`config`] with `extra` TOML appended (tables such as `[api]`).
+/// [`config`] with `extra` TOML appended (tables such as `[api]`, `[[peers]]`, `[workers]`).
 pub fn config_with(home: &Path, extra: &str) -> Config {
     let h = home.display();
     let text = format!(
