@@ -50,9 +50,10 @@ use tern_storage::StoreExt as _;
 use tern_storage::layout::{self, DeploymentId, MessageId};
 
 use crate::error::{Error, Result};
-use crate::message::{GlobalMessage, MessageType};
+use crate::message::GlobalMessage;
 use crate::receiver::{Receiver, Reject, persist_txn, record_rejection};
-use crate::sender::{enqueue_ready, enqueue_ready_in};
+use crate::registry::RESEND_TYPE;
+use crate::sender::{enqueue_ready_in, queue_service_message};
 use crate::service::{Counters, channel_name};
 use crate::state::{InChannel, OutMessage, OutState, QueueEntry, RejectReason, keys};
 
@@ -233,37 +234,18 @@ impl Receiver {
                 tx.put(&key, &jumped)
                     .map_err(Error::meta("resync channel"))?;
                 let persisted = persist_txn(tx, &registry, &s, &path, &file, now)?;
-                if let Some(id) = &resend_in {
-                    let msg = GlobalMessage {
-                        message_type: MessageType::new(crate::registry::RESEND_TYPE)?,
-                        id: id.clone(),
-                        origin: me.clone(),
-                        created_at_ms: now,
-                        payload: ResendPayload {
-                            v: 1,
-                            from_seq,
-                            to_seq,
-                        }
-                        .encode()?
-                        .into(),
-                        bodies: Vec::new(),
-                    };
-                    let okey = keys::out_message(&s, id);
-                    if !tx.contains(&okey).map_err(Error::meta("read message"))? {
-                        enqueue_ready(tx, &s, id)?;
-                        tx.put(
-                            &okey,
-                            &OutMessage {
-                                message: msg,
-                                state: OutState::ReadyToSend,
-                                bodies_started: 0,
-                                file_seq: None,
-                                ready_at_ms: Some(now),
-                                sent_at_ms: None,
-                            },
-                        )
-                        .map_err(Error::meta("queue resend"))?;
+                if let Some(id) = &resend_in
+                    && !tx
+                        .contains(&keys::out_message(&s, id))
+                        .map_err(Error::meta("read message"))?
+                {
+                    let payload = ResendPayload {
+                        v: 1,
+                        from_seq,
+                        to_seq,
                     }
+                    .encode()?;
+                    queue_service_message(tx, &s, &me, RESEND_TYPE, id, payload, now)?;
                 }
                 Ok(Some(persisted))
             })

@@ -681,6 +681,40 @@ pub(crate) fn enqueue_ready(
     enqueue_ready_in(tx, peer, id).map_err(Error::meta("queue message"))
 }
 
+/// Queues a message of the service's own `message_type` (cleanup, resend) to `peer`,
+/// ready to send, in the caller's transaction.
+pub(crate) fn queue_service_message(
+    tx: &mut tern_meta::MetaTxn<'_>,
+    peer: &DeploymentId,
+    me: &DeploymentId,
+    message_type: &str,
+    id: &MessageId,
+    payload: Vec<u8>,
+    now: i64,
+) -> Result<()> {
+    let message = GlobalMessage {
+        message_type: MessageType::new(message_type)?,
+        id: id.clone(),
+        origin: me.clone(),
+        created_at_ms: now,
+        payload: Bytes::from(payload),
+        bodies: Vec::new(),
+    };
+    enqueue_ready(tx, peer, id)?;
+    tx.put(
+        &keys::out_message(peer, id),
+        &OutMessage {
+            message,
+            state: OutState::ReadyToSend,
+            bodies_started: 0,
+            file_seq: None,
+            ready_at_ms: Some(now),
+            sent_at_ms: None,
+        },
+    )
+    .map_err(Error::meta("queue service message"))
+}
+
 /// [`enqueue_ready`] for code that runs inside a handler's commit.
 pub(crate) fn enqueue_ready_in(
     tx: &mut tern_meta::MetaTxn<'_>,
@@ -749,27 +783,8 @@ async fn abandon_txn(
         if row.bodies_started == 0 {
             return Ok(false);
         }
-        let msg = GlobalMessage {
-            message_type: MessageType::new(CLEANUP_TYPE)?,
-            id: cleanup_id.clone(),
-            origin: me.clone(),
-            created_at_ms: now,
-            payload: Bytes::from(CleanupPayload::new(id.clone(), row.bodies_started).encode()?),
-            bodies: Vec::new(),
-        };
-        enqueue_ready(tx, &peer, &cleanup_id)?;
-        tx.put(
-            &keys::out_message(&peer, &cleanup_id),
-            &OutMessage {
-                message: msg,
-                state: OutState::ReadyToSend,
-                bodies_started: 0,
-                file_seq: None,
-                ready_at_ms: Some(now),
-                sent_at_ms: None,
-            },
-        )
-        .map_err(Error::meta("queue cleanup"))?;
+        let payload = CleanupPayload::new(id.clone(), row.bodies_started).encode()?;
+        queue_service_message(tx, &peer, &me, CLEANUP_TYPE, &cleanup_id, payload, now)?;
         Ok(true)
     })
     .await

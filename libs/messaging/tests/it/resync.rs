@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
+use tern_clock::ManualClock;
 use tern_messaging::worker::drain;
-use tern_messaging::{Counters, CrashPoints, Draft, ErrorKind, RejectReason};
+use tern_messaging::{
+    Counters, CrashPoints, Draft, ErrorKind, MessagingConfig, RejectReason, Sender,
+};
 use tern_storage::StoreExt as _;
 
 use crate::common::*;
@@ -21,9 +24,23 @@ enum Fault {
     Lost,
 }
 
-async fn resync_past(fault: Fault) {
+/// Two deployments with channels both ways: each one's sender to the other and its
+/// receiving side.
+struct Two {
+    clock: ManualClock,
+    d1: Node,
+    d2: Node,
+    s12: Sender,
+    s21: Sender,
+    in1: Inbound,
+    in2: Inbound,
+}
+
+/// [`Two`], d1's messaging settings changed by `configure` first.
+async fn two(configure: impl FnOnce(&mut MessagingConfig)) -> Two {
     let clock = clock();
-    let d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    let mut d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
+    configure(&mut d1.config);
     let d2 = Node::new(
         "d2",
         Kind::Folder,
@@ -34,10 +51,27 @@ async fn resync_past(fault: Fault) {
     .await;
     connect(&d1, &d2).await;
     connect(&d2, &d1).await;
-    let mut s12 = sender(&d1, &d2, CrashPoints::new());
-    let mut s21 = sender(&d2, &d1, CrashPoints::new());
-    let mut in1 = Inbound::new(&d1, CrashPoints::new());
-    let mut in2 = Inbound::new(&d2, CrashPoints::new());
+    Two {
+        s12: sender(&d1, &d2, CrashPoints::new()),
+        s21: sender(&d2, &d1, CrashPoints::new()),
+        in1: Inbound::new(&d1, CrashPoints::new()),
+        in2: Inbound::new(&d2, CrashPoints::new()),
+        clock,
+        d1,
+        d2,
+    }
+}
+
+async fn resync_past(fault: Fault) {
+    let Two {
+        d1,
+        d2,
+        mut s12,
+        mut s21,
+        mut in1,
+        mut in2,
+        ..
+    } = two(|_| {}).await;
 
     // A healthy channel is not resynchronised.
     let m0 = s12.send(Draft::new(TYPE, payload("m0"))).await.unwrap();
@@ -150,23 +184,15 @@ async fn a_channel_waiting_for_a_lost_file_resyncs_and_loses_nothing() {
 /// A sender that no longer holds the skipped file's messages says so (and counts it).
 #[tokio::test]
 async fn a_resend_past_sent_retention_is_counted_as_a_gap() {
-    let clock = clock();
-    let mut d1 = Node::new("d1", Kind::Folder, &clock, None, Recorder::default()).await;
-    d1.config.sent_retention = Duration::from_secs(60);
-    let d2 = Node::new(
-        "d2",
-        Kind::Folder,
-        &clock,
-        Some(&d1.keys_dir),
-        Recorder::default(),
-    )
-    .await;
-    connect(&d1, &d2).await;
-    connect(&d2, &d1).await;
-    let mut s12 = sender(&d1, &d2, CrashPoints::new());
-    let mut s21 = sender(&d2, &d1, CrashPoints::new());
-    let mut in1 = Inbound::new(&d1, CrashPoints::new());
-    let mut in2 = Inbound::new(&d2, CrashPoints::new());
+    let Two {
+        clock,
+        d1,
+        d2,
+        mut s12,
+        mut s21,
+        mut in1,
+        mut in2,
+    } = two(|c| c.sent_retention = Duration::from_secs(60)).await;
 
     let m1 = s12.send(Draft::new(TYPE, payload("m1"))).await.unwrap();
     drain(&mut s12).await.unwrap();
