@@ -26,7 +26,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use common::BoxError;
 use tern_sql::datafusion;
 use tern_sql::datafusion::arrow::array::RecordBatch as DfBatch;
-use tern_sql::datafusion::physical_plan::{ExecutionPlan, collect};
+use tern_sql::datafusion::physical_plan::collect;
 use tern_sql::datafusion::prelude::{ParquetReadOptions, SessionContext};
 use tern_sql::{SqlSession, TernScanExec};
 use tern_storage::layout::DatabaseId;
@@ -222,18 +222,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn scans(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
-    let mut out = Vec::new();
-    let any: &dyn std::any::Any = plan.as_ref();
-    if any.downcast_ref::<TernScanExec>().is_some() {
-        out.push(Arc::clone(plan));
-    }
-    for c in plan.children() {
-        out.extend(scans(c));
-    }
-    out
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let rows = env_usize("TERN_BENCH_ROWS", 10_000_000);
@@ -336,7 +324,7 @@ async fn main() -> Result<(), BoxError> {
     let s = Instant::now();
     let out = collect(Arc::clone(&plan), session.context().task_ctx()).await?;
     let took = s.elapsed();
-    let files_read: usize = scans(&plan)
+    let files_read: usize = TernScanExec::in_plan(&plan)
         .iter()
         .filter_map(|p| p.metrics()?.sum_by_name("files_read"))
         .map(|m| m.as_usize())

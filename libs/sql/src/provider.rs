@@ -392,6 +392,19 @@ impl fmt::Debug for TernScanExec {
 }
 
 impl TernScanExec {
+    /// The Tern scans in `plan` (itself and its descendants), to read their metrics.
+    pub fn in_plan(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
+        let mut out = Vec::new();
+        let any: &dyn std::any::Any = plan.as_ref();
+        if any.downcast_ref::<TernScanExec>().is_some() {
+            out.push(Arc::clone(plan));
+        }
+        for c in plan.children() {
+            out.extend(Self::in_plan(c));
+        }
+        out
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn new(
         tables: Arc<Tables>,

@@ -207,18 +207,6 @@ async fn run_plan(s: &SqlSession, sql: &str) -> (Vec<RecordBatch>, Arc<dyn Execu
     (batches, plan)
 }
 
-fn scans(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn ExecutionPlan>> {
-    let mut out = Vec::new();
-    let any: &dyn std::any::Any = plan.as_ref();
-    if any.downcast_ref::<TernScanExec>().is_some() {
-        out.push(Arc::clone(plan));
-    }
-    for c in plan.children() {
-        out.extend(scans(c));
-    }
-    out
-}
-
 fn metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
     plan.metrics()
         .expect("metrics")
@@ -245,7 +233,7 @@ async fn filters_prune_micro_partitions_by_their_statistics() {
     }
     let (batches, plan) = run_plan(&s, "SELECT id, v FROM t WHERE id >= 250 AND id < 260").await;
     assert_eq!(rows(&batches), 10);
-    let scan = scans(&plan).pop().expect("a Tern scan");
+    let scan = TernScanExec::in_plan(&plan).pop().expect("a Tern scan");
     assert_eq!(metric(&scan, "files_total"), 4);
     assert_eq!(
         metric(&scan, "files_pruned"),
@@ -257,10 +245,10 @@ async fn filters_prune_micro_partitions_by_their_statistics() {
     // IN and OR prune too; a filter that cannot be pushed (a function of a column) reads all.
     let (batches, plan) = run_plan(&s, "SELECT id FROM t WHERE id IN (5, 305) OR id = 7").await;
     assert_eq!(rows(&batches), 3);
-    assert_eq!(metric(&scans(&plan)[0], "files_read"), 2);
+    assert_eq!(metric(&TernScanExec::in_plan(&plan)[0], "files_read"), 2);
     let (batches, plan) = run_plan(&s, "SELECT id FROM t WHERE id % 100 = 0").await;
     assert_eq!(rows(&batches), 4);
-    assert_eq!(metric(&scans(&plan)[0], "files_read"), 4);
+    assert_eq!(metric(&TernScanExec::in_plan(&plan)[0], "files_read"), 4);
 }
 
 /// A scan is split into disjoint parts of the version's files, one per partition the
@@ -285,7 +273,7 @@ async fn a_scan_runs_in_disjoint_parts_one_per_partition() {
         run(&s, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
     }
     let (batches, plan) = run_plan(&s, "SELECT id FROM t").await;
-    let scan = scans(&plan).pop().expect("a Tern scan");
+    let scan = TernScanExec::in_plan(&plan).pop().expect("a Tern scan");
     assert_eq!(scan.properties().output_partitioning().partition_count(), 3);
     let mut ids: Vec<i64> = batches
         .iter()
@@ -305,7 +293,7 @@ async fn a_scan_runs_in_disjoint_parts_one_per_partition() {
     // Pruning within the parts adds up as before.
     let (batches, plan) = run_plan(&s, "SELECT id FROM t WHERE id >= 250 AND id < 260").await;
     assert_eq!(rows(&batches), 10);
-    let scan = scans(&plan).pop().expect("a Tern scan");
+    let scan = TernScanExec::in_plan(&plan).pop().expect("a Tern scan");
     assert_eq!(metric(&scan, "files_pruned"), 3);
     assert_eq!(metric(&scan, "files_read"), 1);
     // Aggregates over the parts.
@@ -316,7 +304,7 @@ async fn a_scan_runs_in_disjoint_parts_one_per_partition() {
     // A limit keeps one part.
     let (batches, plan) = run_plan(&s, "SELECT id FROM t LIMIT 5").await;
     assert_eq!(rows(&batches), 5);
-    let scan = scans(&plan).pop().expect("a Tern scan");
+    let scan = TernScanExec::in_plan(&plan).pop().expect("a Tern scan");
     assert_eq!(scan.properties().output_partitioning().partition_count(), 1);
 }
 
