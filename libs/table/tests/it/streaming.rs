@@ -301,3 +301,30 @@ async fn streamed_rewrites_keep_every_surviving_row() {
         .sum();
     assert_eq!(changed, 100);
 }
+
+#[tokio::test]
+async fn a_scan_decodes_batches_of_read_batch_rows_not_parquets_default() {
+    let dir = tempfile::tempdir().expect("dir");
+    let f = Fixture::new(fixture::folder_volume(dir.path()), TableOptions::default());
+    let t = f.create("wide").await;
+    let n = 3 * tern_table::mp::READ_BATCH_ROWS as i64 + 5;
+    let all: Vec<i64> = (0..n).collect();
+    f.tables.insert(&t, &[rows(&all)]).await.expect("insert");
+    let scan = f
+        .tables
+        .scan_stream(&t, &ScanRequest::default(), None)
+        .await
+        .expect("scan");
+    assert_eq!(scan.files_total, 1, "one file of one row group");
+    let batches: Vec<RecordBatch> = scan.batches.try_collect().await.expect("rows");
+    let sizes: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+    // Parquet's reader alone yields 1 024 rows a batch: DataFusion's operators above a
+    // scan then pay their per-batch cost eight times as often.
+    assert_eq!(
+        sizes,
+        [tern_table::mp::READ_BATCH_ROWS; 3]
+            .into_iter()
+            .chain([5])
+            .collect::<Vec<_>>()
+    );
+}
