@@ -5,7 +5,10 @@
 //! (scans also as CSV with `--csv`). Tables are named `account.database.schema.table`
 //! (`account.database.table` means schema `public`). `tern demo` runs a whole group of
 //! daemons on local folders through a failover and back; `tern selfcheck` exercises the
-//! libraries without a daemon.
+//! libraries without a daemon (it runs the `tern-selfcheck` binary beside `tern`).
+//!
+//! The CLI is a thin client: it links no engine crate (so that its build is small), and
+//! the answers it shows are read as the `tern-api` types `ternd` writes them with.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
