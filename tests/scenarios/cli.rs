@@ -190,6 +190,89 @@ fn tern_cli_ddl_dml_scans_and_time_travel_against_ternd() {
     assert!(d.terminate().success());
 }
 
+/// Every scalar value of `v` under a member named in `keys` (recursively; strings of
+/// an array too), as the CLI's tables print them.
+fn scalars(v: &Value, keys: &[&str], out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if !s.is_empty() => out.push(s.clone()),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(a) => a.iter().for_each(|x| scalars(x, keys, out)),
+        Value::Object(o) => o
+            .iter()
+            .filter(|(k, x)| keys.contains(&k.as_str()) || x.is_array())
+            .for_each(|(_, x)| scalars(x, keys, out)),
+        _ => {}
+    }
+}
+
+/// The CLI's tables show what the daemon answered: each value of the `--json` answer
+/// (the daemon's body, through the typed `tern-api` types both sides share) appears in
+/// the table of the same command, so a field renamed on one side is never a blank column.
+#[test]
+fn tern_cli_tables_show_the_values_the_daemon_answers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = Layout::new(dir.path(), "d1");
+    let d = Ternd::start(
+        &l.write_config(&l.config("")),
+        &[("TERN_REGION", "eu-test-1"), ("TERN_CLOUD", "local")],
+    );
+    let op = Cli {
+        url: d.url(),
+        token: OPERATOR_TOKEN.into(),
+    };
+    let created = op.json(&["account", "create", "acme"]);
+    assert!(
+        created["token"].as_str().is_some_and(|t| !t.is_empty()),
+        "{created}"
+    );
+    let created = op.json(&["database", "create", "acme", "sales"]);
+    assert_eq!(created["database"], "sales", "{created}");
+    op.ok(&["database", "create", "acme", "stock"]);
+    // The command, the members its table shows, values that must be among them.
+    for (args, keys, must) in [
+        (&["account", "list"][..], &[][..], &["acme"][..]),
+        (
+            &["database", "list", "acme"],
+            &["name", "id", "role"],
+            &["sales", "stock", "local"],
+        ),
+        (
+            &["show", "deployments"],
+            &["id", "region", "cloud"],
+            &["d1", "eu-test-1", "local"],
+        ),
+    ] {
+        let v = op.json(args);
+        let table = op.ok(args);
+        let mut values = Vec::new();
+        scalars(&v, keys, &mut values);
+        for m in must {
+            assert!(
+                values.iter().any(|x| x == m),
+                "{args:?}: {m} not answered: {v}"
+            );
+        }
+        for x in &values {
+            assert!(
+                table.contains(x.as_str()),
+                "{args:?}: {x} answered but not shown:\n{table}\n{v}"
+            );
+        }
+    }
+    // `status`: its head line names the deployment, region and cloud it answered.
+    let v = op.json(&["status"]);
+    let out = op.ok(&["status"]);
+    let head = out.lines().next().unwrap_or_default();
+    for k in ["deployment", "region", "cloud"] {
+        let x = v[k].as_str().expect("a string");
+        assert!(
+            !x.is_empty() && head.contains(x),
+            "{k} {x:?} not in {head:?}"
+        );
+    }
+    assert!(d.terminate().success());
+}
+
 /// `tern demo` runs the whole failover cycle with three real daemons: replicated (hub and
 /// chain), the primary killed, a majority failover to epoch 2 that loses no acknowledged
 /// write (each is on the new primary or in one conflict record), the switchover back to
@@ -382,6 +465,197 @@ fn tern_cli_forms_a_two_deployment_group_and_messages_cross() {
     );
     assert!(d1.terminate().success());
     assert!(d2.terminate().success());
+}
+
+/// Until every deployment of `clis` lists the whole group of `ids` as its peers' view
+/// and has heard a heartbeat from each peer: membership messages and heartbeats crossed
+/// every channel, both ways.
+fn wait_group(clis: &[(&str, &Cli)], ids: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let done = clis.iter().all(|(me, c)| {
+            let v = c.json(&["show", "deployments"]);
+            ids.iter().filter(|p| *p != me).all(|peer| {
+                v["deployments"]
+                    .as_array()
+                    .expect("deployments")
+                    .iter()
+                    .any(|d| {
+                        d["id"] == *peer
+                            && d["peer_members"].as_array().map_or(0, Vec::len) == ids.len()
+                            && !d["last_heartbeat_ms"].is_null()
+                    })
+            })
+        });
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "messages did not cross: {}",
+            clis.iter()
+                .map(|(_, c)| c.ok(&["show", "deployments"]))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `deployment link --to` links two deployments both ways in one command, and `group
+/// init` links every remaining pair of three (the linked pair left alone): messages and
+/// heartbeats then cross every channel, with no genesis copied by hand. Run again, it
+/// changes nothing.
+#[test]
+fn tern_links_deployments_in_one_step_and_inits_a_group() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ids = ["d1", "d2", "d3"];
+    let layouts: Vec<Layout> = ids.iter().map(|id| Layout::new(dir.path(), id)).collect();
+    let peers = |me: &Layout| {
+        let mut s =
+            "[workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n"
+                .to_string();
+        for o in layouts.iter().filter(|o| o.id != me.id) {
+            s.push_str(&format!(
+                "[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
+                o.id,
+                o.home.display()
+            ));
+        }
+        s
+    };
+    let join = format!("{}/keys", layouts[0].home.display());
+    let daemons: Vec<Ternd> = layouts
+        .iter()
+        .map(|l| {
+            let env: &[(&str, &str)] = if l.id == "d1" {
+                &[]
+            } else {
+                &[("TERN_KEYS__JOIN", join.as_str())]
+            };
+            Ternd::start(&l.write_config(&l.config(&peers(l))), env)
+        })
+        .collect();
+    let clis: Vec<Cli> = daemons
+        .iter()
+        .map(|d| Cli {
+            url: d.url(),
+            token: OPERATOR_TOKEN.into(),
+        })
+        .collect();
+    // One pair by `deployment link`, through d1.
+    let out = clis[0].ok(&["deployment", "link", "--to", &daemons[1].url()]);
+    assert_eq!(out.trim(), "d1 <-> d2: linked both ways", "{out}");
+    wait_group(&[("d1", &clis[0]), ("d2", &clis[1])], &["d1", "d2"]);
+    // The rest by `group init` (any member's address works as --url).
+    let urls: Vec<String> = daemons.iter().map(Ternd::url).collect();
+    let mut args = vec!["group", "init"];
+    args.extend(urls.iter().map(String::as_str));
+    let v = clis[2].json(&args);
+    let states: Vec<(String, String, String)> = v["links"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .map(|l| {
+            let f = |k: &str| l[k].as_str().expect("a string").to_string();
+            (f("a"), f("b"), f("state"))
+        })
+        .collect();
+    let want = |a: &str, b: &str, s: &str| (a.to_string(), b.to_string(), s.to_string());
+    assert_eq!(
+        states,
+        [
+            want("d1", "d2", "already_linked"),
+            want("d1", "d3", "linked"),
+            want("d2", "d3", "linked"),
+        ]
+    );
+    wait_group(
+        &[("d1", &clis[0]), ("d2", &clis[1]), ("d3", &clis[2])],
+        &ids,
+    );
+    // Again: nothing to do.
+    let out = clis[0].ok(&args);
+    assert_eq!(out.matches("already linked").count(), 3, "{out}");
+    // A deployment linked to itself is refused, naming it.
+    let (ok, _, err) = clis[0].run(&["deployment", "link", "--to", &urls[0]]);
+    assert!(!ok && err.contains("same deployment d1"), "{err}");
+    for d in daemons {
+        assert!(d.terminate().success());
+    }
+}
+
+/// The CLI's replication commands end to end against two real daemons: `create-replica
+/// --wait` returns once the first refresh is imported (its progress on stderr) and the
+/// replica then holds the primary's rows; rows inserted on the primary are in the replica
+/// once `refresh --wait` returns.
+#[test]
+fn tern_create_replica_and_refresh_wait_until_done_showing_progress() {
+    let two = crate::replication::two_with(&[], "");
+    let group = crate::replication::primary(&two.d1, &two.d2, 1, 10);
+    let (c1, c2) = (
+        Cli {
+            url: two.d1.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+        Cli {
+            url: two.d2.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+    );
+    let (ok, out, err) = c2.run(&[
+        "database",
+        "create-replica",
+        "a2",
+        "copy",
+        "--group",
+        &group,
+        "--wait",
+        "--wait-timeout",
+        "90s",
+    ]);
+    assert!(ok, "create-replica --wait failed: {err}");
+    assert!(out.contains("copy"), "{out}");
+    assert!(
+        err.contains("a2.copy: refresh pending") && err.contains("a2.copy: first refresh imported"),
+        "no progress shown: {err}"
+    );
+    let count = |c: &Cli| {
+        let out = c.ok(&["scan", "a2.copy.orders", "--columns", "id", "--csv"]);
+        out.lines().count() - 1
+    };
+    assert_eq!(count(&c2), 10);
+    c1.ok(&[
+        "insert",
+        "a1.sales.orders",
+        "--rows",
+        r#"[{"id":100,"customer":"late","amount":1.0}]"#,
+    ]);
+    let (ok, out, err) = c2.run(&[
+        "database",
+        "refresh",
+        "a2",
+        "copy",
+        "--wait",
+        "--wait-timeout",
+        "90s",
+    ]);
+    assert!(ok, "refresh --wait failed: {err}");
+    assert!(out.contains("request"), "{out}");
+    assert!(err.contains("imported"), "{err}");
+    assert_eq!(
+        count(&c2),
+        11,
+        "the refresh imported the row committed before it"
+    );
+    // A database that is no replica is named, before anything is asked.
+    let (ok, _, err) = c1.run(&["database", "refresh", "a1", "sales", "--wait"]);
+    assert!(
+        !ok && err.contains("a1.sales is not a secondary replica"),
+        "{err}"
+    );
+    assert!(two.d1.terminate().success());
+    assert!(two.d2.terminate().success());
 }
 
 fn request_text(addr: &str, path: &str) -> String {

@@ -41,9 +41,23 @@ pub enum ClientError {
         /// The start of the body.
         body: String,
     },
+    /// The answer was JSON, but not of the shape of its [`tern_api`] type (a field
+    /// missing or of another type): never printed as blanks.
+    #[error(
+        "the daemon at {url} answered in an unexpected shape: {reason} (is this tern of another version than the daemon?)"
+    )]
+    Shape {
+        /// The URL.
+        url: String,
+        /// What did not fit, naming the field.
+        reason: String,
+    },
     /// Input the CLI could not use.
     #[error("{0}")]
     Input(String),
+    /// A `--wait` ended without the operation done: it failed, or the wait ran out.
+    #[error("{0}")]
+    Wait(String),
 }
 
 /// Where a refused write should go: the group's current primary (`error.redirect`).
@@ -58,13 +72,12 @@ pub struct Redirect {
 }
 
 impl Redirect {
-    fn from_error(e: &Value) -> Option<Self> {
-        let r = &e["redirect"];
-        Some(Self {
-            deployment: r["deployment"].as_str()?.to_string(),
-            url: r["url"].as_str().map(str::to_string),
-            epoch: r["epoch"].as_u64()?,
-        })
+    fn from_api(r: tern_api::Redirect) -> Self {
+        Self {
+            deployment: r.deployment,
+            url: r.url,
+            epoch: r.epoch,
+        }
     }
 
     /// What an operator reads after the daemon's message.
@@ -212,6 +225,11 @@ impl Client {
         }
     }
 
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -315,18 +333,50 @@ impl Client {
             body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string(),
         })?;
         if status >= 400 {
-            return Err(ClientError::Api {
-                status,
-                kind: v["error"]["kind"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                redirect: Redirect::from_error(&v["error"]).map(Box::new),
-                body: Box::new(v),
-            });
+            return Err(api_error(status, v));
         }
         Ok(v)
+    }
+
+    /// `GET path`, answered as a `T`.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let v = self.get(path).await?;
+        self.typed(path, v)
+    }
+
+    /// `POST path` with the JSON of `body`, answered as a `T`.
+    pub async fn post_as<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_value(body)
+            .map_err(|e| ClientError::Input(format!("cannot encode the request: {e}")))?;
+        let v = self.post(path, &body).await?;
+        self.typed(path, v)
+    }
+
+    /// `DELETE path`, answered as a `T`.
+    pub async fn delete_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let v = self.delete(path).await?;
+        self.typed(path, v)
+    }
+
+    fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        v: Value,
+    ) -> Result<T, ClientError> {
+        serde_json::from_value(v).map_err(|e| ClientError::Shape {
+            url: format!("{}{path}", self.base),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -449,16 +499,24 @@ impl Client {
             status,
             body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string(),
         })?;
-        Err(ClientError::Api {
-            status,
-            kind: v["error"]["kind"].as_str().unwrap_or("unknown").to_string(),
-            message: v["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            redirect: Redirect::from_error(&v["error"]).map(Box::new),
-            body: Box::new(v),
-        })
+        Err(api_error(status, v))
+    }
+}
+
+/// The error a daemon answered with status `status` and body `v` ([`tern_api::ErrorBody`];
+/// an error body of another shape, a proxy's, still fails with its status).
+fn api_error(status: u16, v: Value) -> ClientError {
+    let e = serde_json::from_value::<tern_api::ErrorBody>(v.clone()).ok();
+    let (kind, message, redirect) = match e {
+        Some(e) => (e.error.kind, e.error.message, e.error.redirect),
+        None => ("unknown".to_string(), v.to_string(), None),
+    };
+    ClientError::Api {
+        status,
+        kind,
+        message,
+        redirect: redirect.map(|r| Box::new(Redirect::from_api(r))),
+        body: Box::new(v),
     }
 }
 
@@ -559,7 +617,7 @@ mod tests {
     /// Serves one request with `{}` and returns the request's head, lower-cased.
     async fn one_request(client: impl FnOnce(String) -> Client) -> String {
         // As `main` does: reqwest takes rustls's process-wide provider.
-        tern_storage::config::install_tls_provider();
+        crate::install_tls_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

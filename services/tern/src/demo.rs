@@ -138,15 +138,18 @@ impl Deadline {
     }
 }
 
-fn ternd_binary(explicit: Option<PathBuf>) -> Result<PathBuf, DemoError> {
+/// The workspace binary `name` (package and binary of one name) beside `tern`: `explicit`
+/// when given; under `cargo run` built (or brought up to date) by cargo into the same
+/// target folder first.
+fn sibling_binary(name: &str, explicit: Option<PathBuf>) -> Result<PathBuf, DemoError> {
     if let Some(p) = explicit {
         return Ok(p);
     }
-    let exe = std::env::current_exe().map_err(|e| fail("find ternd", e))?;
+    let exe = std::env::current_exe().map_err(|e| fail("find binary", e))?;
     let dir = exe
         .parent()
-        .ok_or_else(|| fail("find ternd", "no folder of tern"))?;
-    let path = dir.join("ternd");
+        .ok_or_else(|| fail("find binary", "no folder of tern"))?;
+    let path = dir.join(name);
     // Under `cargo run` the daemon beside us may be stale: let cargo decide (a no-op when
     // it is up to date). Otherwise use the one installed beside `tern`.
     let under_cargo = std::env::var_os("CARGO").is_some();
@@ -157,14 +160,14 @@ fn ternd_binary(explicit: Option<PathBuf>) -> Result<PathBuf, DemoError> {
     let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
     let target = dir
         .parent()
-        .ok_or_else(|| fail("find ternd", "no target folder"))?;
+        .ok_or_else(|| fail("find binary", "no target folder"))?;
     output::note(&if path.exists() {
-        format!("bringing ternd up to date (cargo build -p ternd, {profile})")
+        format!("bringing {name} up to date (cargo build -p {name}, {profile})")
     } else {
-        format!("ternd is not beside tern: building it (cargo build -p ternd, {profile})")
+        format!("{name} is not beside tern: building it (cargo build -p {name}, {profile})")
     });
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-p", "ternd", "--bin", "ternd", "--target-dir"])
+    cmd.args(["build", "-p", name, "--bin", name, "--target-dir"])
         .arg(target);
     if profile == "release" {
         cmd.arg("--release");
@@ -188,14 +191,40 @@ fn ternd_binary(explicit: Option<PathBuf>) -> Result<PathBuf, DemoError> {
             }
         }
     }
-    let status = cmd.status().map_err(|e| fail("build ternd", e))?;
+    let status = cmd.status().map_err(|e| fail("build binary", e))?;
     if !status.success() || !path.exists() {
         return Err(fail(
-            "build ternd",
-            format!("{status}; build it with `cargo build -p ternd` or pass --ternd"),
+            "build binary",
+            format!("{status}; build it with `cargo build -p {name}` and put it beside tern"),
         ));
     }
     Ok(path)
+}
+
+fn ternd_binary(explicit: Option<PathBuf>) -> Result<PathBuf, DemoError> {
+    sibling_binary("ternd", explicit)
+}
+
+/// `tern selfcheck`: runs `tern-selfcheck` (the engine in one process; its own binary so
+/// that `tern` does not link the engine) beside `tern`, its report and exit status as its.
+pub fn selfcheck(dir: Option<PathBuf>, rows: u64, json: bool) -> Result<(), DemoError> {
+    let exe = sibling_binary("tern-selfcheck", None)?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--rows", &rows.to_string()]);
+    if let Some(d) = dir {
+        cmd.arg("--dir").arg(d);
+    }
+    if json {
+        cmd.arg("--json");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| fail("selfcheck", format!("{}: {e}", exe.display())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(fail("selfcheck", format!("tern-selfcheck {status}")))
+    }
 }
 
 fn config(root: &Path, id: &str, all: &[String]) -> String {
@@ -355,6 +384,11 @@ impl Report {
             step["data"] = data;
         }
         self.steps.push(step);
+    }
+    /// What the next step is about to do, said before it starts (on stderr: the JSON
+    /// report on stdout stays one document), so a slow step is never a silent one.
+    fn doing(&self, what: &str) {
+        output::note(&format!("  ..  {what}"));
     }
     fn show(&self, text: &str) {
         if !self.json {
@@ -786,19 +820,55 @@ impl Demo {
 
     /// The story, step by step (the daemons are stopped by the caller).
     async fn steps(&mut self) -> Result<(), DemoError> {
+        let say = |r: &Report, what: &str| r.doing(what);
+        say(
+            &self.report,
+            "starting one ternd per deployment on local folders",
+        );
         self.start_all()?;
+        say(
+            &self.report,
+            "linking the deployments into a group (channels both ways)",
+        );
         self.form_group().await?;
+        say(
+            &self.report,
+            "loading, querying and time-travelling a table on d1",
+        );
         self.data_on_d1().await?;
+        say(
+            &self.report,
+            "waiting for group messages and heartbeats to cross",
+        );
         self.group_messages().await?;
+        say(
+            &self.report,
+            "replicating the database to the other deployments",
+        );
         self.replicate().await?;
+        say(
+            &self.report,
+            "writing on d1 and following the replicas' lag",
+        );
         self.follow_writes().await?;
+        say(&self.report, "killing d1 (-9) under a write load");
         let load = self.kill_primary().await?;
+        say(&self.report, "failing over to d2 by majority");
         let failover = self.failover().await?;
+        say(&self.report, "writing on the new primary");
         self.new_primary().await?;
+        say(&self.report, "bringing d1 back as a fenced secondary");
         self.old_primary_returns(&failover).await?;
+        say(
+            &self.report,
+            "checking every acknowledged write against the conflict records",
+        );
         self.conflicts(&load, &failover).await?;
+        say(&self.report, "switching over back to d1 with nothing lost");
         self.switchover(&failover).await?;
+        say(&self.report, "checking every replica equals the primary");
         self.final_check().await?;
+        say(&self.report, "showing the traffic between the deployments");
         self.traffic().await
     }
 

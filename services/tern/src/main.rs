@@ -5,21 +5,26 @@
 //! (scans also as CSV with `--csv`). Tables are named `account.database.schema.table`
 //! (`account.database.table` means schema `public`). `tern demo` runs a whole group of
 //! daemons on local folders through a failover and back; `tern selfcheck` exercises the
-//! libraries without a daemon.
+//! libraries without a daemon (it runs the `tern-selfcheck` binary beside `tern`).
+//!
+//! The CLI is a thin client: it links no engine crate (so that its build is small), and
+//! the answers it shows are read as the `tern-api` types `ternd` writes them with.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use tern_api as api;
 
 mod client;
 mod demo;
+mod link;
 mod monitor;
 mod output;
 mod profile;
-mod selfcheck;
 mod sql;
+mod wait;
 
 use client::{Client, ClientError};
 
@@ -85,6 +90,9 @@ enum Command {
     /// Accounts (operator).
     #[command(subcommand)]
     Account(AccountCmd),
+    /// A deployment group as a whole: link every pair of its members.
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// An account's tokens: make (read-only, expiring), list, revoke (operator).
     #[command(subcommand)]
     Token(TokenCmd),
@@ -343,22 +351,38 @@ enum TokenCmd {
 #[derive(Debug, Subcommand)]
 enum AccountCmd {
     /// Create an account; prints its token.
-    Create { name: String },
+    Create {
+        /// The account.
+        name: String,
+    },
     /// List accounts.
     List,
     /// Make another token for an account (the same as `tern token create`).
-    Token { name: String },
+    Token {
+        /// The account.
+        name: String,
+    },
     /// Drop an account (operator): its local databases are dropped and its keys destroyed,
     /// so the files it leaves in the volume can never be decrypted again.
-    Drop { name: String },
+    Drop {
+        /// The account.
+        name: String,
+    },
     /// The versions of an account's master key (which one is active, which are retired).
-    Keys { name: String },
+    Keys {
+        /// The account.
+        name: String,
+    },
     /// Rotate an account's master key (operator): a new version wraps every table key and
     /// the older ones are retired; no data file is rewritten.
-    RotateKey { name: String },
+    RotateKey {
+        /// The account.
+        name: String,
+    },
     /// `alter account … set global`: the account joins an account replication group
     /// (a new group unless --group names one); prints the group (operator).
     Global {
+        /// The account.
         name: String,
         /// An existing account group to join (from `show global-accounts` elsewhere).
         #[arg(long)]
@@ -368,6 +392,7 @@ enum AccountCmd {
     /// so only it can open them. Without an option, shows the registered key (operator to
     /// change).
     CustomerKey {
+        /// The account.
         name: String,
         /// A local X25519 key file (private key, mode 0600) on the daemon's host.
         #[arg(long, conflicts_with_all = ["kms_key_id", "remove"])]
@@ -388,20 +413,33 @@ enum AccountCmd {
 #[derive(Debug, Subcommand)]
 enum DatabaseCmd {
     /// Create a database (with schema "public").
-    Create { account: String, name: String },
+    Create {
+        /// The account.
+        account: String,
+        /// The new database's name.
+        name: String,
+    },
     /// List an account's databases.
-    List { account: String },
+    List {
+        /// The account.
+        account: String,
+    },
     /// `alter database … enable|disable replication`: enable makes the database the
     /// primary of a new database group (prints the group); disable makes it local again.
     Replication {
+        /// The account.
         account: String,
+        /// The database.
         database: String,
+        /// `enable` or `disable`.
         action: OnOff,
     },
     /// `create database X as replica of <group>`: a read-only secondary replica in a
     /// global account; its first refresh starts at once.
     CreateReplica {
+        /// The account.
         account: String,
+        /// The new replica's name.
         name: String,
         /// The database replication group (from `show global-databases`).
         #[arg(long)]
@@ -409,16 +447,32 @@ enum DatabaseCmd {
         /// Replicate from this deployment's replica instead of the primary (a chain).
         #[arg(long)]
         upstream: Option<String>,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
     /// Drop a secondary replica (its upstream stops shipping to it).
-    DropReplica { account: String, name: String },
+    DropReplica {
+        /// The account.
+        account: String,
+        /// The secondary replica.
+        name: String,
+    },
     /// `alter database X refresh`: ask the upstream for a refresh now.
-    Refresh { account: String, database: String },
+    Refresh {
+        /// The account.
+        account: String,
+        /// The secondary replica.
+        database: String,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
+    },
     /// When a secondary replica is brought up to date: `continuous` (follows the
     /// upstream's log), `every <duration>` (e.g. `every 5m`) or `daily HH:MM` (UTC) —
     /// the last two refresh only, then.
     Schedule {
+        /// The account.
         account: String,
+        /// The database (its replica on this deployment).
         database: String,
         /// continuous | every <duration> | daily HH:MM
         schedule: String,
@@ -427,7 +481,9 @@ enum DatabaseCmd {
     /// while the primary is heard from, when the known loss exceeds the group's RPO, or
     /// without a majority; prints the measured RTO and the known loss.
     Failover {
+        /// The account.
         account: String,
+        /// The database (its replica on this deployment).
         database: String,
         /// Promote anyway (the old primary's unreplicated writes are kept as conflict
         /// records when it returns).
@@ -437,10 +493,17 @@ enum DatabaseCmd {
     /// Planned switchover (also the way back after a failover): this deployment's
     /// secondary replica becomes the primary with nothing lost; the primary pauses writes
     /// meanwhile. Prints the write pause.
-    Switchover { account: String, database: String },
+    Switchover {
+        /// The account.
+        account: String,
+        /// The database (its replica on this deployment).
+        database: String,
+    },
     /// Show or set the failover policy of a database's group (set on its primary).
     Policy {
+        /// The account.
         account: String,
+        /// The database (its replica on this deployment).
         database: String,
         /// RPO in time, e.g. 30s.
         #[arg(long)]
@@ -471,14 +534,21 @@ enum OnOff {
 enum ConnectionCmd {
     /// `create connection`: clients resolving it are sent to the group's primary.
     Create {
+        /// The account.
         account: String,
+        /// The connection's name.
         name: String,
         /// The database group (from `show global-databases`).
         #[arg(long)]
         group: String,
     },
     /// Where a connection leads now.
-    Resolve { account: String, name: String },
+    Resolve {
+        /// The account.
+        account: String,
+        /// The connection's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -487,6 +557,7 @@ enum ConflictsCmd {
     List,
     /// One record: its origin and the rows it added and removed, per table.
     Show {
+        /// The conflict record's id (from `tern conflicts list`).
         id: String,
         /// The rows as CSV (columns: table, change, then the table's columns).
         #[arg(long)]
@@ -494,9 +565,15 @@ enum ConflictsCmd {
     },
     /// Re-execute it on this deployment, the group's primary, as a new transaction
     /// (refused when the rows it changed were changed since).
-    Apply { id: String },
+    Apply {
+        /// The conflict record's id (from `tern conflicts list`).
+        id: String,
+    },
     /// Do not apply it: the record stays as history, its files are deleted.
-    Discard { id: String },
+    Discard {
+        /// The conflict record's id (from `tern conflicts list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -505,9 +582,19 @@ enum MessagesCmd {
     /// until `[messaging] failed_retention`.
     Failed,
     /// Run a failed message's handler again, with fresh attempts.
-    Retry { peer: String, id: String },
+    Retry {
+        /// The deployment the message came from.
+        peer: String,
+        /// The message's id (from `tern messages failed`).
+        id: String,
+    },
     /// Give a failed message up: cleaned up, never applied.
-    Discard { peer: String, id: String },
+    Discard {
+        /// The deployment the message came from.
+        peer: String,
+        /// The message's id (from `tern messages failed`).
+        id: String,
+    },
     /// Move the channel from PEER past a message file it cannot read (rejected for good,
     /// or lost): it resumes at the next readable file, the skipped files are recorded
     /// (reason `skipped`), and PEER is asked to send their messages again (those it still
@@ -526,22 +613,36 @@ enum ReplicationCmd {
     /// last error.
     Jobs,
     /// Take a job up again at once, with fresh attempts.
-    Retry { id: String },
+    Retry {
+        /// The job's id (from `tern replication jobs`).
+        id: String,
+    },
     /// Give a job up: an import's files are deleted and a new refresh asked; a copy
     /// job's request is dropped (its replica asks again).
-    Abandon { id: String },
+    Abandon {
+        /// The job's id (from `tern replication jobs`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum SchemaCmd {
     /// Create a schema.
     Create {
+        /// The account.
         account: String,
+        /// The database.
         database: String,
+        /// The new schema's name.
         name: String,
     },
     /// List schemas.
-    List { account: String, database: String },
+    List {
+        /// The account.
+        account: String,
+        /// The database.
+        database: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -555,23 +656,45 @@ enum TableCmd {
         columns: Vec<String>,
     },
     /// Drop a table.
-    Drop { table: String },
+    Drop {
+        /// The table: `account.database[.schema].table`.
+        table: String,
+    },
     /// Add a nullable column (name:type).
-    AddColumn { table: String, column: String },
+    AddColumn {
+        /// The table: `account.database[.schema].table`.
+        table: String,
+        /// The new column: `name:type` (nullable; e.g. `note:utf8`).
+        column: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ShowCmd {
     /// The tables of a database.
-    Tables { account: String, database: String },
+    Tables {
+        /// The account.
+        account: String,
+        /// The database.
+        database: String,
+    },
     /// A table's versions.
-    Versions { table: String },
+    Versions {
+        /// The table: `account.database[.schema].table`.
+        table: String,
+    },
     /// The deployment group, as this deployment knows it.
     Deployments,
     /// Every account of the account's replication group, in every deployment.
-    GlobalAccounts { account: String },
+    GlobalAccounts {
+        /// The account.
+        account: String,
+    },
     /// Every replica of every database group of the account's replication group.
-    GlobalDatabases { account: String },
+    GlobalDatabases {
+        /// The account.
+        account: String,
+    },
     /// Replicas here and downstream: lag, last refresh, bytes, errors (operator).
     ReplicationStatus,
     /// Every peer's availability and the recent availability notifications (operator).
@@ -579,7 +702,22 @@ enum ShowCmd {
     /// Transactions an old primary committed past a newer epoch's fork, kept (operator).
     Conflicts,
     /// Every connection of the account's group and where it leads now.
-    Connections { account: String },
+    Connections {
+        /// The account.
+        account: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    /// Link every pair of these deployments in both directions (`deployment link` for
+    /// each pair; pairs linked already are left alone, so it may be run again after
+    /// adding a member). Each one's token: its profile's, else --token.
+    Init {
+        /// The members: API URLs or profile names (at least two).
+        #[arg(num_args = 2.., required = true, value_name = "URL|PROFILE")]
+        members: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -587,9 +725,12 @@ enum DeploymentCmd {
     /// Add a deployment to the group; prints the genesis of our channel to it (give it to
     /// that deployment's `deployment register-channel`).
     Create {
+        /// The deployment's id.
         id: String,
+        /// Its region (a label).
         #[arg(long, default_value = "")]
         region: String,
+        /// Its cloud (a label).
         #[arg(long, default_value = "")]
         cloud: String,
         /// Its replication bucket URL (default: from this daemon's [[peers]] entry).
@@ -600,11 +741,34 @@ enum DeploymentCmd {
         genesis: Option<String>,
     },
     /// Register the channel a peer created to us (its genesis JSON).
-    RegisterChannel { id: String, genesis: String },
+    RegisterChannel {
+        /// The peer that made the channel.
+        id: String,
+        /// Its genesis (JSON), as its `deployment create` printed it.
+        genesis: String,
+    },
+    /// Link this deployment (--url/--profile) and another in both directions in one step:
+    /// each adds the other to its group and the channels' geneses are exchanged, nothing
+    /// copied by hand. Both need a [[peers]] entry for the other and the group's key
+    /// (keys.join). A pair linked already is left alone.
+    Link {
+        /// The other deployment: its API URL, or the name of a profile.
+        #[arg(long, value_name = "URL|PROFILE")]
+        to: String,
+        /// The other deployment's operator token, when --to is a URL or a profile without
+        /// one (default: --token).
+        #[arg(long, env = "TERN_TO_TOKEN", hide_env_values = true)]
+        to_token: Option<String>,
+    },
     /// The deployment group.
     List,
     /// Planned maintenance of a peer: it counts as unavailable until put back.
-    Maintenance { id: String, state: MaintenanceState },
+    Maintenance {
+        /// The deployment's id.
+        id: String,
+        /// `on` (it counts as unavailable) or `off`.
+        state: MaintenanceState,
+    },
 }
 
 /// Maintenance on or off.
@@ -612,6 +776,15 @@ enum DeploymentCmd {
 enum MaintenanceState {
     On,
     Off,
+}
+
+/// Installs ring as rustls's process-wide provider (once; another one installed first is
+/// just as good), as the engine's `tern_storage::config::install_tls_provider` does.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn main() -> ExitCode {
@@ -624,7 +797,7 @@ fn main() -> ExitCode {
         .init();
     let mut cli = Cli::parse();
     // reqwest (the API client) takes rustls's process-wide provider: ring, as everywhere.
-    tern_storage::config::install_tls_provider();
+    install_tls_provider();
     if let Err(e) = resolve_settings(&mut cli) {
         let f = Failure::Client(e);
         f.report(cli.json);
@@ -639,9 +812,9 @@ fn main() -> ExitCode {
     };
     let json_out = cli.json;
     let result: Result<(), Failure> = match cli.command {
-        Command::Selfcheck { dir, rows } => runtime
-            .block_on(selfcheck::run(dir, rows, cli.json))
-            .map_err(|e| Failure::Other(e.to_string())),
+        Command::Selfcheck { dir, rows } => {
+            demo::selfcheck(dir, rows, cli.json).map_err(|e| Failure::Other(e.to_string()))
+        }
         Command::Demo {
             dir,
             deployments,
@@ -728,7 +901,10 @@ impl Failure {
                     _ => 1,
                 }
             }
-            Failure::Client(ClientError::NotJson { .. }) | Failure::Other(_) => 1,
+            Failure::Client(
+                ClientError::NotJson { .. } | ClientError::Shape { .. } | ClientError::Wait(_),
+            )
+            | Failure::Other(_) => 1,
         }
     }
 
@@ -1004,18 +1180,12 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Account(AccountCmd::Create { name }) => {
-            print_value(
-                &c.post("/v1/accounts", &json!({"name": name})).await?,
-                json_out,
-            );
+            let v: api::AccountCreated = c.post_as("/v1/accounts", &api::Named { name }).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::List) => {
-            print_list(
-                &c.get("/v1/accounts").await?,
-                "accounts",
-                &["account"],
-                json_out,
-            );
+            let v: api::AccountList = c.get_as("/v1/accounts").await?;
+            print_list(&shown(&v), "accounts", &["account"], json_out);
         }
         Command::Account(AccountCmd::Token { name }) => {
             print_value(
@@ -1102,46 +1272,74 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            let v = c
-                .post(&p, &json!({"enable": action == OnOff::Enable}))
-                .await?;
-            print_value(&v, json_out);
+            let req = api::SetReplication {
+                enable: action == OnOff::Enable,
+                accounts: None,
+            };
+            let v: api::ReplicationSet = c.post_as(&p, &req).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Database(DatabaseCmd::CreateReplica {
             account,
             name,
             group,
             upstream,
+            wait,
         }) => {
-            let mut req = json!({"name": name, "group": group});
-            if let Some(u) = upstream {
-                req["upstream"] = json!(u);
-            }
-            let v = c
-                .post(
+            let limit = wait.limit()?;
+            let req = api::CreateReplica {
+                name,
+                group,
+                upstream,
+            };
+            let v: api::ReplicaCreated = c
+                .post_as(
                     &format!("/v1/accounts/{}/replicas", client::seg(&account)?),
                     &req,
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
+            if let Some(limit) = limit {
+                // Its first refresh was asked for with it.
+                wait::refreshed(c, &account, &v.name, None, limit).await?;
+                output::note(&format!("{account}.{}: first refresh imported", v.name));
+            }
         }
         Command::Database(DatabaseCmd::DropReplica { account, name }) => {
-            let v = c
-                .delete(&format!(
+            let v: api::ReplicaDropped = c
+                .delete_as(&format!(
                     "/v1/accounts/{}/replicas/{}",
                     client::seg(&account)?,
                     client::seg(&name)?
                 ))
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
-        Command::Database(DatabaseCmd::Refresh { account, database }) => {
+        Command::Database(DatabaseCmd::Refresh {
+            account,
+            database,
+            wait,
+        }) => {
+            let limit = wait.limit()?;
             let p = format!(
                 "/v1/accounts/{}/databases/{}/refresh",
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            print_value(&c.post(&p, &json!({})).await?, json_out);
+            // What a new refresh is told apart by.
+            let before = match limit {
+                Some(_) => Some(wait::replica(c, &account, &database).await?),
+                None => None,
+            };
+            let v: api::RefreshRequested = c.post_as(&p, &json!({})).await?;
+            print_value(&shown(&v), json_out);
+            if let Some(limit) = limit {
+                wait::refreshed(c, &account, &database, before.as_ref(), limit).await?;
+                output::note(&format!(
+                    "{account}.{database}: refresh {} imported",
+                    v.request
+                ));
+            }
         }
         Command::Database(DatabaseCmd::Schedule {
             account,
@@ -1169,7 +1367,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 client::seg(&database)?
             );
             let v = c
-                .post(&p, &json!({"allow_data_loss": allow_data_loss}))
+                .post(&p, &shown(&api::FailoverRequest { allow_data_loss }))
                 .await?;
             print_value(&v, json_out);
         }
@@ -1476,23 +1674,22 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_replication_status(&v, json_out);
         }
         Command::Database(DatabaseCmd::Create { account, name }) => {
-            print_value(
-                &c.post(
+            let v: api::DatabaseCreated = c
+                .post_as(
                     &format!("/v1/accounts/{}/databases", client::seg(&account)?),
-                    &json!({"name": name}),
+                    &api::Named { name },
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Database(DatabaseCmd::List { account }) => {
-            let v = c
-                .get(&format!(
+            let v: api::DatabaseList = c
+                .get_as(&format!(
                     "/v1/accounts/{}/databases",
                     client::seg(&account)?
                 ))
                 .await?;
-            print_list(&v, "databases", &["name", "id", "role"], json_out);
+            print_list(&shown(&v), "databases", &["name", "id", "role"], json_out);
         }
         Command::Schema(SchemaCmd::Create {
             account,
@@ -1597,7 +1794,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Show(ShowCmd::Deployments) | Command::Deployment(DeploymentCmd::List) => {
-            let v = c.get("/v1/deployments").await?;
+            let v: api::DeploymentList = c.get_as("/v1/deployments").await?;
             print_deployments(&v, json_out);
         }
         Command::Sql { database, sql, csv } => {
@@ -1777,33 +1974,61 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             bucket_url,
             genesis,
         }) => {
-            let mut req = json!({"id": id, "region": region, "cloud": cloud, "replication_bucket_url": bucket_url});
-            if let Some(g) = genesis {
-                req["genesis"] = parse_json("--genesis", &g)?;
-            }
-            let v = c.post("/v1/deployments", &req).await?;
+            let req = api::CreateDeployment {
+                id,
+                region,
+                cloud,
+                replication_bucket_url: bucket_url,
+                genesis: genesis.map(|g| parse_json("--genesis", &g)).transpose()?,
+            };
+            let v: api::DeploymentCreated = c.post_as("/v1/deployments", &req).await?;
             if json_out {
-                print_value(&v, true);
+                print_json(&v);
             } else {
                 output::print(&format!(
                     "deployment {} added; genesis of our channel to it:\n{}",
-                    v["deployment"], v["genesis"]
+                    v.deployment,
+                    v.genesis.unwrap_or(Value::Null)
                 ));
             }
         }
         Command::Deployment(DeploymentCmd::RegisterChannel { id, genesis }) => {
             let g = parse_json("genesis", &genesis)?;
-            print_value(
-                &c.post(
+            let v: api::ChannelRegistered = c
+                .post_as(
                     &format!("/v1/deployments/{}/channel", client::seg(&id)?),
                     &g,
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
+        }
+        Command::Deployment(DeploymentCmd::Link { to, to_token }) => {
+            let other = link::endpoint(&to, to_token.as_deref().or(c.token()))?;
+            let l = link::link(c, &other).await?;
+            print_links(&[l], json_out);
+        }
+        Command::Group(GroupCmd::Init { members }) => {
+            let clients = members
+                .iter()
+                .map(|m| link::endpoint(m, c.token()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let links = link::group(&clients, |l| {
+                if !json_out {
+                    output::print(&link_line(l));
+                }
+            })
+            .await?;
+            if json_out {
+                print_json(&json!({ "links": links }));
+            } else {
+                output::print(&format!(
+                    "{} pairs, every one linked both ways",
+                    links.len()
+                ));
+            }
         }
         Command::Status => {
-            let v = c.get("/v1/status").await?;
+            let v: api::Status = c.get_as("/v1/status").await?;
             print_status(&v, json_out);
         }
         Command::Monitor {
@@ -1834,27 +2059,23 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
     Ok(())
 }
 
-/// Prints `show deployments`.
-pub fn print_deployments(v: &Value, json_out: bool) {
+/// `show deployments`: the group as one deployment sees it.
+pub fn print_deployments(v: &api::DeploymentList, json_out: bool) {
     if json_out {
-        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        print_json(v);
         return;
     }
-    let rows: Vec<Value> = v["deployments"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+    let opt = |n: Option<u64>| n.map_or(Value::Null, Value::from);
+    let rows: Vec<Value> = v
+        .deployments
+        .iter()
         .map(|d| {
-            let members = d["peer_members"]
-                .as_array()
-                .map(|m| m.iter().map(output::cell).collect::<Vec<_>>().join(","))
-                .unwrap_or_default();
             json!({
-                "id": d["id"], "region": d["region"], "cloud": d["cloud"],
-                "self": if d["self"] == true { "*" } else { "" },
-                "files sent": d["files_sent"], "files received": d["files_received"],
-                "messages from it": d["peer_messages"], "its group": members,
+                "id": d.id, "region": d.region, "cloud": d.cloud,
+                "self": if d.is_self { "*" } else { "" },
+                "files sent": opt(d.files_sent), "files received": opt(d.files_received),
+                "messages from it": opt(d.peer_messages),
+                "its group": d.peer_members.as_ref().map(|m| m.join(",")).unwrap_or_default(),
             })
         })
         .collect();
@@ -2005,38 +2226,34 @@ pub fn print_replication_status(v: &Value, json_out: bool) {
 }
 
 /// Prints `status`.
-pub fn print_status(v: &Value, json_out: bool) {
+/// `status`: the daemon's workers and queues.
+pub fn print_status(v: &api::Status, json_out: bool) {
     if json_out {
-        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        print_json(v);
         return;
     }
     let mut s = format!(
         "deployment {} ({} / {}), up {:.0} s, {} commits, unfinished transactions: {}\nqueues: {}\n",
-        output::cell(&v["deployment"]),
-        output::cell(&v["region"]),
-        output::cell(&v["cloud"]),
-        v["uptime_secs"].as_f64().unwrap_or(0.0),
-        v["commits"],
-        v["unfinished_transactions"],
-        v["queues"],
+        v.deployment,
+        v.region,
+        v.cloud,
+        v.uptime_secs,
+        v.commits,
+        json!(v.unfinished_transactions),
+        json!(v.queues),
     );
-    let rows: Vec<Value> = v["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+    let rows: Vec<Value> = v
+        .workers
+        .iter()
         .map(|w| {
-            let figures = w["figures"]
-                .as_array()
-                .map(|f| {
-                    f.iter()
-                        .filter(|p| p[1].as_u64().unwrap_or(0) > 0)
-                        .map(|p| format!("{}={}", output::cell(&p[0]), p[1]))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            json!({"worker": w["name"], "state": w["state"], "busy units": w["busy_units"], "errors": w["errors"], "figures": figures})
+            let figures = w
+                .figures
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            json!({"worker": w.name, "state": w.state, "busy units": w.busy_units, "errors": w.errors, "figures": figures})
         })
         .collect();
     let cols: Vec<String> = ["worker", "state", "busy units", "errors", "figures"]
@@ -2045,6 +2262,35 @@ pub fn print_status(v: &Value, json_out: bool) {
         .collect();
     s.push_str(&output::table(&cols, &rows));
     output::print(&s);
+}
+
+fn link_line(l: &link::Link) -> String {
+    let what = if l.state == "linked" {
+        "linked both ways"
+    } else {
+        "already linked"
+    };
+    format!("{} <-> {}: {what}", l.a, l.b)
+}
+
+fn print_links(links: &[link::Link], json_out: bool) {
+    if json_out {
+        print_json(&json!({ "links": links }));
+    } else {
+        for l in links {
+            output::print(&link_line(l));
+        }
+    }
+}
+
+/// A typed answer as the JSON the daemon sent (`--json`).
+fn print_json<T: serde::Serialize>(v: &T) {
+    output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// A typed answer as a `Value`, for the generic printers (its types serialise infallibly).
+fn shown<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// A file's bytes in 1 MiB pieces, counting what was handed to the connection.
@@ -2083,6 +2329,97 @@ impl client::RowSink for SharedRows {
 mod tests {
     use super::*;
     use clap::CommandFactory as _;
+
+    /// Every subcommand and every argument of every subcommand, the global flags
+    /// included, has help text (`tern … --help` never lists a bare name).
+    #[test]
+    fn every_flag_and_subcommand_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_global_set() && !path.is_empty() {
+                    continue;
+                }
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in c.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub
+                    .get_about()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// A daemon stand-in: answers one request with `body` (200, JSON).
+    async fn answering(body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        install_tls_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 8192];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the request ended early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.expect("answer");
+        });
+        url
+    }
+
+    /// A daemon whose answer lacks a field the CLI shows (renamed on one side): the
+    /// command fails naming the field, where walking untyped JSON printed a blank column.
+    #[tokio::test]
+    async fn a_renamed_field_fails_the_command_naming_it_instead_of_printing_blank() {
+        let url =
+            answering(r#"{"databases": [{"name": "sales", "id": "db1", "kind": "primary"}]}"#)
+                .await;
+        let c = Client::new(&url, None);
+        let cmd = Command::Database(DatabaseCmd::List {
+            account: "acme".into(),
+        });
+        let e = run(&c, cmd, false).await.expect_err("a field is missing");
+        assert!(
+            matches!(&e, ClientError::Shape { reason, .. } if reason.contains("missing field `role`")),
+            "{e}"
+        );
+        assert_eq!(Failure::Client(e).exit_code(), 1);
+        // The same answer with the field is shown.
+        let url =
+            answering(r#"{"databases": [{"name": "sales", "id": "db1", "role": "primary"}]}"#)
+                .await;
+        let cmd = Command::Database(DatabaseCmd::List {
+            account: "acme".into(),
+        });
+        run(&Client::new(&url, None), cmd, false)
+            .await
+            .expect("shown");
+    }
 
     fn parse(args: &[&str]) -> Command {
         let mut all = vec!["tern"];

@@ -21,8 +21,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -229,11 +227,11 @@ pub(crate) async fn create(
     State(d): State<Arc<Daemon>>,
     headers: HeaderMap,
     Path(acct): Path<String>,
-    body: std::result::Result<Bytes, BytesRejection>,
+    body: crate::api::Body,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     crate::api::operator(&d, &headers)?;
     let id = crate::api::account(&d, &headers, &acct)?;
-    let body = crate::api::body_bytes(body, d.config.api.max_body_bytes)?;
+    let body = body.bytes()?;
     let spec: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
         NewToken::default()
     } else {

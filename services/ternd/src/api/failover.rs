@@ -1,0 +1,191 @@
+//! Failover and failback: promotion, switchover, the failover policy, conflict records,
+//! connections (where a client should go now).
+
+use super::*;
+
+/// `alter database X primary`: promote this deployment's secondary replica (see
+/// `tern_replication::failover`). Answers the measured RTO and the known loss; refused
+/// with the reason (primary still heard, loss beyond the RPO, no majority) unless
+/// `allow_data_loss`.
+pub(super) async fn failover(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let req: api::FailoverRequest = body.json()?;
+    let report = d
+        .replication
+        .failover(
+            &id,
+            &db.name,
+            tern_replication::FailoverOptions {
+                allow_data_loss: req.allow_data_loss,
+            },
+        )
+        .await?;
+    let v = serde_json::to_value(&report)
+        .map_err(|e| Error::internal("encode failover report")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+/// Planned switchover: this deployment's secondary replica becomes the group's primary
+/// with nothing lost (see `Replication::switchover`); on the primary already, nothing to
+/// do. Answers the write pause.
+pub(super) async fn switchover(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let report = d.replication.switchover(&id, &db.name).await?;
+    let v = serde_json::to_value(&report)
+        .map_err(|e| Error::internal("encode switchover report")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+/// The failover policy of a database's group.
+pub(super) async fn get_policy(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let g = d.replication.group_state(&db)?;
+    Ok(axum::Json(json!({
+        "database": db.name,
+        "group": g.group,
+        "epoch": g.epoch,
+        "primary": g.primary,
+        "policy": g.policy,
+    })))
+}
+
+/// Sets the failover policy (on the group's primary; heartbeats carry it to the members).
+pub(super) async fn set_policy(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let policy: tern_replication::FailoverPolicy = body.json()?;
+    d.replication.set_policy(&id, &db.name, policy.clone())?;
+    Ok(axum::Json(json!({"database": db.name, "policy": policy})))
+}
+
+/// Conflict records kept here (operator).
+pub(super) async fn conflicts(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    let v = serde_json::to_value(d.replication.conflicts()?)
+        .map_err(|e| Error::internal("encode conflicts")(e.to_string()))?;
+    Ok(axum::Json(json!({ "conflicts": v })))
+}
+
+/// One conflict record with the rows it added and removed per table (operator).
+pub(super) async fn conflict_show(
+    State(d): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let (record, tables) = d.replication.conflict_rows(&id).await?;
+    let mut out = Vec::with_capacity(tables.len());
+    for t in &tables {
+        out.push(json!({
+            "table": t.table,
+            "name": t.name,
+            "version": t.version,
+            "added": rows::batches_to_json(&t.added)?,
+            "removed": match &t.removed {
+                Some(r) => rows::batches_to_json(r)?,
+                None => Value::Null,
+            },
+        }));
+    }
+    let record = serde_json::to_value(&record)
+        .map_err(|e| Error::internal("encode conflict")(e.to_string()))?;
+    Ok(axum::Json(json!({ "conflict": record, "tables": out })))
+}
+
+/// Applies a conflict record on this deployment, the group's primary (operator): 400 when
+/// the rows it changed were changed since, or this is not the primary.
+pub(super) async fn conflict_apply(
+    State(d): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let applied = d.replication.apply_conflict(&id).await?;
+    let v = serde_json::to_value(&applied)
+        .map_err(|e| Error::internal("encode apply")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+/// Discards a conflict record (operator): kept as history, its files deleted.
+pub(super) async fn conflict_discard(
+    State(d): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let record = d.replication.discard_conflict(&id).await?;
+    let v = serde_json::to_value(&record)
+        .map_err(|e| Error::internal("encode conflict")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateConnection {
+    name: String,
+    group: String,
+}
+
+/// `create connection`: a global object naming a database group; resolving it on any
+/// member gives the group's current primary and its URL.
+pub(super) async fn create_connection(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let id = account(&d, &headers, &acct)?;
+    let req: CreateConnection = body.json()?;
+    let view = d
+        .replication
+        .create_connection(&id, req.name.trim(), req.group.trim())?;
+    let v = serde_json::to_value(&view)
+        .map_err(|e| Error::internal("encode connection")(e.to_string()))?;
+    Ok((StatusCode::CREATED, axum::Json(v)))
+}
+
+/// `show connections`: every connection of the account's group, resolved here.
+pub(super) async fn list_connections(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let v = serde_json::to_value(d.replication.connections(&id)?)
+        .map_err(|e| Error::internal("encode connections")(e.to_string()))?;
+    Ok(axum::Json(json!({ "connections": v })))
+}
+
+/// Where a connection leads now (what `tern --connection` asks any reachable member).
+pub(super) async fn resolve_connection(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, name)): Path<(String, String)>,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let view = d.replication.resolve_connection(&id, &name)?;
+    let v = serde_json::to_value(&view)
+        .map_err(|e| Error::internal("encode connection")(e.to_string()))?;
+    Ok(axum::Json(v))
+}

@@ -1,0 +1,157 @@
+//! Database replication: enable it, replicas, schedules, refresh, replication status
+//! and jobs.
+
+use super::*;
+
+/// `alter database X enable replication [to accounts …]` (it becomes the primary of a new
+/// database group; only the listed accounts may replicate it) or, with `enable: false`,
+/// makes a global database local again.
+pub(super) async fn set_replication(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult<axum::Json<api::ReplicationSet>> {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let req: api::SetReplication = body.json()?;
+    let group = if req.enable {
+        Some(
+            d.replication
+                .enable_replication_to(&id, &db.name, req.accounts.as_deref())?,
+        )
+    } else {
+        d.replication.disable_replication(&id, &db.name)?;
+        None
+    };
+    Ok(axum::Json(api::ReplicationSet {
+        database: db.name,
+        enabled: req.enable,
+        group,
+        accounts: req.accounts,
+    }))
+}
+
+/// `create database X as replica of <group>`: a read-only secondary replica; its first
+/// refresh is asked for at once.
+pub(super) async fn create_replica(
+    State(d): St,
+    headers: HeaderMap,
+    Path(acct): Path<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, axum::Json<api::ReplicaCreated>)> {
+    let id = account(&d, &headers, &acct)?;
+    let req: api::CreateReplica = body.json()?;
+    if req.group.trim().is_empty() {
+        return Err(Error::Invalid("group is empty".into()).into());
+    }
+    new_database_name(&d, &id, &req.name)?;
+    let upstream = req
+        .upstream
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(DeploymentId::new)
+        .transpose()?;
+    let db = d
+        .replication
+        .create_replica(&id, &req.name, req.group.trim(), upstream.as_ref())?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(api::ReplicaCreated {
+            database: db.as_str().to_string(),
+            group: req.group.trim().to_string(),
+            name: req.name,
+            upstream: upstream.map(|u| u.as_str().to_string()),
+        }),
+    ))
+}
+
+pub(super) async fn drop_replica(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult<axum::Json<api::ReplicaDropped>> {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    d.replication.drop_replica(&id, &db.name)?;
+    Ok(axum::Json(api::ReplicaDropped { dropped: db.name }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SetSchedule {
+    schedule: String,
+}
+
+/// `alter database X set schedule = …`: when a replica is brought up to date
+/// (`continuous`, `every 5m`, `daily 02:30` UTC).
+pub(super) async fn set_schedule(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let req: SetSchedule = body.json()?;
+    let schedule: tern_replication::schedule::Schedule =
+        req.schedule.parse().map_err(Error::Invalid)?;
+    let request = d.replication.set_schedule(&db.id, schedule)?;
+    Ok(axum::Json(json!({
+        "database": db.name,
+        "schedule": schedule.to_string(),
+        "request": request,
+    })))
+}
+
+/// `alter database X refresh`: ask the upstream for a refresh now (an already pending
+/// request is kept and returned).
+pub(super) async fn refresh(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult<axum::Json<api::RefreshRequested>> {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let request = d
+        .replication
+        .request_refresh(&db.id, "requested through the API")?;
+    Ok(axum::Json(api::RefreshRequested {
+        database: db.name,
+        request,
+    }))
+}
+
+/// Every copy and import job (operator).
+pub(super) async fn replication_jobs(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    Ok(axum::Json(json!({ "jobs": d.replication.jobs()? })))
+}
+
+/// `retry` or `abandon` a copy or import job (operator).
+pub(super) async fn replication_job_action(
+    State(d): St,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult {
+    operator(&d, &headers)?;
+    let job = match action.as_str() {
+        "retry" => d.replication.retry_job(&id)?,
+        "abandon" => d.replication.abandon_job(&id).await?,
+        other => {
+            return Err(
+                Error::Invalid(format!("job action {other:?}: expected retry or abandon")).into(),
+            );
+        }
+    };
+    let v = serde_json::to_value(&job).map_err(|e| Error::internal("encode job")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
+
+pub(super) async fn replication_status(State(d): St, headers: HeaderMap) -> ApiResult {
+    operator(&d, &headers)?;
+    let status = d.replication.status().await?;
+    let v = serde_json::to_value(&status)
+        .map_err(|e| Error::internal("encode replication status")(e.to_string()))?;
+    Ok(axum::Json(v))
+}
