@@ -24,6 +24,7 @@ pub mod admin;
 pub mod bridge;
 pub mod catalog;
 pub mod error;
+mod merge;
 pub mod provider;
 pub mod session;
 
