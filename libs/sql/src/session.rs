@@ -84,7 +84,8 @@ impl Answer {
 /// A SQL session on one database of a deployment.
 ///
 /// Unqualified table names are looked up in schema `public`; `schema.table` names another
-/// schema. Time travel: `SELECT … FROM at_version('t', 3)`.
+/// schema. Time travel: `SELECT … FROM t AT (VERSION => 3)` (Snowflake's form, see
+/// [`crate::time_travel`]) or `SELECT … FROM at_version('t', 3)`.
 pub struct SqlSession {
     pub(crate) tables: Arc<Tables>,
     pub(crate) db: DatabaseId,
@@ -130,8 +131,9 @@ impl SqlSession {
     /// on its own; an error stops the rest). The last statement's rows are returned as a
     /// stream; the earlier ones' are consumed.
     pub async fn run(&self, sql: &str) -> Result<Answer, SqlError> {
+        let sql = crate::time_travel::rewrite(sql)?;
         let mut statements =
-            DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(SqlError::from)?;
+            DFParser::parse_sql_with_dialect(&sql, &GenericDialect {}).map_err(SqlError::from)?;
         if statements.is_empty() {
             return Err(SqlError::Unsupported("empty statement".into()));
         }

@@ -395,6 +395,39 @@ async fn time_travel_reads_a_past_version() {
     assert!(e.to_string().contains("no retained version 99"), "{e}");
     let e = err(&s, "DELETE FROM at_version('t', 1) WHERE id = 2").await;
     assert!(e.is_bad_statement(), "{e}");
+
+    // Snowflake's form: the version before the delete has the deleted row.
+    let v2 = table_text(
+        &s,
+        "SELECT t.id, t.name FROM t AT (VERSION => 2) ORDER BY t.id",
+    )
+    .await;
+    assert_eq!(
+        lines(&v2),
+        vec![
+            "+----+------+",
+            "| id | name |",
+            "+----+------+",
+            "| 1  | a    |",
+            "| 2  | b    |",
+            "| 3  | c    |",
+            "+----+------+",
+        ],
+        "{v2}"
+    );
+    // Joined with itself now, under an alias.
+    let both = table_text(
+        &s,
+        "SELECT old.id FROM public.t at(version=>2) AS old LEFT JOIN t ON old.id = t.id \
+         WHERE t.id IS NULL",
+    )
+    .await;
+    assert!(both.contains("| 1  |"), "{both}");
+    let e = err(&s, "SELECT * FROM t AT (VERSION => 99)").await;
+    assert!(e.to_string().contains("no retained version 99"), "{e}");
+    assert!(e.is_bad_statement(), "{e:?}");
+    let e = err(&s, "SELECT * FROM t AT (TIMESTAMP => '2026-01-01')").await;
+    assert!(matches!(e, SqlError::Unsupported(_)), "{e:?}");
 }
 
 /// Every row of a table, sorted, printed.
@@ -553,6 +586,8 @@ async fn a_secondary_replica_answers_queries_and_refuses_writes() {
     let f = fixture();
     let s = f.session();
     seed(&s).await;
+    let seeded = version_of(&f, "orders");
+    run(&s, "UPDATE orders SET amount = 0 WHERE id = 10").await;
     let before = table_text(&s, "SELECT count(*) AS n, sum(amount) AS s FROM orders").await;
     // The database becomes a secondary (what replication makes of a replica).
     f.tables
@@ -580,6 +615,13 @@ async fn a_secondary_replica_answers_queries_and_refuses_writes() {
         let e = err(&s, sql).await;
         assert!(e.is_write_refusal(), "{sql}: {e:?}");
     }
+    // Time travel on the replica: the amount before the update.
+    let old = table_text(
+        &s,
+        &format!("SELECT amount FROM orders AT (VERSION => {seeded}) WHERE id = 10"),
+    )
+    .await;
+    assert!(old.contains("| 5.50   |"), "{old}");
     assert_eq!(
         table_text(&s, "SELECT count(*) AS n, sum(amount) AS s FROM orders").await,
         before
