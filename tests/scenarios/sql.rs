@@ -551,3 +551,91 @@ fn seed_replication_statements_between_two_daemons() {
     assert_eq!(s, 400, "{b}");
     assert!(error_of(&b).1.contains("database"), "{b}");
 }
+
+#[test]
+fn the_sql_shell_runs_statements_as_they_end_keeps_history_and_survives_errors() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = Layout::new(dir.path(), "d1");
+    let d = Ternd::start(&l.write_config(&l.config("")), &[]);
+    let r = d.op("POST", "/v1/accounts", r#"{"name":"acme"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    let r = d.op("POST", "/v1/accounts/acme/databases", r#"{"name":"sales"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let history = dir.path().join("state").join("sql_history");
+    let shell = |flags: &[&str], input: &str| {
+        let mut child = std::process::Command::new(binary("tern"))
+            .args(["--url", &d.url(), "--token", &token])
+            .args(["sql", "acme.sales"])
+            .args(flags)
+            .env("TERN_SQL_HISTORY", &history)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tern sql");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write statements");
+        let out = child.wait_with_output().expect("tern sql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Interactive (-i through a pipe): a statement over several lines, two on one line,
+    // a bad one in between (printed, the shell goes on), then \q — what follows is not run.
+    let (ok, out, err) = shell(
+        &["-i"],
+        "CREATE TABLE t (id BIGINT NOT NULL,\n  name VARCHAR);\n\
+         INSERT INTO t VALUES (1, 'a;b'); INSERT INTO t VALUES (2, 'c');\n\
+         SELECT * FROM nowhere;\n\
+         SELECT id, name\n  FROM t\n  ORDER BY id;\n\
+         \\q\n\
+         DROP TABLE t;\n",
+    );
+    assert!(ok, "an error inside the shell does not fail it: {err}");
+    assert!(err.contains("nowhere"), "the error is printed: {err}");
+    assert!(
+        err.contains("tern> ") && err.contains("  ... "),
+        "prompts: {err}"
+    );
+    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    let table = lines
+        .iter()
+        .position(|l| *l == "id | name")
+        .unwrap_or_else(|| panic!("no table in {out}"));
+    assert_eq!(
+        &lines[table..table + 4],
+        ["id | name", "---+-----", "1  | a;b", "2  | c"],
+        "{out}"
+    );
+    let kept = std::fs::read_to_string(&history).expect("history file");
+    assert_eq!(
+        kept.lines().collect::<Vec<_>>(),
+        [
+            "CREATE TABLE t (id BIGINT NOT NULL, name VARCHAR);",
+            "INSERT INTO t VALUES (1, 'a;b');",
+            "INSERT INTO t VALUES (2, 'c');",
+            "SELECT * FROM nowhere;",
+            "SELECT id, name FROM t ORDER BY id;",
+        ],
+        "{kept}"
+    );
+    // \q left before DROP TABLE: the table is still there; --csv is kept in the shell.
+    let (ok, out, err) = shell(&["-i", "--csv"], "SELECT count(*) AS n FROM t;\n");
+    assert!(ok, "{err}");
+    assert_eq!(out, "n\n2\n");
+    // Piped without -i: no history, and a failed statement fails the run.
+    let before = std::fs::read_to_string(&history).expect("history");
+    let (ok, _, err) = shell(&[], "SELECT 1;\nSELECT * FROM nowhere;\n");
+    assert!(!ok && err.contains("nowhere"), "{err}");
+    assert_eq!(std::fs::read_to_string(&history).expect("history"), before);
+    assert!(d.terminate().success());
+}

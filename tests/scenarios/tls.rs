@@ -260,3 +260,86 @@ fn a_bad_certificate_file_stops_the_start_naming_its_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.tls.cert"), "{err}");
 }
+
+/// `psql` (PostgreSQL 15's client) with connection string `conn` running `sql`:
+/// (success, stdout, stderr).
+fn psql(conn: &str, sql: &str) -> (bool, String, String) {
+    let lib = Path::new("/usr/lib/postgresql/15/bin/psql");
+    let bin = if lib.exists() { lib } else { Path::new("psql") };
+    let out = Command::new(bin)
+        .arg(format!("{conn} user=acme dbname=sales connect_timeout=10"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", OPERATOR_TOKEN)
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn psql_connects_over_tls_when_the_api_has_it_and_plain_connections_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    make_certificates(&certs);
+    let c = |f: &str| certs.join(f).display().to_string();
+    let l = Layout::new(dir.path(), "d1");
+    let tls = format!(
+        "[api.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        c("server.pem"),
+        c("server.key")
+    );
+    let config = l.write_config(&l.config(&tls));
+    let d = Ternd::start(&config, &[("TERN_SQL__PG_LISTEN", "127.0.0.1:0")]);
+    let url = format!("https://{}", d.addr);
+    let ca = c("ca.pem");
+    ok(&url, &["--ca", &ca], &["account", "create", "acme"]);
+    ok(
+        &url,
+        &["--ca", &ca],
+        &["database", "create", "acme", "sales"],
+    );
+    let addr = std::fs::read_to_string(config.with_extension("pg")).expect("pg address file");
+    let port = addr
+        .trim()
+        .rsplit_once(':')
+        .expect("host:port")
+        .1
+        .to_string();
+
+    // sslmode=require: encrypted, the certificate not checked.
+    let require = format!("host=127.0.0.1 port={port} sslmode=require");
+    let (done, _, err) = psql(
+        &require,
+        "CREATE TABLE t (id BIGINT NOT NULL, name VARCHAR)",
+    );
+    assert!(done, "{err}");
+    let (done, _, err) = psql(&require, "INSERT INTO t VALUES (1, 'a'), (2, 'b')");
+    assert!(done, "{err}");
+    // verify-full: the server's certificate checked against the test CA and the name.
+    let verify = |root: &str| {
+        format!(
+            "host=localhost hostaddr=127.0.0.1 port={port} sslmode=verify-full sslrootcert={root}"
+        )
+    };
+    let (done, out, err) = psql(&verify(&ca), "SELECT name FROM t ORDER BY id");
+    assert!(done, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["a", "b"], "{out}");
+    // Another CA: the server's certificate is not trusted.
+    let (done, _, err) = psql(&verify(&c("other.pem")), "SELECT 1");
+    assert!(!done, "a certificate of an untrusted CA was accepted");
+    assert!(err.contains("certificate"), "{err}");
+    // A plain connection is refused, with the reason, before any password is sent.
+    let (done, _, err) = psql(
+        &format!("host=127.0.0.1 port={port} sslmode=disable"),
+        "SELECT 1",
+    );
+    assert!(!done, "a connection without TLS was served");
+    assert!(err.contains("TLS connections only"), "{err}");
+    assert!(d.terminate().success());
+}

@@ -11,7 +11,9 @@
 //!   them as the API does: [`SqlError::is_write_refusal`]);
 //! * `CREATE TABLE`, `CREATE SCHEMA`, `ALTER TABLE … ADD COLUMN`, `DROP TABLE` run on the
 //!   table API's DDL;
-//! * time travel: `SELECT … FROM at_version('orders', 3)`.
+//! * time travel: `SELECT … FROM orders AT (VERSION => 3)` or `SELECT … FROM
+//!   at_version('orders', 3)`;
+//! * `MERGE INTO … USING … ON … WHEN [NOT] MATCHED …` as one commit (see `merge`).
 //!
 //! A statement that fails changes nothing: DDL checks every part before the first
 //! change, and each DML statement is one commit (files written by a failed one are
@@ -24,8 +26,10 @@ pub mod admin;
 pub mod bridge;
 pub mod catalog;
 pub mod error;
+mod merge;
 pub mod provider;
 pub mod session;
+pub mod time_travel;
 
 pub use catalog::{AtVersion, DEFAULT_SCHEMA, TernCatalog, TernSchema};
 pub use error::SqlError;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
@@ -45,6 +45,24 @@ impl Answer {
         Ok(self.stream.try_collect().await?)
     }
 
+    /// One row with a `count` column: the rows a statement changed.
+    pub(crate) fn count(n: u64) -> Self {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "count",
+            DataType::UInt64,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(UInt64Array::from(vec![n]))],
+        );
+        let stream = futures::stream::once(async move { batch.map_err(DataFusionError::from) });
+        Self {
+            schema: Arc::clone(&schema),
+            stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+        }
+    }
+
     fn status(message: String) -> Self {
         let schema = Arc::new(Schema::new(vec![Field::new(
             "status",
@@ -66,11 +84,12 @@ impl Answer {
 /// A SQL session on one database of a deployment.
 ///
 /// Unqualified table names are looked up in schema `public`; `schema.table` names another
-/// schema. Time travel: `SELECT … FROM at_version('t', 3)`.
+/// schema. Time travel: `SELECT … FROM t AT (VERSION => 3)` (Snowflake's form, see
+/// [`crate::time_travel`]) or `SELECT … FROM at_version('t', 3)`.
 pub struct SqlSession {
-    tables: Arc<Tables>,
-    db: DatabaseId,
-    ctx: SessionContext,
+    pub(crate) tables: Arc<Tables>,
+    pub(crate) db: DatabaseId,
+    pub(crate) ctx: SessionContext,
 }
 
 impl std::fmt::Debug for SqlSession {
@@ -112,8 +131,9 @@ impl SqlSession {
     /// on its own; an error stops the rest). The last statement's rows are returned as a
     /// stream; the earlier ones' are consumed.
     pub async fn run(&self, sql: &str) -> Result<Answer, SqlError> {
+        let sql = crate::time_travel::rewrite(sql)?;
         let mut statements =
-            DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(SqlError::from)?;
+            DFParser::parse_sql_with_dialect(&sql, &GenericDialect {}).map_err(SqlError::from)?;
         if statements.is_empty() {
             return Err(SqlError::Unsupported("empty statement".into()));
         }
@@ -126,10 +146,13 @@ impl SqlSession {
 
     /// Run one parsed statement.
     async fn run_statement(&self, statement: DFStatement) -> Result<Answer, SqlError> {
-        if let DFStatement::Statement(s) = &statement
-            && let Some(answer) = self.ddl(s).await?
-        {
-            return Ok(answer);
+        if let DFStatement::Statement(s) = &statement {
+            if let Statement::Merge(m) = s.as_ref() {
+                return self.merge(m).await;
+            }
+            if let Some(answer) = self.ddl(s).await? {
+                return Ok(answer);
+            }
         }
         let state = self.ctx.state();
         let plan = state.statement_to_plan(statement).await?;
@@ -147,7 +170,7 @@ impl SqlSession {
     }
 
     /// `(schema, table)` of a statement's table name.
-    fn name_of(&self, name: &ObjectName) -> Result<(String, String), SqlError> {
+    pub(crate) fn name_of(&self, name: &ObjectName) -> Result<(String, String), SqlError> {
         let parts: Vec<String> = name
             .0
             .iter()

@@ -395,6 +395,39 @@ async fn time_travel_reads_a_past_version() {
     assert!(e.to_string().contains("no retained version 99"), "{e}");
     let e = err(&s, "DELETE FROM at_version('t', 1) WHERE id = 2").await;
     assert!(e.is_bad_statement(), "{e}");
+
+    // Snowflake's form: the version before the delete has the deleted row.
+    let v2 = table_text(
+        &s,
+        "SELECT t.id, t.name FROM t AT (VERSION => 2) ORDER BY t.id",
+    )
+    .await;
+    assert_eq!(
+        lines(&v2),
+        vec![
+            "+----+------+",
+            "| id | name |",
+            "+----+------+",
+            "| 1  | a    |",
+            "| 2  | b    |",
+            "| 3  | c    |",
+            "+----+------+",
+        ],
+        "{v2}"
+    );
+    // Joined with itself now, under an alias.
+    let both = table_text(
+        &s,
+        "SELECT old.id FROM public.t at(version=>2) AS old LEFT JOIN t ON old.id = t.id \
+         WHERE t.id IS NULL",
+    )
+    .await;
+    assert!(both.contains("| 1  |"), "{both}");
+    let e = err(&s, "SELECT * FROM t AT (VERSION => 99)").await;
+    assert!(e.to_string().contains("no retained version 99"), "{e}");
+    assert!(e.is_bad_statement(), "{e:?}");
+    let e = err(&s, "SELECT * FROM t AT (TIMESTAMP => '2026-01-01')").await;
+    assert!(matches!(e, SqlError::Unsupported(_)), "{e:?}");
 }
 
 /// Every row of a table, sorted, printed.
@@ -553,6 +586,8 @@ async fn a_secondary_replica_answers_queries_and_refuses_writes() {
     let f = fixture();
     let s = f.session();
     seed(&s).await;
+    let seeded = version_of(&f, "orders");
+    run(&s, "UPDATE orders SET amount = 0 WHERE id = 10").await;
     let before = table_text(&s, "SELECT count(*) AS n, sum(amount) AS s FROM orders").await;
     // The database becomes a secondary (what replication makes of a replica).
     f.tables
@@ -575,12 +610,208 @@ async fn a_secondary_replica_answers_queries_and_refuses_writes() {
         "CREATE TABLE x (id BIGINT)",
         "DROP TABLE orders",
         "ALTER TABLE orders ADD COLUMN note VARCHAR",
+        "MERGE INTO orders o USING customers c ON o.customer = c.id WHEN MATCHED THEN DELETE",
     ] {
         let e = err(&s, sql).await;
         assert!(e.is_write_refusal(), "{sql}: {e:?}");
     }
+    // Time travel on the replica: the amount before the update.
+    let old = table_text(
+        &s,
+        &format!("SELECT amount FROM orders AT (VERSION => {seeded}) WHERE id = 10"),
+    )
+    .await;
+    assert!(old.contains("| 5.50   |"), "{old}");
     assert_eq!(
         table_text(&s, "SELECT count(*) AS n, sum(amount) AS s FROM orders").await,
         before
+    );
+}
+
+/// The table's current version.
+fn version_of(f: &Fixture, name: &str) -> u64 {
+    f.tables
+        .find_table(&f.db, "public", name)
+        .expect("table")
+        .current_version
+}
+
+#[tokio::test]
+async fn merge_updates_deletes_and_inserts_in_one_commit() {
+    let f = fixture();
+    let s = f.session();
+    run(
+        &s,
+        "CREATE TABLE stock (id BIGINT NOT NULL, item VARCHAR, qty BIGINT)",
+    )
+    .await;
+    run(
+        &s,
+        "INSERT INTO stock VALUES (1, 'apple', 10), (2, 'pear', 5), (3, 'plum', 7), (4, 'fig', 1)",
+    )
+    .await;
+    run(
+        &s,
+        "CREATE TABLE delivery (id BIGINT, item VARCHAR, qty BIGINT)",
+    )
+    .await;
+    run(
+        &s,
+        "INSERT INTO delivery VALUES (1, 'apple', 5), (3, 'plum', -7), (5, 'kiwi', 3), (6, 'lime', 0)",
+    )
+    .await;
+    let before = version_of(&f, "stock");
+    let n = table_text(
+        &s,
+        "MERGE INTO stock t USING delivery d ON t.id = d.id \
+         WHEN MATCHED AND t.qty + d.qty <= 0 THEN DELETE \
+         WHEN MATCHED THEN UPDATE SET qty = t.qty + d.qty \
+         WHEN NOT MATCHED AND d.qty > 0 THEN INSERT (id, item, qty) VALUES (d.id, upper(d.item), d.qty)",
+    )
+    .await;
+    // 1 updated, 3 deleted, 5 inserted (6 has no stock to add).
+    assert!(n.contains("| 3     |"), "{n}");
+    assert_eq!(version_of(&f, "stock"), before + 1, "one commit");
+    let now = table_text(&s, "SELECT * FROM stock ORDER BY id").await;
+    assert_eq!(
+        lines(&now),
+        vec![
+            "+----+-------+-----+",
+            "| id | item  | qty |",
+            "+----+-------+-----+",
+            "| 1  | apple | 15  |",
+            "| 2  | pear  | 5   |",
+            "| 4  | fig   | 1   |",
+            "| 5  | KIWI  | 3   |",
+            "+----+-------+-----+",
+        ],
+        "{now}"
+    );
+
+    // A subquery as the source; INSERT without a column list; nothing matched.
+    let n = table_text(
+        &s,
+        "MERGE INTO stock USING (SELECT id + 100 AS id, item, qty FROM delivery WHERE qty > 3) AS src \
+         ON stock.id = src.id WHEN NOT MATCHED THEN INSERT VALUES (src.id, src.item, src.qty)",
+    )
+    .await;
+    assert!(n.contains("| 1     |"), "{n}");
+    let added = table_text(&s, "SELECT id, item, qty FROM stock WHERE id > 100").await;
+    assert!(added.contains("| 101 | apple | 5   |"), "{added}");
+
+    // A MERGE that changes nothing makes no version.
+    let v = version_of(&f, "stock");
+    let n = table_text(
+        &s,
+        "MERGE INTO stock t USING delivery d ON t.id = d.id AND d.qty > 1000 \
+         WHEN MATCHED THEN DELETE",
+    )
+    .await;
+    assert!(n.contains("| 0     |"), "{n}");
+    assert_eq!(version_of(&f, "stock"), v);
+}
+
+#[tokio::test]
+async fn merge_equals_the_same_change_by_update_and_insert() {
+    let f = fixture();
+    let s = f.session();
+    for name in ["by_merge", "by_dml"] {
+        run(
+            &s,
+            &format!("CREATE TABLE {name} (id BIGINT NOT NULL, name VARCHAR, score DOUBLE)"),
+        )
+        .await;
+        run(
+            &s,
+            &format!(
+                "INSERT INTO {name} VALUES (1, 'a', 1.0), (2, 'b', 2.0), (3, 'c', 3.0), (4, NULL, 4.0)"
+            ),
+        )
+        .await;
+    }
+    run(&s, "CREATE TABLE changes (id BIGINT, score DOUBLE)").await;
+    run(
+        &s,
+        "INSERT INTO changes VALUES (2, 9.5), (4, 9.5), (7, 7.0)",
+    )
+    .await;
+    run(
+        &s,
+        "MERGE INTO by_merge USING changes c ON by_merge.id = c.id \
+         WHEN MATCHED THEN UPDATE SET score = c.score \
+         WHEN NOT MATCHED THEN INSERT (id, score) VALUES (c.id, c.score)",
+    )
+    .await;
+    run(&s, "UPDATE by_dml SET score = 9.5 WHERE id IN (2, 4)").await;
+    run(&s, "INSERT INTO by_dml (id, score) VALUES (7, 7.0)").await;
+    let (a, b) = (content(&f, "by_merge").await, content(&f, "by_dml").await);
+    assert_eq!(a, b);
+    assert_eq!(a.lines().count(), 5, "{a}");
+}
+
+#[tokio::test]
+async fn a_bad_merge_names_the_problem_and_changes_nothing() {
+    let f = fixture();
+    let s = f.session();
+    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, name VARCHAR)").await;
+    run(&s, "INSERT INTO t VALUES (1, 'a'), (2, 'b')").await;
+    run(&s, "CREATE TABLE src (id BIGINT, name VARCHAR)").await;
+    run(&s, "INSERT INTO src VALUES (1, 'x'), (1, 'y'), (3, 'z')").await;
+    let before = version_of(&f, "t");
+    let content_before = content(&f, "t").await;
+
+    // Target row 1 is matched by two source rows.
+    let e = err(
+        &s,
+        "MERGE INTO t USING src ON t.id = src.id \
+         WHEN MATCHED THEN UPDATE SET name = src.name \
+         WHEN NOT MATCHED THEN INSERT VALUES (src.id, src.name)",
+    )
+    .await;
+    assert!(e.to_string().contains("more than one source row"), "{e}");
+    assert!(e.is_bad_statement(), "{e:?}");
+    let e = err(
+        &s,
+        "MERGE INTO t USING src ON t.id = src.id WHEN MATCHED THEN UPDATE SET nope = 1",
+    )
+    .await;
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = err(
+        &s,
+        "MERGE INTO t USING src ON t.id = src.id + 10 \
+         WHEN NOT MATCHED THEN INSERT (name) VALUES (src.name)",
+    )
+    .await;
+    assert!(e.to_string().contains("id"), "a null id: {e}");
+    let e = err(
+        &s,
+        "MERGE INTO t USING (SELECT 5 AS id) ON t.id = 5 WHEN MATCHED THEN DELETE",
+    )
+    .await;
+    assert!(
+        matches!(e, SqlError::Unsupported(_) | SqlError::Parse(_)),
+        "{e:?}"
+    );
+    let e = err(
+        &s,
+        "MERGE INTO t USING src ON t.id = src.id WHEN NOT MATCHED BY SOURCE THEN DELETE",
+    )
+    .await;
+    assert!(e.to_string().contains("NOT MATCHED BY SOURCE"), "{e}");
+
+    assert_eq!(version_of(&f, "t"), before, "no bad MERGE made a version");
+    assert_eq!(content(&f, "t").await, content_before);
+
+    // A rewrite computed from a version the table has moved on from is refused, so that
+    // a MERGE never drops a change committed while it ran.
+    run(&s, "INSERT INTO t VALUES (9, 'late')").await;
+    let id = f.tables.find_table(&f.db, "public", "t").expect("t").id;
+    let stale = f
+        .tables
+        .stage_rewrite(&id, before, futures::stream::empty())
+        .await;
+    assert!(
+        matches!(stale, Err(tern_table::Error::Conflict { .. })),
+        "{stale:?}"
     );
 }

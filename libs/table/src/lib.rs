@@ -44,6 +44,7 @@ pub use error::{CommitFailure, Error, Refusal, Result};
 pub use pins::PinnedVersion;
 pub use predicate::{CmpOp, Predicate};
 pub use table::{
-    Aggregate, CommitInfo, Part, ScanRequest, ScanResult, ScanStream, TableOptions, Tables,
+    Aggregate, CommitInfo, Part, ScanRequest, ScanResult, ScanStream, StagedRewrite, TableOptions,
+    Tables,
 };
 pub use tern_meta::{ColumnDef, ColumnType, Scalar};

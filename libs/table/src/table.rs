@@ -825,6 +825,86 @@ impl Tables {
         Ok(Some(self.change(ctx, added, removed, source_rows)))
     }
 
+    /// Stage a replacement of every row of `table` by `rows` (a statement that computes
+    /// the table's new content, such as SQL's `MERGE`): under the table's lock, the files
+    /// active at `version` are to be removed and `rows` are written into new files as they
+    /// come. Nothing is visible until [`Tables::commit_rewrite`]; [`StagedRewrite::abort`]
+    /// (or an error from `rows`, which ends staging with that error) removes the new files.
+    ///
+    /// `version` is the version `rows` were computed from (pinned by the caller):
+    /// [`Error::Conflict`] when the table has moved on since, so that no change made
+    /// meanwhile is lost. A secondary replica is refused ([`Error::ReadOnlyReplica`]).
+    pub async fn stage_rewrite<S>(
+        &self,
+        table: &TableId,
+        version: u64,
+        rows: S,
+    ) -> Result<StagedRewrite>
+    where
+        S: futures::Stream<Item = Result<RecordBatch>> + Send,
+    {
+        // The lock's holder is refused on a secondary replica.
+        let (mut txn, ctx) = self.locked(table).await?;
+        if ctx.table.current_version != version {
+            txn.abort().await;
+            return Err(Error::Conflict {
+                table: table.clone(),
+                read: version,
+                found: ctx.table.current_version,
+            });
+        }
+        let removed = match self
+            .meta
+            .read(|tx| tx.active_micro_partitions(table, version))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                txn.abort().await;
+                return Err(e.into());
+            }
+        };
+        let mut w = match self.file_writer(&ctx) {
+            Ok(w) => w,
+            Err(e) => {
+                txn.abort().await;
+                return Err(e);
+            }
+        };
+        let mut rows = std::pin::pin!(rows);
+        let mut result = Ok(());
+        while let Some(batch) = rows.next().await {
+            result = match batch.and_then(|b| conform(&b, &ctx.table.columns)) {
+                Ok(b) if b.num_rows() == 0 => Ok(()),
+                Ok(b) => w.push(self, &ctx, &b, txn.as_mut()).await,
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        let added = match w.finish(self, &ctx, txn.as_mut(), result).await {
+            Ok(a) => a,
+            Err(e) => {
+                txn.abort().await;
+                return Err(e);
+            }
+        };
+        let change = self.change(&ctx, added, removed, 0);
+        Ok(StagedRewrite { txn, change })
+    }
+
+    /// Commit a staged rewrite as one new version; `rows_affected` is what the statement
+    /// reports (rows inserted, updated and deleted).
+    pub async fn commit_rewrite(
+        &self,
+        staged: StagedRewrite,
+        rows_affected: u64,
+    ) -> Result<CommitInfo> {
+        let StagedRewrite { txn, mut change } = staged;
+        change.rows = rows_affected;
+        self.commit(txn, change).await
+    }
+
     /// Delete/update share this: files whose statistics may match are read; a file where
     /// some row matches is replaced by `apply(batch, matched)`'s output.
     async fn rewrite<F>(
@@ -1578,6 +1658,32 @@ impl Tables {
         }])
         .await?;
         Ok(())
+    }
+}
+
+/// A rewrite of a table's rows written but not committed ([`Tables::stage_rewrite`]): it
+/// holds the table's lock until [`Tables::commit_rewrite`] or [`StagedRewrite::abort`]
+/// (dropped, its files are left to the committer's recovery).
+pub struct StagedRewrite {
+    txn: Box<dyn Transaction>,
+    change: TableChange,
+}
+
+impl std::fmt::Debug for StagedRewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedRewrite")
+            .field("table", &self.change.table)
+            .field("base_version", &self.change.base_version)
+            .field("files_added", &self.change.added.len())
+            .field("files_removed", &self.change.removed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StagedRewrite {
+    /// Gives the rewrite up: nothing changes, its new files are removed.
+    pub async fn abort(self) {
+        self.txn.abort().await;
     }
 }
 

@@ -121,7 +121,8 @@ enum Command {
     #[command(subcommand)]
     Messages(MessagesCmd),
     /// SQL on a database (`POST /v1/sql`): queries, DML, DDL. Without a statement,
-    /// statements (each ending with `;`) are read from standard input.
+    /// statements (each ending with `;`) are read from standard input: an interactive
+    /// shell on a terminal or with `-i`.
     Sql {
         /// account.database (just account for the replication statements:
         /// `SHOW GLOBAL DATABASES`, `CREATE DATABASE r AS REPLICA OF dep.acct.db`, …)
@@ -131,6 +132,10 @@ enum Command {
         /// Print CSV instead of a table (`--json` prints the JSON lines).
         #[arg(long)]
         csv: bool,
+        /// The interactive shell even when standard input is not a terminal (prompts,
+        /// history in ~/.local/state/tern/sql_history or $TERN_SQL_HISTORY, \q).
+        #[arg(short = 'i', long, conflicts_with = "sql")]
+        interactive: bool,
     },
     /// Insert JSON rows (an array of objects, from --rows or stdin).
     Insert {
@@ -1797,7 +1802,12 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             let v: api::DeploymentList = c.get_as("/v1/deployments").await?;
             print_deployments(&v, json_out);
         }
-        Command::Sql { database, sql, csv } => {
+        Command::Sql {
+            database,
+            sql,
+            csv,
+            interactive,
+        } => {
             let mode = if csv {
                 sql::Mode::Csv
             } else if json_out {
@@ -1807,7 +1817,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             };
             match sql {
                 Some(s) => sql::run(c, &database, &s, mode).await?,
-                None => sql::shell(c, &database, mode).await?,
+                None => sql::shell(c, &database, mode, interactive).await?,
             }
         }
         Command::Insert { table, rows, key } => {

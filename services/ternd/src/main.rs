@@ -83,6 +83,7 @@ fn main() -> ExitCode {
 async fn run(config: Config, ready_file: Option<PathBuf>) -> ternd::Result<()> {
     let listen = config.listen;
     let pg_listen = config.sql.pg_listen;
+    let pg_tls = config.api.tls.clone();
     let daemon = Daemon::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -111,9 +112,11 @@ async fn run(config: Config, ready_file: Option<PathBuf>) -> ternd::Result<()> {
                 }
             })?;
         }
+        let pg_tls = pg_tls.as_ref().map(ternd::tls::pg_acceptor).transpose()?;
         tokio::spawn(ternd::pg::serve(
             std::sync::Arc::clone(&daemon),
             pg_listener,
+            pg_tls,
         ));
     }
     if let Some(path) = ready_file {

@@ -3,8 +3,11 @@
 //!
 //! Connect with user = the account, database = the database, password = a token of that
 //! account (or the operator token): `psql "host=127.0.0.1 port=… user=acme dbname=sales"`.
-//! The password is sent in cleartext (PostgreSQL's `password` method): listen on a
-//! loopback or private address; TLS on this listener is not offered yet.
+//! The password is sent in cleartext (PostgreSQL's `password` method) inside the
+//! connection: when the API has TLS (`[api.tls]`), this listener offers TLS with the same
+//! certificate, key and client CA, and refuses connections that do not negotiate it
+//! (`psql "… sslmode=verify-full sslrootcert=ca.pem"`); without `[api.tls]` it is plain
+//! TCP — listen on a loopback or private address.
 //!
 //! The simple query protocol is served (what `psql -c` and interactive `psql` use for
 //! statements); the extended protocol (prepared statements with parameters) is not.
@@ -18,7 +21,9 @@ use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderValue, header};
 use futures::{Sink, StreamExt};
 use pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
-use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password};
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
 use pgwire::api::query::SimpleQueryHandler;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::store::PortalStore;
@@ -26,12 +31,13 @@ use pgwire::api::{
     ClientInfo, ClientPortalStore, METADATA_DATABASE, METADATA_USER, PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tern_sql::datafusion::arrow::datatypes::DataType;
 use tern_sql::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use tern_sql::{SqlError, SqlSession};
 use tern_storage::layout::AccountId;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::api::{account, database};
 use crate::daemon::Daemon;
@@ -277,9 +283,43 @@ impl SimpleQueryHandler for Queries {
     }
 }
 
+type PasswordStartup =
+    CleartextPasswordAuthStartupHandler<TokenAuth, DefaultServerParameterProvider>;
+
+/// The startup of a connection: with TLS configured, a connection that did not
+/// negotiate it is refused before its password is asked (it would cross in cleartext),
+/// as PostgreSQL's `hostssl`-only `pg_hba.conf` does (SQLSTATE 28000).
+struct Startup {
+    password: PasswordStartup,
+    require_tls: bool,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if self.require_tls && !client.is_secure() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_owned(),
+                "28000".to_owned(),
+                "this server accepts TLS connections only (its API has [api.tls]): connect with sslmode=require or verify-full".to_owned(),
+            ))));
+        }
+        self.password.on_startup(client, message).await
+    }
+}
+
 /// The handlers of every connection.
 struct Handlers {
-    startup: Arc<CleartextPasswordAuthStartupHandler<TokenAuth, DefaultServerParameterProvider>>,
+    startup: Arc<Startup>,
     queries: Arc<Queries>,
 }
 
@@ -288,22 +328,27 @@ impl PgWireServerHandlers for Handlers {
         Arc::clone(&self.queries)
     }
 
-    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
         Arc::clone(&self.startup)
     }
 }
 
-/// Serve the PostgreSQL protocol on `listener` until the task is dropped.
-pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
+/// Serve the PostgreSQL protocol on `listener` until the task is dropped. With `tls`
+/// (the API's `[api.tls]`, see [`crate::tls::pg_acceptor`]) connections must negotiate
+/// TLS; others are refused at startup.
+pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let mut params = DefaultServerParameterProvider::default();
     params.server_version = "15.0 (Tern)".to_string();
     let handlers = Arc::new(Handlers {
-        startup: Arc::new(CleartextPasswordAuthStartupHandler::new(
-            TokenAuth {
-                daemon: Arc::clone(&daemon),
-            },
-            params,
-        )),
+        startup: Arc::new(Startup {
+            password: CleartextPasswordAuthStartupHandler::new(
+                TokenAuth {
+                    daemon: Arc::clone(&daemon),
+                },
+                params,
+            ),
+            require_tls: tls.is_some(),
+        }),
         queries: Arc::new(Queries { daemon }),
     });
     loop {
@@ -315,9 +360,9 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
                 continue;
             }
         };
-        let handlers = Arc::clone(&handlers);
+        let (handlers, tls) = (Arc::clone(&handlers), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 tracing::debug!(%peer, error = %e, "PostgreSQL connection ended with an error");
             }
         });

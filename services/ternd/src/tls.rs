@@ -56,6 +56,21 @@ fn certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// The acceptor `tls` describes; a file that cannot be read or used is an error naming
 /// its field (`api.tls.cert`, `api.tls.key`, `api.tls.client_ca`).
 pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor> {
+    let mut config = server_config(tls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The acceptor of the PostgreSQL listener: the API's certificate, key and client CA
+/// (`[api.tls]`), with PostgreSQL's ALPN name (which PostgreSQL 17 clients' direct TLS
+/// requires; earlier clients negotiate with an `SSLRequest` and send none).
+pub fn pg_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor> {
+    let mut config = server_config(tls)?;
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs("api.tls.cert", &tls.cert)?;
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
@@ -88,11 +103,9 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
+    builder
         .with_single_cert(chain, key)
-        .map_err(|e| bad("api.tls.key", format!("does not go with api.tls.cert: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .map_err(|e| bad("api.tls.key", format!("does not go with api.tls.cert: {e}")))
 }
 
 /// Aborts the accept task when the listener is dropped.
