@@ -65,7 +65,10 @@ pub struct Encoded {
     pub stats: Vec<ColumnStats>,
 }
 
-fn writer_props(opts: &WriteOptions) -> Result<WriterProperties> {
+/// The Parquet writer settings micro-partitions are written with (benchmarks write their
+/// plain-Parquet references with the same, so that a comparison measures what Tern adds,
+/// not a compression choice).
+pub fn writer_props(opts: &WriteOptions) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| Error::Parquet {
         path: "<writer settings>".into(),
         source: e,
