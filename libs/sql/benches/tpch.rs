@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p tern-sql --bench tpch
 //! TERN_BENCH_ROWS=2000000 TERN_BENCH_RUNS=5 cargo bench -p tern-sql --bench tpch
+//! TERN_BENCH_EXPLAIN=1 cargo bench -p tern-sql --bench tpch   # EXPLAIN ANALYZE on both sides
 //! ```
 //!
 //! `lineitem` (TERN_BENCH_ROWS rows, default 10 000 000, inserted TERN_BENCH_BATCH rows at
@@ -296,6 +297,18 @@ async fn main() -> Result<(), BoxError> {
         let got = cells(&tern_answer(&session, sql).await?)?;
         if got != want {
             return Err(format!("{name}: Tern answered {got:?}, plain Parquet {want:?}").into());
+        }
+        if std::env::var_os("TERN_BENCH_EXPLAIN").is_some() {
+            let explain = format!("EXPLAIN ANALYZE {sql}");
+            for (side, plan) in [
+                ("Tern", tern_answer(&session, &explain).await?),
+                ("plain", plain_answer(&plain_ctx, &explain).await?),
+            ] {
+                println!(
+                    "{name}, {side}:\n{}",
+                    datafusion::arrow::util::pretty::pretty_format_batches(&plan)?
+                );
+            }
         }
         let (mut t, mut p) = (Vec::new(), Vec::new());
         for _ in 0..runs {
