@@ -248,10 +248,77 @@ fn external(e: tern_crypto::Error) -> parquet::errors::ParquetError {
     parquet::errors::ParquetError::External(Box::new(e))
 }
 
+fn external_any(message: String) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::General(message)
+}
+
+/// Ranges of one fetch closer than this are read as one span (the bytes between are read
+/// and decrypted too, one request instead of several), as object_store's `get_ranges`
+/// coalesces for plain files.
+const COALESCE_GAP: u64 = 1 << 20;
+
+/// `ranges` (in any order) grouped into spans to read: each span's range and the indices
+/// of the ranges it covers.
+fn coalesce(ranges: &[Range<u64>], gap: u64) -> Vec<(Range<u64>, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    let mut spans: Vec<(Range<u64>, Vec<usize>)> = Vec::new();
+    for i in order {
+        let r = &ranges[i];
+        match spans.last_mut() {
+            Some((span, members)) if r.start <= span.end.saturating_add(gap) => {
+                span.end = span.end.max(r.end);
+                members.push(i);
+            }
+            _ => spans.push((r.clone(), vec![i])),
+        }
+    }
+    spans
+}
+
 impl AsyncFileReader for EncryptedParquet {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         let object = Arc::clone(&self.object);
         async move { object.read_range(range).await.map_err(external) }.boxed()
+    }
+
+    /// The column chunks of a row group in one read and decryption per span of nearby
+    /// ranges (the trait's default reads them one after another, a request each).
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        let object = Arc::clone(&self.object);
+        async move {
+            let spans = coalesce(&ranges, COALESCE_GAP);
+            let read = futures::future::try_join_all(
+                spans
+                    .iter()
+                    .map(|(span, _)| object.read_range(span.clone())),
+            )
+            .await
+            .map_err(external)?;
+            let mut out = vec![Bytes::new(); ranges.len()];
+            for ((span, members), bytes) in spans.iter().zip(read) {
+                for &i in members {
+                    let (start, end) = (ranges[i].start - span.start, ranges[i].end - span.start);
+                    let (start, end) = (
+                        usize::try_from(start).map_err(|e| external_any(e.to_string()))?,
+                        usize::try_from(end).map_err(|e| external_any(e.to_string()))?,
+                    );
+                    if end > bytes.len() {
+                        return Err(external_any(format!(
+                            "range {:?} past the {} bytes read",
+                            ranges[i],
+                            bytes.len()
+                        )));
+                    }
+                    out[i] = bytes.slice(start..end);
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(
@@ -477,4 +544,26 @@ pub fn select(batch: &RecordBatch, names: &[&str]) -> Result<RecordBatch> {
         context: "projecting columns",
         source: e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coalesce;
+
+    #[test]
+    fn nearby_ranges_are_read_as_one_span_and_far_ones_apart() {
+        // Out of order, one overlapping another, one past the gap.
+        let ranges = [100..200, 0..50, 150..300, 5_000..5_100];
+        let spans = coalesce(&ranges, 1_000);
+        assert_eq!(
+            spans,
+            vec![(0..300, vec![1, 0, 2]), (5_000..5_100, vec![3])]
+        );
+        assert_eq!(
+            coalesce(&ranges, 0).len(),
+            3,
+            "0..50 and 100..200 stay apart"
+        );
+        assert!(coalesce(&[], 1_000).is_empty());
+    }
 }
