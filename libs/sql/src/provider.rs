@@ -574,6 +574,9 @@ impl ExecutionPlan for TernScanExec {
 
 /// The statistics of the rows of `files` (a version's active micro-partitions) for
 /// `columns`: exact when the scan has no predicate (every row of every file is returned).
+/// With one they are bounds (the rows are some of the files' rows), kept as inexact: a
+/// filter above the scan estimates its selectivity from a column's range, and a join
+/// picks its build side from that estimate (without them the larger input was built on).
 fn statistics(
     files: &[tern_meta::MicroPartitionDpo],
     columns: &[ColumnDef],
@@ -582,19 +585,12 @@ fn statistics(
     let rows: u64 = files.iter().map(|m| m.rows).sum();
     let rows = usize::try_from(rows).unwrap_or(usize::MAX);
     let mut stats = Statistics::new_unknown(&df_schema(columns));
-    stats.num_rows = if whole {
-        Precision::Exact(rows)
-    } else {
-        Precision::Inexact(rows)
-    };
-    if !whole {
-        return stats;
-    }
+    stats.num_rows = Precision::Exact(rows);
     stats.column_statistics = columns
         .iter()
         .map(|c| column_statistics(files, c))
         .collect();
-    stats
+    if whole { stats } else { stats.to_inexact() }
 }
 
 fn column_statistics(files: &[tern_meta::MicroPartitionDpo], c: &ColumnDef) -> ColumnStatistics {
