@@ -591,8 +591,13 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
     d1.tables.insert(&t, &[batch(300..400, "k")]).await.unwrap();
     d1.kill().await;
     d2.repl.request_refresh(&db2, "test").unwrap();
+    // Out, not only queued: `sent` marks the request handed to the channel, whose worker
+    // writes the message file a moment later. Killed in between, d2 would hold it back
+    // until it returns, and d1 could not answer (CI's loaded run hit that window).
+    let sender = tern_replication::Peers::sender(d2.peers.as_ref(), &d1.id).expect("channel");
     eventually(WAIT, "the refresh request to go out", || async {
-        d2.meta
+        let Some(p) = d2
+            .meta
             .read(|tx| {
                 tx.get::<tern_replication::state::ReplicaDpo>(
                     &tern_replication::state::keys::replica(&db2),
@@ -600,7 +605,16 @@ async fn a_registered_customer_key_is_stored_and_never_silently_skipped() {
             })
             .unwrap()
             .and_then(|r| r.refresh)
-            .is_some_and(|p| p.sent)
+            .filter(|p| p.sent)
+        else {
+            return false;
+        };
+        let id = tern_storage::layout::MessageId::new(p.request_id.as_str()).unwrap();
+        sender
+            .message(&id)
+            .await
+            .unwrap()
+            .is_some_and(|m| m.state == tern_messaging::OutState::Sent)
     })
     .await;
     d2.kill().await;
