@@ -219,18 +219,23 @@ fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
 
-#[tokio::test]
-async fn filters_prune_micro_partitions_by_their_statistics() {
-    let f = fixture();
-    let s = f.session();
-    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, v DOUBLE)").await;
-    // Four inserts: four micro-partitions with disjoint id ranges.
+/// Table `t (id, v)` made by four inserts: four micro-partitions with disjoint id ranges
+/// (0..100, 100..200, 200..300, 300..400; `v` is the id's last two digits).
+async fn four_files(s: &SqlSession) {
+    run(s, "CREATE TABLE t (id BIGINT NOT NULL, v DOUBLE)").await;
     for k in 0..4 {
         let values: Vec<String> = (0..100)
             .map(|i| format!("({}, {})", k * 100 + i, i))
             .collect();
-        run(&s, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
+        run(s, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
     }
+}
+
+#[tokio::test]
+async fn filters_prune_micro_partitions_by_their_statistics() {
+    let f = fixture();
+    let s = f.session();
+    four_files(&s).await;
     let (batches, plan) = run_plan(&s, "SELECT id, v FROM t WHERE id >= 250 AND id < 260").await;
     assert_eq!(rows(&batches), 10);
     let scan = TernScanExec::in_plan(&plan).pop().expect("a Tern scan");
@@ -262,13 +267,7 @@ async fn a_filtered_scan_reports_its_files_ranges_as_bounds() {
     use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
     let f = fixture();
     let s = f.session();
-    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, v DOUBLE)").await;
-    for k in 0..4 {
-        let values: Vec<String> = (0..100)
-            .map(|i| format!("({}, {})", k * 100 + i, i))
-            .collect();
-        run(&s, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
-    }
+    four_files(&s).await;
     let (_, plan) = run_plan(&s, "SELECT id FROM t WHERE v < 10").await;
     let scan = TernScanExec::in_plan(&plan).pop().expect("a Tern scan");
     let stats = StatisticsContext::new()
@@ -311,13 +310,7 @@ async fn a_scan_runs_in_disjoint_parts_one_per_partition() {
         .options_mut()
         .execution
         .target_partitions = 3;
-    run(&s, "CREATE TABLE t (id BIGINT NOT NULL, v DOUBLE)").await;
-    for k in 0..4 {
-        let values: Vec<String> = (0..100)
-            .map(|i| format!("({}, {})", k * 100 + i, i))
-            .collect();
-        run(&s, &format!("INSERT INTO t VALUES {}", values.join(", "))).await;
-    }
+    four_files(&s).await;
     let (batches, plan) = run_plan(&s, "SELECT id FROM t").await;
     let scan = TernScanExec::in_plan(&plan).pop().expect("a Tern scan");
     assert_eq!(scan.properties().output_partitioning().partition_count(), 3);
