@@ -34,6 +34,14 @@ async fn agent_blocks_count_every_shipped_and_applied_transaction() {
         p.d1.repl.committed();
     }
     caught_up(&p.d1, &p.d2, std::slice::from_ref(&p.t)).await;
+    // The apply counter moves just after the commit that makes a version visible (CI's
+    // loaded run read 4 the moment the fifth version showed).
+    eventually(WAIT, "the five applies to be counted", || async {
+        Counters::get(&p.d2.repl.counters().records_applied) >= 5
+            && sum(&p.d2, AgentKind::Apply).units
+                == Counters::get(&p.d2.repl.counters().records_applied)
+    })
+    .await;
     let applied = Counters::get(&p.d2.repl.counters().records_applied);
     let shipped = Counters::get(&p.d1.repl.counters().records_shipped);
     assert!(applied >= 5, "{applied}");
