@@ -236,7 +236,18 @@ pub mod volume {
 
     /// `…/tbl/<table>/mp/<short>.mp`: one micro-partition.
     pub fn mp(account: &AccountId, db: &DatabaseId, table: &TableId, short: &ShortName) -> Path {
-        mp_prefix(account, db, table).join(format!("{short}.mp"))
+        mp_in(&mp_prefix(account, db, table), short)
+    }
+
+    /// `<prefix>/<short>.mp`: a micro-partition in a table's [`mp_prefix`].
+    pub fn mp_in(prefix: &Path, short: &ShortName) -> Path {
+        prefix.clone().join(format!("{short}.mp"))
+    }
+
+    /// `fdn<n>`: the short name of the micro-partition this deployment numbered `n` (from
+    /// its `short_name` sequence).
+    pub fn numbered_mp(n: u64) -> ShortName {
+        ShortName(format!("fdn{n}"))
     }
 
     /// `…/tbl/<table>/ep/`: the table's metadata files.

@@ -47,6 +47,14 @@ pub trait FileJournal: Send {
     /// `path` is about to be written by this transaction: if the transaction does not
     /// commit, the file must be removed. Called before the write starts.
     async fn will_write(&mut self, path: &Path) -> Result<()>;
+
+    /// A number `n` for a new micro-partition of `table`, whose file
+    /// (`layout::volume::mp_in(prefix, &numbered_mp(n))`, `prefix` the table's mp prefix)
+    /// is covered as [`will_write`](Self::will_write) covers a path: if the transaction
+    /// does not commit, the file is removed, crash or not. A committer may cover many
+    /// numbers with one stored record (tern-txn reserves them in blocks per table), so
+    /// that a statement writing one file stores nothing before its commit.
+    async fn new_mp(&mut self, table: &TableId, prefix: &Path) -> Result<u64>;
 }
 
 /// Starts transactions.
@@ -774,6 +782,13 @@ impl FileJournal for LocalTxn {
     async fn will_write(&mut self, path: &Path) -> Result<()> {
         self.files.push(path.clone());
         Ok(())
+    }
+
+    async fn new_mp(&mut self, _table: &TableId, prefix: &Path) -> Result<u64> {
+        let n = self.inner.meta.next_unique("short_name")?;
+        let path = layout::volume::mp_in(prefix, &layout::volume::numbered_mp(n));
+        self.will_write(&path).await?;
+        Ok(n)
     }
 }
 

@@ -1488,10 +1488,9 @@ impl Tables {
         written: &mut Vec<MicroPartitionDpo>,
     ) -> Result<()> {
         Self::land(in_flight, written).await?;
-        let seq = self.meta.next_unique("short_name")?;
-        let short = ShortName::new(format!("fdn{seq}"))?;
-        let path = layout::volume::mp(&ctx.account, &ctx.table.database, &ctx.table.id, &short);
-        journal.will_write(&path).await?;
+        let prefix = layout::volume::mp_prefix(&ctx.account, &ctx.table.database, &ctx.table.id);
+        let short = layout::volume::numbered_mp(journal.new_mp(&ctx.table.id, &prefix).await?);
+        let path = layout::volume::mp_in(&prefix, &short);
         let (volume, keys) = (Arc::clone(&self.volume), Arc::clone(&ctx.keys));
         let entry = MicroPartitionDpo {
             table: ctx.table.id.clone(),

@@ -16,8 +16,12 @@ use crate::error::{Error, Result};
 pub const POINTS: &[&str] = &[
     // Active: the transaction row exists, no file yet.
     "begin",
-    // Active: a file is journaled, not yet (or partly) written.
+    // Active: a file is journaled (its path, or its number in a reserved block), not yet
+    // (or partly) written.
     "journaled",
+    // The statement's files are written; nothing of its commit is stored (a transaction
+    // whose files are all covered by reserved blocks has no row at all).
+    "written",
     // Prepared: locks taken, id, log record and sealed metadata files persisted in one
     // metadata transaction; neither the metadata files nor the log record written.
     "prepared",

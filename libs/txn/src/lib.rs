@@ -62,6 +62,7 @@ pub mod crash;
 pub mod error;
 pub mod log;
 mod manager;
+mod reserve;
 pub mod state;
 
 pub use crash::CrashPoints;
@@ -71,4 +72,5 @@ pub use manager::{
     PhaseStats, RecoveryFailure, RecoveryReport, TxnManager, TxnOptions, TxnOutcome, database_seq,
     last_txn_id, settled_database_seq, stable_log_id,
 };
+pub use reserve::ReservedFilesDpo;
 pub use state::{IdempotencyDpo, IdempotentOutcome, LogMarkDpo, LogPrunedDpo, TxnDpo, TxnState};

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use crate::crash::CrashPoints;
 use crate::error::{Error, Result};
 use crate::log::{self, LogRecord};
+use crate::reserve::{BLOCK, Reservations, ReservedFilesDpo, all_reserved, reserved_key};
 use crate::state::{
     IdempotencyAtDpo, IdempotencyDpo, IdempotentOutcome, LamportDpo, LockDpo, LogKeyDpo,
     LogMarkDpo, LogPrunedDpo, StagedFileDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnIndexesDpo,
@@ -174,6 +175,8 @@ struct Inner {
     phases: PhaseTimes,
     /// Handles of this instance's commits running now: recovery leaves them alone.
     in_flight: Mutex<std::collections::HashSet<u64>>,
+    /// Blocks of micro-partition numbers this instance reserved ([`crate::reserve`]).
+    reserved: Mutex<Reservations>,
     /// Who decides whether statements may write a database (replication's roles and
     /// epochs); without one, every database that is not a secondary replica may.
     fence: std::sync::RwLock<Option<Arc<dyn WriteFence>>>,
@@ -232,6 +235,7 @@ impl TxnManager {
                 log_keys: Mutex::new(HashMap::new()),
                 phases: PhaseTimes::default(),
                 in_flight: Mutex::default(),
+                reserved: Mutex::default(),
                 fence: std::sync::RwLock::new(None),
             }),
         })
@@ -315,10 +319,23 @@ impl TxnManager {
                 });
             }
         }
+        // Files of reserved numbers are swept only when no transaction is left unfinished
+        // (one that failed here may still be rolled forward and reference its files).
+        if report.failed.is_empty() {
+            inner.sweep_reserved(&mut report).await?;
+        }
         if report != RecoveryReport::default() {
             tracing::info!(?report, "recovered transactions");
         }
         Ok(report)
+    }
+
+    /// Before a stop: every reserved block of micro-partition numbers no running
+    /// statement holds a number of is closed, so that the next recovery deletes its row
+    /// instead of looking for files of the numbers never handed out. The stop's own
+    /// [`recover`](Self::recover) deletes them.
+    pub fn close_reservations(&self) {
+        self.inner.lock_reserved().close_idle();
     }
 
     /// What became of transaction `txn_id` of `account`: `None` when this deployment never
@@ -723,6 +740,10 @@ impl FileJournal for Txn {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
         Ok(self.inner.journal(&self.id, path).await?)
     }
+
+    async fn new_mp(&mut self, table: &TableId, prefix: &Path) -> tern_table::Result<u64> {
+        Ok(self.inner.new_mp(self.id.handle, table, prefix).await?)
+    }
 }
 
 #[async_trait]
@@ -753,6 +774,7 @@ impl Transaction for Txn {
             replicated,
             idempotency,
         } = *self;
+        inner.crash.check("written")?;
         let span = tracing::info_span!("commit", deployment = %inner.deployment, account = %id.account, handle = id.handle);
         // The commit runs on its own task: a caller that goes away (a dropped request)
         // cannot stop it half-way with locks held.
@@ -796,6 +818,129 @@ impl Inner {
             })
             .await?;
         self.crash.check("journaled")
+    }
+
+    /// A number for a new micro-partition of `table` for transaction `handle`, covered by
+    /// a reserved block ([`crate::reserve`]): one metadata transaction per [`BLOCK`]
+    /// numbers of a table, which also deletes the rows of blocks all settled.
+    async fn new_mp(&self, handle: u64, table: &TableId, prefix: &Path) -> Result<u64> {
+        self.crash.alive("journaled")?;
+        loop {
+            if let Some(n) = self.lock_reserved().take(handle, table) {
+                self.crash.check("journaled")?;
+                return Ok(n);
+            }
+            let done = self.lock_reserved().take_done();
+            let (gone, instance) = (done.clone(), self.instance);
+            let (table, prefix) = (table.clone(), prefix.to_string());
+            let stored = self
+                .meta
+                .write_async(move |tx| {
+                    for first in &gone {
+                        tx.delete(&reserved_key(*first))?;
+                    }
+                    let last = tx.reserve_sequence("short_name", BLOCK)?;
+                    let row = ReservedFilesDpo {
+                        instance,
+                        table: table.clone(),
+                        prefix: prefix.clone(),
+                        first: last + 1 - BLOCK,
+                        end: last + 1,
+                    };
+                    tx.put(&reserved_key(row.first), &row)?;
+                    Ok(row)
+                })
+                .await;
+            let mut reserved = self.lock_reserved();
+            match stored {
+                Ok(row) => reserved.add(row),
+                Err(e) => {
+                    reserved.give_back_done(done);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    fn lock_reserved(&self) -> std::sync::MutexGuard<'_, Reservations> {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remove the files of the numbers `handle` was handed, and settle them: a block one
+    /// of them stays in is left to recovery's sweep. How many there were.
+    async fn remove_held(&self, handle: u64) -> usize {
+        let held = self.lock_reserved().held(handle);
+        remove_files(self.volume.as_ref(), &held).await;
+        let mut clean = true;
+        for f in &held {
+            if self.volume.meta(f).await.is_ok() {
+                tracing::warn!(handle, path = %f, "an uncommitted file stays; recovery's sweep removes it");
+                clean = false;
+            }
+        }
+        self.lock_reserved().settle(handle, clean);
+        held.len()
+    }
+
+    /// Remove the files of reserved numbers no micro-partition row names, from blocks
+    /// no running transaction of this instance uses ([`crate::reserve`]), then the
+    /// blocks' rows. A block whose files cannot all be removed stays for the next sweep.
+    async fn sweep_reserved(&self, report: &mut RecoveryReport) -> Result<()> {
+        let rows = self
+            .meta
+            .read_async(|tx| tx.scan_prefix::<ReservedFilesDpo>(&all_reserved()))
+            .await?;
+        for (key, row) in rows {
+            let (sweepable, done) = {
+                let r = self.lock_reserved();
+                (
+                    r.sweepable(self.instance, row.instance, row.first),
+                    r.is_done(row.first),
+                )
+            };
+            if !sweepable {
+                continue;
+            }
+            if done {
+                self.meta.write_async(move |tx| tx.delete(&key)).await?;
+                self.lock_reserved().swept(row.first);
+                continue;
+            }
+            let unnamed = {
+                let row = row.clone();
+                self.meta
+                    .read_async(move |tx| {
+                        let mut out = Vec::new();
+                        for n in row.first..row.end {
+                            let short = tern_storage::layout::volume::numbered_mp(n);
+                            if tx.get_micro_partition(&row.table, &short)?.is_none() {
+                                out.push(n);
+                            }
+                        }
+                        Ok(out)
+                    })
+                    .await?
+            };
+            let mut left = 0;
+            for n in unnamed {
+                let path = row.path(n);
+                if self.volume.meta(&path).await.is_err() {
+                    continue;
+                }
+                match self.volume.delete_idempotent(&path).await {
+                    Ok(()) => report.files_removed += 1,
+                    Err(e) => {
+                        tracing::warn!(%path, error = %e, "could not remove an uncommitted file; the next recovery retries");
+                        left += 1;
+                    }
+                }
+            }
+            if left == 0 {
+                self.meta.write_async(move |tx| tx.delete(&key)).await?;
+                self.lock_reserved().swept(row.first);
+            }
+        }
+        Ok(())
     }
 
     fn is_in_flight(&self, handle: u64) -> bool {
@@ -870,8 +1015,15 @@ impl Inner {
         }
         self.lock_in_flight().insert(id.handle);
         let _running = Running(self, id.handle);
-        self.commit_in_flight(id, changes, replicated, idempotency)
-            .await
+        let outcome = self
+            .commit_in_flight(id, changes, replicated, idempotency)
+            .await;
+        if let Ok(_) | Err(Error::InDoubt { .. }) = &outcome {
+            // Its files are referenced by its versions, or by the prepared record recovery
+            // rolls forward. (A failure before that rolled it back, files and all.)
+            self.lock_reserved().settle(id.handle, true);
+        }
+        outcome
     }
 
     async fn commit_in_flight(
@@ -1231,8 +1383,8 @@ impl Inner {
             })
             .await?
         else {
-            // Nothing stored yet: nothing to undo.
-            return Ok(0);
+            // Nothing stored yet: only the files of reserved numbers to undo.
+            return Ok(self.remove_held(handle).await);
         };
         if t.state.is_final() {
             return Ok(0);
@@ -1243,6 +1395,7 @@ impl Inner {
                 state: t.state,
             });
         }
+        let held = self.remove_held(handle).await;
         // Rows written before files were journaled one row each keep them in `files`.
         let files: Vec<Path> = t
             .files
@@ -1266,7 +1419,7 @@ impl Inner {
             }
         }
         self.release(handle, TxnState::Aborted).await?;
-        Ok(files.len())
+        Ok(files.len() + held)
     }
 
     /// A commit failed before its point of no return: roll back (unless this instance

@@ -823,6 +823,7 @@ impl Daemon {
             .supervisor
             .shutdown(self.config.workers.shutdown_grace)
             .await;
+        self.txn.close_reservations();
         let report = self.txn.recover().await?;
         let left = self.unfinished_transactions()?;
         tracing::info!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tern_crypto::{LocalKeyProvider, SystemRandom};
 use tern_storage::Path;
-use tern_storage::layout::{AccountId, DeploymentId};
+use tern_storage::layout::{AccountId, DeploymentId, TableId};
 use tern_table::commit::{Change, FileJournal};
 use tern_table::{
     Committed, Committer, Error, LocalCommitter, ScanRequest, TableOptions, Tables, Transaction,
@@ -80,6 +80,10 @@ impl Committer for Forgetful {
 impl FileJournal for ForgetfulTxn {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
         self.0.will_write(path).await
+    }
+
+    async fn new_mp(&mut self, table: &TableId, prefix: &Path) -> tern_table::Result<u64> {
+        self.0.new_mp(table, prefix).await
     }
 }
 

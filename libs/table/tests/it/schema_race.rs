@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use tern_crypto::{LocalKeyProvider, SystemRandom};
 use tern_storage::Path;
-use tern_storage::layout::{AccountId, DeploymentId};
+use tern_storage::layout::{AccountId, DeploymentId, TableId};
 use tern_table::commit::{Change, FileJournal};
 use tern_table::{
     ColumnDef, ColumnType, Committed, Committer, LocalCommitter, Predicate, ScanRequest,
@@ -52,6 +52,10 @@ impl Committer for Interleave {
 impl FileJournal for HookTxn {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
         self.inner.will_write(path).await
+    }
+
+    async fn new_mp(&mut self, table: &TableId, prefix: &Path) -> tern_table::Result<u64> {
+        self.inner.new_mp(table, prefix).await
     }
 }
 

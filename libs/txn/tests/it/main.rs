@@ -10,3 +10,4 @@ mod log_write;
 mod nan;
 mod pruning;
 mod reader;
+mod reserve;
