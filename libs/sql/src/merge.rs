@@ -5,11 +5,14 @@
 //! target's new content from a full outer join of the target at `v` (each row numbered)
 //! with the source (a table or a subquery):
 //!
-//! * a target row no source row matches is kept as it is;
 //! * a matched target row takes the first `WHEN MATCHED` clause whose condition holds:
 //!   `UPDATE SET …` gives the updated row, `DELETE` drops it; with none, it is kept;
-//! * a source row no target row matches takes the first `WHEN NOT MATCHED` clause whose
-//!   condition holds: `INSERT … VALUES …` adds a row; with none, it adds nothing.
+//! * a source row no target row matches takes the first `WHEN NOT MATCHED [BY TARGET]`
+//!   clause whose condition holds: `INSERT … VALUES …` adds a row; with none, it adds
+//!   nothing;
+//! * a target row no source row matches takes the first `WHEN NOT MATCHED BY SOURCE`
+//!   clause whose condition holds (`UPDATE SET …` or `DELETE`; its expressions see the
+//!   source's columns as nulls); with none, it is kept as it is.
 //!
 //! The rows stream into new files ([`Tables::stage_rewrite`], which replaces the files
 //! active at `v`) and become visible in one commit. A target row matched by more than
@@ -163,6 +166,7 @@ impl SqlSession {
         let mut actions = Vec::new();
         let mut matched = Vec::new();
         let mut not_matched = Vec::new();
+        let mut by_source = Vec::new();
         for (i, c) in m.clauses.iter().enumerate() {
             let number = i as i64 + 1;
             let condition = c
@@ -249,14 +253,12 @@ impl SqlSession {
                     MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget,
                     Action::Insert(_),
                 ) => not_matched.push((number, condition)),
-                (MergeClauseKind::NotMatchedBySource, _) => {
-                    return Err(SqlError::Unsupported(
-                        "MERGE … WHEN NOT MATCHED BY SOURCE".into(),
-                    ));
+                (MergeClauseKind::NotMatchedBySource, Action::Update(_) | Action::Delete) => {
+                    by_source.push((number, condition))
                 }
                 (kind, _) => {
                     return Err(SqlError::Unsupported(format!(
-                        "MERGE … WHEN {kind} THEN {}: MATCHED takes UPDATE or DELETE, NOT MATCHED takes INSERT",
+                        "MERGE … WHEN {kind} THEN {}: MATCHED and NOT MATCHED BY SOURCE take UPDATE or DELETE, NOT MATCHED [BY TARGET] takes INSERT",
                         c.action
                     )));
                 }
@@ -279,9 +281,10 @@ impl SqlSession {
         };
         // 0: the target row as it is; n: clause n applies; -1: the source row adds nothing.
         let action = format!(
-            "(CASE WHEN {is_matched} THEN {} WHEN {t_ref}.__tern_t IS NULL THEN {} ELSE 0 END)",
+            "(CASE WHEN {is_matched} THEN {} WHEN {t_ref}.__tern_t IS NULL THEN {} ELSE {} END)",
             case_of(&matched, 0),
-            case_of(&not_matched, -1)
+            case_of(&not_matched, -1),
+            case_of(&by_source, 0)
         );
         let mut select = Vec::new();
         for (i, c) in columns.iter().enumerate() {
