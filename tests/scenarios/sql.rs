@@ -639,3 +639,124 @@ fn the_sql_shell_runs_statements_as_they_end_keeps_history_and_survives_errors()
     assert_eq!(std::fs::read_to_string(&history).expect("history"), before);
     assert!(d.terminate().success());
 }
+
+/// What a process wrote so far, read by a thread as it comes.
+struct Output(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Output {
+    fn read_from(mut r: impl std::io::Read + Send + 'static) -> Self {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = std::sync::Arc::clone(&out);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                shared.lock().expect("output").extend_from_slice(&buf[..n]);
+            }
+        });
+        Self(out)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("output")).into_owned()
+    }
+
+    /// Waits until `done` holds for what was written (a minute at most).
+    fn wait(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done(&self.text()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited for {what}; the terminal shows:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the shell's prompt after its `answers`-th answer: the line editor has
+    /// the terminal then (keys typed before would reach a terminal in line mode, where
+    /// Ctrl-C interrupts the process).
+    fn wait_prompt(&self, answers: usize) {
+        self.wait(&format!("the prompt after answer {answers}"), |t| {
+            t.split("(1 row)")
+                .nth(answers)
+                .is_some_and(|after| after.contains("tern> "))
+        });
+    }
+}
+
+/// On a terminal (a pseudo-terminal from `script`) the shell edits lines: ↑ recalls the
+/// last statement and Enter runs it again; Ctrl-C drops a half-typed statement and the
+/// shell goes on; the history file keeps what ran.
+#[test]
+fn the_sql_shell_on_a_terminal_recalls_statements_with_the_arrow_keys() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = Layout::new(dir.path(), "d1");
+    let d = Ternd::start(&l.write_config(&l.config("")), &[]);
+    let r = d.op("POST", "/v1/accounts", r#"{"name":"acme"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.json()["token"].as_str().expect("token").to_string();
+    let r = d.op("POST", "/v1/accounts/acme/databases", r#"{"name":"sales"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let history = dir.path().join("sql_history");
+    let command = format!(
+        "'{}' --url '{}' --token '{token}' sql acme.sales",
+        binary("tern").display(),
+        d.url()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfe", "-c", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("TERN_SQL_HISTORY", &history)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run tern sql under script");
+    let out = Output::read_from(child.stdout.take().expect("stdout"));
+    let mut keys = child.stdin.take().expect("stdin");
+    let mut type_keys = |k: &str| {
+        keys.write_all(k.as_bytes()).expect("type");
+        keys.flush().expect("flush");
+    };
+    out.wait_prompt(0);
+    type_keys("SELECT 40 + 2 AS answer;\r");
+    out.wait_prompt(1);
+    // ↑ then Enter: the statement again (without line editing the escape sequence would
+    // be a line of its own and nothing would run).
+    type_keys("\x1b[A\r");
+    out.wait_prompt(2);
+    // Half a statement, Ctrl-C: dropped; the next one runs alone.
+    type_keys("SELECT 1 +");
+    out.wait("the half statement echoed", |t| t.contains("SELECT 1 +"));
+    type_keys("\x03");
+    out.wait("a fresh prompt after Ctrl-C", |t| {
+        t.rsplit("SELECT 1 +")
+            .next()
+            .is_some_and(|after| after.contains("tern> "))
+    });
+    type_keys("SELECT 6 * 7 AS again;\r");
+    out.wait_prompt(3);
+    let shown = out.text();
+    let answers = shown.lines().filter(|l| l.trim() == "42").count();
+    assert_eq!(answers, 3, "{shown}");
+    type_keys("\\q\r");
+    let status = child.wait().expect("tern sql");
+    assert!(status.success(), "{status}: {}", out.text());
+    assert!(!out.text().contains("error"), "{}", out.text());
+    let kept = std::fs::read_to_string(&history).expect("history file");
+    assert_eq!(
+        kept.lines().collect::<Vec<_>>(),
+        [
+            "SELECT 40 + 2 AS answer;",
+            "SELECT 40 + 2 AS answer;",
+            "SELECT 6 * 7 AS again;",
+        ],
+        "{kept}"
+    );
+    assert!(d.terminate().success());
+}

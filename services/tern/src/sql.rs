@@ -4,7 +4,9 @@
 //! or as CSV (`--csv`). Without a statement argument, statements are read from standard
 //! input, one per `;`-terminated piece, so a file of statements can be piped in; on a
 //! terminal (or with `-i`) this is an interactive shell with a prompt, a history file and
-//! `\q` to leave (see [`shell`]).
+//! `\q` to leave (see [`shell`]); on a terminal lines are edited as in other shells
+//! (arrow keys, ↑/↓ through the history, Ctrl-R to search it, Ctrl-C to drop what is
+//! typed).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -165,6 +167,7 @@ fn split_statements(pending: &str) -> (Vec<String>, String) {
 
 const SHELL_HELP: &str = "statements end with ;  (several lines are one statement until then)\n\
     \\q        leave (or Ctrl-D)\n\
+    ↑ ↓       earlier statements (on a terminal; Ctrl-R searches them, Ctrl-C drops a line)\n\
     \\s        show the history\n\
     \\?        this help";
 
@@ -180,32 +183,36 @@ pub async fn shell(
     mode: Mode,
     interactive: bool,
 ) -> Result<(), ClientError> {
-    let stdin = std::io::stdin();
-    let interactive = interactive || stdin.is_terminal();
-    let history = if interactive { history_path() } else { None };
+    let history = if interactive || std::io::stdin().is_terminal() {
+        history_path()
+    } else {
+        None
+    };
+    let mut input = Input::open(interactive, history.as_deref());
+    let interactive = input.is_interactive();
     let mut warned = false;
     let mut pending = String::new();
     let mut failed = None;
-    let prompt = |pending: &str| {
-        if interactive {
-            let p = if pending.trim().is_empty() {
-                "tern> "
-            } else {
-                "  ... "
-            };
-            let mut err = std::io::stderr();
-            let _ = write!(err, "{p}");
-            let _ = err.flush();
-        }
-    };
     if interactive {
         output::note(&format!(
             "SQL on {target}: end statements with ;  \\q to leave, \\? for help"
         ));
     }
-    prompt(&pending);
-    for line in stdin.lock().lines() {
-        let line = line.map_err(|e| ClientError::Input(format!("reading statements: {e}")))?;
+    loop {
+        let prompt = if pending.trim().is_empty() {
+            "tern> "
+        } else {
+            "  ... "
+        };
+        let line = match input.read(prompt)? {
+            Read::Line(line) => line,
+            Read::Interrupted => {
+                // Ctrl-C: what was typed of the statement is dropped, as in psql.
+                pending.clear();
+                continue;
+            }
+            Read::End => break,
+        };
         if interactive && pending.trim().is_empty() {
             match line.trim() {
                 "\\q" | "quit" | "exit" => {
@@ -214,7 +221,6 @@ pub async fn shell(
                 }
                 "\\?" | "help" => {
                     output::note(SHELL_HELP);
-                    prompt(&pending);
                     continue;
                 }
                 "\\s" => {
@@ -222,12 +228,10 @@ pub async fn shell(
                         let text = std::fs::read_to_string(p).unwrap_or_default();
                         output::print(&text);
                     }
-                    prompt(&pending);
                     continue;
                 }
                 other if other.starts_with('\\') => {
                     output::note(&format!("unknown command {other}; \\? lists them"));
-                    prompt(&pending);
                     continue;
                 }
                 _ => {}
@@ -239,12 +243,12 @@ pub async fn shell(
         pending = rest;
         for sql in statements {
             remember(&history, &sql, &mut warned);
+            input.remember(&sql);
             if let Err(e) = run(c, target, &sql, mode).await {
                 output::note(&format!("error: {e}"));
                 failed = Some(e);
             }
         }
-        prompt(&pending);
     }
     if interactive && !pending.trim().is_empty() {
         // Ctrl-D in the middle of a statement: it is not run.
@@ -256,6 +260,88 @@ pub async fn shell(
         // Piped statements: the exit status says whether one failed.
         Some(e) if !interactive => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// One read of the shell's input.
+enum Read {
+    Line(String),
+    /// Ctrl-C at the line editor.
+    Interrupted,
+    /// Ctrl-D, or the end of the piped input.
+    End,
+}
+
+/// Where the shell's lines come from: a line editor on a terminal, else standard input
+/// line by line (with `-i`, prompts on standard error).
+enum Input {
+    Editor(Box<rustyline::DefaultEditor>),
+    Plain {
+        lines: std::io::Lines<std::io::StdinLock<'static>>,
+        prompts: bool,
+    },
+}
+
+impl Input {
+    /// A line editor when standard input and output are a terminal (its history loaded
+    /// from `history`, one statement a line), else plain lines.
+    fn open(interactive: bool, history: Option<&std::path::Path>) -> Self {
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            match rustyline::DefaultEditor::new() {
+                Ok(mut editor) => {
+                    let kept = history
+                        .and_then(|p| std::fs::read_to_string(p).ok())
+                        .unwrap_or_default();
+                    for line in kept.lines().filter(|l| !l.trim().is_empty()) {
+                        let _ = editor.add_history_entry(line);
+                    }
+                    return Self::Editor(Box::new(editor));
+                }
+                Err(e) => output::note(&format!("no line editing ({e}); reading lines as typed")),
+            }
+        }
+        Self::Plain {
+            lines: std::io::stdin().lock().lines(),
+            prompts: interactive || std::io::stdin().is_terminal(),
+        }
+    }
+
+    fn is_interactive(&self) -> bool {
+        match self {
+            Self::Editor(_) => true,
+            Self::Plain { prompts, .. } => *prompts,
+        }
+    }
+
+    fn read(&mut self, prompt: &str) -> Result<Read, ClientError> {
+        match self {
+            Self::Editor(editor) => match editor.readline(prompt) {
+                Ok(line) => Ok(Read::Line(line)),
+                Err(rustyline::error::ReadlineError::Interrupted) => Ok(Read::Interrupted),
+                Err(rustyline::error::ReadlineError::Eof) => Ok(Read::End),
+                Err(e) => Err(ClientError::Input(format!("reading statements: {e}"))),
+            },
+            Self::Plain { lines, prompts } => {
+                if *prompts {
+                    let mut err = std::io::stderr();
+                    let _ = write!(err, "{prompt}");
+                    let _ = err.flush();
+                }
+                match lines.next() {
+                    Some(Ok(line)) => Ok(Read::Line(line)),
+                    Some(Err(e)) => Err(ClientError::Input(format!("reading statements: {e}"))),
+                    None => Ok(Read::End),
+                }
+            }
+        }
+    }
+
+    /// A statement run: ↑ recalls it (on one line) at the editor.
+    fn remember(&mut self, sql: &str) {
+        if let Self::Editor(editor) = self {
+            let line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+            let _ = editor.add_history_entry(line);
+        }
     }
 }
 
