@@ -26,6 +26,20 @@ impl Cli {
         )
     }
 
+    /// Runs `tern args`: its exit status and stderr.
+    fn exit(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(binary("tern"))
+            .args(args)
+            .env("TERN_URL", &self.url)
+            .env("TERN_TOKEN", &self.token)
+            .output()
+            .expect("run tern");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.run(args);
         assert!(ok, "tern {args:?} failed: {err}");
@@ -660,4 +674,147 @@ fn tern_create_replica_and_refresh_wait_until_done_showing_progress() {
 
 fn request_text(addr: &str, path: &str) -> String {
     tern_scenarios::ternd::request(addr, "GET", path, None, "text/plain", b"").body
+}
+
+/// A token of `account` on `d` (made by the operator).
+fn account_token(d: &Ternd, account: &str) -> String {
+    let r = d.op("POST", &format!("/v1/accounts/{account}/tokens"), "");
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["token"].as_str().expect("token").to_string()
+}
+
+/// `database failover --wait` and `database switchover --wait` against two real daemons,
+/// run with the account's own token (not the operator's): the failover returns with the
+/// new primary taking writes (a write at once succeeds), its progress on stderr; the way
+/// back, `switchover --wait` on the returned old primary, returns only once the other
+/// member follows the new epoch — read at once, d2 is its secondary at that epoch. A
+/// `refresh --wait` with the account token works too (it read the operator-only
+/// `/v1/replication/status` before).
+#[test]
+fn tern_failover_and_switchover_wait_until_settled_with_the_account_token() {
+    use crate::failover::{FAST, SWITCHOVER, availability};
+    use crate::replication::{
+        PRIMARY, create_replica, primary, replica_table, rows_json, scan_all, two_with, wait_until,
+    };
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let two = two_with(&[], &format!("{FAST}{SWITCHOVER}"));
+    let group = primary(&two.d1, &two.d2, 1, 10);
+    create_replica(&two.d2, &group);
+    let tbl = wait_until("the replica has the 10 rows", WAIT, || {
+        let t = replica_table(&two.d2)?;
+        (scan_all(&two.d2, &t)?.len() == 10).then_some(t)
+    });
+    let c2 = Cli {
+        url: two.d2.url(),
+        token: account_token(&two.d2, "a2"),
+    };
+    let (ok, _, err) = c2.run(&[
+        "database",
+        "refresh",
+        "a2",
+        "sales_replica",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert!(ok, "refresh --wait with the account token failed: {err}");
+    assert!(err.contains("imported"), "{err}");
+    wait_until("d2 hears d1", WAIT, || {
+        (availability(&two.d2, "d1")? == "available").then_some(())
+    });
+
+    // The primary's region is lost; the account's operator fails over and waits.
+    two.d1.kill9();
+    wait_until("d2 judges d1 unavailable", WAIT, || {
+        (availability(&two.d2, "d1")? == "unavailable").then_some(())
+    });
+    let (ok, out, err) = c2.run(&[
+        "--json",
+        "database",
+        "failover",
+        "a2",
+        "sales_replica",
+        "--allow-data-loss",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert!(ok, "failover --wait failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("the report as JSON");
+    assert_eq!(report["epoch"], 2, "{report}");
+    assert_eq!(report["previous_primary"], "d1", "{report}");
+    assert!(
+        err.contains("a2.sales_replica: failing over")
+            && err.contains("a2.sales_replica: primary at epoch 2 after")
+            && err.contains(
+                "a2.sales_replica: primary at epoch 2 (group epoch 2, primary d2); takes writes"
+            )
+            && err.contains("down: d1")
+            && err.trim_end().ends_with("a2.sales_replica: failover done"),
+        "no progress shown: {err}"
+    );
+    let r = two
+        .d2
+        .op("POST", &format!("{tbl}/rows"), &rows_json(500, 501));
+    assert_eq!(r.status, 200, "the new primary takes writes: {}", r.body);
+    // `database status` shows the same with the account token.
+    let st = c2.json(&["database", "status", "a2", "sales_replica"]);
+    assert_eq!(
+        (
+            st["role"].as_str(),
+            st["epoch"].as_u64(),
+            st["writable"].as_bool()
+        ),
+        (Some("primary"), Some(2), Some(true)),
+        "{st}"
+    );
+
+    // d1 returns, learns epoch 2 and follows d2; the way back is a switchover on d1.
+    let d1 = Ternd::start(&two.c1, &[]);
+    wait_until("d1 follows d2 and has caught up", WAIT, || {
+        let caught_up = scan_all(&d1, PRIMARY)? == scan_all(&two.d2, &tbl)?;
+        let s = d1.op("GET", "/v1/replication/status", "").json();
+        let follows = s["groups"].as_array()?.first()?["role"] == "secondary";
+        (follows && caught_up && availability(&d1, "d2")? == "available").then_some(())
+    });
+    let c1 = Cli {
+        url: d1.url(),
+        token: account_token(&d1, "a1"),
+    };
+    let (ok, out, err) = c1.run(&[
+        "--json",
+        "database",
+        "switchover",
+        "a1",
+        "sales",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert!(ok, "switchover --wait failed: {err}");
+    let back: Value = serde_json::from_str(&out).expect("the report as JSON");
+    let epoch = back["epoch"].as_u64().expect("epoch");
+    assert!(epoch >= 3, "{back}");
+    assert!(
+        err.contains("following: d2; waiting for: none")
+            && err.trim_end().ends_with("a1.sales: switchover done"),
+        "{err}"
+    );
+    // Settled when the command returned: d2 is d1's secondary at the new epoch.
+    let s2 = c2.json(&["database", "status", "a2", "sales_replica"]);
+    assert_eq!(
+        (
+            s2["role"].as_str(),
+            s2["group_epoch"].as_u64(),
+            s2["primary"].as_str()
+        ),
+        (Some("secondary"), Some(epoch), Some("d1")),
+        "{s2}"
+    );
+    // A failover of a primary is refused before anything waits: exit 2, the reason named.
+    let (code, err) = c1.exit(&["database", "failover", "a1", "sales", "--wait"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is the group's primary already"), "{err}");
+    assert!(d1.terminate().success());
+    assert!(two.d2.terminate().success());
 }

@@ -323,6 +323,42 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
 }
 
+/// `GET …/databases/{db}/replication` (the account's token): one database's place in its
+/// group as this deployment sees it. What `--wait` follows a refresh, a failover or a
+/// switchover with, so it needs no more than the token the command itself needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseReplication {
+    /// The deployment answering.
+    pub deployment: String,
+    /// The account.
+    pub account: String,
+    /// The database.
+    pub database: String,
+    /// `local`, `primary` or `secondary`.
+    pub role: String,
+    /// Its database group (none: local).
+    pub group: Option<String>,
+    /// The epoch of its role here.
+    pub epoch: u64,
+    /// The newest epoch of the group known here.
+    pub group_epoch: u64,
+    /// Who holds the primary at `group_epoch`.
+    pub primary: Option<String>,
+    /// The primary's availability as judged here (secondaries).
+    pub primary_state: Option<String>,
+    /// This deployment takes commits for it now: it holds the primary, no switchover
+    /// pauses it, and in a group of three or more a majority confirmed its lease.
+    pub writable: bool,
+    /// The primary: the group's members it counts (itself included).
+    pub members: Vec<String>,
+    /// The primary: members whose heartbeat at `epoch` arrived (they follow it).
+    pub following: Vec<String>,
+    /// Members judged unavailable (or in maintenance) here.
+    pub down: Vec<String>,
+    /// A secondary replica: its refresh figures.
+    pub replica: Option<ReplicaStatus>,
+}
+
 /// `POST …/databases/{db}/failover`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +366,60 @@ pub struct FailoverRequest {
     /// Promote even when the known loss is beyond the RPO or no majority is reached.
     #[serde(default)]
     pub allow_data_loss: bool,
+}
+
+/// The answer to `POST …/databases/{db}/failover`: what the promotion did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverReport {
+    /// The database group.
+    pub group: String,
+    /// The database promoted.
+    pub database: String,
+    /// The epoch claimed.
+    pub epoch: u64,
+    /// The primary it replaced.
+    pub previous_primary: Option<String>,
+    /// Its availability when the failover started.
+    pub previous_primary_state: Option<String>,
+    /// Transactions the old primary had committed (by its last heartbeat here) that were
+    /// not applied here.
+    pub known_loss_txns: u64,
+    /// Time between the newest commit applied here and the newest the old primary
+    /// reported (ms).
+    pub known_loss_ms: i64,
+    /// How long ago the old primary was last heard (ms; none: never).
+    pub primary_silent_ms: Option<i64>,
+    /// Import jobs and messages drained before judging.
+    pub drained: u64,
+    /// Whether the drain ran out of time.
+    pub drain_timed_out: bool,
+    /// From the command to writable (ms): the measured RTO.
+    pub rto_ms: u64,
+    /// Whether the new primary held its lease when the command returned.
+    pub lease_held: bool,
+    /// The policy's RTO, when it has one (ms).
+    pub max_unavailable_ms: Option<u64>,
+    /// Whether `--allow-data-loss` was needed.
+    pub forced: bool,
+}
+
+/// The answer to `POST …/databases/{db}/switchover`: what the planned handover did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchoverReport {
+    /// The database group.
+    pub group: String,
+    /// The database promoted.
+    pub database: String,
+    /// The epoch it holds.
+    pub epoch: u64,
+    /// The primary it replaced (none: it was the primary already).
+    pub previous_primary: Option<String>,
+    /// The old primary's last transaction, applied here before the claim.
+    pub applied_seq: u64,
+    /// From the command to writable (ms).
+    pub pause_ms: u64,
+    /// Whether the new primary held its lease when the command returned.
+    pub lease_held: bool,
 }
 
 #[cfg(test)]
@@ -381,6 +471,22 @@ mod tests {
             "refresh_pending": "asked", "refreshes": 0, "records_applied": 5,
             "bytes_copied": 100, "last_error": null,
         }]}));
+        golden::<DatabaseReplication>(json!({
+            "deployment": "d2", "account": "acme", "database": "copy", "role": "primary",
+            "group": "g1", "epoch": 2, "group_epoch": 2, "primary": "d2",
+            "primary_state": null, "writable": true, "members": ["d1", "d2"],
+            "following": ["d1"], "down": [], "replica": null,
+        }));
+        golden::<FailoverReport>(json!({
+            "group": "g1", "database": "copy", "epoch": 2, "previous_primary": "d1",
+            "previous_primary_state": "unavailable", "known_loss_txns": 0, "known_loss_ms": 0,
+            "primary_silent_ms": 1600, "drained": 1, "drain_timed_out": false, "rto_ms": 40,
+            "lease_held": true, "max_unavailable_ms": null, "forced": true,
+        }));
+        golden::<SwitchoverReport>(json!({
+            "group": "g1", "database": "sales", "epoch": 3, "previous_primary": "d2",
+            "applied_seq": 9, "pause_ms": 120, "lease_held": true,
+        }));
         golden::<ErrorBody>(
             json!({"error": {"kind": "conflict", "message": "m", "epoch": 2,
             "redirect": {"deployment": "d2", "url": "http://x", "epoch": 2}}}),

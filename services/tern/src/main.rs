@@ -494,6 +494,8 @@ enum DatabaseCmd {
         /// records when it returns).
         #[arg(long)]
         allow_data_loss: bool,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
     /// Planned switchover (also the way back after a failover): this deployment's
     /// secondary replica becomes the primary with nothing lost; the primary pauses writes
@@ -502,6 +504,17 @@ enum DatabaseCmd {
         /// The account.
         account: String,
         /// The database (its replica on this deployment).
+        database: String,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
+    },
+    /// One database in its group as this deployment sees it: role, epochs, the primary,
+    /// whether it takes writes here, which members follow the primary, which are down, a
+    /// replica's refresh figures (what `--wait` follows; the account's token suffices).
+    Status {
+        /// The account.
+        account: String,
+        /// The database.
         database: String,
     },
     /// Show or set the failover policy of a database's group (set on its primary).
@@ -1365,24 +1378,73 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             account,
             database,
             allow_data_loss,
+            wait,
         }) => {
+            let limit = wait.limit()?;
             let p = format!(
                 "/v1/accounts/{}/databases/{}/failover",
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            let v = c
-                .post(&p, &shown(&api::FailoverRequest { allow_data_loss }))
+            if limit.is_some() {
+                output::note(&format!(
+                    "{account}.{database}: failing over (what arrived is applied first, then \
+                     the primary is claimed)"
+                ));
+            }
+            let v: api::FailoverReport = c
+                .post_as(&p, &api::FailoverRequest { allow_data_loss })
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
+            if let Some(limit) = limit {
+                output::note(&format!(
+                    "{account}.{database}: primary at epoch {} after {} ms (was {}); known \
+                     loss {} transactions",
+                    v.epoch,
+                    v.rto_ms,
+                    v.previous_primary.as_deref().unwrap_or("unknown"),
+                    v.known_loss_txns
+                ));
+                wait::promoted(c, &account, &database, v.epoch, "failover", limit).await?;
+                output::note(&format!("{account}.{database}: failover done"));
+            }
         }
-        Command::Database(DatabaseCmd::Switchover { account, database }) => {
+        Command::Database(DatabaseCmd::Switchover {
+            account,
+            database,
+            wait,
+        }) => {
+            let limit = wait.limit()?;
             let p = format!(
                 "/v1/accounts/{}/databases/{}/switchover",
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            print_value(&c.post(&p, &json!({})).await?, json_out);
+            if limit.is_some() {
+                output::note(&format!(
+                    "{account}.{database}: switching over (the primary pauses writes until \
+                     this replica applied its last transaction)"
+                ));
+            }
+            let v: api::SwitchoverReport = c.post_as(&p, &json!({})).await?;
+            print_value(&shown(&v), json_out);
+            if let Some(limit) = limit {
+                output::note(&format!(
+                    "{account}.{database}: primary at epoch {} after a {} ms write pause \
+                     (was {})",
+                    v.epoch,
+                    v.pause_ms,
+                    v.previous_primary
+                        .as_deref()
+                        .unwrap_or("this deployment already")
+                ));
+                wait::promoted(c, &account, &database, v.epoch, "switchover", limit).await?;
+                output::note(&format!("{account}.{database}: switchover done"));
+            }
+        }
+        Command::Database(DatabaseCmd::Status { account, database }) => {
+            let v = wait::status(c, &account, &database).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Database(DatabaseCmd::Policy {
             account,

@@ -12,7 +12,7 @@ pub(super) async fn failover(
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
     body: Body,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::FailoverReport>> {
     let id = account(&d, &headers, &acct)?;
     let db = database(&d, &id, &dbname)?;
     let req: api::FailoverRequest = body.json()?;
@@ -26,9 +26,22 @@ pub(super) async fn failover(
             },
         )
         .await?;
-    let v = serde_json::to_value(&report)
-        .map_err(|e| Error::internal("encode failover report")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(api::FailoverReport {
+        group: report.group,
+        database: report.database,
+        epoch: report.epoch,
+        previous_primary: report.previous_primary.map(|p| p.as_str().to_string()),
+        previous_primary_state: report.previous_primary_state.as_ref().map(enum_name),
+        known_loss_txns: report.known_loss_txns,
+        known_loss_ms: report.known_loss_ms,
+        primary_silent_ms: report.primary_silent_ms,
+        drained: report.drained,
+        drain_timed_out: report.drain_timed_out,
+        rto_ms: report.rto_ms,
+        lease_held: report.lease_held,
+        max_unavailable_ms: report.max_unavailable_ms,
+        forced: report.forced,
+    }))
 }
 
 /// Planned switchover: this deployment's secondary replica becomes the group's primary
@@ -38,13 +51,19 @@ pub(super) async fn switchover(
     State(d): St,
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::SwitchoverReport>> {
     let id = account(&d, &headers, &acct)?;
     let db = database(&d, &id, &dbname)?;
-    let report = d.replication.switchover(&id, &db.name).await?;
-    let v = serde_json::to_value(&report)
-        .map_err(|e| Error::internal("encode switchover report")(e.to_string()))?;
-    Ok(axum::Json(v))
+    let r = d.replication.switchover(&id, &db.name).await?;
+    Ok(axum::Json(api::SwitchoverReport {
+        group: r.group,
+        database: r.database,
+        epoch: r.epoch,
+        previous_primary: r.previous_primary.map(|p| p.as_str().to_string()),
+        applied_seq: r.applied_seq,
+        pause_ms: r.pause_ms,
+        lease_held: r.lease_held,
+    }))
 }
 
 /// The failover policy of a database's group.
