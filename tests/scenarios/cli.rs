@@ -242,9 +242,87 @@ fn tern_cli_tables_show_the_values_the_daemon_answers() {
     let created = op.json(&["database", "create", "acme", "sales"]);
     assert_eq!(created["database"], "sales", "{created}");
     op.ok(&["database", "create", "acme", "stock"]);
+    // One command per resource group: tables, tokens, keys, global, connections, policy,
+    // jobs, conflicts.
+    op.ok(&[
+        "table",
+        "create",
+        "acme.sales.orders",
+        "id:int64:not-null",
+        "customer:utf8",
+    ]);
+    op.ok(&[
+        "insert",
+        "acme.sales.orders",
+        "--rows",
+        r#"[{"id":1,"customer":"a"}]"#,
+    ]);
+    op.ok(&[
+        "token",
+        "create",
+        "acme",
+        "--read-only",
+        "--name",
+        "grafana",
+    ]);
+    let group = op.json(&["account", "global", "acme"]);
+    assert!(
+        group["group"].as_str().is_some_and(|g| !g.is_empty()),
+        "{group}"
+    );
+    let made = op.json(&["database", "replication", "acme", "sales", "enable"]);
+    let db_group = made["group"]
+        .as_str()
+        .expect("a database group")
+        .to_string();
+    op.ok(&[
+        "connection",
+        "create",
+        "acme",
+        "sales_conn",
+        "--group",
+        &db_group,
+    ]);
     // The command, the members its table shows, values that must be among them.
     for (args, keys, must) in [
-        (&["account", "list"][..], &[][..], &["acme"][..]),
+        (
+            &["show", "tables", "acme", "sales"][..],
+            &["schema", "name", "version"][..],
+            &["public", "orders"][..],
+        ),
+        (
+            &["show", "versions", "acme.sales.orders"],
+            &["version", "txn_id", "committed_at_ms", "files_added"],
+            &["1"],
+        ),
+        (
+            &["token", "list", "acme"],
+            &["id", "name", "created_at_ms"],
+            &["grafana"],
+        ),
+        (
+            &["account", "keys", "acme"],
+            &["version", "state", "created_at_ms"],
+            &["active"],
+        ),
+        (
+            &["show", "global-accounts", "acme"],
+            &["region", "deployment", "account", "replication_group"],
+            &["d1", "acme", "eu-test-1"],
+        ),
+        (
+            &["show", "global-databases", "acme"],
+            &["deployment", "account", "replication_group", "name", "role"],
+            &["sales", "primary", db_group.as_str()],
+        ),
+        (
+            &["show", "connections", "acme"],
+            &["name", "group", "primary", "epoch"],
+            &["sales_conn", db_group.as_str(), "d1"],
+        ),
+        (&["replication", "jobs"], &["id", "state"], &[]),
+        (&["conflicts", "list"], &["id", "origin"], &[]),
+        (&["account", "list"], &[], &["acme"]),
         (
             &["database", "list", "acme"],
             &["name", "id", "role"],
@@ -272,6 +350,16 @@ fn tern_cli_tables_show_the_values_the_daemon_answers() {
                 "{args:?}: {x} answered but not shown:\n{table}\n{v}"
             );
         }
+    }
+    // `database policy` (one object): every scalar it answered is shown.
+    let v = op.json(&["database", "policy", "acme", "sales"]);
+    let out = op.ok(&["database", "policy", "acme", "sales"]);
+    for k in ["database", "group", "epoch", "primary"] {
+        let x = match &v[k] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert!(out.contains(&x), "policy {k} {x:?} not shown:\n{out}\n{v}");
     }
     // `status`: its head line names the deployment, region and cloud it answered.
     let v = op.json(&["status"]);

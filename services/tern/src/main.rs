@@ -962,7 +962,7 @@ async fn through_connection(
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let member = Client::new(url, token.clone());
         match member
-            .get(&format!(
+            .get_as::<api::Connection>(&format!(
                 "/v1/accounts/{}/connections/{}",
                 client::seg(account)?,
                 client::seg(name)?
@@ -970,13 +970,13 @@ async fn through_connection(
             .await
         {
             Ok(v) => {
-                let Some(primary) = v["url"].as_str() else {
+                let Some(primary) = v.url else {
                     return Err(ClientError::Input(format!(
                         "connection {conn}: the primary ({}) has not published its URL yet",
-                        v["primary"]
+                        v.primary.as_deref().unwrap_or("unknown")
                     )));
                 };
-                return Ok(Client::new(primary, token));
+                return Ok(Client::new(&primary, token));
             }
             // Unreachable: the next member may answer.
             Err(e @ ClientError::Connect { .. }) => tried.push(e.to_string()),
@@ -1154,26 +1154,25 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             expires_in,
             name,
         }) => {
-            let mut body = json!({"read_only": read_only});
-            if let Some(e) = expires_in {
-                body["expires_in"] = json!(e);
-            }
-            if let Some(n) = name {
-                body["name"] = json!(n);
-            }
-            print_value(
-                &c.post(
+            let req = api::NewToken {
+                read_only,
+                expires_in,
+                name,
+            };
+            let v: api::TokenMade = c
+                .post_as(
                     &format!("/v1/accounts/{}/tokens", client::seg(&account)?),
-                    &body,
+                    &req,
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Token(TokenCmd::List { account }) => {
+            let v: api::TokenList = c
+                .get_as(&format!("/v1/accounts/{}/tokens", client::seg(&account)?))
+                .await?;
             print_list(
-                &c.get(&format!("/v1/accounts/{}/tokens", client::seg(&account)?))
-                    .await?,
+                &shown(&v),
                 "tokens",
                 &[
                     "id",
@@ -1187,15 +1186,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Token(TokenCmd::Revoke { account, id }) => {
-            print_value(
-                &c.delete(&format!(
+            let v: api::TokenRevoked = c
+                .delete_as(&format!(
                     "/v1/accounts/{}/tokens/{}",
                     client::seg(&account)?,
                     client::seg(&id)?
                 ))
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Create { name }) => {
             let v: api::AccountCreated = c.post_as("/v1/accounts", &api::Named { name }).await?;
@@ -1206,14 +1204,13 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_list(&shown(&v), "accounts", &["account"], json_out);
         }
         Command::Account(AccountCmd::Token { name }) => {
-            print_value(
-                &c.post(
+            let v: api::TokenMade = c
+                .post_as(
                     &format!("/v1/accounts/{}/tokens", client::seg(&name)?),
-                    &json!({}),
+                    &api::NewToken::default(),
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Drop { name }) => {
             print_value(
@@ -1223,37 +1220,37 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Account(AccountCmd::Keys { name }) => {
+            let v: api::KeyList = c
+                .get_as(&format!("/v1/accounts/{}/keys", client::seg(&name)?))
+                .await?;
             print_list(
-                &c.get(&format!("/v1/accounts/{}/keys", client::seg(&name)?))
-                    .await?,
+                &shown(&v),
                 "keys",
                 &["version", "state", "created_at_ms", "retired_at_ms"],
                 json_out,
             );
         }
         Command::Account(AccountCmd::RotateKey { name }) => {
-            print_value(
-                &c.post(
+            let v: api::KeyRotated = c
+                .post_as(
                     &format!("/v1/accounts/{}/keys/rotate", client::seg(&name)?),
                     &json!({}),
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Global { name, group }) => {
             let mut req = json!({});
             if let Some(g) = group {
                 req["group"] = json!(g);
             }
-            print_value(
-                &c.post(
+            let v: api::AccountGlobal = c
+                .post_as(
                     &format!("/v1/accounts/{}/global", client::seg(&name)?),
                     &req,
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::CustomerKey {
             name,
@@ -1479,9 +1476,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 if let Some(d) = max_unavailable {
                     policy["max_unavailable"] = json!(d);
                 }
-                c.post(&p, &policy).await?
+                shown(&c.post_as::<_, api::PolicySet>(&p, &policy).await?)
             } else {
-                c.get(&p).await?
+                shown(&c.get_as::<api::PolicyView>(&p).await?)
             };
             print_value(&v, json_out);
         }
@@ -1525,13 +1522,13 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             name,
             group,
         }) => {
-            let v = c
-                .post(
+            let v: api::Connection = c
+                .post_as(
                     &format!("/v1/accounts/{}/connections", client::seg(&account)?),
-                    &json!({"name": name, "group": group}),
+                    &api::CreateConnection { name, group },
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Txn(TxnCmd::Status { account, id }) => {
             print_value(
@@ -1544,9 +1541,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Conflicts(ConflictsCmd::List) | Command::Show(ShowCmd::Conflicts) => {
-            let v = c.get("/v1/conflicts").await?;
+            let v: api::ConflictList = c.get_as("/v1/conflicts").await?;
             print_list(
-                &v,
+                &shown(&v),
                 "conflicts",
                 &[
                     "id",
@@ -1623,9 +1620,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Replication(ReplicationCmd::Jobs) => {
-            let v = c.get("/v1/replication/jobs").await?;
+            let v: api::JobList = c.get_as("/v1/replication/jobs").await?;
             print_list(
-                &v,
+                &shown(&v),
                 "jobs",
                 &[
                     "kind",
@@ -1677,52 +1674,52 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_value(&v, json_out);
         }
         Command::Connection(ConnectionCmd::Resolve { account, name }) => {
-            let v = c
-                .get(&format!(
+            let v: api::Connection = c
+                .get_as(&format!(
                     "/v1/accounts/{}/connections/{}",
                     client::seg(&account)?,
                     client::seg(&name)?
                 ))
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Show(ShowCmd::Connections { account }) => {
-            let v = c
-                .get(&format!(
+            let v: api::ConnectionList = c
+                .get_as(&format!(
                     "/v1/accounts/{}/connections",
                     client::seg(&account)?
                 ))
                 .await?;
             print_list(
-                &v,
+                &shown(&v),
                 "connections",
                 &["name", "group", "primary", "epoch", "url", "made_on"],
                 json_out,
             );
         }
         Command::Show(ShowCmd::GlobalAccounts { account }) => {
-            let v = c
-                .get(&format!(
+            let v: api::GlobalAccounts = c
+                .get_as(&format!(
                     "/v1/accounts/{}/global/accounts",
                     client::seg(&account)?
                 ))
                 .await?;
             print_global(
-                &v,
+                &shown(&v),
                 "accounts",
                 &["region", "deployment", "account", "replication_group"],
                 json_out,
             );
         }
         Command::Show(ShowCmd::GlobalDatabases { account }) => {
-            let v = c
-                .get(&format!(
+            let v: api::GlobalDatabases = c
+                .get_as(&format!(
                     "/v1/accounts/{}/global/databases",
                     client::seg(&account)?
                 ))
                 .await?;
             print_global(
-                &v,
+                &shown(&v),
                 "databases",
                 &[
                     "region",
@@ -1787,55 +1784,52 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 .iter()
                 .map(|c| column_arg(c))
                 .collect::<Result<Vec<_>, _>>()?;
-            let v = c
-                .post(parent, &json!({"name": name, "columns": cols}))
+            let v: api::TableInfo = c
+                .post_as(parent, &json!({"name": name, "columns": cols}))
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Table(TableCmd::Drop { table }) => {
-            print_value(&c.delete(&table_path(&table)?).await?, json_out);
+            let v: api::TableDropped = c.delete_as(&table_path(&table)?).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Table(TableCmd::AddColumn { table, column }) => {
-            let v = c
-                .post(
+            let v: api::CommitAnswer = c
+                .post_as(
                     &format!("{}/columns", table_path(&table)?),
                     &column_arg(&column)?,
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Show(ShowCmd::Tables { account, database }) => {
-            let v = c
-                .get(&format!(
+            let v: api::TableList = c
+                .get_as(&format!(
                     "/v1/accounts/{}/databases/{}/tables",
                     client::seg(&account)?,
                     client::seg(&database)?
                 ))
                 .await?;
             if json_out {
-                print_value(&v, true);
+                print_json(&v);
             } else {
-                let rows: Vec<Value> = v["tables"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
+                let rows: Vec<Value> = v
+                    .tables
+                    .iter()
                     .map(|t| {
-                        let cols: Vec<String> = t["columns"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
+                        let cols: Vec<String> = t
+                            .columns
                             .iter()
                             .map(|c| {
                                 format!(
                                     "{} {}{}",
-                                    output::cell(&c["name"]),
-                                    output::cell(&c["type"]),
-                                    if c["nullable"] == false { " not null" } else { "" }
+                                    c.name,
+                                    c.ty,
+                                    if c.nullable { "" } else { " not null" }
                                 )
                             })
                             .collect();
-                        json!({"schema": t["schema"], "name": t["name"], "version": t["version"], "columns": cols.join(", ")})
+                        json!({"schema": t.schema, "name": t.name, "version": t.version, "columns": cols.join(", ")})
                     })
                     .collect();
                 let cols: Vec<String> = ["schema", "name", "version", "columns"]
@@ -1846,9 +1840,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             }
         }
         Command::Show(ShowCmd::Versions { table }) => {
-            let v = c.get(&format!("{}/versions", table_path(&table)?)).await?;
+            let v: api::VersionList = c
+                .get_as(&format!("{}/versions", table_path(&table)?))
+                .await?;
             print_list(
-                &v,
+                &shown(&v),
                 "versions",
                 &[
                     "version",
@@ -1884,11 +1880,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Insert { table, rows, key } => {
             let rows = parse_json("--rows", &stdin_or(rows)?)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(&format!("{}/rows", table_path(&table)?), &rows)
+                .post_as(&format!("{}/rows", table_path(&table)?), &rows)
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Load {
             table,
@@ -1927,19 +1923,21 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     }
                 };
                 progress.finish();
-                let v = v?;
-                total += v["rows"].as_u64().unwrap_or(0);
+                let v: api::CommitAnswer = keyed.typed(&path, v?)?;
+                let rows = v.rows.unwrap_or(0);
+                total += rows;
                 output::note(&format!(
                     "[{}/{}] {}: {} rows, {:.1} MiB, version {} ({:.0} rows/s so far)",
                     i + 1,
                     files.len(),
                     f.display(),
-                    v["rows"],
+                    rows,
                     size as f64 / 1_048_576.0,
-                    v["version"],
+                    v.version
+                        .map_or_else(|| "unchanged".to_string(), |v| v.to_string()),
                     total as f64 / started.elapsed().as_secs_f64().max(1e-9)
                 ));
-                results.push(json!({"file": f.display().to_string(), "result": v}));
+                results.push(json!({"file": f.display().to_string(), "result": shown(&v)}));
             }
             print_value(
                 &json!({"files": results.len(), "rows": total, "results": results}),
@@ -1948,14 +1946,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Delete { table, filter, key } => {
             let w = parse_json("--where", &filter.predicate)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(
+                .post_as(
                     &format!("{}/delete", table_path(&table)?),
                     &json!({"where": w}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Update {
             table,
@@ -1965,14 +1963,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         } => {
             let w = parse_json("--where", &filter.predicate)?;
             let s = parse_json("--set", &set)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(
+                .post_as(
                     &format!("{}/update", table_path(&table)?),
                     &json!({"where": w, "set": s}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Merge {
             table,
@@ -1981,14 +1979,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             key,
         } => {
             let rows = parse_json("--rows", &stdin_or(rows)?)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(
+                .post_as(
                     &format!("{}/merge", table_path(&table)?),
                     &json!({"keys": keys, "rows": rows}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Scan {
             table,
@@ -2024,17 +2022,15 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 let mut p = printer.lock().unwrap_or_else(|e| e.into_inner());
                 p.finish();
                 if !csv {
+                    let head: api::ScanHead = c.typed(&path, v.clone())?;
+                    let tail: api::ScanTail = c.typed(&path, v)?;
                     output::note(&format!(
                         "{} rows at version {} ({} of {} files read){}",
-                        v["row_count"],
-                        v["version"],
-                        v["files_read"],
-                        v["files_total"],
-                        if v["truncated"] == true {
-                            ", truncated"
-                        } else {
-                            ""
-                        }
+                        tail.row_count,
+                        head.version,
+                        tail.files_read,
+                        head.files_total,
+                        if tail.truncated { ", truncated" } else { "" }
                     ));
                 }
             }

@@ -123,9 +123,27 @@ pub(super) async fn refresh(
 }
 
 /// Every copy and import job (operator).
-pub(super) async fn replication_jobs(State(d): St, headers: HeaderMap) -> ApiResult {
+pub(super) async fn replication_jobs(
+    State(d): St,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<api::JobList>> {
     operator(&d, &headers)?;
-    Ok(axum::Json(json!({ "jobs": d.replication.jobs()? })))
+    let jobs = d
+        .replication
+        .jobs()?
+        .into_iter()
+        .map(|j| api::Job {
+            kind: enum_name(&j.kind),
+            id: j.id,
+            peer: j.peer.as_str().to_string(),
+            group: j.group,
+            attempts: j.attempts,
+            state: enum_name(&j.state),
+            next_attempt_at_ms: j.next_attempt_at_ms,
+            last_error: j.last_error,
+        })
+        .collect();
+    Ok(axum::Json(api::JobList { jobs }))
 }
 
 /// `retry` or `abandon` a copy or import job (operator).
