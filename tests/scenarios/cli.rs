@@ -687,6 +687,85 @@ fn tern_links_deployments_in_one_step_and_inits_a_group() {
     }
 }
 
+/// `deployment link`'s error paths, each with its exit status, a message naming what was
+/// wrong, and nothing linked on either side: a peer nobody answers at (5, its URL), a peer
+/// that refuses the token (6, its URL and `--to-token`), and a link cut short before (d1
+/// knows d2, d2 not d1: 2, who knows whom; d2 still knows nobody).
+#[test]
+fn tern_link_unreachable_or_refused_says_what_and_links_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
+    let peer = |other: &Layout| {
+        format!(
+            "[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
+            other.id,
+            other.home.display()
+        )
+    };
+    let d1 = Ternd::start(&l1.write_config(&l1.config(&peer(&l2))), &[]);
+    let join = format!("{}/keys", l1.home.display());
+    let d2 = Ternd::start(
+        &l2.write_config(&l2.config(&peer(&l1))),
+        &[("TERN_KEYS__JOIN", join.as_str())],
+    );
+    let (c1, c2) = (
+        Cli {
+            url: d1.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+        Cli {
+            url: d2.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+    );
+    let members = |c: &Cli| -> Vec<String> {
+        let v = c.json(&["show", "deployments"]);
+        v["deployments"]
+            .as_array()
+            .expect("deployments")
+            .iter()
+            .map(|d| d["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let (code, err) = c1.exit(&["deployment", "link", "--to", &closed]);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains(&closed),
+        "the unreachable peer is not named: {err}"
+    );
+    let (code, err) = c1.exit(&[
+        "deployment",
+        "link",
+        "--to",
+        &d2.url(),
+        "--to-token",
+        "not-the-operator-token",
+    ]);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains(&d2.url()) && err.contains("--to-token"),
+        "the refusing peer and the way out are not named: {err}"
+    );
+    assert_eq!(members(&c1), ["d1"], "half-linked after a failed link");
+    assert_eq!(members(&c2), ["d2"], "half-linked after a failed link");
+    // A link cut short earlier (d1 added d2 by hand; d2 never heard of d1).
+    c1.ok(&["deployment", "create", "d2", "--region", "r2"]);
+    let (code, err) = c1.exit(&["deployment", "link", "--to", &d2.url()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("d1 has d2 in its group but d2 does not have d1"),
+        "{err}"
+    );
+    assert_eq!(members(&c2), ["d2"], "the refused link changed d2");
+    assert!(d1.terminate().success());
+    assert!(d2.terminate().success());
+}
+
 /// The CLI's replication commands end to end against two real daemons: `create-replica
 /// --wait` returns once the first refresh is imported (its progress on stderr) and the
 /// replica then holds the primary's rows; rows inserted on the primary are in the replica
