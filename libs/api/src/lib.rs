@@ -808,6 +808,72 @@ pub struct PolicySet {
     pub policy: Value,
 }
 
+// ---- monitor ----
+
+/// An alert firing, in a [`MonitorHistory`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorAlert {
+    /// What kind of threshold (`lag_over_rpo`, …).
+    pub kind: String,
+    /// Which one.
+    pub subject: String,
+    /// Since when (ms since the epoch).
+    pub since_ms: i64,
+    /// The last value seen (none: not a finite number).
+    pub value: Option<f64>,
+    /// The threshold.
+    pub limit: Option<f64>,
+}
+
+/// `GET /v1/monitor?last=N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorHistory {
+    /// The deployment answering.
+    pub deployment: String,
+    /// Its monitor interval (ms).
+    pub interval_ms: i64,
+    /// The last intervals, oldest first (their shape is the monitor's: figures per
+    /// agent, replicas, queues, channels, jobs, alerts).
+    pub rows: Vec<Value>,
+    /// The alerts firing now.
+    pub alerts: Vec<MonitorAlert>,
+}
+
+/// One notification event: a threshold fired or cleared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    /// Its number (grows).
+    pub seq: u64,
+    /// The deployment that raised it.
+    pub deployment: String,
+    /// What kind of threshold.
+    pub kind: String,
+    /// Which one.
+    pub subject: String,
+    /// `fired` or `cleared`.
+    pub transition: String,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The value that crossed (none: not a finite number).
+    pub value: Option<f64>,
+    /// The threshold.
+    pub limit: Option<f64>,
+}
+
+/// `GET /v1/monitor/events?last=N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorEvents {
+    /// The newest events.
+    pub events: Vec<MonitorEvent>,
+}
+
+/// The answer to `POST /v1/monitor/reset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorReset {
+    /// When it takes effect.
+    pub reset: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,6 +979,13 @@ mod tests {
         golden::<PolicyView>(json!({"database": "sales", "group": "g1", "epoch": 1,
             "primary": "d1", "policy": {"auto_failover": false}}));
         golden::<PolicySet>(json!({"database": "sales", "policy": {}}));
+        golden::<MonitorHistory>(json!({"deployment": "d1", "interval_ms": 10000,
+            "rows": [{"interval": 1}], "alerts": [{"kind": "lag_over_rpo", "subject": "r",
+            "since_ms": 5, "value": 9.0, "limit": 5.0}]}));
+        golden::<MonitorEvents>(json!({"events": [{"seq": 3, "deployment": "d1",
+            "kind": "lag_over_rpo", "subject": "r", "transition": "fired", "at_ms": 5,
+            "value": null, "limit": 5.0}]}));
+        golden::<MonitorReset>(json!({"reset": "at the next monitor tick"}));
         golden::<ErrorBody>(
             json!({"error": {"kind": "conflict", "message": "m", "epoch": 2,
             "redirect": {"deployment": "d2", "url": "http://x", "epoch": 2}}}),

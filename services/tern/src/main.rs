@@ -2105,18 +2105,20 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             reset,
         } => {
             if reset {
-                print_value(&c.post("/v1/monitor/reset", &json!({})).await?, json_out);
+                let v: api::MonitorReset = c.post_as("/v1/monitor/reset", &json!({})).await?;
+                print_value(&shown(&v), json_out);
             } else if events {
-                let v = c.get(&format!("/v1/monitor/events?last={last}")).await?;
+                let v: api::MonitorEvents =
+                    c.get_as(&format!("/v1/monitor/events?last={last}")).await?;
                 if json_out {
-                    print_value(&v, true);
+                    print_json(&v);
                 } else {
                     output::print(&monitor::render_events(&v));
                 }
             } else {
-                let v = c.get(&format!("/v1/monitor?last={last}")).await?;
+                let v: api::MonitorHistory = c.get_as(&format!("/v1/monitor?last={last}")).await?;
                 if json_out {
-                    print_value(&v, true);
+                    print_json(&v);
                 } else {
                     output::print(&monitor::render(&v));
                 }
