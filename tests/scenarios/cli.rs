@@ -26,6 +26,20 @@ impl Cli {
         )
     }
 
+    /// Runs `tern args`: its exit status and stderr.
+    fn exit(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(binary("tern"))
+            .args(args)
+            .env("TERN_URL", &self.url)
+            .env("TERN_TOKEN", &self.token)
+            .output()
+            .expect("run tern");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.run(args);
         assert!(ok, "tern {args:?} failed: {err}");
@@ -228,9 +242,87 @@ fn tern_cli_tables_show_the_values_the_daemon_answers() {
     let created = op.json(&["database", "create", "acme", "sales"]);
     assert_eq!(created["database"], "sales", "{created}");
     op.ok(&["database", "create", "acme", "stock"]);
+    // One command per resource group: tables, tokens, keys, global, connections, policy,
+    // jobs, conflicts.
+    op.ok(&[
+        "table",
+        "create",
+        "acme.sales.orders",
+        "id:int64:not-null",
+        "customer:utf8",
+    ]);
+    op.ok(&[
+        "insert",
+        "acme.sales.orders",
+        "--rows",
+        r#"[{"id":1,"customer":"a"}]"#,
+    ]);
+    op.ok(&[
+        "token",
+        "create",
+        "acme",
+        "--read-only",
+        "--name",
+        "grafana",
+    ]);
+    let group = op.json(&["account", "global", "acme"]);
+    assert!(
+        group["group"].as_str().is_some_and(|g| !g.is_empty()),
+        "{group}"
+    );
+    let made = op.json(&["database", "replication", "acme", "sales", "enable"]);
+    let db_group = made["group"]
+        .as_str()
+        .expect("a database group")
+        .to_string();
+    op.ok(&[
+        "connection",
+        "create",
+        "acme",
+        "sales_conn",
+        "--group",
+        &db_group,
+    ]);
     // The command, the members its table shows, values that must be among them.
     for (args, keys, must) in [
-        (&["account", "list"][..], &[][..], &["acme"][..]),
+        (
+            &["show", "tables", "acme", "sales"][..],
+            &["schema", "name", "version"][..],
+            &["public", "orders"][..],
+        ),
+        (
+            &["show", "versions", "acme.sales.orders"],
+            &["version", "txn_id", "committed_at_ms", "files_added"],
+            &["1"],
+        ),
+        (
+            &["token", "list", "acme"],
+            &["id", "name", "created_at_ms"],
+            &["grafana"],
+        ),
+        (
+            &["account", "keys", "acme"],
+            &["version", "state", "created_at_ms"],
+            &["active"],
+        ),
+        (
+            &["show", "global-accounts", "acme"],
+            &["region", "deployment", "account", "replication_group"],
+            &["d1", "acme", "eu-test-1"],
+        ),
+        (
+            &["show", "global-databases", "acme"],
+            &["deployment", "account", "replication_group", "name", "role"],
+            &["sales", "primary", db_group.as_str()],
+        ),
+        (
+            &["show", "connections", "acme"],
+            &["name", "group", "primary", "epoch"],
+            &["sales_conn", db_group.as_str(), "d1"],
+        ),
+        (&["replication", "jobs"], &["id", "state"], &[]),
+        (&["conflicts", "list"], &["id", "origin"], &[]),
+        (&["account", "list"], &[], &["acme"]),
         (
             &["database", "list", "acme"],
             &["name", "id", "role"],
@@ -258,6 +350,16 @@ fn tern_cli_tables_show_the_values_the_daemon_answers() {
                 "{args:?}: {x} answered but not shown:\n{table}\n{v}"
             );
         }
+    }
+    // `database policy` (one object): every scalar it answered is shown.
+    let v = op.json(&["database", "policy", "acme", "sales"]);
+    let out = op.ok(&["database", "policy", "acme", "sales"]);
+    for k in ["database", "group", "epoch", "primary"] {
+        let x = match &v[k] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert!(out.contains(&x), "policy {k} {x:?} not shown:\n{out}\n{v}");
     }
     // `status`: its head line names the deployment, region and cloud it answered.
     let v = op.json(&["status"]);
@@ -585,6 +687,85 @@ fn tern_links_deployments_in_one_step_and_inits_a_group() {
     }
 }
 
+/// `deployment link`'s error paths, each with its exit status, a message naming what was
+/// wrong, and nothing linked on either side: a peer nobody answers at (5, its URL), a peer
+/// that refuses the token (6, its URL and `--to-token`), and a link cut short before (d1
+/// knows d2, d2 not d1: 2, who knows whom; d2 still knows nobody).
+#[test]
+fn tern_link_unreachable_or_refused_says_what_and_links_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
+    let peer = |other: &Layout| {
+        format!(
+            "[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
+            other.id,
+            other.home.display()
+        )
+    };
+    let d1 = Ternd::start(&l1.write_config(&l1.config(&peer(&l2))), &[]);
+    let join = format!("{}/keys", l1.home.display());
+    let d2 = Ternd::start(
+        &l2.write_config(&l2.config(&peer(&l1))),
+        &[("TERN_KEYS__JOIN", join.as_str())],
+    );
+    let (c1, c2) = (
+        Cli {
+            url: d1.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+        Cli {
+            url: d2.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+    );
+    let members = |c: &Cli| -> Vec<String> {
+        let v = c.json(&["show", "deployments"]);
+        v["deployments"]
+            .as_array()
+            .expect("deployments")
+            .iter()
+            .map(|d| d["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let (code, err) = c1.exit(&["deployment", "link", "--to", &closed]);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains(&closed),
+        "the unreachable peer is not named: {err}"
+    );
+    let (code, err) = c1.exit(&[
+        "deployment",
+        "link",
+        "--to",
+        &d2.url(),
+        "--to-token",
+        "not-the-operator-token",
+    ]);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains(&d2.url()) && err.contains("--to-token"),
+        "the refusing peer and the way out are not named: {err}"
+    );
+    assert_eq!(members(&c1), ["d1"], "half-linked after a failed link");
+    assert_eq!(members(&c2), ["d2"], "half-linked after a failed link");
+    // A link cut short earlier (d1 added d2 by hand; d2 never heard of d1).
+    c1.ok(&["deployment", "create", "d2", "--region", "r2"]);
+    let (code, err) = c1.exit(&["deployment", "link", "--to", &d2.url()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("d1 has d2 in its group but d2 does not have d1"),
+        "{err}"
+    );
+    assert_eq!(members(&c2), ["d2"], "the refused link changed d2");
+    assert!(d1.terminate().success());
+    assert!(d2.terminate().success());
+}
+
 /// The CLI's replication commands end to end against two real daemons: `create-replica
 /// --wait` returns once the first refresh is imported (its progress on stderr) and the
 /// replica then holds the primary's rows; rows inserted on the primary are in the replica
@@ -660,4 +841,147 @@ fn tern_create_replica_and_refresh_wait_until_done_showing_progress() {
 
 fn request_text(addr: &str, path: &str) -> String {
     tern_scenarios::ternd::request(addr, "GET", path, None, "text/plain", b"").body
+}
+
+/// A token of `account` on `d` (made by the operator).
+fn account_token(d: &Ternd, account: &str) -> String {
+    let r = d.op("POST", &format!("/v1/accounts/{account}/tokens"), "");
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["token"].as_str().expect("token").to_string()
+}
+
+/// `database failover --wait` and `database switchover --wait` against two real daemons,
+/// run with the account's own token (not the operator's): the failover returns with the
+/// new primary taking writes (a write at once succeeds), its progress on stderr; the way
+/// back, `switchover --wait` on the returned old primary, returns only once the other
+/// member follows the new epoch — read at once, d2 is its secondary at that epoch. A
+/// `refresh --wait` with the account token works too (it read the operator-only
+/// `/v1/replication/status` before).
+#[test]
+fn tern_failover_and_switchover_wait_until_settled_with_the_account_token() {
+    use crate::failover::{FAST, SWITCHOVER, availability};
+    use crate::replication::{
+        PRIMARY, create_replica, primary, replica_table, rows_json, scan_all, two_with, wait_until,
+    };
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let two = two_with(&[], &format!("{FAST}{SWITCHOVER}"));
+    let group = primary(&two.d1, &two.d2, 1, 10);
+    create_replica(&two.d2, &group);
+    let tbl = wait_until("the replica has the 10 rows", WAIT, || {
+        let t = replica_table(&two.d2)?;
+        (scan_all(&two.d2, &t)?.len() == 10).then_some(t)
+    });
+    let c2 = Cli {
+        url: two.d2.url(),
+        token: account_token(&two.d2, "a2"),
+    };
+    let (ok, _, err) = c2.run(&[
+        "database",
+        "refresh",
+        "a2",
+        "sales_replica",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert!(ok, "refresh --wait with the account token failed: {err}");
+    assert!(err.contains("imported"), "{err}");
+    wait_until("d2 hears d1", WAIT, || {
+        (availability(&two.d2, "d1")? == "available").then_some(())
+    });
+
+    // The primary's region is lost; the account's operator fails over and waits.
+    two.d1.kill9();
+    wait_until("d2 judges d1 unavailable", WAIT, || {
+        (availability(&two.d2, "d1")? == "unavailable").then_some(())
+    });
+    let (ok, out, err) = c2.run(&[
+        "--json",
+        "database",
+        "failover",
+        "a2",
+        "sales_replica",
+        "--allow-data-loss",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert!(ok, "failover --wait failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("the report as JSON");
+    assert_eq!(report["epoch"], 2, "{report}");
+    assert_eq!(report["previous_primary"], "d1", "{report}");
+    assert!(
+        err.contains("a2.sales_replica: failing over")
+            && err.contains("a2.sales_replica: primary at epoch 2 after")
+            && err.contains(
+                "a2.sales_replica: primary at epoch 2 (group epoch 2, primary d2); takes writes"
+            )
+            && err.contains("down: d1")
+            && err.trim_end().ends_with("a2.sales_replica: failover done"),
+        "no progress shown: {err}"
+    );
+    let r = two
+        .d2
+        .op("POST", &format!("{tbl}/rows"), &rows_json(500, 501));
+    assert_eq!(r.status, 200, "the new primary takes writes: {}", r.body);
+    // `database status` shows the same with the account token.
+    let st = c2.json(&["database", "status", "a2", "sales_replica"]);
+    assert_eq!(
+        (
+            st["role"].as_str(),
+            st["epoch"].as_u64(),
+            st["writable"].as_bool()
+        ),
+        (Some("primary"), Some(2), Some(true)),
+        "{st}"
+    );
+
+    // d1 returns, learns epoch 2 and follows d2; the way back is a switchover on d1.
+    let d1 = Ternd::start(&two.c1, &[]);
+    wait_until("d1 follows d2 and has caught up", WAIT, || {
+        let caught_up = scan_all(&d1, PRIMARY)? == scan_all(&two.d2, &tbl)?;
+        let s = d1.op("GET", "/v1/replication/status", "").json();
+        let follows = s["groups"].as_array()?.first()?["role"] == "secondary";
+        (follows && caught_up && availability(&d1, "d2")? == "available").then_some(())
+    });
+    let c1 = Cli {
+        url: d1.url(),
+        token: account_token(&d1, "a1"),
+    };
+    let (ok, out, err) = c1.run(&[
+        "--json",
+        "database",
+        "switchover",
+        "a1",
+        "sales",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert!(ok, "switchover --wait failed: {err}");
+    let back: Value = serde_json::from_str(&out).expect("the report as JSON");
+    let epoch = back["epoch"].as_u64().expect("epoch");
+    assert!(epoch >= 3, "{back}");
+    assert!(
+        err.contains("following: d2; waiting for: none")
+            && err.trim_end().ends_with("a1.sales: switchover done"),
+        "{err}"
+    );
+    // Settled when the command returned: d2 is d1's secondary at the new epoch.
+    let s2 = c2.json(&["database", "status", "a2", "sales_replica"]);
+    assert_eq!(
+        (
+            s2["role"].as_str(),
+            s2["group_epoch"].as_u64(),
+            s2["primary"].as_str()
+        ),
+        (Some("secondary"), Some(epoch), Some("d1")),
+        "{s2}"
+    );
+    // A failover of a primary is refused before anything waits: exit 2, the reason named.
+    let (code, err) = c1.exit(&["database", "failover", "a1", "sales", "--wait"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is the group's primary already"), "{err}");
+    assert!(d1.terminate().success());
+    assert!(two.d2.terminate().success());
 }

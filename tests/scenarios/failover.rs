@@ -23,12 +23,12 @@ use crate::replication::{
 };
 use tern_scenarios::ternd::request;
 
-const FAST: &str = "heartbeat_interval = \"200ms\"\nunavailable_after = \"1500ms\"\n";
+pub(crate) const FAST: &str = "heartbeat_interval = \"200ms\"\nunavailable_after = \"1500ms\"\n";
 /// A primary paused for a switchover whose candidate went silent resumes after 7 s.
-const SWITCHOVER: &str = "switchover_timeout = \"5s\"\nvote_timeout = \"2s\"\n";
+pub(crate) const SWITCHOVER: &str = "switchover_timeout = \"5s\"\nvote_timeout = \"2s\"\n";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn availability(d: &Ternd, peer: &str) -> Option<String> {
+pub(crate) fn availability(d: &Ternd, peer: &str) -> Option<String> {
     let v = d.op("GET", "/v1/availability", "").json();
     v["peers"]
         .as_array()?

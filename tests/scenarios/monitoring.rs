@@ -470,6 +470,33 @@ fn a_replica_lagging_past_its_rpo_notifies_once_and_clears_when_the_primary_is_b
     assert_eq!(since(&d2), std::slice::from_ref(&lag));
     let firing = firing_lag(&d2).expect("the lag alert firing");
     assert!(firing["value"].as_f64() > Some(3.0), "{firing}");
+    // The CLI shows both, through the typed answers: the alert firing under the history,
+    // the event in the events table.
+    let tern = |args: &[&str]| {
+        let out = Command::new(tern_scenarios::binary("tern"))
+            .args(["--url", &d2.url(), "--token", OPERATOR_TOKEN])
+            .args(args)
+            .output()
+            .expect("run tern monitor");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = tern(&["monitor", "--last", "1"]);
+    assert!(
+        text.contains("alerts firing:") && text.contains("lag_over_rpo replica sales_replica:"),
+        "{text}"
+    );
+    let text = tern(&["monitor", "--events", "--last", "1000"]);
+    assert!(
+        text.lines().any(|l| l.contains("lag_over_rpo")
+            && l.contains("replica sales_replica")
+            && l.contains("fired")),
+        "{text}"
+    );
 
     // The fault ends: d1 back, its heartbeats reach d2, the lag drops under the RPO.
     let d1 = Ternd::start(&c1, &env);

@@ -323,6 +323,42 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
 }
 
+/// `GET …/databases/{db}/replication` (the account's token): one database's place in its
+/// group as this deployment sees it. What `--wait` follows a refresh, a failover or a
+/// switchover with, so it needs no more than the token the command itself needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseReplication {
+    /// The deployment answering.
+    pub deployment: String,
+    /// The account.
+    pub account: String,
+    /// The database.
+    pub database: String,
+    /// `local`, `primary` or `secondary`.
+    pub role: String,
+    /// Its database group (none: local).
+    pub group: Option<String>,
+    /// The epoch of its role here.
+    pub epoch: u64,
+    /// The newest epoch of the group known here.
+    pub group_epoch: u64,
+    /// Who holds the primary at `group_epoch`.
+    pub primary: Option<String>,
+    /// The primary's availability as judged here (secondaries).
+    pub primary_state: Option<String>,
+    /// This deployment takes commits for it now: it holds the primary, no switchover
+    /// pauses it, and in a group of three or more a majority confirmed its lease.
+    pub writable: bool,
+    /// The primary: the group's members it counts (itself included).
+    pub members: Vec<String>,
+    /// The primary: members whose heartbeat at `epoch` arrived (they follow it).
+    pub following: Vec<String>,
+    /// Members judged unavailable (or in maintenance) here.
+    pub down: Vec<String>,
+    /// A secondary replica: its refresh figures.
+    pub replica: Option<ReplicaStatus>,
+}
+
 /// `POST …/databases/{db}/failover`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +366,512 @@ pub struct FailoverRequest {
     /// Promote even when the known loss is beyond the RPO or no majority is reached.
     #[serde(default)]
     pub allow_data_loss: bool,
+}
+
+/// The answer to `POST …/databases/{db}/failover`: what the promotion did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverReport {
+    /// The database group.
+    pub group: String,
+    /// The database promoted.
+    pub database: String,
+    /// The epoch claimed.
+    pub epoch: u64,
+    /// The primary it replaced.
+    pub previous_primary: Option<String>,
+    /// Its availability when the failover started.
+    pub previous_primary_state: Option<String>,
+    /// Transactions the old primary had committed (by its last heartbeat here) that were
+    /// not applied here.
+    pub known_loss_txns: u64,
+    /// Time between the newest commit applied here and the newest the old primary
+    /// reported (ms).
+    pub known_loss_ms: i64,
+    /// How long ago the old primary was last heard (ms; none: never).
+    pub primary_silent_ms: Option<i64>,
+    /// Import jobs and messages drained before judging.
+    pub drained: u64,
+    /// Whether the drain ran out of time.
+    pub drain_timed_out: bool,
+    /// From the command to writable (ms): the measured RTO.
+    pub rto_ms: u64,
+    /// Whether the new primary held its lease when the command returned.
+    pub lease_held: bool,
+    /// The policy's RTO, when it has one (ms).
+    pub max_unavailable_ms: Option<u64>,
+    /// Whether `--allow-data-loss` was needed.
+    pub forced: bool,
+}
+
+/// The answer to `POST …/databases/{db}/switchover`: what the planned handover did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchoverReport {
+    /// The database group.
+    pub group: String,
+    /// The database promoted.
+    pub database: String,
+    /// The epoch it holds.
+    pub epoch: u64,
+    /// The primary it replaced (none: it was the primary already).
+    pub previous_primary: Option<String>,
+    /// The old primary's last transaction, applied here before the claim.
+    pub applied_seq: u64,
+    /// From the command to writable (ms).
+    pub pause_ms: u64,
+    /// Whether the new primary held its lease when the command returned.
+    pub lease_held: bool,
+}
+
+// ---- tables, DML, scans ----
+
+/// One column of a [`TableInfo`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    /// Its name.
+    pub name: String,
+    /// Its type (`int64`, `utf8`, …).
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// NULLs allowed.
+    pub nullable: bool,
+}
+
+/// A table: `GET …/tables/{t}`, the answer to `POST …/schemas/{s}/tables`, and each
+/// table of a [`TableList`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableInfo {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its internal id.
+    pub id: String,
+    /// Its current version.
+    pub version: u64,
+    /// Its columns.
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// `GET …/databases/{db}/tables`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableList {
+    /// Every table of every schema.
+    pub tables: Vec<TableInfo>,
+}
+
+/// The answer to `DELETE …/tables/{t}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDropped {
+    /// Its name.
+    pub dropped: String,
+}
+
+/// The answer to a write (`…/rows`, `…/delete`, `…/update`, `…/merge`, `…/columns`):
+/// its commit. A retried idempotent write whose outcome was not kept answers only
+/// `committed`, `txn_id` and `replayed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitAnswer {
+    /// The table version it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// It committed (false: nothing to change).
+    pub committed: bool,
+    /// Rows written or changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Files added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_added: Option<u64>,
+    /// Files removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_removed: Option<u64>,
+    /// Its transaction.
+    pub txn_id: Option<u64>,
+    /// The answer of an earlier request with the same `Idempotency-Key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<bool>,
+}
+
+/// One version in a [`VersionList`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// The version.
+    pub version: u64,
+    /// When it committed (ms since the epoch).
+    pub committed_at_ms: i64,
+    /// Its transaction.
+    pub txn_id: Option<u64>,
+    /// Files it added.
+    pub files_added: u64,
+    /// Files it removed.
+    pub files_removed: u64,
+}
+
+/// `GET …/tables/{t}/versions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionList {
+    /// The table.
+    pub table: String,
+    /// Its current version.
+    pub current: u64,
+    /// Every version kept.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// What a JSON scan answer (`POST …/tables/{t}/scan`) says before its rows: it streams
+/// as `{version, columns, files_total, "rows": [...], ` then a [`ScanTail`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanHead {
+    /// The version read.
+    pub version: u64,
+    /// The columns, in the rows' order.
+    pub columns: Vec<String>,
+    /// Files of that version.
+    pub files_total: u64,
+}
+
+/// What a JSON scan answer says after its rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScanTail {
+    /// Rows returned.
+    pub row_count: u64,
+    /// Rows matching (none: not known, the scan stopped at its limit).
+    pub matched: Option<u64>,
+    /// The limit cut the answer short.
+    pub truncated: bool,
+    /// Files read.
+    pub files_read: u64,
+}
+
+// ---- tokens and keys ----
+
+/// `POST /v1/accounts/{a}/tokens`: what a new token may be.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// Refused on writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Refused after this long (`30d`, `12h`); never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    /// A name for listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// One token of an account (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The account.
+    pub account: String,
+    /// Its id (for `DELETE …/tokens/{id}`).
+    pub id: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// Refused on writes.
+    pub read_only: bool,
+    /// When it was made (ms since the epoch).
+    pub created_at_ms: i64,
+    /// When it stops working.
+    pub expires_at_ms: Option<i64>,
+    /// It stopped working.
+    pub expired: bool,
+}
+
+/// The answer to [`NewToken`] (201): the token and its secret, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenMade {
+    /// The token.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// Its secret (only its hash is stored).
+    pub token: String,
+}
+
+/// `GET /v1/accounts/{a}/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenList {
+    /// The account.
+    pub account: String,
+    /// Its tokens.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// The answer to `DELETE /v1/accounts/{a}/tokens/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    /// The account.
+    pub account: String,
+    /// The token.
+    pub id: String,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// One version of an account's master key (never key material).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyVersion {
+    /// The version.
+    pub version: u64,
+    /// `active` or `retired`.
+    pub state: String,
+    /// When it was made (ms since the epoch).
+    pub created_at_ms: i64,
+    /// When it was retired.
+    pub retired_at_ms: Option<i64>,
+}
+
+/// `GET /v1/accounts/{a}/keys`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyList {
+    /// The account.
+    pub account: String,
+    /// Its master key's versions.
+    pub keys: Vec<KeyVersion>,
+}
+
+/// The answer to `POST /v1/accounts/{a}/keys/rotate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRotated {
+    /// The account.
+    pub account: String,
+    /// The new version.
+    pub version: u64,
+    /// Versions retired.
+    pub retired: Vec<u64>,
+    /// Table keys wrapped again.
+    pub tables_rewrapped: u64,
+    /// Every version now.
+    pub keys: Vec<KeyVersion>,
+}
+
+// ---- global accounts and databases, connections, jobs, conflicts, policy ----
+
+/// The answer to `POST /v1/accounts/{a}/global`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountGlobal {
+    /// The account.
+    pub account: String,
+    /// Its account group.
+    pub group: String,
+}
+
+/// One row of `GET …/global/accounts` and `…/global/databases`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalRow {
+    /// Region of the deployment holding it.
+    pub region: String,
+    /// The deployment.
+    pub deployment: String,
+    /// The account.
+    pub account: String,
+    /// The replication group.
+    pub replication_group: String,
+    /// The name (account or database).
+    pub name: String,
+    /// Databases: `primary` or `secondary`.
+    pub role: Option<String>,
+    /// Secondary replicas: where they replicate from.
+    pub upstream: Option<String>,
+}
+
+/// `GET /v1/accounts/{a}/global/accounts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalAccounts {
+    /// The account group's members.
+    pub accounts: Vec<GlobalRow>,
+}
+
+/// `GET /v1/accounts/{a}/global/databases`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalDatabases {
+    /// The group's databases and replicas.
+    pub databases: Vec<GlobalRow>,
+}
+
+/// `POST /v1/accounts/{a}/connections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConnection {
+    /// Its name.
+    pub name: String,
+    /// The database group it names.
+    pub group: String,
+}
+
+/// A connection and where it leads now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Its name.
+    pub name: String,
+    /// The database group.
+    pub group: String,
+    /// The deployment holding the group's primary.
+    pub primary: Option<String>,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The primary's API URL, when it published one.
+    pub url: Option<String>,
+    /// The deployment the connection was made on.
+    pub made_on: String,
+}
+
+/// `GET /v1/accounts/{a}/connections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionList {
+    /// The account's connections.
+    pub connections: Vec<Connection>,
+}
+
+/// One copy or import job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// `snapshot` (copy) or `import`.
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// The peer that asked or answered.
+    pub peer: String,
+    /// The database group.
+    pub group: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// `waiting`, `backing_off` or `failed`.
+    pub state: String,
+    /// When it is tried again.
+    pub next_attempt_at_ms: Option<i64>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/replication/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobList {
+    /// Every job.
+    pub jobs: Vec<Job>,
+}
+
+/// One conflict record: what an old primary committed past a failover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Its id.
+    pub id: String,
+    /// The database group.
+    pub group: String,
+    /// The deployment that committed it.
+    pub origin: String,
+    /// Its transaction.
+    pub txn_id: Option<u64>,
+    /// The epoch it was committed under.
+    pub epoch: u64,
+    /// When (ms since the epoch).
+    pub committed_at_ms: i64,
+    /// `open`, `applied` or `discarded`.
+    pub state: String,
+    /// How it was resolved.
+    #[serde(default)]
+    pub resolution: Option<String>,
+    /// The rest of the record (database, versions, times) as the engine keeps it.
+    #[serde(flatten)]
+    pub more: BTreeMap<String, Value>,
+}
+
+/// `GET /v1/conflicts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictList {
+    /// Every record kept here.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// `GET …/databases/{db}/policy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// The database.
+    pub database: String,
+    /// Its group.
+    pub group: String,
+    /// The newest epoch known here.
+    pub epoch: u64,
+    /// Who holds the primary.
+    pub primary: Option<String>,
+    /// The failover policy (its shape is the engine's).
+    pub policy: Value,
+}
+
+/// The answer to `POST …/databases/{db}/policy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicySet {
+    /// The database.
+    pub database: String,
+    /// The policy now.
+    pub policy: Value,
+}
+
+// ---- monitor ----
+
+/// An alert firing, in a [`MonitorHistory`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorAlert {
+    /// What kind of threshold (`lag_over_rpo`, …).
+    pub kind: String,
+    /// Which one.
+    pub subject: String,
+    /// Since when (ms since the epoch).
+    pub since_ms: i64,
+    /// The last value seen (none: not a finite number).
+    pub value: Option<f64>,
+    /// The threshold.
+    pub limit: Option<f64>,
+}
+
+/// `GET /v1/monitor?last=N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorHistory {
+    /// The deployment answering.
+    pub deployment: String,
+    /// Its monitor interval (ms).
+    pub interval_ms: i64,
+    /// The last intervals, oldest first (their shape is the monitor's: figures per
+    /// agent, replicas, queues, channels, jobs, alerts).
+    pub rows: Vec<Value>,
+    /// The alerts firing now.
+    pub alerts: Vec<MonitorAlert>,
+}
+
+/// One notification event: a threshold fired or cleared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    /// Its number (grows).
+    pub seq: u64,
+    /// The deployment that raised it.
+    pub deployment: String,
+    /// What kind of threshold.
+    pub kind: String,
+    /// Which one.
+    pub subject: String,
+    /// `fired` or `cleared`.
+    pub transition: String,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The value that crossed (none: not a finite number).
+    pub value: Option<f64>,
+    /// The threshold.
+    pub limit: Option<f64>,
+}
+
+/// `GET /v1/monitor/events?last=N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorEvents {
+    /// The newest events.
+    pub events: Vec<MonitorEvent>,
+}
+
+/// The answer to `POST /v1/monitor/reset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorReset {
+    /// When it takes effect.
+    pub reset: String,
 }
 
 #[cfg(test)]
@@ -381,6 +923,69 @@ mod tests {
             "refresh_pending": "asked", "refreshes": 0, "records_applied": 5,
             "bytes_copied": 100, "last_error": null,
         }]}));
+        golden::<DatabaseReplication>(json!({
+            "deployment": "d2", "account": "acme", "database": "copy", "role": "primary",
+            "group": "g1", "epoch": 2, "group_epoch": 2, "primary": "d2",
+            "primary_state": null, "writable": true, "members": ["d1", "d2"],
+            "following": ["d1"], "down": [], "replica": null,
+        }));
+        golden::<FailoverReport>(json!({
+            "group": "g1", "database": "copy", "epoch": 2, "previous_primary": "d1",
+            "previous_primary_state": "unavailable", "known_loss_txns": 0, "known_loss_ms": 0,
+            "primary_silent_ms": 1600, "drained": 1, "drain_timed_out": false, "rto_ms": 40,
+            "lease_held": true, "max_unavailable_ms": null, "forced": true,
+        }));
+        golden::<SwitchoverReport>(json!({
+            "group": "g1", "database": "sales", "epoch": 3, "previous_primary": "d2",
+            "applied_seq": 9, "pause_ms": 120, "lease_held": true,
+        }));
+        golden::<TableList>(json!({"tables": [{"schema": "public", "name": "orders",
+            "id": "t1", "version": 2,
+            "columns": [{"name": "id", "type": "int64", "nullable": false}]}]}));
+        golden::<TableDropped>(json!({"dropped": "orders"}));
+        golden::<CommitAnswer>(json!({"version": 2, "committed": true, "rows": 3,
+            "files_added": 1, "files_removed": 0, "txn_id": 7}));
+        golden::<CommitAnswer>(json!({"committed": true, "txn_id": 7, "replayed": true}));
+        golden::<VersionList>(json!({"table": "orders", "current": 2, "versions": [{
+            "version": 2, "committed_at_ms": 5, "txn_id": null, "files_added": 1,
+            "files_removed": 0}]}));
+        golden::<ScanHead>(json!({"version": 2, "columns": ["id"], "files_total": 3}));
+        golden::<ScanTail>(
+            json!({"row_count": 1, "matched": null, "truncated": true, "files_read": 1}),
+        );
+        golden::<TokenMade>(json!({"account": "acme", "id": "ab12", "name": null,
+            "read_only": true, "created_at_ms": 1, "expires_at_ms": 9, "expired": false,
+            "token": "tern_x"}));
+        golden::<TokenList>(json!({"account": "acme", "tokens": []}));
+        golden::<TokenRevoked>(json!({"account": "acme", "id": "ab12", "revoked": true}));
+        golden::<KeyRotated>(json!({"account": "acme", "version": 2, "retired": [1],
+            "tables_rewrapped": 3, "keys": [{"version": 2, "state": "active",
+            "created_at_ms": 4, "retired_at_ms": null}]}));
+        golden::<KeyList>(json!({"account": "acme", "keys": []}));
+        golden::<AccountGlobal>(json!({"account": "acme", "group": "ag1"}));
+        golden::<GlobalDatabases>(json!({"databases": [{"region": "eu", "deployment": "d1",
+            "account": "acme", "replication_group": "g1", "name": "sales",
+            "role": "primary", "upstream": null}]}));
+        golden::<GlobalAccounts>(json!({"accounts": []}));
+        golden::<ConnectionList>(json!({"connections": [{"name": "c", "group": "g1",
+            "primary": "d1", "epoch": 1, "url": null, "made_on": "d1"}]}));
+        golden::<JobList>(json!({"jobs": [{"kind": "import", "id": "j1", "peer": "d2",
+            "group": "g1", "attempts": 2, "state": "backing_off",
+            "next_attempt_at_ms": 8, "last_error": "e"}]}));
+        golden::<ConflictList>(json!({"conflicts": [{"id": "cf1", "group": "g1",
+            "origin": "d1", "txn_id": 4, "epoch": 1, "committed_at_ms": 3, "state": "open",
+            "resolution": null, "database": "db1", "versions": [], "found_at_ms": 6,
+            "resolved_at_ms": null}]}));
+        golden::<PolicyView>(json!({"database": "sales", "group": "g1", "epoch": 1,
+            "primary": "d1", "policy": {"auto_failover": false}}));
+        golden::<PolicySet>(json!({"database": "sales", "policy": {}}));
+        golden::<MonitorHistory>(json!({"deployment": "d1", "interval_ms": 10000,
+            "rows": [{"interval": 1}], "alerts": [{"kind": "lag_over_rpo", "subject": "r",
+            "since_ms": 5, "value": 9.0, "limit": 5.0}]}));
+        golden::<MonitorEvents>(json!({"events": [{"seq": 3, "deployment": "d1",
+            "kind": "lag_over_rpo", "subject": "r", "transition": "fired", "at_ms": 5,
+            "value": null, "limit": 5.0}]}));
+        golden::<MonitorReset>(json!({"reset": "at the next monitor tick"}));
         golden::<ErrorBody>(
             json!({"error": {"kind": "conflict", "message": "m", "epoch": 2,
             "redirect": {"deployment": "d2", "url": "http://x", "epoch": 2}}}),
@@ -395,6 +1000,8 @@ mod tests {
         golden::<SetReplication>(json!({"enable": true, "accounts": ["bob"]}));
         golden::<CreateReplica>(json!({"name": "c", "group": "g", "upstream": null}));
         golden::<FailoverRequest>(json!({"allow_data_loss": true}));
+        golden::<NewToken>(json!({"read_only": true, "expires_in": "30d", "name": "ci"}));
+        golden::<CreateConnection>(json!({"name": "c", "group": "g1"}));
     }
 
     #[test]

@@ -368,7 +368,7 @@ impl Client {
         self.typed(path, v)
     }
 
-    fn typed<T: serde::de::DeserializeOwned>(
+    pub fn typed<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         v: Value,

@@ -4,7 +4,7 @@
 //! ```text
 //!  start deployments     d1 d2 d3 … (d1 makes the group's GMK; the others join its key
 //!                        folder, each with its own master key)
-//!  form the group        every member creates every other, registers the channel it got
+//!  form the group        every pair linked both ways, as `tern group init` does
 //!  global accounts       a1@d1 a2@d2 a3@d3 …: one account group, each with its own token
 //!  create database       sales.public.orders on d1: load, query, delete + time travel
 //!  group messages        membership and heartbeats crossed every channel
@@ -927,37 +927,22 @@ impl Demo {
         Ok(())
     }
 
-    /// The group: every member adds every other and registers the channel it made to it.
+    /// The group: every pair linked both ways by [`crate::link::group`], the code of
+    /// `tern group init` and `tern deployment link` (one way to link).
     async fn form_group(&mut self) -> Result<(), DemoError> {
         let step = "form the group";
         let t = Instant::now();
-        let mut geneses = Vec::new();
-        for a in &self.nodes {
-            for b in self.nodes.iter().filter(|b| b.id != a.id) {
-                let v = a
-                    .client
-                    .post(
-                        "/v1/deployments",
-                        &json!({"id": b.id, "region": format!("local-{}", b.id), "cloud": "local"}),
-                    )
-                    .await
-                    .map_err(step_err(step))?;
-                geneses.push((b, a.id.clone(), v["genesis"].clone()));
-            }
-        }
-        for (b, from, g) in &geneses {
-            b.client
-                .post(&format!("/v1/deployments/{from}/channel"), g)
-                .await
-                .map_err(step_err(step))?;
-        }
-        let n = self.nodes.len();
+        let clients: Vec<Client> = self.nodes.iter().map(|n| n.client.clone()).collect();
+        let links = crate::link::group(&clients, |_| {})
+            .await
+            .map_err(step_err(step))?;
         self.report.step(
             step,
             t,
             format!(
-                "{} channels, each created by its sender and registered by its receiver",
-                n * (n - 1)
+                "{} pairs linked both ways ({} channels), as `tern group init` does",
+                links.len(),
+                2 * links.len()
             ),
         );
 

@@ -55,8 +55,8 @@ pub struct Link {
 
 /// Links the deployments behind `a` and `b` both ways (see the module docs).
 pub async fn link(a: &Client, b: &Client) -> Result<Link, ClientError> {
-    let sa: api::Status = a.get_as("/v1/status").await?;
-    let sb: api::Status = b.get_as("/v1/status").await?;
+    let sa: api::Status = a.get_as("/v1/status").await.map_err(|e| at(a, e))?;
+    let sb: api::Status = b.get_as("/v1/status").await.map_err(|e| at(b, e))?;
     if sa.deployment == sb.deployment {
         return Err(ClientError::Input(format!(
             "{} and {} are the same deployment {}",
@@ -66,8 +66,8 @@ pub async fn link(a: &Client, b: &Client) -> Result<Link, ClientError> {
         )));
     }
     let knows = |l: &api::DeploymentList, id: &str| l.deployments.iter().any(|d| d.id == id);
-    let la: api::DeploymentList = a.get_as("/v1/deployments").await?;
-    let lb: api::DeploymentList = b.get_as("/v1/deployments").await?;
+    let la: api::DeploymentList = a.get_as("/v1/deployments").await.map_err(|e| at(a, e))?;
+    let lb: api::DeploymentList = b.get_as("/v1/deployments").await.map_err(|e| at(b, e))?;
     let (ida, idb) = (sa.deployment.clone(), sb.deployment.clone());
     match (knows(&la, &idb), knows(&lb, &ida)) {
         (true, true) => {
@@ -104,7 +104,8 @@ pub async fn link(a: &Client, b: &Client) -> Result<Link, ClientError> {
                 genesis: None,
             },
         )
-        .await?;
+        .await
+        .map_err(|e| at(a, e))?;
     let genesis_ab = there.genesis.ok_or_else(|| no_peer(&ida, &idb))?;
     let back: api::DeploymentCreated = b
         .post_as(
@@ -117,19 +118,50 @@ pub async fn link(a: &Client, b: &Client) -> Result<Link, ClientError> {
                 genesis: Some(genesis_ab),
             },
         )
-        .await?;
+        .await
+        .map_err(|e| at(b, e))?;
     let genesis_ba = back.genesis.ok_or_else(|| no_peer(&idb, &ida))?;
     let _: api::ChannelRegistered = a
         .post_as(
             &format!("/v1/deployments/{}/channel", client::seg(&idb)?),
             &genesis_ba,
         )
-        .await?;
+        .await
+        .map_err(|e| at(a, e))?;
     Ok(Link {
         a: ida,
         b: idb,
         state: "linked",
     })
+}
+
+/// `e`, an answer of the daemon behind `c`, naming that daemon (a link talks to two); a
+/// refused token says which token each side takes.
+fn at(c: &Client, e: ClientError) -> ClientError {
+    match e {
+        ClientError::Api {
+            status,
+            kind,
+            message,
+            redirect,
+            body,
+        } => {
+            let hint = if matches!(status, 401 | 403) {
+                " (linking needs each daemon's operator token: --token for --url, \
+                 --to-token or the profile's token for --to)"
+            } else {
+                ""
+            };
+            ClientError::Api {
+                message: format!("the daemon at {}: {message}{hint}", c.base()),
+                status,
+                kind,
+                redirect,
+                body,
+            }
+        }
+        e => e,
+    }
 }
 
 /// Links every pair of `members`, in order; stops at the first failure (the pairs

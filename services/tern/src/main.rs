@@ -494,6 +494,8 @@ enum DatabaseCmd {
         /// records when it returns).
         #[arg(long)]
         allow_data_loss: bool,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
     /// Planned switchover (also the way back after a failover): this deployment's
     /// secondary replica becomes the primary with nothing lost; the primary pauses writes
@@ -502,6 +504,17 @@ enum DatabaseCmd {
         /// The account.
         account: String,
         /// The database (its replica on this deployment).
+        database: String,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
+    },
+    /// One database in its group as this deployment sees it: role, epochs, the primary,
+    /// whether it takes writes here, which members follow the primary, which are down, a
+    /// replica's refresh figures (what `--wait` follows; the account's token suffices).
+    Status {
+        /// The account.
+        account: String,
+        /// The database.
         database: String,
     },
     /// Show or set the failover policy of a database's group (set on its primary).
@@ -949,7 +962,7 @@ async fn through_connection(
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let member = Client::new(url, token.clone());
         match member
-            .get(&format!(
+            .get_as::<api::Connection>(&format!(
                 "/v1/accounts/{}/connections/{}",
                 client::seg(account)?,
                 client::seg(name)?
@@ -957,13 +970,13 @@ async fn through_connection(
             .await
         {
             Ok(v) => {
-                let Some(primary) = v["url"].as_str() else {
+                let Some(primary) = v.url else {
                     return Err(ClientError::Input(format!(
                         "connection {conn}: the primary ({}) has not published its URL yet",
-                        v["primary"]
+                        v.primary.as_deref().unwrap_or("unknown")
                     )));
                 };
-                return Ok(Client::new(primary, token));
+                return Ok(Client::new(&primary, token));
             }
             // Unreachable: the next member may answer.
             Err(e @ ClientError::Connect { .. }) => tried.push(e.to_string()),
@@ -1141,26 +1154,25 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             expires_in,
             name,
         }) => {
-            let mut body = json!({"read_only": read_only});
-            if let Some(e) = expires_in {
-                body["expires_in"] = json!(e);
-            }
-            if let Some(n) = name {
-                body["name"] = json!(n);
-            }
-            print_value(
-                &c.post(
+            let req = api::NewToken {
+                read_only,
+                expires_in,
+                name,
+            };
+            let v: api::TokenMade = c
+                .post_as(
                     &format!("/v1/accounts/{}/tokens", client::seg(&account)?),
-                    &body,
+                    &req,
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Token(TokenCmd::List { account }) => {
+            let v: api::TokenList = c
+                .get_as(&format!("/v1/accounts/{}/tokens", client::seg(&account)?))
+                .await?;
             print_list(
-                &c.get(&format!("/v1/accounts/{}/tokens", client::seg(&account)?))
-                    .await?,
+                &shown(&v),
                 "tokens",
                 &[
                     "id",
@@ -1174,15 +1186,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Token(TokenCmd::Revoke { account, id }) => {
-            print_value(
-                &c.delete(&format!(
+            let v: api::TokenRevoked = c
+                .delete_as(&format!(
                     "/v1/accounts/{}/tokens/{}",
                     client::seg(&account)?,
                     client::seg(&id)?
                 ))
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Create { name }) => {
             let v: api::AccountCreated = c.post_as("/v1/accounts", &api::Named { name }).await?;
@@ -1193,14 +1204,13 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_list(&shown(&v), "accounts", &["account"], json_out);
         }
         Command::Account(AccountCmd::Token { name }) => {
-            print_value(
-                &c.post(
+            let v: api::TokenMade = c
+                .post_as(
                     &format!("/v1/accounts/{}/tokens", client::seg(&name)?),
-                    &json!({}),
+                    &api::NewToken::default(),
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Drop { name }) => {
             print_value(
@@ -1210,37 +1220,37 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Account(AccountCmd::Keys { name }) => {
+            let v: api::KeyList = c
+                .get_as(&format!("/v1/accounts/{}/keys", client::seg(&name)?))
+                .await?;
             print_list(
-                &c.get(&format!("/v1/accounts/{}/keys", client::seg(&name)?))
-                    .await?,
+                &shown(&v),
                 "keys",
                 &["version", "state", "created_at_ms", "retired_at_ms"],
                 json_out,
             );
         }
         Command::Account(AccountCmd::RotateKey { name }) => {
-            print_value(
-                &c.post(
+            let v: api::KeyRotated = c
+                .post_as(
                     &format!("/v1/accounts/{}/keys/rotate", client::seg(&name)?),
                     &json!({}),
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Global { name, group }) => {
             let mut req = json!({});
             if let Some(g) = group {
                 req["group"] = json!(g);
             }
-            print_value(
-                &c.post(
+            let v: api::AccountGlobal = c
+                .post_as(
                     &format!("/v1/accounts/{}/global", client::seg(&name)?),
                     &req,
                 )
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::CustomerKey {
             name,
@@ -1365,24 +1375,73 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             account,
             database,
             allow_data_loss,
+            wait,
         }) => {
+            let limit = wait.limit()?;
             let p = format!(
                 "/v1/accounts/{}/databases/{}/failover",
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            let v = c
-                .post(&p, &shown(&api::FailoverRequest { allow_data_loss }))
+            if limit.is_some() {
+                output::note(&format!(
+                    "{account}.{database}: failing over (what arrived is applied first, then \
+                     the primary is claimed)"
+                ));
+            }
+            let v: api::FailoverReport = c
+                .post_as(&p, &api::FailoverRequest { allow_data_loss })
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
+            if let Some(limit) = limit {
+                output::note(&format!(
+                    "{account}.{database}: primary at epoch {} after {} ms (was {}); known \
+                     loss {} transactions",
+                    v.epoch,
+                    v.rto_ms,
+                    v.previous_primary.as_deref().unwrap_or("unknown"),
+                    v.known_loss_txns
+                ));
+                wait::promoted(c, &account, &database, v.epoch, "failover", limit).await?;
+                output::note(&format!("{account}.{database}: failover done"));
+            }
         }
-        Command::Database(DatabaseCmd::Switchover { account, database }) => {
+        Command::Database(DatabaseCmd::Switchover {
+            account,
+            database,
+            wait,
+        }) => {
+            let limit = wait.limit()?;
             let p = format!(
                 "/v1/accounts/{}/databases/{}/switchover",
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            print_value(&c.post(&p, &json!({})).await?, json_out);
+            if limit.is_some() {
+                output::note(&format!(
+                    "{account}.{database}: switching over (the primary pauses writes until \
+                     this replica applied its last transaction)"
+                ));
+            }
+            let v: api::SwitchoverReport = c.post_as(&p, &json!({})).await?;
+            print_value(&shown(&v), json_out);
+            if let Some(limit) = limit {
+                output::note(&format!(
+                    "{account}.{database}: primary at epoch {} after a {} ms write pause \
+                     (was {})",
+                    v.epoch,
+                    v.pause_ms,
+                    v.previous_primary
+                        .as_deref()
+                        .unwrap_or("this deployment already")
+                ));
+                wait::promoted(c, &account, &database, v.epoch, "switchover", limit).await?;
+                output::note(&format!("{account}.{database}: switchover done"));
+            }
+        }
+        Command::Database(DatabaseCmd::Status { account, database }) => {
+            let v = wait::status(c, &account, &database).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Database(DatabaseCmd::Policy {
             account,
@@ -1417,9 +1476,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 if let Some(d) = max_unavailable {
                     policy["max_unavailable"] = json!(d);
                 }
-                c.post(&p, &policy).await?
+                shown(&c.post_as::<_, api::PolicySet>(&p, &policy).await?)
             } else {
-                c.get(&p).await?
+                shown(&c.get_as::<api::PolicyView>(&p).await?)
             };
             print_value(&v, json_out);
         }
@@ -1463,13 +1522,13 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             name,
             group,
         }) => {
-            let v = c
-                .post(
+            let v: api::Connection = c
+                .post_as(
                     &format!("/v1/accounts/{}/connections", client::seg(&account)?),
-                    &json!({"name": name, "group": group}),
+                    &api::CreateConnection { name, group },
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Txn(TxnCmd::Status { account, id }) => {
             print_value(
@@ -1482,9 +1541,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Conflicts(ConflictsCmd::List) | Command::Show(ShowCmd::Conflicts) => {
-            let v = c.get("/v1/conflicts").await?;
+            let v: api::ConflictList = c.get_as("/v1/conflicts").await?;
             print_list(
-                &v,
+                &shown(&v),
                 "conflicts",
                 &[
                     "id",
@@ -1561,9 +1620,9 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_value(&c.post(&p, &json!({})).await?, json_out);
         }
         Command::Replication(ReplicationCmd::Jobs) => {
-            let v = c.get("/v1/replication/jobs").await?;
+            let v: api::JobList = c.get_as("/v1/replication/jobs").await?;
             print_list(
-                &v,
+                &shown(&v),
                 "jobs",
                 &[
                     "kind",
@@ -1615,52 +1674,52 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_value(&v, json_out);
         }
         Command::Connection(ConnectionCmd::Resolve { account, name }) => {
-            let v = c
-                .get(&format!(
+            let v: api::Connection = c
+                .get_as(&format!(
                     "/v1/accounts/{}/connections/{}",
                     client::seg(&account)?,
                     client::seg(&name)?
                 ))
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Show(ShowCmd::Connections { account }) => {
-            let v = c
-                .get(&format!(
+            let v: api::ConnectionList = c
+                .get_as(&format!(
                     "/v1/accounts/{}/connections",
                     client::seg(&account)?
                 ))
                 .await?;
             print_list(
-                &v,
+                &shown(&v),
                 "connections",
                 &["name", "group", "primary", "epoch", "url", "made_on"],
                 json_out,
             );
         }
         Command::Show(ShowCmd::GlobalAccounts { account }) => {
-            let v = c
-                .get(&format!(
+            let v: api::GlobalAccounts = c
+                .get_as(&format!(
                     "/v1/accounts/{}/global/accounts",
                     client::seg(&account)?
                 ))
                 .await?;
             print_global(
-                &v,
+                &shown(&v),
                 "accounts",
                 &["region", "deployment", "account", "replication_group"],
                 json_out,
             );
         }
         Command::Show(ShowCmd::GlobalDatabases { account }) => {
-            let v = c
-                .get(&format!(
+            let v: api::GlobalDatabases = c
+                .get_as(&format!(
                     "/v1/accounts/{}/global/databases",
                     client::seg(&account)?
                 ))
                 .await?;
             print_global(
-                &v,
+                &shown(&v),
                 "databases",
                 &[
                     "region",
@@ -1725,55 +1784,52 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 .iter()
                 .map(|c| column_arg(c))
                 .collect::<Result<Vec<_>, _>>()?;
-            let v = c
-                .post(parent, &json!({"name": name, "columns": cols}))
+            let v: api::TableInfo = c
+                .post_as(parent, &json!({"name": name, "columns": cols}))
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Table(TableCmd::Drop { table }) => {
-            print_value(&c.delete(&table_path(&table)?).await?, json_out);
+            let v: api::TableDropped = c.delete_as(&table_path(&table)?).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Table(TableCmd::AddColumn { table, column }) => {
-            let v = c
-                .post(
+            let v: api::CommitAnswer = c
+                .post_as(
                     &format!("{}/columns", table_path(&table)?),
                     &column_arg(&column)?,
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Show(ShowCmd::Tables { account, database }) => {
-            let v = c
-                .get(&format!(
+            let v: api::TableList = c
+                .get_as(&format!(
                     "/v1/accounts/{}/databases/{}/tables",
                     client::seg(&account)?,
                     client::seg(&database)?
                 ))
                 .await?;
             if json_out {
-                print_value(&v, true);
+                print_json(&v);
             } else {
-                let rows: Vec<Value> = v["tables"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
+                let rows: Vec<Value> = v
+                    .tables
+                    .iter()
                     .map(|t| {
-                        let cols: Vec<String> = t["columns"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
+                        let cols: Vec<String> = t
+                            .columns
                             .iter()
                             .map(|c| {
                                 format!(
                                     "{} {}{}",
-                                    output::cell(&c["name"]),
-                                    output::cell(&c["type"]),
-                                    if c["nullable"] == false { " not null" } else { "" }
+                                    c.name,
+                                    c.ty,
+                                    if c.nullable { "" } else { " not null" }
                                 )
                             })
                             .collect();
-                        json!({"schema": t["schema"], "name": t["name"], "version": t["version"], "columns": cols.join(", ")})
+                        json!({"schema": t.schema, "name": t.name, "version": t.version, "columns": cols.join(", ")})
                     })
                     .collect();
                 let cols: Vec<String> = ["schema", "name", "version", "columns"]
@@ -1784,9 +1840,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             }
         }
         Command::Show(ShowCmd::Versions { table }) => {
-            let v = c.get(&format!("{}/versions", table_path(&table)?)).await?;
+            let v: api::VersionList = c
+                .get_as(&format!("{}/versions", table_path(&table)?))
+                .await?;
             print_list(
-                &v,
+                &shown(&v),
                 "versions",
                 &[
                     "version",
@@ -1822,11 +1880,11 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Insert { table, rows, key } => {
             let rows = parse_json("--rows", &stdin_or(rows)?)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(&format!("{}/rows", table_path(&table)?), &rows)
+                .post_as(&format!("{}/rows", table_path(&table)?), &rows)
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Load {
             table,
@@ -1865,19 +1923,21 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     }
                 };
                 progress.finish();
-                let v = v?;
-                total += v["rows"].as_u64().unwrap_or(0);
+                let v: api::CommitAnswer = keyed.typed(&path, v?)?;
+                let rows = v.rows.unwrap_or(0);
+                total += rows;
                 output::note(&format!(
                     "[{}/{}] {}: {} rows, {:.1} MiB, version {} ({:.0} rows/s so far)",
                     i + 1,
                     files.len(),
                     f.display(),
-                    v["rows"],
+                    rows,
                     size as f64 / 1_048_576.0,
-                    v["version"],
+                    v.version
+                        .map_or_else(|| "unchanged".to_string(), |v| v.to_string()),
                     total as f64 / started.elapsed().as_secs_f64().max(1e-9)
                 ));
-                results.push(json!({"file": f.display().to_string(), "result": v}));
+                results.push(json!({"file": f.display().to_string(), "result": shown(&v)}));
             }
             print_value(
                 &json!({"files": results.len(), "rows": total, "results": results}),
@@ -1886,14 +1946,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         }
         Command::Delete { table, filter, key } => {
             let w = parse_json("--where", &filter.predicate)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(
+                .post_as(
                     &format!("{}/delete", table_path(&table)?),
                     &json!({"where": w}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Update {
             table,
@@ -1903,14 +1963,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
         } => {
             let w = parse_json("--where", &filter.predicate)?;
             let s = parse_json("--set", &set)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(
+                .post_as(
                     &format!("{}/update", table_path(&table)?),
                     &json!({"where": w, "set": s}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Merge {
             table,
@@ -1919,14 +1979,14 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             key,
         } => {
             let rows = parse_json("--rows", &stdin_or(rows)?)?;
-            let v = c
+            let v: api::CommitAnswer = c
                 .with_idempotency_key(key.idempotency_key)
-                .post(
+                .post_as(
                     &format!("{}/merge", table_path(&table)?),
                     &json!({"keys": keys, "rows": rows}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Scan {
             table,
@@ -1962,17 +2022,15 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 let mut p = printer.lock().unwrap_or_else(|e| e.into_inner());
                 p.finish();
                 if !csv {
+                    let head: api::ScanHead = c.typed(&path, v.clone())?;
+                    let tail: api::ScanTail = c.typed(&path, v)?;
                     output::note(&format!(
                         "{} rows at version {} ({} of {} files read){}",
-                        v["row_count"],
-                        v["version"],
-                        v["files_read"],
-                        v["files_total"],
-                        if v["truncated"] == true {
-                            ", truncated"
-                        } else {
-                            ""
-                        }
+                        tail.row_count,
+                        head.version,
+                        tail.files_read,
+                        head.files_total,
+                        if tail.truncated { ", truncated" } else { "" }
                     ));
                 }
             }
@@ -2047,18 +2105,20 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             reset,
         } => {
             if reset {
-                print_value(&c.post("/v1/monitor/reset", &json!({})).await?, json_out);
+                let v: api::MonitorReset = c.post_as("/v1/monitor/reset", &json!({})).await?;
+                print_value(&shown(&v), json_out);
             } else if events {
-                let v = c.get(&format!("/v1/monitor/events?last={last}")).await?;
+                let v: api::MonitorEvents =
+                    c.get_as(&format!("/v1/monitor/events?last={last}")).await?;
                 if json_out {
-                    print_value(&v, true);
+                    print_json(&v);
                 } else {
                     output::print(&monitor::render_events(&v));
                 }
             } else {
-                let v = c.get(&format!("/v1/monitor?last={last}")).await?;
+                let v: api::MonitorHistory = c.get_as(&format!("/v1/monitor?last={last}")).await?;
                 if json_out {
-                    print_value(&v, true);
+                    print_json(&v);
                 } else {
                     output::print(&monitor::render(&v));
                 }

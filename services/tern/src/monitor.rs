@@ -1,6 +1,7 @@
 //! `tern monitor`: the last N monitor intervals as a table, with a sparkline per figure.
 
 use serde_json::{Value, json};
+use tern_api as api;
 
 use crate::output;
 
@@ -32,8 +33,8 @@ fn time(ms: &Value) -> String {
 }
 
 /// The text `tern monitor` prints for the answer of `GET /v1/monitor`.
-pub fn render(v: &Value) -> String {
-    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+pub fn render(v: &api::MonitorHistory) -> String {
+    let rows = &v.rows;
     if rows.is_empty() {
         return "no monitor intervals yet (the first ends one monitor_interval after start)\n"
             .into();
@@ -157,16 +158,15 @@ pub fn render(v: &Value) -> String {
             .to_vec();
         out.push_str(&output::table(&cols, &queues));
     }
-    let alerts = v["alerts"].as_array().cloned().unwrap_or_default();
-    if !alerts.is_empty() {
+    if !v.alerts.is_empty() {
         out.push_str("\nalerts firing:\n");
-        for a in alerts {
+        for a in &v.alerts {
             out.push_str(&format!(
                 "  {} {}: {} (limit {})\n",
-                output::cell(&a["kind"]),
-                output::cell(&a["subject"]),
-                f(&a["value"]),
-                f(&a["limit"])
+                a.kind,
+                a.subject,
+                a.value.unwrap_or(f64::NAN),
+                a.limit.unwrap_or(f64::NAN)
             ));
         }
     }
@@ -174,16 +174,14 @@ pub fn render(v: &Value) -> String {
 }
 
 /// The text for `GET /v1/monitor/events`.
-pub fn render_events(v: &Value) -> String {
-    let rows: Vec<Value> = v["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+pub fn render_events(v: &api::MonitorEvents) -> String {
+    let rows: Vec<Value> = v
+        .events
+        .iter()
         .map(|e| {
-            json!({"#": e["seq"], "at": time(&e["at_ms"]), "alert": e["kind"],
-                "subject": e["subject"], "change": e["transition"],
-                "value": e["value"], "limit": e["limit"]})
+            json!({"#": e.seq, "at": time(&json!(e.at_ms)), "alert": e.kind,
+                "subject": e.subject, "change": e.transition,
+                "value": e.value, "limit": e.limit})
         })
         .collect();
     let cols: Vec<String> = ["#", "at", "alert", "subject", "change", "value", "limit"]
@@ -205,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_table_shows_each_interval_and_a_sparkline_per_figure() {
-        let v = json!({"rows": [
+        let v = json!({"deployment": "d1", "interval_ms": 10_000, "rows": [
             {"interval": 1, "at_ms": 3_600_000, "agents": {"apply": {"cumulative": {"units": 2},
               "units_per_sec": 0.2, "rows_per_sec": 20.0, "latency_avg_ms": 5.0, "latency_max_ms": 9}},
              "replicas": [{"lag_ms": 1500}], "queues": {"messages in/waiting": 3}, "alerts": []},
@@ -215,8 +213,9 @@ mod tests {
              "channels": [{"peer": "d2", "direction": "out", "state": "ReadyToSend", "depth": 4},
                           {"peer": "d3", "direction": "out", "state": "ReadyToSend", "depth": 0}],
              "jobs": [{"peer": "d3", "kind": "import", "state": "failed", "depth": 1}]}
-        ], "alerts": [{"kind": "lag_over_rpo", "subject": "replica r", "value": 9.0, "limit": 5.0}]});
-        let t = render(&v);
+        ], "alerts": [{"kind": "lag_over_rpo", "subject": "replica r", "since_ms": 1, "value": 9.0,
+            "limit": 5.0}]});
+        let t = render(&serde_json::from_value(v).expect("a monitor answer"));
         assert!(t.contains("01:00:10Z"), "{t}");
         assert!(t.contains("txn/s           ▂█"), "{t}");
         assert!(t.contains("max lag s       █▁"), "{t}");

@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tern_meta::{Dpo, Key};
 
 use tern_monitor::{Active, AgentKind, AlertEvent, AlertKind, Alerts, KindReport, Observation};
@@ -973,37 +973,68 @@ async fn get_history(
     State(d): State<Arc<Daemon>>,
     headers: HeaderMap,
     Query(q): Query<Last>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<tern_api::MonitorHistory>> {
     crate::api::operator(&d, &headers)?;
     let n = limit(&q)?;
-    let rows = history(&d, n)?;
+    let rows = history(&d, n)?
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::internal("encode monitor rows")(e.to_string()))?;
     let alerts = d
         .monitor
         .last()
         .map(|s| s.row.alerts.clone())
         .unwrap_or_default();
-    Ok(axum::Json(json!({
-        "deployment": d.id.as_str(),
-        "interval_ms": ms(d.config.workers.monitor_interval),
-        "rows": rows,
-        "alerts": alerts,
-    })))
+    Ok(axum::Json(tern_api::MonitorHistory {
+        deployment: d.id.as_str().to_string(),
+        interval_ms: ms(d.config.workers.monitor_interval),
+        rows,
+        alerts: alerts
+            .into_iter()
+            .map(|a| tern_api::MonitorAlert {
+                kind: crate::api::enum_name(&a.kind),
+                subject: a.subject,
+                since_ms: a.since_ms,
+                value: Some(a.value),
+                limit: Some(a.limit),
+            })
+            .collect(),
+    }))
 }
 
 async fn get_events(
     State(d): State<Arc<Daemon>>,
     headers: HeaderMap,
     Query(q): Query<Last>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<tern_api::MonitorEvents>> {
     crate::api::operator(&d, &headers)?;
     let n = limit(&q)?;
-    Ok(axum::Json(json!({ "events": events(&d, n)? })))
+    let events = events(&d, n)?
+        .into_iter()
+        .map(|e| tern_api::MonitorEvent {
+            seq: e.seq,
+            deployment: e.deployment,
+            kind: crate::api::enum_name(&e.event.kind),
+            subject: e.event.subject,
+            transition: crate::api::enum_name(&e.event.transition),
+            at_ms: e.event.at_ms,
+            value: Some(e.event.value),
+            limit: Some(e.event.limit),
+        })
+        .collect();
+    Ok(axum::Json(tern_api::MonitorEvents { events }))
 }
 
-async fn reset(State(d): State<Arc<Daemon>>, headers: HeaderMap) -> ApiResult {
+async fn reset(
+    State(d): State<Arc<Daemon>>,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<tern_api::MonitorReset>> {
     crate::api::operator(&d, &headers)?;
     d.monitor.request_reset();
-    Ok(axum::Json(json!({ "reset": "at the next monitor tick" })))
+    Ok(axum::Json(tern_api::MonitorReset {
+        reset: "at the next monitor tick".into(),
+    }))
 }
 
 /// The monitor's API routes.

@@ -25,7 +25,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tern_meta::Key;
 use tern_storage::layout::AccountId;
 
@@ -173,8 +172,12 @@ pub(crate) struct NewToken {
     pub name: Option<String>,
 }
 
-/// Makes and stores a token for `account`; the secret and its JSON description.
-pub(crate) fn issue(d: &Daemon, account: &AccountId, spec: &NewToken) -> Result<(String, Value)> {
+/// Makes and stores a token for `account`; the secret and the answer that shows it.
+pub(crate) fn issue(
+    d: &Daemon,
+    account: &AccountId,
+    spec: &NewToken,
+) -> Result<(String, tern_api::TokenMade)> {
     if let Some(n) = &spec.name
         && AccountId::new(n.as_str()).is_err()
     {
@@ -204,22 +207,24 @@ pub(crate) fn issue(d: &Daemon, account: &AccountId, spec: &NewToken) -> Result<
     let key = token_key(&secret);
     d.meta.write(|tx| tx.put(&key, &dpo))?;
     let id = id_of(&key).unwrap_or_default();
-    let mut v = describe(&id, &dpo, now);
-    v["token"] = json!(secret);
+    let made = tern_api::TokenMade {
+        info: describe(&id, &dpo, now),
+        token: secret.clone(),
+    };
     tracing::info!(account = %account, token_id = %id, read_only = dpo.read_only, "token made");
-    Ok((secret, v))
+    Ok((secret, made))
 }
 
-fn describe(id: &str, t: &TokenDpo, now_ms: i64) -> Value {
-    json!({
-        "account": t.account,
-        "id": id,
-        "name": t.name,
-        "read_only": t.read_only,
-        "created_at_ms": t.created_at_ms,
-        "expires_at_ms": t.expires_at_ms,
-        "expired": check_expiry(t, now_ms).is_err(),
-    })
+fn describe(id: &str, t: &TokenDpo, now_ms: i64) -> tern_api::TokenInfo {
+    tern_api::TokenInfo {
+        account: t.account.clone(),
+        id: id.to_string(),
+        name: t.name.clone(),
+        read_only: t.read_only,
+        created_at_ms: t.created_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        expired: check_expiry(t, now_ms).is_err(),
+    }
 }
 
 /// `POST /v1/accounts/{a}/tokens` (operator).
@@ -228,7 +233,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     Path(acct): Path<String>,
     body: crate::api::Body,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Json<tern_api::TokenMade>)> {
     crate::api::operator(&d, &headers)?;
     let id = crate::api::account(&d, &headers, &acct)?;
     let body = body.bytes()?;
@@ -250,16 +255,17 @@ pub(crate) async fn list(
     State(d): State<Arc<Daemon>>,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<tern_api::TokenList>> {
     let id = crate::api::account(&d, &headers, &acct)?;
     let now = d.now_ms();
-    let tokens: Vec<Value> = tokens_of(&d, &id)?
+    let tokens = tokens_of(&d, &id)?
         .iter()
         .map(|(_, tid, t)| describe(tid, t, now))
         .collect();
-    Ok(axum::Json(
-        json!({"account": id.as_str(), "tokens": tokens}),
-    ))
+    Ok(axum::Json(tern_api::TokenList {
+        account: id.as_str().to_string(),
+        tokens,
+    }))
 }
 
 /// `DELETE /v1/accounts/{a}/tokens/{id}` (operator): the token is deleted.
@@ -267,7 +273,7 @@ pub(crate) async fn revoke(
     State(d): State<Arc<Daemon>>,
     headers: HeaderMap,
     Path((acct, tid)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<tern_api::TokenRevoked>> {
     crate::api::operator(&d, &headers)?;
     let id = crate::api::account(&d, &headers, &acct)?;
     if tid.len() != ID_LEN || !tid.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -286,9 +292,11 @@ pub(crate) async fn revoke(
         })?;
     d.meta.write(|tx| tx.delete(&found.0))?;
     tracing::info!(account = %id, token_id = %tid, "token revoked");
-    Ok(axum::Json(
-        json!({"account": id.as_str(), "id": tid, "revoked": true}),
-    ))
+    Ok(axum::Json(tern_api::TokenRevoked {
+        account: id.as_str().to_string(),
+        id: tid,
+        revoked: true,
+    }))
 }
 
 #[cfg(test)]

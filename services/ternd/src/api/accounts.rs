@@ -196,7 +196,7 @@ pub(super) async fn set_global(
     headers: HeaderMap,
     Path(acct): Path<String>,
     body: Body,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::AccountGlobal>> {
     operator(&d, &headers)?;
     let id = account(&d, &headers, &acct)?;
     let req: SetGlobal = body.json_or_default()?;
@@ -204,27 +204,47 @@ pub(super) async fn set_global(
         .replication
         .set_account_global(&id, req.group.as_deref())?;
     tracing::info!(account = %id, %group, "account is global");
-    Ok(axum::Json(json!({"account": id.as_str(), "group": group})))
+    Ok(axum::Json(api::AccountGlobal {
+        account: id.as_str().to_string(),
+        group,
+    }))
 }
 
 pub(super) async fn global_accounts(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::GlobalAccounts>> {
     let id = account(&d, &headers, &acct)?;
     let rows = d.replication.global_accounts(&id)?;
-    Ok(axum::Json(json!({"accounts": rows})))
+    Ok(axum::Json(api::GlobalAccounts {
+        accounts: rows.into_iter().map(global_row).collect(),
+    }))
+}
+
+/// A row of `show global accounts|databases` as the API answers it.
+fn global_row(r: tern_replication::GlobalRow) -> api::GlobalRow {
+    api::GlobalRow {
+        region: r.region,
+        deployment: r.deployment.as_str().to_string(),
+        account: r.account.as_str().to_string(),
+        replication_group: r.replication_group,
+        name: r.name,
+        role: r.role.as_ref().map(enum_name),
+        upstream: r.upstream.map(|u| u.as_str().to_string()),
+    }
 }
 
 pub(super) async fn global_databases(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::GlobalDatabases>> {
     let id = account(&d, &headers, &acct)?;
     let rows = d.replication.global_databases(&id)?;
-    Ok(axum::Json(json!({"databases": rows})))
+    Ok(axum::Json(api::GlobalDatabases {
+        databases: rows.into_iter().map(global_row).collect(),
+    }))
 }
 
 /// Registers the account's customer-managed key: `{kind: "x25519", file, create?}` (a key
@@ -322,23 +342,24 @@ pub(super) async fn drop_account(
     })))
 }
 
-pub(super) fn key_versions_json(d: &Daemon, id: &AccountId) -> Result<Value> {
+pub(super) fn key_versions(d: &Daemon, id: &AccountId) -> Result<Vec<api::KeyVersion>> {
     let versions = d
         .meta
         .read(|tx| tern_table::account_key::versions_in(tx, id))?;
-    Ok(Value::Array(
-        versions
-            .iter()
-            .map(|v| {
-                json!({
-                    "version": v.version,
-                    "state": if v.wrapped.is_some() { "active" } else { "retired" },
-                    "created_at_ms": v.created_at_ms,
-                    "retired_at_ms": v.retired_at_ms,
-                })
-            })
-            .collect(),
-    ))
+    Ok(versions
+        .iter()
+        .map(|v| api::KeyVersion {
+            version: v.version,
+            state: if v.wrapped.is_some() {
+                "active"
+            } else {
+                "retired"
+            }
+            .to_string(),
+            created_at_ms: v.created_at_ms,
+            retired_at_ms: v.retired_at_ms,
+        })
+        .collect())
 }
 
 /// The versions of an account's master key (never key material).
@@ -346,11 +367,12 @@ pub(super) async fn account_keys(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::KeyList>> {
     let id = account(&d, &headers, &acct)?;
-    Ok(axum::Json(
-        json!({"account": id.as_str(), "keys": key_versions_json(&d, &id)?}),
-    ))
+    Ok(axum::Json(api::KeyList {
+        keys: key_versions(&d, &id)?,
+        account: id.as_str().to_string(),
+    }))
 }
 
 /// Rotates an account's master key (operator): a new version wraps every table key, the
@@ -359,17 +381,17 @@ pub(super) async fn rotate_account_key(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::KeyRotated>> {
     operator(&d, &headers)?;
     let id = account(&d, &headers, &acct)?;
     let r = d.tables.rotate_account_key(&id).await?;
-    Ok(axum::Json(json!({
-        "account": id.as_str(),
-        "version": r.version,
-        "retired": r.retired,
-        "tables_rewrapped": r.tables,
-        "keys": key_versions_json(&d, &id)?,
-    })))
+    Ok(axum::Json(api::KeyRotated {
+        account: id.as_str().to_string(),
+        version: r.version,
+        retired: r.retired,
+        tables_rewrapped: r.tables as u64,
+        keys: key_versions(&d, &id)?,
+    }))
 }
 
 pub(super) async fn remove_customer_key(

@@ -12,7 +12,7 @@ pub(super) async fn failover(
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
     body: Body,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::FailoverReport>> {
     let id = account(&d, &headers, &acct)?;
     let db = database(&d, &id, &dbname)?;
     let req: api::FailoverRequest = body.json()?;
@@ -26,9 +26,22 @@ pub(super) async fn failover(
             },
         )
         .await?;
-    let v = serde_json::to_value(&report)
-        .map_err(|e| Error::internal("encode failover report")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(api::FailoverReport {
+        group: report.group,
+        database: report.database,
+        epoch: report.epoch,
+        previous_primary: report.previous_primary.map(|p| p.as_str().to_string()),
+        previous_primary_state: report.previous_primary_state.as_ref().map(enum_name),
+        known_loss_txns: report.known_loss_txns,
+        known_loss_ms: report.known_loss_ms,
+        primary_silent_ms: report.primary_silent_ms,
+        drained: report.drained,
+        drain_timed_out: report.drain_timed_out,
+        rto_ms: report.rto_ms,
+        lease_held: report.lease_held,
+        max_unavailable_ms: report.max_unavailable_ms,
+        forced: report.forced,
+    }))
 }
 
 /// Planned switchover: this deployment's secondary replica becomes the group's primary
@@ -38,13 +51,19 @@ pub(super) async fn switchover(
     State(d): St,
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::SwitchoverReport>> {
     let id = account(&d, &headers, &acct)?;
     let db = database(&d, &id, &dbname)?;
-    let report = d.replication.switchover(&id, &db.name).await?;
-    let v = serde_json::to_value(&report)
-        .map_err(|e| Error::internal("encode switchover report")(e.to_string()))?;
-    Ok(axum::Json(v))
+    let r = d.replication.switchover(&id, &db.name).await?;
+    Ok(axum::Json(api::SwitchoverReport {
+        group: r.group,
+        database: r.database,
+        epoch: r.epoch,
+        previous_primary: r.previous_primary.map(|p| p.as_str().to_string()),
+        applied_seq: r.applied_seq,
+        pause_ms: r.pause_ms,
+        lease_held: r.lease_held,
+    }))
 }
 
 /// The failover policy of a database's group.
@@ -52,17 +71,34 @@ pub(super) async fn get_policy(
     State(d): St,
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::PolicyView>> {
     let id = account(&d, &headers, &acct)?;
     let db = database(&d, &id, &dbname)?;
     let g = d.replication.group_state(&db)?;
-    Ok(axum::Json(json!({
-        "database": db.name,
-        "group": g.group,
-        "epoch": g.epoch,
-        "primary": g.primary,
-        "policy": g.policy,
-    })))
+    Ok(axum::Json(api::PolicyView {
+        database: db.name,
+        group: g.group,
+        epoch: g.epoch,
+        primary: g.primary.map(|p| p.as_str().to_string()),
+        policy: encode("policy", &g.policy)?,
+    }))
+}
+
+/// `v` as JSON (a part of an answer whose shape is the engine's).
+fn encode<T: serde::Serialize>(what: &'static str, v: &T) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::internal(what)(e.to_string()))
+}
+
+/// A connection as the API answers it.
+fn connection(v: tern_replication::connection::ConnectionView) -> api::Connection {
+    api::Connection {
+        name: v.name,
+        group: v.group,
+        primary: v.primary.map(|p| p.as_str().to_string()),
+        epoch: v.epoch,
+        url: v.url,
+        made_on: v.made_on.as_str().to_string(),
+    }
 }
 
 /// Sets the failover policy (on the group's primary; heartbeats carry it to the members).
@@ -71,20 +107,27 @@ pub(super) async fn set_policy(
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
     body: Body,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::PolicySet>> {
     let id = account(&d, &headers, &acct)?;
     let db = database(&d, &id, &dbname)?;
     let policy: tern_replication::FailoverPolicy = body.json()?;
     d.replication.set_policy(&id, &db.name, policy.clone())?;
-    Ok(axum::Json(json!({"database": db.name, "policy": policy})))
+    Ok(axum::Json(api::PolicySet {
+        database: db.name,
+        policy: encode("policy", &policy)?,
+    }))
 }
 
 /// Conflict records kept here (operator).
-pub(super) async fn conflicts(State(d): St, headers: HeaderMap) -> ApiResult {
+pub(super) async fn conflicts(
+    State(d): St,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<api::ConflictList>> {
     operator(&d, &headers)?;
-    let v = serde_json::to_value(d.replication.conflicts()?)
+    let v = encode("conflicts", &d.replication.conflicts()?)?;
+    let conflicts = serde_json::from_value(v)
         .map_err(|e| Error::internal("encode conflicts")(e.to_string()))?;
-    Ok(axum::Json(json!({ "conflicts": v })))
+    Ok(axum::Json(api::ConflictList { conflicts }))
 }
 
 /// One conflict record with the rows it added and removed per table (operator).
@@ -140,13 +183,6 @@ pub(super) async fn conflict_discard(
     Ok(axum::Json(v))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateConnection {
-    name: String,
-    group: String,
-}
-
 /// `create connection`: a global object naming a database group; resolving it on any
 /// member gives the group's current primary and its URL.
 pub(super) async fn create_connection(
@@ -154,15 +190,13 @@ pub(super) async fn create_connection(
     headers: HeaderMap,
     Path(acct): Path<String>,
     body: Body,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Json<api::Connection>)> {
     let id = account(&d, &headers, &acct)?;
-    let req: CreateConnection = body.json()?;
+    let req: api::CreateConnection = body.json()?;
     let view = d
         .replication
         .create_connection(&id, req.name.trim(), req.group.trim())?;
-    let v = serde_json::to_value(&view)
-        .map_err(|e| Error::internal("encode connection")(e.to_string()))?;
-    Ok((StatusCode::CREATED, axum::Json(v)))
+    Ok((StatusCode::CREATED, axum::Json(connection(view))))
 }
 
 /// `show connections`: every connection of the account's group, resolved here.
@@ -170,11 +204,16 @@ pub(super) async fn list_connections(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::ConnectionList>> {
     let id = account(&d, &headers, &acct)?;
-    let v = serde_json::to_value(d.replication.connections(&id)?)
-        .map_err(|e| Error::internal("encode connections")(e.to_string()))?;
-    Ok(axum::Json(json!({ "connections": v })))
+    Ok(axum::Json(api::ConnectionList {
+        connections: d
+            .replication
+            .connections(&id)?
+            .into_iter()
+            .map(connection)
+            .collect(),
+    }))
 }
 
 /// Where a connection leads now (what `tern --connection` asks any reachable member).
@@ -182,10 +221,8 @@ pub(super) async fn resolve_connection(
     State(d): St,
     headers: HeaderMap,
     Path((acct, name)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::Connection>> {
     let id = account(&d, &headers, &acct)?;
     let view = d.replication.resolve_connection(&id, &name)?;
-    let v = serde_json::to_value(&view)
-        .map_err(|e| Error::internal("encode connection")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(connection(view)))
 }

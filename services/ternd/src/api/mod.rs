@@ -36,6 +36,7 @@
 //! | `POST /v1/accounts/{a}/customer-key` | use a customer-managed key `{kind: "x25519", file, create?}` or `{kind: "kms_rsa", key_id}` → `{key_id}` (operator; stored, asks the account's replicas for a refresh) |
 //! | `GET /v1/accounts/{a}/customer-key` | the registered key, its id, or why it does not open |
 //! | `DELETE /v1/accounts/{a}/customer-key` | stop using it (operator) |
+//! | `GET …/databases/{db}/replication` | one database in its group as seen here: role, epochs, primary, `writable`, members following the primary, members down, a replica's refresh figures (the account's token; what `tern … --wait` follows) |
 //! | `POST …/databases/{db}/replication` | `{enable: true}` → `{group}` (primary of a new group); `{enable: false}` makes it local |
 //! | `POST /v1/accounts/{a}/replicas` | `create database X as replica of <group>` `{name, group, upstream?}` → `{database}` |
 //! | `DELETE /v1/accounts/{a}/replicas/{db}` | drop a secondary replica |
@@ -405,7 +406,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
                 .get(customer_key)
                 .delete(remove_customer_key),
         )
-        .route(&format!("{db}/replication"), post(set_replication))
+        .route(
+            &format!("{db}/replication"),
+            get(database_replication).post(set_replication),
+        )
         .route(&format!("{db}/refresh"), post(refresh))
         .route(&format!("{db}/schedule"), post(set_schedule))
         .route(&format!("{db}/failover"), post(failover))

@@ -123,9 +123,27 @@ pub(super) async fn refresh(
 }
 
 /// Every copy and import job (operator).
-pub(super) async fn replication_jobs(State(d): St, headers: HeaderMap) -> ApiResult {
+pub(super) async fn replication_jobs(
+    State(d): St,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<api::JobList>> {
     operator(&d, &headers)?;
-    Ok(axum::Json(json!({ "jobs": d.replication.jobs()? })))
+    let jobs = d
+        .replication
+        .jobs()?
+        .into_iter()
+        .map(|j| api::Job {
+            kind: enum_name(&j.kind),
+            id: j.id,
+            peer: j.peer.as_str().to_string(),
+            group: j.group,
+            attempts: j.attempts,
+            state: enum_name(&j.state),
+            next_attempt_at_ms: j.next_attempt_at_ms,
+            last_error: j.last_error,
+        })
+        .collect();
+    Ok(axum::Json(api::JobList { jobs }))
 }
 
 /// `retry` or `abandon` a copy or import job (operator).
@@ -154,4 +172,79 @@ pub(super) async fn replication_status(State(d): St, headers: HeaderMap) -> ApiR
     let v = serde_json::to_value(&status)
         .map_err(|e| Error::internal("encode replication status")(e.to_string()))?;
     Ok(axum::Json(v))
+}
+
+/// One database's place in its group as this deployment sees it (the account's token):
+/// what `tern … --wait` follows a refresh, a failover or a switchover with.
+pub(super) async fn database_replication(
+    State(d): St,
+    headers: HeaderMap,
+    Path((acct, dbname)): Path<(String, String)>,
+) -> ApiResult<axum::Json<api::DatabaseReplication>> {
+    let id = account(&d, &headers, &acct)?;
+    let db = database(&d, &id, &dbname)?;
+    let me = d.replication.me().clone();
+    let names = |v: &[DeploymentId]| v.iter().map(|m| m.as_str().to_string()).collect();
+    let peers = d.replication.availability()?;
+    let down: Vec<DeploymentId> = peers
+        .iter()
+        .filter(|p| p.state.is_down())
+        .map(|p| p.peer.clone())
+        .collect();
+    let mut out = api::DatabaseReplication {
+        deployment: me.as_str().to_string(),
+        account: id.as_str().to_string(),
+        database: db.name.clone(),
+        role: enum_name(&db.role),
+        group: db.replication_group.clone(),
+        epoch: db.epoch,
+        group_epoch: db.epoch,
+        primary: None,
+        primary_state: None,
+        writable: db.role == tern_meta::DatabaseRole::Local,
+        members: Vec::new(),
+        following: Vec::new(),
+        down: names(&down),
+        replica: None,
+    };
+    if db.replication_group.is_none() {
+        return Ok(axum::Json(out));
+    }
+    let g = d.replication.group_state(&db)?;
+    out.group_epoch = g.epoch;
+    out.primary = g.primary.as_ref().map(|p| p.as_str().to_string());
+    out.primary_state = g.primary.as_ref().and_then(|p| {
+        peers
+            .iter()
+            .find(|x| &x.peer == p)
+            .map(|x| enum_name(&x.state))
+    });
+    if db.role == tern_meta::DatabaseRole::Primary && g.primary.as_ref() == Some(&me) {
+        let now = d.now_ms();
+        out.writable = g.handoff.is_none()
+            && g.epoch == db.epoch
+            && g.lease_until(&me, d.replication.lease())
+                .is_none_or(|until| now < until);
+        out.members = names(&g.members);
+        out.following = g
+            .acks
+            .keys()
+            .filter(|m| **m != me)
+            .map(|m| m.as_str().to_string())
+            .collect();
+    }
+    if db.role == tern_meta::DatabaseRole::Secondary {
+        let status = d.replication.status().await?;
+        out.replica = status
+            .replicas
+            .into_iter()
+            .find(|r| r.account == id && r.database == db.name)
+            .map(|r| {
+                serde_json::to_value(&r)
+                    .and_then(serde_json::from_value)
+                    .map_err(|e| Error::internal("encode replica status")(e.to_string()))
+            })
+            .transpose()?;
+    }
+    Ok(axum::Json(out))
 }

@@ -3,27 +3,35 @@
 
 use super::*;
 
-pub(super) fn table_json(t: &TableDpo) -> Value {
-    json!({
-        "schema": t.schema,
-        "name": t.name,
-        "id": t.id.as_str(),
-        "version": t.current_version,
-        "columns": t.columns.iter().map(|c| json!({"name": c.name, "type": c.ty.to_string(), "nullable": c.nullable})).collect::<Vec<_>>(),
-    })
+pub(super) fn table_info(t: &TableDpo) -> api::TableInfo {
+    api::TableInfo {
+        schema: t.schema.clone(),
+        name: t.name.clone(),
+        id: t.id.as_str().to_string(),
+        version: t.current_version,
+        columns: t
+            .columns
+            .iter()
+            .map(|c| api::ColumnInfo {
+                name: c.name.clone(),
+                ty: c.ty.to_string(),
+                nullable: c.nullable,
+            })
+            .collect(),
+    }
 }
 
 pub(super) async fn list_tables(
     State(d): St,
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::TableList>> {
     let account = account(&d, &headers, &acct)?;
     let db = database(&d, &account, &dbname)?;
     let tables = d.meta.read(|tx| tx.list_tables(&db.id))?;
-    Ok(axum::Json(
-        json!({"tables": tables.iter().map(table_json).collect::<Vec<_>>()}),
-    ))
+    Ok(axum::Json(api::TableList {
+        tables: tables.iter().map(table_info).collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -60,7 +68,7 @@ pub(super) async fn create_table(
     headers: HeaderMap,
     Path((acct, dbname, schema)): Path<(String, String, String)>,
     body: Body,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Json<api::TableInfo>)> {
     let account = account(&d, &headers, &acct)?;
     let db = database(&d, &account, &dbname)?;
     let req: CreateTable = body.json()?;
@@ -92,7 +100,7 @@ pub(super) async fn create_table(
         .await?;
     let t = d.tables.table(&id)?;
     tracing::info!(account = %account, table = %id, name = %req.name, "table created");
-    Ok((StatusCode::CREATED, axum::Json(table_json(&t))))
+    Ok((StatusCode::CREATED, axum::Json(table_info(&t))))
 }
 
 pub(super) type TablePath = Path<(String, String, String, String)>;
@@ -122,15 +130,19 @@ pub(super) async fn describe_table(
     State(d): St,
     headers: HeaderMap,
     Path(p): TablePath,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::TableInfo>> {
     let t = resolve(&d, &headers, &p)?;
-    Ok(axum::Json(table_json(&t)))
+    Ok(axum::Json(table_info(&t)))
 }
 
-pub(super) async fn drop_table(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiResult {
+pub(super) async fn drop_table(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+) -> ApiResult<axum::Json<api::TableDropped>> {
     let t = resolve(&d, &headers, &p)?;
     d.tables.drop_table(&t.id).await?;
-    Ok(axum::Json(json!({"dropped": t.name})))
+    Ok(axum::Json(api::TableDropped { dropped: t.name }))
 }
 
 pub(super) async fn add_column(
@@ -162,15 +174,16 @@ pub(super) fn changed(d: &Daemon, result: tern_table::Result<CommitInfo>) -> Res
     Ok(info)
 }
 
-pub(super) fn commit_json(i: &CommitInfo) -> Value {
-    json!({
-        "version": i.version,
-        "committed": i.committed,
-        "rows": i.rows_affected,
-        "files_added": i.files_added,
-        "files_removed": i.files_removed,
-        "txn_id": i.txn_id,
-    })
+pub(super) fn commit_answer(i: &CommitInfo) -> api::CommitAnswer {
+    api::CommitAnswer {
+        version: Some(i.version),
+        committed: i.committed,
+        rows: Some(i.rows_affected),
+        files_added: Some(i.files_added as u64),
+        files_removed: Some(i.files_removed as u64),
+        txn_id: i.txn_id,
+        replayed: None,
+    }
 }
 
 /// The header a write's idempotency key comes in.
@@ -257,7 +270,7 @@ pub(super) async fn statement(
     run: impl std::future::Future<Output = Result<CommitInfo>>,
 ) -> ApiResult<Response> {
     let Some(key) = key else {
-        return Ok(axum::Json(commit_json(&run.await?)).into_response());
+        return Ok(axum::Json(commit_answer(&run.await?)).into_response());
     };
     if let Some(first) = d.txn.idempotency(account, &key.key)? {
         return replay(d, account, &key, first).await;
@@ -280,7 +293,7 @@ pub(super) async fn keyed_outcome(
                 // retry answers this instead of changing what has appeared since.
                 d.txn.remember_idempotent(account, key, &info)?;
             }
-            Ok(axum::Json(commit_json(&info)).into_response())
+            Ok(axum::Json(commit_answer(&info)).into_response())
         }
         // Another request with this key got to its commit first: its outcome is the answer.
         Err(e @ Error::Table(tern_table::Error::IdempotencyKeyTaken { .. })) => {
@@ -318,10 +331,18 @@ pub(super) async fn replay(
     }
     // A stored key means its transaction reached Prepared, which always ends committed.
     let mut body = match &first.outcome {
-        Some(o) => commit_json(&o.commit_info(first.txn_id)),
-        None => json!({"committed": true, "txn_id": first.txn_id}),
+        Some(o) => commit_answer(&o.commit_info(first.txn_id)),
+        None => api::CommitAnswer {
+            version: None,
+            committed: true,
+            rows: None,
+            files_added: None,
+            files_removed: None,
+            txn_id: first.txn_id,
+            replayed: None,
+        },
     };
-    body["replayed"] = json!(true);
+    body.replayed = Some(true);
     tracing::info!(key = %key.key, txn_id = first.txn_id, "idempotent write replayed");
     Ok((
         [(
@@ -438,7 +459,7 @@ pub(super) async fn insert(
     let ingest = crate::ingest::ingest(body.into_data_stream(), format, t.columns.clone(), parts);
     let Some(key) = key else {
         let info = insert_rows(&d, &t, ingest).await?;
-        return Ok(axum::Json(commit_json(&info)).into_response());
+        return Ok(axum::Json(commit_answer(&info)).into_response());
     };
     if let Some(first) = d.txn.idempotency(&account, &key)? {
         // A known key: the body is read only to compare its digest with the first one's.
@@ -701,12 +722,12 @@ pub(super) async fn scan(
     let names: Vec<String> = scan.columns.iter().map(|c| c.name.clone()).collect();
     let head = match format {
         ScanFormat::Json => {
-            let mut head = json!({
-                "version": scan.version,
-                "columns": names,
-                "files_total": scan.files_total,
+            let mut head = serde_json::to_string(&api::ScanHead {
+                version: scan.version,
+                columns: names.clone(),
+                files_total: scan.files_total as u64,
             })
-            .to_string();
+            .map_err(|e| Error::internal("encode scan head")(e.to_string()))?;
             head.pop();
             head.push_str(",\"rows\":[");
             head.into_bytes()
@@ -819,17 +840,17 @@ impl ScanBody {
                     }
                     if self.format == ScanFormat::Json {
                         let matched = match (self.rows_total, self.truncated) {
-                            (Some(n), _) => json!(n),
-                            (None, false) => json!(self.returned),
-                            (None, true) => Value::Null,
+                            (Some(n), _) => Some(n),
+                            (None, false) => Some(self.returned as u64),
+                            (None, true) => None,
                         };
-                        let tail = json!({
-                            "row_count": self.returned,
-                            "matched": matched,
-                            "truncated": self.truncated,
-                            "files_read": (self.files_read)(),
+                        let tail = serde_json::to_string(&api::ScanTail {
+                            row_count: self.returned as u64,
+                            matched,
+                            truncated: self.truncated,
+                            files_read: (self.files_read)() as u64,
                         })
-                        .to_string();
+                        .unwrap_or_default();
                         out.extend_from_slice(b"],");
                         out.extend_from_slice(&tail.as_bytes()[1..]);
                     }
@@ -895,24 +916,27 @@ impl ScanBody {
     }
 }
 
-pub(super) async fn versions(State(d): St, headers: HeaderMap, Path(p): TablePath) -> ApiResult {
+pub(super) async fn versions(
+    State(d): St,
+    headers: HeaderMap,
+    Path(p): TablePath,
+) -> ApiResult<axum::Json<api::VersionList>> {
     let t = resolve(&d, &headers, &p)?;
     let v = d.meta.read(|tx| tx.table_versions(&t.id))?;
-    let out: Vec<Value> = v
-        .iter()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "committed_at_ms": v.committed_at_ms,
-                "txn_id": v.txn_id,
-                "files_added": v.added.len(),
-                "files_removed": v.removed.len(),
+    Ok(axum::Json(api::VersionList {
+        table: t.name,
+        current: t.current_version,
+        versions: v
+            .iter()
+            .map(|v| api::VersionInfo {
+                version: v.version,
+                committed_at_ms: v.committed_at_ms,
+                txn_id: v.txn_id,
+                files_added: v.added.len() as u64,
+                files_removed: v.removed.len() as u64,
             })
-        })
-        .collect();
-    Ok(axum::Json(
-        json!({"table": t.name, "current": t.current_version, "versions": out}),
-    ))
+            .collect(),
+    }))
 }
 
 #[cfg(test)]
