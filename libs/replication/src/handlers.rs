@@ -423,9 +423,33 @@ impl Replication {
     ) -> Result<ShipmentFigures> {
         let mut dict = Vec::new();
         let mut steps = Vec::new();
+        let mut repairs = Vec::new();
         let mut figures = ShipmentFigures::default();
         for c in &s.changes {
             match c {
+                ChangeRecord::Repair {
+                    table,
+                    version,
+                    added,
+                    removed,
+                    ..
+                } => {
+                    let id = replica_table_id(from, table);
+                    repairs.push(crate::target::Repair {
+                        table: id.clone(),
+                        version: *version,
+                        exact: false,
+                        add: added
+                            .iter()
+                            .cloned()
+                            .map(|mut m| {
+                                m.table = id.clone();
+                                m
+                            })
+                            .collect(),
+                        remove: removed.iter().map(|r| r.global_ref.clone()).collect(),
+                    });
+                }
                 ChangeRecord::Dictionary { op, .. } => {
                     let change = match op {
                         DictionaryOp::CreateSchema(sc) => DictionaryChange::CreateSchema {
@@ -499,7 +523,21 @@ impl Replication {
         for st in &steps {
             figures.versions.insert(st.table.clone(), st.version);
         }
-        if !steps.is_empty() {
+        for rp in &mut repairs {
+            let (local, exists) = self.local_table(replica, &rp.table)?;
+            if !exists {
+                return Err(Error::Gap {
+                    table: rp.table.to_string(),
+                    have: 0,
+                    base: rp.version,
+                });
+            }
+            for m in &mut rp.add {
+                m.table = local.clone();
+            }
+            rp.table = local;
+        }
+        if !steps.is_empty() || !repairs.is_empty() {
             let keys = match &s.repmk {
                 Some(w) => {
                     self.open_repmk(
@@ -511,7 +549,9 @@ impl Replication {
                     )
                     .await?
                 }
-                None if steps.iter().all(|st| st.add.is_empty()) => {
+                None if steps.iter().all(|st| st.add.is_empty())
+                    && repairs.iter().all(|rp| rp.add.is_empty()) =>
+                {
                     // No files: any key will do, none is used.
                     Arc::new(tern_crypto::ReplicationFileKeys::new(Arc::new(
                         tern_crypto::RepMk::from_bytes([0; 32]),
@@ -535,6 +575,13 @@ impl Replication {
                 .await?;
             figures.files = applied.files;
             figures.bytes = applied.bytes;
+            // A repair made upstream after the versions above (its own transaction there):
+            // set right here too, and logged here for the replicas after this one.
+            for rp in repairs {
+                let (files, bytes) = self.apply_repair(replica, &source, rp, stamp).await?;
+                figures.files += files;
+                figures.bytes += bytes;
+            }
         }
         self.inner.p.txn.observe(&replica.account, s.txn_id)?;
         Ok(figures)

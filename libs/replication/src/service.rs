@@ -185,6 +185,9 @@ pub struct Counters {
     pub records_applied: AtomicU64,
     /// Replicated table changes skipped as already applied (idempotent re-delivery).
     pub records_skipped: AtomicU64,
+    /// Drift repairs committed here: a refresh's, or one shipped from the upstream and
+    /// set right here too (each is logged, so the replicas downstream get it).
+    pub repairs: AtomicU64,
     /// Log shipments an earlier attempt left unfinished, abandoned and shipped again.
     pub shipments_retried: AtomicU64,
     /// Copy and import jobs given up after their attempts.
@@ -1396,6 +1399,7 @@ impl Replication {
             ("records_shipped", &c.records_shipped),
             ("records_applied", &c.records_applied),
             ("records_skipped", &c.records_skipped),
+            ("repairs", &c.repairs),
             ("shipments_retried", &c.shipments_retried),
             ("jobs_failed", &c.jobs_failed),
             ("snapshots_served", &c.snapshots_served),

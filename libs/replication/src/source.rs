@@ -697,7 +697,9 @@ impl Replication {
         let added: Vec<MicroPartitionDpo> = changes
             .iter()
             .flat_map(|c| match c {
-                ChangeRecord::TableVersion { added, .. } => added.clone(),
+                ChangeRecord::TableVersion { added, .. } | ChangeRecord::Repair { added, .. } => {
+                    added.clone()
+                }
                 ChangeRecord::Dictionary { .. } => Vec::new(),
             })
             .collect();
@@ -781,18 +783,15 @@ pub struct SnapshotHead {
 
 /// The database a change belongs to.
 pub(crate) fn change_database(c: &ChangeRecord) -> &tern_storage::layout::DatabaseId {
-    match c {
-        ChangeRecord::TableVersion { database, .. } | ChangeRecord::Dictionary { database, .. } => {
-            database
-        }
-    }
+    c.database()
 }
 
 /// A change with group-wide table ids (a replica's local ids may carry a suffix, see
 /// [`canonical_table_id`]).
 fn canonical_change(mut c: ChangeRecord) -> ChangeRecord {
     match &mut c {
-        ChangeRecord::TableVersion { table, added, .. } => {
+        ChangeRecord::TableVersion { table, added, .. }
+        | ChangeRecord::Repair { table, added, .. } => {
             *table = canonical_table_id(table);
             for m in added {
                 m.table = canonical_table_id(&m.table);

@@ -20,7 +20,7 @@ use tern_storage::layout::{
 };
 use tern_storage::{Path, StoreExt};
 use tern_table::Stamp;
-use tern_table::commit::{Change, DictionaryOp, TableChange, table_lock};
+use tern_table::commit::{Change, DictionaryOp, RepairChange, TableChange, table_lock};
 
 use crate::copy::{CopyTask, copy_all};
 use crate::crash;
@@ -94,6 +94,19 @@ pub(crate) fn merge_steps(steps: Vec<TableStep>) -> std::result::Result<Vec<Tabl
         prev.add_column = next.add_column.or(prev.add_column.take());
     }
     Ok(out)
+}
+
+/// A drift repair of one (local) table: files to put back and to end, at `version`
+/// (exactly, or at or after it).
+#[derive(Debug, Clone)]
+pub(crate) struct Repair {
+    pub table: TableId,
+    pub version: u64,
+    pub exact: bool,
+    /// Files to put back (upstream metadata; the file is in the inbound folder).
+    pub add: Vec<MicroPartitionDpo>,
+    /// Files to end.
+    pub remove: Vec<GlobalFileRef>,
 }
 
 /// What applying steps did.
@@ -496,7 +509,7 @@ impl Replication {
         let mut files = applied.files;
         let mut bytes = applied.bytes;
         for t in repairs {
-            let (f, b) = self.repair(&r, &source, t).await?;
+            let (f, b) = self.repair(&r, &source, t, stamp).await?;
             files += f;
             bytes += b;
         }
@@ -523,45 +536,166 @@ impl Replication {
     }
 
     /// A table at the snapshot's version whose files differ (drift): put back what is
-    /// missing, end what should not be there. No version is made.
+    /// missing, end what should not be there. No version is made (the replica's versions
+    /// mirror its upstream's); the repair commits as a [`Change::Repair`] so that its log
+    /// record reaches the replicas downstream of this one.
     async fn repair(
         &self,
         r: &ReplicaDpo,
         source: &ImportSource,
         t: &model::TableSnapshot,
+        stamp: Stamp,
     ) -> Result<(u64, u64)> {
         let (table, _) = self.local_table(r, &t.table)?;
-        let mut txn = self.inner.p.tables.committer().begin(&r.account).await?;
-        txn.lock(&[table_lock(&table)]).await?;
-        if self.current_version(&table)? != t.version {
-            // A replicated change landed meanwhile: not drift, and not ours to touch.
-            txn.abort().await;
+        let repair = Repair {
+            table,
+            version: t.version,
+            exact: true,
+            add: t.add.clone(),
+            remove: t.remove.clone(),
+        };
+        self.commit_repair(r, source, repair, stamp).await
+    }
+
+    /// Applies a repair made upstream (shipped in a log record) to this replica's copy,
+    /// and commits it here as a repair of its own (so it travels on down a chain). The
+    /// table must have reached the repair's version; with `wait`, waits up to
+    /// [`GAP_WAIT`] for it, else [`Error::Gap`]. Files copied and bytes.
+    pub(crate) async fn apply_repair(
+        &self,
+        r: &ReplicaDpo,
+        source: &ImportSource,
+        repair: Repair,
+        stamp: Stamp,
+    ) -> Result<(u64, u64)> {
+        let started = std::time::Instant::now();
+        loop {
+            let applied = self.inner.applied.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
+            let cur = self.current_version(&repair.table)?;
+            if cur >= repair.version {
+                break;
+            }
+            if started.elapsed() >= GAP_WAIT {
+                return Err(Error::Gap {
+                    table: repair.table.to_string(),
+                    have: cur,
+                    base: repair.version,
+                });
+            }
+            tokio::select! {
+                () = &mut applied => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        self.commit_repair(r, source, repair, stamp).await
+    }
+
+    /// Commits `repair` under the table's lock, at the table's current version (exactly
+    /// the repair's with `exact`, else at or after it): a file is put back unless it is
+    /// active here or was removed by a version after the repair's (the upstream removed
+    /// it since: putting it back would undo that); a file is ended when it is active. A
+    /// repair that finds nothing to do commits nothing. Files copied and bytes.
+    async fn commit_repair(
+        &self,
+        r: &ReplicaDpo,
+        source: &ImportSource,
+        repair: Repair,
+        stamp: Stamp,
+    ) -> Result<(u64, u64)> {
+        let Repair {
+            table,
+            version,
+            exact,
+            add,
+            remove,
+        } = repair;
+        if add.is_empty() && remove.is_empty() {
             return Ok((0, 0));
         }
-        let (added, copied) = self.copy_in(r, source, &table, &t.add, None).await?;
-        let remove = self.meta().read(|tx| {
-            let mut out = Vec::new();
-            for g in &t.remove {
-                if let Some(m) = tx.find_micro_partition(&table, g)? {
-                    out.push(m.short);
-                }
+        let p = &self.inner.p;
+        let mut txn = p.tables.committer().begin(&r.account).await?;
+        txn.replicated(&r.database, stamp);
+        if let Err(e) = txn.lock(&[table_lock(&table)]).await {
+            txn.abort().await;
+            return Err(e.into());
+        }
+        let result = async {
+            let current = self.current_version(&table)?;
+            if current < version || (exact && current != version) {
+                // A replicated change landed meanwhile (or the table went): not ours.
+                return Ok(None);
             }
-            Ok(out)
-        })?;
-        let added: Vec<MicroPartitionDpo> = added
-            .into_iter()
-            .zip(&t.add)
-            .map(|(mut m, up)| {
-                m.added_version = up.added_version.min(t.version);
-                m
-            })
-            .collect();
-        self.meta()
-            .write(|tx| tx.repair_micro_partitions(&table, &added, &remove))?;
-        // The transaction only held the lock (the files it copied are referenced now).
-        txn.abort().await;
-        tracing::warn!(%table, added = added.len(), removed = remove.len(), "replica drift repaired");
-        Ok((copied.files, copied.bytes))
+            let (put_back, remove) = self.meta().read(|tx| {
+                let mut put_back = Vec::new();
+                for m in &add {
+                    let keep_out = tx
+                        .find_micro_partition(&table, &m.global_ref)?
+                        .is_some_and(|here| here.removed_version.is_none_or(|gone| gone > version));
+                    put_back.push(!keep_out);
+                }
+                let mut end = Vec::new();
+                for g in &remove {
+                    if let Some(m) = tx.find_micro_partition(&table, g)?
+                        && m.removed_version.is_none()
+                    {
+                        end.push(m);
+                    }
+                }
+                Ok((put_back, end))
+            })?;
+            let add: Vec<MicroPartitionDpo> = add
+                .into_iter()
+                .zip(put_back)
+                .filter_map(|(m, put)| put.then_some(m))
+                .collect();
+            if add.is_empty() && remove.is_empty() {
+                return Ok(None);
+            }
+            let (local, tasks) = self
+                .plan_copy_in(r, source, &table, &add, Some(txn.as_mut()))
+                .await?;
+            let copied = self.copy_tasks(tasks).await?;
+            let added: Vec<MicroPartitionDpo> = local
+                .into_iter()
+                .zip(&add)
+                .map(|(mut m, up)| {
+                    m.added_version = up.added_version.min(current);
+                    m
+                })
+                .collect();
+            let counts = (added.len(), remove.len());
+            let change = Change::Repair(RepairChange {
+                account: r.account.clone(),
+                database: r.database.clone(),
+                table: table.clone(),
+                version: current,
+                added,
+                removed: remove,
+                keys: p.tables.file_keys(&table).await?,
+            });
+            Ok(Some((change, copied, counts, current)))
+        }
+        .await;
+        match result {
+            Ok(Some((change, copied, (added, removed), at))) => {
+                let committed = txn.commit(vec![change]).await;
+                self.inner.applied.notify_waiters();
+                committed?;
+                Counters::add(&self.inner.counters.repairs, 1);
+                tracing::warn!(%table, version = at, added, removed, "replica drift repaired");
+                Ok((copied.files, copied.bytes))
+            }
+            Ok(None) => {
+                txn.abort().await;
+                Ok((0, 0))
+            }
+            Err(e) => {
+                txn.abort().await;
+                Err(e)
+            }
+        }
     }
 
     fn current_version(&self, table: &TableId) -> Result<u64> {
@@ -759,22 +893,6 @@ impl Replication {
         Ok(())
     }
 
-    /// Copies `add` from the inbound folder into the volume under new `_g` short names
-    /// (journaled in `journal` when given). Returns the local entries (statistics and
-    /// global references kept; `added_version` to be set by the commit).
-    async fn copy_in(
-        &self,
-        r: &ReplicaDpo,
-        source: &ImportSource,
-        table: &TableId,
-        add: &[MicroPartitionDpo],
-        journal: Option<&mut dyn tern_table::commit::FileJournal>,
-    ) -> Result<(Vec<MicroPartitionDpo>, crate::copy::Copied)> {
-        let (local, tasks) = self.plan_copy_in(r, source, table, add, journal).await?;
-        let copied = self.copy_tasks(tasks).await?;
-        Ok((local, copied))
-    }
-
     /// Runs copies (at most `copy_concurrency` at once) and counts them.
     async fn copy_tasks(&self, tasks: Vec<CopyTask>) -> Result<crate::copy::Copied> {
         let copied = copy_all(tasks, self.inner.p.config.copy_concurrency).await?;
@@ -783,7 +901,8 @@ impl Replication {
         Ok(copied)
     }
 
-    /// What [`Self::copy_in`] copies, not copied yet: the local entries and the copy
+    /// Copies of `add` from the inbound folder into the volume under new `_g` short names,
+    /// not copied yet: the local entries and the copy
     /// tasks (their destinations journaled in `journal` when given), so that the files of
     /// several tables are copied at once.
     async fn plan_copy_in(

@@ -271,6 +271,125 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
     d2.stop().await;
 }
 
+/// A drift repair is a logged change: a replica chained after the repaired one gets it by
+/// log shipping, with no refresh of its own, and its versions keep mirroring the primary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drift_repair_reaches_a_chained_replica_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // No scheduled refreshes anywhere: only the one asked for below repairs anything.
+    let quiet = ReplicationConfig {
+        refresh_interval: Duration::ZERO,
+        ..repl_config()
+    };
+    let mut d1 = open_with(dir.path(), "d1", None, quiet.clone()).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open_with(dir.path(), "d2", Some(&keys), quiet.clone()).await;
+    let mut d3 = open_with(dir.path(), "d3", Some(&keys), quiet).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    for i in 0..6 {
+        d1.tables
+            .insert(&t, &[batch(i * 100..i * 100 + 100, "r")])
+            .await
+            .unwrap();
+    }
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    let a2 = d2.create_account("a2").unwrap();
+    d2.repl
+        .set_account_global(&a2, Some(&account_group))
+        .unwrap();
+    knows(&d2, &group, "d1").await;
+    let r2 = d2.repl.create_replica(&a2, "sales", &group, None).unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // Drift on d2: one file's metadata lost behind its back.
+    let rid = replica_table_id(&d1.id, &t);
+    let version = ver(&d2, &rid).unwrap();
+    let victim = d2
+        .meta
+        .read(|tx| tx.active_micro_partitions(&rid, version))
+        .unwrap()
+        .remove(2);
+    d2.meta
+        .write(|tx| tx.repair_micro_partitions(&rid, &[], std::slice::from_ref(&victim.short)))
+        .unwrap();
+    assert_eq!(
+        rows(&d2, &rid, None).await.len(),
+        500,
+        "the drift is visible"
+    );
+
+    // d3 follows d2 (a chain); its first refresh copies d2's state, drift included.
+    let a3 = d3.create_account("a3").unwrap();
+    d3.repl
+        .set_account_global(&a3, Some(&account_group))
+        .unwrap();
+    knows(&d3, &group, "d2").await;
+    d3.repl
+        .create_replica(&a3, "sales", &group, Some(&d2.id))
+        .unwrap();
+    let want = ver(&d1, &t);
+    eventually(WAIT, "d3's first refresh from d2", || async {
+        ver(&d3, &rid) == want && rows(&d3, &rid, None).await.len() == 500
+    })
+    .await;
+    let refreshes = |n: &Node| {
+        let n = n.repl.clone();
+        async move { n.status().await.unwrap().replicas[0].refreshes }
+    };
+    let d3_refreshes = refreshes(&d3).await;
+    assert_eq!(d3_refreshes, 1);
+    let repairs = |n: &Node| tern_replication::service::Counters::get(&n.repl.counters().repairs);
+    assert_eq!(repairs(&d3), 0);
+
+    // d2's refresh repairs the drift; d3 gets the repair from d2's log.
+    d2.repl.request_refresh(&r2, "operator").unwrap();
+    eventually(WAIT, "d2's refresh to repair the drift", || async {
+        rows(&d2, &rid, None).await.len() == 600
+    })
+    .await;
+    assert_eq!(repairs(&d2), 1);
+    eventually(
+        Duration::from_secs(30),
+        "d3 to apply d2's repair from the log",
+        || async { rows(&d3, &rid, None).await.len() == 600 },
+    )
+    .await;
+    same_rows(&d1, &d3, std::slice::from_ref(&t)).await;
+    assert_eq!(refreshes(&d3).await, d3_refreshes, "d3 did not refresh");
+    assert_eq!(repairs(&d3), 1, "d3 committed the repair (and logged it)");
+    assert_eq!(ver(&d3, &rid), want, "no version was made");
+    assert_eq!(ver(&d2, &rid), want, "no version was made");
+
+    // The versions still mirror the primary's: later commits follow down the chain.
+    d1.tables
+        .delete(&t, &Predicate::cmp("id", CmpOp::Lt, 250i64))
+        .await
+        .unwrap();
+    d1.tables
+        .insert(&t, &[batch(1000..1100, "later")])
+        .await
+        .unwrap();
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d3, std::slice::from_ref(&t)).await;
+    assert_eq!(refreshes(&d3).await, d3_refreshes, "d3 did not refresh");
+
+    d1.stop().await;
+    d2.stop().await;
+    d3.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
     let Pair {
