@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     self, ENTITIES_TYPE, EntitiesPayload, HEARTBEAT_TYPE, Heartbeat, LOG_TYPE, LogShipment,
     REFRESH_NEEDED_TYPE, REFRESH_TYPE, RefreshNeeded, RefreshRequest, SNAPSHOT_TYPE,
-    SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe, replica_table_id,
+    SnapshotManifest, SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe, replica_table_id,
 };
 use crate::service::{Counters, Replication};
 use crate::source::SnapshotHead;
@@ -184,9 +184,21 @@ impl Handler for ReplHandler {
                 }))
             }
             Kind::Snapshot => {
+                // Body 0 holds the manifest (small: a line per table); the file lists are in
+                // the sections file in the inbound folder, read by the importer as a stream.
                 let body = bodies.read(msg, 0).await.map_err(|e| retry(e.into()))?;
-                let response: SnapshotResponse =
-                    model::decode(&body).map_err(|e| r.reject(msg, e))?;
+                let (response, legacy) = match model::decode::<SnapshotManifest>(&body) {
+                    Ok(m) => (m, None),
+                    Err(e) => match model::decode::<SnapshotResponse>(&body) {
+                        // A previous build's upstream: the whole response in the body.
+                        Ok(whole) => {
+                            let (m, sections) = SnapshotManifest::split(whole);
+                            (m, Some(sections))
+                        }
+                        Err(_) => return Err(r.reject(msg, e)),
+                    },
+                };
+                drop(body);
                 let replica = r.replica_of(&response.group).map_err(retry)?;
                 match replica {
                     Some(rep) if rep.upstream == from => {}
@@ -215,6 +227,12 @@ impl Handler for ReplHandler {
                 }
                 let key = keys::import_job(&from, &response.response_id);
                 let at = msg.created_at_ms;
+                if let Some(sections) = legacy {
+                    // Its sections file is written here (the body goes with the message).
+                    r.write_legacy_sections(&from, &response, at, sections)
+                        .await
+                        .map_err(retry)?;
+                }
                 let commit = Commit::with(move |tx| {
                     if !tx.contains(&key)? {
                         tx.put(
@@ -225,6 +243,9 @@ impl Handler for ReplHandler {
                                 received_at_ms: at,
                                 attempts: 0,
                                 retry: Default::default(),
+                                tables_done: 0,
+                                sections_done: 0,
+                                legacy_sections: None,
                             },
                         )?;
                     }

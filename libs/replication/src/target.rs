@@ -7,6 +7,24 @@
 //! first) the table is rolled back to `b` first — version `b` is the same state everywhere.
 //! Below `b` there is a gap: the change waits, and a gap that does not fill turns into a
 //! refresh.
+//!
+//! A drift repair (a refresh finding the table at the snapshot's version with other
+//! files) makes no version — that would take the number of the upstream's next one — but
+//! is committed as a [`Change::Repair`], whose log record is shipped like any change: a
+//! replica downstream applies it at that version or later (putting back a file unless
+//! it is active there or a later version removed it; ending a file that is active) and
+//! logs it in turn, so a chain learns of a repair without refreshing.
+//!
+//! A snapshot response is imported from a stream: the manifest (tables and versions) is
+//! in the job's row, the file lists are read section by section from the sections file
+//! in the inbound folder, and the tables are committed in transactions of up to
+//! `import_batch_files` files (a table always whole: its version's files are one log
+//! record and one metadata file, which bounds the import's memory by the largest table,
+//! not by the database). The job's cursor (tables and sections done) moves after each
+//! transaction. Cross-table consistency: a response that fits in one batch is one
+//! transaction as before; a larger one shows tables at their new versions one batch
+//! after another while it imports (each table's version is the primary's, and the
+//! refresh is recorded as done only after the last batch).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,7 +43,10 @@ use tern_table::commit::{Change, DictionaryOp, RepairChange, TableChange, table_
 use crate::copy::{CopyTask, copy_all};
 use crate::crash;
 use crate::error::{Error, Result};
-use crate::model::{self, PAYLOAD_VERSION, REFRESH_TYPE, RefreshRequest, TableInventory};
+use crate::model::{
+    self, PAYLOAD_VERSION, REFRESH_TYPE, RefreshRequest, SNAPSHOT_TYPE, SnapshotManifest,
+    TableInventory, TableSection,
+};
 use crate::peers::Peers;
 use crate::service::{Counters, Replication};
 use crate::state::{ImportJobDpo, ReplicaDpo, keys};
@@ -364,11 +385,28 @@ impl Replication {
             .read(|tx| tx.scan_prefix::<ImportJobDpo>(&keys::import_jobs()))?;
         // In the order they arrived, not by key (response ids sort as text).
         jobs.sort_by_key(|(_, j)| j.received_at_ms);
-        let Some((key, job)) = jobs.into_iter().find(|(_, j)| j.retry.due(now)) else {
+        let Some((key, mut job)) = jobs.into_iter().find(|(_, j)| j.retry.due(now)) else {
             return Ok((0, None));
         };
         // A failover waits for an import under way to finish (never half-imported).
         let _gate = self.inner.import_gate.lock().await;
+        if let Some(sections) = job.legacy_sections.take() {
+            // A row a previous build stored with the whole response: its sections go into
+            // the sections file, and the row is stored again without them.
+            let upgraded = self
+                .write_legacy_sections(&job.peer, &job.response, job.received_at_ms, sections)
+                .await;
+            if let Err(e) = upgraded {
+                let msg = e.to_string();
+                self.with_replica(&job.response.group, |r| r.last_error = Some(msg.clone()))?;
+                self.job_attempt_failed(&key, &e, |j: &mut ImportJobDpo| {
+                    j.attempts += 1;
+                    (j.attempts, &mut j.retry)
+                })?;
+                return Err(e);
+            }
+            self.meta().write(|tx| tx.put(&key, &job))?;
+        }
         let fits = match self.epoch_fits(&job.response.group, Some(job.response.epoch)) {
             Ok(f) => f,
             // A newer epoch than known: its claim is on its way; import after it.
@@ -384,7 +422,7 @@ impl Replication {
             self.meta().write(|tx| tx.delete(&key))?;
             return Ok((1, None));
         }
-        match self.import(&job).await {
+        match self.import(&key, &job).await {
             Ok(()) => {}
             Err(e) if e.is_in_doubt() => return Err(e),
             Err(e @ (Error::Gap { .. } | Error::Drift { .. } | Error::CustomerKey { .. })) => {
@@ -426,7 +464,44 @@ impl Replication {
         self.remove_stale_snapshots(&done.peer, &done.folder).await;
     }
 
-    async fn import(&self, job: &ImportJobDpo) -> Result<()> {
+    /// Writes the sections file of a response that came whole (a previous build's), sealed
+    /// like the files under its RepMK.
+    pub(crate) async fn write_legacy_sections(
+        &self,
+        peer: &DeploymentId,
+        res: &SnapshotManifest,
+        received_at_ms: i64,
+        sections: Vec<TableSection>,
+    ) -> Result<()> {
+        let Some(r) = self.replica_of(&res.group)? else {
+            return Ok(());
+        };
+        let keys = self
+            .open_repmk(
+                peer,
+                &r.account,
+                res.response_id.as_str(),
+                &res.repmk,
+                received_at_ms,
+            )
+            .await?;
+        crate::source::write_sections(
+            &self.inner.p.bucket,
+            &model::sections_path(peer, &res.response_id),
+            keys.as_ref(),
+            Box::new(sections.into_iter()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Imports a response: the dictionary, then the tables in the manifest's order, their
+    /// file lists read from the sections file as a stream. Tables are committed together
+    /// until `import_batch_files` files are gathered (a small database is one transaction,
+    /// as one consistent point; a large one several, each table always whole in one: a
+    /// version's files are one log record), and the job's cursor moves after each, so an
+    /// interrupted import resumes after what it committed.
+    async fn import(&self, key: &tern_meta::Key, job: &ImportJobDpo) -> Result<()> {
         let res = &job.response;
         let Some(r) = self.replica_of(&res.group)? else {
             tracing::warn!(group = %res.group, "snapshot for a group without a replica here: dropped");
@@ -444,7 +519,7 @@ impl Replication {
         let source = ImportSource {
             peer: job.peer.clone(),
             folder: res.response_id.clone(),
-            keys,
+            keys: Arc::clone(&keys),
         };
         // Dictionary: schemas and tables it lacks, tables it has that are gone upstream.
         let live: BTreeMap<TableId, tern_meta::TableDpo> = self
@@ -478,40 +553,88 @@ impl Replication {
         };
         self.apply_dictionary(&r, &dict, stamp).await?;
         self.crash_point(crash::IMPORT_DICTIONARY)?;
+
+        let mut sections = SectionReader::open(
+            &self.inner.p.bucket,
+            &model::sections_path(&job.peer, &res.response_id),
+            keys.as_ref(),
+        )
+        .await?;
+        sections.skip(job.sections_done).await?;
+        let budget = self.inner.p.config.import_batch_files.max(1) as u64;
+        let mut done = (job.tables_done, job.sections_done);
+        let mut files = 0;
+        let mut bytes = 0;
         let mut steps = Vec::new();
         let mut repairs = Vec::new();
-        for t in &res.tables {
+        let mut gathered = 0u64;
+        let skip = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
+        for (i, t) in res.tables.iter().enumerate().skip(skip) {
+            let (add, remove) = sections.table(&t.table, t.adds, t.removes).await?;
             let (local, _) = self.local_table(&r, &t.table)?;
             let current = self.current_version(&local)?;
+            gathered += t.adds + t.removes;
             // Asked at the version the snapshot has, and still there: the difference is
             // drift (the index changed behind the replica's back). Reached that version by
             // the log meanwhile: the difference is already applied.
             if current == t.version
                 && t.answered_version == t.version
-                && (!t.add.is_empty() || !t.remove.is_empty())
+                && (!add.is_empty() || !remove.is_empty())
             {
-                repairs.push(t);
+                repairs.push(Repair {
+                    table: local,
+                    version: t.version,
+                    exact: true,
+                    add,
+                    remove,
+                });
+            } else {
+                steps.push(TableStep {
+                    table: t.table.clone(),
+                    base: t.answered_version,
+                    version: t.version,
+                    columns: t.columns.clone(),
+                    add_column: None,
+                    add,
+                    remove,
+                });
+            }
+            let last = i + 1 == res.tables.len();
+            if gathered < budget && !last {
                 continue;
             }
-            steps.push(TableStep {
-                table: t.table.clone(),
-                base: t.answered_version,
-                version: t.version,
-                columns: t.columns.clone(),
-                add_column: None,
-                add: t.add.clone(),
-                remove: t.remove.clone(),
-            });
+            let mut batch = std::mem::take(&mut steps);
+            self.localize(&r, &mut batch)?;
+            let applied = self.apply_steps(&r, &source, batch, false, stamp).await?;
+            files += applied.files;
+            bytes += applied.bytes;
+            for rp in std::mem::take(&mut repairs) {
+                let (f, b) = self.commit_repair(&r, &source, rp, stamp).await?;
+                files += f;
+                bytes += b;
+            }
+            gathered = 0;
+            done = ((i + 1) as u64, sections.read());
+            if !last {
+                self.meta().write(|tx| {
+                    if let Some(mut cur) = tx.get::<ImportJobDpo>(key)? {
+                        (cur.tables_done, cur.sections_done) = done;
+                        tx.put(key, &cur)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            self.crash_point(crash::IMPORT_COMMITTED)?;
         }
-        self.localize(&r, &mut steps)?;
-        let applied = self.apply_steps(&r, &source, steps, false, stamp).await?;
-        self.crash_point(crash::IMPORT_COMMITTED)?;
-        let mut files = applied.files;
-        let mut bytes = applied.bytes;
-        for t in repairs {
-            let (f, b) = self.repair(&r, &source, t, stamp).await?;
-            files += f;
-            bytes += b;
+        if done.1 != res.sections {
+            return Err(Error::BadMessage {
+                message_type: SNAPSHOT_TYPE,
+                from: job.peer.clone(),
+                reason: format!(
+                    "{}: the manifest announces {} sections, the tables took {}",
+                    res.response_id, res.sections, done.1
+                ),
+            });
         }
         self.inner.p.txn.observe(&r.account, res.lamport)?;
         let mut versions = BTreeMap::new();
@@ -533,28 +656,6 @@ impl Replication {
         self.committed();
         tracing::info!(database = %r.database, response = %res.response_id, files, bytes, "snapshot imported");
         Ok(())
-    }
-
-    /// A table at the snapshot's version whose files differ (drift): put back what is
-    /// missing, end what should not be there. No version is made (the replica's versions
-    /// mirror its upstream's); the repair commits as a [`Change::Repair`] so that its log
-    /// record reaches the replicas downstream of this one.
-    async fn repair(
-        &self,
-        r: &ReplicaDpo,
-        source: &ImportSource,
-        t: &model::TableSnapshot,
-        stamp: Stamp,
-    ) -> Result<(u64, u64)> {
-        let (table, _) = self.local_table(r, &t.table)?;
-        let repair = Repair {
-            table,
-            version: t.version,
-            exact: true,
-            add: t.add.clone(),
-            remove: t.remove.clone(),
-        };
-        self.commit_repair(r, source, repair, stamp).await
     }
 
     /// Applies a repair made upstream (shipped in a log record) to this replica's copy,
@@ -1123,6 +1224,113 @@ impl std::fmt::Debug for ImportSource {
             .field("peer", &self.peer)
             .field("folder", &self.folder)
             .finish_non_exhaustive()
+    }
+}
+
+/// Reads a snapshot's sections file as a stream: a line (one [`TableSection`]) at a time,
+/// holding no more than a read-ahead block and the table being gathered.
+pub(crate) struct SectionReader {
+    stream: futures::stream::BoxStream<'static, tern_crypto::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+    ended: bool,
+    read: u64,
+    path: String,
+}
+
+impl SectionReader {
+    async fn open(
+        store: &Arc<dyn object_store::ObjectStore>,
+        path: &Path,
+        keys: &dyn KeySource,
+    ) -> Result<Self> {
+        let obj = tern_crypto::EncryptedObject::open(Arc::clone(store), path, keys).await?;
+        Ok(SectionReader {
+            stream: obj.into_stream(&tern_crypto::CopyOptions::default()),
+            buf: Vec::new(),
+            ended: false,
+            read: 0,
+            path: path.to_string(),
+        })
+    }
+
+    /// Sections read so far.
+    fn read(&self) -> u64 {
+        self.read
+    }
+
+    fn bad(&self, reason: impl std::fmt::Display) -> Error {
+        Error::invalid("snapshot sections file", format!("{}: {reason}", self.path))
+    }
+
+    /// The next section, `None` at the end.
+    async fn next(&mut self) -> Result<Option<TableSection>> {
+        use futures::StreamExt as _;
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                // Its format is the manifest's (checked when the manifest was read).
+                let section = serde_json::from_slice::<TableSection>(&line[..end])
+                    .map_err(|e| self.bad(format!("section {}: {e}", self.read + 1)))?;
+                self.read += 1;
+                return Ok(Some(section));
+            }
+            if self.ended {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(self.bad("it ends inside a section"));
+            }
+            match self.stream.next().await {
+                Some(chunk) => self.buf.extend_from_slice(&chunk?),
+                None => self.ended = true,
+            }
+        }
+    }
+
+    /// Skips `n` sections (imported by an earlier attempt).
+    async fn skip(&mut self, n: u64) -> Result<()> {
+        while self.read < n {
+            if self.next().await?.is_none() {
+                return Err(self.bad(format!(
+                    "it ends after {} sections, {n} were imported",
+                    self.read
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The difference of `table`: its next sections, until `adds` files added and
+    /// `removes` removed are gathered.
+    async fn table(
+        &mut self,
+        table: &TableId,
+        adds: u64,
+        removes: u64,
+    ) -> Result<(Vec<MicroPartitionDpo>, Vec<GlobalFileRef>)> {
+        let mut add = Vec::with_capacity(usize::try_from(adds).unwrap_or(0));
+        let mut remove = Vec::with_capacity(usize::try_from(removes).unwrap_or(0));
+        while (add.len() as u64) < adds || (remove.len() as u64) < removes {
+            let Some(s) = self.next().await? else {
+                return Err(self.bad(format!("it ends before the files of {table}")));
+            };
+            if s.table != *table {
+                return Err(self.bad(format!(
+                    "a section of {} where the files of {table} were due",
+                    s.table
+                )));
+            }
+            add.extend(s.add);
+            remove.extend(s.remove);
+        }
+        if add.len() as u64 != adds || remove.len() as u64 != removes {
+            return Err(self.bad(format!(
+                "{table}: {} files added and {} removed, the manifest says {adds} and {removes}",
+                add.len(),
+                remove.len()
+            )));
+        }
+        Ok((add, remove))
     }
 }
 

@@ -390,6 +390,101 @@ async fn a_drift_repair_reaches_a_chained_replica_through_the_log() {
     d3.stop().await;
 }
 
+/// A refresh's response is a manifest (a line per table) and a sections file the replica
+/// reads as a stream: the import job stores a cursor, never the file lists, and an import
+/// interrupted after committing some of its tables resumes after them (their files are
+/// not copied again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_streams_its_sections_and_an_interrupted_import_resumes() {
+    use tern_replication::state::{ImportJobDpo, keys as state_keys};
+    let config = ReplicationConfig {
+        refresh_interval: Duration::ZERO,
+        snapshot_section_files: 2,
+        import_batch_files: 3,
+        ..repl_config()
+    };
+    let Pair {
+        dir,
+        keys,
+        d1,
+        d2,
+        a1,
+        db,
+        account_group,
+        t,
+    } = pair_with(config.clone()).await;
+    let u = d1
+        .tables
+        .create_table(&db, "public", "u", columns())
+        .await
+        .unwrap();
+    let w = d1
+        .tables
+        .create_table(&db, "public", "w", columns())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        d1.tables
+            .insert(&t, &[batch(i * 10..i * 10 + 10, "t")])
+            .await
+            .unwrap();
+    }
+    for i in 0..4 {
+        d1.tables
+            .insert(&u, &[batch(i * 10..i * 10 + 10, "u")])
+            .await
+            .unwrap();
+    }
+    let all = [t.clone(), u.clone(), w.clone()];
+    // The importer stops (as killed) after its first transaction: t's 5 files are more
+    // than a batch of 3, so t is committed alone.
+    d2.ctx
+        .crash_points()
+        .arm(tern_replication::crash::IMPORT_COMMITTED);
+    replicate(&d1, &a1, &d2, &account_group).await;
+    eventually(
+        Duration::from_secs(60),
+        "the import's first commit",
+        || async {
+            d2.ctx
+                .crash_points()
+                .fired()
+                .contains(&tern_replication::crash::IMPORT_COMMITTED)
+        },
+    )
+    .await;
+    let jobs = d2
+        .meta
+        .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0].1;
+    // t's 5 files in sections of 2 are 3 sections, u's 4 are 2, w has none.
+    assert_eq!(job.response.sections, 5);
+    assert_eq!((job.tables_done, job.sections_done), (1, 3));
+    let row = serde_json::to_string(job).unwrap();
+    assert!(
+        !row.contains("global_ref") && !row.contains("\"add\""),
+        "the job row holds no file list: {row}"
+    );
+    assert_eq!(ver(&d2, &replica_table_id(&d1.id, &t)), ver(&d1, &t));
+    assert_eq!(ver(&d2, &replica_table_id(&d1.id, &u)), Some(0));
+
+    // Killed there and started again: the import goes on after t.
+    let d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
+    caught_up(&d1, &d2, &all).await;
+    same_rows(&d1, &d2, &all).await;
+    assert_eq!(
+        tern_replication::service::Counters::get(&d2.repl.counters().files_copied),
+        4,
+        "only u's files were copied after the restart"
+    );
+    let mut d1 = d1;
+    let mut d2 = d2;
+    d1.stop().await;
+    d2.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
     let Pair {
