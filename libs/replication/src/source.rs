@@ -837,7 +837,7 @@ fn canonical_change(mut c: ChangeRecord) -> ChangeRecord {
 
 /// A table's difference as sections of at most `per_section` files, made one at a time
 /// (the files cloned a section at a time, their table the wire id `id`).
-fn section_iter<'a>(
+pub(crate) fn section_iter<'a>(
     id: &'a TableId,
     add: &'a [&'a MicroPartitionDpo],
     remove: &'a [GlobalFileRef],

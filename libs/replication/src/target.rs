@@ -1122,7 +1122,7 @@ impl Replication {
             let mut changes = Vec::new();
             let mut applied = Applied::default();
             let mut tasks = Vec::new();
-            for s in &steps {
+            for s in steps.iter_mut() {
                 let cur = self.current_version(&s.table)?;
                 if cur >= s.version {
                     continue;
@@ -1165,6 +1165,9 @@ impl Replication {
                 let (added, copies) = self
                     .plan_copy_in(r, source, &s.table, &s.add, Some(txn.as_mut()))
                     .await?;
+                // The upstream's entries are not needed past here: a large table's list
+                // is held once less while it commits.
+                s.add = Vec::new();
                 tasks.extend(copies);
                 applied.tables += 1;
                 changes.push(Change::Table(TableChange {
@@ -1471,6 +1474,78 @@ mod tests {
                 prop_assert_eq!(folded, one_by_one, "table {}", name);
             }
         }
+    }
+
+    /// Sections written as a stream read back a table at a time; a file whose sections do
+    /// not match the manifest, or that ends inside a line, is a named error.
+    #[tokio::test]
+    async fn sections_stream_back_by_table_and_bad_files_are_named() {
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let keys = tern_crypto::ReplicationFileKeys::new(Arc::new(tern_crypto::RepMk::from_bytes(
+            [7; 32],
+        )));
+        let path = Path::from("from/d1/inbound/rs-d1-1/sections");
+        let t1 = TableId::new("t1").unwrap();
+        let t2 = TableId::new("t2").unwrap();
+        let files: Vec<MicroPartitionDpo> = (0..5).map(|i| mp("t1", &format!("f{i}"))).collect();
+        let refs: Vec<&MicroPartitionDpo> = files.iter().collect();
+        let gone = vec![mp("t2", "g0").global_ref, mp("t2", "g1").global_ref];
+        let sections: Vec<TableSection> = crate::source::section_iter(&t1, &refs, &[], 2)
+            .chain(crate::source::section_iter(&t2, &[], &gone, 2))
+            .collect();
+        let n = crate::source::write_sections(&store, &path, &keys, Box::new(sections.into_iter()))
+            .await
+            .unwrap();
+        assert_eq!(n, 4, "5 files in sections of 2, then 2 removals");
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        let (add, remove) = r.table(&t1, 5, 0).await.unwrap();
+        assert_eq!(add, files);
+        assert!(remove.is_empty());
+        assert_eq!(r.read(), 3);
+        let (add, remove) = r.table(&t2, 0, 2).await.unwrap();
+        assert!(add.is_empty());
+        assert_eq!(remove, gone);
+        assert!(r.next().await.unwrap().is_none());
+
+        // Resuming after the first table's sections.
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        r.skip(3).await.unwrap();
+        assert_eq!(r.table(&t2, 0, 2).await.unwrap().1, gone);
+        // A manifest that expects another table first.
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        let e = r.table(&t2, 0, 2).await.unwrap_err().to_string();
+        assert!(
+            e.contains("a section of t1 where the files of t2 were due"),
+            "{e}"
+        );
+        // More files than the manifest says.
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        let e = r.table(&t1, 3, 0).await.unwrap_err().to_string();
+        assert!(
+            e.contains("t1: 4 files added and 0 removed, the manifest says 3"),
+            "{e}"
+        );
+
+        // A file cut inside a line.
+        let cut = Path::from("from/d1/inbound/rs-d1-2/sections");
+        let mut half: &[u8] = br#"{"table":"t1","remove":[{"origin":"d1","#;
+        tern_crypto::upload_encrypted(
+            &store,
+            &cut,
+            &keys,
+            &mut half,
+            &tern_crypto::EncryptOptions::default(),
+            &tern_crypto::CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+        let mut r = SectionReader::open(&store, &cut, &keys).await.unwrap();
+        let e = r.next().await.unwrap_err().to_string();
+        assert!(
+            e.contains("ends inside a section") && e.contains("rs-d1-2"),
+            "{e}"
+        );
     }
 
     #[test]
