@@ -485,6 +485,131 @@ async fn a_refresh_streams_its_sections_and_an_interrupted_import_resumes() {
     d2.stop().await;
 }
 
+/// An import job the previous build stored (the whole response in its row, no sections
+/// file) is still imported: the importer writes its sections file from the row first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_job_of_the_previous_build_is_still_imported() {
+    use tern_replication::model::{SnapshotResponse, TableSnapshot, sections_path};
+    use tern_replication::state::{ImportJobDpo, keys as state_keys};
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OldJob {
+        peer: DeploymentId,
+        response: SnapshotResponse,
+        received_at_ms: i64,
+        attempts: u32,
+    }
+    impl tern_meta::Dpo for OldJob {
+        const WHAT: &'static str = "import job";
+        const VERSION: u32 = 1;
+    }
+    let config = ReplicationConfig {
+        refresh_interval: Duration::ZERO,
+        ..repl_config()
+    };
+    let Pair {
+        dir,
+        keys,
+        d1,
+        d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(config).await;
+    for i in 0..3 {
+        d1.tables
+            .insert(&t, &[batch(i * 10..i * 10 + 10, "o")])
+            .await
+            .unwrap();
+    }
+    // Stopped (as killed) with the job stored and nothing of the table imported.
+    d2.ctx
+        .crash_points()
+        .arm(tern_replication::crash::IMPORT_DICTIONARY);
+    replicate(&d1, &a1, &d2, &account_group).await;
+    eventually(
+        Duration::from_secs(60),
+        "the import's dictionary",
+        || async {
+            d2.ctx
+                .crash_points()
+                .fired()
+                .contains(&tern_replication::crash::IMPORT_DICTIONARY)
+        },
+    )
+    .await;
+    let mut jobs = d2
+        .meta
+        .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let (key, job) = jobs.remove(0);
+    // The same answer as the previous build stored it: every file in the row.
+    let rid = replica_table_id(&d1.id, &t);
+    let v = ver(&d1, &t).unwrap();
+    let add: Vec<_> = d1
+        .meta
+        .read(|tx| tx.active_micro_partitions(&t, v))
+        .unwrap()
+        .into_iter()
+        .map(|mut m| {
+            m.table = rid.clone();
+            m
+        })
+        .collect();
+    let m = job.response;
+    assert_eq!(m.tables.len(), 1);
+    let old = OldJob {
+        peer: job.peer,
+        response: SnapshotResponse {
+            v: m.v,
+            request_id: m.request_id,
+            response_id: m.response_id.clone(),
+            group: m.group,
+            lamport: m.lamport,
+            repmk: m.repmk,
+            schemas: m.schemas,
+            tables: m
+                .tables
+                .iter()
+                .map(|h| TableSnapshot {
+                    table: h.table.clone(),
+                    schema: h.schema.clone(),
+                    name: h.name.clone(),
+                    columns: h.columns.clone(),
+                    version: h.version,
+                    answered_version: h.answered_version,
+                    add: add.clone(),
+                    remove: Vec::new(),
+                })
+                .collect(),
+            bytes: m.bytes,
+            taken_at_ms: m.taken_at_ms,
+            epoch: m.epoch,
+            seq: m.seq,
+        },
+        received_at_ms: job.received_at_ms,
+        attempts: job.attempts,
+    };
+    d2.meta.write(|tx| tx.put(&key, &old)).unwrap();
+    // The previous build wrote no sections file.
+    {
+        use object_store::ObjectStoreExt as _;
+        d2.bucket
+            .delete(&sections_path(&d1.id, &m.response_id))
+            .await
+            .unwrap();
+    }
+
+    let d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    let mut d1 = d1;
+    let mut d2 = d2;
+    d1.stop().await;
+    d2.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
     let Pair {
