@@ -129,3 +129,148 @@ fn wire_payloads_are_golden() {
         r#"{"v":1,"group":"g1","cursor":12,"pruned_up_to":40}"#
     );
 }
+
+fn manifest_parts() -> (crate::model::WrappedRepMk, crate::model::TableHead) {
+    let repmk = crate::model::WrappedRepMk {
+        diversifier: tern_crypto::Diversifier::from_unix_secs(3600),
+        wrapped: "ab".into(),
+        sealed: None,
+    };
+    let head = crate::model::TableHead {
+        table: TableId::new("t1--d1").unwrap(),
+        schema: "public".into(),
+        name: "orders".into(),
+        columns: Vec::new(),
+        version: 5,
+        answered_version: 2,
+        adds: 1,
+        removes: 1,
+    };
+    (repmk, head)
+}
+
+/// An import job stores the manifest and a cursor (format of this build), and a row a
+/// previous build stored with the whole response still reads: its sections come out of
+/// it (the importer writes them into the sections file and stores the row again).
+#[test]
+fn import_jobs_are_golden_and_rows_of_the_previous_build_still_read() {
+    use crate::model::{SnapshotManifest, SnapshotResponse, TableSnapshot};
+    use crate::state::ImportJobDpo;
+    use tern_storage::layout::{GlobalFileRef, ResponseId, ShortName};
+    let (repmk, head) = manifest_parts();
+    let manifest = SnapshotManifest {
+        v: PAYLOAD_VERSION,
+        request_id: "rq-d2-1".into(),
+        response_id: ResponseId::new("rs-d1-4").unwrap(),
+        group: "g1".into(),
+        lamport: 9,
+        repmk: repmk.clone(),
+        schemas: vec!["public".into()],
+        tables: vec![head],
+        sections: 2,
+        bytes: 100,
+        taken_at_ms: 7,
+        epoch: 1,
+        seq: 3,
+    };
+    let job = ImportJobDpo {
+        peer: DeploymentId::new("d1").unwrap(),
+        response: manifest.clone(),
+        received_at_ms: 8,
+        attempts: 1,
+        retry: JobRetry::default(),
+        tables_done: 1,
+        sections_done: 2,
+        legacy_sections: None,
+    };
+    let stored = json(&job);
+    assert_eq!(
+        stored,
+        r#"{"peer":"d1","response":{"v":1,"request_id":"rq-d2-1","response_id":"rs-d1-4","group":"g1","lamport":9,"repmk":{"diversifier":3600,"wrapped":"ab"},"schemas":["public"],"tables":[{"table":"t1--d1","schema":"public","name":"orders","columns":[],"version":5,"answered_version":2,"adds":1,"removes":1}],"sections":2,"bytes":100,"taken_at_ms":7,"epoch":1,"seq":3},"received_at_ms":8,"attempts":1,"tables_done":1,"sections_done":2}"#
+    );
+    let back: ImportJobDpo = serde_json::from_str(&stored).unwrap();
+    assert_eq!(back, job);
+
+    // The previous build's row: the whole response, every file listed.
+    let origin = DeploymentId::new("d1").unwrap();
+    let file = tern_meta::MicroPartitionDpo {
+        table: TableId::new("t1--d1").unwrap(),
+        short: ShortName::new("fdn1").unwrap(),
+        global_ref: GlobalFileRef::new(origin.clone(), ShortName::new("fdn1").unwrap()),
+        rows: 10,
+        bytes: 50,
+        stats: Vec::new(),
+        added_version: 4,
+        removed_version: None,
+        path: "x.mp".into(),
+        key_ref: String::new(),
+    };
+    let gone = GlobalFileRef::new(origin, ShortName::new("fdn0").unwrap());
+    let whole = SnapshotResponse {
+        v: PAYLOAD_VERSION,
+        request_id: "rq-d2-1".into(),
+        response_id: ResponseId::new("rs-d1-4").unwrap(),
+        group: "g1".into(),
+        lamport: 9,
+        repmk,
+        schemas: vec!["public".into()],
+        tables: vec![TableSnapshot {
+            table: TableId::new("t1--d1").unwrap(),
+            schema: "public".into(),
+            name: "orders".into(),
+            columns: Vec::new(),
+            version: 5,
+            answered_version: 2,
+            add: vec![file.clone()],
+            remove: vec![gone.clone()],
+        }],
+        bytes: 100,
+        taken_at_ms: 7,
+        epoch: 1,
+        seq: 3,
+    };
+    let old = format!(
+        r#"{{"peer":"d1","response":{},"received_at_ms":8,"attempts":1}}"#,
+        json(&whole)
+    );
+    let read: ImportJobDpo = serde_json::from_str(&old).unwrap();
+    assert_eq!(
+        read.response,
+        SnapshotManifest {
+            sections: 1,
+            ..manifest
+        }
+    );
+    assert_eq!((read.tables_done, read.sections_done), (0, 0));
+    let sections = read
+        .legacy_sections
+        .clone()
+        .expect("the old row's sections");
+    assert_eq!(sections.len(), 1);
+    assert_eq!(sections[0].add, vec![file]);
+    assert_eq!(sections[0].remove, vec![gone]);
+    // Stored again, it is a manifest row.
+    assert!(!json(&read).contains("fdn1"));
+}
+
+/// A line of a sections file.
+#[test]
+fn sections_are_golden() {
+    let s = crate::model::TableSection {
+        table: TableId::new("t1--d1").unwrap(),
+        add: Vec::new(),
+        remove: vec![tern_storage::layout::GlobalFileRef::new(
+            DeploymentId::new("d1").unwrap(),
+            tern_storage::layout::ShortName::new("fdn0").unwrap(),
+        )],
+    };
+    let line = json(&s);
+    assert_eq!(
+        line,
+        r#"{"table":"t1--d1","remove":[{"origin":"d1","short":"fdn0"}]}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<crate::model::TableSection>(&line).unwrap(),
+        s
+    );
+}

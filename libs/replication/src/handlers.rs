@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::{
     self, ENTITIES_TYPE, EntitiesPayload, HEARTBEAT_TYPE, Heartbeat, LOG_TYPE, LogShipment,
     REFRESH_NEEDED_TYPE, REFRESH_TYPE, RefreshNeeded, RefreshRequest, SNAPSHOT_TYPE,
-    SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe, replica_table_id,
+    SnapshotManifest, SnapshotResponse, UNSUBSCRIBE_TYPE, Unsubscribe, replica_table_id,
 };
 use crate::service::{Counters, Replication};
 use crate::source::SnapshotHead;
@@ -184,9 +184,21 @@ impl Handler for ReplHandler {
                 }))
             }
             Kind::Snapshot => {
+                // Body 0 holds the manifest (small: a line per table); the file lists are in
+                // the sections file in the inbound folder, read by the importer as a stream.
                 let body = bodies.read(msg, 0).await.map_err(|e| retry(e.into()))?;
-                let response: SnapshotResponse =
-                    model::decode(&body).map_err(|e| r.reject(msg, e))?;
+                let (response, legacy) = match model::decode::<SnapshotManifest>(&body) {
+                    Ok(m) => (m, None),
+                    Err(e) => match model::decode::<SnapshotResponse>(&body) {
+                        // A previous build's upstream: the whole response in the body.
+                        Ok(whole) => {
+                            let (m, sections) = SnapshotManifest::split(whole);
+                            (m, Some(sections))
+                        }
+                        Err(_) => return Err(r.reject(msg, e)),
+                    },
+                };
+                drop(body);
                 let replica = r.replica_of(&response.group).map_err(retry)?;
                 match replica {
                     Some(rep) if rep.upstream == from => {}
@@ -215,6 +227,12 @@ impl Handler for ReplHandler {
                 }
                 let key = keys::import_job(&from, &response.response_id);
                 let at = msg.created_at_ms;
+                if let Some(sections) = legacy {
+                    // Its sections file is written here (the body goes with the message).
+                    r.write_legacy_sections(&from, &response, at, sections)
+                        .await
+                        .map_err(retry)?;
+                }
                 let commit = Commit::with(move |tx| {
                     if !tx.contains(&key)? {
                         tx.put(
@@ -225,6 +243,9 @@ impl Handler for ReplHandler {
                                 received_at_ms: at,
                                 attempts: 0,
                                 retry: Default::default(),
+                                tables_done: 0,
+                                sections_done: 0,
+                                legacy_sections: None,
                             },
                         )?;
                     }
@@ -423,9 +444,33 @@ impl Replication {
     ) -> Result<ShipmentFigures> {
         let mut dict = Vec::new();
         let mut steps = Vec::new();
+        let mut repairs = Vec::new();
         let mut figures = ShipmentFigures::default();
         for c in &s.changes {
             match c {
+                ChangeRecord::Repair {
+                    table,
+                    version,
+                    added,
+                    removed,
+                    ..
+                } => {
+                    let id = replica_table_id(from, table);
+                    repairs.push(crate::target::Repair {
+                        table: id.clone(),
+                        version: *version,
+                        exact: false,
+                        add: added
+                            .iter()
+                            .cloned()
+                            .map(|mut m| {
+                                m.table = id.clone();
+                                m
+                            })
+                            .collect(),
+                        remove: removed.iter().map(|r| r.global_ref.clone()).collect(),
+                    });
+                }
                 ChangeRecord::Dictionary { op, .. } => {
                     let change = match op {
                         DictionaryOp::CreateSchema(sc) => DictionaryChange::CreateSchema {
@@ -499,7 +544,21 @@ impl Replication {
         for st in &steps {
             figures.versions.insert(st.table.clone(), st.version);
         }
-        if !steps.is_empty() {
+        for rp in &mut repairs {
+            let (local, exists) = self.local_table(replica, &rp.table)?;
+            if !exists {
+                return Err(Error::Gap {
+                    table: rp.table.to_string(),
+                    have: 0,
+                    base: rp.version,
+                });
+            }
+            for m in &mut rp.add {
+                m.table = local.clone();
+            }
+            rp.table = local;
+        }
+        if !steps.is_empty() || !repairs.is_empty() {
             let keys = match &s.repmk {
                 Some(w) => {
                     self.open_repmk(
@@ -511,7 +570,9 @@ impl Replication {
                     )
                     .await?
                 }
-                None if steps.iter().all(|st| st.add.is_empty()) => {
+                None if steps.iter().all(|st| st.add.is_empty())
+                    && repairs.iter().all(|rp| rp.add.is_empty()) =>
+                {
                     // No files: any key will do, none is used.
                     Arc::new(tern_crypto::ReplicationFileKeys::new(Arc::new(
                         tern_crypto::RepMk::from_bytes([0; 32]),
@@ -535,6 +596,13 @@ impl Replication {
                 .await?;
             figures.files = applied.files;
             figures.bytes = applied.bytes;
+            // A repair made upstream after the versions above (its own transaction there):
+            // set right here too, and logged here for the replicas after this one.
+            for rp in repairs {
+                let (files, bytes) = self.apply_repair(replica, &source, rp, stamp).await?;
+                figures.files += files;
+                figures.bytes += bytes;
+            }
         }
         self.inner.p.txn.observe(&replica.account, s.txn_id)?;
         Ok(figures)

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `tern.repl.entities` | every deployment → every peer | [`EntitiesPayload`]: its global accounts and databases |
 //! | `tern.repl.refresh` | replica → its upstream | [`RefreshRequest`]: per table, version and active global file references |
-//! | `tern.repl.snapshot` | upstream → replica | [`SnapshotResponse`] (in body file 0): dictionary and the difference, files in the inbound stage |
+//! | `tern.repl.snapshot` | upstream → replica | [`SnapshotManifest`] (in body file 0): dictionary, tables and versions; the difference in the [`TableSection`]s of the response's sections file, files in the inbound stage (a previous build's [`SnapshotResponse`], everything in body file 0, is still read) |
 //! | `tern.repl.log` | upstream → replica | [`LogShipment`]: one committed log record's changes of the database, files in the inbound stage |
 //! | `tern.repl.unsubscribe` | replica → its upstream | [`Unsubscribe`]: stop shipping |
 //! | `tern.repl.refresh_needed` | upstream → replica | [`RefreshNeeded`]: the log it still needs was pruned; ask for a refresh |
@@ -203,8 +203,9 @@ pub struct TableSnapshot {
     pub remove: Vec<GlobalFileRef>,
 }
 
-/// `tern.repl.snapshot` (in body file 0, whatever its size): the database at one
-/// consistent point of the source.
+/// `tern.repl.snapshot` as a previous build sends it (in body file 0, whatever its size):
+/// the database at one consistent point of the source, every file listed. Still read (the
+/// replica turns it into a [`SnapshotManifest`] and a sections file); no longer sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotResponse {
     /// Format version.
@@ -233,6 +234,149 @@ pub struct SnapshotResponse {
     /// The database's transaction sequence number the snapshot holds.
     #[serde(default)]
     pub seq: u64,
+}
+
+/// One table of a [`SnapshotManifest`]: what the replica makes of it, without its files
+/// (those are in the response's sections file, see [`TableSection`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableHead {
+    /// The table.
+    pub table: TableId,
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its columns at `version`.
+    pub columns: Vec<ColumnDef>,
+    /// The primary's version the snapshot holds.
+    pub version: u64,
+    /// The replica version this answers (see [`TableSnapshot::answered_version`]).
+    pub answered_version: u64,
+    /// How many files its sections add.
+    pub adds: u64,
+    /// How many files its sections remove.
+    pub removes: u64,
+}
+
+/// `tern.repl.snapshot` (in body file 0): the database at one consistent point of the
+/// source, without the file lists — its size grows with the number of tables, never with
+/// the number of files. The difference is in the sections file the source put into the
+/// replica's inbound folder beside the files ([`sections_path`]): one [`TableSection`] a
+/// line, a table's sections together and in the order of `tables`, sealed like the files
+/// under the response's RepMK. The replica reads it as a stream and keeps only a cursor
+/// in its import job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    /// Format version.
+    pub v: u32,
+    /// The request answered.
+    pub request_id: String,
+    /// Names the inbound-stage folder of the files and of the sections file.
+    pub response_id: ResponseId,
+    /// The database replication group.
+    pub group: String,
+    /// The source's Lamport clock at the snapshot (the replica merges it).
+    pub lamport: u64,
+    /// The RepMK the inbound files (and the sections file) are encrypted under.
+    pub repmk: WrappedRepMk,
+    /// The database's schemas.
+    pub schemas: Vec<String>,
+    /// Every live table of the database.
+    pub tables: Vec<TableHead>,
+    /// How many sections the sections file holds (what tells this payload from a
+    /// [`SnapshotResponse`]).
+    pub sections: u64,
+    /// Bytes of the files copied into the inbound stage.
+    pub bytes: u64,
+    /// When the snapshot was taken (source clock).
+    pub taken_at_ms: i64,
+    /// The source's epoch when it took the snapshot.
+    pub epoch: u64,
+    /// The database's transaction sequence number the snapshot holds.
+    pub seq: u64,
+}
+
+/// One line of a snapshot's sections file: part of one table's difference (at most the
+/// source's `snapshot_section_files`, by default [`SECTION_FILES`], files added and
+/// removed). Lines carry no version of their own: the file's format is the manifest's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSection {
+    /// The table.
+    pub table: TableId,
+    /// Files to add (source metadata; the file is in the inbound stage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<MicroPartitionDpo>,
+    /// Files to remove, by global reference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<GlobalFileRef>,
+}
+
+/// Files a [`TableSection`] lists at most by default (added and removed together).
+pub const SECTION_FILES: usize = 1024;
+
+/// Where a snapshot's sections file is: in the replica's inbound folder of the response,
+/// beside the files (whose names always hold a `.`).
+pub fn sections_path(peer: &DeploymentId, response: &ResponseId) -> tern_storage::Path {
+    tern_storage::layout::replication::inbound_prefix(peer, response).join("sections")
+}
+
+impl SnapshotManifest {
+    /// The manifest and the sections of a previous build's whole response.
+    pub fn split(r: SnapshotResponse) -> (Self, Vec<TableSection>) {
+        let mut sections = Vec::new();
+        let mut tables = Vec::with_capacity(r.tables.len());
+        for t in r.tables {
+            tables.push(TableHead {
+                table: t.table.clone(),
+                schema: t.schema,
+                name: t.name,
+                columns: t.columns,
+                version: t.version,
+                answered_version: t.answered_version,
+                adds: t.add.len() as u64,
+                removes: t.remove.len() as u64,
+            });
+            sections.extend(sections_of(&t.table, t.add, t.remove));
+        }
+        let manifest = SnapshotManifest {
+            v: r.v,
+            request_id: r.request_id,
+            response_id: r.response_id,
+            group: r.group,
+            lamport: r.lamport,
+            repmk: r.repmk,
+            schemas: r.schemas,
+            tables,
+            sections: sections.len() as u64,
+            bytes: r.bytes,
+            taken_at_ms: r.taken_at_ms,
+            epoch: r.epoch,
+            seq: r.seq,
+        };
+        (manifest, sections)
+    }
+}
+
+/// A table's difference cut into sections of at most [`SECTION_FILES`] files (none for
+/// a table without a difference).
+pub fn sections_of(
+    table: &TableId,
+    add: Vec<MicroPartitionDpo>,
+    remove: Vec<GlobalFileRef>,
+) -> Vec<TableSection> {
+    let mut out = Vec::new();
+    let mut add = add.into_iter().peekable();
+    let mut remove = remove.into_iter().peekable();
+    while add.peek().is_some() || remove.peek().is_some() {
+        let a: Vec<MicroPartitionDpo> = add.by_ref().take(SECTION_FILES).collect();
+        let r: Vec<GlobalFileRef> = remove.by_ref().take(SECTION_FILES - a.len()).collect();
+        out.push(TableSection {
+            table: table.clone(),
+            add: a,
+            remove: r,
+        });
+    }
+    out
 }
 
 /// `tern.repl.log`: one committed transaction's changes of a replicated database.

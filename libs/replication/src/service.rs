@@ -43,6 +43,14 @@ pub struct ReplicationConfig {
     pub copy_concurrency: usize,
     /// Log records shipped per downstream replica per unit of work.
     pub ship_batch: usize,
+    /// A refresh's import commits its tables together until this many files (added and
+    /// removed) are gathered, then goes on in a new transaction: a small database imports
+    /// as one transaction, a large one never holds more than this (or one table, which is
+    /// always whole) in memory.
+    pub import_batch_files: usize,
+    /// Files (added and removed) a line of a snapshot's sections file lists at most: what
+    /// a replica holds of the response at once, besides the table it gathers.
+    pub snapshot_section_files: usize,
     /// A log shipment or refresh request whose payload is larger than this travels as a
     /// body file (it is sent inline otherwise; the message service caps inline payloads
     /// at its `max_payload_bytes`).
@@ -102,6 +110,8 @@ impl Default for ReplicationConfig {
             control_interval: Duration::from_millis(500),
             copy_concurrency: 4,
             ship_batch: 64,
+            import_batch_files: 10_000,
+            snapshot_section_files: crate::model::SECTION_FILES,
             inline_max_bytes: 256 << 10,
             job_attempts: 5,
             job_backoff: Duration::from_secs(1),
@@ -185,6 +195,9 @@ pub struct Counters {
     pub records_applied: AtomicU64,
     /// Replicated table changes skipped as already applied (idempotent re-delivery).
     pub records_skipped: AtomicU64,
+    /// Drift repairs committed here: a refresh's, or one shipped from the upstream and
+    /// set right here too (each is logged, so the replicas downstream get it).
+    pub repairs: AtomicU64,
     /// Log shipments an earlier attempt left unfinished, abandoned and shipped again.
     pub shipments_retried: AtomicU64,
     /// Copy and import jobs given up after their attempts.
@@ -1396,6 +1409,7 @@ impl Replication {
             ("records_shipped", &c.records_shipped),
             ("records_applied", &c.records_applied),
             ("records_skipped", &c.records_skipped),
+            ("repairs", &c.repairs),
             ("shipments_retried", &c.shipments_retried),
             ("jobs_failed", &c.jobs_failed),
             ("snapshots_served", &c.snapshots_served),

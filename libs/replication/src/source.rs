@@ -5,7 +5,8 @@
 //!  refresh request ─(handler)─▶ SnapshotJob ─(copy worker)─▶ one consistent read:
 //!      tables, versions, active files, log position ─▶ difference per table
 //!      ─▶ files re-encrypted volume → peer inbound (HKDF(RepMK, path))
-//!      ─▶ response message (body 0) ─▶ downstream cursor = log position
+//!      ─▶ the difference streamed as a sections file into the same inbound folder
+//!      ─▶ response message (manifest in body 0) ─▶ downstream cursor = log position
 //!  shipper: per downstream, log records after the cursor up to the stable id
 //!      ─▶ the database's changes ─▶ added files → peer inbound ─▶ log message ─▶ cursor
 //! ```
@@ -20,7 +21,9 @@ use tern_crypto::{
 };
 use tern_messaging::{Draft, OutState, channel_name};
 use tern_meta::{DatabaseRole, MicroPartitionDpo};
-use tern_storage::layout::{self, AccountId, DeploymentId, GlobalFileRef, MessageId, ResponseId};
+use tern_storage::layout::{
+    self, AccountId, DeploymentId, GlobalFileRef, MessageId, ResponseId, TableId,
+};
 use tern_table::ChangeRecord;
 use tern_table::commit::DictionaryOp;
 
@@ -28,8 +31,8 @@ use crate::copy::{CopyTask, copy_all};
 use crate::crash;
 use crate::error::{Error, Result};
 use crate::model::{
-    self, LOG_TYPE, LogShipment, PAYLOAD_VERSION, SNAPSHOT_TYPE, SnapshotResponse, TableSnapshot,
-    WrappedRepMk, canonical_table_id, replica_table_id,
+    self, LOG_TYPE, LogShipment, PAYLOAD_VERSION, SNAPSHOT_TYPE, SnapshotManifest, TableHead,
+    TableSection, WrappedRepMk, canonical_table_id, replica_table_id,
 };
 use crate::peers::Peers;
 use crate::service::{Counters, Replication};
@@ -128,7 +131,7 @@ impl Replication {
         &self,
         peer: &DeploymentId,
         folder: &ResponseId,
-        files: &[MicroPartitionDpo],
+        files: &[&MicroPartitionDpo],
         keys: &Arc<ReplicationFileKeys>,
         peers: &dyn Peers,
     ) -> Result<Vec<CopyTask>> {
@@ -138,7 +141,7 @@ impl Replication {
             .ok_or_else(|| Error::NoPeer { peer: peer.clone() })?;
         let mut table_keys: BTreeMap<_, Arc<dyn KeySource>> = BTreeMap::new();
         let mut tasks = Vec::with_capacity(files.len());
-        for mp in files {
+        for mp in files.iter().copied() {
             let src_keys = match table_keys.get(&mp.table) {
                 Some(k) => Arc::clone(k),
                 None => {
@@ -295,9 +298,12 @@ impl Replication {
             .iter()
             .map(|t| (t.table.clone(), t))
             .collect();
-        let mut snapshots = Vec::with_capacity(tables.len());
-        let mut to_copy = Vec::new();
-        for (t, active) in tables {
+        // Per table, the difference (borrowed from the read: the file lists are held once,
+        // and written out as sections, never gathered into one response).
+        let mut heads = Vec::with_capacity(tables.len());
+        let mut diffs: Vec<(TableId, Vec<&MicroPartitionDpo>, Vec<GlobalFileRef>)> =
+            Vec::with_capacity(tables.len());
+        for (t, active) in &tables {
             // A chain upstream's own tables may carry a local suffix: the wire has the
             // group-wide id.
             let id = replica_table_id(&p.me, &canonical_table_id(&t.id));
@@ -307,45 +313,61 @@ impl Replication {
             };
             let active_refs: BTreeSet<&GlobalFileRef> =
                 active.iter().map(|m| &m.global_ref).collect();
-            let add: Vec<MicroPartitionDpo> = active
+            let add: Vec<&MicroPartitionDpo> = active
                 .iter()
                 .filter(|m| !refs.contains(&m.global_ref))
-                .cloned()
                 .collect();
             let remove: Vec<GlobalFileRef> = refs
                 .iter()
                 .filter(|r| !active_refs.contains(*r))
                 .map(|r| (*r).clone())
                 .collect();
-            to_copy.extend(add.iter().cloned());
-            snapshots.push(TableSnapshot {
+            heads.push(TableHead {
                 table: id.clone(),
-                schema: t.schema,
-                name: t.name,
-                columns: t.columns,
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                columns: t.columns.clone(),
                 version: t.current_version,
                 answered_version: answered,
-                add: add
-                    .into_iter()
-                    .map(|mut m| {
-                        m.table = id.clone();
-                        m
-                    })
-                    .collect(),
-                remove,
+                adds: add.len() as u64,
+                removes: remove.len() as u64,
             });
+            diffs.push((id, add, remove));
         }
         let name = job.response_id.to_string();
         let (file_keys, wrapped) = self
             .new_repmk(&peer, &name, job.request.customer_key.as_ref())
             .await?;
+        let to_copy: Vec<&MicroPartitionDpo> = diffs
+            .iter()
+            .flat_map(|(_, add, _)| add.iter().copied())
+            .collect();
         let tasks = self
             .to_inbound(&peer, &job.response_id, &to_copy, &file_keys, peers)
             .await?;
+        drop(to_copy);
         let copied = copy_all(tasks, p.config.copy_concurrency).await?;
         self.crash_point(crash::SNAPSHOT_COPIED)?;
         self.count_copied(copied.files, copied.bytes);
-        let response = SnapshotResponse {
+        // The difference, streamed into the sections file beside the files.
+        let bucket = peers
+            .bucket(&peer)
+            .ok_or_else(|| Error::NoPeer { peer: peer.clone() })?;
+        let per_section = p.config.snapshot_section_files.max(1);
+        let sections = write_sections(
+            &bucket,
+            &model::sections_path(&p.me, &job.response_id),
+            file_keys.as_ref(),
+            Box::new(
+                diffs
+                    .iter()
+                    .flat_map(|(id, add, remove)| section_iter(id, add, remove, per_section)),
+            ),
+        )
+        .await?;
+        drop(diffs);
+        drop(tables);
+        let response = SnapshotManifest {
             v: PAYLOAD_VERSION,
             request_id: job.request.request_id.clone(),
             response_id: job.response_id.clone(),
@@ -353,7 +375,8 @@ impl Replication {
             lamport,
             repmk: wrapped,
             schemas,
-            tables: snapshots,
+            tables: heads,
+            sections,
             bytes: copied.bytes,
             taken_at_ms: self.now(),
             epoch,
@@ -366,7 +389,7 @@ impl Replication {
         };
         job.sent = Some(sent);
         self.meta().write(|tx| tx.put(key, &job))?;
-        // The response can be large (every file's statistics): it travels as a body file.
+        // The manifest grows with the tables (one entry each): it travels as a body file.
         let msg_id = MessageId::new(job.response_id.as_str())?;
         let head = model::encode(&SnapshotHead {
             v: PAYLOAD_VERSION,
@@ -697,7 +720,9 @@ impl Replication {
         let added: Vec<MicroPartitionDpo> = changes
             .iter()
             .flat_map(|c| match c {
-                ChangeRecord::TableVersion { added, .. } => added.clone(),
+                ChangeRecord::TableVersion { added, .. } | ChangeRecord::Repair { added, .. } => {
+                    added.clone()
+                }
                 ChangeRecord::Dictionary { .. } => Vec::new(),
             })
             .collect();
@@ -708,7 +733,13 @@ impl Replication {
                 .new_repmk(&d.peer, folder.as_str(), d.customer_key.as_ref())
                 .await?;
             let tasks = self
-                .to_inbound(&d.peer, &folder, &added, &keys, peers)
+                .to_inbound(
+                    &d.peer,
+                    &folder,
+                    &added.iter().collect::<Vec<_>>(),
+                    &keys,
+                    peers,
+                )
                 .await?;
             let copied = copy_all(tasks, p.config.copy_concurrency).await?;
             self.count_copied(copied.files, copied.bytes);
@@ -781,18 +812,15 @@ pub struct SnapshotHead {
 
 /// The database a change belongs to.
 pub(crate) fn change_database(c: &ChangeRecord) -> &tern_storage::layout::DatabaseId {
-    match c {
-        ChangeRecord::TableVersion { database, .. } | ChangeRecord::Dictionary { database, .. } => {
-            database
-        }
-    }
+    c.database()
 }
 
 /// A change with group-wide table ids (a replica's local ids may carry a suffix, see
 /// [`canonical_table_id`]).
 fn canonical_change(mut c: ChangeRecord) -> ChangeRecord {
     match &mut c {
-        ChangeRecord::TableVersion { table, added, .. } => {
+        ChangeRecord::TableVersion { table, added, .. }
+        | ChangeRecord::Repair { table, added, .. } => {
             *table = canonical_table_id(table);
             for m in added {
                 m.table = canonical_table_id(&m.table);
@@ -805,4 +833,78 @@ fn canonical_change(mut c: ChangeRecord) -> ChangeRecord {
         },
     }
     c
+}
+
+/// A table's difference as sections of at most `per_section` files, made one at a time
+/// (the files cloned a section at a time, their table the wire id `id`).
+pub(crate) fn section_iter<'a>(
+    id: &'a TableId,
+    add: &'a [&'a MicroPartitionDpo],
+    remove: &'a [GlobalFileRef],
+    per_section: usize,
+) -> impl Iterator<Item = TableSection> + 'a {
+    let adds = add.chunks(per_section).map(move |chunk| TableSection {
+        table: id.clone(),
+        add: chunk
+            .iter()
+            .map(|m| {
+                let mut m = (*m).clone();
+                m.table = id.clone();
+                m
+            })
+            .collect(),
+        remove: Vec::new(),
+    });
+    let removes = remove.chunks(per_section).map(move |chunk| TableSection {
+        table: id.clone(),
+        add: Vec::new(),
+        remove: chunk.to_vec(),
+    });
+    adds.chain(removes)
+}
+
+/// Writes `sections` as the sections file `path` (one JSON line each), sealed with
+/// `keys`, streaming: at most a buffer's worth is held besides the section being encoded.
+/// How many sections it holds.
+pub(crate) async fn write_sections(
+    store: &Arc<dyn object_store::ObjectStore>,
+    path: &tern_storage::Path,
+    keys: &dyn KeySource,
+    sections: Box<dyn Iterator<Item = TableSection> + Send + '_>,
+) -> Result<u64> {
+    use tokio::io::AsyncWriteExt as _;
+    let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
+    let produce = async move {
+        let mut n = 0u64;
+        for section in sections {
+            let mut line = model::encode(&section)?;
+            line.push(b'\n');
+            writer
+                .write_all(&line)
+                .await
+                .map_err(|e| Error::invalid("snapshot sections", e.to_string()))?;
+            n += 1;
+        }
+        writer
+            .shutdown()
+            .await
+            .map_err(|e| Error::invalid("snapshot sections", e.to_string()))?;
+        Ok::<u64, Error>(n)
+    };
+    // The reader is the upload's own: when the upload stops (an error), the writer's
+    // next write fails instead of waiting for ever.
+    let upload = async move {
+        tern_crypto::upload_encrypted(
+            store,
+            path,
+            keys,
+            &mut reader,
+            &tern_crypto::EncryptOptions::default(),
+            &tern_crypto::CopyOptions::default(),
+        )
+        .await
+    };
+    let (produced, uploaded) = tokio::join!(produce, upload);
+    uploaded?;
+    produced
 }

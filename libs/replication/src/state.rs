@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tern_meta::{Key, impl_dpo};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, ResponseId, TableId};
 
-use crate::model::{GlobalEntity, RefreshRequest, SnapshotResponse};
+use crate::model::{GlobalEntity, RefreshRequest};
 
 fn yes() -> bool {
     true
@@ -251,13 +251,16 @@ pub struct SnapshotSent {
     pub bytes: u64,
 }
 
-/// A snapshot response to import.
+/// A snapshot response to import: its manifest and how far the import got — never its
+/// file lists (those stay in the response's sections file in the inbound folder, read as
+/// a stream), so the row's size grows with the database's tables, not its files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ImportJobRow")]
 pub struct ImportJobDpo {
     /// Who answered.
     pub peer: DeploymentId,
-    /// The response.
-    pub response: SnapshotResponse,
+    /// The response's manifest.
+    pub response: crate::model::SnapshotManifest,
     /// When it arrived.
     pub received_at_ms: i64,
     /// Attempts so far.
@@ -265,6 +268,66 @@ pub struct ImportJobDpo {
     /// Failed attempts: backing off, or given up.
     #[serde(default, skip_serializing_if = "crate::jobs::JobRetry::is_fresh")]
     pub retry: crate::jobs::JobRetry,
+    /// Tables of the manifest whose import is committed (in its order).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tables_done: u64,
+    /// Sections of the sections file those tables took (where reading resumes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sections_done: u64,
+    /// A row stored by a previous build holds the whole response: its sections, until
+    /// the importer writes them into the sections file and stores the row again without
+    /// them (never stored in this form).
+    #[serde(skip)]
+    pub legacy_sections: Option<Vec<crate::model::TableSection>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// [`ImportJobDpo`] as stored, by this build or a previous one.
+#[derive(Deserialize)]
+struct ImportJobRow {
+    peer: DeploymentId,
+    response: StoredResponse,
+    received_at_ms: i64,
+    attempts: u32,
+    #[serde(default)]
+    retry: crate::jobs::JobRetry,
+    #[serde(default)]
+    tables_done: u64,
+    #[serde(default)]
+    sections_done: u64,
+}
+
+/// A manifest, or (a previous build's row) the whole response.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredResponse {
+    Manifest(crate::model::SnapshotManifest),
+    Whole(crate::model::SnapshotResponse),
+}
+
+impl From<ImportJobRow> for ImportJobDpo {
+    fn from(r: ImportJobRow) -> Self {
+        let (response, legacy_sections) = match r.response {
+            StoredResponse::Manifest(m) => (m, None),
+            StoredResponse::Whole(w) => {
+                let (m, sections) = crate::model::SnapshotManifest::split(w);
+                (m, Some(sections))
+            }
+        };
+        ImportJobDpo {
+            peer: r.peer,
+            response,
+            received_at_ms: r.received_at_ms,
+            attempts: r.attempts,
+            retry: r.retry,
+            tables_done: r.tables_done,
+            sections_done: r.sections_done,
+            legacy_sections,
+        }
+    }
 }
 impl_dpo!(ImportJobDpo, "import job");
 

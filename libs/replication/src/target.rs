@@ -7,6 +7,24 @@
 //! first) the table is rolled back to `b` first — version `b` is the same state everywhere.
 //! Below `b` there is a gap: the change waits, and a gap that does not fill turns into a
 //! refresh.
+//!
+//! A drift repair (a refresh finding the table at the snapshot's version with other
+//! files) makes no version — that would take the number of the upstream's next one — but
+//! is committed as a [`Change::Repair`], whose log record is shipped like any change: a
+//! replica downstream applies it at that version or later (putting back a file unless
+//! it is active there or a later version removed it; ending a file that is active) and
+//! logs it in turn, so a chain learns of a repair without refreshing.
+//!
+//! A snapshot response is imported from a stream: the manifest (tables and versions) is
+//! in the job's row, the file lists are read section by section from the sections file
+//! in the inbound folder, and the tables are committed in transactions of up to
+//! `import_batch_files` files (a table always whole: its version's files are one log
+//! record and one metadata file, which bounds the import's memory by the largest table,
+//! not by the database). The job's cursor (tables and sections done) moves after each
+//! transaction. Cross-table consistency: a response that fits in one batch is one
+//! transaction as before; a larger one shows tables at their new versions one batch
+//! after another while it imports (each table's version is the primary's, and the
+//! refresh is recorded as done only after the last batch).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,12 +38,15 @@ use tern_storage::layout::{
 };
 use tern_storage::{Path, StoreExt};
 use tern_table::Stamp;
-use tern_table::commit::{Change, DictionaryOp, TableChange, table_lock};
+use tern_table::commit::{Change, DictionaryOp, RepairChange, TableChange, table_lock};
 
 use crate::copy::{CopyTask, copy_all};
 use crate::crash;
 use crate::error::{Error, Result};
-use crate::model::{self, PAYLOAD_VERSION, REFRESH_TYPE, RefreshRequest, TableInventory};
+use crate::model::{
+    self, PAYLOAD_VERSION, REFRESH_TYPE, RefreshRequest, SNAPSHOT_TYPE, SnapshotManifest,
+    TableInventory, TableSection,
+};
 use crate::peers::Peers;
 use crate::service::{Counters, Replication};
 use crate::state::{ImportJobDpo, ReplicaDpo, keys};
@@ -94,6 +115,19 @@ pub(crate) fn merge_steps(steps: Vec<TableStep>) -> std::result::Result<Vec<Tabl
         prev.add_column = next.add_column.or(prev.add_column.take());
     }
     Ok(out)
+}
+
+/// A drift repair of one (local) table: files to put back and to end, at `version`
+/// (exactly, or at or after it).
+#[derive(Debug, Clone)]
+pub(crate) struct Repair {
+    pub table: TableId,
+    pub version: u64,
+    pub exact: bool,
+    /// Files to put back (upstream metadata; the file is in the inbound folder).
+    pub add: Vec<MicroPartitionDpo>,
+    /// Files to end.
+    pub remove: Vec<GlobalFileRef>,
 }
 
 /// What applying steps did.
@@ -351,11 +385,28 @@ impl Replication {
             .read(|tx| tx.scan_prefix::<ImportJobDpo>(&keys::import_jobs()))?;
         // In the order they arrived, not by key (response ids sort as text).
         jobs.sort_by_key(|(_, j)| j.received_at_ms);
-        let Some((key, job)) = jobs.into_iter().find(|(_, j)| j.retry.due(now)) else {
+        let Some((key, mut job)) = jobs.into_iter().find(|(_, j)| j.retry.due(now)) else {
             return Ok((0, None));
         };
         // A failover waits for an import under way to finish (never half-imported).
         let _gate = self.inner.import_gate.lock().await;
+        if let Some(sections) = job.legacy_sections.take() {
+            // A row a previous build stored with the whole response: its sections go into
+            // the sections file, and the row is stored again without them.
+            let upgraded = self
+                .write_legacy_sections(&job.peer, &job.response, job.received_at_ms, sections)
+                .await;
+            if let Err(e) = upgraded {
+                let msg = e.to_string();
+                self.with_replica(&job.response.group, |r| r.last_error = Some(msg.clone()))?;
+                self.job_attempt_failed(&key, &e, |j: &mut ImportJobDpo| {
+                    j.attempts += 1;
+                    (j.attempts, &mut j.retry)
+                })?;
+                return Err(e);
+            }
+            self.meta().write(|tx| tx.put(&key, &job))?;
+        }
         let fits = match self.epoch_fits(&job.response.group, Some(job.response.epoch)) {
             Ok(f) => f,
             // A newer epoch than known: its claim is on its way; import after it.
@@ -371,7 +422,7 @@ impl Replication {
             self.meta().write(|tx| tx.delete(&key))?;
             return Ok((1, None));
         }
-        match self.import(&job).await {
+        match self.import(&key, &job).await {
             Ok(()) => {}
             Err(e) if e.is_in_doubt() => return Err(e),
             Err(e @ (Error::Gap { .. } | Error::Drift { .. } | Error::CustomerKey { .. })) => {
@@ -413,7 +464,44 @@ impl Replication {
         self.remove_stale_snapshots(&done.peer, &done.folder).await;
     }
 
-    async fn import(&self, job: &ImportJobDpo) -> Result<()> {
+    /// Writes the sections file of a response that came whole (a previous build's), sealed
+    /// like the files under its RepMK.
+    pub(crate) async fn write_legacy_sections(
+        &self,
+        peer: &DeploymentId,
+        res: &SnapshotManifest,
+        received_at_ms: i64,
+        sections: Vec<TableSection>,
+    ) -> Result<()> {
+        let Some(r) = self.replica_of(&res.group)? else {
+            return Ok(());
+        };
+        let keys = self
+            .open_repmk(
+                peer,
+                &r.account,
+                res.response_id.as_str(),
+                &res.repmk,
+                received_at_ms,
+            )
+            .await?;
+        crate::source::write_sections(
+            &self.inner.p.bucket,
+            &model::sections_path(peer, &res.response_id),
+            keys.as_ref(),
+            Box::new(sections.into_iter()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Imports a response: the dictionary, then the tables in the manifest's order, their
+    /// file lists read from the sections file as a stream. Tables are committed together
+    /// until `import_batch_files` files are gathered (a small database is one transaction,
+    /// as one consistent point; a large one several, each table always whole in one: a
+    /// version's files are one log record), and the job's cursor moves after each, so an
+    /// interrupted import resumes after what it committed.
+    async fn import(&self, key: &tern_meta::Key, job: &ImportJobDpo) -> Result<()> {
         let res = &job.response;
         let Some(r) = self.replica_of(&res.group)? else {
             tracing::warn!(group = %res.group, "snapshot for a group without a replica here: dropped");
@@ -431,7 +519,7 @@ impl Replication {
         let source = ImportSource {
             peer: job.peer.clone(),
             folder: res.response_id.clone(),
-            keys,
+            keys: Arc::clone(&keys),
         };
         // Dictionary: schemas and tables it lacks, tables it has that are gone upstream.
         let live: BTreeMap<TableId, tern_meta::TableDpo> = self
@@ -465,40 +553,88 @@ impl Replication {
         };
         self.apply_dictionary(&r, &dict, stamp).await?;
         self.crash_point(crash::IMPORT_DICTIONARY)?;
+
+        let mut sections = SectionReader::open(
+            &self.inner.p.bucket,
+            &model::sections_path(&job.peer, &res.response_id),
+            keys.as_ref(),
+        )
+        .await?;
+        sections.skip(job.sections_done).await?;
+        let budget = self.inner.p.config.import_batch_files.max(1) as u64;
+        let mut done = (job.tables_done, job.sections_done);
+        let mut files = 0;
+        let mut bytes = 0;
         let mut steps = Vec::new();
         let mut repairs = Vec::new();
-        for t in &res.tables {
+        let mut gathered = 0u64;
+        let skip = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
+        for (i, t) in res.tables.iter().enumerate().skip(skip) {
+            let (add, remove) = sections.table(&t.table, t.adds, t.removes).await?;
             let (local, _) = self.local_table(&r, &t.table)?;
             let current = self.current_version(&local)?;
+            gathered += t.adds + t.removes;
             // Asked at the version the snapshot has, and still there: the difference is
             // drift (the index changed behind the replica's back). Reached that version by
             // the log meanwhile: the difference is already applied.
             if current == t.version
                 && t.answered_version == t.version
-                && (!t.add.is_empty() || !t.remove.is_empty())
+                && (!add.is_empty() || !remove.is_empty())
             {
-                repairs.push(t);
+                repairs.push(Repair {
+                    table: local,
+                    version: t.version,
+                    exact: true,
+                    add,
+                    remove,
+                });
+            } else {
+                steps.push(TableStep {
+                    table: t.table.clone(),
+                    base: t.answered_version,
+                    version: t.version,
+                    columns: t.columns.clone(),
+                    add_column: None,
+                    add,
+                    remove,
+                });
+            }
+            let last = i + 1 == res.tables.len();
+            if gathered < budget && !last {
                 continue;
             }
-            steps.push(TableStep {
-                table: t.table.clone(),
-                base: t.answered_version,
-                version: t.version,
-                columns: t.columns.clone(),
-                add_column: None,
-                add: t.add.clone(),
-                remove: t.remove.clone(),
-            });
+            let mut batch = std::mem::take(&mut steps);
+            self.localize(&r, &mut batch)?;
+            let applied = self.apply_steps(&r, &source, batch, false, stamp).await?;
+            files += applied.files;
+            bytes += applied.bytes;
+            for rp in std::mem::take(&mut repairs) {
+                let (f, b) = self.commit_repair(&r, &source, rp, stamp).await?;
+                files += f;
+                bytes += b;
+            }
+            gathered = 0;
+            done = ((i + 1) as u64, sections.read());
+            if !last {
+                self.meta().write(|tx| {
+                    if let Some(mut cur) = tx.get::<ImportJobDpo>(key)? {
+                        (cur.tables_done, cur.sections_done) = done;
+                        tx.put(key, &cur)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            self.crash_point(crash::IMPORT_COMMITTED)?;
         }
-        self.localize(&r, &mut steps)?;
-        let applied = self.apply_steps(&r, &source, steps, false, stamp).await?;
-        self.crash_point(crash::IMPORT_COMMITTED)?;
-        let mut files = applied.files;
-        let mut bytes = applied.bytes;
-        for t in repairs {
-            let (f, b) = self.repair(&r, &source, t).await?;
-            files += f;
-            bytes += b;
+        if done.1 != res.sections {
+            return Err(Error::BadMessage {
+                message_type: SNAPSHOT_TYPE,
+                from: job.peer.clone(),
+                reason: format!(
+                    "{}: the manifest announces {} sections, the tables took {}",
+                    res.response_id, res.sections, done.1
+                ),
+            });
         }
         self.inner.p.txn.observe(&r.account, res.lamport)?;
         let mut versions = BTreeMap::new();
@@ -522,46 +658,145 @@ impl Replication {
         Ok(())
     }
 
-    /// A table at the snapshot's version whose files differ (drift): put back what is
-    /// missing, end what should not be there. No version is made.
-    async fn repair(
+    /// Applies a repair made upstream (shipped in a log record) to this replica's copy,
+    /// and commits it here as a repair of its own (so it travels on down a chain). The
+    /// table must have reached the repair's version; with `wait`, waits up to
+    /// [`GAP_WAIT`] for it, else [`Error::Gap`]. Files copied and bytes.
+    pub(crate) async fn apply_repair(
         &self,
         r: &ReplicaDpo,
         source: &ImportSource,
-        t: &model::TableSnapshot,
+        repair: Repair,
+        stamp: Stamp,
     ) -> Result<(u64, u64)> {
-        let (table, _) = self.local_table(r, &t.table)?;
-        let mut txn = self.inner.p.tables.committer().begin(&r.account).await?;
-        txn.lock(&[table_lock(&table)]).await?;
-        if self.current_version(&table)? != t.version {
-            // A replicated change landed meanwhile: not drift, and not ours to touch.
-            txn.abort().await;
+        let started = std::time::Instant::now();
+        loop {
+            let applied = self.inner.applied.notified();
+            tokio::pin!(applied);
+            applied.as_mut().enable();
+            let cur = self.current_version(&repair.table)?;
+            if cur >= repair.version {
+                break;
+            }
+            if started.elapsed() >= GAP_WAIT {
+                return Err(Error::Gap {
+                    table: repair.table.to_string(),
+                    have: cur,
+                    base: repair.version,
+                });
+            }
+            tokio::select! {
+                () = &mut applied => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        self.commit_repair(r, source, repair, stamp).await
+    }
+
+    /// Commits `repair` under the table's lock, at the table's current version (exactly
+    /// the repair's with `exact`, else at or after it): a file is put back unless it is
+    /// active here or was removed by a version after the repair's (the upstream removed
+    /// it since: putting it back would undo that); a file is ended when it is active. A
+    /// repair that finds nothing to do commits nothing. Files copied and bytes.
+    async fn commit_repair(
+        &self,
+        r: &ReplicaDpo,
+        source: &ImportSource,
+        repair: Repair,
+        stamp: Stamp,
+    ) -> Result<(u64, u64)> {
+        let Repair {
+            table,
+            version,
+            exact,
+            add,
+            remove,
+        } = repair;
+        if add.is_empty() && remove.is_empty() {
             return Ok((0, 0));
         }
-        let (added, copied) = self.copy_in(r, source, &table, &t.add, None).await?;
-        let remove = self.meta().read(|tx| {
-            let mut out = Vec::new();
-            for g in &t.remove {
-                if let Some(m) = tx.find_micro_partition(&table, g)? {
-                    out.push(m.short);
-                }
+        let p = &self.inner.p;
+        let mut txn = p.tables.committer().begin(&r.account).await?;
+        txn.replicated(&r.database, stamp);
+        if let Err(e) = txn.lock(&[table_lock(&table)]).await {
+            txn.abort().await;
+            return Err(e.into());
+        }
+        let result = async {
+            let current = self.current_version(&table)?;
+            if current < version || (exact && current != version) {
+                // A replicated change landed meanwhile (or the table went): not ours.
+                return Ok(None);
             }
-            Ok(out)
-        })?;
-        let added: Vec<MicroPartitionDpo> = added
-            .into_iter()
-            .zip(&t.add)
-            .map(|(mut m, up)| {
-                m.added_version = up.added_version.min(t.version);
-                m
-            })
-            .collect();
-        self.meta()
-            .write(|tx| tx.repair_micro_partitions(&table, &added, &remove))?;
-        // The transaction only held the lock (the files it copied are referenced now).
-        txn.abort().await;
-        tracing::warn!(%table, added = added.len(), removed = remove.len(), "replica drift repaired");
-        Ok((copied.files, copied.bytes))
+            let (put_back, remove) = self.meta().read(|tx| {
+                let mut put_back = Vec::new();
+                for m in &add {
+                    let keep_out = tx
+                        .find_micro_partition(&table, &m.global_ref)?
+                        .is_some_and(|here| here.removed_version.is_none_or(|gone| gone > version));
+                    put_back.push(!keep_out);
+                }
+                let mut end = Vec::new();
+                for g in &remove {
+                    if let Some(m) = tx.find_micro_partition(&table, g)?
+                        && m.removed_version.is_none()
+                    {
+                        end.push(m);
+                    }
+                }
+                Ok((put_back, end))
+            })?;
+            let add: Vec<MicroPartitionDpo> = add
+                .into_iter()
+                .zip(put_back)
+                .filter_map(|(m, put)| put.then_some(m))
+                .collect();
+            if add.is_empty() && remove.is_empty() {
+                return Ok(None);
+            }
+            let (local, tasks) = self
+                .plan_copy_in(r, source, &table, &add, Some(txn.as_mut()))
+                .await?;
+            let copied = self.copy_tasks(tasks).await?;
+            let added: Vec<MicroPartitionDpo> = local
+                .into_iter()
+                .zip(&add)
+                .map(|(mut m, up)| {
+                    m.added_version = up.added_version.min(current);
+                    m
+                })
+                .collect();
+            let counts = (added.len(), remove.len());
+            let change = Change::Repair(RepairChange {
+                account: r.account.clone(),
+                database: r.database.clone(),
+                table: table.clone(),
+                version: current,
+                added,
+                removed: remove,
+                keys: p.tables.file_keys(&table).await?,
+            });
+            Ok(Some((change, copied, counts, current)))
+        }
+        .await;
+        match result {
+            Ok(Some((change, copied, (added, removed), at))) => {
+                let committed = txn.commit(vec![change]).await;
+                self.inner.applied.notify_waiters();
+                committed?;
+                Counters::add(&self.inner.counters.repairs, 1);
+                tracing::warn!(%table, version = at, added, removed, "replica drift repaired");
+                Ok((copied.files, copied.bytes))
+            }
+            Ok(None) => {
+                txn.abort().await;
+                Ok((0, 0))
+            }
+            Err(e) => {
+                txn.abort().await;
+                Err(e)
+            }
+        }
     }
 
     fn current_version(&self, table: &TableId) -> Result<u64> {
@@ -759,22 +994,6 @@ impl Replication {
         Ok(())
     }
 
-    /// Copies `add` from the inbound folder into the volume under new `_g` short names
-    /// (journaled in `journal` when given). Returns the local entries (statistics and
-    /// global references kept; `added_version` to be set by the commit).
-    async fn copy_in(
-        &self,
-        r: &ReplicaDpo,
-        source: &ImportSource,
-        table: &TableId,
-        add: &[MicroPartitionDpo],
-        journal: Option<&mut dyn tern_table::commit::FileJournal>,
-    ) -> Result<(Vec<MicroPartitionDpo>, crate::copy::Copied)> {
-        let (local, tasks) = self.plan_copy_in(r, source, table, add, journal).await?;
-        let copied = self.copy_tasks(tasks).await?;
-        Ok((local, copied))
-    }
-
     /// Runs copies (at most `copy_concurrency` at once) and counts them.
     async fn copy_tasks(&self, tasks: Vec<CopyTask>) -> Result<crate::copy::Copied> {
         let copied = copy_all(tasks, self.inner.p.config.copy_concurrency).await?;
@@ -783,7 +1002,8 @@ impl Replication {
         Ok(copied)
     }
 
-    /// What [`Self::copy_in`] copies, not copied yet: the local entries and the copy
+    /// Copies of `add` from the inbound folder into the volume under new `_g` short names,
+    /// not copied yet: the local entries and the copy
     /// tasks (their destinations journaled in `journal` when given), so that the files of
     /// several tables are copied at once.
     async fn plan_copy_in(
@@ -902,7 +1122,7 @@ impl Replication {
             let mut changes = Vec::new();
             let mut applied = Applied::default();
             let mut tasks = Vec::new();
-            for s in &steps {
+            for s in steps.iter_mut() {
                 let cur = self.current_version(&s.table)?;
                 if cur >= s.version {
                     continue;
@@ -945,6 +1165,9 @@ impl Replication {
                 let (added, copies) = self
                     .plan_copy_in(r, source, &s.table, &s.add, Some(txn.as_mut()))
                     .await?;
+                // The upstream's entries are not needed past here: a large table's list
+                // is held once less while it commits.
+                s.add = Vec::new();
                 tasks.extend(copies);
                 applied.tables += 1;
                 changes.push(Change::Table(TableChange {
@@ -1004,6 +1227,113 @@ impl std::fmt::Debug for ImportSource {
             .field("peer", &self.peer)
             .field("folder", &self.folder)
             .finish_non_exhaustive()
+    }
+}
+
+/// Reads a snapshot's sections file as a stream: a line (one [`TableSection`]) at a time,
+/// holding no more than a read-ahead block and the table being gathered.
+pub(crate) struct SectionReader {
+    stream: futures::stream::BoxStream<'static, tern_crypto::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+    ended: bool,
+    read: u64,
+    path: String,
+}
+
+impl SectionReader {
+    async fn open(
+        store: &Arc<dyn object_store::ObjectStore>,
+        path: &Path,
+        keys: &dyn KeySource,
+    ) -> Result<Self> {
+        let obj = tern_crypto::EncryptedObject::open(Arc::clone(store), path, keys).await?;
+        Ok(SectionReader {
+            stream: obj.into_stream(&tern_crypto::CopyOptions::default()),
+            buf: Vec::new(),
+            ended: false,
+            read: 0,
+            path: path.to_string(),
+        })
+    }
+
+    /// Sections read so far.
+    fn read(&self) -> u64 {
+        self.read
+    }
+
+    fn bad(&self, reason: impl std::fmt::Display) -> Error {
+        Error::invalid("snapshot sections file", format!("{}: {reason}", self.path))
+    }
+
+    /// The next section, `None` at the end.
+    async fn next(&mut self) -> Result<Option<TableSection>> {
+        use futures::StreamExt as _;
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                // Its format is the manifest's (checked when the manifest was read).
+                let section = serde_json::from_slice::<TableSection>(&line[..end])
+                    .map_err(|e| self.bad(format!("section {}: {e}", self.read + 1)))?;
+                self.read += 1;
+                return Ok(Some(section));
+            }
+            if self.ended {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(self.bad("it ends inside a section"));
+            }
+            match self.stream.next().await {
+                Some(chunk) => self.buf.extend_from_slice(&chunk?),
+                None => self.ended = true,
+            }
+        }
+    }
+
+    /// Skips `n` sections (imported by an earlier attempt).
+    async fn skip(&mut self, n: u64) -> Result<()> {
+        while self.read < n {
+            if self.next().await?.is_none() {
+                return Err(self.bad(format!(
+                    "it ends after {} sections, {n} were imported",
+                    self.read
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The difference of `table`: its next sections, until `adds` files added and
+    /// `removes` removed are gathered.
+    async fn table(
+        &mut self,
+        table: &TableId,
+        adds: u64,
+        removes: u64,
+    ) -> Result<(Vec<MicroPartitionDpo>, Vec<GlobalFileRef>)> {
+        let mut add = Vec::with_capacity(usize::try_from(adds).unwrap_or(0));
+        let mut remove = Vec::with_capacity(usize::try_from(removes).unwrap_or(0));
+        while (add.len() as u64) < adds || (remove.len() as u64) < removes {
+            let Some(s) = self.next().await? else {
+                return Err(self.bad(format!("it ends before the files of {table}")));
+            };
+            if s.table != *table {
+                return Err(self.bad(format!(
+                    "a section of {} where the files of {table} were due",
+                    s.table
+                )));
+            }
+            add.extend(s.add);
+            remove.extend(s.remove);
+        }
+        if add.len() as u64 != adds || remove.len() as u64 != removes {
+            return Err(self.bad(format!(
+                "{table}: {} files added and {} removed, the manifest says {adds} and {removes}",
+                add.len(),
+                remove.len()
+            )));
+        }
+        Ok((add, remove))
     }
 }
 
@@ -1144,6 +1474,78 @@ mod tests {
                 prop_assert_eq!(folded, one_by_one, "table {}", name);
             }
         }
+    }
+
+    /// Sections written as a stream read back a table at a time; a file whose sections do
+    /// not match the manifest, or that ends inside a line, is a named error.
+    #[tokio::test]
+    async fn sections_stream_back_by_table_and_bad_files_are_named() {
+        let store: Arc<dyn object_store::ObjectStore> =
+            Arc::new(object_store::memory::InMemory::new());
+        let keys = tern_crypto::ReplicationFileKeys::new(Arc::new(tern_crypto::RepMk::from_bytes(
+            [7; 32],
+        )));
+        let path = Path::from("from/d1/inbound/rs-d1-1/sections");
+        let t1 = TableId::new("t1").unwrap();
+        let t2 = TableId::new("t2").unwrap();
+        let files: Vec<MicroPartitionDpo> = (0..5).map(|i| mp("t1", &format!("f{i}"))).collect();
+        let refs: Vec<&MicroPartitionDpo> = files.iter().collect();
+        let gone = vec![mp("t2", "g0").global_ref, mp("t2", "g1").global_ref];
+        let sections: Vec<TableSection> = crate::source::section_iter(&t1, &refs, &[], 2)
+            .chain(crate::source::section_iter(&t2, &[], &gone, 2))
+            .collect();
+        let n = crate::source::write_sections(&store, &path, &keys, Box::new(sections.into_iter()))
+            .await
+            .unwrap();
+        assert_eq!(n, 4, "5 files in sections of 2, then 2 removals");
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        let (add, remove) = r.table(&t1, 5, 0).await.unwrap();
+        assert_eq!(add, files);
+        assert!(remove.is_empty());
+        assert_eq!(r.read(), 3);
+        let (add, remove) = r.table(&t2, 0, 2).await.unwrap();
+        assert!(add.is_empty());
+        assert_eq!(remove, gone);
+        assert!(r.next().await.unwrap().is_none());
+
+        // Resuming after the first table's sections.
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        r.skip(3).await.unwrap();
+        assert_eq!(r.table(&t2, 0, 2).await.unwrap().1, gone);
+        // A manifest that expects another table first.
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        let e = r.table(&t2, 0, 2).await.unwrap_err().to_string();
+        assert!(
+            e.contains("a section of t1 where the files of t2 were due"),
+            "{e}"
+        );
+        // More files than the manifest says.
+        let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
+        let e = r.table(&t1, 3, 0).await.unwrap_err().to_string();
+        assert!(
+            e.contains("t1: 4 files added and 0 removed, the manifest says 3"),
+            "{e}"
+        );
+
+        // A file cut inside a line.
+        let cut = Path::from("from/d1/inbound/rs-d1-2/sections");
+        let mut half: &[u8] = br#"{"table":"t1","remove":[{"origin":"d1","#;
+        tern_crypto::upload_encrypted(
+            &store,
+            &cut,
+            &keys,
+            &mut half,
+            &tern_crypto::EncryptOptions::default(),
+            &tern_crypto::CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+        let mut r = SectionReader::open(&store, &cut, &keys).await.unwrap();
+        let e = r.next().await.unwrap_err().to_string();
+        assert!(
+            e.contains("ends inside a section") && e.contains("rs-d1-2"),
+            "{e}"
+        );
     }
 
     #[test]

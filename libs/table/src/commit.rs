@@ -204,6 +204,41 @@ pub enum Change {
         /// What changes.
         op: DictionaryOp,
     },
+    /// A replica's drift repair: the table's files at its current version are set right
+    /// (missing ones put back, stray ones ended) without making a version, so that a
+    /// replica's versions keep mirroring its upstream's. Committed like any change so that
+    /// its log record reaches the replicas downstream of this one.
+    Repair(RepairChange),
+}
+
+/// A drift repair of one table at its current version ([`Change::Repair`]).
+pub struct RepairChange {
+    /// The table's account.
+    pub account: AccountId,
+    /// The table's database.
+    pub database: DatabaseId,
+    /// The table.
+    pub table: TableId,
+    /// The version the table must be at (the repair lands there or not at all).
+    pub version: u64,
+    /// Micro-partitions put back (written already; `added_version` as the upstream has it,
+    /// at most `version`; `key_ref` set from `keys`).
+    pub added: Vec<MicroPartitionDpo>,
+    /// Active micro-partitions that should not be there.
+    pub removed: Vec<MicroPartitionDpo>,
+    /// The table's file keys (names the key the added files are sealed with).
+    pub keys: Arc<TableFileKeys>,
+}
+
+impl fmt::Debug for RepairChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepairChange")
+            .field("table", &self.table)
+            .field("version", &self.version)
+            .field("added", &self.added.len())
+            .field("removed", &self.removed.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A new version of one table, before its version number is fixed.
@@ -316,14 +351,41 @@ pub enum ChangeRecord {
         /// What changed.
         op: DictionaryOp,
     },
+    /// A drift repair ([`Change::Repair`]): at table version `version` (no new version),
+    /// `added` were put back and `removed` ended. A replica downstream applies it to its
+    /// own copy at that version or later (see `tern-replication`). Log records written
+    /// before repairs were logged hold none; a reader older than this kind cannot read a
+    /// record holding one (the log's format version is unchanged: every older record
+    /// reads as before).
+    Repair {
+        /// The table's database.
+        database: DatabaseId,
+        /// The table.
+        table: TableId,
+        /// The version the table was at (and stays at).
+        version: u64,
+        /// Micro-partitions put back (with statistics and global references).
+        added: Vec<MicroPartitionDpo>,
+        /// Micro-partitions ended.
+        removed: Vec<RemovedFile>,
+    },
 }
 
 impl ChangeRecord {
-    /// The table version this record makes, if any.
+    /// The table version this record makes, if any (a repair makes none).
     pub fn table_version(&self) -> Option<(&TableId, u64)> {
         match self {
             ChangeRecord::TableVersion { table, version, .. } => Some((table, *version)),
-            ChangeRecord::Dictionary { .. } => None,
+            ChangeRecord::Dictionary { .. } | ChangeRecord::Repair { .. } => None,
+        }
+    }
+
+    /// The database the change belongs to.
+    pub fn database(&self) -> &DatabaseId {
+        match self {
+            ChangeRecord::TableVersion { database, .. }
+            | ChangeRecord::Dictionary { database, .. }
+            | ChangeRecord::Repair { database, .. } => database,
         }
     }
 }
@@ -344,6 +406,7 @@ impl Change {
         match self {
             Change::Table(t) => &t.account,
             Change::Dictionary { account, .. } => account,
+            Change::Repair(r) => &r.account,
         }
     }
 
@@ -352,6 +415,7 @@ impl Change {
     pub fn lock_names(&self) -> Vec<String> {
         match self {
             Change::Table(t) => vec![table_lock(&t.table)],
+            Change::Repair(r) => vec![table_lock(&r.table)],
             Change::Dictionary { database, op, .. } => match op {
                 DictionaryOp::DropTable { table } => {
                     vec![dictionary_lock(database), table_lock(table)]
@@ -379,7 +443,7 @@ impl Change {
     pub fn metadata_path(&self, seq: u64) -> Option<Path> {
         match self {
             Change::Table(t) => Some(layout::volume::ep(&t.account, &t.database, &t.table, seq)),
-            Change::Dictionary { .. } => None,
+            Change::Dictionary { .. } | Change::Repair(_) => None,
         }
     }
 
@@ -396,7 +460,7 @@ impl Change {
         let seq = match (&self, ep_seq) {
             (_, Some(seq)) => seq,
             (Change::Table(_), None) => meta.next_unique("ep")?,
-            (Change::Dictionary { .. }, None) => 0,
+            (Change::Dictionary { .. } | Change::Repair(_), None) => 0,
         };
         let change = Arc::new(self);
         let planned = {
@@ -435,6 +499,12 @@ impl Change {
                         database: database.clone(),
                         op: op.clone(),
                     },
+                    metadata_file: None,
+                });
+            }
+            Change::Repair(r) => {
+                return r.plan_in(tx).map(|record| Planned {
+                    record,
                     metadata_file: None,
                 });
             }
@@ -555,6 +625,53 @@ impl Change {
     }
 }
 
+impl RepairChange {
+    /// The record of this repair, when the table is still at its version (else
+    /// [`Error::Conflict`]). No metadata file is written: the version's file list in the
+    /// index is what the repair sets right (as repairs always did).
+    fn plan_in(&self, tx: &mut MetaTxn<'_>) -> Result<ChangeRecord> {
+        let table = tx
+            .get_table(&self.table)?
+            .filter(|d| !d.dropped)
+            .ok_or_else(|| Error::UnknownTable {
+                name: self.table.to_string(),
+            })?;
+        if table.current_version != self.version {
+            return Err(Error::Conflict {
+                table: self.table.clone(),
+                read: self.version,
+                found: table.current_version,
+            });
+        }
+        let key_ref = crate::mp::key_ref(&self.keys);
+        let added = self
+            .added
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                m.added_version = m.added_version.min(self.version);
+                m.removed_version = None;
+                m.key_ref.clone_from(&key_ref);
+                m
+            })
+            .collect();
+        Ok(ChangeRecord::Repair {
+            database: self.database.clone(),
+            table: self.table.clone(),
+            version: self.version,
+            added,
+            removed: self
+                .removed
+                .iter()
+                .map(|m| RemovedFile {
+                    short: m.short.clone(),
+                    global_ref: m.global_ref.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
 /// A change planned by [`Change::plan_in`]: the record to publish and the metadata file
 /// to write before it is.
 #[derive(Debug)]
@@ -663,6 +780,25 @@ pub fn publish(
                 tx.record_dictionary_change(database, committed_at_ms, change.clone())?;
             }
             Ok(())
+        }
+        ChangeRecord::Repair {
+            table,
+            version,
+            added,
+            removed,
+            ..
+        } => {
+            let current = tx.get_table(table)?.map(|t| t.current_version);
+            if current != Some(*version) {
+                return Err(tern_meta::Error::Invalid {
+                    what: "repair",
+                    reason: format!(
+                        "{table} is at version {current:?}, the repair is of version {version}"
+                    ),
+                });
+            }
+            let removed: Vec<ShortName> = removed.iter().map(|r| r.short.clone()).collect();
+            tx.repair_micro_partitions(table, added, &removed)
         }
         ChangeRecord::Dictionary { database, op } => {
             let change = match op {

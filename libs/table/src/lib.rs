@@ -36,7 +36,7 @@ pub mod table;
 pub use account_key::{AccountKeys, KEY_CHAIN_VERSION, Migration, Rotation};
 pub use commit::{
     Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Planned,
-    PlannedFile, Stamp, Transaction, WriteFence, with_idempotency_key,
+    PlannedFile, RepairChange, Stamp, Transaction, WriteFence, with_idempotency_key,
     with_pending_idempotency_key,
 };
 pub use compact::{CompactionOptions, StagedCompaction};

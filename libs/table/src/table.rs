@@ -113,7 +113,7 @@ impl CommitInfo {
                 rows_affected: *rows,
                 txn_id,
             }),
-            ChangeRecord::Dictionary { .. } => None,
+            ChangeRecord::Dictionary { .. } | ChangeRecord::Repair { .. } => None,
         }
     }
 }

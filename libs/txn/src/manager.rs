@@ -1053,7 +1053,7 @@ impl Inner {
                     Ok(seq) => seq,
                     Err(e) => return self.fail(handle, e.into()).await,
                 },
-                Change::Dictionary { .. } => 0,
+                Change::Dictionary { .. } | Change::Repair(_) => 0,
             });
         }
         let log_keys = match self.log_keys(account).await {
@@ -1514,6 +1514,8 @@ fn landing(r: &ChangeRecord) -> Option<(&TableId, u64, u64, &[ColumnDef])> {
             ..
         } => Some((table, *base_version, *version, columns)),
         ChangeRecord::Dictionary { .. } => None,
+        // Lands at its version or not at all (its plan fails otherwise).
+        ChangeRecord::Repair { table, version, .. } => Some((table, *version, *version, &[])),
     }
 }
 
@@ -1817,13 +1819,7 @@ fn stamp(
     fence: Option<&dyn WriteFence>,
     replicated: Option<&(DatabaseId, Stamp)>,
 ) -> tern_meta::Result<std::result::Result<BTreeMap<DatabaseId, Stamp>, tern_table::Error>> {
-    let databases: BTreeSet<&DatabaseId> = records
-        .iter()
-        .map(|r| match r {
-            ChangeRecord::TableVersion { database, .. }
-            | ChangeRecord::Dictionary { database, .. } => database,
-        })
-        .collect();
+    let databases: BTreeSet<&DatabaseId> = records.iter().map(ChangeRecord::database).collect();
     let mut stamps = BTreeMap::new();
     for db in databases {
         let last = database_seq(tx, db)?;

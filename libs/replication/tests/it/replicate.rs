@@ -271,6 +271,345 @@ async fn refresh_copies_only_differences_and_repairs_drift() {
     d2.stop().await;
 }
 
+/// A drift repair is a logged change: a replica chained after the repaired one gets it by
+/// log shipping, with no refresh of its own, and its versions keep mirroring the primary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drift_repair_reaches_a_chained_replica_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // No scheduled refreshes anywhere: only the one asked for below repairs anything.
+    let quiet = ReplicationConfig {
+        refresh_interval: Duration::ZERO,
+        ..repl_config()
+    };
+    let mut d1 = open_with(dir.path(), "d1", None, quiet.clone()).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open_with(dir.path(), "d2", Some(&keys), quiet.clone()).await;
+    let mut d3 = open_with(dir.path(), "d3", Some(&keys), quiet).await;
+    link(&d1, &d2).await;
+    link(&d1, &d3).await;
+    link(&d2, &d3).await;
+    d1.start(&[&d2, &d3]);
+    d2.start(&[&d1, &d3]);
+    d3.start(&[&d1, &d2]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    for i in 0..6 {
+        d1.tables
+            .insert(&t, &[batch(i * 100..i * 100 + 100, "r")])
+            .await
+            .unwrap();
+    }
+    let group = d1.repl.enable_replication(&a1, "sales").unwrap();
+    let a2 = d2.create_account("a2").unwrap();
+    d2.repl
+        .set_account_global(&a2, Some(&account_group))
+        .unwrap();
+    knows(&d2, &group, "d1").await;
+    let r2 = d2.repl.create_replica(&a2, "sales", &group, None).unwrap();
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+
+    // Drift on d2: one file's metadata lost behind its back.
+    let rid = replica_table_id(&d1.id, &t);
+    let version = ver(&d2, &rid).unwrap();
+    let victim = d2
+        .meta
+        .read(|tx| tx.active_micro_partitions(&rid, version))
+        .unwrap()
+        .remove(2);
+    d2.meta
+        .write(|tx| tx.repair_micro_partitions(&rid, &[], std::slice::from_ref(&victim.short)))
+        .unwrap();
+    assert_eq!(
+        rows(&d2, &rid, None).await.len(),
+        500,
+        "the drift is visible"
+    );
+
+    // d3 follows d2 (a chain); its first refresh copies d2's state, drift included.
+    let a3 = d3.create_account("a3").unwrap();
+    d3.repl
+        .set_account_global(&a3, Some(&account_group))
+        .unwrap();
+    knows(&d3, &group, "d2").await;
+    d3.repl
+        .create_replica(&a3, "sales", &group, Some(&d2.id))
+        .unwrap();
+    let want = ver(&d1, &t);
+    eventually(WAIT, "d3's first refresh from d2", || async {
+        ver(&d3, &rid) == want && rows(&d3, &rid, None).await.len() == 500
+    })
+    .await;
+    let refreshes = |n: &Node| {
+        let n = n.repl.clone();
+        async move { n.status().await.unwrap().replicas[0].refreshes }
+    };
+    let d3_refreshes = refreshes(&d3).await;
+    assert_eq!(d3_refreshes, 1);
+    let repairs = |n: &Node| tern_replication::service::Counters::get(&n.repl.counters().repairs);
+    assert_eq!(repairs(&d3), 0);
+
+    // d2's refresh repairs the drift; d3 gets the repair from d2's log.
+    d2.repl.request_refresh(&r2, "operator").unwrap();
+    eventually(WAIT, "d2's refresh to repair the drift", || async {
+        rows(&d2, &rid, None).await.len() == 600
+    })
+    .await;
+    assert_eq!(repairs(&d2), 1);
+    eventually(
+        Duration::from_secs(30),
+        "d3 to apply d2's repair from the log",
+        || async { rows(&d3, &rid, None).await.len() == 600 },
+    )
+    .await;
+    same_rows(&d1, &d3, std::slice::from_ref(&t)).await;
+    assert_eq!(refreshes(&d3).await, d3_refreshes, "d3 did not refresh");
+    assert_eq!(repairs(&d3), 1, "d3 committed the repair (and logged it)");
+    assert_eq!(ver(&d3, &rid), want, "no version was made");
+    assert_eq!(ver(&d2, &rid), want, "no version was made");
+
+    // The versions still mirror the primary's: later commits follow down the chain.
+    d1.tables
+        .delete(&t, &Predicate::cmp("id", CmpOp::Lt, 250i64))
+        .await
+        .unwrap();
+    d1.tables
+        .insert(&t, &[batch(1000..1100, "later")])
+        .await
+        .unwrap();
+    caught_up(&d1, &d3, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d3, std::slice::from_ref(&t)).await;
+    assert_eq!(refreshes(&d3).await, d3_refreshes, "d3 did not refresh");
+
+    d1.stop().await;
+    d2.stop().await;
+    d3.stop().await;
+}
+
+/// A refresh's response is a manifest (a line per table) and a sections file the replica
+/// reads as a stream: the import job stores a cursor, never the file lists, and an import
+/// interrupted after committing some of its tables resumes after them (their files are
+/// not copied again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_streams_its_sections_and_an_interrupted_import_resumes() {
+    use tern_replication::state::{ImportJobDpo, keys as state_keys};
+    let config = ReplicationConfig {
+        refresh_interval: Duration::ZERO,
+        snapshot_section_files: 2,
+        import_batch_files: 3,
+        ..repl_config()
+    };
+    let Pair {
+        dir,
+        keys,
+        d1,
+        d2,
+        a1,
+        db,
+        account_group,
+        t,
+    } = pair_with(config.clone()).await;
+    let u = d1
+        .tables
+        .create_table(&db, "public", "u", columns())
+        .await
+        .unwrap();
+    let w = d1
+        .tables
+        .create_table(&db, "public", "w", columns())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        d1.tables
+            .insert(&t, &[batch(i * 10..i * 10 + 10, "t")])
+            .await
+            .unwrap();
+    }
+    for i in 0..4 {
+        d1.tables
+            .insert(&u, &[batch(i * 10..i * 10 + 10, "u")])
+            .await
+            .unwrap();
+    }
+    let all = [t.clone(), u.clone(), w.clone()];
+    // The importer stops (as killed) after its first transaction: t's 5 files are more
+    // than a batch of 3, so t is committed alone.
+    d2.ctx
+        .crash_points()
+        .arm(tern_replication::crash::IMPORT_COMMITTED);
+    replicate(&d1, &a1, &d2, &account_group).await;
+    eventually(
+        Duration::from_secs(60),
+        "the import's first commit",
+        || async {
+            d2.ctx
+                .crash_points()
+                .fired()
+                .contains(&tern_replication::crash::IMPORT_COMMITTED)
+        },
+    )
+    .await;
+    let jobs = d2
+        .meta
+        .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0].1;
+    // t's 5 files in sections of 2 are 3 sections, u's 4 are 2, w has none.
+    assert_eq!(job.response.sections, 5);
+    assert_eq!((job.tables_done, job.sections_done), (1, 3));
+    let row = serde_json::to_string(job).unwrap();
+    assert!(
+        !row.contains("global_ref") && !row.contains("\"add\""),
+        "the job row holds no file list: {row}"
+    );
+    assert_eq!(ver(&d2, &replica_table_id(&d1.id, &t)), ver(&d1, &t));
+    assert_eq!(ver(&d2, &replica_table_id(&d1.id, &u)), Some(0));
+
+    // Killed there and started again: the import goes on after t.
+    let d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
+    caught_up(&d1, &d2, &all).await;
+    same_rows(&d1, &d2, &all).await;
+    assert_eq!(
+        tern_replication::service::Counters::get(&d2.repl.counters().files_copied),
+        4,
+        "only u's files were copied after the restart"
+    );
+    let mut d1 = d1;
+    let mut d2 = d2;
+    d1.stop().await;
+    d2.stop().await;
+}
+
+/// An import job the previous build stored (the whole response in its row, no sections
+/// file) is still imported: the importer writes its sections file from the row first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_job_of_the_previous_build_is_still_imported() {
+    use tern_replication::model::{SnapshotResponse, TableSnapshot, sections_path};
+    use tern_replication::state::{ImportJobDpo, keys as state_keys};
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct OldJob {
+        peer: DeploymentId,
+        response: SnapshotResponse,
+        received_at_ms: i64,
+        attempts: u32,
+    }
+    impl tern_meta::Dpo for OldJob {
+        const WHAT: &'static str = "import job";
+        const VERSION: u32 = 1;
+    }
+    let config = ReplicationConfig {
+        refresh_interval: Duration::ZERO,
+        ..repl_config()
+    };
+    let Pair {
+        dir,
+        keys,
+        d1,
+        d2,
+        a1,
+        db: _,
+        account_group,
+        t,
+    } = pair_with(config).await;
+    for i in 0..3 {
+        d1.tables
+            .insert(&t, &[batch(i * 10..i * 10 + 10, "o")])
+            .await
+            .unwrap();
+    }
+    // Stopped (as killed) with the job stored and nothing of the table imported.
+    d2.ctx
+        .crash_points()
+        .arm(tern_replication::crash::IMPORT_DICTIONARY);
+    replicate(&d1, &a1, &d2, &account_group).await;
+    eventually(
+        Duration::from_secs(60),
+        "the import's dictionary",
+        || async {
+            d2.ctx
+                .crash_points()
+                .fired()
+                .contains(&tern_replication::crash::IMPORT_DICTIONARY)
+        },
+    )
+    .await;
+    let mut jobs = d2
+        .meta
+        .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let (key, job) = jobs.remove(0);
+    // The same answer as the previous build stored it: every file in the row.
+    let rid = replica_table_id(&d1.id, &t);
+    let v = ver(&d1, &t).unwrap();
+    let add: Vec<_> = d1
+        .meta
+        .read(|tx| tx.active_micro_partitions(&t, v))
+        .unwrap()
+        .into_iter()
+        .map(|mut m| {
+            m.table = rid.clone();
+            m
+        })
+        .collect();
+    let m = job.response;
+    assert_eq!(m.tables.len(), 1);
+    let old = OldJob {
+        peer: job.peer,
+        response: SnapshotResponse {
+            v: m.v,
+            request_id: m.request_id,
+            response_id: m.response_id.clone(),
+            group: m.group,
+            lamport: m.lamport,
+            repmk: m.repmk,
+            schemas: m.schemas,
+            tables: m
+                .tables
+                .iter()
+                .map(|h| TableSnapshot {
+                    table: h.table.clone(),
+                    schema: h.schema.clone(),
+                    name: h.name.clone(),
+                    columns: h.columns.clone(),
+                    version: h.version,
+                    answered_version: h.answered_version,
+                    add: add.clone(),
+                    remove: Vec::new(),
+                })
+                .collect(),
+            bytes: m.bytes,
+            taken_at_ms: m.taken_at_ms,
+            epoch: m.epoch,
+            seq: m.seq,
+        },
+        received_at_ms: job.received_at_ms,
+        attempts: job.attempts,
+    };
+    d2.meta.write(|tx| tx.put(&key, &old)).unwrap();
+    // The previous build wrote no sections file.
+    {
+        use object_store::ObjectStoreExt as _;
+        d2.bucket
+            .delete(&sections_path(&d1.id, &m.response_id))
+            .await
+            .unwrap();
+    }
+
+    let d2 = restart(d2, dir.path(), Some(&keys), &d1).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    let mut d1 = d1;
+    let mut d2 = d2;
+    d1.stop().await;
+    d2.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_following_resumes_without_loss_or_duplicates() {
     let Pair {
