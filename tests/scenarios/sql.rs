@@ -53,8 +53,8 @@ fn error_of(body: &str) -> (String, String) {
     )
 }
 
-#[test]
-fn ternd_sql_endpoint_and_cli_create_insert_query() {
+/// A daemon with account `acme` (its token) and database `sales`, in a temporary folder.
+fn acme_sales() -> (tempfile::TempDir, Ternd, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let l = Layout::new(dir.path(), "d1");
     let d = Ternd::start(&l.write_config(&l.config("")), &[]);
@@ -63,6 +63,12 @@ fn ternd_sql_endpoint_and_cli_create_insert_query() {
     let token = r.json()["token"].as_str().expect("token").to_string();
     let r = d.op("POST", "/v1/accounts/acme/databases", r#"{"name":"sales"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
+    (dir, d, token)
+}
+
+#[test]
+fn ternd_sql_endpoint_and_cli_create_insert_query() {
+    let (_dir, d, token) = acme_sales();
     let q = |sql: &str| sql_as(&d, &token, "acme", "sales", sql, "ndjson");
 
     let (s, b) = q("CREATE TABLE orders (id BIGINT NOT NULL, customer VARCHAR, amount DOUBLE)");
@@ -555,14 +561,7 @@ fn seed_replication_statements_between_two_daemons() {
 #[test]
 fn the_sql_shell_runs_statements_as_they_end_keeps_history_and_survives_errors() {
     use std::io::Write as _;
-    let dir = tempfile::tempdir().expect("tmp");
-    let l = Layout::new(dir.path(), "d1");
-    let d = Ternd::start(&l.write_config(&l.config("")), &[]);
-    let r = d.op("POST", "/v1/accounts", r#"{"name":"acme"}"#);
-    assert_eq!(r.status, 201, "{}", r.body);
-    let token = r.json()["token"].as_str().expect("token").to_string();
-    let r = d.op("POST", "/v1/accounts/acme/databases", r#"{"name":"sales"}"#);
-    assert_eq!(r.status, 201, "{}", r.body);
+    let (dir, d, token) = acme_sales();
     let history = dir.path().join("state").join("sql_history");
     let shell = |flags: &[&str], input: &str| {
         let mut child = std::process::Command::new(binary("tern"))
@@ -694,14 +693,7 @@ impl Output {
 #[test]
 fn the_sql_shell_on_a_terminal_recalls_statements_with_the_arrow_keys() {
     use std::io::Write as _;
-    let dir = tempfile::tempdir().expect("tmp");
-    let l = Layout::new(dir.path(), "d1");
-    let d = Ternd::start(&l.write_config(&l.config("")), &[]);
-    let r = d.op("POST", "/v1/accounts", r#"{"name":"acme"}"#);
-    assert_eq!(r.status, 201, "{}", r.body);
-    let token = r.json()["token"].as_str().expect("token").to_string();
-    let r = d.op("POST", "/v1/accounts/acme/databases", r#"{"name":"sales"}"#);
-    assert_eq!(r.status, 201, "{}", r.body);
+    let (dir, d, token) = acme_sales();
     let history = dir.path().join("sql_history");
     let command = format!(
         "'{}' --url '{}' --token '{token}' sql acme.sales",

@@ -675,20 +675,25 @@ fn version_of(f: &Fixture, name: &str) -> u64 {
         .current_version
 }
 
-#[tokio::test]
-async fn merge_updates_deletes_and_inserts_in_one_commit() {
-    let f = fixture();
-    let s = f.session();
+/// Table `stock`: apple 10, pear 5, plum 7, fig 1 (ids 1–4).
+async fn stock(s: &SqlSession) {
     run(
-        &s,
+        s,
         "CREATE TABLE stock (id BIGINT NOT NULL, item VARCHAR, qty BIGINT)",
     )
     .await;
     run(
-        &s,
+        s,
         "INSERT INTO stock VALUES (1, 'apple', 10), (2, 'pear', 5), (3, 'plum', 7), (4, 'fig', 1)",
     )
     .await;
+}
+
+#[tokio::test]
+async fn merge_updates_deletes_and_inserts_in_one_commit() {
+    let f = fixture();
+    let s = f.session();
+    stock(&s).await;
     run(
         &s,
         "CREATE TABLE delivery (id BIGINT, item VARCHAR, qty BIGINT)",
@@ -756,16 +761,7 @@ async fn merge_updates_deletes_and_inserts_in_one_commit() {
 async fn merge_when_not_matched_by_source_updates_or_deletes_the_rows_left_out() {
     let f = fixture();
     let s = f.session();
-    run(
-        &s,
-        "CREATE TABLE stock (id BIGINT NOT NULL, item VARCHAR, qty BIGINT)",
-    )
-    .await;
-    run(
-        &s,
-        "INSERT INTO stock VALUES (1, 'apple', 10), (2, 'pear', 5), (3, 'plum', 7), (4, 'fig', 1)",
-    )
-    .await;
+    stock(&s).await;
     run(
         &s,
         "CREATE TABLE counted (id BIGINT, item VARCHAR, qty BIGINT)",
