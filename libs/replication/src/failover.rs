@@ -1567,6 +1567,33 @@ impl Replication {
                 return Err(e);
             }
         };
+        // An import the drain could not wait out, with some of its tables committed: the
+        // database holds tables from different points in time until it finishes.
+        let half_imported = self.meta().read(|tx| {
+            Ok(tx
+                .scan_prefix::<crate::state::ImportJobDpo>(&keys::import_jobs())?
+                .into_iter()
+                .map(|(_, j)| j)
+                .find(|j| {
+                    j.response.group == group
+                        && j.tables_done > 0
+                        && j.tables_done < j.response.tables.len() as u64
+                })
+                .map(|j| (j.tables_done, j.response.tables.len())))
+        })?;
+        if let Some((done, of)) = half_imported {
+            if !options.allow_data_loss {
+                self.stop_promoting(&db)?;
+                return Err(Error::invalid(
+                    format!("failover of {database}"),
+                    format!(
+                        "a refresh's import is half committed here ({done} of {of} tables at the new snapshot, the others older): promoted now, the database would hold tables from different points in time; let the import finish (it is retried; see show replication-status) or pass --allow-data-loss to promote it as it is"
+                    ),
+                ));
+            }
+            tracing::warn!(%group, done, of, "promoting a half-imported replica (--allow-data-loss)");
+            forced = true;
+        }
         let now = self.now();
         let g = self.group_state(&db)?;
         let r = self

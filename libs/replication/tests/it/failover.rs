@@ -755,6 +755,97 @@ async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
     d2.stop().await;
 }
 
+/// An import the drain cannot wait out, with some of its tables committed (they commit in
+/// batches of `import_batch_files`), holds tables from different points in time: a
+/// failover refuses to promote it (unless the loss is accepted) and promotes it complete
+/// once the import has finished. The import is held half way by failing every read of its
+/// inbound stage after its first batch's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
+    use tern_replication::state::{ImportJobDpo, keys as state_keys};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = ReplicationConfig {
+        import_batch_files: 3,
+        drain_timeout: Duration::from_millis(500),
+        ..fast()
+    };
+    let mut d1 = open_with(root, "d1", None, config.clone()).await;
+    let keys = root.join("d1").join("keys");
+    let plan = tern_storage::FaultPlan::new();
+    let mut d2 = open_through(root, "d2", &keys, &plan, config).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let mut tables = Vec::new();
+    for name in ["t1", "t2", "t3"] {
+        let t = d1
+            .tables
+            .create_table(&db, "public", name, columns())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            assert!(write(&d1, &t, i * 10..i * 10 + 10, name).await);
+        }
+        tables.push(t);
+    }
+    // The import reads its sections file, then t1's 3 files (one batch: t1 alone); every
+    // read of its inbound stage after those fails, so t2 and t3 cannot be imported.
+    let held = plan.arm(
+        tern_storage::FaultRule::on(tern_storage::Operation::Get)
+            .under("from/d1/inbound")
+            .nth(5)
+            .always(),
+    );
+    replicate(&d1, &a1, &d2, &account_group).await;
+    let job = |d2: &Node| {
+        d2.meta
+            .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
+            .unwrap()
+            .into_iter()
+            .map(|(_, j)| j)
+            .next()
+    };
+    eventually(WAIT, "the first table's import committed", || async {
+        job(&d2).is_some_and(|j| j.tables_done >= 1)
+    })
+    .await;
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let a2 = AccountId::new("a2").unwrap();
+    assert!(plan.fired(held) > 0, "the later tables' reads failed");
+    let e = d2
+        .repl
+        .failover(&a2, "sales", PLAIN)
+        .await
+        .expect_err("a half-committed import is not promoted");
+    assert!(e.to_string().contains("half committed"), "{e}");
+    assert_eq!(
+        rows(&d2, &replica_table_id(&d1.id, &tables[2]), None).await,
+        Vec::<String>::new(),
+        "t3 is not imported yet"
+    );
+    // The reads come back: the import finishes, and then the failover goes through.
+    plan.disarm(held);
+    eventually(WAIT, "the import to finish", || async {
+        job(&d2).is_none()
+    })
+    .await;
+    // (A group of two promotes only with the loss accepted: the old primary cannot be
+    // proved stopped.)
+    let report = d2.repl.failover(&a2, "sales", FORCE).await.unwrap();
+    assert!(!report.drain_timed_out, "{report:?}");
+    for t in &tables {
+        assert_eq!(
+            rows(&d2, &replica_table_id(&d1.id, t), None).await,
+            rows(&d1, t, None).await,
+            "{report:?}"
+        );
+    }
+    d2.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_of_three_fails_over_by_itself_when_its_policy_says_so() {
     let dir = tempfile::tempdir().unwrap();
