@@ -639,12 +639,14 @@ fn the_sql_shell_runs_statements_as_they_end_keeps_history_and_survives_errors()
     assert!(d.terminate().success());
 }
 
-/// What a process wrote so far, read by a thread as it comes.
-struct Output(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+/// What a process wrote so far, read by a thread as it comes (waiters are woken by each
+/// piece read).
+struct Output(std::sync::Arc<(std::sync::Mutex<Vec<u8>>, std::sync::Condvar)>);
 
 impl Output {
     fn read_from(mut r: impl std::io::Read + Send + 'static) -> Self {
-        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out =
+            std::sync::Arc::new((std::sync::Mutex::new(Vec::new()), std::sync::Condvar::new()));
         let shared = std::sync::Arc::clone(&out);
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -652,26 +654,33 @@ impl Output {
                 if n == 0 {
                     break;
                 }
-                shared.lock().expect("output").extend_from_slice(&buf[..n]);
+                shared
+                    .0
+                    .lock()
+                    .expect("output")
+                    .extend_from_slice(&buf[..n]);
+                shared.1.notify_all();
             }
         });
         Self(out)
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("output")).into_owned()
+        String::from_utf8_lossy(&self.0.0.lock().expect("output")).into_owned()
     }
 
     /// Waits until `done` holds for what was written (a minute at most).
     fn wait(&self, what: &str, done: impl Fn(&str) -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !done(&self.text()) {
+        let mut written = self.0.0.lock().expect("output");
+        while !done(&String::from_utf8_lossy(&written)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
             assert!(
-                std::time::Instant::now() < deadline,
+                !left.is_zero(),
                 "waited for {what}; the terminal shows:\n{}",
-                self.text()
+                String::from_utf8_lossy(&written)
             );
-            std::thread::sleep(Duration::from_millis(20));
+            written = self.0.1.wait_timeout(written, left).expect("output").0;
         }
     }
 

@@ -698,6 +698,26 @@ async fn when_the_head_of_a_chain_is_lost_the_next_link_follows_the_primary() {
     d3.stop().await;
 }
 
+/// Tables t1, t2, t3 of `db` on `d1`, each of three files of 10 rows.
+async fn three_tables_of_three_files(
+    d1: &Node,
+    db: &tern_storage::layout::DatabaseId,
+) -> Vec<TableId> {
+    let mut tables = Vec::new();
+    for name in ["t1", "t2", "t3"] {
+        let t = d1
+            .tables
+            .create_table(db, "public", name, columns())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            assert!(write(d1, &t, i * 10..i * 10 + 10, name).await);
+        }
+        tables.push(t);
+    }
+    tables
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
     let dir = tempfile::tempdir().unwrap();
@@ -711,21 +731,7 @@ async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
     d1.start(&[&d2]);
     d2.start(&[&d1]);
     let (a1, db, account_group) = primary(&d1).await;
-    let tables: Vec<TableId> = {
-        let mut v = Vec::new();
-        for name in ["t1", "t2", "t3"] {
-            let t = d1
-                .tables
-                .create_table(&db, "public", name, columns())
-                .await
-                .unwrap();
-            for i in 0..3 {
-                assert!(write(&d1, &t, i * 10..i * 10 + 10, name).await);
-            }
-            v.push(t);
-        }
-        v
-    };
+    let tables = three_tables_of_three_files(&d1, &db).await;
     let slow = plan.arm(
         tern_storage::FaultRule::on(tern_storage::Operation::Get)
             .under("from/d1/inbound")
@@ -778,18 +784,7 @@ async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
     d1.start(&[&d2]);
     d2.start(&[&d1]);
     let (a1, db, account_group) = primary(&d1).await;
-    let mut tables = Vec::new();
-    for name in ["t1", "t2", "t3"] {
-        let t = d1
-            .tables
-            .create_table(&db, "public", name, columns())
-            .await
-            .unwrap();
-        for i in 0..3 {
-            assert!(write(&d1, &t, i * 10..i * 10 + 10, name).await);
-        }
-        tables.push(t);
-    }
+    let tables = three_tables_of_three_files(&d1, &db).await;
     // The import reads its sections file, then t1's 3 files (one batch: t1 alone); every
     // read of its inbound stage after those fails, so t2 and t3 cannot be imported.
     let held = plan.arm(
