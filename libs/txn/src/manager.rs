@@ -870,16 +870,24 @@ impl Inner {
     /// of them stays in is left to recovery's sweep. How many there were.
     async fn remove_held(&self, handle: u64) -> usize {
         let held = self.lock_reserved().held(handle);
-        remove_files(self.volume.as_ref(), &held).await;
-        let mut clean = true;
-        for f in &held {
+        let left = self.remove_uncommitted(&held).await;
+        if let Some(f) = left.first() {
+            tracing::warn!(handle, path = %f, "an uncommitted file stays; recovery's sweep removes it");
+        }
+        self.lock_reserved().settle(handle, left.is_empty());
+        held.len()
+    }
+
+    /// Remove `files` (best effort; what fails is logged) and answer those still there.
+    async fn remove_uncommitted(&self, files: &[Path]) -> Vec<Path> {
+        remove_files(self.volume.as_ref(), files).await;
+        let mut left = Vec::new();
+        for f in files {
             if self.volume.meta(f).await.is_ok() {
-                tracing::warn!(handle, path = %f, "an uncommitted file stays; recovery's sweep removes it");
-                clean = false;
+                left.push(f.clone());
             }
         }
-        self.lock_reserved().settle(handle, clean);
-        held.len()
+        left
     }
 
     /// Remove the files of reserved numbers no micro-partition row names, from blocks
@@ -1404,19 +1412,12 @@ impl Inner {
             .chain(journaled.iter().map(|(_, f)| f.path.as_str()))
             .map(Path::from)
             .collect();
-        remove_files(self.volume.as_ref(), &files).await;
-        for f in &files {
-            // remove_files logs what it could not remove; an Aborted row must not forget a
-            // file that is still there.
-            if tern_storage::StoreExt::meta(self.volume.as_ref(), f)
-                .await
-                .is_ok()
-            {
-                return Err(Error::FileNotRemoved {
-                    handle,
-                    path: f.to_string(),
-                });
-            }
+        // An Aborted row must not forget a file that is still there.
+        if let Some(f) = self.remove_uncommitted(&files).await.first() {
+            return Err(Error::FileNotRemoved {
+                handle,
+                path: f.to_string(),
+            });
         }
         self.release(handle, TxnState::Aborted).await?;
         Ok(files.len() + held)
