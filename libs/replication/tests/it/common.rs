@@ -82,6 +82,16 @@ pub async fn link(a: &Node, b: &Node) {
 
 /// The rows of `table` (at `version`), sorted, as text.
 pub async fn rows(n: &Node, table: &TableId, version: Option<u64>) -> Vec<String> {
+    try_rows(n, table, version).await.unwrap()
+}
+
+/// [`rows`], or the scan's error: for conditions polled while the table may change under
+/// the scan (a rewind drops the version it started reading).
+pub async fn try_rows(
+    n: &Node,
+    table: &TableId,
+    version: Option<u64>,
+) -> tern_table::Result<Vec<String>> {
     let r = n
         .tables
         .scan(
@@ -91,8 +101,7 @@ pub async fn rows(n: &Node, table: &TableId, version: Option<u64>) -> Vec<String
                 ..ScanRequest::default()
             },
         )
-        .await
-        .unwrap();
+        .await?;
     let mut out = Vec::new();
     for b in &r.batches {
         for i in 0..b.num_rows() {
@@ -103,7 +112,7 @@ pub async fn rows(n: &Node, table: &TableId, version: Option<u64>) -> Vec<String
         }
     }
     out.sort();
-    out
+    Ok(out)
 }
 
 /// The current version of a live table.
