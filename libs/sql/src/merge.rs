@@ -42,7 +42,6 @@ use datafusion::sql::sqlparser::ast::{
 };
 use futures::StreamExt;
 
-use crate::bridge::from_df;
 use crate::error::SqlError;
 use crate::provider::TernTable;
 use crate::session::{Answer, SqlSession};
@@ -447,6 +446,5 @@ fn new_rows(
         })?;
         arrays.push(cast);
     }
-    let out = RecordBatch::try_new(Arc::clone(schema), arrays).map_err(DataFusionError::from)?;
-    Ok(from_df(&out)?)
+    Ok(RecordBatch::try_new(Arc::clone(schema), arrays).map_err(DataFusionError::from)?)
 }

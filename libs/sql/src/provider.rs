@@ -46,7 +46,7 @@ use tern_meta::{ColumnDef, ColumnType, Scalar};
 use tern_storage::layout::TableId;
 use tern_table::{CmpOp, Part, PinnedVersion, Predicate, ScanRequest, Tables};
 
-use crate::bridge::{df_schema, df_type, from_df, to_df};
+use tern_table::schema::{arrow_schema as df_schema, arrow_type as df_type};
 
 /// A tern-table error as a DataFusion error (kept whole, so that callers can find the
 /// refusals — read-only replica, not writable — and answer them as the API does).
@@ -348,12 +348,11 @@ impl DataSink for Dml {
         let info = match &self.op {
             DmlOp::Insert => {
                 let rows = data.map(|b| {
-                    b.and_then(|b| from_df(&b))
-                        .map_err(|e| tern_table::Error::BadInput {
-                            source_name: "INSERT".into(),
-                            line: None,
-                            detail: e.to_string(),
-                        })
+                    b.map_err(|e| tern_table::Error::BadInput {
+                        source_name: "INSERT".into(),
+                        line: None,
+                        detail: e.to_string(),
+                    })
                 });
                 self.tables.insert_stream(&self.id, rows).await
             }
@@ -548,7 +547,7 @@ impl ExecutionPlan for TernScanExec {
                         &options,
                     )?);
                 }
-                to_df(&b)
+                Ok(b)
             });
             Ok::<_, DataFusionError>(batches)
         };

@@ -477,12 +477,7 @@ async fn content(f: &Fixture, name: &str) -> String {
         .scan(&t.id, &ScanRequest::default())
         .await
         .expect("scan");
-    let batches: Vec<RecordBatch> = scan
-        .batches
-        .iter()
-        .map(|b| tern_sql::bridge::to_df(b).expect("bridge"))
-        .collect();
-    let mut rows: Vec<String> = pretty_format_batches(&batches)
+    let mut rows: Vec<String> = pretty_format_batches(&scan.batches)
         .expect("format")
         .to_string()
         .lines()

@@ -200,11 +200,9 @@ fn api_error(d: &Daemon, e: SqlError) -> Error {
 
 /// A batch as JSON lines (`csv: false`) or CSV rows.
 fn encode(csv: bool, batch: &DfBatch, out: &mut Vec<u8>) -> Result<()> {
-    let batch = tern_sql::bridge::from_df(batch)
-        .map_err(|e| Error::internal("encode rows")(e.to_string()))?;
     match csv {
         false => {
-            let rows = rows::batches_to_json(std::slice::from_ref(&batch))?;
+            let rows = rows::batches_to_json(std::slice::from_ref(batch))?;
             if let serde_json::Value::Array(rows) = rows {
                 for r in rows {
                     serde_json::to_writer(&mut *out, &r)
@@ -217,7 +215,7 @@ fn encode(csv: bool, batch: &DfBatch, out: &mut Vec<u8>) -> Result<()> {
             let mut w = arrow::csv::WriterBuilder::new()
                 .with_header(false)
                 .build(&mut *out);
-            w.write(&batch)
+            w.write(batch)
                 .map_err(|e| Error::internal("encode rows")(e.to_string()))?;
         }
     }
