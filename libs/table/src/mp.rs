@@ -73,22 +73,44 @@ pub fn writer_props(opts: &WriteOptions) -> Result<WriterProperties> {
         path: "<writer settings>".into(),
         source: e,
     })?;
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
+    Ok(props(opts, Compression::ZSTD(level)))
+}
+
+fn props(opts: &WriteOptions, compression: Compression) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(compression)
         .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
         .set_statistics_truncate_length(None)
-        .build())
+        .build()
 }
+
+/// Files of fewer rows than this are written without compression: a file of a few rows
+/// (one single-row insert) gains nothing from ZSTD, whose two contexts per column cost
+/// more CPU than the rest of its encoding; compaction later merges such files into
+/// compressed ones.
+pub const SMALL_FILE_ROWS: usize = 1024;
 
 /// Encodes rows into micro-partition files of about the target size, one file at a time,
 /// so a caller can store each file while the next is being encoded and memory stays
 /// bounded by a file or two whatever the input size.
+///
+/// A file's first rows are held back (fewer than [`SMALL_FILE_ROWS`], and less memory than
+/// the target size) until more come: a file that ends that small is written uncompressed,
+/// any other with ZSTD.
 pub struct Encoder {
     schema: SchemaRef,
     columns: Vec<ColumnDef>,
     opts: WriteOptions,
     props: WriterProperties,
-    current: Option<(ArrowWriter<Vec<u8>>, u64, Vec<ColumnStats>)>,
+    /// The open file's writer, once it holds [`SMALL_FILE_ROWS`] rows or more.
+    writer: Option<ArrowWriter<Vec<u8>>>,
+    /// The open file's rows while it is small (in rows, and in memory below the target
+    /// size), not yet given to a writer.
+    held: Vec<RecordBatch>,
+    held_bytes: usize,
+    /// The open file's rows and statistics.
+    rows: u64,
+    stats: Vec<ColumnStats>,
 }
 
 fn encode_err(e: parquet::errors::ParquetError) -> Error {
@@ -106,7 +128,31 @@ impl Encoder {
             columns: columns.to_vec(),
             opts: opts.clone(),
             props: writer_props(opts)?,
-            current: None,
+            writer: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            rows: 0,
+            stats: Vec::new(),
+        })
+    }
+
+    /// A writer for the open file with `props`, given the rows held back so far.
+    fn open(&mut self, props: WriterProperties) -> Result<ArrowWriter<Vec<u8>>> {
+        let mut w = ArrowWriter::try_new(Vec::new(), Arc::clone(&self.schema), Some(props))
+            .map_err(encode_err)?;
+        self.held_bytes = 0;
+        for b in self.held.drain(..) {
+            w.write(&b).map_err(encode_err)?;
+        }
+        Ok(w)
+    }
+
+    /// Close the open file.
+    fn close(&mut self, w: ArrowWriter<Vec<u8>>) -> Result<Encoded> {
+        Ok(Encoded {
+            parquet: w.into_inner().map_err(encode_err)?,
+            rows: std::mem::take(&mut self.rows),
+            stats: std::mem::take(&mut self.stats),
         })
     }
 
@@ -120,38 +166,33 @@ impl Encoder {
             let len = slice_rows.min(batch.num_rows() - offset);
             let part = batch.slice(offset, len);
             offset += len;
-            let (writer, rows, stats) = match self.current.as_mut() {
-                Some(c) => c,
-                None => {
-                    let w = ArrowWriter::try_new(
-                        Vec::new(),
-                        Arc::clone(&self.schema),
-                        Some(self.props.clone()),
-                    )
-                    .map_err(encode_err)?;
-                    self.current.insert((w, 0, Vec::new()))
-                }
-            };
-            writer.write(&part).map_err(encode_err)?;
-            *rows += part.num_rows() as u64;
+            self.rows += len as u64;
             let part_stats = batch_stats(&part, &self.columns);
-            *stats = if stats.is_empty() {
+            self.stats = if self.stats.is_empty() {
                 part_stats
             } else {
-                stats
+                self.stats
                     .iter()
                     .zip(&part_stats)
                     .map(|(a, b)| merge_stats(a, b))
                     .collect()
             };
-            if writer.bytes_written() + writer.in_progress_size() >= self.opts.target_bytes
-                && let Some((w, rows, stats)) = self.current.take()
-            {
-                done.push(Encoded {
-                    parquet: w.into_inner().map_err(encode_err)?,
-                    rows,
-                    stats,
-                });
+            let mut writer = match self.writer.take() {
+                Some(w) => w,
+                None if self.rows < SMALL_FILE_ROWS as u64
+                    && self.held_bytes + part.get_array_memory_size() < self.opts.target_bytes =>
+                {
+                    self.held_bytes += part.get_array_memory_size();
+                    self.held.push(part);
+                    continue;
+                }
+                None => self.open(self.props.clone())?,
+            };
+            writer.write(&part).map_err(encode_err)?;
+            if writer.bytes_written() + writer.in_progress_size() >= self.opts.target_bytes {
+                done.push(self.close(writer)?);
+            } else {
+                self.writer = Some(writer);
             }
         }
         Ok(done)
@@ -159,14 +200,14 @@ impl Encoder {
 
     /// Close the last, partly filled file, if any.
     pub fn finish(mut self) -> Result<Option<Encoded>> {
-        match self.current.take() {
-            Some((w, rows, stats)) if rows > 0 => Ok(Some(Encoded {
-                parquet: w.into_inner().map_err(encode_err)?,
-                rows,
-                stats,
-            })),
-            _ => Ok(None),
+        if self.rows == 0 {
+            return Ok(None);
         }
+        let writer = match self.writer.take() {
+            Some(w) => w,
+            None => self.open(props(&self.opts, Compression::UNCOMPRESSED))?,
+        };
+        self.close(writer).map(Some)
     }
 }
 
@@ -548,7 +589,94 @@ pub fn select(batch: &RecordBatch, names: &[&str]) -> Result<RecordBatch> {
 
 #[cfg(test)]
 mod tests {
-    use super::coalesce;
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use bytes::Bytes;
+    use parquet::basic::Compression;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use tern_meta::{ColumnDef, ColumnType, Scalar};
+
+    use super::{Encoded, Encoder, SMALL_FILE_ROWS, WriteOptions, coalesce};
+
+    fn ids(from: i64, n: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let values: Vec<i64> = (from..from + n as i64).collect();
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    /// The compression of each column chunk and the values of the file, in order.
+    fn read(file: &Encoded) -> (Vec<Compression>, Vec<i64>) {
+        let reader = SerializedFileReader::new(Bytes::from(file.parquet.clone())).unwrap();
+        let codecs = reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .flat_map(|g| g.columns().iter().map(|c| c.compression()))
+            .collect();
+        let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            Bytes::from(file.parquet.clone()),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut values = Vec::new();
+        for b in batches {
+            let b = b.unwrap();
+            let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            values.extend(col.values().iter().copied());
+        }
+        (codecs, values)
+    }
+
+    /// Pushes `sizes` rows at a time into one encoder; the one file it makes.
+    fn encode(sizes: &[usize]) -> Encoded {
+        let schema = ids(0, 0).schema();
+        let columns = vec![ColumnDef {
+            name: "id".into(),
+            ty: ColumnType::Int64,
+            nullable: false,
+        }];
+        let mut e = Encoder::new(&schema, &columns, &WriteOptions::default()).unwrap();
+        let mut next = 0;
+        for &n in sizes {
+            assert!(e.push(&ids(next, n)).unwrap().is_empty());
+            next += n as i64;
+        }
+        e.finish().unwrap().expect("a file")
+    }
+
+    #[test]
+    fn a_small_file_is_written_uncompressed_and_any_other_with_zstd() {
+        let one = encode(&[1]);
+        let (codecs, values) = read(&one);
+        assert_eq!(codecs, vec![Compression::UNCOMPRESSED]);
+        assert_eq!((values, one.rows), (vec![0], 1));
+        assert_eq!(one.stats[0].min, Some(Scalar::Int64(0)));
+
+        // Small pushes that add up past the threshold: the held rows go first, all ZSTD.
+        let sizes = [3, SMALL_FILE_ROWS - 4, 1, 500];
+        let many = encode(&sizes);
+        let (codecs, values) = read(&many);
+        assert!(
+            codecs.iter().all(|c| matches!(c, Compression::ZSTD(_))),
+            "{codecs:?}"
+        );
+        let total: usize = sizes.iter().sum();
+        assert_eq!(values, (0..total as i64).collect::<Vec<_>>());
+        assert_eq!(many.rows, total as u64);
+        assert_eq!(
+            (many.stats[0].min.clone(), many.stats[0].max.clone()),
+            (
+                Some(Scalar::Int64(0)),
+                Some(Scalar::Int64(total as i64 - 1))
+            )
+        );
+
+        let just_under = encode(&[SMALL_FILE_ROWS - 1]);
+        assert_eq!(read(&just_under).0, vec![Compression::UNCOMPRESSED]);
+    }
 
     #[test]
     fn nearby_ranges_are_read_as_one_span_and_far_ones_apart() {

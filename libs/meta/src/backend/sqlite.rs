@@ -251,6 +251,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Run a statement of the write path that takes no parameters, prepared once per
+/// connection: a group member's `SAVEPOINT`/`RELEASE` and the group's `BEGIN`/`COMMIT` are
+/// run for every write, and parsing them each time was a visible share of a commit's CPU.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn sql_err<'a>(path: &'a str, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
     move |source| {
         if source.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
@@ -396,8 +403,7 @@ impl SqliteBackend {
                 }
                 w.group = None;
                 w.members = 0;
-                w.conn
-                    .execute_batch("BEGIN IMMEDIATE")
+                run_cached(&w.conn, "BEGIN IMMEDIATE")
                     .map_err(sql_err(&self.display, "begin write transaction"))?;
                 let g = Arc::new(Group::default());
                 w.group = Some(Arc::clone(&g));
@@ -438,7 +444,7 @@ impl SqliteBackend {
         w: &mut Writer,
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
     ) -> std::result::Result<Result<()>, Box<dyn std::any::Any + Send>> {
-        if let Err(e) = w.conn.execute_batch("SAVEPOINT member") {
+        if let Err(e) = run_cached(&w.conn, "SAVEPOINT member") {
             return Ok(Err(sql_err(&self.display, "begin write transaction")(e)));
         }
         let conn = &w.conn;
@@ -464,7 +470,7 @@ impl SqliteBackend {
             };
         }
         let end = match &out {
-            Ok(Ok(())) => w.conn.execute_batch("RELEASE member"),
+            Ok(Ok(())) => run_cached(&w.conn, "RELEASE member"),
             _ => w.conn.execute_batch("ROLLBACK TO member; RELEASE member"),
         };
         match (end, out) {
@@ -488,7 +494,7 @@ impl SqliteBackend {
         } else {
             ("commit", "COMMIT")
         };
-        match w.conn.execute_batch(sql) {
+        match run_cached(&w.conn, sql) {
             Ok(()) => Ok(()),
             Err(e) => {
                 if !w.conn.is_autocommit() {
