@@ -489,7 +489,7 @@ impl Replication {
             &self.inner.p.bucket,
             &model::sections_path(peer, &res.response_id),
             keys.as_ref(),
-            Box::new(sections.into_iter()),
+            Box::new(sections.into_iter().map(Ok)),
         )
         .await?;
         Ok(())
@@ -1494,9 +1494,14 @@ mod tests {
         let sections: Vec<TableSection> = crate::source::section_iter(&t1, &refs, &[], 2)
             .chain(crate::source::section_iter(&t2, &[], &gone, 2))
             .collect();
-        let n = crate::source::write_sections(&store, &path, &keys, Box::new(sections.into_iter()))
-            .await
-            .unwrap();
+        let n = crate::source::write_sections(
+            &store,
+            &path,
+            &keys,
+            Box::new(sections.into_iter().map(Ok)),
+        )
+        .await
+        .unwrap();
         assert_eq!(n, 4, "5 files in sections of 2, then 2 removals");
         let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
         let (add, remove) = r.table(&t1, 5, 0).await.unwrap();
