@@ -738,7 +738,14 @@ struct Txn {
 #[async_trait]
 impl FileJournal for Txn {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
-        Ok(self.inner.journal(&self.id, path).await?)
+        Ok(self
+            .inner
+            .journal(&self.id, std::slice::from_ref(path))
+            .await?)
+    }
+
+    async fn will_write_all(&mut self, paths: &[Path]) -> tern_table::Result<()> {
+        Ok(self.inner.journal(&self.id, paths).await?)
     }
 
     async fn new_mp(&mut self, table: &TableId, prefix: &Path) -> tern_table::Result<u64> {
@@ -800,10 +807,15 @@ impl Transaction for Txn {
 }
 
 impl Inner {
-    async fn journal(&self, id: &Begun, path: &Path) -> Result<()> {
+    /// Journals `paths` (files about to be written) in one metadata transaction.
+    async fn journal(&self, id: &Begun, paths: &[Path]) -> Result<()> {
         self.crash.alive("journaled")?;
+        if paths.is_empty() {
+            return Ok(());
+        }
         let now = self.clock.now_millis();
-        let (id, path, instance) = (id.clone(), path.to_string(), self.instance);
+        let paths: Vec<String> = paths.iter().map(ToString::to_string).collect();
+        let (id, instance) = (id.clone(), self.instance);
         self.meta
             .write_async(move |tx| {
                 if !tx.contains(&txn_key(id.handle))? {
@@ -811,10 +823,13 @@ impl Inner {
                     t.updated_at_ms = now;
                     tx.put(&txn_key(id.handle), &t)?;
                 }
-                tx.put(
-                    &txn_file_key(id.handle, &path),
-                    &TxnFileDpo { path: path.clone() },
-                )
+                for path in &paths {
+                    tx.put(
+                        &txn_file_key(id.handle, path),
+                        &TxnFileDpo { path: path.clone() },
+                    )?;
+                }
+                Ok(())
             })
             .await?;
         self.crash.check("journaled")
