@@ -391,12 +391,43 @@ impl MetaTxn<'_> {
         table: &TableId,
         version: u64,
     ) -> Result<Vec<MicroPartitionDpo>> {
+        let mut out = Vec::new();
+        let extra = self.each_active_at(table, version, |mp| out.push(mp))?;
+        if extra {
+            out.sort_by(|a, b| a.short.cmp(&b.short));
+        }
+        Ok(out)
+    }
+
+    /// The short names of the micro-partitions that make up `table` at `version`, ordered:
+    /// [`MetaTxn::active_micro_partitions`] without holding the rows (each is read and
+    /// dropped). What a large table's snapshot lists in one consistent read (a name is a
+    /// few dozen bytes, a row with its statistics and path a few hundred), its rows then
+    /// read a page at a time with [`MetaTxn::get_micro_partition`] — a row of a file
+    /// active at a retained version stays while that version is retained.
+    pub fn active_short_names(&mut self, table: &TableId, version: u64) -> Result<Vec<ShortName>> {
+        let mut out = Vec::new();
+        let extra = self.each_active_at(table, version, |mp| out.push(mp.short))?;
+        if extra {
+            out.sort();
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with each micro-partition of `table` at `version`: the active rows in
+    /// short-name order, then (for an older version) the files removed after it, so
+    /// whether any came out of order (`true`: the caller sorts).
+    fn each_active_at(
+        &mut self,
+        table: &TableId,
+        version: u64,
+        mut f: impl FnMut(MicroPartitionDpo),
+    ) -> Result<bool> {
         self.require_version(table, version)?;
         let (start, end) = keys::active_micro_partitions(table).prefix_range();
-        let mut out = Vec::new();
         self.for_each::<MicroPartitionDpo>(start, &end, |_, mp| {
             if mp.is_active_at(version) {
-                out.push(mp);
+                f(mp);
             }
             Ok(true)
         })?;
@@ -413,14 +444,11 @@ impl MetaTxn<'_> {
             if let Some(mp) = self.get_micro_partition(table, &short)?
                 && mp.is_active_at(version)
             {
-                out.push(mp);
+                f(mp);
                 extra = true;
             }
         }
-        if extra {
-            out.sort_by(|a, b| a.short.cmp(&b.short));
-        }
-        Ok(out)
+        Ok(extra)
     }
 
     /// Fill in the active rows of every table from the index (a store written before they

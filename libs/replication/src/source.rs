@@ -268,8 +268,9 @@ impl Replication {
                 ));
             }
         }
-        // One consistent read: every table at its current version, and the log position
-        // those versions correspond to.
+        // One consistent read: every table at its current version (the names of its files,
+        // not their rows: a table of 100 000 files is a few MiB of names), and the log
+        // position those versions correspond to.
         let account = db.account.clone();
         let (schemas, tables, lamport, stable, seq, settled, epoch) = self.meta().read(|tx| {
             let schemas: Vec<String> = tx
@@ -282,8 +283,8 @@ impl Replication {
                 if t.dropped {
                     continue;
                 }
-                let active = tx.active_micro_partitions(&t.id, t.current_version)?;
-                tables.push((t, active));
+                let names = tx.active_short_names(&t.id, t.current_version)?;
+                tables.push((t, names));
             }
             let lamport = tern_txn::last_txn_id(tx, &account)?;
             let stable = tern_txn::stable_log_id(tx, &account)?;
@@ -298,12 +299,19 @@ impl Replication {
             .iter()
             .map(|t| (t.table.clone(), t))
             .collect();
-        // Per table, the difference (borrowed from the read: the file lists are held once,
-        // and written out as sections, never gathered into one response).
+        let name = job.response_id.to_string();
+        let (file_keys, wrapped) = self
+            .new_repmk(&peer, &name, job.request.customer_key.as_ref())
+            .await?;
+        // Per table, the difference, a page of `per_section` files at a time: the files
+        // the replica lacks are copied page by page (first pass), then written as sections
+        // from the same pages read again (second pass); only the names and the replica's
+        // references that match no file (the removes) are held whole.
+        let per_section = p.config.snapshot_section_files.max(1);
         let mut heads = Vec::with_capacity(tables.len());
-        let mut diffs: Vec<(TableId, Vec<&MicroPartitionDpo>, Vec<GlobalFileRef>)> =
-            Vec::with_capacity(tables.len());
-        for (t, active) in &tables {
+        let mut listed: Vec<Listed<'_>> = Vec::with_capacity(tables.len());
+        let mut copied = crate::copy::Copied::default();
+        for (t, names) in &tables {
             // A chain upstream's own tables may carry a local suffix: the wire has the
             // group-wide id.
             let id = replica_table_id(&p.me, &canonical_table_id(&t.id));
@@ -311,17 +319,26 @@ impl Replication {
                 Some(inv) => (inv.version, inv.refs.iter().collect()),
                 None => (0, BTreeSet::new()),
             };
-            let active_refs: BTreeSet<&GlobalFileRef> =
-                active.iter().map(|m| &m.global_ref).collect();
-            let add: Vec<&MicroPartitionDpo> = active
-                .iter()
-                .filter(|m| !refs.contains(&m.global_ref))
-                .collect();
-            let remove: Vec<GlobalFileRef> = refs
-                .iter()
-                .filter(|r| !active_refs.contains(*r))
-                .map(|r| (*r).clone())
-                .collect();
+            let mut unmatched = refs.clone();
+            let mut adds = 0u64;
+            for chunk in names.chunks(per_section) {
+                let page = self.file_page(&t.id, t.current_version, chunk)?;
+                let add: Vec<&MicroPartitionDpo> = page
+                    .iter()
+                    .filter(|m| !refs.contains(&m.global_ref))
+                    .collect();
+                for m in &page {
+                    unmatched.remove(&m.global_ref);
+                }
+                adds += add.len() as u64;
+                let tasks = self
+                    .to_inbound(&peer, &job.response_id, &add, &file_keys, peers)
+                    .await?;
+                let c = copy_all(tasks, p.config.copy_concurrency).await?;
+                copied.files += c.files;
+                copied.bytes += c.bytes;
+            }
+            let remove: Vec<GlobalFileRef> = unmatched.into_iter().cloned().collect();
             heads.push(TableHead {
                 table: id.clone(),
                 schema: t.schema.clone(),
@@ -329,43 +346,36 @@ impl Replication {
                 columns: t.columns.clone(),
                 version: t.current_version,
                 answered_version: answered,
-                adds: add.len() as u64,
+                adds,
                 removes: remove.len() as u64,
             });
-            diffs.push((id, add, remove));
+            listed.push(Listed {
+                id,
+                table: &t.id,
+                version: t.current_version,
+                names,
+                refs,
+                remove,
+            });
         }
-        let name = job.response_id.to_string();
-        let (file_keys, wrapped) = self
-            .new_repmk(&peer, &name, job.request.customer_key.as_ref())
-            .await?;
-        let to_copy: Vec<&MicroPartitionDpo> = diffs
-            .iter()
-            .flat_map(|(_, add, _)| add.iter().copied())
-            .collect();
-        let tasks = self
-            .to_inbound(&peer, &job.response_id, &to_copy, &file_keys, peers)
-            .await?;
-        drop(to_copy);
-        let copied = copy_all(tasks, p.config.copy_concurrency).await?;
         self.crash_point(crash::SNAPSHOT_COPIED)?;
         self.count_copied(copied.files, copied.bytes);
         // The difference, streamed into the sections file beside the files.
         let bucket = peers
             .bucket(&peer)
             .ok_or_else(|| Error::NoPeer { peer: peer.clone() })?;
-        let per_section = p.config.snapshot_section_files.max(1);
         let sections = write_sections(
             &bucket,
             &model::sections_path(&p.me, &job.response_id),
             file_keys.as_ref(),
             Box::new(
-                diffs
+                listed
                     .iter()
-                    .flat_map(|(id, add, remove)| section_iter(id, add, remove, per_section)),
+                    .flat_map(|l| self.listed_sections(l, per_section)),
             ),
         )
         .await?;
-        drop(diffs);
+        drop(listed);
         drop(tables);
         let response = SnapshotManifest {
             v: PAYLOAD_VERSION,
@@ -416,6 +426,71 @@ impl Replication {
         tracing::info!(peer = %peer, group = %job.request.group, files = copied.files,
             bytes = copied.bytes, log_position = stable, "snapshot sent");
         Ok(())
+    }
+
+    /// The rows of `names`, files of `table` at `version` listed by one earlier read
+    /// ([`tern_meta::MetaTxn::active_short_names`]), in one read. A row gone or no longer
+    /// active at `version` (the version left retention, or a rollback undid it since) fails
+    /// the attempt, which lists again: a snapshot never mixes two states of a table.
+    fn file_page(
+        &self,
+        table: &TableId,
+        version: u64,
+        names: &[tern_storage::layout::ShortName],
+    ) -> Result<Vec<MicroPartitionDpo>> {
+        let page = self.meta().read(|tx| {
+            let mut page = Vec::with_capacity(names.len());
+            for short in names {
+                match tx.get_micro_partition(table, short)? {
+                    Some(m) if m.is_active_at(version) => page.push(m),
+                    _ => return Ok(Err(short.clone())),
+                }
+            }
+            Ok(Ok(page))
+        })?;
+        page.map_err(|short| {
+            Error::invalid(
+                format!("snapshot of {table}@{version}"),
+                format!("{short} is no longer part of that version (the table changed while it was listed); will list again"),
+            )
+        })
+    }
+
+    /// The sections of one listed table: its added files a page at a time (pages read
+    /// again, the files the replica holds left out), then its removes.
+    fn listed_sections<'a>(
+        &'a self,
+        l: &'a Listed<'a>,
+        per_section: usize,
+    ) -> impl Iterator<Item = Result<TableSection>> + Send + 'a {
+        let adds = l
+            .names
+            .chunks(per_section)
+            .map(move |chunk| {
+                let page = self.file_page(l.table, l.version, chunk)?;
+                let add: Vec<MicroPartitionDpo> = page
+                    .into_iter()
+                    .filter(|m| !l.refs.contains(&m.global_ref))
+                    .map(|mut m| {
+                        m.table = l.id.clone();
+                        m
+                    })
+                    .collect();
+                Ok((!add.is_empty()).then(|| TableSection {
+                    table: l.id.clone(),
+                    add,
+                    remove: Vec::new(),
+                }))
+            })
+            .filter_map(Result::transpose);
+        let removes = l.remove.chunks(per_section).map(move |chunk| {
+            Ok(TableSection {
+                table: l.id.clone(),
+                add: Vec::new(),
+                remove: chunk.to_vec(),
+            })
+        });
+        adds.chain(removes)
     }
 
     /// Records that the snapshot of `job` was sent: the replica's downstream record (log
@@ -801,6 +876,21 @@ impl Replication {
     }
 }
 
+/// One table of a snapshot being served: what its second pass (the sections) needs.
+struct Listed<'a> {
+    /// Its id on the wire.
+    id: TableId,
+    /// Its id here.
+    table: &'a TableId,
+    version: u64,
+    /// Its files at `version`, by name.
+    names: &'a [tern_storage::layout::ShortName],
+    /// The files the replica holds.
+    refs: BTreeSet<&'a GlobalFileRef>,
+    /// The replica's files that are not the table's.
+    remove: Vec<GlobalFileRef>,
+}
+
 /// The payload of a message whose content is in body file 0.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotHead {
@@ -836,7 +926,9 @@ fn canonical_change(mut c: ChangeRecord) -> ChangeRecord {
 }
 
 /// A table's difference as sections of at most `per_section` files, made one at a time
-/// (the files cloned a section at a time, their table the wire id `id`).
+/// (the files cloned a section at a time, their table the wire id `id`): the sections a
+/// difference held in memory makes (tests; a snapshot's are read a page at a time).
+#[cfg(test)]
 pub(crate) fn section_iter<'a>(
     id: &'a TableId,
     add: &'a [&'a MicroPartitionDpo],
@@ -870,14 +962,14 @@ pub(crate) async fn write_sections(
     store: &Arc<dyn object_store::ObjectStore>,
     path: &tern_storage::Path,
     keys: &dyn KeySource,
-    sections: Box<dyn Iterator<Item = TableSection> + Send + '_>,
+    sections: Box<dyn Iterator<Item = Result<TableSection>> + Send + '_>,
 ) -> Result<u64> {
     use tokio::io::AsyncWriteExt as _;
     let (mut writer, mut reader) = tokio::io::duplex(256 << 10);
     let produce = async move {
         let mut n = 0u64;
         for section in sections {
-            let mut line = model::encode(&section)?;
+            let mut line = model::encode(&section?)?;
             line.push(b'\n');
             writer
                 .write_all(&line)

@@ -489,7 +489,7 @@ impl Replication {
             &self.inner.p.bucket,
             &model::sections_path(peer, &res.response_id),
             keys.as_ref(),
-            Box::new(sections.into_iter()),
+            Box::new(sections.into_iter().map(Ok)),
         )
         .await?;
         Ok(())
@@ -1012,7 +1012,7 @@ impl Replication {
         source: &ImportSource,
         table: &TableId,
         add: &[MicroPartitionDpo],
-        mut journal: Option<&mut dyn tern_table::commit::FileJournal>,
+        journal: Option<&mut dyn tern_table::commit::FileJournal>,
     ) -> Result<(Vec<MicroPartitionDpo>, Vec<CopyTask>)> {
         let p = &self.inner.p;
         if add.is_empty() {
@@ -1029,9 +1029,6 @@ impl Replication {
             let seq = p.meta.next_unique("short_name")?;
             let short = ShortName::new(format!("fdn{seq}_g"))?;
             let path = layout::volume::mp(&r.account, &r.database, table, &short);
-            if let Some(j) = journal.as_deref_mut() {
-                j.will_write(&path).await?;
-            }
             tasks.push(CopyTask {
                 src_store: Arc::clone(&p.bucket),
                 src_path: layout::replication::inbound(
@@ -1056,6 +1053,12 @@ impl Replication {
                 path: path.to_string(),
                 key_ref: key_ref.clone(),
             });
+        }
+        // Journaled before any is written, all in one record (one metadata transaction
+        // for the table's files instead of one each).
+        if let Some(j) = journal {
+            let paths: Vec<Path> = tasks.iter().map(|t| t.dst_path.clone()).collect();
+            j.will_write_all(&paths).await?;
         }
         Ok((local, tasks))
     }
@@ -1494,9 +1497,14 @@ mod tests {
         let sections: Vec<TableSection> = crate::source::section_iter(&t1, &refs, &[], 2)
             .chain(crate::source::section_iter(&t2, &[], &gone, 2))
             .collect();
-        let n = crate::source::write_sections(&store, &path, &keys, Box::new(sections.into_iter()))
-            .await
-            .unwrap();
+        let n = crate::source::write_sections(
+            &store,
+            &path,
+            &keys,
+            Box::new(sections.into_iter().map(Ok)),
+        )
+        .await
+        .unwrap();
         assert_eq!(n, 4, "5 files in sections of 2, then 2 removals");
         let mut r = SectionReader::open(&store, &path, &keys).await.unwrap();
         let (add, remove) = r.table(&t1, 5, 0).await.unwrap();

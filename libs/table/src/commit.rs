@@ -48,6 +48,16 @@ pub trait FileJournal: Send {
     /// commit, the file must be removed. Called before the write starts.
     async fn will_write(&mut self, path: &Path) -> Result<()>;
 
+    /// [`will_write`](Self::will_write) for every path of `paths`, at once: a committer
+    /// may store them in one record (tern-txn: one metadata transaction), so a change
+    /// copying in 100 000 files does not store 100 000 times. By default one at a time.
+    async fn will_write_all(&mut self, paths: &[Path]) -> Result<()> {
+        for path in paths {
+            self.will_write(path).await?;
+        }
+        Ok(())
+    }
+
     /// A number `n` for a new micro-partition of `table`, whose file
     /// (`layout::volume::mp_in(prefix, &numbered_mp(n))`, `prefix` the table's mp prefix)
     /// is covered as [`will_write`](Self::will_write) covers a path: if the transaction

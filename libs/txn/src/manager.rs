@@ -24,11 +24,11 @@ use crate::log::{self, LogRecord};
 use crate::reserve::{BLOCK, Reservations, ReservedFilesDpo, all_reserved, reserved_key};
 use crate::state::{
     IdempotencyAtDpo, IdempotencyDpo, IdempotentOutcome, LamportDpo, LockDpo, LogKeyDpo,
-    LogMarkDpo, LogPrunedDpo, StagedFileDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnIndexesDpo,
-    TxnRefDpo, TxnState, all_pending, by_id_key, db_seq_key, done, done_key, idempotency_ages,
-    idempotency_key, indexes_key, lamport_key, lock_key, log_key_key, log_mark_key, log_marks,
-    log_pruned_key, pending, pending_key, put_idempotency, staged_file_key, staged_files,
-    txn_file_key, txn_files, txn_key, txns,
+    LogMarkDpo, LogPrunedDpo, StagedFileDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnHead,
+    TxnIndexesDpo, TxnRefDpo, TxnState, all_pending, by_id_key, db_seq_key, done, done_key,
+    idempotency_ages, idempotency_key, indexes_key, lamport_key, lock_key, log_key_key,
+    log_mark_key, log_marks, log_pruned_key, pending, pending_key, put_idempotency,
+    staged_file_key, staged_files, txn_file_key, txn_files, txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -738,7 +738,14 @@ struct Txn {
 #[async_trait]
 impl FileJournal for Txn {
     async fn will_write(&mut self, path: &Path) -> tern_table::Result<()> {
-        Ok(self.inner.journal(&self.id, path).await?)
+        Ok(self
+            .inner
+            .journal(&self.id, std::slice::from_ref(path))
+            .await?)
+    }
+
+    async fn will_write_all(&mut self, paths: &[Path]) -> tern_table::Result<()> {
+        Ok(self.inner.journal(&self.id, paths).await?)
     }
 
     async fn new_mp(&mut self, table: &TableId, prefix: &Path) -> tern_table::Result<u64> {
@@ -800,10 +807,15 @@ impl Transaction for Txn {
 }
 
 impl Inner {
-    async fn journal(&self, id: &Begun, path: &Path) -> Result<()> {
+    /// Journals `paths` (files about to be written) in one metadata transaction.
+    async fn journal(&self, id: &Begun, paths: &[Path]) -> Result<()> {
         self.crash.alive("journaled")?;
+        if paths.is_empty() {
+            return Ok(());
+        }
         let now = self.clock.now_millis();
-        let (id, path, instance) = (id.clone(), path.to_string(), self.instance);
+        let paths: Vec<String> = paths.iter().map(ToString::to_string).collect();
+        let (id, instance) = (id.clone(), self.instance);
         self.meta
             .write_async(move |tx| {
                 if !tx.contains(&txn_key(id.handle))? {
@@ -811,10 +823,13 @@ impl Inner {
                     t.updated_at_ms = now;
                     tx.put(&txn_key(id.handle), &t)?;
                 }
-                tx.put(
-                    &txn_file_key(id.handle, &path),
-                    &TxnFileDpo { path: path.clone() },
-                )
+                for path in &paths {
+                    tx.put(
+                        &txn_file_key(id.handle, path),
+                        &TxnFileDpo { path: path.clone() },
+                    )?;
+                }
+                Ok(())
             })
             .await?;
         self.crash.check("journaled")
@@ -993,7 +1008,8 @@ impl Inner {
                 self.write_staged(&staged).await?;
                 self.store_log(&record).await?;
                 // A commit of this instance may have finished it meanwhile.
-                if self.finish(t.handle, &record).await? {
+                let record = Arc::new(record);
+                if self.finish(t.handle, Arc::clone(&record)).await? {
                     report.rolled_forward.push(record.txn_id);
                 }
             }
@@ -1108,8 +1124,11 @@ impl Inner {
             let predicted: Vec<ChangeRecord> = planned.into_iter().map(|p| p.record).collect();
             t = add(&self.phases.prepare, t);
             let now = self.clock.now_millis();
+            // Shared with the locking closure, not cloned: a large table's metadata file
+            // is megabytes.
+            let staged = Arc::new(staged);
             let attempt = {
-                let (planning, staged) = (Arc::clone(&planning), Arc::new(staged.clone()));
+                let (planning, staged) = (Arc::clone(&planning), Arc::clone(&staged));
                 self.take_locks(id, &names, move |tx, txn| {
                     planning.prepare(tx, txn, &predicted, &staged, now)
                 })
@@ -1123,7 +1142,6 @@ impl Inner {
                 Err(e) => return self.fail(handle, e).await,
             }
         };
-        let records = record.changes.clone();
         // Soft point of no return passed: from here the transaction only rolls forward, so
         // whatever stops this call leaves it to recovery and its caller in doubt, with the
         // id to look its outcome up by — never a plain failure the client would retry.
@@ -1148,12 +1166,18 @@ impl Inner {
         logged.map_err(in_doubt)?;
         self.crash.check("logged").map_err(in_doubt)?;
         let t = add(&self.phases.log_write, t);
-        self.finish(handle, &record).await.map_err(in_doubt)?;
+        let record = Arc::new(record);
+        self.finish(handle, Arc::clone(&record))
+            .await
+            .map_err(in_doubt)?;
         add(&self.phases.publish, t);
         self.phases.commits.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(txn_id = record.txn_id, changes = records.len(), "committed");
+        // The caller gets the changes themselves (the finishing closure has let go of its
+        // share by now): one copy of a large commit's file list less.
+        let records = Arc::try_unwrap(record).map_or_else(|r| r.changes.clone(), |r| r.changes);
+        tracing::debug!(txn_id, changes = records.len(), "committed");
         Ok(Committed {
-            txn_id: Some(record.txn_id),
+            txn_id: Some(txn_id),
             records,
         })
     }
@@ -1163,9 +1187,10 @@ impl Inner {
     /// these two steps were one) is released. Does each step only if the transaction is
     /// still before it, so two finishers (a commit and a recovery) cannot apply it twice.
     /// Whether this call made it visible.
-    async fn finish(&self, handle: u64, record: &LogRecord) -> Result<bool> {
+    /// The record is shared with the metadata closure, not cloned: a large commit's record
+    /// lists every file it adds.
+    async fn finish(&self, handle: u64, record: Arc<LogRecord>) -> Result<bool> {
         self.crash.alive("logged")?;
-        let record = record.clone();
         let now = self.clock.now_millis();
         let published = self
             .meta
@@ -1738,8 +1763,12 @@ fn release_in(
     Ok(true)
 }
 
+/// The row of `handle` for a state change that ends its log record's life (finishing,
+/// releasing: [`release_in`] drops the record): read as a [`TxnHead`], the record skipped
+/// unread, so a commit of a large table does not decode its whole file list once more.
 fn require_txn(tx: &mut tern_meta::MetaTxn<'_>, handle: u64) -> tern_meta::Result<TxnDpo> {
-    tx.get::<TxnDpo>(&txn_key(handle))?
+    tx.get::<TxnHead>(&txn_key(handle))?
+        .map(TxnHead::without_record)
         .ok_or_else(|| tern_meta::Error::NotFound {
             what: "transaction",
             name: handle.to_string(),

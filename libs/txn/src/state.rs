@@ -78,6 +78,65 @@ impl Dpo for TxnDpo {
     const VERSION: u32 = 1;
 }
 
+/// A [`TxnDpo`] read without its log record: the record's bytes are skipped, never
+/// decoded. What a state change that ends the record's life reads (finishing and
+/// releasing set `record` to `None`): the record of a large commit (one change listing
+/// every file of a 100 000-file table) would otherwise be decoded again — a second copy
+/// of the whole list, in serde's buffered form for the tagged changes — only to be
+/// dropped. The same row as [`TxnDpo`] (same name and version); never written itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TxnHead {
+    /// As in [`TxnDpo`].
+    pub handle: u64,
+    /// As in [`TxnDpo`].
+    pub account: AccountId,
+    /// As in [`TxnDpo`].
+    pub instance: u64,
+    /// As in [`TxnDpo`].
+    pub state: TxnState,
+    /// As in [`TxnDpo`].
+    pub started_at_ms: i64,
+    /// As in [`TxnDpo`].
+    pub updated_at_ms: i64,
+    /// As in [`TxnDpo`].
+    pub files: Vec<String>,
+    /// As in [`TxnDpo`].
+    pub locks: Vec<String>,
+    /// As in [`TxnDpo`].
+    pub txn_id: Option<u64>,
+    /// Whether the row holds a log record (skipped unread).
+    #[serde(default, skip_serializing)]
+    record: Option<serde::de::IgnoredAny>,
+}
+
+impl Dpo for TxnHead {
+    const WHAT: &'static str = TxnDpo::WHAT;
+    const VERSION: u32 = TxnDpo::VERSION;
+}
+
+impl TxnHead {
+    /// Whether the row holds a log record.
+    pub fn has_record(&self) -> bool {
+        self.record.is_some()
+    }
+
+    /// The row without its log record (what finishing or releasing writes back).
+    pub fn without_record(self) -> TxnDpo {
+        TxnDpo {
+            handle: self.handle,
+            account: self.account,
+            instance: self.instance,
+            state: self.state,
+            started_at_ms: self.started_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            files: self.files,
+            locks: self.locks,
+            txn_id: self.txn_id,
+            record: None,
+        }
+    }
+}
+
 /// A held lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockDpo {
@@ -425,6 +484,31 @@ pub(crate) const TXN_INDEXES: u32 = 1;
 mod tests {
     use super::*;
     use tern_meta::MetaStore;
+
+    /// A row read as a [`TxnHead`] never decodes its log record: a record this build
+    /// cannot read (here not a record at all) still gives the row's state, while the full
+    /// read refuses it — so finishing a commit does not decode its file list again.
+    #[test]
+    fn the_head_of_a_transaction_row_skips_its_record_unread() {
+        let meta = MetaStore::in_memory();
+        let key = txn_key(7);
+        let row = br#"{"v":1,"d":{"handle":7,"account":"acme","instance":1,"state":"prepared","started_at_ms":1,"updated_at_ms":2,"files":["a"],"locks":["t"],"txn_id":5,"record":{"not":"a log record","changes":[{"kind":"no_such_kind"}]}}}"#;
+        let (head, full) = meta
+            .write(|tx| {
+                tx.raw().put(key.as_bytes(), row)?;
+                let full = tx.get::<TxnDpo>(&key).is_err();
+                Ok((tx.get::<TxnHead>(&key)?, full))
+            })
+            .expect("read");
+        assert!(full, "the full row reads its record (which is not one)");
+        let head = head.expect("row");
+        assert!(head.has_record());
+        let t = head.without_record();
+        assert_eq!(
+            (t.handle, t.state, t.txn_id, t.locks, t.record),
+            (7, TxnState::Prepared, Some(5), vec!["t".to_string()], None)
+        );
+    }
 
     /// Stored idempotency keys keep their bytes and their key layout: a change is a format
     /// change (bump `VERSION`, convert old rows).

@@ -24,6 +24,18 @@ fn commits_and_active_sets(store: MetaStore) {
     assert_eq!(active(&store, &t, 1), ["a", "b"]);
     assert_eq!(active(&store, &t, 2), ["b", "c"]);
     assert_eq!(active(&store, &t, 3), ["d", "e"]);
+    // The names alone, in the same order (an older version's removed-later files sorted
+    // in among the active rows).
+    for v in 0..=3 {
+        let names: Vec<String> = store
+            .read(|tx| tx.active_short_names(&t, v))
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        assert_eq!(names, active(&store, &t, v), "version {v}");
+    }
+    assert!(store.read(|tx| tx.active_short_names(&t, 4)).is_err());
     let err = store
         .read(|tx| tx.active_micro_partitions(&t, 4))
         .unwrap_err();

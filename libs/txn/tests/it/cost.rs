@@ -2,6 +2,7 @@
 //! bytes written (counted by a [`tern_meta::CountingBackend`]) are the same after 10
 //! commits and after 200.
 
+use object_store::ObjectStoreExt as _;
 use tern_clock::Clock as _;
 use tern_meta::{CountingBackend, KvCounts};
 use tern_storage::Path;
@@ -100,6 +101,38 @@ async fn journaling_a_file_costs_the_same_for_the_10th_and_the_200th() {
     assert_eq!(tenth, two_hundredth, "cost of one journaled file");
     txn.abort().await;
     assert!(m.transactions().unwrap().iter().all(|t| t.state.is_final()));
+}
+
+/// Journaling many files at once (a replica's refresh copying in a table's files) is one
+/// metadata commit, not one per file, and each is journaled: an abort removes every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaling_many_files_at_once_is_one_metadata_commit() {
+    let (dep, counting) = Deployment::counting();
+    let (m, _tables) = dep.start(quick_options()).await;
+    let mut txn = m.begin(&dep.account).await.unwrap();
+    // The transaction's row is made by its first journaling.
+    txn.will_write(&Path::from("acct/acme/scratch/first.mp"))
+        .await
+        .unwrap();
+    let paths: Vec<Path> = (0..500)
+        .map(|i| Path::from(format!("acct/acme/scratch/{i:06}.mp")))
+        .collect();
+    let spent = cost(&counting, async {
+        txn.will_write_all(&paths).await.unwrap()
+    })
+    .await;
+    assert_eq!(spent.commits, 1, "metadata commits journaling 500 files");
+    assert_eq!(spent.puts, 500, "one row per file");
+    for p in &paths[..3] {
+        dep.volume.put(p, b"x".to_vec().into()).await.unwrap();
+    }
+    txn.abort().await;
+    for p in &paths[..3] {
+        assert!(
+            dep.volume.head(p).await.is_err(),
+            "{p} left after the abort"
+        );
+    }
 }
 
 /// An insert costs two durable metadata commits: take the table lock, check the change
