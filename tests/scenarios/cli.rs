@@ -321,6 +321,18 @@ fn tern_cli_tables_show_the_values_the_daemon_answers() {
             &["sales_conn", db_group.as_str(), "d1"],
         ),
         (&["replication", "jobs"], &["id", "state"], &[]),
+        (
+            &["show", "replication-status"],
+            &[
+                "group",
+                "database",
+                "role",
+                "epoch",
+                "primary",
+                "rpo_exposure_ms",
+            ],
+            &[db_group.as_str(), "sales", "primary", "d1"],
+        ),
         (&["conflicts", "list"], &["id", "origin"], &[]),
         (&["account", "list"], &[], &["acme"]),
         (
