@@ -23,15 +23,20 @@ pub(super) async fn create_deployment(
         credentials_ref: None,
         added_at_ms: 0,
     };
-    let genesis = d
-        .create_deployment(dpo, peer_genesis)
-        .await?
+    let added = d.create_deployment(dpo, peer_genesis).await?;
+    let genesis = added
+        .genesis
         .map(|g| {
             serde_json::to_value(g).map_err(|e| Error::internal("encode genesis")(e.to_string()))
         })
         .transpose()?;
+    // 200 for a peer known already: a link run again, completed or repeated.
     Ok((
-        StatusCode::CREATED,
+        if added.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
         axum::Json(api::DeploymentCreated {
             deployment: req.id,
             genesis,
