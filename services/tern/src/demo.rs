@@ -1074,7 +1074,10 @@ impl Demo {
             .await
             .map_err(step_err("query"))?;
         if all.matched() != rows {
-            return Err(fail("query", format!("count {:?} != {rows}", all.tail.matched)));
+            return Err(fail(
+                "query",
+                format!("count {:?} != {rows}", all.tail.matched),
+            ));
         }
         let probe = rows / 2;
         let point: ScanAnswer = tenant
@@ -1109,10 +1112,8 @@ impl Demo {
             .iter()
             .map(|s| (*s).to_string())
             .collect();
-        self.report.show(&indent(&output::table(
-            &ocols,
-            &oslo.rows,
-        )));
+        self.report
+            .show(&indent(&output::table(&ocols, &oslo.rows)));
 
         let step = "delete + time travel";
         let t = Instant::now();
