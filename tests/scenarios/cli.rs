@@ -321,6 +321,18 @@ fn tern_cli_tables_show_the_values_the_daemon_answers() {
             &["sales_conn", db_group.as_str(), "d1"],
         ),
         (&["replication", "jobs"], &["id", "state"], &[]),
+        (
+            &["show", "replication-status"],
+            &[
+                "group",
+                "database",
+                "role",
+                "epoch",
+                "primary",
+                "rpo_exposure_ms",
+            ],
+            &[db_group.as_str(), "sales", "primary", "d1"],
+        ),
         (&["conflicts", "list"], &["id", "origin"], &[]),
         (&["account", "list"], &[], &["acme"]),
         (
@@ -688,9 +700,8 @@ fn tern_links_deployments_in_one_step_and_inits_a_group() {
 }
 
 /// `deployment link`'s error paths, each with its exit status, a message naming what was
-/// wrong, and nothing linked on either side: a peer nobody answers at (5, its URL), a peer
-/// that refuses the token (6, its URL and `--to-token`), and a link cut short before (d1
-/// knows d2, d2 not d1: 2, who knows whom; d2 still knows nobody).
+/// wrong, and nothing linked on either side: a peer nobody answers at (5, its URL), and a
+/// peer that refuses the token (6, its URL and `--to-token`).
 #[test]
 fn tern_link_unreachable_or_refused_says_what_and_links_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -753,15 +764,92 @@ fn tern_link_unreachable_or_refused_says_what_and_links_nothing() {
     );
     assert_eq!(members(&c1), ["d1"], "half-linked after a failed link");
     assert_eq!(members(&c2), ["d2"], "half-linked after a failed link");
-    // A link cut short earlier (d1 added d2 by hand; d2 never heard of d1).
-    c1.ok(&["deployment", "create", "d2", "--region", "r2"]);
-    let (code, err) = c1.exit(&["deployment", "link", "--to", &d2.url()]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("d1 has d2 in its group but d2 does not have d1"),
-        "{err}"
+    assert!(d1.terminate().success());
+    assert!(d2.terminate().success());
+}
+
+/// A link cut short (d1 added d2 through the API and made its channel to it; d2 never
+/// heard of d1) is completed by running `deployment link` again: exit 0, both directions
+/// linked, messages cross both ways. Adding the known peer again answers the genesis made
+/// the first time and registering that same genesis again is a no-op; another genesis
+/// under the known id is refused (conflict, exit 4, naming why) and changes nothing.
+#[test]
+fn a_link_cut_short_is_completed_by_running_it_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
+    let peer = |other: &Layout| {
+        format!(
+            "[workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n\
+             [[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
+            other.id,
+            other.home.display()
+        )
+    };
+    let d1 = Ternd::start(&l1.write_config(&l1.config(&peer(&l2))), &[]);
+    let join = format!("{}/keys", l1.home.display());
+    let d2 = Ternd::start(
+        &l2.write_config(&l2.config(&peer(&l1))),
+        &[("TERN_KEYS__JOIN", join.as_str())],
     );
-    assert_eq!(members(&c2), ["d2"], "the refused link changed d2");
+    let (c1, c2) = (
+        Cli {
+            url: d1.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+        Cli {
+            url: d2.url(),
+            token: OPERATOR_TOKEN.into(),
+        },
+    );
+    // One direction only: d1 knows d2 and made its channel to it.
+    let first = c1.json(&["deployment", "create", "d2", "--region", "r2"]);
+    assert!(first["genesis"].is_object(), "{first}");
+    let out = c1.ok(&["deployment", "link", "--to", &d2.url()]);
+    assert_eq!(out.trim(), "d1 <-> d2: linked both ways", "{out}");
+    wait_group(&[("d1", &c1), ("d2", &c2)], &["d1", "d2"]);
+    let again = c1.ok(&["deployment", "link", "--to", &d2.url()]);
+    assert!(again.contains("already linked"), "{again}");
+    // d1 answers the same genesis for the known d2; d2 takes it again as a no-op.
+    let same = c1.json(&["deployment", "create", "d2"]);
+    assert_eq!(same["genesis"], first["genesis"], "{same}");
+    let g = first["genesis"].to_string();
+    c2.ok(&["deployment", "create", "d1", "--genesis", &g]);
+    c2.ok(&["deployment", "register-channel", "d1", &g]);
+    // Another genesis under d1: refused, naming why.
+    let mut other = first["genesis"].clone();
+    other["first_seq"] = (first["genesis"]["first_seq"].as_u64().expect("first_seq") + 1).into();
+    let other = other.to_string();
+    for args in [
+        &["deployment", "create", "d1", "--genesis", &other][..],
+        &["deployment", "register-channel", "d1", &other][..],
+    ] {
+        let (code, err) = c2.exit(args);
+        assert_eq!(code, 4, "{args:?}: {err}");
+        assert!(
+            err.contains("registered here with another genesis"),
+            "{args:?}: {err}"
+        );
+    }
+    // The link still carries messages both ways.
+    let seen = |c: &Cli, peer: &str| -> u64 {
+        let v = c.json(&["show", "deployments"]);
+        v["deployments"]
+            .as_array()
+            .expect("deployments")
+            .iter()
+            .find(|d| d["id"] == peer)
+            .and_then(|d| d["peer_messages"].as_u64())
+            .unwrap_or(0)
+    };
+    let (m1, m2) = (seen(&c1, "d2"), seen(&c2, "d1"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while seen(&c1, "d2") <= m1 || seen(&c2, "d1") <= m2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat crossed after the refused genesis"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert!(d1.terminate().success());
     assert!(d2.terminate().success());
 }

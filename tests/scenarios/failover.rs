@@ -223,6 +223,30 @@ fn ternd_primary_killed_secondary_promoted_old_primary_returns_fenced() {
         let csv = tern_text(&d1, &["conflicts", "show", first, "--csv"]);
         assert!(csv.starts_with("table,change,"), "{csv}");
         assert!(csv.contains("added"), "{csv}");
+        // The table shows what the daemon answered: every id of the rows it added.
+        let shown = tern(&d1, &["conflicts", "show", first]);
+        let table = tern_text(&d1, &["conflicts", "show", first]);
+        assert_eq!(shown["conflict"]["origin"], "d1", "{shown}");
+        let added: Vec<i64> = shown["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .flat_map(|t| t["added"].as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r["id"].as_i64())
+            .collect();
+        assert!(!added.is_empty(), "{shown}");
+        for id in added {
+            assert!(table.contains(&id.to_string()), "{id} not shown:\n{table}");
+        }
+        // `show replication-status` on the old primary, now a secondary of d2.
+        let status = tern(&d1, &["show", "replication-status"]);
+        let text = tern_text(&d1, &["show", "replication-status"]);
+        let g = &status["groups"][0];
+        assert_eq!(g["role"], "secondary", "{status}");
+        for k in ["group", "database", "role", "primary"] {
+            let x = g[k].as_str().expect("a string");
+            assert!(text.contains(x), "{k} {x} not shown:\n{text}");
+        }
         let refused = std::process::Command::new(binary("tern"))
             .args(["--url", &d1.url(), "--token", OPERATOR_TOKEN])
             .args(["conflicts", "apply", first])

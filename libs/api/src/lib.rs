@@ -286,14 +286,6 @@ pub struct RefreshRequested {
     pub request: String,
 }
 
-/// `GET /v1/replication/status` (operator), the part the CLI follows a refresh with
-/// (`--wait`); the whole answer is printed as the daemon sent it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReplicationStatus {
-    /// This deployment's secondary replicas.
-    pub replicas: Vec<ReplicaStatus>,
-}
-
 /// One secondary replica in a [`ReplicationStatus`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
@@ -307,8 +299,16 @@ pub struct ReplicaStatus {
     pub upstream: String,
     /// Versions behind the newest upstream versions known here.
     pub versions_behind: u64,
+    /// Transactions behind the primary's last heartbeat.
+    pub txns_behind: u64,
     /// How far the data here trails the primary (ms).
     pub lag_ms: i64,
+    /// How long ago the primary's state was last heard (none: never).
+    pub staleness_ms: Option<i64>,
+    /// When it is brought up to date (`continuous`, `every 5m`, `daily 02:30`).
+    pub schedule: String,
+    /// When its next scheduled refresh is due.
+    pub next_refresh_at_ms: Option<i64>,
     /// When the last refresh was imported.
     pub last_refresh_at_ms: Option<i64>,
     /// A refresh asked for and not imported yet (its reason).
@@ -808,6 +808,353 @@ pub struct PolicySet {
     pub policy: Value,
 }
 
+// ---- schemas, transactions, accounts' keys ----
+
+/// The answer to `POST …/databases/{db}/schemas` (201).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaCreated {
+    /// Its name.
+    pub schema: String,
+}
+
+/// `GET …/databases/{db}/schemas`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaList {
+    /// The schema names.
+    pub schemas: Vec<String>,
+}
+
+/// `GET /v1/accounts/{a}/transactions/{id}`: what became of a transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnStatus {
+    /// The transaction.
+    pub txn_id: u64,
+    /// `committed` or `in_doubt` (prepared: recovery will commit it).
+    pub status: String,
+    /// `pruned`: committed, its log record pruned since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_record: Option<String>,
+    /// The status in words, when the status alone does not say it all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// In doubt: the state it was left in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// The answer to `DELETE /v1/accounts/{a}` (operator): the account crypto-shredded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountDropped {
+    /// The account.
+    pub account: String,
+    /// Dropped.
+    pub dropped: bool,
+    /// Versions of its master key destroyed.
+    pub key_versions_destroyed: u64,
+}
+
+/// Where an account's customer-managed key is (the key stays there; only this reference
+/// is stored). Also the body of `POST /v1/accounts/{a}/customer-key`, with `create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CustomerKeySpec {
+    /// A static X25519 key pair whose private key is in a file on the daemon's host.
+    X25519 {
+        /// The private key file.
+        file: String,
+    },
+    /// An RSA key of the deployment's KMS.
+    KmsRsa {
+        /// The KMS key id, ARN or alias.
+        key_id: String,
+    },
+}
+
+/// `POST /v1/accounts/{a}/customer-key` (operator): a key to register.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterCustomerKey {
+    /// Where the key is.
+    #[serde(flatten)]
+    pub spec: CustomerKeySpec,
+    /// Make a new key pair when the file is missing (only inside the keys folder).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create: bool,
+}
+
+/// The answer to [`RegisterCustomerKey`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerKeyRegistered {
+    /// The account.
+    pub account: String,
+    /// The key's id.
+    pub key_id: String,
+    /// Where it is.
+    pub spec: CustomerKeySpec,
+}
+
+/// One account's customer-managed key and whether it opened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerKeyStatus {
+    /// The account.
+    pub account: String,
+    /// Where the key is.
+    pub spec: CustomerKeySpec,
+    /// Its key id, when it opened.
+    pub key_id: Option<String>,
+    /// Why it did not open.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/accounts/{a}/customer-key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerKeyView {
+    /// The key (none: the account uses none).
+    pub customer_key: Option<CustomerKeyStatus>,
+}
+
+/// The answer to `DELETE /v1/accounts/{a}/customer-key` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerKeyRemoved {
+    /// The account.
+    pub account: String,
+    /// There was one to remove.
+    pub removed: bool,
+}
+
+// ---- peers' availability, replication status, jobs, conflicts, messages ----
+
+/// The answer to `POST /v1/deployments/{id}/maintenance` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaintenanceSet {
+    /// The peer.
+    pub deployment: String,
+    /// Its availability now (`maintenance`, or as judged again).
+    pub state: String,
+}
+
+/// One peer's availability as this deployment judges it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerAvailability {
+    /// The peer.
+    pub peer: String,
+    /// `available`, `suspect`, `unavailable` or `maintenance`.
+    pub state: String,
+    /// Since when (ms since the epoch, local clock).
+    pub since_ms: i64,
+    /// When its last heartbeat arrived.
+    pub last_heard_ms: Option<i64>,
+    /// Taken out by an operator.
+    pub maintenance: bool,
+    /// Its public API URL (from its heartbeats).
+    pub url: Option<String>,
+}
+
+/// One change of a peer's availability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AvailabilityEvent {
+    /// Its number (ascending).
+    pub seq: u64,
+    /// The peer.
+    pub peer: String,
+    /// The state before.
+    pub from: String,
+    /// The state after.
+    pub to: String,
+    /// When (ms since the epoch, local clock).
+    pub at_ms: i64,
+    /// Why.
+    pub reason: String,
+}
+
+/// `GET /v1/availability` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AvailabilityView {
+    /// Every peer.
+    pub peers: Vec<PeerAvailability>,
+    /// The newest changes.
+    pub history: Vec<AvailabilityEvent>,
+}
+
+/// The answer to `POST …/databases/{db}/schedule`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleSet {
+    /// The database.
+    pub database: String,
+    /// The schedule now (`continuous`, `every 5m`, `daily 02:30`).
+    pub schedule: String,
+    /// The refresh request it made or kept.
+    pub request: String,
+}
+
+/// One database group held here, in a [`ReplicationStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: String,
+    /// The local database.
+    pub database: String,
+    /// `local`, `primary` or `secondary`.
+    pub role: String,
+    /// The epoch of its role here.
+    pub epoch: u64,
+    /// The newest epoch known here.
+    pub group_epoch: u64,
+    /// Who holds the primary.
+    pub primary: Option<String>,
+    /// The primary's availability (secondaries).
+    pub primary_state: Option<String>,
+    /// Secondaries: transactions behind; primary: transactions no replica confirmed.
+    pub txns_behind: u64,
+    /// The age of the oldest commit at risk (ms).
+    pub rpo_exposure_ms: i64,
+    /// Secondaries: how long ago the primary was last heard.
+    pub primary_heard_ago_ms: Option<i64>,
+    /// The failover policy (its shape is the engine's).
+    pub policy: Value,
+    /// Conflict records not yet applied or discarded.
+    pub conflicts: u64,
+}
+
+/// One replica a peer keeps of a local database, in a [`ReplicationStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownstreamStatus {
+    /// The database name.
+    pub database: String,
+    /// The group.
+    pub group: String,
+    /// The replica's deployment.
+    pub peer: String,
+    /// Log records are shipped.
+    pub subscribed: bool,
+    /// Transactions not shipped yet.
+    pub records_behind: u64,
+    /// Log records shipped.
+    pub records_shipped: u64,
+    /// Snapshots answered.
+    pub snapshots: u64,
+    /// Bytes copied to the peer.
+    pub bytes_copied: u64,
+    /// The customer-managed key the replica's keys are sealed to.
+    pub sealed_to: Option<String>,
+    /// Nothing is shipped to it until its refresh (it fell behind the log retention).
+    pub refresh_needed: bool,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/replication/status` (operator): `show replication-status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// The database groups held here.
+    pub groups: Vec<GroupStatus>,
+    /// Every peer's availability.
+    pub peers: Vec<PeerAvailability>,
+    /// Local secondary replicas.
+    pub replicas: Vec<ReplicaStatus>,
+    /// Replicas peers keep of local databases.
+    pub downstream: Vec<DownstreamStatus>,
+    /// Snapshot requests waiting for the copy workers.
+    pub snapshot_jobs: u64,
+    /// Snapshot responses waiting to be imported.
+    pub import_jobs: u64,
+    /// Every copy and import job.
+    pub jobs: Vec<Job>,
+    /// Messages waiting in the outbox.
+    pub outbox: u64,
+    /// Cumulative figures since start, by name.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// The rows one table's version of a conflict record added and removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictTable {
+    /// The table (local id).
+    pub table: String,
+    /// Its qualified name, when the table still exists.
+    pub name: Option<String>,
+    /// The version the conflict made.
+    pub version: u64,
+    /// Rows it added: free-form objects, column name to value (the columns are the
+    /// user's, so they stay `Value`).
+    pub added: Vec<Value>,
+    /// Rows it removed (none: those files are no longer readable here).
+    pub removed: Option<Vec<Value>>,
+}
+
+/// `GET /v1/conflicts/{id}` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictShow {
+    /// The record.
+    pub conflict: Conflict,
+    /// Its rows per table.
+    pub tables: Vec<ConflictTable>,
+}
+
+/// The answer to `POST /v1/conflicts/{id}/apply` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictApplied {
+    /// The record.
+    pub id: String,
+    /// The versions made on the primary, `(table id, version)`.
+    pub versions: Vec<(String, u64)>,
+    /// It had been applied before (nothing made now).
+    pub already: bool,
+}
+
+/// One message whose handler failed, kept for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedMessage {
+    /// Its sender.
+    pub peer: String,
+    /// Its id.
+    pub id: String,
+    /// Its type.
+    pub message_type: String,
+    /// Handler runs.
+    pub attempts: u32,
+    /// The last handler error.
+    pub last_error: Option<String>,
+    /// When it failed.
+    pub failed_at_ms: Option<i64>,
+    /// When it is cleaned up by itself.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// `GET /v1/messages/failed` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedMessages {
+    /// Oldest first.
+    pub messages: Vec<FailedMessage>,
+}
+
+/// The answer to `POST /v1/messages/failed/{peer}/{id}/{retry|discard}` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageActionDone {
+    /// The sender.
+    pub peer: String,
+    /// The message.
+    pub id: String,
+    /// `retry` or `discard`.
+    pub done: String,
+}
+
+/// The answer to `POST /v1/messages/channels/{peer}/resync` (operator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resynced {
+    /// The channel (`sender->receiver`).
+    pub channel: String,
+    /// The file the channel was stalled at (the first skipped).
+    pub from_seq: u64,
+    /// The file it resumed at.
+    pub to_seq: u64,
+    /// Files skipped.
+    pub skipped_files: Vec<String>,
+    /// Messages of the file it resumed at, persisted now.
+    pub persisted: u64,
+    /// The resend message queued to the sender.
+    pub resend: Option<String>,
+}
+
 // ---- monitor ----
 
 /// An alert firing, in a [`MonitorHistory`].
@@ -917,12 +1264,81 @@ mod tests {
         );
         golden::<ReplicaDropped>(json!({"dropped": "copy"}));
         golden::<RefreshRequested>(json!({"database": "copy", "request": "rq4"}));
-        golden::<ReplicationStatus>(json!({"replicas": [{
+        let replica = json!({
             "database": "copy", "account": "acme", "group": "g1", "upstream": "d1",
-            "versions_behind": 2, "lag_ms": 10, "last_refresh_at_ms": null,
+            "versions_behind": 2, "txns_behind": 1, "lag_ms": 10, "staleness_ms": 3,
+            "schedule": "every 5m", "next_refresh_at_ms": 9, "last_refresh_at_ms": null,
             "refresh_pending": "asked", "refreshes": 0, "records_applied": 5,
             "bytes_copied": 100, "last_error": null,
-        }]}));
+        });
+        golden::<ReplicationStatus>(json!({
+            "groups": [{"group": "g1", "database": "sales", "role": "primary", "epoch": 2,
+                "group_epoch": 2, "primary": "d1", "primary_state": null, "txns_behind": 0,
+                "rpo_exposure_ms": 0, "primary_heard_ago_ms": null,
+                "policy": {"auto_failover": false}, "conflicts": 1}],
+            "peers": [{"peer": "d2", "state": "available", "since_ms": 4,
+                "last_heard_ms": 5, "maintenance": false, "url": null}],
+            "replicas": [replica],
+            "downstream": [{"database": "sales", "group": "g1", "peer": "d2",
+                "subscribed": true, "records_behind": 0, "records_shipped": 8,
+                "snapshots": 1, "bytes_copied": 64, "sealed_to": null,
+                "refresh_needed": false, "last_error": null}],
+            "snapshot_jobs": 0, "import_jobs": 1,
+            "jobs": [{"kind": "import", "id": "j1", "peer": "d2", "group": "g1",
+                "attempts": 1, "state": "waiting", "next_attempt_at_ms": null,
+                "last_error": null}],
+            "outbox": 2, "counters": {"records_shipped": 8},
+        }));
+        golden::<SchemaCreated>(json!({"schema": "public"}));
+        golden::<SchemaList>(json!({"schemas": ["public"]}));
+        golden::<TxnStatus>(json!({"txn_id": 7, "status": "committed"}));
+        golden::<TxnStatus>(
+            json!({"txn_id": 7, "status": "committed", "log_record": "pruned",
+            "detail": "committed (log record pruned)"}),
+        );
+        golden::<TxnStatus>(json!({"txn_id": 7, "status": "in_doubt", "state": "prepared"}));
+        golden::<AccountDropped>(
+            json!({"account": "acme", "dropped": true, "key_versions_destroyed": 2}),
+        );
+        golden::<CustomerKeyRegistered>(json!({"account": "acme", "key_id": "k1",
+            "spec": {"kind": "x25519", "file": "/keys/acme"}}));
+        golden::<CustomerKeyView>(json!({"customer_key": {"account": "acme",
+            "spec": {"kind": "kms_rsa", "key_id": "alias/acme"}, "key_id": null,
+            "error": "denied"}}));
+        golden::<CustomerKeyView>(json!({"customer_key": null}));
+        golden::<CustomerKeyRemoved>(json!({"account": "acme", "removed": true}));
+        golden::<MaintenanceSet>(json!({"deployment": "d2", "state": "maintenance"}));
+        golden::<AvailabilityView>(json!({
+            "peers": [{"peer": "d2", "state": "suspect", "since_ms": 4, "last_heard_ms": null,
+                "maintenance": false, "url": "http://d2"}],
+            "history": [{"seq": 1, "peer": "d2", "from": "available", "to": "suspect",
+                "at_ms": 4, "reason": "silent"}],
+        }));
+        golden::<ScheduleSet>(
+            json!({"database": "copy", "schedule": "daily 02:30", "request": "rq1"}),
+        );
+        golden::<ConflictShow>(json!({
+            "conflict": {"id": "cf1", "group": "g1", "origin": "d1", "txn_id": null,
+                "epoch": 1, "committed_at_ms": 3, "state": "open", "resolution": null,
+                "database": "db1"},
+            "tables": [{"table": "t1", "name": "public.orders", "version": 4,
+                "added": [{"id": 1, "city": "Oslo"}], "removed": null}],
+        }));
+        golden::<ConflictApplied>(json!({"id": "cf1", "versions": [["t1", 5]], "already": false}));
+        golden::<Conflict>(
+            json!({"id": "cf1", "group": "g1", "origin": "d1", "txn_id": 4,
+            "epoch": 1, "committed_at_ms": 3, "state": "discarded", "resolution": null}),
+        );
+        golden::<Job>(
+            json!({"kind": "snapshot", "id": "j1", "peer": "d2", "group": "g1",
+            "attempts": 3, "state": "failed", "next_attempt_at_ms": null, "last_error": "e"}),
+        );
+        golden::<FailedMessages>(json!({"messages": [{"peer": "d2", "id": "m1",
+            "message_type": "heartbeat", "attempts": 2, "last_error": "e",
+            "failed_at_ms": 4, "expires_at_ms": 9}]}));
+        golden::<MessageActionDone>(json!({"peer": "d2", "id": "m1", "done": "retry"}));
+        golden::<Resynced>(json!({"channel": "d2->d1", "from_seq": 3, "to_seq": 5,
+            "skipped_files": ["3", "4"], "persisted": 2, "resend": null}));
         golden::<DatabaseReplication>(json!({
             "deployment": "d2", "account": "acme", "database": "copy", "role": "primary",
             "group": "g1", "epoch": 2, "group_epoch": 2, "primary": "d2",
@@ -990,6 +1406,10 @@ mod tests {
             json!({"error": {"kind": "conflict", "message": "m", "epoch": 2,
             "redirect": {"deployment": "d2", "url": "http://x", "epoch": 2}}}),
         );
+        golden::<ErrorBody>(json!({"error": {"kind": "unavailable", "message": "m",
+            "txn_id": 7}}));
+        golden::<ErrorBody>(json!({"error": {"kind": "conflict", "message": "paused",
+            "epoch": 3}}));
     }
 
     #[test]
@@ -1002,6 +1422,10 @@ mod tests {
         golden::<FailoverRequest>(json!({"allow_data_loss": true}));
         golden::<NewToken>(json!({"read_only": true, "expires_in": "30d", "name": "ci"}));
         golden::<CreateConnection>(json!({"name": "c", "group": "g1"}));
+        golden::<RegisterCustomerKey>(
+            json!({"kind": "x25519", "file": "acme.key", "create": true}),
+        );
+        golden::<RegisterCustomerKey>(json!({"kind": "kms_rsa", "key_id": "alias/a"}));
     }
 
     #[test]

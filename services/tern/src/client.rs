@@ -436,13 +436,7 @@ impl Client {
             }
         };
         if let Some(e) = head.get("error") {
-            return Err(ClientError::Api {
-                status: 200,
-                kind: e["kind"].as_str().unwrap_or("unknown").to_string(),
-                message: e["message"].as_str().unwrap_or_default().to_string(),
-                redirect: None,
-                body: Box::new(serde_json::json!({ "error": e })),
-            });
+            return Err(api_error(200, serde_json::json!({ "error": e })));
         }
         Ok(Value::Object(head))
     }
@@ -504,12 +498,17 @@ impl Client {
 }
 
 /// The error a daemon answered with status `status` and body `v` ([`tern_api::ErrorBody`];
-/// an error body of another shape, a proxy's, still fails with its status).
-fn api_error(status: u16, v: Value) -> ClientError {
-    let e = serde_json::from_value::<tern_api::ErrorBody>(v.clone()).ok();
-    let (kind, message, redirect) = match e {
-        Some(e) => (e.error.kind, e.error.message, e.error.redirect),
-        None => ("unknown".to_string(), v.to_string(), None),
+/// an error body of another shape, a proxy's, still fails with its status, its text and
+/// what did not fit, naming the field). `v` is kept whole in the error as `Value`: it is
+/// printed as it came for `--json`, whoever wrote it.
+pub(crate) fn api_error(status: u16, v: Value) -> ClientError {
+    let (kind, message, redirect) = match serde_json::from_value::<tern_api::ErrorBody>(v.clone()) {
+        Ok(e) => (e.error.kind, e.error.message, e.error.redirect),
+        Err(e) => (
+            "unknown".to_string(),
+            format!("{v} (not a tern error body: {e})"),
+            None,
+        ),
     };
     ClientError::Api {
         status,

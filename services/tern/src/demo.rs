@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use tern_api as api;
+
 use crate::client::{Client, ClientError};
 use crate::output;
 
@@ -619,6 +621,24 @@ fn spread(ms: &[f64]) -> String {
     }
 }
 
+/// A JSON scan answer read whole: its head, rows and tail (`tern_api::ScanHead`, `…Tail`).
+/// The rows stay `Value`: their columns are the table's.
+#[derive(Debug, serde::Deserialize)]
+struct ScanAnswer {
+    #[serde(flatten)]
+    head: api::ScanHead,
+    rows: Vec<Value>,
+    #[serde(flatten)]
+    tail: api::ScanTail,
+}
+
+impl ScanAnswer {
+    /// Rows matching (`u64::MAX`: not known, the scan stopped at its limit).
+    fn matched(&self) -> u64 {
+        self.tail.matched.unwrap_or(u64::MAX)
+    }
+}
+
 fn ids(rows: &[Value]) -> Vec<i64> {
     rows.iter().filter_map(|r| r["id"].as_i64()).collect()
 }
@@ -655,28 +675,28 @@ impl Demo {
 
     /// Rows of deployment `i`'s table (0 while it has none).
     async fn count(&self, step: &'static str, i: usize) -> Result<u64, DemoError> {
-        let v = self
+        let v: ScanAnswer = self
             .tenant(i)
-            .post(
+            .post_as(
                 &format!("{}/scan", self.tables[i]),
                 &json!({"columns": ["id"], "limit": 0}),
             )
             .await
             .map_err(step_err(step))?;
-        Ok(v["matched"].as_u64().unwrap_or(0))
+        Ok(v.tail.matched.unwrap_or(0))
     }
 
     /// Every row of deployment `i`'s table, by id.
     async fn rows_of(&self, step: &'static str, i: usize) -> Result<Vec<Value>, DemoError> {
-        let v = self
+        let v: ScanAnswer = self
             .tenant(i)
-            .post(&format!("{}/scan", self.tables[i]), &json!({}))
+            .post_as(&format!("{}/scan", self.tables[i]), &json!({}))
             .await
             .map_err(step_err(step))?;
-        if v["truncated"] == true {
+        if v.tail.truncated {
             return Err(fail(step, format!("the scan of {} was cut", self.ids[i])));
         }
-        let mut rows = v["rows"].as_array().cloned().unwrap_or_default();
+        let mut rows = v.rows;
         rows.sort_by_key(|r| r["id"].as_i64().unwrap_or(i64::MIN));
         Ok(rows)
     }
@@ -745,10 +765,14 @@ impl Demo {
     }
 
     /// Deployment `i`'s `show replication status`.
-    async fn status(&self, step: &'static str, i: usize) -> Result<Value, DemoError> {
+    async fn status(
+        &self,
+        step: &'static str,
+        i: usize,
+    ) -> Result<api::ReplicationStatus, DemoError> {
         self.nodes[i]
             .client
-            .get("/v1/replication/status")
+            .get_as("/v1/replication/status")
             .await
             .map_err(step_err(step))
     }
@@ -757,27 +781,23 @@ impl Demo {
     async fn upstream(&self, step: &'static str, i: usize) -> Result<String, DemoError> {
         let s = self.status(step, i).await?;
         let name = if i == 0 { "sales" } else { REPLICA };
-        Ok(s["replicas"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["database"] == name))
-            .and_then(|r| r["upstream"].as_str())
-            .unwrap_or("nobody")
-            .to_string())
+        Ok(s.replicas
+            .into_iter()
+            .find(|r| r.database == name)
+            .map_or_else(|| "nobody".to_string(), |r| r.upstream))
     }
 
     /// How deployment `i` judges `peer`.
     async fn judges(&self, step: &'static str, i: usize, peer: &str) -> Result<String, DemoError> {
-        let v = self.nodes[i]
+        let v: api::AvailabilityView = self.nodes[i]
             .client
-            .get("/v1/availability")
+            .get_as("/v1/availability")
             .await
             .map_err(step_err(step))?;
-        Ok(v["peers"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["peer"] == peer))
-            .and_then(|p| p["state"].as_str())
-            .unwrap_or("not judged")
-            .to_string())
+        Ok(v.peers
+            .into_iter()
+            .find(|p| p.peer == peer)
+            .map_or_else(|| "not judged".to_string(), |p| p.state))
     }
 
     /// A one-row write to deployment `i`: its status and body.
@@ -952,23 +972,23 @@ impl Demo {
         let mut group: Option<String> = None;
         for node in &self.nodes {
             let a = &node.account;
-            let v = node
+            let v: api::AccountCreated = node
                 .client
-                .post("/v1/accounts", &json!({"name": a}))
+                .post_as("/v1/accounts", &api::Named { name: a.clone() })
                 .await
                 .map_err(step_err(step))?;
-            self.tokens.push(v["token"].as_str().map(String::from));
+            self.tokens.push(Some(v.token));
             let body = match &group {
                 None => json!({}),
                 Some(g) => json!({"group": g}),
             };
-            let v = node
+            let v: api::AccountGlobal = node
                 .client
-                .post(&format!("/v1/accounts/{a}/global"), &body)
+                .post_as(&format!("/v1/accounts/{a}/global"), &body)
                 .await
                 .map_err(step_err(step))?;
             if group.is_none() {
-                group = v["group"].as_str().map(String::from);
+                group = Some(v.group);
             }
         }
         let names = self
@@ -1025,10 +1045,13 @@ impl Demo {
             .post_bytes(&format!("{tbl}/rows"), data, "text/csv")
             .await
             .map_err(step_err("load"))?;
-        if v["rows"].as_u64() != Some(rows) {
+        let v: api::CommitAnswer = tenant
+            .typed(&format!("{tbl}/rows"), v)
+            .map_err(step_err("load"))?;
+        if v.rows != Some(rows) {
             return Err(fail(
                 "load",
-                format!("loaded {} rows, expected {rows}", v["rows"]),
+                format!("loaded {:?} rows, expected {rows}", v.rows),
             ));
         }
         self.report.step(
@@ -1037,92 +1060,94 @@ impl Demo {
             format!(
                 "{rows} rows ({:.1} MiB CSV) in one commit, version {}, {:.0} rows/s",
                 size as f64 / 1048576.0,
-                v["version"],
+                v.version.unwrap_or(0),
                 rows as f64 / t.elapsed().as_secs_f64()
             ),
         );
 
         let t = Instant::now();
-        let count = |v: &Value| v["matched"].as_u64().unwrap_or(u64::MAX);
-        let all = tenant
-            .post(
+        let all: ScanAnswer = tenant
+            .post_as(
                 &format!("{tbl}/scan"),
                 &json!({"columns": ["id"], "limit": 0}),
             )
             .await
             .map_err(step_err("query"))?;
-        if count(&all) != rows {
-            return Err(fail("query", format!("count {} != {rows}", all["matched"])));
+        if all.matched() != rows {
+            return Err(fail(
+                "query",
+                format!("count {:?} != {rows}", all.tail.matched),
+            ));
         }
         let probe = rows / 2;
-        let point = tenant
-            .post(
+        let point: ScanAnswer = tenant
+            .post_as(
                 &format!("{tbl}/scan"),
                 &json!({"where": {"column": "id", "op": "=", "value": probe}}),
             )
             .await
             .map_err(step_err("query"))?;
-        if point["row_count"] != 1 || point["rows"][0]["id"] != probe {
-            return Err(fail("query", format!("point query: {point}")));
+        if point.tail.row_count != 1 || ids(&point.rows) != [probe as i64] {
+            return Err(fail("query", format!("point query: {point:?}")));
         }
-        let oslo = tenant
-            .post(
+        let oslo: ScanAnswer = tenant
+            .post_as(
                 &format!("{tbl}/scan"),
                 &json!({"columns": ["id", "city", "amount"], "where": {"and": [{"column": "city", "op": "=", "value": "Oslo"}, {"column": "id", "op": "<", "value": 30}]}}),
             )
             .await
             .map_err(step_err("query"))?;
-        if count(&oslo) != 5 {
-            return Err(fail("query", format!("Oslo orders below 30: {oslo}")));
+        if oslo.matched() != 5 {
+            return Err(fail("query", format!("Oslo orders below 30: {oslo:?}")));
         }
         self.report.step(
             "query",
             t,
             format!(
                 "count = {rows}; point query read {} of {} files; Oslo orders with id < 30:",
-                point["files_read"], point["files_total"]
+                point.tail.files_read, point.head.files_total
             ),
         );
         let ocols: Vec<String> = ["id", "city", "amount"]
             .iter()
             .map(|s| (*s).to_string())
             .collect();
-        self.report.show(&indent(&output::table(
-            &ocols,
-            oslo["rows"].as_array().map_or(&[][..], Vec::as_slice),
-        )));
+        self.report
+            .show(&indent(&output::table(&ocols, &oslo.rows)));
 
         let step = "delete + time travel";
         let t = Instant::now();
-        let del = tenant
-            .post(
+        let del: api::CommitAnswer = tenant
+            .post_as(
                 &format!("{tbl}/delete"),
                 &json!({"where": {"column": "city", "op": "=", "value": "Lima"}}),
             )
             .await
             .map_err(step_err(step))?;
-        let version = del["version"].as_u64().unwrap_or(0);
-        let now = tenant
-            .post(
+        let version = del
+            .version
+            .ok_or_else(|| fail(step, "the delete answered no version"))?;
+        let now: ScanAnswer = tenant
+            .post_as(
                 &format!("{tbl}/scan"),
                 &json!({"columns": ["id"], "limit": 0}),
             )
             .await
             .map_err(step_err(step))?;
-        let before = tenant
-            .post(
+        let before: ScanAnswer = tenant
+            .post_as(
                 &format!("{tbl}/scan"),
                 &json!({"columns": ["id"], "limit": 0, "version": version.saturating_sub(1)}),
             )
             .await
             .map_err(step_err(step))?;
-        let deleted = del["rows"].as_u64().unwrap_or(0);
-        if count(&now) != rows - deleted || count(&before) != rows || deleted == 0 {
+        let deleted = del.rows.unwrap_or(0);
+        if now.matched() != rows - deleted || before.matched() != rows || deleted == 0 {
             return Err(fail(
                 step,
                 format!(
-                    "deleted {deleted}; now {}, before {}",
-                    now["matched"], before["matched"]
+                    "deleted {deleted}; now {:?}, before {:?}",
+                    now.tail.matched, before.tail.matched
                 ),
             ));
         }
@@ -1145,17 +1170,14 @@ impl Demo {
         loop {
             let mut complete = true;
             for node in &self.nodes {
-                let v = node
+                let v: api::DeploymentList = node
                     .client
-                    .get("/v1/deployments")
+                    .get_as("/v1/deployments")
                     .await
                     .map_err(step_err(step))?;
-                for d in v["deployments"].as_array().map_or(&[][..], Vec::as_slice) {
-                    if d["self"] == true {
-                        continue;
-                    }
-                    let heard = d["peer_members"].as_array().map_or(0, Vec::len);
-                    if heard != self.nodes.len() || d["last_heartbeat_ms"].is_null() {
+                for d in v.deployments.iter().filter(|d| !d.is_self) {
+                    let heard = d.peer_members.as_ref().map_or(0, Vec::len);
+                    if heard != self.nodes.len() || d.last_heartbeat_ms.is_none() {
                         complete = false;
                     }
                 }
@@ -1170,9 +1192,9 @@ impl Demo {
             t,
             "every member received the full member list and heartbeats from every peer".into(),
         );
-        let v = self.nodes[0]
+        let v: api::DeploymentList = self.nodes[0]
             .client
-            .get("/v1/deployments")
+            .get_as("/v1/deployments")
             .await
             .map_err(step_err("show deployments"))?;
         self.report
@@ -1187,18 +1209,20 @@ impl Demo {
     async fn replicate(&mut self) -> Result<(), DemoError> {
         let step = "replicate";
         let t = Instant::now();
-        let v = self
+        let v: api::ReplicationSet = self
             .tenant(0)
-            .post(
+            .post_as(
                 &format!("{}/replication", self.database(0)),
-                &json!({"enable": true}),
+                &api::SetReplication {
+                    enable: true,
+                    accounts: None,
+                },
             )
             .await
             .map_err(step_err(step))?;
-        let group = v["group"]
-            .as_str()
-            .ok_or_else(|| fail(step, format!("no group in {v}")))?
-            .to_string();
+        let group = v
+            .group
+            .ok_or_else(|| fail(step, "replication on, but no group answered"))?;
         let want = self.count(step, 0).await?;
         let mut shown = Vec::new();
         // d2 first: d3's chain needs it to have the data.
@@ -1214,16 +1238,14 @@ impl Demo {
                     format!("{} listing group {group} on {upstream}", self.ids[i]),
                 );
                 loop {
-                    let v = tenant
-                        .get(&format!("/v1/accounts/{account}/global/databases"))
+                    let v: api::GlobalDatabases = tenant
+                        .get_as(&format!("/v1/accounts/{account}/global/databases"))
                         .await
                         .map_err(step_err(step))?;
-                    let listed = v["databases"].as_array().is_some_and(|d| {
-                        d.iter().any(|r| {
-                            r["replication_group"] == group.as_str()
-                                && r["deployment"] == upstream.as_str()
-                        })
-                    });
+                    let listed = v
+                        .databases
+                        .iter()
+                        .any(|r| r.replication_group == group && &r.deployment == upstream);
                     if listed {
                         break;
                     }
@@ -1328,19 +1350,21 @@ impl Demo {
     }
 
     /// d2 promoted without `allow_data_loss`: the others' majority decides.
-    async fn failover(&mut self) -> Result<Value, DemoError> {
+    async fn failover(&mut self) -> Result<api::FailoverReport, DemoError> {
         let step = "failover";
         let t = Instant::now();
-        let r = self.nodes[1]
+        let r: api::FailoverReport = self.nodes[1]
             .client
-            .post(
+            .post_as(
                 &format!("{}/failover", self.database(1)),
-                &json!({"allow_data_loss": false}),
+                &api::FailoverRequest {
+                    allow_data_loss: false,
+                },
             )
             .await
             .map_err(step_err(step))?;
-        if r["previous_primary"] != "d1" || r["forced"] != false || r["epoch"].as_u64() < Some(2) {
-            return Err(fail(step, format!("unexpected report: {r}")));
+        if r.previous_primary.as_deref() != Some("d1") || r.forced || r.epoch < 2 {
+            return Err(fail(step, format!("unexpected report: {r:?}")));
         }
         let n = self.nodes.len();
         self.report.step_with(
@@ -1350,17 +1374,13 @@ impl Demo {
                 "d2 holds the primary at epoch {}, granted by a majority of the {n} without \
                  --allow-data-loss: RTO {} ms, known loss {} / {} ms (by d1's last heartbeat), \
                  lease {}",
-                r["epoch"],
-                r["rto_ms"],
-                plural(r["known_loss_txns"].as_u64().unwrap_or(0), "transaction"),
-                r["known_loss_ms"],
-                if r["lease_held"] == true {
-                    "held"
-                } else {
-                    "not yet held"
-                }
+                r.epoch,
+                r.rto_ms,
+                plural(r.known_loss_txns, "transaction"),
+                r.known_loss_ms,
+                if r.lease_held { "held" } else { "not yet held" }
             ),
-            r.clone(),
+            json!(r),
         );
         Ok(r)
     }
@@ -1397,10 +1417,13 @@ impl Demo {
     }
 
     /// d1 restarted with its same config: a fenced secondary of d2.
-    async fn old_primary_returns(&mut self, failover: &Value) -> Result<(), DemoError> {
+    async fn old_primary_returns(
+        &mut self,
+        failover: &api::FailoverReport,
+    ) -> Result<(), DemoError> {
         let step = "old primary returns";
         let t = Instant::now();
-        let epoch = failover["epoch"].as_u64().unwrap_or(0);
+        let epoch = failover.epoch;
         let node = start(
             step,
             &self.ternd,
@@ -1413,24 +1436,27 @@ impl Demo {
         self.nodes[0] = node;
         let wait = Deadline::new(step, format!("d1 a secondary of d2 at epoch {epoch}"));
         loop {
-            if let Ok(s) = self.status(step, 0).await {
-                let g = &s["groups"][0];
-                if g["role"] == "secondary" && g["epoch"] == epoch && g["primary"] == "d2" {
-                    break;
-                }
+            if let Ok(s) = self.status(step, 0).await
+                && s.groups.first().is_some_and(|g| {
+                    g.role == "secondary" && g.epoch == epoch && g.primary.as_deref() == Some("d2")
+                })
+            {
+                break;
             }
             wait.tick(Duration::from_millis(50)).await?;
         }
         let fenced_ms = t.elapsed().as_secs_f64() * 1e3;
         let rows = self.until_equal(step, 1, 0).await?;
         let (status, body) = self.probe_write(step, 0).await?;
-        let redirect = &body["error"]["redirect"];
-        if status != 409 || redirect["deployment"] != "d2" {
-            return Err(fail(
-                step,
-                format!("a write to d1 answered {status} {body}, not 409 naming d2"),
-            ));
-        }
+        let redirect = match (status, redirect_of(&body)) {
+            (409, Some(r)) if r.deployment == "d2" => r,
+            _ => {
+                return Err(fail(
+                    step,
+                    format!("a write to d1 answered {status} {body}, not 409 naming d2"),
+                ));
+            }
+        };
         self.report.step(
             step,
             t,
@@ -1438,28 +1464,36 @@ impl Demo {
                 "d1 (pid {pid}, same config) learned epoch {epoch} at {fenced_ms:.0} ms: a \
                  secondary of d2, its {} rows equal d2's; a write answers 409 → {} at {}",
                 rows.len(),
-                redirect["deployment"].as_str().unwrap_or_default(),
-                redirect["url"].as_str().unwrap_or("?")
+                redirect.deployment,
+                redirect.url.as_deref().unwrap_or("?")
             ),
         );
         Ok(())
     }
 
     /// The conflict records d1 kept, and where every write acknowledged before the kill is.
-    async fn conflicts(&mut self, load: &Load, failover: &Value) -> Result<(), DemoError> {
+    async fn conflicts(
+        &mut self,
+        load: &Load,
+        failover: &api::FailoverReport,
+    ) -> Result<(), DemoError> {
         let step = "conflict records";
         let t = Instant::now();
-        let v = self.nodes[0]
+        let v: api::ConflictList = self.nodes[0]
             .client
-            .get("/v1/conflicts")
+            .get_as("/v1/conflicts")
             .await
             .map_err(step_err(step))?;
-        let records = v["conflicts"].as_array().cloned().unwrap_or_default();
+        let records = v.conflicts;
         let mut kept = Vec::new();
         let mut table = Vec::new();
         for c in &records {
-            let files: Vec<&Value> = c["versions"]
-                .as_array()
+            // The versions' files and their column statistics are the engine's shape (the
+            // record's `more`), read here only to name the rows a record holds.
+            let files: Vec<&Value> = c
+                .more
+                .get("versions")
+                .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .flat_map(|v| v["added"].as_array().into_iter().flatten())
@@ -1484,8 +1518,8 @@ impl Demo {
                 }
             }
             table.push(json!({
-                "record": c["id"], "origin": c["origin"], "txn": c["txn_id"],
-                "epoch": c["epoch"], "state": c["state"], "rows": rows, "ids": span.join(","),
+                "record": c.id, "origin": c.origin, "txn": c.txn_id,
+                "epoch": c.epoch, "state": c.state, "rows": rows, "ids": span.join(","),
             }));
         }
         kept.sort_unstable();
@@ -1544,7 +1578,7 @@ impl Demo {
             Some(_) => "; the write that got no answer had not committed",
             None => "",
         };
-        let known = failover["known_loss_txns"].as_u64().unwrap_or(0);
+        let known = failover.known_loss_txns;
         if known > records.len() as u64 {
             return Err(fail(
                 step,
@@ -1584,21 +1618,20 @@ impl Demo {
     }
 
     /// Planned switchover back to d1: nothing lost, no conflict made.
-    async fn switchover(&mut self, failover: &Value) -> Result<(), DemoError> {
+    async fn switchover(&mut self, failover: &api::FailoverReport) -> Result<(), DemoError> {
         let step = "switchover";
         let wait = Deadline::new(step, "d1 judging d2 available");
         while self.judges(step, 0, "d2").await? != "available" {
             wait.tick(Duration::from_millis(50)).await?;
         }
         let t = Instant::now();
-        let r = self.nodes[0]
+        let r: api::SwitchoverReport = self.nodes[0]
             .client
-            .post(&format!("{}/switchover", self.database(0)), &json!({}))
+            .post_as(&format!("{}/switchover", self.database(0)), &json!({}))
             .await
             .map_err(step_err(step))?;
-        let before = failover["epoch"].as_u64().unwrap_or(0);
-        if r["previous_primary"] != "d2" || r["epoch"].as_u64() <= Some(before) {
-            return Err(fail(step, format!("unexpected report: {r}")));
+        if r.previous_primary.as_deref() != Some("d2") || r.epoch <= failover.epoch {
+            return Err(fail(step, format!("unexpected report: {r:?}")));
         }
         // Nothing lost: d2 took no commit since it paused, and d1 applied its last one.
         let (on_d1, on_d2) = (self.rows_of(step, 0).await?, self.rows_of(step, 1).await?);
@@ -1616,11 +1649,9 @@ impl Demo {
         let wait = Deadline::new(step, "d2 refusing writes with 409 naming d1");
         let redirect = loop {
             let (status, body) = self.probe_write(step, 1).await?;
-            match status {
-                409 if body["error"]["redirect"]["deployment"] == "d1" => {
-                    break body["error"]["redirect"].clone();
-                }
-                409 | 503 => wait.tick(Duration::from_millis(50)).await?,
+            match (status, redirect_of(&body)) {
+                (409, Some(r)) if r.deployment == "d1" => break r,
+                (409 | 503, _) => wait.tick(Duration::from_millis(50)).await?,
                 _ => {
                     return Err(fail(
                         step,
@@ -1629,12 +1660,12 @@ impl Demo {
                 }
             }
         };
-        let made = self.nodes[1]
+        let made: api::ConflictList = self.nodes[1]
             .client
-            .get("/v1/conflicts")
+            .get_as("/v1/conflicts")
             .await
             .map_err(step_err(step))?;
-        let made = made["conflicts"].as_array().map_or(0, Vec::len);
+        let made = made.conflicts.len();
         if made != 0 {
             return Err(fail(step, format!("d2 kept {made} conflict records")));
         }
@@ -1645,12 +1676,12 @@ impl Demo {
                 "d1 primary again at epoch {}: writes paused {} ms, d2's last transaction \
                  applied first, so its {} rows are all on d1 and no conflict record was made; \
                  d2 answers 409 → {}",
-                r["epoch"],
-                r["pause_ms"],
+                r.epoch,
+                r.pause_ms,
                 on_d2.len(),
-                redirect["deployment"].as_str().unwrap_or_default()
+                redirect.deployment
             ),
-            r.clone(),
+            json!(r),
         );
         Ok(())
     }
@@ -1672,19 +1703,22 @@ impl Demo {
             replicas.push(json!({"deployment": self.ids[i], "upstream": up, "equal": true}));
         }
         let s = self.status(step, 0).await?;
-        let g = &s["groups"][0];
-        if g["role"] != "primary" || g["primary"] != "d1" {
-            return Err(fail(step, format!("d1's group: {g}")));
+        let g = s
+            .groups
+            .first()
+            .ok_or_else(|| fail(step, "d1 holds no database group"))?;
+        if g.role != "primary" || g.primary.as_deref() != Some("d1") {
+            return Err(fail(step, format!("d1's group: {g:?}")));
         }
         self.report.step_with(
             step,
             t,
             format!(
                 "one more batch on d1 (primary, epoch {}); {} equal d1: {rows} rows each",
-                g["epoch"],
+                g.epoch,
                 shown.join(", ")
             ),
-            json!({"primary": "d1", "epoch": g["epoch"], "rows": rows, "replicas": replicas, "equal": true}),
+            json!({"primary": "d1", "epoch": g.epoch, "rows": rows, "replicas": replicas, "equal": true}),
         );
         Ok(())
     }
@@ -1741,17 +1775,23 @@ impl Demo {
     }
 }
 
-fn deployments_table(v: &Value) -> String {
-    let rows: Vec<Value> = v["deployments"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
+/// Where a refused write's error body says the primary is (none: not such an answer).
+fn redirect_of(body: &Value) -> Option<api::Redirect> {
+    serde_json::from_value::<api::ErrorBody>(body.clone())
+        .ok()?
+        .error
+        .redirect
+}
+
+fn deployments_table(v: &api::DeploymentList) -> String {
+    let rows: Vec<Value> = v
+        .deployments
+        .iter()
         .map(|d| {
             json!({
-                "id": d["id"], "self": if d["self"] == true { "*" } else { "" }, "region": d["region"],
-                "files sent": d["files_sent"], "files received": d["files_received"],
-                "its group": d["peer_members"].as_array().map(|m| m.iter().map(output::cell).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                "id": d.id, "self": if d.is_self { "*" } else { "" }, "region": d.region,
+                "files sent": d.files_sent, "files received": d.files_received,
+                "its group": d.peer_members.as_ref().map(|m| m.join(",")).unwrap_or_default(),
             })
         })
         .collect();

@@ -14,9 +14,11 @@
 //! ```
 //!
 //! A pair that already knows each other both ways is left alone ("already linked"), so
-//! `group init` can be run again after adding a member. A pair linked one way only (a
-//! link cut short) is an error that says which side knows which: its genesis is not
-//! recoverable through the API. Each daemon needs a `[[peers]]` entry for the other (where
+//! `group init` can be run again after adding a member. A pair linked in part (a link
+//! cut short, or a peer added by hand) is completed by the same steps: each daemon keeps
+//! the geneses it made and registered, so adding a known peer again answers the same
+//! genesis and registering the same genesis again is a no-op (another genesis under a
+//! known id is refused, naming both). Each daemon needs a `[[peers]]` entry for the other (where
 //! its replication bucket is) and the group's key (`keys.join`): those are configuration,
 //! made before linking.
 
@@ -65,28 +67,25 @@ pub async fn link(a: &Client, b: &Client) -> Result<Link, ClientError> {
             sa.deployment
         )));
     }
-    let knows = |l: &api::DeploymentList, id: &str| l.deployments.iter().any(|d| d.id == id);
+    // Linked: each side has the other in its group with a channel each way.
+    let linked = |l: &api::DeploymentList, id: &str| {
+        l.deployments
+            .iter()
+            .any(|d| d.id == id && d.files_sent.is_some() && d.files_received.is_some())
+    };
     let la: api::DeploymentList = a.get_as("/v1/deployments").await.map_err(|e| at(a, e))?;
     let lb: api::DeploymentList = b.get_as("/v1/deployments").await.map_err(|e| at(b, e))?;
     let (ida, idb) = (sa.deployment.clone(), sb.deployment.clone());
-    match (knows(&la, &idb), knows(&lb, &ida)) {
-        (true, true) => {
-            return Ok(Link {
-                a: ida,
-                b: idb,
-                state: "already_linked",
-            });
-        }
-        (false, false) => {}
-        (x, _) => {
-            let (knower, other) = if x { (&ida, &idb) } else { (&idb, &ida) };
-            return Err(ClientError::Input(format!(
-                "{knower} has {other} in its group but {other} does not have {knower}: a link \
-                 was cut short; finish it by hand (`tern deployment create {knower} --genesis …` \
-                 on {other} needs the genesis {knower} printed) or remove {other} from {knower}"
-            )));
-        }
+    if linked(&la, &idb) && linked(&lb, &ida) {
+        return Ok(Link {
+            a: ida,
+            b: idb,
+            state: "already_linked",
+        });
     }
+    // Not linked, or linked in part (a link cut short): every step below is a no-op
+    // where it was done before (the daemons answer the genesis they made and accept the
+    // same one again), so running them all completes what is missing.
     let no_peer = |on: &str, peer: &str| {
         ClientError::Input(format!(
             "{on} has no [[peers]] entry for {peer} (its replication bucket): add one to \

@@ -1096,15 +1096,13 @@ fn print_list(v: &Value, key: &str, columns: &[&str], json_out: bool) {
 
 /// The rows of `GET /v1/conflicts/{id}` as one table: which table, added or removed,
 /// then the columns (in the order first seen).
-fn conflict_rows(v: &Value) -> (Vec<String>, Vec<Value>) {
+fn conflict_rows(v: &api::ConflictShow) -> (Vec<String>, Vec<Value>) {
     let mut cols = vec!["table".to_string(), "change".to_string()];
     let mut rows = Vec::new();
-    for t in v["tables"].as_array().cloned().unwrap_or_default() {
-        let name = t["name"]
-            .as_str()
-            .map_or_else(|| output::cell(&t["table"]), str::to_string);
-        for change in ["added", "removed"] {
-            match t[change].as_array() {
+    for t in &v.tables {
+        let name = t.name.clone().unwrap_or_else(|| t.table.clone());
+        for (change, list) in [("added", Some(&t.added)), ("removed", t.removed.as_ref())] {
+            match list {
                 Some(list) => {
                     for r in list {
                         let mut row = json!({"table": name, "change": change});
@@ -1213,11 +1211,10 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Drop { name }) => {
-            print_value(
-                &c.delete(&format!("/v1/accounts/{}", client::seg(&name)?))
-                    .await?,
-                json_out,
-            );
+            let v: api::AccountDropped = c
+                .delete_as(&format!("/v1/accounts/{}", client::seg(&name)?))
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Account(AccountCmd::Keys { name }) => {
             let v: api::KeyList = c
@@ -1260,20 +1257,24 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             remove,
         }) => {
             let p = format!("/v1/accounts/{}/customer-key", client::seg(&name)?);
+            let register = |spec| api::RegisterCustomerKey { spec, create };
             let v = match (x25519_file, kms_key_id) {
-                (Some(file), _) => {
-                    c.post(
+                (Some(file), _) => shown(
+                    &c.post_as::<_, api::CustomerKeyRegistered>(
                         &p,
-                        &json!({"kind": "x25519", "file": file, "create": create}),
+                        &register(api::CustomerKeySpec::X25519 { file }),
                     )
-                    .await?
-                }
-                (None, Some(key_id)) => {
-                    c.post(&p, &json!({"kind": "kms_rsa", "key_id": key_id}))
-                        .await?
-                }
-                (None, None) if remove => c.delete(&p).await?,
-                (None, None) => c.get(&p).await?,
+                    .await?,
+                ),
+                (None, Some(key_id)) => shown(
+                    &c.post_as::<_, api::CustomerKeyRegistered>(
+                        &p,
+                        &register(api::CustomerKeySpec::KmsRsa { key_id }),
+                    )
+                    .await?,
+                ),
+                (None, None) if remove => shown(&c.delete_as::<api::CustomerKeyRemoved>(&p).await?),
+                (None, None) => shown(&c.get_as::<api::CustomerKeyView>(&p).await?),
             };
             print_value(&v, json_out);
         }
@@ -1366,10 +1367,8 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            print_value(
-                &c.post(&p, &json!({ "schedule": schedule })).await?,
-                json_out,
-            );
+            let v: api::ScheduleSet = c.post_as(&p, &json!({ "schedule": schedule })).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Database(DatabaseCmd::Failover {
             account,
@@ -1483,16 +1482,17 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_value(&v, json_out);
         }
         Command::Deployment(DeploymentCmd::Maintenance { id, state }) => {
-            let v = c
-                .post(
+            let v: api::MaintenanceSet = c
+                .post_as(
                     &format!("/v1/deployments/{}/maintenance", client::seg(&id)?),
                     &json!({"on": state == MaintenanceState::On}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Show(ShowCmd::Availability) => {
-            let v = c.get("/v1/availability").await?;
+            let v: api::AvailabilityView = c.get_as("/v1/availability").await?;
+            let v = shown(&v);
             if json_out {
                 print_value(&v, true);
             } else {
@@ -1531,14 +1531,13 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             print_value(&shown(&v), json_out);
         }
         Command::Txn(TxnCmd::Status { account, id }) => {
-            print_value(
-                &c.get(&format!(
+            let v: api::TxnStatus = c
+                .get_as(&format!(
                     "/v1/accounts/{}/transactions/{id}",
                     client::seg(&account)?
                 ))
-                .await?,
-                json_out,
-            );
+                .await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Conflicts(ConflictsCmd::List) | Command::Show(ShowCmd::Conflicts) => {
             let v: api::ConflictList = c.get_as("/v1/conflicts").await?;
@@ -1559,33 +1558,34 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Conflicts(ConflictsCmd::Show { id, csv }) => {
-            let v = c
-                .get(&format!("/v1/conflicts/{}", client::seg(&id)?))
+            let v: api::ConflictShow = c
+                .get_as(&format!("/v1/conflicts/{}", client::seg(&id)?))
                 .await?;
             if json_out {
-                print_value(&v, true);
+                print_json(&v);
             } else {
                 let (cols, rows) = conflict_rows(&v);
                 if csv {
                     output::print(&output::csv(&cols, &rows));
                 } else {
-                    let r = &v["conflict"];
+                    let r = &v.conflict;
                     output::note(&format!(
                         "conflict {id}: transaction {} of {} (epoch {}), committed at {} ms, {}",
-                        output::cell(&r["txn_id"]),
-                        output::cell(&r["origin"]),
-                        output::cell(&r["epoch"]),
-                        output::cell(&r["committed_at_ms"]),
-                        output::cell(&r["state"]),
+                        r.txn_id
+                            .map_or_else(|| "NULL".to_string(), |t| t.to_string()),
+                        r.origin,
+                        r.epoch,
+                        r.committed_at_ms,
+                        r.state,
                     ));
                     output::print(&output::table(&cols, &rows));
                 }
             }
         }
         Command::Messages(MessagesCmd::Failed) => {
-            let v = c.get("/v1/messages/failed").await?;
+            let v: api::FailedMessages = c.get_as("/v1/messages/failed").await?;
             print_list(
-                &v,
+                &shown(&v),
                 "messages",
                 &[
                     "peer",
@@ -1605,7 +1605,8 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 client::seg(&peer)?,
                 client::seg(&id)?
             );
-            print_value(&c.post(&p, &json!({})).await?, json_out);
+            let v: api::MessageActionDone = c.post_as(&p, &json!({})).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Messages(MessagesCmd::Discard { peer, id }) => {
             let p = format!(
@@ -1613,11 +1614,13 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 client::seg(&peer)?,
                 client::seg(&id)?
             );
-            print_value(&c.post(&p, &json!({})).await?, json_out);
+            let v: api::MessageActionDone = c.post_as(&p, &json!({})).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Messages(MessagesCmd::Resync { peer }) => {
-            let p = format!("/v1/messages/channels/{peer}/resync");
-            print_value(&c.post(&p, &json!({})).await?, json_out);
+            let p = format!("/v1/messages/channels/{}/resync", client::seg(&peer)?);
+            let v: api::Resynced = c.post_as(&p, &json!({})).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Replication(ReplicationCmd::Jobs) => {
             let v: api::JobList = c.get_as("/v1/replication/jobs").await?;
@@ -1638,40 +1641,40 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Replication(ReplicationCmd::Retry { id }) => {
-            let v = c
-                .post(
+            let v: api::Job = c
+                .post_as(
                     &format!("/v1/replication/jobs/{}/retry", client::seg(&id)?),
                     &json!({}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Replication(ReplicationCmd::Abandon { id }) => {
-            let v = c
-                .post(
+            let v: api::Job = c
+                .post_as(
                     &format!("/v1/replication/jobs/{}/abandon", client::seg(&id)?),
                     &json!({}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Conflicts(ConflictsCmd::Apply { id }) => {
-            let v = c
-                .post(
+            let v: api::ConflictApplied = c
+                .post_as(
                     &format!("/v1/conflicts/{}/apply", client::seg(&id)?),
                     &json!({}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Conflicts(ConflictsCmd::Discard { id }) => {
-            let v = c
-                .post(
+            let v: api::Conflict = c
+                .post_as(
                     &format!("/v1/conflicts/{}/discard", client::seg(&id)?),
                     &json!({}),
                 )
                 .await?;
-            print_value(&v, json_out);
+            print_value(&shown(&v), json_out);
         }
         Command::Connection(ConnectionCmd::Resolve { account, name }) => {
             let v: api::Connection = c
@@ -1734,7 +1737,7 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
             );
         }
         Command::Show(ShowCmd::ReplicationStatus) => {
-            let v = c.get("/v1/replication/status").await?;
+            let v: api::ReplicationStatus = c.get_as("/v1/replication/status").await?;
             print_replication_status(&v, json_out);
         }
         Command::Database(DatabaseCmd::Create { account, name }) => {
@@ -1765,7 +1768,8 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            print_value(&c.post(&p, &json!({"name": name})).await?, json_out);
+            let v: api::SchemaCreated = c.post_as(&p, &api::Named { name }).await?;
+            print_value(&shown(&v), json_out);
         }
         Command::Schema(SchemaCmd::List { account, database }) => {
             let p = format!(
@@ -1773,7 +1777,8 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                 client::seg(&account)?,
                 client::seg(&database)?
             );
-            print_list(&c.get(&p).await?, "schemas", &["schema"], json_out);
+            let v: api::SchemaList = c.get_as(&p).await?;
+            print_list(&shown(&v), "schemas", &["schema"], json_out);
         }
         Command::Table(TableCmd::Create { table, columns }) => {
             let path = table_path(&table)?;
@@ -2193,24 +2198,29 @@ fn blank_nulls(mut row: Value, columns: &[&str]) -> Value {
 }
 
 /// Prints `show replication-status`.
-pub fn print_replication_status(v: &Value, json_out: bool) {
+pub fn print_replication_status(v: &api::ReplicationStatus, json_out: bool) {
     if json_out {
-        output::print(&serde_json::to_string_pretty(v).unwrap_or_default());
+        print_json(v);
         return;
     }
-    let counters = v["counters"]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
+    let counters = v
+        .counters
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut s = format!(
         "queues: snapshot requests {}, imports {}, outbox {}\ncounters: {counters}\n\ngroups here (role, epoch, RPO exposure):\n",
-        v["snapshot_jobs"], v["import_jobs"], v["outbox"],
+        v.snapshot_jobs, v.import_jobs, v.outbox,
     );
+    // The typed rows as objects for the table printer (every field was checked when
+    // the answer was read).
+    let rows_of = |list: Value, cols: &[&str]| -> Vec<Value> {
+        match list {
+            Value::Array(a) => a.into_iter().map(|r| blank_nulls(r, cols)).collect(),
+            _ => Vec::new(),
+        }
+    };
     let group_cols = [
         "group",
         "database",
@@ -2224,24 +2234,12 @@ pub fn print_replication_status(v: &Value, json_out: bool) {
         "primary_heard_ago_ms",
         "conflicts",
     ];
-    let rows: Vec<Value> = v["groups"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| blank_nulls(r, &group_cols))
-        .collect();
+    let rows = rows_of(shown(&v.groups), &group_cols);
     let cols: Vec<String> = group_cols.iter().map(|s| (*s).to_string()).collect();
     s.push_str(&output::table(&cols, &rows));
     s.push_str("\npeers:\n");
     let peer_cols = ["peer", "state", "since_ms", "last_heard_ms", "maintenance"];
-    let rows: Vec<Value> = v["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| blank_nulls(r, &peer_cols))
-        .collect();
+    let rows = rows_of(shown(&v.peers), &peer_cols);
     let cols: Vec<String> = peer_cols.iter().map(|s| (*s).to_string()).collect();
     s.push_str(&output::table(&cols, &rows));
     s.push_str("\nreplicas here:\n");
@@ -2262,13 +2260,7 @@ pub fn print_replication_status(v: &Value, json_out: bool) {
         "bytes_copied",
         "last_error",
     ];
-    let rows: Vec<Value> = v["replicas"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| blank_nulls(r, &replica_cols))
-        .collect();
+    let rows = rows_of(shown(&v.replicas), &replica_cols);
     let cols: Vec<String> = replica_cols.iter().map(|s| (*s).to_string()).collect();
     s.push_str(&output::table(&cols, &rows));
     s.push_str("\nreplicas downstream (of databases here):\n");
@@ -2283,13 +2275,7 @@ pub fn print_replication_status(v: &Value, json_out: bool) {
         "bytes_copied",
         "last_error",
     ];
-    let rows: Vec<Value> = v["downstream"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| blank_nulls(r, &down_cols))
-        .collect();
+    let rows = rows_of(shown(&v.downstream), &down_cols);
     let cols: Vec<String> = down_cols.iter().map(|s| (*s).to_string()).collect();
     s.push_str(&output::table(&cols, &rows));
     output::print(&s);
@@ -2489,6 +2475,99 @@ mod tests {
         run(&Client::new(&url, None), cmd, false)
             .await
             .expect("shown");
+    }
+
+    /// The operator views the CLI walked as untyped JSON (replication status, a conflict,
+    /// availability, a transaction, schemas): an answer lacking a field they show fails
+    /// naming it; the SQL shell's table needs its column names (the header) likewise.
+    #[tokio::test]
+    async fn operator_views_fail_naming_a_missing_field() {
+        let cases: [(&'static str, Command, &str); 5] = [
+            (
+                r#"{"groups": [], "peers": [], "replicas": [], "downstream": [],
+                    "snapshot_jobs": 0, "import_jobs": 0, "jobs": [], "counters": {}}"#,
+                Command::Show(ShowCmd::ReplicationStatus),
+                "missing field `outbox`",
+            ),
+            (
+                r#"{"conflict": {"id": "cf1", "group": "g1", "origin": "d1", "txn_id": 4,
+                    "epoch": 1, "committed_at_ms": 3, "state": "open"},
+                    "tables": [{"table": "t1", "name": null, "added": [], "removed": null}]}"#,
+                Command::Conflicts(ConflictsCmd::Show {
+                    id: "cf1".into(),
+                    csv: false,
+                }),
+                "missing field `version`",
+            ),
+            (
+                r#"{"peers": [{"peer": "d2", "status": "available", "since_ms": 1,
+                    "last_heard_ms": null, "maintenance": false, "url": null}], "history": []}"#,
+                Command::Show(ShowCmd::Availability),
+                "missing field `state`",
+            ),
+            (
+                r#"{"txn_id": 4}"#,
+                Command::Txn(TxnCmd::Status {
+                    account: "acme".into(),
+                    id: 4,
+                }),
+                "missing field `status`",
+            ),
+            (
+                r#"{"names": ["public"]}"#,
+                Command::Schema(SchemaCmd::List {
+                    account: "acme".into(),
+                    database: "sales".into(),
+                }),
+                "missing field `schemas`",
+            ),
+        ];
+        for (body, cmd, want) in cases {
+            let url = answering(body).await;
+            let e = run(&Client::new(&url, None), cmd, false)
+                .await
+                .expect_err("a field is missing");
+            assert!(
+                matches!(&e, ClientError::Shape { reason, .. } if reason.contains(want)),
+                "{want}: {e}"
+            );
+        }
+        let url = answering(r#"{"x": 1}"#).await;
+        let e = sql::run(
+            &Client::new(&url, None),
+            "acme.sales",
+            "SELECT 1",
+            sql::Mode::Table,
+        )
+        .await
+        .expect_err("no column names");
+        assert!(
+            matches!(&e, ClientError::Shape { reason, .. } if reason.contains("Tern-Columns")),
+            "{e}"
+        );
+    }
+
+    /// An error body not of tern's shape still fails with its status, and says which field
+    /// it lacked instead of an empty message.
+    #[test]
+    fn an_error_body_of_another_shape_names_what_it_lacks() {
+        let e = client::api_error(502, json!({"error": {"message": "bad gateway"}}));
+        let text = e.to_string();
+        assert!(text.contains("missing field `kind`"), "{text}");
+        assert!(
+            text.contains("bad gateway") && text.contains("HTTP 502"),
+            "{text}"
+        );
+        let e = client::api_error(
+            409,
+            json!({"error": {"kind": "conflict", "message": "refused", "epoch": 2,
+                "redirect": {"deployment": "d2", "url": null, "epoch": 2}}}),
+        );
+        assert!(
+            matches!(&e, ClientError::Api { kind, redirect: Some(r), .. }
+                if kind == "conflict" && r.deployment == "d2"),
+            "{e}"
+        );
     }
 
     fn parse(args: &[&str]) -> Command {

@@ -42,33 +42,32 @@ pub async fn run(c: &Client, target: &str, sql: &str, mode: Mode) -> Result<(), 
     let format = if mode == Mode::Csv { "csv" } else { "ndjson" };
     let body = json!({"account": account, "database": database, "sql": sql, "format": format});
     let resp = c.send_raw("/v1/sql", &body).await?;
-    let columns: Vec<String> = resp
+    let url = format!("{}/v1/sql", c.base());
+    // The answer's columns (a JSON list of names); a table without them would be blank.
+    let columns: Option<Vec<String>> = resp
         .headers()
         .get("tern-columns")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| serde_json::from_str(v).ok())
-        .unwrap_or_default();
-    let url = format!("{}/v1/sql", c.base());
-    let text = resp
-        .text()
-        .await
-        .map_err(|source| ClientError::Connect { url, source })?;
+        .and_then(|v| serde_json::from_str(v).ok());
+    let text = resp.text().await.map_err(|source| ClientError::Connect {
+        url: url.clone(),
+        source,
+    })?;
     match mode {
         Mode::Csv | Mode::Json => output::print(&text),
         Mode::Table => {
+            let columns = columns.ok_or_else(|| ClientError::Shape {
+                url: url.clone(),
+                reason: "no `Tern-Columns` header (a JSON list of the column names)".into(),
+            })?;
+            // The rows stay `Value`: their columns are the user's, not a shape of the API.
             let mut rows = Vec::new();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 let v: Value = serde_json::from_str(line)
                     .map_err(|e| ClientError::Input(format!("bad answer line {line:?}: {e}")))?;
-                if let Some(e) = v.get("error") {
+                if v.get("error").is_some() {
                     output::print(&output::table(&columns, &rows));
-                    return Err(ClientError::Api {
-                        status: 200,
-                        kind: e["kind"].as_str().unwrap_or("unknown").to_string(),
-                        message: e["message"].as_str().unwrap_or_default().to_string(),
-                        redirect: None,
-                        body: Box::new(v),
-                    });
+                    return Err(crate::client::api_error(200, v));
                 }
                 rows.push(v);
             }

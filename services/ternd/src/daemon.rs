@@ -145,6 +145,38 @@ pub fn peer_view_key(id: &str) -> Key {
     Key::root("peer").str(id)
 }
 
+/// The channel geneses exchanged with a peer (`link/<id>` in the metadata store), kept so
+/// that a link cut short can be completed by running it again: adding the peer again
+/// answers the genesis made the first time, and registering the same genesis again is a
+/// no-op, while another genesis under the same id is refused
+/// ([`Error::GenesisMismatch`]). Neither genesis can be rebuilt from the channels once
+/// files have crossed them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkDpo {
+    /// Our channel to the peer, as made here.
+    pub outbound: Option<ChannelGenesis>,
+    /// The peer's channel to us, as registered here.
+    pub inbound: Option<ChannelGenesis>,
+}
+impl Dpo for LinkDpo {
+    const WHAT: &'static str = "peer link";
+    const VERSION: u32 = 1;
+}
+
+/// The metadata key of a peer's [`LinkDpo`].
+pub fn link_key(id: &str) -> Key {
+    Key::root("link").str(id)
+}
+
+/// What [`Daemon::create_deployment`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The genesis of our channel to the peer (none without a `[[peers]]` entry).
+    pub genesis: Option<ChannelGenesis>,
+    /// The peer is new here (false: it was known, and this completed or repeated a link).
+    pub created: bool,
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -723,7 +755,7 @@ impl Daemon {
         &self,
         mut d: DeploymentDpo,
         peer_genesis: Option<ChannelGenesis>,
-    ) -> Result<Option<ChannelGenesis>> {
+    ) -> Result<Added> {
         if d.id == self.id {
             return Err(Error::Invalid(format!(
                 "{} is this deployment itself",
@@ -735,16 +767,27 @@ impl Daemon {
             d.replication_bucket_url = configured.map(|p| p.bucket.url.clone()).unwrap_or_default();
         }
         d.added_at_ms = self.now_ms();
-        let exists = self.meta.read(|tx| tx.get_deployment(&d.id))?.is_some();
-        if exists {
-            return Err(Error::Exists {
-                what: "deployment",
-                name: d.id.to_string(),
-            });
+        // A peer known already is added again by a link run again after it was cut
+        // short: the record is kept, the genesis made the first time answered, and the
+        // peer's genesis registered unless it is the same one (see `LinkDpo`).
+        let known = self.meta.read(|tx| tx.get_deployment(&d.id))?.is_some();
+        if !known {
+            self.meta.write(|tx| tx.add_deployment(&d))?;
         }
-        self.meta.write(|tx| tx.add_deployment(&d))?;
-        let genesis = if configured.is_some() {
+        let link_key = link_key(d.id.as_str());
+        let link: LinkDpo = self.meta.read(|tx| tx.get(&link_key))?.unwrap_or_default();
+        let genesis = if let Some(g) = link.outbound {
+            self.start_sender(&d.id)?;
+            Some(g)
+        } else if configured.is_some() {
+            // Before any file was written this answers the same genesis again; after,
+            // a channel made without a `LinkDpo` (an older version) is a conflict.
             let g = self.messaging.create_outbound(&d.id).await?;
+            self.meta.write(|tx| {
+                let mut l: LinkDpo = tx.get(&link_key)?.unwrap_or_default();
+                l.outbound = Some(g.clone());
+                tx.put(&link_key, &l)
+            })?;
             self.start_sender(&d.id)?;
             Some(g)
         } else {
@@ -756,8 +799,11 @@ impl Daemon {
         }
         let n = self.broadcast(GROUP_TYPE).await?;
         self.announce_global_entities();
-        tracing::info!(peer = %d.id, told = n, "deployment added to the group");
-        Ok(genesis)
+        tracing::info!(peer = %d.id, told = n, known, "deployment added to the group");
+        Ok(Added {
+            genesis,
+            created: !known,
+        })
     }
 
     /// Registers the channel a peer created to us.
@@ -772,7 +818,26 @@ impl Daemon {
                 name: genesis.sender.to_string(),
             });
         }
+        let key = link_key(genesis.sender.as_str());
+        let link: LinkDpo = self.meta.read(|tx| tx.get(&key))?.unwrap_or_default();
+        match &link.inbound {
+            // Registered already (a link run again): nothing to do.
+            Some(g) if g == genesis => return Ok(()),
+            Some(g) => {
+                return Err(Error::GenesisMismatch {
+                    peer: genesis.sender.to_string(),
+                    known: g.first_seq,
+                    given: genesis.first_seq,
+                });
+            }
+            None => {}
+        }
         self.messaging.register_inbound(genesis).await?;
+        self.meta.write(|tx| {
+            let mut l: LinkDpo = tx.get(&key)?.unwrap_or_default();
+            l.inbound = Some(genesis.clone());
+            tx.put(&key, &l)
+        })?;
         self.announce_global_entities();
         Ok(())
     }

@@ -173,6 +173,21 @@ pub enum Error {
     /// A name (account, database, deployment) is not valid.
     #[error("invalid name: {0}")]
     Name(#[from] tern_storage::Error),
+    /// A peer added again with another genesis of its channel to us than the one
+    /// registered here: not a re-run of the same link.
+    #[error(
+        "the channel from {peer} is registered here with another genesis (first file {known}, \
+         this one names {given}): it is not the genesis {peer} made for this deployment, so \
+         it is refused; a link run again sends the same genesis"
+    )]
+    GenesisMismatch {
+        /// The peer.
+        peer: String,
+        /// The first file number of the genesis registered.
+        known: u64,
+        /// The first file number of the one sent.
+        given: u64,
+    },
     /// A blocking task or I/O failed.
     #[error("{what}: {reason}")]
     Internal {
@@ -191,7 +206,7 @@ impl Error {
                 Kind::InvalidInput
             }
             Error::NotFound { .. } => Kind::NotFound,
-            Error::Exists { .. } => Kind::Conflict,
+            Error::Exists { .. } | Error::GenesisMismatch { .. } => Kind::Conflict,
             Error::Unauthorized(_) => Kind::Unauthorized,
             Error::Forbidden { .. } | Error::ReadOnlyToken { .. } => Kind::Forbidden,
             Error::ShuttingDown

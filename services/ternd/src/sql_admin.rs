@@ -65,7 +65,7 @@ pub(crate) async fn run(
                 credentials_ref: None,
                 added_at_ms: 0,
             };
-            let genesis = d.create_deployment(dpo, genesis).await?;
+            let genesis = d.create_deployment(dpo, genesis).await?.genesis;
             let genesis = serde_json::to_string(&genesis)
                 .map_err(|e| Error::internal("encode genesis")(e.to_string()))?;
             (

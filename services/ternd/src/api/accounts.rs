@@ -104,7 +104,7 @@ pub(super) async fn txn_status(
     State(d): St,
     headers: HeaderMap,
     Path((acct, txn)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::TxnStatus>> {
     let account = account(&d, &headers, &acct)?;
     let txn_id: u64 = txn.parse().map_err(|_| {
         Error::Invalid(format!(
@@ -119,19 +119,28 @@ pub(super) async fn txn_status(
             }
             .into());
         }
-        Some(tern_txn::TxnOutcome::Committed) => json!({"txn_id": txn_id, "status": "committed"}),
+        Some(tern_txn::TxnOutcome::Committed) => api::TxnStatus {
+            txn_id,
+            status: "committed".into(),
+            log_record: None,
+            detail: None,
+            state: None,
+        },
         // Still "committed" for clients that only read the status; said plainly beside it.
-        Some(tern_txn::TxnOutcome::CommittedPruned) => json!({
-            "txn_id": txn_id,
-            "status": "committed",
-            "log_record": "pruned",
-            "detail": "committed (log record pruned)",
-        }),
-        Some(tern_txn::TxnOutcome::InDoubt { state }) => json!({
-            "txn_id": txn_id,
-            "status": "in_doubt",
-            "state": crate::daemon::state_name(state),
-        }),
+        Some(tern_txn::TxnOutcome::CommittedPruned) => api::TxnStatus {
+            txn_id,
+            status: "committed".into(),
+            log_record: Some("pruned".into()),
+            detail: Some("committed (log record pruned)".into()),
+            state: None,
+        },
+        Some(tern_txn::TxnOutcome::InDoubt { state }) => api::TxnStatus {
+            txn_id,
+            status: "in_doubt".into(),
+            log_record: None,
+            detail: None,
+            state: Some(crate::daemon::state_name(state).to_string()),
+        },
     };
     Ok(axum::Json(answer))
 }
@@ -160,26 +169,29 @@ pub(super) async fn create_schema(
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
     body: Body,
-) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+) -> ApiResult<(StatusCode, axum::Json<api::SchemaCreated>)> {
     let account = account(&d, &headers, &acct)?;
     let db = database(&d, &account, &dbname)?;
     let req: api::Named = body.json()?;
     // Checked by the table layer too (SQL goes there directly); here the error is named.
     tern_storage::layout::check_identifier("schema name", &req.name).map_err(Error::Name)?;
     d.tables.create_schema(&db.id, &req.name).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"schema": req.name}))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(api::SchemaCreated { schema: req.name }),
+    ))
 }
 
 pub(super) async fn list_schemas(
     State(d): St,
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::SchemaList>> {
     let account = account(&d, &headers, &acct)?;
     let db = database(&d, &account, &dbname)?;
     let s = d.meta.read(|tx| tx.list_schemas(&db.id))?;
-    let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
-    Ok(axum::Json(json!({"schemas": names})))
+    let schemas = s.into_iter().map(|s| s.name).collect();
+    Ok(axum::Json(api::SchemaList { schemas }))
 }
 
 #[derive(Deserialize, Default)]
@@ -255,7 +267,7 @@ pub(super) async fn register_customer_key(
     headers: HeaderMap,
     Path(acct): Path<String>,
     body: Body,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::CustomerKeyRegistered>> {
     operator(&d, &headers)?;
     let id = account(&d, &headers, &acct)?;
     let bytes = body.bytes()?;
@@ -295,19 +307,25 @@ pub(super) async fn register_customer_key(
         .replication
         .register_customer_key(&id, &spec, create)
         .await?;
-    Ok(axum::Json(
-        json!({"account": id.as_str(), "key_id": key_id, "spec": spec}),
-    ))
+    Ok(axum::Json(api::CustomerKeyRegistered {
+        account: id.as_str().to_string(),
+        key_id,
+        spec: wire("customer key", &spec)?,
+    }))
 }
 
 pub(super) async fn customer_key(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::CustomerKeyView>> {
     let id = account(&d, &headers, &acct)?;
     let status = d.replication.customer_key_status(&id)?;
-    Ok(axum::Json(json!({"customer_key": status})))
+    Ok(axum::Json(api::CustomerKeyView {
+        customer_key: status
+            .map(|s| wire("customer key status", &s))
+            .transpose()?,
+    }))
 }
 
 /// `drop account A` (operator): its local databases are dropped, every version of its
@@ -318,7 +336,7 @@ pub(super) async fn drop_account(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::AccountDropped>> {
     operator(&d, &headers)?;
     let id = account(&d, &headers, &acct)?;
     let owner = id.clone();
@@ -335,11 +353,11 @@ pub(super) async fn drop_account(
         })
         .await?;
     d.txn.forget_log_key(&id);
-    Ok(axum::Json(json!({
-        "account": id.as_str(),
-        "dropped": true,
-        "key_versions_destroyed": destroyed,
-    })))
+    Ok(axum::Json(api::AccountDropped {
+        account: id.as_str().to_string(),
+        dropped: true,
+        key_versions_destroyed: destroyed as u64,
+    }))
 }
 
 pub(super) fn key_versions(d: &Daemon, id: &AccountId) -> Result<Vec<api::KeyVersion>> {
@@ -398,11 +416,12 @@ pub(super) async fn remove_customer_key(
     State(d): St,
     headers: HeaderMap,
     Path(acct): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::CustomerKeyRemoved>> {
     operator(&d, &headers)?;
     let id = account(&d, &headers, &acct)?;
     let removed = d.replication.remove_customer_key(&id)?;
-    Ok(axum::Json(
-        json!({"account": id.as_str(), "removed": removed}),
-    ))
+    Ok(axum::Json(api::CustomerKeyRemoved {
+        account: id.as_str().to_string(),
+        removed,
+    }))
 }

@@ -23,15 +23,20 @@ pub(super) async fn create_deployment(
         credentials_ref: None,
         added_at_ms: 0,
     };
-    let genesis = d
-        .create_deployment(dpo, peer_genesis)
-        .await?
+    let added = d.create_deployment(dpo, peer_genesis).await?;
+    let genesis = added
+        .genesis
         .map(|g| {
             serde_json::to_value(g).map_err(|e| Error::internal("encode genesis")(e.to_string()))
         })
         .transpose()?;
+    // 200 for a peer known already: a link run again, completed or repeated.
     Ok((
-        StatusCode::CREATED,
+        if added.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
         axum::Json(api::DeploymentCreated {
             deployment: req.id,
             genesis,
@@ -100,19 +105,28 @@ pub(super) async fn maintenance(
     headers: HeaderMap,
     Path(peer): Path<String>,
     body: Body,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::MaintenanceSet>> {
     operator(&d, &headers)?;
     let req: Maintenance = body.json()?;
     let peer = DeploymentId::new(&peer)?;
     let state = d.replication.set_maintenance(&peer, req.on)?;
-    Ok(axum::Json(json!({"deployment": peer, "state": state})))
+    Ok(axum::Json(api::MaintenanceSet {
+        deployment: peer.as_str().to_string(),
+        state: state.name().to_string(),
+    }))
 }
 
 /// `show availability` (operator): every peer's state and the recent notifications.
-pub(super) async fn availability(State(d): St, headers: HeaderMap) -> ApiResult {
+pub(super) async fn availability(
+    State(d): St,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<api::AvailabilityView>> {
     operator(&d, &headers)?;
-    Ok(axum::Json(json!({
-        "peers": d.replication.availability()?,
-        "history": d.replication.availability_history(200)?,
-    })))
+    Ok(axum::Json(api::AvailabilityView {
+        peers: wire("availability", &d.replication.availability()?)?,
+        history: wire(
+            "availability history",
+            &d.replication.availability_history(200)?,
+        )?,
+    }))
 }

@@ -124,10 +124,9 @@ pub(super) async fn conflicts(
     headers: HeaderMap,
 ) -> ApiResult<axum::Json<api::ConflictList>> {
     operator(&d, &headers)?;
-    let v = encode("conflicts", &d.replication.conflicts()?)?;
-    let conflicts = serde_json::from_value(v)
-        .map_err(|e| Error::internal("encode conflicts")(e.to_string()))?;
-    Ok(axum::Json(api::ConflictList { conflicts }))
+    Ok(axum::Json(api::ConflictList {
+        conflicts: wire("conflicts", &d.replication.conflicts()?)?,
+    }))
 }
 
 /// One conflict record with the rows it added and removed per table (operator).
@@ -135,25 +134,33 @@ pub(super) async fn conflict_show(
     State(d): St,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::ConflictShow>> {
     operator(&d, &headers)?;
     let (record, tables) = d.replication.conflict_rows(&id).await?;
     let mut out = Vec::with_capacity(tables.len());
-    for t in &tables {
-        out.push(json!({
-            "table": t.table,
-            "name": t.name,
-            "version": t.version,
-            "added": rows::batches_to_json(&t.added)?,
-            "removed": match &t.removed {
-                Some(r) => rows::batches_to_json(r)?,
-                None => Value::Null,
-            },
-        }));
+    for t in tables {
+        out.push(api::ConflictTable {
+            table: t.table.as_str().to_string(),
+            name: t.name,
+            version: t.version,
+            added: row_objects(&t.added)?,
+            removed: t.removed.as_deref().map(row_objects).transpose()?,
+        });
     }
-    let record = serde_json::to_value(&record)
-        .map_err(|e| Error::internal("encode conflict")(e.to_string()))?;
-    Ok(axum::Json(json!({ "conflict": record, "tables": out })))
+    Ok(axum::Json(api::ConflictShow {
+        conflict: wire("conflict", &record)?,
+        tables: out,
+    }))
+}
+
+/// Rows as JSON objects, column name to value (free-form: the columns are the user's).
+fn row_objects(batches: &[arrow::array::RecordBatch]) -> Result<Vec<Value>> {
+    match rows::batches_to_json(batches)? {
+        Value::Array(rows) => Ok(rows),
+        other => Err(Error::internal("encode rows")(format!(
+            "not an array of rows: {other}"
+        ))),
+    }
 }
 
 /// Applies a conflict record on this deployment, the group's primary (operator): 400 when
@@ -162,12 +169,10 @@ pub(super) async fn conflict_apply(
     State(d): St,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::ConflictApplied>> {
     operator(&d, &headers)?;
     let applied = d.replication.apply_conflict(&id).await?;
-    let v = serde_json::to_value(&applied)
-        .map_err(|e| Error::internal("encode apply")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(wire("apply", &applied)?))
 }
 
 /// Discards a conflict record (operator): kept as history, its files deleted.
@@ -175,12 +180,10 @@ pub(super) async fn conflict_discard(
     State(d): St,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::Conflict>> {
     operator(&d, &headers)?;
     let record = d.replication.discard_conflict(&id).await?;
-    let v = serde_json::to_value(&record)
-        .map_err(|e| Error::internal("encode conflict")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(wire("conflict", &record)?))
 }
 
 /// `create connection`: a global object naming a database group; resolving it on any

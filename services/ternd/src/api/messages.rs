@@ -3,10 +3,15 @@
 use super::*;
 
 /// Failed messages kept for the operator (oldest first).
-pub(super) async fn failed_messages(State(d): St, headers: HeaderMap) -> ApiResult {
+pub(super) async fn failed_messages(
+    State(d): St,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<api::FailedMessages>> {
     operator(&d, &headers)?;
     let failed = d.messaging.failed_messages(1000).await?;
-    Ok(axum::Json(json!({ "messages": failed })))
+    Ok(axum::Json(api::FailedMessages {
+        messages: wire("failed messages", &failed)?,
+    }))
 }
 
 /// `retry` or `discard` a failed message (operator).
@@ -14,7 +19,7 @@ pub(super) async fn failed_message_action(
     State(d): St,
     headers: HeaderMap,
     Path((peer, id, action)): Path<(String, String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::MessageActionDone>> {
     operator(&d, &headers)?;
     let peer = DeploymentId::new(peer.as_str())?;
     let id = tern_storage::layout::MessageId::new(id.as_str())
@@ -29,9 +34,11 @@ pub(super) async fn failed_message_action(
             .into());
         }
     }
-    Ok(axum::Json(
-        json!({"peer": peer.as_str(), "id": id.as_str(), "done": action}),
-    ))
+    Ok(axum::Json(api::MessageActionDone {
+        peer: peer.as_str().to_string(),
+        id: id.as_str().to_string(),
+        done: action,
+    }))
 }
 
 /// Resynchronises the channel from `peer` past a file it cannot read (operator): see
@@ -40,11 +47,9 @@ pub(super) async fn resync_channel(
     State(d): St,
     headers: HeaderMap,
     Path(peer): Path<String>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::Resynced>> {
     operator(&d, &headers)?;
     let peer = DeploymentId::new(peer.as_str())?;
     let r = d.resync_channel(&peer).await?;
-    let v =
-        serde_json::to_value(&r).map_err(|e| Error::internal("encode resync")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(wire("resync", &r)?))
 }

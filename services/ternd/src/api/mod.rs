@@ -91,7 +91,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tern_api as api;
 use tern_meta::{AccountDpo, DatabaseDpo, DeploymentDpo, TableDpo};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId};
@@ -168,28 +168,52 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(kind = kind.name(), %message, "request refused");
         }
-        let mut body = json!({"error": {"kind": kind.name(), "message": message}});
-        // A commit in doubt names its transaction: look it up
-        // (`GET /v1/accounts/{account}/transactions/{txn_id}`) instead of retrying.
-        if let Some(id) = self.0.in_doubt_txn_id() {
-            body["error"]["txn_id"] = json!(id);
-        }
+        let mut error = api::ErrorDetail {
+            kind: kind.name().to_string(),
+            message,
+            // A commit in doubt names its transaction: look it up
+            // (`GET /v1/accounts/{account}/transactions/{txn_id}`) instead of retrying.
+            txn_id: self.0.in_doubt_txn_id(),
+            epoch: None,
+            redirect: None,
+        };
         // A write refused because another deployment holds the primary names it.
         if let Error::Table(tern_table::Error::NotWritable(r)) = &self.0 {
-            body["error"]["epoch"] = json!(r.epoch);
-            if !r.paused {
-                body["error"]["redirect"] = json!({
-                    "deployment": r.primary,
-                    "url": r.primary_url,
-                    "epoch": r.epoch,
+            error.epoch = Some(r.epoch);
+            // Only where there is somewhere to go: a redirect naming no deployment (the
+            // primary not known here) was `"deployment": null`, which no client could use.
+            if let (false, Some(primary)) = (r.paused, &r.primary) {
+                error.redirect = Some(api::Redirect {
+                    deployment: primary.clone(),
+                    url: r.primary_url.clone(),
+                    epoch: r.epoch,
                 });
             }
         }
-        (status, axum::Json(body)).into_response()
+        (status, axum::Json(api::ErrorBody { error })).into_response()
     }
 }
 
-pub(crate) type ApiResult<T = axum::Json<Value>> = std::result::Result<T, ApiError>;
+pub(crate) type ApiResult<T> = std::result::Result<T, ApiError>;
+
+/// An engine value as the `tern_api` type that mirrors it on the wire (same field names
+/// and shapes; ids and enums as strings). Debug builds check that no field was lost on
+/// the way, so an engine field the API type lacks fails the tests instead of vanishing
+/// from answers.
+pub(crate) fn wire<T: serde::Serialize, U: serde::Serialize + serde::de::DeserializeOwned>(
+    what: &'static str,
+    v: &T,
+) -> Result<U> {
+    let v = serde_json::to_value(v).map_err(|e| Error::internal(what)(e.to_string()))?;
+    let u: U =
+        serde_json::from_value(v.clone()).map_err(|e| Error::internal(what)(e.to_string()))?;
+    debug_assert_eq!(
+        serde_json::to_value(&u).ok().as_ref(),
+        Some(&v),
+        "{what}: the API type does not carry every field of the engine's"
+    );
+    Ok(u)
+}
 
 /// Who a request speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

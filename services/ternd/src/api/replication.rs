@@ -90,18 +90,18 @@ pub(super) async fn set_schedule(
     headers: HeaderMap,
     Path((acct, dbname)): Path<(String, String)>,
     body: Body,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::ScheduleSet>> {
     let id = account(&d, &headers, &acct)?;
     let db = database(&d, &id, &dbname)?;
     let req: SetSchedule = body.json()?;
     let schedule: tern_replication::schedule::Schedule =
         req.schedule.parse().map_err(Error::Invalid)?;
     let request = d.replication.set_schedule(&db.id, schedule)?;
-    Ok(axum::Json(json!({
-        "database": db.name,
-        "schedule": schedule.to_string(),
-        "request": request,
-    })))
+    Ok(axum::Json(api::ScheduleSet {
+        database: db.name,
+        schedule: schedule.to_string(),
+        request,
+    }))
 }
 
 /// `alter database X refresh`: ask the upstream for a refresh now (an already pending
@@ -151,7 +151,7 @@ pub(super) async fn replication_job_action(
     State(d): St,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-) -> ApiResult {
+) -> ApiResult<axum::Json<api::Job>> {
     operator(&d, &headers)?;
     let job = match action.as_str() {
         "retry" => d.replication.retry_job(&id)?,
@@ -162,16 +162,16 @@ pub(super) async fn replication_job_action(
             );
         }
     };
-    let v = serde_json::to_value(&job).map_err(|e| Error::internal("encode job")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(wire("job", &job)?))
 }
 
-pub(super) async fn replication_status(State(d): St, headers: HeaderMap) -> ApiResult {
+pub(super) async fn replication_status(
+    State(d): St,
+    headers: HeaderMap,
+) -> ApiResult<axum::Json<api::ReplicationStatus>> {
     operator(&d, &headers)?;
     let status = d.replication.status().await?;
-    let v = serde_json::to_value(&status)
-        .map_err(|e| Error::internal("encode replication status")(e.to_string()))?;
-    Ok(axum::Json(v))
+    Ok(axum::Json(wire("replication status", &status)?))
 }
 
 /// One database's place in its group as this deployment sees it (the account's token):
@@ -239,11 +239,7 @@ pub(super) async fn database_replication(
             .replicas
             .into_iter()
             .find(|r| r.account == id && r.database == db.name)
-            .map(|r| {
-                serde_json::to_value(&r)
-                    .and_then(serde_json::from_value)
-                    .map_err(|e| Error::internal("encode replica status")(e.to_string()))
-            })
+            .map(|r| wire("replica status", &r))
             .transpose()?;
     }
     Ok(axum::Json(out))

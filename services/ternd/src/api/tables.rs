@@ -898,15 +898,28 @@ impl ScanBody {
     /// ends with an error after it.
     fn fail(&mut self, mut out: Vec<u8>, e: &Error) -> Bytes {
         tracing::warn!(error = %e, "scan failed after its answer started");
-        let error = json!({"kind": e.kind().name(), "message": e.to_string()});
+        let error = api::ErrorBody {
+            error: api::ErrorDetail {
+                kind: e.kind().name().to_string(),
+                message: e.to_string(),
+                txn_id: None,
+                epoch: None,
+                redirect: None,
+            },
+        };
         match self.format {
             ScanFormat::Json => {
                 out.extend_from_slice(b"],\"error\":");
-                out.extend_from_slice(error.to_string().as_bytes());
+                // Strings and options only: serialising cannot fail.
+                out.extend_from_slice(
+                    serde_json::to_string(&error.error)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                );
                 out.push(b'}');
             }
             ScanFormat::Ndjson => {
-                out.extend_from_slice(json!({"error": error}).to_string().as_bytes());
+                out.extend_from_slice(serde_json::to_string(&error).unwrap_or_default().as_bytes());
                 out.push(b'\n');
             }
             ScanFormat::Csv => {}
