@@ -1179,11 +1179,93 @@ pub struct MonitorHistory {
     pub deployment: String,
     /// Its monitor interval (ms).
     pub interval_ms: i64,
-    /// The last intervals, oldest first (their shape is the monitor's: figures per
-    /// agent, replicas, queues, channels, jobs, alerts).
+    /// The last intervals, oldest first, as the monitor keeps them (figures per agent,
+    /// replicas, queues, channels, jobs, alerts): a client reads each as a [`MonitorRow`].
     pub rows: Vec<Value>,
     /// The alerts firing now.
     pub alerts: Vec<MonitorAlert>,
+}
+
+/// One interval of a [`MonitorHistory`]: the figures a client reads of it (the row holds
+/// more; unknown fields are skipped). A missing or renamed field is an error naming it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorRow {
+    /// The interval's number since the daemon started.
+    pub interval: u64,
+    /// When it closed (ms since the epoch).
+    pub at_ms: i64,
+    /// Agent figures by kind (`apply`, `copy`, `import`, `ship`); a kind with no agent on
+    /// this deployment is absent.
+    pub agents: BTreeMap<String, MonitorAgentFigures>,
+    /// Queue depths summed over peers, by `<queue>/<state>`.
+    pub queues: BTreeMap<String, u64>,
+    /// Each message channel's queues (absent from rows of builds before per-peer figures).
+    #[serde(default)]
+    pub channels: Vec<MonitorChannelQueue>,
+    /// Replication jobs per peer, kind and state (absent as `channels`).
+    #[serde(default)]
+    pub jobs: Vec<MonitorJobQueue>,
+    /// Secondary replicas held here.
+    pub replicas: Vec<MonitorReplicaLag>,
+    /// Alerts firing at the end of the interval.
+    pub alerts: Vec<Value>,
+}
+
+/// One agent kind's figures in a [`MonitorRow`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorAgentFigures {
+    /// Counted since the last reset.
+    pub cumulative: MonitorCumulative,
+    /// Units (transactions, files, messages) a second in the interval.
+    pub units_per_sec: f64,
+    /// Rows a second in the interval.
+    pub rows_per_sec: f64,
+    /// Mean latency of a unit in the interval.
+    pub latency_avg_ms: f64,
+    /// Longest latency of a unit in the interval.
+    pub latency_max_ms: u64,
+}
+
+/// Cumulative figures of a [`MonitorAgentFigures`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorCumulative {
+    /// Units since the last reset.
+    pub units: u64,
+}
+
+/// A message channel's queue in a [`MonitorRow`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorChannelQueue {
+    /// The peer deployment.
+    pub peer: String,
+    /// `in` or `out`.
+    pub direction: String,
+    /// The messages' state.
+    pub state: String,
+    /// How many.
+    pub depth: u64,
+}
+
+/// A replication job queue in a [`MonitorRow`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorJobQueue {
+    /// The peer deployment.
+    pub peer: String,
+    /// The job kind.
+    pub kind: String,
+    /// The jobs' state.
+    pub state: String,
+    /// How many.
+    pub depth: u64,
+}
+
+/// A replica's lag in a [`MonitorRow`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorReplicaLag {
+    /// The replica database.
+    pub database: String,
+    /// Its lag behind the primary (ms).
+    pub lag_ms: i64,
 }
 
 /// One notification event: a threshold fired or cleared.

@@ -2121,11 +2121,16 @@ async fn run(c: &Client, command: Command, json_out: bool) -> Result<(), ClientE
                     output::print(&monitor::render_events(&v));
                 }
             } else {
-                let v: api::MonitorHistory = c.get_as(&format!("/v1/monitor?last={last}")).await?;
+                let path = format!("/v1/monitor?last={last}");
+                let v: api::MonitorHistory = c.get_as(&path).await?;
                 if json_out {
                     print_json(&v);
                 } else {
-                    output::print(&monitor::render(&v));
+                    let text = monitor::render(&v).map_err(|reason| ClientError::Shape {
+                        url: format!("{}{path}", c.base()),
+                        reason,
+                    })?;
+                    output::print(&text);
                 }
             }
         }
@@ -2532,6 +2537,27 @@ mod tests {
                 "{want}: {e}"
             );
         }
+        // A monitor interval without its agents' figures.
+        let url = answering(
+            r#"{"deployment": "d1", "interval_ms": 1000, "alerts": [],
+                "rows": [{"interval": 1, "at_ms": 5, "queues": {}, "replicas": [], "alerts": []}]}"#,
+        )
+        .await;
+        let e = run(
+            &Client::new(&url, None),
+            Command::Monitor {
+                last: 5,
+                events: false,
+                reset: false,
+            },
+            false,
+        )
+        .await
+        .expect_err("a monitor row lacks its agents");
+        assert!(
+            matches!(&e, ClientError::Shape { reason, .. } if reason.contains("missing field `agents`")),
+            "{e}"
+        );
         let url = answering(r#"{"x": 1}"#).await;
         let e = sql::run(
             &Client::new(&url, None),

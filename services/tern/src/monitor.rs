@@ -22,52 +22,60 @@ pub fn sparkline(values: &[f64]) -> String {
         .collect()
 }
 
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(0.0)
-}
-
-fn time(ms: &Value) -> String {
-    let s = ms.as_i64().unwrap_or(0) / 1000;
+fn time(ms: i64) -> String {
+    let s = ms / 1000;
     let (h, m, sec) = ((s / 3600) % 24, (s / 60) % 60, s % 60);
     format!("{h:02}:{m:02}:{sec:02}Z")
 }
 
-/// The text `tern monitor` prints for the answer of `GET /v1/monitor`.
-pub fn render(v: &api::MonitorHistory) -> String {
-    let rows = &v.rows;
+/// The text `tern monitor` prints for the answer of `GET /v1/monitor`, or an error naming
+/// the field a row lacks.
+pub fn render(v: &api::MonitorHistory) -> Result<String, String> {
+    let rows = v
+        .rows
+        .iter()
+        .map(|r| serde_json::from_value::<api::MonitorRow>(r.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a monitor interval of the answer: {e}"))?;
     if rows.is_empty() {
-        return "no monitor intervals yet (the first ends one monitor_interval after start)\n"
-            .into();
+        return Ok(
+            "no monitor intervals yet (the first ends one monitor_interval after start)\n".into(),
+        );
     }
-    let apply = |r: &Value, k: &str| f(&r["agents"]["apply"][k]);
-    let lag = |r: &Value| {
-        r["replicas"].as_array().map_or(0.0, |a| {
-            a.iter().map(|x| f(&x["lag_ms"])).fold(0.0, f64::max)
-        }) / 1000.0
+    // A deployment with no apply agent (no replica here) applies nothing.
+    let apply = |r: &api::MonitorRow| r.agents.get("apply").cloned();
+    let applied = |r: &api::MonitorRow, pick: fn(&api::MonitorAgentFigures) -> f64| {
+        apply(r).as_ref().map_or(0.0, pick)
     };
-    let queued = |r: &Value| {
-        r["queues"].as_object().map_or(0.0, |q| {
-            q.iter()
-                // Sent and failed are kept records, not work (ternd's `is_pending`).
-                .filter(|(k, _)| !(k.ends_with("/Sent") || k.ends_with("/failed")))
-                .map(|(_, n)| f(n))
-                .sum()
-        })
+    let lag = |r: &api::MonitorRow| {
+        r.replicas
+            .iter()
+            .map(|x| x.lag_ms as f64)
+            .fold(0.0, f64::max)
+            / 1000.0
+    };
+    let queued = |r: &api::MonitorRow| -> f64 {
+        r.queues
+            .iter()
+            // Sent and failed are kept records, not work (ternd's `is_pending`).
+            .filter(|(k, _)| !(k.ends_with("/Sent") || k.ends_with("/failed")))
+            .map(|(_, n)| *n as f64)
+            .sum()
     };
     let table: Vec<Value> = rows
         .iter()
         .map(|r| {
             json!({
-                "#": r["interval"],
-                "at": time(&r["at_ms"]),
-                "applied": r["agents"]["apply"]["cumulative"]["units"],
-                "txn/s": format!("{:.2}", apply(r, "units_per_sec")),
-                "rows/s": format!("{:.1}", apply(r, "rows_per_sec")),
-                "lat avg ms": format!("{:.1}", apply(r, "latency_avg_ms")),
-                "lat max ms": apply(r, "latency_max_ms"),
+                "#": r.interval,
+                "at": time(r.at_ms),
+                "applied": apply(r).map_or(0, |a| a.cumulative.units),
+                "txn/s": format!("{:.2}", applied(r, |a| a.units_per_sec)),
+                "rows/s": format!("{:.1}", applied(r, |a| a.rows_per_sec)),
+                "lat avg ms": format!("{:.1}", applied(r, |a| a.latency_avg_ms)),
+                "lat max ms": applied(r, |a| a.latency_max_ms as f64),
                 "max lag s": format!("{:.2}", lag(r)),
                 "queued": queued(r),
-                "alerts": r["alerts"].as_array().map_or(0, Vec::len),
+                "alerts": r.alerts.len(),
             })
         })
         .collect();
@@ -87,11 +95,14 @@ pub fn render(v: &api::MonitorHistory) -> String {
     .to_vec();
     let mut out = output::table(&cols, &table);
     out.push('\n');
-    type Pick<'a> = Box<dyn Fn(&Value) -> f64 + 'a>;
+    type Pick<'a> = Box<dyn Fn(&api::MonitorRow) -> f64 + 'a>;
     let series: [(&str, Pick<'_>); 5] = [
-        ("txn/s", Box::new(|r| apply(r, "units_per_sec"))),
-        ("rows/s", Box::new(|r| apply(r, "rows_per_sec"))),
-        ("latency max ms", Box::new(|r| apply(r, "latency_max_ms"))),
+        ("txn/s", Box::new(|r| applied(r, |a| a.units_per_sec))),
+        ("rows/s", Box::new(|r| applied(r, |a| a.rows_per_sec))),
+        (
+            "latency max ms",
+            Box::new(|r| applied(r, |a| a.latency_max_ms as f64)),
+        ),
         ("max lag s", Box::new(lag)),
         ("queued", Box::new(queued)),
     ];
@@ -105,21 +116,32 @@ pub fn render(v: &api::MonitorHistory) -> String {
         ));
     }
     // Per peer: the work waiting on its channel and jobs, over the intervals, and the
-    // queues holding some at the last one.
-    let pending = |x: &Value| {
-        let s = x["state"].as_str().unwrap_or("");
-        !(s == "Sent" || s == "failed")
+    // queues holding some at the last one. Each queue as (peer, "channel in"/"job copy",
+    // state, depth).
+    let queues_of = |r: &api::MonitorRow| -> Vec<(String, String, String, u64)> {
+        let channels = r.channels.iter().map(|x| {
+            (
+                x.peer.clone(),
+                format!("channel {}", x.direction),
+                x.state.clone(),
+                x.depth,
+            )
+        });
+        let jobs = r.jobs.iter().map(|x| {
+            (
+                x.peer.clone(),
+                format!("job {}", x.kind),
+                x.state.clone(),
+                x.depth,
+            )
+        });
+        channels.chain(jobs).collect()
     };
-    let per_peer = |r: &Value| {
+    let per_peer = |r: &api::MonitorRow| {
         let mut m = std::collections::BTreeMap::<String, f64>::new();
-        for key in ["channels", "jobs"] {
-            for x in r[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|x| pending(x))
-            {
-                *m.entry(output::cell(&x["peer"])).or_default() += f(&x["depth"]);
+        for (peer, _, state, depth) in queues_of(r) {
+            if !(state == "Sent" || state == "failed") {
+                *m.entry(peer).or_default() += depth as f64;
             }
         }
         m
@@ -141,16 +163,16 @@ pub fn render(v: &api::MonitorHistory) -> String {
             ));
         }
     }
-    let last = rows.last().cloned().unwrap_or_default();
-    let mut queues: Vec<Value> = Vec::new();
-    for (key, what) in [("channels", "direction"), ("jobs", "kind")] {
-        for x in last[key].as_array().into_iter().flatten() {
-            if f(&x["depth"]) > 0.0 {
-                queues.push(json!({"peer": x["peer"], "queue": format!("{} {}", key.trim_end_matches('s'), output::cell(&x[what])),
-                    "state": x["state"], "depth": x["depth"]}));
-            }
-        }
-    }
+    let queues: Vec<Value> = rows
+        .last()
+        .map(queues_of)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|q| q.3 > 0)
+        .map(|(peer, queue, state, depth)| {
+            json!({"peer": peer, "queue": queue, "state": state, "depth": depth})
+        })
+        .collect();
     if !queues.is_empty() {
         out.push_str("\nqueues at the last interval:\n");
         let cols: Vec<String> = ["peer", "queue", "state", "depth"]
@@ -170,7 +192,7 @@ pub fn render(v: &api::MonitorHistory) -> String {
             ));
         }
     }
-    out
+    Ok(out)
 }
 
 /// The text for `GET /v1/monitor/events`.
@@ -179,7 +201,7 @@ pub fn render_events(v: &api::MonitorEvents) -> String {
         .events
         .iter()
         .map(|e| {
-            json!({"#": e.seq, "at": time(&json!(e.at_ms)), "alert": e.kind,
+            json!({"#": e.seq, "at": time(e.at_ms), "alert": e.kind,
                 "subject": e.subject, "change": e.transition,
                 "value": e.value, "limit": e.limit})
         })
@@ -206,16 +228,16 @@ mod tests {
         let v = json!({"deployment": "d1", "interval_ms": 10_000, "rows": [
             {"interval": 1, "at_ms": 3_600_000, "agents": {"apply": {"cumulative": {"units": 2},
               "units_per_sec": 0.2, "rows_per_sec": 20.0, "latency_avg_ms": 5.0, "latency_max_ms": 9}},
-             "replicas": [{"lag_ms": 1500}], "queues": {"messages in/waiting": 3}, "alerts": []},
+             "replicas": [{"database": "r", "lag_ms": 1500}], "queues": {"messages in/waiting": 3}, "alerts": []},
             {"interval": 2, "at_ms": 3_610_000, "agents": {"apply": {"cumulative": {"units": 12},
               "units_per_sec": 1.0, "rows_per_sec": 100.0, "latency_avg_ms": 7.0, "latency_max_ms": 30}},
-             "replicas": [{"lag_ms": 0}], "queues": {}, "alerts": [{"kind": "lag_over_rpo"}],
+             "replicas": [{"database": "r", "lag_ms": 0}], "queues": {}, "alerts": [{"kind": "lag_over_rpo"}],
              "channels": [{"peer": "d2", "direction": "out", "state": "ReadyToSend", "depth": 4},
                           {"peer": "d3", "direction": "out", "state": "ReadyToSend", "depth": 0}],
              "jobs": [{"peer": "d3", "kind": "import", "state": "failed", "depth": 1}]}
         ], "alerts": [{"kind": "lag_over_rpo", "subject": "replica r", "since_ms": 1, "value": 9.0,
             "limit": 5.0}]});
-        let t = render(&serde_json::from_value(v).expect("a monitor answer"));
+        let t = render(&serde_json::from_value(v).expect("a monitor answer")).expect("rendered");
         assert!(t.contains("01:00:10Z"), "{t}");
         assert!(t.contains("txn/s           ▂█"), "{t}");
         assert!(t.contains("max lag s       █▁"), "{t}");

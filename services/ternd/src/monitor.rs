@@ -1058,6 +1058,72 @@ mod tests {
         assert!(!is_pending("failed"));
     }
 
+    /// What the daemon keeps and answers for an interval is what `tern monitor` reads
+    /// (`tern_api::MonitorRow`): a renamed field here fails this, not the operator's view.
+    #[test]
+    fn a_history_row_reads_as_the_clients_monitor_row() {
+        let mut apply = KindReport::default();
+        apply.cumulative.units = 12;
+        apply.units_per_sec = 1.5;
+        apply.latency_max_ms = 30;
+        let row = HistoryRow {
+            interval: 7,
+            from_ms: 1,
+            at_ms: 2,
+            since_ms: 0,
+            agents: BTreeMap::from([(AgentKind::Apply, apply)]),
+            queues: BTreeMap::from([("outbox".to_string(), 3)]),
+            channels: vec![ChannelFigures {
+                peer: "d2".into(),
+                direction: "out".into(),
+                state: "ReadyToSend".into(),
+                depth: 4,
+            }],
+            jobs: vec![JobFigures {
+                peer: "d3".into(),
+                kind: "import".into(),
+                state: "failed".into(),
+                depth: 1,
+            }],
+            inbound_backlog_bytes: BTreeMap::new(),
+            replicas: vec![ReplicaFigures {
+                database: "r".into(),
+                group: "g".into(),
+                upstream: "d1".into(),
+                lag_ms: 1500,
+                rpo_ms: 0,
+                versions_behind: 0,
+                txns_behind: 0,
+            }],
+            groups: Vec::new(),
+            peers: BTreeMap::new(),
+            workers_down: Vec::new(),
+            rejections: 0,
+            alerts: Vec::new(),
+        };
+        let seen: tern_api::MonitorRow =
+            serde_json::from_value(serde_json::to_value(&row).unwrap()).expect("a monitor row");
+        assert_eq!((seen.interval, seen.at_ms), (7, 2));
+        let a = &seen.agents["apply"];
+        assert_eq!(
+            (a.cumulative.units, a.units_per_sec, a.latency_max_ms),
+            (12, 1.5, 30)
+        );
+        assert_eq!(seen.queues["outbox"], 3);
+        assert_eq!(
+            (seen.channels[0].peer.as_str(), seen.channels[0].depth),
+            ("d2", 4)
+        );
+        assert_eq!(
+            (seen.jobs[0].kind.as_str(), seen.jobs[0].state.as_str()),
+            ("import", "failed")
+        );
+        assert_eq!(
+            (seen.replicas[0].database.as_str(), seen.replicas[0].lag_ms),
+            ("r", 1500)
+        );
+    }
+
     #[test]
     fn history_keys_sort_newest_first() {
         assert!(history_key(2_000).as_bytes() < history_key(1_000).as_bytes());
