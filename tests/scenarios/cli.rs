@@ -506,32 +506,63 @@ fn tern_demo_runs_a_group_of_daemons_and_stops_them_cleanly() {
     );
 }
 
+/// Fast heartbeats and message polling, for tests that wait on messages crossing.
+const QUICK: &str =
+    "[workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n";
+
+/// Daemons `ids` on local folders under `dir`, each with `extra` settings and every other
+/// as a peer (its replication bucket): the first makes the group key and the others join
+/// it. Not linked yet. An operator CLI for each.
+fn unlinked(dir: &std::path::Path, ids: &[&str], extra: &str) -> (Vec<Ternd>, Vec<Cli>) {
+    let layouts: Vec<Layout> = ids.iter().map(|id| Layout::new(dir, id)).collect();
+    let peers = |me: &Layout| {
+        let mut s = extra.to_string();
+        for o in layouts.iter().filter(|o| o.id != me.id) {
+            s.push_str(&format!(
+                "[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
+                o.id,
+                o.home.display()
+            ));
+        }
+        s
+    };
+    // The others join the first one's group key (same GMK, their own master keys) through
+    // the environment.
+    let join = format!("{}/keys", layouts[0].home.display());
+    let daemons: Vec<Ternd> = layouts
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let env: &[(&str, &str)] = if i == 0 {
+                &[]
+            } else {
+                &[("TERN_KEYS__JOIN", join.as_str())]
+            };
+            Ternd::start(&l.write_config(&l.config(&peers(l))), env)
+        })
+        .collect();
+    let clis = daemons
+        .iter()
+        .map(|d| Cli {
+            url: d.url(),
+            token: OPERATOR_TOKEN.into(),
+        })
+        .collect();
+    (daemons, clis)
+}
+
+/// [`unlinked`] for two, d1 and d2.
+fn unlinked_pair(dir: &std::path::Path, extra: &str) -> ((Ternd, Ternd), (Cli, Cli)) {
+    let (mut daemons, mut clis) = unlinked(dir, &["d1", "d2"], extra);
+    let (d2, c2) = (daemons.pop().expect("d2"), clis.pop().expect("d2"));
+    let (d1, c1) = (daemons.pop().expect("d1"), clis.pop().expect("d1"));
+    ((d1, d2), (c1, c2))
+}
+
 #[test]
 fn tern_cli_forms_a_two_deployment_group_and_messages_cross() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
-    let peer = |other: &Layout| {
-        format!(
-            "[workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
-            other.id,
-            other.home.display()
-        )
-    };
-    let d1 = Ternd::start(&l1.write_config(&l1.config(&peer(&l2))), &[]);
-    // d2 joins d1's group key (same GMK, its own master key) through the environment.
-    let join = format!("{}/keys", l1.home.display());
-    let d2 = Ternd::start(
-        &l2.write_config(&l2.config(&peer(&l1))),
-        &[("TERN_KEYS__JOIN", join.as_str())],
-    );
-    let c1 = Cli {
-        url: d1.url(),
-        token: OPERATOR_TOKEN.into(),
-    };
-    let c2 = Cli {
-        url: d2.url(),
-        token: OPERATOR_TOKEN.into(),
-    };
+    let ((d1, d2), (c1, c2)) = unlinked_pair(dir.path(), QUICK);
     let g12 = c1.json(&["deployment", "create", "d2", "--region", "r2"])["genesis"].to_string();
     let g21 = c2.json(&[
         "deployment",
@@ -624,39 +655,7 @@ fn wait_group(clis: &[(&str, &Cli)], ids: &[&str]) {
 fn tern_links_deployments_in_one_step_and_inits_a_group() {
     let dir = tempfile::tempdir().expect("tmp");
     let ids = ["d1", "d2", "d3"];
-    let layouts: Vec<Layout> = ids.iter().map(|id| Layout::new(dir.path(), id)).collect();
-    let peers = |me: &Layout| {
-        let mut s =
-            "[workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n"
-                .to_string();
-        for o in layouts.iter().filter(|o| o.id != me.id) {
-            s.push_str(&format!(
-                "[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
-                o.id,
-                o.home.display()
-            ));
-        }
-        s
-    };
-    let join = format!("{}/keys", layouts[0].home.display());
-    let daemons: Vec<Ternd> = layouts
-        .iter()
-        .map(|l| {
-            let env: &[(&str, &str)] = if l.id == "d1" {
-                &[]
-            } else {
-                &[("TERN_KEYS__JOIN", join.as_str())]
-            };
-            Ternd::start(&l.write_config(&l.config(&peers(l))), env)
-        })
-        .collect();
-    let clis: Vec<Cli> = daemons
-        .iter()
-        .map(|d| Cli {
-            url: d.url(),
-            token: OPERATOR_TOKEN.into(),
-        })
-        .collect();
+    let (daemons, clis) = unlinked(dir.path(), &ids, QUICK);
     // One pair by `deployment link`, through d1.
     let out = clis[0].ok(&["deployment", "link", "--to", &daemons[1].url()]);
     assert_eq!(out.trim(), "d1 <-> d2: linked both ways", "{out}");
@@ -705,30 +704,7 @@ fn tern_links_deployments_in_one_step_and_inits_a_group() {
 #[test]
 fn tern_link_unreachable_or_refused_says_what_and_links_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
-    let peer = |other: &Layout| {
-        format!(
-            "[[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
-            other.id,
-            other.home.display()
-        )
-    };
-    let d1 = Ternd::start(&l1.write_config(&l1.config(&peer(&l2))), &[]);
-    let join = format!("{}/keys", l1.home.display());
-    let d2 = Ternd::start(
-        &l2.write_config(&l2.config(&peer(&l1))),
-        &[("TERN_KEYS__JOIN", join.as_str())],
-    );
-    let (c1, c2) = (
-        Cli {
-            url: d1.url(),
-            token: OPERATOR_TOKEN.into(),
-        },
-        Cli {
-            url: d2.url(),
-            token: OPERATOR_TOKEN.into(),
-        },
-    );
+    let ((d1, d2), (c1, c2)) = unlinked_pair(dir.path(), "");
     let members = |c: &Cli| -> Vec<String> {
         let v = c.json(&["show", "deployments"]);
         v["deployments"]
@@ -776,31 +752,7 @@ fn tern_link_unreachable_or_refused_says_what_and_links_nothing() {
 #[test]
 fn a_link_cut_short_is_completed_by_running_it_again() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (l1, l2) = (Layout::new(dir.path(), "d1"), Layout::new(dir.path(), "d2"));
-    let peer = |other: &Layout| {
-        format!(
-            "[workers]\nheartbeat_interval = \"1s\"\n[messaging]\npoll_interval = \"100ms\"\n\
-             [[peers]]\nid = \"{}\"\n[peers.bucket]\nurl = \"file://{}/replication\"\n",
-            other.id,
-            other.home.display()
-        )
-    };
-    let d1 = Ternd::start(&l1.write_config(&l1.config(&peer(&l2))), &[]);
-    let join = format!("{}/keys", l1.home.display());
-    let d2 = Ternd::start(
-        &l2.write_config(&l2.config(&peer(&l1))),
-        &[("TERN_KEYS__JOIN", join.as_str())],
-    );
-    let (c1, c2) = (
-        Cli {
-            url: d1.url(),
-            token: OPERATOR_TOKEN.into(),
-        },
-        Cli {
-            url: d2.url(),
-            token: OPERATOR_TOKEN.into(),
-        },
-    );
+    let ((d1, d2), (c1, c2)) = unlinked_pair(dir.path(), QUICK);
     // One direction only: d1 knows d2 and made its channel to it.
     let first = c1.json(&["deployment", "create", "d2", "--region", "r2"]);
     assert!(first["genesis"].is_object(), "{first}");
