@@ -794,14 +794,11 @@ fn a_link_cut_short_is_completed_by_running_it_again() {
             .unwrap_or(0)
     };
     let (m1, m2) = (seen(&c1, "d2"), seen(&c2, "d1"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while seen(&c1, "d2") <= m1 || seen(&c2, "d1") <= m2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no heartbeat crossed after the refused genesis"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    crate::replication::wait_until(
+        "a heartbeat crossing both ways after the refused genesis",
+        std::time::Duration::from_secs(60),
+        || (seen(&c1, "d2") > m1 && seen(&c2, "d1") > m2).then_some(()),
+    );
     assert!(d1.terminate().success());
     assert!(d2.terminate().success());
 }
