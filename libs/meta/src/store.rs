@@ -82,6 +82,18 @@ impl MetaStore {
         out.ok_or_else(|| self.contract_broken())
     }
 
+    /// [`MetaStore::write`] for a write whose effect recovery re-does from durable state:
+    /// committed and visible when it returns, durable with the next durable write (see
+    /// [`Backend::write_deferred`]).
+    pub fn write_deferred<T>(&self, mut f: impl FnMut(&mut MetaTxn<'_>) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        self.backend.write_deferred(&mut |kv| {
+            out = Some(f(&mut MetaTxn { kv })?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| self.contract_broken())
+    }
+
     /// Run `f` on a consistent snapshot and return its result. Writes fail with
     /// [`Error::ReadOnly`].
     pub fn read<T>(&self, mut f: impl FnMut(&mut MetaTxn<'_>) -> Result<T>) -> Result<T> {
@@ -103,6 +115,17 @@ impl MetaStore {
     {
         let store = self.clone();
         join_blocking(tokio::task::spawn_blocking(move || store.write(f)).await)
+    }
+
+    /// [`MetaStore::write_deferred`] on the runtime's blocking pool (see
+    /// [`MetaStore::write_async`]).
+    pub async fn write_deferred_async<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut MetaTxn<'_>) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        join_blocking(tokio::task::spawn_blocking(move || store.write_deferred(f)).await)
     }
 
     /// [`MetaStore::read`] on the runtime's blocking pool (see [`MetaStore::write_async`]).

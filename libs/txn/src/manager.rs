@@ -1192,9 +1192,12 @@ impl Inner {
     async fn finish(&self, handle: u64, record: Arc<LogRecord>) -> Result<bool> {
         self.crash.alive("logged")?;
         let now = self.clock.now_millis();
+        // Deferred durability: everything this write does is re-done by recovery from
+        // durable state (the Prepared row, the stored log record and files), so it need not
+        // wait for an fsync of its own; the next durable metadata write makes it durable.
         let published = self
             .meta
-            .write_async(move |tx| {
+            .write_deferred_async(move |tx| {
                 let mut t = require_txn(tx, handle)?;
                 let published = t.state == TxnState::Prepared;
                 if published {

@@ -26,6 +26,9 @@ pub struct KvCounts {
     /// Read-write transactions that committed (each one durable metadata commit; bodies
     /// that fail, dry runs included, roll back and are not counted).
     pub commits: u64,
+    /// Of `commits`, those made by [`Backend::write_deferred`] (durable with the next
+    /// durable commit: no fsync of their own on the SQLite store).
+    pub deferred_commits: u64,
     /// Read-write transactions run, committed or not (dry runs included): each waits its
     /// turn for the single writer.
     pub write_transactions: u64,
@@ -47,6 +50,7 @@ impl KvCounts {
             put_bytes: self.put_bytes - earlier.put_bytes,
             deletes: self.deletes - earlier.deletes,
             commits: self.commits - earlier.commits,
+            deferred_commits: self.deferred_commits - earlier.deferred_commits,
             write_transactions: self.write_transactions - earlier.write_transactions,
         }
     }
@@ -61,6 +65,7 @@ struct Counters {
     put_bytes: AtomicU64,
     deletes: AtomicU64,
     commits: AtomicU64,
+    deferred_commits: AtomicU64,
     write_transactions: AtomicU64,
 }
 
@@ -93,6 +98,7 @@ impl CountingBackend {
             put_bytes: l(&c.put_bytes),
             deletes: l(&c.deletes),
             commits: l(&c.commits),
+            deferred_commits: l(&c.deferred_commits),
             write_transactions: l(&c.write_transactions),
         }
     }
@@ -142,21 +148,46 @@ impl KvTxn for Counted<'_> {
     }
 }
 
-impl Backend for CountingBackend {
-    fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+impl CountingBackend {
+    /// A write through `inner` (`deferred`: [`Backend::write_deferred`]), counted.
+    fn counted_write(
+        &self,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        deferred: bool,
+    ) -> Result<()> {
         self.counters
             .write_transactions
             .fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .write(&mut |kv| {
-                f(&mut Counted {
-                    inner: kv,
-                    counters: &self.counters,
-                })
+        let body = &mut |kv: &mut dyn KvTxn| {
+            f(&mut Counted {
+                inner: kv,
+                counters: &self.counters,
             })
-            .inspect(|()| {
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-            })
+        };
+        let outcome = if deferred {
+            self.inner.write_deferred(body)
+        } else {
+            self.inner.write(body)
+        };
+        if outcome.is_ok() {
+            self.counters.commits.fetch_add(1, Ordering::Relaxed);
+            if deferred {
+                self.counters
+                    .deferred_commits
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
+    }
+}
+
+impl Backend for CountingBackend {
+    fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        self.counted_write(f, false)
+    }
+
+    fn write_deferred(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        self.counted_write(f, true)
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {

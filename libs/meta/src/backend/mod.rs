@@ -15,6 +15,8 @@
 //!   backends).
 //! * The body may run **more than once** (the backend retries transient lock conflicts),
 //!   so it must not have effects outside the transaction that a re-run would duplicate.
+//! * [`Backend::write_deferred`] is `write` whose durability may wait for the next
+//!   durable write; backends without such a mode make it durable at once.
 //! * [`Backend::read`] runs the body on one consistent snapshot; writes in it fail with
 //!   [`Error::ReadOnly`](crate::Error::ReadOnly).
 //! * Keys compare as unsigned bytes (memcmp, shorter first on a tie).
@@ -31,6 +33,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Run `f` in one serializable read-write transaction: all its writes commit together
     /// or none do. `f` may be called again if the transaction had to be retried.
     fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()>;
+
+    /// [`Backend::write`] for a write whose effect recovery re-does from durable state:
+    /// when it returns `Ok` it is committed and visible, but it may become durable only
+    /// with the next durable write (a power loss before that rolls it back whole, never in
+    /// part, and never a durable write after it). By default the same as `write`.
+    fn write_deferred(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        self.write(f)
+    }
 
     /// Run `f` on a consistent snapshot (no writes).
     fn read(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()>;

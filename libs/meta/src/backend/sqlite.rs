@@ -32,6 +32,15 @@
 //!   `Err` still means nothing of that body was written, and the members run one after
 //!   another, each seeing the ones before (serializable, in that order). A lone writer
 //!   commits at once, as before.
+//! * **Deferred writes** ([`Backend::write_deferred`]): a write whose effect recovery
+//!   re-does from durable state (a commit's publish step: its Prepared row, log record and
+//!   files are durable already) need not wait for an fsync of its own. Such a write that
+//!   opens a group runs it at `synchronous=NORMAL`: the group commits without an fsync and
+//!   becomes durable with the next durable commit (the WAL is one file, fsynced whole) or
+//!   checkpoint; a power loss before that rolls it back whole, never in part. A durable
+//!   writer never joins such a group: it commits it (no fsync, microseconds) and opens its
+//!   own at `FULL`; a deferred writer joins any open group. So a durable write is exactly as
+//!   before: fsynced before it returns and before anyone can read it.
 //!
 //!   ```text
 //!   writer A: lock ─ BEGIN IMMEDIATE ─ SAVEPOINT ─ body ─ RELEASE ─ (B queued) unlock ─ wait ┐
@@ -43,7 +52,7 @@
 //!   untouched ([`Error::NotAMetaStore`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -53,6 +62,15 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, KvTxn};
 use crate::error::{Error, Result};
 use crate::key::Key;
+
+/// Commits of the writer connection, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Group transactions committed.
+    pub groups: u64,
+    /// Of those, committed at `synchronous=FULL` (the WAL fsynced before they returned).
+    pub synced: u64,
+}
 
 /// Writers that share one SQLite transaction at most (see the module docs): bounds how
 /// long the first one waits for the commit while others keep coming.
@@ -129,6 +147,15 @@ pub enum Synchronous {
     Normal,
 }
 
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
 /// Settings of the SQLite backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -165,6 +192,8 @@ pub struct SqliteBackend {
     /// Writers waiting for `writer` (they join the open group instead of a new one).
     queued: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
+    groups: AtomicU64,
+    synced: AtomicU64,
 }
 
 /// The writer connection and the group whose transaction is open on it.
@@ -174,6 +203,10 @@ struct Writer {
     group: Option<Arc<Group>>,
     /// Members of `group` whose bodies succeeded (the ones the commit decides for).
     members: usize,
+    /// Whether `group` commits at `synchronous=FULL` (a durable writer opened it).
+    durable: bool,
+    /// The connection's `synchronous` setting now (changed only between transactions).
+    sync: Synchronous,
 }
 
 /// One shared write transaction: its members wait for its outcome.
@@ -294,13 +327,8 @@ impl SqliteBackend {
                 source: rusqlite::Error::InvalidQuery,
             });
         }
-        let sync = match options.synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        writer
-            .pragma_update(None, "synchronous", sync)
-            .map_err(sql_err(&display, "set synchronous"))?;
+        let synchronous = options.synchronous;
+        run_cached(&writer, synchronous.pragma()).map_err(sql_err(&display, "set synchronous"))?;
         // Truncate the WAL file after checkpoints instead of letting it keep its peak size.
         writer
             .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
@@ -313,9 +341,13 @@ impl SqliteBackend {
                 conn: writer,
                 group: None,
                 members: 0,
+                durable: true,
+                sync: synchronous,
             }),
             queued: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
+            groups: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
         };
         backend.with_busy_retry("migrate", || {
             let mut w = lock(&backend.writer);
@@ -378,11 +410,32 @@ impl SqliteBackend {
         }
     }
 
-    /// One attempt of [`Backend::write`] with group commit (see the module docs).
-    fn write_in_group(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+    /// The commits of the writer connection so far.
+    pub fn commit_counts(&self) -> CommitCounts {
+        CommitCounts {
+            groups: self.groups.load(Ordering::Relaxed),
+            synced: self.synced.load(Ordering::Relaxed),
+        }
+    }
+
+    /// One attempt of [`Backend::write`] (`durable`) or [`Backend::write_deferred`] with
+    /// group commit (see the module docs).
+    fn write_in_group(
+        &self,
+        f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
+        durable: bool,
+    ) -> Result<()> {
+        // With `synchronous=NORMAL` configured nothing is fsynced: one kind of group.
+        let durable = durable || self.options.synchronous == Synchronous::Normal;
         self.queued.fetch_add(1, Ordering::SeqCst);
         let mut w = lock(&self.writer);
         self.queued.fetch_sub(1, Ordering::SeqCst);
+        if durable && !w.durable && w.group.is_some() && !w.conn.is_autocommit() {
+            // A deferred group is open: commit it for its members (no fsync) rather than
+            // join it, so that this write is fsynced before it returns. The outcome is
+            // its members' (they are told it); this write starts afresh either way.
+            let _ = self.end_group(&mut w);
+        }
         let group = match &w.group {
             Some(g) if !w.conn.is_autocommit() => Arc::clone(g),
             stale => {
@@ -403,10 +456,21 @@ impl SqliteBackend {
                 }
                 w.group = None;
                 w.members = 0;
+                let sync = if durable {
+                    self.options.synchronous
+                } else {
+                    Synchronous::Normal
+                };
+                if w.sync != sync {
+                    run_cached(&w.conn, sync.pragma())
+                        .map_err(sql_err(&self.display, "set synchronous"))?;
+                    w.sync = sync;
+                }
                 run_cached(&w.conn, "BEGIN IMMEDIATE")
                     .map_err(sql_err(&self.display, "begin write transaction"))?;
                 let g = Arc::new(Group::default());
                 w.group = Some(Arc::clone(&g));
+                w.durable = durable;
                 g
             }
         };
@@ -417,11 +481,8 @@ impl SqliteBackend {
         }
         let alone = self.queued.load(Ordering::SeqCst) == 0;
         if alone || w.members >= MAX_GROUP || w.conn.is_autocommit() {
-            let outcome = self.commit_group(&mut w);
-            w.group = None;
-            w.members = 0;
+            let outcome = self.end_group(&mut w);
             drop(w);
-            group.finish(outcome.clone());
             return match own {
                 Ok(Ok(())) => outcome.map_err(|e| e.error(&self.display)),
                 Ok(Err(e)) => Err(e),
@@ -478,6 +539,22 @@ impl SqliteBackend {
             (Err(e), Ok(Ok(()))) => Ok(Err(sql_err(&self.display, "end savepoint")(e))),
             (Err(_), out) => out,
         }
+    }
+
+    /// Commit the open group's transaction and tell its members the outcome.
+    fn end_group(&self, w: &mut Writer) -> std::result::Result<(), GroupFailure> {
+        let outcome = self.commit_group(w);
+        if outcome.is_ok() && w.members > 0 {
+            self.groups.fetch_add(1, Ordering::Relaxed);
+            if w.sync == Synchronous::Full {
+                self.synced.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        w.members = 0;
+        if let Some(group) = w.group.take() {
+            group.finish(outcome.clone());
+        }
+        outcome
     }
 
     /// Commit the open group's transaction (roll it back when no member is left in it).
@@ -619,7 +696,11 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<()> {
 
 impl Backend for SqliteBackend {
     fn write(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
-        self.with_busy_retry("write transaction", || self.write_in_group(f))
+        self.with_busy_retry("write transaction", || self.write_in_group(f, true))
+    }
+
+    fn write_deferred(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
+        self.with_busy_retry("write transaction", || self.write_in_group(f, false))
     }
 
     fn read(&self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
@@ -773,5 +854,103 @@ mod tests {
             None,
         );
         assert!(sqlite_is_busy(&busy));
+    }
+
+    /// Runs `first` (durable or deferred) with a body that holds the group open until a
+    /// second writer (`second`) is queued for the writer connection, then that writer:
+    /// the group `first` opened is still open when `second` comes.
+    fn two_writers(b: &Arc<SqliteBackend>, first: bool, second: bool) {
+        let (running, started) = std::sync::mpsc::channel::<()>();
+        let waiter = {
+            let b = Arc::clone(b);
+            std::thread::spawn(move || {
+                // Queue only once the first writer's body is running.
+                started.recv().unwrap();
+                let body = &mut |t: &mut dyn KvTxn| t.put(b"second", b"2");
+                if second {
+                    b.write(body)
+                } else {
+                    b.write_deferred(body)
+                }
+                .unwrap();
+            })
+        };
+        let body = &mut |t: &mut dyn KvTxn| {
+            t.put(b"first", b"1")?;
+            let _ = running.send(());
+            // Deterministic: the body returns once the other writer waits for the lock.
+            while b.queued.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            Ok(())
+        };
+        if first {
+            b.write(body)
+        } else {
+            b.write_deferred(body)
+        }
+        .unwrap();
+        waiter.join().unwrap();
+    }
+
+    fn synchronous_now(b: &SqliteBackend) -> i64 {
+        let w = lock(&b.writer);
+        w.conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_deferred_write_commits_without_an_fsync_and_a_durable_one_never_joins_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(
+            SqliteBackend::open(dir.path().join("m.db"), SqliteOptions::default()).unwrap(),
+        );
+        let counts = |groups, synced| CommitCounts { groups, synced };
+        b.write_deferred(&mut |t| t.put(b"a", b"1")).unwrap();
+        assert_eq!(b.commit_counts(), counts(1, 0), "a lone deferred write");
+        assert_eq!(synchronous_now(&b), 1, "NORMAL while it committed");
+        b.read(&mut |t| {
+            assert_eq!(t.get(b"a")?.as_deref(), Some(&b"1"[..]), "visible at once");
+            Ok(())
+        })
+        .unwrap();
+        b.write(&mut |t| t.put(b"b", b"2")).unwrap();
+        assert_eq!(b.commit_counts(), counts(2, 1), "a lone durable write");
+        assert_eq!(synchronous_now(&b), 2, "FULL while it committed");
+
+        // A durable writer finding a deferred group open commits it and opens its own.
+        two_writers(&b, false, true);
+        assert_eq!(b.commit_counts(), counts(4, 2));
+        // A deferred writer finding a durable group open joins it (and is fsynced).
+        two_writers(&b, true, false);
+        assert_eq!(b.commit_counts(), counts(5, 3));
+        // Two deferred writers share one group, unsynced.
+        two_writers(&b, false, false);
+        assert_eq!(b.commit_counts(), counts(6, 3));
+        b.read(&mut |t| {
+            assert_eq!(t.scan(b"", b"\xff", 10)?.len(), 4);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn with_synchronous_normal_configured_every_write_is_one_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            synchronous: Synchronous::Normal,
+            ..SqliteOptions::default()
+        };
+        let b = Arc::new(SqliteBackend::open(dir.path().join("m.db"), options).unwrap());
+        two_writers(&b, false, true);
+        assert_eq!(
+            b.commit_counts(),
+            CommitCounts {
+                groups: 1,
+                synced: 0
+            }
+        );
+        assert_eq!(synchronous_now(&b), 1);
     }
 }
