@@ -9,12 +9,13 @@ use async_trait::async_trait;
 use object_store::ObjectStore;
 use tern_clock::SharedClock;
 use tern_crypto::{EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
-use tern_meta::{ColumnDef, MetaStore};
+use tern_meta::{MetaStore, MicroPartitionDpo};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{Path, StoreExt};
-use tern_table::commit::{Change, FileJournal, Planned, publish, remove_files};
+use tern_table::commit::{Change, FileJournal, publish, remove_files};
 use tern_table::{
-    ChangeRecord, CommitInfo, Committed, Committer, IdempotencyKey, Stamp, Transaction, WriteFence,
+    ChangeRecord, CommitInfo, Committed, Committer, IdempotencyKey, Landing, Stamp, Transaction,
+    WriteFence,
 };
 use tokio::sync::Notify;
 
@@ -1089,6 +1090,12 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        // Each change's added files leave the change: a plan moves them into its record
+        // (a plan that no longer holds hands them on to the next) instead of copying them —
+        // a change of 100 000 files is held once, not once per plan.
+        let mut changes = changes;
+        let mut added: Vec<Vec<MicroPartitionDpo>> =
+            changes.iter_mut().map(Change::take_added).collect();
         let planning = Arc::new(Planning {
             changes,
             ep_seqs,
@@ -1101,34 +1108,57 @@ impl Inner {
         });
         let mut t = started;
         let (record, staged) = loop {
-            // Where the changes land now, planned outside the locks, their metadata files
-            // sealed: then one metadata transaction takes the locks, finds the plan still
-            // holds (else plans again) and prepares — the files are written after it,
-            // beside the log record, not in between with the locks held.
-            let planned = {
+            // Where the changes land now, read outside the locks; planned there, their
+            // metadata files sealed: then one metadata transaction takes the locks, finds
+            // they still land there (else plans again) and prepares — the files are written
+            // after it, beside the log record, not in between with the locks held.
+            let landings = {
                 let planning = Arc::clone(&planning);
-                self.meta.read_async(move |tx| Ok(planning.plan(tx))).await
+                self.meta
+                    .read_async(move |tx| Ok(planning.landings(tx)))
+                    .await
             };
-            let planned = match planned {
-                Ok(Ok(p)) => p,
+            let landings = match landings {
+                Ok(Ok(l)) => l,
                 Ok(Err(e)) => return self.fail(handle, e.into()).await,
                 Err(e) => return self.fail(handle, e.into()).await,
             };
-            let mut staged = Vec::new();
-            for file in planned.iter().filter_map(|p| p.metadata_file.as_ref()) {
-                match file.seal().await {
-                    Ok(sealed) => staged.push((file.path.clone(), sealed)),
+            let mut planned = Vec::with_capacity(planning.changes.len());
+            for ((change, landing), (files, &seq)) in planning
+                .changes
+                .iter()
+                .zip(&landings)
+                .zip(added.drain(..).zip(&planning.ep_seqs))
+            {
+                match change.plan_landed(landing.as_ref(), files, seq) {
+                    Ok(p) => planned.push(p),
                     Err(e) => return self.fail(handle, e.into()).await,
                 }
             }
-            let predicted: Vec<ChangeRecord> = planned.into_iter().map(|p| p.record).collect();
+            let mut staged = Vec::new();
+            let mut predicted = Vec::with_capacity(planned.len());
+            for p in planned {
+                if let Some(file) = &p.metadata_file {
+                    match file.seal().await {
+                        Ok(sealed) => staged.push((file.path.clone(), sealed)),
+                        Err(e) => return self.fail(handle, e.into()).await,
+                    }
+                }
+                // The plaintext goes as soon as it is sealed.
+                predicted.push(p.record);
+            }
             t = add(&self.phases.prepare, t);
             let now = self.clock.now_millis();
             // Shared with the locking closure, not cloned: a large table's metadata file
-            // is megabytes.
+            // is megabytes, and its record lists every file.
             let staged = Arc::new(staged);
+            let predicted = Arc::new(predicted);
             let attempt = {
-                let (planning, staged) = (Arc::clone(&planning), Arc::clone(&staged));
+                let (planning, staged, predicted) = (
+                    Arc::clone(&planning),
+                    Arc::clone(&staged),
+                    Arc::clone(&predicted),
+                );
                 self.take_locks(id, &names, move |tx, txn| {
                     planning.prepare(tx, txn, &predicted, &staged, now)
                 })
@@ -1137,11 +1167,17 @@ impl Inner {
             t = add(&self.phases.locks, t);
             match attempt {
                 Ok(Prepare::Done(record)) => break (record, staged),
-                Ok(Prepare::Moved) => {}
+                Ok(Prepare::Moved) => {
+                    // The next plan takes this one's files (the closure has let go of them).
+                    let mut records = Arc::try_unwrap(predicted).unwrap_or_else(|p| (*p).clone());
+                    added = records.iter_mut().map(ChangeRecord::take_added).collect();
+                }
                 Ok(Prepare::Refused(e)) => return self.fail(handle, e).await,
                 Err(e) => return self.fail(handle, e).await,
             }
         };
+        // Prepared: the changes (their files moved into the record) are not needed again.
+        drop(planning);
         // Soft point of no return passed: from here the transaction only rolls forward, so
         // whatever stops this call leaves it to recovery and its caller in doubt, with the
         // id to look its outcome up by — never a plain failure the client would retry.
@@ -1528,31 +1564,13 @@ enum Prepare<T> {
     Refused(Error),
 }
 
-/// Where a planned change lands: its table, the version it rests on and makes, and the
-/// columns it has. Equal landings mean equal plans (the rest comes from the statement).
-fn landing(r: &ChangeRecord) -> Option<(&TableId, u64, u64, &[ColumnDef])> {
-    match r {
-        ChangeRecord::TableVersion {
-            table,
-            base_version,
-            version,
-            columns,
-            ..
-        } => Some((table, *base_version, *version, columns)),
-        ChangeRecord::Dictionary { .. } => None,
-        // Lands at its version or not at all (its plan fails otherwise).
-        ChangeRecord::Repair { table, version, .. } => Some((table, *version, *version, &[])),
-    }
-}
-
 impl Planning {
-    /// Every change planned on the state `tx` reads.
-    fn plan(&self, tx: &mut tern_meta::MetaTxn<'_>) -> tern_table::Result<Vec<Planned>> {
-        self.changes
-            .iter()
-            .zip(&self.ep_seqs)
-            .map(|(c, &seq)| c.plan_in(tx, seq))
-            .collect()
+    /// Where every change lands on the state `tx` reads (with every check of planning).
+    fn landings(
+        &self,
+        tx: &mut tern_meta::MetaTxn<'_>,
+    ) -> tern_table::Result<Vec<Option<Landing>>> {
+        self.changes.iter().map(|c| c.landing_in(tx)).collect()
     }
 
     /// Under the locks just taken, in their metadata transaction: if the changes still
@@ -1566,17 +1584,20 @@ impl Planning {
         staged: &[(Path, Vec<u8>)],
         now: i64,
     ) -> tern_meta::Result<Prepare<LogRecord>> {
-        let records: Vec<ChangeRecord> = match self.plan(tx) {
-            Ok(planned) => planned.into_iter().map(|p| p.record).collect(),
+        // Where the changes land now, checked as planning checks them; landing where they
+        // were planned, they plan the same: the predicted records are the records (and are
+        // not made again, a copy of every added file less under the locks).
+        let landings = match self.landings(tx) {
+            Ok(l) => l,
             Err(e) => return Ok(Prepare::Refused(e.into())),
         };
-        if records
-            .iter()
-            .map(landing)
-            .ne(predicted.iter().map(landing))
+        if landings
+            .into_iter()
+            .ne(predicted.iter().map(ChangeRecord::landing))
         {
             return Ok(Prepare::Moved);
         }
+        let records = predicted;
         let account = &self.account;
         // Under the locks nothing else changes these tables: what publishes cleanly now
         // publishes cleanly after the log write. Checked by the code that publishes, its
@@ -1584,7 +1605,7 @@ impl Planning {
         // commits nothing), rather than in one of its own that would wait for the writer
         // once more.
         let checked = tx.undone(|tx| {
-            for r in &records {
+            for r in records {
                 publish(tx, r, Some(0), &self.deployment, now)?;
             }
             Ok(())
@@ -1608,12 +1629,7 @@ impl Planning {
         // The fence decides in this same metadata transaction: a database fenced before it
         // never takes the commit, one fenced after finds it prepared (and the record
         // stamped with the epoch it was made under).
-        let stamps = match stamp(
-            tx,
-            &records,
-            self.fence.as_deref(),
-            self.replicated.as_ref(),
-        )? {
+        let stamps = match stamp(tx, records, self.fence.as_deref(), self.replicated.as_ref())? {
             Ok(s) => s,
             Err(refused) => return Ok(Prepare::Refused(Error::from(refused))),
         };
@@ -1627,7 +1643,7 @@ impl Planning {
             self.deployment.clone(),
             account.clone(),
             now,
-            records,
+            records.to_vec(),
         );
         record.stamps = stamps;
         t.state = TxnState::Prepared;
