@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use object_store::ObjectStore;
 use tern_clock::SharedClock;
 use tern_crypto::{EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
@@ -28,8 +29,8 @@ use crate::state::{
     LogMarkDpo, LogPrunedDpo, StagedFileDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnHead,
     TxnIndexesDpo, TxnRefDpo, TxnState, all_pending, by_id_key, db_seq_key, done, done_key,
     idempotency_ages, idempotency_key, indexes_key, lamport_key, lock_key, log_key_key,
-    log_mark_key, log_marks, log_pruned_key, pending, pending_key, put_idempotency,
-    staged_file_key, staged_files, txn_file_key, txn_files, txn_key, txns,
+    log_mark_key, log_marks, log_pruned_key, pending, pending_key, put_idempotency, record_key,
+    staged_bytes, staged_bytes_key, staged_files, txn_file_key, txn_files, txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -984,30 +985,44 @@ impl Inner {
                 report.rolled_back.push(t.handle);
             }
             TxnState::Prepared => {
-                let record = t.record.ok_or_else(|| Error::BadLogRecord {
-                    path: format!("transaction {}", t.handle),
-                    reason: "prepared without a log record".into(),
-                })?;
                 let handle = t.handle;
-                let staged = self
-                    .meta
-                    .read_async(move |tx| tx.scan_prefix::<StagedFileDpo>(&staged_files(handle)))
-                    .await?
-                    .into_iter()
-                    .map(|(_, f)| {
-                        let sealed = tern_crypto::from_hex(&f.sealed).ok_or_else(|| {
-                            Error::BadLogRecord {
-                                path: f.path.clone(),
-                                reason: format!(
-                                    "transaction {handle}: its staged metadata file is not hex"
-                                ),
+                // Its record: beside the row (format 2), or in it (format 1).
+                let (record, plain) = match t.record {
+                    Some(record) => {
+                        let plain = record.to_bytes()?;
+                        (record, plain)
+                    }
+                    None => {
+                        // Read with the row: a commit of this instance may have finished it
+                        // since it was listed (and its record gone with it).
+                        let key = record_key(handle);
+                        let (state, plain) = self
+                            .meta
+                            .read_async(move |tx| {
+                                let state = tx.get::<TxnHead>(&txn_key(handle))?.map(|h| h.state);
+                                Ok((state, tx.raw().get(record_key(handle).as_bytes())?))
+                            })
+                            .await?;
+                        match (state, plain) {
+                            (Some(TxnState::Prepared), Some(plain)) => {
+                                (LogRecord::from_bytes(&plain, &key.to_string())?, plain)
                             }
-                        })?;
-                        Ok((Path::from(f.path), sealed))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                            (Some(TxnState::Prepared), None) => {
+                                return Err(Error::BadLogRecord {
+                                    path: format!("transaction {handle}"),
+                                    reason: "prepared without a log record".into(),
+                                });
+                            }
+                            // Finished meanwhile (or going Committing → Committed by it).
+                            _ => return Ok(()),
+                        }
+                    }
+                };
+                let staged = self.staged(handle).await?;
                 self.write_staged(&staged).await?;
-                self.store_log(&record).await?;
+                self.store_log(&record.account, record.txn_id, &plain)
+                    .await?;
+                drop((staged, plain));
                 // A commit of this instance may have finished it meanwhile.
                 let record = Arc::new(record);
                 if self.finish(t.handle, Arc::clone(&record)).await? {
@@ -1107,7 +1122,7 @@ impl Inner {
             fence,
         });
         let mut t = started;
-        let (record, staged) = loop {
+        let (prepared, changes, staged) = loop {
             // Where the changes land now, read outside the locks; planned there, their
             // metadata files sealed: then one metadata transaction takes the locks, finds
             // they still land there (else plans again) and prepares — the files are written
@@ -1140,7 +1155,7 @@ impl Inner {
             for p in planned {
                 if let Some(file) = &p.metadata_file {
                     match file.seal().await {
-                        Ok(sealed) => staged.push((file.path.clone(), sealed)),
+                        Ok(sealed) => staged.push((file.path.clone(), Bytes::from(sealed))),
                         Err(e) => return self.fail(handle, e.into()).await,
                     }
                 }
@@ -1166,7 +1181,11 @@ impl Inner {
             };
             t = add(&self.phases.locks, t);
             match attempt {
-                Ok(Prepare::Done(record)) => break (record, staged),
+                Ok(Prepare::Done(prepared)) => {
+                    // The record's changes are the planned ones (the closure has let go).
+                    let changes = Arc::try_unwrap(predicted).unwrap_or_else(|p| (*p).clone());
+                    break (prepared, changes, staged);
+                }
                 Ok(Prepare::Moved) => {
                     // The next plan takes this one's files (the closure has let go of them).
                     let mut records = Arc::try_unwrap(predicted).unwrap_or_else(|p| (*p).clone());
@@ -1178,10 +1197,25 @@ impl Inner {
         };
         // Prepared: the changes (their files moved into the record) are not needed again.
         drop(planning);
+        let Prepared {
+            txn_id,
+            committed_at_ms,
+            stamps,
+            plain,
+        } = prepared;
+        let record = LogRecord {
+            stamps,
+            ..LogRecord::new(
+                txn_id,
+                self.deployment.clone(),
+                account.clone(),
+                committed_at_ms,
+                changes,
+            )
+        };
         // Soft point of no return passed: from here the transaction only rolls forward, so
         // whatever stops this call leaves it to recovery and its caller in doubt, with the
         // id to look its outcome up by — never a plain failure the client would retry.
-        let txn_id = record.txn_id;
         let in_doubt = |e: Error| {
             if !e.is_crash() {
                 tracing::error!(txn_id, error = %e, "commit in doubt; recovery completes it");
@@ -1196,8 +1230,10 @@ impl Inner {
         // version is visible, and a crash in between leaves recovery both to write again.
         let (files, logged) = tokio::join!(
             self.write_staged(&staged),
-            self.write_log(&log_keys, &record)
+            self.write_log(&log_keys, account, txn_id, &plain)
         );
+        // Stored: the bytes of the record and of the metadata files are not needed again.
+        drop((plain, staged));
         files.map_err(in_doubt)?;
         logged.map_err(in_doubt)?;
         self.crash.check("logged").map_err(in_doubt)?;
@@ -1257,9 +1293,18 @@ impl Inner {
 
     /// Store the log record, retrying failed and inconclusive attempts: the write is
     /// idempotent, so an attempt that took effect but reported failure is found by the next.
-    async fn write_log(&self, keys: &TableFileKeys, record: &LogRecord) -> Result<()> {
-        self.retrying(&record.path(), || log::write(&self.volume, keys, record))
-            .await
+    async fn write_log(
+        &self,
+        keys: &TableFileKeys,
+        account: &AccountId,
+        txn_id: u64,
+        plain: &[u8],
+    ) -> Result<()> {
+        let path = tern_storage::layout::volume::txlog(account, txn_id);
+        self.retrying(&path, || {
+            log::write(&self.volume, keys, account, txn_id, plain)
+        })
+        .await
     }
 
     /// Run one idempotent write of `path` until it succeeds, retrying failed and
@@ -1300,9 +1345,47 @@ impl Inner {
         }
     }
 
-    async fn store_log(&self, record: &LogRecord) -> Result<()> {
-        let keys = self.log_keys(&record.account).await?;
-        self.write_log(&keys, record).await
+    async fn store_log(&self, account: &AccountId, txn_id: u64, plain: &[u8]) -> Result<()> {
+        let keys = self.log_keys(account).await?;
+        self.write_log(&keys, account, txn_id, plain).await
+    }
+
+    /// The sealed metadata files a Prepared transaction keeps, in either stored form.
+    async fn staged(&self, handle: u64) -> Result<Vec<(Path, Bytes)>> {
+        let (raw, hex) = self
+            .meta
+            .read_async(move |tx| {
+                let (start, end) = staged_bytes(handle).prefix_range();
+                let raw = tx.raw().scan(&start, &end, usize::MAX)?;
+                let hex = tx.scan_prefix::<StagedFileDpo>(&staged_files(handle))?;
+                Ok((raw, hex))
+            })
+            .await?;
+        let mut out = Vec::with_capacity(raw.len() + hex.len());
+        for (key, sealed) in raw {
+            let key = tern_meta::Key::from_bytes(key);
+            let path = match key.elements()?.pop() {
+                Some(tern_meta::Element::Str(path)) => path,
+                _ => {
+                    return Err(Error::BadLogRecord {
+                        path: key.to_string(),
+                        reason: format!(
+                            "transaction {handle}: a staged metadata file's key names no path"
+                        ),
+                    });
+                }
+            };
+            out.push((Path::from(path), Bytes::from(sealed)));
+        }
+        // Stores written before the files were kept as bytes.
+        for (_, f) in hex {
+            let sealed = tern_crypto::from_hex(&f.sealed).ok_or_else(|| Error::BadLogRecord {
+                path: f.path.clone(),
+                reason: format!("transaction {handle}: its staged metadata file is not hex"),
+            })?;
+            out.push((Path::from(f.path), Bytes::from(sealed)));
+        }
+        Ok(out)
     }
 
     /// Take every lock in `names` for `handle` at once (those it holds already count) and
@@ -1396,9 +1479,10 @@ impl Inner {
     /// Store a Prepared transaction's sealed metadata files, create-once: a file found
     /// stored already is one an earlier attempt wrote (its path is numbered for this
     /// transaction alone) when it holds the same bytes.
-    async fn write_staged(&self, staged: &[(Path, Vec<u8>)]) -> Result<()> {
+    async fn write_staged(&self, staged: &[(Path, Bytes)]) -> Result<()> {
         let writes = staged.iter().map(|(path, sealed)| {
             self.retrying(path, move || async move {
+                // Shared with the payload, not copied.
                 let put = self
                     .volume
                     .put_new(path, object_store::PutPayload::from(sealed.clone()))
@@ -1406,7 +1490,7 @@ impl Inner {
                 match put {
                     Ok(_) => Ok(()),
                     Err(tern_storage::Error::AlreadyExists { .. }) => {
-                        if self.volume.read_all(path).await?.as_ref() == sealed.as_slice() {
+                        if self.volume.read_all(path).await?.as_ref() == sealed.as_ref() {
                             Ok(())
                         } else {
                             Err(Error::StagedFileMismatch {
@@ -1581,9 +1665,9 @@ impl Planning {
         tx: &mut tern_meta::MetaTxn<'_>,
         t: &mut TxnDpo,
         predicted: &[ChangeRecord],
-        staged: &[(Path, Vec<u8>)],
+        staged: &[(Path, Bytes)],
         now: i64,
-    ) -> tern_meta::Result<Prepare<LogRecord>> {
+    ) -> tern_meta::Result<Prepare<Prepared>> {
         // Where the changes land now, checked as planning checks them; landing where they
         // were planned, they plan the same: the predicted records are the records (and are
         // not made again, a copy of every added file less under the locks).
@@ -1638,39 +1722,36 @@ impl Planning {
         let key = lamport_key(account);
         let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
         tx.put(&key, &LamportDpo { last: txn_id })?;
-        let mut record = LogRecord::new(
-            txn_id,
-            self.deployment.clone(),
-            account.clone(),
-            now,
-            records.to_vec(),
-        );
-        record.stamps = stamps;
+        // The record, encoded once from the planned changes (borrowed): kept beside the
+        // row as these bytes, which are sealed into the log as they are.
+        let handle = self.handle;
+        let plain =
+            LogRecord::encode_parts(txn_id, &self.deployment, account, now, records, &stamps)
+                .map_err(|source| tern_meta::Error::Encode {
+                    what: "log record",
+                    key: record_key(handle).to_string(),
+                    source,
+                })?;
         t.state = TxnState::Prepared;
         t.txn_id = Some(txn_id);
-        t.record = Some(record.clone());
-        let handle = self.handle;
+        t.record = None;
+        t.stamps.clone_from(&stamps);
+        tx.raw().put(record_key(handle).as_bytes(), &plain)?;
         tx.put(&pending_key(account, txn_id), &TxnRefDpo { handle })?;
         tx.put(&by_id_key(account, txn_id), &TxnRefDpo { handle })?;
-        // Journaled (as every file is before it is written) and kept sealed, so that
-        // recovery writes exactly these bytes.
+        // Journaled (as every file is before it is written) and kept sealed, as bytes, so
+        // that recovery writes exactly these bytes.
         for (path, sealed) in staged {
             let path = path.to_string();
             tx.put(
                 &txn_file_key(handle, &path),
                 &TxnFileDpo { path: path.clone() },
             )?;
-            tx.put(
-                &staged_file_key(handle, &path),
-                &StagedFileDpo {
-                    path,
-                    sealed: tern_crypto::to_hex(sealed),
-                },
-            )?;
+            tx.raw()
+                .put(staged_bytes_key(handle, &path).as_bytes(), sealed)?;
         }
         if let Some(k) = &self.idempotency {
-            let outcome = record
-                .changes
+            let outcome = records
                 .iter()
                 .find_map(|r| CommitInfo::of_record(r, Some(txn_id)))
                 .map(|i| IdempotentOutcome::from(&i));
@@ -1686,8 +1767,22 @@ impl Planning {
                 },
             )?;
         }
-        Ok(Prepare::Done(record))
+        Ok(Prepare::Done(Prepared {
+            txn_id,
+            committed_at_ms: now,
+            stamps,
+            plain,
+        }))
     }
+}
+
+/// What entering Prepared made: the id, the commit time and stamps of the record, and the
+/// record's bytes as stored beside the row.
+struct Prepared {
+    txn_id: u64,
+    committed_at_ms: i64,
+    stamps: BTreeMap<DatabaseId, Stamp>,
+    plain: Vec<u8>,
 }
 
 /// Build the indexes of the transaction rows once, for a store written before them
@@ -1739,6 +1834,7 @@ fn txn_or_new(
             locks: Vec::new(),
             txn_id: None,
             record: None,
+            stamps: BTreeMap::new(),
         }))
 }
 
@@ -1760,12 +1856,12 @@ fn release_in(
             tx.delete(&key)?;
         }
     }
-    for (k, _) in tx.scan_prefix::<TxnFileDpo>(&txn_files(handle))? {
-        tx.delete(&k)?;
-    }
-    for (k, _) in tx.scan_prefix::<StagedFileDpo>(&staged_files(handle))? {
-        tx.delete(&k)?;
-    }
+    // Ranges, not rows read one by one: a commit copying in 100 000 files journaled as
+    // many, and a staged metadata file or record can be megabytes.
+    tx.delete_prefix(&txn_files(handle))?;
+    tx.delete_prefix(&staged_files(handle))?;
+    tx.delete_prefix(&staged_bytes(handle))?;
+    tx.delete(&record_key(handle))?;
     if let Some(id) = t.txn_id {
         tx.delete(&pending_key(&t.account, id))?;
     }
@@ -1774,6 +1870,7 @@ fn release_in(
     t.locks.clear();
     t.files.clear();
     t.record = None;
+    t.stamps.clear();
     t.updated_at_ms = now;
     tx.put(&txn_key(handle), t)?;
     Ok(true)
@@ -1836,8 +1933,7 @@ pub fn settled_database_seq(
     for (_, r) in tx.scan_prefix::<TxnRefDpo>(&self::pending(account))? {
         let seq = tx
             .get::<TxnDpo>(&txn_key(r.handle))?
-            .and_then(|t| t.record)
-            .and_then(|r| r.stamp(database))
+            .and_then(|t| t.record_stamps().get(database).copied())
             .map(|s| s.seq);
         if let Some(seq) = seq {
             pending = Some(pending.map_or(seq, |p| p.min(seq)));
