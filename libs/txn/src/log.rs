@@ -111,6 +111,29 @@ impl LogRecord {
         changes: &[ChangeRecord],
         stamps: &BTreeMap<DatabaseId, Stamp>,
     ) -> serde_json::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        Self::encode_parts_to(
+            &mut out,
+            txn_id,
+            origin,
+            account,
+            committed_at_ms,
+            changes,
+            stamps,
+        )?;
+        Ok(out)
+    }
+
+    /// [`LogRecord::encode_parts`] into `out` (a compressor, say), never held whole.
+    pub fn encode_parts_to<W: std::io::Write>(
+        out: W,
+        txn_id: u64,
+        origin: &DeploymentId,
+        account: &AccountId,
+        committed_at_ms: i64,
+        changes: &[ChangeRecord],
+        stamps: &BTreeMap<DatabaseId, Stamp>,
+    ) -> serde_json::Result<()> {
         /// [`LogRecord`]'s fields, in its order, borrowed.
         #[derive(Serialize)]
         struct Parts<'a> {
@@ -127,16 +150,19 @@ impl LogRecord {
         fn no_stamps(s: &&BTreeMap<DatabaseId, Stamp>) -> bool {
             s.is_empty()
         }
-        serde_json::to_vec(&Parts {
-            format: FORMAT,
-            v: VERSION,
-            txn_id,
-            origin,
-            account,
-            committed_at_ms,
-            changes,
-            stamps,
-        })
+        serde_json::to_writer(
+            out,
+            &Parts {
+                format: FORMAT,
+                v: VERSION,
+                txn_id,
+                origin,
+                account,
+                committed_at_ms,
+                changes,
+                stamps,
+            },
+        )
     }
 
     /// Parse, checking the format tag and version. `path` names the file in errors.

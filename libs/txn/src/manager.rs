@@ -1004,7 +1004,8 @@ impl Inner {
                             })
                             .await?;
                         match (state, plain) {
-                            (Some(TxnState::Prepared), Some(plain)) => {
+                            (Some(TxnState::Prepared), Some(packed)) => {
+                                let plain = unpack_record(handle, &packed)?;
                                 (LogRecord::from_bytes(&plain, &key.to_string())?, plain)
                             }
                             (Some(TxnState::Prepared), None) => {
@@ -1201,7 +1202,6 @@ impl Inner {
             txn_id,
             committed_at_ms,
             stamps,
-            plain,
         } = prepared;
         let record = LogRecord {
             stamps,
@@ -1228,6 +1228,8 @@ impl Inner {
         self.crash.check("prepared").map_err(in_doubt)?;
         // The metadata files and the log record, at once: both are stored before the
         // version is visible, and a crash in between leaves recovery both to write again.
+        // The record's bytes: what the prepare encoded (the same canonical encoding).
+        let plain = record.to_bytes().map_err(in_doubt)?;
         let (files, logged) = tokio::join!(
             self.write_staged(&staged),
             self.write_log(&log_keys, account, txn_id, &plain)
@@ -1722,21 +1724,35 @@ impl Planning {
         let key = lamport_key(account);
         let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
         tx.put(&key, &LamportDpo { last: txn_id })?;
-        // The record, encoded once from the planned changes (borrowed): kept beside the
-        // row as these bytes, which are sealed into the log as they are.
+        // The record, encoded from the planned changes (borrowed) straight into a
+        // compressor: kept beside the row compressed (a record of 100 000 files is tens of
+        // MiB of JSON, a few MiB packed), never held whole as JSON here.
         let handle = self.handle;
-        let plain =
-            LogRecord::encode_parts(txn_id, &self.deployment, account, now, records, &stamps)
-                .map_err(|source| tern_meta::Error::Encode {
-                    what: "log record",
-                    key: record_key(handle).to_string(),
-                    source,
-                })?;
+        let encode_failed = |source| tern_meta::Error::Encode {
+            what: "log record",
+            key: record_key(handle).to_string(),
+            source,
+        };
+        let mut packer = zstd::Encoder::new(Vec::new(), RECORD_ZSTD_LEVEL)
+            .map_err(|e| encode_failed(serde_json::Error::io(e)))?;
+        LogRecord::encode_parts_to(
+            &mut packer,
+            txn_id,
+            &self.deployment,
+            account,
+            now,
+            records,
+            &stamps,
+        )
+        .map_err(encode_failed)?;
+        let packed = packer
+            .finish()
+            .map_err(|e| encode_failed(serde_json::Error::io(e)))?;
         t.state = TxnState::Prepared;
         t.txn_id = Some(txn_id);
         t.record = None;
         t.stamps.clone_from(&stamps);
-        tx.raw().put(record_key(handle).as_bytes(), &plain)?;
+        tx.raw().put(record_key(handle).as_bytes(), &packed)?;
         tx.put(&pending_key(account, txn_id), &TxnRefDpo { handle })?;
         tx.put(&by_id_key(account, txn_id), &TxnRefDpo { handle })?;
         // Journaled (as every file is before it is written) and kept sealed, as bytes, so
@@ -1771,18 +1787,27 @@ impl Planning {
             txn_id,
             committed_at_ms: now,
             stamps,
-            plain,
         }))
     }
 }
 
-/// What entering Prepared made: the id, the commit time and stamps of the record, and the
-/// record's bytes as stored beside the row.
+/// What entering Prepared made: the id, the commit time and the stamps of the record.
 struct Prepared {
     txn_id: u64,
     committed_at_ms: i64,
     stamps: BTreeMap<DatabaseId, Stamp>,
-    plain: Vec<u8>,
+}
+
+/// The zstd level a Prepared transaction's record is kept at (fast; the JSON of file
+/// lists packs about tenfold even so).
+const RECORD_ZSTD_LEVEL: i32 = 1;
+
+/// The record's bytes from its packed form beside the row (`txn/rec/<handle>`).
+fn unpack_record(handle: u64, packed: &[u8]) -> Result<Vec<u8>> {
+    zstd::decode_all(packed).map_err(|e| Error::BadLogRecord {
+        path: record_key(handle).to_string(),
+        reason: format!("transaction {handle}: its stored record does not unpack: {e}"),
+    })
 }
 
 /// Build the indexes of the transaction rows once, for a store written before them

@@ -54,7 +54,7 @@ impl TxnState {
 /// One transaction.
 ///
 /// Format versions: 2 (written) keeps a Prepared transaction's log record beside the row,
-/// as the record's own bytes (`txn/rec/<handle>`), and its stamps in the row; 1 (still
+/// zstd-packed (`txn/rec/<handle>`), and its stamps in the row; 1 (still
 /// read, and recovered) held the record in the row itself, so that every read and write
 /// of the row of a large commit carried its whole file list as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -411,10 +411,11 @@ pub(crate) fn staged_bytes(handle: u64) -> Key {
     Key::root("txn").str("sb").u64(handle)
 }
 
-/// A Prepared transaction's log record (`txn/rec/<handle>`), stored as the record's
-/// plaintext exactly as [`LogRecord::to_bytes`] gives it (a versioned document of its
-/// own, `{"format":"tern-txlog","v":…}`): encoded once at prepare, the same bytes are
-/// sealed into the log, and recovery writes them again.
+/// A Prepared transaction's log record (`txn/rec/<handle>`), stored as one zstd frame of
+/// the record's plaintext exactly as [`LogRecord::to_bytes`] gives it (a versioned
+/// document of its own, `{"format":"tern-txlog","v":…}`; the frame has zstd's magic):
+/// encoded at prepare straight into the compressor, never as a JSON string inside the
+/// row; recovery unpacks it and writes those bytes.
 pub(crate) fn record_key(handle: u64) -> Key {
     Key::root("txn").str("rec").u64(handle)
 }
