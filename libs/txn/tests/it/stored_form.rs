@@ -203,3 +203,105 @@ async fn a_prepared_transaction_stored_in_the_old_form_is_recovered() {
         vec![1, 2, 3, 100, 101, 102]
     );
 }
+
+/// Options under which every metadata file of a change that cannot move is written before
+/// the prepare transaction (the threshold is 1 MiB by default: only large imports).
+fn prewrite_all() -> tern_txn::TxnOptions {
+    tern_txn::TxnOptions {
+        prewrite_metadata_min_bytes: 0,
+        ..quick_options()
+    }
+}
+
+/// The metadata files of `t` in the volume.
+async fn ep_files(dep: &Deployment, t: &TableId) -> Vec<String> {
+    let prefix = tern_storage::layout::volume::ep_prefix(&dep.account, &dep.db, t);
+    let mut out: Vec<String> = dep
+        .volume
+        .list_sorted(&prefix)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// A large metadata file of a change that cannot move (here a delete, with the
+/// threshold at 0) is in the volume before the transaction is Prepared, and not kept in
+/// the metadata store; recovery rolls the transaction forward without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_metadata_file_of_a_change_that_cannot_move_is_written_before_prepare() {
+    let dep = Deployment::folder();
+    let (m0, tables0) = dep.start(quick_options()).await;
+    let t = dep.create_table(&tables0, "orders").await;
+    tables0
+        .insert(&t, &[rows(&[1, 2, 3])])
+        .await
+        .expect("first insert");
+    drop((m0, tables0));
+    let before = ep_files(&dep, &t).await;
+    let crash = CrashPoints::new();
+    let m1 = dep.manager(crash.clone(), prewrite_all());
+    crash.arm("prepared", 1);
+    let err = dep
+        .tables(&m1)
+        .delete(&t, &tern_table::Predicate::eq("id", 2i64))
+        .await
+        .expect_err("crashed");
+    let txn_id = err.in_doubt_txn_id().expect("in doubt");
+    drop(m1);
+    let after = ep_files(&dep, &t).await;
+    assert_eq!(after.len(), before.len() + 1, "written before Prepared");
+    let staged = raw_under(&dep, &Key::root("txn").str("sb"));
+    assert!(staged.is_empty(), "not kept in the metadata store");
+    let m2 = dep.manager(CrashPoints::new(), quick_options());
+    let report = m2.recover().await.expect("recover");
+    assert_eq!(report.rolled_forward, vec![txn_id]);
+    assert_eq!(ep_files(&dep, &t).await, after);
+    assert_eq!(ids(&dep.tables(&m2), &t, None).await, vec![1, 3]);
+    crate::common::check_invariants(&dep, &m2, std::slice::from_ref(&t)).await;
+}
+
+/// Refuses every statement (as a fenced primary would).
+#[derive(Debug)]
+struct Fenced;
+
+impl tern_table::WriteFence for Fenced {
+    fn check(
+        &self,
+        _tx: &mut tern_meta::MetaTxn<'_>,
+        database: &tern_storage::layout::DatabaseId,
+    ) -> tern_meta::Result<Result<u64, tern_table::Error>> {
+        Ok(Err(tern_table::Error::ReadOnlyReplica {
+            database: database.to_string(),
+            group: "g".into(),
+        }))
+    }
+}
+
+/// A commit refused after its metadata file was written early removes the file: nothing
+/// of it stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_file_written_early_goes_when_the_commit_is_refused() {
+    let dep = Deployment::folder();
+    let (m0, tables0) = dep.start(quick_options()).await;
+    let t = dep.create_table(&tables0, "orders").await;
+    tables0
+        .insert(&t, &[rows(&[1, 2, 3])])
+        .await
+        .expect("first insert");
+    drop((m0, tables0));
+    let before = ep_files(&dep, &t).await;
+    let m1 = dep.manager(CrashPoints::new(), prewrite_all());
+    m1.set_write_fence(std::sync::Arc::new(Fenced));
+    let err = dep
+        .tables(&m1)
+        .delete(&t, &tern_table::Predicate::eq("id", 2i64))
+        .await
+        .expect_err("refused");
+    assert!(err.in_doubt_txn_id().is_none(), "{err}");
+    assert_eq!(ep_files(&dep, &t).await, before, "the early file is gone");
+    assert_eq!(ids(&dep.tables(&m1), &t, None).await, vec![1, 2, 3]);
+}
