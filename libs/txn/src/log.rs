@@ -176,49 +176,42 @@ impl LogRecord {
     }
 }
 
-/// Store the record of `txn_id` of `account` once, from its bytes (`plain`, as
-/// [`LogRecord::to_bytes`] gives them): create it, or accept an identical record already
-/// there.
+/// Store `record` once: create it, or accept an identical record already there. The
+/// record is encoded straight into its encryption and stored from the sealed chunks: a
+/// record of 100 000 files is never held as one JSON string nor as one sealed buffer.
 pub(crate) async fn write(
     volume: &Arc<dyn ObjectStore>,
     keys: &dyn KeySource,
-    account: &AccountId,
-    txn_id: u64,
-    plain: &[u8],
+    record: &LogRecord,
 ) -> Result<()> {
-    let path = layout::volume::txlog(account, txn_id);
-    let put = tern_crypto::put_encrypted(
-        volume.as_ref(),
-        &path,
-        keys,
-        plain,
-        &EncryptOptions::default(),
-        PutOptions::from(PutMode::Create),
-    )
-    .await;
+    let path = record.path();
+    let mut sealing =
+        tern_crypto::stream::sealing_writer(path.as_ref(), keys, &EncryptOptions::default())
+            .await?;
+    serde_json::to_writer(&mut sealing, record).map_err(|source| Error::EncodeLogRecord {
+        txn_id: record.txn_id,
+        source,
+    })?;
+    let sealed = object_store::PutPayload::from_iter(sealing.finish()?);
+    let put = volume
+        .put_opts(&path, sealed, PutOptions::from(PutMode::Create))
+        .await;
     match put {
         Ok(_) => Ok(()),
-        Err(e) if already_exists(&e) => {
+        Err(object_store::Error::AlreadyExists { .. }) => {
             let stored = read(volume, keys, &path).await?;
-            if stored.to_bytes()? == plain {
+            if stored.to_bytes()? == record.to_bytes()? {
                 Ok(())
             } else {
                 Err(Error::LogRecordMismatch {
                     path: path.to_string(),
-                    txn_id,
+                    txn_id: record.txn_id,
                 })
             }
         }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn already_exists(e: &tern_crypto::Error) -> bool {
-    match e {
-        tern_crypto::Error::Store { source, .. } => {
-            matches!(source, object_store::Error::AlreadyExists { .. })
+        Err(source) => {
+            Err(tern_storage::Error::from_store(tern_storage::Operation::Put, &path, source).into())
         }
-        _ => false,
     }
 }
 

@@ -995,26 +995,23 @@ impl Inner {
             TxnState::Prepared => {
                 let handle = t.handle;
                 // Its record: beside the row (format 2), or in it (format 1).
-                let (record, plain) = match t.record {
-                    Some(record) => {
-                        let plain = record.to_bytes()?;
-                        (record, plain)
-                    }
+                let record = match t.record {
+                    Some(record) => record,
                     None => {
                         // Read with the row: a commit of this instance may have finished it
                         // since it was listed (and its record gone with it).
                         let key = record_key(handle);
-                        let (state, plain) = self
+                        let (state, packed) = self
                             .meta
                             .read_async(move |tx| {
                                 let state = tx.get::<TxnHead>(&txn_key(handle))?.map(|h| h.state);
                                 Ok((state, tx.raw().get(record_key(handle).as_bytes())?))
                             })
                             .await?;
-                        match (state, plain) {
+                        match (state, packed) {
                             (Some(TxnState::Prepared), Some(packed)) => {
                                 let plain = unpack_record(handle, &packed)?;
-                                (LogRecord::from_bytes(&plain, &key.to_string())?, plain)
+                                LogRecord::from_bytes(&plain, &key.to_string())?
                             }
                             (Some(TxnState::Prepared), None) => {
                                 return Err(Error::BadLogRecord {
@@ -1029,9 +1026,8 @@ impl Inner {
                 };
                 let staged = self.staged(handle).await?;
                 self.write_staged(&staged).await?;
-                self.store_log(&record.account, record.txn_id, &plain)
-                    .await?;
-                drop((staged, plain));
+                self.store_log(&record).await?;
+                drop(staged);
                 // A commit of this instance may have finished it meanwhile.
                 let record = Arc::new(record);
                 if self.finish(t.handle, Arc::clone(&record)).await? {
@@ -1257,14 +1253,12 @@ impl Inner {
         self.crash.check("prepared").map_err(in_doubt)?;
         // The metadata files and the log record, at once: both are stored before the
         // version is visible, and a crash in between leaves recovery both to write again.
-        // The record's bytes: what the prepare encoded (the same canonical encoding).
-        let plain = record.to_bytes().map_err(in_doubt)?;
         let (files, logged) = tokio::join!(
             self.write_staged(&staged),
-            self.write_log(&log_keys, account, txn_id, &plain)
+            self.write_log(&log_keys, &record)
         );
-        // Stored: the bytes of the record and of the metadata files are not needed again.
-        drop((plain, staged));
+        // Stored: the metadata files' bytes are not needed again.
+        drop(staged);
         files.map_err(in_doubt)?;
         logged.map_err(in_doubt)?;
         self.crash.check("logged").map_err(in_doubt)?;
@@ -1324,18 +1318,9 @@ impl Inner {
 
     /// Store the log record, retrying failed and inconclusive attempts: the write is
     /// idempotent, so an attempt that took effect but reported failure is found by the next.
-    async fn write_log(
-        &self,
-        keys: &TableFileKeys,
-        account: &AccountId,
-        txn_id: u64,
-        plain: &[u8],
-    ) -> Result<()> {
-        let path = tern_storage::layout::volume::txlog(account, txn_id);
-        self.retrying(&path, || {
-            log::write(&self.volume, keys, account, txn_id, plain)
-        })
-        .await
+    async fn write_log(&self, keys: &TableFileKeys, record: &LogRecord) -> Result<()> {
+        self.retrying(&record.path(), || log::write(&self.volume, keys, record))
+            .await
     }
 
     /// Run one idempotent write of `path` until it succeeds, retrying failed and
@@ -1376,9 +1361,9 @@ impl Inner {
         }
     }
 
-    async fn store_log(&self, account: &AccountId, txn_id: u64, plain: &[u8]) -> Result<()> {
-        let keys = self.log_keys(account).await?;
-        self.write_log(&keys, account, txn_id, plain).await
+    async fn store_log(&self, record: &LogRecord) -> Result<()> {
+        let keys = self.log_keys(&record.account).await?;
+        self.write_log(&keys, record).await
     }
 
     /// The sealed metadata files a Prepared transaction keeps, in either stored form.
