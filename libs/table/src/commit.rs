@@ -514,7 +514,7 @@ impl Change {
             meta.read_async(move |tx| Ok(change.plan_in(tx, seq)))
                 .await??
         };
-        if let Some(file) = &planned.metadata_file {
+        if let (Some(file), Some(plain)) = (&planned.metadata_file, planned.metadata_plain()?) {
             if ep_seq.is_none() {
                 journal.will_write(&file.path).await?;
             }
@@ -522,7 +522,7 @@ impl Change {
                 volume,
                 &file.path,
                 file.keys.as_ref(),
-                &file.plain,
+                &plain,
                 &EncryptOptions::default(),
                 PutOptions::from(PutMode::Create),
             )
@@ -710,10 +710,6 @@ impl TableChange {
             m.key_ref.clone_from(&key_ref);
         }
         let ep_path = layout::volume::ep(&t.account, &t.database, &t.table, ep_seq);
-        let removed_shorts: Vec<ShortName> = t.removed.iter().map(|m| m.short.clone()).collect();
-        let plain =
-            crate::ep::metadata_file_bytes(&t.table, version, &columns, &added, &removed_shorts)?;
-        drop(removed_shorts);
         let record = ChangeRecord::TableVersion {
             database: t.database.clone(),
             table: t.table.clone(),
@@ -747,7 +743,6 @@ impl TableChange {
             record,
             metadata_file: Some(PlannedFile {
                 path: ep_path,
-                plain,
                 keys: Arc::clone(&t.keys),
             }),
         })
@@ -815,12 +810,12 @@ pub struct Planned {
     pub metadata_file: Option<PlannedFile>,
 }
 
-/// A metadata file to write: where, what, and the keys that seal it.
+/// A metadata file to write: where, and the keys that seal it. Its content is the
+/// record's ([`Planned::metadata_plain`], [`Planned::seal_metadata_file`]): encoded when
+/// it is sealed, never held beside the record as plaintext.
 pub struct PlannedFile {
     /// Its path in the volume.
     pub path: Path,
-    /// Its plaintext.
-    pub plain: Vec<u8>,
     /// The table's file keys.
     pub keys: Arc<TableFileKeys>,
 }
@@ -829,21 +824,58 @@ impl fmt::Debug for PlannedFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PlannedFile")
             .field("path", &self.path)
-            .field("len", &self.plain.len())
             .finish_non_exhaustive()
     }
 }
 
-impl PlannedFile {
-    /// The file as stored: sealed with the table's keys (a fresh nonce each call).
-    pub async fn seal(&self) -> Result<Vec<u8>> {
-        Ok(tern_crypto::stream::encrypt_bytes(
-            self.path.as_ref(),
-            self.keys.as_ref(),
-            &self.plain,
+impl Planned {
+    /// Encodes the metadata file (of a table version's record) into `out`.
+    fn write_metadata_file<W: std::io::Write>(&self, out: W) -> Result<()> {
+        match &self.record {
+            ChangeRecord::TableVersion {
+                table,
+                version,
+                columns,
+                added,
+                removed,
+                ..
+            } => crate::ep::write_metadata_file(
+                out,
+                table,
+                *version,
+                columns,
+                added,
+                removed,
+                |r: &RemovedFile| &r.short,
+            ),
+            ChangeRecord::Dictionary { .. } | ChangeRecord::Repair { .. } => Ok(()),
+        }
+    }
+
+    /// The metadata file's plaintext, if the change writes one.
+    pub fn metadata_plain(&self) -> Result<Option<Vec<u8>>> {
+        if self.metadata_file.is_none() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.write_metadata_file(&mut out)?;
+        Ok(Some(out))
+    }
+
+    /// The metadata file as stored, if the change writes one: sealed with the table's keys
+    /// as it is encoded (a fresh nonce each call), as the sealed file's chunks in order.
+    pub async fn seal_metadata_file(&self) -> Result<Option<Vec<bytes::Bytes>>> {
+        let Some(file) = &self.metadata_file else {
+            return Ok(None);
+        };
+        let mut sealing = tern_crypto::stream::sealing_writer(
+            file.path.as_ref(),
+            file.keys.as_ref(),
             &EncryptOptions::default(),
         )
-        .await?)
+        .await?;
+        self.write_metadata_file(&mut sealing)?;
+        Ok(Some(sealing.finish()?))
     }
 }
 

@@ -120,6 +120,29 @@ pub fn metadata_file_bytes(
     added: &[MicroPartitionDpo],
     removed: &[ShortName],
 ) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_metadata_file(&mut out, table, version, columns, added, removed, |s| s)?;
+    Ok(out)
+}
+
+/// [`metadata_file_bytes`] into `out` (a [`tern_crypto::stream::SealingWriter`]: the file
+/// is sealed as it is encoded, its plaintext never held), the removed names read from
+/// `removed` through `short`.
+pub(crate) fn write_metadata_file<W: std::io::Write, R>(
+    out: W,
+    table: &TableId,
+    version: u64,
+    columns: &[ColumnDef],
+    added: &[MicroPartitionDpo],
+    removed: &[R],
+    short: fn(&R) -> &ShortName,
+) -> Result<()> {
+    struct Removed<'a, R>(&'a [R], fn(&R) -> &ShortName);
+    impl<R> Serialize for Removed<'_, R> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(self.1))
+        }
+    }
     /// [`AddedFile`]'s fields, in its order, borrowed from a row.
     #[derive(Serialize)]
     struct AddedRef<'a> {
@@ -145,24 +168,28 @@ pub fn metadata_file_bytes(
     }
     /// [`MetadataFile`]'s fields, in its order, borrowed.
     #[derive(Serialize)]
-    struct FileRef<'a> {
+    #[serde(bound = "")]
+    struct FileRef<'a, R> {
         format: &'a str,
         v: u32,
         table: &'a TableId,
         version: u64,
         columns: &'a [ColumnDef],
         added: Added<'a>,
-        removed: &'a [ShortName],
+        removed: Removed<'a, R>,
     }
-    serde_json::to_vec(&FileRef {
-        format: FORMAT,
-        v: VERSION,
-        table,
-        version,
-        columns,
-        added: Added(added),
-        removed,
-    })
+    serde_json::to_writer(
+        out,
+        &FileRef {
+            format: FORMAT,
+            v: VERSION,
+            table,
+            version,
+            columns,
+            added: Added(added),
+            removed: Removed(removed, short),
+        },
+    )
     .map_err(|source| Error::EncodeMetadataFile {
         table: table.clone(),
         version,

@@ -1025,7 +1025,7 @@ impl Inner {
                     }
                 };
                 let staged = self.staged(handle).await?;
-                self.write_staged(&staged).await?;
+                self.write_staged(&payloads(&staged)).await?;
                 self.store_log(&record).await?;
                 drop(staged);
                 // A commit of this instance may have finished it meanwhile.
@@ -1164,16 +1164,21 @@ impl Inner {
                 if let Some(file) = &p.metadata_file
                     && !written.contains(&file.path)
                 {
-                    let sealed = match file.seal().await {
-                        Ok(sealed) => Bytes::from(sealed),
+                    // Sealed as it is encoded from the record: no plaintext held.
+                    let parts = match p.seal_metadata_file().await {
+                        Ok(parts) => parts.unwrap_or_default(),
                         Err(e) => return self.fail(handle, e.into()).await,
                     };
+                    let len: usize = parts.iter().map(Bytes::len).sum();
                     // A change that cannot move plans the same file again or fails: a
                     // large one is written now, journaled first (a failure removes it).
                     let cannot_move =
                         matches!(change, Change::Table(t) if !t.rebase || t.version.is_some());
-                    if cannot_move && sealed.len() >= self.options.prewrite_metadata_min_bytes {
-                        let one = [(file.path.clone(), sealed)];
+                    if cannot_move && len >= self.options.prewrite_metadata_min_bytes {
+                        let one = [(
+                            file.path.clone(),
+                            object_store::PutPayload::from_iter(parts),
+                        )];
                         if let Err(e) = self.journal(id, std::slice::from_ref(&file.path)).await {
                             return self.fail(handle, e).await;
                         }
@@ -1182,7 +1187,12 @@ impl Inner {
                         }
                         written.insert(file.path.clone());
                     } else {
-                        staged.push((file.path.clone(), sealed));
+                        // Kept in the metadata store until written: one piece.
+                        let mut sealed = Vec::with_capacity(len);
+                        for part in parts {
+                            sealed.extend_from_slice(&part);
+                        }
+                        staged.push((file.path.clone(), Bytes::from(sealed)));
                     }
                 }
                 // The plaintext goes as soon as it is sealed.
@@ -1253,12 +1263,13 @@ impl Inner {
         self.crash.check("prepared").map_err(in_doubt)?;
         // The metadata files and the log record, at once: both are stored before the
         // version is visible, and a crash in between leaves recovery both to write again.
+        let staged_payloads = payloads(&staged);
         let (files, logged) = tokio::join!(
-            self.write_staged(&staged),
+            self.write_staged(&staged_payloads),
             self.write_log(&log_keys, &record)
         );
         // Stored: the metadata files' bytes are not needed again.
-        drop(staged);
+        drop((staged_payloads, staged));
         files.map_err(in_doubt)?;
         logged.map_err(in_doubt)?;
         self.crash.check("logged").map_err(in_doubt)?;
@@ -1495,18 +1506,15 @@ impl Inner {
     /// Store a Prepared transaction's sealed metadata files, create-once: a file found
     /// stored already is one an earlier attempt wrote (its path is numbered for this
     /// transaction alone) when it holds the same bytes.
-    async fn write_staged(&self, staged: &[(Path, Bytes)]) -> Result<()> {
+    async fn write_staged(&self, staged: &[(Path, object_store::PutPayload)]) -> Result<()> {
         let writes = staged.iter().map(|(path, sealed)| {
             self.retrying(path, move || async move {
                 // Shared with the payload, not copied.
-                let put = self
-                    .volume
-                    .put_new(path, object_store::PutPayload::from(sealed.clone()))
-                    .await;
+                let put = self.volume.put_new(path, sealed.clone()).await;
                 match put {
                     Ok(_) => Ok(()),
                     Err(tern_storage::Error::AlreadyExists { .. }) => {
-                        if self.volume.read_all(path).await?.as_ref() == sealed.as_ref() {
+                        if same_bytes(self.volume.read_all(path).await?.as_ref(), sealed) {
                             Ok(())
                         } else {
                             Err(Error::StagedFileMismatch {
@@ -1810,6 +1818,26 @@ struct Prepared {
     txn_id: u64,
     committed_at_ms: i64,
     stamps: BTreeMap<DatabaseId, Stamp>,
+}
+
+/// The staged files as payloads (sharing their bytes).
+fn payloads(staged: &[(Path, Bytes)]) -> Vec<(Path, object_store::PutPayload)> {
+    staged
+        .iter()
+        .map(|(path, sealed)| (path.clone(), object_store::PutPayload::from(sealed.clone())))
+        .collect()
+}
+
+/// Whether `stored` holds exactly the bytes of `payload` (its parts in order).
+fn same_bytes(stored: &[u8], payload: &object_store::PutPayload) -> bool {
+    let mut rest = stored;
+    for part in payload.iter() {
+        match rest.split_at_checked(part.len()) {
+            Some((head, tail)) if head == part.as_ref() => rest = tail,
+            _ => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// The zstd level a Prepared transaction's record is kept at (fast; the JSON of file

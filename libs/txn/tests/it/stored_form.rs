@@ -118,6 +118,17 @@ async fn a_prepared_transaction_keeps_its_record_and_metadata_file_as_their_byte
         .await
         .expect("metadata file");
     assert_eq!(written.as_ref(), sealed.as_slice());
+    // The file (sealed as it was encoded from the record) opens and lists the insert's file.
+    let keys = dep.tables(&m2).file_keys(&t).await.expect("keys");
+    let opened = tern_crypto::stream::decrypt_bytes(&path, keys.as_ref(), &written)
+        .await
+        .expect("opens");
+    let file = tern_table::ep::MetadataFile::from_bytes(&opened, &path).expect("parses");
+    assert_eq!((file.version, file.added.len()), (2, 1));
+    let tern_table::ChangeRecord::TableVersion { added, .. } = &record.changes[0] else {
+        panic!("{:?}", record.changes[0]);
+    };
+    assert_eq!(file.added[0].short, added[0].short);
     assert_eq!(
         m2.read_log(&dep.account, txn_id)
             .await
