@@ -96,6 +96,97 @@ pub async fn encrypt_bytes(
     )
 }
 
+/// Starts the file `name` sealed in memory as it is written ([`SealingWriter`]): for a
+/// document encoded straight into its encryption (a large log record), so that neither its
+/// plaintext nor one contiguous ciphertext is ever held — the sealed file is a list of
+/// chunks, each ready to be a part of a payload.
+pub async fn sealing_writer(
+    name: &str,
+    keys: &dyn KeySource,
+    opts: &EncryptOptions,
+) -> Result<SealingWriter> {
+    let (header, cipher) = new_file(name, keys, opts.chunk_size, &opts.random).await?;
+    let chunk_size = header.chunk_size() as usize;
+    Ok(SealingWriter {
+        name: name.to_owned(),
+        cipher,
+        chunk_size,
+        sealed: vec![bytes::Bytes::copy_from_slice(header.as_bytes())],
+        current: Vec::with_capacity(chunk_size + TAG_LEN),
+        index: 0,
+    })
+}
+
+/// A synchronous [`std::io::Write`] that seals what it is given chunk by chunk, in memory
+/// (see [`sealing_writer`]). [`SealingWriter::finish`] seals the final chunk; the parts
+/// are byte for byte what [`encrypt_bytes`] makes of the same plaintext (with the same
+/// nonce prefix). Memory: the sealed chunks and one chunk of plaintext.
+pub struct SealingWriter {
+    name: String,
+    cipher: FileCipher,
+    chunk_size: usize,
+    sealed: Vec<bytes::Bytes>,
+    /// Plaintext of the chunk being filled (room for the tag is added when it is sealed).
+    current: Vec<u8>,
+    index: u64,
+}
+
+impl std::fmt::Debug for SealingWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealingWriter")
+            .field("name", &self.name)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SealingWriter {
+    fn seal_current(&mut self, last: bool) -> Result<()> {
+        if u32::try_from(self.index).is_err() {
+            return Err(Error::TooLarge {
+                path: self.name.clone(),
+            });
+        }
+        let mut chunk = std::mem::replace(
+            &mut self.current,
+            Vec::with_capacity(self.chunk_size + TAG_LEN),
+        );
+        chunk.resize(chunk.len() + TAG_LEN, 0);
+        self.cipher.seal(self.index, last, &mut chunk)?;
+        self.sealed.push(bytes::Bytes::from(chunk));
+        self.index += 1;
+        Ok(())
+    }
+
+    /// Seals the final chunk and returns the sealed file, as parts in order.
+    pub fn finish(mut self) -> Result<Vec<bytes::Bytes>> {
+        self.seal_current(true)?;
+        Ok(self.sealed)
+    }
+}
+
+impl std::io::Write for SealingWriter {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            // A full chunk is sealed only once more plaintext follows it: the last chunk
+            // (sealed by `finish`) is never empty unless the whole file is.
+            if self.current.len() == self.chunk_size {
+                self.seal_current(false)?;
+            }
+            let room = self.chunk_size - self.current.len();
+            let take = room.min(buf.len());
+            self.current.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decrypts the whole file `name` held in memory.
 pub async fn decrypt_bytes(name: &str, keys: &dyn KeySource, ciphertext: &[u8]) -> Result<Vec<u8>> {
     let header = Header::parse(ciphertext).map_err(|f| Error::header(name, f))?;

@@ -22,10 +22,14 @@ use crate::key::Key;
 pub trait Dpo: Serialize + DeserializeOwned {
     /// What it is, for error messages (`"table"`, `"micro-partition"`).
     const WHAT: &'static str;
-    /// The format version written in the envelope and the only one read back. Bump it
-    /// (and convert older versions while decoding) when a change is not
-    /// backward-compatible.
+    /// The format version written in the envelope. Bump it when a change is not
+    /// backward-compatible (an older build then refuses the new rows instead of misreading
+    /// them), and read the older versions still stored ([`Dpo::OLDEST_READ`]).
     const VERSION: u32;
+    /// The oldest format version still read: every version from this one to
+    /// [`Dpo::VERSION`] deserializes into this type (the type converts what differs).
+    /// By default only [`Dpo::VERSION`].
+    const OLDEST_READ: u32 = Self::VERSION;
 }
 
 #[derive(Serialize)]
@@ -96,7 +100,7 @@ impl<'de, D: Dpo> Visitor<'de> for EnvelopeSeed<D> {
             return Err(de::Error::custom("envelope must start with \"v\""));
         }
         let version: u32 = map.next_value()?;
-        if version != D::VERSION {
+        if !(D::OLDEST_READ..=D::VERSION).contains(&version) {
             // Do not try to read a body we do not understand.
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             return Ok(Decoded::UnknownVersion(version));
@@ -278,6 +282,39 @@ mod tests {
             err.to_string(),
             "thing at x/3 has format version 2; this build reads version 1"
         );
+    }
+
+    /// A type that reads older versions reads them, and still refuses newer ones.
+    #[test]
+    fn older_versions_read_when_the_type_says_so() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Grown {
+            a: u32,
+            #[serde(default)]
+            b: u32,
+        }
+        impl Dpo for Grown {
+            const WHAT: &'static str = "grown";
+            const VERSION: u32 = 3;
+            const OLDEST_READ: u32 = 2;
+        }
+        let k = Key::root("x");
+        assert_eq!(
+            encode(&k, &Grown { a: 1, b: 2 }).unwrap(),
+            br#"{"v":3,"d":{"a":1,"b":2}}"#
+        );
+        assert_eq!(
+            decode::<Grown>(&k, br#"{"v":2,"d":{"a":1}}"#).unwrap(),
+            Grown { a: 1, b: 0 }
+        );
+        for refused in [&br#"{"v":1,"d":{"a":1}}"#[..], br#"{"v":4,"d":{"a":1}}"#] {
+            assert!(matches!(
+                decode::<Grown>(&k, refused),
+                Err(Error::UnknownFormatVersion { supported: 3, .. })
+            ));
+        }
+        // A type that says nothing reads its own version only.
+        assert!(decode::<Thing>(&k, br#"{"v":0,"d":{"a":7}}"#).is_err());
     }
 
     #[test]

@@ -225,6 +225,13 @@ impl MetaTxn<'_> {
         self.kv.delete(key.as_bytes())
     }
 
+    /// Remove every key extending `prefix`, without reading their values
+    /// ([`KvTxn::delete_range`]).
+    pub fn delete_prefix(&mut self, prefix: &Key) -> Result<()> {
+        let (start, end) = prefix.prefix_range();
+        self.kv.delete_range(&start, &end)
+    }
+
     /// Run `f` in this transaction and undo its writes (keeping the ones made before),
     /// whatever it returns: whether a change would succeed here, checked by the code that
     /// makes it — [`MetaStore::dry_run`] inside a transaction. Returns `f`'s result; the

@@ -754,15 +754,16 @@ impl Replication {
             if add.is_empty() && remove.is_empty() {
                 return Ok(None);
             }
+            let versions: Vec<u64> = add.iter().map(|m| m.added_version).collect();
             let (local, tasks) = self
-                .plan_copy_in(r, source, &table, &add, Some(txn.as_mut()))
+                .plan_copy_in(r, source, &table, add, Some(txn.as_mut()))
                 .await?;
             let copied = self.copy_tasks(tasks).await?;
             let added: Vec<MicroPartitionDpo> = local
                 .into_iter()
-                .zip(&add)
+                .zip(versions)
                 .map(|(mut m, up)| {
-                    m.added_version = up.added_version.min(current);
+                    m.added_version = up.min(current);
                     m
                 })
                 .collect();
@@ -1005,13 +1006,15 @@ impl Replication {
     /// Copies of `add` from the inbound folder into the volume under new `_g` short names,
     /// not copied yet: the local entries and the copy
     /// tasks (their destinations journaled in `journal` when given), so that the files of
-    /// several tables are copied at once.
+    /// several tables are copied at once. The upstream entries are consumed: each local
+    /// entry takes its statistics and reference over instead of a copy (a table of
+    /// 100 000 files is not held as two full lists while it is planned).
     async fn plan_copy_in(
         &self,
         r: &ReplicaDpo,
         source: &ImportSource,
         table: &TableId,
-        add: &[MicroPartitionDpo],
+        add: Vec<MicroPartitionDpo>,
         journal: Option<&mut dyn tern_table::commit::FileJournal>,
     ) -> Result<(Vec<MicroPartitionDpo>, Vec<CopyTask>)> {
         let p = &self.inner.p;
@@ -1044,10 +1047,10 @@ impl Replication {
             local.push(MicroPartitionDpo {
                 table: table.clone(),
                 short,
-                global_ref: up.global_ref.clone(),
+                global_ref: up.global_ref,
                 rows: up.rows,
                 bytes: up.bytes,
-                stats: up.stats.clone(),
+                stats: up.stats,
                 added_version: 0,
                 removed_version: None,
                 path: path.to_string(),
@@ -1165,12 +1168,17 @@ impl Replication {
                     table: s.table.to_string(),
                     reason: format!("the change removes {g}, which is not active here"),
                 })?;
+                // The upstream's entries become the local ones (taken, not copied): a
+                // large table's list is held once while it is planned and committed.
                 let (added, copies) = self
-                    .plan_copy_in(r, source, &s.table, &s.add, Some(txn.as_mut()))
+                    .plan_copy_in(
+                        r,
+                        source,
+                        &s.table,
+                        std::mem::take(&mut s.add),
+                        Some(txn.as_mut()),
+                    )
                     .await?;
-                // The upstream's entries are not needed past here: a large table's list
-                // is held once less while it commits.
-                s.add = Vec::new();
                 tasks.extend(copies);
                 applied.tables += 1;
                 changes.push(Change::Table(TableChange {

@@ -108,6 +108,95 @@ impl MetadataFile {
     }
 }
 
+/// The bytes of the [`MetadataFile`] of a version adding `added` (their entries read from
+/// the micro-partition rows, borrowed): exactly [`MetadataFile::to_bytes`] of
+/// `MetadataFile::new(table, version, columns, added.map(AddedFile::from_dpo), removed)`,
+/// without building that list first — for a commit of 100 000 files, a copy of every
+/// name, path and statistic less while it is planned.
+pub fn metadata_file_bytes(
+    table: &TableId,
+    version: u64,
+    columns: &[ColumnDef],
+    added: &[MicroPartitionDpo],
+    removed: &[ShortName],
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_metadata_file(&mut out, table, version, columns, added, removed, |s| s)?;
+    Ok(out)
+}
+
+/// [`metadata_file_bytes`] into `out` (a [`tern_crypto::stream::SealingWriter`]: the file
+/// is sealed as it is encoded, its plaintext never held), the removed names read from
+/// `removed` through `short`.
+pub(crate) fn write_metadata_file<W: std::io::Write, R>(
+    out: W,
+    table: &TableId,
+    version: u64,
+    columns: &[ColumnDef],
+    added: &[MicroPartitionDpo],
+    removed: &[R],
+    short: fn(&R) -> &ShortName,
+) -> Result<()> {
+    struct Removed<'a, R>(&'a [R], fn(&R) -> &ShortName);
+    impl<R> Serialize for Removed<'_, R> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(self.1))
+        }
+    }
+    /// [`AddedFile`]'s fields, in its order, borrowed from a row.
+    #[derive(Serialize)]
+    struct AddedRef<'a> {
+        short: &'a ShortName,
+        global_ref: &'a GlobalFileRef,
+        path: &'a str,
+        rows: u64,
+        bytes: u64,
+        stats: &'a [ColumnStats],
+    }
+    struct Added<'a>(&'a [MicroPartitionDpo]);
+    impl Serialize for Added<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|m| AddedRef {
+                short: &m.short,
+                global_ref: &m.global_ref,
+                path: &m.path,
+                rows: m.rows,
+                bytes: m.bytes,
+                stats: &m.stats,
+            }))
+        }
+    }
+    /// [`MetadataFile`]'s fields, in its order, borrowed.
+    #[derive(Serialize)]
+    #[serde(bound = "")]
+    struct FileRef<'a, R> {
+        format: &'a str,
+        v: u32,
+        table: &'a TableId,
+        version: u64,
+        columns: &'a [ColumnDef],
+        added: Added<'a>,
+        removed: Removed<'a, R>,
+    }
+    serde_json::to_writer(
+        out,
+        &FileRef {
+            format: FORMAT,
+            v: VERSION,
+            table,
+            version,
+            columns,
+            added: Added(added),
+            removed: Removed(removed, short),
+        },
+    )
+    .map_err(|source| Error::EncodeMetadataFile {
+        table: table.clone(),
+        version,
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +242,40 @@ mod tests {
         assert_eq!(
             MetadataFile::from_bytes(golden.as_bytes(), "x").unwrap(),
             sample()
+        );
+    }
+
+    /// The file encoded from the rows it adds, borrowed, is the file itself, byte for byte.
+    #[test]
+    fn the_file_encoded_from_borrowed_rows_is_the_same_file() {
+        let file = sample();
+        let rows: Vec<MicroPartitionDpo> = file
+            .added
+            .iter()
+            .map(|a| MicroPartitionDpo {
+                table: file.table.clone(),
+                short: a.short.clone(),
+                global_ref: a.global_ref.clone(),
+                rows: a.rows,
+                bytes: a.bytes,
+                stats: a.stats.clone(),
+                added_version: file.version,
+                removed_version: None,
+                path: a.path.clone(),
+                key_ref: "tmk-hkdf-path:k1".into(),
+            })
+            .collect();
+        let borrowed = metadata_file_bytes(
+            &file.table,
+            file.version,
+            &file.columns,
+            &rows,
+            &file.removed,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(borrowed).unwrap(),
+            String::from_utf8(file.to_bytes().unwrap()).unwrap()
         );
     }
 

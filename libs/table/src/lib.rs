@@ -35,7 +35,7 @@ pub mod table;
 
 pub use account_key::{AccountKeys, KEY_CHAIN_VERSION, Migration, Rotation};
 pub use commit::{
-    Change, ChangeRecord, Committed, Committer, IdempotencyKey, LocalCommitter, Planned,
+    Change, ChangeRecord, Committed, Committer, IdempotencyKey, Landing, LocalCommitter, Planned,
     PlannedFile, RepairChange, Stamp, Transaction, WriteFence, with_idempotency_key,
     with_pending_idempotency_key,
 };

@@ -6,15 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use object_store::ObjectStore;
 use tern_clock::SharedClock;
 use tern_crypto::{EnvelopeContext, KeyProvider, TableFileKeys, WrappedKey};
-use tern_meta::{ColumnDef, MetaStore};
+use tern_meta::{MetaStore, MicroPartitionDpo};
 use tern_storage::layout::{AccountId, DatabaseId, DeploymentId, TableId};
 use tern_storage::{Path, StoreExt};
-use tern_table::commit::{Change, FileJournal, Planned, publish, remove_files};
+use tern_table::commit::{Change, FileJournal, publish, remove_files};
 use tern_table::{
-    ChangeRecord, CommitInfo, Committed, Committer, IdempotencyKey, Stamp, Transaction, WriteFence,
+    ChangeRecord, CommitInfo, Committed, Committer, IdempotencyKey, Landing, Stamp, Transaction,
+    WriteFence,
 };
 use tokio::sync::Notify;
 
@@ -27,8 +29,8 @@ use crate::state::{
     LogMarkDpo, LogPrunedDpo, StagedFileDpo, TXN_INDEXES, TxnDpo, TxnFileDpo, TxnHead,
     TxnIndexesDpo, TxnRefDpo, TxnState, all_pending, by_id_key, db_seq_key, done, done_key,
     idempotency_ages, idempotency_key, indexes_key, lamport_key, lock_key, log_key_key,
-    log_mark_key, log_marks, log_pruned_key, pending, pending_key, put_idempotency,
-    staged_file_key, staged_files, txn_file_key, txn_files, txn_key, txns,
+    log_mark_key, log_marks, log_pruned_key, pending, pending_key, put_idempotency, record_key,
+    staged_bytes, staged_bytes_key, staged_files, txn_file_key, txn_files, txn_key, txns,
 };
 
 /// Settings of the commit protocol.
@@ -45,6 +47,13 @@ pub struct TxnOptions {
     pub log_write_timeout: Duration,
     /// Pause between attempts (doubled each time).
     pub log_retry_backoff: Duration,
+    /// A sealed metadata file at least this large, of a change that cannot move (it lands
+    /// where it was planned or not at all: every change but a rebasing append), is journaled
+    /// and written before the prepare transaction instead of being kept in the metadata
+    /// store until it is written beside the log record: a replica's import of 100 000
+    /// files does not pass tens of MiB through a metadata row. Smaller files (every usual
+    /// statement's) keep the two-writes-at-once path.
+    pub prewrite_metadata_min_bytes: usize,
 }
 
 impl Default for TxnOptions {
@@ -55,6 +64,7 @@ impl Default for TxnOptions {
             log_write_attempts: 4,
             log_write_timeout: Duration::from_secs(30),
             log_retry_backoff: Duration::from_millis(50),
+            prewrite_metadata_min_bytes: 1 << 20,
         }
     }
 }
@@ -983,30 +993,41 @@ impl Inner {
                 report.rolled_back.push(t.handle);
             }
             TxnState::Prepared => {
-                let record = t.record.ok_or_else(|| Error::BadLogRecord {
-                    path: format!("transaction {}", t.handle),
-                    reason: "prepared without a log record".into(),
-                })?;
                 let handle = t.handle;
-                let staged = self
-                    .meta
-                    .read_async(move |tx| tx.scan_prefix::<StagedFileDpo>(&staged_files(handle)))
-                    .await?
-                    .into_iter()
-                    .map(|(_, f)| {
-                        let sealed = tern_crypto::from_hex(&f.sealed).ok_or_else(|| {
-                            Error::BadLogRecord {
-                                path: f.path.clone(),
-                                reason: format!(
-                                    "transaction {handle}: its staged metadata file is not hex"
-                                ),
+                // Its record: beside the row (format 2), or in it (format 1).
+                let record = match t.record {
+                    Some(record) => record,
+                    None => {
+                        // Read with the row: a commit of this instance may have finished it
+                        // since it was listed (and its record gone with it).
+                        let key = record_key(handle);
+                        let (state, packed) = self
+                            .meta
+                            .read_async(move |tx| {
+                                let state = tx.get::<TxnHead>(&txn_key(handle))?.map(|h| h.state);
+                                Ok((state, tx.raw().get(record_key(handle).as_bytes())?))
+                            })
+                            .await?;
+                        match (state, packed) {
+                            (Some(TxnState::Prepared), Some(packed)) => {
+                                let plain = unpack_record(handle, &packed)?;
+                                LogRecord::from_bytes(&plain, &key.to_string())?
                             }
-                        })?;
-                        Ok((Path::from(f.path), sealed))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                self.write_staged(&staged).await?;
+                            (Some(TxnState::Prepared), None) => {
+                                return Err(Error::BadLogRecord {
+                                    path: format!("transaction {handle}"),
+                                    reason: "prepared without a log record".into(),
+                                });
+                            }
+                            // Finished meanwhile (or going Committing → Committed by it).
+                            _ => return Ok(()),
+                        }
+                    }
+                };
+                let staged = self.staged(handle).await?;
+                self.write_staged(&payloads(&staged)).await?;
                 self.store_log(&record).await?;
+                drop(staged);
                 // A commit of this instance may have finished it meanwhile.
                 let record = Arc::new(record);
                 if self.finish(t.handle, Arc::clone(&record)).await? {
@@ -1089,6 +1110,12 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        // Each change's added files leave the change: a plan moves them into its record
+        // (a plan that no longer holds hands them on to the next) instead of copying them —
+        // a change of 100 000 files is held once, not once per plan.
+        let mut changes = changes;
+        let mut added: Vec<Vec<MicroPartitionDpo>> =
+            changes.iter_mut().map(Change::take_added).collect();
         let planning = Arc::new(Planning {
             changes,
             ep_seqs,
@@ -1100,35 +1127,89 @@ impl Inner {
             fence,
         });
         let mut t = started;
-        let (record, staged) = loop {
-            // Where the changes land now, planned outside the locks, their metadata files
-            // sealed: then one metadata transaction takes the locks, finds the plan still
-            // holds (else plans again) and prepares — the files are written after it,
-            // beside the log record, not in between with the locks held.
-            let planned = {
+        // Metadata files written before the prepare transaction (see
+        // `TxnOptions::prewrite_metadata_min_bytes`): not sealed or written again.
+        let mut written: std::collections::HashSet<Path> = std::collections::HashSet::new();
+        let (prepared, changes, staged) = loop {
+            // Where the changes land now, read outside the locks; planned there, their
+            // metadata files sealed: then one metadata transaction takes the locks, finds
+            // they still land there (else plans again) and prepares — the files are written
+            // after it, beside the log record, not in between with the locks held.
+            let landings = {
                 let planning = Arc::clone(&planning);
-                self.meta.read_async(move |tx| Ok(planning.plan(tx))).await
+                self.meta
+                    .read_async(move |tx| Ok(planning.landings(tx)))
+                    .await
             };
-            let planned = match planned {
-                Ok(Ok(p)) => p,
+            let landings = match landings {
+                Ok(Ok(l)) => l,
                 Ok(Err(e)) => return self.fail(handle, e.into()).await,
                 Err(e) => return self.fail(handle, e.into()).await,
             };
-            let mut staged = Vec::new();
-            for file in planned.iter().filter_map(|p| p.metadata_file.as_ref()) {
-                match file.seal().await {
-                    Ok(sealed) => staged.push((file.path.clone(), sealed)),
+            let mut planned = Vec::with_capacity(planning.changes.len());
+            for ((change, landing), (files, &seq)) in planning
+                .changes
+                .iter()
+                .zip(&landings)
+                .zip(added.drain(..).zip(&planning.ep_seqs))
+            {
+                match change.plan_landed(landing.as_ref(), files, seq) {
+                    Ok(p) => planned.push(p),
                     Err(e) => return self.fail(handle, e.into()).await,
                 }
             }
-            let predicted: Vec<ChangeRecord> = planned.into_iter().map(|p| p.record).collect();
+            let mut staged = Vec::new();
+            let mut predicted = Vec::with_capacity(planned.len());
+            for (p, change) in planned.into_iter().zip(&planning.changes) {
+                if let Some(file) = &p.metadata_file
+                    && !written.contains(&file.path)
+                {
+                    // Sealed as it is encoded from the record: no plaintext held.
+                    let parts = match p.seal_metadata_file().await {
+                        Ok(parts) => parts.unwrap_or_default(),
+                        Err(e) => return self.fail(handle, e.into()).await,
+                    };
+                    let len: usize = parts.iter().map(Bytes::len).sum();
+                    // A change that cannot move plans the same file again or fails: a
+                    // large one is written now, journaled first (a failure removes it).
+                    let cannot_move =
+                        matches!(change, Change::Table(t) if !t.rebase || t.version.is_some());
+                    if cannot_move && len >= self.options.prewrite_metadata_min_bytes {
+                        let one = [(
+                            file.path.clone(),
+                            object_store::PutPayload::from_iter(parts),
+                        )];
+                        if let Err(e) = self.journal(id, std::slice::from_ref(&file.path)).await {
+                            return self.fail(handle, e).await;
+                        }
+                        if let Err(e) = self.write_staged(&one).await {
+                            return self.fail(handle, e).await;
+                        }
+                        written.insert(file.path.clone());
+                    } else {
+                        // Kept in the metadata store until written: one piece.
+                        let mut sealed = Vec::with_capacity(len);
+                        for part in parts {
+                            sealed.extend_from_slice(&part);
+                        }
+                        staged.push((file.path.clone(), Bytes::from(sealed)));
+                    }
+                }
+                // The plaintext goes as soon as it is sealed.
+                predicted.push(p.record);
+            }
             t = add(&self.phases.prepare, t);
             let now = self.clock.now_millis();
             // Shared with the locking closure, not cloned: a large table's metadata file
-            // is megabytes.
+            // is megabytes, and its record lists every file.
             let staged = Arc::new(staged);
+            let predicted = Arc::new(predicted);
             let attempt = {
-                let (planning, staged) = (Arc::clone(&planning), Arc::clone(&staged));
+                let (planning, staged, predicted) = (
+                    Arc::clone(&planning),
+                    Arc::clone(&staged),
+                    Arc::clone(&predicted),
+                );
                 self.take_locks(id, &names, move |tx, txn| {
                     planning.prepare(tx, txn, &predicted, &staged, now)
                 })
@@ -1136,16 +1217,40 @@ impl Inner {
             };
             t = add(&self.phases.locks, t);
             match attempt {
-                Ok(Prepare::Done(record)) => break (record, staged),
-                Ok(Prepare::Moved) => {}
+                Ok(Prepare::Done(prepared)) => {
+                    // The record's changes are the planned ones (the closure has let go).
+                    let changes = Arc::try_unwrap(predicted).unwrap_or_else(|p| (*p).clone());
+                    break (prepared, changes, staged);
+                }
+                Ok(Prepare::Moved) => {
+                    // The next plan takes this one's files (the closure has let go of them).
+                    let mut records = Arc::try_unwrap(predicted).unwrap_or_else(|p| (*p).clone());
+                    added = records.iter_mut().map(ChangeRecord::take_added).collect();
+                }
                 Ok(Prepare::Refused(e)) => return self.fail(handle, e).await,
                 Err(e) => return self.fail(handle, e).await,
             }
         };
+        // Prepared: the changes (their files moved into the record) are not needed again.
+        drop(planning);
+        let Prepared {
+            txn_id,
+            committed_at_ms,
+            stamps,
+        } = prepared;
+        let record = LogRecord {
+            stamps,
+            ..LogRecord::new(
+                txn_id,
+                self.deployment.clone(),
+                account.clone(),
+                committed_at_ms,
+                changes,
+            )
+        };
         // Soft point of no return passed: from here the transaction only rolls forward, so
         // whatever stops this call leaves it to recovery and its caller in doubt, with the
         // id to look its outcome up by — never a plain failure the client would retry.
-        let txn_id = record.txn_id;
         let in_doubt = |e: Error| {
             if !e.is_crash() {
                 tracing::error!(txn_id, error = %e, "commit in doubt; recovery completes it");
@@ -1158,10 +1263,13 @@ impl Inner {
         self.crash.check("prepared").map_err(in_doubt)?;
         // The metadata files and the log record, at once: both are stored before the
         // version is visible, and a crash in between leaves recovery both to write again.
+        let staged_payloads = payloads(&staged);
         let (files, logged) = tokio::join!(
-            self.write_staged(&staged),
+            self.write_staged(&staged_payloads),
             self.write_log(&log_keys, &record)
         );
+        // Stored: the metadata files' bytes are not needed again.
+        drop((staged_payloads, staged));
         files.map_err(in_doubt)?;
         logged.map_err(in_doubt)?;
         self.crash.check("logged").map_err(in_doubt)?;
@@ -1272,6 +1380,44 @@ impl Inner {
         self.write_log(&keys, record).await
     }
 
+    /// The sealed metadata files a Prepared transaction keeps, in either stored form.
+    async fn staged(&self, handle: u64) -> Result<Vec<(Path, Bytes)>> {
+        let (raw, hex) = self
+            .meta
+            .read_async(move |tx| {
+                let (start, end) = staged_bytes(handle).prefix_range();
+                let raw = tx.raw().scan(&start, &end, usize::MAX)?;
+                let hex = tx.scan_prefix::<StagedFileDpo>(&staged_files(handle))?;
+                Ok((raw, hex))
+            })
+            .await?;
+        let mut out = Vec::with_capacity(raw.len() + hex.len());
+        for (key, sealed) in raw {
+            let key = tern_meta::Key::from_bytes(key);
+            let path = match key.elements()?.pop() {
+                Some(tern_meta::Element::Str(path)) => path,
+                _ => {
+                    return Err(Error::BadLogRecord {
+                        path: key.to_string(),
+                        reason: format!(
+                            "transaction {handle}: a staged metadata file's key names no path"
+                        ),
+                    });
+                }
+            };
+            out.push((Path::from(path), Bytes::from(sealed)));
+        }
+        // Stores written before the files were kept as bytes.
+        for (_, f) in hex {
+            let sealed = tern_crypto::from_hex(&f.sealed).ok_or_else(|| Error::BadLogRecord {
+                path: f.path.clone(),
+                reason: format!("transaction {handle}: its staged metadata file is not hex"),
+            })?;
+            out.push((Path::from(f.path), Bytes::from(sealed)));
+        }
+        Ok(out)
+    }
+
     /// Take every lock in `names` for `handle` at once (those it holds already count) and
     /// enter `state`, waiting while any is held by another transaction.
     async fn acquire(&self, id: &Begun, names: &[String], state: TxnState) -> Result<()> {
@@ -1363,17 +1509,15 @@ impl Inner {
     /// Store a Prepared transaction's sealed metadata files, create-once: a file found
     /// stored already is one an earlier attempt wrote (its path is numbered for this
     /// transaction alone) when it holds the same bytes.
-    async fn write_staged(&self, staged: &[(Path, Vec<u8>)]) -> Result<()> {
+    async fn write_staged(&self, staged: &[(Path, object_store::PutPayload)]) -> Result<()> {
         let writes = staged.iter().map(|(path, sealed)| {
             self.retrying(path, move || async move {
-                let put = self
-                    .volume
-                    .put_new(path, object_store::PutPayload::from(sealed.clone()))
-                    .await;
+                // Shared with the payload, not copied.
+                let put = self.volume.put_new(path, sealed.clone()).await;
                 match put {
                     Ok(_) => Ok(()),
                     Err(tern_storage::Error::AlreadyExists { .. }) => {
-                        if self.volume.read_all(path).await?.as_ref() == sealed.as_slice() {
+                        if same_bytes(self.volume.read_all(path).await?.as_ref(), sealed) {
                             Ok(())
                         } else {
                             Err(Error::StagedFileMismatch {
@@ -1531,31 +1675,13 @@ enum Prepare<T> {
     Refused(Error),
 }
 
-/// Where a planned change lands: its table, the version it rests on and makes, and the
-/// columns it has. Equal landings mean equal plans (the rest comes from the statement).
-fn landing(r: &ChangeRecord) -> Option<(&TableId, u64, u64, &[ColumnDef])> {
-    match r {
-        ChangeRecord::TableVersion {
-            table,
-            base_version,
-            version,
-            columns,
-            ..
-        } => Some((table, *base_version, *version, columns)),
-        ChangeRecord::Dictionary { .. } => None,
-        // Lands at its version or not at all (its plan fails otherwise).
-        ChangeRecord::Repair { table, version, .. } => Some((table, *version, *version, &[])),
-    }
-}
-
 impl Planning {
-    /// Every change planned on the state `tx` reads.
-    fn plan(&self, tx: &mut tern_meta::MetaTxn<'_>) -> tern_table::Result<Vec<Planned>> {
-        self.changes
-            .iter()
-            .zip(&self.ep_seqs)
-            .map(|(c, &seq)| c.plan_in(tx, seq))
-            .collect()
+    /// Where every change lands on the state `tx` reads (with every check of planning).
+    fn landings(
+        &self,
+        tx: &mut tern_meta::MetaTxn<'_>,
+    ) -> tern_table::Result<Vec<Option<Landing>>> {
+        self.changes.iter().map(|c| c.landing_in(tx)).collect()
     }
 
     /// Under the locks just taken, in their metadata transaction: if the changes still
@@ -1566,20 +1692,23 @@ impl Planning {
         tx: &mut tern_meta::MetaTxn<'_>,
         t: &mut TxnDpo,
         predicted: &[ChangeRecord],
-        staged: &[(Path, Vec<u8>)],
+        staged: &[(Path, Bytes)],
         now: i64,
-    ) -> tern_meta::Result<Prepare<LogRecord>> {
-        let records: Vec<ChangeRecord> = match self.plan(tx) {
-            Ok(planned) => planned.into_iter().map(|p| p.record).collect(),
+    ) -> tern_meta::Result<Prepare<Prepared>> {
+        // Where the changes land now, checked as planning checks them; landing where they
+        // were planned, they plan the same: the predicted records are the records (and are
+        // not made again, a copy of every added file less under the locks).
+        let landings = match self.landings(tx) {
+            Ok(l) => l,
             Err(e) => return Ok(Prepare::Refused(e.into())),
         };
-        if records
-            .iter()
-            .map(landing)
-            .ne(predicted.iter().map(landing))
+        if landings
+            .into_iter()
+            .ne(predicted.iter().map(ChangeRecord::landing))
         {
             return Ok(Prepare::Moved);
         }
+        let records = predicted;
         let account = &self.account;
         // Under the locks nothing else changes these tables: what publishes cleanly now
         // publishes cleanly after the log write. Checked by the code that publishes, its
@@ -1587,7 +1716,7 @@ impl Planning {
         // commits nothing), rather than in one of its own that would wait for the writer
         // once more.
         let checked = tx.undone(|tx| {
-            for r in &records {
+            for r in records {
                 publish(tx, r, Some(0), &self.deployment, now)?;
             }
             Ok(())
@@ -1611,12 +1740,7 @@ impl Planning {
         // The fence decides in this same metadata transaction: a database fenced before it
         // never takes the commit, one fenced after finds it prepared (and the record
         // stamped with the epoch it was made under).
-        let stamps = match stamp(
-            tx,
-            &records,
-            self.fence.as_deref(),
-            self.replicated.as_ref(),
-        )? {
+        let stamps = match stamp(tx, records, self.fence.as_deref(), self.replicated.as_ref())? {
             Ok(s) => s,
             Err(refused) => return Ok(Prepare::Refused(Error::from(refused))),
         };
@@ -1625,39 +1749,50 @@ impl Planning {
         let key = lamport_key(account);
         let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
         tx.put(&key, &LamportDpo { last: txn_id })?;
-        let mut record = LogRecord::new(
+        // The record, encoded from the planned changes (borrowed) straight into a
+        // compressor: kept beside the row compressed (a record of 100 000 files is tens of
+        // MiB of JSON, a few MiB packed), never held whole as JSON here.
+        let handle = self.handle;
+        let encode_failed = |source| tern_meta::Error::Encode {
+            what: "log record",
+            key: record_key(handle).to_string(),
+            source,
+        };
+        let mut packer = zstd::Encoder::new(Vec::new(), RECORD_ZSTD_LEVEL)
+            .map_err(|e| encode_failed(serde_json::Error::io(e)))?;
+        LogRecord::encode_parts_to(
+            &mut packer,
             txn_id,
-            self.deployment.clone(),
-            account.clone(),
+            &self.deployment,
+            account,
             now,
             records,
-        );
-        record.stamps = stamps;
+            &stamps,
+        )
+        .map_err(encode_failed)?;
+        let packed = packer
+            .finish()
+            .map_err(|e| encode_failed(serde_json::Error::io(e)))?;
         t.state = TxnState::Prepared;
         t.txn_id = Some(txn_id);
-        t.record = Some(record.clone());
-        let handle = self.handle;
+        t.record = None;
+        t.stamps.clone_from(&stamps);
+        tx.raw().put(record_key(handle).as_bytes(), &packed)?;
         tx.put(&pending_key(account, txn_id), &TxnRefDpo { handle })?;
         tx.put(&by_id_key(account, txn_id), &TxnRefDpo { handle })?;
-        // Journaled (as every file is before it is written) and kept sealed, so that
-        // recovery writes exactly these bytes.
+        // Journaled (as every file is before it is written) and kept sealed, as bytes, so
+        // that recovery writes exactly these bytes.
         for (path, sealed) in staged {
             let path = path.to_string();
             tx.put(
                 &txn_file_key(handle, &path),
                 &TxnFileDpo { path: path.clone() },
             )?;
-            tx.put(
-                &staged_file_key(handle, &path),
-                &StagedFileDpo {
-                    path,
-                    sealed: tern_crypto::to_hex(sealed),
-                },
-            )?;
+            tx.raw()
+                .put(staged_bytes_key(handle, &path).as_bytes(), sealed)?;
         }
         if let Some(k) = &self.idempotency {
-            let outcome = record
-                .changes
+            let outcome = records
                 .iter()
                 .find_map(|r| CommitInfo::of_record(r, Some(txn_id)))
                 .map(|i| IdempotentOutcome::from(&i));
@@ -1673,8 +1808,51 @@ impl Planning {
                 },
             )?;
         }
-        Ok(Prepare::Done(record))
+        Ok(Prepare::Done(Prepared {
+            txn_id,
+            committed_at_ms: now,
+            stamps,
+        }))
     }
+}
+
+/// What entering Prepared made: the id, the commit time and the stamps of the record.
+struct Prepared {
+    txn_id: u64,
+    committed_at_ms: i64,
+    stamps: BTreeMap<DatabaseId, Stamp>,
+}
+
+/// The staged files as payloads (sharing their bytes).
+fn payloads(staged: &[(Path, Bytes)]) -> Vec<(Path, object_store::PutPayload)> {
+    staged
+        .iter()
+        .map(|(path, sealed)| (path.clone(), object_store::PutPayload::from(sealed.clone())))
+        .collect()
+}
+
+/// Whether `stored` holds exactly the bytes of `payload` (its parts in order).
+fn same_bytes(stored: &[u8], payload: &object_store::PutPayload) -> bool {
+    let mut rest = stored;
+    for part in payload.iter() {
+        match rest.split_at_checked(part.len()) {
+            Some((head, tail)) if head == part.as_ref() => rest = tail,
+            _ => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// The zstd level a Prepared transaction's record is kept at (fast; the JSON of file
+/// lists packs about tenfold even so).
+const RECORD_ZSTD_LEVEL: i32 = 1;
+
+/// The record's bytes from its packed form beside the row (`txn/rec/<handle>`).
+fn unpack_record(handle: u64, packed: &[u8]) -> Result<Vec<u8>> {
+    zstd::decode_all(packed).map_err(|e| Error::BadLogRecord {
+        path: record_key(handle).to_string(),
+        reason: format!("transaction {handle}: its stored record does not unpack: {e}"),
+    })
 }
 
 /// Build the indexes of the transaction rows once, for a store written before them
@@ -1726,6 +1904,7 @@ fn txn_or_new(
             locks: Vec::new(),
             txn_id: None,
             record: None,
+            stamps: BTreeMap::new(),
         }))
 }
 
@@ -1747,12 +1926,12 @@ fn release_in(
             tx.delete(&key)?;
         }
     }
-    for (k, _) in tx.scan_prefix::<TxnFileDpo>(&txn_files(handle))? {
-        tx.delete(&k)?;
-    }
-    for (k, _) in tx.scan_prefix::<StagedFileDpo>(&staged_files(handle))? {
-        tx.delete(&k)?;
-    }
+    // Ranges, not rows read one by one: a commit copying in 100 000 files journaled as
+    // many, and a staged metadata file or record can be megabytes.
+    tx.delete_prefix(&txn_files(handle))?;
+    tx.delete_prefix(&staged_files(handle))?;
+    tx.delete_prefix(&staged_bytes(handle))?;
+    tx.delete(&record_key(handle))?;
     if let Some(id) = t.txn_id {
         tx.delete(&pending_key(&t.account, id))?;
     }
@@ -1761,6 +1940,7 @@ fn release_in(
     t.locks.clear();
     t.files.clear();
     t.record = None;
+    t.stamps.clear();
     t.updated_at_ms = now;
     tx.put(&txn_key(handle), t)?;
     Ok(true)
@@ -1823,8 +2003,7 @@ pub fn settled_database_seq(
     for (_, r) in tx.scan_prefix::<TxnRefDpo>(&self::pending(account))? {
         let seq = tx
             .get::<TxnDpo>(&txn_key(r.handle))?
-            .and_then(|t| t.record)
-            .and_then(|r| r.stamp(database))
+            .and_then(|t| t.record_stamps().get(database).copied())
             .map(|s| s.seq);
         if let Some(seq) = seq {
             pending = Some(pending.map_or(seq, |p| p.min(seq)));

@@ -11,9 +11,12 @@
 //! | `txn/logpruned/<account>` | [`LogPrunedDpo`]: how far the account's log records may have been deleted |
 //! | `txn/logmark/<account>/<at ms>` | [`LogMarkDpo`]: the account's stable log id at a time (how old records are, without reading them) |
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tern_meta::{Dpo, Key};
-use tern_storage::layout::AccountId;
+use tern_storage::layout::{AccountId, DatabaseId};
+use tern_table::Stamp;
 
 use crate::log::LogRecord;
 
@@ -49,6 +52,11 @@ impl TxnState {
 }
 
 /// One transaction.
+///
+/// Format versions: 2 (written) keeps a Prepared transaction's log record beside the row,
+/// zstd-packed (`txn/rec/<handle>`), and its stamps in the row; 1 (still
+/// read, and recovered) held the record in the row itself, so that every read and write
+/// of the row of a large commit carried its whole file list as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TxnDpo {
     /// Local handle (not the transaction id, which is issued at prepare).
@@ -69,13 +77,29 @@ pub struct TxnDpo {
     pub locks: Vec<String>,
     /// The transaction id, from Prepared on.
     pub txn_id: Option<u64>,
-    /// The log record, while Prepared or Committing.
+    /// The log record, while Prepared or Committing, in rows of format version 1 only:
+    /// version 2 keeps it beside the row (`txn/rec/<handle>`).
     pub record: Option<LogRecord>,
+    /// The stamps of the log record, while Prepared or Committing (version 2; a version 1
+    /// row has them in its record).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stamps: BTreeMap<DatabaseId, Stamp>,
 }
 
 impl Dpo for TxnDpo {
     const WHAT: &'static str = "transaction";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
+    const OLDEST_READ: u32 = 1;
+}
+
+impl TxnDpo {
+    /// The stamps of its log record, wherever the row's format keeps them.
+    pub fn record_stamps(&self) -> &BTreeMap<DatabaseId, Stamp> {
+        match &self.record {
+            Some(r) => &r.stamps,
+            None => &self.stamps,
+        }
+    }
 }
 
 /// A [`TxnDpo`] read without its log record: the record's bytes are skipped, never
@@ -107,11 +131,15 @@ pub struct TxnHead {
     /// Whether the row holds a log record (skipped unread).
     #[serde(default, skip_serializing)]
     record: Option<serde::de::IgnoredAny>,
+    /// As in [`TxnDpo`].
+    #[serde(default)]
+    pub stamps: BTreeMap<DatabaseId, Stamp>,
 }
 
 impl Dpo for TxnHead {
     const WHAT: &'static str = TxnDpo::WHAT;
     const VERSION: u32 = TxnDpo::VERSION;
+    const OLDEST_READ: u32 = TxnDpo::OLDEST_READ;
 }
 
 impl TxnHead {
@@ -133,6 +161,7 @@ impl TxnHead {
             locks: self.locks,
             txn_id: self.txn_id,
             record: None,
+            stamps: self.stamps,
         }
     }
 }
@@ -362,13 +391,33 @@ pub(crate) fn txn_files(handle: u64) -> Key {
     Key::root("txn").str("f").u64(handle)
 }
 
-/// A Prepared transaction's sealed metadata file (`txn/s/<handle>/<path>`).
-pub(crate) fn staged_file_key(handle: u64, path: &str) -> Key {
-    staged_files(handle).str(path)
-}
-
+/// A Prepared transaction's sealed metadata file as a [`StagedFileDpo`] (hex in JSON;
+/// `txn/s/<handle>/<path>`): how stores written before [`staged_bytes_key`] hold them.
+/// Still read (recovery) and deleted, never written.
 pub(crate) fn staged_files(handle: u64) -> Key {
     Key::root("txn").str("s").u64(handle)
+}
+
+/// A Prepared transaction's sealed metadata file, stored as the file's own bytes
+/// (`txn/sb/<handle>/<path>`; the value is the encrypted file exactly as it is to be
+/// written, whose header carries its format version): no hex, no JSON around it, so a
+/// metadata file of 100 000 entries is held once while it is stored, not in three
+/// growing encodings.
+pub(crate) fn staged_bytes_key(handle: u64, path: &str) -> Key {
+    staged_bytes(handle).str(path)
+}
+
+pub(crate) fn staged_bytes(handle: u64) -> Key {
+    Key::root("txn").str("sb").u64(handle)
+}
+
+/// A Prepared transaction's log record (`txn/rec/<handle>`), stored as one zstd frame of
+/// the record's plaintext exactly as [`LogRecord::to_bytes`] gives it (a versioned
+/// document of its own, `{"format":"tern-txlog","v":…}`; the frame has zstd's magic):
+/// encoded at prepare straight into the compressor, never as a JSON string inside the
+/// row; recovery unpacks it and writes those bytes.
+pub(crate) fn record_key(handle: u64) -> Key {
+    Key::root("txn").str("rec").u64(handle)
 }
 
 /// `account`'s transactions that have an id and may not be visible yet (Prepared,
@@ -438,7 +487,8 @@ impl Dpo for TxnFileDpo {
 
 /// A metadata file of a Prepared transaction as it is to be stored (sealed), kept from
 /// the metadata transaction that prepares it until it is committed: the file is written
-/// beside the log record, after that transaction, so recovery writes it from here.
+/// beside the log record, after that transaction, so recovery writes it from here. The
+/// form stores written before [`staged_bytes_key`] hold; read, never written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedFileDpo {
     /// The file's path in the volume.
@@ -508,6 +558,76 @@ mod tests {
             (t.handle, t.state, t.txn_id, t.locks, t.record),
             (7, TxnState::Prepared, Some(5), vec!["t".to_string()], None)
         );
+    }
+
+    /// A transaction row of format 2 and the keys of what a Prepared transaction keeps
+    /// beside it are pinned; a row of format 1 (its record inside) still reads.
+    #[test]
+    fn transaction_rows_are_golden() {
+        let meta = MetaStore::in_memory();
+        let db = DatabaseId::new("db1").expect("db");
+        let row = TxnDpo {
+            handle: 7,
+            account: AccountId::new("acme").expect("account"),
+            instance: 1,
+            state: TxnState::Prepared,
+            started_at_ms: 1,
+            updated_at_ms: 2,
+            files: Vec::new(),
+            locks: vec!["table/t1".into()],
+            txn_id: Some(5),
+            record: None,
+            stamps: BTreeMap::from([(db.clone(), Stamp { epoch: 2, seq: 9 })]),
+        };
+        let key = txn_key(7);
+        let raw = meta
+            .write(|tx| {
+                tx.put(&key, &row)?;
+                Ok(tx.raw().get(key.as_bytes())?.unwrap_or_default())
+            })
+            .expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            r#"{"v":2,"d":{"handle":7,"account":"acme","instance":1,"state":"prepared","started_at_ms":1,"updated_at_ms":2,"files":[],"locks":["table/t1"],"txn_id":5,"record":null,"stamps":{"db1":{"epoch":2,"seq":9}}}}"#
+        );
+        assert_eq!(record_key(7).to_string(), "txn/rec/7");
+        assert_eq!(
+            staged_bytes_key(7, "acct/a/db/d/tbl/t/ep/3.ep").to_string(),
+            "txn/sb/7/acct/a/db/d/tbl/t/ep/3.ep"
+        );
+        assert_eq!(
+            staged_files(7).str("acct/a/db/d/tbl/t/ep/3.ep").to_string(),
+            "txn/s/7/acct/a/db/d/tbl/t/ep/3.ep"
+        );
+        // Format 1: the record in the row, its stamps in the record.
+        let v1 = br#"{"v":1,"d":{"handle":7,"account":"acme","instance":1,"state":"prepared","started_at_ms":1,"updated_at_ms":2,"files":[],"locks":["table/t1"],"txn_id":5,"record":{"format":"tern-txlog","v":1,"txn_id":5,"origin":"d1","account":"acme","committed_at_ms":3,"changes":[],"stamps":{"db1":{"epoch":2,"seq":9}}}}}"#;
+        let read = meta
+            .write(|tx| {
+                tx.raw().put(key.as_bytes(), v1)?;
+                tx.get::<TxnDpo>(&key)
+            })
+            .expect("read")
+            .expect("row");
+        assert_eq!(read.record.as_ref().map(|r| r.txn_id), Some(5));
+        assert_eq!(read.record_stamps(), &row.stamps);
+        assert_eq!(
+            meta.read(|tx| tx.get::<TxnHead>(&key))
+                .expect("read")
+                .expect("head")
+                .without_record()
+                .record_stamps(),
+            &BTreeMap::new(),
+            "a head skips the record, and with it a format 1 row's stamps"
+        );
+        // A newer format is refused, not misread.
+        let v3 = String::from_utf8_lossy(&raw).replace(r#""v":2"#, r#""v":3"#);
+        let e = meta
+            .write(|tx| {
+                tx.raw().put(key.as_bytes(), v3.as_bytes())?;
+                Ok(tx.get::<TxnDpo>(&key).is_err())
+            })
+            .expect("write");
+        assert!(e);
     }
 
     /// Stored idempotency keys keep their bytes and their key layout: a change is a format

@@ -44,6 +44,49 @@ fn check_golden(name: &str, bytes: &[u8]) {
     );
 }
 
+/// A file sealed as it is written, in any pieces, is the file sealed at once, byte for
+/// byte (same key, same nonce prefix): at every length around chunk boundaries, empty
+/// included, and for the pinned golden file.
+#[tokio::test]
+async fn a_file_sealed_as_it_is_written_is_the_file_sealed_at_once() {
+    use std::io::Write as _;
+    let keys = table_keys(0x11);
+    let plain: Vec<u8> = (0..200u8).collect();
+    for len in [0usize, 1, 15, 16, 17, 32, 33, 43, 200] {
+        for piece in [1usize, 7, 16, 64] {
+            let opts = EncryptOptions::default()
+                .with_chunk_size(16)
+                .with_random(SeededRandom::shared(1));
+            let whole = encrypt_bytes(TABLE_PATH, &keys, &plain[..len], &opts)
+                .await
+                .unwrap();
+            let opts = EncryptOptions::default()
+                .with_chunk_size(16)
+                .with_random(SeededRandom::shared(1));
+            let mut w = tern_crypto::stream::sealing_writer(TABLE_PATH, &keys, &opts)
+                .await
+                .unwrap();
+            for part in plain[..len].chunks(piece) {
+                w.write_all(part).unwrap();
+            }
+            let parts = w.finish().unwrap();
+            assert_eq!(
+                parts.concat(),
+                whole,
+                "{len} bytes written {piece} at a time"
+            );
+        }
+    }
+    let opts = EncryptOptions::default()
+        .with_chunk_size(16)
+        .with_random(SeededRandom::shared(1));
+    let mut w = tern_crypto::stream::sealing_writer(TABLE_PATH, &keys, &opts)
+        .await
+        .unwrap();
+    w.write_all(FOX).unwrap();
+    check_golden("v1_table.bin", &w.finish().unwrap().concat());
+}
+
 #[tokio::test]
 async fn table_file_bytes_are_pinned() {
     let keys = table_keys(0x11);

@@ -60,6 +60,22 @@ pub trait KvTxn {
     /// Keys in `[start, end)` in key order, with their values, at most `limit` of them.
     fn scan(&mut self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// Remove every key in `[start, end)`. An error in a read transaction. By default a
+    /// batch of keys at a time through [`KvTxn::scan`] and [`KvTxn::delete`]; a backend
+    /// that can delete a range without reading its values (SQLite) does: a range of large
+    /// values, or of many rows, is removed without being loaded.
+    fn delete_range(&mut self, start: &[u8], end: &[u8]) -> Result<()> {
+        loop {
+            let batch = self.scan(start, end, 256)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (k, _) in batch {
+                self.delete(&k)?;
+            }
+        }
+    }
+
     /// Run `f` inside this transaction, then undo every write it made (whatever it
     /// returned), keeping the writes made before: a check by the code that would make a
     /// change, in the same transaction as other writes. Returns `f`'s result; an error of

@@ -770,6 +770,15 @@ impl KvTxn for SqliteTxn<'_> {
             .map_err(sql_err(self.path, "delete"))
     }
 
+    fn delete_range(&mut self, start: &[u8], end: &[u8]) -> Result<()> {
+        self.check_writable(start)?;
+        self.conn
+            .prepare_cached("DELETE FROM kv WHERE key >= ?1 AND key < ?2")
+            .and_then(|mut s| s.execute((start, end)))
+            .map(drop)
+            .map_err(sql_err(self.path, "delete a range"))
+    }
+
     fn undone(&mut self, f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>) -> Result<()> {
         if !self.writable {
             // Nothing it could write (its writes fail): nothing to undo.

@@ -10,8 +10,50 @@ on_both_backends!(
     failing_closure_leaves_previous_state,
     panicking_closure_leaves_previous_state,
     reads_are_snapshots_and_read_only,
-    undone_writes_are_undone_and_earlier_ones_kept
+    undone_writes_are_undone_and_earlier_ones_kept,
+    a_prefix_is_deleted_whole_and_nothing_beside_it
 );
+
+/// `delete_prefix` removes every key extending the prefix (more than a scan batch of
+/// them, values large or not) and nothing else: not the prefix's neighbours, not a key
+/// that merely starts with the same characters; and not in a read transaction.
+fn a_prefix_is_deleted_whole_and_nothing_beside_it(store: MetaStore) {
+    use tern_meta::Key;
+    let under = Key::root("t").str("f").u64(7);
+    let keys: Vec<Key> = (0..600)
+        .map(|i| under.clone().str(&format!("acct/a/file-{i}")))
+        .collect();
+    let beside = [
+        Key::root("t").str("f").u64(6).str("x"),
+        Key::root("t").str("f").u64(8),
+        Key::root("t").str("f7"),
+        Key::root("t").str("f"),
+    ];
+    store
+        .write(|tx| {
+            for (i, k) in keys.iter().chain(&beside).enumerate() {
+                tx.raw().put(k.as_bytes(), &vec![b'x'; 1 + i % 3 * 4096])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(matches!(
+        store.read(|tx| tx.delete_prefix(&under)),
+        Err(Error::ReadOnly { .. })
+    ));
+    store.write(|tx| tx.delete_prefix(&under)).unwrap();
+    store
+        .read(|tx| {
+            for k in &keys {
+                assert_eq!(tx.raw().get(k.as_bytes())?, None, "{k}");
+            }
+            for k in &beside {
+                assert!(tx.raw().get(k.as_bytes())?.is_some(), "{k}");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
 
 /// (current version, active short names there, sequence `s`).
 fn state(store: &MetaStore) -> (u64, Vec<String>, u64) {

@@ -68,6 +68,7 @@ pub fn quick_options() -> TxnOptions {
         log_write_attempts: 3,
         log_write_timeout: Duration::from_millis(500),
         log_retry_backoff: Duration::from_millis(5),
+        ..TxnOptions::default()
     }
 }
 

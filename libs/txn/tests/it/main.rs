@@ -11,3 +11,4 @@ mod nan;
 mod pruning;
 mod reader;
 mod reserve;
+mod stored_form;
