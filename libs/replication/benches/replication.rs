@@ -17,7 +17,9 @@
 //!
 //! Environment: `TERN_BENCH_PHASES` (`lag,refresh`), `TERN_BENCH_LAG_SECS` (10),
 //! `TERN_BENCH_LAG_RATES` (`100,1000`), `TERN_BENCH_LAG_TABLES` (8),
-//! `TERN_BENCH_REFRESH_MB` (4096), `TERN_BENCH_REFRESH_MPS` (512).
+//! `TERN_BENCH_REFRESH_MB` (4096), `TERN_BENCH_REFRESH_MPS` (512),
+//! `TERN_BENCH_IMPORT_AS_FILES_LAND` (1; 0 = the replica imports after the whole response,
+//! as before it imported each file as it landed).
 //! Scratch data goes under the cargo target's tmp folder and is removed at the end.
 
 #![allow(clippy::print_stdout)]
@@ -392,10 +394,15 @@ async fn refresh(root: &std::path::Path) -> Result<(), BoxError> {
             .read(|tx| tx.active_micro_partitions(&p.table, v))?;
     let bytes: u64 = active.iter().map(|m| m.bytes).sum();
     println!(
-        "(b) full refresh into an empty replica: {} micro-partitions, {:.2} GB stored (loaded in {:.1} s)",
+        "(b) full refresh into an empty replica: {} micro-partitions, {:.2} GB stored (loaded in {:.1} s); {}",
         active.len(),
         bytes as f64 / 1e9,
-        load.elapsed().as_secs_f64()
+        load.elapsed().as_secs_f64(),
+        if common::import_as_files_land() {
+            "each file imported as it lands (beside the upstream's copies)"
+        } else {
+            "imported after the whole response (TERN_BENCH_IMPORT_AS_FILES_LAND=0)"
+        }
     );
     make_global(&mut p).await?;
     let files = |d: &LocalDeployment| Counters::get(&d.repl.counters().files_copied);

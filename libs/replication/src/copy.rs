@@ -73,7 +73,8 @@ pub async fn copy_all(tasks: Vec<CopyTask>, concurrency: usize) -> Result<Copied
     }
 }
 
-async fn copy_one(t: CopyTask) -> Result<u64> {
+/// One copy: the bytes written.
+pub(crate) async fn copy_one(t: CopyTask) -> Result<u64> {
     let stats = tern_crypto::reencrypt(
         Endpoint {
             store: &t.src_store,

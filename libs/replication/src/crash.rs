@@ -18,13 +18,20 @@ pub const IMPORT_DICTIONARY: &str = "import.dictionary_applied";
 /// Import or a shipment's apply: the files of every table it changes were copied into
 /// the volume (journaled in the transaction, not committed).
 pub const APPLY_COPIED: &str = "apply.files_copied";
+/// Import: one file of the response was copied from the inbound stage into the volume
+/// (the table's version not committed yet); arm it with `arm_after(n)` to stop an import
+/// in the middle of its files — with a streamed response, while the upstream still copies.
+pub const IMPORT_FILE_COPIED: &str = "import.file_copied";
 /// Import: the import's transaction committed, before the refresh is recorded as done.
 pub const IMPORT_COMMITTED: &str = "import.committed";
 /// Import: the refresh is recorded as done, before the import job is removed.
 pub const IMPORT_FINISHED: &str = "import.finished";
 
+/// Source, refresh of a replica that imports as files land: the response (the plan) is
+/// sent, before the files are copied.
+pub const SNAPSHOT_PLAN_SENT: &str = "snapshot.plan_sent";
 /// Source, refresh: the snapshot's files are copied into the replica's inbound stage,
-/// before the response message is created.
+/// before the response message is created (streamed: before the `copied` marker).
 pub const SNAPSHOT_COPIED: &str = "snapshot.files_copied";
 /// Source, refresh: the response message is ready to send, before the request is removed
 /// and the replica's log position recorded.
@@ -43,9 +50,11 @@ pub const ALL: &[&str] = &[
     REWIND_ASKED,
     IMPORT_DICTIONARY,
     APPLY_COPIED,
+    IMPORT_FILE_COPIED,
     IMPORT_COMMITTED,
     IMPORT_FINISHED,
     SWITCHOVER_WON,
+    SNAPSHOT_PLAN_SENT,
     SNAPSHOT_COPIED,
     SNAPSHOT_SENT,
     SHIP_SENT,

@@ -76,6 +76,19 @@ pub enum Error {
         /// What does not match.
         reason: String,
     },
+    /// An import dropped while it ran: a later answer to the same request arrived.
+    #[error("import of {response}: superseded by a later answer to the same request")]
+    Superseded {
+        /// The response.
+        response: String,
+    },
+    /// An import waiting for its files stepped aside for a failover (it waits again
+    /// after it).
+    #[error("import of {response}: paused while a failover drains this deployment")]
+    Paused {
+        /// The response.
+        response: String,
+    },
     /// The metadata store.
     #[error(transparent)]
     Meta(#[from] tern_meta::Error),

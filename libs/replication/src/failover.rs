@@ -2153,8 +2153,15 @@ impl Replication {
             Ok(None) => return (Ok(0), false),
             Err(e) => return (Err(e.into()), false),
         };
-        // An import in progress holds the gate until it has committed.
+        // An import in progress holds the gate until it has committed (one waiting for
+        // files to land steps aside).
+        self.inner
+            .draining
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         drop(self.inner.import_gate.lock().await);
+        self.inner
+            .draining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         let mut most = 0;
         loop {
             let jobs = match self.meta().read(|tx| {

@@ -172,6 +172,7 @@ fn import_jobs_are_golden_and_rows_of_the_previous_build_still_read() {
         taken_at_ms: 7,
         epoch: 1,
         seq: 3,
+        streamed: false,
     };
     let job = ImportJobDpo {
         peer: DeploymentId::new("d1").unwrap(),
@@ -181,6 +182,8 @@ fn import_jobs_are_golden_and_rows_of_the_previous_build_still_read() {
         retry: JobRetry::default(),
         tables_done: 1,
         sections_done: 2,
+        batch: None,
+        superseded: false,
         legacy_sections: None,
     };
     let stored = json(&job);
@@ -238,7 +241,7 @@ fn import_jobs_are_golden_and_rows_of_the_previous_build_still_read() {
         read.response,
         SnapshotManifest {
             sections: 1,
-            ..manifest
+            ..manifest.clone()
         }
     );
     assert_eq!((read.tables_done, read.sections_done), (0, 0));
@@ -251,6 +254,65 @@ fn import_jobs_are_golden_and_rows_of_the_previous_build_still_read() {
     assert_eq!(sections[0].remove, vec![gone]);
     // Stored again, it is a manifest row.
     assert!(!json(&read).contains("fdn1"));
+
+    // A response sent ahead of its files, imported as they land: the batch under way
+    // (its reserved volume names) and a superseded mark are in the row; a row without
+    // them (the build before) reads as neither.
+    let streamed = ImportJobDpo {
+        response: SnapshotManifest {
+            streamed: true,
+            ..manifest.clone()
+        },
+        batch: Some(crate::state::ImportBatch {
+            tables: 1,
+            first_name: 40,
+        }),
+        superseded: true,
+        ..job.clone()
+    };
+    let stored_streamed = json(&streamed);
+    assert_eq!(
+        stored_streamed,
+        r#"{"peer":"d1","response":{"v":1,"request_id":"rq-d2-1","response_id":"rs-d1-4","group":"g1","lamport":9,"repmk":{"diversifier":3600,"wrapped":"ab"},"schemas":["public"],"tables":[{"table":"t1--d1","schema":"public","name":"orders","columns":[],"version":5,"answered_version":2,"adds":1,"removes":1}],"sections":2,"bytes":100,"taken_at_ms":7,"epoch":1,"seq":3,"streamed":true},"received_at_ms":8,"attempts":1,"tables_done":1,"sections_done":2,"batch":{"tables":1,"first_name":40},"superseded":true}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<ImportJobDpo>(&stored_streamed).unwrap(),
+        streamed
+    );
+}
+
+/// A refresh request of a replica that imports files as they land asks for the plan
+/// first (`stream`); a request of the build before (no field) asks for the files first.
+#[test]
+fn refresh_requests_are_golden() {
+    use crate::model::RefreshRequest;
+    let request = RefreshRequest {
+        v: PAYLOAD_VERSION,
+        request_id: "rq-d2-1".into(),
+        group: "g1".into(),
+        account: AccountId::new("a2").unwrap(),
+        database: DatabaseId::new("db9").unwrap(),
+        subscribe: true,
+        tables: Vec::new(),
+        customer_key: None,
+        stream: true,
+    };
+    let stored = json(&request);
+    assert_eq!(
+        stored,
+        r#"{"v":1,"request_id":"rq-d2-1","group":"g1","account":"a2","database":"db9","subscribe":true,"tables":[],"stream":true}"#
+    );
+    let old: RefreshRequest = crate::model::decode(
+        br#"{"v":1,"request_id":"rq-d2-1","group":"g1","account":"a2","database":"db9","subscribe":true,"tables":[]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        old,
+        RefreshRequest {
+            stream: false,
+            ..request
+        }
+    );
 }
 
 /// A line of a sections file.

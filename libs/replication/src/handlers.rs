@@ -235,6 +235,16 @@ impl Handler for ReplHandler {
                 }
                 let commit = Commit::with(move |tx| {
                     if !tx.contains(&key)? {
+                        // An earlier answer to the same request whose upstream began again
+                        // (a streamed response cut short: its files will never all land)
+                        // is dropped by the importer, even while it waits for them.
+                        let prefix = keys::import_jobs().str(from.as_str());
+                        for (k, mut j) in tx.scan_prefix::<ImportJobDpo>(&prefix)? {
+                            if j.response.request_id == response.request_id && !j.superseded {
+                                j.superseded = true;
+                                tx.put(&k, &j)?;
+                            }
+                        }
                         tx.put(
                             &key,
                             &ImportJobDpo {
@@ -245,6 +255,8 @@ impl Handler for ReplHandler {
                                 retry: Default::default(),
                                 tables_done: 0,
                                 sections_done: 0,
+                                batch: None,
+                                superseded: false,
                                 legacy_sections: None,
                             },
                         )?;
@@ -469,6 +481,7 @@ impl Replication {
                             })
                             .collect(),
                         remove: removed.iter().map(|r| r.global_ref.clone()).collect(),
+                        copied: Vec::new(),
                     });
                 }
                 ChangeRecord::Dictionary { op, .. } => {
@@ -526,6 +539,7 @@ impl Replication {
                             })
                             .collect(),
                         remove: removed.iter().map(|r| r.global_ref.clone()).collect(),
+                        copied: Vec::new(),
                     });
                 }
             }

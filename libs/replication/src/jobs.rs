@@ -3,7 +3,8 @@
 //! jobs behind it go first; after `job_attempts` attempts it is marked failed — shown by
 //! `show replication-status` and `/metrics`, skipped by the workers — until an operator
 //! retries it or abandons it (`tern replication retry|abandon <id>`). Abandoning an import
-//! deletes its inbound folder and asks for a new refresh; abandoning a copy job drops the
+//! deletes its inbound folder and the files it copied into the volume without committing
+//! them, and asks for a new refresh; abandoning a copy job drops the
 //! request (the replica asks again).
 
 use serde::{Deserialize, Serialize};
@@ -233,6 +234,7 @@ impl Replication {
                 of_snapshot(&j, now)
             }
             Found::Import(k, j) => {
+                self.drop_batch_files(&j).await;
                 self.finish_refresh(&j, None)?;
                 self.meta().write(|tx| tx.delete(&k))?;
                 self.remove_inbound(&j.peer, &j.response.response_id).await;

@@ -159,6 +159,16 @@ pub struct RefreshRequest {
     /// for it is then sealed to this key as well (only that account can open it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_key: Option<CustomerPublicKey>,
+    /// The replica imports each file as it lands: the upstream may send its response (the
+    /// plan: manifest, sections file and wrapped RepMK) before it copies the files, and
+    /// writes [`copied_path`] once they are all in the inbound stage. A replica of a
+    /// previous build leaves it out and gets the response after the files.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A replication master key wrapped for one receiver under a GMK-derived key.
@@ -294,6 +304,11 @@ pub struct SnapshotManifest {
     pub epoch: u64,
     /// The database's transaction sequence number the snapshot holds.
     pub seq: u64,
+    /// Sent before its files were copied (the request asked for `stream`): the replica
+    /// waits for each file to land, until [`copied_path`] says every file is in. `bytes`
+    /// is then the files' stored size at the source.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub streamed: bool,
 }
 
 /// One line of a snapshot's sections file: part of one table's difference (at most the
@@ -318,6 +333,12 @@ pub const SECTION_FILES: usize = 1024;
 /// beside the files (whose names always hold a `.`).
 pub fn sections_path(peer: &DeploymentId, response: &ResponseId) -> tern_storage::Path {
     tern_storage::layout::replication::inbound_prefix(peer, response).join("sections")
+}
+
+/// The marker a streaming upstream writes into a response's inbound folder once every
+/// file of the response is there (its content is not read: only its presence counts).
+pub fn copied_path(peer: &DeploymentId, response: &ResponseId) -> tern_storage::Path {
+    tern_storage::layout::replication::inbound_prefix(peer, response).join("copied")
 }
 
 impl SnapshotManifest {
@@ -352,6 +373,7 @@ impl SnapshotManifest {
             taken_at_ms: r.taken_at_ms,
             epoch: r.epoch,
             seq: r.seq,
+            streamed: false,
         };
         (manifest, sections)
     }

@@ -99,6 +99,14 @@ pub struct ReplicationConfig {
     pub log_prune_interval: Duration,
     /// Log records deleted per batch (one listing, then one delete each).
     pub log_prune_batch: usize,
+    /// A replica's refresh imports each file as soon as it lands in the inbound stage,
+    /// while the upstream still copies the others (the upstream sends the plan first);
+    /// `false`: the response comes once every file is copied, and is imported after.
+    pub import_as_files_land: bool,
+    /// An import waiting for the files of a response sent ahead of them gives the
+    /// attempt up (backing off, see [`crate::jobs`]) when no file landed for this long.
+    #[serde(with = "humantime_serde")]
+    pub landing_timeout: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -126,6 +134,8 @@ impl Default for ReplicationConfig {
             log_retention: Duration::from_secs(7 * 24 * 3600),
             log_prune_interval: Duration::from_secs(600),
             log_prune_batch: 1000,
+            import_as_files_land: true,
+            landing_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -290,6 +300,9 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<DeploymentId, (std::time::Instant, Duration)>>,
     /// Held by the importer while it imports a response (a failover waits for it).
     pub(crate) import_gate: tokio::sync::Mutex<()>,
+    /// Failovers waiting for the import gate: an import waiting for files to land steps
+    /// aside for them (it cannot finish while its upstream is gone).
+    pub(crate) draining: std::sync::atomic::AtomicUsize,
     /// One rewind to a fork at a time (a heartbeat's and the control worker's).
     pub(crate) rewinding: tokio::sync::Mutex<()>,
     /// Heartbeats are due at the next control unit.
@@ -555,6 +568,7 @@ impl Replication {
                 gaps: std::sync::Mutex::default(),
                 peer_backoff: std::sync::Mutex::default(),
                 import_gate: tokio::sync::Mutex::new(()),
+                draining: std::sync::atomic::AtomicUsize::new(0),
                 rewinding: tokio::sync::Mutex::new(()),
                 beat_due: std::sync::atomic::AtomicBool::new(true),
                 last_beat_ms: std::sync::atomic::AtomicI64::new(0),

@@ -7,6 +7,8 @@
 //!      ─▶ files re-encrypted volume → peer inbound (HKDF(RepMK, path))
 //!      ─▶ the difference streamed as a sections file into the same inbound folder
 //!      ─▶ response message (manifest in body 0) ─▶ downstream cursor = log position
+//!  (a replica that imports files as they land: the sections file and the response
+//!   first, then the files, then the `copied` marker, then the downstream cursor)
 //!  shipper: per downstream, log records after the cursor up to the stable id
 //!      ─▶ the database's changes ─▶ added files → peer inbound ─▶ log message ─▶ cursor
 //! ```
@@ -227,10 +229,19 @@ impl Replication {
         match sender.message(&earlier).await? {
             Some(m) if m.state != OutState::Preparing => {
                 match (job.sent, self.local_database(&job.request.group)?) {
-                    (Some(sent), Some(db)) => self.snapshot_sent(key, &job, &db, sent)?,
-                    _ => self.meta().write(|tx| tx.delete(key))?,
+                    (Some(sent), Some(db)) => {
+                        self.snapshot_sent(key, &job, &db, sent)?;
+                        return Ok(());
+                    }
+                    // A streamed answer cut short while its files were being copied: it
+                    // is answered again from the start under a new id (the replica drops
+                    // the earlier answer to the same request when the new one arrives).
+                    (None, Some(_)) if job.request.stream => {}
+                    _ => {
+                        self.meta().write(|tx| tx.delete(key))?;
+                        return Ok(());
+                    }
                 }
-                return Ok(());
             }
             Some(_) => sender.abandon(&earlier).await?,
             None => {}
@@ -308,6 +319,10 @@ impl Replication {
         // from the same pages read again (second pass); only the names and the replica's
         // references that match no file (the removes) are held whole.
         let per_section = p.config.snapshot_section_files.max(1);
+        // A replica that imports each file as it lands gets the plan first and the files
+        // after it (copied in the order the sections file lists them).
+        let stream = job.request.stream;
+        let mut planned_bytes = 0u64;
         let mut heads = Vec::with_capacity(tables.len());
         let mut listed: Vec<Listed<'_>> = Vec::with_capacity(tables.len());
         let mut copied = crate::copy::Copied::default();
@@ -331,6 +346,10 @@ impl Replication {
                     unmatched.remove(&m.global_ref);
                 }
                 adds += add.len() as u64;
+                if stream {
+                    planned_bytes += add.iter().map(|m| m.bytes).sum::<u64>();
+                    continue;
+                }
                 let tasks = self
                     .to_inbound(&peer, &job.response_id, &add, &file_keys, peers)
                     .await?;
@@ -358,8 +377,10 @@ impl Replication {
                 remove,
             });
         }
-        self.crash_point(crash::SNAPSHOT_COPIED)?;
-        self.count_copied(copied.files, copied.bytes);
+        if !stream {
+            self.crash_point(crash::SNAPSHOT_COPIED)?;
+            self.count_copied(copied.files, copied.bytes);
+        }
         // The difference, streamed into the sections file beside the files.
         let bucket = peers
             .bucket(&peer)
@@ -375,8 +396,6 @@ impl Replication {
             ),
         )
         .await?;
-        drop(listed);
-        drop(tables);
         let response = SnapshotManifest {
             v: PAYLOAD_VERSION,
             request_id: job.request.request_id.clone(),
@@ -387,11 +406,65 @@ impl Replication {
             schemas,
             tables: heads,
             sections,
-            bytes: copied.bytes,
+            bytes: if stream { planned_bytes } else { copied.bytes },
             taken_at_ms: self.now(),
             epoch,
             seq,
+            streamed: stream,
         };
+        // The manifest grows with the tables (one entry each): it travels as a body file.
+        let msg_id = MessageId::new(job.response_id.as_str())?;
+        let head = model::encode(&SnapshotHead {
+            v: PAYLOAD_VERSION,
+            response_id: job.response_id.clone(),
+        })?;
+        let mut send = Some(async {
+            sender
+                .create(Draft::new(SNAPSHOT_TYPE, head).with_id(msg_id.clone()))
+                .await?;
+            sender
+                .attach_body_bytes(&msg_id, &model::encode(&response)?)
+                .await?;
+            sender.mark_ready(&msg_id).await?;
+            Ok::<_, Error>(())
+        });
+        if stream && let Some(send) = send.take() {
+            // The plan goes first; the replica imports each file as it lands while the
+            // rest are copied. `sent` is recorded only once every file is in: an attempt
+            // cut short before is begun again (above).
+            send.await?;
+            self.crash_point(crash::SNAPSHOT_PLAN_SENT)?;
+            for l in &listed {
+                for chunk in l.names.chunks(per_section) {
+                    let page = self.file_page(l.table, l.version, chunk)?;
+                    let add: Vec<&MicroPartitionDpo> = page
+                        .iter()
+                        .filter(|m| !l.refs.contains(&m.global_ref))
+                        .collect();
+                    let tasks = self
+                        .to_inbound(&peer, &job.response_id, &add, &file_keys, peers)
+                        .await?;
+                    let c = copy_all(tasks, p.config.copy_concurrency).await?;
+                    copied.files += c.files;
+                    copied.bytes += c.bytes;
+                }
+            }
+            self.crash_point(crash::SNAPSHOT_COPIED)?;
+            // The marker: every file is in (the replica reads only that it exists).
+            let count = copied.files.to_string();
+            tern_crypto::upload_encrypted(
+                &bucket,
+                &model::copied_path(&p.me, &job.response_id),
+                file_keys.as_ref(),
+                &mut count.as_bytes(),
+                &tern_crypto::EncryptOptions::default(),
+                &tern_crypto::CopyOptions::default(),
+            )
+            .await?;
+            self.count_copied(copied.files, copied.bytes);
+        }
+        drop(listed);
+        drop(tables);
         let sent = SnapshotSent {
             stable,
             settled,
@@ -399,19 +472,9 @@ impl Replication {
         };
         job.sent = Some(sent);
         self.meta().write(|tx| tx.put(key, &job))?;
-        // The manifest grows with the tables (one entry each): it travels as a body file.
-        let msg_id = MessageId::new(job.response_id.as_str())?;
-        let head = model::encode(&SnapshotHead {
-            v: PAYLOAD_VERSION,
-            response_id: job.response_id.clone(),
-        })?;
-        sender
-            .create(Draft::new(SNAPSHOT_TYPE, head).with_id(msg_id.clone()))
-            .await?;
-        sender
-            .attach_body_bytes(&msg_id, &model::encode(&response)?)
-            .await?;
-        sender.mark_ready(&msg_id).await?;
+        if let Some(send) = send.take() {
+            send.await?;
+        }
         self.crash_point(crash::SNAPSHOT_SENT)?;
         self.snapshot_sent(key, &job, &db, sent)?;
         self.publish(

@@ -274,6 +274,16 @@ pub struct ImportJobDpo {
     /// Sections of the sections file those tables took (where reading resumes).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sections_done: u64,
+    /// The batch of tables (from `tables_done` on) whose files are being copied into the
+    /// volume: their names there were reserved when it began, so an interrupted import
+    /// finds the files it already copied at the same paths (and copies only the rest),
+    /// and whoever drops the job knows which files to delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<ImportBatch>,
+    /// A later answer to the same request arrived (its upstream began the response
+    /// again): this one is dropped, never imported further.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub superseded: bool,
     /// A row stored by a previous build holds the whole response: its sections, until
     /// the importer writes them into the sections file and stores the row again without
     /// them (never stored in this form).
@@ -283,6 +293,21 @@ pub struct ImportJobDpo {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The batch an import is copying files for: `tables` tables of the manifest from the
+/// job's `tables_done` on, whose added files get the volume names `fdn<n>_g` for `n` from
+/// `first_name` on, in the order the sections file lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportBatch {
+    /// How many tables.
+    pub tables: u64,
+    /// The first reserved name number.
+    pub first_name: u64,
 }
 
 /// [`ImportJobDpo`] as stored, by this build or a previous one.
@@ -298,6 +323,10 @@ struct ImportJobRow {
     tables_done: u64,
     #[serde(default)]
     sections_done: u64,
+    #[serde(default)]
+    batch: Option<ImportBatch>,
+    #[serde(default)]
+    superseded: bool,
 }
 
 /// A manifest, or (a previous build's row) the whole response.
@@ -325,6 +354,8 @@ impl From<ImportJobRow> for ImportJobDpo {
             retry: r.retry,
             tables_done: r.tables_done,
             sections_done: r.sections_done,
+            batch: r.batch,
+            superseded: r.superseded,
             legacy_sections,
         }
     }

@@ -25,9 +25,23 @@
 //! transaction as before; a larger one shows tables at their new versions one batch
 //! after another while it imports (each table's version is the primary's, and the
 //! refresh is recorded as done only after the last batch).
+//!
+//! Each file is copied from the inbound stage into the volume as soon as it has landed
+//! there: this replica asks for the plan first (`stream` in its request), so the upstream
+//! sends the response (manifest, sections file, wrapped RepMK) before it copies the files
+//! and writes a marker ([`model::copied_path`]) once all are in — the replica's copies run
+//! beside the upstream's. A batch's tables are still committed once, after all of its
+//! files are in. Resuming: the names the batch's files get in the volume are reserved
+//! when it begins and stored in the job's row with the cursor, so an interrupted import
+//! finds what it already copied at those paths (a copy is published only whole) and
+//! copies the rest; files a batch copied and did not commit are deleted when the job is
+//! dropped (abandoned, superseded by a later answer to the same request, or no longer
+//! fitting). An import waiting for a file gives the attempt up when no file landed for
+//! `landing_timeout` (the backoff and failed state of [`crate::jobs`] follow).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tern_crypto::{KeySource, ReplicationFileKeys};
@@ -49,7 +63,7 @@ use crate::model::{
 };
 use crate::peers::Peers;
 use crate::service::{Counters, Replication};
-use crate::state::{ImportJobDpo, ReplicaDpo, keys};
+use crate::state::{ImportBatch, ImportJobDpo, ReplicaDpo, keys};
 
 /// An imported response whose inbound folder can go (see [`Replication::clean_inbound`]).
 #[derive(Debug, Clone)]
@@ -77,6 +91,9 @@ pub(crate) struct TableStep {
     pub add: Vec<MicroPartitionDpo>,
     /// Files to remove.
     pub remove: Vec<GlobalFileRef>,
+    /// The local entries of `add`, when its files are in the volume already (an import
+    /// copies each file as it lands, before it commits); empty: copied when applied.
+    pub copied: Vec<MicroPartitionDpo>,
 }
 
 /// Folds the changes one shipped transaction made to the same table into one step per
@@ -128,6 +145,9 @@ pub(crate) struct Repair {
     pub add: Vec<MicroPartitionDpo>,
     /// Files to end.
     pub remove: Vec<GlobalFileRef>,
+    /// The local entries of `add`, when its files are in the volume already (see
+    /// [`TableStep::copied`]).
+    pub copied: Vec<MicroPartitionDpo>,
 }
 
 /// What applying steps did.
@@ -304,6 +324,7 @@ impl Replication {
                 subscribe: r.follow_log,
                 tables: self.inventory(&r)?,
                 customer_key,
+                stream: self.inner.p.config.import_as_files_land,
             };
             let id = MessageId::new(pending.request_id.as_str())?;
             let earlier = sender.message(&id).await?;
@@ -390,6 +411,10 @@ impl Replication {
         };
         // A failover waits for an import under way to finish (never half-imported).
         let _gate = self.inner.import_gate.lock().await;
+        if job.superseded {
+            self.drop_superseded(&key, &job).await?;
+            return Ok((1, None));
+        }
         if let Some(sections) = job.legacy_sections.take() {
             // A row a previous build stored with the whole response: its sections go into
             // the sections file, and the row is stored again without them.
@@ -419,18 +444,32 @@ impl Replication {
             if let Some(r) = self.replica_of(&job.response.group)? {
                 self.ask_refresh(&r.database, "stale epoch", false)?;
             }
+            self.drop_batch_files(&self.job_row(&key)?.unwrap_or(job))
+                .await;
             self.meta().write(|tx| tx.delete(&key))?;
             return Ok((1, None));
         }
         match self.import(&key, &job).await {
             Ok(()) => {}
             Err(e) if e.is_in_doubt() => return Err(e),
+            Err(Error::Superseded { .. }) => {
+                let job = self.job_row(&key)?.unwrap_or(job);
+                self.drop_superseded(&key, &job).await?;
+                return Ok((1, None));
+            }
+            Err(e @ Error::Paused { .. }) => {
+                // Not a failed attempt: taken up again after the failover.
+                tracing::info!(response = %job.response.response_id, "{e}");
+                return Ok((0, None));
+            }
             Err(e @ (Error::Gap { .. } | Error::Drift { .. } | Error::CustomerKey { .. })) => {
                 // The response no longer fits (the replica moved below what it answered,
                 // or its RepMK is sealed to a key the account no longer holds or cannot
                 // open): a new request gets a fitting one (held back while a registered
                 // key does not open), and the jobs behind this one are not blocked.
                 tracing::warn!(error = %e, response = %job.response.response_id, "snapshot no longer applies; asking again");
+                self.drop_batch_files(&self.job_row(&key)?.unwrap_or_else(|| job.clone()))
+                    .await;
                 self.finish_refresh(&job, None)?;
                 if let Some(r) = self.replica_of(&job.response.group)? {
                     self.ask_refresh(&r.database, "retry", false)?;
@@ -454,6 +493,23 @@ impl Replication {
                 folder: job.response.response_id,
             }),
         ))
+    }
+
+    /// The import job at `key` as stored now.
+    fn job_row(&self, key: &tern_meta::Key) -> Result<Option<ImportJobDpo>> {
+        Ok(self.meta().read(|tx| tx.get::<ImportJobDpo>(key))?)
+    }
+
+    /// Drops an import job a later answer to the same request superseded: what it copied
+    /// and did not commit, its row and its inbound folder (the later answer is imported
+    /// instead; the refresh stays pending for it).
+    async fn drop_superseded(&self, key: &tern_meta::Key, job: &ImportJobDpo) -> Result<()> {
+        tracing::warn!(response = %job.response.response_id, request = %job.response.request_id, "import superseded by a later answer to the same request: dropped");
+        self.drop_batch_files(job).await;
+        self.meta().write(|tx| tx.delete(key))?;
+        self.remove_inbound(&job.peer, &job.response.response_id)
+            .await;
+        Ok(())
     }
 
     /// Deletes an imported response's inbound folder, and the folders of attempts its
@@ -562,69 +618,101 @@ impl Replication {
         .await?;
         sections.skip(job.sections_done).await?;
         let budget = self.inner.p.config.import_batch_files.max(1) as u64;
+        let landing = Arc::new(Landing::new(self, key, job));
         let mut done = (job.tables_done, job.sections_done);
+        let mut resumed = job.batch;
         let mut files = 0;
         let mut bytes = 0;
-        let mut steps = Vec::new();
-        let mut repairs = Vec::new();
-        let mut gathered = 0u64;
-        let skip = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
-        for (i, t) in res.tables.iter().enumerate().skip(skip) {
-            let (add, remove) = sections.table(&t.table, t.adds, t.removes).await?;
-            let (local, _) = self.local_table(&r, &t.table)?;
-            let current = self.current_version(&local)?;
-            gathered += t.adds + t.removes;
-            // Asked at the version the snapshot has, and still there: the difference is
-            // drift (the index changed behind the replica's back). Reached that version by
-            // the log meanwhile: the difference is already applied.
-            if current == t.version
-                && t.answered_version == t.version
-                && (!add.is_empty() || !remove.is_empty())
-            {
-                repairs.push(Repair {
-                    table: local,
-                    version: t.version,
-                    exact: true,
-                    add,
-                    remove,
-                });
-            } else {
-                steps.push(TableStep {
-                    table: t.table.clone(),
-                    base: t.answered_version,
-                    version: t.version,
-                    columns: t.columns.clone(),
-                    add_column: None,
-                    add,
-                    remove,
-                });
+        let mut i = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
+        while i < res.tables.len() {
+            // The batch's tables and the volume names of their files: reserved once and
+            // stored with the job, so a resumed import finds what it copied at the same
+            // paths and copies only the rest.
+            let batch = match resumed.take() {
+                Some(b) => b,
+                None => self.begin_batch(key, &res.tables[i..], budget)?,
+            };
+            let span = usize::try_from(batch.tables).unwrap_or(usize::MAX).max(1);
+            let end = i.saturating_add(span).min(res.tables.len());
+            let mut name = batch.first_name;
+            let mut steps = Vec::new();
+            let mut repairs = Vec::new();
+            let mut tasks = Vec::new();
+            let mut planned = Vec::new();
+            for t in &res.tables[i..end] {
+                let (add, remove) = sections.table(&t.table, t.adds, t.removes).await?;
+                let (local, _) = self.local_table(&r, &t.table)?;
+                let current = self.current_version(&local)?;
+                let first = name;
+                name += t.adds;
+                // Asked at the version the snapshot has, and still there: the difference is
+                // drift (the index changed behind the replica's back). Reached that version
+                // by the log meanwhile: the difference is already applied (nothing copied).
+                let repair = current == t.version
+                    && t.answered_version == t.version
+                    && (!add.is_empty() || !remove.is_empty());
+                let copied = if repair || current < t.version {
+                    let (copied, copies) = self
+                        .plan_copy_in(&r, &source, &local, add.clone(), None, Some(first))
+                        .await?;
+                    planned.extend(copied.iter().map(|m| (m.table.clone(), m.short.clone())));
+                    tasks.extend(copies);
+                    copied
+                } else {
+                    Vec::new()
+                };
+                if repair {
+                    repairs.push(Repair {
+                        table: local,
+                        version: t.version,
+                        exact: true,
+                        add,
+                        remove,
+                        copied,
+                    });
+                } else {
+                    steps.push(TableStep {
+                        table: t.table.clone(),
+                        base: t.answered_version,
+                        version: t.version,
+                        columns: t.columns.clone(),
+                        add_column: None,
+                        add,
+                        remove,
+                        copied,
+                    });
+                }
             }
-            let last = i + 1 == res.tables.len();
-            if gathered < budget && !last {
-                continue;
-            }
-            let mut batch = std::mem::take(&mut steps);
-            self.localize(&r, &mut batch)?;
-            let applied = self.apply_steps(&r, &source, batch, false, stamp).await?;
+            // Every file of the batch into the volume, each as soon as it has landed in
+            // the inbound stage (a streamed response's upstream may still be copying).
+            let copied = self.copy_landed(&landing, tasks).await?;
+            files += copied.files;
+            bytes += copied.bytes;
+            self.localize(&r, &mut steps)?;
+            let applied = self.apply_steps(&r, &source, steps, false, stamp).await?;
             files += applied.files;
             bytes += applied.bytes;
-            for rp in std::mem::take(&mut repairs) {
+            for rp in repairs {
                 let (f, b) = self.commit_repair(&r, &source, rp, stamp).await?;
                 files += f;
                 bytes += b;
             }
-            gathered = 0;
-            done = ((i + 1) as u64, sections.read());
-            if !last {
+            // Copied for a table the log brought to its version meanwhile, or for a file a
+            // repair left out: not part of any version, deleted.
+            self.remove_uncommitted(&r, &planned).await?;
+            done = (end as u64, sections.read());
+            if end < res.tables.len() {
                 self.meta().write(|tx| {
                     if let Some(mut cur) = tx.get::<ImportJobDpo>(key)? {
                         (cur.tables_done, cur.sections_done) = done;
+                        cur.batch = None;
                         tx.put(key, &cur)?;
                     }
                     Ok(())
                 })?;
             }
             self.crash_point(crash::IMPORT_COMMITTED)?;
+            i = end;
         }
         if done.1 != res.sections {
             return Err(Error::BadMessage {
@@ -711,6 +799,7 @@ impl Replication {
             exact,
             add,
             remove,
+            copied,
         } = repair;
         if add.is_empty() && remove.is_empty() {
             return Ok((0, 0));
@@ -746,6 +835,13 @@ impl Replication {
                 }
                 Ok((put_back, end))
             })?;
+            // Files copied ahead (an import's) that are not put back stay out; the import
+            // deletes them with the rest of its batch's unused files.
+            let copied: Vec<MicroPartitionDpo> = copied
+                .into_iter()
+                .zip(&put_back)
+                .filter_map(|(m, put)| put.then_some(m))
+                .collect();
             let add: Vec<MicroPartitionDpo> = add
                 .into_iter()
                 .zip(put_back)
@@ -755,9 +851,12 @@ impl Replication {
                 return Ok(None);
             }
             let versions: Vec<u64> = add.iter().map(|m| m.added_version).collect();
-            let (local, tasks) = self
-                .plan_copy_in(r, source, &table, add, Some(txn.as_mut()))
-                .await?;
+            let (local, tasks) = if copied.is_empty() {
+                self.plan_copy_in(r, source, &table, add, Some(txn.as_mut()), None)
+                    .await?
+            } else {
+                (copied, Vec::new())
+            };
             let copied = self.copy_tasks(tasks).await?;
             let added: Vec<MicroPartitionDpo> = local
                 .into_iter()
@@ -1003,12 +1102,13 @@ impl Replication {
         Ok(copied)
     }
 
-    /// Copies of `add` from the inbound folder into the volume under new `_g` short names,
-    /// not copied yet: the local entries and the copy
-    /// tasks (their destinations journaled in `journal` when given), so that the files of
-    /// several tables are copied at once. The upstream entries are consumed: each local
-    /// entry takes its statistics and reference over instead of a copy (a table of
-    /// 100 000 files is not held as two full lists while it is planned).
+    /// Copies of `add` from the inbound folder into the volume under new `_g` short names
+    /// (`fdn<n>_g`, `n` from `first_name` on when given — names an import reserved — else
+    /// fresh), not copied yet: the local entries and the copy tasks (their destinations
+    /// journaled in `journal` when given), so that the files of several tables are copied
+    /// at once. The upstream entries are consumed: each local entry takes its statistics
+    /// and reference over instead of a copy (a table of 100 000 files is not held as two
+    /// full lists while it is planned).
     async fn plan_copy_in(
         &self,
         r: &ReplicaDpo,
@@ -1016,6 +1116,7 @@ impl Replication {
         table: &TableId,
         add: Vec<MicroPartitionDpo>,
         journal: Option<&mut dyn tern_table::commit::FileJournal>,
+        first_name: Option<u64>,
     ) -> Result<(Vec<MicroPartitionDpo>, Vec<CopyTask>)> {
         let p = &self.inner.p;
         if add.is_empty() {
@@ -1028,8 +1129,11 @@ impl Replication {
         let dst_keys: Arc<dyn KeySource> = dst;
         let mut local = Vec::with_capacity(add.len());
         let mut tasks = Vec::with_capacity(add.len());
-        for up in add {
-            let seq = p.meta.next_unique("short_name")?;
+        for (j, up) in add.into_iter().enumerate() {
+            let seq = match first_name {
+                Some(first) => first + j as u64,
+                None => p.meta.next_unique("short_name")?,
+            };
             let short = ShortName::new(format!("fdn{seq}_g"))?;
             let path = layout::volume::mp(&r.account, &r.database, table, &short);
             tasks.push(CopyTask {
@@ -1170,15 +1274,20 @@ impl Replication {
                 })?;
                 // The upstream's entries become the local ones (taken, not copied): a
                 // large table's list is held once while it is planned and committed.
-                let (added, copies) = self
-                    .plan_copy_in(
+                let (added, copies) = if s.copied.is_empty() {
+                    self.plan_copy_in(
                         r,
                         source,
                         &s.table,
                         std::mem::take(&mut s.add),
                         Some(txn.as_mut()),
+                        None,
                     )
-                    .await?;
+                    .await?
+                } else {
+                    s.add = Vec::new();
+                    (std::mem::take(&mut s.copied), Vec::new())
+                };
                 tasks.extend(copies);
                 applied.tables += 1;
                 changes.push(Change::Table(TableChange {
@@ -1229,6 +1338,255 @@ impl Replication {
             self.ask_refresh(&r.database, reason, false)?;
         }
         Ok(())
+    }
+}
+
+/// How often an import waiting for a file to land looks for it at most.
+const LANDING_POLL: Duration = Duration::from_millis(50);
+/// How often a waiting import looks at its job row and the upstream's marker.
+const LANDING_CHECK_MS: i64 = 250;
+
+/// The files of one response landing in the inbound stage, as an import waits for them:
+/// a streamed response is sent before its files are copied (see [`model::copied_path`]).
+pub(crate) struct Landing {
+    key: tern_meta::Key,
+    response: ResponseId,
+    marker: Path,
+    timeout: Duration,
+    /// Every file is in: the response came after its files, or the marker was seen.
+    complete: AtomicBool,
+    /// When a file last landed (or the wait began), and when the job row and the marker
+    /// were last looked at (local clock).
+    seen: std::sync::Mutex<(i64, i64)>,
+}
+
+impl Landing {
+    fn new(repl: &Replication, key: &tern_meta::Key, job: &ImportJobDpo) -> Self {
+        let res = &job.response;
+        Landing {
+            key: key.clone(),
+            response: res.response_id.clone(),
+            marker: model::copied_path(&job.peer, &res.response_id),
+            timeout: repl.inner.p.config.landing_timeout,
+            complete: AtomicBool::new(!res.streamed),
+            seen: std::sync::Mutex::new((repl.now(), i64::MIN)),
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, (i64, i64)> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Replication {
+    /// Starts the batch of the import at `key` whose first table is `tables[0]`: tables
+    /// until `budget` files (added and removed) are gathered, the last one whole, and a
+    /// name reserved for each file it adds — stored with the job in one transaction.
+    fn begin_batch(
+        &self,
+        key: &tern_meta::Key,
+        tables: &[model::TableHead],
+        budget: u64,
+    ) -> Result<ImportBatch> {
+        let (mut n, mut gathered, mut adds) = (0u64, 0u64, 0u64);
+        for t in tables {
+            n += 1;
+            gathered += t.adds + t.removes;
+            adds += t.adds;
+            if gathered >= budget {
+                break;
+            }
+        }
+        Ok(self.meta().write(|tx| {
+            let last = tx.reserve_sequence("short_name", adds.max(1))?;
+            let batch = ImportBatch {
+                tables: n,
+                first_name: last + 1 - adds.max(1),
+            };
+            if let Some(mut cur) = tx.get::<ImportJobDpo>(key)? {
+                cur.batch = Some(batch);
+                tx.put(key, &cur)?;
+            }
+            Ok(batch)
+        })?)
+    }
+
+    /// Deletes the files of `planned` (table, name) that no table version holds.
+    async fn remove_uncommitted(
+        &self,
+        r: &ReplicaDpo,
+        planned: &[(TableId, ShortName)],
+    ) -> Result<()> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let gone: Vec<Path> = self.meta().read(|tx| {
+            let mut out = Vec::new();
+            for (t, short) in planned {
+                if tx.get_micro_partition(t, short)?.is_none() {
+                    out.push(layout::volume::mp(&r.account, &r.database, t, short));
+                }
+            }
+            Ok(out)
+        })?;
+        tern_table::commit::remove_files(self.inner.p.volume.as_ref(), &gone).await;
+        Ok(())
+    }
+
+    /// Deletes what the batch under way of an import job that is dropped (abandoned,
+    /// superseded, no longer fitting) copied into the volume and did not commit.
+    pub(crate) async fn drop_batch_files(&self, job: &ImportJobDpo) {
+        let Some(batch) = job.batch else {
+            return;
+        };
+        let dropped = async {
+            let Some(r) = self.replica_of(&job.response.group)? else {
+                return Ok(());
+            };
+            let start = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
+            let span = usize::try_from(batch.tables).unwrap_or(usize::MAX);
+            let mut name = batch.first_name;
+            let mut planned = Vec::new();
+            for t in job.response.tables.iter().skip(start).take(span) {
+                let (local, exists) = self.local_table(&r, &t.table)?;
+                if exists {
+                    for n in name..name + t.adds {
+                        planned.push((local.clone(), ShortName::new(format!("fdn{n}_g"))?));
+                    }
+                }
+                name += t.adds;
+            }
+            self.remove_uncommitted(&r, &planned).await
+        };
+        if let Err(e) = dropped.await {
+            tracing::warn!(response = %job.response.response_id, error = %e, "could not remove the files of a dropped import");
+        }
+    }
+
+    /// Copies every task's file from the inbound stage into the volume, each as soon as it
+    /// has landed, at most `copy_concurrency` at once; a file already at its destination
+    /// (copied by an interrupted attempt under the same reserved name: a copy is published
+    /// only whole) is not copied again. The first failure stops the rest.
+    async fn copy_landed(
+        &self,
+        landing: &Arc<Landing>,
+        tasks: Vec<CopyTask>,
+    ) -> Result<crate::copy::Copied> {
+        let concurrency = self.inner.p.config.copy_concurrency.max(1);
+        let mut pending = tasks.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut done = crate::copy::Copied::default();
+        let mut failure = None;
+        loop {
+            while failure.is_none() && running.len() < concurrency {
+                let Some(t) = pending.next() else { break };
+                let (repl, landing) = (self.clone(), Arc::clone(landing));
+                running.spawn(async move { repl.land_and_copy(&landing, t).await });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok(Ok(Some(b))) => {
+                    done.files += 1;
+                    done.bytes += b;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(Error::invalid("import copy", e.to_string()));
+                }
+            }
+        }
+        Counters::add(&self.inner.counters.files_copied, done.files);
+        Counters::add(&self.inner.counters.bytes_copied, done.bytes);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    /// One file of [`Replication::copy_landed`]: bytes written, `None` when it was there.
+    async fn land_and_copy(&self, landing: &Landing, t: CopyTask) -> Result<Option<u64>> {
+        match t.dst_store.meta(&t.dst_path).await {
+            Ok(_) => return Ok(None),
+            Err(tern_storage::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.wait_landed(landing, &t.src_path).await?;
+        let bytes = crate::copy::copy_one(t).await?;
+        self.crash_point(crash::IMPORT_FILE_COPIED)?;
+        Ok(Some(bytes))
+    }
+
+    /// Waits until `path` has landed in the inbound stage, or every file of the response
+    /// is in (then a missing `path` is the copy's error, naming it). [`Error::Superseded`]
+    /// when the job was dropped meanwhile; an error when no file landed for
+    /// `landing_timeout` or a failover is waiting for the import.
+    async fn wait_landed(&self, w: &Landing, path: &Path) -> Result<()> {
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if w.complete.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            match self.inner.p.bucket.meta(path).await {
+                Ok(_) => {
+                    w.seen().0 = self.now();
+                    return Ok(());
+                }
+                Err(tern_storage::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.check_landing(w, path).await?;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LANDING_POLL);
+        }
+    }
+
+    /// What a waiting import looks at now and then: the marker, its job row, the time
+    /// since a file last landed, a failover waiting.
+    async fn check_landing(&self, w: &Landing, path: &Path) -> Result<()> {
+        let now = self.now();
+        {
+            let mut seen = w.seen();
+            if now.saturating_sub(seen.1) < LANDING_CHECK_MS {
+                return Ok(());
+            }
+            seen.1 = now;
+            let timeout = i64::try_from(w.timeout.as_millis()).unwrap_or(i64::MAX);
+            if now.saturating_sub(seen.0) > timeout {
+                return Err(Error::invalid(
+                    format!("import of {}", w.response),
+                    format!(
+                        "no file of it landed in the inbound stage for {:?}; {path} is still missing (the upstream's copy stopped)",
+                        w.timeout
+                    ),
+                ));
+            }
+        }
+        if self.inner.draining.load(Ordering::Acquire) > 0 {
+            return Err(Error::Paused {
+                response: w.response.to_string(),
+            });
+        }
+        match self.inner.p.bucket.meta(&w.marker).await {
+            Ok(_) => {
+                w.complete.store(true, Ordering::Release);
+                return Ok(());
+            }
+            Err(tern_storage::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match self.meta().read(|tx| tx.get::<ImportJobDpo>(&w.key))? {
+            Some(j) if !j.superseded => Ok(()),
+            _ => Err(Error::Superseded {
+                response: w.response.to_string(),
+            }),
+        }
     }
 }
 
@@ -1378,6 +1736,7 @@ mod tests {
             add_column: None,
             add: add.iter().map(|s| mp(table, s)).collect(),
             remove: remove.iter().map(|s| mp(table, s).global_ref).collect(),
+            copied: Vec::new(),
         }
     }
 

@@ -23,11 +23,18 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Whether a refresh imports each file as it lands (`TERN_BENCH_IMPORT_AS_FILES_LAND`,
+/// 1 by default; 0: the response comes after every file is copied, as before).
+pub fn import_as_files_land() -> bool {
+    env_usize("TERN_BENCH_IMPORT_AS_FILES_LAND", 1) != 0
+}
+
 /// Deployment options whose ship and message poll intervals are both `interval`.
 pub fn options(interval: Duration) -> LocalOptions {
     LocalOptions {
         replication: ReplicationConfig {
             ship_interval: interval,
+            import_as_files_land: import_as_files_land(),
             ..ReplicationConfig::default()
         },
         messaging: MessagingConfig {

@@ -5,6 +5,7 @@ mod common;
 mod epochs;
 mod failover;
 mod keys;
+mod landing;
 mod monitoring;
 mod pruning;
 mod replicate;

@@ -1523,14 +1523,20 @@ async fn a_compaction_on_the_primary_reaches_the_replica_with_equal_rows() {
     d2.stop().await;
 }
 
-/// The source killed at each of its named crash points — a snapshot's files copied but no
-/// response yet, a response ready but its request not yet removed, a shipment ready but
+/// The source killed at each of its named crash points — a response sent ahead of its
+/// files and none copied, a snapshot's files copied but no response (or, sent ahead, no
+/// marker) yet, a response ready but its request not yet removed, a shipment ready but
 /// the cursor not yet past it — comes back and the replica ends with every row exactly
 /// once (by the log after the first refresh, never a second copy of a row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_source_killed_at_each_crash_point_loses_and_duplicates_nothing() {
-    use tern_replication::crash::{SHIP_SENT, SNAPSHOT_COPIED, SNAPSHOT_SENT};
-    for point in [SNAPSHOT_COPIED, SNAPSHOT_SENT, SHIP_SENT] {
+    use tern_replication::crash::{SHIP_SENT, SNAPSHOT_COPIED, SNAPSHOT_PLAN_SENT, SNAPSHOT_SENT};
+    for point in [
+        SNAPSHOT_PLAN_SENT,
+        SNAPSHOT_COPIED,
+        SNAPSHOT_SENT,
+        SHIP_SENT,
+    ] {
         let config = ReplicationConfig {
             refresh_interval: Duration::ZERO,
             ..repl_config()
