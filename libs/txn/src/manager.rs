@@ -1749,17 +1749,18 @@ impl Planning {
         let key = lamport_key(account);
         let txn_id = tx.get::<LamportDpo>(&key)?.map_or(0, |c| c.last) + 1;
         tx.put(&key, &LamportDpo { last: txn_id })?;
-        // The record, encoded from the planned changes (borrowed) straight into a
-        // compressor: kept beside the row compressed (a record of 100 000 files is tens of
-        // MiB of JSON, a few MiB packed), never held whole as JSON here.
+        // The record, encoded from the planned changes (borrowed) and kept beside the row:
+        // as it is when small (every usual statement's: a compressor's set-up would cost
+        // more than it saves, inside the single writer), else straight into a compressor
+        // (a record of 100 000 files is tens of MiB of JSON, a few MiB packed), never held
+        // whole as JSON.
         let handle = self.handle;
         let encode_failed = |source| tern_meta::Error::Encode {
             what: "log record",
             key: record_key(handle).to_string(),
             source,
         };
-        let mut packer = zstd::Encoder::new(Vec::new(), RECORD_ZSTD_LEVEL)
-            .map_err(|e| encode_failed(serde_json::Error::io(e)))?;
+        let mut packer = RecordPacker::default();
         LogRecord::encode_parts_to(
             &mut packer,
             txn_id,
@@ -1847,8 +1848,71 @@ fn same_bytes(stored: &[u8], payload: &object_store::PutPayload) -> bool {
 /// lists packs about tenfold even so).
 const RECORD_ZSTD_LEVEL: i32 = 1;
 
-/// The record's bytes from its packed form beside the row (`txn/rec/<handle>`).
+/// A record this large or larger is kept zstd-packed; a smaller one as its bytes.
+const RECORD_PACK_MIN: usize = 64 * 1024;
+
+/// The first bytes of a zstd frame; a record's own bytes start with `{`.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Where a Prepared transaction's record is encoded to: its bytes as they are until they
+/// reach [`RECORD_PACK_MIN`], from there on a zstd stream (the bytes so far first).
+#[derive(Default)]
+enum RecordPacker {
+    #[default]
+    Empty,
+    Plain(Vec<u8>),
+    Packing(zstd::Encoder<'static, Vec<u8>>),
+}
+
+impl RecordPacker {
+    /// The bytes to store: the record's own, or one zstd frame of them.
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            RecordPacker::Empty => Ok(Vec::new()),
+            RecordPacker::Plain(plain) => Ok(plain),
+            RecordPacker::Packing(encoder) => encoder.finish(),
+        }
+    }
+}
+
+impl std::io::Write for RecordPacker {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RecordPacker::Packing(encoder) => encoder.write(buf),
+            RecordPacker::Plain(plain) if plain.len() + buf.len() < RECORD_PACK_MIN => {
+                plain.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            RecordPacker::Empty if buf.len() < RECORD_PACK_MIN => {
+                *self = RecordPacker::Plain(buf.to_vec());
+                Ok(buf.len())
+            }
+            _ => {
+                let mut encoder = zstd::Encoder::new(Vec::new(), RECORD_ZSTD_LEVEL)?;
+                if let RecordPacker::Plain(plain) = std::mem::take(self) {
+                    encoder.write_all(&plain)?;
+                }
+                encoder.write_all(buf)?;
+                *self = RecordPacker::Packing(encoder);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            RecordPacker::Packing(encoder) => encoder.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The record's bytes from their form beside the row (`txn/rec/<handle>`): as they are, or
+/// a zstd frame of them.
 fn unpack_record(handle: u64, packed: &[u8]) -> Result<Vec<u8>> {
+    if !packed.starts_with(&ZSTD_MAGIC) {
+        return Ok(packed.to_vec());
+    }
     zstd::decode_all(packed).map_err(|e| Error::BadLogRecord {
         path: record_key(handle).to_string(),
         reason: format!("transaction {handle}: its stored record does not unpack: {e}"),
@@ -2082,5 +2146,49 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn packed(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut packer = RecordPacker::default();
+        for c in chunks {
+            packer.write_all(c).expect("write");
+        }
+        packer.finish().expect("finish")
+    }
+
+    #[test]
+    fn a_small_record_is_kept_as_it_is_and_a_large_one_packed() {
+        let small = br#"{"format":"tern-txlog","v":1}"#;
+        assert_eq!(packed(&[small, b" "]), [&small[..], b" "].concat());
+        assert_eq!(unpack_record(1, &packed(&[small])).unwrap(), small);
+        // Over the bound, in one write or across many: one zstd frame of the same bytes.
+        let big: Vec<u8> = (0..RECORD_PACK_MIN + 10)
+            .map(|i| b"{abcdefgh"[i % 9])
+            .collect();
+        for chunks in [
+            vec![&big[..]],
+            big.chunks(1000).collect::<Vec<_>>(),
+            vec![&big[..10], &big[10..]],
+        ] {
+            let stored = packed(&chunks);
+            assert!(stored.starts_with(&ZSTD_MAGIC), "a zstd frame");
+            assert!(stored.len() < big.len() / 10, "packed");
+            assert_eq!(unpack_record(1, &stored).unwrap(), big);
+        }
+        // Just under the bound stays plain.
+        let under = &big[..RECORD_PACK_MIN - 1];
+        assert_eq!(packed(&[under]), under);
+        let bad = [&ZSTD_MAGIC[..], b"not a frame"].concat();
+        assert!(matches!(
+            unpack_record(7, &bad),
+            Err(Error::BadLogRecord { .. })
+        ));
     }
 }

@@ -53,8 +53,8 @@ impl TxnState {
 
 /// One transaction.
 ///
-/// Format versions: 2 (written) keeps a Prepared transaction's log record beside the row,
-/// zstd-packed (`txn/rec/<handle>`), and its stamps in the row; 1 (still
+/// Format versions: 2 (written) keeps a Prepared transaction's log record beside the row
+/// (`txn/rec/<handle>`; zstd-packed when large), and its stamps in the row; 1 (still
 /// read, and recovered) held the record in the row itself, so that every read and write
 /// of the row of a large commit carried its whole file list as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -411,11 +411,12 @@ pub(crate) fn staged_bytes(handle: u64) -> Key {
     Key::root("txn").str("sb").u64(handle)
 }
 
-/// A Prepared transaction's log record (`txn/rec/<handle>`), stored as one zstd frame of
-/// the record's plaintext exactly as [`LogRecord::to_bytes`] gives it (a versioned
-/// document of its own, `{"format":"tern-txlog","v":…}`; the frame has zstd's magic):
-/// encoded at prepare straight into the compressor, never as a JSON string inside the
-/// row; recovery unpacks it and writes those bytes.
+/// A Prepared transaction's log record (`txn/rec/<handle>`): the record's plaintext
+/// exactly as [`LogRecord::to_bytes`] gives it (a versioned document of its own,
+/// `{"format":"tern-txlog","v":…}`), stored as it is when under 64 KiB, else as one zstd
+/// frame of it (told apart by zstd's magic; a record starts with `{`): encoded at prepare
+/// straight into the compressor, never as a JSON string inside the row; recovery unpacks
+/// it and writes those bytes.
 pub(crate) fn record_key(handle: u64) -> Key {
     Key::root("txn").str("rec").u64(handle)
 }
