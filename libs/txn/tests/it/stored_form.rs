@@ -11,10 +11,9 @@ use tern_txn::{CrashPoints, LogRecord};
 
 use crate::common::{Deployment, ids, quick_options, rows};
 
-/// A deployment with a table holding rows 1, 2, 3, and an insert of 100, 101, 102 that
-/// stopped at the crash point "prepared" (its commit in doubt): the table, the
-/// transaction's handle and id.
-async fn prepared_insert(dep: &Deployment) -> (TableId, u64, u64) {
+/// A table `orders` with one committed insert, by a manager instance that is gone since
+/// (the tests go on with a new one, as after a restart).
+async fn orders_with_a_version(dep: &Deployment) -> TableId {
     let (m0, tables0) = dep.start(quick_options()).await;
     let t = dep.create_table(&tables0, "orders").await;
     tables0
@@ -22,6 +21,14 @@ async fn prepared_insert(dep: &Deployment) -> (TableId, u64, u64) {
         .await
         .expect("first insert");
     drop((m0, tables0));
+    t
+}
+
+/// A deployment with a table holding rows 1, 2, 3, and an insert of 100, 101, 102 that
+/// stopped at the crash point "prepared" (its commit in doubt): the table, the
+/// transaction's handle and id.
+async fn prepared_insert(dep: &Deployment) -> (TableId, u64, u64) {
+    let t = orders_with_a_version(dep).await;
     let crash = CrashPoints::new();
     let m1 = dep.manager(crash.clone(), quick_options());
     crash.arm("prepared", 1);
@@ -244,13 +251,7 @@ async fn ep_files(dep: &Deployment, t: &TableId) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_metadata_file_of_a_change_that_cannot_move_is_written_before_prepare() {
     let dep = Deployment::folder();
-    let (m0, tables0) = dep.start(quick_options()).await;
-    let t = dep.create_table(&tables0, "orders").await;
-    tables0
-        .insert(&t, &[rows(&[1, 2, 3])])
-        .await
-        .expect("first insert");
-    drop((m0, tables0));
+    let t = orders_with_a_version(&dep).await;
     let before = ep_files(&dep, &t).await;
     let crash = CrashPoints::new();
     let m1 = dep.manager(crash.clone(), prewrite_all());
@@ -296,13 +297,7 @@ impl tern_table::WriteFence for Fenced {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_metadata_file_written_early_goes_when_the_commit_is_refused() {
     let dep = Deployment::folder();
-    let (m0, tables0) = dep.start(quick_options()).await;
-    let t = dep.create_table(&tables0, "orders").await;
-    tables0
-        .insert(&t, &[rows(&[1, 2, 3])])
-        .await
-        .expect("first insert");
-    drop((m0, tables0));
+    let t = orders_with_a_version(&dep).await;
     let before = ep_files(&dep, &t).await;
     let m1 = dep.manager(CrashPoints::new(), prewrite_all());
     m1.set_write_fence(std::sync::Arc::new(Fenced));
