@@ -481,7 +481,7 @@ impl Replication {
                             })
                             .collect(),
                         remove: removed.iter().map(|r| r.global_ref.clone()).collect(),
-                        copied: Vec::new(),
+                        landed: false,
                     });
                 }
                 ChangeRecord::Dictionary { op, .. } => {
@@ -539,7 +539,7 @@ impl Replication {
                             })
                             .collect(),
                         remove: removed.iter().map(|r| r.global_ref.clone()).collect(),
-                        copied: Vec::new(),
+                        landed: false,
                     });
                 }
             }

@@ -48,7 +48,8 @@ use tern_crypto::{KeySource, ReplicationFileKeys};
 use tern_messaging::Draft;
 use tern_meta::{ColumnDef, DictionaryChange, MicroPartitionDpo, SchemaDpo};
 use tern_storage::layout::{
-    self, DeploymentId, GlobalFileRef, MessageId, ResponseId, ShortName, TableId,
+    self, AccountId, DatabaseId, DeploymentId, GlobalFileRef, MessageId, ResponseId, ShortName,
+    TableId,
 };
 use tern_storage::{Path, StoreExt};
 use tern_table::Stamp;
@@ -79,6 +80,48 @@ pub(crate) struct ImportSource {
     pub keys: Arc<ReplicationFileKeys>,
 }
 
+/// How the files of one table's local entries come into the volume from an import
+/// source's inbound folder (see [`Replication::plan_copy_in`]).
+pub(crate) struct CopyIn {
+    src_store: Arc<dyn object_store::ObjectStore>,
+    peer: DeploymentId,
+    folder: ResponseId,
+    src_keys: Arc<dyn KeySource>,
+    dst_store: Arc<dyn object_store::ObjectStore>,
+    account: AccountId,
+    database: DatabaseId,
+    dst_keys: Arc<dyn KeySource>,
+}
+
+impl CopyIn {
+    /// Where the file of local entry `m` goes.
+    fn dst_path(&self, m: &MicroPartitionDpo) -> Path {
+        layout::volume::mp(&self.account, &self.database, &m.table, &m.short)
+    }
+
+    /// The copy of local entry `m`'s file.
+    fn task(&self, m: &MicroPartitionDpo) -> CopyTask {
+        CopyTask {
+            src_store: Arc::clone(&self.src_store),
+            src_path: layout::replication::inbound(&self.peer, &self.folder, &m.global_ref),
+            src_keys: Arc::clone(&self.src_keys),
+            dst_store: Arc::clone(&self.dst_store),
+            dst_path: self.dst_path(m),
+            dst_keys: Arc::clone(&self.dst_keys),
+        }
+    }
+
+    /// The copies of `local`'s files.
+    fn tasks(&self, local: &[MicroPartitionDpo]) -> Vec<CopyTask> {
+        local.iter().map(|m| self.task(m)).collect()
+    }
+}
+
+/// The short name an import reserves as its `n`th (`fdn<n>_g`).
+fn reserved_name(n: u64) -> Result<ShortName> {
+    Ok(ShortName::new(format!("fdn{n}_g"))?)
+}
+
 /// One table's step from `base` to `version`.
 #[derive(Debug, Clone)]
 pub(crate) struct TableStep {
@@ -91,9 +134,10 @@ pub(crate) struct TableStep {
     pub add: Vec<MicroPartitionDpo>,
     /// Files to remove.
     pub remove: Vec<GlobalFileRef>,
-    /// The local entries of `add`, when its files are in the volume already (an import
-    /// copies each file as it lands, before it commits); empty: copied when applied.
-    pub copied: Vec<MicroPartitionDpo>,
+    /// `add` holds the local entries, their files in the volume already (an import
+    /// copies each file as it lands, before it commits); else upstream entries, copied
+    /// when applied.
+    pub landed: bool,
 }
 
 /// Folds the changes one shipped transaction made to the same table into one step per
@@ -141,13 +185,13 @@ pub(crate) struct Repair {
     pub table: TableId,
     pub version: u64,
     pub exact: bool,
-    /// Files to put back (upstream metadata; the file is in the inbound folder).
+    /// Files to put back (upstream metadata; the file is in the inbound folder), or
+    /// with `landed` their local entries (see [`TableStep::landed`]).
     pub add: Vec<MicroPartitionDpo>,
     /// Files to end.
     pub remove: Vec<GlobalFileRef>,
-    /// The local entries of `add`, when its files are in the volume already (see
-    /// [`TableStep::copied`]).
-    pub copied: Vec<MicroPartitionDpo>,
+    /// `add` holds local entries whose files are in the volume already.
+    pub landed: bool,
 }
 
 /// What applying steps did.
@@ -637,8 +681,10 @@ impl Replication {
             let mut name = batch.first_name;
             let mut steps = Vec::new();
             let mut repairs = Vec::new();
-            let mut tasks = Vec::new();
-            let mut planned = Vec::new();
+            // Per table, how its landed entries' files come in; and the names each
+            // table's copies were given (a range of the batch's reserved names).
+            let mut copy_ins = BTreeMap::new();
+            let mut reserved = Vec::new();
             for t in &res.tables[i..end] {
                 let (add, remove) = sections.table(&t.table, t.adds, t.removes).await?;
                 let (local, _) = self.local_table(&r, &t.table)?;
@@ -651,15 +697,16 @@ impl Replication {
                 let repair = current == t.version
                     && t.answered_version == t.version
                     && (!add.is_empty() || !remove.is_empty());
-                let copied = if repair || current < t.version {
-                    let (copied, copies) = self
-                        .plan_copy_in(&r, &source, &local, add.clone(), None, Some(first))
+                let landed = repair || current < t.version;
+                let add = if landed {
+                    let (copied, copy_in) = self
+                        .plan_copy_in(&r, &source, &local, add, None, Some(first))
                         .await?;
-                    planned.extend(copied.iter().map(|m| (m.table.clone(), m.short.clone())));
-                    tasks.extend(copies);
+                    reserved.push((local.clone(), first..name));
+                    copy_ins.insert(local.clone(), copy_in);
                     copied
                 } else {
-                    Vec::new()
+                    add
                 };
                 if repair {
                     repairs.push(Repair {
@@ -668,7 +715,7 @@ impl Replication {
                         exact: true,
                         add,
                         remove,
-                        copied,
+                        landed,
                     });
                 } else {
                     steps.push(TableStep {
@@ -679,12 +726,21 @@ impl Replication {
                         add_column: None,
                         add,
                         remove,
-                        copied,
+                        landed,
                     });
                 }
             }
             // Every file of the batch into the volume, each as soon as it has landed in
-            // the inbound stage (a streamed response's upstream may still be copying).
+            // the inbound stage (a streamed response's upstream may still be copying); each
+            // copy task made as it is started.
+            let tasks: Vec<(&CopyIn, &MicroPartitionDpo)> = steps
+                .iter()
+                .filter(|s| s.landed)
+                .map(|s| &s.add)
+                .chain(repairs.iter().map(|rp| &rp.add))
+                .flatten()
+                .filter_map(|m| copy_ins.get(&m.table).map(|c| (c, m)))
+                .collect();
             let copied = self.copy_landed(&landing, tasks).await?;
             files += copied.files;
             bytes += copied.bytes;
@@ -699,7 +755,7 @@ impl Replication {
             }
             // Copied for a table the log brought to its version meanwhile, or for a file a
             // repair left out: not part of any version, deleted.
-            self.remove_uncommitted(&r, &planned).await?;
+            self.remove_uncommitted(&r, &reserved).await?;
             done = (end as u64, sections.read());
             if end < res.tables.len() {
                 self.meta().write(|tx| {
@@ -799,7 +855,7 @@ impl Replication {
             exact,
             add,
             remove,
-            copied,
+            landed,
         } = repair;
         if add.is_empty() && remove.is_empty() {
             return Ok((0, 0));
@@ -837,11 +893,6 @@ impl Replication {
             })?;
             // Files copied ahead (an import's) that are not put back stay out; the import
             // deletes them with the rest of its batch's unused files.
-            let copied: Vec<MicroPartitionDpo> = copied
-                .into_iter()
-                .zip(&put_back)
-                .filter_map(|(m, put)| put.then_some(m))
-                .collect();
             let add: Vec<MicroPartitionDpo> = add
                 .into_iter()
                 .zip(put_back)
@@ -850,22 +901,19 @@ impl Replication {
             if add.is_empty() && remove.is_empty() {
                 return Ok(None);
             }
-            let versions: Vec<u64> = add.iter().map(|m| m.added_version).collect();
-            let (local, tasks) = if copied.is_empty() {
-                self.plan_copy_in(r, source, &table, add, Some(txn.as_mut()), None)
-                    .await?
+            let (mut added, tasks) = if landed {
+                (add, Vec::new())
             } else {
-                (copied, Vec::new())
+                let (local, copy_in) = self
+                    .plan_copy_in(r, source, &table, add, Some(txn.as_mut()), None)
+                    .await?;
+                let tasks = copy_in.tasks(&local);
+                (local, tasks)
             };
             let copied = self.copy_tasks(tasks).await?;
-            let added: Vec<MicroPartitionDpo> = local
-                .into_iter()
-                .zip(versions)
-                .map(|(mut m, up)| {
-                    m.added_version = up.min(current);
-                    m
-                })
-                .collect();
+            for m in &mut added {
+                m.added_version = m.added_version.min(current);
+            }
             let counts = (added.len(), remove.len());
             let change = Change::Repair(RepairChange {
                 account: r.account.clone(),
@@ -1102,13 +1150,13 @@ impl Replication {
         Ok(copied)
     }
 
-    /// Copies of `add` from the inbound folder into the volume under new `_g` short names
-    /// (`fdn<n>_g`, `n` from `first_name` on when given — names an import reserved — else
-    /// fresh), not copied yet: the local entries and the copy tasks (their destinations
-    /// journaled in `journal` when given), so that the files of several tables are copied
-    /// at once. The upstream entries are consumed: each local entry takes its statistics
-    /// and reference over instead of a copy (a table of 100 000 files is not held as two
-    /// full lists while it is planned).
+    /// The local entries of `add` under new `_g` short names in the volume (`fdn<n>_g`,
+    /// `n` from `first_name` on when given — names an import reserved — else fresh),
+    /// their files not copied yet, and how to copy them in from the inbound folder (their
+    /// destinations journaled in `journal` when given). The upstream entries are
+    /// consumed: each local entry takes its statistics, reference and added version over
+    /// instead of a copy, and its copy task is made only when it runs (a table of 100 000
+    /// files is held as one list while it is planned and committed).
     async fn plan_copy_in(
         &self,
         r: &ReplicaDpo,
@@ -1117,37 +1165,30 @@ impl Replication {
         add: Vec<MicroPartitionDpo>,
         journal: Option<&mut dyn tern_table::commit::FileJournal>,
         first_name: Option<u64>,
-    ) -> Result<(Vec<MicroPartitionDpo>, Vec<CopyTask>)> {
+    ) -> Result<(Vec<MicroPartitionDpo>, CopyIn)> {
         let p = &self.inner.p;
-        if add.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
         let dst = p.tables.file_keys(table).await?;
         // The copy is sealed under this deployment's table key: its reference names that
         // key, never the source's.
         let key_ref = tern_table::mp::key_ref(&dst);
-        let dst_keys: Arc<dyn KeySource> = dst;
+        let copy_in = CopyIn {
+            src_store: Arc::clone(&p.bucket),
+            peer: source.peer.clone(),
+            folder: source.folder.clone(),
+            src_keys: Arc::clone(&source.keys) as Arc<dyn KeySource>,
+            dst_store: Arc::clone(&p.volume),
+            account: r.account.clone(),
+            database: r.database.clone(),
+            dst_keys: dst,
+        };
         let mut local = Vec::with_capacity(add.len());
-        let mut tasks = Vec::with_capacity(add.len());
         for (j, up) in add.into_iter().enumerate() {
             let seq = match first_name {
                 Some(first) => first + j as u64,
                 None => p.meta.next_unique("short_name")?,
             };
-            let short = ShortName::new(format!("fdn{seq}_g"))?;
+            let short = reserved_name(seq)?;
             let path = layout::volume::mp(&r.account, &r.database, table, &short);
-            tasks.push(CopyTask {
-                src_store: Arc::clone(&p.bucket),
-                src_path: layout::replication::inbound(
-                    &source.peer,
-                    &source.folder,
-                    &up.global_ref,
-                ),
-                src_keys: Arc::clone(&source.keys) as Arc<dyn KeySource>,
-                dst_store: Arc::clone(&p.volume),
-                dst_path: path.clone(),
-                dst_keys: Arc::clone(&dst_keys),
-            });
             local.push(MicroPartitionDpo {
                 table: table.clone(),
                 short,
@@ -1155,7 +1196,7 @@ impl Replication {
                 rows: up.rows,
                 bytes: up.bytes,
                 stats: up.stats,
-                added_version: 0,
+                added_version: up.added_version,
                 removed_version: None,
                 path: path.to_string(),
                 key_ref: key_ref.clone(),
@@ -1163,11 +1204,13 @@ impl Replication {
         }
         // Journaled before any is written, all in one record (one metadata transaction
         // for the table's files instead of one each).
-        if let Some(j) = journal {
-            let paths: Vec<Path> = tasks.iter().map(|t| t.dst_path.clone()).collect();
+        if let Some(j) = journal
+            && !local.is_empty()
+        {
+            let paths: Vec<Path> = local.iter().map(|m| copy_in.dst_path(m)).collect();
             j.will_write_all(&paths).await?;
         }
-        Ok((local, tasks))
+        Ok((local, copy_in))
     }
 
     /// Brings each table from `step.base` to `step.version` in one transaction: rolls a
@@ -1274,21 +1317,16 @@ impl Replication {
                 })?;
                 // The upstream's entries become the local ones (taken, not copied): a
                 // large table's list is held once while it is planned and committed.
-                let (added, copies) = if s.copied.is_empty() {
-                    self.plan_copy_in(
-                        r,
-                        source,
-                        &s.table,
-                        std::mem::take(&mut s.add),
-                        Some(txn.as_mut()),
-                        None,
-                    )
-                    .await?
+                let add = std::mem::take(&mut s.add);
+                let added = if s.landed {
+                    add
                 } else {
-                    s.add = Vec::new();
-                    (std::mem::take(&mut s.copied), Vec::new())
+                    let (local, copy_in) = self
+                        .plan_copy_in(r, source, &s.table, add, Some(txn.as_mut()), None)
+                        .await?;
+                    tasks.extend(copy_in.tasks(&local));
+                    local
                 };
-                tasks.extend(copies);
                 applied.tables += 1;
                 changes.push(Change::Table(TableChange {
                     account: r.account.clone(),
@@ -1413,20 +1451,27 @@ impl Replication {
         })?)
     }
 
-    /// Deletes the files of `planned` (table, name) that no table version holds.
+    /// Deletes the files of the reserved names (per table, a range of `n` in `fdn<n>_g`)
+    /// that no table version holds.
     async fn remove_uncommitted(
         &self,
         r: &ReplicaDpo,
-        planned: &[(TableId, ShortName)],
+        reserved: &[(TableId, std::ops::Range<u64>)],
     ) -> Result<()> {
-        if planned.is_empty() {
+        if reserved.iter().all(|(_, names)| names.is_empty()) {
             return Ok(());
         }
         let gone: Vec<Path> = self.meta().read(|tx| {
             let mut out = Vec::new();
-            for (t, short) in planned {
-                if tx.get_micro_partition(t, short)?.is_none() {
-                    out.push(layout::volume::mp(&r.account, &r.database, t, short));
+            for (t, names) in reserved {
+                for n in names.clone() {
+                    let short = reserved_name(n).map_err(|e| tern_meta::Error::Invalid {
+                        what: "reserved name",
+                        reason: e.to_string(),
+                    })?;
+                    if tx.get_micro_partition(t, &short)?.is_none() {
+                        out.push(layout::volume::mp(&r.account, &r.database, t, &short));
+                    }
                 }
             }
             Ok(out)
@@ -1448,40 +1493,41 @@ impl Replication {
             let start = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
             let span = usize::try_from(batch.tables).unwrap_or(usize::MAX);
             let mut name = batch.first_name;
-            let mut planned = Vec::new();
+            let mut reserved = Vec::new();
             for t in job.response.tables.iter().skip(start).take(span) {
                 let (local, exists) = self.local_table(&r, &t.table)?;
                 if exists {
-                    for n in name..name + t.adds {
-                        planned.push((local.clone(), ShortName::new(format!("fdn{n}_g"))?));
-                    }
+                    reserved.push((local, name..name + t.adds));
                 }
                 name += t.adds;
             }
-            self.remove_uncommitted(&r, &planned).await
+            self.remove_uncommitted(&r, &reserved).await
         };
         if let Err(e) = dropped.await {
             tracing::warn!(response = %job.response.response_id, error = %e, "could not remove the files of a dropped import");
         }
     }
 
-    /// Copies every task's file from the inbound stage into the volume, each as soon as it
-    /// has landed, at most `copy_concurrency` at once; a file already at its destination
+    /// Copies the file of every local entry from the inbound stage into the volume (its
+    /// task made when it starts), each as soon as it has landed, at most `copy_concurrency` at once; a file already at its destination
     /// (copied by an interrupted attempt under the same reserved name: a copy is published
     /// only whole) is not copied again. The first failure stops the rest.
     async fn copy_landed(
         &self,
         landing: &Arc<Landing>,
-        tasks: Vec<CopyTask>,
+        files: Vec<(&CopyIn, &MicroPartitionDpo)>,
     ) -> Result<crate::copy::Copied> {
         let concurrency = self.inner.p.config.copy_concurrency.max(1);
-        let mut pending = tasks.into_iter();
+        let mut pending = files.into_iter();
         let mut running = tokio::task::JoinSet::new();
         let mut done = crate::copy::Copied::default();
         let mut failure = None;
         loop {
             while failure.is_none() && running.len() < concurrency {
-                let Some(t) = pending.next() else { break };
+                let Some((copy_in, m)) = pending.next() else {
+                    break;
+                };
+                let t = copy_in.task(m);
                 let (repl, landing) = (self.clone(), Arc::clone(landing));
                 running.spawn(async move { repl.land_and_copy(&landing, t).await });
             }
@@ -1736,7 +1782,7 @@ mod tests {
             add_column: None,
             add: add.iter().map(|s| mp(table, s)).collect(),
             remove: remove.iter().map(|s| mp(table, s).global_ref).collect(),
-            copied: Vec::new(),
+            landed: false,
         }
     }
 
