@@ -117,6 +117,11 @@ impl Error {
         }
     }
 
+    /// Whether a crash point fired (tests): the process is taken as dead from there on.
+    pub(crate) fn is_crash(&self) -> bool {
+        matches!(self, Error::Messaging(e) if e.is_crash())
+    }
+
     /// Whether the commit this error ended may still complete (recovery will finish it).
     pub fn is_in_doubt(&self) -> bool {
         matches!(self, Error::Table(e) if e.is_in_doubt())

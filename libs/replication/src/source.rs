@@ -706,7 +706,14 @@ impl Replication {
         wait
     }
 
-    /// Ships `d`'s records after its cursor; how many.
+    /// Ships `d`'s records after its cursor; how many. Up to `ship_batch` records a
+    /// turn: each record is read and its files copied into the peer's inbound stage
+    /// concurrently (at most `copy_concurrency` records at once), then the messages go
+    /// out in record order — those without body files together, in one metadata commit —
+    /// and the cursor moves past them in one more. A stop in between ships again what the
+    /// cursor does not cover: a message already sent is found by its id, never sent
+    /// twice. (One record after the other, a replica could not follow a primary
+    /// committing a few hundred times a second: every record waited for three fsyncs.)
     async fn ship_to(
         &self,
         dk: &tern_meta::Key,
@@ -734,91 +741,228 @@ impl Replication {
             .filter(|id| *id <= stable)
             .take(p.config.ship_batch)
             .collect();
+        let mut shipped = Shipped {
+            cursor: d.cursor,
+            ..Shipped::default()
+        };
+        let outcome = self
+            .ship_records(dk, d, sender, peers, &ids, &mut shipped)
+            .await;
+        if let Err(e) = &outcome
+            && e.is_crash()
+        {
+            return outcome.map(|()| 0);
+        }
         // Nothing listed up to `stable`: the records in between belong to no stored
         // transaction of the account (ids taken by aborted transactions).
-        let mut cursor = d.cursor;
-        let mut sent_bytes = 0;
-        let mut records = 0;
-        for id in ids.iter().copied() {
-            let record = p.txn.read_log(&d.account, id).await?;
-            let stamp = record.stamp(&d.database);
-            let changes: Vec<ChangeRecord> = record
-                .changes
-                .into_iter()
-                .filter(|c| change_database(c) == &d.database)
-                .collect();
-            let changes_empty = changes.is_empty();
-            if !changes_empty {
-                sent_bytes += self
-                    .ship_one(
-                        sender,
-                        dk,
-                        d,
-                        id,
-                        record.origin,
-                        record.committed_at_ms,
-                        changes,
-                        stamp,
-                        peers,
-                    )
-                    .await?;
-                records += 1;
-            }
-            cursor = id;
-            let shipped_seq = stamp.filter(|_| !changes_empty).map(|s| s.seq);
-            self.meta().write(|tx| {
-                if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
-                    cur.cursor = cur.cursor.max(cursor);
-                    if let Some(s) = shipped_seq {
-                        cur.shipped_seq = Some(cur.shipped_seq.unwrap_or(0).max(s));
-                    }
-                    if cur
-                        .shipping
-                        .as_ref()
-                        .is_some_and(|s| s.txn_id <= cur.cursor)
-                    {
-                        cur.shipping = None;
-                    }
-                    tx.put(dk, &cur)?;
-                }
-                Ok(())
-            })?;
-        }
-        if ids.len() < p.config.ship_batch {
-            cursor = cursor.max(stable);
+        if outcome.is_ok() && ids.len() < p.config.ship_batch {
+            shipped.cursor = shipped.cursor.max(stable);
         }
         let now = self.now();
         self.meta().write(|tx| {
             if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
-                cur.cursor = cur.cursor.max(cursor);
-                cur.records_shipped += records;
-                cur.bytes_copied += sent_bytes;
-                if records > 0 {
+                cur.cursor = cur.cursor.max(shipped.cursor);
+                if let Some(s) = shipped.seq {
+                    cur.shipped_seq = Some(cur.shipped_seq.unwrap_or(0).max(s));
+                }
+                if cur
+                    .shipping
+                    .as_ref()
+                    .is_some_and(|s| s.txn_id <= cur.cursor)
+                {
+                    cur.shipping = None;
+                }
+                cur.records_shipped += shipped.records;
+                cur.bytes_copied += shipped.bytes;
+                if shipped.records > 0 {
                     cur.shipped_at_ms = Some(now);
                 }
-                cur.last_error = None;
+                if outcome.is_ok() {
+                    cur.last_error = None;
+                }
                 tx.put(dk, &cur)?;
             }
             Ok(())
         })?;
-        Ok(records as usize)
+        outcome?;
+        Ok(shipped.records as usize)
     }
 
-    /// Ships one record's changes of `d`'s database; returns the bytes copied.
-    #[allow(clippy::too_many_arguments)]
-    async fn ship_one(
+    /// Prepares the records `ids` (at most `copy_concurrency` at once) and sends them in
+    /// order, noting in `shipped` how far it got: up to the first failure, which it
+    /// returns after sending what was ready before it.
+    async fn ship_records(
+        &self,
+        dk: &tern_meta::Key,
+        d: &DownstreamDpo,
+        sender: &tern_messaging::Sender,
+        peers: &dyn Peers,
+        ids: &[u64],
+        shipped: &mut Shipped,
+    ) -> Result<()> {
+        type Preparing<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outgoing>> + Send + 'a>>;
+        let width = self.inner.p.config.copy_concurrency.max(1);
+        let mut pending = ids.iter().copied();
+        let mut preparing: futures::stream::FuturesOrdered<Preparing<'_>> =
+            futures::stream::FuturesOrdered::new();
+        // Ready, without body files: sent together when a record with body files comes,
+        // or at the end.
+        let mut batch: Vec<Outgoing> = Vec::new();
+        let mut failure = None;
+        loop {
+            while failure.is_none() && preparing.len() < width {
+                let Some(id) = pending.next() else { break };
+                preparing.push_back(Box::pin(self.prepare_shipment(sender, dk, d, id, peers)));
+            }
+            let Some(next) = futures::StreamExt::next(&mut preparing).await else {
+                break;
+            };
+            let out = match next {
+                Ok(out) => out,
+                Err(e) => {
+                    // The records after it wait for the next turn (their copies, if any,
+                    // are made again under the same names).
+                    failure = Some(e);
+                    break;
+                }
+            };
+            match &out.message {
+                Some(m) if !m.inline => {
+                    if let Err(e) = self.send_inline(sender, &mut batch, shipped).await {
+                        failure = Some(e);
+                        break;
+                    }
+                    if let Err(e) = self.send_with_body(sender, dk, &out).await {
+                        failure = Some(e);
+                        break;
+                    }
+                    self.shipped(out, shipped);
+                }
+                Some(_) => batch.push(out),
+                None => self.shipped(out, shipped),
+            }
+        }
+        drop(preparing);
+        let sent = self.send_inline(sender, &mut batch, shipped).await;
+        match failure {
+            Some(e) => Err(e),
+            None => sent,
+        }
+    }
+
+    /// Sends the ready messages of `batch` (none with body files) in one metadata commit.
+    async fn send_inline(
+        &self,
+        sender: &tern_messaging::Sender,
+        batch: &mut Vec<Outgoing>,
+        shipped: &mut Shipped,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let drafts: Vec<Draft> = batch
+            .iter_mut()
+            .filter_map(|o| o.message.as_mut())
+            .map(|m| Draft::new(LOG_TYPE, std::mem::take(&mut m.payload)).with_id(m.msg_id.clone()))
+            .collect();
+        sender.send_batch(drafts).await?;
+        self.crash_point(crash::SHIP_SENT)?;
+        for out in batch.drain(..) {
+            self.shipped(out, shipped);
+        }
+        Ok(())
+    }
+
+    /// Sends a message whose payload travels as a body file: created, body attached,
+    /// then ready — an attempt can stop in between, so its id is recorded first for the
+    /// next attempt to find.
+    async fn send_with_body(
+        &self,
+        sender: &tern_messaging::Sender,
+        dk: &tern_meta::Key,
+        out: &Outgoing,
+    ) -> Result<()> {
+        let Some(m) = &out.message else {
+            return Ok(());
+        };
+        self.meta().write(|tx| {
+            if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
+                cur.shipping = Some(crate::state::Shipping {
+                    txn_id: out.txn_id,
+                    message_id: m.msg_id.to_string(),
+                });
+                tx.put(dk, &cur)?;
+            }
+            Ok(())
+        })?;
+        let head = model::encode(&SnapshotHead {
+            v: PAYLOAD_VERSION,
+            response_id: ResponseId::new(m.msg_id.as_str())?,
+        })?;
+        sender
+            .create(Draft::new(LOG_TYPE, head).with_id(m.msg_id.clone()))
+            .await?;
+        sender.attach_body_bytes(&m.msg_id, &m.payload).await?;
+        sender.mark_ready(&m.msg_id).await?;
+        self.crash_point(crash::SHIP_SENT)?;
+        Ok(())
+    }
+
+    /// Notes record `out` as shipped (sent now, sent by an earlier attempt, or nothing of
+    /// the database in it).
+    fn shipped(&self, out: Outgoing, shipped: &mut Shipped) {
+        shipped.cursor = shipped.cursor.max(out.txn_id);
+        if out.changes {
+            // Counted with its stamp whether sent now or by an earlier attempt.
+            shipped.records += 1;
+            if let Some(seq) = out.seq {
+                shipped.seq = Some(shipped.seq.unwrap_or(0).max(seq));
+            }
+        }
+        if let Some(m) = out.message {
+            shipped.bytes += m.bytes;
+            Counters::add(&self.inner.counters.records_shipped, 1);
+            self.publish(
+                tern_monitor::AgentKind::Ship,
+                tern_monitor::Unit {
+                    rows: m.rows,
+                    bytes: m.bytes,
+                    files: m.files,
+                    latency_ms: self.elapsed_ms(m.committed_at_ms),
+                },
+            );
+        }
+    }
+
+    /// Record `txn_id` made ready to send to `d`: its changes of `d`'s database, their
+    /// files copied into the peer's inbound stage, the message encoded (none when it has
+    /// no such changes, or an earlier attempt sent it).
+    async fn prepare_shipment(
         &self,
         sender: &tern_messaging::Sender,
         dk: &tern_meta::Key,
         d: &DownstreamDpo,
         txn_id: u64,
-        origin: DeploymentId,
-        committed_at_ms: i64,
-        changes: Vec<ChangeRecord>,
-        stamp: Option<tern_table::Stamp>,
         peers: &dyn Peers,
-    ) -> Result<u64> {
+    ) -> Result<Outgoing> {
         let p = &self.inner.p;
+        let record = p.txn.read_log(&d.account, txn_id).await?;
+        let stamp = record.stamp(&d.database);
+        let changes: Vec<ChangeRecord> = record
+            .changes
+            .into_iter()
+            .filter(|c| change_database(c) == &d.database)
+            .collect();
+        if changes.is_empty() {
+            return Ok(Outgoing {
+                txn_id,
+                changes: false,
+                seq: None,
+                message: None,
+            });
+        }
+        let seq = stamp.map(|s| s.seq);
         let base = format!("lg-{}-{}-{txn_id}", d.database, p.me);
         // Earlier attempts at this record: under the first id, or under the one recorded
         // before a message with body files was created (a retry's).
@@ -833,7 +977,14 @@ impl Replication {
             let earlier = MessageId::new(earlier.as_str())?;
             match sender.message(&earlier).await? {
                 // Sent (or on its way) by an attempt whose cursor update did not land.
-                Some(m) if m.state != OutState::Preparing => return Ok(0),
+                Some(m) if m.state != OutState::Preparing => {
+                    return Ok(Outgoing {
+                        txn_id,
+                        changes: true,
+                        seq,
+                        message: None,
+                    });
+                }
                 // An attempt that stopped before its message was ready (a crash between
                 // its body upload and `mark_ready`): taken as sent, the record would be
                 // lost until a refresh. It is given up (its bodies cleaned) and shipped
@@ -855,11 +1006,11 @@ impl Replication {
         let msg_id = MessageId::new(id.as_str())?;
         let folder = ResponseId::new(id.as_str())?;
         let changes: Vec<ChangeRecord> = changes.into_iter().map(canonical_change).collect();
-        let added: Vec<MicroPartitionDpo> = changes
+        let added: Vec<&MicroPartitionDpo> = changes
             .iter()
             .flat_map(|c| match c {
                 ChangeRecord::TableVersion { added, .. } | ChangeRecord::Repair { added, .. } => {
-                    added.clone()
+                    added.iter().collect()
                 }
                 ChangeRecord::Dictionary { .. } => Vec::new(),
             })
@@ -871,13 +1022,7 @@ impl Replication {
                 .new_repmk(&d.peer, folder.as_str(), d.customer_key.as_ref())
                 .await?;
             let tasks = self
-                .to_inbound(
-                    &d.peer,
-                    &folder,
-                    &added.iter().collect::<Vec<_>>(),
-                    &keys,
-                    peers,
-                )
+                .to_inbound(&d.peer, &folder, &added, &keys, peers)
                 .await?;
             let copied = copy_all(tasks, p.config.copy_concurrency).await?;
             self.count_copied(copied.files, copied.bytes);
@@ -889,54 +1034,65 @@ impl Replication {
             group: d.group.clone(),
             shipment_id: folder,
             txn_id,
-            origin,
-            committed_at_ms,
+            origin: record.origin,
+            committed_at_ms: record.committed_at_ms,
             changes,
             repmk,
             stamp,
         };
         let payload = model::encode(&shipment)?;
-        if payload.len() <= p.config.inline_max_bytes {
-            // One metadata transaction makes it ready: no attempt can stop half-way.
-            sender
-                .send(Draft::new(LOG_TYPE, payload).with_id(msg_id))
-                .await?;
-        } else {
-            // Created, bodies attached, then ready: an attempt can stop in between, so
-            // its id is recorded first for the next attempt to find.
-            self.meta().write(|tx| {
-                if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
-                    cur.shipping = Some(crate::state::Shipping {
-                        txn_id,
-                        message_id: id.clone(),
-                    });
-                    tx.put(dk, &cur)?;
-                }
-                Ok(())
-            })?;
-            let head = model::encode(&SnapshotHead {
-                v: PAYLOAD_VERSION,
-                response_id: shipment.shipment_id.clone(),
-            })?;
-            sender
-                .create(Draft::new(LOG_TYPE, head).with_id(msg_id.clone()))
-                .await?;
-            sender.attach_body_bytes(&msg_id, &payload).await?;
-            sender.mark_ready(&msg_id).await?;
-        }
-        self.crash_point(crash::SHIP_SENT)?;
-        Counters::add(&self.inner.counters.records_shipped, 1);
-        self.publish(
-            tern_monitor::AgentKind::Ship,
-            tern_monitor::Unit {
-                rows,
+        Ok(Outgoing {
+            txn_id,
+            changes: true,
+            seq,
+            message: Some(OutgoingMessage {
+                msg_id,
+                inline: payload.len() <= p.config.inline_max_bytes,
+                payload,
                 bytes,
+                rows,
                 files,
-                latency_ms: self.elapsed_ms(committed_at_ms),
-            },
-        );
-        Ok(bytes)
+                committed_at_ms: record.committed_at_ms,
+            }),
+        })
     }
+}
+
+/// How far a turn of shipping to one replica got.
+#[derive(Debug, Default)]
+struct Shipped {
+    /// The last record shipped (or without changes of the database).
+    cursor: u64,
+    /// The highest stamp sequence of the records shipped.
+    seq: Option<u64>,
+    /// Records with changes of the database shipped (now or by an earlier attempt).
+    records: u64,
+    /// Bytes copied into the peer's inbound stage.
+    bytes: u64,
+}
+
+/// One record of a turn, ready to send.
+struct Outgoing {
+    txn_id: u64,
+    /// It has changes of the database.
+    changes: bool,
+    /// Its stamp's sequence for the database.
+    seq: Option<u64>,
+    /// The message to send; none when it has no changes of the database or an earlier
+    /// attempt sent it.
+    message: Option<OutgoingMessage>,
+}
+
+/// A log shipment's message, its files in the peer's inbound stage.
+struct OutgoingMessage {
+    msg_id: MessageId,
+    /// Small enough to travel in the message itself (else as a body file).
+    inline: bool,
+    payload: Vec<u8>,
+    bytes: u64,
+    rows: u64,
+    files: u64,
+    committed_at_ms: i64,
 }
 
 /// One table of a snapshot being served: what its second pass (the sections) needs.
