@@ -1653,3 +1653,69 @@ async fn only_the_allowed_accounts_replicate_a_database() {
         .unwrap_err();
     assert!(e.to_string().contains("allowed account \"a.b.c\""), "{e}");
 }
+
+/// Records pile up while the replica's bucket is cut off; once it is back the shipper
+/// takes them up a turn at a time, reading and copying several at once, and the copy of
+/// one of them fails: the records before it are shipped and the cursor moves past them,
+/// the failing one and those after it go in the next turn — each record is sent once,
+/// in order, and the replica ends with every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_failing_mid_turn_ships_the_ones_before_it_and_then_the_rest_once() {
+    use tern_replication::service::Counters;
+    use tern_storage::{Fault, FaultPlan, FaultRule, FaultStore, Operation};
+    const RECORDS: i64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let mut d1 = open_with(dir.path(), "d1", None, repl_config()).await;
+    let keys = dir.path().join("d1").join("keys");
+    let mut d2 = open_with(dir.path(), "d2", Some(&keys), repl_config()).await;
+    link(&d1, &d2).await;
+    // d1 reaches d2's bucket through a store that fails as the plan says.
+    let plan = FaultPlan::new();
+    let to_d2: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(
+        FaultStore::new(std::sync::Arc::clone(&d2.bucket), plan.clone()),
+    );
+    d1.start_with(&[(d2.id.clone(), to_d2)]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
+    replicate(&d1, &a1, &d2, &account_group).await;
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let shipped0 = Counters::get(&d1.repl.counters().records_shipped);
+
+    // Cut off: the records wait, each with a file to copy.
+    let cut = plan.arm(FaultRule::any().always().fault(Fault::Fail));
+    for i in 1..=RECORDS {
+        d1.tables
+            .insert(&t, &[batch(i * 10..i * 10 + 10, "b")])
+            .await
+            .unwrap();
+    }
+    // Back, but the sixth file copied into the inbound stage fails once.
+    let inbound = tern_storage::Path::from("from/d1/inbound");
+    let sixth = plan.arm(FaultRule::on(Operation::Put).under(inbound).nth(6));
+    plan.disarm(cut);
+    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    same_rows(&d1, &d2, std::slice::from_ref(&t)).await;
+    assert_eq!(plan.fired(sixth), 1, "the sixth copy failed");
+    let rid = replica_table_id(&d1.id, &t);
+    assert_eq!(
+        rows(&d2, &rid, None).await.len(),
+        10 * (RECORDS as usize + 1)
+    );
+    // Each record sent once: none again, none skipped as already applied.
+    assert_eq!(
+        Counters::get(&d1.repl.counters().records_shipped) - shipped0,
+        RECORDS as u64
+    );
+    assert_eq!(Counters::get(&d1.repl.counters().shipments_retried), 0);
+    assert_eq!(Counters::get(&d2.repl.counters().records_skipped), 0);
+    let down = d1.repl.status().await.unwrap().downstream;
+    assert!(down.iter().all(|d| d.last_error.is_none()), "{down:?}");
+    d1.stop().await;
+    d2.stop().await;
+}
