@@ -199,13 +199,7 @@ impl Replication {
             if let Some(db) = self.local_database(&job.request.group)? {
                 let msg = e.to_string();
                 let dk = keys::downstream(&db.id, &job.peer);
-                self.meta().write(|tx| {
-                    if let Some(mut d) = tx.get::<DownstreamDpo>(&dk)? {
-                        d.last_error = Some(msg.clone());
-                        tx.put(&dk, &d)?;
-                    }
-                    Ok(())
-                })?;
+                self.update_downstream(&dk, |d| d.last_error = Some(msg.clone()))?;
             }
             return Err(e);
         }
@@ -657,13 +651,7 @@ impl Replication {
                     tracing::warn!(peer = %d.peer, database = %d.database, error = %e,
                         retry_in_ms = wait.as_millis() as u64, "shipping to a replica failed; the others go on");
                     let msg = e.to_string();
-                    self.meta().write(|tx| {
-                        if let Some(mut cur) = tx.get::<DownstreamDpo>(&dk)? {
-                            cur.last_error = Some(msg.clone());
-                            tx.put(&dk, &cur)?;
-                        }
-                        Ok(())
-                    })?;
+                    self.update_downstream(&dk, |cur| cur.last_error = Some(msg.clone()))?;
                     break;
                 }
             }
@@ -759,33 +747,41 @@ impl Replication {
             shipped.cursor = shipped.cursor.max(stable);
         }
         let now = self.now();
-        self.meta().write(|tx| {
-            if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
-                cur.cursor = cur.cursor.max(shipped.cursor);
-                if let Some(s) = shipped.seq {
-                    cur.shipped_seq = Some(cur.shipped_seq.unwrap_or(0).max(s));
-                }
-                if cur
-                    .shipping
-                    .as_ref()
-                    .is_some_and(|s| s.txn_id <= cur.cursor)
-                {
-                    cur.shipping = None;
-                }
-                cur.records_shipped += shipped.records;
-                cur.bytes_copied += shipped.bytes;
-                if shipped.records > 0 {
-                    cur.shipped_at_ms = Some(now);
-                }
-                if outcome.is_ok() {
-                    cur.last_error = None;
-                }
-                tx.put(dk, &cur)?;
+        self.update_downstream(dk, |cur| {
+            cur.cursor = cur.cursor.max(shipped.cursor);
+            if let Some(s) = shipped.seq {
+                cur.shipped_seq = Some(cur.shipped_seq.unwrap_or(0).max(s));
             }
-            Ok(())
+            if cur
+                .shipping
+                .as_ref()
+                .is_some_and(|s| s.txn_id <= cur.cursor)
+            {
+                cur.shipping = None;
+            }
+            cur.records_shipped += shipped.records;
+            cur.bytes_copied += shipped.bytes;
+            if shipped.records > 0 {
+                cur.shipped_at_ms = Some(now);
+            }
+            if outcome.is_ok() {
+                cur.last_error = None;
+            }
         })?;
         outcome?;
         Ok(shipped.records as usize)
+    }
+
+    /// Changes the downstream row at `dk` with `f`, when it is still there (a replica
+    /// dropped meanwhile is not written back).
+    fn update_downstream(&self, dk: &tern_meta::Key, f: impl Fn(&mut DownstreamDpo)) -> Result<()> {
+        Ok(self.meta().write(|tx| {
+            if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
+                f(&mut cur);
+                tx.put(dk, &cur)?;
+            }
+            Ok(())
+        })?)
     }
 
     /// Prepares the records `ids` (at most `copy_concurrency` at once) and sends them in
@@ -886,15 +882,11 @@ impl Replication {
         let Some(m) = &out.message else {
             return Ok(());
         };
-        self.meta().write(|tx| {
-            if let Some(mut cur) = tx.get::<DownstreamDpo>(dk)? {
-                cur.shipping = Some(crate::state::Shipping {
-                    txn_id: out.txn_id,
-                    message_id: m.msg_id.to_string(),
-                });
-                tx.put(dk, &cur)?;
-            }
-            Ok(())
+        self.update_downstream(dk, |cur| {
+            cur.shipping = Some(crate::state::Shipping {
+                txn_id: out.txn_id,
+                message_id: m.msg_id.to_string(),
+            });
         })?;
         let head = model::encode(&SnapshotHead {
             v: PAYLOAD_VERSION,

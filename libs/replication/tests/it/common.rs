@@ -265,6 +265,21 @@ pub async fn open_through(
     .unwrap()
 }
 
+/// `d1`'s database `sales` made global with a table `t` of ten rows, replicated to `d2`
+/// (both started) and caught up: d1's account, database and table.
+pub async fn replicated_table(d1: &Node, d2: &Node) -> (AccountId, DatabaseId, TableId) {
+    let (a1, db, account_group) = primary(d1).await;
+    let t = d1
+        .tables
+        .create_table(&db, "public", "t", columns())
+        .await
+        .unwrap();
+    d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
+    replicate(d1, &a1, d2, &account_group).await;
+    caught_up(d1, d2, std::slice::from_ref(&t)).await;
+    (a1, db, t)
+}
+
 /// Makes `sales` of `a1` on `primary` global and creates its replica in a new global
 /// account `a2` of `replica`.
 pub async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_group: &str) {

@@ -72,15 +72,7 @@ async fn setup() -> Setup {
     let to_d2: Arc<dyn ObjectStore> =
         Arc::new(FaultStore::new(Arc::clone(&d2.bucket), link_plan.clone()));
     d1.start_with(&[(d2.id.clone(), to_d2)]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
-    d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
-    replicate(&d1, &a1, &d2, &account_group).await;
-    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let (a1, db, t) = replicated_table(&d1, &d2).await;
     Setup {
         _dir: dir,
         d1,

@@ -1676,15 +1676,7 @@ async fn a_record_failing_mid_turn_ships_the_ones_before_it_and_then_the_rest_on
     );
     d1.start_with(&[(d2.id.clone(), to_d2)]);
     d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
-    d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
-    replicate(&d1, &a1, &d2, &account_group).await;
-    caught_up(&d1, &d2, std::slice::from_ref(&t)).await;
+    let (_, _, t) = replicated_table(&d1, &d2).await;
     let shipped0 = Counters::get(&d1.repl.counters().records_shipped);
 
     // Cut off: the records wait, each with a file to copy.
