@@ -802,8 +802,8 @@ impl Replication {
         let mut pending = ids.iter().copied();
         let mut preparing: futures::stream::FuturesOrdered<Preparing<'_>> =
             futures::stream::FuturesOrdered::new();
-        // Ready, without body files: sent together when a record with body files comes,
-        // or at the end.
+        // Ready, without body files (or with nothing to send): sent together when a
+        // record with body files comes, or at the end.
         let mut batch: Vec<Outgoing> = Vec::new();
         let mut failure = None;
         loop {
@@ -835,8 +835,9 @@ impl Replication {
                     }
                     self.shipped(out, shipped);
                 }
-                Some(_) => batch.push(out),
-                None => self.shipped(out, shipped),
+                // In order behind the ones waiting to be sent, even with nothing to send:
+                // the cursor never passes a record not sent yet.
+                _ => batch.push(out),
             }
         }
         drop(preparing);
@@ -847,23 +848,23 @@ impl Replication {
         }
     }
 
-    /// Sends the ready messages of `batch` (none with body files) in one metadata commit.
+    /// Sends the messages of `batch` (none with body files) in one metadata commit, and
+    /// notes its records shipped, in order.
     async fn send_inline(
         &self,
         sender: &tern_messaging::Sender,
         batch: &mut Vec<Outgoing>,
         shipped: &mut Shipped,
     ) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
         let drafts: Vec<Draft> = batch
             .iter_mut()
             .filter_map(|o| o.message.as_mut())
             .map(|m| Draft::new(LOG_TYPE, std::mem::take(&mut m.payload)).with_id(m.msg_id.clone()))
             .collect();
-        sender.send_batch(drafts).await?;
-        self.crash_point(crash::SHIP_SENT)?;
+        if !drafts.is_empty() {
+            sender.send_batch(drafts).await?;
+            self.crash_point(crash::SHIP_SENT)?;
+        }
         for out in batch.drain(..) {
             self.shipped(out, shipped);
         }
