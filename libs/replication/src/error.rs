@@ -82,8 +82,9 @@ pub enum Error {
         /// The response.
         response: String,
     },
-    /// An import waiting for its files stepped aside for a failover (it waits again
-    /// after it).
+    /// An import stepped aside for a failover that wants the importer (waiting for its
+    /// files, between batches, or dropping a batch's copies uncommitted); it is taken up
+    /// again after it.
     #[error("import of {response}: paused while a failover drains this deployment")]
     Paused {
         /// The response.

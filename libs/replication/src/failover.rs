@@ -13,9 +13,9 @@
 //!
 //!  failover on secondary S of group G (primary P):
 //!     refuse if P is available (planned: switchover) unless --allow-data-loss
-//!     promoting: no refresh asked for or imported from now on; an import already running
-//!       finishes first (the importer's gate) ─▶ drain what already arrived (import jobs,
-//!       received log messages) until drain_timeout
+//!     promoting: no refresh asked for from now on ─▶ drain what already arrived (import
+//!       jobs, received log messages) until drain_timeout ─▶ the importer's gate, held
+//!       until the claim: an import under way steps aside at its next batch, none starts
 //!     known loss = P's last heartbeat (seq, commit time) − what S applied
 //!     refuse if loss > RPO unless --allow-data-loss; a group of two is only promoted
 //!       with --allow-data-loss; a group of three or more asks every member for its vote
@@ -1559,9 +1559,10 @@ impl Replication {
             }
             Ok(())
         })?;
+        // The importer's gate is held from here until the claim (or the refusal).
         let (drained, timed_out) = self.drain(&db, &group).await;
-        let drained = match drained {
-            Ok(n) => n,
+        let (drained, _importer) = match drained {
+            Ok(d) => d,
             Err(e) => {
                 self.stop_promoting(&db)?;
                 return Err(e);
@@ -2139,31 +2140,40 @@ impl Replication {
         Ok(())
     }
 
-    /// Waits until what already arrived for `db` is applied: the import running finishes
-    /// (the importer's gate), queued import jobs of the group and received messages from
-    /// its upstream are handled — up to `drain_timeout`. How many items were waited for,
-    /// and whether time ran out.
-    async fn drain(&self, db: &DatabaseDpo, group: &str) -> (Result<u64>, bool) {
-        let deadline = Instant::now() + self.config().drain_timeout;
+    /// Waits until what already arrived for `db` is applied: import jobs of the group
+    /// and received messages from its upstream are handled — up to `drain_timeout`. Then
+    /// takes the importer's gate, which the caller holds until the promotion is decided:
+    /// an import under way steps aside at its next batch (never in the middle of one) and
+    /// none starts, so that no import commits between what the failover judges and its
+    /// claim (an import copying its batch's files drops them uncommitted and takes them
+    /// up again afterwards). How many items were waited for and the gate, and whether
+    /// time ran out; an error when the gate is not free within another `drain_timeout` (a
+    /// batch still committing), never a wait without end.
+    async fn drain(
+        &self,
+        db: &DatabaseDpo,
+        group: &str,
+    ) -> (Result<(u64, tokio::sync::MutexGuard<'_, ()>)>, bool) {
+        let timeout = self.config().drain_timeout;
+        let deadline = Instant::now() + timeout;
         let upstream = match self
             .meta()
             .read(|tx| tx.get::<ReplicaDpo>(&keys::replica(&db.id)))
         {
             Ok(Some(r)) => r.upstream,
-            Ok(None) => return (Ok(0), false),
+            Ok(None) => {
+                return (
+                    Err(Error::invalid(
+                        format!("database {}", db.name),
+                        "is not a replica",
+                    )),
+                    false,
+                );
+            }
             Err(e) => return (Err(e.into()), false),
         };
-        // An import in progress holds the gate until it has committed (one waiting for
-        // files to land steps aside).
-        self.inner
-            .draining
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        drop(self.inner.import_gate.lock().await);
-        self.inner
-            .draining
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         let mut most = 0;
-        loop {
+        let timed_out = loop {
             let jobs = match self.meta().read(|tx| {
                 Ok(tx
                     .scan_prefix::<crate::state::ImportJobDpo>(&keys::import_jobs())?
@@ -2190,14 +2200,35 @@ impl Replication {
             let left = jobs + messages;
             most = most.max(left);
             if left == 0 {
-                return (Ok(most), false);
+                break false;
             }
             if Instant::now() >= deadline {
                 tracing::warn!(%group, left, "failover drain timed out; what is left counts as loss");
-                return (Ok(most), true);
+                break true;
             }
             self.inner.job_wake.notify_one();
             tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.inner
+            .draining
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.inner.drain_wake.notify_waiters();
+        let gate = tokio::time::timeout(timeout, self.inner.import_gate.lock()).await;
+        self.inner
+            .draining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        match gate {
+            Ok(gate) => (Ok((most, gate)), timed_out),
+            Err(_) => (
+                Err(Error::invalid(
+                    format!("failover of {}", db.name),
+                    format!(
+                        "an import batch of the replica was still being committed {} after the drain (drain_timeout); try again once it has committed (show replication-status)",
+                        humantime_serde::re::humantime::format_duration(timeout)
+                    ),
+                )),
+                timed_out,
+            ),
         }
     }
 

@@ -300,9 +300,12 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<DeploymentId, (std::time::Instant, Duration)>>,
     /// Held by the importer while it imports a response (a failover waits for it).
     pub(crate) import_gate: tokio::sync::Mutex<()>,
-    /// Failovers waiting for the import gate: an import waiting for files to land steps
-    /// aside for them (it cannot finish while its upstream is gone).
+    /// Failovers waiting for the import gate: an import steps aside for them — waiting
+    /// for files to land (it cannot finish while its upstream is gone), between batches,
+    /// and in the middle of a batch's copies (dropped uncommitted, copied again after).
     pub(crate) draining: std::sync::atomic::AtomicUsize,
+    /// Woken when a failover starts waiting for the import gate.
+    pub(crate) drain_wake: Notify,
     /// One rewind to a fork at a time (a heartbeat's and the control worker's).
     pub(crate) rewinding: tokio::sync::Mutex<()>,
     /// Heartbeats are due at the next control unit.
@@ -569,6 +572,7 @@ impl Replication {
                 peer_backoff: std::sync::Mutex::default(),
                 import_gate: tokio::sync::Mutex::new(()),
                 draining: std::sync::atomic::AtomicUsize::new(0),
+                drain_wake: Notify::new(),
                 rewinding: tokio::sync::Mutex::new(()),
                 beat_due: std::sync::atomic::AtomicBool::new(true),
                 last_beat_ms: std::sync::atomic::AtomicI64::new(0),

@@ -669,6 +669,13 @@ impl Replication {
         let mut bytes = 0;
         let mut i = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
         while i < res.tables.len() {
+            // A failover wants the importer (see `Replication::drain`): stepped aside
+            // between batches, never in the middle of one; taken up again after it.
+            if self.inner.draining.load(Ordering::Acquire) > 0 {
+                return Err(Error::Paused {
+                    response: res.response_id.to_string(),
+                });
+            }
             // The batch's tables and the volume names of their files: reserved once and
             // stored with the job, so a resumed import finds what it copied at the same
             // paths and copies only the rest.
@@ -1523,6 +1530,17 @@ impl Replication {
         let mut done = crate::copy::Copied::default();
         let mut failure = None;
         loop {
+            // A failover wants the importer: the copies under way are dropped (a copy is
+            // published only whole; the batch commits nothing) and made again after it.
+            let drain = self.inner.drain_wake.notified();
+            tokio::pin!(drain);
+            drain.as_mut().enable();
+            if failure.is_none() && self.inner.draining.load(Ordering::Acquire) > 0 {
+                running.abort_all();
+                failure = Some(Error::Paused {
+                    response: landing.response.to_string(),
+                });
+            }
             while failure.is_none() && running.len() < concurrency {
                 let Some((copy_in, m)) = pending.next() else {
                     break;
@@ -1531,7 +1549,11 @@ impl Replication {
                 let (repl, landing) = (self.clone(), Arc::clone(landing));
                 running.spawn(async move { repl.land_and_copy(&landing, t).await });
             }
-            let Some(joined) = running.join_next().await else {
+            let joined = tokio::select! {
+                joined = running.join_next() => joined,
+                () = &mut drain => continue,
+            };
+            let Some(joined) = joined else {
                 break;
             };
             match joined {

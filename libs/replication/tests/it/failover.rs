@@ -841,6 +841,82 @@ async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
     d2.stop().await;
 }
 
+/// An import whose batch hangs on its own storage (reads of its inbound stage that never
+/// answer) cannot hold a failover without end: after `drain_timeout` the failover takes
+/// the importer — the batch's copies are dropped uncommitted — decides and promotes (the
+/// loss accepted: the import is half committed), and no import commit lands after the
+/// claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_is_not_held_by_an_import_hung_on_its_storage() {
+    use tern_replication::state::{ImportJobDpo, keys as state_keys};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config = ReplicationConfig {
+        import_batch_files: 3,
+        drain_timeout: Duration::from_millis(500),
+        ..fast()
+    };
+    let mut d1 = open_with(root, "d1", None, config.clone()).await;
+    let keys = root.join("d1").join("keys");
+    let plan = tern_storage::FaultPlan::new();
+    let mut d2 = open_through(root, "d2", &keys, &plan, config).await;
+    link(&d1, &d2).await;
+    d1.start(&[&d2]);
+    d2.start(&[&d1]);
+    let (a1, db, account_group) = primary(&d1).await;
+    let tables = three_tables_of_three_files(&d1, &db).await;
+    // After the sections file and t1's 3 files (the first batch), every read of the
+    // inbound stage hangs: the second batch never finishes copying.
+    let hung = plan.arm(
+        tern_storage::FaultRule::on(tern_storage::Operation::Get)
+            .under("from/d1/inbound")
+            .nth(5)
+            .always()
+            .fault(tern_storage::Fault::Delay(Duration::from_secs(3600))),
+    );
+    replicate(&d1, &a1, &d2, &account_group).await;
+    let job = |d2: &Node| {
+        d2.meta
+            .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
+            .unwrap()
+            .into_iter()
+            .map(|(_, j)| j)
+            .next()
+    };
+    eventually(WAIT, "the second batch's copies hung", || async {
+        plan.fired(hung) > 0 && job(&d2).is_some_and(|j| j.tables_done == 1)
+    })
+    .await;
+    d1.kill().await;
+    until_state(&d2, "d1", Availability::Unavailable).await;
+    let a2 = AccountId::new("a2").unwrap();
+    let report = tokio::time::timeout(WAIT, d2.repl.failover(&a2, "sales", FORCE))
+        .await
+        .expect("the failover is decided, not held by the hung import")
+        .unwrap();
+    assert!(report.drain_timed_out && report.forced, "{report:?}");
+    let imported = |t: &TableId| replica_table_id(&d1.id, t);
+    assert_eq!(
+        rows(&d2, &imported(&tables[0]), None).await,
+        rows(&d1, &tables[0], None).await,
+        "the first batch was committed before"
+    );
+    // The import, let go after the claim, finds no replica: dropped, committing nothing.
+    plan.disarm(hung);
+    eventually(WAIT, "the import job dropped", || async {
+        job(&d2).is_none()
+    })
+    .await;
+    for t in &tables[1..] {
+        assert_eq!(
+            rows(&d2, &imported(t), None).await,
+            Vec::<String>::new(),
+            "no import commit after the claim ({t})"
+        );
+    }
+    d2.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_group_of_three_fails_over_by_itself_when_its_policy_says_so() {
     let dir = tempfile::tempdir().unwrap();
