@@ -1559,9 +1559,10 @@ impl Replication {
             }
             Ok(())
         })?;
-        // The importer's gate is held from here until the claim (or the refusal).
+        // The importer's gate is held from here until the claim (or the refusal): no
+        // import commits between what is judged below and the claim.
         let (drained, timed_out) = self.drain(&db, &group).await;
-        let (drained, _importer) = match drained {
+        let (drained, importer) = match drained {
             Ok(d) => d,
             Err(e) => {
                 self.stop_promoting(&db)?;
@@ -1712,6 +1713,9 @@ impl Replication {
                 previous.as_ref().map_or("unknown", |p| p.as_str())
             ),
         )?;
+        // Claimed: the replica row is gone, an import waiting for the gate finds none.
+        // (The gate is the deployment's, not the group's: other replicas' imports go on.)
+        drop(importer);
         self.beat_soon();
         self.notified();
         Counters::add(&self.inner.counters.failovers, 1);
