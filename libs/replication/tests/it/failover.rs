@@ -761,14 +761,21 @@ async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
     d2.stop().await;
 }
 
-/// An import the drain cannot wait out, with some of its tables committed (they commit in
-/// batches of `import_batch_files`), holds tables from different points in time: a
-/// failover refuses to promote it (unless the loss is accepted) and promotes it complete
-/// once the import has finished. The import is held half way by failing every read of its
-/// inbound stage after its first batch's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
-    use tern_replication::state::{ImportJobDpo, keys as state_keys};
+/// d1 (tables t1, t2, t3 of three files each) replicated to d2, whose import commits in
+/// batches of 3 files (one table each) with a `drain_timeout` of 500 ms; d2 reads its own
+/// inbound stage through a store that, after the sections file and t1's files, answers
+/// every read with `fault`. Returns once t1's batch is committed, with d1 killed and
+/// unavailable to d2: the directory, d1, d2, the plan, the fault's rule, the tables.
+async fn import_held_after_its_first_batch(
+    fault: tern_storage::Fault,
+) -> (
+    tempfile::TempDir,
+    Node,
+    Node,
+    tern_storage::FaultPlan,
+    tern_storage::fault::RuleId,
+    Vec<TableId>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let config = ReplicationConfig {
@@ -786,28 +793,47 @@ async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
     let (a1, db, account_group) = primary(&d1).await;
     let tables = three_tables_of_three_files(&d1, &db).await;
     // The import reads its sections file, then t1's 3 files (one batch: t1 alone); every
-    // read of its inbound stage after those fails, so t2 and t3 cannot be imported.
-    let held = plan.arm(
+    // read of its inbound stage after those meets the fault.
+    let rule = plan.arm(
         tern_storage::FaultRule::on(tern_storage::Operation::Get)
             .under("from/d1/inbound")
             .nth(5)
-            .always(),
+            .always()
+            .fault(fault),
     );
     replicate(&d1, &a1, &d2, &account_group).await;
-    let job = |d2: &Node| {
-        d2.meta
-            .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
-            .unwrap()
-            .into_iter()
-            .map(|(_, j)| j)
-            .next()
-    };
     eventually(WAIT, "the first table's import committed", || async {
-        job(&d2).is_some_and(|j| j.tables_done >= 1)
+        plan.fired(rule) > 0 && import_job(&d2).is_some_and(|j| j.tables_done == 1)
     })
     .await;
     d1.kill().await;
     until_state(&d2, "d1", Availability::Unavailable).await;
+    (dir, d1, d2, plan, rule, tables)
+}
+
+/// The import job of `d2` (there is one at most in these tests).
+fn import_job(d2: &Node) -> Option<tern_replication::state::ImportJobDpo> {
+    d2.meta
+        .read(|tx| {
+            tx.scan_prefix::<tern_replication::state::ImportJobDpo>(
+                &tern_replication::state::keys::import_jobs(),
+            )
+        })
+        .unwrap()
+        .into_iter()
+        .map(|(_, j)| j)
+        .next()
+}
+
+/// An import the drain cannot wait out, with some of its tables committed (they commit in
+/// batches of `import_batch_files`), holds tables from different points in time: a
+/// failover refuses to promote it (unless the loss is accepted) and promotes it complete
+/// once the import has finished. The import is held half way by failing every read of its
+/// inbound stage after its first batch's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
+    let (_dir, d1, mut d2, plan, held, tables) =
+        import_held_after_its_first_batch(tern_storage::Fault::Fail).await;
     let a2 = AccountId::new("a2").unwrap();
     assert!(plan.fired(held) > 0, "the later tables' reads failed");
     let e = d2
@@ -824,7 +850,7 @@ async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
     // The reads come back: the import finishes, and then the failover goes through.
     plan.disarm(held);
     eventually(WAIT, "the import to finish", || async {
-        job(&d2).is_none()
+        import_job(&d2).is_none()
     })
     .await;
     // (A group of two promotes only with the loss accepted: the old primary cannot be
@@ -848,47 +874,11 @@ async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
 /// claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_is_not_held_by_an_import_hung_on_its_storage() {
-    use tern_replication::state::{ImportJobDpo, keys as state_keys};
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let config = ReplicationConfig {
-        import_batch_files: 3,
-        drain_timeout: Duration::from_millis(500),
-        ..fast()
-    };
-    let mut d1 = open_with(root, "d1", None, config.clone()).await;
-    let keys = root.join("d1").join("keys");
-    let plan = tern_storage::FaultPlan::new();
-    let mut d2 = open_through(root, "d2", &keys, &plan, config).await;
-    link(&d1, &d2).await;
-    d1.start(&[&d2]);
-    d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let tables = three_tables_of_three_files(&d1, &db).await;
-    // After the sections file and t1's 3 files (the first batch), every read of the
-    // inbound stage hangs: the second batch never finishes copying.
-    let hung = plan.arm(
-        tern_storage::FaultRule::on(tern_storage::Operation::Get)
-            .under("from/d1/inbound")
-            .nth(5)
-            .always()
-            .fault(tern_storage::Fault::Delay(Duration::from_secs(3600))),
-    );
-    replicate(&d1, &a1, &d2, &account_group).await;
-    let job = |d2: &Node| {
-        d2.meta
-            .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
-            .unwrap()
-            .into_iter()
-            .map(|(_, j)| j)
-            .next()
-    };
-    eventually(WAIT, "the second batch's copies hung", || async {
-        plan.fired(hung) > 0 && job(&d2).is_some_and(|j| j.tables_done == 1)
-    })
-    .await;
-    d1.kill().await;
-    until_state(&d2, "d1", Availability::Unavailable).await;
+    // After t1's batch, every read of the inbound stage hangs: the second batch never
+    // finishes copying.
+    let (_dir, d1, mut d2, plan, hung, tables) =
+        import_held_after_its_first_batch(tern_storage::Fault::Delay(Duration::from_secs(3600)))
+            .await;
     let a2 = AccountId::new("a2").unwrap();
     let report = tokio::time::timeout(WAIT, d2.repl.failover(&a2, "sales", FORCE))
         .await
@@ -904,7 +894,7 @@ async fn a_failover_is_not_held_by_an_import_hung_on_its_storage() {
     // The import, let go after the claim, finds no replica: dropped, committing nothing.
     plan.disarm(hung);
     eventually(WAIT, "the import job dropped", || async {
-        job(&d2).is_none()
+        import_job(&d2).is_none()
     })
     .await;
     for t in &tables[1..] {
