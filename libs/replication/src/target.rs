@@ -224,6 +224,15 @@ impl Replication {
         r: &ReplicaDpo,
         canonical: &TableId,
     ) -> Result<(TableId, bool)> {
+        self.local_table_in(&r.database, canonical)
+    }
+
+    /// [`Replication::local_table`] in `database`.
+    fn local_table_in(
+        &self,
+        database: &DatabaseId,
+        canonical: &TableId,
+    ) -> Result<(TableId, bool)> {
         // A table this deployment made itself (as the group's primary before a failover)
         // keeps its bare id here: `t5` is `t5--<me>` on the wire.
         let own = canonical
@@ -233,7 +242,7 @@ impl Replication {
         Ok(self.meta().read(|tx| {
             if let Some(bare) = &own
                 && let Some(t) = tx.get_table(bare)?
-                && t.database == r.database
+                && t.database == *database
                 && !t.dropped
             {
                 return Ok((bare.clone(), true));
@@ -243,7 +252,7 @@ impl Replication {
                 let id = model::local_table_candidate(canonical, n);
                 match tx.get_table(&id)? {
                     None => return Ok((id, false)),
-                    Some(t) if t.database == r.database && !t.dropped => return Ok((id, true)),
+                    Some(t) if t.database == *database && !t.dropped => return Ok((id, true)),
                     Some(_) => n += 1,
                 }
             }
@@ -604,7 +613,9 @@ impl Replication {
     async fn import(&self, key: &tern_meta::Key, job: &ImportJobDpo) -> Result<()> {
         let res = &job.response;
         let Some(r) = self.replica_of(&res.group)? else {
+            // Promoted (or made local) meanwhile: what its batch under way copied goes too.
             tracing::warn!(group = %res.group, "snapshot for a group without a replica here: dropped");
+            self.drop_batch_files(job).await;
             return Ok(());
         };
         let keys = self
@@ -762,7 +773,8 @@ impl Replication {
             }
             // Copied for a table the log brought to its version meanwhile, or for a file a
             // repair left out: not part of any version, deleted.
-            self.remove_uncommitted(&r, &reserved).await?;
+            self.remove_uncommitted(&r.account, &r.database, &reserved)
+                .await?;
             done = (end as u64, sections.read());
             if end < res.tables.len() {
                 self.meta().write(|tx| {
@@ -1462,7 +1474,8 @@ impl Replication {
     /// that no table version holds.
     async fn remove_uncommitted(
         &self,
-        r: &ReplicaDpo,
+        account: &AccountId,
+        database: &DatabaseId,
         reserved: &[(TableId, std::ops::Range<u64>)],
     ) -> Result<()> {
         if reserved.iter().all(|(_, names)| names.is_empty()) {
@@ -1477,7 +1490,7 @@ impl Replication {
                         reason: e.to_string(),
                     })?;
                     if tx.get_micro_partition(t, &short)?.is_none() {
-                        out.push(layout::volume::mp(&r.account, &r.database, t, &short));
+                        out.push(layout::volume::mp(account, database, t, &short));
                     }
                 }
             }
@@ -1494,21 +1507,27 @@ impl Replication {
             return;
         };
         let dropped = async {
-            let Some(r) = self.replica_of(&job.response.group)? else {
-                return Ok(());
+            // The replica's database, or after a promotion the same database as primary.
+            let (account, database) = match self.replica_of(&job.response.group)? {
+                Some(r) => (r.account, r.database),
+                None => match self.local_database(&job.response.group)? {
+                    Some(d) => (d.account, d.id),
+                    None => return Ok(()),
+                },
             };
             let start = usize::try_from(job.tables_done).unwrap_or(usize::MAX);
             let span = usize::try_from(batch.tables).unwrap_or(usize::MAX);
             let mut name = batch.first_name;
             let mut reserved = Vec::new();
             for t in job.response.tables.iter().skip(start).take(span) {
-                let (local, exists) = self.local_table(&r, &t.table)?;
+                let (local, exists) = self.local_table_in(&database, &t.table)?;
                 if exists {
                     reserved.push((local, name..name + t.adds));
                 }
                 name += t.adds;
             }
-            self.remove_uncommitted(&r, &reserved).await
+            self.remove_uncommitted(&account, &database, &reserved)
+                .await
         };
         if let Err(e) = dropped.await {
             tracing::warn!(response = %job.response.response_id, error = %e, "could not remove the files of a dropped import");

@@ -296,7 +296,6 @@ pub async fn replicate(primary: &Node, a1: &AccountId, replica: &Node, account_g
         .unwrap();
 }
 
-/// Every object under `prefix` of `store`.
 /// Makes `primary`'s database `sales` of `a1` global and a replica of it in a new global
 /// account (of `account_group`) on each of `replicas`; its database group.
 pub async fn replicate_to(
@@ -339,6 +338,7 @@ pub async fn group_of_three(
     (a1, t)
 }
 
+/// Every object under `prefix` of `store`, sorted.
 pub async fn objects(
     store: &std::sync::Arc<dyn object_store::ObjectStore>,
     prefix: &str,

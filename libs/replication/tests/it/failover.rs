@@ -763,10 +763,12 @@ async fn a_failover_during_an_import_waits_for_it_never_half_imported() {
 
 /// d1 (tables t1, t2, t3 of three files each) replicated to d2, whose import commits in
 /// batches of 3 files (one table each) with a `drain_timeout` of 500 ms; d2 reads its own
-/// inbound stage through a store that, after the sections file and t1's files, answers
-/// every read with `fault`. Returns once t1's batch is committed, with d1 killed and
-/// unavailable to d2: the directory, d1, d2, the plan, the fault's rule, the tables.
+/// inbound stage through a store that answers its `nth` read and every one after with
+/// `fault` (5: the sections file and t1's files are read, t2's are not). Returns once
+/// t1's batch is committed, with d1 killed and unavailable to d2: the directory, d1, d2,
+/// the plan, the fault's rule, the tables.
 async fn import_held_after_its_first_batch(
+    nth: u64,
     fault: tern_storage::Fault,
 ) -> (
     tempfile::TempDir,
@@ -792,12 +794,12 @@ async fn import_held_after_its_first_batch(
     d2.start(&[&d1]);
     let (a1, db, account_group) = primary(&d1).await;
     let tables = three_tables_of_three_files(&d1, &db).await;
-    // The import reads its sections file, then t1's 3 files (one batch: t1 alone); every
-    // read of its inbound stage after those meets the fault.
+    // The import reads its sections file, then t1's 3 files (one batch: t1 alone), then
+    // t2's.
     let rule = plan.arm(
         tern_storage::FaultRule::on(tern_storage::Operation::Get)
             .under("from/d1/inbound")
-            .nth(5)
+            .nth(nth)
             .always()
             .fault(fault),
     );
@@ -833,7 +835,7 @@ fn import_job(d2: &Node) -> Option<tern_replication::state::ImportJobDpo> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
     let (_dir, d1, mut d2, plan, held, tables) =
-        import_held_after_its_first_batch(tern_storage::Fault::Fail).await;
+        import_held_after_its_first_batch(5, tern_storage::Fault::Fail).await;
     let a2 = AccountId::new("a2").unwrap();
     assert!(plan.fired(held) > 0, "the later tables' reads failed");
     let e = d2
@@ -874,18 +876,34 @@ async fn a_failover_refuses_a_half_committed_import_until_it_finishes() {
 /// claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_is_not_held_by_an_import_hung_on_its_storage() {
-    // After t1's batch, every read of the inbound stage hangs: the second batch never
-    // finishes copying.
+    // After t1's batch and one of t2's files, every read of the inbound stage hangs: the
+    // second batch never finishes copying.
     let (_dir, d1, mut d2, plan, hung, tables) =
-        import_held_after_its_first_batch(tern_storage::Fault::Delay(Duration::from_secs(3600)))
+        import_held_after_its_first_batch(6, tern_storage::Fault::Delay(Duration::from_secs(3600)))
             .await;
+    let imported = |t: &TableId| replica_table_id(&d1.id, t);
+    // How many files d2's volume holds of `t`'s replica.
+    let files_of = |t: &TableId| {
+        let dir = format!("tbl/{}/mp/", imported(t));
+        let volume = std::sync::Arc::clone(&d2.volume);
+        async move {
+            objects(&volume, "")
+                .await
+                .into_iter()
+                .filter(|p| p.contains(&dir))
+                .count()
+        }
+    };
+    eventually(WAIT, "one of t2's files copied, uncommitted", || async {
+        files_of(&tables[1]).await == 1
+    })
+    .await;
     let a2 = AccountId::new("a2").unwrap();
     let report = tokio::time::timeout(WAIT, d2.repl.failover(&a2, "sales", FORCE))
         .await
         .expect("the failover is decided, not held by the hung import")
         .unwrap();
     assert!(report.drain_timed_out && report.forced, "{report:?}");
-    let imported = |t: &TableId| replica_table_id(&d1.id, t);
     assert_eq!(
         rows(&d2, &imported(&tables[0]), None).await,
         rows(&d1, &tables[0], None).await,
@@ -903,6 +921,8 @@ async fn a_failover_is_not_held_by_an_import_hung_on_its_storage() {
             Vec::<String>::new(),
             "no import commit after the claim ({t})"
         );
+        // Nor a file left behind: the dropped import deleted what its batch had copied.
+        assert_eq!(files_of(t).await, 0, "no file of {t} left in the volume");
     }
     d2.stop().await;
 }
