@@ -128,7 +128,8 @@ impl Replication {
         Ok(Arc::new(ReplicationFileKeys::new(Arc::new(repmk))))
     }
 
-    /// Copy tasks putting `files` of our volume into `peer`'s inbound folder `folder`.
+    /// Copies `files` of our volume into `peer`'s inbound folder `folder`, at most
+    /// `copy_concurrency` at once.
     async fn to_inbound(
         &self,
         peer: &DeploymentId,
@@ -136,7 +137,7 @@ impl Replication {
         files: &[&MicroPartitionDpo],
         keys: &Arc<ReplicationFileKeys>,
         peers: &dyn Peers,
-    ) -> Result<Vec<CopyTask>> {
+    ) -> Result<crate::copy::Copied> {
         let p = &self.inner.p;
         let bucket = peers
             .bucket(peer)
@@ -161,7 +162,7 @@ impl Replication {
                 dst_keys: Arc::clone(keys) as Arc<dyn KeySource>,
             });
         }
-        Ok(tasks)
+        copy_all(tasks, p.config.copy_concurrency).await
     }
 
     fn count_copied(&self, files: u64, bytes: u64) {
@@ -344,10 +345,9 @@ impl Replication {
                     planned_bytes += add.iter().map(|m| m.bytes).sum::<u64>();
                     continue;
                 }
-                let tasks = self
+                let c = self
                     .to_inbound(&peer, &job.response_id, &add, &file_keys, peers)
                     .await?;
-                let c = copy_all(tasks, p.config.copy_concurrency).await?;
                 copied.files += c.files;
                 copied.bytes += c.bytes;
             }
@@ -435,10 +435,9 @@ impl Replication {
                         .iter()
                         .filter(|m| !l.refs.contains(&m.global_ref))
                         .collect();
-                    let tasks = self
+                    let c = self
                         .to_inbound(&peer, &job.response_id, &add, &file_keys, peers)
                         .await?;
-                    let c = copy_all(tasks, p.config.copy_concurrency).await?;
                     copied.files += c.files;
                     copied.bytes += c.bytes;
                 }
@@ -1014,10 +1013,9 @@ impl Replication {
             let (keys, wrapped) = self
                 .new_repmk(&d.peer, folder.as_str(), d.customer_key.as_ref())
                 .await?;
-            let tasks = self
+            let copied = self
                 .to_inbound(&d.peer, &folder, &added, &keys, peers)
                 .await?;
-            let copied = copy_all(tasks, p.config.copy_concurrency).await?;
             self.count_copied(copied.files, copied.bytes);
             (Some(wrapped), copied.bytes)
         };

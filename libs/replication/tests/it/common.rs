@@ -265,15 +265,21 @@ pub async fn open_through(
     .unwrap()
 }
 
-/// `d1`'s database `sales` made global with a table `t` of ten rows, replicated to `d2`
-/// (both started) and caught up: d1's account, database and table.
-pub async fn replicated_table(d1: &Node, d2: &Node) -> (AccountId, DatabaseId, TableId) {
+/// [`primary`], and an empty table `t` (schema `public`) in its database `sales`.
+pub async fn primary_with_t(d1: &Node) -> (AccountId, DatabaseId, String, TableId) {
     let (a1, db, account_group) = primary(d1).await;
     let t = d1
         .tables
         .create_table(&db, "public", "t", columns())
         .await
         .unwrap();
+    (a1, db, account_group, t)
+}
+
+/// `d1`'s database `sales` made global with a table `t` of ten rows, replicated to `d2`
+/// (both started) and caught up: d1's account, database and table.
+pub async fn replicated_table(d1: &Node, d2: &Node) -> (AccountId, DatabaseId, TableId) {
+    let (a1, db, account_group, t) = primary_with_t(d1).await;
     d1.tables.insert(&t, &[batch(0..10, "a")]).await.unwrap();
     replicate(d1, &a1, d2, &account_group).await;
     caught_up(d1, d2, std::slice::from_ref(&t)).await;
@@ -396,12 +402,7 @@ pub async fn pair_from(
     link(&d1, &d2).await;
     d1.start(&[&d2]);
     d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let (a1, db, account_group, t) = primary_with_t(&d1).await;
     Pair {
         dir,
         keys,

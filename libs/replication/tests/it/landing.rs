@@ -147,12 +147,7 @@ async fn an_import_killed_while_the_upstream_copies_resumes_from_what_it_stored(
     });
     d1.start_with(&[(d2.id.clone(), gate)]);
     d2.start(&[&d1]);
-    let (a1, db, account_group) = primary(&d1).await;
-    let t = d1
-        .tables
-        .create_table(&db, "public", "t", columns())
-        .await
-        .unwrap();
+    let (a1, _, account_group, t) = primary_with_t(&d1).await;
     for i in 0..8 {
         d1.tables
             .insert(&t, &[batch(i * 10..i * 10 + 10, "x")])
