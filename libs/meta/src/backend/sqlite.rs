@@ -8,8 +8,9 @@
 //! * **WAL journal**: readers never block the writer nor each other, and a crash (process
 //!   or power) at any point leaves the last committed state: SQLite replays or discards the
 //!   WAL tail on the next open.
-//! * **Durability** ([`Synchronous`]): `FULL` by default — the WAL is fsynced at every
-//!   commit, so a commit that returned `Ok` survives power loss. Tern acts on commits
+//! * **Durability** ([`Synchronous`]): `FULL` by default — the WAL is fsynced after every
+//!   durable commit and before it returns, so a commit that returned `Ok` survives power
+//!   loss. Tern acts on commits
 //!   outside the store right after they return (it acknowledges a DML commit to the
 //!   client, deletes a message file it has just persisted from the replication bucket,
 //!   names the next message file in a chain); with `NORMAL` a power loss may silently
@@ -25,22 +26,30 @@
 //!   time per process; SQLite allows only one per file anyway) and a small pool of reader
 //!   connections (`query_only`), so reads run in parallel with a write.
 //! * **Group commit**: writers that queue for the writer connection share one SQLite
-//!   transaction, and so one WAL fsync. Each runs its body in a `SAVEPOINT` of the open
+//!   transaction. Each runs its body in a `SAVEPOINT` of the open
 //!   transaction (a body that fails or panics is rolled back to it alone); the writer that
 //!   finds nobody else queued (or the batch full) commits, and every member returns only
 //!   when that commit did — with its outcome. So an `Ok` is still a durable commit, an
 //!   `Err` still means nothing of that body was written, and the members run one after
 //!   another, each seeing the ones before (serializable, in that order). A lone writer
 //!   commits at once, as before.
+//! * **The WAL fsync outside the writer lock**: the writer connection commits at
+//!   `synchronous=NORMAL` (the WAL is appended to, not fsynced; SQLite still fsyncs it
+//!   before every checkpoint), and a durable writer, once its group committed and the
+//!   writer connection is let go, fsyncs the WAL file itself: one fsync at a time, each
+//!   covering every group committed before it started, so writers waiting for one share
+//!   the next ([`CommitCounts::synced`]). The next group runs its bodies meanwhile; before,
+//!   every group held the writer connection for its fsync. An `Ok` is a durable commit as
+//!   before. What changed: a durable write's effects can be read (by another reader or
+//!   writer of this process) before its fsync ended. Whatever a reader acts on inside the
+//!   store comes after it in the WAL, so is durable only with it; a reader acting outside
+//!   the store on what it read has the guarantee of a deferred write (below).
 //! * **Deferred writes** ([`Backend::write_deferred`]): a write whose effect recovery
 //!   re-does from durable state (a commit's publish step: its Prepared row, log record and
-//!   files are durable already) need not wait for an fsync of its own. Such a write that
-//!   opens a group runs it at `synchronous=NORMAL`: the group commits without an fsync and
-//!   becomes durable with the next durable commit (the WAL is one file, fsynced whole) or
-//!   checkpoint; a power loss before that rolls it back whole, never in part. A durable
-//!   writer never joins such a group: it commits it (no fsync, microseconds) and opens its
-//!   own at `FULL`; a deferred writer joins any open group. So a durable write is exactly as
-//!   before: fsynced before it returns and before anyone can read it.
+//!   files are durable already) need not wait for an fsync of its own. It joins any group
+//!   and returns once that group committed; it becomes durable with the next WAL fsync
+//!   (the WAL is one file, fsynced whole) or checkpoint; a power loss before that rolls it
+//!   back whole, never in part.
 //!
 //!   ```text
 //!   writer A: lock ─ BEGIN IMMEDIATE ─ SAVEPOINT ─ body ─ RELEASE ─ (B queued) unlock ─ wait ┐
@@ -68,7 +77,8 @@ use crate::key::Key;
 pub struct CommitCounts {
     /// Group transactions committed.
     pub groups: u64,
-    /// Of those, committed at `synchronous=FULL` (the WAL fsynced before they returned).
+    /// fsyncs of the WAL made for durable writes (each covers every group committed before
+    /// it started).
     pub synced: u64,
 }
 
@@ -192,8 +202,21 @@ pub struct SqliteBackend {
     /// Writers waiting for `writer` (they join the open group instead of a new one).
     queued: AtomicUsize,
     readers: Mutex<Vec<Connection>>,
+    /// Groups committed (the last one's number).
     groups: AtomicU64,
     synced: AtomicU64,
+    /// The WAL's durable end: held across each fsync, so one runs at a time.
+    wal: Mutex<WalSync>,
+}
+
+/// How far the WAL is known durable.
+#[derive(Default)]
+struct WalSync {
+    /// Groups committed before the last WAL fsync started (all durable).
+    durable_upto: u64,
+    /// The WAL file, opened at the first fsync (SQLite keeps it while the writer
+    /// connection is open).
+    file: Option<std::fs::File>,
 }
 
 /// The writer connection and the group whose transaction is open on it.
@@ -203,16 +226,15 @@ struct Writer {
     group: Option<Arc<Group>>,
     /// Members of `group` whose bodies succeeded (the ones the commit decides for).
     members: usize,
-    /// Whether `group` commits at `synchronous=FULL` (a durable writer opened it).
-    durable: bool,
-    /// The connection's `synchronous` setting now (changed only between transactions).
-    sync: Synchronous,
 }
+
+/// What a group's commit came to: the group's number (see [`SqliteBackend::sync_wal`]).
+type GroupOutcome = std::result::Result<u64, GroupFailure>;
 
 /// One shared write transaction: its members wait for its outcome.
 #[derive(Default)]
 struct Group {
-    outcome: Mutex<Option<std::result::Result<(), GroupFailure>>>,
+    outcome: Mutex<Option<GroupOutcome>>,
     done: Condvar,
 }
 
@@ -250,12 +272,12 @@ impl GroupFailure {
 }
 
 impl Group {
-    fn finish(&self, outcome: std::result::Result<(), GroupFailure>) {
+    fn finish(&self, outcome: GroupOutcome) {
         *lock(&self.outcome) = Some(outcome);
         self.done.notify_all();
     }
 
-    fn wait(&self) -> std::result::Result<(), GroupFailure> {
+    fn wait(&self) -> GroupOutcome {
         let mut outcome = lock(&self.outcome);
         loop {
             if let Some(o) = outcome.as_ref() {
@@ -327,8 +349,10 @@ impl SqliteBackend {
                 source: rusqlite::Error::InvalidQuery,
             });
         }
-        let synchronous = options.synchronous;
-        run_cached(&writer, synchronous.pragma()).map_err(sql_err(&display, "set synchronous"))?;
+        // The migration below commits at the configured setting; the writer's groups then
+        // at NORMAL, their WAL fsync made by `sync_wal` (see the module docs).
+        run_cached(&writer, options.synchronous.pragma())
+            .map_err(sql_err(&display, "set synchronous"))?;
         // Truncate the WAL file after checkpoints instead of letting it keep its peak size.
         writer
             .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
@@ -341,18 +365,19 @@ impl SqliteBackend {
                 conn: writer,
                 group: None,
                 members: 0,
-                durable: true,
-                sync: synchronous,
             }),
             queued: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
             groups: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            wal: Mutex::new(WalSync::default()),
         };
         backend.with_busy_retry("migrate", || {
             let mut w = lock(&backend.writer);
             migrate(&mut w.conn, &backend.display)
         })?;
+        run_cached(&lock(&backend.writer).conn, Synchronous::Normal.pragma())
+            .map_err(sql_err(&backend.display, "set synchronous"))?;
         Ok(backend)
     }
 
@@ -425,17 +450,11 @@ impl SqliteBackend {
         f: &mut dyn FnMut(&mut dyn KvTxn) -> Result<()>,
         durable: bool,
     ) -> Result<()> {
-        // With `synchronous=NORMAL` configured nothing is fsynced: one kind of group.
-        let durable = durable || self.options.synchronous == Synchronous::Normal;
+        // With `synchronous=NORMAL` configured nothing is fsynced.
+        let sync = durable && self.options.synchronous == Synchronous::Full;
         self.queued.fetch_add(1, Ordering::SeqCst);
         let mut w = lock(&self.writer);
         self.queued.fetch_sub(1, Ordering::SeqCst);
-        if durable && !w.durable && w.group.is_some() && !w.conn.is_autocommit() {
-            // A deferred group is open: commit it for its members (no fsync) rather than
-            // join it, so that this write is fsynced before it returns. The outcome is
-            // its members' (they are told it); this write starts afresh either way.
-            let _ = self.end_group(&mut w);
-        }
         let group = match &w.group {
             Some(g) if !w.conn.is_autocommit() => Arc::clone(g),
             stale => {
@@ -456,21 +475,10 @@ impl SqliteBackend {
                 }
                 w.group = None;
                 w.members = 0;
-                let sync = if durable {
-                    self.options.synchronous
-                } else {
-                    Synchronous::Normal
-                };
-                if w.sync != sync {
-                    run_cached(&w.conn, sync.pragma())
-                        .map_err(sql_err(&self.display, "set synchronous"))?;
-                    w.sync = sync;
-                }
                 run_cached(&w.conn, "BEGIN IMMEDIATE")
                     .map_err(sql_err(&self.display, "begin write transaction"))?;
                 let g = Arc::new(Group::default());
                 w.group = Some(Arc::clone(&g));
-                w.durable = durable;
                 g
             }
         };
@@ -480,21 +488,58 @@ impl SqliteBackend {
             w.members += 1;
         }
         let alone = self.queued.load(Ordering::SeqCst) == 0;
-        if alone || w.members >= MAX_GROUP || w.conn.is_autocommit() {
+        let committed = if alone || w.members >= MAX_GROUP || w.conn.is_autocommit() {
             let outcome = self.end_group(&mut w);
             drop(w);
-            return match own {
-                Ok(Ok(())) => outcome.map_err(|e| e.error(&self.display)),
-                Ok(Err(e)) => Err(e),
-                Err(panic) => std::panic::resume_unwind(panic),
-            };
-        }
-        drop(w);
+            outcome
+        } else {
+            drop(w);
+            match own {
+                Ok(Ok(())) => group.wait(),
+                // Not waited for: this body's writes were rolled back.
+                _ => Ok(0),
+            }
+        };
         match own {
-            Ok(Ok(())) => group.wait().map_err(|e| e.error(&self.display)),
+            Ok(Ok(())) => {
+                let number = committed.map_err(|e| e.error(&self.display))?;
+                if sync { self.sync_wal(number) } else { Ok(()) }
+            }
             Ok(Err(e)) => Err(e),
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    }
+
+    /// Make the WAL durable up to group `number` at least (committed before this call):
+    /// returns at once when an fsync that started after it committed has ended; else
+    /// waits for the one running (if any) and fsyncs the WAL, for every group committed
+    /// by then. Called without the writer connection, so the next group runs meanwhile.
+    fn sync_wal(&self, number: u64) -> Result<()> {
+        let mut wal = lock(&self.wal);
+        if wal.durable_upto >= number {
+            return Ok(());
+        }
+        // Every group up to here has been written to the WAL (its COMMIT returned).
+        let upto = self.groups.load(Ordering::SeqCst);
+        let fsync_failed = |e: std::io::Error| Error::Sqlite {
+            path: self.display.clone(),
+            op: "fsync the WAL",
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
+                Some(e.to_string()),
+            ),
+        };
+        let file = match &mut wal.file {
+            Some(f) => f,
+            none => none.insert(
+                std::fs::File::open(format!("{}-wal", self.path.display()))
+                    .map_err(fsync_failed)?,
+            ),
+        };
+        file.sync_data().map_err(fsync_failed)?;
+        wal.durable_upto = upto;
+        self.synced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Run one member's body in a savepoint of the open transaction; a body that fails or
@@ -542,14 +587,14 @@ impl SqliteBackend {
     }
 
     /// Commit the open group's transaction and tell its members the outcome.
-    fn end_group(&self, w: &mut Writer) -> std::result::Result<(), GroupFailure> {
-        let outcome = self.commit_group(w);
-        if outcome.is_ok() && w.members > 0 {
-            self.groups.fetch_add(1, Ordering::Relaxed);
-            if w.sync == Synchronous::Full {
-                self.synced.fetch_add(1, Ordering::Relaxed);
+    fn end_group(&self, w: &mut Writer) -> GroupOutcome {
+        let outcome = self.commit_group(w).map(|()| {
+            if w.members > 0 {
+                self.groups.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                self.groups.load(Ordering::SeqCst)
             }
-        }
+        });
         w.members = 0;
         if let Some(group) = w.group.take() {
             group.finish(outcome.clone());
@@ -910,7 +955,7 @@ mod tests {
     }
 
     #[test]
-    fn a_deferred_write_commits_without_an_fsync_and_a_durable_one_never_joins_it() {
+    fn a_durable_write_fsyncs_the_wal_and_a_deferred_one_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let b = Arc::new(
             SqliteBackend::open(dir.path().join("m.db"), SqliteOptions::default()).unwrap(),
@@ -918,7 +963,6 @@ mod tests {
         let counts = |groups, synced| CommitCounts { groups, synced };
         b.write_deferred(&mut |t| t.put(b"a", b"1")).unwrap();
         assert_eq!(b.commit_counts(), counts(1, 0), "a lone deferred write");
-        assert_eq!(synchronous_now(&b), 1, "NORMAL while it committed");
         b.read(&mut |t| {
             assert_eq!(t.get(b"a")?.as_deref(), Some(&b"1"[..]), "visible at once");
             Ok(())
@@ -926,22 +970,71 @@ mod tests {
         .unwrap();
         b.write(&mut |t| t.put(b"b", b"2")).unwrap();
         assert_eq!(b.commit_counts(), counts(2, 1), "a lone durable write");
-        assert_eq!(synchronous_now(&b), 2, "FULL while it committed");
+        assert_eq!(
+            synchronous_now(&b),
+            1,
+            "the WAL fsync is ours, not COMMIT's"
+        );
 
-        // A durable writer finding a deferred group open commits it and opens its own.
+        // A durable writer joins a deferred group and fsyncs it.
         two_writers(&b, false, true);
-        assert_eq!(b.commit_counts(), counts(4, 2));
-        // A deferred writer finding a durable group open joins it (and is fsynced).
+        assert_eq!(b.commit_counts(), counts(3, 2));
+        // A deferred writer joins a durable group (fsynced with it).
         two_writers(&b, true, false);
-        assert_eq!(b.commit_counts(), counts(5, 3));
+        assert_eq!(b.commit_counts(), counts(4, 3));
         // Two deferred writers share one group, unsynced.
         two_writers(&b, false, false);
-        assert_eq!(b.commit_counts(), counts(6, 3));
+        assert_eq!(b.commit_counts(), counts(5, 3));
         b.read(&mut |t| {
             assert_eq!(t.scan(b"", b"\xff", 10)?.len(), 4);
             Ok(())
         })
         .unwrap();
+    }
+
+    /// The WAL fsync is made without the writer connection: while one runs (here: held
+    /// by the test), the next groups commit, and their writers share the next fsync.
+    #[test]
+    fn groups_commit_while_the_wal_is_fsynced_and_share_the_next_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Arc::new(
+            SqliteBackend::open(dir.path().join("m.db"), SqliteOptions::default()).unwrap(),
+        );
+        let committed = |n: u64| {
+            while b.commit_counts().groups < n {
+                std::thread::yield_now();
+            }
+        };
+        let held = lock(&b.wal);
+        let writer = |key: &'static [u8]| {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || b.write(&mut |t| t.put(key, b"v")))
+        };
+        let first = writer(b"first");
+        committed(1);
+        // The first writer waits for the WAL; the writer connection is free.
+        let second = writer(b"second");
+        committed(2);
+        b.read(&mut |t| {
+            assert_eq!(t.scan(b"", b"\xff", 10)?.len(), 2, "both committed");
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            !first.is_finished() && !second.is_finished(),
+            "neither durable yet"
+        );
+        drop(held);
+        first.join().unwrap().unwrap();
+        second.join().unwrap().unwrap();
+        assert_eq!(
+            b.commit_counts(),
+            CommitCounts {
+                groups: 2,
+                synced: 1
+            },
+            "one fsync made both durable"
+        );
     }
 
     #[test]
