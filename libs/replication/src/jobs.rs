@@ -259,6 +259,11 @@ impl Replication {
     where
         T: tern_meta::Dpo,
     {
+        if error.is_crash() {
+            // A crash point fired: the process is taken as dead and records nothing more
+            // (a write here could land over what a restart or an operator wrote since).
+            return Ok(());
+        }
         let now = self.now();
         let msg = error.to_string();
         let config = self.config().clone();

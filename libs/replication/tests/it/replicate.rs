@@ -510,7 +510,7 @@ async fn an_import_job_of_the_previous_build_is_still_imported() {
         dir,
         keys,
         d1,
-        d2,
+        mut d2,
         a1,
         db: _,
         account_group,
@@ -538,12 +538,16 @@ async fn an_import_job_of_the_previous_build_is_still_imported() {
         },
     )
     .await;
+    // Its workers end their unit: the crashed import records no failed attempt (a dead
+    // process writes nothing), so nothing lands over the row written below.
+    d2.stop().await;
     let mut jobs = d2
         .meta
         .read(|tx| tx.scan_prefix::<ImportJobDpo>(&state_keys::import_jobs()))
         .unwrap();
     assert_eq!(jobs.len(), 1);
     let (key, job) = jobs.remove(0);
+    assert_eq!(job.attempts, 0, "a crash is no failed attempt");
     // The same answer as the previous build stored it: every file in the row.
     let rid = replica_table_id(&d1.id, &t);
     let v = ver(&d1, &t).unwrap();
