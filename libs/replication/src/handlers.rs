@@ -500,7 +500,7 @@ impl Replication {
                         },
                         DictionaryOp::DropTable { table } => {
                             let id = replica_table_id(from, table);
-                            if let (local, true) = self.local_table(replica, &id)? {
+                            if let (local, true) = self.local_table(&replica.database, &id)? {
                                 figures.dropped.push(local);
                             }
                             DictionaryChange::DropTable { table: id }
@@ -559,7 +559,7 @@ impl Replication {
             figures.versions.insert(st.table.clone(), st.version);
         }
         for rp in &mut repairs {
-            let (local, exists) = self.local_table(replica, &rp.table)?;
+            let (local, exists) = self.local_table(&replica.database, &rp.table)?;
             if !exists {
                 return Err(Error::Gap {
                     table: rp.table.to_string(),

@@ -217,18 +217,10 @@ impl Replication {
             .read(|tx| tx.get::<ReplicaDpo>(&keys::replica(&db.id)))?)
     }
 
-    /// The local id of canonical table `canonical` in replica `r`, and whether it exists:
-    /// the candidate live in `r`'s database, else the first candidate no table holds.
+    /// The local id of canonical table `canonical` in `database` (a replica's, or the
+    /// same database after its promotion), and whether it exists: the candidate live in
+    /// `database`, else the first candidate no table holds.
     pub(crate) fn local_table(
-        &self,
-        r: &ReplicaDpo,
-        canonical: &TableId,
-    ) -> Result<(TableId, bool)> {
-        self.local_table_in(&r.database, canonical)
-    }
-
-    /// [`Replication::local_table`] in `database`.
-    fn local_table_in(
         &self,
         database: &DatabaseId,
         canonical: &TableId,
@@ -262,7 +254,7 @@ impl Replication {
     /// Resolves canonical step tables to local ones (after the dictionary made them).
     pub(crate) fn localize(&self, r: &ReplicaDpo, steps: &mut [TableStep]) -> Result<()> {
         for s in steps {
-            let (local, exists) = self.local_table(r, &s.table)?;
+            let (local, exists) = self.local_table(&r.database, &s.table)?;
             if !exists {
                 // Not created here yet (a refresh that creates it may still be importing):
                 // wait like for any missing predecessor; a gap that never fills refreshes.
@@ -705,7 +697,7 @@ impl Replication {
             let mut reserved = Vec::new();
             for t in &res.tables[i..end] {
                 let (add, remove) = sections.table(&t.table, t.adds, t.removes).await?;
-                let (local, _) = self.local_table(&r, &t.table)?;
+                let (local, _) = self.local_table(&r.database, &t.table)?;
                 let current = self.current_version(&local)?;
                 let first = name;
                 name += t.adds;
@@ -802,7 +794,7 @@ impl Replication {
         self.inner.p.txn.observe(&r.account, res.lamport)?;
         let mut versions = BTreeMap::new();
         for t in &res.tables {
-            versions.insert(self.local_table(&r, &t.table)?.0, t.version);
+            versions.insert(self.local_table(&r.database, &t.table)?.0, t.version);
         }
         self.finish_refresh(job, Some((versions, files, bytes)))?;
         self.crash_point(crash::IMPORT_FINISHED)?;
@@ -1088,7 +1080,7 @@ impl Replication {
             if let DictionaryChange::CreateTable { table, .. }
             | DictionaryChange::DropTable { table } = c
             {
-                tables.insert(table.clone(), self.local_table(r, table)?);
+                tables.insert(table.clone(), self.local_table(&r.database, table)?);
             }
         }
         let now = self.now();
@@ -1520,7 +1512,7 @@ impl Replication {
             let mut name = batch.first_name;
             let mut reserved = Vec::new();
             for t in job.response.tables.iter().skip(start).take(span) {
-                let (local, exists) = self.local_table_in(&database, &t.table)?;
+                let (local, exists) = self.local_table(&database, &t.table)?;
                 if exists {
                     reserved.push((local, name..name + t.adds));
                 }

@@ -10,13 +10,13 @@
 //!   WAL tail on the next open.
 //! * **Durability** ([`Synchronous`]): `FULL` by default — the WAL is fsynced after every
 //!   durable commit and before it returns, so a commit that returned `Ok` survives power
-//!   loss. Tern acts on commits
-//!   outside the store right after they return (it acknowledges a DML commit to the
-//!   client, deletes a message file it has just persisted from the replication bucket,
-//!   names the next message file in a chain); with `NORMAL` a power loss may silently
-//!   roll back the last commits while those external effects stay done — messages lost,
-//!   a chain name reused. `NORMAL` (fsync only at checkpoints; same crash-consistency, only
-//!   the last commits at risk on power loss) is offered for tests and benchmarks.
+//!   loss. Tern acts on commits outside the store right after they return (it
+//!   acknowledges a DML commit to the client, deletes a message file it has just
+//!   persisted from the replication bucket, names the next message file in a chain);
+//!   with `NORMAL` a power loss may silently roll back the last commits while those
+//!   external effects stay done — messages lost, a chain name reused. `NORMAL` (fsync only
+//!   at checkpoints; same crash-consistency, only the last commits at risk on power loss)
+//!   is offered for tests and benchmarks.
 //! * **Several processes** may open the same file (on a local file system: SQLite's WAL
 //!   needs shared memory, so not NFS/SMB). Write transactions start with
 //!   `BEGIN IMMEDIATE`, which takes the write lock up front: writers queue (for up to
@@ -26,9 +26,9 @@
 //!   time per process; SQLite allows only one per file anyway) and a small pool of reader
 //!   connections (`query_only`), so reads run in parallel with a write.
 //! * **Group commit**: writers that queue for the writer connection share one SQLite
-//!   transaction. Each runs its body in a `SAVEPOINT` of the open
-//!   transaction (a body that fails or panics is rolled back to it alone); the writer that
-//!   finds nobody else queued (or the batch full) commits, and every member returns only
+//!   transaction. Each runs its body in a `SAVEPOINT` of the open transaction (a body
+//!   that fails or panics is rolled back to it alone); the writer that finds nobody else
+//!   queued (or the batch full) commits, and every member returns only
 //!   when that commit did — with its outcome. So an `Ok` is still a durable commit, an
 //!   `Err` still means nothing of that body was written, and the members run one after
 //!   another, each seeing the ones before (serializable, in that order). A lone writer
